@@ -1,0 +1,114 @@
+/**
+ * The raw binding: the typed surface of the .node addon and its lazy loader. Native errors are
+ * re-thrown as lorakit's own error classes (same message), so `instanceof` works in every realm.
+ */
+import { LoraRangeError, LoraTypeError, NativeLoadError, StateError } from './errors';
+
+export interface NativeTensorHandle {
+  write(data: Float32Array | Float64Array | Uint16Array | Int32Array | BigInt64Array): void;
+  read(kind: 'f32'): Float32Array;
+  read(kind: 'bits'): Uint16Array;
+  read(kind: 'i32'): Int32Array;
+  read(kind: 'i64'): BigInt64Array;
+  dispose(): void;
+  byteLength(): number;
+}
+
+export interface BackwardTermArg {
+  xa: NativeTensorHandle;
+  u: NativeTensorHandle;
+  A: NativeTensorHandle;
+  B: NativeTensorHandle;
+  scale: number;
+  p: number;
+  seed: number;
+  stream: number;
+  dA: NativeTensorHandle | null;
+  dB: NativeTensorHandle | null;
+}
+
+export interface BackendInfo {
+  /** The CPU microkernel chosen at load time ('avx512', 'avx2' or 'portable'). */
+  cpuPath: string;
+  threads: number;
+  /** Backends compiled into this build. */
+  compiled: string[];
+  /** Backends compiled in and usable on this machine. */
+  usable: string[];
+}
+
+export interface NativeBinding {
+  NativeTensor: new (dtype: string, shape: number[], device: string) => NativeTensorHandle;
+  shrink(x: NativeTensorHandle, A: NativeTensorHandle, out: NativeTensorHandle): void;
+  linearForward(
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    bias: NativeTensorHandle | null,
+    fanInFanOut: boolean,
+    terms: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
+    y: NativeTensorHandle,
+  ): void;
+  linearBackward(
+    dy: NativeTensorHandle,
+    W: NativeTensorHandle,
+    fanInFanOut: boolean,
+    terms: BackwardTermArg[],
+    dx: NativeTensorHandle | null,
+  ): void;
+  mergeDelta(
+    W: NativeTensorHandle,
+    A: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    fanInFanOut: boolean,
+    out: NativeTensorHandle,
+  ): void;
+  dropout(x: NativeTensorHandle, p: number, seed: number, stream: number, out: NativeTensorHandle): void;
+  convert(src: NativeTensorHandle, dst: NativeTensorHandle): void;
+  allFinite(t: NativeTensorHandle): boolean;
+  backendInfo(): BackendInfo;
+  setNumThreads(n: number): number;
+}
+
+let cached: NativeBinding | undefined;
+
+const HOW_TO_BUILD =
+  'lorakit: the native addon is not built or could not be loaded.\n' +
+  'Build it with:  npm rebuild lorakit\n' +
+  '(needs a C++17 compiler, make and python3, or cmake >= 3.18; CUDA is optional).\n' +
+  'npm 12 blocks dependency install scripts by default: run  npm approve-scripts lorakit  and then  npm rebuild lorakit.\n' +
+  'From a clone of the repository: npm install (or: npm run build:native).';
+
+/** Loads the addon on first use; throws NativeLoadError with build instructions if it is missing. */
+export function native(): NativeBinding {
+  if (cached) return cached;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const bindings = require('bindings') as (opts: { bindings: string; module_root: string }) => NativeBinding;
+    cached = bindings({ bindings: 'lorakit.node', module_root: require('path').join(__dirname, '..') });
+  } catch (cause) {
+    throw new NativeLoadError(`${HOW_TO_BUILD}\nCause: ${(cause as Error).message}`, { cause });
+  }
+  return cached;
+}
+
+/** Calls into the addon, mapping its errors onto lorakit's error classes. */
+export function call<T>(fn: (b: NativeBinding) => T): T {
+  const b = native();
+  try {
+    return fn(b);
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    const msg = err?.message ?? String(e);
+    switch (err?.code) {
+      case 'LORAKIT_TYPE':
+        throw new LoraTypeError(msg);
+      case 'LORAKIT_RANGE':
+        throw new LoraRangeError(msg);
+      case 'LORAKIT_STATE':
+        throw new StateError(msg);
+      default:
+        throw e;
+    }
+  }
+}

@@ -1,0 +1,201 @@
+/**
+ * Tensor: a contiguous, row-major array in native memory. JS holds a handle; data crosses the
+ * boundary only by explicit copies (from, toFloat32Array, copyFrom). Memory is reported to V8 and
+ * freed by dispose() or garbage collection.
+ */
+import { DEVICES, DTYPES, Device, DType, isFloatDType } from './dtype';
+import { DTypeError, LoraTypeError, ShapeError, StateError, shapeStr } from './errors';
+import { NativeTensorHandle, call } from './native';
+import { checkOptions, checkShape, numelOf } from './validate';
+
+export interface TensorOptions {
+  dtype?: DType;
+  device?: Device;
+}
+
+export type TensorData = Float32Array | Float64Array | number[] | Uint16Array | Int32Array | BigInt64Array;
+
+function checkDType(d: unknown, name: string): DType {
+  if (!DTYPES.includes(d as DType)) throw new DTypeError(`${name}: expected one of ${DTYPES.join(', ')}, got ${String(d)}`);
+  return d as DType;
+}
+
+function checkDevice(d: unknown, name: string): Device {
+  if (!DEVICES.includes(d as Device)) throw new LoraTypeError(`${name}: expected 'cpu' or 'cuda', got ${String(d)}`);
+  return d as Device;
+}
+
+function defaultDType(data: TensorData): DType | undefined {
+  if (data instanceof Int32Array) return 'i32';
+  if (data instanceof BigInt64Array) return 'i64';
+  if (data instanceof Uint16Array) return undefined; // bit patterns: the caller must say f16 or bf16
+  return 'f32';
+}
+
+export class Tensor {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly device: Device;
+  #handle: NativeTensorHandle | null;
+
+  private constructor(handle: NativeTensorHandle, shape: number[], dtype: DType, device: Device) {
+    this.#handle = handle;
+    this.shape = Object.freeze(shape);
+    this.dtype = dtype;
+    this.device = device;
+  }
+
+  /** A zero-filled tensor. */
+  static zeros(shape: readonly number[], opts?: TensorOptions): Tensor {
+    const o = checkOptions(opts, ['dtype', 'device'], 'opts');
+    const s = checkShape(shape, 'shape');
+    const dtype = checkDType(o.dtype ?? 'f32', 'opts.dtype');
+    const device = checkDevice(o.device ?? 'cpu', 'opts.device');
+    const h = call((b) => new b.NativeTensor(dtype, s, device));
+    return new Tensor(h, s, dtype, device);
+  }
+
+  /**
+   * A tensor holding a copy of `data`. Float32Array, Float64Array and number[] fill float tensors
+   * (f32 by default; f16/bf16 round once); Uint16Array holds f16/bf16 bit patterns (give the
+   * dtype); Int32Array and BigInt64Array fill i32/i64 index tensors.
+   */
+  static from(data: TensorData, shape: readonly number[], opts?: TensorOptions): Tensor {
+    const o = checkOptions(opts, ['dtype', 'device'], 'opts');
+    const s = checkShape(shape, 'shape');
+    if (Array.isArray(data)) {
+      data.forEach((v, i) => {
+        if (typeof v !== 'number') throw new LoraTypeError(`data[${i}]: expected a number, got ${typeof v}`);
+      });
+      data = Float64Array.from(data);
+    }
+    if (!ArrayBuffer.isView(data))
+      throw new LoraTypeError('data: expected Float32Array, Float64Array, number[], Uint16Array, Int32Array or BigInt64Array');
+    const dtype = o.dtype !== undefined ? checkDType(o.dtype, 'opts.dtype') : defaultDType(data);
+    if (dtype === undefined)
+      throw new DTypeError("data: a Uint16Array holds f16 or bf16 bit patterns; pass opts.dtype 'f16' or 'bf16'");
+    checkDataMatches(data, dtype, 'data');
+    const n = numelOf(s);
+    if (data.length !== n)
+      throw new ShapeError(`data: has ${data.length} elements but shape ${shapeStr(s)} needs ${n}`);
+    const t = Tensor.zeros(s, { dtype, device: checkDevice(o.device ?? 'cpu', 'opts.device') });
+    call(() => t.handle.write(data as Exclude<TensorData, number[]>));
+    return t;
+  }
+
+  get numel(): number {
+    return numelOf(this.shape);
+  }
+
+  get disposed(): boolean {
+    return this.#handle === null;
+  }
+
+  /** @internal The native handle; throws if the tensor was disposed. */
+  get handle(): NativeTensorHandle {
+    if (!this.#handle) throw new StateError(`tensor ${shapeStr(this.shape)} ${this.dtype}: used after dispose()`);
+    return this.#handle;
+  }
+
+  /** A copy of the values as f32 (float tensors only). */
+  toFloat32Array(): Float32Array {
+    this.requireFloat('toFloat32Array');
+    return call(() => this.handle.read('f32'));
+  }
+
+  /** A copy of the raw bit patterns of an f16/bf16 tensor. */
+  toUint16Array(): Uint16Array {
+    if (this.dtype !== 'f16' && this.dtype !== 'bf16')
+      throw new DTypeError(`toUint16Array: needs an f16 or bf16 tensor, this one is ${this.dtype}`);
+    return call(() => this.handle.read('bits'));
+  }
+
+  toInt32Array(): Int32Array {
+    if (this.dtype !== 'i32') throw new DTypeError(`toInt32Array: needs an i32 tensor, this one is ${this.dtype}`);
+    return call(() => this.handle.read('i32'));
+  }
+
+  toBigInt64Array(): BigInt64Array {
+    if (this.dtype !== 'i64') throw new DTypeError(`toBigInt64Array: needs an i64 tensor, this one is ${this.dtype}`);
+    return call(() => this.handle.read('i64'));
+  }
+
+  /** Overwrites the values in place from a typed array or tensor with the same number of elements. */
+  copyFrom(src: Float32Array | Float64Array | Uint16Array | Int32Array | BigInt64Array | Tensor): this {
+    if (src instanceof Tensor) {
+      if (src.numel !== this.numel)
+        throw new ShapeError(`src: has ${src.numel} elements (shape ${shapeStr(src.shape)}) but this tensor has ${this.numel} (shape ${shapeStr(this.shape)})`);
+      if (isFloatDType(src.dtype) !== isFloatDType(this.dtype) || (!isFloatDType(src.dtype) && src.dtype !== this.dtype))
+        throw new DTypeError(`src: cannot copy a ${src.dtype} tensor into a ${this.dtype} tensor`);
+      call((b) => b.convert(src.handle, this.handle));
+      return this;
+    }
+    if (!ArrayBuffer.isView(src)) throw new LoraTypeError('src: expected a typed array or a Tensor');
+    checkDataMatches(src, this.dtype, 'src');
+    if (src.length !== this.numel)
+      throw new ShapeError(`src: has ${src.length} elements but this tensor has shape ${shapeStr(this.shape)} (${this.numel})`);
+    call(() => this.handle.write(src));
+    return this;
+  }
+
+  /** A converted copy (new dtype and/or device). */
+  to(opts: TensorOptions): Tensor {
+    const o = checkOptions(opts, ['dtype', 'device'], 'opts');
+    const dtype = o.dtype !== undefined ? checkDType(o.dtype, 'opts.dtype') : this.dtype;
+    const device = o.device !== undefined ? checkDevice(o.device, 'opts.device') : this.device;
+    const out = Tensor.zeros(this.shape, { dtype, device });
+    try {
+      out.copyFrom(this);
+    } catch (e) {
+      out.dispose();
+      throw e;
+    }
+    return out;
+  }
+
+  clone(): Tensor {
+    return this.to({});
+  }
+
+  /** Frees the native memory now. Further use throws StateError; a second dispose is a no-op. */
+  dispose(): void {
+    if (!this.#handle) return;
+    call(() => this.#handle!.dispose());
+    this.#handle = null;
+  }
+
+  toString(): string {
+    return `Tensor(${shapeStr(this.shape)}, ${this.dtype}, ${this.device}${this.disposed ? ', disposed' : ''})`;
+  }
+
+  private requireFloat(op: string): void {
+    if (!isFloatDType(this.dtype)) throw new DTypeError(`${op}: needs a float tensor, this one is ${this.dtype}`);
+  }
+}
+
+function checkDataMatches(data: ArrayBufferView, dtype: DType, name: string): void {
+  const ok =
+    (isFloatDType(dtype) && (data instanceof Float32Array || data instanceof Float64Array)) ||
+    ((dtype === 'f16' || dtype === 'bf16') && data instanceof Uint16Array) ||
+    (dtype === 'i32' && data instanceof Int32Array) ||
+    (dtype === 'i64' && (data instanceof BigInt64Array || data instanceof Int32Array));
+  if (!ok) throw new LoraTypeError(`${name}: a ${data.constructor.name} cannot fill a ${dtype} tensor`);
+  if (data.buffer.byteLength === 0 && data.byteLength === 0 && (data as unknown as { length: number }).length !== 0)
+    throw new LoraTypeError(`${name}: the ArrayBuffer is detached`);
+}
+
+/** Throws unless t is a live float tensor on the given device; returns it. */
+export function requireFloatTensor(t: unknown, name: string, device: Device = 'cpu'): Tensor {
+  if (!(t instanceof Tensor)) throw new LoraTypeError(`${name}: expected a Tensor, got ${describe(t)}`);
+  if (t.disposed) throw new StateError(`${name}: the tensor was disposed`);
+  if (!isFloatDType(t.dtype)) throw new DTypeError(`${name}: expected a float tensor (f32, f16, bf16), got ${t.dtype}`);
+  if (t.device !== device) throw new LoraTypeError(`${name}: expected a ${device} tensor, got ${t.device}`);
+  return t;
+}
+
+export function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (ArrayBuffer.isView(v)) return `a ${v.constructor.name}`;
+  return typeof v === 'object' ? `an object (${(v as object).constructor?.name ?? 'Object'})` : typeof v;
+}

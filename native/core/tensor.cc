@@ -1,0 +1,37 @@
+#include "tensor.h"
+#include <cstdlib>
+#include <new>
+
+namespace lorakit {
+
+std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
+  if (device != Device::CPU) throw_state("Storage::allocate: only the cpu device allocates here");
+  auto s = std::make_shared<Storage>();
+  size_t rounded = ((nbytes + 63) / 64) * 64;
+  if (rounded == 0) rounded = 64;
+  void* p = std::aligned_alloc(64, rounded);  // 64-byte alignment for vector loads
+  if (!p) throw Error(ErrorKind::Range, "out of memory allocating " + std::to_string(nbytes) + " bytes");
+  std::memset(p, 0, rounded);
+  s->data = p;
+  s->nbytes = nbytes;
+  s->device = device;
+  return s;
+}
+
+void Storage::release() {
+  if (data && device == Device::CPU) std::free(data);
+  data = nullptr;
+}
+
+int64_t checked_numel(const std::vector<int64_t>& shape, const char* what) {
+  int64_t n = 1;
+  for (auto d : shape) {
+    if (d < 0) throw_range(std::string(what) + ": negative dimension in shape " + shape_str(shape));
+    if (d != 0 && n > (int64_t(1) << 53) / d)
+      throw_range(std::string(what) + ": shape " + shape_str(shape) + " has too many elements");
+    n *= d;
+  }
+  return n;
+}
+
+}  // namespace lorakit

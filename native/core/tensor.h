@@ -1,0 +1,46 @@
+// A contiguous, row-major tensor: shared storage plus dtype and shape. Kernels see TensorRef only.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+#include "dtype.h"
+#include "errors.h"
+
+namespace lorakit {
+
+enum class Device : int { CPU = 0, CUDA = 1 };
+
+// Owns one allocation. Freed when the last reference drops or on explicit release().
+struct Storage {
+  void* data = nullptr;
+  size_t nbytes = 0;
+  Device device = Device::CPU;
+  std::atomic<int> busy{0};  // > 0 while async work uses the buffer
+  static std::shared_ptr<Storage> allocate(size_t nbytes, Device device);
+  void release();
+  ~Storage() { release(); }
+};
+
+struct TensorRef {
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  int64_t numel() const {
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    return n;
+  }
+  int64_t dim(int i) const { return shape[i < 0 ? shape.size() + i : i]; }
+  int64_t rows() const {  // product of all but the last dim
+    int64_t n = 1;
+    for (size_t i = 0; i + 1 < shape.size(); i++) n *= shape[i];
+    return n;
+  }
+  template <class T> T* as() const { return static_cast<T*>(data); }
+};
+
+// Checked product of dims; throws on overflow or negative dims.
+int64_t checked_numel(const std::vector<int64_t>& shape, const char* what);
+
+}  // namespace lorakit

@@ -1,0 +1,134 @@
+#include "thread_pool.h"
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace lorakit {
+namespace {
+
+thread_local bool tl_in_pool_task = false;
+
+class Pool {
+ public:
+  explicit Pool(int n) { start(n); }
+  ~Pool() { stop(); }
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void resize(int n) {
+    std::lock_guard<std::mutex> call(call_mutex_);
+    stop();
+    start(n);
+  }
+
+  // Runs task(i) for i in [0, ntasks) on the workers and the calling thread.
+  void run(int ntasks, const std::function<void(int)>& task) {
+    std::lock_guard<std::mutex> call(call_mutex_);  // one parallel region at a time
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      task_ = &task;
+      ntasks_ = ntasks;
+      next_.store(0);
+      pending_ = ntasks;
+      error_ = nullptr;
+      generation_++;
+    }
+    cv_.notify_all();
+    drain();
+    std::unique_lock<std::mutex> lk(m_);
+    done_cv_.wait(lk, [&] { return pending_ == 0; });
+    task_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void start(int n) {
+    quit_ = false;
+    for (int i = 1; i < n; i++) workers_.emplace_back([this] { loop(); });
+  }
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+  }
+  void drain() {
+    tl_in_pool_task = true;
+    for (;;) {
+      int i = next_.fetch_add(1);
+      if (i >= ntasks_) break;
+      try {
+        (*task_)(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(m_);
+        if (!error_) error_ = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lk(m_);
+      if (--pending_ == 0) done_cv_.notify_all();
+    }
+    tl_in_pool_task = false;
+  }
+  void loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lk(m_);
+        cv_.wait(lk, [&] { return quit_ || (generation_ != seen && task_ != nullptr); });
+        if (quit_) return;
+        seen = generation_;
+      }
+      drain();
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex call_mutex_, m_;
+  std::condition_variable cv_, done_cv_;
+  const std::function<void(int)>* task_ = nullptr;
+  int ntasks_ = 0;
+  std::atomic<int> next_{0};
+  int pending_ = 0;
+  uint64_t generation_ = 0;
+  bool quit_ = false;
+  std::exception_ptr error_;
+};
+
+int default_threads() {
+  unsigned h = std::thread::hardware_concurrency();
+  return h == 0 ? 1 : static_cast<int>(std::min(h, 256u));
+}
+
+Pool& pool() {
+  static Pool p(default_threads());  // process-wide; calls are serialised by run()
+  return p;
+}
+
+}  // namespace
+
+int num_threads() { return pool().size(); }
+
+void set_num_threads(int n) { pool().resize(n <= 0 ? default_threads() : std::min(n, 256)); }
+
+void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk) {
+  if (n <= 0) return;
+  int nt = tl_in_pool_task ? 1 : num_threads();
+  int64_t max_tasks = std::max<int64_t>(1, n / std::max<int64_t>(1, min_chunk));
+  int tasks = static_cast<int>(std::min<int64_t>(max_tasks, int64_t(nt) * 4));
+  if (tasks <= 1) {
+    fn(0, n);
+    return;
+  }
+  pool().run(tasks, [&](int t) {
+    int64_t b = n * t / tasks, e = n * (t + 1) / tasks;
+    if (b < e) fn(b, e);
+  });
+}
+
+}  // namespace lorakit

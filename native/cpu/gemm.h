@@ -1,0 +1,42 @@
+// Packed, tiled f32 GEMM over operands of any float dtype and any strides.
+//   C[m, n] = beta * C + sum over segments s of alpha_s * A_s[m, k_s] * B_s[k_s, n]  (+ bias[n])
+// Several K segments write one output in one pass: this is how the LoRA term x·Aᵀ·Bᵀ is folded
+// into the base GEMM (K extended by r) instead of a second pass over the output.
+#pragma once
+#include <cstdint>
+#include <vector>
+#include "../core/dtype.h"
+
+namespace lorakit {
+
+// Element (i, k) of a matrix lives at data + (i * rs + k * cs) elements.
+struct MatView {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rs = 0, cs = 0;
+  float at(int64_t i, int64_t k) const { return load_f32(data, dtype, i * rs + k * cs); }
+};
+
+struct KSegment {
+  MatView a;  // [m, k]
+  MatView b;  // [k, n]
+  int64_t k = 0;
+  float alpha = 1.f;
+};
+
+struct GemmOutput {
+  void* data = nullptr;  // [m, n] row-major with leading dimension ldc
+  DType dtype = DType::F32;
+  int64_t ldc = 0;
+  float beta = 0.f;            // beta != 0 reads C before writing (C must then be readable as dtype)
+  const void* bias = nullptr;  // optional [n]
+  DType bias_dtype = DType::F32;
+};
+
+void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out);
+
+// Convenience views for row-major tensors.
+inline MatView row_major(const void* p, DType t, int64_t ld) { return MatView{p, t, ld, 1}; }
+inline MatView transposed(const void* p, DType t, int64_t ld) { return MatView{p, t, 1, ld}; }
+
+}  // namespace lorakit

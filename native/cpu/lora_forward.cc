@@ -1,0 +1,58 @@
+#include "../core/thread_pool.h"
+#include "gemm.h"
+#include "ops.h"
+
+namespace lorakit {
+namespace cpu {
+
+void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out) {
+  int64_t in = A.dim(1), r = A.dim(0), n = x.numel() / in;
+  KSegment s{row_major(x.data, x.dtype, in), transposed(A.data, A.dtype, in), in, 1.f};
+  GemmOutput o;
+  o.data = out.data;
+  o.dtype = out.dtype;
+  o.ldc = r;
+  gemm(n, r, {s}, o);
+}
+
+void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
+                    const std::vector<ForwardTerm>& terms, const TensorRef& y) {
+  int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
+  int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
+  int64_t n = x.numel() / in;
+  std::vector<KSegment> segs;
+  // B operand is Wᵀ: element (k = in index, j = out index).
+  MatView wt = fan_in_fan_out ? row_major(W.data, W.dtype, outf) : transposed(W.data, W.dtype, in);
+  segs.push_back({row_major(x.data, x.dtype, in), wt, in, 1.f});
+  for (const auto& t : terms) {
+    int64_t r = t.B.dim(1);
+    segs.push_back({row_major(t.u.data, t.u.dtype, r), transposed(t.B.data, t.B.dtype, r), r, t.scale});
+  }
+  GemmOutput o;
+  o.data = y.data;
+  o.dtype = y.dtype;
+  o.ldc = outf;
+  if (bias) {
+    o.bias = bias->data;
+    o.bias_dtype = bias->dtype;
+  }
+  gemm(n, outf, segs, o);
+}
+
+void dropout(const TensorRef& x, float p, uint64_t seed, uint64_t stream, const TensorRef& out) {
+  int64_t n = x.numel();
+  float keep_scale = 1.f / (1.f - p);
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; i++) {
+          float v = dropout_keep(seed, stream, static_cast<uint64_t>(i), p) ? load_f32(x.data, x.dtype, i) * keep_scale
+                                                                            : 0.f;
+          store_f32(out.data, out.dtype, i, v);
+        }
+      },
+      1 << 14);
+}
+
+}  // namespace cpu
+}  // namespace lorakit

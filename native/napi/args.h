@@ -1,0 +1,40 @@
+// Argument checking at the native boundary: every value from JS is re-validated here, and kernel
+// errors (lorakit::Error) become JS errors with a stable `code`.
+#pragma once
+#include <napi.h>
+#include <string>
+#include "../core/errors.h"
+#include "tensor_binding.h"
+
+namespace lorakit {
+namespace napi {
+
+[[noreturn]] void throw_js(Napi::Env env, const Error& e);
+
+// Runs fn, turning lorakit::Error into the matching JS error.
+template <class F>
+Napi::Value guarded(Napi::Env env, F&& fn) {
+  try {
+    return fn();
+  } catch (const Error& e) {
+    throw_js(env, e);
+  } catch (const std::bad_alloc&) {
+    throw_js(env, Error(ErrorKind::Range, "out of memory"));
+  }
+}
+
+double get_number(const Napi::CallbackInfo& info, size_t i, const char* name);
+bool get_bool(const Napi::CallbackInfo& info, size_t i, const char* name);
+std::string get_string(const Napi::CallbackInfo& info, size_t i, const char* name);
+double number_prop(const Napi::Object& o, const char* key, const std::string& where);
+
+// A float tensor argument; nullable ones return nullptr for null/undefined.
+NativeTensor* get_tensor(const Napi::Value& v, const std::string& name);
+NativeTensor* get_tensor_or_null(const Napi::Value& v, const std::string& name);
+
+// Requires a float dtype on the cpu device.
+void require_float_cpu(NativeTensor* t, const std::string& name);
+void require_shape(NativeTensor* t, const std::vector<int64_t>& shape, const std::string& name);
+
+}  // namespace napi
+}  // namespace lorakit

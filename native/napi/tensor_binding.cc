@@ -1,0 +1,166 @@
+#include "tensor_binding.h"
+#include <cmath>
+#include <cstring>
+#include "../cpu/ops.h"
+#include "addon_data.h"
+#include "args.h"
+
+namespace lorakit {
+namespace napi {
+
+void NativeTensor::Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function ctor = DefineClass(env, "NativeTensor",
+                                    {InstanceMethod<&NativeTensor::Write>("write"),
+                                     InstanceMethod<&NativeTensor::Read>("read"),
+                                     InstanceMethod<&NativeTensor::Dispose>("dispose"),
+                                     InstanceMethod<&NativeTensor::ByteLength>("byteLength")});
+  addon_data(env)->tensor_ctor = Napi::Persistent(ctor);
+  exports.Set("NativeTensor", ctor);
+}
+
+NativeTensor* NativeTensor::Unwrap(const Napi::Value& v) {
+  if (!v.IsObject()) return nullptr;
+  Napi::Object o = v.As<Napi::Object>();
+  if (!o.CheckTypeTag(&addon_data(v.Env())->tensor_tag)) return nullptr;
+  return Napi::ObjectWrap<NativeTensor>::Unwrap(o);
+}
+
+NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTensor>(info) {
+  Napi::Env env = info.Env();
+  try {
+    std::string dt = get_string(info, 0, "dtype");
+    if (!dtype_from_name(dt, &ref_.dtype)) throw_type("dtype: expected one of f32, f16, bf16, i32, i64, got '" + dt + "'");
+    if (info.Length() < 2 || !info[1].IsArray()) throw_type("shape: expected an array of non-negative integers");
+    Napi::Array shape = info[1].As<Napi::Array>();
+    if (shape.Length() > 16) throw_range("shape: at most 16 dimensions are supported");
+    for (uint32_t i = 0; i < shape.Length(); i++) {
+      Napi::Value d = shape.Get(i);
+      double v = d.IsNumber() ? d.As<Napi::Number>().DoubleValue() : -1;
+      if (!(v >= 0) || v != std::floor(v) || v > 9007199254740991.0)
+        throw_range("shape: dimension " + std::to_string(i) + " must be a non-negative integer");
+      ref_.shape.push_back(static_cast<int64_t>(v));
+    }
+    std::string dev = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu";
+    if (dev != "cpu") throw_type("device: '" + dev + "' is not available in this build");
+    int64_t n = checked_numel(ref_.shape, "shape");
+    size_t bytes = static_cast<size_t>(n) * dtype_size(ref_.dtype);
+    if (n > (int64_t(1) << 40)) throw_range("shape: " + shape_str(ref_.shape) + " is too large to allocate");
+    storage_ = Storage::allocate(bytes, Device::CPU);
+    ref_.data = storage_->data;
+    reported_ = static_cast<int64_t>(bytes);
+    Napi::MemoryManagement::AdjustExternalMemory(env, reported_);
+    info.This().As<Napi::Object>().TypeTag(&addon_data(env)->tensor_tag);
+  } catch (const Error& e) {
+    throw_js(env, e);
+  }
+}
+
+NativeTensor::~NativeTensor() {
+  // The env may be gone at teardown; only the memory is released here.
+  storage_.reset();
+}
+
+void NativeTensor::release(Napi::Env env) {
+  if (!storage_) return;
+  if (storage_->busy.load() > 0) throw_state("dispose: the tensor is in use by async work");
+  storage_.reset();
+  ref_.data = nullptr;
+  if (reported_) Napi::MemoryManagement::AdjustExternalMemory(env, -reported_);
+  reported_ = 0;
+}
+
+Napi::Value NativeTensor::Dispose(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    release(info.Env());
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value NativeTensor::ByteLength(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), storage_ ? static_cast<double>(storage_->nbytes) : 0);
+}
+
+// write(typedArray): fills the whole tensor, converting to its dtype.
+Napi::Value NativeTensor::Write(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (!storage_) throw_state("data: the tensor was disposed");
+    if (storage_->busy.load() > 0) throw_state("data: the tensor is in use by async work");
+    if (info.Length() < 1 || !info[0].IsTypedArray()) throw_type("data: expected a typed array");
+    Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+    int64_t n = ref_.numel();
+    if (static_cast<int64_t>(ta.ElementLength()) != n)
+      throw_range("data: has " + std::to_string(ta.ElementLength()) + " elements but shape " + shape_str(ref_.shape) +
+                  " needs " + std::to_string(n));
+    if (ta.ArrayBuffer().Data() == nullptr && n > 0) throw_type("data: the ArrayBuffer is detached");
+    const uint8_t* src = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    DType dt = ref_.dtype;
+    napi_typedarray_type tt = ta.TypedArrayType();
+    if (dtype_is_float(dt)) {
+      if (tt == napi_float32_array) {
+        std::vector<float> tmp(n);  // copy first: the source may be unaligned
+        std::memcpy(tmp.data(), src, n * 4);
+        cpu::convert(tmp.data(), DType::F32, ref_.data, dt, n);
+      } else if (tt == napi_float64_array) {
+        for (int64_t i = 0; i < n; i++) {
+          double v;
+          std::memcpy(&v, src + i * 8, 8);
+          store_f32(ref_.data, dt, i, static_cast<float>(v));
+        }
+      } else if (tt == napi_uint16_array && dt != DType::F32) {
+        std::memcpy(ref_.data, src, n * 2);
+      } else {
+        throw_type(std::string("data: a ") + dtype_name(dt) +
+                   " tensor takes Float32Array or Float64Array" + (dt != DType::F32 ? " (or Uint16Array bit patterns)" : ""));
+      }
+    } else if (dt == DType::I32 && tt == napi_int32_array) {
+      std::memcpy(ref_.data, src, n * 4);
+    } else if (dt == DType::I64 && tt == napi_bigint64_array) {
+      std::memcpy(ref_.data, src, n * 8);
+    } else if (dt == DType::I64 && tt == napi_int32_array) {
+      for (int64_t i = 0; i < n; i++) {
+        int32_t v;
+        std::memcpy(&v, src + i * 4, 4);
+        ref_.as<int64_t>()[i] = v;
+      }
+    } else {
+      throw_type(std::string("data: a ") + dtype_name(dt) + " tensor takes " +
+                 (dt == DType::I32 ? "Int32Array" : "BigInt64Array or Int32Array"));
+    }
+    return info.Env().Undefined();
+  });
+}
+
+// read(kind): a copy as 'f32' (Float32Array), 'bits' (Uint16Array), 'i32' or 'i64'.
+Napi::Value NativeTensor::Read(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    if (!storage_) throw_state("tensor: the tensor was disposed");
+    std::string kind = get_string(info, 0, "kind");
+    int64_t n = ref_.numel();
+    DType dt = ref_.dtype;
+    if (kind == "f32" && dtype_is_float(dt)) {
+      Napi::Float32Array out = Napi::Float32Array::New(env, n);
+      cpu::convert(ref_.data, dt, out.Data(), DType::F32, n);
+      return out;
+    }
+    if (kind == "bits" && (dt == DType::F16 || dt == DType::BF16)) {
+      Napi::Uint16Array out = Napi::Uint16Array::New(env, n);
+      std::memcpy(out.Data(), ref_.data, n * 2);
+      return out;
+    }
+    if (kind == "i32" && dt == DType::I32) {
+      Napi::Int32Array out = Napi::Int32Array::New(env, n);
+      std::memcpy(out.Data(), ref_.data, n * 4);
+      return out;
+    }
+    if (kind == "i64" && dt == DType::I64) {
+      Napi::BigInt64Array out = Napi::BigInt64Array::New(env, n);
+      std::memcpy(out.Data(), ref_.data, n * 8);
+      return out;
+    }
+    throw_type("kind: cannot read a " + std::string(dtype_name(dt)) + " tensor as '" + kind + "'");
+  });
+}
+
+}  // namespace napi
+}  // namespace lorakit
