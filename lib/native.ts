@@ -76,7 +76,9 @@ const HOW_TO_BUILD =
   'lorakit: the native addon is not built or could not be loaded.\n' +
   'Build it with:  npm rebuild lorakit\n' +
   '(needs a C++17 compiler, make and python3, or cmake >= 3.18; CUDA is optional).\n' +
-  'npm 12 blocks dependency install scripts by default: run  npm approve-scripts lorakit  and then  npm rebuild lorakit.\n' +
+  'npm 11.16+ warns about, and npm 12 blocks, install scripts of dependencies: approve lorakit\'s with\n' +
+  '  npm install-scripts approve lorakit   (or, on npm versions that name it so: npm approve-scripts lorakit)\n' +
+  'and then run  npm rebuild lorakit.\n' +
   'From a clone of the repository: npm install (or: npm run build:native).';
 
 /** Loads the addon on first use; throws NativeLoadError with build instructions if it is missing. */
