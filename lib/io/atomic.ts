@@ -1,0 +1,68 @@
+/**
+ * Atomic file writes: data goes to a temporary file in the same directory, is fsync'ed, then
+ * renamed over the target, so a crash leaves either the old file or the new one, never a torn one.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+
+function tempPath(target: string): string {
+  const rand = Math.floor(Math.random() * 0xffffffff).toString(16);
+  return path.join(path.dirname(target), `.${path.basename(target)}.${process.pid}.${rand}.tmp`);
+}
+
+/** Writes `data` to `target` atomically. */
+export function writeFileAtomicSync(target: string, data: string | Uint8Array): void {
+  const tmp = tempPath(target);
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    fs.writeFileSync(fd, data);
+    fs.fsyncSync(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  fs.closeSync(fd);
+  fs.renameSync(tmp, target);
+}
+
+/**
+ * Opens a temporary file beside `target` for streaming writes; commit() fsyncs and renames it into
+ * place, abort() removes it.
+ */
+export class AtomicWriter {
+  readonly tempPath: string;
+  #fd: number | null;
+  #pos = 0;
+
+  constructor(readonly target: string) {
+    this.tempPath = tempPath(target);
+    this.#fd = fs.openSync(this.tempPath, 'w');
+  }
+
+  get position(): number {
+    return this.#pos;
+  }
+
+  write(chunk: Uint8Array): void {
+    if (this.#fd === null) throw new Error('AtomicWriter: already committed or aborted');
+    let off = 0;
+    while (off < chunk.length) off += fs.writeSync(this.#fd, chunk, off, chunk.length - off, this.#pos + off);
+    this.#pos += chunk.length;
+  }
+
+  commit(): void {
+    if (this.#fd === null) throw new Error('AtomicWriter: already committed or aborted');
+    fs.fsyncSync(this.#fd);
+    fs.closeSync(this.#fd);
+    this.#fd = null;
+    fs.renameSync(this.tempPath, this.target);
+  }
+
+  abort(): void {
+    if (this.#fd === null) return;
+    fs.closeSync(this.#fd);
+    this.#fd = null;
+    fs.rmSync(this.tempPath, { force: true });
+  }
+}
