@@ -16,6 +16,8 @@ export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, InitLo
 export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';
 export { kernels, backendInfo, setNumThreads } from './kernels';
+export { cuda } from './cuda';
+export type { AdamWOptions, SgdOptions } from './cuda';
 export type { KernelAdapter } from './kernels';
 export type { BackendInfo } from './native';
 export { Rng, manualSeed } from './rng';

@@ -2,7 +2,8 @@
  * Typed access to the native kernels for callers that manage their own tensors. Each function
  * validates its arguments before the native call (which validates again).
  */
-import { ShapeError, shapeStr } from './errors';
+import { Device } from './dtype';
+import { DTypeError, ShapeError, shapeStr } from './errors';
 import { BackendInfo, call } from './native';
 import { Tensor, requireFloatTensor } from './tensor';
 import { checkFinite, checkInt } from './validate';
@@ -18,9 +19,9 @@ function linearDims(W: Tensor, fanInFanOut: boolean): { inF: number; outF: numbe
   return fanInFanOut ? { inF: W.shape[0], outF: W.shape[1] } : { inF: W.shape[1], outF: W.shape[0] };
 }
 
-function checkAdapter(a: KernelAdapter, i: number, inF: number, outF: number): void {
-  requireFloatTensor(a.loraA, `adapters[${i}].loraA`);
-  requireFloatTensor(a.loraB, `adapters[${i}].loraB`);
+function checkAdapter(a: KernelAdapter, i: number, inF: number, outF: number, device: Device): void {
+  requireFloatTensor(a.loraA, `adapters[${i}].loraA`, device);
+  requireFloatTensor(a.loraB, `adapters[${i}].loraB`, device);
   checkFinite(a.scaling, `adapters[${i}].scaling`);
   const r = a.loraA.shape[0];
   if (a.loraA.shape.length !== 2 || a.loraA.shape[1] !== inF)
@@ -35,17 +36,22 @@ export function loraLinearForward(
   weight: Tensor,
   opts: { bias?: Tensor | null; fanInFanOut?: boolean; adapters?: KernelAdapter[] } = {},
 ): Tensor {
-  requireFloatTensor(x, 'x');
-  requireFloatTensor(weight, 'weight');
+  requireFloatTensor(weight, 'weight', weight instanceof Tensor ? weight.device : 'cpu');
+  const dev = weight.device;
+  requireFloatTensor(x, 'x', dev);
+  if (dev === 'cuda' && x.dtype !== weight.dtype)
+    throw new DTypeError(`x: on cuda, expected the weight's dtype ${weight.dtype}, got ${x.dtype}`);
   const fifo = opts.fanInFanOut ?? false;
   const { inF, outF } = linearDims(weight, fifo);
   if (x.shape.length === 0 || x.shape[x.shape.length - 1] !== inF)
     throw new ShapeError(`x: expected shape [..., ${inF}], got ${shapeStr(x.shape)}`);
   const adapters = opts.adapters ?? [];
-  adapters.forEach((a, i) => checkAdapter(a, i, inF, outF));
+  adapters.forEach((a, i) => checkAdapter(a, i, inF, outF, dev));
+  if (opts.bias) requireFloatTensor(opts.bias, 'opts.bias', dev);
   const lead = x.shape.slice(0, -1);
-  const us = adapters.map((a) => Tensor.zeros([...lead, a.loraA.shape[0]]));
-  const y = Tensor.zeros([...lead, outF], { dtype: x.dtype });
+  const uType = dev === 'cuda' ? x.dtype : 'f32';
+  const us = adapters.map((a) => Tensor.empty([...lead, a.loraA.shape[0]], { dtype: uType, device: dev }));
+  const y = Tensor.empty([...lead, outF], { dtype: x.dtype, device: dev });
   try {
     adapters.forEach((a, i) => call((b) => b.shrink(x.handle, a.loraA.handle, us[i].handle)));
     call((b) =>
@@ -63,12 +69,16 @@ export function loraLinearForward(
 
 /** out = W + scaling·ΔW (ΔW = B·A in W's layout); out defaults to W itself (in-place merge). */
 export function mergeAdapter(weight: Tensor, adapter: KernelAdapter, opts: { fanInFanOut?: boolean; out?: Tensor } = {}): Tensor {
-  requireFloatTensor(weight, 'weight');
+  requireFloatTensor(weight, 'weight', weight instanceof Tensor ? weight.device : 'cpu');
   const fifo = opts.fanInFanOut ?? false;
   const { inF, outF } = linearDims(weight, fifo);
-  checkAdapter(adapter, 0, inF, outF);
+  checkAdapter(adapter, 0, inF, outF, weight.device);
   const out = opts.out ?? weight;
-  requireFloatTensor(out, 'opts.out');
+  requireFloatTensor(out, 'opts.out', weight.device);
+  if (weight.device === 'cuda' && out.dtype !== weight.dtype)
+    throw new DTypeError(`opts.out: on cuda, expected the weight's dtype ${weight.dtype}, got ${out.dtype}`);
+  if (weight.device === 'cuda' && adapter.loraA.dtype !== adapter.loraB.dtype)
+    throw new DTypeError(`adapter: on cuda, loraA (${adapter.loraA.dtype}) and loraB (${adapter.loraB.dtype}) must share a dtype`);
   if (out.shape.join() !== weight.shape.join())
     throw new ShapeError(`opts.out: expected shape ${shapeStr(weight.shape)}, got ${shapeStr(out.shape)}`);
   call((b) => b.mergeDelta(weight.handle, adapter.loraA.handle, adapter.loraB.handle, adapter.scaling, fifo, out.handle));

@@ -33,12 +33,15 @@ export interface BackendInfo {
   threads: number;
   /** Backends compiled into this build. */
   compiled: string[];
-  /** Backends compiled in and usable on this machine. */
+  /** Backends compiled in and usable on this machine ('cuda' needs a GPU at run time). */
   usable: string[];
+  /** The CUDA device, when 'cuda' is usable. */
+  cudaDevice?: string;
 }
 
 export interface NativeBinding {
-  NativeTensor: new (dtype: string, shape: number[], device: string) => NativeTensorHandle;
+  /** zero = false leaves a cuda tensor's memory uninitialised (for outputs a kernel overwrites). */
+  NativeTensor: new (dtype: string, shape: number[], device: string, zero?: boolean) => NativeTensorHandle;
   shrink(x: NativeTensorHandle, A: NativeTensorHandle, out: NativeTensorHandle): void;
   linearForward(
     x: NativeTensorHandle,
@@ -67,6 +70,26 @@ export interface NativeBinding {
   convert(src: NativeTensorHandle, dst: NativeTensorHandle): void;
   allFinite(t: NativeTensorHandle): boolean;
   backendInfo(): BackendInfo;
+  // CUDA extras (throw a TypeError in builds without the CUDA backend).
+  cudaSynchronize(): void;
+  cudaTimerStart(): void;
+  cudaTimerStop(): number;
+  cudaMemoryStats(): { allocatedBytes: number; cachedBytes: number };
+  cudaEmptyCache(): void;
+  cudaBaseGemm(x: NativeTensorHandle, W: NativeTensorHandle, y: NativeTensorHandle, inputGrad: boolean): void;
+  cudaAdamwStep(
+    param: NativeTensorHandle,
+    grad: NativeTensorHandle,
+    expAvg: NativeTensorHandle,
+    expAvgSq: NativeTensorHandle,
+    opts: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
+  ): void;
+  cudaSgdStep(
+    param: NativeTensorHandle,
+    grad: NativeTensorHandle,
+    momentumBuffer: NativeTensorHandle | null,
+    opts: { lr: number; momentum: number; dampening: number; weightDecay: number; nesterov: boolean; firstStep: boolean },
+  ): void;
   setNumThreads(n: number): number;
 }
 

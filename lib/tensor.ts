@@ -56,6 +56,19 @@ export class Tensor {
   }
 
   /**
+   * @internal A tensor whose values are unspecified (zeros on the cpu, uninitialised on cuda):
+   * for outputs that a kernel overwrites entirely, which saves a memset pass on the GPU.
+   */
+  static empty(shape: readonly number[], opts?: TensorOptions): Tensor {
+    const o = checkOptions(opts, ['dtype', 'device'], 'opts');
+    const s = checkShape(shape, 'shape');
+    const dtype = checkDType(o.dtype ?? 'f32', 'opts.dtype');
+    const device = checkDevice(o.device ?? 'cpu', 'opts.device');
+    const h = call((b) => new b.NativeTensor(dtype, s, device, false));
+    return new Tensor(h, s, dtype, device);
+  }
+
+  /**
    * A tensor holding a copy of `data`. Float32Array, Float64Array and number[] fill float tensors
    * (f32 by default; f16/bf16 round once); Uint16Array holds f16/bf16 bit patterns (give the
    * dtype); Int32Array and BigInt64Array fill i32/i64 index tensors.
@@ -78,7 +91,7 @@ export class Tensor {
     const n = numelOf(s);
     if (data.length !== n)
       throw new ShapeError(`data: has ${data.length} elements but shape ${shapeStr(s)} needs ${n}`);
-    const t = Tensor.zeros(s, { dtype, device: checkDevice(o.device ?? 'cpu', 'opts.device') });
+    const t = Tensor.empty(s, { dtype, device: checkDevice(o.device ?? 'cpu', 'opts.device') });
     call(() => t.handle.write(data as Exclude<TensorData, number[]>));
     return t;
   }
@@ -143,7 +156,7 @@ export class Tensor {
     const o = checkOptions(opts, ['dtype', 'device'], 'opts');
     const dtype = o.dtype !== undefined ? checkDType(o.dtype, 'opts.dtype') : this.dtype;
     const device = o.device !== undefined ? checkDevice(o.device, 'opts.device') : this.device;
-    const out = Tensor.zeros(this.shape, { dtype, device });
+    const out = Tensor.empty(this.shape, { dtype, device });
     try {
       out.copyFrom(this);
     } catch (e) {

@@ -3,8 +3,8 @@
  * [in, out] with fanInFanOut (GPT-2's Conv1D). The base GEMM and every active adapter's expand run
  * as one native pass that writes y once; the shrink x·Aᵀ is kept for backward.
  */
-import { FloatDType } from '../dtype';
-import { LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
+import { Device, FloatDType } from '../dtype';
+import { DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
 import { BackwardTermArg, call } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
@@ -43,19 +43,23 @@ export class LoraLinear extends LoraLayer {
     super();
     const o = checkOptions(opts, ['weight', 'bias', 'fanInFanOut'], 'opts');
     if (o.weight === undefined) throw new LoraTypeError('opts.weight: required');
-    const W = requireFloatTensor(o.weight, 'opts.weight');
+    const W = requireFloatTensor(o.weight, 'opts.weight', (o.weight as Tensor | undefined)?.device ?? 'cpu');
     if (W.shape.length !== 2) throw new ShapeError(`opts.weight: expected 2 dimensions, got shape ${shapeStr(W.shape)}`);
     this.fanInFanOut = o.fanInFanOut === undefined ? false : checkBool(o.fanInFanOut, 'opts.fanInFanOut');
     this.#weight = W;
     this.#bias = null;
     if (o.bias !== undefined && o.bias !== null) {
-      const b = requireFloatTensor(o.bias, 'opts.bias');
+      const b = requireFloatTensor(o.bias, 'opts.bias', W.device);
       if (b.shape.length !== 1 || b.shape[0] !== this.outFeatures)
         throw new ShapeError(`opts.bias: expected shape [${this.outFeatures}], got ${shapeStr(b.shape)}`);
       this.#bias = b;
     }
   }
 
+  /** The device of the base weight; inputs, adapters and outputs live there. */
+  get device(): Device {
+    return this.#weight.device;
+  }
   get weight(): Tensor {
     return this.#weight;
   }
@@ -71,7 +75,8 @@ export class LoraLinear extends LoraLayer {
 
   /** x [..., in] → y [..., out] in x's dtype. In training mode the inputs are kept for backward(). */
   forward(x: Tensor): Tensor {
-    requireFloatTensor(x, 'x');
+    requireFloatTensor(x, 'x', this.device);
+    this.requireDeviceDType(x, 'x');
     if (x.shape.length === 0 || x.shape[x.shape.length - 1] !== this.inFeatures)
       throw new ShapeError(`x: expected shape [..., ${this.inFeatures}] (in_features), got ${shapeStr(x.shape)}`);
     this.requireLive();
@@ -81,18 +86,20 @@ export class LoraLinear extends LoraLayer {
     const stream = this.#forwardCount++;
     const adapters: AdapterCache[] = [];
     const outShape = [...x.shape.slice(0, -1), this.outFeatures];
-    const y = Tensor.zeros(outShape, { dtype: x.dtype });
+    const dev = this.device;
+    const y = Tensor.empty(outShape, { dtype: x.dtype, device: dev });
     try {
       for (const name of names) {
         const p = this._training ? this._loraDropout.get(name)! : 0;
         const seed = this._seed.get(name)!;
         let xa = x;
         if (p > 0) {
-          xa = Tensor.zeros(x.shape, { dtype: x.dtype });
+          xa = Tensor.empty(x.shape, { dtype: x.dtype, device: dev });
           adapters.push({ name, xa, u: xa, p, seed, stream }); // registered before use so it is freed on error
           call((b) => b.dropout(x.handle, p, seed, stream, xa.handle));
         }
-        const u = Tensor.zeros([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: 'f32' });
+        // The shrink x·Aᵀ: f32 on the cpu; on cuda in x's dtype, the operand type of the tensor-core expand.
+        const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: dev === 'cuda' ? x.dtype : 'f32', device: dev });
         if (p > 0) adapters[adapters.length - 1].u = u;
         else adapters.push({ name, xa, u, p, seed, stream });
         call((b) => b.shrink(xa.handle, this._loraA.get(name)!.handle, u.handle));
@@ -116,13 +123,15 @@ export class LoraLinear extends LoraLayer {
    * is not frozen. W and b never change.
    */
   backward(dy: Tensor): BackwardResult {
-    requireFloatTensor(dy, 'dy');
+    requireFloatTensor(dy, 'dy', this.device);
+    this.requireDeviceDType(dy, 'dy');
     const cache = this.#cache;
     if (!cache) throw new StateError('backward: needs a forward() in training mode first (call train() before forward)');
     if (cache.x.disposed) throw new StateError('backward: the input x of the last forward was disposed');
     if (dy.shape.length !== cache.outShape.length || dy.shape.some((d, i) => d !== cache.outShape[i]))
       throw new ShapeError(`dy: expected shape ${shapeStr(cache.outShape)} (the forward output), got ${shapeStr(dy.shape)}`);
-    const dx = Tensor.zeros(cache.x.shape, { dtype: cache.x.dtype });
+    const dev = this.device;
+    const dx = Tensor.empty(cache.x.shape, { dtype: cache.x.dtype, device: dev });
     const grads = new Map<string, AdapterGrads>();
     const terms: BackwardTermArg[] = [];
     try {
@@ -132,7 +141,10 @@ export class LoraLinear extends LoraLayer {
         const B = this._loraB.get(a.name)!;
         let g: AdapterGrads | null = null;
         if (!this._inferenceMode.get(a.name)) {
-          g = { loraA: Tensor.zeros(A.shape, { dtype: A.dtype }), loraB: Tensor.zeros(B.shape, { dtype: B.dtype }) };
+          g = {
+            loraA: Tensor.empty(A.shape, { dtype: A.dtype, device: dev }),
+            loraB: Tensor.empty(B.shape, { dtype: B.dtype, device: dev }),
+          };
           grads.set(a.name, g);
         }
         terms.push({
@@ -169,7 +181,8 @@ export class LoraLinear extends LoraLayer {
     if (init === 'gaussian') rng.fillNormal(a, 0, 1 / r);
     else rng.fillUniform(a, -bound, bound);
     if (init === false) rng.fillUniform(b, -1 / Math.sqrt(r), 1 / Math.sqrt(r)); // nn.Linear(r, out) default
-    return { A: Tensor.from(a, [r, inF], { dtype }), B: Tensor.from(b, [outF, r], { dtype }) };
+    const device = this.device;
+    return { A: Tensor.from(a, [r, inF], { dtype, device }), B: Tensor.from(b, [outF, r], { dtype, device }) };
   }
 
   protected writeDelta(name: string, sign: 1 | -1, W: Tensor, out: Tensor): void {
@@ -185,6 +198,12 @@ export class LoraLinear extends LoraLayer {
   protected clearCache(): void {
     if (this.#cache) freeAdapterCache(this.#cache.adapters, this.#cache.x);
     this.#cache = null;
+  }
+
+  /** The cuda kernels run in one dtype: activations must match the weight's. */
+  private requireDeviceDType(t: Tensor, name: string): void {
+    if (this.device === 'cuda' && t.dtype !== this.#weight.dtype)
+      throw new DTypeError(`${name}: on cuda, expected the weight's dtype ${this.#weight.dtype}, got ${t.dtype}`);
   }
 
   private requireLive(): void {

@@ -223,7 +223,7 @@ export abstract class LoraLayer {
   getDeltaWeight(name: string): Tensor {
     this.requireAdapter(name, 'name');
     const W = this.weight;
-    const out = Tensor.zeros(W.shape, { dtype: 'f32' });
+    const out = Tensor.zeros(W.shape, { dtype: 'f32', device: W.device });
     this.writeDelta(name, 1, out, out);
     return out;
   }

@@ -4,9 +4,23 @@
 
 namespace lorakit {
 
-std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
-  if (device != Device::CPU) throw_state("Storage::allocate: only the cpu device allocates here");
+namespace {
+const DeviceMemory* g_cuda_memory = nullptr;
+}
+
+void set_device_memory(Device device, const DeviceMemory* fns) {
+  if (device == Device::CUDA) g_cuda_memory = fns;
+}
+
+std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool zero) {
   auto s = std::make_shared<Storage>();
+  if (device == Device::CUDA) {
+    if (!g_cuda_memory) throw_type("device: 'cuda' is not available in this build");
+    s->data = g_cuda_memory->alloc(nbytes, zero);
+    s->nbytes = nbytes;
+    s->device = device;
+    return s;
+  }
   size_t rounded = ((nbytes + 63) / 64) * 64;
   if (rounded == 0) rounded = 64;
   void* p = std::aligned_alloc(64, rounded);  // 64-byte alignment for vector loads
@@ -20,6 +34,7 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
 
 void Storage::release() {
   if (data && device == Device::CPU) std::free(data);
+  if (data && device == Device::CUDA && g_cuda_memory) g_cuda_memory->free(data, nbytes);
   data = nullptr;
 }
 

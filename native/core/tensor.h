@@ -11,13 +11,21 @@ namespace lorakit {
 
 enum class Device : int { CPU = 0, CUDA = 1 };
 
+// Device memory functions, registered by a device backend at load time so that core does not
+// depend on CUDA. alloc returns memory (zeroed when asked) or throws lorakit::Error; free never throws.
+struct DeviceMemory {
+  void* (*alloc)(size_t nbytes, bool zero);
+  void (*free)(void* p, size_t nbytes);
+};
+void set_device_memory(Device device, const DeviceMemory* fns);
+
 // Owns one allocation. Freed when the last reference drops or on explicit release().
 struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   Device device = Device::CPU;
   std::atomic<int> busy{0};  // > 0 while async work uses the buffer
-  static std::shared_ptr<Storage> allocate(size_t nbytes, Device device);
+  static std::shared_ptr<Storage> allocate(size_t nbytes, Device device, bool zero = true);
   void release();
   ~Storage() { release(); }
 };

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <vector>
+#include "../core/dropout_mask.h"
 #include "../core/tensor.h"
 
 namespace lorakit {
@@ -50,14 +51,7 @@ void convert(const void* src, DType st, void* dst, DType dt, int64_t n);
 // True when every element is finite.
 bool all_finite(const TensorRef& t);
 
-inline bool dropout_keep(uint64_t seed, uint64_t stream, uint64_t i, float p) {
-  uint64_t z = seed + 0x9e3779b97f4a7c15ull * (stream + 1) + 0xbf58476d1ce4e5b9ull * i;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  float uni = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
-  return uni >= p;
-}
+using lorakit::dropout_keep;  // native/core/dropout_mask.h, shared with the CUDA kernels
 
 }  // namespace cpu
 }  // namespace lorakit

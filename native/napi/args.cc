@@ -60,6 +60,16 @@ void require_float_cpu(NativeTensor* t, const std::string& name) {
   if (t->device() != Device::CPU) throw_type(name + ": expected a cpu tensor");
 }
 
+const char* device_name(Device d) { return d == Device::CUDA ? "cuda" : "cpu"; }
+
+void require_float_on(NativeTensor* t, Device device, const std::string& name) {
+  if (!dtype_is_float(t->ref().dtype))
+    throw_type(name + ": expected a float tensor (f32, f16 or bf16), got " + dtype_name(t->ref().dtype));
+  if (t->device() != device)
+    throw_type(name + ": expected a " + device_name(device) + " tensor (like the other arguments), got a " +
+               device_name(t->device()) + " tensor");
+}
+
 void require_shape(NativeTensor* t, const std::vector<int64_t>& shape, const std::string& name) {
   if (t->ref().shape != shape)
     throw_range(name + ": expected shape " + shape_str(shape) + ", got " + shape_str(t->ref().shape));

@@ -34,6 +34,9 @@ NativeTensor* get_tensor_or_null(const Napi::Value& v, const std::string& name);
 
 // Requires a float dtype on the cpu device.
 void require_float_cpu(NativeTensor* t, const std::string& name);
+// Requires a float dtype on the given device (all tensors of one call share a device).
+void require_float_on(NativeTensor* t, Device device, const std::string& name);
+const char* device_name(Device d);
 void require_shape(NativeTensor* t, const std::vector<int64_t>& shape, const std::string& name);
 
 }  // namespace napi

@@ -4,6 +4,10 @@
 #include "../core/thread_pool.h"
 #include "../cpu/microkernel.h"
 #include "../cpu/ops.h"
+#ifdef LORAKIT_WITH_CUDA
+#include "../cuda/ops.h"
+#include "../cuda/runtime.h"
+#endif
 #include "args.h"
 #include "kernels_binding.h"
 
@@ -11,10 +15,36 @@ namespace lorakit {
 namespace napi {
 namespace {
 
-const TensorRef& float_arg(const Napi::CallbackInfo& info, size_t i, const std::string& name) {
+#ifdef LORAKIT_WITH_CUDA
+#define LK_IF_CUDA(...) __VA_ARGS__
+#else
+#define LK_IF_CUDA(...)
+#endif
+
+// The device of a call is that of its first tensor; every other tensor must be on it.
+const TensorRef& float_arg(const Napi::CallbackInfo& info, size_t i, const std::string& name, Device dev) {
   NativeTensor* t = get_tensor(info[i], name);
-  require_float_cpu(t, name);
+  require_float_on(t, dev, name);
   return t->ref();
+}
+
+Device device_of(const Napi::CallbackInfo& info, size_t i, const std::string& name) {
+  return get_tensor(info[i], name)->device();
+}
+
+// Runs the cpu or the cuda version of an op.
+template <class Cpu, class Cuda>
+void dispatch(Device dev, Cpu&& cpu_fn, Cuda&& cuda_fn) {
+  if (dev == Device::CPU) {
+    cpu_fn();
+    return;
+  }
+#ifdef LORAKIT_WITH_CUDA
+  cuda_fn();
+#else
+  (void)cuda_fn;
+  throw_type("device: 'cuda' is not available in this build");
+#endif
 }
 
 struct LinearDims {
@@ -56,14 +86,15 @@ std::vector<int64_t> with_last(std::vector<int64_t> s, int64_t d) {
 // shrink(x, A, out): out [n..., r] = x·Aᵀ
 Napi::Value Shrink(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& x = float_arg(info, 0, "x");
-    const TensorRef& A = float_arg(info, 1, "A");
-    const TensorRef& out = float_arg(info, 2, "out");
+    Device dev = device_of(info, 0, "x");
+    const TensorRef& x = float_arg(info, 0, "x", dev);
+    const TensorRef& A = float_arg(info, 1, "A", dev);
+    const TensorRef& out = float_arg(info, 2, "out", dev);
     if (A.shape.size() != 2) throw_range("A: expected 2 dimensions, got shape " + shape_str(A.shape));
     require_last_dim(x, A.shape[1], "x", "A's in_features");
     require_same_shape(out, with_last(x.shape, A.shape[0]), "out");
     require_distinct(out, x, "out", "x");
-    cpu::lora_shrink(x, A, out);
+    dispatch(dev, [&] { cpu::lora_shrink(x, A, out); }, [&] { LK_IF_CUDA(cuda::lora_shrink(x, A, out);) });
     return info.Env().Undefined();
   });
 }
@@ -71,21 +102,22 @@ Napi::Value Shrink(const Napi::CallbackInfo& info) {
 // linearForward(x, W, bias|null, fifo, terms: [u, B, scale][], y)
 Napi::Value LinearForward(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& x = float_arg(info, 0, "x");
-    const TensorRef& W = float_arg(info, 1, "weight");
+    Device dev = device_of(info, 0, "x");
+    const TensorRef& x = float_arg(info, 0, "x", dev);
+    const TensorRef& W = float_arg(info, 1, "weight", dev);
     NativeTensor* bt = get_tensor_or_null(info[2], "bias");
     bool fifo = get_bool(info, 3, "fanInFanOut");
     LinearDims d = linear_dims(W, fifo);
     require_last_dim(x, d.in, "x", "in_features");
     if (bt) {
-      require_float_cpu(bt, "bias");
+      require_float_on(bt, dev, "bias");
       require_same_shape(bt->ref(), {d.out}, "bias");
     }
     if (info.Length() < 5 || !info[4].IsArray()) throw_type("terms: expected an array");
     Napi::Array arr = info[4].As<Napi::Array>();
     std::vector<cpu::ForwardTerm> terms;
     int64_t n = x.rows();
-    const TensorRef& y = float_arg(info, 5, "y");
+    const TensorRef& y = float_arg(info, 5, "y", dev);
     require_same_shape(y, with_last(x.shape, d.out), "y");
     require_distinct(y, x, "y", "x");
     for (uint32_t i = 0; i < arr.Length(); i++) {
@@ -95,8 +127,8 @@ Napi::Value LinearForward(const Napi::CallbackInfo& info) {
       Napi::Array t = tv.As<Napi::Array>();
       NativeTensor* u = get_tensor(t.Get(0u), w + ".u");
       NativeTensor* B = get_tensor(t.Get(1u), w + ".B");
-      require_float_cpu(u, w + ".u");
-      require_float_cpu(B, w + ".B");
+      require_float_on(u, dev, w + ".u");
+      require_float_on(B, dev, w + ".B");
       if (B->ref().shape.size() != 2 || B->ref().shape[0] != d.out)
         throw_range(w + ".B: expected shape [" + std::to_string(d.out) + ", r], got " + shape_str(B->ref().shape));
       int64_t r = B->ref().shape[1];
@@ -109,7 +141,9 @@ Napi::Value LinearForward(const Napi::CallbackInfo& info) {
         throw_range(w + ".scale: expected a finite number");
       terms.push_back({u->ref(), B->ref(), static_cast<float>(sv.As<Napi::Number>().DoubleValue())});
     }
-    cpu::linear_forward(x, W, bt ? &bt->ref() : nullptr, fifo, terms, y);
+    const TensorRef* bias = bt ? &bt->ref() : nullptr;
+    dispatch(dev, [&] { cpu::linear_forward(x, W, bias, fifo, terms, y); },
+             [&] { LK_IF_CUDA(cuda::linear_forward(x, W, bias, fifo, terms, y);) });
     return info.Env().Undefined();
   });
 }
@@ -117,8 +151,9 @@ Napi::Value LinearForward(const Napi::CallbackInfo& info) {
 // linearBackward(dy, W, fifo, terms: {xa, u, A, B, scale, p, seed, stream, dA|null, dB|null}[], dx|null)
 Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& dy = float_arg(info, 0, "dy");
-    const TensorRef& W = float_arg(info, 1, "weight");
+    Device dev = device_of(info, 0, "dy");
+    const TensorRef& dy = float_arg(info, 0, "dy", dev);
+    const TensorRef& W = float_arg(info, 1, "weight", dev);
     bool fifo = get_bool(info, 2, "fanInFanOut");
     LinearDims d = linear_dims(W, fifo);
     require_last_dim(dy, d.out, "dy", "out_features");
@@ -128,7 +163,7 @@ Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
     NativeTensor* dxt = info.Length() > 4 ? get_tensor_or_null(info[4], "dx") : nullptr;
     std::vector<int64_t> xshape = with_last(dy.shape, d.in);
     if (dxt) {
-      require_float_cpu(dxt, "dx");
+      require_float_on(dxt, dev, "dx");
       require_same_shape(dxt->ref(), xshape, "dx");
       require_distinct(dxt->ref(), dy, "dx", "dy");
     }
@@ -142,7 +177,7 @@ Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
       NativeTensor* u = get_tensor(o.Get("u"), w + ".u");
       NativeTensor* A = get_tensor(o.Get("A"), w + ".A");
       NativeTensor* B = get_tensor(o.Get("B"), w + ".B");
-      for (auto* t : {xa, u, A, B}) require_float_cpu(t, w);
+      for (auto* t : {xa, u, A, B}) require_float_on(t, dev, w);
       check_adapter(A->ref(), B->ref(), d, w);
       int64_t r = A->ref().shape[0];
       require_same_shape(xa->ref(), xshape, w + ".xa");
@@ -162,18 +197,20 @@ Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
       bt.dA = nullptr;
       bt.dB = nullptr;
       if (dA) {
-        require_float_cpu(dA, w + ".dA");
+        require_float_on(dA, dev, w + ".dA");
         require_same_shape(dA->ref(), A->ref().shape, w + ".dA");
         bt.dA = &dA->ref();
       }
       if (dB) {
-        require_float_cpu(dB, w + ".dB");
+        require_float_on(dB, dev, w + ".dB");
         require_same_shape(dB->ref(), B->ref().shape, w + ".dB");
         bt.dB = &dB->ref();
       }
       terms.push_back(bt);
     }
-    cpu::linear_backward(dy, W, fifo, terms, dxt ? &dxt->ref() : nullptr);
+    const TensorRef* dx = dxt ? &dxt->ref() : nullptr;
+    dispatch(dev, [&] { cpu::linear_backward(dy, W, fifo, terms, dx); },
+             [&] { LK_IF_CUDA(cuda::linear_backward(dy, W, fifo, terms, dx);) });
     return info.Env().Undefined();
   });
 }
@@ -181,16 +218,18 @@ Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
 // mergeDelta(W, A, B, scale, fifo, out): out = W + scale·ΔW (out may be W)
 Napi::Value MergeDelta(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& W = float_arg(info, 0, "weight");
-    const TensorRef& A = float_arg(info, 1, "A");
-    const TensorRef& B = float_arg(info, 2, "B");
+    Device dev = device_of(info, 0, "weight");
+    const TensorRef& W = float_arg(info, 0, "weight", dev);
+    const TensorRef& A = float_arg(info, 1, "A", dev);
+    const TensorRef& B = float_arg(info, 2, "B", dev);
     float scale = static_cast<float>(get_number(info, 3, "scale"));
     bool fifo = get_bool(info, 4, "fanInFanOut");
-    const TensorRef& out = float_arg(info, 5, "out");
+    const TensorRef& out = float_arg(info, 5, "out", dev);
     LinearDims d = linear_dims(W, fifo);
     check_adapter(A, B, d, "adapter");
     require_same_shape(out, W.shape, "out");
-    cpu::merge_delta(W, A, B, scale, fifo, out);
+    dispatch(dev, [&] { cpu::merge_delta(W, A, B, scale, fifo, out); },
+             [&] { LK_IF_CUDA(cuda::merge_delta(W, A, B, scale, fifo, out);) });
     return info.Env().Undefined();
   });
 }
@@ -198,16 +237,55 @@ Napi::Value MergeDelta(const Napi::CallbackInfo& info) {
 // dropout(x, p, seed, stream, out)
 Napi::Value Dropout(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& x = float_arg(info, 0, "x");
+    Device dev = device_of(info, 0, "x");
+    const TensorRef& x = float_arg(info, 0, "x", dev);
     double p = get_number(info, 1, "p");
     if (!(p >= 0 && p < 1)) throw_range("p: expected 0 <= p < 1, got " + std::to_string(p));
     uint64_t seed = static_cast<uint64_t>(get_number(info, 2, "seed"));
     uint64_t stream = static_cast<uint64_t>(get_number(info, 3, "stream"));
-    const TensorRef& out = float_arg(info, 4, "out");
+    const TensorRef& out = float_arg(info, 4, "out", dev);
     require_same_shape(out, x.shape, "out");
-    cpu::dropout(x, static_cast<float>(p), seed, stream, out);
+    dispatch(dev, [&] { cpu::dropout(x, static_cast<float>(p), seed, stream, out); },
+             [&] { LK_IF_CUDA(cuda::dropout(x, static_cast<float>(p), seed, stream, out);) });
     return info.Env().Undefined();
   });
+}
+
+// Copies src into dst converting dtypes, within a device or across cpu and cuda (through a host
+// staging buffer in dst's dtype when the dtypes differ).
+void convert_between(NativeTensor* s, NativeTensor* d) {
+  const TensorRef& sr = s->ref();
+  const TensorRef& dr = d->ref();
+  int64_t n = sr.numel();
+  if (s->device() == Device::CPU && d->device() == Device::CPU) {
+    cpu::convert(sr.data, sr.dtype, dr.data, dr.dtype, n);
+    return;
+  }
+#ifdef LORAKIT_WITH_CUDA
+  size_t bytes = static_cast<size_t>(n) * dtype_size(dr.dtype);
+  if (s->device() == Device::CUDA && d->device() == Device::CUDA) {
+    cuda::convert(sr.data, sr.dtype, dr.data, dr.dtype, n);
+  } else if (s->device() == Device::CPU) {  // host → device
+    if (sr.dtype == dr.dtype) {
+      cuda::copy_to_device(dr.data, sr.data, bytes);
+    } else {
+      std::vector<uint8_t> tmp(bytes);
+      cpu::convert(sr.data, sr.dtype, tmp.data(), dr.dtype, n);
+      cuda::copy_to_device(dr.data, tmp.data(), bytes);
+    }
+  } else {  // device → host
+    size_t sbytes = static_cast<size_t>(n) * dtype_size(sr.dtype);
+    if (sr.dtype == dr.dtype) {
+      cuda::copy_to_host(dr.data, sr.data, sbytes);
+    } else {
+      std::vector<uint8_t> tmp(sbytes);
+      cuda::copy_to_host(tmp.data(), sr.data, sbytes);
+      cpu::convert(tmp.data(), sr.dtype, dr.data, dr.dtype, n);
+    }
+  }
+#else
+  throw_type("device: 'cuda' is not available in this build");
+#endif
 }
 
 // convert(src, dst): copies src into dst, converting float dtypes; integer tensors must match.
@@ -221,15 +299,18 @@ Napi::Value Convert(const Napi::CallbackInfo& info) {
     DType st = s->ref().dtype, dt = d->ref().dtype;
     if (dtype_is_float(st) != dtype_is_float(dt) || (!dtype_is_float(st) && st != dt))
       throw_type(std::string("dst: cannot convert ") + dtype_name(st) + " to " + dtype_name(dt));
-    cpu::convert(s->ref().data, st, d->ref().data, dt, s->ref().numel());
+    convert_between(s, d);
     return info.Env().Undefined();
   });
 }
 
 Napi::Value AllFinite(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& t = float_arg(info, 0, "tensor");
-    return Napi::Boolean::New(info.Env(), cpu::all_finite(t));
+    Device dev = device_of(info, 0, "tensor");
+    const TensorRef& t = float_arg(info, 0, "tensor", dev);
+    bool ok = true;
+    dispatch(dev, [&] { ok = cpu::all_finite(t); }, [&] { LK_IF_CUDA(ok = cuda::all_finite(t);) });
+    return Napi::Boolean::New(info.Env(), ok);
   });
 }
 
@@ -240,9 +321,16 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   o.Set("threads", num_threads());
   Napi::Array compiled = Napi::Array::New(env);
   compiled.Set(0u, "cpu");
-  o.Set("compiled", compiled);
   Napi::Array usable = Napi::Array::New(env);
   usable.Set(0u, "cpu");
+#ifdef LORAKIT_WITH_CUDA
+  compiled.Set(1u, "cuda");
+  if (cuda::device_count() > 0) {
+    usable.Set(1u, "cuda");
+    o.Set("cudaDevice", cuda::device_description());
+  }
+#endif
+  o.Set("compiled", compiled);
   o.Set("usable", usable);
   return o;
 }

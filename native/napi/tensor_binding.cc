@@ -4,6 +4,9 @@
 #include "../cpu/ops.h"
 #include "addon_data.h"
 #include "args.h"
+#ifdef LORAKIT_WITH_CUDA
+#include "../cuda/runtime.h"
+#endif
 
 namespace lorakit {
 namespace napi {
@@ -41,11 +44,23 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
       ref_.shape.push_back(static_cast<int64_t>(v));
     }
     std::string dev = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu";
-    if (dev != "cpu") throw_type("device: '" + dev + "' is not available in this build");
+    Device device = Device::CPU;
+    if (dev == "cuda") {
+#ifdef LORAKIT_WITH_CUDA
+      if (cuda::device_count() == 0) throw_state("device: 'cuda' is compiled in but no CUDA device is usable here");
+      device = Device::CUDA;
+#else
+      throw_type("device: 'cuda' is not available in this build (built without the CUDA toolkit and cuBLAS)");
+#endif
+    } else if (dev != "cpu") {
+      throw_type("device: expected 'cpu' or 'cuda', got '" + dev + "'");
+    }
+    // A 4th argument `false` skips zero-filling (for outputs a kernel overwrites entirely).
+    bool zero = !(info.Length() > 3 && info[3].IsBoolean() && !info[3].As<Napi::Boolean>().Value());
     int64_t n = checked_numel(ref_.shape, "shape");
     size_t bytes = static_cast<size_t>(n) * dtype_size(ref_.dtype);
     if (n > (int64_t(1) << 40)) throw_range("shape: " + shape_str(ref_.shape) + " is too large to allocate");
-    storage_ = Storage::allocate(bytes, Device::CPU);
+    storage_ = Storage::allocate(bytes, device, zero || device == Device::CPU);
     ref_.data = storage_->data;
     reported_ = static_cast<int64_t>(bytes);
     Napi::MemoryManagement::AdjustExternalMemory(env, reported_);
@@ -94,38 +109,45 @@ Napi::Value NativeTensor::Write(const Napi::CallbackInfo& info) {
     if (ta.ArrayBuffer().Data() == nullptr && n > 0) throw_type("data: the ArrayBuffer is detached");
     const uint8_t* src = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
     DType dt = ref_.dtype;
+    // A cuda tensor is filled through a host staging copy in its own dtype.
+    std::vector<uint8_t> staging;
+    void* const dst = storage_->device == Device::CPU ? ref_.data
+                                                       : (staging.resize(storage_->nbytes), static_cast<void*>(staging.data()));
     napi_typedarray_type tt = ta.TypedArrayType();
     if (dtype_is_float(dt)) {
       if (tt == napi_float32_array) {
         std::vector<float> tmp(n);  // copy first: the source may be unaligned
         std::memcpy(tmp.data(), src, n * 4);
-        cpu::convert(tmp.data(), DType::F32, ref_.data, dt, n);
+        cpu::convert(tmp.data(), DType::F32, dst, dt, n);
       } else if (tt == napi_float64_array) {
         for (int64_t i = 0; i < n; i++) {
           double v;
           std::memcpy(&v, src + i * 8, 8);
-          store_f32(ref_.data, dt, i, static_cast<float>(v));
+          store_f32(dst, dt, i, static_cast<float>(v));
         }
       } else if (tt == napi_uint16_array && dt != DType::F32) {
-        std::memcpy(ref_.data, src, n * 2);
+        std::memcpy(dst, src, n * 2);
       } else {
         throw_type(std::string("data: a ") + dtype_name(dt) +
                    " tensor takes Float32Array or Float64Array" + (dt != DType::F32 ? " (or Uint16Array bit patterns)" : ""));
       }
     } else if (dt == DType::I32 && tt == napi_int32_array) {
-      std::memcpy(ref_.data, src, n * 4);
+      std::memcpy(dst, src, n * 4);
     } else if (dt == DType::I64 && tt == napi_bigint64_array) {
-      std::memcpy(ref_.data, src, n * 8);
+      std::memcpy(dst, src, n * 8);
     } else if (dt == DType::I64 && tt == napi_int32_array) {
       for (int64_t i = 0; i < n; i++) {
         int32_t v;
         std::memcpy(&v, src + i * 4, 4);
-        ref_.as<int64_t>()[i] = v;
+        static_cast<int64_t*>(dst)[i] = v;
       }
     } else {
       throw_type(std::string("data: a ") + dtype_name(dt) + " tensor takes " +
                  (dt == DType::I32 ? "Int32Array" : "BigInt64Array or Int32Array"));
     }
+#ifdef LORAKIT_WITH_CUDA
+    if (storage_->device == Device::CUDA) cuda::copy_to_device(ref_.data, staging.data(), storage_->nbytes);
+#endif
     return info.Env().Undefined();
   });
 }
@@ -138,24 +160,34 @@ Napi::Value NativeTensor::Read(const Napi::CallbackInfo& info) {
     std::string kind = get_string(info, 0, "kind");
     int64_t n = ref_.numel();
     DType dt = ref_.dtype;
+    // A cuda tensor is read through a host copy (which also waits for pending kernels).
+    std::vector<uint8_t> staging;
+    const void* data = ref_.data;
+#ifdef LORAKIT_WITH_CUDA
+    if (storage_->device == Device::CUDA) {
+      staging.resize(storage_->nbytes);
+      cuda::copy_to_host(staging.data(), ref_.data, storage_->nbytes);
+      data = staging.data();
+    }
+#endif
     if (kind == "f32" && dtype_is_float(dt)) {
       Napi::Float32Array out = Napi::Float32Array::New(env, n);
-      cpu::convert(ref_.data, dt, out.Data(), DType::F32, n);
+      cpu::convert(data, dt, out.Data(), DType::F32, n);
       return out;
     }
     if (kind == "bits" && (dt == DType::F16 || dt == DType::BF16)) {
       Napi::Uint16Array out = Napi::Uint16Array::New(env, n);
-      std::memcpy(out.Data(), ref_.data, n * 2);
+      std::memcpy(out.Data(), data, n * 2);
       return out;
     }
     if (kind == "i32" && dt == DType::I32) {
       Napi::Int32Array out = Napi::Int32Array::New(env, n);
-      std::memcpy(out.Data(), ref_.data, n * 4);
+      std::memcpy(out.Data(), data, n * 4);
       return out;
     }
     if (kind == "i64" && dt == DType::I64) {
       Napi::BigInt64Array out = Napi::BigInt64Array::New(env, n);
-      std::memcpy(out.Data(), ref_.data, n * 8);
+      std::memcpy(out.Data(), data, n * 8);
       return out;
     }
     throw_type("kind: cannot read a " + std::string(dtype_name(dt)) + " tensor as '" + kind + "'");

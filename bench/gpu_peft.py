@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Times peft 0.21 LoRA Linear and bare PyTorch (cuBLAS) on the shapes of bench/gpu.js, with CUDA
+events, 4 rotating weight sets (so W does not sit in L2), median of repeats. Prints one JSON
+object on stdout; bench/gpu.js runs it and prints the ratios."""
+import json
+import sys
+
+import torch
+import peft
+from peft import LoraConfig, inject_adapter_in_model
+
+torch.backends.cuda.matmul.allow_tf32 = False
+DEV = "cuda"
+DT = torch.bfloat16
+SETS = 4
+
+
+def lora_linear(base, r):
+    """peft's LoRA Linear around `base` (through the public injection API), bf16 adapters."""
+    holder = torch.nn.Module()
+    holder.lin = base
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=["lin"])
+    holder = inject_adapter_in_model(cfg, holder)
+    layer = holder.lin
+    torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.02)
+    layer.to(DT)
+    return layer
+
+
+def timed(fn, sets, reps=5, target_ms=25.0):
+    for s in sets[:2]:
+        fn(s)
+    torch.cuda.synchronize()
+    st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    st.record()
+    for s in sets:
+        fn(s)
+    en.record()
+    torch.cuda.synchronize()
+    per = st.elapsed_time(en) / len(sets)
+    iters = max(len(sets), min(400, int(target_ms / max(per, 1e-3))))
+    out = []
+    for _ in range(reps):
+        st.record()
+        for i in range(iters):
+            fn(sets[i % len(sets)])
+        en.record()
+        torch.cuda.synchronize()
+        out.append(st.elapsed_time(en) * 1000.0 / iters)
+    out.sort()
+    return out[len(out) // 2]
+
+
+def main():
+    cfg = json.loads(sys.argv[1])
+    d_in = cfg["d_in"]
+    res = {"torch": torch.__version__, "peft": peft.__version__, "gpu": torch.cuda.get_device_name(0), "rows": []}
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    for d_out in cfg["d_out"]:
+        bases = [torch.nn.Linear(d_in, d_out, bias=False, device=DEV, dtype=DT) for _ in range(SETS)]
+        for b in bases:
+            b.weight.requires_grad_(False)
+        for n in cfg["n"]:
+            x = torch.randn(n, d_in, device=DEV, dtype=DT, generator=gen)
+            xg = x.clone().requires_grad_(True)
+            dy = torch.randn(n, d_out, device=DEV, dtype=DT, generator=gen)
+            base_fwd = timed(lambda b: torch.nn.functional.linear(x, b.weight), bases)
+            # base forward + dx (W frozen): the reference of the fwd+bwd target
+            def base_fb(b):
+                y = torch.nn.functional.linear(xg, b.weight)
+                y.backward(dy)
+            base_fb_us = timed(base_fb, bases)
+            for r in cfg["r"]:
+                layers = [lora_linear(b, r) for b in bases]
+                with torch.no_grad():
+                    fwd = timed(lambda l: l(x), layers)
+                def fb(l):
+                    y = l(xg)
+                    y.backward(dy)
+                fwdbwd = timed(fb, layers)
+                for l in layers:
+                    l.zero_grad(set_to_none=True)
+                res["rows"].append({"d_out": d_out, "n": n, "r": r, "torch_base_fwd_us": base_fwd,
+                                    "torch_base_fwd_dx_us": base_fb_us, "peft_fwd_us": fwd, "peft_fwdbwd_us": fwdbwd})
+                # unwrap so the base layers can be wrapped again
+                for l, b in zip(layers, bases):
+                    del l
+                torch.cuda.empty_cache()
+            del x, xg, dy
+        for r in cfg["r"]:
+            layers = [lora_linear(b, r) for b in bases]
+            def mu(l):
+                l.merge()
+                l.unmerge()
+            with torch.no_grad():
+                pair = timed(mu, layers)
+            res["rows"].append({"d_out": d_out, "r": r, "op": "merge", "peft_merge_us": pair / 2})
+        del bases
+        torch.cuda.empty_cache()
+    # copy bandwidth (read + write) on a 1 GiB buffer
+    a = torch.empty(1 << 29, device=DEV, dtype=DT)
+    a.normal_()
+    b = torch.empty_like(a)
+    t = timed(lambda _: b.copy_(a), [0], reps=5, target_ms=50)
+    res["copy_tbps"] = 2 * a.numel() * 2 / (t * 1e-6) / 1e12
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

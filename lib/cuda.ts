@@ -1,0 +1,129 @@
+/**
+ * The CUDA backend's extras: availability, stream synchronisation, device timers for benchmarks,
+ * allocator statistics, the bare base GEMM (the benchmarks' reference) and fused optimizer steps
+ * for adapter parameters. Tensors themselves move with `Tensor.to({ device: 'cuda' })`.
+ */
+import { DTypeError, LoraRangeError, ShapeError, shapeStr } from './errors';
+import { call } from './native';
+import { Tensor, requireFloatTensor } from './tensor';
+import { checkBool, checkFinite, checkInt, checkOptions } from './validate';
+
+/** True when the addon has the CUDA backend and a GPU is usable. */
+export function isAvailable(): boolean {
+  return call((b) => b.backendInfo()).usable.includes('cuda');
+}
+
+/** Waits for all queued GPU work; asynchronous kernel errors surface here. */
+export function synchronize(): void {
+  call((b) => b.cudaSynchronize());
+}
+
+/** Times GPU work queued by fn with device events (ms), after it completes. */
+export function timeMs(fn: () => void): number {
+  call((b) => b.cudaTimerStart());
+  fn();
+  return call((b) => b.cudaTimerStop());
+}
+
+export function memoryStats(): { allocatedBytes: number; cachedBytes: number } {
+  return call((b) => b.cudaMemoryStats());
+}
+
+/** Returns cached blocks of the caching allocator to the driver. */
+export function emptyCache(): void {
+  call((b) => b.cudaEmptyCache());
+}
+
+function sameShape(a: Tensor, b: Tensor, an: string, bn: string): void {
+  if (a.shape.join() !== b.shape.join()) throw new ShapeError(`${bn}: expected the shape of ${an} ${shapeStr(a.shape)}, got ${shapeStr(b.shape)}`);
+}
+
+function f32State(t: Tensor, name: string): void {
+  if (t.dtype !== 'f32') throw new DTypeError(`${name}: optimizer state must be f32, got ${t.dtype}`);
+}
+
+/**
+ * y = x·Wᵀ with cuBLASLt and nothing else (W [out, in]): what the fused LoRA forward is measured
+ * against. With inputGrad, the backward's dx = dy·W instead (x is dy [n, out], y is dx [n, in]).
+ */
+export function baseGemm(x: Tensor, weight: Tensor, y: Tensor, inputGrad = false): Tensor {
+  requireFloatTensor(x, 'x', 'cuda');
+  requireFloatTensor(weight, 'weight', 'cuda');
+  requireFloatTensor(y, 'y', 'cuda');
+  if (weight.shape.length !== 2) throw new ShapeError(`weight: expected 2 dimensions, got shape ${shapeStr(weight.shape)}`);
+  if (x.dtype !== weight.dtype || y.dtype !== weight.dtype)
+    throw new DTypeError(`x, y: expected the weight's dtype ${weight.dtype}, got ${x.dtype} and ${y.dtype}`);
+  checkBool(inputGrad, 'inputGrad');
+  call((b) => b.cudaBaseGemm(x.handle, weight.handle, y.handle, inputGrad));
+  return y;
+}
+
+export interface AdamWOptions {
+  lr?: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+  /** 1 on the first step (bias correction). */
+  step: number;
+}
+
+/**
+ * One AdamW step in place, as torch.optim.AdamW (decoupled weight decay, bias correction):
+ * p ← p·(1 − lr·wd); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; p ← p − lr/(1−β₁ᵗ)·m/(√v/√(1−β₂ᵗ) + ε).
+ * Defaults are PyTorch's (lr 1e-3, betas 0.9/0.999, eps 1e-8, weight decay 0.01). State is f32.
+ */
+export function adamwStep(param: Tensor, grad: Tensor, expAvg: Tensor, expAvgSq: Tensor, opts: AdamWOptions): void {
+  const o = checkOptions(opts, ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'step'], 'opts');
+  for (const [t, n] of [[param, 'param'], [grad, 'grad'], [expAvg, 'expAvg'], [expAvgSq, 'expAvgSq']] as const) requireFloatTensor(t, n, 'cuda');
+  sameShape(param, grad, 'param', 'grad');
+  sameShape(param, expAvg, 'param', 'expAvg');
+  sameShape(param, expAvgSq, 'param', 'expAvgSq');
+  f32State(expAvg, 'expAvg');
+  f32State(expAvgSq, 'expAvgSq');
+  const h = {
+    lr: checkFinite(o.lr ?? 1e-3, 'opts.lr'),
+    beta1: checkFinite(o.beta1 ?? 0.9, 'opts.beta1'),
+    beta2: checkFinite(o.beta2 ?? 0.999, 'opts.beta2'),
+    eps: checkFinite(o.eps ?? 1e-8, 'opts.eps'),
+    weightDecay: checkFinite(o.weightDecay ?? 0.01, 'opts.weightDecay'),
+    step: checkInt(o.step, 'opts.step', 1),
+  };
+  if (h.beta1 < 0 || h.beta1 >= 1 || h.beta2 < 0 || h.beta2 >= 1) throw new LoraRangeError('opts.beta1/beta2: expected values in [0, 1)');
+  call((b) => b.cudaAdamwStep(param.handle, grad.handle, expAvg.handle, expAvgSq.handle, h));
+}
+
+export interface SgdOptions {
+  lr: number;
+  momentum?: number;
+  dampening?: number;
+  weightDecay?: number;
+  nesterov?: boolean;
+  /** True on the first step: the momentum buffer starts as the gradient (PyTorch). */
+  firstStep?: boolean;
+}
+
+/** One SGD step in place, as torch.optim.SGD; momentumBuffer (f32) is needed when momentum ≠ 0. */
+export function sgdStep(param: Tensor, grad: Tensor, momentumBuffer: Tensor | null, opts: SgdOptions): void {
+  const o = checkOptions(opts, ['lr', 'momentum', 'dampening', 'weightDecay', 'nesterov', 'firstStep'], 'opts');
+  requireFloatTensor(param, 'param', 'cuda');
+  requireFloatTensor(grad, 'grad', 'cuda');
+  sameShape(param, grad, 'param', 'grad');
+  const h = {
+    lr: checkFinite(o.lr, 'opts.lr'),
+    momentum: checkFinite(o.momentum ?? 0, 'opts.momentum'),
+    dampening: checkFinite(o.dampening ?? 0, 'opts.dampening'),
+    weightDecay: checkFinite(o.weightDecay ?? 0, 'opts.weightDecay'),
+    nesterov: o.nesterov === undefined ? false : checkBool(o.nesterov, 'opts.nesterov'),
+    firstStep: o.firstStep === undefined ? false : checkBool(o.firstStep, 'opts.firstStep'),
+  };
+  if (h.momentum !== 0) {
+    if (!momentumBuffer) throw new LoraRangeError('momentumBuffer: required when opts.momentum != 0');
+    requireFloatTensor(momentumBuffer, 'momentumBuffer', 'cuda');
+    sameShape(param, momentumBuffer, 'param', 'momentumBuffer');
+    f32State(momentumBuffer, 'momentumBuffer');
+  }
+  call((b) => b.cudaSgdStep(param.handle, grad.handle, h.momentum !== 0 ? momentumBuffer!.handle : null, h));
+}
+
+export const cuda = { isAvailable, synchronize, timeMs, memoryStats, emptyCache, baseGemm, adamwStep, sgdStep };

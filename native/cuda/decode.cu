@@ -1,0 +1,157 @@
+// Decode forward (n ≤ 16 rows): y = x·Wᵀ + bias + Σ scale·u·Bᵀ in one kernel that streams W once
+// with 16-byte loads. Each warp owns 4 output features, each block 32; the block stages x in
+// shared memory one 512-wide K chunk at a time, so x is read from L2 once per block, not per warp.
+// The rank-r LoRA term and the bias are added in the epilogue, so y is written exactly once.
+#include "common.cuh"
+#include "ops.h"
+#include "vec.cuh"
+
+namespace lorakit {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = 8, kRowsPerWarp = 4, kKC = 512;
+
+struct DecodeTerm {
+  const void* u;
+  const void* B;
+  DType udt, bdt;
+  int r;
+  float scale;
+};
+struct DecodeTerms {
+  DecodeTerm t[kDecodeMaxTerms];
+  int count;
+};
+
+__device__ __forceinline__ float load_any(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::F32: return static_cast<const float*>(p)[i];
+    case DType::F16: return __half2float(static_cast<const __half*>(p)[i]);
+    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  }
+}
+
+template <class T, int NR>
+__global__ void __launch_bounds__(kWarps * 32) decode_kernel(const T* __restrict__ x, const T* __restrict__ W,
+                                                             const void* bias, DType bias_dt, T* __restrict__ y, int n,
+                                                             int64_t in, int64_t outf, DecodeTerms terms) {
+  __shared__ __align__(16) T xs[NR][kKC];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t j0 = (int64_t(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
+  float acc[kRowsPerWarp][NR];
+#pragma unroll
+  for (int a = 0; a < kRowsPerWarp; a++)
+#pragma unroll
+    for (int i = 0; i < NR; i++) acc[a][i] = 0.f;
+  const bool vec = in % 8 == 0;
+  for (int64_t k0 = 0; k0 < in; k0 += kKC) {
+    const int kc = static_cast<int>(in - k0 < kKC ? in - k0 : kKC);
+    for (int e = threadIdx.x; e < NR * kKC; e += kWarps * 32) {
+      int i = e / kKC, k = e % kKC;
+      xs[i][k] = (i < n && k < kc) ? x[int64_t(i) * in + k0 + k] : from_f32<T>(0.f);
+    }
+    __syncthreads();
+    if (vec) {
+#pragma unroll
+      for (int s = 0; s < kKC / 256; s++) {
+        const int k = s * 256 + lane * 8;
+        if (k >= kc) break;
+        float w[kRowsPerWarp][8];
+#pragma unroll
+        for (int a = 0; a < kRowsPerWarp; a++) {
+          if (j0 + a < outf) load8(W + (j0 + a) * in + k0 + k, w[a]);
+          else
+#pragma unroll
+            for (int q = 0; q < 8; q++) w[a][q] = 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < NR; i++) {
+          if (i >= n) break;
+          float xv[8];
+          load8_shared(&xs[i][k], xv);
+#pragma unroll
+          for (int a = 0; a < kRowsPerWarp; a++)
+#pragma unroll
+            for (int q = 0; q < 8; q++) acc[a][i] = fmaf(w[a][q], xv[q], acc[a][i]);
+        }
+      }
+    } else {
+      for (int k = lane; k < kc; k += 32) {
+#pragma unroll
+        for (int a = 0; a < kRowsPerWarp; a++) {
+          float wv = j0 + a < outf ? to_f32<T>(W[(j0 + a) * in + k0 + k]) : 0.f;
+#pragma unroll
+          for (int i = 0; i < NR; i++) acc[a][i] = fmaf(wv, to_f32<T>(xs[i][k]), acc[a][i]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int a = 0; a < kRowsPerWarp; a++)
+#pragma unroll
+    for (int i = 0; i < NR; i++)
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) acc[a][i] += __shfl_xor_sync(0xffffffffu, acc[a][i], off);
+  // Lane l finishes row l of x for the warp's 4 output features.
+#pragma unroll
+  for (int a = 0; a < kRowsPerWarp; a++) {
+    const int64_t j = j0 + a;
+    float v = 0.f;
+#pragma unroll
+    for (int i = 0; i < NR; i++)
+      if (lane == i) v = acc[a][i];
+    if (lane < n && j < outf) {
+      for (int t = 0; t < terms.count; t++) {
+        const DecodeTerm& tm = terms.t[t];
+        float s = 0.f;
+        for (int q = 0; q < tm.r; q++) s = fmaf(load_any(tm.u, tm.udt, int64_t(lane) * tm.r + q), load_any(tm.B, tm.bdt, j * tm.r + q), s);
+        v = fmaf(tm.scale, s, v);
+      }
+      if (bias) v += load_any(bias, bias_dt, j);
+      y[int64_t(lane) * outf + j] = from_f32<T>(v);
+    }
+  }
+}
+
+template <class T, int NR>
+void launch(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const DecodeTerms& terms, const TensorRef& y) {
+  const int64_t in = W.dim(1), outf = W.dim(0);
+  const int n = static_cast<int>(x.numel() / in);
+  const int64_t per_block = kWarps * kRowsPerWarp;
+  unsigned blocks = static_cast<unsigned>((outf + per_block - 1) / per_block);
+  decode_kernel<T, NR><<<blocks, kWarps * 32, 0, stream()>>>(x.as<T>(), W.as<T>(), bias ? bias->data : nullptr,
+                                                            bias ? bias->dtype : DType::F32, y.as<T>(), n, in, outf, terms);
+}
+
+}  // namespace
+
+bool decode_applicable(const TensorRef& x, const TensorRef& W, bool fan_in_fan_out, const std::vector<ForwardTerm>& terms) {
+  if (fan_in_fan_out || W.shape.size() != 2 || W.dim(1) == 0) return false;
+  int64_t n = x.numel() / W.dim(1);
+  if (n < 1 || n > kDecodeMaxRows || terms.size() > kDecodeMaxTerms) return false;
+  if (W.dtype != x.dtype) return false;
+  return reinterpret_cast<uintptr_t>(W.data) % 16 == 0;
+}
+
+void decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const std::vector<ForwardTerm>& terms,
+                    const TensorRef& y) {
+  DecodeTerms dt{};
+  dt.count = static_cast<int>(terms.size());
+  for (size_t t = 0; t < terms.size(); t++)
+    dt.t[t] = DecodeTerm{terms[t].u.data, terms[t].B.data, terms[t].u.dtype, terms[t].B.dtype,
+                         static_cast<int>(terms[t].B.dim(1)), terms[t].scale};
+  const int64_t n = x.numel() / W.dim(1);
+  dispatch_float(W.dtype, "weight", [&](auto z) {
+    using T = decltype(z);
+    if (n <= 1) launch<T, 1>(x, W, bias, dt, y);
+    else if (n <= 4) launch<T, 4>(x, W, bias, dt, y);
+    else if (n <= 8) launch<T, 8>(x, W, bias, dt, y);
+    else launch<T, 16>(x, W, bias, dt, y);
+  });
+  LK_LAUNCHED("decode forward");
+}
+
+}  // namespace cuda
+}  // namespace lorakit

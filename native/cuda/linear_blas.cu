@@ -1,0 +1,319 @@
+// LoRA linear on cuBLASLt: shrink, fused forward, backward, and the bare base GEMM.
+//
+// How the LoRA term joins the base GEMM: cuBLASLt has no low-rank epilogue, and a true
+// K-extension [x | u]·[W | sB]ᵀ needs x and W physically concatenated (a copy of x per call and a
+// second copy of W per adapter). So the forward writes y = bias + s·u·Bᵀ first (a K = r GEMM,
+// memory-bound, one write of y) and then runs the base GEMM with beta = 1, accumulating x·Wᵀ
+// into that same y. The base GEMM is compute-bound for n above ~200, so reading y in its
+// epilogue costs little; the scale rides in the expand's alpha, the bias in its epilogue.
+// Backward does the same for dx: dx = g·A (K = r), then dx += dy·W (beta = 1), g = s·dy·B.
+// n ≤ 16 goes to the decode kernel (decode.cu), which streams W once.
+// Every GEMM's algorithm is cached per shape, so repeated calls pick the same one: results are
+// run-to-run deterministic (cuBLASLt's reductions for a fixed algorithm are deterministic).
+#include <cublasLt.h>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include "common.cuh"
+#include "ops.h"
+#include "runtime.h"
+
+namespace lorakit {
+namespace cuda {
+namespace {
+
+constexpr size_t kWorkspace = size_t(32) << 20;
+
+[[noreturn]] void blas_fail(cublasStatus_t s, const char* what) {
+  std::string msg = std::string("cublasLt: ") + what + " failed with status " + std::to_string(int(s));
+  if (s == CUBLAS_STATUS_ALLOC_FAILED) throw Error(ErrorKind::Range, msg + " (out of memory)");
+  throw Error(ErrorKind::State, msg);
+}
+#define LK_BLAS(expr, what)                                       \
+  do {                                                            \
+    cublasStatus_t lk_s_ = (expr);                                \
+    if (lk_s_ != CUBLAS_STATUS_SUCCESS) blas_fail(lk_s_, what);   \
+  } while (0)
+
+cudaDataType_t cuda_type(DType t) {
+  switch (t) {
+    case DType::F32: return CUDA_R_32F;
+    case DType::F16: return CUDA_R_16F;
+    case DType::BF16: return CUDA_R_16BF;
+    default: throw_type(std::string("cuda gemm: unsupported dtype ") + dtype_name(t));
+  }
+}
+
+int alignment_of(const void* p) {
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  int al = 256;
+  while (al > 1 && a % al) al >>= 1;
+  return al;
+}
+
+// A row-major GEMM: C[m, n] = alpha·opA·opB + beta·C (+ bias[n]), where A is stored row-major as
+// [m, k] (ta = false) or [k, m] (ta = true), and B as [k, n] (tb = false) or [n, k] (tb = true).
+struct Gemm {
+  int64_t m, n, k;
+  const void* A;
+  int64_t lda;
+  bool ta;
+  const void* B;
+  int64_t ldb;
+  bool tb;
+  void* C;
+  int64_t ldc;
+  DType ab, c;
+  float alpha = 1.f, beta = 0.f;
+  const void* bias = nullptr;  // [n], dtype c
+};
+
+using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int, int, int, int, int>;
+
+struct Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulAlgo_t algo;
+};
+
+struct Blas {
+  std::mutex mu;
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  std::map<PlanKey, Plan> plans;
+};
+
+Blas& blas() {
+  static Blas* b = new Blas();  // leaked on purpose: no teardown after the driver is gone
+  return *b;
+}
+
+// Column-major view: Cᵀ[n, m] = opB'·opA' where our B plays cuBLAS's A.
+Plan& plan_for(Blas& b, const Gemm& g) {
+  int beta_nz = g.beta != 0.f;
+  PlanKey key{g.m, g.n, g.k, g.lda, g.ldb, g.ldc, g.ta, g.tb, int(g.ab), int(g.c), beta_nz, g.bias != nullptr,
+              alignment_of(g.A), alignment_of(g.B), std::min(alignment_of(g.C), g.bias ? alignment_of(g.bias) : 256)};
+  auto it = b.plans.find(key);
+  if (it != b.plans.end()) return it->second;
+  Plan p;
+  cublasComputeType_t ct = CUBLAS_COMPUTE_32F;  // f32: exact fp32 (no TF32); 16-bit: f32 accumulation
+  LK_BLAS(cublasLtMatmulDescCreate(&p.desc, ct, CUDA_R_32F), "matmul desc");
+  cublasOperation_t opa = g.tb ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLAS A = our B
+  cublasOperation_t opb = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLAS B = our A
+  LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)), "transa");
+  LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)), "transb");
+  if (g.bias) {
+    cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+    LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof(ep)), "epilogue");
+    cudaDataType_t bt = cuda_type(g.c);
+    LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)), "bias type");
+  }
+  cudaDataType_t tab = cuda_type(g.ab), tc = cuda_type(g.c);
+  // Stored shapes in column-major terms.
+  LK_BLAS(cublasLtMatrixLayoutCreate(&p.la, tab, g.tb ? g.k : g.n, g.tb ? g.n : g.k, g.ldb), "layout B");
+  LK_BLAS(cublasLtMatrixLayoutCreate(&p.lb, tab, g.ta ? g.m : g.k, g.ta ? g.k : g.m, g.lda), "layout A");
+  LK_BLAS(cublasLtMatrixLayoutCreate(&p.lc, tc, g.n, g.m, g.ldc), "layout C");
+  cublasLtMatmulPreference_t pref;
+  LK_BLAS(cublasLtMatmulPreferenceCreate(&pref), "preference");
+  size_t ws = kWorkspace;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  uint32_t al[4] = {uint32_t(alignment_of(g.B)), uint32_t(alignment_of(g.A)), uint32_t(alignment_of(g.C)), uint32_t(alignment_of(g.C))};
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], 4);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], 4);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], 4);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[3], 4);
+  cublasLtMatmulHeuristicResult_t res;
+  int found = 0;
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(b.handle, p.desc, p.la, p.lb, p.lc, p.lc, pref, 1, &res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    cublasLtMatrixLayoutDestroy(p.la);
+    cublasLtMatrixLayoutDestroy(p.lb);
+    cublasLtMatrixLayoutDestroy(p.lc);
+    cublasLtMatmulDescDestroy(p.desc);
+    throw_state("cublasLt: no algorithm for a " + std::to_string(g.m) + "x" + std::to_string(g.n) + "x" +
+                std::to_string(g.k) + " " + dtype_name(g.ab) + " GEMM (status " + std::to_string(int(st)) + ")");
+  }
+  p.algo = res.algo;
+  return b.plans.emplace(key, p).first->second;
+}
+
+void run(const Gemm& g) {
+  if (g.m == 0 || g.n == 0) return;
+  cudaStream_t st = stream();
+  Blas& b = blas();
+  std::lock_guard<std::mutex> lock(b.mu);
+  if (!b.handle) {
+    LK_BLAS(cublasLtCreate(&b.handle), "cublasLtCreate");
+    LK_CUDA(cudaMalloc(&b.workspace, kWorkspace), "cublasLt workspace");
+  }
+  if (g.k == 0) {  // C = beta·C (+ bias): not worth a special kernel here; cuBLASLt rejects k = 0
+    throw_range("cuda gemm: empty reduction dimension");
+  }
+  Plan& p = plan_for(b, g);
+  if (g.bias)
+    LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias)), "bias");
+  LK_BLAS(cublasLtMatmul(b.handle, p.desc, &g.alpha, g.B, p.la, g.A, p.lb, &g.beta, g.C, p.lc, g.C, p.lc, &p.algo,
+                         b.workspace, kWorkspace, st),
+          "matmul");
+}
+
+// A device buffer released at scope exit (returned to the caching allocator).
+struct Scratch {
+  void* p = nullptr;
+  size_t n = 0;
+  Scratch() = default;
+  Scratch(size_t bytes) : p(alloc(bytes, false)), n(bytes) {}
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() {
+    if (p) cuda::free(p, n);
+  }
+};
+
+// t in dtype dt: t itself, or a converted copy held by s.
+const void* as_dtype(const TensorRef& t, DType dt, Scratch& s) {
+  if (t.dtype == dt) return t.data;
+  s.~Scratch();
+  new (&s) Scratch(t.numel() * dtype_size(dt));
+  convert(t.data, t.dtype, s.p, dt, t.numel());
+  return s.p;
+}
+
+void require_dtype(const TensorRef& t, DType dt, const std::string& name, const char* what) {
+  if (t.dtype != dt)
+    throw_type(name + ": on cuda, expected " + dtype_name(dt) + " (the dtype of " + what + "), got " + dtype_name(t.dtype));
+}
+
+}  // namespace
+
+void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out) {
+  int64_t in = A.dim(1), r = A.dim(0), n = x.numel() / in;
+  Scratch sa, so;
+  const void* a = as_dtype(A, x.dtype, sa);
+  // cuBLASLt writes f32 or the input type; other output types go through a scratch buffer.
+  bool direct = out.dtype == x.dtype || out.dtype == DType::F32;
+  void* o = direct ? out.data : (new (&so) Scratch(n * r * 4), so.p);
+  Gemm g{n, r, in, x.data, in, false, a, in, true, o, r, x.dtype, direct ? out.dtype : DType::F32};
+  run(g);
+  if (!direct) convert(o, DType::F32, out.data, out.dtype, n * r);
+}
+
+void base_gemm(const TensorRef& x, const TensorRef& W, const TensorRef& y, bool input_grad) {
+  int64_t in = W.dim(1), outf = W.dim(0);
+  require_dtype(x, W.dtype, "x", "the weight");
+  require_dtype(y, W.dtype, "y", "the weight");
+  if (input_grad) {  // y [n, in] = x [n, out]·W
+    int64_t n = x.numel() / outf;
+    run(Gemm{n, in, outf, x.data, outf, false, W.data, in, false, y.data, in, W.dtype, W.dtype});
+  } else {
+    int64_t n = x.numel() / in;
+    run(Gemm{n, outf, in, x.data, in, false, W.data, in, true, y.data, outf, W.dtype, W.dtype});
+  }
+}
+
+void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
+                    const std::vector<ForwardTerm>& terms, const TensorRef& y) {
+  require_dtype(x, W.dtype, "x", "the weight");
+  require_dtype(y, W.dtype, "y", "the weight");
+  if (decode_applicable(x, W, fifo, terms)) {
+    decode_forward(x, W, bias, terms, y);
+    return;
+  }
+  const DType dt = W.dtype;
+  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = x.numel() / in;
+  if (n == 0 || outf == 0) return;
+  Scratch sbias;
+  const void* b = bias ? as_dtype(*bias, dt, sbias) : nullptr;
+  bool have_y = false;
+  for (const auto& t : terms) {  // y (+)= s·u·Bᵀ, bias on the first
+    int64_t r = t.B.dim(1);
+    Scratch su, sb;
+    const void* u = as_dtype(t.u, dt, su);
+    const void* Bp = as_dtype(t.B, dt, sb);
+    Gemm g{n, outf, r, u, r, false, Bp, r, true, y.data, outf, dt, dt, t.scale, have_y ? 1.f : 0.f, have_y ? nullptr : b};
+    run(g);
+    have_y = true;
+  }
+  if (in == 0) {
+    if (!have_y) throw_range("x: in_features is 0");
+    return;
+  }
+  // y (+)= x·Wᵀ: W [out, in] is Bᵀ stored row-major [n=out, k=in]; fan_in_fan_out W [in, out] is B.
+  Gemm g{n, outf, in, x.data, in, false, W.data, fifo ? outf : in, !fifo, y.data, outf, dt, dt, 1.f,
+         have_y ? 1.f : 0.f, have_y ? nullptr : b};
+  run(g);
+}
+
+void linear_backward(const TensorRef& dy, const TensorRef& W, bool fifo, const std::vector<BackwardTerm>& terms,
+                     const TensorRef* dx) {
+  require_dtype(dy, W.dtype, "dy", "the weight");
+  if (dx) require_dtype(*dx, W.dtype, "dx", "the weight");
+  const DType dt = W.dtype;
+  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = dy.numel() / outf;
+  if (n == 0) {  // no rows: zero gradients
+    for (const auto& t : terms) {
+      if (t.dA) LK_CUDA(cudaMemsetAsync(t.dA->data, 0, t.dA->numel() * dtype_size(t.dA->dtype), stream()), "memset");
+      if (t.dB) LK_CUDA(cudaMemsetAsync(t.dB->data, 0, t.dB->numel() * dtype_size(t.dB->dtype), stream()), "memset");
+    }
+    return;
+  }
+  std::vector<Scratch> gs(terms.size()), As(terms.size());
+  for (size_t a = 0; a < terms.size(); a++) {
+    const auto& t = terms[a];
+    int64_t r = t.B.dim(1);
+    Scratch sb, su, sx, sd;
+    const void* Bp = as_dtype(t.B, dt, sb);
+    // g = s·dy·B [n, r]: B [out, r] is the row-major [k, n] operand.
+    new (&gs[a]) Scratch(n * r * dtype_size(dt));
+    run(Gemm{n, r, outf, dy.data, outf, false, Bp, r, false, gs[a].p, r, dt, dt, t.scale});
+    if (t.dB) {  // dB = s·dyᵀ·u [out, r]
+      const void* u = as_dtype(t.u, dt, su);
+      bool direct = t.dB->dtype == dt || t.dB->dtype == DType::F32;
+      void* o = direct ? t.dB->data : (new (&sd) Scratch(outf * r * 4), sd.p);
+      run(Gemm{outf, r, n, dy.data, outf, true, u, r, false, o, r, dt, direct ? t.dB->dtype : DType::F32, t.scale});
+      if (!direct) convert(o, DType::F32, t.dB->data, t.dB->dtype, outf * r);
+    }
+    if (t.dA) {  // dA = gᵀ·xa [r, in]
+      const void* xa = as_dtype(t.xa, dt, sx);
+      Scratch sd2;
+      bool direct = t.dA->dtype == dt || t.dA->dtype == DType::F32;
+      void* o = direct ? t.dA->data : (new (&sd2) Scratch(r * in * 4), sd2.p);
+      run(Gemm{r, in, n, gs[a].p, r, true, xa, in, false, o, in, dt, direct ? t.dA->dtype : DType::F32, 1.f});
+      if (!direct) convert(o, DType::F32, t.dA->data, t.dA->dtype, r * in);
+    }
+  }
+  if (!dx) return;
+  // dx = Σ g·A over adapters without dropout, then += dy·W (beta = 1), then the dropout terms.
+  bool have = false;
+  std::vector<size_t> dropped;
+  for (size_t a = 0; a < terms.size(); a++) {
+    const auto& t = terms[a];
+    if (t.dropout_p > 0.f) {
+      dropped.push_back(a);
+      continue;
+    }
+    int64_t r = t.A.dim(0);
+    Scratch sa;
+    const void* Ap = as_dtype(t.A, dt, sa);
+    run(Gemm{n, in, r, gs[a].p, r, false, Ap, in, false, dx->data, in, dt, dt, 1.f, have ? 1.f : 0.f});
+    have = true;
+  }
+  // W [out, in] is the row-major [k=out, n=in] operand; fan_in_fan_out W [in, out] is its transpose.
+  run(Gemm{n, in, outf, dy.data, outf, false, W.data, fifo ? outf : in, fifo, dx->data, in, dt, dt, 1.f, have ? 1.f : 0.f});
+  for (size_t a : dropped) {
+    const auto& t = terms[a];
+    int64_t r = t.A.dim(0);
+    Scratch sa, tmp(n * in * dtype_size(dt));
+    const void* Ap = as_dtype(t.A, dt, sa);
+    run(Gemm{n, in, r, gs[a].p, r, false, Ap, in, false, tmp.p, in, dt, dt, 1.f, 0.f});
+    TensorRef tr;
+    tr.data = tmp.p;
+    tr.dtype = dt;
+    tr.shape = dx->shape;
+    masked_accumulate(tr, t.dropout_p, t.seed, t.stream, *dx);
+  }
+}
+
+}  // namespace cuda
+}  // namespace lorakit

@@ -1,0 +1,60 @@
+// CUDA op table, mirroring native/cpu/ops.h: same arguments, device pointers. Plain C++ so the
+// N-API layer can call it. Every function runs on the backend's stream and returns without
+// waiting; errors of a launch are thrown here, asynchronous ones at the next synchronize/read.
+#pragma once
+#include <cstdint>
+#include <vector>
+#include "../core/tensor.h"
+#include "../cpu/ops.h"
+
+namespace lorakit {
+namespace cuda {
+
+using cpu::BackwardTerm;
+using cpu::ForwardTerm;
+
+// convert.cu
+void convert(const void* src, DType st, void* dst, DType dt, int64_t n);
+bool all_finite(const TensorRef& t);
+
+// dropout.cu: out = dropout(x) with the CPU's mask; dst += mask ⊙ src / (1 - p) (backward).
+void dropout(const TensorRef& x, float p, uint64_t seed, uint64_t stream, const TensorRef& out);
+void masked_accumulate(const TensorRef& src, float p, uint64_t seed, uint64_t stream, const TensorRef& dst);
+
+// merge.cu: out = W + scale·ΔW in one pass over W (out may be W).
+void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
+                 const TensorRef& out);
+
+// decode.cu: y = x·Wᵀ + bias + Σ scale·u·Bᵀ for n ≤ kDecodeMaxRows rows, streaming W once.
+constexpr int64_t kDecodeMaxRows = 16;
+constexpr size_t kDecodeMaxTerms = 4;
+bool decode_applicable(const TensorRef& x, const TensorRef& W, bool fan_in_fan_out, const std::vector<ForwardTerm>& terms);
+void decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const std::vector<ForwardTerm>& terms,
+                    const TensorRef& y);
+
+// linear_blas.cu (cuBLASLt)
+void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out);
+void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
+                    const std::vector<ForwardTerm>& terms, const TensorRef& y);
+void linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out,
+                     const std::vector<BackwardTerm>& terms, const TensorRef* dx);
+// The bare base GEMMs (no bias, no adapters), the benchmarks' reference: y = x·Wᵀ, or with
+// input_grad the backward's dx = dy·W (x is then dy [n, out] and y is dx [n, in]).
+void base_gemm(const TensorRef& x, const TensorRef& W, const TensorRef& y, bool input_grad);
+
+// optim.cu: fused optimizer steps over one parameter tensor (state in f32).
+struct AdamWParams {
+  float lr, beta1, beta2, eps, weight_decay;
+  int64_t step;  // 1 on the first step
+};
+void adamw_step(const TensorRef& param, const TensorRef& grad, const TensorRef& exp_avg, const TensorRef& exp_avg_sq,
+                const AdamWParams& h);
+struct SgdParams {
+  float lr, momentum, dampening, weight_decay;
+  bool nesterov;
+  bool first_step;  // the momentum buffer starts as the first gradient (PyTorch)
+};
+void sgd_step(const TensorRef& param, const TensorRef& grad, const TensorRef* momentum_buf, const SgdParams& h);
+
+}  // namespace cuda
+}  // namespace lorakit

@@ -1,0 +1,93 @@
+// Fused optimizer steps for adapter parameters: one pass reads param, grad and state and writes
+// param and state. Semantics follow PyTorch's AdamW (decoupled weight decay, bias correction,
+// eps added after the bias-corrected sqrt) and SGD (weight decay into the gradient, momentum
+// buffer starting as the first gradient, dampening, Nesterov). State is f32; math is f32.
+#include <cmath>
+#include "common.cuh"
+#include "ops.h"
+
+namespace lorakit {
+namespace cuda {
+namespace {
+
+template <class P, class G>
+__global__ void adamw_kernel(P* __restrict__ param, const G* __restrict__ grad, float* __restrict__ m,
+                             float* __restrict__ v, int64_t n, float lr, float beta1, float beta2, float eps,
+                             float decay_factor, float step_size, float inv_sqrt_bc2) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float g = to_f32<G>(grad[i]);
+    float p = to_f32<P>(param[i]) * decay_factor;
+    float mi = beta1 * m[i] + (1.f - beta1) * g;
+    float vi = beta2 * v[i] + (1.f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    float denom = sqrtf(vi) * inv_sqrt_bc2 + eps;
+    param[i] = from_f32<P>(p - step_size * mi / denom);
+  }
+}
+
+template <class P, class G>
+__global__ void sgd_kernel(P* __restrict__ param, const G* __restrict__ grad, float* __restrict__ buf, int64_t n,
+                           float lr, float momentum, float dampening, float wd, bool nesterov, bool first) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float p = to_f32<P>(param[i]);
+    float d = to_f32<G>(grad[i]) + wd * p;
+    if (buf) {
+      float b = first ? d : momentum * buf[i] + (1.f - dampening) * d;
+      buf[i] = b;
+      d = nesterov ? d + momentum * b : b;
+    }
+    param[i] = from_f32<P>(p - lr * d);
+  }
+}
+
+void require_state(const TensorRef& s, int64_t n, const char* name) {
+  if (s.dtype != DType::F32) throw_type(std::string(name) + ": optimizer state must be f32");
+  if (s.numel() != n) throw_range(std::string(name) + ": expected " + std::to_string(n) + " elements, got shape " + shape_str(s.shape));
+}
+
+}  // namespace
+
+void adamw_step(const TensorRef& param, const TensorRef& grad, const TensorRef& exp_avg, const TensorRef& exp_avg_sq,
+                const AdamWParams& h) {
+  int64_t n = param.numel();
+  require_state(exp_avg, n, "expAvg");
+  require_state(exp_avg_sq, n, "expAvgSq");
+  if (h.step < 1) throw_range("step: expected an integer >= 1");
+  double bc1 = 1.0 - std::pow(double(h.beta1), double(h.step));
+  double bc2 = 1.0 - std::pow(double(h.beta2), double(h.step));
+  float step_size = static_cast<float>(h.lr / bc1);
+  float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+  float decay = 1.f - h.lr * h.weight_decay;
+  if (n == 0) return;
+  dispatch_float(param.dtype, "param", [&](auto pz) {
+    dispatch_float(grad.dtype, "grad", [&](auto gz) {
+      using P = decltype(pz);
+      using G = decltype(gz);
+      adamw_kernel<P, G><<<blocks_for(n, 256), 256, 0, stream()>>>(param.as<P>(), grad.as<G>(), exp_avg.as<float>(),
+                                                                   exp_avg_sq.as<float>(), n, h.lr, h.beta1, h.beta2,
+                                                                   h.eps, decay, step_size, inv_sqrt_bc2);
+    });
+  });
+  LK_LAUNCHED("adamw step");
+}
+
+void sgd_step(const TensorRef& param, const TensorRef& grad, const TensorRef* momentum_buf, const SgdParams& h) {
+  int64_t n = param.numel();
+  if (momentum_buf) require_state(*momentum_buf, n, "momentumBuffer");
+  if (h.momentum != 0.f && !momentum_buf) throw_range("momentumBuffer: required when momentum != 0");
+  if (n == 0) return;
+  dispatch_float(param.dtype, "param", [&](auto pz) {
+    dispatch_float(grad.dtype, "grad", [&](auto gz) {
+      using P = decltype(pz);
+      using G = decltype(gz);
+      sgd_kernel<P, G><<<blocks_for(n, 256), 256, 0, stream()>>>(
+          param.as<P>(), grad.as<G>(), h.momentum != 0.f ? momentum_buf->as<float>() : nullptr, n, h.lr, h.momentum,
+          h.dampening, h.weight_decay, h.nesterov, h.first_step);
+    });
+  });
+  LK_LAUNCHED("sgd step");
+}
+
+}  // namespace cuda
+}  // namespace lorakit

@@ -1,0 +1,153 @@
+// Bindings for the CUDA backend's extras: argument checks only, no math.
+#include "cuda_binding.h"
+#include "args.h"
+#ifdef LORAKIT_WITH_CUDA
+#include "../cuda/ops.h"
+#include "../cuda/runtime.h"
+#endif
+
+namespace lorakit {
+namespace napi {
+namespace {
+
+#ifdef LORAKIT_WITH_CUDA
+const TensorRef& cuda_float(const Napi::Value& v, const std::string& name) {
+  NativeTensor* t = get_tensor(v, name);
+  require_float_on(t, Device::CUDA, name);
+  return t->ref();
+}
+
+void require_same(const TensorRef& a, const TensorRef& b, const std::string& an, const std::string& bn) {
+  if (a.shape != b.shape) throw_range(bn + ": expected the shape of " + an + " " + shape_str(a.shape) + ", got " + shape_str(b.shape));
+}
+
+Napi::Value Synchronize(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    cuda::synchronize();
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value TimerStart(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    cuda::timer_start();
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value TimerStop(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value { return Napi::Number::New(info.Env(), cuda::timer_stop_ms()); });
+}
+
+Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("allocatedBytes", static_cast<double>(cuda::allocated_bytes()));
+  o.Set("cachedBytes", static_cast<double>(cuda::cached_bytes()));
+  return o;
+}
+
+Napi::Value EmptyCache(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    cuda::empty_cache();
+    return info.Env().Undefined();
+  });
+}
+
+// baseGemm(x, W, y, inputGrad): y = x·Wᵀ (or dx = dy·W), the bare cuBLASLt GEMMs the
+// benchmarks compare against.
+Napi::Value BaseGemm(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& x = cuda_float(info[0], "x");
+    const TensorRef& W = cuda_float(info[1], "weight");
+    const TensorRef& y = cuda_float(info[2], "y");
+    bool input_grad = get_bool(info, 3, "inputGrad");
+    if (W.shape.size() != 2) throw_range("weight: expected 2 dimensions, got shape " + shape_str(W.shape));
+    int64_t k = input_grad ? W.shape[0] : W.shape[1], o = input_grad ? W.shape[1] : W.shape[0];
+    if (x.shape.empty() || x.shape.back() != k)
+      throw_range("x: expected last dimension " + std::to_string(k) + ", got shape " + shape_str(x.shape));
+    std::vector<int64_t> ys = x.shape;
+    ys.back() = o;
+    if (y.shape != ys) throw_range("y: expected shape " + shape_str(ys) + ", got " + shape_str(y.shape));
+    cuda::base_gemm(x, W, y, input_grad);
+    return info.Env().Undefined();
+  });
+}
+
+// adamwStep(param, grad, expAvg, expAvgSq, {lr, beta1, beta2, eps, weightDecay, step})
+Napi::Value AdamwStep(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& p = cuda_float(info[0], "param");
+    const TensorRef& g = cuda_float(info[1], "grad");
+    const TensorRef& m = cuda_float(info[2], "expAvg");
+    const TensorRef& v = cuda_float(info[3], "expAvgSq");
+    require_same(p, g, "param", "grad");
+    require_same(p, m, "param", "expAvg");
+    require_same(p, v, "param", "expAvgSq");
+    if (info.Length() < 5 || !info[4].IsObject()) throw_type("opts: expected an object");
+    Napi::Object o = info[4].As<Napi::Object>();
+    cuda::AdamWParams h;
+    h.lr = static_cast<float>(number_prop(o, "lr", "opts"));
+    h.beta1 = static_cast<float>(number_prop(o, "beta1", "opts"));
+    h.beta2 = static_cast<float>(number_prop(o, "beta2", "opts"));
+    h.eps = static_cast<float>(number_prop(o, "eps", "opts"));
+    h.weight_decay = static_cast<float>(number_prop(o, "weightDecay", "opts"));
+    double step = number_prop(o, "step", "opts");
+    if (step < 1 || step != static_cast<double>(static_cast<int64_t>(step))) throw_range("opts.step: expected an integer >= 1");
+    if (!(h.beta1 >= 0 && h.beta1 < 1) || !(h.beta2 >= 0 && h.beta2 < 1)) throw_range("opts.beta1/beta2: expected values in [0, 1)");
+    h.step = static_cast<int64_t>(step);
+    cuda::adamw_step(p, g, m, v, h);
+    return info.Env().Undefined();
+  });
+}
+
+// sgdStep(param, grad, momentumBuffer|null, {lr, momentum, dampening, weightDecay, nesterov, firstStep})
+Napi::Value SgdStep(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& p = cuda_float(info[0], "param");
+    const TensorRef& g = cuda_float(info[1], "grad");
+    require_same(p, g, "param", "grad");
+    NativeTensor* bt = get_tensor_or_null(info[2], "momentumBuffer");
+    if (bt) require_float_on(bt, Device::CUDA, "momentumBuffer");
+    if (info.Length() < 4 || !info[3].IsObject()) throw_type("opts: expected an object");
+    Napi::Object o = info[3].As<Napi::Object>();
+    cuda::SgdParams h;
+    h.lr = static_cast<float>(number_prop(o, "lr", "opts"));
+    h.momentum = static_cast<float>(number_prop(o, "momentum", "opts"));
+    h.dampening = static_cast<float>(number_prop(o, "dampening", "opts"));
+    h.weight_decay = static_cast<float>(number_prop(o, "weightDecay", "opts"));
+    h.nesterov = o.Get("nesterov").ToBoolean().Value();
+    h.first_step = o.Get("firstStep").ToBoolean().Value();
+    cuda::sgd_step(p, g, bt ? &bt->ref() : nullptr, h);
+    return info.Env().Undefined();
+  });
+}
+#else
+Napi::Value NotBuilt(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    throw_type("device: 'cuda' is not available in this build (built without the CUDA toolkit and cuBLAS)");
+  });
+}
+#endif
+
+}  // namespace
+
+void InitCuda(Napi::Env env, Napi::Object exports) {
+#ifdef LORAKIT_WITH_CUDA
+  cuda::register_memory();
+  exports.Set("cudaSynchronize", Napi::Function::New<Synchronize>(env, "cudaSynchronize"));
+  exports.Set("cudaTimerStart", Napi::Function::New<TimerStart>(env, "cudaTimerStart"));
+  exports.Set("cudaTimerStop", Napi::Function::New<TimerStop>(env, "cudaTimerStop"));
+  exports.Set("cudaMemoryStats", Napi::Function::New<MemoryStats>(env, "cudaMemoryStats"));
+  exports.Set("cudaEmptyCache", Napi::Function::New<EmptyCache>(env, "cudaEmptyCache"));
+  exports.Set("cudaBaseGemm", Napi::Function::New<BaseGemm>(env, "cudaBaseGemm"));
+  exports.Set("cudaAdamwStep", Napi::Function::New<AdamwStep>(env, "cudaAdamwStep"));
+  exports.Set("cudaSgdStep", Napi::Function::New<SgdStep>(env, "cudaSgdStep"));
+#else
+  for (const char* name : {"cudaSynchronize", "cudaTimerStart", "cudaTimerStop", "cudaMemoryStats", "cudaEmptyCache",
+                           "cudaBaseGemm", "cudaAdamwStep", "cudaSgdStep"})
+    exports.Set(name, Napi::Function::New<NotBuilt>(env, name));
+#endif
+}
+
+}  // namespace napi
+}  // namespace lorakit

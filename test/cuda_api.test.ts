@@ -1,0 +1,52 @@
+/** The CUDA API surface on a machine without a usable GPU (CI): typed errors, no crash. */
+import { LoraLinear, Tensor, backendInfo, cuda } from '../lib';
+
+const usable = backendInfo().usable.includes('cuda');
+
+describe('cuda API without a usable GPU', () => {
+  test('backendInfo lists cpu as compiled and usable', () => {
+    const info = backendInfo();
+    expect(info.compiled).toContain('cpu');
+    expect(info.usable).toContain('cpu');
+    expect(cuda.isAvailable()).toBe(usable);
+  });
+
+  test('a cuda tensor is refused with a typed error naming the device (or works where a GPU is usable)', () => {
+    if (usable) {
+      const t = Tensor.from([1, 2, 3], [3], { device: 'cuda' });
+      expect(Array.from(t.toFloat32Array())).toEqual([1, 2, 3]);
+      return;
+    }
+    let err: Error | undefined;
+    try {
+      Tensor.zeros([2, 3], { device: 'cuda' });
+    } catch (e) {
+      err = e as Error;
+    }
+    expect(err).toBeDefined();
+    expect(['LoraTypeError', 'StateError']).toContain(err!.name);
+    expect(err!.message).toMatch(/cuda/);
+  });
+
+  test('cuda optimizer steps and baseGemm reject cpu tensors by name', () => {
+    const p = Tensor.zeros([4]);
+    expect(() => cuda.adamwStep(p, p, p, p, { step: 1 })).toThrow(/param: expected a cuda tensor/);
+    expect(() => cuda.sgdStep(p, p, null, { lr: 0.1 })).toThrow(/param: expected a cuda tensor/);
+    expect(() => cuda.baseGemm(p, p, p)).toThrow(/x: expected a cuda tensor/);
+  });
+
+  test('an unknown device name is a LoraTypeError', () => {
+    expect(() => Tensor.zeros([1], { device: 'tpu' as never })).toThrow(expect.objectContaining({ name: 'LoraTypeError' }));
+  });
+
+  test('LoraLinear reports its device and keeps adapters on it', () => {
+    const layer = new LoraLinear({ weight: Tensor.zeros([3, 4]) }).addAdapter('a', { r: 2 });
+    expect(layer.device).toBe('cpu');
+    expect(layer.loraA.get('a')!.device).toBe('cpu');
+  });
+
+  test('Tensor.empty on the cpu is zero-filled', () => {
+    const t = Tensor.empty([5, 7], { dtype: 'bf16' });
+    expect(Array.from(t.toFloat32Array()).every((v) => v === 0)).toBe(true);
+  });
+});
