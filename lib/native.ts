@@ -51,6 +51,15 @@ export interface NativeBinding {
     terms: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
     y: NativeTensorHandle,
   ): void;
+  /** Every adapter's shrink plus the fused forward in one call; u (if given) receives x·Aᵀ. */
+  loraForward(
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    bias: NativeTensorHandle | null,
+    fanInFanOut: boolean,
+    adapters: Array<[NativeTensorHandle, NativeTensorHandle, number, NativeTensorHandle | null]>,
+    y: NativeTensorHandle,
+  ): void;
   linearBackward(
     dy: NativeTensorHandle,
     W: NativeTensorHandle,

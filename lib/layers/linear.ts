@@ -5,7 +5,7 @@
  */
 import { Device, FloatDType } from '../dtype';
 import { DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
-import { BackwardTermArg, call } from '../native';
+import { BackwardTermArg, NativeTensorHandle, call } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkBool, checkOptions } from '../validate';
@@ -89,6 +89,23 @@ export class LoraLinear extends LoraLayer {
     const dev = this.device;
     const y = Tensor.empty(outShape, { dtype: x.dtype, device: dev });
     try {
+      const anyDropout = this._training && names.some((n) => this._loraDropout.get(n)! > 0);
+      if (dev === 'cuda' && !anyDropout) {
+        // One native call: every shrink and the fused forward; u is kept only for backward.
+        for (const name of names) {
+          const u = this._training ? Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: x.dtype, device: dev }) : null;
+          if (u) adapters.push({ name, xa: x, u, p: 0, seed: this._seed.get(name)!, stream });
+        }
+        const args = names.map(
+          (name, i) =>
+            [this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, this._scaling.get(name)!, this._training ? adapters[i].u.handle : null] as [
+              NativeTensorHandle, NativeTensorHandle, number, NativeTensorHandle | null,
+            ],
+        );
+        call((b) => b.loraForward(x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, args, y.handle));
+        if (this._training) this.#cache = { x, outShape, adapters };
+        return y;
+      }
       for (const name of names) {
         const p = this._training ? this._loraDropout.get(name)! : 0;
         const seed = this._seed.get(name)!;

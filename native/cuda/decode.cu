@@ -125,7 +125,59 @@ void launch(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const
                                                             bias ? bias->dtype : DType::F32, y.as<T>(), n, in, outf, terms);
 }
 
+// u[i, q] = Σ_k x[i, k]·A[q, k] for n ≤ 16 rows: one block per adapter row q, which reads A's row
+// once; x (small) comes from L2. Cheaper to launch than a cuBLASLt GEMM at this size.
+template <class T, class F, class U, int NR>
+__global__ void __launch_bounds__(256) shrink_small_kernel(const T* __restrict__ x, const F* __restrict__ A,
+                                                           U* __restrict__ u, int n, int64_t in, int r) {
+  __shared__ float part[8][NR];
+  const int q = blockIdx.x;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float acc[NR];
+#pragma unroll
+  for (int i = 0; i < NR; i++) acc[i] = 0.f;
+  for (int64_t k = threadIdx.x; k < in; k += 256) {
+    float a = to_f32<F>(A[int64_t(q) * in + k]);
+#pragma unroll
+    for (int i = 0; i < NR; i++)
+      if (i < n) acc[i] = fmaf(a, to_f32<T>(x[int64_t(i) * in + k]), acc[i]);
+  }
+#pragma unroll
+  for (int i = 0; i < NR; i++) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], off);
+    if (lane == 0) part[warp][i] = acc[i];
+  }
+  __syncthreads();
+  if (threadIdx.x < n) {
+    float s = 0.f;
+#pragma unroll
+    for (int w = 0; w < 8; w++) s += part[w][threadIdx.x];
+    u[int64_t(threadIdx.x) * r + q] = from_f32<U>(s);
+  }
+}
+
 }  // namespace
+
+void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u) {
+  const int64_t in = A.dim(1);
+  const int r = static_cast<int>(A.dim(0));
+  const int n = static_cast<int>(x.numel() / in);
+  if (n > kDecodeMaxRows) throw_range("decode shrink: at most 16 rows");
+  if (r == 0 || n == 0) return;
+  dispatch_float(x.dtype, "x", [&](auto xz) {
+    dispatch_float(A.dtype, "A", [&](auto az) {
+      dispatch_float(u.dtype, "u", [&](auto uz) {
+        using T = decltype(xz);
+        using F = decltype(az);
+        using U = decltype(uz);
+        if (n <= 4) shrink_small_kernel<T, F, U, 4><<<r, 256, 0, stream()>>>(x.as<T>(), A.as<F>(), u.as<U>(), n, in, r);
+        else shrink_small_kernel<T, F, U, 16><<<r, 256, 0, stream()>>>(x.as<T>(), A.as<F>(), u.as<U>(), n, in, r);
+      });
+    });
+  });
+  LK_LAUNCHED("decode shrink");
+}
 
 bool decode_applicable(const TensorRef& x, const TensorRef& W, bool fan_in_fan_out, const std::vector<ForwardTerm>& terms) {
   if (fan_in_fan_out || W.shape.size() != 2 || W.dim(1) == 0) return false;

@@ -88,6 +88,49 @@ Blas& blas() {
   return *b;
 }
 
+// Times the heuristic's candidates once per shape (into a scratch output, so C is untouched)
+// and keeps the fastest: the first-ranked algorithm is often not the fastest for skinny shapes.
+// The choice is then fixed for the process, so repeated calls stay bitwise reproducible.
+cublasLtMatmulAlgo_t fastest(Blas& b, Plan& p, const Gemm& g, const cublasLtMatmulHeuristicResult_t* res, int found) {
+  cudaStream_t st = stream();
+  size_t bytes = size_t(g.ldc) * size_t(g.m) * dtype_size(g.c);
+  void* d = nullptr;
+  if (cudaMalloc(&d, bytes) != cudaSuccess) {
+    cudaGetLastError();
+    return res[0].algo;
+  }
+  LK_CUDA(cudaMemsetAsync(d, 0, bytes, st), "cudaMemsetAsync");
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  float best = 1e30f;
+  int best_i = 0;
+  if (g.bias) cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias));
+  for (int i = 0; i < found; i++) {
+    auto launch = [&]() {
+      return cublasLtMatmul(b.handle, p.desc, &g.alpha, g.B, p.la, g.A, p.lb, &g.beta, d, p.lc, d, p.lc, &res[i].algo,
+                            b.workspace, kWorkspace, st);
+    };
+    if (launch() != CUBLAS_STATUS_SUCCESS) continue;
+    cudaEventRecord(e0, st);
+    bool ok = true;
+    for (int rep = 0; rep < 3 && ok; rep++) ok = launch() == CUBLAS_STATUS_SUCCESS;
+    cudaEventRecord(e1, st);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    if (ok && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess && ms < best) {
+      best = ms;
+      best_i = i;
+    }
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaStreamSynchronize(st);
+  cudaFree(d);
+  cudaGetLastError();
+  return res[best_i].algo;
+}
+
 // Column-major view: Cᵀ[n, m] = opB'·opA' where our B plays cuBLAS's A.
 Plan& plan_for(Blas& b, const Gemm& g) {
   int beta_nz = g.beta != 0.f;
@@ -122,9 +165,10 @@ Plan& plan_for(Blas& b, const Gemm& g) {
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], 4);
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], 4);
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[3], 4);
-  cublasLtMatmulHeuristicResult_t res;
+  constexpr int kCandidates = 8;
+  cublasLtMatmulHeuristicResult_t res[kCandidates];
   int found = 0;
-  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(b.handle, p.desc, p.la, p.lb, p.lc, p.lc, pref, 1, &res, &found);
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(b.handle, p.desc, p.la, p.lb, p.lc, p.lc, pref, kCandidates, res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
     cublasLtMatrixLayoutDestroy(p.la);
@@ -134,7 +178,8 @@ Plan& plan_for(Blas& b, const Gemm& g) {
     throw_state("cublasLt: no algorithm for a " + std::to_string(g.m) + "x" + std::to_string(g.n) + "x" +
                 std::to_string(g.k) + " " + dtype_name(g.ab) + " GEMM (status " + std::to_string(int(st)) + ")");
   }
-  p.algo = res.algo;
+  p.algo = res[0].algo;
+  if (found > 1) p.algo = fastest(b, p, g, res, found);
   return b.plans.emplace(key, p).first->second;
 }
 
@@ -243,6 +288,35 @@ void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
   Gemm g{n, outf, in, x.data, in, false, W.data, fifo ? outf : in, !fifo, y.data, outf, dt, dt, 1.f,
          have_y ? 1.f : 0.f, have_y ? nullptr : b};
   run(g);
+}
+
+void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
+                  const std::vector<FusedAdapter>& adapters, const TensorRef& y) {
+  require_dtype(x, W.dtype, "x", "the weight");
+  const int64_t in = fifo ? W.dim(0) : W.dim(1), n = in ? x.numel() / in : 0;
+  // Small batches: f32 u from the small shrink kernel, then the decode kernel (which reads any dtype).
+  std::vector<ForwardTerm> probe;
+  for (const auto& a : adapters) probe.push_back({x, a.B, a.scale});
+  const bool small = decode_applicable(x, W, fifo, probe);
+  std::vector<Scratch> us(adapters.size());
+  std::vector<ForwardTerm> terms;
+  for (size_t i = 0; i < adapters.size(); i++) {
+    const auto& a = adapters[i];
+    const int64_t r = a.A.dim(0);
+    TensorRef u;
+    if (a.u_out) {
+      u = *a.u_out;
+    } else {
+      u.dtype = small ? DType::F32 : x.dtype;
+      u.shape = {n, r};
+      new (&us[i]) Scratch(static_cast<size_t>(n * r) * dtype_size(u.dtype));
+      u.data = us[i].p;
+    }
+    if (small) decode_shrink(x, a.A, u);
+    else lora_shrink(x, a.A, u);
+    terms.push_back({u, a.B, a.scale});
+  }
+  cuda::linear_forward(x, W, bias, fifo, terms, y);
 }
 
 void linear_backward(const TensorRef& dy, const TensorRef& W, bool fifo, const std::vector<BackwardTerm>& terms,

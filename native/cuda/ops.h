@@ -31,6 +31,8 @@ constexpr size_t kDecodeMaxTerms = 4;
 bool decode_applicable(const TensorRef& x, const TensorRef& W, bool fan_in_fan_out, const std::vector<ForwardTerm>& terms);
 void decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const std::vector<ForwardTerm>& terms,
                     const TensorRef& y);
+// u = x·Aᵀ for n ≤ kDecodeMaxRows rows (u in any float dtype).
+void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u);
 
 // linear_blas.cu (cuBLASLt)
 void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out);
@@ -38,6 +40,16 @@ void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
                     const std::vector<ForwardTerm>& terms, const TensorRef& y);
 void linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out,
                      const std::vector<BackwardTerm>& terms, const TensorRef* dx);
+// The whole LoRA forward in one call: each adapter's shrink (into u_out when given, for backward;
+// else into scratch), then linear_forward. No dropout (callers with dropout use the pieces).
+struct FusedAdapter {
+  TensorRef A, B;
+  float scale;
+  const TensorRef* u_out;  // [n, r] in x's dtype, or null
+};
+void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
+                  const std::vector<FusedAdapter>& adapters, const TensorRef& y);
+
 // The bare base GEMMs (no bias, no adapters), the benchmarks' reference: y = x·Wᵀ, or with
 // input_grad the backward's dx = dy·W (x is then dy [n, out] and y is dx [n, in]).
 void base_gemm(const TensorRef& x, const TensorRef& W, const TensorRef& y, bool input_grad);
@@ -45,6 +57,7 @@ void base_gemm(const TensorRef& x, const TensorRef& W, const TensorRef& y, bool 
 // optim.cu: fused optimizer steps over one parameter tensor (state in f32).
 struct AdamWParams {
   float lr, beta1, beta2, eps, weight_decay;
+  double lr_d, beta1_d, beta2_d;  // the same in double, for the host-side constants
   int64_t step;  // 1 on the first step
 };
 void adamw_step(const TensorRef& param, const TensorRef& grad, const TensorRef& exp_avg, const TensorRef& exp_avg_sq,

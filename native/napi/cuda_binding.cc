@@ -86,9 +86,12 @@ Napi::Value AdamwStep(const Napi::CallbackInfo& info) {
     if (info.Length() < 5 || !info[4].IsObject()) throw_type("opts: expected an object");
     Napi::Object o = info[4].As<Napi::Object>();
     cuda::AdamWParams h;
-    h.lr = static_cast<float>(number_prop(o, "lr", "opts"));
-    h.beta1 = static_cast<float>(number_prop(o, "beta1", "opts"));
-    h.beta2 = static_cast<float>(number_prop(o, "beta2", "opts"));
+    h.lr_d = number_prop(o, "lr", "opts");
+    h.beta1_d = number_prop(o, "beta1", "opts");
+    h.beta2_d = number_prop(o, "beta2", "opts");
+    h.lr = static_cast<float>(h.lr_d);
+    h.beta1 = static_cast<float>(h.beta1_d);
+    h.beta2 = static_cast<float>(h.beta2_d);
     h.eps = static_cast<float>(number_prop(o, "eps", "opts"));
     h.weight_decay = static_cast<float>(number_prop(o, "weightDecay", "opts"));
     double step = number_prop(o, "step", "opts");

@@ -148,6 +148,84 @@ Napi::Value LinearForward(const Napi::CallbackInfo& info) {
   });
 }
 
+// loraForward(x, W, bias|null, fifo, adapters: [A, B, scale, u|null][], y): every adapter's shrink
+// and the fused forward in one call; u (when given) receives x·Aᵀ for backward.
+Napi::Value LoraForward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    Device dev = device_of(info, 0, "x");
+    const TensorRef& x = float_arg(info, 0, "x", dev);
+    const TensorRef& W = float_arg(info, 1, "weight", dev);
+    NativeTensor* bt = get_tensor_or_null(info[2], "bias");
+    bool fifo = get_bool(info, 3, "fanInFanOut");
+    LinearDims d = linear_dims(W, fifo);
+    require_last_dim(x, d.in, "x", "in_features");
+    if (bt) {
+      require_float_on(bt, dev, "bias");
+      require_same_shape(bt->ref(), {d.out}, "bias");
+    }
+    if (info.Length() < 5 || !info[4].IsArray()) throw_type("adapters: expected an array");
+    Napi::Array arr = info[4].As<Napi::Array>();
+    const TensorRef& y = float_arg(info, 5, "y", dev);
+    require_same_shape(y, with_last(x.shape, d.out), "y");
+    require_distinct(y, x, "y", "x");
+    struct Item {
+      TensorRef A, B;
+      float scale;
+      const TensorRef* u;
+    };
+    std::vector<Item> items;
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      std::string w = "adapters[" + std::to_string(i) + "]";
+      Napi::Value tv = arr.Get(i);
+      if (!tv.IsArray() || tv.As<Napi::Array>().Length() != 4) throw_type(w + ": expected [A, B, scale, u|null]");
+      Napi::Array t = tv.As<Napi::Array>();
+      NativeTensor* A = get_tensor(t.Get(0u), w + ".A");
+      NativeTensor* B = get_tensor(t.Get(1u), w + ".B");
+      require_float_on(A, dev, w + ".A");
+      require_float_on(B, dev, w + ".B");
+      check_adapter(A->ref(), B->ref(), d, w);
+      Napi::Value sv = t.Get(2u);
+      if (!sv.IsNumber() || !std::isfinite(sv.As<Napi::Number>().DoubleValue())) throw_range(w + ".scale: expected a finite number");
+      NativeTensor* u = get_tensor_or_null(t.Get(3u), w + ".u");
+      if (u) {
+        require_float_on(u, dev, w + ".u");
+        require_same_shape(u->ref(), with_last(x.shape, A->ref().shape[0]), w + ".u");
+        require_distinct(y, u->ref(), "y", w + ".u");
+      }
+      items.push_back({A->ref(), B->ref(), static_cast<float>(sv.As<Napi::Number>().DoubleValue()), u ? &u->ref() : nullptr});
+    }
+    const TensorRef* bias = bt ? &bt->ref() : nullptr;
+    dispatch(
+        dev,
+        [&] {
+          int64_t n = x.rows();
+          std::vector<std::vector<float>> scratch(items.size());
+          std::vector<cpu::ForwardTerm> terms;
+          for (size_t i = 0; i < items.size(); i++) {
+            TensorRef u;
+            if (items[i].u) {
+              u = *items[i].u;
+            } else {
+              int64_t r = items[i].A.shape[0];
+              scratch[i].resize(static_cast<size_t>(n * r));
+              u.data = scratch[i].data();
+              u.dtype = DType::F32;
+              u.shape = {n, r};
+            }
+            cpu::lora_shrink(x, items[i].A, u);
+            terms.push_back({u, items[i].B, items[i].scale});
+          }
+          cpu::linear_forward(x, W, bias, fifo, terms, y);
+        },
+        [&] {
+          LK_IF_CUDA(std::vector<cuda::FusedAdapter> fa;
+                     for (const auto& it : items) fa.push_back({it.A, it.B, it.scale, it.u});
+                     cuda::lora_forward(x, W, bias, fifo, fa, y);)
+        });
+    return info.Env().Undefined();
+  });
+}
+
 // linearBackward(dy, W, fifo, terms: {xa, u, A, B, scale, p, seed, stream, dA|null, dB|null}[], dx|null)
 Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
@@ -349,6 +427,7 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
 void InitKernels(Napi::Env env, Napi::Object exports) {
   exports.Set("shrink", Napi::Function::New<Shrink>(env, "shrink"));
   exports.Set("linearForward", Napi::Function::New<LinearForward>(env, "linearForward"));
+  exports.Set("loraForward", Napi::Function::New<LoraForward>(env, "loraForward"));
   exports.Set("linearBackward", Napi::Function::New<LinearBackward>(env, "linearBackward"));
   exports.Set("mergeDelta", Napi::Function::New<MergeDelta>(env, "mergeDelta"));
   exports.Set("dropout", Napi::Function::New<Dropout>(env, "dropout"));
