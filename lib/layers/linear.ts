@@ -168,6 +168,7 @@ export class LoraLinear extends LoraLayer {
       }
       throw e;
     }
+    this.accumulateParameterGrads(grads);
     return { dx, grads };
   }
 

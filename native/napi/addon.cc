@@ -3,6 +3,7 @@
 #include <random>
 #include "addon_data.h"
 #include "kernels_binding.h"
+#include "optim_binding.h"
 #include "parity_binding.h"
 #include "tensor_binding.h"
 
@@ -19,6 +20,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<AddonData>(data);
   NativeTensor::Init(env, exports);
   InitKernels(env, exports);
+  InitOptim(env, exports);
   InitParity(env, exports);
   return exports;
 }
