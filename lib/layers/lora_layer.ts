@@ -96,6 +96,7 @@ export abstract class LoraLayer {
   protected readonly _seed = new Map<string, number>();
   protected readonly _useDora = new Map<string, boolean>();
   protected readonly _loraMagnitude = new Map<string, Tensor>();
+  protected readonly _magnitudeParameters = new Map<string, Parameter>();
   protected _activeAdapters: string[] = [];
   protected _disableAdapters = false;
   protected _mergedAdapters: string[] = [];
@@ -172,6 +173,8 @@ export abstract class LoraLayer {
     for (const name of this._activeAdapters) {
       if (this._inferenceMode.get(name) || !this._loraA.has(name)) continue;
       out.push(...this.adapterParameters(name));
+      const m = this.magnitudeParameter(name);
+      if (m) out.push(m);
     }
     return out;
   }
@@ -188,6 +191,19 @@ export abstract class LoraLayer {
       this._parameters.set(name, pair);
     }
     return [pair[0], pair[1]];
+  }
+
+  /** A DoRA adapter's magnitude vector as a Parameter (null for plain LoRA adapters). */
+  magnitudeParameter(name: string): Parameter | null {
+    this.requireAdapter(name, 'name');
+    const m = this._loraMagnitude.get(name);
+    if (!m) return null;
+    let p = this._magnitudeParameters.get(name);
+    if (!p) {
+      p = new Parameter(`lora_magnitude_vector.${name}.weight`, 'lora_magnitude_vector', name, m);
+      this._magnitudeParameters.set(name, p);
+    }
+    return p;
   }
 
   /**
@@ -437,6 +453,8 @@ export abstract class LoraLayer {
     this._loraMagnitude.get(name)?.dispose();
     this._parameters.get(name)?.forEach((p) => p.zeroGrad());
     this._parameters.delete(name);
+    this._magnitudeParameters.get(name)?.zeroGrad();
+    this._magnitudeParameters.delete(name);
     for (const m of [this._r, this._loraAlpha, this._scaling, this._loraDropout, this._useRslora, this._loraA, this._loraB, this._inferenceMode, this._seed, this._useDora, this._loraMagnitude])
       m.delete(name);
     this.onAdapterDeleted(name);
@@ -520,6 +538,7 @@ export abstract class LoraLayer {
   dispose(): void {
     this.clearCache();
     for (const pair of this._parameters.values()) pair.forEach((p) => p.zeroGrad());
+    for (const p of this._magnitudeParameters.values()) p.zeroGrad();
     for (const t of [...this._loraA.values(), ...this._loraB.values(), ...this._loraMagnitude.values()]) t.dispose();
   }
 
@@ -543,6 +562,10 @@ export abstract class LoraLayer {
       if (!pair) continue;
       pair[0].accumulateGrad(g.loraA);
       pair[1].accumulateGrad(g.loraB);
+    }
+    for (const [name, g] of grads) {
+      const m = this._magnitudeParameters.get(name);
+      if (m && g.magnitude) m.accumulateGrad(g.magnitude);
     }
   }
 
