@@ -5,7 +5,7 @@
  */
 import { FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError } from '../errors';
-import { mat, matmul, svd } from '../linalg';
+import { mat, matmul, qr, svd, transpose } from '../linalg';
 import { call } from '../native';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
@@ -370,16 +370,7 @@ export abstract class LoraLayer {
     } else {
       const maxRank = Math.min(outDim, inDim);
       rNew = o.svdRank === undefined ? Math.min(Math.max(...ranks), maxRank) : checkInt(o.svdRank, 'opts.svdRank', 1, maxRank);
-      const delta = mat(outDim, inDim);
-      adapters.forEach((_, i) => {
-        const d = matmul(mat(outDim, ranks[i], Bs[i]), mat(ranks[i], inDim, As[i]));
-        for (let k = 0; k < d.data.length; k++) delta.data[k] += ws[i] * d.data[k];
-      });
-      const f = svd(delta);
-      a = f.Vt.data.slice(0, rNew * inDim);
-      b = new Float64Array(outDim * rNew);
-      const k = f.S.length;
-      for (let row = 0; row < outDim; row++) for (let j = 0; j < rNew; j++) b[row * rNew + j] = f.U.data[row * k + j] * f.S[j];
+      ({ a, b } = truncatedSvdOfSum(As, Bs, ranks, ws, outDim, inDim, rNew));
     }
     const dtype = A0.dtype as FloatDType;
     const A = Tensor.from(a, [rNew, ...A0.shape.slice(1)], { dtype });
@@ -614,4 +605,51 @@ export abstract class LoraLayer {
 
   /** Called after manualSeed(): restart any per-forward dropout counter. */
   protected onReseed(): void {}
+}
+
+/**
+ * Rank-k truncated SVD of Σ wᵢ·Bᵢ·Aᵢ (float64). With Bc = [wᵢ·Bᵢ] (out×R) and Ac = [Aᵢ] (R×in),
+ * Bc = Qb·Rb and Acᵀ = Qa·Ra give Bc·Ac = Qb·(Rb·Raᵀ)·Qaᵀ, so only an R×R SVD is needed and no dense
+ * out×in matrix is formed (dense fallback when R exceeds out or in).
+ */
+function truncatedSvdOfSum(
+  As: Float32Array[],
+  Bs: Float32Array[],
+  ranks: number[],
+  ws: number[],
+  outDim: number,
+  inDim: number,
+  k: number,
+): { a: Float64Array; b: Float64Array } {
+  const R = ranks.reduce((x, y) => x + y, 0);
+  const a = new Float64Array(k * inDim);
+  const b = new Float64Array(outDim * k);
+  if (R > Math.min(outDim, inDim)) {
+    const delta = mat(outDim, inDim);
+    ranks.forEach((r, i) => {
+      const d = matmul(mat(outDim, r, Bs[i]), mat(r, inDim, As[i]));
+      for (let j = 0; j < d.data.length; j++) delta.data[j] += ws[i] * d.data[j];
+    });
+    const f = svd(delta);
+    const kk = f.S.length;
+    a.set(f.Vt.data.subarray(0, k * inDim));
+    for (let row = 0; row < outDim; row++) for (let j = 0; j < k; j++) b[row * k + j] = f.U.data[row * kk + j] * f.S[j];
+    return { a, b };
+  }
+  const Bc = mat(outDim, R);
+  const AcT = mat(inDim, R);
+  let off = 0;
+  ranks.forEach((r, i) => {
+    for (let row = 0; row < outDim; row++) for (let j = 0; j < r; j++) Bc.data[row * R + off + j] = ws[i] * Bs[i][row * r + j];
+    for (let j = 0; j < r; j++) for (let c = 0; c < inDim; c++) AcT.data[c * R + off + j] = As[i][j * inDim + c];
+    off += r;
+  });
+  const qb = qr(Bc);
+  const qa = qr(AcT);
+  const f = svd(matmul(qb.R, transpose(qa.R))); // R×R
+  const left = matmul(qb.Q, f.U); // out×R
+  const right = matmul(f.Vt, transpose(qa.Q)); // R×in
+  for (let row = 0; row < outDim; row++) for (let j = 0; j < k; j++) b[row * k + j] = left.data[row * R + j] * f.S[j];
+  a.set(right.data.subarray(0, k * inDim));
+  return { a, b };
 }
