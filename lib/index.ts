@@ -16,7 +16,7 @@ export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, InitLo
 export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';
 export { kernels, backendInfo, setNumThreads } from './kernels';
-export type { KernelAdapter } from './kernels';
+export type { KernelAdapter, LinearForwardOptions, MergeAdapterOptions } from './kernels';
 export type { BackendInfo } from './native';
 export { Rng, manualSeed } from './rng';
 export { SafetensorsFile, parseHeader } from './io/safetensors';

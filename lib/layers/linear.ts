@@ -5,7 +5,8 @@
  */
 import { FloatDType } from '../dtype';
 import { LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
-import { BackwardTermArg, call } from '../native';
+import { KernelStep, KernelSteps, runStep, step } from '../exec';
+import { BackwardTermArg } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkBool, checkOptions } from '../validate';
@@ -71,11 +72,25 @@ export class LoraLinear extends LoraLayer {
 
   /** x [..., in] → y [..., out] in x's dtype. In training mode the inputs are kept for backward(). */
   forward(x: Tensor): Tensor {
+    return this.runLayerSync('forward', this.forwardSteps(x));
+  }
+
+  /** forward() with the kernels on a libuv thread; x, the weights and y are busy until it settles. */
+  forwardAsync(x: Tensor): Promise<Tensor> {
+    return this.runLayerAsync('forward', this.forwardSteps(x));
+  }
+
+  /** backward() with the kernels on a libuv thread. */
+  backwardAsync(dy: Tensor): Promise<BackwardResult> {
+    return this.runLayerAsync('backward', this.backwardSteps(dy));
+  }
+
+  private *forwardSteps(x: Tensor): KernelSteps<Tensor> {
     requireFloatTensor(x, 'x');
     if (x.shape.length === 0 || x.shape[x.shape.length - 1] !== this.inFeatures)
       throw new ShapeError(`x: expected shape [..., ${this.inFeatures}] (in_features), got ${shapeStr(x.shape)}`);
     this.requireLive();
-    if (this._disableAdapters && this.merged) this.unmerge();
+    if (this._disableAdapters && this.merged) yield* this.unmergeSteps();
     this.clearCache();
     const names = this.contributingAdapters();
     const stream = this.#forwardCount++;
@@ -90,17 +105,17 @@ export class LoraLinear extends LoraLayer {
         if (p > 0) {
           xa = Tensor.zeros(x.shape, { dtype: x.dtype });
           adapters.push({ name, xa, u: xa, p, seed, stream }); // registered before use so it is freed on error
-          call((b) => b.dropout(x.handle, p, seed, stream, xa.handle));
+          yield step('dropout', x.handle, p, seed, stream, xa.handle);
         }
         const u = Tensor.zeros([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: 'f32' });
         if (p > 0) adapters[adapters.length - 1].u = u;
         else adapters.push({ name, xa, u, p, seed, stream });
-        call((b) => b.shrink(xa.handle, this._loraA.get(name)!.handle, u.handle));
+        yield step('shrink', xa.handle, this._loraA.get(name)!.handle, u.handle);
       }
       const terms = adapters.map(
         (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
       );
-      call((b) => b.linearForward(x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, terms, y.handle));
+      yield step('linearForward', x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, terms, y.handle);
     } catch (e) {
       freeAdapterCache(adapters, x);
       y.dispose();
@@ -116,6 +131,10 @@ export class LoraLinear extends LoraLayer {
    * is not frozen. W and b never change.
    */
   backward(dy: Tensor): BackwardResult {
+    return this.runLayerSync('backward', this.backwardSteps(dy));
+  }
+
+  private *backwardSteps(dy: Tensor): KernelSteps<BackwardResult> {
     requireFloatTensor(dy, 'dy');
     const cache = this.#cache;
     if (!cache) throw new StateError('backward: needs a forward() in training mode first (call train() before forward)');
@@ -148,7 +167,7 @@ export class LoraLinear extends LoraLayer {
           dB: g ? g.loraB.handle : null,
         });
       }
-      call((b) => b.linearBackward(dy.handle, this.#weight.handle, this.fanInFanOut, terms, dx.handle));
+      yield step('linearBackward', dy.handle, this.#weight.handle, this.fanInFanOut, terms, dx.handle);
     } catch (e) {
       dx.dispose();
       for (const g of grads.values()) {
@@ -173,9 +192,13 @@ export class LoraLinear extends LoraLayer {
   }
 
   protected writeDelta(name: string, sign: 1 | -1, W: Tensor, out: Tensor): void {
+    runStep(this.deltaStep(name, sign, W, out));
+  }
+
+  protected override deltaStep(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelStep {
     const s = sign * this._scaling.get(name)!;
     if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);
-    call((b) => b.mergeDelta(W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, this.fanInFanOut, out.handle));
+    return step('mergeDelta', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, this.fanInFanOut, out.handle);
   }
 
   protected override onReseed(): void {
