@@ -64,6 +64,16 @@ export interface NativeBinding {
     out: NativeTensorHandle,
   ): void;
   dropout(x: NativeTensorHandle, p: number, seed: number, stream: number, out: NativeTensorHandle): void;
+  // peft-parity ops (native/napi/parity_binding.cc)
+  mixedLinearForward(
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    bias: NativeTensorHandle | null,
+    fanInFanOut: boolean,
+    adapters: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
+    rowAdapter: Int32Array,
+    y: NativeTensorHandle,
+  ): void;
   convert(src: NativeTensorHandle, dst: NativeTensorHandle): void;
   allFinite(t: NativeTensorHandle): boolean;
   backendInfo(): BackendInfo;
@@ -77,6 +87,34 @@ export interface NativeBinding {
   dropoutAsync(...args: Parameters<NativeBinding['dropout']>): Promise<void>;
   convertAsync(...args: Parameters<NativeBinding['convert']>): Promise<void>;
   allFiniteAsync(...args: Parameters<NativeBinding['allFinite']>): Promise<boolean>;
+  adamwStep(
+    param: NativeTensorHandle,
+    grad: NativeTensorHandle,
+    expAvg: NativeTensorHandle,
+    expAvgSq: NativeTensorHandle,
+    master: NativeTensorHandle | null,
+    lr: number,
+    beta1: number,
+    beta2: number,
+    eps: number,
+    weightDecay: number,
+    step: number,
+  ): void;
+  sgdStep(
+    param: NativeTensorHandle,
+    grad: NativeTensorHandle,
+    momentumBuffer: NativeTensorHandle | null,
+    master: NativeTensorHandle | null,
+    lr: number,
+    momentum: number,
+    dampening: number,
+    nesterov: boolean,
+    weightDecay: number,
+    firstStep: boolean,
+  ): void;
+  accumulate(dst: NativeTensorHandle, src: NativeTensorHandle, alpha: number): void;
+  sumSquares(t: NativeTensorHandle): number;
+  scaleInplace(t: NativeTensorHandle, alpha: number): void;
 }
 
 let cached: NativeBinding | undefined;

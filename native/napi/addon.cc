@@ -4,6 +4,8 @@
 #include "addon_data.h"
 #include "async_binding.h"
 #include "kernels_binding.h"
+#include "optim_binding.h"
+#include "parity_binding.h"
 #include "tensor_binding.h"
 
 namespace lorakit {
@@ -20,6 +22,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   NativeTensor::Init(env, exports);
   InitKernels(env, exports);
   InitAsync(env, exports);
+  InitOptim(env, exports);
+  InitParity(env, exports);
   return exports;
 }
 
