@@ -27,6 +27,22 @@ export interface BackwardTermArg {
   dB: NativeTensorHandle | null;
 }
 
+export interface DoraBackwardTermArg {
+  xa: NativeTensorHandle;
+  u: NativeTensorHandle;
+  A: NativeTensorHandle;
+  B: NativeTensorHandle;
+  magnitude: NativeTensorHandle;
+  scale: number;
+  p: number;
+  seed: number;
+  stream: number;
+  /** f32 [out], the detached weight norm of the forward */
+  norm: NativeTensorHandle;
+  /** f32 [n, out], xa·Wᵀ + s·u·Bᵀ from the forward */
+  pre: NativeTensorHandle;
+}
+
 export interface BackendInfo {
   /** The CPU microkernel chosen at load time ('avx512', 'avx2' or 'portable'). */
   cpuPath: string;
@@ -73,6 +89,42 @@ export interface NativeBinding {
     adapters: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
     rowAdapter: Int32Array,
     y: NativeTensorHandle,
+  ): void;
+  doraWeightNorm(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, fanInFanOut: boolean, norm: NativeTensorHandle): void;
+  doraLinearForward(
+    x: NativeTensorHandle,
+    xa: NativeTensorHandle,
+    W: NativeTensorHandle,
+    bias: NativeTensorHandle | null,
+    fanInFanOut: boolean,
+    u: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    norm: NativeTensorHandle,
+    magnitude: NativeTensorHandle,
+    y: NativeTensorHandle,
+    pre: NativeTensorHandle,
+  ): void;
+  doraLinearBackward(
+    dy: NativeTensorHandle,
+    W: NativeTensorHandle,
+    fanInFanOut: boolean,
+    term: DoraBackwardTermArg,
+    dx: NativeTensorHandle | null,
+    dA: NativeTensorHandle | null,
+    dB: NativeTensorHandle | null,
+    dmagnitude: NativeTensorHandle | null,
+  ): void;
+  doraMerge(
+    W: NativeTensorHandle,
+    A: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    fanInFanOut: boolean,
+    magnitude: NativeTensorHandle,
+    norm: NativeTensorHandle,
+    inverse: boolean,
+    out: NativeTensorHandle,
   ): void;
   convert(src: NativeTensorHandle, dst: NativeTensorHandle): void;
   allFinite(t: NativeTensorHandle): boolean;

@@ -5,8 +5,8 @@
  */
 import { FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError } from '../errors';
-import { mat, matmul, svd } from '../linalg';
 import { KernelStep, KernelSteps, runAsync, runSync, step } from '../exec';
+import { mat, matmul, qr, svd, transpose } from '../linalg';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
 import { Parameter } from '../train/parameter';
@@ -96,6 +96,7 @@ export abstract class LoraLayer {
   protected readonly _seed = new Map<string, number>();
   protected readonly _useDora = new Map<string, boolean>();
   protected readonly _loraMagnitude = new Map<string, Tensor>();
+  protected readonly _magnitudeParameters = new Map<string, Parameter>();
   protected _activeAdapters: string[] = [];
   protected _disableAdapters = false;
   protected _mergedAdapters: string[] = [];
@@ -173,6 +174,8 @@ export abstract class LoraLayer {
     for (const name of this._activeAdapters) {
       if (this._inferenceMode.get(name) || !this._loraA.has(name)) continue;
       out.push(...this.adapterParameters(name));
+      const m = this.magnitudeParameter(name);
+      if (m) out.push(m);
     }
     return out;
   }
@@ -189,6 +192,19 @@ export abstract class LoraLayer {
       this._parameters.set(name, pair);
     }
     return [pair[0], pair[1]];
+  }
+
+  /** A DoRA adapter's magnitude vector as a Parameter (null for plain LoRA adapters). */
+  magnitudeParameter(name: string): Parameter | null {
+    this.requireAdapter(name, 'name');
+    const m = this._loraMagnitude.get(name);
+    if (!m) return null;
+    let p = this._magnitudeParameters.get(name);
+    if (!p) {
+      p = new Parameter(`lora_magnitude_vector.${name}.weight`, 'lora_magnitude_vector', name, m);
+      this._magnitudeParameters.set(name, p);
+    }
+    return p;
   }
 
   /**
@@ -355,16 +371,7 @@ export abstract class LoraLayer {
     } else {
       const maxRank = Math.min(outDim, inDim);
       rNew = o.svdRank === undefined ? Math.min(Math.max(...ranks), maxRank) : checkInt(o.svdRank, 'opts.svdRank', 1, maxRank);
-      const delta = mat(outDim, inDim);
-      adapters.forEach((_, i) => {
-        const d = matmul(mat(outDim, ranks[i], Bs[i]), mat(ranks[i], inDim, As[i]));
-        for (let k = 0; k < d.data.length; k++) delta.data[k] += ws[i] * d.data[k];
-      });
-      const f = svd(delta);
-      a = f.Vt.data.slice(0, rNew * inDim);
-      b = new Float64Array(outDim * rNew);
-      const k = f.S.length;
-      for (let row = 0; row < outDim; row++) for (let j = 0; j < rNew; j++) b[row * rNew + j] = f.U.data[row * k + j] * f.S[j];
+      ({ a, b } = truncatedSvdOfSum(As, Bs, ranks, ws, outDim, inDim, rNew));
     }
     const dtype = A0.dtype as FloatDType;
     const A = Tensor.from(a, [rNew, ...A0.shape.slice(1)], { dtype });
@@ -439,6 +446,8 @@ export abstract class LoraLayer {
     this._loraMagnitude.get(name)?.dispose();
     this._parameters.get(name)?.forEach((p) => p.zeroGrad());
     this._parameters.delete(name);
+    this._magnitudeParameters.get(name)?.zeroGrad();
+    this._magnitudeParameters.delete(name);
     for (const m of [this._r, this._loraAlpha, this._scaling, this._loraDropout, this._useRslora, this._loraA, this._loraB, this._inferenceMode, this._seed, this._useDora, this._loraMagnitude])
       m.delete(name);
     this.onAdapterDeleted(name);
@@ -568,6 +577,7 @@ export abstract class LoraLayer {
     this.requireIdle('dispose');
     this.clearCache();
     for (const pair of this._parameters.values()) pair.forEach((p) => p.zeroGrad());
+    for (const p of this._magnitudeParameters.values()) p.zeroGrad();
     for (const t of [...this._loraA.values(), ...this._loraB.values(), ...this._loraMagnitude.values()]) t.dispose();
   }
 
@@ -591,6 +601,10 @@ export abstract class LoraLayer {
       if (!pair) continue;
       pair[0].accumulateGrad(g.loraA);
       pair[1].accumulateGrad(g.loraB);
+    }
+    for (const [name, g] of grads) {
+      const m = this._magnitudeParameters.get(name);
+      if (m && g.magnitude) m.accumulateGrad(g.magnitude);
     }
   }
 
@@ -644,4 +658,51 @@ export abstract class LoraLayer {
 
   /** Called after manualSeed(): restart any per-forward dropout counter. */
   protected onReseed(): void {}
+}
+
+/**
+ * Rank-k truncated SVD of Σ wᵢ·Bᵢ·Aᵢ (float64). With Bc = [wᵢ·Bᵢ] (out×R) and Ac = [Aᵢ] (R×in),
+ * Bc = Qb·Rb and Acᵀ = Qa·Ra give Bc·Ac = Qb·(Rb·Raᵀ)·Qaᵀ, so only an R×R SVD is needed and no dense
+ * out×in matrix is formed (dense fallback when R exceeds out or in).
+ */
+function truncatedSvdOfSum(
+  As: Float32Array[],
+  Bs: Float32Array[],
+  ranks: number[],
+  ws: number[],
+  outDim: number,
+  inDim: number,
+  k: number,
+): { a: Float64Array; b: Float64Array } {
+  const R = ranks.reduce((x, y) => x + y, 0);
+  const a = new Float64Array(k * inDim);
+  const b = new Float64Array(outDim * k);
+  if (R > Math.min(outDim, inDim)) {
+    const delta = mat(outDim, inDim);
+    ranks.forEach((r, i) => {
+      const d = matmul(mat(outDim, r, Bs[i]), mat(r, inDim, As[i]));
+      for (let j = 0; j < d.data.length; j++) delta.data[j] += ws[i] * d.data[j];
+    });
+    const f = svd(delta);
+    const kk = f.S.length;
+    a.set(f.Vt.data.subarray(0, k * inDim));
+    for (let row = 0; row < outDim; row++) for (let j = 0; j < k; j++) b[row * k + j] = f.U.data[row * kk + j] * f.S[j];
+    return { a, b };
+  }
+  const Bc = mat(outDim, R);
+  const AcT = mat(inDim, R);
+  let off = 0;
+  ranks.forEach((r, i) => {
+    for (let row = 0; row < outDim; row++) for (let j = 0; j < r; j++) Bc.data[row * R + off + j] = ws[i] * Bs[i][row * r + j];
+    for (let j = 0; j < r; j++) for (let c = 0; c < inDim; c++) AcT.data[c * R + off + j] = As[i][j * inDim + c];
+    off += r;
+  });
+  const qb = qr(Bc);
+  const qa = qr(AcT);
+  const f = svd(matmul(qb.R, transpose(qa.R))); // R×R
+  const left = matmul(qb.Q, f.U); // out×R
+  const right = matmul(f.Vt, transpose(qa.Q)); // R×in
+  for (let row = 0; row < outDim; row++) for (let j = 0; j < k; j++) b[row * k + j] = left.data[row * R + j] * f.S[j];
+  a.set(right.data.subarray(0, k * inDim));
+  return { a, b };
 }
