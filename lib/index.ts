@@ -17,7 +17,7 @@ export type { MixedForwardOptions } from './layers/lora_layer';
 export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';
 export { kernels, backendInfo, setNumThreads } from './kernels';
-export type { KernelAdapter } from './kernels';
+export type { KernelAdapter, LinearForwardOptions, MergeAdapterOptions } from './kernels';
 export type { BackendInfo } from './native';
 export { Rng, manualSeed } from './rng';
 export { SafetensorsFile, parseHeader } from './io/safetensors';
