@@ -16,6 +16,8 @@ export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, InitLo
 export type { MixedForwardOptions } from './layers/lora_layer';
 export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';
+export { LoraEmbedding } from './layers/embedding';
+export type { LoraEmbeddingOptions, EmbeddingIndices, EmbeddingBackwardResult } from './layers/embedding';
 export { kernels, backendInfo, setNumThreads } from './kernels';
 export type { KernelAdapter } from './kernels';
 export type { BackendInfo } from './native';
