@@ -19,7 +19,7 @@ export type { LoraLinearOptions } from './layers/linear';
 export { LoraEmbedding } from './layers/embedding';
 export type { LoraEmbeddingOptions, EmbeddingIndices, EmbeddingBackwardResult } from './layers/embedding';
 export { kernels, backendInfo, setNumThreads } from './kernels';
-export type { KernelAdapter } from './kernels';
+export type { KernelAdapter, LinearForwardOptions, MergeAdapterOptions } from './kernels';
 export type { BackendInfo } from './native';
 export { Rng, manualSeed } from './rng';
 export { SafetensorsFile, parseHeader } from './io/safetensors';

@@ -7,6 +7,7 @@
  */
 import { FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
+import { KernelStep, KernelSteps, runStep, step } from '../exec';
 import { BackwardTermArg, call } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
@@ -81,6 +82,23 @@ export class LoraLinear extends LoraLayer {
    * opts.adapterNames (eval mode): one adapter name or '__base__' per entry of x's first dimension.
    */
   forward(x: Tensor, opts: MixedForwardOptions = {}): Tensor {
+    return this.runLayerSync('forward', this.forwardSteps(x, opts));
+  }
+
+  /**
+   * forward() with the kernels on a libuv thread; x, the weights and y are busy until it settles.
+   * (A mixed-adapter batch has no async kernel yet: that pass runs on the JS thread.)
+   */
+  forwardAsync(x: Tensor, opts: MixedForwardOptions = {}): Promise<Tensor> {
+    return this.runLayerAsync('forward', this.forwardSteps(x, opts));
+  }
+
+  /** backward() with the kernels on a libuv thread. */
+  backwardAsync(dy: Tensor): Promise<BackwardResult> {
+    return this.runLayerAsync('backward', this.backwardSteps(dy));
+  }
+
+  private *forwardSteps(x: Tensor, opts: MixedForwardOptions): KernelSteps<Tensor> {
     requireFloatTensor(x, 'x');
     if (x.shape.length === 0 || x.shape[x.shape.length - 1] !== this.inFeatures)
       throw new ShapeError(`x: expected shape [..., ${this.inFeatures}] (in_features), got ${shapeStr(x.shape)}`);
@@ -92,7 +110,7 @@ export class LoraLinear extends LoraLayer {
       this.clearCache();
       return this.mixedForward(x, mixed.adapters, mixed.index);
     }
-    if (this._disableAdapters && this.merged) this.unmerge();
+    if (this._disableAdapters && this.merged) yield* this.unmergeSteps();
     this.clearCache();
     const names = this.contributingAdapters();
     const doraName = names.find((n) => this._useDora.get(n));
@@ -114,20 +132,20 @@ export class LoraLinear extends LoraLayer {
         if (p > 0) {
           xa = Tensor.zeros(x.shape, { dtype: x.dtype });
           adapters.push({ name, xa, u: xa, p, seed, stream }); // registered before use so it is freed on error
-          call((b) => b.dropout(x.handle, p, seed, stream, xa.handle));
+          yield step('dropout', x.handle, p, seed, stream, xa.handle);
         }
         const u = Tensor.zeros([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: 'f32' });
         if (p > 0) adapters[adapters.length - 1].u = u;
         else adapters.push({ name, xa, u, p, seed, stream });
-        call((b) => b.shrink(xa.handle, this._loraA.get(name)!.handle, u.handle));
+        yield step('shrink', xa.handle, this._loraA.get(name)!.handle, u.handle);
       }
       if (doraName !== undefined) {
-        dora = this.doraForward(x, adapters[0], y);
+        dora = this.doraForward(x, adapters[0], y); // no async kernel for DoRA yet: runs on the JS thread
       } else {
         const terms = adapters.map(
           (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
         );
-        call((b) => b.linearForward(x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, terms, y.handle));
+        yield step('linearForward', x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, terms, y.handle);
       }
     } catch (e) {
       freeAdapterCache(adapters, x);
@@ -212,6 +230,10 @@ export class LoraLinear extends LoraLayer {
    * is not frozen. W and b never change.
    */
   backward(dy: Tensor): BackwardResult {
+    return this.runLayerSync('backward', this.backwardSteps(dy));
+  }
+
+  private *backwardSteps(dy: Tensor): KernelSteps<BackwardResult> {
     requireFloatTensor(dy, 'dy');
     const cache = this.#cache;
     if (!cache) throw new StateError('backward: needs a forward() in training mode first (call train() before forward)');
@@ -245,7 +267,7 @@ export class LoraLinear extends LoraLayer {
           dB: g ? g.loraB.handle : null,
         });
       }
-      if (!cache.dora) call((b) => b.linearBackward(dy.handle, this.#weight.handle, this.fanInFanOut, terms, dx.handle));
+      if (!cache.dora) yield step('linearBackward', dy.handle, this.#weight.handle, this.fanInFanOut, terms, dx.handle);
     } catch (e) {
       dx.dispose();
       for (const g of grads.values()) {
@@ -348,7 +370,7 @@ export class LoraLinear extends LoraLayer {
     const A = this._loraA.get(name)!;
     const B = this._loraB.get(name)!;
     if (!this._useDora.get(name) || plainDelta) {
-      call((b) => b.mergeDelta(W.handle, A.handle, B.handle, s, this.fanInFanOut, out.handle));
+      runStep(this.loraDeltaStep(name, sign, W, out));
       return;
     }
     // DoRA, as peft: merge caches the norm of W + ΔW, unmerge divides by the cached scale.
@@ -370,6 +392,17 @@ export class LoraLinear extends LoraLayer {
       norm.dispose();
       this.#doraMergeNorm.delete(name);
     }
+  }
+
+  protected override deltaStep(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelStep | null {
+    if (this._useDora.get(name)) return null; // DoRA merges go through writeDelta (JS thread)
+    return this.loraDeltaStep(name, sign, W, out);
+  }
+
+  private loraDeltaStep(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelStep {
+    const s = sign * this._scaling.get(name)!;
+    if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);
+    return step('mergeDelta', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, this.fanInFanOut, out.handle);
   }
 
   protected override get supportsDora(): boolean {

@@ -5,12 +5,12 @@
  */
 import { FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError } from '../errors';
+import { KernelStep, KernelSteps, runAsync, runSync, step } from '../exec';
 import { mat, matmul, qr, svd, transpose } from '../linalg';
-import { call } from '../native';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
 import { Parameter } from '../train/parameter';
-import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../validate';
+import { checkBool, checkFinite, checkInt, checkOptions, checkScale, checkString } from '../validate';
 
 /**
  * true: A kaiming-uniform, B = 0; 'gaussian': A ~ N(0, 1/r), B = 0; false: both random; 'pissa' and
@@ -101,6 +101,7 @@ export abstract class LoraLayer {
   protected _disableAdapters = false;
   protected _mergedAdapters: string[] = [];
   protected _training = true;
+  #asyncOp: string | null = null;
   /** Parameter objects handed out by parameters(); backward() accumulates into their grads. */
   protected readonly _parameters = new Map<string, [Parameter, Parameter]>();
 
@@ -216,7 +217,7 @@ export abstract class LoraLayer {
     if (this._r.has(name)) throw new AdapterError(`name: adapter '${name}' already exists on this layer`);
     if (name === '__base__') throw new AdapterError("name: '__base__' is reserved for 'no adapter' in mixed batches");
     const r = checkInt(o.r ?? 8, 'opts.r', 1, 1 << 20);
-    const alpha = checkFinite(o.loraAlpha ?? 8, 'opts.loraAlpha');
+    const alpha = checkScale(o.loraAlpha ?? 8, 'opts.loraAlpha');
     const p = checkFinite(o.loraDropout ?? 0, 'opts.loraDropout');
     if (p < 0 || p >= 1) throw new LoraRangeError(`opts.loraDropout: expected 0 <= p < 1, got ${p}`);
     const rs = o.useRslora === undefined ? false : checkBool(o.useRslora, 'opts.useRslora');
@@ -436,6 +437,7 @@ export abstract class LoraLayer {
 
   /** Removes an adapter and frees its tensors. A merged adapter must be unmerged first. */
   deleteAdapter(name: string): this {
+    this.requireIdle('deleteAdapter');
     this.requireAdapter(name, 'name');
     if (this._mergedAdapters.includes(name))
       throw new AdapterError(`name: adapter '${name}' is merged; call unmerge() before deleting it`);
@@ -487,6 +489,24 @@ export abstract class LoraLayer {
 
   /** Adds the named (or active) adapters' ΔW to the base weight; already merged ones are skipped. */
   merge(opts: MergeOptions = {}): this {
+    return this.runLayerSync('merge', this.mergeSteps(opts));
+  }
+
+  /** merge() with the work on a libuv thread; the weight and adapters are busy until it settles. */
+  mergeAsync(opts: MergeOptions = {}): Promise<this> {
+    return this.runLayerAsync('merge', this.mergeSteps(opts));
+  }
+
+  /** Undoes merges in reverse order (W -= ΔW). */
+  unmerge(): this {
+    return this.runLayerSync('unmerge', this.unmergeSteps());
+  }
+
+  unmergeAsync(): Promise<this> {
+    return this.runLayerAsync('unmerge', this.unmergeSteps());
+  }
+
+  private *mergeSteps(opts: MergeOptions): KernelSteps<this> {
     const o = checkOptions(opts, ['safeMerge', 'adapterNames'], 'opts') as MergeOptions;
     const safe = o.safeMerge === undefined ? false : checkBool(o.safeMerge, 'opts.safeMerge');
     let names = this._activeAdapters;
@@ -501,32 +521,60 @@ export abstract class LoraLayer {
       if (safe) {
         const trial = W.clone();
         try {
-          this.writeDelta(name, 1, W, trial);
-          if (!call((b) => b.allFinite(trial.handle)))
+          yield* this.deltaSteps(name, 1, W, trial);
+          if (!(yield step('allFinite', trial.handle)))
             throw new LoraRangeError(`merge: NaNs or infinities detected in the merged weight for adapter '${name}'; the weight was left unchanged`);
-          W.copyFrom(trial);
+          yield step('convert', trial.handle, W.handle);
         } finally {
           trial.dispose();
         }
       } else {
-        this.writeDelta(name, 1, W, W);
+        yield* this.deltaSteps(name, 1, W, W);
       }
       this._mergedAdapters.push(name);
     }
     return this;
   }
 
-  /** Undoes merges in reverse order (W -= ΔW). */
-  unmerge(): this {
+  protected *unmergeSteps(): KernelSteps<this> {
     while (this._mergedAdapters.length > 0) {
-      const name = this._mergedAdapters.pop()!;
-      this.writeDelta(name, -1, this.weight, this.weight);
+      const name = this._mergedAdapters[this._mergedAdapters.length - 1];
+      yield* this.deltaSteps(name, -1, this.weight, this.weight);
+      this._mergedAdapters.pop(); // only once W is restored, so a failed step can be retried
     }
     return this;
   }
 
+  private *deltaSteps(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelSteps<void> {
+    const s = this.deltaStep(name, sign, W, out);
+    if (s) yield s;
+    else this.writeDelta(name, sign, W, out);
+  }
+
+  /** Runs an operation body synchronously; refused while an async one is in flight on this layer. */
+  protected runLayerSync<T>(op: string, steps: KernelSteps<T>): T {
+    this.requireIdle(op);
+    return runSync(steps);
+  }
+
+  /** Runs an operation body step by step off the JS thread; one async operation per layer at a time. */
+  protected async runLayerAsync<T>(op: string, steps: KernelSteps<T>): Promise<T> {
+    this.requireIdle(`${op}Async`);
+    this.#asyncOp = `${op}Async`;
+    try {
+      return await runAsync(steps);
+    } finally {
+      this.#asyncOp = null;
+    }
+  }
+
+  protected requireIdle(op: string): void {
+    if (this.#asyncOp) throw new StateError(`${op}: ${this.#asyncOp}() is still running on this layer; await it first`);
+  }
+
   /** Frees the adapters' tensors (not the base weight, which the caller owns). */
   dispose(): void {
+    this.requireIdle('dispose');
     this.clearCache();
     for (const pair of this._parameters.values()) pair.forEach((p) => p.zeroGrad());
     for (const p of this._magnitudeParameters.values()) p.zeroGrad();
@@ -595,6 +643,11 @@ export abstract class LoraLayer {
 
   /** A reason why addWeightedAdapter cannot work on this layer, or null. */
   protected weightedAdapterUnsupported(): string | null {
+    return null;
+  }
+
+  /** The kernel step of writeDelta, so merges can run async; null: merge through writeDelta (sync). */
+  protected deltaStep(_name: string, _sign: 1 | -1, _W: Tensor, _out: Tensor): KernelStep | null {
     return null;
   }
 
