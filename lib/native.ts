@@ -90,6 +90,23 @@ export interface NativeBinding {
     rowAdapter: Int32Array,
     y: NativeTensorHandle,
   ): void;
+  embeddingForward(
+    indices: NativeTensorHandle,
+    W: NativeTensorHandle,
+    adapters: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
+    rowAdapter: Int32Array | null,
+    y: NativeTensorHandle,
+  ): void;
+  embeddingBackward(
+    indices: NativeTensorHandle,
+    dy: NativeTensorHandle,
+    A: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    paddingIdx: number,
+    dA: NativeTensorHandle | null,
+    dB: NativeTensorHandle | null,
+  ): void;
   doraWeightNorm(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, fanInFanOut: boolean, norm: NativeTensorHandle): void;
   doraLinearForward(
     x: NativeTensorHandle,

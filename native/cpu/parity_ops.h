@@ -65,3 +65,26 @@ void dora_merge(const TensorRef& W, const TensorRef& A, const TensorRef& B, floa
 
 }  // namespace cpu
 }  // namespace lorakit
+
+namespace lorakit {
+namespace cpu {
+
+// ---- Embedding (peft's lora.Embedding): W [num, dim], A [r, num], B [dim, r], indices i32/i64.
+
+// y[p] = W[idx[p]] + Σ_a scale_a·B_a·A_a[:, idx[p]]; with row_adapter, position p adds only adapter
+// row_adapter[p] (-1: none). Indices must already be validated (0 <= idx < num).
+void embedding_forward(const TensorRef& idx, const TensorRef& W, const std::vector<AdapterFactors>& adapters,
+                       const int32_t* row_adapter, const TensorRef& y);
+
+// dB = scale·dyᵀ·Aᵀ[idx] [dim, r]; dAᵀ[i] = Σ_{p: idx[p] = i} scale·dy[p]·B, summed in position order
+// per index (a stable counting sort, no atomics: deterministic). padding_idx (-1: none) gets no dA.
+void embedding_backward(const TensorRef& idx, const TensorRef& dy, const TensorRef& A, const TensorRef& B, float scale,
+                        int64_t padding_idx, const TensorRef* dA, const TensorRef* dB);
+
+// The index at position p as int64.
+inline int64_t index_at(const TensorRef& idx, int64_t p) {
+  return idx.dtype == DType::I64 ? static_cast<const int64_t*>(idx.data)[p] : static_cast<const int32_t*>(idx.data)[p];
+}
+
+}  // namespace cpu
+}  // namespace lorakit

@@ -247,6 +247,85 @@ Napi::Value DoraMerge(const Napi::CallbackInfo& info) {
   });
 }
 
+
+// An i32/i64 index tensor whose values all lie in [0, num).
+const TensorRef& index_arg(const Napi::Value& v, const std::string& name, int64_t num) {
+  NativeTensor* t = get_tensor(v, name);
+  const TensorRef& r = t->ref();
+  if (r.dtype != DType::I32 && r.dtype != DType::I64)
+    throw_type(name + ": expected an i32 or i64 index tensor, got " + dtype_name(r.dtype));
+  if (t->device() != Device::CPU) throw_type(name + ": expected a cpu tensor");
+  int64_t n = r.numel();
+  for (int64_t p = 0; p < n; p++) {
+    int64_t i = cpu::index_at(r, p);
+    if (i < 0 || i >= num)
+      throw_range(name + ": index " + std::to_string(i) + " at position " + std::to_string(p) +
+                  " is out of range for num_embeddings " + std::to_string(num));
+  }
+  return r;
+}
+
+const int32_t* row_adapter_arg(const Napi::Value& v, int64_t n, size_t count, const std::string& name) {
+  if (v.IsNull() || v.IsUndefined()) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw_type(name + ": expected an Int32Array or null");
+  Napi::Int32Array a = v.As<Napi::Int32Array>();
+  if (static_cast<int64_t>(a.ElementLength()) != n)
+    throw_range(name + ": expected " + std::to_string(n) + " entries, got " + std::to_string(a.ElementLength()));
+  const int32_t* p = a.Data();
+  for (int64_t i = 0; i < n; i++)
+    if (p[i] < -1 || p[i] >= static_cast<int32_t>(count))
+      throw_range(name + "[" + std::to_string(i) + "]: " + std::to_string(p[i]) + " is not -1 or an adapter index below " +
+                  std::to_string(count));
+  return p;
+}
+
+// embeddingForward(idx, W, adapters: [A, B, scale][], rowAdapter|null, y)
+Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& W = float_arg(info, 1, "weight");
+    if (W.shape.size() != 2) throw_range("weight: expected [num_embeddings, dim], got " + shape_str(W.shape));
+    int64_t num = W.shape[0], dim = W.shape[1];
+    const TensorRef& idx = index_arg(info[0], "indices", num);
+    auto adapters = factor_list(info[2], num, dim, "adapters");
+    const int32_t* rows = row_adapter_arg(info[3], idx.numel(), adapters.size(), "rowAdapter");
+    const TensorRef& y = float_arg(info, 4, "y");
+    std::vector<int64_t> ys = idx.shape;
+    ys.push_back(dim);
+    require_shape_eq(y, ys, "y");
+    require_distinct(y, W, "y", "weight");
+    cpu::embedding_forward(idx, W, adapters, rows, y);
+    return info.Env().Undefined();
+  });
+}
+
+// embeddingBackward(idx, dy, A, B, scale, paddingIdx, dA|null, dB|null)
+Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& A = float_arg(info, 2, "A");
+    const TensorRef& B = float_arg(info, 3, "B");
+    if (A.shape.size() != 2) throw_range("A: expected [r, num_embeddings], got " + shape_str(A.shape));
+    int64_t r = A.shape[0], num = A.shape[1];
+    if (B.shape.size() != 2 || B.shape[1] != r)
+      throw_range("B: expected shape [dim, " + std::to_string(r) + "], got " + shape_str(B.shape));
+    int64_t dim = B.shape[0];
+    const TensorRef& idx = index_arg(info[0], "indices", num);
+    const TensorRef& dy = float_arg(info, 1, "dy");
+    std::vector<int64_t> ys = idx.shape;
+    ys.push_back(dim);
+    require_shape_eq(dy, ys, "dy");
+    float scale = static_cast<float>(get_number(info, 4, "scale"));
+    double pad = get_number(info, 5, "paddingIdx");
+    if (pad != std::floor(pad) || pad < -1 || pad >= num) throw_range("paddingIdx: expected -1 (none) or an index below num_embeddings");
+    const TensorRef* dA = float_arg_or_null(info, 6, "dA");
+    const TensorRef* dB = float_arg_or_null(info, 7, "dB");
+    if (dA) require_shape_eq(*dA, A.shape, "dA");
+    if (dB) require_shape_eq(*dB, B.shape, "dB");
+    cpu::embedding_backward(idx, dy, A, B, scale, static_cast<int64_t>(pad), dA, dB);
+    return info.Env().Undefined();
+  });
+}
+
 }  // namespace
 
 void InitParity(Napi::Env env, Napi::Object exports) {
@@ -254,6 +333,8 @@ void InitParity(Napi::Env env, Napi::Object exports) {
   exports.Set("doraWeightNorm", Napi::Function::New<DoraWeightNorm>(env, "doraWeightNorm"));
   exports.Set("doraLinearForward", Napi::Function::New<DoraLinearForward>(env, "doraLinearForward"));
   exports.Set("doraLinearBackward", Napi::Function::New<DoraLinearBackward>(env, "doraLinearBackward"));
+  exports.Set("embeddingForward", Napi::Function::New<EmbeddingForward>(env, "embeddingForward"));
+  exports.Set("embeddingBackward", Napi::Function::New<EmbeddingBackward>(env, "embeddingBackward"));
   exports.Set("doraMerge", Napi::Function::New<DoraMerge>(env, "doraMerge"));
 }
 
