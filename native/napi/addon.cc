@@ -2,8 +2,10 @@
 #include <napi.h>
 #include <random>
 #include "addon_data.h"
+#include "async_binding.h"
 #include "kernels_binding.h"
 #include "optim_binding.h"
+#include "parity_binding.h"
 #include "tensor_binding.h"
 
 namespace lorakit {
@@ -19,7 +21,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<AddonData>(data);
   NativeTensor::Init(env, exports);
   InitKernels(env, exports);
+  InitAsync(env, exports);
   InitOptim(env, exports);
+  InitParity(env, exports);
   return exports;
 }
 
