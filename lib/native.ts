@@ -28,8 +28,10 @@ export interface BackwardTermArg {
 }
 
 export interface BackendInfo {
-  /** The CPU microkernel chosen at load time ('avx512', 'avx2' or 'portable'). */
+  /** The CPU kernel path chosen at load time ('amx', 'avx512', 'avx2' or 'portable'); LORAKIT_CPU_PATH forces one. */
   cpuPath: string;
+  /** The paths this CPU can run, best first. */
+  cpuPaths: string[];
   threads: number;
   /** Backends compiled into this build. */
   compiled: string[];

@@ -1,0 +1,56 @@
+// Scalar reference bodies shared by the portable path and the vector paths' edge handling.
+#pragma once
+#include <cstdint>
+#include "../core/dtype.h"
+
+namespace lorakit {
+namespace generic {
+
+inline void load_row(const void* src, DType st, float alpha, int64_t n, float* dst) {
+  if (st == DType::F32) {
+    const float* s = static_cast<const float*>(src);
+    for (int64_t i = 0; i < n; i++) dst[i] = alpha * s[i];
+  } else {
+    for (int64_t i = 0; i < n; i++) dst[i] = alpha * load_f32(src, st, i);
+  }
+}
+
+inline void store_row(const float* src, void* dst, DType dt, int64_t n) {
+  for (int64_t i = 0; i < n; i++) store_f32(dst, dt, i, src[i]);
+}
+
+inline void dot_rows(int64_t k, const float* x, const void* w, DType wt, int64_t ldw, int64_t rows, float* out) {
+  for (int64_t j = 0; j < rows; j++) {
+    float s = 0.f;
+    if (wt == DType::F32) {
+      const float* row = static_cast<const float*>(w) + j * ldw;
+      for (int64_t p = 0; p < k; p++) s += x[p] * row[p];
+    } else {
+      for (int64_t p = 0; p < k; p++) s += x[p] * load_f32(w, wt, j * ldw + p);
+    }
+    out[j] += s;
+  }
+}
+
+inline void axpy_rows(int64_t k, const float* x, const void* w, DType wt, int64_t ldw, int64_t cols, float* out) {
+  for (int64_t p = 0; p < k; p++) {
+    float xv = x[p];
+    if (wt == DType::F32) {
+      const float* row = static_cast<const float*>(w) + p * ldw;
+      for (int64_t j = 0; j < cols; j++) out[j] += xv * row[j];
+    } else {
+      for (int64_t j = 0; j < cols; j++) out[j] += xv * load_f32(w, wt, p * ldw + j);
+    }
+  }
+}
+
+inline void rank_update(int64_t r, const float* p, const float* Q, int64_t ldq, int64_t n, float* acc) {
+  for (int64_t q = 0; q < r; q++) {
+    float pv = p[q];
+    const float* row = Q + q * ldq;
+    for (int64_t j = 0; j < n; j++) acc[j] += pv * row[j];
+  }
+}
+
+}  // namespace generic
+}  // namespace lorakit
