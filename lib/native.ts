@@ -70,6 +70,34 @@ export interface NativeBinding {
   allFinite(t: NativeTensorHandle): boolean;
   backendInfo(): BackendInfo;
   setNumThreads(n: number): number;
+  adamwStep(
+    param: NativeTensorHandle,
+    grad: NativeTensorHandle,
+    expAvg: NativeTensorHandle,
+    expAvgSq: NativeTensorHandle,
+    master: NativeTensorHandle | null,
+    lr: number,
+    beta1: number,
+    beta2: number,
+    eps: number,
+    weightDecay: number,
+    step: number,
+  ): void;
+  sgdStep(
+    param: NativeTensorHandle,
+    grad: NativeTensorHandle,
+    momentumBuffer: NativeTensorHandle | null,
+    master: NativeTensorHandle | null,
+    lr: number,
+    momentum: number,
+    dampening: number,
+    nesterov: boolean,
+    weightDecay: number,
+    firstStep: boolean,
+  ): void;
+  accumulate(dst: NativeTensorHandle, src: NativeTensorHandle, alpha: number): void;
+  sumSquares(t: NativeTensorHandle): number;
+  scaleInplace(t: NativeTensorHandle, alpha: number): void;
 }
 
 let cached: NativeBinding | undefined;

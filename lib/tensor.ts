@@ -25,10 +25,20 @@ function checkDevice(d: unknown, name: string): Device {
   return d as Device;
 }
 
+/**
+ * The typed-array kind ('Float32Array', ...) by its toStringTag: unlike instanceof, this works for
+ * arrays made in another realm (vm contexts, jest, worker-transferred views).
+ */
+export function typedArrayKind(v: unknown): string | undefined {
+  if (!ArrayBuffer.isView(v) || v instanceof DataView) return undefined;
+  return (v as unknown as { [Symbol.toStringTag]: string })[Symbol.toStringTag];
+}
+
 function defaultDType(data: TensorData): DType | undefined {
-  if (data instanceof Int32Array) return 'i32';
-  if (data instanceof BigInt64Array) return 'i64';
-  if (data instanceof Uint16Array) return undefined; // bit patterns: the caller must say f16 or bf16
+  const kind = typedArrayKind(data);
+  if (kind === 'Int32Array') return 'i32';
+  if (kind === 'BigInt64Array') return 'i64';
+  if (kind === 'Uint16Array') return undefined; // bit patterns: the caller must say f16 or bf16
   return 'f32';
 }
 
@@ -69,7 +79,7 @@ export class Tensor {
       });
       data = Float64Array.from(data);
     }
-    if (!ArrayBuffer.isView(data))
+    if (typedArrayKind(data) === undefined)
       throw new LoraTypeError('data: expected Float32Array, Float64Array, number[], Uint16Array, Int32Array or BigInt64Array');
     const dtype = o.dtype !== undefined ? checkDType(o.dtype, 'opts.dtype') : defaultDType(data);
     if (dtype === undefined)
@@ -130,7 +140,7 @@ export class Tensor {
       call((b) => b.convert(src.handle, this.handle));
       return this;
     }
-    if (!ArrayBuffer.isView(src)) throw new LoraTypeError('src: expected a typed array or a Tensor');
+    if (typedArrayKind(src) === undefined) throw new LoraTypeError('src: expected a typed array or a Tensor');
     checkDataMatches(src, this.dtype, 'src');
     if (src.length !== this.numel)
       throw new ShapeError(`src: has ${src.length} elements but this tensor has shape ${shapeStr(this.shape)} (${this.numel})`);
@@ -174,12 +184,13 @@ export class Tensor {
 }
 
 function checkDataMatches(data: ArrayBufferView, dtype: DType, name: string): void {
+  const kind = typedArrayKind(data);
   const ok =
-    (isFloatDType(dtype) && (data instanceof Float32Array || data instanceof Float64Array)) ||
-    ((dtype === 'f16' || dtype === 'bf16') && data instanceof Uint16Array) ||
-    (dtype === 'i32' && data instanceof Int32Array) ||
-    (dtype === 'i64' && (data instanceof BigInt64Array || data instanceof Int32Array));
-  if (!ok) throw new LoraTypeError(`${name}: a ${data.constructor.name} cannot fill a ${dtype} tensor`);
+    (isFloatDType(dtype) && (kind === 'Float32Array' || kind === 'Float64Array')) ||
+    ((dtype === 'f16' || dtype === 'bf16') && kind === 'Uint16Array') ||
+    (dtype === 'i32' && kind === 'Int32Array') ||
+    (dtype === 'i64' && (kind === 'BigInt64Array' || kind === 'Int32Array'));
+  if (!ok) throw new LoraTypeError(`${name}: a ${kind ?? 'DataView'} cannot fill a ${dtype} tensor`);
   if (data.buffer.byteLength === 0 && data.byteLength === 0 && (data as unknown as { length: number }).length !== 0)
     throw new LoraTypeError(`${name}: the ArrayBuffer is detached`);
 }

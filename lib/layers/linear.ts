@@ -157,6 +157,7 @@ export class LoraLinear extends LoraLayer {
       }
       throw e;
     }
+    this.accumulateParameterGrads(grads);
     return { dx, grads };
   }
 

@@ -8,6 +8,7 @@ import { AdapterError, LoraRangeError, LoraTypeError } from '../errors';
 import { call } from '../native';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
+import { Parameter } from '../train/parameter';
 import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../validate';
 
 export type InitLoraWeights = boolean | 'gaussian';
@@ -72,6 +73,8 @@ export abstract class LoraLayer {
   protected _disableAdapters = false;
   protected _mergedAdapters: string[] = [];
   protected _training = true;
+  /** Parameter objects handed out by parameters(); backward() accumulates into their grads. */
+  protected readonly _parameters = new Map<string, [Parameter, Parameter]>();
 
   /** Base weight (owned by the caller; merge changes it in place). */
   abstract get weight(): Tensor;
@@ -123,6 +126,34 @@ export abstract class LoraLayer {
   isFrozen(name: string): boolean {
     this.requireAdapter(name, 'name');
     return this._inferenceMode.get(name) === true;
+  }
+
+  /**
+   * The trainable tensors: lora_A and lora_B of each active adapter that is not frozen (peft's
+   * requires_grad). The same Parameter objects come back on every call; after one has been handed
+   * out, backward() adds the adapter's gradients into its grad.
+   */
+  parameters(): Parameter[] {
+    const out: Parameter[] = [];
+    for (const name of this._activeAdapters) {
+      if (this._inferenceMode.get(name) || !this._loraA.has(name)) continue;
+      out.push(...this.adapterParameters(name));
+    }
+    return out;
+  }
+
+  /** [lora_A, lora_B] of one adapter as Parameters (frozen or not). */
+  adapterParameters(name: string): [Parameter, Parameter] {
+    this.requireAdapter(name, 'name');
+    let pair = this._parameters.get(name);
+    if (!pair) {
+      pair = [
+        new Parameter(`lora_A.${name}.weight`, 'lora_A', name, this._loraA.get(name)!),
+        new Parameter(`lora_B.${name}.weight`, 'lora_B', name, this._loraB.get(name)!),
+      ];
+      this._parameters.set(name, pair);
+    }
+    return [pair[0], pair[1]];
   }
 
   /**
@@ -189,6 +220,8 @@ export abstract class LoraLayer {
       throw new AdapterError(`name: adapter '${name}' is merged; call unmerge() before deleting it`);
     this._loraA.get(name)!.dispose();
     this._loraB.get(name)!.dispose();
+    this._parameters.get(name)?.forEach((p) => p.zeroGrad());
+    this._parameters.delete(name);
     for (const m of [this._r, this._loraAlpha, this._scaling, this._loraDropout, this._useRslora, this._loraA, this._loraB, this._inferenceMode, this._seed])
       m.delete(name);
     this.onAdapterDeleted(name);
@@ -271,6 +304,7 @@ export abstract class LoraLayer {
   /** Frees the adapters' tensors (not the base weight, which the caller owns). */
   dispose(): void {
     this.clearCache();
+    for (const pair of this._parameters.values()) pair.forEach((p) => p.zeroGrad());
     for (const t of [...this._loraA.values(), ...this._loraB.values()]) t.dispose();
   }
 
@@ -285,6 +319,16 @@ export abstract class LoraLayer {
     if (!this._r.has(name))
       throw new AdapterError(`${argName}: unknown adapter '${name}' (this layer has: ${[...this._r.keys()].join(', ') || 'none'})`);
     return name;
+  }
+
+  /** Adds freshly computed adapter gradients into the grads of the Parameters handed out. */
+  protected accumulateParameterGrads(grads: ReadonlyMap<string, AdapterGrads>): void {
+    for (const [name, g] of grads) {
+      const pair = this._parameters.get(name);
+      if (!pair) continue;
+      pair[0].accumulateGrad(g.loraA);
+      pair[1].accumulateGrad(g.loraB);
+    }
   }
 
   /** Creates A and B for a new adapter. */

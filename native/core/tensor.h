@@ -16,6 +16,7 @@ struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   Device device = Device::CPU;
+  bool mapped = false;       // large CPU buffers come straight from mmap (see tensor.cc)
   std::atomic<int> busy{0};  // > 0 while async work uses the buffer
   static std::shared_ptr<Storage> allocate(size_t nbytes, Device device);
   void release();

@@ -3,6 +3,7 @@
 #include <random>
 #include "addon_data.h"
 #include "kernels_binding.h"
+#include "optim_binding.h"
 #include "tensor_binding.h"
 
 namespace lorakit {
@@ -18,6 +19,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<AddonData>(data);
   NativeTensor::Init(env, exports);
   InitKernels(env, exports);
+  InitOptim(env, exports);
   return exports;
 }
 
