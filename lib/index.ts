@@ -13,6 +13,7 @@ export {
 } from './errors';
 export { LoraLayer } from './layers/lora_layer';
 export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, InitLoraWeights } from './layers/lora_layer';
+export type { CombinationType, WeightedAdapterOptions, MixedForwardOptions } from './layers/lora_layer';
 export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';
 export { kernels, backendInfo, setNumThreads } from './kernels';

@@ -66,6 +66,16 @@ export interface NativeBinding {
     out: NativeTensorHandle,
   ): void;
   dropout(x: NativeTensorHandle, p: number, seed: number, stream: number, out: NativeTensorHandle): void;
+  // peft-parity ops (native/napi/parity_binding.cc)
+  mixedLinearForward(
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    bias: NativeTensorHandle | null,
+    fanInFanOut: boolean,
+    adapters: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
+    rowAdapter: Int32Array,
+    y: NativeTensorHandle,
+  ): void;
   convert(src: NativeTensorHandle, dst: NativeTensorHandle): void;
   allFinite(t: NativeTensorHandle): boolean;
   backendInfo(): BackendInfo;

@@ -8,8 +8,9 @@ import { LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from 
 import { BackwardTermArg, call } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
+import { Mat, mat, qr, svd } from '../linalg';
 import { checkBool, checkOptions } from '../validate';
-import { AdapterGrads, BackwardResult, InitLoraWeights, LoraLayer } from './lora_layer';
+import { AdapterGrads, BackwardResult, InitLoraWeights, LoraLayer, MixedForwardOptions } from './lora_layer';
 
 export interface LoraLinearOptions {
   weight: Tensor;
@@ -69,12 +70,22 @@ export class LoraLinear extends LoraLayer {
     return this.fanInFanOut ? this.#weight.shape[1] : this.#weight.shape[0];
   }
 
-  /** x [..., in] → y [..., out] in x's dtype. In training mode the inputs are kept for backward(). */
-  forward(x: Tensor): Tensor {
+  /**
+   * x [..., in] → y [..., out] in x's dtype. In training mode the inputs are kept for backward().
+   * opts.adapterNames (eval mode): one adapter name or '__base__' per entry of x's first dimension.
+   */
+  forward(x: Tensor, opts: MixedForwardOptions = {}): Tensor {
     requireFloatTensor(x, 'x');
     if (x.shape.length === 0 || x.shape[x.shape.length - 1] !== this.inFeatures)
       throw new ShapeError(`x: expected shape [..., ${this.inFeatures}] (in_features), got ${shapeStr(x.shape)}`);
+    const o = checkOptions(opts, ['adapterNames'], 'opts') as MixedForwardOptions;
     this.requireLive();
+    if (o.adapterNames !== undefined) {
+      if (x.shape.length < 2) throw new ShapeError(`x: a mixed batch needs a batch dimension, got shape ${shapeStr(x.shape)}`);
+      const mixed = this.resolveMixedBatch(o.adapterNames, x.shape[0]);
+      this.clearCache();
+      return this.mixedForward(x, mixed.adapters, mixed.index);
+    }
     if (this._disableAdapters && this.merged) this.unmerge();
     this.clearCache();
     const names = this.contributingAdapters();
@@ -161,6 +172,77 @@ export class LoraLinear extends LoraLayer {
     return { dx, grads };
   }
 
+  /** One native pass: rows grouped per adapter, the base and that adapter's expand as one GEMM. */
+  private mixedForward(x: Tensor, adapters: string[], perEntry: Int32Array): Tensor {
+    const rowsPerEntry = x.numel / (x.shape[0] * this.inFeatures);
+    const rowAdapter = new Int32Array(x.numel / this.inFeatures);
+    perEntry.forEach((a, i) => rowAdapter.fill(this._disableAdapters ? -1 : a, i * rowsPerEntry, (i + 1) * rowsPerEntry));
+    const y = Tensor.zeros([...x.shape.slice(0, -1), this.outFeatures], { dtype: x.dtype });
+    try {
+      const factors = adapters.map(
+        (n) => [this._loraA.get(n)!.handle, this._loraB.get(n)!.handle, this._scaling.get(n)!] as [Tensor['handle'], Tensor['handle'], number],
+      );
+      call((b) => b.mixedLinearForward(x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, factors, rowAdapter, y.handle));
+    } catch (e) {
+      y.dispose();
+      throw e;
+    }
+    return y;
+  }
+
+  protected override get supportsWeightInit(): boolean {
+    return true;
+  }
+
+  /**
+   * peft's pissa_init / olora_init on W in [out, in] layout (float64): pissa takes the top-r SVD
+   * (A = √(S/s)·Vᵀ, B = U·√(S/s)), olora the thin QR (B = Q[:, :r], A = R[:r]); then W ← W − s·B·A,
+   * computed with A and B as stored, so W + s·B·A equals the old W up to W's own rounding.
+   */
+  protected override initFromWeight(kind: 'pissa' | 'olora', r: number, scaling: number, dtype: FloatDType): { A: Tensor; B: Tensor } {
+    const outF = this.outFeatures;
+    const inF = this.inFeatures;
+    if (r > Math.min(outF, inF))
+      throw new LoraRangeError(`opts.r: '${kind}' needs r <= min(out, in) = ${Math.min(outF, inF)}, got ${r}`);
+    if (!(scaling > 0)) throw new LoraRangeError(`opts.loraAlpha: '${kind}' needs a positive scaling, got ${scaling}`);
+    const w = this.#weight.toFloat32Array();
+    const W = mat(outF, inF);
+    for (let o = 0; o < outF; o++)
+      for (let i = 0; i < inF; i++) W.data[o * inF + i] = this.fanInFanOut ? w[i * outF + o] : w[o * inF + i];
+    const a = new Float64Array(r * inF);
+    const b = new Float64Array(outF * r);
+    if (kind === 'pissa') {
+      const f = svd(W);
+      const k = f.S.length;
+      for (let j = 0; j < r; j++) {
+        const root = Math.sqrt(f.S[j] / scaling);
+        for (let i = 0; i < inF; i++) a[j * inF + i] = root * f.Vt.data[j * inF + i];
+        for (let o = 0; o < outF; o++) b[o * r + j] = f.U.data[o * k + j] * root;
+      }
+    } else {
+      const f = qr(W);
+      const k = f.Q.cols;
+      for (let j = 0; j < r; j++) {
+        for (let i = 0; i < inF; i++) a[j * inF + i] = f.R.data[j * inF + i];
+        for (let o = 0; o < outF; o++) b[o * r + j] = f.Q.data[o * k + j];
+      }
+    }
+    const A = Tensor.from(a, [r, inF], { dtype });
+    const B = Tensor.from(b, [outF, r], { dtype });
+    const As: Mat = mat(r, inF, A.toFloat32Array());
+    const Bs = B.toFloat32Array();
+    const out = new Float64Array(w.length);
+    for (let o = 0; o < outF; o++)
+      for (let i = 0; i < inF; i++) {
+        let d = 0;
+        for (let j = 0; j < r; j++) d += Bs[o * r + j] * As.data[j * inF + i];
+        const idx = this.fanInFanOut ? i * outF + o : o * inF + i;
+        out[idx] = W.data[o * inF + i] - scaling * d;
+      }
+    this.#weight.copyFrom(out);
+    return { A, B };
+  }
+
   protected createAdapterWeights(r: number, init: InitLoraWeights, rng: Rng, dtype: FloatDType): { A: Tensor; B: Tensor } {
     const inF = this.inFeatures;
     const outF = this.outFeatures;
@@ -173,7 +255,7 @@ export class LoraLinear extends LoraLayer {
     return { A: Tensor.from(a, [r, inF], { dtype }), B: Tensor.from(b, [outF, r], { dtype }) };
   }
 
-  protected writeDelta(name: string, sign: 1 | -1, W: Tensor, out: Tensor): void {
+  protected writeDelta(name: string, sign: 1 | -1, W: Tensor, out: Tensor, _plainDelta = false): void {
     const s = sign * this._scaling.get(name)!;
     if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);
     call((b) => b.mergeDelta(W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, this.fanInFanOut, out.handle));

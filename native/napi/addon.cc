@@ -4,6 +4,7 @@
 #include "addon_data.h"
 #include "kernels_binding.h"
 #include "optim_binding.h"
+#include "parity_binding.h"
 #include "tensor_binding.h"
 
 namespace lorakit {
@@ -20,6 +21,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   NativeTensor::Init(env, exports);
   InitKernels(env, exports);
   InitOptim(env, exports);
+  InitParity(env, exports);
   return exports;
 }
 
