@@ -39,6 +39,19 @@ export interface BackendInfo {
   usable: string[];
 }
 
+/** The machine's ceilings measured natively (lorakit bench). */
+export interface MeasuredPeaks {
+  /** f32 FMA rate of the active CPU path on all pool threads, GFLOP/s. */
+  fmaGflops: number;
+  /** AMX bf16 tile rate, GFLOP/s (0 without AMX). */
+  amxGflops: number;
+  /** memcpy bandwidth, bytes read + written per second, GB/s. */
+  copyGBs: number;
+  /** Read-only bandwidth, GB/s. */
+  readGBs: number;
+  threads: number;
+}
+
 export interface NativeBinding {
   NativeTensor: new (dtype: string, shape: number[], device: string) => NativeTensorHandle;
   shrink(x: NativeTensorHandle, A: NativeTensorHandle, out: NativeTensorHandle): void;
@@ -80,6 +93,7 @@ export interface NativeBinding {
   allFinite(t: NativeTensorHandle): boolean;
   backendInfo(): BackendInfo;
   setNumThreads(n: number): number;
+  measurePeaks(bufferBytes: number): MeasuredPeaks;
   adamwStep(
     param: NativeTensorHandle,
     grad: NativeTensorHandle,

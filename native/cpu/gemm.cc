@@ -18,13 +18,13 @@ namespace {
 constexpr int64_t MC = 96;      // multiple of every path's MR and of AMX's 32
 constexpr int64_t NC = 256;     // multiple of every path's NR and of AMX's 32
 constexpr int64_t KC = 256;     // multiple of 32 (AMX k-step)
-constexpr int64_t MAX_RC = 480; // rows of C one task owns (bounds its f32 accumulator)
+constexpr int64_t MAX_RC = 960; // rows of C one task owns (bounds its f32 accumulator)
 
 struct Scratch {
-  std::vector<float> a, b, acc, tmp, bias;
+  std::vector<float> b, acc, tmp, bias;
   std::vector<uint16_t> a16, b16;
   Scratch()
-      : a(MC * KC), b(KC * NC), acc((MAX_RC + 32) * NC), tmp(std::max(KC, NC)), bias(NC),
+      : b(KC * NC), acc((MC + 32) * NC), tmp(std::max(KC, NC)), bias(NC),
         a16(MC * KC), b16(KC * NC) {}
 };
 
@@ -45,10 +45,10 @@ void pack_a(const KernelTable& kt, const MatView& a, int64_t i0, int64_t mc, int
     int64_t rows = std::min(mr, mc - p);
     float* panel = dst + p * kc;
     if (a.cs == 1) {
-      for (int64_t r = 0; r < rows; r++) {
-        kt.load_row(elem_ptr(a, i0 + p + r, k0), a.dtype, alpha, kc, tmp);
-        for (int64_t k = 0; k < kc; k++) panel[k * mr + r] = tmp[k];
-      }
+      kt.pack_t(elem_ptr(a, i0 + p, k0), a.dtype, a.rs, rows, kc, panel, mr);
+      if (alpha != 1.f)
+        for (int64_t k = 0; k < kc; k++)
+          for (int64_t r = 0; r < rows; r++) panel[k * mr + r] *= alpha;
     } else if (a.rs == 1) {  // column-contiguous source: each k step is a contiguous run of rows
       for (int64_t k = 0; k < kc; k++) kt.load_row(elem_ptr(a, i0 + p, k0 + k), a.dtype, alpha, rows, panel + k * mr);
     } else {
@@ -75,10 +75,7 @@ void pack_b(const KernelTable& kt, const MatView& b, int64_t k0, int64_t kc, int
       continue;
     }
     if (b.rs == 1) {  // e.g. Wᵀ of a row-major W: each column is a contiguous row of W
-      for (int64_t c = 0; c < cols; c++) {
-        kt.load_row(elem_ptr(b, k0, j0 + q + c), b.dtype, 1.f, kc, tmp);
-        for (int64_t k = 0; k < kc; k++) panel[k * nr + c] = tmp[k];
-      }
+      kt.pack_t(elem_ptr(b, k0, j0 + q), b.dtype, b.cs, cols, kc, panel, nr);
     } else {
       for (int64_t c = 0; c < cols; c++)
         for (int64_t k = 0; k < kc; k++) panel[k * nr + c] = b.at(k0 + k, j0 + q + c);
@@ -142,14 +139,67 @@ void store_rows(const KernelTable& kt, const float* acc, int64_t ldacc, int64_t 
   }
 }
 
+// A of every non-AMX segment packed once per call (all row panels, all k blocks), shared by the
+// tasks: otherwise each column block of C would repack it.
+struct PackedA {
+  std::vector<int64_t> base;  // per segment; -1 when the segment packs inside the task (AMX)
+  int64_t m_pad = 0;
+  float* data = nullptr;
+  // Panel for rows [i, i+mr) of k block starting at k0 (kc steps): kc × mr values.
+  const float* panel(size_t seg, int64_t k0, int64_t kc, int64_t i) const { return data + base[seg] + k0 * m_pad + i * kc; }
+};
+
+std::vector<float>& packed_a_buffer() {
+  thread_local std::vector<float> buf;  // the calling thread's; gemm is not re-entered from tasks
+  return buf;
+}
+
+PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>& segs) {
+  PackedA pa;
+  pa.m_pad = (m + kt.mr - 1) / kt.mr * kt.mr;
+  int64_t total = 0;
+  for (const KSegment& s : segs) {
+    if (use_amx(kt, s)) {
+      pa.base.push_back(-1);
+      continue;
+    }
+    pa.base.push_back(total);
+    total += s.k * pa.m_pad;
+  }
+  std::vector<float>& buf = packed_a_buffer();
+  if (static_cast<int64_t>(buf.size()) < total) buf.resize(total);
+  pa.data = buf.data();
+  const int64_t panels = pa.m_pad / kt.mr;
+  for (size_t si = 0; si < segs.size(); si++) {
+    if (pa.base[si] < 0) continue;
+    const KSegment& s = segs[si];
+    int64_t kblocks = (s.k + KC - 1) / KC;
+    parallel_for(
+        kblocks * panels,
+        [&](int64_t b, int64_t e) {
+          Scratch& sc = scratch();
+          for (int64_t t = b; t < e; t++) {
+            int64_t k0 = (t / panels) * KC, i = (t % panels) * kt.mr;
+            int64_t kc = std::min(KC, s.k - k0);
+            pack_a(kt, s.a, i, std::min(kt.mr, m - i), k0, kc, s.alpha,
+                   const_cast<float*>(pa.panel(si, k0, kc, i)), sc.tmp.data());
+          }
+        },
+        16);
+  }
+  return pa;
+}
+
 void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vector<KSegment>& segs,
-                  const GemmOutput& out) {
+                  const PackedA& pa, const GemmOutput& out) {
   const KernelTable& kt = kernel_table();
   Scratch& s = scratch();
+  if (static_cast<int64_t>(s.acc.size()) < (rc + 32) * NC) s.acc.resize((rc + 32) * NC);
   float* acc = s.acc.data();  // rc × nc, leading dimension NC
   for (int64_t i = 0; i < rc; i++) std::fill(acc + i * NC, acc + i * NC + nc, 0.f);
-  for (const KSegment& seg : segs) {
-    bool amx = use_amx(kt, seg);
+  for (size_t si = 0; si < segs.size(); si++) {
+    const KSegment& seg = segs[si];
+    bool amx = pa.base[si] < 0;
     for (int64_t k0 = 0; k0 < seg.k; k0 += KC) {
       int64_t kc = std::min(KC, seg.k - k0);
       if (amx) {
@@ -167,11 +217,10 @@ void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vec
       pack_b(kt, seg.b, k0, kc, j0, nc, s.b.data(), s.tmp.data());
       for (int64_t ic = 0; ic < rc; ic += MC) {
         int64_t mc = std::min(MC, rc - ic);
-        pack_a(kt, seg.a, i0 + ic, mc, k0, kc, seg.alpha, s.a.data(), s.tmp.data());
         for (int64_t jr = 0; jr < nc; jr += kt.nr)
           for (int64_t ir = 0; ir < mc; ir += kt.mr)
-            kt.microkernel(kc, s.a.data() + ir * kc, s.b.data() + jr * kc, acc + (ic + ir) * NC + jr, NC,
-                           std::min(kt.mr, mc - ir), std::min(kt.nr, nc - jr));
+            kt.microkernel(kc, pa.panel(si, k0, kc, i0 + ic + ir), s.b.data() + jr * kc, acc + (ic + ir) * NC + jr,
+                           NC, std::min(kt.mr, mc - ir), std::min(kt.nr, nc - jr));
       }
     }
   }
@@ -230,12 +279,13 @@ void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOut
   int64_t per_chunk = std::max<int64_t>(1, std::min(MAX_RC / MC, (mblocks + want - 1) / want));
   const int64_t rc = per_chunk * MC;
   const int64_t tm = (m + rc - 1) / rc;
+  const PackedA pa = pack_all_a(kernel_table(), m, segs);
   // Each task owns one C block and all of K: deterministic, and C is written exactly once.
   parallel_for(tm * tn, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; t++) {
       int64_t ti = t % tm, tj = t / tm;
       int64_t i0 = ti * rc, j0 = tj * NC;
-      compute_task(i0, std::min(rc, m - i0), j0, std::min(NC, n - j0), segs, out);
+      compute_task(i0, std::min(rc, m - i0), j0, std::min(NC, n - j0), segs, pa, out);
     }
   });
 }

@@ -15,6 +15,11 @@ inline void load_row(const void* src, DType st, float alpha, int64_t n, float* d
   }
 }
 
+inline void pack_t(const void* src, DType st, int64_t ld_src, int64_t cols, int64_t kc, float* dst, int64_t ld_dst) {
+  for (int64_t c = 0; c < cols; c++)
+    for (int64_t k = 0; k < kc; k++) dst[k * ld_dst + c] = load_f32(src, st, c * ld_src + k);
+}
+
 inline void store_row(const float* src, void* dst, DType dt, int64_t n) {
   for (int64_t i = 0; i < n; i++) store_f32(dst, dt, i, src[i]);
 }
@@ -44,12 +49,15 @@ inline void axpy_rows(int64_t k, const float* x, const void* w, DType wt, int64_
   }
 }
 
-inline void rank_update(int64_t r, const float* p, const float* Q, int64_t ldq, int64_t n, float* acc) {
-  for (int64_t q = 0; q < r; q++) {
-    float pv = p[q];
-    const float* row = Q + q * ldq;
-    for (int64_t j = 0; j < n; j++) acc[j] += pv * row[j];
-  }
+inline void rank_update(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, float* acc,
+                        int64_t ldacc) {
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t j = 0; j < n; j++) {
+      const float* col = Q + (j / 16) * 16 * r + (j % 16);
+      float s = 0.f;
+      for (int64_t q = 0; q < r; q++) s += p[i * r + q] * col[q * 16];
+      acc[i * ldacc + j] += s;
+    }
 }
 
 }  // namespace generic

@@ -10,40 +10,40 @@ namespace lorakit {
 namespace cpu {
 
 // Row i of W gets sign·scale·sum_k P[i,k]·Q[k,:]. For [out, in] layout P = B, Q = A; for
-// fan_in_fan_out ([in, out]) P = Aᵀ and Q = Bᵀ. W is read and written once, in tiles of rows ×
-// MERGE_COLS so that the slice of Q in use stays in cache; each element is accumulated in f32 and
-// rounded once.
+// fan_in_fan_out ([in, out]) P = Aᵀ and Q = Bᵀ. W is read and written once, in tiles of a few rows
+// × MERGE_COLS; each element is accumulated in f32 and rounded once.
 void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                  const TensorRef& out) {
-  constexpr int64_t MERGE_ROWS = 32, MERGE_COLS = 1024;
+  constexpr int64_t MERGE_ROWS = 8, MERGE_COLS = 1024;
   const KernelTable& kt = kernel_table();
   int64_t rows = W.dim(0), cols = W.dim(1), r = A.dim(0);
   // Dense f32 copies of the small factors in the orientation the row loop wants.
-  std::unique_ptr<float[]> P(new float[rows * r]), Q(new float[r * cols]);
+  const int64_t panels = (cols + RANK_PANEL - 1) / RANK_PANEL;
+  std::unique_ptr<float[]> P(new float[rows * r]), Q(new float[panels * RANK_PANEL * r]());
   for (int64_t i = 0; i < rows; i++)
     for (int64_t k = 0; k < r; k++)
       P[i * r + k] = scale * (fan_in_fan_out ? load_f32(A.data, A.dtype, k * rows + i) : load_f32(B.data, B.dtype, i * r + k));
-  if (fan_in_fan_out) {
-    for (int64_t k = 0; k < r; k++)
-      for (int64_t j = 0; j < cols; j++) Q[k * cols + j] = load_f32(B.data, B.dtype, j * r + k);
-  } else {
-    kt.load_row(A.data, A.dtype, 1.f, r * cols, Q.get());
-  }
+  for (int64_t k = 0; k < r; k++)
+    for (int64_t j = 0; j < cols; j++)
+      Q[(j / RANK_PANEL) * RANK_PANEL * r + k * RANK_PANEL + j % RANK_PANEL] =
+          fan_in_fan_out ? load_f32(B.data, B.dtype, j * r + k) : load_f32(A.data, A.dtype, k * cols + j);
   const float* Pp = P.get();
   const float* Qp = Q.get();
   const size_t wes = dtype_size(W.dtype), oes = dtype_size(out.dtype);
   int64_t row_blocks = (rows + MERGE_ROWS - 1) / MERGE_ROWS;
   parallel_for(row_blocks, [&](int64_t b, int64_t e) {
-    std::unique_ptr<float[]> acc(new float[MERGE_COLS]);
+    std::unique_ptr<float[]> acc(new float[MERGE_ROWS * MERGE_COLS]);
     for (int64_t rb = b; rb < e; rb++) {
-      int64_t i0 = rb * MERGE_ROWS, i1 = std::min(rows, i0 + MERGE_ROWS);
+      int64_t i0 = rb * MERGE_ROWS, nrows = std::min(rows - i0, MERGE_ROWS);
       for (int64_t j0 = 0; j0 < cols; j0 += MERGE_COLS) {
         int64_t nc = std::min(MERGE_COLS, cols - j0);
-        for (int64_t i = i0; i < i1; i++) {
-          kt.load_row(static_cast<const char*>(W.data) + (i * cols + j0) * wes, W.dtype, 1.f, nc, acc.get());
-          kt.rank_update(r, Pp + i * r, Qp + j0, cols, nc, acc.get());
-          kt.store_row(acc.get(), static_cast<char*>(out.data) + (i * cols + j0) * oes, out.dtype, nc);
-        }
+        for (int64_t i = 0; i < nrows; i++)
+          kt.load_row(static_cast<const char*>(W.data) + ((i0 + i) * cols + j0) * wes, W.dtype, 1.f, nc,
+                      acc.get() + i * MERGE_COLS);
+        kt.rank_update(r, Pp + i0 * r, nrows, Qp + j0 * r, nc, acc.get(), MERGE_COLS);
+        for (int64_t i = 0; i < nrows; i++)
+          kt.store_row(acc.get() + i * MERGE_COLS, static_cast<char*>(out.data) + ((i0 + i) * cols + j0) * oes,
+                       out.dtype, nc);
       }
     }
   });

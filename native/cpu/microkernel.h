@@ -24,14 +24,25 @@ using AxpyRowsFn = void (*)(int64_t k, const float* x, const void* w, DType wt, 
                             float* out);
 // dst[i] = alpha * src[i] (converted to f32), n elements.
 using LoadRowFn = void (*)(const void* src, DType st, float alpha, int64_t n, float* dst);
+// Transposing pack: dst[k*ld_dst + c] = src[c*ld_src + k] (converted to f32) for c < cols, k < kc.
+using PackTFn = void (*)(const void* src, DType st, int64_t ld_src, int64_t cols, int64_t kc, float* dst,
+                         int64_t ld_dst);
 // dst[i] = round(src[i]) into dt, n elements.
 using StoreRowFn = void (*)(const float* src, void* dst, DType dt, int64_t n);
-// acc[j] += s * sum_q p[q] * Q[q*ldq + j], q < r, j < n (the merge's rank-r row update).
-using RankUpdateFn = void (*)(int64_t r, const float* p, const float* Q, int64_t ldq, int64_t n, float* acc);
+// acc[i*ldacc + j] += sum_q p[i*r + q] * Q(q, j) for i < rows, q < r, j < n (the merge's rank-r
+// update of a few rows of W at a time, sharing each load of Q). Q is packed in 16-column panels,
+// Q(q, j) = Q[(j/16)*16*r + q*16 + j%16] (zero-padded), so the loop over q reads contiguous memory
+// instead of r rows a W-row apart (which would all map to the same cache sets).
+constexpr int64_t RANK_PANEL = 16;
+using RankUpdateFn = void (*)(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, float* acc,
+                              int64_t ldacc);
 
 // AMX bf16 block: acc (32 x 32 f32, leading dimension ldacc) += A·B over kc (multiple of 32) steps,
 // A packed as 32 rows of kc bf16, B packed VNNI as [kc/2][32][2] bf16.
 using AmxBlockFn = void (*)(int64_t kc, const uint16_t* a, const uint16_t* b, float* acc, int64_t ldacc);
+
+// Runs a register-resident FMA (or AMX tile) loop `iters` times; returns the FLOPs done.
+using PeakFn = double (*)(int64_t iters);
 
 struct KernelTable {
   const char* name;
@@ -40,9 +51,12 @@ struct KernelTable {
   DotRowsFn dot_rows;
   AxpyRowsFn axpy_rows;
   LoadRowFn load_row;
+  PackTFn pack_t;
   StoreRowFn store_row;
   RankUpdateFn rank_update;
   AmxBlockFn amx_block;  // null unless the AMX path is active
+  PeakFn fma_peak;       // f32 FMA loop of this path's vector width
+  PeakFn amx_peak;       // bf16 tile loop; null unless AMX
 };
 
 const KernelTable& kernel_table();

@@ -59,6 +59,32 @@ LK_AMX void amx_block(int64_t kc, const uint16_t* a, const uint16_t* b, float* a
   _tile_stored(3, acc + 16 * ldacc + 16, cs);
 }
 
+// Register-resident tdpbf16ps: each is 16×16×32 multiply-adds.
+LK_AMX double amx_peak(int64_t iters) {
+  if (!tl_configured) configure();
+  alignas(64) static const uint16_t zeros[16 * 32] = {};
+  alignas(64) float c[16 * 16];
+  for (int t = 0; t < 256; t++) c[t] = 0.f;
+  _tile_loadd(4, zeros, 64);
+  _tile_loadd(5, zeros, 64);
+  _tile_loadd(6, zeros, 64);
+  _tile_loadd(7, zeros, 64);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t i = 0; i < iters; i++) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, c, 64);
+  volatile float sink = c[0];
+  (void)sink;
+  return 4.0 * 2 * 16 * 16 * 32 * static_cast<double>(iters);
+}
+
 bool cpu_has_amx_bf16() {
   unsigned a, b, c, d;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
@@ -76,6 +102,7 @@ const KernelTable* make() {
   static KernelTable t = *base;
   t.name = "amx";
   t.amx_block = amx_block;
+  t.amx_peak = amx_peak;
   return &t;
 }
 

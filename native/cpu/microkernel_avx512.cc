@@ -115,12 +115,28 @@ LK_AVX512 void micro(int64_t kc, const float* __restrict a, const float* __restr
   }
 }
 
+LK_AVX512 double fma_peak(int64_t iters) {
+  __m512 m = _mm512_set1_ps(0.999f), a = _mm512_set1_ps(1e-3f);
+  __m512 c[16];
+  for (int i = 0; i < 16; i++) c[i] = _mm512_setzero_ps();
+  for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) c[i] = _mm512_fmadd_ps(c[i], m, a);
+  }
+  __m512 s = c[0];
+  for (int i = 1; i < 16; i++) s = _mm512_add_ps(s, c[i]);
+  volatile float sink = _mm512_reduce_add_ps(s);
+  (void)sink;
+  return 2.0 * 16 * 16 * static_cast<double>(iters);
+}
+
 KernelTable make() {
   KernelTable t = *avx2_table();
   t.name = "avx512";
   t.mr = XMR;
   t.nr = XNR;
   t.microkernel = micro;
+  t.fma_peak = fma_peak;
   return t;
 }
 

@@ -2,6 +2,7 @@
 #include <napi.h>
 #include <random>
 #include "addon_data.h"
+#include "bench_binding.h"
 #include "kernels_binding.h"
 #include "optim_binding.h"
 #include "parity_binding.h"
@@ -22,6 +23,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitKernels(env, exports);
   InitOptim(env, exports);
   InitParity(env, exports);
+  InitBench(env, exports);
   return exports;
 }
 
