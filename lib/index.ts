@@ -13,11 +13,13 @@ export {
 } from './errors';
 export { LoraLayer } from './layers/lora_layer';
 export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, InitLoraWeights } from './layers/lora_layer';
-export type { CombinationType, WeightedAdapterOptions, MixedForwardOptions } from './layers/lora_layer';
+export type { MixedForwardOptions, CombinationType, WeightedAdapterOptions } from './layers/lora_layer';
 export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';
+export { LoraEmbedding } from './layers/embedding';
+export type { LoraEmbeddingOptions, EmbeddingIndices, EmbeddingBackwardResult } from './layers/embedding';
 export { kernels, backendInfo, setNumThreads } from './kernels';
-export type { KernelAdapter } from './kernels';
+export type { KernelAdapter, LinearForwardOptions, MergeAdapterOptions } from './kernels';
 export type { BackendInfo, MeasuredPeaks } from './native';
 export { bench, formatTable as formatBenchTable } from './bench';
 export type { BenchOptions, BenchResult, BenchRow, BenchOp, BenchDType } from './bench';
@@ -29,7 +31,7 @@ export { SafetensorsStreamWriter, writeSafetensors, serializeHeader } from './io
 export type { TensorSpec, RawTensor } from './io/safetensors_writer';
 export { Checkpoint } from './io/checkpoint';
 export { LoraModel, modulesFromStateDict, guessKind, readAdapter } from './model';
-export type { LoraConfig, BiasMode, ModuleSpec, ModuleKind, FromStateDictOptions, ParamValue, WeightedAdapterOptions, CombinationType, FromPretrainedOptions, LoadOptions } from './model';
+export type { LoraConfig, BiasMode, ModuleSpec, ModuleKind, FromStateDictOptions, ParamValue, FromPretrainedOptions, LoadOptions } from './model';
 export { Parameter, countParameters } from './train/parameter';
 export type { ParameterRole } from './train/parameter';
 export { Optimizer, AdamW, SGD, clipGradNorm } from './train/optimizer';

@@ -27,6 +27,22 @@ export interface BackwardTermArg {
   dB: NativeTensorHandle | null;
 }
 
+export interface DoraBackwardTermArg {
+  xa: NativeTensorHandle;
+  u: NativeTensorHandle;
+  A: NativeTensorHandle;
+  B: NativeTensorHandle;
+  magnitude: NativeTensorHandle;
+  scale: number;
+  p: number;
+  seed: number;
+  stream: number;
+  /** f32 [out], the detached weight norm of the forward */
+  norm: NativeTensorHandle;
+  /** f32 [n, out], xa·Wᵀ + s·u·Bᵀ from the forward */
+  pre: NativeTensorHandle;
+}
+
 export interface BackendInfo {
   /** The CPU kernel path chosen at load time ('amx', 'avx512', 'avx2' or 'portable'); LORAKIT_CPU_PATH forces one. */
   cpuPath: string;
@@ -89,11 +105,73 @@ export interface NativeBinding {
     rowAdapter: Int32Array,
     y: NativeTensorHandle,
   ): void;
+  embeddingForward(
+    indices: NativeTensorHandle,
+    W: NativeTensorHandle,
+    adapters: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
+    rowAdapter: Int32Array | null,
+    y: NativeTensorHandle,
+  ): void;
+  embeddingBackward(
+    indices: NativeTensorHandle,
+    dy: NativeTensorHandle,
+    A: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    paddingIdx: number,
+    dA: NativeTensorHandle | null,
+    dB: NativeTensorHandle | null,
+  ): void;
+  doraWeightNorm(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, fanInFanOut: boolean, norm: NativeTensorHandle): void;
+  doraLinearForward(
+    x: NativeTensorHandle,
+    xa: NativeTensorHandle,
+    W: NativeTensorHandle,
+    bias: NativeTensorHandle | null,
+    fanInFanOut: boolean,
+    u: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    norm: NativeTensorHandle,
+    magnitude: NativeTensorHandle,
+    y: NativeTensorHandle,
+    pre: NativeTensorHandle,
+  ): void;
+  doraLinearBackward(
+    dy: NativeTensorHandle,
+    W: NativeTensorHandle,
+    fanInFanOut: boolean,
+    term: DoraBackwardTermArg,
+    dx: NativeTensorHandle | null,
+    dA: NativeTensorHandle | null,
+    dB: NativeTensorHandle | null,
+    dmagnitude: NativeTensorHandle | null,
+  ): void;
+  doraMerge(
+    W: NativeTensorHandle,
+    A: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    fanInFanOut: boolean,
+    magnitude: NativeTensorHandle,
+    norm: NativeTensorHandle,
+    inverse: boolean,
+    out: NativeTensorHandle,
+  ): void;
   convert(src: NativeTensorHandle, dst: NativeTensorHandle): void;
   allFinite(t: NativeTensorHandle): boolean;
   backendInfo(): BackendInfo;
   setNumThreads(n: number): number;
   measurePeaks(bufferBytes: number): MeasuredPeaks;
+  // Promise forms (native/napi/async_binding.cc): same checks, the work runs on a libuv thread and
+  // the tensors are busy (no dispose, no writes) until the promise settles.
+  shrinkAsync(...args: Parameters<NativeBinding['shrink']>): Promise<void>;
+  linearForwardAsync(...args: Parameters<NativeBinding['linearForward']>): Promise<void>;
+  linearBackwardAsync(...args: Parameters<NativeBinding['linearBackward']>): Promise<void>;
+  mergeDeltaAsync(...args: Parameters<NativeBinding['mergeDelta']>): Promise<void>;
+  dropoutAsync(...args: Parameters<NativeBinding['dropout']>): Promise<void>;
+  convertAsync(...args: Parameters<NativeBinding['convert']>): Promise<void>;
+  allFiniteAsync(...args: Parameters<NativeBinding['allFinite']>): Promise<boolean>;
   adamwStep(
     param: NativeTensorHandle,
     grad: NativeTensorHandle,
@@ -140,8 +218,14 @@ export function native(): NativeBinding {
   if (cached) return cached;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const bindings = require('bindings') as (opts: { bindings: string; module_root: string }) => NativeBinding;
-    cached = bindings({ bindings: 'lorakit.node', module_root: require('path').join(__dirname, '..') });
+    // LORAKIT_NATIVE_PATH loads another build of the addon (the sanitizer build of `npm run test:asan`).
+    const override = process.env.LORAKIT_NATIVE_PATH;
+    if (override) {
+      cached = require(require('path').resolve(override)) as NativeBinding;
+    } else {
+      const bindings = require('bindings') as (opts: { bindings: string; module_root: string }) => NativeBinding;
+      cached = bindings({ bindings: 'lorakit.node', module_root: require('path').join(__dirname, '..') });
+    }
   } catch (cause) {
     throw new NativeLoadError(`${HOW_TO_BUILD}\nCause: ${(cause as Error).message}`, { cause });
   }
@@ -154,17 +238,31 @@ export function call<T>(fn: (b: NativeBinding) => T): T {
   try {
     return fn(b);
   } catch (e) {
-    const err = e as { code?: string; message?: string };
-    const msg = err?.message ?? String(e);
-    switch (err?.code) {
-      case 'LORAKIT_TYPE':
-        throw new LoraTypeError(msg);
-      case 'LORAKIT_RANGE':
-        throw new LoraRangeError(msg);
-      case 'LORAKIT_STATE':
-        throw new StateError(msg);
-      default:
-        throw e;
-    }
+    throw mapNativeError(e);
+  }
+}
+
+/** call() for the Promise-returning bindings: rejections are mapped the same way. */
+export async function callAsync<T>(fn: (b: NativeBinding) => Promise<T>): Promise<T> {
+  const b = native();
+  try {
+    return await fn(b);
+  } catch (e) {
+    throw mapNativeError(e);
+  }
+}
+
+function mapNativeError(e: unknown): unknown {
+  const err = e as { code?: string; message?: string };
+  const msg = err?.message ?? String(e);
+  switch (err?.code) {
+    case 'LORAKIT_TYPE':
+      return new LoraTypeError(msg);
+    case 'LORAKIT_RANGE':
+      return new LoraRangeError(msg);
+    case 'LORAKIT_STATE':
+      return new StateError(msg);
+    default:
+      return e;
   }
 }

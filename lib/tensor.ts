@@ -87,7 +87,7 @@ export class Tensor {
     checkDataMatches(data, dtype, 'data');
     const n = numelOf(s);
     if (data.length !== n)
-      throw new ShapeError(`data: has ${data.length} elements but shape ${shapeStr(s)} needs ${n}`);
+      throw new ShapeError(`data: has ${data.length} elements but shape ${shapeStr(s)} needs ${n}${resizedHint(data)}`);
     const t = Tensor.zeros(s, { dtype, device: checkDevice(o.device ?? 'cpu', 'opts.device') });
     call(() => t.handle.write(data as Exclude<TensorData, number[]>));
     return t;
@@ -99,6 +99,11 @@ export class Tensor {
 
   get disposed(): boolean {
     return this.#handle === null;
+  }
+
+  /** True for real Tensors only (not objects that merely inherit Tensor.prototype). */
+  static isTensor(v: unknown): v is Tensor {
+    return typeof v === 'object' && v !== null && #handle in v;
   }
 
   /** @internal The native handle; throws if the tensor was disposed. */
@@ -132,7 +137,8 @@ export class Tensor {
 
   /** Overwrites the values in place from a typed array or tensor with the same number of elements. */
   copyFrom(src: Float32Array | Float64Array | Uint16Array | Int32Array | BigInt64Array | Tensor): this {
-    if (src instanceof Tensor) {
+    if (Tensor.isTensor(src)) {
+      if (src.disposed) throw new StateError('src: the tensor was disposed');
       if (src.numel !== this.numel)
         throw new ShapeError(`src: has ${src.numel} elements (shape ${shapeStr(src.shape)}) but this tensor has ${this.numel} (shape ${shapeStr(this.shape)})`);
       if (isFloatDType(src.dtype) !== isFloatDType(this.dtype) || (!isFloatDType(src.dtype) && src.dtype !== this.dtype))
@@ -143,7 +149,7 @@ export class Tensor {
     if (typedArrayKind(src) === undefined) throw new LoraTypeError('src: expected a typed array or a Tensor');
     checkDataMatches(src, this.dtype, 'src');
     if (src.length !== this.numel)
-      throw new ShapeError(`src: has ${src.length} elements but this tensor has shape ${shapeStr(this.shape)} (${this.numel})`);
+      throw new ShapeError(`src: has ${src.length} elements but this tensor has shape ${shapeStr(this.shape)} (${this.numel})${resizedHint(src)}`);
     call(() => this.handle.write(src));
     return this;
   }
@@ -191,13 +197,30 @@ function checkDataMatches(data: ArrayBufferView, dtype: DType, name: string): vo
     (dtype === 'i32' && kind === 'Int32Array') ||
     (dtype === 'i64' && (kind === 'BigInt64Array' || kind === 'Int32Array'));
   if (!ok) throw new LoraTypeError(`${name}: a ${kind ?? 'DataView'} cannot fill a ${dtype} tensor`);
-  if (data.buffer.byteLength === 0 && data.byteLength === 0 && (data as unknown as { length: number }).length !== 0)
-    throw new LoraTypeError(`${name}: the ArrayBuffer is detached`);
+  checkViewUsable(data, name);
+}
+
+/** Detached buffers read as empty; say so instead of reporting a confusing length mismatch. */
+function checkViewUsable(data: ArrayBufferView, name: string): void {
+  const buf = data.buffer;
+  if (data.byteLength === 0 && Object.prototype.toString.call(buf) === '[object ArrayBuffer]') {
+    try {
+      new Uint8Array(buf, 0, 0);
+    } catch {
+      throw new LoraTypeError(`${name}: the ArrayBuffer is detached (transferred or released)`);
+    }
+  }
+}
+
+/** Appended to length errors: a view of a shrunk resizable buffer reads as shorter or empty. */
+function resizedHint(data: ArrayBufferView): string {
+  const buf = data.buffer as ArrayBufferLike & { resizable?: boolean; growable?: boolean };
+  return buf.resizable || buf.growable ? ` (its buffer is resizable and now holds ${buf.byteLength} bytes)` : '';
 }
 
 /** Throws unless t is a live float tensor on the given device; returns it. */
 export function requireFloatTensor(t: unknown, name: string, device: Device = 'cpu'): Tensor {
-  if (!(t instanceof Tensor)) throw new LoraTypeError(`${name}: expected a Tensor, got ${describe(t)}`);
+  if (!Tensor.isTensor(t)) throw new LoraTypeError(`${name}: expected a Tensor, got ${describe(t)}`);
   if (t.disposed) throw new StateError(`${name}: the tensor was disposed`);
   if (!isFloatDType(t.dtype)) throw new DTypeError(`${name}: expected a float tensor (f32, f16, bf16), got ${t.dtype}`);
   if (t.device !== device) throw new LoraTypeError(`${name}: expected a ${device} tensor, got ${t.device}`);

@@ -107,6 +107,19 @@ describe('golden multi_adapter', () => {
     expectClose(y(layer), c.f32('y.w_svd'), TOL, 'y.w_svd');
   });
 
+  test.each([
+    [4, 5, 3, 2], // R = 5 > min(out, in): dense SVD
+    [12, 9, 3, 2], // R = 5 <= min(out, in): SVD of the stacked factors' QR
+  ])('svd at full rank reproduces cat exactly (out %i, in %i, ranks %i+%i)', (outF, inF, r1, r2) => {
+    const layer = new LoraLinear({ weight: Tensor.from(randomArray(outF * inF, 1), [outF, inF]) });
+    layer.addAdapter('p', { r: r1, loraAlpha: 2, initLoraWeights: false, seed: 1 });
+    layer.addAdapter('q', { r: r2, loraAlpha: 5, initLoraWeights: false, seed: 2 });
+    const k = Math.min(r1 + r2, outF, inF);
+    layer.addWeightedAdapter(['p', 'q'], [0.3, -1.2], 'cat', { combinationType: 'cat' });
+    layer.addWeightedAdapter(['p', 'q'], [0.3, -1.2], 'svd', { combinationType: 'svd', svdRank: k });
+    expectClose(layer.getDeltaWeight('svd').toFloat32Array(), layer.getDeltaWeight('cat').toFloat32Array(), 1e-6, 'svd vs cat');
+  });
+
   test('addWeightedAdapter errors', () => {
     const layer = makeLayer();
     expect(() => layer.addWeightedAdapter(['first', 'second'], [1, 1], 'x', { combinationType: 'linear' })).toThrow(/equal rank/);

@@ -142,7 +142,8 @@ describe('errors name the argument and the shapes', () => {
   test('a detached ArrayBuffer is rejected', () => {
     const a = new Float32Array(4);
     structuredClone(a.buffer, { transfer: [a.buffer] });
-    expect(() => Tensor.from(a, [4])).toThrow(ShapeError); // a detached view has length 0
+    expect(() => Tensor.from(a, [4])).toThrow(LoraTypeError); // named as detached, not as a length-0 view
+    expect(() => Tensor.from(a, [4])).toThrow(/data: the ArrayBuffer is detached/);
   });
 });
 

@@ -2,9 +2,12 @@
  * LoraLinear: y = x·Wᵀ + b + Σ_active s·(drop(x)·Aᵀ)·Bᵀ, as peft's lora.Linear. W is [out, in], or
  * [in, out] with fanInFanOut (GPT-2's Conv1D). The base GEMM and every active adapter's expand run
  * as one native pass that writes y once; the shrink x·Aᵀ is kept for backward.
+ * DoRA adapters (useDora) scale each output feature by magnitude / ‖W + s·B·A‖ (norm detached, as
+ * peft); the norm comes from a low-rank identity, never from a dense out×in delta.
  */
 import { FloatDType } from '../dtype';
-import { LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
+import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
+import { KernelStep, KernelSteps, runStep, step } from '../exec';
 import { BackwardTermArg, call } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
@@ -31,6 +34,8 @@ interface ForwardCache {
   x: Tensor;
   outShape: number[];
   adapters: AdapterCache[];
+  /** DoRA forward: the detached norm [out] and pre = xa·Wᵀ + s·u·Bᵀ [n, out], both f32 */
+  dora?: { norm: Tensor; pre: Tensor };
 }
 
 export class LoraLinear extends LoraLayer {
@@ -39,6 +44,8 @@ export class LoraLinear extends LoraLayer {
   #bias: Tensor | null;
   #cache: ForwardCache | null = null;
   #forwardCount = 0;
+  /** peft's _caches: the DoRA weight norm of each merged DoRA adapter, for its unmerge */
+  readonly #doraMergeNorm = new Map<string, Tensor>();
 
   constructor(opts: LoraLinearOptions) {
     super();
@@ -75,6 +82,23 @@ export class LoraLinear extends LoraLayer {
    * opts.adapterNames (eval mode): one adapter name or '__base__' per entry of x's first dimension.
    */
   forward(x: Tensor, opts: MixedForwardOptions = {}): Tensor {
+    return this.runLayerSync('forward', this.forwardSteps(x, opts));
+  }
+
+  /**
+   * forward() with the kernels on a libuv thread; x, the weights and y are busy until it settles.
+   * (A mixed-adapter batch has no async kernel yet: that pass runs on the JS thread.)
+   */
+  forwardAsync(x: Tensor, opts: MixedForwardOptions = {}): Promise<Tensor> {
+    return this.runLayerAsync('forward', this.forwardSteps(x, opts));
+  }
+
+  /** backward() with the kernels on a libuv thread. */
+  backwardAsync(dy: Tensor): Promise<BackwardResult> {
+    return this.runLayerAsync('backward', this.backwardSteps(dy));
+  }
+
+  private *forwardSteps(x: Tensor, opts: MixedForwardOptions): KernelSteps<Tensor> {
     requireFloatTensor(x, 'x');
     if (x.shape.length === 0 || x.shape[x.shape.length - 1] !== this.inFeatures)
       throw new ShapeError(`x: expected shape [..., ${this.inFeatures}] (in_features), got ${shapeStr(x.shape)}`);
@@ -86,11 +110,18 @@ export class LoraLinear extends LoraLayer {
       this.clearCache();
       return this.mixedForward(x, mixed.adapters, mixed.index);
     }
-    if (this._disableAdapters && this.merged) this.unmerge();
+    if (this._disableAdapters && this.merged) yield* this.unmergeSteps();
     this.clearCache();
     const names = this.contributingAdapters();
+    const doraName = names.find((n) => this._useDora.get(n));
+    if (doraName !== undefined && names.length > 1)
+      throw new AdapterError(
+        `forward: DoRA adapter '${doraName}' must be the only active adapter (active: ${names.join(', ')}); ` +
+          "peft's result for several would depend on their order",
+      );
     const stream = this.#forwardCount++;
     const adapters: AdapterCache[] = [];
+    let dora: ForwardCache['dora'];
     const outShape = [...x.shape.slice(0, -1), this.outFeatures];
     const y = Tensor.zeros(outShape, { dtype: x.dtype });
     try {
@@ -101,25 +132,97 @@ export class LoraLinear extends LoraLayer {
         if (p > 0) {
           xa = Tensor.zeros(x.shape, { dtype: x.dtype });
           adapters.push({ name, xa, u: xa, p, seed, stream }); // registered before use so it is freed on error
-          call((b) => b.dropout(x.handle, p, seed, stream, xa.handle));
+          yield step('dropout', x.handle, p, seed, stream, xa.handle);
         }
         const u = Tensor.zeros([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: 'f32' });
         if (p > 0) adapters[adapters.length - 1].u = u;
         else adapters.push({ name, xa, u, p, seed, stream });
-        call((b) => b.shrink(xa.handle, this._loraA.get(name)!.handle, u.handle));
+        yield step('shrink', xa.handle, this._loraA.get(name)!.handle, u.handle);
       }
-      const terms = adapters.map(
-        (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
-      );
-      call((b) => b.linearForward(x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, terms, y.handle));
+      if (doraName !== undefined) {
+        dora = this.doraForward(x, adapters[0], y); // no async kernel for DoRA yet: runs on the JS thread
+      } else {
+        const terms = adapters.map(
+          (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
+        );
+        yield step('linearForward', x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, terms, y.handle);
+      }
     } catch (e) {
       freeAdapterCache(adapters, x);
       y.dispose();
       throw e;
     }
-    if (this._training) this.#cache = { x, outShape, adapters };
-    else freeAdapterCache(adapters, x);
+    if (this._training) this.#cache = { x, outShape, adapters, dora };
+    else freeAdapterCache(adapters, x, dora);
     return y;
+  }
+
+  /** ‖W + s·B·A‖ per output feature (f32 [out]) for W (default: the base weight). */
+  doraWeightNorm(name: string, W: Tensor = this.#weight): Tensor {
+    this.requireAdapter(name, 'name');
+    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32' });
+    try {
+      call((b) =>
+        b.doraWeightNorm(W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, this._scaling.get(name)!, this.fanInFanOut, norm.handle),
+      );
+    } catch (e) {
+      norm.dispose();
+      throw e;
+    }
+    return norm;
+  }
+
+  private doraForward(x: Tensor, a: AdapterCache, y: Tensor): { norm: Tensor; pre: Tensor } {
+    const norm = this.doraWeightNorm(a.name);
+    let pre: Tensor | null = null;
+    try {
+      pre = Tensor.zeros([x.numel / this.inFeatures, this.outFeatures], { dtype: 'f32' });
+      const p = pre;
+      call((b) =>
+        b.doraLinearForward(x.handle, a.xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, a.u.handle,
+          this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!, norm.handle, this._loraMagnitude.get(a.name)!.handle, y.handle, p.handle),
+      );
+    } catch (e) {
+      norm.dispose();
+      pre?.dispose();
+      throw e;
+    }
+    return { norm, pre };
+  }
+
+  private doraBackward(dy: Tensor, cache: ForwardCache, dx: Tensor, grads: Map<string, AdapterGrads>): void {
+    const a = cache.adapters[0];
+    const dora = cache.dora!;
+    if (!this._loraA.has(a.name)) throw new StateError(`backward: adapter '${a.name}' was deleted after the forward`);
+    const A = this._loraA.get(a.name)!;
+    const B = this._loraB.get(a.name)!;
+    const m = this._loraMagnitude.get(a.name)!;
+    let g: AdapterGrads | null = null;
+    if (!this._inferenceMode.get(a.name)) {
+      g = {
+        loraA: Tensor.zeros(A.shape, { dtype: A.dtype }),
+        loraB: Tensor.zeros(B.shape, { dtype: B.dtype }),
+        magnitude: Tensor.zeros(m.shape, { dtype: m.dtype }),
+      };
+      grads.set(a.name, g);
+    }
+    const term = {
+      xa: a.xa.handle,
+      u: a.u.handle,
+      A: A.handle,
+      B: B.handle,
+      magnitude: m.handle,
+      scale: this._scaling.get(a.name)!,
+      p: a.p,
+      seed: a.seed,
+      stream: a.stream,
+      norm: dora.norm.handle,
+      pre: dora.pre.handle,
+    };
+    call((b) =>
+      b.doraLinearBackward(dy.handle, this.#weight.handle, this.fanInFanOut, term, dx.handle, g ? g.loraA.handle : null,
+        g ? g.loraB.handle : null, g ? g.magnitude!.handle : null),
+    );
   }
 
   /**
@@ -127,6 +230,10 @@ export class LoraLinear extends LoraLayer {
    * is not frozen. W and b never change.
    */
   backward(dy: Tensor): BackwardResult {
+    return this.runLayerSync('backward', this.backwardSteps(dy));
+  }
+
+  private *backwardSteps(dy: Tensor): KernelSteps<BackwardResult> {
     requireFloatTensor(dy, 'dy');
     const cache = this.#cache;
     if (!cache) throw new StateError('backward: needs a forward() in training mode first (call train() before forward)');
@@ -137,7 +244,8 @@ export class LoraLinear extends LoraLayer {
     const grads = new Map<string, AdapterGrads>();
     const terms: BackwardTermArg[] = [];
     try {
-      for (const a of cache.adapters) {
+      if (cache.dora) this.doraBackward(dy, cache, dx, grads);
+      else for (const a of cache.adapters) {
         if (!this._loraA.has(a.name)) throw new StateError(`backward: adapter '${a.name}' was deleted after the forward`);
         const A = this._loraA.get(a.name)!;
         const B = this._loraB.get(a.name)!;
@@ -159,12 +267,13 @@ export class LoraLinear extends LoraLayer {
           dB: g ? g.loraB.handle : null,
         });
       }
-      call((b) => b.linearBackward(dy.handle, this.#weight.handle, this.fanInFanOut, terms, dx.handle));
+      if (!cache.dora) yield step('linearBackward', dy.handle, this.#weight.handle, this.fanInFanOut, terms, dx.handle);
     } catch (e) {
       dx.dispose();
       for (const g of grads.values()) {
         g.loraA.dispose();
         g.loraB.dispose();
+        g.magnitude?.dispose();
       }
       throw e;
     }
@@ -255,10 +364,59 @@ export class LoraLinear extends LoraLayer {
     return { A: Tensor.from(a, [r, inF], { dtype }), B: Tensor.from(b, [outF, r], { dtype }) };
   }
 
-  protected writeDelta(name: string, sign: 1 | -1, W: Tensor, out: Tensor, _plainDelta = false): void {
+  protected writeDelta(name: string, sign: 1 | -1, W: Tensor, out: Tensor, plainDelta = false): void {
     const s = sign * this._scaling.get(name)!;
     if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);
-    call((b) => b.mergeDelta(W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, this.fanInFanOut, out.handle));
+    const A = this._loraA.get(name)!;
+    const B = this._loraB.get(name)!;
+    if (!this._useDora.get(name) || plainDelta) {
+      runStep(this.loraDeltaStep(name, sign, W, out));
+      return;
+    }
+    // DoRA, as peft: merge caches the norm of W + ΔW, unmerge divides by the cached scale.
+    const m = this._loraMagnitude.get(name)!;
+    if (sign === 1) {
+      const norm = this.doraWeightNorm(name, W);
+      try {
+        call((b) => b.doraMerge(W.handle, A.handle, B.handle, s, this.fanInFanOut, m.handle, norm.handle, false, out.handle));
+      } catch (e) {
+        norm.dispose();
+        throw e;
+      }
+      this.#doraMergeNorm.get(name)?.dispose();
+      this.#doraMergeNorm.set(name, norm);
+    } else {
+      const norm = this.#doraMergeNorm.get(name);
+      if (!norm) throw new StateError(`unmerge: no cached weight norm for DoRA adapter '${name}'`);
+      call((b) => b.doraMerge(W.handle, A.handle, B.handle, -s, this.fanInFanOut, m.handle, norm.handle, true, out.handle));
+      norm.dispose();
+      this.#doraMergeNorm.delete(name);
+    }
+  }
+
+  protected override deltaStep(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelStep | null {
+    if (this._useDora.get(name)) return null; // DoRA merges go through writeDelta (JS thread)
+    return this.loraDeltaStep(name, sign, W, out);
+  }
+
+  private loraDeltaStep(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelStep {
+    const s = sign * this._scaling.get(name)!;
+    if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);
+    return step('mergeDelta', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, this.fanInFanOut, out.handle);
+  }
+
+  protected override get supportsDora(): boolean {
+    return true;
+  }
+
+  /** peft's DoRA init: magnitude = ‖W + s·B·A‖ per output feature, in A's dtype. */
+  protected override initMagnitude(name: string): Tensor {
+    const norm = this.doraWeightNorm(name);
+    try {
+      return norm.to({ dtype: this._loraA.get(name)!.dtype });
+    } finally {
+      norm.dispose();
+    }
   }
 
   protected override onReseed(): void {
@@ -266,7 +424,7 @@ export class LoraLinear extends LoraLayer {
   }
 
   protected clearCache(): void {
-    if (this.#cache) freeAdapterCache(this.#cache.adapters, this.#cache.x);
+    if (this.#cache) freeAdapterCache(this.#cache.adapters, this.#cache.x, this.#cache.dora);
     this.#cache = null;
   }
 
@@ -276,9 +434,11 @@ export class LoraLinear extends LoraLayer {
   }
 }
 
-function freeAdapterCache(adapters: AdapterCache[], x: Tensor): void {
+function freeAdapterCache(adapters: AdapterCache[], x: Tensor, dora?: { norm: Tensor; pre: Tensor }): void {
   for (const a of adapters) {
     if (a.xa !== x) a.xa.dispose();
     if (a.u !== a.xa) a.u.dispose();
   }
+  dora?.norm.dispose();
+  dora?.pre.dispose();
 }

@@ -5,12 +5,12 @@
  */
 import { FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError } from '../errors';
-import { mat, matmul, svd } from '../linalg';
-import { call } from '../native';
+import { KernelStep, KernelSteps, runAsync, runSync, step } from '../exec';
+import { mat, matmul, qr, svd, transpose } from '../linalg';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
 import { Parameter } from '../train/parameter';
-import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../validate';
+import { checkBool, checkFinite, checkInt, checkOptions, checkScale, checkString } from '../validate';
 
 /**
  * true: A kaiming-uniform, B = 0; 'gaussian': A ~ N(0, 1/r), B = 0; false: both random; 'pissa' and
@@ -96,10 +96,12 @@ export abstract class LoraLayer {
   protected readonly _seed = new Map<string, number>();
   protected readonly _useDora = new Map<string, boolean>();
   protected readonly _loraMagnitude = new Map<string, Tensor>();
+  protected readonly _magnitudeParameters = new Map<string, Parameter>();
   protected _activeAdapters: string[] = [];
   protected _disableAdapters = false;
   protected _mergedAdapters: string[] = [];
   protected _training = true;
+  #asyncOp: string | null = null;
   /** Parameter objects handed out by parameters(); backward() accumulates into their grads. */
   protected readonly _parameters = new Map<string, [Parameter, Parameter]>();
 
@@ -172,6 +174,8 @@ export abstract class LoraLayer {
     for (const name of this._activeAdapters) {
       if (this._inferenceMode.get(name) || !this._loraA.has(name)) continue;
       out.push(...this.adapterParameters(name));
+      const m = this.magnitudeParameter(name);
+      if (m) out.push(m);
     }
     return out;
   }
@@ -190,6 +194,19 @@ export abstract class LoraLayer {
     return [pair[0], pair[1]];
   }
 
+  /** A DoRA adapter's magnitude vector as a Parameter (null for plain LoRA adapters). */
+  magnitudeParameter(name: string): Parameter | null {
+    this.requireAdapter(name, 'name');
+    const m = this._loraMagnitude.get(name);
+    if (!m) return null;
+    let p = this._magnitudeParameters.get(name);
+    if (!p) {
+      p = new Parameter(`lora_magnitude_vector.${name}.weight`, 'lora_magnitude_vector', name, m);
+      this._magnitudeParameters.set(name, p);
+    }
+    return p;
+  }
+
   /**
    * Adds an adapter. As in peft, a new adapter is not activated, except the first one on a layer
    * with no active adapter.
@@ -200,7 +217,7 @@ export abstract class LoraLayer {
     if (this._r.has(name)) throw new AdapterError(`name: adapter '${name}' already exists on this layer`);
     if (name === '__base__') throw new AdapterError("name: '__base__' is reserved for 'no adapter' in mixed batches");
     const r = checkInt(o.r ?? 8, 'opts.r', 1, 1 << 20);
-    const alpha = checkFinite(o.loraAlpha ?? 8, 'opts.loraAlpha');
+    const alpha = checkScale(o.loraAlpha ?? 8, 'opts.loraAlpha');
     const p = checkFinite(o.loraDropout ?? 0, 'opts.loraDropout');
     if (p < 0 || p >= 1) throw new LoraRangeError(`opts.loraDropout: expected 0 <= p < 1, got ${p}`);
     const rs = o.useRslora === undefined ? false : checkBool(o.useRslora, 'opts.useRslora');
@@ -354,16 +371,7 @@ export abstract class LoraLayer {
     } else {
       const maxRank = Math.min(outDim, inDim);
       rNew = o.svdRank === undefined ? Math.min(Math.max(...ranks), maxRank) : checkInt(o.svdRank, 'opts.svdRank', 1, maxRank);
-      const delta = mat(outDim, inDim);
-      adapters.forEach((_, i) => {
-        const d = matmul(mat(outDim, ranks[i], Bs[i]), mat(ranks[i], inDim, As[i]));
-        for (let k = 0; k < d.data.length; k++) delta.data[k] += ws[i] * d.data[k];
-      });
-      const f = svd(delta);
-      a = f.Vt.data.slice(0, rNew * inDim);
-      b = new Float64Array(outDim * rNew);
-      const k = f.S.length;
-      for (let row = 0; row < outDim; row++) for (let j = 0; j < rNew; j++) b[row * rNew + j] = f.U.data[row * k + j] * f.S[j];
+      ({ a, b } = truncatedSvdOfSum(As, Bs, ranks, ws, outDim, inDim, rNew));
     }
     const dtype = A0.dtype as FloatDType;
     const A = Tensor.from(a, [rNew, ...A0.shape.slice(1)], { dtype });
@@ -429,6 +437,7 @@ export abstract class LoraLayer {
 
   /** Removes an adapter and frees its tensors. A merged adapter must be unmerged first. */
   deleteAdapter(name: string): this {
+    this.requireIdle('deleteAdapter');
     this.requireAdapter(name, 'name');
     if (this._mergedAdapters.includes(name))
       throw new AdapterError(`name: adapter '${name}' is merged; call unmerge() before deleting it`);
@@ -437,6 +446,8 @@ export abstract class LoraLayer {
     this._loraMagnitude.get(name)?.dispose();
     this._parameters.get(name)?.forEach((p) => p.zeroGrad());
     this._parameters.delete(name);
+    this._magnitudeParameters.get(name)?.zeroGrad();
+    this._magnitudeParameters.delete(name);
     for (const m of [this._r, this._loraAlpha, this._scaling, this._loraDropout, this._useRslora, this._loraA, this._loraB, this._inferenceMode, this._seed, this._useDora, this._loraMagnitude])
       m.delete(name);
     this.onAdapterDeleted(name);
@@ -478,6 +489,24 @@ export abstract class LoraLayer {
 
   /** Adds the named (or active) adapters' ΔW to the base weight; already merged ones are skipped. */
   merge(opts: MergeOptions = {}): this {
+    return this.runLayerSync('merge', this.mergeSteps(opts));
+  }
+
+  /** merge() with the work on a libuv thread; the weight and adapters are busy until it settles. */
+  mergeAsync(opts: MergeOptions = {}): Promise<this> {
+    return this.runLayerAsync('merge', this.mergeSteps(opts));
+  }
+
+  /** Undoes merges in reverse order (W -= ΔW). */
+  unmerge(): this {
+    return this.runLayerSync('unmerge', this.unmergeSteps());
+  }
+
+  unmergeAsync(): Promise<this> {
+    return this.runLayerAsync('unmerge', this.unmergeSteps());
+  }
+
+  private *mergeSteps(opts: MergeOptions): KernelSteps<this> {
     const o = checkOptions(opts, ['safeMerge', 'adapterNames'], 'opts') as MergeOptions;
     const safe = o.safeMerge === undefined ? false : checkBool(o.safeMerge, 'opts.safeMerge');
     let names = this._activeAdapters;
@@ -492,34 +521,63 @@ export abstract class LoraLayer {
       if (safe) {
         const trial = W.clone();
         try {
-          this.writeDelta(name, 1, W, trial);
-          if (!call((b) => b.allFinite(trial.handle)))
+          yield* this.deltaSteps(name, 1, W, trial);
+          if (!(yield step('allFinite', trial.handle)))
             throw new LoraRangeError(`merge: NaNs or infinities detected in the merged weight for adapter '${name}'; the weight was left unchanged`);
-          W.copyFrom(trial);
+          yield step('convert', trial.handle, W.handle);
         } finally {
           trial.dispose();
         }
       } else {
-        this.writeDelta(name, 1, W, W);
+        yield* this.deltaSteps(name, 1, W, W);
       }
       this._mergedAdapters.push(name);
     }
     return this;
   }
 
-  /** Undoes merges in reverse order (W -= ΔW). */
-  unmerge(): this {
+  protected *unmergeSteps(): KernelSteps<this> {
     while (this._mergedAdapters.length > 0) {
-      const name = this._mergedAdapters.pop()!;
-      this.writeDelta(name, -1, this.weight, this.weight);
+      const name = this._mergedAdapters[this._mergedAdapters.length - 1];
+      yield* this.deltaSteps(name, -1, this.weight, this.weight);
+      this._mergedAdapters.pop(); // only once W is restored, so a failed step can be retried
     }
     return this;
   }
 
+  private *deltaSteps(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelSteps<void> {
+    const s = this.deltaStep(name, sign, W, out);
+    if (s) yield s;
+    else this.writeDelta(name, sign, W, out);
+  }
+
+  /** Runs an operation body synchronously; refused while an async one is in flight on this layer. */
+  protected runLayerSync<T>(op: string, steps: KernelSteps<T>): T {
+    this.requireIdle(op);
+    return runSync(steps);
+  }
+
+  /** Runs an operation body step by step off the JS thread; one async operation per layer at a time. */
+  protected async runLayerAsync<T>(op: string, steps: KernelSteps<T>): Promise<T> {
+    this.requireIdle(`${op}Async`);
+    this.#asyncOp = `${op}Async`;
+    try {
+      return await runAsync(steps);
+    } finally {
+      this.#asyncOp = null;
+    }
+  }
+
+  protected requireIdle(op: string): void {
+    if (this.#asyncOp) throw new StateError(`${op}: ${this.#asyncOp}() is still running on this layer; await it first`);
+  }
+
   /** Frees the adapters' tensors (not the base weight, which the caller owns). */
   dispose(): void {
+    this.requireIdle('dispose');
     this.clearCache();
     for (const pair of this._parameters.values()) pair.forEach((p) => p.zeroGrad());
+    for (const p of this._magnitudeParameters.values()) p.zeroGrad();
     for (const t of [...this._loraA.values(), ...this._loraB.values(), ...this._loraMagnitude.values()]) t.dispose();
   }
 
@@ -543,6 +601,10 @@ export abstract class LoraLayer {
       if (!pair) continue;
       pair[0].accumulateGrad(g.loraA);
       pair[1].accumulateGrad(g.loraB);
+    }
+    for (const [name, g] of grads) {
+      const m = this._magnitudeParameters.get(name);
+      if (m && g.magnitude) m.accumulateGrad(g.magnitude);
     }
   }
 
@@ -584,6 +646,11 @@ export abstract class LoraLayer {
     return null;
   }
 
+  /** The kernel step of writeDelta, so merges can run async; null: merge through writeDelta (sync). */
+  protected deltaStep(_name: string, _sign: 1 | -1, _W: Tensor, _out: Tensor): KernelStep | null {
+    return null;
+  }
+
   /** Drops whatever the last training forward kept for backward. */
   protected abstract clearCache(): void;
 
@@ -591,4 +658,51 @@ export abstract class LoraLayer {
 
   /** Called after manualSeed(): restart any per-forward dropout counter. */
   protected onReseed(): void {}
+}
+
+/**
+ * Rank-k truncated SVD of Σ wᵢ·Bᵢ·Aᵢ (float64). With Bc = [wᵢ·Bᵢ] (out×R) and Ac = [Aᵢ] (R×in),
+ * Bc = Qb·Rb and Acᵀ = Qa·Ra give Bc·Ac = Qb·(Rb·Raᵀ)·Qaᵀ, so only an R×R SVD is needed and no dense
+ * out×in matrix is formed (dense fallback when R exceeds out or in).
+ */
+function truncatedSvdOfSum(
+  As: Float32Array[],
+  Bs: Float32Array[],
+  ranks: number[],
+  ws: number[],
+  outDim: number,
+  inDim: number,
+  k: number,
+): { a: Float64Array; b: Float64Array } {
+  const R = ranks.reduce((x, y) => x + y, 0);
+  const a = new Float64Array(k * inDim);
+  const b = new Float64Array(outDim * k);
+  if (R > Math.min(outDim, inDim)) {
+    const delta = mat(outDim, inDim);
+    ranks.forEach((r, i) => {
+      const d = matmul(mat(outDim, r, Bs[i]), mat(r, inDim, As[i]));
+      for (let j = 0; j < d.data.length; j++) delta.data[j] += ws[i] * d.data[j];
+    });
+    const f = svd(delta);
+    const kk = f.S.length;
+    a.set(f.Vt.data.subarray(0, k * inDim));
+    for (let row = 0; row < outDim; row++) for (let j = 0; j < k; j++) b[row * k + j] = f.U.data[row * kk + j] * f.S[j];
+    return { a, b };
+  }
+  const Bc = mat(outDim, R);
+  const AcT = mat(inDim, R);
+  let off = 0;
+  ranks.forEach((r, i) => {
+    for (let row = 0; row < outDim; row++) for (let j = 0; j < r; j++) Bc.data[row * R + off + j] = ws[i] * Bs[i][row * r + j];
+    for (let j = 0; j < r; j++) for (let c = 0; c < inDim; c++) AcT.data[c * R + off + j] = As[i][j * inDim + c];
+    off += r;
+  });
+  const qb = qr(Bc);
+  const qa = qr(AcT);
+  const f = svd(matmul(qb.R, transpose(qa.R))); // R×R
+  const left = matmul(qb.Q, f.U); // out×R
+  const right = matmul(f.Vt, transpose(qa.Q)); // R×in
+  for (let row = 0; row < outDim; row++) for (let j = 0; j < k; j++) b[row * k + j] = left.data[row * R + j] * f.S[j];
+  a.set(right.data.subarray(0, k * inDim));
+  return { a, b };
 }

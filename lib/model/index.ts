@@ -3,6 +3,5 @@ export type { AdapterSlot, FromPretrainedOptions } from './lora_model';
 export type { LoraConfig, BiasMode } from './config';
 export { modulesFromStateDict, guessKind } from './modules';
 export type { ModuleSpec, ModuleKind, FromStateDictOptions, ParamValue } from './modules';
-export type { WeightedAdapterOptions, CombinationType } from './weighted';
 export { readAdapter } from './adapter_io';
 export type { LoadOptions } from './adapter_io';

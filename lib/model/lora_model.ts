@@ -5,7 +5,7 @@
  * without allocating its weights.
  */
 import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../errors';
-import { LoraLayer } from '../layers/lora_layer';
+import { LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
 import { checkOptions, checkString, numelOf } from '../validate';
@@ -13,7 +13,6 @@ import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';
 import { ModuleSpec, NormalizedModule, baseParamCount, hasData, loraShapes, normalizeModules } from './modules';
 import { isExcluded, isTargeted, rankAndAlpha } from './targeting';
-import { addWeightedAdapterToLayer, WeightedAdapterOptions } from './weighted';
 import { LoadOptions, fromPretrained, loadAdapter, savePretrained } from './adapter_io';
 
 export interface FromPretrainedOptions extends LoadOptions {
@@ -176,7 +175,7 @@ export class LoraModel {
       for (const [mod, layer] of this.layers) {
         const have = adapters.filter((a) => layer.adapterNames.includes(a));
         if (have.length === 0) continue;
-        addWeightedAdapterToLayer(layer, adapters, weights, newName, opts, mod);
+        layer.addWeightedAdapter(have, have.map((a) => weights[adapters.indexOf(a)]), newName, opts);
         done.push(layer);
         const r = layer.r.get(newName)!;
         if (!this.#slots.has(mod)) this.#slots.set(mod, new Map());

@@ -10,7 +10,7 @@ import { Tensor, requireFloatTensor } from '../tensor';
 import { checkFinite } from '../validate';
 
 /** What a parameter is inside a LoRA adapter (LoRA+ gives lora_B a larger learning rate). */
-export type ParameterRole = 'lora_A' | 'lora_B';
+export type ParameterRole = 'lora_A' | 'lora_B' | 'lora_magnitude_vector';
 
 export class Parameter {
   #grad: Tensor | null = null;

@@ -17,7 +17,8 @@ struct Storage {
   size_t nbytes = 0;
   Device device = Device::CPU;
   bool mapped = false;       // large CPU buffers come straight from mmap (see tensor.cc)
-  std::atomic<int> busy{0};  // > 0 while async work uses the buffer
+  std::atomic<int> busy{0};     // > 0 while async work uses the buffer (no writes, no dispose)
+  std::atomic<int> writers{0};  // > 0 while async work writes it (no reads either)
   static std::shared_ptr<Storage> allocate(size_t nbytes, Device device);
   void release();
   ~Storage() { release(); }

@@ -24,3 +24,67 @@ void mixed_linear_forward(const TensorRef& x, const TensorRef& W, const TensorRe
 
 }  // namespace cpu
 }  // namespace lorakit
+
+namespace lorakit {
+namespace cpu {
+
+// ---- DoRA (peft's DoraLinearLayer) on a linear layer; W [out, in] or [in, out] with fan_in_fan_out.
+
+// norm[o] = ‖row o of W + scale·B·A‖ (in [out, in] layout) from the low-rank identity
+//   ‖W + sBA‖² = ‖W‖² + 2s·rowsum((W·Aᵀ)⊙B) + s²·rowsum((B·(A·Aᵀ))⊙B),
+// so no dense out×in delta is formed: one GEMM W·Aᵀ (out×in×r) plus O(out·r²). norm is f32 [out].
+void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
+                      float* norm);
+
+// pre = xa·Wᵀ + scale·u·Bᵀ (f32 [n, out], kept for backward); k = magnitude / norm;
+// y = bias + k⊙pre when xa is x (no dropout), else y = bias + (x − xa)·Wᵀ + k⊙pre
+// (peft's training path with dropout: the base result is recomputed on the dropped-out input).
+void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
+                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& B, float scale, const float* norm,
+                         const TensorRef& magnitude, const TensorRef& y, float* pre);
+
+struct DoraBackwardArgs {
+  TensorRef xa, u, A, B, magnitude;
+  float scale;
+  float dropout_p;
+  uint64_t seed, stream;
+  const float* norm;  // [out], detached
+  const float* pre;   // [n, out] from the forward
+};
+
+// The norm is a constant (detached, as peft): with k = magnitude / norm and dyk = k⊙dy,
+//   dmagnitude = Σ_rows dy⊙pre / norm;  g = scale·dyk·B;  dA = gᵀ·xa;  dB = scale·dykᵀ·u;
+//   dx = dyk·W + g·A (no dropout), or dy·W + mask⊙(((k−1)⊙dy)·W + g·A)/(1−p) with dropout.
+void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out, const DoraBackwardArgs& a,
+                          const TensorRef* dx, const TensorRef* dA, const TensorRef* dB, const TensorRef* dmagnitude);
+
+// Merge: out = k ⊙ (W + scale·B·A) per output feature, k = magnitude / norm; unmerge (inverse):
+// out = W / k − scale·B·A. One read and one write of W; out may be W.
+void dora_merge(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
+                const TensorRef& magnitude, const float* norm, bool inverse, const TensorRef& out);
+
+}  // namespace cpu
+}  // namespace lorakit
+
+namespace lorakit {
+namespace cpu {
+
+// ---- Embedding (peft's lora.Embedding): W [num, dim], A [r, num], B [dim, r], indices i32/i64.
+
+// y[p] = W[idx[p]] + Σ_a scale_a·B_a·A_a[:, idx[p]]; with row_adapter, position p adds only adapter
+// row_adapter[p] (-1: none). Indices must already be validated (0 <= idx < num).
+void embedding_forward(const TensorRef& idx, const TensorRef& W, const std::vector<AdapterFactors>& adapters,
+                       const int32_t* row_adapter, const TensorRef& y);
+
+// dB = scale·dyᵀ·Aᵀ[idx] [dim, r]; dAᵀ[i] = Σ_{p: idx[p] = i} scale·dy[p]·B, summed in position order
+// per index (a stable counting sort, no atomics: deterministic). padding_idx (-1: none) gets no dA.
+void embedding_backward(const TensorRef& idx, const TensorRef& dy, const TensorRef& A, const TensorRef& B, float scale,
+                        int64_t padding_idx, const TensorRef* dA, const TensorRef* dB);
+
+// The index at position p as int64.
+inline int64_t index_at(const TensorRef& idx, int64_t p) {
+  return idx.dtype == DType::I64 ? static_cast<const int64_t*>(idx.data)[p] : static_cast<const int32_t*>(idx.data)[p];
+}
+
+}  // namespace cpu
+}  // namespace lorakit

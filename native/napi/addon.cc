@@ -2,6 +2,7 @@
 #include <napi.h>
 #include <random>
 #include "addon_data.h"
+#include "async_binding.h"
 #include "bench_binding.h"
 #include "kernels_binding.h"
 #include "optim_binding.h"
@@ -21,6 +22,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<AddonData>(data);
   NativeTensor::Init(env, exports);
   InitKernels(env, exports);
+  InitAsync(env, exports);
   InitOptim(env, exports);
   InitParity(env, exports);
   InitBench(env, exports);

@@ -109,10 +109,233 @@ Napi::Value MixedLinearForward(const Napi::CallbackInfo& info) {
   });
 }
 
+
+const TensorRef& f32_arg(const Napi::Value& v, const std::string& name, const std::vector<int64_t>& shape) {
+  NativeTensor* t = get_tensor(v, name);
+  require_float_cpu(t, name);
+  if (t->ref().dtype != DType::F32) throw_type(name + ": expected an f32 tensor, got " + dtype_name(t->ref().dtype));
+  require_shape_eq(t->ref(), shape, name);
+  return t->ref();
+}
+
+// A: [r, in], B: [out, r]
+int64_t check_factors(const TensorRef& A, const TensorRef& B, LinearDims d, const std::string& where) {
+  if (A.shape.size() != 2 || A.shape[1] != d.in)
+    throw_range(where + "A: expected shape [r, " + std::to_string(d.in) + "], got " + shape_str(A.shape));
+  require_shape_eq(B, {d.out, A.shape[0]}, where + "B");
+  return A.shape[0];
+}
+
+// doraWeightNorm(W, A, B, scale, fifo, norm f32 [out])
+Napi::Value DoraWeightNorm(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& W = float_arg(info, 0, "weight");
+    const TensorRef& A = float_arg(info, 1, "A");
+    const TensorRef& B = float_arg(info, 2, "B");
+    float scale = static_cast<float>(get_number(info, 3, "scale"));
+    bool fifo = get_bool(info, 4, "fanInFanOut");
+    LinearDims d = linear_dims(W, fifo);
+    check_factors(A, B, d, "");
+    const TensorRef& norm = f32_arg(info[5], "norm", {d.out});
+    cpu::dora_weight_norm(W, A, B, scale, fifo, norm.as<float>());
+    return info.Env().Undefined();
+  });
+}
+
+// doraLinearForward(x, xa, W, bias|null, fifo, u, B, scale, norm, magnitude, y, pre)
+Napi::Value DoraLinearForward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& x = float_arg(info, 0, "x");
+    const TensorRef& xa = float_arg(info, 1, "xa");
+    const TensorRef& W = float_arg(info, 2, "weight");
+    const TensorRef* bias = float_arg_or_null(info, 3, "bias");
+    bool fifo = get_bool(info, 4, "fanInFanOut");
+    LinearDims d = linear_dims(W, fifo);
+    if (x.shape.empty() || x.shape.back() != d.in)
+      throw_range("x: expected shape [..., " + std::to_string(d.in) + "] (in_features), got " + shape_str(x.shape));
+    require_shape_eq(xa, x.shape, "xa");
+    if (bias) require_shape_eq(*bias, {d.out}, "bias");
+    const TensorRef& u = float_arg(info, 5, "u");
+    const TensorRef& B = float_arg(info, 6, "B");
+    if (B.shape.size() != 2 || B.shape[0] != d.out)
+      throw_range("B: expected shape [" + std::to_string(d.out) + ", r], got " + shape_str(B.shape));
+    int64_t n = x.rows();
+    require_shape_eq(u, with_last(x.shape, B.shape[1]), "u");
+    float scale = static_cast<float>(get_number(info, 7, "scale"));
+    const TensorRef& norm = f32_arg(info[8], "norm", {d.out});
+    const TensorRef& mag = float_arg(info, 9, "magnitude");
+    require_shape_eq(mag, {d.out}, "magnitude");
+    const TensorRef& y = float_arg(info, 10, "y");
+    require_shape_eq(y, with_last(x.shape, d.out), "y");
+    require_distinct(y, x, "y", "x");
+    const TensorRef& pre = f32_arg(info[11], "pre", {n, d.out});
+    cpu::dora_linear_forward(x, xa, W, bias, fifo, u, B, scale, norm.as<float>(), mag, y, pre.as<float>());
+    return info.Env().Undefined();
+  });
+}
+
+// doraLinearBackward(dy, W, fifo, {xa, u, A, B, magnitude, scale, p, seed, stream, norm, pre}, dx|null, dA|null, dB|null, dmag|null)
+Napi::Value DoraLinearBackward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& dy = float_arg(info, 0, "dy");
+    const TensorRef& W = float_arg(info, 1, "weight");
+    bool fifo = get_bool(info, 2, "fanInFanOut");
+    LinearDims d = linear_dims(W, fifo);
+    if (dy.shape.empty() || dy.shape.back() != d.out)
+      throw_range("dy: expected shape [..., " + std::to_string(d.out) + "] (out_features), got " + shape_str(dy.shape));
+    int64_t n = dy.rows();
+    if (info.Length() < 4 || !info[3].IsObject()) throw_type("term: expected an object");
+    Napi::Object o = info[3].As<Napi::Object>();
+    cpu::DoraBackwardArgs a;
+    NativeTensor* xa = get_tensor(o.Get("xa"), "term.xa");
+    NativeTensor* u = get_tensor(o.Get("u"), "term.u");
+    NativeTensor* A = get_tensor(o.Get("A"), "term.A");
+    NativeTensor* B = get_tensor(o.Get("B"), "term.B");
+    NativeTensor* mag = get_tensor(o.Get("magnitude"), "term.magnitude");
+    for (auto* t : {xa, u, A, B, mag}) require_float_cpu(t, "term");
+    int64_t r = check_factors(A->ref(), B->ref(), d, "term.");
+    std::vector<int64_t> xshape = with_last(dy.shape, d.in);
+    require_shape_eq(xa->ref(), xshape, "term.xa");
+    require_shape_eq(u->ref(), with_last(dy.shape, r), "term.u");
+    require_shape_eq(mag->ref(), {d.out}, "term.magnitude");
+    a.xa = xa->ref();
+    a.u = u->ref();
+    a.A = A->ref();
+    a.B = B->ref();
+    a.magnitude = mag->ref();
+    a.scale = static_cast<float>(number_prop(o, "scale", "term"));
+    a.dropout_p = static_cast<float>(number_prop(o, "p", "term"));
+    if (!(a.dropout_p >= 0.f && a.dropout_p < 1.f)) throw_range("term.p: expected 0 <= p < 1");
+    a.seed = static_cast<uint64_t>(number_prop(o, "seed", "term"));
+    a.stream = static_cast<uint64_t>(number_prop(o, "stream", "term"));
+    a.norm = f32_arg(o.Get("norm"), "term.norm", {d.out}).as<float>();
+    a.pre = f32_arg(o.Get("pre"), "term.pre", {n, d.out}).as<float>();
+    const TensorRef* dx = float_arg_or_null(info, 4, "dx");
+    const TensorRef* dA = float_arg_or_null(info, 5, "dA");
+    const TensorRef* dB = float_arg_or_null(info, 6, "dB");
+    const TensorRef* dm = float_arg_or_null(info, 7, "dmagnitude");
+    if (dx) {
+      require_shape_eq(*dx, xshape, "dx");
+      require_distinct(*dx, dy, "dx", "dy");
+    }
+    if (dA) require_shape_eq(*dA, A->ref().shape, "dA");
+    if (dB) require_shape_eq(*dB, B->ref().shape, "dB");
+    if (dm) require_shape_eq(*dm, {d.out}, "dmagnitude");
+    cpu::dora_linear_backward(dy, W, fifo, a, dx, dA, dB, dm);
+    return info.Env().Undefined();
+  });
+}
+
+// doraMerge(W, A, B, scale, fifo, magnitude, norm, inverse, out)
+Napi::Value DoraMerge(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& W = float_arg(info, 0, "weight");
+    const TensorRef& A = float_arg(info, 1, "A");
+    const TensorRef& B = float_arg(info, 2, "B");
+    float scale = static_cast<float>(get_number(info, 3, "scale"));
+    bool fifo = get_bool(info, 4, "fanInFanOut");
+    LinearDims d = linear_dims(W, fifo);
+    check_factors(A, B, d, "");
+    const TensorRef& mag = float_arg(info, 5, "magnitude");
+    require_shape_eq(mag, {d.out}, "magnitude");
+    const TensorRef& norm = f32_arg(info[6], "norm", {d.out});
+    bool inverse = get_bool(info, 7, "inverse");
+    const TensorRef& out = float_arg(info, 8, "out");
+    require_shape_eq(out, W.shape, "out");
+    cpu::dora_merge(W, A, B, scale, fifo, mag, norm.as<float>(), inverse, out);
+    return info.Env().Undefined();
+  });
+}
+
+
+// An i32/i64 index tensor whose values all lie in [0, num).
+const TensorRef& index_arg(const Napi::Value& v, const std::string& name, int64_t num) {
+  NativeTensor* t = get_tensor(v, name);
+  const TensorRef& r = t->ref();
+  if (r.dtype != DType::I32 && r.dtype != DType::I64)
+    throw_type(name + ": expected an i32 or i64 index tensor, got " + dtype_name(r.dtype));
+  if (t->device() != Device::CPU) throw_type(name + ": expected a cpu tensor");
+  int64_t n = r.numel();
+  for (int64_t p = 0; p < n; p++) {
+    int64_t i = cpu::index_at(r, p);
+    if (i < 0 || i >= num)
+      throw_range(name + ": index " + std::to_string(i) + " at position " + std::to_string(p) +
+                  " is out of range for num_embeddings " + std::to_string(num));
+  }
+  return r;
+}
+
+const int32_t* row_adapter_arg(const Napi::Value& v, int64_t n, size_t count, const std::string& name) {
+  if (v.IsNull() || v.IsUndefined()) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw_type(name + ": expected an Int32Array or null");
+  Napi::Int32Array a = v.As<Napi::Int32Array>();
+  if (static_cast<int64_t>(a.ElementLength()) != n)
+    throw_range(name + ": expected " + std::to_string(n) + " entries, got " + std::to_string(a.ElementLength()));
+  const int32_t* p = a.Data();
+  for (int64_t i = 0; i < n; i++)
+    if (p[i] < -1 || p[i] >= static_cast<int32_t>(count))
+      throw_range(name + "[" + std::to_string(i) + "]: " + std::to_string(p[i]) + " is not -1 or an adapter index below " +
+                  std::to_string(count));
+  return p;
+}
+
+// embeddingForward(idx, W, adapters: [A, B, scale][], rowAdapter|null, y)
+Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& W = float_arg(info, 1, "weight");
+    if (W.shape.size() != 2) throw_range("weight: expected [num_embeddings, dim], got " + shape_str(W.shape));
+    int64_t num = W.shape[0], dim = W.shape[1];
+    const TensorRef& idx = index_arg(info[0], "indices", num);
+    auto adapters = factor_list(info[2], num, dim, "adapters");
+    const int32_t* rows = row_adapter_arg(info[3], idx.numel(), adapters.size(), "rowAdapter");
+    const TensorRef& y = float_arg(info, 4, "y");
+    std::vector<int64_t> ys = idx.shape;
+    ys.push_back(dim);
+    require_shape_eq(y, ys, "y");
+    require_distinct(y, W, "y", "weight");
+    cpu::embedding_forward(idx, W, adapters, rows, y);
+    return info.Env().Undefined();
+  });
+}
+
+// embeddingBackward(idx, dy, A, B, scale, paddingIdx, dA|null, dB|null)
+Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& A = float_arg(info, 2, "A");
+    const TensorRef& B = float_arg(info, 3, "B");
+    if (A.shape.size() != 2) throw_range("A: expected [r, num_embeddings], got " + shape_str(A.shape));
+    int64_t r = A.shape[0], num = A.shape[1];
+    if (B.shape.size() != 2 || B.shape[1] != r)
+      throw_range("B: expected shape [dim, " + std::to_string(r) + "], got " + shape_str(B.shape));
+    int64_t dim = B.shape[0];
+    const TensorRef& idx = index_arg(info[0], "indices", num);
+    const TensorRef& dy = float_arg(info, 1, "dy");
+    std::vector<int64_t> ys = idx.shape;
+    ys.push_back(dim);
+    require_shape_eq(dy, ys, "dy");
+    float scale = static_cast<float>(get_number(info, 4, "scale"));
+    double pad = get_number(info, 5, "paddingIdx");
+    if (pad != std::floor(pad) || pad < -1 || pad >= num) throw_range("paddingIdx: expected -1 (none) or an index below num_embeddings");
+    const TensorRef* dA = float_arg_or_null(info, 6, "dA");
+    const TensorRef* dB = float_arg_or_null(info, 7, "dB");
+    if (dA) require_shape_eq(*dA, A.shape, "dA");
+    if (dB) require_shape_eq(*dB, B.shape, "dB");
+    cpu::embedding_backward(idx, dy, A, B, scale, static_cast<int64_t>(pad), dA, dB);
+    return info.Env().Undefined();
+  });
+}
+
 }  // namespace
 
 void InitParity(Napi::Env env, Napi::Object exports) {
   exports.Set("mixedLinearForward", Napi::Function::New<MixedLinearForward>(env, "mixedLinearForward"));
+  exports.Set("doraWeightNorm", Napi::Function::New<DoraWeightNorm>(env, "doraWeightNorm"));
+  exports.Set("doraLinearForward", Napi::Function::New<DoraLinearForward>(env, "doraLinearForward"));
+  exports.Set("doraLinearBackward", Napi::Function::New<DoraLinearBackward>(env, "doraLinearBackward"));
+  exports.Set("embeddingForward", Napi::Function::New<EmbeddingForward>(env, "embeddingForward"));
+  exports.Set("embeddingBackward", Napi::Function::New<EmbeddingBackward>(env, "embeddingBackward"));
+  exports.Set("doraMerge", Napi::Function::New<DoraMerge>(env, "doraMerge"));
 }
 
 }  // namespace napi
