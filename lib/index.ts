@@ -18,6 +18,8 @@ export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';
 export { LoraEmbedding } from './layers/embedding';
 export type { LoraEmbeddingOptions, EmbeddingIndices, EmbeddingBackwardResult } from './layers/embedding';
+export { LoraConv2d } from './layers/conv2d';
+export type { LoraConv2dOptions, Pair } from './layers/conv2d';
 export { kernels, backendInfo, setNumThreads } from './kernels';
 export type { KernelAdapter, LinearForwardOptions, MergeAdapterOptions } from './kernels';
 export type { BackendInfo } from './native';

@@ -107,6 +107,23 @@ export interface NativeBinding {
     dA: NativeTensorHandle | null,
     dB: NativeTensorHandle | null,
   ): void;
+  conv2dForward(
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    bias: NativeTensorHandle | null,
+    geom: number[],
+    terms: Array<{ xa: NativeTensorHandle; u: NativeTensorHandle; A: NativeTensorHandle; B: NativeTensorHandle; scale: number }>,
+    y: NativeTensorHandle,
+  ): void;
+  conv2dBackward(
+    dy: NativeTensorHandle,
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    geom: number[],
+    terms: Array<BackwardTermArg>,
+    dx: NativeTensorHandle | null,
+  ): void;
+  conv2dMergeDelta(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, out: NativeTensorHandle): void;
   doraWeightNorm(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, fanInFanOut: boolean, norm: NativeTensorHandle): void;
   doraLinearForward(
     x: NativeTensorHandle,

@@ -88,3 +88,42 @@ inline int64_t index_at(const TensorRef& idx, int64_t p) {
 
 }  // namespace cpu
 }  // namespace lorakit
+
+namespace lorakit {
+namespace cpu {
+
+// ---- Conv2d (peft's lora.Conv2d): base W [out, in/groups, kh, kw] with stride/padding/dilation/groups;
+// A [r, in, kh, kw] is a conv with the base's kernel, stride and padding and dilation 1 (peft does not
+// copy dilation); B [out, r/groups, 1, 1] is a grouped 1×1 conv. x is [N, in, H, W].
+
+struct ConvGeom {
+  int64_t sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
+};
+
+inline int64_t conv_out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
+  return (in + 2 * p - d * (k - 1) - 1) / s + 1;
+}
+
+struct ConvTerm {
+  TensorRef xa;  // the input A sees: x, or its dropout [N, in, H, W]
+  TensorRef u;   // f32 [N, r, P]: A's output, written by the forward, read by the backward
+  TensorRef A, B;
+  float scale;
+  float dropout_p;
+  uint64_t seed, stream;
+  const TensorRef* dA;  // backward only; may be null (frozen)
+  const TensorRef* dB;
+};
+
+// y = conv(x, W) + bias + Σ scale·B(A(xa)), per image through im2col and the packed GEMM; the base and
+// every adapter's 1×1 expand run as K segments of one GEMM per group, so y is written once.
+void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const ConvGeom& g,
+                    const std::vector<ConvTerm>& terms, const TensorRef& y);
+
+// dx = conv_transpose(dy, W) + Σ mask⊙conv_transpose(scale·Bᵀdy, A); dA = Σ_n (scale·Bᵀ·dy_n)·im2col(xa_n)ᵀ;
+// dB = scale·Σ_n dy_n·u_nᵀ. Deterministic (images accumulate in order, col2im per channel).
+void conv2d_backward(const TensorRef& dy, const TensorRef& W, const ConvGeom& g, const std::vector<ConvTerm>& terms,
+                     const TensorRef* dx);
+
+}  // namespace cpu
+}  // namespace lorakit
