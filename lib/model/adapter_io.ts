@@ -117,10 +117,13 @@ function kindFromFactors(spec: ModuleSpec, t: AdapterTensors): ModuleKind {
 /** Copies loaded factors into a model's adapter, checking names and shapes. */
 function assignFactors(model: LoraModel, a: AdapterOnDisk, name: string, source: string, warn: (m: string) => void): void {
   const targeted = new Set(model.targetedModules(name));
+  const absent: string[] = [];
   for (const mod of a.modules.keys()) {
-    if (!model.modules.has(mod)) throw new AdapterError(`${source}: the adapter has factors for module '${mod}', which this model does not have`);
-    if (!targeted.has(mod)) throw new AdapterError(`${source}: the adapter has factors for module '${mod}', which its target_modules do not select in this model`);
+    if (!model.modules.has(mod)) absent.push(mod);
+    else if (!targeted.has(mod)) throw new AdapterError(`${source}: the adapter has factors for module '${mod}', which its target_modules do not select in this model`);
   }
+  // A model given as a subset of modules (weights held by another stack) uses what it has, as peft ignores unexpected keys.
+  if (absent.length > 0) warn(`lorakit: ${source}: ignoring factors of ${absent.length} module(s) this model does not have (${absent.slice(0, 3).join(', ')}${absent.length > 3 ? ', ...' : ''})`);
   const missing: string[] = [];
   for (const mod of targeted) {
     const t = a.modules.get(mod);
