@@ -58,7 +58,7 @@ export function baseGemm(x: Tensor, weight: Tensor, y: Tensor, inputGrad = false
   return y;
 }
 
-export interface AdamWOptions {
+export interface CudaAdamWOptions {
   lr?: number;
   beta1?: number;
   beta2?: number;
@@ -73,7 +73,7 @@ export interface AdamWOptions {
  * p ← p·(1 − lr·wd); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; p ← p − lr/(1−β₁ᵗ)·m/(√v/√(1−β₂ᵗ) + ε).
  * Defaults are PyTorch's (lr 1e-3, betas 0.9/0.999, eps 1e-8, weight decay 0.01). State is f32.
  */
-export function adamwStep(param: Tensor, grad: Tensor, expAvg: Tensor, expAvgSq: Tensor, opts: AdamWOptions): void {
+export function adamwStep(param: Tensor, grad: Tensor, expAvg: Tensor, expAvgSq: Tensor, opts: CudaAdamWOptions): void {
   const o = checkOptions(opts, ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'step'], 'opts');
   for (const [t, n] of [[param, 'param'], [grad, 'grad'], [expAvg, 'expAvg'], [expAvgSq, 'expAvgSq']] as const) requireFloatTensor(t, n, 'cuda');
   sameShape(param, grad, 'param', 'grad');
@@ -93,7 +93,7 @@ export function adamwStep(param: Tensor, grad: Tensor, expAvg: Tensor, expAvgSq:
   call((b) => b.cudaAdamwStep(param.handle, grad.handle, expAvg.handle, expAvgSq.handle, h));
 }
 
-export interface SgdOptions {
+export interface CudaSgdOptions {
   lr: number;
   momentum?: number;
   dampening?: number;
@@ -104,7 +104,7 @@ export interface SgdOptions {
 }
 
 /** One SGD step in place, as torch.optim.SGD; momentumBuffer (f32) is needed when momentum ≠ 0. */
-export function sgdStep(param: Tensor, grad: Tensor, momentumBuffer: Tensor | null, opts: SgdOptions): void {
+export function sgdStep(param: Tensor, grad: Tensor, momentumBuffer: Tensor | null, opts: CudaSgdOptions): void {
   const o = checkOptions(opts, ['lr', 'momentum', 'dampening', 'weightDecay', 'nesterov', 'firstStep'], 'opts');
   requireFloatTensor(param, 'param', 'cuda');
   requireFloatTensor(grad, 'grad', 'cuda');

@@ -1,12 +1,14 @@
 /**
  * Typed access to the native kernels for callers that manage their own tensors. Each function
- * validates its arguments before the native call (which validates again).
+ * validates its arguments before the native call (which validates again). The *Async forms run the
+ * same steps on a libuv thread and return Promises.
  */
 import { Device } from './dtype';
-import { DTypeError, ShapeError, shapeStr } from './errors';
+import { DTypeError, LoraTypeError, ShapeError, shapeStr } from './errors';
+import { KernelSteps, runAsync, runSync, step } from './exec';
 import { BackendInfo, call } from './native';
-import { Tensor, requireFloatTensor } from './tensor';
-import { checkFinite, checkInt } from './validate';
+import { Tensor, describe, requireFloatTensor } from './tensor';
+import { checkBool, checkInt, checkOptions, checkScale } from './validate';
 
 export interface KernelAdapter {
   loraA: Tensor;
@@ -14,50 +16,75 @@ export interface KernelAdapter {
   scaling: number;
 }
 
+export interface LinearForwardOptions {
+  bias?: Tensor | null;
+  fanInFanOut?: boolean;
+  adapters?: KernelAdapter[];
+}
+
+export interface MergeAdapterOptions {
+  fanInFanOut?: boolean;
+  out?: Tensor;
+}
+
 function linearDims(W: Tensor, fanInFanOut: boolean): { inF: number; outF: number } {
   if (W.shape.length !== 2) throw new ShapeError(`weight: expected 2 dimensions, got shape ${shapeStr(W.shape)}`);
+  if (W.shape[0] < 1 || W.shape[1] < 1)
+    throw new ShapeError(`weight: in_features and out_features must be at least 1, got shape ${shapeStr(W.shape)}`);
   return fanInFanOut ? { inF: W.shape[0], outF: W.shape[1] } : { inF: W.shape[1], outF: W.shape[0] };
 }
 
-function checkAdapter(a: KernelAdapter, i: number, inF: number, outF: number, device: Device): void {
-  requireFloatTensor(a.loraA, `adapters[${i}].loraA`, device);
-  requireFloatTensor(a.loraB, `adapters[${i}].loraB`, device);
-  checkFinite(a.scaling, `adapters[${i}].scaling`);
-  const r = a.loraA.shape[0];
-  if (a.loraA.shape.length !== 2 || a.loraA.shape[1] !== inF)
-    throw new ShapeError(`adapters[${i}].loraA: expected shape [r, ${inF}], got ${shapeStr(a.loraA.shape)}`);
-  if (a.loraB.shape.length !== 2 || a.loraB.shape[0] !== outF || a.loraB.shape[1] !== r)
-    throw new ShapeError(`adapters[${i}].loraB: expected shape [${outF}, ${r}], got ${shapeStr(a.loraB.shape)}`);
+function checkAdapter(a: unknown, where: string, inF: number, outF: number, device: Device): KernelAdapter {
+  if (a === null || typeof a !== 'object') throw new LoraTypeError(`${where}: expected {loraA, loraB, scaling}, got ${describe(a)}`);
+  const ad = a as KernelAdapter;
+  requireFloatTensor(ad.loraA, `${where}.loraA`, device);
+  requireFloatTensor(ad.loraB, `${where}.loraB`, device);
+  checkScale(ad.scaling, `${where}.scaling`);
+  const r = ad.loraA.shape[0];
+  if (ad.loraA.shape.length !== 2 || ad.loraA.shape[1] !== inF || r < 1)
+    throw new ShapeError(`${where}.loraA: expected shape [r, ${inF}] with r >= 1, got ${shapeStr(ad.loraA.shape)}`);
+  if (ad.loraB.shape.length !== 2 || ad.loraB.shape[0] !== outF || ad.loraB.shape[1] !== r)
+    throw new ShapeError(`${where}.loraB: expected shape [${outF}, ${r}], got ${shapeStr(ad.loraB.shape)}`);
+  return ad;
 }
 
-/** y = x·Wᵀ + b + Σ scaling·(x·Aᵀ)·Bᵀ in one pass (no dropout). */
-export function loraLinearForward(
-  x: Tensor,
-  weight: Tensor,
-  opts: { bias?: Tensor | null; fanInFanOut?: boolean; adapters?: KernelAdapter[] } = {},
-): Tensor {
-  requireFloatTensor(weight, 'weight', weight instanceof Tensor ? weight.device : 'cpu');
+/** The device of a call is the weight's; every tensor must be there (cuda also needs one dtype). */
+function weightDevice(weight: Tensor): Device {
+  return weight instanceof Tensor ? weight.device : 'cpu';
+}
+
+function* forwardSteps(x: Tensor, weight: Tensor, opts: LinearForwardOptions): KernelSteps<Tensor> {
+  const o = checkOptions(opts, ['bias', 'fanInFanOut', 'adapters'], 'opts') as LinearForwardOptions;
+  requireFloatTensor(weight, 'weight', weightDevice(weight));
   const dev = weight.device;
   requireFloatTensor(x, 'x', dev);
   if (dev === 'cuda' && x.dtype !== weight.dtype)
     throw new DTypeError(`x: on cuda, expected the weight's dtype ${weight.dtype}, got ${x.dtype}`);
-  const fifo = opts.fanInFanOut ?? false;
+  const fifo = o.fanInFanOut === undefined ? false : checkBool(o.fanInFanOut, 'opts.fanInFanOut');
   const { inF, outF } = linearDims(weight, fifo);
   if (x.shape.length === 0 || x.shape[x.shape.length - 1] !== inF)
     throw new ShapeError(`x: expected shape [..., ${inF}], got ${shapeStr(x.shape)}`);
-  const adapters = opts.adapters ?? [];
-  adapters.forEach((a, i) => checkAdapter(a, i, inF, outF, dev));
-  if (opts.bias) requireFloatTensor(opts.bias, 'opts.bias', dev);
+  const bias = o.bias ?? null;
+  if (bias !== null) {
+    requireFloatTensor(bias, 'opts.bias', dev);
+    if (bias.shape.length !== 1 || bias.shape[0] !== outF)
+      throw new ShapeError(`opts.bias: expected shape [${outF}], got ${shapeStr(bias.shape)}`);
+  }
+  if (o.adapters !== undefined && !Array.isArray(o.adapters))
+    throw new LoraTypeError(`opts.adapters: expected an array of {loraA, loraB, scaling}, got ${describe(o.adapters)}`);
+  const adapters = (o.adapters ?? []).map((a, i) => checkAdapter(a, `opts.adapters[${i}]`, inF, outF, dev));
   const lead = x.shape.slice(0, -1);
-  const uType = dev === 'cuda' ? x.dtype : 'f32';
-  const us = adapters.map((a) => Tensor.empty([...lead, a.loraA.shape[0]], { dtype: uType, device: dev }));
+  const us: Tensor[] = [];
   const y = Tensor.empty([...lead, outF], { dtype: x.dtype, device: dev });
   try {
-    adapters.forEach((a, i) => call((b) => b.shrink(x.handle, a.loraA.handle, us[i].handle)));
-    call((b) =>
-      b.linearForward(x.handle, weight.handle, opts.bias ? opts.bias.handle : null, fifo,
-        adapters.map((a, i) => [us[i].handle, a.loraB.handle, a.scaling]), y.handle),
-    );
+    for (const a of adapters) {
+      // The shrink: f32 on the cpu; on cuda in x's dtype (the tensor-core expand's operand type).
+      const u = Tensor.empty([...lead, a.loraA.shape[0]], { dtype: dev === 'cuda' ? x.dtype : 'f32', device: dev });
+      us.push(u);
+      yield step('shrink', x.handle, a.loraA.handle, u.handle);
+    }
+    yield step('linearForward', x.handle, weight.handle, bias ? bias.handle : null, fifo,
+      adapters.map((a, i) => [us[i].handle, a.loraB.handle, a.scaling]), y.handle);
   } catch (e) {
     y.dispose();
     throw e;
@@ -67,27 +94,51 @@ export function loraLinearForward(
   return y;
 }
 
-/** out = W + scaling·ΔW (ΔW = B·A in W's layout); out defaults to W itself (in-place merge). */
-export function mergeAdapter(weight: Tensor, adapter: KernelAdapter, opts: { fanInFanOut?: boolean; out?: Tensor } = {}): Tensor {
-  requireFloatTensor(weight, 'weight', weight instanceof Tensor ? weight.device : 'cpu');
-  const fifo = opts.fanInFanOut ?? false;
+function* mergeSteps(weight: Tensor, adapter: KernelAdapter, opts: MergeAdapterOptions, sign: 1 | -1): KernelSteps<Tensor> {
+  const o = checkOptions(opts, ['fanInFanOut', 'out'], 'opts') as MergeAdapterOptions;
+  requireFloatTensor(weight, 'weight', weightDevice(weight));
+  const dev = weight.device;
+  const fifo = o.fanInFanOut === undefined ? false : checkBool(o.fanInFanOut, 'opts.fanInFanOut');
   const { inF, outF } = linearDims(weight, fifo);
-  checkAdapter(adapter, 0, inF, outF, weight.device);
-  const out = opts.out ?? weight;
-  requireFloatTensor(out, 'opts.out', weight.device);
-  if (weight.device === 'cuda' && out.dtype !== weight.dtype)
+  const a = checkAdapter(adapter, 'adapter', inF, outF, dev);
+  const out = o.out ?? weight;
+  requireFloatTensor(out, 'opts.out', dev);
+  if (dev === 'cuda' && out.dtype !== weight.dtype)
     throw new DTypeError(`opts.out: on cuda, expected the weight's dtype ${weight.dtype}, got ${out.dtype}`);
-  if (weight.device === 'cuda' && adapter.loraA.dtype !== adapter.loraB.dtype)
-    throw new DTypeError(`adapter: on cuda, loraA (${adapter.loraA.dtype}) and loraB (${adapter.loraB.dtype}) must share a dtype`);
+  if (dev === 'cuda' && a.loraA.dtype !== a.loraB.dtype)
+    throw new DTypeError(`adapter: on cuda, loraA (${a.loraA.dtype}) and loraB (${a.loraB.dtype}) must share a dtype`);
   if (out.shape.join() !== weight.shape.join())
     throw new ShapeError(`opts.out: expected shape ${shapeStr(weight.shape)}, got ${shapeStr(out.shape)}`);
-  call((b) => b.mergeDelta(weight.handle, adapter.loraA.handle, adapter.loraB.handle, adapter.scaling, fifo, out.handle));
+  yield step('mergeDelta', weight.handle, a.loraA.handle, a.loraB.handle, sign * a.scaling, fifo, out.handle);
   return out;
 }
 
-/** W -= scaling·ΔW in place. */
-export function unmergeAdapter(weight: Tensor, adapter: KernelAdapter, opts: { fanInFanOut?: boolean } = {}): Tensor {
-  return mergeAdapter(weight, { ...adapter, scaling: -checkFinite(adapter.scaling, 'adapter.scaling') }, opts);
+/** y = x·Wᵀ + b + Σ scaling·(x·Aᵀ)·Bᵀ in one pass (no dropout). */
+export function loraLinearForward(x: Tensor, weight: Tensor, opts: LinearForwardOptions = {}): Tensor {
+  return runSync(forwardSteps(x, weight, opts));
+}
+
+/** loraLinearForward on a libuv thread; the inputs are busy (no dispose, no writes) until it settles. */
+export function loraLinearForwardAsync(x: Tensor, weight: Tensor, opts: LinearForwardOptions = {}): Promise<Tensor> {
+  return runAsync(forwardSteps(x, weight, opts));
+}
+
+/** out = W + scaling·ΔW (ΔW = B·A in W's layout); out defaults to W itself (in-place merge). */
+export function mergeAdapter(weight: Tensor, adapter: KernelAdapter, opts: MergeAdapterOptions = {}): Tensor {
+  return runSync(mergeSteps(weight, adapter, opts, 1));
+}
+
+export function mergeAdapterAsync(weight: Tensor, adapter: KernelAdapter, opts: MergeAdapterOptions = {}): Promise<Tensor> {
+  return runAsync(mergeSteps(weight, adapter, opts, 1));
+}
+
+/** W -= scaling·ΔW (in place, or into opts.out). */
+export function unmergeAdapter(weight: Tensor, adapter: KernelAdapter, opts: MergeAdapterOptions = {}): Tensor {
+  return runSync(mergeSteps(weight, adapter, opts, -1));
+}
+
+export function unmergeAdapterAsync(weight: Tensor, adapter: KernelAdapter, opts: MergeAdapterOptions = {}): Promise<Tensor> {
+  return runAsync(mergeSteps(weight, adapter, opts, -1));
 }
 
 export function backendInfo(): BackendInfo {
@@ -100,4 +151,13 @@ export function setNumThreads(n: number): number {
   return call((b) => b.setNumThreads(n));
 }
 
-export const kernels = { loraLinearForward, mergeAdapter, unmergeAdapter, backendInfo, setNumThreads };
+export const kernels = {
+  loraLinearForward,
+  loraLinearForwardAsync,
+  mergeAdapter,
+  mergeAdapterAsync,
+  unmergeAdapter,
+  unmergeAdapterAsync,
+  backendInfo,
+  setNumThreads,
+};

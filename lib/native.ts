@@ -27,9 +27,27 @@ export interface BackwardTermArg {
   dB: NativeTensorHandle | null;
 }
 
+export interface DoraBackwardTermArg {
+  xa: NativeTensorHandle;
+  u: NativeTensorHandle;
+  A: NativeTensorHandle;
+  B: NativeTensorHandle;
+  magnitude: NativeTensorHandle;
+  scale: number;
+  p: number;
+  seed: number;
+  stream: number;
+  /** f32 [out], the detached weight norm of the forward */
+  norm: NativeTensorHandle;
+  /** f32 [n, out], xa·Wᵀ + s·u·Bᵀ from the forward */
+  pre: NativeTensorHandle;
+}
+
 export interface BackendInfo {
-  /** The CPU microkernel chosen at load time ('avx512', 'avx2' or 'portable'). */
+  /** The CPU kernel path chosen at load time ('amx', 'avx512', 'avx2' or 'portable'); LORAKIT_CPU_PATH forces one. */
   cpuPath: string;
+  /** The paths this CPU can run, best first. */
+  cpuPaths: string[];
   threads: number;
   /** Backends compiled into this build. */
   compiled: string[];
@@ -37,6 +55,19 @@ export interface BackendInfo {
   usable: string[];
   /** The CUDA device, when 'cuda' is usable. */
   cudaDevice?: string;
+}
+
+/** The machine's ceilings measured natively (lorakit bench). */
+export interface MeasuredPeaks {
+  /** f32 FMA rate of the active CPU path on all pool threads, GFLOP/s. */
+  fmaGflops: number;
+  /** AMX bf16 tile rate, GFLOP/s (0 without AMX). */
+  amxGflops: number;
+  /** memcpy bandwidth, bytes read + written per second, GB/s. */
+  copyGBs: number;
+  /** Read-only bandwidth, GB/s. */
+  readGBs: number;
+  threads: number;
 }
 
 export interface NativeBinding {
@@ -76,6 +107,86 @@ export interface NativeBinding {
     out: NativeTensorHandle,
   ): void;
   dropout(x: NativeTensorHandle, p: number, seed: number, stream: number, out: NativeTensorHandle): void;
+  // peft-parity ops (native/napi/parity_binding.cc)
+  mixedLinearForward(
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    bias: NativeTensorHandle | null,
+    fanInFanOut: boolean,
+    adapters: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
+    rowAdapter: Int32Array,
+    y: NativeTensorHandle,
+  ): void;
+  embeddingForward(
+    indices: NativeTensorHandle,
+    W: NativeTensorHandle,
+    adapters: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
+    rowAdapter: Int32Array | null,
+    y: NativeTensorHandle,
+  ): void;
+  embeddingBackward(
+    indices: NativeTensorHandle,
+    dy: NativeTensorHandle,
+    A: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    paddingIdx: number,
+    dA: NativeTensorHandle | null,
+    dB: NativeTensorHandle | null,
+  ): void;
+  conv2dForward(
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    bias: NativeTensorHandle | null,
+    geom: number[],
+    terms: Array<{ xa: NativeTensorHandle; u: NativeTensorHandle; A: NativeTensorHandle; B: NativeTensorHandle; scale: number }>,
+    y: NativeTensorHandle,
+  ): void;
+  conv2dBackward(
+    dy: NativeTensorHandle,
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    geom: number[],
+    terms: Array<BackwardTermArg>,
+    dx: NativeTensorHandle | null,
+  ): void;
+  conv2dMergeDelta(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, out: NativeTensorHandle): void;
+  doraWeightNorm(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, fanInFanOut: boolean, norm: NativeTensorHandle): void;
+  doraLinearForward(
+    x: NativeTensorHandle,
+    xa: NativeTensorHandle,
+    W: NativeTensorHandle,
+    bias: NativeTensorHandle | null,
+    fanInFanOut: boolean,
+    u: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    norm: NativeTensorHandle,
+    magnitude: NativeTensorHandle,
+    y: NativeTensorHandle,
+    pre: NativeTensorHandle,
+  ): void;
+  doraLinearBackward(
+    dy: NativeTensorHandle,
+    W: NativeTensorHandle,
+    fanInFanOut: boolean,
+    term: DoraBackwardTermArg,
+    dx: NativeTensorHandle | null,
+    dA: NativeTensorHandle | null,
+    dB: NativeTensorHandle | null,
+    dmagnitude: NativeTensorHandle | null,
+  ): void;
+  doraMerge(
+    W: NativeTensorHandle,
+    A: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    fanInFanOut: boolean,
+    magnitude: NativeTensorHandle,
+    norm: NativeTensorHandle,
+    inverse: boolean,
+    out: NativeTensorHandle,
+  ): void;
   convert(src: NativeTensorHandle, dst: NativeTensorHandle): void;
   allFinite(t: NativeTensorHandle): boolean;
   backendInfo(): BackendInfo;
@@ -100,6 +211,45 @@ export interface NativeBinding {
     opts: { lr: number; momentum: number; dampening: number; weightDecay: number; nesterov: boolean; firstStep: boolean },
   ): void;
   setNumThreads(n: number): number;
+  measurePeaks(bufferBytes: number): MeasuredPeaks;
+  // Promise forms (native/napi/async_binding.cc): same checks, the work runs on a libuv thread and
+  // the tensors are busy (no dispose, no writes) until the promise settles.
+  shrinkAsync(...args: Parameters<NativeBinding['shrink']>): Promise<void>;
+  linearForwardAsync(...args: Parameters<NativeBinding['linearForward']>): Promise<void>;
+  loraForwardAsync(...args: Parameters<NativeBinding['loraForward']>): Promise<void>;
+  linearBackwardAsync(...args: Parameters<NativeBinding['linearBackward']>): Promise<void>;
+  mergeDeltaAsync(...args: Parameters<NativeBinding['mergeDelta']>): Promise<void>;
+  dropoutAsync(...args: Parameters<NativeBinding['dropout']>): Promise<void>;
+  convertAsync(...args: Parameters<NativeBinding['convert']>): Promise<void>;
+  allFiniteAsync(...args: Parameters<NativeBinding['allFinite']>): Promise<boolean>;
+  adamwStep(
+    param: NativeTensorHandle,
+    grad: NativeTensorHandle,
+    expAvg: NativeTensorHandle,
+    expAvgSq: NativeTensorHandle,
+    master: NativeTensorHandle | null,
+    lr: number,
+    beta1: number,
+    beta2: number,
+    eps: number,
+    weightDecay: number,
+    step: number,
+  ): void;
+  sgdStep(
+    param: NativeTensorHandle,
+    grad: NativeTensorHandle,
+    momentumBuffer: NativeTensorHandle | null,
+    master: NativeTensorHandle | null,
+    lr: number,
+    momentum: number,
+    dampening: number,
+    nesterov: boolean,
+    weightDecay: number,
+    firstStep: boolean,
+  ): void;
+  accumulate(dst: NativeTensorHandle, src: NativeTensorHandle, alpha: number): void;
+  sumSquares(t: NativeTensorHandle): number;
+  scaleInplace(t: NativeTensorHandle, alpha: number): void;
 }
 
 let cached: NativeBinding | undefined;
@@ -118,8 +268,14 @@ export function native(): NativeBinding {
   if (cached) return cached;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const bindings = require('bindings') as (opts: { bindings: string; module_root: string }) => NativeBinding;
-    cached = bindings({ bindings: 'lorakit.node', module_root: require('path').join(__dirname, '..') });
+    // LORAKIT_NATIVE_PATH loads another build of the addon (the sanitizer build of `npm run test:asan`).
+    const override = process.env.LORAKIT_NATIVE_PATH;
+    if (override) {
+      cached = require(require('path').resolve(override)) as NativeBinding;
+    } else {
+      const bindings = require('bindings') as (opts: { bindings: string; module_root: string }) => NativeBinding;
+      cached = bindings({ bindings: 'lorakit.node', module_root: require('path').join(__dirname, '..') });
+    }
   } catch (cause) {
     throw new NativeLoadError(`${HOW_TO_BUILD}\nCause: ${(cause as Error).message}`, { cause });
   }
@@ -132,17 +288,31 @@ export function call<T>(fn: (b: NativeBinding) => T): T {
   try {
     return fn(b);
   } catch (e) {
-    const err = e as { code?: string; message?: string };
-    const msg = err?.message ?? String(e);
-    switch (err?.code) {
-      case 'LORAKIT_TYPE':
-        throw new LoraTypeError(msg);
-      case 'LORAKIT_RANGE':
-        throw new LoraRangeError(msg);
-      case 'LORAKIT_STATE':
-        throw new StateError(msg);
-      default:
-        throw e;
-    }
+    throw mapNativeError(e);
+  }
+}
+
+/** call() for the Promise-returning bindings: rejections are mapped the same way. */
+export async function callAsync<T>(fn: (b: NativeBinding) => Promise<T>): Promise<T> {
+  const b = native();
+  try {
+    return await fn(b);
+  } catch (e) {
+    throw mapNativeError(e);
+  }
+}
+
+function mapNativeError(e: unknown): unknown {
+  const err = e as { code?: string; message?: string };
+  const msg = err?.message ?? String(e);
+  switch (err?.code) {
+    case 'LORAKIT_TYPE':
+      return new LoraTypeError(msg);
+    case 'LORAKIT_RANGE':
+      return new LoraRangeError(msg);
+    case 'LORAKIT_STATE':
+      return new StateError(msg);
+    default:
+      return e;
   }
 }

@@ -25,10 +25,20 @@ function checkDevice(d: unknown, name: string): Device {
   return d as Device;
 }
 
+/**
+ * The typed-array kind ('Float32Array', ...) by its toStringTag: unlike instanceof, this works for
+ * arrays made in another realm (vm contexts, jest, worker-transferred views).
+ */
+export function typedArrayKind(v: unknown): string | undefined {
+  if (!ArrayBuffer.isView(v) || v instanceof DataView) return undefined;
+  return (v as unknown as { [Symbol.toStringTag]: string })[Symbol.toStringTag];
+}
+
 function defaultDType(data: TensorData): DType | undefined {
-  if (data instanceof Int32Array) return 'i32';
-  if (data instanceof BigInt64Array) return 'i64';
-  if (data instanceof Uint16Array) return undefined; // bit patterns: the caller must say f16 or bf16
+  const kind = typedArrayKind(data);
+  if (kind === 'Int32Array') return 'i32';
+  if (kind === 'BigInt64Array') return 'i64';
+  if (kind === 'Uint16Array') return undefined; // bit patterns: the caller must say f16 or bf16
   return 'f32';
 }
 
@@ -82,7 +92,7 @@ export class Tensor {
       });
       data = Float64Array.from(data);
     }
-    if (!ArrayBuffer.isView(data))
+    if (typedArrayKind(data) === undefined)
       throw new LoraTypeError('data: expected Float32Array, Float64Array, number[], Uint16Array, Int32Array or BigInt64Array');
     const dtype = o.dtype !== undefined ? checkDType(o.dtype, 'opts.dtype') : defaultDType(data);
     if (dtype === undefined)
@@ -90,7 +100,7 @@ export class Tensor {
     checkDataMatches(data, dtype, 'data');
     const n = numelOf(s);
     if (data.length !== n)
-      throw new ShapeError(`data: has ${data.length} elements but shape ${shapeStr(s)} needs ${n}`);
+      throw new ShapeError(`data: has ${data.length} elements but shape ${shapeStr(s)} needs ${n}${resizedHint(data)}`);
     const t = Tensor.empty(s, { dtype, device: checkDevice(o.device ?? 'cpu', 'opts.device') });
     call(() => t.handle.write(data as Exclude<TensorData, number[]>));
     return t;
@@ -102,6 +112,11 @@ export class Tensor {
 
   get disposed(): boolean {
     return this.#handle === null;
+  }
+
+  /** True for real Tensors only (not objects that merely inherit Tensor.prototype). */
+  static isTensor(v: unknown): v is Tensor {
+    return typeof v === 'object' && v !== null && #handle in v;
   }
 
   /** @internal The native handle; throws if the tensor was disposed. */
@@ -135,7 +150,8 @@ export class Tensor {
 
   /** Overwrites the values in place from a typed array or tensor with the same number of elements. */
   copyFrom(src: Float32Array | Float64Array | Uint16Array | Int32Array | BigInt64Array | Tensor): this {
-    if (src instanceof Tensor) {
+    if (Tensor.isTensor(src)) {
+      if (src.disposed) throw new StateError('src: the tensor was disposed');
       if (src.numel !== this.numel)
         throw new ShapeError(`src: has ${src.numel} elements (shape ${shapeStr(src.shape)}) but this tensor has ${this.numel} (shape ${shapeStr(this.shape)})`);
       if (isFloatDType(src.dtype) !== isFloatDType(this.dtype) || (!isFloatDType(src.dtype) && src.dtype !== this.dtype))
@@ -143,10 +159,10 @@ export class Tensor {
       call((b) => b.convert(src.handle, this.handle));
       return this;
     }
-    if (!ArrayBuffer.isView(src)) throw new LoraTypeError('src: expected a typed array or a Tensor');
+    if (typedArrayKind(src) === undefined) throw new LoraTypeError('src: expected a typed array or a Tensor');
     checkDataMatches(src, this.dtype, 'src');
     if (src.length !== this.numel)
-      throw new ShapeError(`src: has ${src.length} elements but this tensor has shape ${shapeStr(this.shape)} (${this.numel})`);
+      throw new ShapeError(`src: has ${src.length} elements but this tensor has shape ${shapeStr(this.shape)} (${this.numel})${resizedHint(src)}`);
     call(() => this.handle.write(src));
     return this;
   }
@@ -187,19 +203,37 @@ export class Tensor {
 }
 
 function checkDataMatches(data: ArrayBufferView, dtype: DType, name: string): void {
+  const kind = typedArrayKind(data);
   const ok =
-    (isFloatDType(dtype) && (data instanceof Float32Array || data instanceof Float64Array)) ||
-    ((dtype === 'f16' || dtype === 'bf16') && data instanceof Uint16Array) ||
-    (dtype === 'i32' && data instanceof Int32Array) ||
-    (dtype === 'i64' && (data instanceof BigInt64Array || data instanceof Int32Array));
-  if (!ok) throw new LoraTypeError(`${name}: a ${data.constructor.name} cannot fill a ${dtype} tensor`);
-  if (data.buffer.byteLength === 0 && data.byteLength === 0 && (data as unknown as { length: number }).length !== 0)
-    throw new LoraTypeError(`${name}: the ArrayBuffer is detached`);
+    (isFloatDType(dtype) && (kind === 'Float32Array' || kind === 'Float64Array')) ||
+    ((dtype === 'f16' || dtype === 'bf16') && kind === 'Uint16Array') ||
+    (dtype === 'i32' && kind === 'Int32Array') ||
+    (dtype === 'i64' && (kind === 'BigInt64Array' || kind === 'Int32Array'));
+  if (!ok) throw new LoraTypeError(`${name}: a ${kind ?? 'DataView'} cannot fill a ${dtype} tensor`);
+  checkViewUsable(data, name);
+}
+
+/** Detached buffers read as empty; say so instead of reporting a confusing length mismatch. */
+function checkViewUsable(data: ArrayBufferView, name: string): void {
+  const buf = data.buffer;
+  if (data.byteLength === 0 && Object.prototype.toString.call(buf) === '[object ArrayBuffer]') {
+    try {
+      new Uint8Array(buf, 0, 0);
+    } catch {
+      throw new LoraTypeError(`${name}: the ArrayBuffer is detached (transferred or released)`);
+    }
+  }
+}
+
+/** Appended to length errors: a view of a shrunk resizable buffer reads as shorter or empty. */
+function resizedHint(data: ArrayBufferView): string {
+  const buf = data.buffer as ArrayBufferLike & { resizable?: boolean; growable?: boolean };
+  return buf.resizable || buf.growable ? ` (its buffer is resizable and now holds ${buf.byteLength} bytes)` : '';
 }
 
 /** Throws unless t is a live float tensor on the given device; returns it. */
 export function requireFloatTensor(t: unknown, name: string, device: Device = 'cpu'): Tensor {
-  if (!(t instanceof Tensor)) throw new LoraTypeError(`${name}: expected a Tensor, got ${describe(t)}`);
+  if (!Tensor.isTensor(t)) throw new LoraTypeError(`${name}: expected a Tensor, got ${describe(t)}`);
   if (t.disposed) throw new StateError(`${name}: the tensor was disposed`);
   if (!isFloatDType(t.dtype)) throw new DTypeError(`${name}: expected a float tensor (f32, f16, bf16), got ${t.dtype}`);
   if (t.device !== device) throw new LoraTypeError(`${name}: expected a ${device} tensor, got ${t.device}`);

@@ -25,6 +25,16 @@ export function checkFinite(v: unknown, name: string): number {
   return v;
 }
 
+/** Largest finite f32: kernels compute in f32, so a larger factor would silently become infinite. */
+export const F32_MAX = 3.4028234663852886e38;
+
+/** A finite scale factor that stays finite in f32. */
+export function checkScale(v: unknown, name: string): number {
+  checkFinite(v, name);
+  if (Math.abs(v as number) > F32_MAX) throw new LoraRangeError(`${name}: ${v} is outside the f32 range (|x| <= ${F32_MAX})`);
+  return v as number;
+}
+
 export function checkInt(v: unknown, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (typeof v !== 'number') throw new LoraTypeError(`${name}: expected an integer, got ${typeof v}`);
   if (!Number.isInteger(v) || v < min || v > max)

@@ -4,9 +4,9 @@
  * tensors together. The header is validated before any tensor is touched.
  */
 import * as fs from 'fs';
-import { DType } from '../dtype';
 import { LoraRangeError, LoraTypeError } from '../errors';
 import { Tensor } from '../tensor';
+import { ELEMENT_SIZE, SAFETENSORS_TO_DTYPE } from './tensor_bytes';
 
 export type SafetensorsDType = 'F32' | 'F16' | 'BF16' | 'I32' | 'I64' | 'F64' | 'I16' | 'I8' | 'U8' | 'BOOL' | string;
 
@@ -24,12 +24,9 @@ export interface SafetensorsHeader {
   dataStart: number;
 }
 
-const ELEMENT_SIZE: Record<string, number> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1, U16: 2, U32: 4, U64: 8,
-};
-const MAX_HEADER = 100 * 1024 * 1024;
+export const MAX_HEADER = 100 * 1024 * 1024;
 
-export const SAFETENSORS_TO_DTYPE: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16', I32: 'i32', I64: 'i64' };
+export { ELEMENT_SIZE, SAFETENSORS_TO_DTYPE };
 
 /** Parses and validates a header; `fileSize` bounds the offsets. */
 export function parseHeader(head: Buffer, fileSize: number, source = 'file'): SafetensorsHeader {
@@ -59,7 +56,7 @@ export function parseHeader(head: Buffer, fileSize: number, source = 'file'): Sa
     }
     const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (!e || typeof e !== 'object') throw new LoraTypeError(`${source}: tensor '${name}' entry must be an object`);
-    if (typeof e.dtype !== 'string' || !(e.dtype in ELEMENT_SIZE)) throw new LoraTypeError(`${source}: tensor '${name}' has unknown dtype ${String(e.dtype)}`);
+    if (typeof e.dtype !== 'string' || !Object.hasOwn(ELEMENT_SIZE, e.dtype)) throw new LoraTypeError(`${source}: tensor '${name}' has unknown dtype ${String(e.dtype)}`);
     if (!Array.isArray(e.shape) || e.shape.some((d) => !Number.isSafeInteger(d) || d < 0))
       throw new LoraTypeError(`${source}: tensor '${name}' has an invalid shape`);
     const off = e.data_offsets;

@@ -2,14 +2,18 @@
  * LoraLinear: y = x·Wᵀ + b + Σ_active s·(drop(x)·Aᵀ)·Bᵀ, as peft's lora.Linear. W is [out, in], or
  * [in, out] with fanInFanOut (GPT-2's Conv1D). The base GEMM and every active adapter's expand run
  * as one native pass that writes y once; the shrink x·Aᵀ is kept for backward.
+ * DoRA adapters (useDora) scale each output feature by magnitude / ‖W + s·B·A‖ (norm detached, as
+ * peft); the norm comes from a low-rank identity, never from a dense out×in delta.
  */
 import { Device, FloatDType } from '../dtype';
-import { DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
+import { AdapterError, DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
+import { KernelStep, KernelSteps, runStep, step } from '../exec';
 import { BackwardTermArg, NativeTensorHandle, call } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
+import { Mat, mat, qr, svd } from '../linalg';
 import { checkBool, checkOptions } from '../validate';
-import { AdapterGrads, BackwardResult, InitLoraWeights, LoraLayer } from './lora_layer';
+import { AdapterGrads, BackwardResult, InitLoraWeights, LoraLayer, MixedForwardOptions } from './lora_layer';
 
 export interface LoraLinearOptions {
   weight: Tensor;
@@ -30,6 +34,8 @@ interface ForwardCache {
   x: Tensor;
   outShape: number[];
   adapters: AdapterCache[];
+  /** DoRA forward: the detached norm [out] and pre = xa·Wᵀ + s·u·Bᵀ [n, out], both f32 */
+  dora?: { norm: Tensor; pre: Tensor };
 }
 
 export class LoraLinear extends LoraLayer {
@@ -38,6 +44,8 @@ export class LoraLinear extends LoraLayer {
   #bias: Tensor | null;
   #cache: ForwardCache | null = null;
   #forwardCount = 0;
+  /** peft's _caches: the DoRA weight norm of each merged DoRA adapter, for its unmerge */
+  readonly #doraMergeNorm = new Map<string, Tensor>();
 
   constructor(opts: LoraLinearOptions) {
     super();
@@ -73,18 +81,54 @@ export class LoraLinear extends LoraLayer {
     return this.fanInFanOut ? this.#weight.shape[1] : this.#weight.shape[0];
   }
 
-  /** x [..., in] → y [..., out] in x's dtype. In training mode the inputs are kept for backward(). */
-  forward(x: Tensor): Tensor {
+  /**
+   * x [..., in] → y [..., out] in x's dtype. In training mode the inputs are kept for backward().
+   * opts.adapterNames (eval mode): one adapter name or '__base__' per entry of x's first dimension.
+   */
+  forward(x: Tensor, opts: MixedForwardOptions = {}): Tensor {
+    return this.runLayerSync('forward', this.forwardSteps(x, opts));
+  }
+
+  /**
+   * forward() with the kernels on a libuv thread; x, the weights and y are busy until it settles.
+   * (A mixed-adapter batch has no async kernel yet: that pass runs on the JS thread.)
+   */
+  forwardAsync(x: Tensor, opts: MixedForwardOptions = {}): Promise<Tensor> {
+    return this.runLayerAsync('forward', this.forwardSteps(x, opts));
+  }
+
+  /** backward() with the kernels on a libuv thread. */
+  backwardAsync(dy: Tensor): Promise<BackwardResult> {
+    return this.runLayerAsync('backward', this.backwardSteps(dy));
+  }
+
+  private *forwardSteps(x: Tensor, opts: MixedForwardOptions): KernelSteps<Tensor> {
     requireFloatTensor(x, 'x', this.device);
     this.requireDeviceDType(x, 'x');
     if (x.shape.length === 0 || x.shape[x.shape.length - 1] !== this.inFeatures)
       throw new ShapeError(`x: expected shape [..., ${this.inFeatures}] (in_features), got ${shapeStr(x.shape)}`);
+    const o = checkOptions(opts, ['adapterNames'], 'opts') as MixedForwardOptions;
     this.requireLive();
-    if (this._disableAdapters && this.merged) this.unmerge();
+    if (o.adapterNames !== undefined) {
+      if (x.shape.length < 2) throw new ShapeError(`x: a mixed batch needs a batch dimension, got shape ${shapeStr(x.shape)}`);
+      this.requireCpu('a mixed-adapter batch');
+      const mixed = this.resolveMixedBatch(o.adapterNames, x.shape[0]);
+      this.clearCache();
+      return this.mixedForward(x, mixed.adapters, mixed.index);
+    }
+    if (this._disableAdapters && this.merged) yield* this.unmergeSteps();
     this.clearCache();
     const names = this.contributingAdapters();
+    const doraName = names.find((n) => this._useDora.get(n));
+    if (doraName !== undefined && names.length > 1)
+      throw new AdapterError(
+        `forward: DoRA adapter '${doraName}' must be the only active adapter (active: ${names.join(', ')}); ` +
+          "peft's result for several would depend on their order",
+      );
+    if (doraName !== undefined) this.requireCpu('DoRA');
     const stream = this.#forwardCount++;
     const adapters: AdapterCache[] = [];
+    let dora: ForwardCache['dora'];
     const outShape = [...x.shape.slice(0, -1), this.outFeatures];
     const dev = this.device;
     const y = Tensor.empty(outShape, { dtype: x.dtype, device: dev });
@@ -93,8 +137,9 @@ export class LoraLinear extends LoraLayer {
       if (dev === 'cuda' && !anyDropout) {
         // One native call: every shrink and the fused forward; u is kept only for backward.
         for (const name of names) {
-          const u = this._training ? Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: x.dtype, device: dev }) : null;
-          if (u) adapters.push({ name, xa: x, u, p: 0, seed: this._seed.get(name)!, stream });
+          if (!this._training) continue;
+          const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: x.dtype, device: dev });
+          adapters.push({ name, xa: x, u, p: 0, seed: this._seed.get(name)!, stream });
         }
         const args = names.map(
           (name, i) =>
@@ -102,7 +147,7 @@ export class LoraLinear extends LoraLayer {
               NativeTensorHandle, NativeTensorHandle, number, NativeTensorHandle | null,
             ],
         );
-        call((b) => b.loraForward(x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, args, y.handle));
+        yield step('loraForward', x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, args, y.handle);
         if (this._training) this.#cache = { x, outShape, adapters };
         return y;
       }
@@ -113,26 +158,99 @@ export class LoraLinear extends LoraLayer {
         if (p > 0) {
           xa = Tensor.empty(x.shape, { dtype: x.dtype, device: dev });
           adapters.push({ name, xa, u: xa, p, seed, stream }); // registered before use so it is freed on error
-          call((b) => b.dropout(x.handle, p, seed, stream, xa.handle));
+          yield step('dropout', x.handle, p, seed, stream, xa.handle);
         }
         // The shrink x·Aᵀ: f32 on the cpu; on cuda in x's dtype, the operand type of the tensor-core expand.
         const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: dev === 'cuda' ? x.dtype : 'f32', device: dev });
         if (p > 0) adapters[adapters.length - 1].u = u;
         else adapters.push({ name, xa, u, p, seed, stream });
-        call((b) => b.shrink(xa.handle, this._loraA.get(name)!.handle, u.handle));
+        yield step('shrink', xa.handle, this._loraA.get(name)!.handle, u.handle);
       }
-      const terms = adapters.map(
-        (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
-      );
-      call((b) => b.linearForward(x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, terms, y.handle));
+      if (doraName !== undefined) {
+        dora = this.doraForward(x, adapters[0], y); // no async kernel for DoRA yet: runs on the JS thread
+      } else {
+        const terms = adapters.map(
+          (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
+        );
+        yield step('linearForward', x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, terms, y.handle);
+      }
     } catch (e) {
       freeAdapterCache(adapters, x);
       y.dispose();
       throw e;
     }
-    if (this._training) this.#cache = { x, outShape, adapters };
-    else freeAdapterCache(adapters, x);
+    if (this._training) this.#cache = { x, outShape, adapters, dora };
+    else freeAdapterCache(adapters, x, dora);
     return y;
+  }
+
+  /** ‖W + s·B·A‖ per output feature (f32 [out]) for W (default: the base weight). */
+  doraWeightNorm(name: string, W: Tensor = this.#weight): Tensor {
+    this.requireAdapter(name, 'name');
+    this.requireCpu('DoRA');
+    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32' });
+    try {
+      call((b) =>
+        b.doraWeightNorm(W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, this._scaling.get(name)!, this.fanInFanOut, norm.handle),
+      );
+    } catch (e) {
+      norm.dispose();
+      throw e;
+    }
+    return norm;
+  }
+
+  private doraForward(x: Tensor, a: AdapterCache, y: Tensor): { norm: Tensor; pre: Tensor } {
+    const norm = this.doraWeightNorm(a.name);
+    let pre: Tensor | null = null;
+    try {
+      pre = Tensor.zeros([x.numel / this.inFeatures, this.outFeatures], { dtype: 'f32' });
+      const p = pre;
+      call((b) =>
+        b.doraLinearForward(x.handle, a.xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, a.u.handle,
+          this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!, norm.handle, this._loraMagnitude.get(a.name)!.handle, y.handle, p.handle),
+      );
+    } catch (e) {
+      norm.dispose();
+      pre?.dispose();
+      throw e;
+    }
+    return { norm, pre };
+  }
+
+  private doraBackward(dy: Tensor, cache: ForwardCache, dx: Tensor, grads: Map<string, AdapterGrads>): void {
+    const a = cache.adapters[0];
+    const dora = cache.dora!;
+    if (!this._loraA.has(a.name)) throw new StateError(`backward: adapter '${a.name}' was deleted after the forward`);
+    const A = this._loraA.get(a.name)!;
+    const B = this._loraB.get(a.name)!;
+    const m = this._loraMagnitude.get(a.name)!;
+    let g: AdapterGrads | null = null;
+    if (!this._inferenceMode.get(a.name)) {
+      g = {
+        loraA: Tensor.zeros(A.shape, { dtype: A.dtype }),
+        loraB: Tensor.zeros(B.shape, { dtype: B.dtype }),
+        magnitude: Tensor.zeros(m.shape, { dtype: m.dtype }),
+      };
+      grads.set(a.name, g);
+    }
+    const term = {
+      xa: a.xa.handle,
+      u: a.u.handle,
+      A: A.handle,
+      B: B.handle,
+      magnitude: m.handle,
+      scale: this._scaling.get(a.name)!,
+      p: a.p,
+      seed: a.seed,
+      stream: a.stream,
+      norm: dora.norm.handle,
+      pre: dora.pre.handle,
+    };
+    call((b) =>
+      b.doraLinearBackward(dy.handle, this.#weight.handle, this.fanInFanOut, term, dx.handle, g ? g.loraA.handle : null,
+        g ? g.loraB.handle : null, g ? g.magnitude!.handle : null),
+    );
   }
 
   /**
@@ -140,6 +258,10 @@ export class LoraLinear extends LoraLayer {
    * is not frozen. W and b never change.
    */
   backward(dy: Tensor): BackwardResult {
+    return this.runLayerSync('backward', this.backwardSteps(dy));
+  }
+
+  private *backwardSteps(dy: Tensor): KernelSteps<BackwardResult> {
     requireFloatTensor(dy, 'dy', this.device);
     this.requireDeviceDType(dy, 'dy');
     const cache = this.#cache;
@@ -152,7 +274,8 @@ export class LoraLinear extends LoraLayer {
     const grads = new Map<string, AdapterGrads>();
     const terms: BackwardTermArg[] = [];
     try {
-      for (const a of cache.adapters) {
+      if (cache.dora) this.doraBackward(dy, cache, dx, grads);
+      else for (const a of cache.adapters) {
         if (!this._loraA.has(a.name)) throw new StateError(`backward: adapter '${a.name}' was deleted after the forward`);
         const A = this._loraA.get(a.name)!;
         const B = this._loraB.get(a.name)!;
@@ -177,16 +300,90 @@ export class LoraLinear extends LoraLayer {
           dB: g ? g.loraB.handle : null,
         });
       }
-      call((b) => b.linearBackward(dy.handle, this.#weight.handle, this.fanInFanOut, terms, dx.handle));
+      if (!cache.dora) yield step('linearBackward', dy.handle, this.#weight.handle, this.fanInFanOut, terms, dx.handle);
     } catch (e) {
       dx.dispose();
       for (const g of grads.values()) {
         g.loraA.dispose();
         g.loraB.dispose();
+        g.magnitude?.dispose();
       }
       throw e;
     }
+    this.accumulateParameterGrads(grads);
     return { dx, grads };
+  }
+
+  /** One native pass: rows grouped per adapter, the base and that adapter's expand as one GEMM. */
+  private mixedForward(x: Tensor, adapters: string[], perEntry: Int32Array): Tensor {
+    const rowsPerEntry = x.numel / (x.shape[0] * this.inFeatures);
+    const rowAdapter = new Int32Array(x.numel / this.inFeatures);
+    perEntry.forEach((a, i) => rowAdapter.fill(this._disableAdapters ? -1 : a, i * rowsPerEntry, (i + 1) * rowsPerEntry));
+    const y = Tensor.zeros([...x.shape.slice(0, -1), this.outFeatures], { dtype: x.dtype });
+    try {
+      const factors = adapters.map(
+        (n) => [this._loraA.get(n)!.handle, this._loraB.get(n)!.handle, this._scaling.get(n)!] as [Tensor['handle'], Tensor['handle'], number],
+      );
+      call((b) => b.mixedLinearForward(x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, factors, rowAdapter, y.handle));
+    } catch (e) {
+      y.dispose();
+      throw e;
+    }
+    return y;
+  }
+
+  protected override get supportsWeightInit(): boolean {
+    return true;
+  }
+
+  /**
+   * peft's pissa_init / olora_init on W in [out, in] layout (float64): pissa takes the top-r SVD
+   * (A = √(S/s)·Vᵀ, B = U·√(S/s)), olora the thin QR (B = Q[:, :r], A = R[:r]); then W ← W − s·B·A,
+   * computed with A and B as stored, so W + s·B·A equals the old W up to W's own rounding.
+   */
+  protected override initFromWeight(kind: 'pissa' | 'olora', r: number, scaling: number, dtype: FloatDType): { A: Tensor; B: Tensor } {
+    this.requireCpu(`'${kind}' initialisation`);
+    const outF = this.outFeatures;
+    const inF = this.inFeatures;
+    if (r > Math.min(outF, inF))
+      throw new LoraRangeError(`opts.r: '${kind}' needs r <= min(out, in) = ${Math.min(outF, inF)}, got ${r}`);
+    if (!(scaling > 0)) throw new LoraRangeError(`opts.loraAlpha: '${kind}' needs a positive scaling, got ${scaling}`);
+    const w = this.#weight.toFloat32Array();
+    const W = mat(outF, inF);
+    for (let o = 0; o < outF; o++)
+      for (let i = 0; i < inF; i++) W.data[o * inF + i] = this.fanInFanOut ? w[i * outF + o] : w[o * inF + i];
+    const a = new Float64Array(r * inF);
+    const b = new Float64Array(outF * r);
+    if (kind === 'pissa') {
+      const f = svd(W);
+      const k = f.S.length;
+      for (let j = 0; j < r; j++) {
+        const root = Math.sqrt(f.S[j] / scaling);
+        for (let i = 0; i < inF; i++) a[j * inF + i] = root * f.Vt.data[j * inF + i];
+        for (let o = 0; o < outF; o++) b[o * r + j] = f.U.data[o * k + j] * root;
+      }
+    } else {
+      const f = qr(W);
+      const k = f.Q.cols;
+      for (let j = 0; j < r; j++) {
+        for (let i = 0; i < inF; i++) a[j * inF + i] = f.R.data[j * inF + i];
+        for (let o = 0; o < outF; o++) b[o * r + j] = f.Q.data[o * k + j];
+      }
+    }
+    const A = Tensor.from(a, [r, inF], { dtype });
+    const B = Tensor.from(b, [outF, r], { dtype });
+    const As: Mat = mat(r, inF, A.toFloat32Array());
+    const Bs = B.toFloat32Array();
+    const out = new Float64Array(w.length);
+    for (let o = 0; o < outF; o++)
+      for (let i = 0; i < inF; i++) {
+        let d = 0;
+        for (let j = 0; j < r; j++) d += Bs[o * r + j] * As.data[j * inF + i];
+        const idx = this.fanInFanOut ? i * outF + o : o * inF + i;
+        out[idx] = W.data[o * inF + i] - scaling * d;
+      }
+    this.#weight.copyFrom(out);
+    return { A, B };
   }
 
   protected createAdapterWeights(r: number, init: InitLoraWeights, rng: Rng, dtype: FloatDType): { A: Tensor; B: Tensor } {
@@ -202,10 +399,59 @@ export class LoraLinear extends LoraLayer {
     return { A: Tensor.from(a, [r, inF], { dtype, device }), B: Tensor.from(b, [outF, r], { dtype, device }) };
   }
 
-  protected writeDelta(name: string, sign: 1 | -1, W: Tensor, out: Tensor): void {
+  protected writeDelta(name: string, sign: 1 | -1, W: Tensor, out: Tensor, plainDelta = false): void {
     const s = sign * this._scaling.get(name)!;
     if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);
-    call((b) => b.mergeDelta(W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, this.fanInFanOut, out.handle));
+    const A = this._loraA.get(name)!;
+    const B = this._loraB.get(name)!;
+    if (!this._useDora.get(name) || plainDelta) {
+      runStep(this.loraDeltaStep(name, sign, W, out));
+      return;
+    }
+    // DoRA, as peft: merge caches the norm of W + ΔW, unmerge divides by the cached scale.
+    const m = this._loraMagnitude.get(name)!;
+    if (sign === 1) {
+      const norm = this.doraWeightNorm(name, W);
+      try {
+        call((b) => b.doraMerge(W.handle, A.handle, B.handle, s, this.fanInFanOut, m.handle, norm.handle, false, out.handle));
+      } catch (e) {
+        norm.dispose();
+        throw e;
+      }
+      this.#doraMergeNorm.get(name)?.dispose();
+      this.#doraMergeNorm.set(name, norm);
+    } else {
+      const norm = this.#doraMergeNorm.get(name);
+      if (!norm) throw new StateError(`unmerge: no cached weight norm for DoRA adapter '${name}'`);
+      call((b) => b.doraMerge(W.handle, A.handle, B.handle, -s, this.fanInFanOut, m.handle, norm.handle, true, out.handle));
+      norm.dispose();
+      this.#doraMergeNorm.delete(name);
+    }
+  }
+
+  protected override deltaStep(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelStep | null {
+    if (this._useDora.get(name)) return null; // DoRA merges go through writeDelta (JS thread)
+    return this.loraDeltaStep(name, sign, W, out);
+  }
+
+  private loraDeltaStep(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelStep {
+    const s = sign * this._scaling.get(name)!;
+    if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);
+    return step('mergeDelta', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, this.fanInFanOut, out.handle);
+  }
+
+  protected override get supportsDora(): boolean {
+    return true;
+  }
+
+  /** peft's DoRA init: magnitude = ‖W + s·B·A‖ per output feature, in A's dtype. */
+  protected override initMagnitude(name: string): Tensor {
+    const norm = this.doraWeightNorm(name);
+    try {
+      return norm.to({ dtype: this._loraA.get(name)!.dtype });
+    } finally {
+      norm.dispose();
+    }
   }
 
   protected override onReseed(): void {
@@ -213,7 +459,7 @@ export class LoraLinear extends LoraLayer {
   }
 
   protected clearCache(): void {
-    if (this.#cache) freeAdapterCache(this.#cache.adapters, this.#cache.x);
+    if (this.#cache) freeAdapterCache(this.#cache.adapters, this.#cache.x, this.#cache.dora);
     this.#cache = null;
   }
 
@@ -223,15 +469,22 @@ export class LoraLinear extends LoraLayer {
       throw new DTypeError(`${name}: on cuda, expected the weight's dtype ${this.#weight.dtype}, got ${t.dtype}`);
   }
 
+  /** Features that have no CUDA kernels yet say so instead of failing inside the addon. */
+  private requireCpu(what: string): void {
+    if (this.device !== 'cpu') throw new LoraTypeError(`${what}: not available for cuda layers yet (move the weight to the cpu)`);
+  }
+
   private requireLive(): void {
     if (this.#weight.disposed) throw new StateError('weight: the base weight tensor was disposed');
     if (this.#bias?.disposed) throw new StateError('bias: the bias tensor was disposed');
   }
 }
 
-function freeAdapterCache(adapters: AdapterCache[], x: Tensor): void {
+function freeAdapterCache(adapters: AdapterCache[], x: Tensor, dora?: { norm: Tensor; pre: Tensor }): void {
   for (const a of adapters) {
     if (a.xa !== x) a.xa.dispose();
     if (a.u !== a.xa) a.u.dispose();
   }
+  dora?.norm.dispose();
+  dora?.pre.dispose();
 }

@@ -1,6 +1,11 @@
 #include "tensor.h"
 #include <cstdlib>
+#include <cstring>
 #include <new>
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#define LORAKIT_HAVE_MMAP 1
+#endif
 
 namespace lorakit {
 
@@ -23,9 +28,21 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
   }
   size_t rounded = ((nbytes + 63) / 64) * 64;
   if (rounded == 0) rounded = 64;
-  void* p = std::aligned_alloc(64, rounded);  // 64-byte alignment for vector loads
+  void* p = nullptr;
+#ifdef LORAKIT_HAVE_MMAP
+  // Large buffers map pages directly: they arrive zeroed, and dispose() returns them to the OS at
+  // once (aligned malloc of big blocks fragments glibc's heap and keeps freed memory resident).
+  if (rounded >= (size_t(1) << 18)) {
+    p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) p = nullptr;
+    else s->mapped = true;
+  }
+#endif
+  if (!p) {
+    p = std::aligned_alloc(64, rounded);  // 64-byte alignment for vector loads
+    if (p) std::memset(p, 0, rounded);
+  }
   if (!p) throw Error(ErrorKind::Range, "out of memory allocating " + std::to_string(nbytes) + " bytes");
-  std::memset(p, 0, rounded);
   s->data = p;
   s->nbytes = nbytes;
   s->device = device;
@@ -33,7 +50,13 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
 }
 
 void Storage::release() {
-  if (data && device == Device::CPU) std::free(data);
+  if (data && device == Device::CPU) {
+#ifdef LORAKIT_HAVE_MMAP
+    if (mapped) munmap(data, ((nbytes + 63) / 64) * 64);
+    else
+#endif
+      std::free(data);
+  }
   if (data && device == Device::CUDA && g_cuda_memory) g_cuda_memory->free(data, nbytes);
   data = nullptr;
 }

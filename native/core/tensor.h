@@ -24,7 +24,10 @@ struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   Device device = Device::CPU;
-  std::atomic<int> busy{0};  // > 0 while async work uses the buffer
+  bool mapped = false;       // large CPU buffers come straight from mmap (see tensor.cc)
+  std::atomic<int> busy{0};     // > 0 while async work uses the buffer (no writes, no dispose)
+  std::atomic<int> writers{0};  // > 0 while async work writes it (no reads either)
+  // zero = false may leave device memory uninitialised (cpu memory is always zeroed).
   static std::shared_ptr<Storage> allocate(size_t nbytes, Device device, bool zero = true);
   void release();
   ~Storage() { release(); }

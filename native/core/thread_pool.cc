@@ -38,9 +38,10 @@ class Pool {
       generation_++;
     }
     cv_.notify_all();
-    drain();
+    drain(task, ntasks);
     std::unique_lock<std::mutex> lk(m_);
-    done_cv_.wait(lk, [&] { return pending_ == 0; });
+    // Also wait for every worker to leave drain(): a late one must not see the next call's state.
+    done_cv_.wait(lk, [&] { return pending_ == 0 && active_ == 0; });
     task_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
@@ -59,13 +60,14 @@ class Pool {
     for (auto& t : workers_) t.join();
     workers_.clear();
   }
-  void drain() {
+  // task and ntasks are this call's, read under m_ by the caller (never the shared fields).
+  void drain(const std::function<void(int)>& task, int ntasks) {
     tl_in_pool_task = true;
     for (;;) {
       int i = next_.fetch_add(1);
-      if (i >= ntasks_) break;
+      if (i >= ntasks) break;
       try {
-        (*task_)(i);
+        task(i);
       } catch (...) {
         std::lock_guard<std::mutex> lk(m_);
         if (!error_) error_ = std::current_exception();
@@ -78,13 +80,20 @@ class Pool {
   void loop() {
     uint64_t seen = 0;
     for (;;) {
+      const std::function<void(int)>* task;
+      int ntasks;
       {
         std::unique_lock<std::mutex> lk(m_);
         cv_.wait(lk, [&] { return quit_ || (generation_ != seen && task_ != nullptr); });
         if (quit_) return;
         seen = generation_;
+        task = task_;
+        ntasks = ntasks_;
+        active_++;
       }
-      drain();
+      drain(*task, ntasks);
+      std::lock_guard<std::mutex> lk(m_);
+      if (--active_ == 0 && pending_ == 0) done_cv_.notify_all();
     }
   }
 
@@ -95,6 +104,7 @@ class Pool {
   int ntasks_ = 0;
   std::atomic<int> next_{0};
   int pending_ = 0;
+  int active_ = 0;  // workers inside drain() for the current call
   uint64_t generation_ = 0;
   bool quit_ = false;
   std::exception_ptr error_;

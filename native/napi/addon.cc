@@ -2,8 +2,12 @@
 #include <napi.h>
 #include <random>
 #include "addon_data.h"
+#include "async_binding.h"
+#include "bench_binding.h"
 #include "cuda_binding.h"
 #include "kernels_binding.h"
+#include "optim_binding.h"
+#include "parity_binding.h"
 #include "tensor_binding.h"
 
 namespace lorakit {
@@ -19,6 +23,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<AddonData>(data);
   NativeTensor::Init(env, exports);
   InitKernels(env, exports);
+  InitAsync(env, exports);
+  InitOptim(env, exports);
+  InitParity(env, exports);
+  InitBench(env, exports);
   InitCuda(env, exports);
   return exports;
 }

@@ -101,19 +101,26 @@ Napi::Value NativeTensor::Write(const Napi::CallbackInfo& info) {
     if (!storage_) throw_state("data: the tensor was disposed");
     if (storage_->busy.load() > 0) throw_state("data: the tensor is in use by async work");
     if (info.Length() < 1 || !info[0].IsTypedArray()) throw_type("data: expected a typed array");
-    Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+    // Raw info rather than ta.ArrayBuffer(): that fails on SharedArrayBuffer-backed arrays, and
+    // the data pointer here already includes the byte offset.
+    napi_typedarray_type tt;
+    size_t len = 0, byte_offset = 0;
+    void* raw = nullptr;
+    napi_value ab;
+    if (napi_get_typedarray_info(info.Env(), info[0], &tt, &len, &raw, &ab, &byte_offset) != napi_ok)
+      throw_type("data: could not read the typed array");
     int64_t n = ref_.numel();
-    if (static_cast<int64_t>(ta.ElementLength()) != n)
-      throw_range("data: has " + std::to_string(ta.ElementLength()) + " elements but shape " + shape_str(ref_.shape) +
+    if (static_cast<int64_t>(len) != n)
+      throw_range("data: has " + std::to_string(len) + " elements but shape " + shape_str(ref_.shape) +
                   " needs " + std::to_string(n));
-    if (ta.ArrayBuffer().Data() == nullptr && n > 0) throw_type("data: the ArrayBuffer is detached");
-    const uint8_t* src = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    if (raw == nullptr && n > 0) throw_type("data: the ArrayBuffer is detached");
+    if (n == 0) return info.Env().Undefined();
+    const uint8_t* src = static_cast<const uint8_t*>(raw);
     DType dt = ref_.dtype;
     // A cuda tensor is filled through a host staging copy in its own dtype.
     std::vector<uint8_t> staging;
     void* const dst = storage_->device == Device::CPU ? ref_.data
                                                        : (staging.resize(storage_->nbytes), static_cast<void*>(staging.data()));
-    napi_typedarray_type tt = ta.TypedArrayType();
     if (dtype_is_float(dt)) {
       if (tt == napi_float32_array) {
         std::vector<float> tmp(n);  // copy first: the source may be unaligned
@@ -157,6 +164,7 @@ Napi::Value NativeTensor::Read(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     if (!storage_) throw_state("tensor: the tensor was disposed");
+    if (storage_->writers.load() > 0) throw_state("tensor: the tensor is being written by async work");
     std::string kind = get_string(info, 0, "kind");
     int64_t n = ref_.numel();
     DType dt = ref_.dtype;

@@ -20,6 +20,8 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Device device() const { return storage_ ? storage_->device : Device::CPU; }
   const TensorRef& ref() const { return ref_; }
   Storage* storage() const { return storage_.get(); }
+  // Async work holds this so the memory outlives a garbage-collected handle.
+  std::shared_ptr<Storage> shared_storage() const { return storage_; }
 
  private:
   Napi::Value Write(const Napi::CallbackInfo& info);

@@ -3,7 +3,19 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { SafetensorsFile } from '../../lib/io/safetensors';
 
-export const GOLDEN_DIR = process.env.LORAKIT_GOLDEN ?? path.resolve(__dirname, '../../../shared/golden');
+/** LORAKIT_GOLDEN, else the first shared/golden beside the checkout or one of its ancestors. */
+function findGolden(): string {
+  if (process.env.LORAKIT_GOLDEN) return process.env.LORAKIT_GOLDEN;
+  let dir = path.resolve(__dirname, '../..');
+  for (;;) {
+    const candidate = path.join(path.dirname(dir), 'shared', 'golden');
+    if (fs.existsSync(candidate)) return candidate;
+    if (path.dirname(dir) === dir) return path.resolve(__dirname, '../../../shared/golden');
+    dir = path.dirname(dir);
+  }
+}
+
+export const GOLDEN_DIR = findGolden();
 
 export function goldenExists(): boolean {
   return fs.existsSync(path.join(GOLDEN_DIR, 'linear_basic.safetensors'));

@@ -1,0 +1,230 @@
+/**
+ * Adapters on disk in peft's layout: adapter_config.json, adapter_model.safetensors with keys
+ * `base_model.model.<module>.lora_A.weight` (adapter name stripped; embeddings use
+ * `lora_embedding_A`), README.md. The default adapter goes to the directory itself, others to
+ * sub-directories named after them.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
+import { writeFileAtomicSync } from '../io/atomic';
+import { SafetensorsReader } from '../io/safetensors_reader';
+import { writeSafetensors } from '../io/safetensors_writer';
+import { Tensor } from '../tensor';
+import { LoraConfig, fromPeftJson, peftJsonText, resolveConfig, toPeftJson } from './config';
+import { LoraModel } from './lora_model';
+import { modelCard } from './model_card';
+import { ModuleKind, ModuleSpec, normalizeModules, shapeOf } from './modules';
+
+export const CONFIG_FILE = 'adapter_config.json';
+export const WEIGHTS_FILE = 'adapter_model.safetensors';
+const PREFIX = 'base_model.model.';
+
+export interface AdapterTensors {
+  A: Tensor | null;
+  B: Tensor | null;
+  /** Embedding adapters are stored as lora_embedding_A/B. */
+  embedding: boolean;
+}
+
+export interface AdapterOnDisk {
+  config: LoraConfig;
+  /** Module name → its factors (native tensors in the file's dtype). */
+  modules: Map<string, AdapterTensors>;
+}
+
+function lorakitVersion(): string {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return (require(path.join(__dirname, '..', '..', 'package.json')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** The saved tensor names of one module's factors. */
+export function peftKeys(moduleName: string, kind: ModuleKind): { A: string; B: string } {
+  return kind === 'embedding'
+    ? { A: `${PREFIX}${moduleName}.lora_embedding_A`, B: `${PREFIX}${moduleName}.lora_embedding_B` }
+    : { A: `${PREFIX}${moduleName}.lora_A.weight`, B: `${PREFIX}${moduleName}.lora_B.weight` };
+}
+
+const KEY_RE = /^(?:base_model\.model\.)?(.+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)$/;
+
+/** Reads an adapter directory (config + tensors), validating both. */
+export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnDisk {
+  if (typeof dir !== 'string' || dir.length === 0) throw new LoraTypeError('dir: expected an adapter directory path');
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new LoraRangeError(`dir: ${dir} is not a directory`);
+  const cfgPath = path.join(dir, CONFIG_FILE);
+  const wPath = path.join(dir, WEIGHTS_FILE);
+  if (!fs.existsSync(cfgPath)) throw new LoraRangeError(`dir: ${dir} has no ${CONFIG_FILE}`);
+  if (!fs.existsSync(wPath)) {
+    const bin = fs.existsSync(path.join(dir, 'adapter_model.bin'));
+    throw new LoraRangeError(`dir: ${dir} has no ${WEIGHTS_FILE}${bin ? ' (only adapter_model.bin, a pickle lorakit does not read: re-save with safe_serialization=True)' : ''}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(fs.readFileSync(cfgPath, 'utf8'));
+  } catch (e) {
+    throw new LoraTypeError(`${cfgPath}: not valid JSON (${(e as Error).message})`);
+  }
+  const config = fromPeftJson(json, cfgPath, warn);
+  const reader = new SafetensorsReader(wPath);
+  const modules = new Map<string, AdapterTensors>();
+  try {
+    for (const key of reader.names) {
+      const m = KEY_RE.exec(key);
+      if (!m) {
+        for (const t of modules.values()) [t.A, t.B].forEach((x) => x?.dispose());
+        throw new AdapterError(`${wPath}: tensor '${key}' is not a LoRA factor lorakit reads (lora_A/lora_B .weight or lora_embedding_A/B; DoRA, lora_bias and modules_to_save are not supported)`);
+      }
+      const [, mod, part] = m;
+      const t = modules.get(mod) ?? { A: null, B: null, embedding: part.startsWith('lora_embedding') };
+      modules.set(mod, t);
+      const tensor = reader.tensor(key);
+      if (part === 'lora_A.weight' || part === 'lora_embedding_A') t.A = tensor;
+      else t.B = tensor;
+    }
+  } finally {
+    reader.close();
+  }
+  for (const [mod, t] of modules) {
+    if (!t.A || !t.B) throw new AdapterError(`${wPath}: module '${mod}' has ${t.A ? 'lora_A' : 'lora_B'} but not ${t.A ? 'lora_B' : 'lora_A'}`);
+  }
+  return { config, modules };
+}
+
+function disposeAdapter(a: AdapterOnDisk): void {
+  for (const t of a.modules.values()) {
+    t.A?.dispose();
+    t.B?.dispose();
+  }
+}
+
+/** The module kind an adapter's factors imply for a module, given its weight shape. */
+function kindFromFactors(spec: ModuleSpec, t: AdapterTensors): ModuleKind {
+  if (t.embedding) return 'embedding';
+  if (t.A!.shape.length === 4) return 'conv2d';
+  const w = shapeOf(spec.weight);
+  const fitsLinear = w[1] === t.A!.shape[1] && w[0] === t.B!.shape[0];
+  const fitsConv1d = w[0] === t.A!.shape[1] && w[1] === t.B!.shape[0];
+  if (spec.kind === 'conv1d' && fitsConv1d) return 'conv1d';
+  if (fitsLinear) return 'linear';
+  if (fitsConv1d) return 'conv1d';
+  return spec.kind; // the shape check reports the mismatch
+}
+
+/** Copies loaded factors into a model's adapter, checking names and shapes. */
+function assignFactors(model: LoraModel, a: AdapterOnDisk, name: string, source: string, warn: (m: string) => void): void {
+  const targeted = new Set(model.targetedModules(name));
+  const absent: string[] = [];
+  for (const mod of a.modules.keys()) {
+    if (!model.modules.has(mod)) absent.push(mod);
+    else if (!targeted.has(mod)) throw new AdapterError(`${source}: the adapter has factors for module '${mod}', which its target_modules do not select in this model`);
+  }
+  // A model given as a subset of modules (weights held by another stack) uses what it has, as peft ignores unexpected keys.
+  if (absent.length > 0) warn(`lorakit: ${source}: ignoring factors of ${absent.length} module(s) this model does not have (${absent.slice(0, 3).join(', ')}${absent.length > 3 ? ', ...' : ''})`);
+  const missing: string[] = [];
+  for (const mod of targeted) {
+    const t = a.modules.get(mod);
+    if (!t) {
+      missing.push(mod);
+      continue;
+    }
+    const layer = model.layers.get(mod);
+    if (!layer) throw new StateError(`${source}: module '${mod}' was given as a shape only; loading weights needs its tensor`);
+    const A = layer.loraA.get(name)!;
+    const B = layer.loraB.get(name)!;
+    const wantA = A.shape.join();
+    const gotA = t.A!.shape.join();
+    if (wantA !== gotA || B.shape.join() !== t.B!.shape.slice(0, B.shape.length).join())
+      throw new ShapeError(`${source}: module '${mod}': lora_A ${shapeStr(t.A!.shape)} / lora_B ${shapeStr(t.B!.shape)} do not fit the layer (expects ${shapeStr(A.shape)} / ${shapeStr(B.shape)}; check r and rank_pattern)`);
+    A.copyFrom(t.A!);
+    B.copyFrom(t.B!);
+  }
+  if (missing.length > 0) warn(`lorakit: ${source}: no factors for ${missing.length} targeted module(s) (${missing.slice(0, 3).join(', ')}...); they keep their initial values`);
+}
+
+export interface LoadOptions {
+  /** Load as trainable (peft's is_trainable); by default the adapter is frozen (inference mode). */
+  isTrainable?: boolean;
+  warn?: (message: string) => void;
+}
+
+/** LoraModel.fromPretrained: module kinds follow the adapter's own tensors. */
+export function fromPretrained(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, adapterName: string, opts: LoadOptions): LoraModel {
+  const warn = opts.warn ?? ((m: string) => console.warn(m));
+  const a = readAdapter(dir, warn);
+  try {
+    const list = [...(modules instanceof Map ? modules.values() : modules)].map((s) => ({ ...s }));
+    normalizeModules(list); // report bad specs before using them
+    for (const spec of list) {
+      const t = a.modules.get(spec.name);
+      if (t) spec.kind = kindFromFactors(spec, t);
+    }
+    const model = new LoraModel(list, { ...a.config, inferenceMode: !(opts.isTrainable ?? false) }, adapterName);
+    try {
+      assignFactors(model, a, adapterName, dir, warn);
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+    return model;
+  } finally {
+    disposeAdapter(a);
+  }
+}
+
+/** model.loadAdapter: adds the adapter from disk under `name` (not activated, as in peft). */
+export function loadAdapter(model: LoraModel, dir: string, name: string, opts: LoadOptions): void {
+  const warn = opts.warn ?? ((m: string) => console.warn(m));
+  const a = readAdapter(dir, warn);
+  try {
+    for (const [mod, t] of a.modules) {
+      const m = model.modules.get(mod);
+      if (m && m.kind !== kindFromFactors({ ...m, bias: m.bias ?? undefined, tiedTo: m.tiedTo ?? undefined }, t))
+        throw new AdapterError(`${dir}: the factors of module '${mod}' are for a ${kindFromFactors({ ...m, bias: undefined, tiedTo: undefined }, t)} module, but the model has it as ${m.kind}`);
+    }
+    model.addAdapter(name, { ...a.config, inferenceMode: !(opts.isTrainable ?? false) });
+    try {
+      assignFactors(model, a, name, dir, warn);
+    } catch (e) {
+      model.deleteAdapter(name);
+      throw e;
+    }
+  } finally {
+    disposeAdapter(a);
+  }
+}
+
+/** model.savePretrained: each adapter to `dir` (default) or `dir/<name>`, atomically, file by file. */
+export function savePretrained(model: LoraModel, dir: string, selected?: string[]): void {
+  if (typeof dir !== 'string' || dir.length === 0) throw new LoraTypeError('dir: expected a directory path');
+  const names = selected ?? model.adapterNames;
+  names.forEach((n, i) => model.requireAdapter(n, `opts.selectedAdapters[${i}]`));
+  model.requireAllData('savePretrained', names);
+  for (const name of names) {
+    const out = name === 'default' ? dir : path.join(dir, name);
+    fs.mkdirSync(out, { recursive: true });
+    const cfg = model.peftConfig.get(name)!;
+    const tensors = new Map<string, Tensor>();
+    for (const mod of model.targetedModules(name)) {
+      const m = model.modules.get(mod)!;
+      const layer = model.layers.get(mod)!;
+      const keys = peftKeys(mod, m.kind);
+      tensors.set(keys.A, layer.loraA.get(name)!);
+      tensors.set(keys.B, layer.loraB.get(name)!);
+    }
+    writeSafetensors(path.join(out, WEIGHTS_FILE), tensors, { format: 'pt' });
+    const targets = model.resolvedTargets(cfg);
+    writeFileAtomicSync(path.join(out, CONFIG_FILE), peftJsonText(toPeftJson(resolveConfig(configOf(cfg)), targets)));
+    const card = path.join(out, 'README.md');
+    if (!fs.existsSync(card)) writeFileAtomicSync(card, modelCard(cfg, lorakitVersion()));
+  }
+}
+
+/** A LoraConfig from a resolved one (drops lorakit-only fields that are not saved). */
+function configOf(c: ReturnType<typeof resolveConfig>): LoraConfig {
+  const { seed: _seed, outputHead: _head, ...rest } = c;
+  return rest;
+}

@@ -1,0 +1,341 @@
+/**
+ * LoraModel: peft's LoraModel over a set of named modules. LoRA is injected where the config's
+ * targetModules match (peft's rules); adapters are added, activated, deleted and combined
+ * model-wide; parameter counts come from shapes alone, so a model given as shapes can be counted
+ * without allocating its weights.
+ */
+import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../errors';
+import { LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
+import { Rng, nextGlobalSeed } from '../rng';
+import { Tensor } from '../tensor';
+import { checkOptions, checkString, numelOf } from '../validate';
+import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
+import { createLayer } from './layer_factory';
+import { ModuleSpec, NormalizedModule, baseParamCount, hasData, loraShapes, normalizeModules } from './modules';
+import { isExcluded, isTargeted, rankAndAlpha } from './targeting';
+import { LoadOptions, fromPretrained, loadAdapter, savePretrained } from './adapter_io';
+
+export interface FromPretrainedOptions extends LoadOptions {
+  adapterName?: string;
+}
+
+export interface AdapterSlot {
+  r: number;
+  loraAlpha: number;
+}
+
+export class LoraModel {
+  /** Module name → its LoRA layer (targeted modules that hold data). */
+  readonly layers = new Map<string, LoraLayer>();
+  /** Adapter name → its resolved config. */
+  readonly peftConfig = new Map<string, ResolvedLoraConfig>();
+  readonly #modules: Map<string, NormalizedModule>;
+  /** Module name → adapter name → rank and alpha (also for shape-only modules). */
+  readonly #slots = new Map<string, Map<string, AdapterSlot>>();
+  #active: string[] = [];
+  #unloaded = false;
+
+  constructor(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, config: LoraConfig, adapterName = 'default') {
+    this.#modules = normalizeModules(modules);
+    this.#active = [adapterName];
+    this.addAdapter(adapterName, config);
+  }
+
+  get modules(): ReadonlyMap<string, NormalizedModule> {
+    return this.#modules;
+  }
+
+  get activeAdapters(): readonly string[] {
+    return this.#active.slice();
+  }
+
+  get adapterNames(): string[] {
+    return [...this.peftConfig.keys()];
+  }
+
+  /** Module names carrying the adapter (all of them when no adapter is named). */
+  targetedModules(adapterName?: string): string[] {
+    return [...this.#slots.entries()].filter(([, s]) => adapterName === undefined || s.has(adapterName)).map(([n]) => n);
+  }
+
+  /** Rank and alpha of an adapter on one module. */
+  slot(moduleName: string, adapterName: string): AdapterSlot | undefined {
+    return this.#slots.get(moduleName)?.get(adapterName);
+  }
+
+  /** The target list after expanding 'all-linear' (what adapter_config.json records). */
+  resolvedTargets(c: ResolvedLoraConfig): string[] | string {
+    if (c.targetModules !== 'all-linear') return c.targetModules!;
+    return [...this.#modules.values()]
+      .filter((m) => (m.kind === 'linear' || m.kind === 'conv1d') && !this.isOutputHead(m.name, c))
+      .map((m) => m.name);
+  }
+
+  /** Injects a new adapter where its config targets; like peft it does not become active. */
+  addAdapter(name: string, config: LoraConfig): this {
+    this.requireLive();
+    checkString(name, 'adapterName');
+    if (this.peftConfig.has(name)) throw new AdapterError(`adapterName: adapter '${name}' already exists`);
+    if (name === '__base__') throw new AdapterError("adapterName: '__base__' is reserved");
+    const c = resolveConfig(config);
+    if (c.bias !== 'none' && [...this.peftConfig.values()].some((o) => o.bias !== 'none'))
+      throw new AdapterError(`config.bias: only one adapter may have bias != 'none' (as in peft)`);
+    const targets = this.resolvedTargets(c);
+    const hits = [...this.#modules.values()].filter((m) => !isExcluded(c, m.name) && isTargeted(c, targets, m.name));
+    if (hits.length === 0)
+      throw new AdapterError(`config.targetModules: ${JSON.stringify(c.targetModules)} matched no module (modules look like '${[...this.#modules.keys()].slice(0, 3).join("', '")}')`);
+    for (const m of hits) {
+      if (m.kind === 'other') throw new LoraTypeError(`config.targetModules: module '${m.name}' (kind 'other') cannot take LoRA; supported kinds are linear, conv1d, embedding, conv2d`);
+    }
+    const rng = new Rng(c.seed ?? nextGlobalSeed());
+    const created: Array<[string, LoraLayer, boolean]> = [];
+    try {
+      for (const m of hits) {
+        const { r, alpha } = rankAndAlpha(c, m.name);
+        if (!Number.isInteger(r) || r < 1) throw new LoraRangeError(`config.rankPattern: rank for '${m.name}' must be a positive integer, got ${r}`);
+        const seed = rng.nextSeed();
+        if (hasData(m.weight)) {
+          let layer = this.layers.get(m.name);
+          const fresh = layer === undefined;
+          layer ??= createLayer(m);
+          layer.addAdapter(name, { r, loraAlpha: alpha, loraDropout: c.loraDropout, useRslora: c.useRslora, initLoraWeights: c.initLoraWeights, seed, inferenceMode: c.inferenceMode });
+          created.push([m.name, layer, fresh]);
+          if (fresh) this.layers.set(m.name, layer);
+        }
+        if (!this.#slots.has(m.name)) this.#slots.set(m.name, new Map());
+        this.#slots.get(m.name)!.set(name, { r, loraAlpha: alpha });
+      }
+    } catch (e) {
+      for (const [mod, layer, fresh] of created) {
+        if (fresh) {
+          layer.dispose();
+          this.layers.delete(mod);
+        } else if (layer.adapterNames.includes(name)) layer.deleteAdapter(name);
+      }
+      for (const [mod, s] of [...this.#slots]) {
+        s.delete(name);
+        if (s.size === 0) this.#slots.delete(mod);
+      }
+      throw e;
+    }
+    this.peftConfig.set(name, c);
+    this.syncActive();
+    return this;
+  }
+
+  /** Makes the named adapter(s) active on every layer (layers without one of them skip it). */
+  setAdapter(names: string | string[]): this {
+    this.requireLive();
+    const list = typeof names === 'string' ? [names] : names;
+    if (!Array.isArray(list) || list.length === 0) throw new LoraTypeError('names: expected an adapter name or a non-empty array of names');
+    list.forEach((n, i) => this.requireAdapter(n, `names[${i}]`));
+    this.#active = [...new Set(list)];
+    this.syncActive();
+    return this;
+  }
+
+  /** Removes an adapter everywhere. If it was active, the first remaining adapter becomes active. */
+  deleteAdapter(name: string): this {
+    this.requireLive();
+    this.requireAdapter(name, 'adapterName');
+    for (const [mod, layer] of this.layers) {
+      if (!layer.adapterNames.includes(name)) continue;
+      layer.deleteAdapter(name);
+      if (layer.adapterNames.length === 0) {
+        layer.dispose();
+        this.layers.delete(mod);
+      }
+    }
+    for (const [mod, s] of [...this.#slots]) {
+      s.delete(name);
+      if (s.size === 0) this.#slots.delete(mod);
+    }
+    this.peftConfig.delete(name);
+    this.#active = this.#active.filter((n) => n !== name);
+    if (this.#active.length === 0 && this.peftConfig.size > 0) this.#active = [this.adapterNames[0]];
+    this.syncActive();
+    return this;
+  }
+
+  /**
+   * Combines existing adapters into a new one on every layer that has them all
+   * (peft's add_weighted_adapter; the new adapter's scaling is 1).
+   */
+  addWeightedAdapter(adapters: string[], weights: number[], newName: string, opts: WeightedAdapterOptions = {}): this {
+    this.requireLive();
+    if (!Array.isArray(adapters) || adapters.length === 0) throw new LoraTypeError('adapters: expected a non-empty array of adapter names');
+    if (!Array.isArray(weights) || weights.length !== adapters.length)
+      throw new LoraRangeError(`weights: expected ${adapters.length} numbers (one per adapter), got ${Array.isArray(weights) ? weights.length : typeof weights}`);
+    adapters.forEach((n, i) => this.requireAdapter(n, `adapters[${i}]`));
+    checkString(newName, 'newName');
+    if (this.peftConfig.has(newName)) throw new AdapterError(`newName: adapter '${newName}' already exists`);
+    const first = this.peftConfig.get(adapters[0])!;
+    const done: LoraLayer[] = [];
+    try {
+      for (const [mod, layer] of this.layers) {
+        const have = adapters.filter((a) => layer.adapterNames.includes(a));
+        if (have.length === 0) continue;
+        layer.addWeightedAdapter(have, have.map((a) => weights[adapters.indexOf(a)]), newName, opts);
+        done.push(layer);
+        const r = layer.r.get(newName)!;
+        if (!this.#slots.has(mod)) this.#slots.set(mod, new Map());
+        this.#slots.get(mod)!.set(newName, { r, loraAlpha: layer.loraAlpha.get(newName)! });
+      }
+    } catch (e) {
+      for (const l of done) l.deleteAdapter(newName);
+      for (const s of this.#slots.values()) s.delete(newName);
+      throw e;
+    }
+    const targets = this.targetedModules(newName);
+    const r = targets.length ? this.#slots.get(targets[0])!.get(newName)!.r : first.r;
+    this.peftConfig.set(newName, { ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, layersToTransform: null, layersPattern: null, excludeModules: null });
+    for (const mod of targets) {
+      const s = this.#slots.get(mod)!.get(newName)!;
+      if (s.r !== r) this.peftConfig.get(newName)!.rankPattern[mod] = s.r;
+      if (s.loraAlpha !== r) this.peftConfig.get(newName)!.alphaPattern[mod] = s.loraAlpha;
+    }
+    this.syncActive();
+    return this;
+  }
+
+  /**
+   * Loads a peft adapter directory onto modules (kinds follow the adapter's tensors). The adapter
+   * is frozen unless opts.isTrainable, as in peft.
+   */
+  static fromPretrained(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, opts: FromPretrainedOptions = {}): LoraModel {
+    const o = checkOptions(opts, ['adapterName', 'isTrainable', 'warn'], 'opts') as FromPretrainedOptions;
+    return fromPretrained(modules, dir, o.adapterName ?? 'default', o);
+  }
+
+  /** Adds an adapter from a peft adapter directory under `name` (not activated, as in peft). */
+  loadAdapter(dir: string, name: string, opts: LoadOptions = {}): this {
+    this.requireLive();
+    checkString(name, 'name');
+    loadAdapter(this, dir, name, checkOptions(opts, ['isTrainable', 'warn'], 'opts') as LoadOptions);
+    return this;
+  }
+
+  /** Writes every (or the selected) adapter in peft's format; non-default adapters go to dir/<name>. */
+  savePretrained(dir: string, opts: { selectedAdapters?: string[] } = {}): this {
+    this.requireLive();
+    const o = checkOptions(opts, ['selectedAdapters'], 'opts') as { selectedAdapters?: string[] };
+    savePretrained(this, dir, o.selectedAdapters);
+    return this;
+  }
+
+  /** { trainable, total } parameter counts as peft's get_nb_trainable_parameters gives them. */
+  getNbTrainableParameters(): { trainable: number; total: number } {
+    let total = 0;
+    let trainable = 0;
+    const biasMode = this.#active.map((a) => this.peftConfig.get(a)?.bias ?? 'none').find((b) => b !== 'none') ?? 'none';
+    for (const m of this.#modules.values()) {
+      total += baseParamCount(m);
+      const biasN = m.bias ? numelOf(m.bias instanceof Tensor ? m.bias.shape : m.bias) : 0;
+      const slots = this.#slots.get(m.name);
+      if (biasMode === 'all' || (biasMode === 'lora_only' && slots && this.#active.some((a) => slots.has(a)))) trainable += biasN;
+      if (!slots) continue;
+      for (const [adapter, s] of slots) {
+        const { A, B } = loraShapes(m, s.r);
+        const n = numelOf(A) + numelOf(B);
+        total += n;
+        const cfg = this.peftConfig.get(adapter)!;
+        if (this.#active.includes(adapter) && !cfg.inferenceMode) trainable += n;
+      }
+    }
+    return { trainable, total };
+  }
+
+  /** Prints (and returns) peft's line: `trainable params: N || all params: M || trainable%: P`. */
+  printTrainableParameters(log: (line: string) => void = (l) => console.log(l)): string {
+    const { trainable, total } = this.getNbTrainableParameters();
+    const pct = total === 0 ? 0 : (100 * trainable) / total;
+    const line = `trainable params: ${groupDigits(trainable)} || all params: ${groupDigits(total)} || trainable%: ${pct.toFixed(4)}`;
+    log(line);
+    return line;
+  }
+
+  /** Merges the active (or named) adapters into the base weights in place. */
+  mergeAdapter(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): this {
+    this.requireLive();
+    const o = checkOptions(opts, ['adapterNames', 'safeMerge'], 'opts') as { adapterNames?: string[]; safeMerge?: boolean };
+    const names = o.adapterNames ?? this.#active;
+    names.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
+    this.requireAllData('mergeAdapter', names);
+    for (const layer of this.layers.values()) {
+      const own = names.filter((n) => layer.adapterNames.includes(n));
+      if (own.length) layer.merge({ adapterNames: own, safeMerge: o.safeMerge ?? false });
+    }
+    return this;
+  }
+
+  /** Undoes every merge (LIFO per layer). */
+  unmergeAdapter(): this {
+    this.requireLive();
+    for (const layer of this.layers.values()) layer.unmerge();
+    return this;
+  }
+
+  /**
+   * Merges the active (or named) adapters and returns the base model's state dict under its own
+   * tensor names (tied weights once, under the owner's name). The weights are the caller's own
+   * tensors, changed in place as peft's merge_and_unload does; the adapters are freed and the
+   * model can no longer be used.
+   */
+  mergeAndUnload(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): Map<string, Tensor> {
+    this.requireAllData('mergeAndUnload', null);
+    this.mergeAdapter(opts);
+    const out = this.stateDict();
+    for (const layer of this.layers.values()) layer.dispose();
+    this.layers.clear();
+    this.#unloaded = true;
+    return out;
+  }
+
+  /** The base tensors under their state-dict names (modules given as shapes are skipped). */
+  stateDict(): Map<string, Tensor> {
+    const out = new Map<string, Tensor>();
+    for (const m of this.#modules.values()) {
+      if (m.tiedTo === null && hasData(m.weight)) out.set(m.weightName, m.weight);
+      if (m.bias && hasData(m.bias)) out.set(m.biasName, m.bias);
+    }
+    return out;
+  }
+
+  /** Frees every adapter tensor (the base weights belong to the caller). */
+  dispose(): void {
+    for (const layer of this.layers.values()) layer.dispose();
+    this.layers.clear();
+    this.#unloaded = true;
+  }
+
+  /** @internal */
+  requireAdapter(name: unknown, argName: string): string {
+    if (typeof name !== 'string') throw new LoraTypeError(`${argName}: expected an adapter name (string), got ${typeof name}`);
+    if (!this.peftConfig.has(name)) throw new AdapterError(`${argName}: unknown adapter '${name}' (this model has: ${this.adapterNames.join(', ') || 'none'})`);
+    return name;
+  }
+
+  /** @internal Throws unless every module carrying the adapters (all when null) holds data. */
+  requireAllData(op: string, adapters: string[] | null): void {
+    for (const [mod, s] of this.#slots) {
+      if (adapters !== null && !adapters.some((a) => s.has(a))) continue;
+      if (!this.layers.has(mod)) throw new StateError(`${op}: module '${mod}' was given as a shape only; ${op} needs its weight tensor`);
+    }
+  }
+
+  private isOutputHead(name: string, c: ResolvedLoraConfig): boolean {
+    return c.outputHead.some((h) => name === h || name.endsWith(`.${h}`));
+  }
+
+  private syncActive(): void {
+    for (const layer of this.layers.values()) layer.setAdapter(this.#active.filter((a) => layer.adapterNames.includes(a)));
+  }
+
+  private requireLive(): void {
+    if (this.#unloaded) throw new StateError('LoraModel: already unloaded (mergeAndUnload/dispose); build a new one');
+  }
+}
+
+function groupDigits(n: number): string {
+  return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+}

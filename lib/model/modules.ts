@@ -1,0 +1,194 @@
+/**
+ * The modules a LoraModel works on: { name, kind, weight, bias? } where weight/bias are Tensors or
+ * bare shapes (enough to count parameters). modulesFromStateDict groups a flat state dict
+ * (`<module>.weight`, `<module>.bias`) into modules and guesses kinds with a small name map.
+ */
+import { LoraRangeError, LoraTypeError, shapeStr } from '../errors';
+import { Tensor } from '../tensor';
+import { numelOf } from '../validate';
+
+/** 'other' holds parameters LoRA never targets (norms, scalars): counted, merged through unchanged. */
+export type ModuleKind = 'linear' | 'conv1d' | 'embedding' | 'conv2d' | 'other';
+export const MODULE_KINDS: readonly ModuleKind[] = ['linear', 'conv1d', 'embedding', 'conv2d', 'other'];
+
+export type ParamValue = Tensor | readonly number[];
+
+export interface ModuleSpec {
+  name: string;
+  kind: ModuleKind;
+  weight: ParamValue;
+  bias?: ParamValue | null;
+  /** Name of the module whose weight this one shares (tied embeddings): counted once, saved once. */
+  tiedTo?: string;
+  /** State-dict names (default `<name>.weight` / `<name>.bias`). */
+  weightName?: string;
+  biasName?: string;
+}
+
+export interface NormalizedModule {
+  name: string;
+  kind: ModuleKind;
+  weight: ParamValue;
+  bias: ParamValue | null;
+  tiedTo: string | null;
+  weightName: string;
+  biasName: string;
+}
+
+export function shapeOf(p: ParamValue): readonly number[] {
+  return p instanceof Tensor ? p.shape : p;
+}
+
+export function hasData(p: ParamValue | null): p is Tensor {
+  return p instanceof Tensor;
+}
+
+/** [in, out] of a module as LoRA sees it (embedding: in = num_embeddings; conv2d: in = in_channels). */
+export function loraDims(m: NormalizedModule): { inF: number; outF: number } {
+  const s = shapeOf(m.weight);
+  switch (m.kind) {
+    case 'linear':
+      return { inF: s[1], outF: s[0] };
+    case 'conv1d':
+      return { inF: s[0], outF: s[1] };
+    case 'embedding':
+      return { inF: s[0], outF: s[1] };
+    case 'conv2d':
+      return { inF: s[1], outF: s[0] };
+    default:
+      throw new LoraTypeError(`module '${m.name}': kind ${m.kind} cannot take LoRA`);
+  }
+}
+
+/** Shapes of lora_A and lora_B for rank r, as peft stores them. */
+export function loraShapes(m: NormalizedModule, r: number): { A: number[]; B: number[] } {
+  const s = shapeOf(m.weight);
+  switch (m.kind) {
+    case 'linear':
+      return { A: [r, s[1]], B: [s[0], r] };
+    case 'conv1d':
+      return { A: [r, s[0]], B: [s[1], r] };
+    case 'embedding':
+      return { A: [r, s[0]], B: [s[1], r] };
+    case 'conv2d':
+      return { A: [r, s[1], s[2], s[3]], B: [s[0], r, 1, 1] };
+    default:
+      throw new LoraTypeError(`module '${m.name}': kind ${m.kind} cannot take LoRA`);
+  }
+}
+
+const RANK: Record<ModuleKind, number | null> = { linear: 2, conv1d: 2, embedding: 2, conv2d: 4, other: null };
+
+function checkParam(v: unknown, name: string): ParamValue {
+  if (v instanceof Tensor) {
+    if (v.disposed) throw new LoraTypeError(`${name}: the tensor was disposed`);
+    return v;
+  }
+  if (Array.isArray(v) && v.every((d) => Number.isSafeInteger(d) && d >= 0)) return Object.freeze([...v]) as readonly number[];
+  throw new LoraTypeError(`${name}: expected a Tensor or a shape (array of non-negative integers)`);
+}
+
+export function normalizeModules(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, argName = 'modules'): Map<string, NormalizedModule> {
+  const list = modules instanceof Map ? [...modules.values()] : [...modules];
+  const out = new Map<string, NormalizedModule>();
+  list.forEach((m, i) => {
+    const where = `${argName}[${i}]`;
+    if (!m || typeof m !== 'object') throw new LoraTypeError(`${where}: expected { name, kind, weight, bias? }`);
+    if (typeof m.name !== 'string' || m.name.length === 0) throw new LoraTypeError(`${where}.name: expected a non-empty string`);
+    if (!MODULE_KINDS.includes(m.kind)) throw new LoraTypeError(`${where}.kind: expected one of ${MODULE_KINDS.join(', ')}, got ${String(m.kind)}`);
+    if (out.has(m.name)) throw new LoraRangeError(`${where}.name: module '${m.name}' appears twice`);
+    const weight = checkParam(m.weight, `${where}.weight`);
+    const rank = RANK[m.kind];
+    if (rank !== null && shapeOf(weight).length !== rank)
+      throw new LoraRangeError(`${where}.weight: a ${m.kind} module needs a ${rank}-D weight, '${m.name}' has shape ${shapeStr(shapeOf(weight))}`);
+    const bias = m.bias === undefined || m.bias === null ? null : checkParam(m.bias, `${where}.bias`);
+    out.set(m.name, {
+      name: m.name,
+      kind: m.kind,
+      weight,
+      bias,
+      tiedTo: m.tiedTo ?? null,
+      weightName: m.weightName ?? `${m.name}.weight`,
+      biasName: m.biasName ?? `${m.name}.bias`,
+    });
+  });
+  for (const m of out.values()) {
+    if (m.tiedTo !== null && !out.has(m.tiedTo)) throw new LoraRangeError(`${argName}: module '${m.name}' is tied to '${m.tiedTo}', which is not in the list`);
+  }
+  return out;
+}
+
+/** Number of elements of the module's own parameters (a tied weight is counted by its owner only). */
+export function baseParamCount(m: NormalizedModule): number {
+  return (m.tiedTo === null ? numelOf(shapeOf(m.weight)) : 0) + (m.bias ? numelOf(shapeOf(m.bias)) : 0);
+}
+
+const EMBEDDING_NAMES = /^(embed_tokens|embed_positions|embed_in|word_embeddings|position_embeddings|token_type_embeddings|tok_embeddings|wte|wpe|shared|embeddings)$/;
+const CONV1D_NAMES = /^(c_attn|c_proj|c_fc|q_attn)$/; // transformers' GPT-2 family Conv1D
+
+/** The default kind for a module from its last name component and weight shape. */
+export function guessKind(name: string, shape: readonly number[]): ModuleKind {
+  const last = name.slice(name.lastIndexOf('.') + 1);
+  if (shape.length === 4) return 'conv2d';
+  if (shape.length !== 2) return 'other';
+  if (EMBEDDING_NAMES.test(last)) return 'embedding';
+  if (CONV1D_NAMES.test(last)) return 'conv1d';
+  return 'linear';
+}
+
+export interface FromStateDictOptions {
+  /** Kind overrides: a module name or '.'-suffix → kind (e.g. { c_proj: 'linear' }). */
+  kinds?: Record<string, ModuleKind>;
+  /**
+   * Tied weights { removed name: kept name } (torch's save_model writes these in the safetensors
+   * metadata, e.g. { 'model.decoder.embed_tokens.weight': 'lm_head.weight' }).
+   */
+  aliases?: Map<string, string> | Record<string, string>;
+}
+
+function kindOverride(name: string, kinds: Record<string, ModuleKind> | undefined): ModuleKind | undefined {
+  if (!kinds) return undefined;
+  for (const [k, v] of Object.entries(kinds)) if (name === k || name.endsWith(`.${k}`)) return v;
+  return undefined;
+}
+
+/**
+ * Groups a state dict into modules: `<m>.weight` (+ `<m>.bias`) becomes module <m>; any other
+ * tensor becomes an 'other' module of its own. Aliased (tied) weights become modules tied to their owner.
+ */
+export function modulesFromStateDict(stateDict: Map<string, ParamValue> | Record<string, ParamValue>, opts: FromStateDictOptions = {}): ModuleSpec[] {
+  const sd = stateDict instanceof Map ? stateDict : new Map(Object.entries(stateDict));
+  const aliases = opts.aliases instanceof Map ? opts.aliases : new Map(Object.entries(opts.aliases ?? {}));
+  const mods: ModuleSpec[] = [];
+  const used = new Set<string>();
+  const ownerOf = new Map<string, string>(); // weight name → module name
+  for (const [key, value] of sd) {
+    if (!key.endsWith('.weight')) continue;
+    const name = key.slice(0, -'.weight'.length);
+    const shape = shapeOf(value);
+    const kind = kindOverride(name, opts.kinds) ?? guessKind(name, shape);
+    const biasKey = `${name}.bias`;
+    const bias = sd.get(biasKey);
+    const mod: ModuleSpec = { name, kind, weight: value };
+    if (bias !== undefined && shapeOf(bias).length === 1) {
+      mod.bias = bias;
+      used.add(biasKey);
+    }
+    mods.push(mod);
+    used.add(key);
+    ownerOf.set(key, name);
+  }
+  for (const [key, value] of sd) {
+    if (used.has(key)) continue;
+    mods.push({ name: key, kind: 'other', weight: value, weightName: key });
+  }
+  for (const [removed, kept] of aliases) {
+    const owner = ownerOf.get(kept);
+    if (owner === undefined || sd.has(removed) || !removed.endsWith('.weight')) continue;
+    const name = removed.slice(0, -'.weight'.length);
+    const value = sd.get(kept)!;
+    const kind = kindOverride(name, opts.kinds) ?? guessKind(name, shapeOf(value));
+    mods.push({ name, kind, weight: value, tiedTo: owner });
+  }
+  return mods;
+}

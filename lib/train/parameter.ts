@@ -1,0 +1,64 @@
+/**
+ * Parameter: a trainable tensor and its accumulated gradient, as torch's nn.Parameter with .grad.
+ * Layers hand out the same Parameter objects on every parameters() call, and backward() adds the
+ * adapter gradients into them, so several backward passes before optimizer.step() accumulate.
+ * Gradients are always f32, whatever the parameter's dtype.
+ */
+import { ShapeError, StateError, shapeStr } from '../errors';
+import { call } from '../native';
+import { Tensor, requireFloatTensor } from '../tensor';
+import { checkFinite } from '../validate';
+
+/** What a parameter is inside a LoRA adapter (LoRA+ gives lora_B a larger learning rate). */
+export type ParameterRole = 'lora_A' | 'lora_B' | 'lora_magnitude_vector';
+
+export class Parameter {
+  #grad: Tensor | null = null;
+
+  constructor(
+    /** peft-style key within its layer, e.g. 'lora_A.default.weight'. */
+    readonly name: string,
+    readonly role: ParameterRole,
+    readonly adapter: string,
+    readonly data: Tensor,
+  ) {}
+
+  get shape(): readonly number[] {
+    return this.data.shape;
+  }
+  get numel(): number {
+    return this.data.numel;
+  }
+
+  /** The f32 gradient accumulated since the last zeroGrad(), or null if none. */
+  get grad(): Tensor | null {
+    return this.#grad;
+  }
+
+  /** grad += alpha·g (creates the gradient on first use). */
+  accumulateGrad(g: Tensor, alpha = 1): void {
+    requireFloatTensor(g, 'g');
+    checkFinite(alpha, 'alpha');
+    if (this.data.disposed) throw new StateError(`${this.name}: the parameter tensor was disposed (adapter deleted?)`);
+    if (g.shape.length !== this.data.shape.length || g.shape.some((d, i) => d !== this.data.shape[i]))
+      throw new ShapeError(`g: expected shape ${shapeStr(this.data.shape)} (parameter ${this.name}), got ${shapeStr(g.shape)}`);
+    if (!this.#grad) this.#grad = Tensor.zeros(this.data.shape, { dtype: 'f32' });
+    const grad = this.#grad;
+    call((b) => b.accumulate(grad.handle, g.handle, alpha));
+  }
+
+  /** Drops the gradient (torch's zero_grad(set_to_none=True)). */
+  zeroGrad(): void {
+    this.#grad?.dispose();
+    this.#grad = null;
+  }
+
+  toString(): string {
+    return `Parameter(${this.name}, ${shapeStr(this.data.shape)}, ${this.data.dtype})`;
+  }
+}
+
+/** Total number of elements (the "trainable params" count). */
+export function countParameters(params: readonly Parameter[]): number {
+  return params.reduce((n, p) => n + p.numel, 0);
+}

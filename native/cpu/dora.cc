@@ -1,0 +1,263 @@
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include "../core/thread_pool.h"
+#include "gemm.h"
+#include "ops.h"
+#include "parity_ops.h"
+
+namespace lorakit {
+namespace cpu {
+namespace {
+
+// W as the [out, in] matrix whatever its storage layout.
+MatView weight_oi(const TensorRef& W, bool fifo, int64_t in, int64_t outf) {
+  return fifo ? transposed(W.data, W.dtype, outf) : row_major(W.data, W.dtype, in);
+}
+
+// Wᵀ as the [in, out] B operand of x·Wᵀ.
+MatView weight_t(const TensorRef& W, bool fifo, int64_t in, int64_t outf) {
+  return fifo ? row_major(W.data, W.dtype, outf) : transposed(W.data, W.dtype, in);
+}
+
+std::unique_ptr<float[]> scale_vector(const TensorRef& magnitude, const float* norm, int64_t outf) {
+  std::unique_ptr<float[]> k(new float[outf]);
+  for (int64_t o = 0; o < outf; o++) k[o] = load_f32(magnitude.data, magnitude.dtype, o) / norm[o];
+  return k;
+}
+
+}  // namespace
+
+void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
+                      float* norm) {
+  int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
+  int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
+  int64_t r = A.dim(0);
+  // M = W·Aᵀ [out, r]
+  std::unique_ptr<float[]> M(new float[std::max<int64_t>(1, outf * r)]);
+  GemmOutput mo;
+  mo.data = M.get();
+  mo.ldc = r;
+  gemm(outf, r, {{weight_oi(W, fan_in_fan_out, in, outf), transposed(A.data, A.dtype, in), in, 1.f}}, mo);
+  // G = A·Aᵀ [r, r] in f64
+  std::unique_ptr<double[]> G(new double[std::max<int64_t>(1, r * r)]);
+  for (int64_t a = 0; a < r; a++)
+    for (int64_t b = a; b < r; b++) {
+      double s = 0;
+      for (int64_t i = 0; i < in; i++)
+        s += double(load_f32(A.data, A.dtype, a * in + i)) * load_f32(A.data, A.dtype, b * in + i);
+      G[a * r + b] = G[b * r + a] = s;
+    }
+  // ‖W_o‖² per output feature (f64)
+  std::unique_ptr<double[]> wsq(new double[outf]);
+  const float* Mp = M.get();
+  const double* Gp = G.get();
+  parallel_for(
+      outf,
+      [&](int64_t b, int64_t e) {
+        for (int64_t o = b; o < e; o++) {
+          double s = 0;
+          if (fan_in_fan_out) {
+            for (int64_t i = 0; i < in; i++) {
+              double v = load_f32(W.data, W.dtype, i * outf + o);
+              s += v * v;
+            }
+          } else if (W.dtype == DType::F32) {
+            const float* row = static_cast<const float*>(W.data) + o * in;
+            for (int64_t i = 0; i < in; i++) s += double(row[i]) * row[i];
+          } else {
+            for (int64_t i = 0; i < in; i++) {
+              double v = load_f32(W.data, W.dtype, o * in + i);
+              s += v * v;
+            }
+          }
+          double cross = 0, quad = 0;
+          for (int64_t k = 0; k < r; k++) {
+            double bk = load_f32(B.data, B.dtype, o * r + k);
+            cross += double(Mp[o * r + k]) * bk;
+            double bg = 0;
+            for (int64_t j = 0; j < r; j++) bg += double(load_f32(B.data, B.dtype, o * r + j)) * Gp[j * r + k];
+            quad += bg * bk;
+          }
+          double n2 = s + 2.0 * scale * cross + double(scale) * scale * quad;
+          norm[o] = static_cast<float>(std::sqrt(std::max(0.0, n2)));
+        }
+      },
+      std::max<int64_t>(1, 4096 / std::max<int64_t>(1, in)));
+}
+
+void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
+                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& B, float scale, const float* norm,
+                         const TensorRef& magnitude, const TensorRef& y, float* pre) {
+  int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
+  int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
+  int64_t n = x.numel() / in, r = B.dim(1);
+  MatView wt = weight_t(W, fan_in_fan_out, in, outf);
+  GemmOutput po;
+  po.data = pre;
+  po.ldc = outf;
+  gemm(n, outf,
+       {{row_major(xa.data, xa.dtype, in), wt, in, 1.f},
+        {row_major(u.data, u.dtype, r), transposed(B.data, B.dtype, r), r, scale}},
+       po);
+  bool dropped = xa.data != x.data;
+  std::unique_ptr<float[]> diff;
+  if (dropped) {  // (x − xa)·Wᵀ: the base path outside the dropout
+    diff.reset(new float[n * outf]);
+    GemmOutput d;
+    d.data = diff.get();
+    d.ldc = outf;
+    gemm(n, outf, {{row_major(x.data, x.dtype, in), wt, in, 1.f}, {row_major(xa.data, xa.dtype, in), wt, in, -1.f}}, d);
+  }
+  std::unique_ptr<float[]> k = scale_vector(magnitude, norm, outf);
+  const float* kp = k.get();
+  const float* dp = diff.get();
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; i++)
+          for (int64_t o = 0; o < outf; o++) {
+            float v = kp[o] * pre[i * outf + o];
+            if (dp) v += dp[i * outf + o];
+            if (bias) v += load_f32(bias->data, bias->dtype, o);
+            store_f32(y.data, y.dtype, i * outf + o, v);
+          }
+      },
+      std::max<int64_t>(1, 8192 / std::max<int64_t>(1, outf)));
+}
+
+void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out, const DoraBackwardArgs& a,
+                          const TensorRef* dx, const TensorRef* dA, const TensorRef* dB, const TensorRef* dmagnitude) {
+  int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
+  int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
+  int64_t n = dy.numel() / outf, r = a.B.dim(1);
+  std::unique_ptr<float[]> k = scale_vector(a.magnitude, a.norm, outf);
+  const float* kp = k.get();
+  if (dmagnitude) {  // column sums of dy⊙pre, f64, in row order (deterministic)
+    parallel_for(
+        outf,
+        [&](int64_t b, int64_t e) {
+          for (int64_t o = b; o < e; o++) {
+            double s = 0;
+            for (int64_t i = 0; i < n; i++) s += double(load_f32(dy.data, dy.dtype, i * outf + o)) * a.pre[i * outf + o];
+            store_f32(dmagnitude->data, dmagnitude->dtype, o, static_cast<float>(s / a.norm[o]));
+          }
+        },
+        std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n)));
+  }
+  // dyk = k⊙dy (f32)
+  std::unique_ptr<float[]> dyk(new float[n * outf]);
+  float* dykp = dyk.get();
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; i++)
+          for (int64_t o = 0; o < outf; o++) dykp[i * outf + o] = kp[o] * load_f32(dy.data, dy.dtype, i * outf + o);
+      },
+      std::max<int64_t>(1, 8192 / std::max<int64_t>(1, outf)));
+  MatView dykv = row_major(dykp, DType::F32, outf);
+  // g = scale·dyk·B [n, r]
+  std::unique_ptr<float[]> g(new float[std::max<int64_t>(1, n * r)]);
+  {
+    GemmOutput o;
+    o.data = g.get();
+    o.ldc = r;
+    gemm(n, r, {{dykv, row_major(a.B.data, a.B.dtype, r), outf, a.scale}}, o);
+  }
+  if (dB) {
+    GemmOutput o;
+    o.data = dB->data;
+    o.dtype = dB->dtype;
+    o.ldc = r;
+    gemm(outf, r, {{transposed(dykp, DType::F32, outf), row_major(a.u.data, a.u.dtype, r), n, a.scale}}, o);
+  }
+  if (dA) {
+    GemmOutput o;
+    o.data = dA->data;
+    o.dtype = dA->dtype;
+    o.ldc = in;
+    gemm(r, in, {{transposed(g.get(), DType::F32, r), row_major(a.xa.data, a.xa.dtype, in), n, 1.f}}, o);
+  }
+  if (!dx) return;
+  MatView w = fan_in_fan_out ? transposed(W.data, W.dtype, outf) : row_major(W.data, W.dtype, in);  // [out, in]
+  MatView gv = row_major(g.get(), DType::F32, r);
+  MatView av = row_major(a.A.data, a.A.dtype, in);
+  if (a.dropout_p <= 0.f) {
+    GemmOutput o;
+    o.data = dx->data;
+    o.dtype = dx->dtype;
+    o.ldc = in;
+    gemm(n, in, {{dykv, w, outf, 1.f}, {gv, av, r, 1.f}}, o);
+    return;
+  }
+  // (k − 1)⊙dy reuses dyk's buffer after dA/dB are done with it.
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; i++)
+          for (int64_t o = 0; o < outf; o++) dykp[i * outf + o] -= load_f32(dy.data, dy.dtype, i * outf + o);
+      },
+      std::max<int64_t>(1, 8192 / std::max<int64_t>(1, outf)));
+  std::unique_ptr<float[]> base(new float[n * in]), inner(new float[n * in]);
+  GemmOutput ob;
+  ob.data = base.get();
+  ob.ldc = in;
+  gemm(n, in, {{row_major(dy.data, dy.dtype, outf), w, outf, 1.f}}, ob);
+  GemmOutput oi;
+  oi.data = inner.get();
+  oi.ldc = in;
+  gemm(n, in, {{dykv, w, outf, 1.f}, {gv, av, r, 1.f}}, oi);
+  float keep_scale = 1.f / (1.f - a.dropout_p);
+  float* bp = base.get();
+  const float* ip = inner.get();
+  parallel_for(
+      n * in,
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; i++)
+          if (dropout_keep(a.seed, a.stream, static_cast<uint64_t>(i), a.dropout_p)) bp[i] += ip[i] * keep_scale;
+      },
+      1 << 14);
+  convert(bp, DType::F32, dx->data, dx->dtype, n * in);
+}
+
+void dora_merge(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
+                const TensorRef& magnitude, const float* norm, bool inverse, const TensorRef& out) {
+  int64_t rows = W.dim(0), cols = W.dim(1), r = A.dim(0);
+  int64_t outf = fan_in_fan_out ? cols : rows;
+  std::unique_ptr<float[]> k = scale_vector(magnitude, norm, outf);
+  // Row i of W gets scale·Σ_k P[i,k]·Q[k,:] (as merge_delta), then k scales per output feature.
+  std::unique_ptr<float[]> P(new float[rows * r]), Q(new float[r * cols]);
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t j = 0; j < r; j++)
+      P[i * r + j] = scale * (fan_in_fan_out ? load_f32(A.data, A.dtype, j * rows + i) : load_f32(B.data, B.dtype, i * r + j));
+  for (int64_t j = 0; j < r; j++)
+    for (int64_t c = 0; c < cols; c++)
+      Q[j * cols + c] = fan_in_fan_out ? load_f32(B.data, B.dtype, c * r + j) : load_f32(A.data, A.dtype, j * cols + c);
+  const float* Pp = P.get();
+  const float* Qp = Q.get();
+  const float* kp = k.get();
+  parallel_for(
+      rows,
+      [&](int64_t b, int64_t e) {
+        std::unique_ptr<float[]> delta(new float[cols]);
+        for (int64_t i = b; i < e; i++) {
+          float* d = delta.get();
+          std::fill(d, d + cols, 0.f);
+          for (int64_t j = 0; j < r; j++) {
+            float p = Pp[i * r + j];
+            const float* q = Qp + j * cols;
+            for (int64_t c = 0; c < cols; c++) d[c] += p * q[c];
+          }
+          for (int64_t c = 0; c < cols; c++) {
+            float kk = fan_in_fan_out ? kp[c] : kp[i];
+            float w = load_f32(W.data, W.dtype, i * cols + c);
+            float v = inverse ? w / kk - d[c] : kk * (w + d[c]);
+            store_f32(out.data, out.dtype, i * cols + c, v);
+          }
+        }
+      },
+      std::max<int64_t>(1, 16384 / std::max<int64_t>(1, cols)));
+}
+
+}  // namespace cpu
+}  // namespace lorakit

@@ -1,0 +1,115 @@
+#include "optim.h"
+#include <cmath>
+#include <vector>
+#include "../core/thread_pool.h"
+
+namespace lorakit {
+namespace cpu {
+namespace {
+
+constexpr int64_t kChunk = 1 << 13;
+
+// Loads the current value of element i: the f32 master copy when there is one.
+inline float load_param(const TensorRef& p, const float* master, int64_t i) {
+  return master ? master[i] : load_f32(p.data, p.dtype, i);
+}
+
+inline void store_param(const TensorRef& p, float* master, int64_t i, float v) {
+  if (master) master[i] = v;
+  store_f32(p.data, p.dtype, i, v);
+}
+
+}  // namespace
+
+void adamw_step(const TensorRef& param, const TensorRef& grad, float* exp_avg, float* exp_avg_sq, float* master,
+                const AdamWHyper& h) {
+  const int64_t n = param.numel();
+  const float decay = static_cast<float>(1.0 - h.lr * h.weight_decay);
+  const float b1 = static_cast<float>(h.beta1), b2 = static_cast<float>(h.beta2);
+  const float one_minus_b1 = static_cast<float>(1.0 - h.beta1), one_minus_b2 = static_cast<float>(1.0 - h.beta2);
+  const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(h.step));
+  const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(h.step));
+  const float step_size = static_cast<float>(h.lr / bc1);
+  const float inv_bc2_sqrt = static_cast<float>(1.0 / std::sqrt(bc2));
+  const float eps = static_cast<float>(h.eps);
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; i++) {
+          float g = load_f32(grad.data, grad.dtype, i);
+          float p = load_param(param, master, i) * decay;
+          float m = b1 * exp_avg[i] + one_minus_b1 * g;
+          float v = b2 * exp_avg_sq[i] + one_minus_b2 * g * g;
+          exp_avg[i] = m;
+          exp_avg_sq[i] = v;
+          p -= step_size * m / (std::sqrt(v) * inv_bc2_sqrt + eps);
+          store_param(param, master, i, p);
+        }
+      },
+      kChunk);
+}
+
+void sgd_step(const TensorRef& param, const TensorRef& grad, float* momentum_buf, float* master, const SgdHyper& h) {
+  const int64_t n = param.numel();
+  const float lr = static_cast<float>(h.lr), mu = static_cast<float>(h.momentum);
+  const float wd = static_cast<float>(h.weight_decay), damp = static_cast<float>(1.0 - h.dampening);
+  const bool use_momentum = h.momentum != 0.0 && momentum_buf;
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; i++) {
+          float p = load_param(param, master, i);
+          float g = load_f32(grad.data, grad.dtype, i);
+          if (wd != 0.f) g += wd * p;
+          if (use_momentum) {
+            float buf = h.first_step ? g : mu * momentum_buf[i] + damp * g;
+            momentum_buf[i] = buf;
+            g = h.nesterov ? g + mu * buf : buf;
+          }
+          store_param(param, master, i, p - lr * g);
+        }
+      },
+      kChunk);
+}
+
+void accumulate(const TensorRef& dst, const TensorRef& src, float alpha) {
+  float* d = dst.as<float>();
+  parallel_for(
+      dst.numel(),
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; i++) d[i] += alpha * load_f32(src.data, src.dtype, i);
+      },
+      kChunk);
+}
+
+double sum_squares(const TensorRef& t) {
+  const int64_t n = t.numel();
+  // Fixed chunks summed in order, so the result does not depend on the thread count.
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
+  parallel_for(chunks, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; c++) {
+      double s = 0;
+      for (int64_t i = c * kChunk, end = std::min(n, (c + 1) * kChunk); i < end; i++) {
+        double v = load_f32(t.data, t.dtype, i);
+        s += v * v;
+      }
+      partial[static_cast<size_t>(c)] = s;
+    }
+  });
+  double s = 0;
+  for (double v : partial) s += v;
+  return s;
+}
+
+void scale_inplace(const TensorRef& t, float alpha) {
+  parallel_for(
+      t.numel(),
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; i++) store_f32(t.data, t.dtype, i, alpha * load_f32(t.data, t.dtype, i));
+      },
+      kChunk);
+}
+
+}  // namespace cpu
+}  // namespace lorakit

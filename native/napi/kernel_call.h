@@ -1,0 +1,51 @@
+// A validated kernel invocation: the work to run plus the tensors it reads and writes. Bindings
+// build one on the JS thread; it then runs at once (sync bindings) or on a libuv worker thread
+// (async_binding.cc) while the tensors it uses are held busy.
+#pragma once
+#include <napi.h>
+#include <functional>
+#include <string>
+#include <vector>
+#include "tensor_binding.h"
+
+namespace lorakit {
+namespace napi {
+
+struct KernelCall {
+  struct Use {
+    NativeTensor* tensor;
+    std::string name;
+    bool write;
+    bool inplace_ok;  // a read that may be the same tensor as an output (in-place update)
+  };
+  std::vector<Use> uses;
+  std::function<void()> run;                     // pure C++: no N-API calls (it may run off-thread)
+  std::function<Napi::Value(Napi::Env)> result;  // builds the JS result on the JS thread; null: undefined
+
+  const TensorRef& read(NativeTensor* t, const std::string& name, bool inplace_ok = false) {
+    uses.push_back({t, name, false, inplace_ok});
+    return t->ref();
+  }
+  const TensorRef& write(NativeTensor* t, const std::string& name) {
+    uses.push_back({t, name, true, false});
+    return t->ref();
+  }
+  // StateError when async work holds a tensor in a conflicting way; RangeError when an output is
+  // also passed as another operand (the kernels do not support aliasing).
+  void check_access() const;
+  Napi::Value result_value(Napi::Env env) const { return result ? result(env) : env.Undefined(); }
+};
+
+// Each builder validates its JS arguments and returns the call without running it.
+using KernelBuilder = KernelCall (*)(const Napi::CallbackInfo& info);
+KernelCall BuildShrink(const Napi::CallbackInfo& info);
+KernelCall BuildLinearForward(const Napi::CallbackInfo& info);
+KernelCall BuildLoraForward(const Napi::CallbackInfo& info);
+KernelCall BuildLinearBackward(const Napi::CallbackInfo& info);
+KernelCall BuildMergeDelta(const Napi::CallbackInfo& info);
+KernelCall BuildDropout(const Napi::CallbackInfo& info);
+KernelCall BuildConvert(const Napi::CallbackInfo& info);
+KernelCall BuildAllFinite(const Napi::CallbackInfo& info);
+
+}  // namespace napi
+}  // namespace lorakit

@@ -1,0 +1,506 @@
+// Bindings for the peft-parity ops: argument unpacking and checks only, no math.
+#include <napi.h>
+#include <cmath>
+#include "../cpu/ops.h"
+#include "../cpu/parity_ops.h"
+#include "args.h"
+#include "parity_binding.h"
+
+namespace lorakit {
+namespace napi {
+namespace {
+
+const TensorRef& float_arg(const Napi::CallbackInfo& info, size_t i, const std::string& name) {
+  if (info.Length() <= i) throw_type(name + ": missing argument");
+  NativeTensor* t = get_tensor(info[i], name);
+  require_float_cpu(t, name);
+  return t->ref();
+}
+
+const TensorRef* float_arg_or_null(const Napi::CallbackInfo& info, size_t i, const std::string& name) {
+  if (info.Length() <= i) return nullptr;
+  NativeTensor* t = get_tensor_or_null(info[i], name);
+  if (!t) return nullptr;
+  require_float_cpu(t, name);
+  return &t->ref();
+}
+
+void require_shape_eq(const TensorRef& t, const std::vector<int64_t>& s, const std::string& name) {
+  if (t.shape != s) throw_range(name + ": expected shape " + shape_str(s) + ", got " + shape_str(t.shape));
+}
+
+void require_distinct(const TensorRef& out, const TensorRef& in, const std::string& oname, const std::string& iname) {
+  if (out.data == in.data && out.numel() > 0) throw_range(oname + ": must not be the same tensor as " + iname);
+}
+
+struct LinearDims {
+  int64_t in, out;
+};
+
+LinearDims linear_dims(const TensorRef& W, bool fifo) {
+  if (W.shape.size() != 2) throw_range("weight: expected 2 dimensions, got shape " + shape_str(W.shape));
+  return fifo ? LinearDims{W.shape[0], W.shape[1]} : LinearDims{W.shape[1], W.shape[0]};
+}
+
+std::vector<int64_t> with_last(std::vector<int64_t> s, int64_t d) {
+  s.back() = d;
+  return s;
+}
+
+float finite_scale(const Napi::Value& v, const std::string& name) {
+  if (!v.IsNumber()) throw_type(name + ": expected a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d)) throw_range(name + ": expected a finite number");
+  return static_cast<float>(d);
+}
+
+// [A, B, scale][] with A [r, in], B [out, r]
+std::vector<cpu::AdapterFactors> factor_list(const Napi::Value& v, int64_t in, int64_t out, const std::string& name) {
+  if (!v.IsArray()) throw_type(name + ": expected an array of [A, B, scale]");
+  Napi::Array arr = v.As<Napi::Array>();
+  std::vector<cpu::AdapterFactors> list;
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    std::string w = name + "[" + std::to_string(i) + "]";
+    Napi::Value tv = arr.Get(i);
+    if (!tv.IsArray() || tv.As<Napi::Array>().Length() != 3) throw_type(w + ": expected [A, B, scale]");
+    Napi::Array t = tv.As<Napi::Array>();
+    NativeTensor* A = get_tensor(t.Get(0u), w + ".A");
+    NativeTensor* B = get_tensor(t.Get(1u), w + ".B");
+    require_float_cpu(A, w + ".A");
+    require_float_cpu(B, w + ".B");
+    const auto& as = A->ref().shape;
+    if (as.size() != 2 || as[1] != in)
+      throw_range(w + ".A: expected shape [r, " + std::to_string(in) + "], got " + shape_str(as));
+    require_shape_eq(B->ref(), {out, as[0]}, w + ".B");
+    list.push_back({A->ref(), B->ref(), finite_scale(t.Get(2u), w + ".scale")});
+  }
+  return list;
+}
+
+// mixedLinearForward(x, W, bias|null, fifo, adapters: [A, B, scale][], rowAdapter: Int32Array, y)
+Napi::Value MixedLinearForward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& x = float_arg(info, 0, "x");
+    const TensorRef& W = float_arg(info, 1, "weight");
+    const TensorRef* bias = float_arg_or_null(info, 2, "bias");
+    bool fifo = get_bool(info, 3, "fanInFanOut");
+    LinearDims d = linear_dims(W, fifo);
+    if (x.shape.empty() || x.shape.back() != d.in)
+      throw_range("x: expected shape [..., " + std::to_string(d.in) + "] (in_features), got " + shape_str(x.shape));
+    if (bias) require_shape_eq(*bias, {d.out}, "bias");
+    auto adapters = factor_list(info[4], d.in, d.out, "adapters");
+    if (info.Length() <= 5 || !info[5].IsTypedArray() ||
+        info[5].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw_type("rowAdapter: expected an Int32Array");
+    Napi::Int32Array rows = info[5].As<Napi::Int32Array>();
+    int64_t n = x.rows();
+    if (static_cast<int64_t>(rows.ElementLength()) != n)
+      throw_range("rowAdapter: expected " + std::to_string(n) + " entries (one per row of x), got " +
+                  std::to_string(rows.ElementLength()));
+    const int32_t* rp = rows.Data();
+    for (int64_t i = 0; i < n; i++)
+      if (rp[i] < -1 || rp[i] >= static_cast<int32_t>(adapters.size()))
+        throw_range("rowAdapter[" + std::to_string(i) + "]: " + std::to_string(rp[i]) + " is not -1 (base) or an adapter index below " +
+                    std::to_string(adapters.size()));
+    const TensorRef& y = float_arg(info, 6, "y");
+    require_shape_eq(y, with_last(x.shape, d.out), "y");
+    require_distinct(y, x, "y", "x");
+    cpu::mixed_linear_forward(x, W, bias, fifo, adapters, rp, y);
+    return info.Env().Undefined();
+  });
+}
+
+
+const TensorRef& f32_arg(const Napi::Value& v, const std::string& name, const std::vector<int64_t>& shape) {
+  NativeTensor* t = get_tensor(v, name);
+  require_float_cpu(t, name);
+  if (t->ref().dtype != DType::F32) throw_type(name + ": expected an f32 tensor, got " + dtype_name(t->ref().dtype));
+  require_shape_eq(t->ref(), shape, name);
+  return t->ref();
+}
+
+// A: [r, in], B: [out, r]
+int64_t check_factors(const TensorRef& A, const TensorRef& B, LinearDims d, const std::string& where) {
+  if (A.shape.size() != 2 || A.shape[1] != d.in)
+    throw_range(where + "A: expected shape [r, " + std::to_string(d.in) + "], got " + shape_str(A.shape));
+  require_shape_eq(B, {d.out, A.shape[0]}, where + "B");
+  return A.shape[0];
+}
+
+// doraWeightNorm(W, A, B, scale, fifo, norm f32 [out])
+Napi::Value DoraWeightNorm(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& W = float_arg(info, 0, "weight");
+    const TensorRef& A = float_arg(info, 1, "A");
+    const TensorRef& B = float_arg(info, 2, "B");
+    float scale = static_cast<float>(get_number(info, 3, "scale"));
+    bool fifo = get_bool(info, 4, "fanInFanOut");
+    LinearDims d = linear_dims(W, fifo);
+    check_factors(A, B, d, "");
+    const TensorRef& norm = f32_arg(info[5], "norm", {d.out});
+    cpu::dora_weight_norm(W, A, B, scale, fifo, norm.as<float>());
+    return info.Env().Undefined();
+  });
+}
+
+// doraLinearForward(x, xa, W, bias|null, fifo, u, B, scale, norm, magnitude, y, pre)
+Napi::Value DoraLinearForward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& x = float_arg(info, 0, "x");
+    const TensorRef& xa = float_arg(info, 1, "xa");
+    const TensorRef& W = float_arg(info, 2, "weight");
+    const TensorRef* bias = float_arg_or_null(info, 3, "bias");
+    bool fifo = get_bool(info, 4, "fanInFanOut");
+    LinearDims d = linear_dims(W, fifo);
+    if (x.shape.empty() || x.shape.back() != d.in)
+      throw_range("x: expected shape [..., " + std::to_string(d.in) + "] (in_features), got " + shape_str(x.shape));
+    require_shape_eq(xa, x.shape, "xa");
+    if (bias) require_shape_eq(*bias, {d.out}, "bias");
+    const TensorRef& u = float_arg(info, 5, "u");
+    const TensorRef& B = float_arg(info, 6, "B");
+    if (B.shape.size() != 2 || B.shape[0] != d.out)
+      throw_range("B: expected shape [" + std::to_string(d.out) + ", r], got " + shape_str(B.shape));
+    int64_t n = x.rows();
+    require_shape_eq(u, with_last(x.shape, B.shape[1]), "u");
+    float scale = static_cast<float>(get_number(info, 7, "scale"));
+    const TensorRef& norm = f32_arg(info[8], "norm", {d.out});
+    const TensorRef& mag = float_arg(info, 9, "magnitude");
+    require_shape_eq(mag, {d.out}, "magnitude");
+    const TensorRef& y = float_arg(info, 10, "y");
+    require_shape_eq(y, with_last(x.shape, d.out), "y");
+    require_distinct(y, x, "y", "x");
+    const TensorRef& pre = f32_arg(info[11], "pre", {n, d.out});
+    cpu::dora_linear_forward(x, xa, W, bias, fifo, u, B, scale, norm.as<float>(), mag, y, pre.as<float>());
+    return info.Env().Undefined();
+  });
+}
+
+// doraLinearBackward(dy, W, fifo, {xa, u, A, B, magnitude, scale, p, seed, stream, norm, pre}, dx|null, dA|null, dB|null, dmag|null)
+Napi::Value DoraLinearBackward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& dy = float_arg(info, 0, "dy");
+    const TensorRef& W = float_arg(info, 1, "weight");
+    bool fifo = get_bool(info, 2, "fanInFanOut");
+    LinearDims d = linear_dims(W, fifo);
+    if (dy.shape.empty() || dy.shape.back() != d.out)
+      throw_range("dy: expected shape [..., " + std::to_string(d.out) + "] (out_features), got " + shape_str(dy.shape));
+    int64_t n = dy.rows();
+    if (info.Length() < 4 || !info[3].IsObject()) throw_type("term: expected an object");
+    Napi::Object o = info[3].As<Napi::Object>();
+    cpu::DoraBackwardArgs a;
+    NativeTensor* xa = get_tensor(o.Get("xa"), "term.xa");
+    NativeTensor* u = get_tensor(o.Get("u"), "term.u");
+    NativeTensor* A = get_tensor(o.Get("A"), "term.A");
+    NativeTensor* B = get_tensor(o.Get("B"), "term.B");
+    NativeTensor* mag = get_tensor(o.Get("magnitude"), "term.magnitude");
+    for (auto* t : {xa, u, A, B, mag}) require_float_cpu(t, "term");
+    int64_t r = check_factors(A->ref(), B->ref(), d, "term.");
+    std::vector<int64_t> xshape = with_last(dy.shape, d.in);
+    require_shape_eq(xa->ref(), xshape, "term.xa");
+    require_shape_eq(u->ref(), with_last(dy.shape, r), "term.u");
+    require_shape_eq(mag->ref(), {d.out}, "term.magnitude");
+    a.xa = xa->ref();
+    a.u = u->ref();
+    a.A = A->ref();
+    a.B = B->ref();
+    a.magnitude = mag->ref();
+    a.scale = static_cast<float>(number_prop(o, "scale", "term"));
+    a.dropout_p = static_cast<float>(number_prop(o, "p", "term"));
+    if (!(a.dropout_p >= 0.f && a.dropout_p < 1.f)) throw_range("term.p: expected 0 <= p < 1");
+    a.seed = static_cast<uint64_t>(number_prop(o, "seed", "term"));
+    a.stream = static_cast<uint64_t>(number_prop(o, "stream", "term"));
+    a.norm = f32_arg(o.Get("norm"), "term.norm", {d.out}).as<float>();
+    a.pre = f32_arg(o.Get("pre"), "term.pre", {n, d.out}).as<float>();
+    const TensorRef* dx = float_arg_or_null(info, 4, "dx");
+    const TensorRef* dA = float_arg_or_null(info, 5, "dA");
+    const TensorRef* dB = float_arg_or_null(info, 6, "dB");
+    const TensorRef* dm = float_arg_or_null(info, 7, "dmagnitude");
+    if (dx) {
+      require_shape_eq(*dx, xshape, "dx");
+      require_distinct(*dx, dy, "dx", "dy");
+    }
+    if (dA) require_shape_eq(*dA, A->ref().shape, "dA");
+    if (dB) require_shape_eq(*dB, B->ref().shape, "dB");
+    if (dm) require_shape_eq(*dm, {d.out}, "dmagnitude");
+    cpu::dora_linear_backward(dy, W, fifo, a, dx, dA, dB, dm);
+    return info.Env().Undefined();
+  });
+}
+
+// doraMerge(W, A, B, scale, fifo, magnitude, norm, inverse, out)
+Napi::Value DoraMerge(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& W = float_arg(info, 0, "weight");
+    const TensorRef& A = float_arg(info, 1, "A");
+    const TensorRef& B = float_arg(info, 2, "B");
+    float scale = static_cast<float>(get_number(info, 3, "scale"));
+    bool fifo = get_bool(info, 4, "fanInFanOut");
+    LinearDims d = linear_dims(W, fifo);
+    check_factors(A, B, d, "");
+    const TensorRef& mag = float_arg(info, 5, "magnitude");
+    require_shape_eq(mag, {d.out}, "magnitude");
+    const TensorRef& norm = f32_arg(info[6], "norm", {d.out});
+    bool inverse = get_bool(info, 7, "inverse");
+    const TensorRef& out = float_arg(info, 8, "out");
+    require_shape_eq(out, W.shape, "out");
+    cpu::dora_merge(W, A, B, scale, fifo, mag, norm.as<float>(), inverse, out);
+    return info.Env().Undefined();
+  });
+}
+
+
+// An i32/i64 index tensor whose values all lie in [0, num).
+const TensorRef& index_arg(const Napi::Value& v, const std::string& name, int64_t num) {
+  NativeTensor* t = get_tensor(v, name);
+  const TensorRef& r = t->ref();
+  if (r.dtype != DType::I32 && r.dtype != DType::I64)
+    throw_type(name + ": expected an i32 or i64 index tensor, got " + dtype_name(r.dtype));
+  if (t->device() != Device::CPU) throw_type(name + ": expected a cpu tensor");
+  int64_t n = r.numel();
+  for (int64_t p = 0; p < n; p++) {
+    int64_t i = cpu::index_at(r, p);
+    if (i < 0 || i >= num)
+      throw_range(name + ": index " + std::to_string(i) + " at position " + std::to_string(p) +
+                  " is out of range for num_embeddings " + std::to_string(num));
+  }
+  return r;
+}
+
+const int32_t* row_adapter_arg(const Napi::Value& v, int64_t n, size_t count, const std::string& name) {
+  if (v.IsNull() || v.IsUndefined()) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw_type(name + ": expected an Int32Array or null");
+  Napi::Int32Array a = v.As<Napi::Int32Array>();
+  if (static_cast<int64_t>(a.ElementLength()) != n)
+    throw_range(name + ": expected " + std::to_string(n) + " entries, got " + std::to_string(a.ElementLength()));
+  const int32_t* p = a.Data();
+  for (int64_t i = 0; i < n; i++)
+    if (p[i] < -1 || p[i] >= static_cast<int32_t>(count))
+      throw_range(name + "[" + std::to_string(i) + "]: " + std::to_string(p[i]) + " is not -1 or an adapter index below " +
+                  std::to_string(count));
+  return p;
+}
+
+// embeddingForward(idx, W, adapters: [A, B, scale][], rowAdapter|null, y)
+Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& W = float_arg(info, 1, "weight");
+    if (W.shape.size() != 2) throw_range("weight: expected [num_embeddings, dim], got " + shape_str(W.shape));
+    int64_t num = W.shape[0], dim = W.shape[1];
+    const TensorRef& idx = index_arg(info[0], "indices", num);
+    auto adapters = factor_list(info[2], num, dim, "adapters");
+    const int32_t* rows = row_adapter_arg(info[3], idx.numel(), adapters.size(), "rowAdapter");
+    const TensorRef& y = float_arg(info, 4, "y");
+    std::vector<int64_t> ys = idx.shape;
+    ys.push_back(dim);
+    require_shape_eq(y, ys, "y");
+    require_distinct(y, W, "y", "weight");
+    cpu::embedding_forward(idx, W, adapters, rows, y);
+    return info.Env().Undefined();
+  });
+}
+
+// embeddingBackward(idx, dy, A, B, scale, paddingIdx, dA|null, dB|null)
+Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& A = float_arg(info, 2, "A");
+    const TensorRef& B = float_arg(info, 3, "B");
+    if (A.shape.size() != 2) throw_range("A: expected [r, num_embeddings], got " + shape_str(A.shape));
+    int64_t r = A.shape[0], num = A.shape[1];
+    if (B.shape.size() != 2 || B.shape[1] != r)
+      throw_range("B: expected shape [dim, " + std::to_string(r) + "], got " + shape_str(B.shape));
+    int64_t dim = B.shape[0];
+    const TensorRef& idx = index_arg(info[0], "indices", num);
+    const TensorRef& dy = float_arg(info, 1, "dy");
+    std::vector<int64_t> ys = idx.shape;
+    ys.push_back(dim);
+    require_shape_eq(dy, ys, "dy");
+    float scale = static_cast<float>(get_number(info, 4, "scale"));
+    double pad = get_number(info, 5, "paddingIdx");
+    if (pad != std::floor(pad) || pad < -1 || pad >= num) throw_range("paddingIdx: expected -1 (none) or an index below num_embeddings");
+    const TensorRef* dA = float_arg_or_null(info, 6, "dA");
+    const TensorRef* dB = float_arg_or_null(info, 7, "dB");
+    if (dA) require_shape_eq(*dA, A.shape, "dA");
+    if (dB) require_shape_eq(*dB, B.shape, "dB");
+    cpu::embedding_backward(idx, dy, A, B, scale, static_cast<int64_t>(pad), dA, dB);
+    return info.Env().Undefined();
+  });
+}
+
+
+// geom: [sh, sw, ph, pw, dh, dw, groups]
+cpu::ConvGeom geom_arg(const Napi::Value& v) {
+  if (!v.IsArray() || v.As<Napi::Array>().Length() != 7) throw_type("geom: expected [sh, sw, ph, pw, dh, dw, groups]");
+  Napi::Array a = v.As<Napi::Array>();
+  int64_t g[7];
+  for (uint32_t i = 0; i < 7; i++) {
+    Napi::Value e = a.Get(i);
+    double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1;
+    bool pad = i == 2 || i == 3;
+    if (!(d >= (pad ? 0 : 1)) || d != std::floor(d) || d > (1 << 20)) throw_range("geom[" + std::to_string(i) + "]: invalid value");
+    g[i] = static_cast<int64_t>(d);
+  }
+  cpu::ConvGeom c;
+  c.sh = g[0]; c.sw = g[1]; c.ph = g[2]; c.pw = g[3]; c.dh = g[4]; c.dw = g[5]; c.groups = g[6];
+  return c;
+}
+
+struct ConvShape {
+  int64_t N, C, H, W, O, kh, kw, Ho, Wo;
+};
+
+ConvShape conv_shape(const TensorRef& x, const TensorRef& W, const cpu::ConvGeom& g) {
+  if (W.shape.size() != 4) throw_range("weight: expected [out, in/groups, kh, kw], got " + shape_str(W.shape));
+  if (x.shape.size() != 4) throw_range("x: expected [N, C, H, W], got " + shape_str(x.shape));
+  ConvShape s{x.shape[0], x.shape[1], x.shape[2], x.shape[3], W.shape[0], W.shape[2], W.shape[3], 0, 0};
+  if (s.O % g.groups != 0 || s.C % g.groups != 0 || W.shape[1] * g.groups != s.C)
+    throw_range("x: " + std::to_string(s.C) + " channels do not match weight " + shape_str(W.shape) + " with groups " +
+                std::to_string(g.groups));
+  s.Ho = cpu::conv_out_size(s.H, s.kh, g.sh, g.ph, g.dh);
+  s.Wo = cpu::conv_out_size(s.W, s.kw, g.sw, g.pw, g.dw);
+  if (s.Ho <= 0 || s.Wo <= 0 || s.H + 2 * g.ph < g.dh * (s.kh - 1) + 1 || s.W + 2 * g.pw < g.dw * (s.kw - 1) + 1)
+    throw_range("x: spatial size " + std::to_string(s.H) + "×" + std::to_string(s.W) + " is too small for the kernel");
+  return s;
+}
+
+// terms: [{xa, u, A, B, scale, p?, seed?, stream?, dA?, dB?}]
+std::vector<cpu::ConvTerm> conv_terms(const Napi::Value& v, const TensorRef& x_like, const ConvShape& s,
+                                      const cpu::ConvGeom& g, bool backward) {
+  if (!v.IsArray()) throw_type("terms: expected an array");
+  Napi::Array arr = v.As<Napi::Array>();
+  std::vector<cpu::ConvTerm> terms;
+  if (arr.Length() > 0 &&
+      (cpu::conv_out_size(s.H, s.kh, g.sh, g.ph, 1) != s.Ho || cpu::conv_out_size(s.W, s.kw, g.sw, g.pw, 1) != s.Wo))
+    throw_range("x: the adapter's conv (dilation 1, as peft's lora_A) gives another output size than the base conv");
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    std::string w = "terms[" + std::to_string(i) + "]";
+    Napi::Value tv = arr.Get(i);
+    if (!tv.IsObject()) throw_type(w + ": expected an object");
+    Napi::Object o = tv.As<Napi::Object>();
+    NativeTensor* xa = get_tensor(o.Get("xa"), w + ".xa");
+    NativeTensor* A = get_tensor(o.Get("A"), w + ".A");
+    NativeTensor* B = get_tensor(o.Get("B"), w + ".B");
+    for (auto* t : {xa, A, B}) require_float_cpu(t, w);
+    require_shape_eq(xa->ref(), x_like.shape, w + ".xa");
+    const auto& as = A->ref().shape;
+    if (as.size() != 4 || as[1] != s.C || as[2] != s.kh || as[3] != s.kw)
+      throw_range(w + ".A: expected shape [r, " + std::to_string(s.C) + ", " + std::to_string(s.kh) + ", " + std::to_string(s.kw) +
+                  "], got " + shape_str(as));
+    int64_t r = as[0];
+    if (r % g.groups != 0) throw_range(w + ".A: rank " + std::to_string(r) + " is not a multiple of groups " + std::to_string(g.groups));
+    require_shape_eq(B->ref(), {s.O, r / g.groups, 1, 1}, w + ".B");
+    const TensorRef& u = f32_arg(o.Get("u"), w + ".u", {s.N, r, s.Ho * s.Wo});
+    cpu::ConvTerm t;
+    t.xa = xa->ref();
+    t.u = u;
+    t.A = A->ref();
+    t.B = B->ref();
+    t.scale = static_cast<float>(number_prop(o, "scale", w));
+    t.dropout_p = 0.f;
+    t.seed = t.stream = 0;
+    t.dA = t.dB = nullptr;
+    if (backward) {
+      t.dropout_p = static_cast<float>(number_prop(o, "p", w));
+      if (!(t.dropout_p >= 0.f && t.dropout_p < 1.f)) throw_range(w + ".p: expected 0 <= p < 1");
+      t.seed = static_cast<uint64_t>(number_prop(o, "seed", w));
+      t.stream = static_cast<uint64_t>(number_prop(o, "stream", w));
+      NativeTensor* dA = get_tensor_or_null(o.Get("dA"), w + ".dA");
+      NativeTensor* dB = get_tensor_or_null(o.Get("dB"), w + ".dB");
+      if (dA) {
+        require_float_cpu(dA, w + ".dA");
+        require_shape_eq(dA->ref(), as, w + ".dA");
+        t.dA = &dA->ref();
+      }
+      if (dB) {
+        require_float_cpu(dB, w + ".dB");
+        require_shape_eq(dB->ref(), B->ref().shape, w + ".dB");
+        t.dB = &dB->ref();
+      }
+    }
+    terms.push_back(t);
+  }
+  return terms;
+}
+
+// conv2dForward(x, W, bias|null, geom, terms [{xa, u, A, B, scale}], y)
+Napi::Value Conv2dForward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& x = float_arg(info, 0, "x");
+    const TensorRef& W = float_arg(info, 1, "weight");
+    const TensorRef* bias = float_arg_or_null(info, 2, "bias");
+    cpu::ConvGeom g = geom_arg(info[3]);
+    ConvShape s = conv_shape(x, W, g);
+    if (bias) require_shape_eq(*bias, {s.O}, "bias");
+    auto terms = conv_terms(info[4], x, s, g, false);
+    const TensorRef& y = float_arg(info, 5, "y");
+    require_shape_eq(y, {s.N, s.O, s.Ho, s.Wo}, "y");
+    require_distinct(y, x, "y", "x");
+    for (const auto& t : terms) require_distinct(y, t.xa, "y", "terms[].xa");
+    cpu::conv2d_forward(x, W, bias, g, terms, y);
+    return info.Env().Undefined();
+  });
+}
+
+// conv2dBackward(dy, x, W, geom, terms [{xa, u, A, B, scale, p, seed, stream, dA, dB}], dx|null)
+Napi::Value Conv2dBackward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& dy = float_arg(info, 0, "dy");
+    const TensorRef& x = float_arg(info, 1, "x");
+    const TensorRef& W = float_arg(info, 2, "weight");
+    cpu::ConvGeom g = geom_arg(info[3]);
+    ConvShape s = conv_shape(x, W, g);
+    require_shape_eq(dy, {s.N, s.O, s.Ho, s.Wo}, "dy");
+    auto terms = conv_terms(info[4], x, s, g, true);
+    const TensorRef* dx = float_arg_or_null(info, 5, "dx");
+    if (dx) {
+      require_shape_eq(*dx, x.shape, "dx");
+      require_distinct(*dx, dy, "dx", "dy");
+    }
+    cpu::conv2d_backward(dy, W, g, terms, dx);
+    return info.Env().Undefined();
+  });
+}
+
+// conv2dMergeDelta(W, A, B, scale, out): out = W + scale·B·A over the flattened kernel (groups 1)
+Napi::Value Conv2dMergeDelta(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& W = float_arg(info, 0, "weight");
+    const TensorRef& A = float_arg(info, 1, "A");
+    const TensorRef& B = float_arg(info, 2, "B");
+    float scale = static_cast<float>(get_number(info, 3, "scale"));
+    const TensorRef& out = float_arg(info, 4, "out");
+    if (W.shape.size() != 4) throw_range("weight: expected [out, in, kh, kw], got " + shape_str(W.shape));
+    int64_t O = W.shape[0], K = W.shape[1] * W.shape[2] * W.shape[3];
+    if (A.shape.size() != 4 || A.shape[1] != W.shape[1] || A.shape[2] != W.shape[2] || A.shape[3] != W.shape[3])
+      throw_range("A: expected shape [r, " + std::to_string(W.shape[1]) + ", " + std::to_string(W.shape[2]) + ", " +
+                  std::to_string(W.shape[3]) + "] (groups 1), got " + shape_str(A.shape));
+    int64_t r = A.shape[0];
+    require_shape_eq(B, {O, r, 1, 1}, "B");
+    require_shape_eq(out, W.shape, "out");
+    TensorRef w2 = W, a2 = A, b2 = B, o2 = out;
+    w2.shape = {O, K};
+    a2.shape = {r, K};
+    b2.shape = {O, r};
+    o2.shape = {O, K};
+    cpu::merge_delta(w2, a2, b2, scale, false, o2);
+    return info.Env().Undefined();
+  });
+}
+
+}  // namespace
+
+void InitParity(Napi::Env env, Napi::Object exports) {
+  exports.Set("mixedLinearForward", Napi::Function::New<MixedLinearForward>(env, "mixedLinearForward"));
+  exports.Set("doraWeightNorm", Napi::Function::New<DoraWeightNorm>(env, "doraWeightNorm"));
+  exports.Set("doraLinearForward", Napi::Function::New<DoraLinearForward>(env, "doraLinearForward"));
+  exports.Set("doraLinearBackward", Napi::Function::New<DoraLinearBackward>(env, "doraLinearBackward"));
+  exports.Set("embeddingForward", Napi::Function::New<EmbeddingForward>(env, "embeddingForward"));
+  exports.Set("embeddingBackward", Napi::Function::New<EmbeddingBackward>(env, "embeddingBackward"));
+  exports.Set("conv2dForward", Napi::Function::New<Conv2dForward>(env, "conv2dForward"));
+  exports.Set("conv2dBackward", Napi::Function::New<Conv2dBackward>(env, "conv2dBackward"));
+  exports.Set("conv2dMergeDelta", Napi::Function::New<Conv2dMergeDelta>(env, "conv2dMergeDelta"));
+  exports.Set("doraMerge", Napi::Function::New<DoraMerge>(env, "doraMerge"));
+}
+
+}  // namespace napi
+}  // namespace lorakit

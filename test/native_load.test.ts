@@ -1,0 +1,28 @@
+/** When the addon is missing, the first native call says exactly how to build it. */
+import { execFileSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+
+test('a missing addon gives NativeLoadError with build instructions', () => {
+  const root = path.resolve(__dirname, '..');
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-noaddon-'));
+  try {
+    // A copy of the compiled package without build/: exactly what a skipped install script leaves.
+    fs.cpSync(path.join(root, 'dist'), path.join(tmp, 'dist'), { recursive: true });
+    fs.copyFileSync(path.join(root, 'package.json'), path.join(tmp, 'package.json'));
+    fs.symlinkSync(path.join(root, 'node_modules'), path.join(tmp, 'node_modules'));
+    const script =
+      "const l = require('./dist');" +
+      "try { l.Tensor.zeros([1]); console.log('loaded'); }" +
+      "catch (e) { console.log(JSON.stringify({ name: e.name, code: e.code, message: e.message })); }";
+    const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { cwd: tmp, encoding: 'utf8' }));
+    expect(out.name).toBe('NativeLoadError');
+    expect(out.code).toBe('LORAKIT_NATIVE_LOAD');
+    expect(out.message).toContain('npm rebuild lorakit');
+    expect(out.message).toContain('npm install-scripts approve lorakit');
+    expect(out.message).toMatch(/C\+\+17 compiler/);
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+});
