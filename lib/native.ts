@@ -203,13 +203,18 @@ export interface NativeBinding {
     expAvg: NativeTensorHandle,
     expAvgSq: NativeTensorHandle,
     opts: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
+    master?: NativeTensorHandle | null,
   ): void;
   cudaSgdStep(
     param: NativeTensorHandle,
     grad: NativeTensorHandle,
     momentumBuffer: NativeTensorHandle | null,
     opts: { lr: number; momentum: number; dampening: number; weightDecay: number; nesterov: boolean; firstStep: boolean },
+    master?: NativeTensorHandle | null,
   ): void;
+  cudaAccumulate(dst: NativeTensorHandle, src: NativeTensorHandle, alpha: number): void;
+  cudaSumSquares(t: NativeTensorHandle): number;
+  cudaScale(t: NativeTensorHandle, alpha: number): void;
   setNumThreads(n: number): number;
   measurePeaks(bufferBytes: number): MeasuredPeaks;
   // Promise forms (native/napi/async_binding.cc): same checks, the work runs on a libuv thread and

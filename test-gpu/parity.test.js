@@ -42,6 +42,8 @@ const SHAPES = [
   [300, 520, 264, 16],
   [37, 33, 29, 3],
   [9, 40, 72, 64],
+  [33, 192, 128, 24], // rows % 16 == 0, cols % 64 == 0: the tensor-core merge (r not a multiple of 16)
+  [5, 256, 64, 64],
 ];
 
 for (const dtype of ['f32', 'bf16', 'f16']) {

@@ -182,11 +182,17 @@ export class AdamW extends Optimizer {
   protected update(p: Parameter, grad: Tensor, g: ParamGroup): void {
     let s = this.#state.get(p);
     if (!s) {
-      s = { expAvg: Tensor.zeros(p.shape), expAvgSq: Tensor.zeros(p.shape), master: masterCopy(p), step: 0 };
+      const device = p.data.device;
+      s = { expAvg: Tensor.zeros(p.shape, { device }), expAvgSq: Tensor.zeros(p.shape, { device }), master: masterCopy(p), step: 0 };
       this.#state.set(p, s);
     }
     const st = s;
     st.step++;
+    if (p.data.device === 'cuda') {
+      const h = { lr: g.lr, beta1: this.betas[0], beta2: this.betas[1], eps: this.eps, weightDecay: g.weightDecay, step: st.step };
+      call((b) => b.cudaAdamwStep(p.data.handle, grad.handle, st.expAvg.handle, st.expAvgSq.handle, h, st.master?.handle ?? null));
+      return;
+    }
     call((b) =>
       b.adamwStep(p.data.handle, grad.handle, st.expAvg.handle, st.expAvgSq.handle, st.master?.handle ?? null,
         g.lr, this.betas[0], this.betas[1], this.eps, g.weightDecay, st.step),
@@ -236,10 +242,16 @@ export class SGD extends Optimizer {
   protected update(p: Parameter, grad: Tensor, g: ParamGroup): void {
     let s = this.#state.get(p);
     if (!s) {
-      s = { momentumBuffer: this.momentum !== 0 ? Tensor.zeros(p.shape) : null, master: masterCopy(p), steps: 0 };
+      s = { momentumBuffer: this.momentum !== 0 ? Tensor.zeros(p.shape, { device: p.data.device }) : null, master: masterCopy(p), steps: 0 };
       this.#state.set(p, s);
     }
     const st = s;
+    if (p.data.device === 'cuda') {
+      const h = { lr: g.lr, momentum: this.momentum, dampening: this.dampening, weightDecay: g.weightDecay, nesterov: this.nesterov, firstStep: st.steps === 0 };
+      call((b) => b.cudaSgdStep(p.data.handle, grad.handle, st.momentumBuffer?.handle ?? null, h, st.master?.handle ?? null));
+      st.steps++;
+      return;
+    }
     call((b) =>
       b.sgdStep(p.data.handle, grad.handle, st.momentumBuffer?.handle ?? null, st.master?.handle ?? null,
         g.lr, this.momentum, this.dampening, this.nesterov, g.weightDecay, st.steps === 0),
@@ -260,9 +272,12 @@ export class SGD extends Optimizer {
 export function clipGradNorm(params: readonly Parameter[], maxNorm: number): number {
   const max = checkNonNeg(maxNorm, 'maxNorm');
   let sq = 0;
-  for (const p of params) if (p.grad) sq += call((b) => b.sumSquares(p.grad!.handle));
+  for (const p of params)
+    if (p.grad) sq += call((b) => (p.grad!.device === 'cuda' ? b.cudaSumSquares(p.grad!.handle) : b.sumSquares(p.grad!.handle)));
   const norm = Math.sqrt(sq);
   const coef = max / (norm + 1e-6);
-  if (coef < 1) for (const p of params) if (p.grad) call((b) => b.scaleInplace(p.grad!.handle, coef));
+  if (coef < 1)
+    for (const p of params)
+      if (p.grad) call((b) => (p.grad!.device === 'cuda' ? b.cudaScale(p.grad!.handle, coef) : b.scaleInplace(p.grad!.handle, coef)));
   return norm;
 }

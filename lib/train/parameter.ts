@@ -4,7 +4,7 @@
  * adapter gradients into them, so several backward passes before optimizer.step() accumulate.
  * Gradients are always f32, whatever the parameter's dtype.
  */
-import { ShapeError, StateError, shapeStr } from '../errors';
+import { LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
 import { call } from '../native';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkFinite } from '../validate';
@@ -37,14 +37,17 @@ export class Parameter {
 
   /** grad += alpha·g (creates the gradient on first use). */
   accumulateGrad(g: Tensor, alpha = 1): void {
-    requireFloatTensor(g, 'g');
+    requireFloatTensor(g, 'g', g instanceof Tensor ? g.device : 'cpu');
     checkFinite(alpha, 'alpha');
     if (this.data.disposed) throw new StateError(`${this.name}: the parameter tensor was disposed (adapter deleted?)`);
     if (g.shape.length !== this.data.shape.length || g.shape.some((d, i) => d !== this.data.shape[i]))
       throw new ShapeError(`g: expected shape ${shapeStr(this.data.shape)} (parameter ${this.name}), got ${shapeStr(g.shape)}`);
-    if (!this.#grad) this.#grad = Tensor.zeros(this.data.shape, { dtype: 'f32' });
+    if (g.device !== this.data.device)
+      throw new LoraTypeError(`g: expected a ${this.data.device} tensor (parameter ${this.name}), got ${g.device}`);
+    if (!this.#grad) this.#grad = Tensor.zeros(this.data.shape, { dtype: 'f32', device: this.data.device });
     const grad = this.#grad;
-    call((b) => b.accumulate(grad.handle, g.handle, alpha));
+    if (grad.device === 'cuda') call((b) => b.cudaAccumulate(grad.handle, g.handle, alpha));
+    else call((b) => b.accumulate(grad.handle, g.handle, alpha));
   }
 
   /** Drops the gradient (torch's zero_grad(set_to_none=True)). */

@@ -47,9 +47,22 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const T* __restrict
   const bool vec = in % 8 == 0;
   for (int64_t k0 = 0; k0 < in; k0 += kKC) {
     const int kc = static_cast<int>(in - k0 < kKC ? in - k0 : kKC);
-    for (int e = threadIdx.x; e < NR * kKC; e += kWarps * 32) {
-      int i = e / kKC, k = e % kKC;
-      xs[i][k] = (i < n && k < kc) ? x[int64_t(i) * in + k0 + k] : from_f32<T>(0.f);
+    if (vec) {  // 16-byte loads, all issued before the first use (kc is a multiple of 8 here)
+      constexpr int kPer = 16 / sizeof(T), kVecs = NR * kKC / kPer;
+#pragma unroll
+      for (int e0 = 0; e0 < kVecs; e0 += kWarps * 32) {
+        const int e = e0 + threadIdx.x;
+        if (kVecs % (kWarps * 32) != 0 && e >= kVecs) break;
+        const int i = e / (kKC / kPer), k = (e % (kKC / kPer)) * kPer;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (i < n && k < kc) v = __ldg(reinterpret_cast<const uint4*>(x + int64_t(i) * in + k0 + k));
+        *reinterpret_cast<uint4*>(&xs[i][k]) = v;
+      }
+    } else {
+      for (int e = threadIdx.x; e < NR * kKC; e += kWarps * 32) {
+        int i = e / kKC, k = e % kKC;
+        xs[i][k] = (i < n && k < kc) ? x[int64_t(i) * in + k0 + k] : from_f32<T>(0.f);
+      }
     }
     __syncthreads();
     if (vec) {

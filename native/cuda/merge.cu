@@ -1,6 +1,7 @@
 // Merge/unmerge: out = W + scale·ΔW, ΔW = B·A in W's layout, in one pass over W. Each block owns
 // a 32×256 tile of W; the rank-r product accumulates in f32 registers, W is added in f32 and
 // rounded once. W's loads are issued before the rank loop so their latency hides behind it.
+#include <type_traits>
 #include "common.cuh"
 #include "ops.h"
 #include "vec.cuh"
@@ -54,6 +55,86 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const T* W, T* out, con
   }
 }
 
+// Tensor-core variant for 16-bit factors (mma.sync m16n8k16, f32 accumulators): the rank-r
+// product costs a few instructions per 16×8 tile instead of r FMAs per element, so W's stream
+// stays the bottleneck even at r = 64. Each warp owns 16 rows × 64 columns of W; the fragments of
+// B (row-major, the A operand) and A (the B operand) are read straight from L1/L2.
+template <class F> struct MmaType;
+template <> struct MmaType<__nv_bfloat16> { static constexpr bool bf16 = true; };
+template <> struct MmaType<__half> { static constexpr bool bf16 = false; };
+
+template <class F>
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (MmaType<F>::bf16)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Two 16-bit values as one 32-bit register, the first in the low half; zero past r.
+template <class F>
+__device__ __forceinline__ uint32_t pack2(const F* p0, const F* p1, bool ok0, bool ok1) {
+  uint16_t lo = ok0 ? __ldg(reinterpret_cast<const unsigned short*>(p0)) : 0;
+  uint16_t hi = ok1 ? __ldg(reinterpret_cast<const unsigned short*>(p1)) : 0;
+  return uint32_t(lo) | (uint32_t(hi) << 16);
+}
+
+constexpr int kMmaWarps = 8, kMmaCols = 64, kMmaTiles = kMmaCols / 8;
+
+template <class T, class F>
+__global__ void __launch_bounds__(kMmaWarps * 32) merge_mma_kernel(const T* W, T* out, const F* __restrict__ A,
+                                                                  const F* __restrict__ B, int64_t rows, int64_t cols,
+                                                                  int r, float scale) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t r0 = (int64_t(blockIdx.y) * kMmaWarps + warp) * 16;
+  const int64_t c0 = int64_t(blockIdx.x) * kMmaCols;
+  if (r0 >= rows) return;
+  // W first: its latency hides behind the rank loop.
+  float w[kMmaTiles][4];
+#pragma unroll
+  for (int j = 0; j < kMmaTiles; j++) {
+    const int64_t col = c0 + j * 8 + 2 * t;
+    const T* p0 = W + (r0 + g) * cols + col;
+    const T* p1 = W + (r0 + g + 8) * cols + col;
+    w[j][0] = to_f32<T>(p0[0]);
+    w[j][1] = to_f32<T>(p0[1]);
+    w[j][2] = to_f32<T>(p1[0]);
+    w[j][3] = to_f32<T>(p1[1]);
+  }
+  float acc[kMmaTiles][4];
+#pragma unroll
+  for (int j = 0; j < kMmaTiles; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  const F* Brow0 = B + (r0 + g) * r;
+  const F* Brow1 = B + (r0 + g + 8) * r;
+  for (int k0 = 0; k0 < r; k0 += 16) {
+    const int ka = k0 + 2 * t, kb = ka + 8;
+    uint32_t a[4] = {pack2(Brow0 + ka, Brow0 + ka + 1, ka < r, ka + 1 < r), pack2(Brow1 + ka, Brow1 + ka + 1, ka < r, ka + 1 < r),
+                     pack2(Brow0 + kb, Brow0 + kb + 1, kb < r, kb + 1 < r), pack2(Brow1 + kb, Brow1 + kb + 1, kb < r, kb + 1 < r)};
+#pragma unroll
+    for (int j = 0; j < kMmaTiles; j++) {
+      const F* col = A + c0 + j * 8 + g;
+      uint32_t b[2] = {pack2(col + int64_t(ka) * cols, col + int64_t(ka + 1) * cols, ka < r, ka + 1 < r),
+                       pack2(col + int64_t(kb) * cols, col + int64_t(kb + 1) * cols, kb < r, kb + 1 < r)};
+      mma16816<F>(acc[j], a, b);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kMmaTiles; j++) {
+    const int64_t col = c0 + j * 8 + 2 * t;
+    T* p0 = out + (r0 + g) * cols + col;
+    T* p1 = out + (r0 + g + 8) * cols + col;
+    p0[0] = from_f32<T>(fmaf(scale, acc[j][0], w[j][0]));
+    p0[1] = from_f32<T>(fmaf(scale, acc[j][1], w[j][1]));
+    p1[0] = from_f32<T>(fmaf(scale, acc[j][2], w[j][2]));
+    p1[1] = from_f32<T>(fmaf(scale, acc[j][3], w[j][3]));
+  }
+}
+
 // Any layout and shape (fan_in_fan_out, or cols not a multiple of 8): one element per thread.
 template <class T, class F>
 __global__ void merge_scalar_kernel(const T* W, T* out, const F* __restrict__ A, const F* __restrict__ B,
@@ -85,6 +166,14 @@ void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, flo
     dispatch_float(A.dtype, "A", [&](auto fz) {
       using T = decltype(wz);
       using F = decltype(fz);
+      if constexpr (!std::is_same<F, float>::value) {
+        if (vec && rows % 16 == 0 && cols % kMmaCols == 0) {
+          dim3 mgrid(static_cast<unsigned>(cols / kMmaCols), static_cast<unsigned>((rows / 16 + kMmaWarps - 1) / kMmaWarps));
+          merge_mma_kernel<T, F><<<mgrid, kMmaWarps * 32, 0, stream()>>>(W.as<T>(), out.as<T>(), A.as<F>(), B.as<F>(), rows,
+                                                                        cols, r, scale);
+          return;
+        }
+      }
       if (vec)
         merge_kernel<T, F><<<grid, kThreads, 0, stream()>>>(W.as<T>(), out.as<T>(), A.as<F>(), B.as<F>(), rows, cols, r, scale);
       else

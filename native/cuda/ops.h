@@ -60,14 +60,20 @@ struct AdamWParams {
   double lr_d, beta1_d, beta2_d;  // the same in double, for the host-side constants
   int64_t step;  // 1 on the first step
 };
+// master (f32, or null) is the authoritative value of a 16-bit parameter, as on the cpu.
 void adamw_step(const TensorRef& param, const TensorRef& grad, const TensorRef& exp_avg, const TensorRef& exp_avg_sq,
-                const AdamWParams& h);
+                const TensorRef* master, const AdamWParams& h);
 struct SgdParams {
   float lr, momentum, dampening, weight_decay;
   bool nesterov;
   bool first_step;  // the momentum buffer starts as the first gradient (PyTorch)
 };
-void sgd_step(const TensorRef& param, const TensorRef& grad, const TensorRef* momentum_buf, const SgdParams& h);
+void sgd_step(const TensorRef& param, const TensorRef& grad, const TensorRef* momentum_buf, const TensorRef* master,
+              const SgdParams& h);
+// Training helpers for cuda parameters: dst (f32) += alpha·src; Σ x² (f64, deterministic); x ·= alpha.
+void accumulate(const TensorRef& dst, const TensorRef& src, float alpha);
+double sum_squares(const TensorRef& t);
+void scale_inplace(const TensorRef& t, float alpha);
 
 }  // namespace cuda
 }  // namespace lorakit

@@ -5,6 +5,7 @@
 #include <cmath>
 #include "common.cuh"
 #include "ops.h"
+#include "runtime.h"
 
 namespace lorakit {
 namespace cuda {
@@ -12,33 +13,38 @@ namespace {
 
 template <class P, class G>
 __global__ void adamw_kernel(P* __restrict__ param, const G* __restrict__ grad, float* __restrict__ m,
-                             float* __restrict__ v, int64_t n, float beta1, float one_minus_beta1, float beta2,
+                             float* __restrict__ v, float* __restrict__ master, int64_t n, float beta1, float one_minus_beta1, float beta2,
                              float one_minus_beta2, float eps, float decay_factor, float step_size,
                              float inv_sqrt_bc2) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float g = to_f32<G>(grad[i]);
-    float p = to_f32<P>(param[i]) * decay_factor;
+    float p = (master ? master[i] : to_f32<P>(param[i])) * decay_factor;
     float mi = beta1 * m[i] + one_minus_beta1 * g;
     float vi = beta2 * v[i] + one_minus_beta2 * g * g;
     m[i] = mi;
     v[i] = vi;
     float denom = sqrtf(vi) * inv_sqrt_bc2 + eps;
-    param[i] = from_f32<P>(p - step_size * mi / denom);
+    p -= step_size * mi / denom;
+    if (master) master[i] = p;
+    param[i] = from_f32<P>(p);
   }
 }
 
 template <class P, class G>
-__global__ void sgd_kernel(P* __restrict__ param, const G* __restrict__ grad, float* __restrict__ buf, int64_t n,
+__global__ void sgd_kernel(P* __restrict__ param, const G* __restrict__ grad, float* __restrict__ buf,
+                           float* __restrict__ master, int64_t n,
                            float lr, float momentum, float dampening, float wd, bool nesterov, bool first) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    float p = to_f32<P>(param[i]);
+    float p = master ? master[i] : to_f32<P>(param[i]);
     float d = to_f32<G>(grad[i]) + wd * p;
     if (buf) {
       float b = first ? d : momentum * buf[i] + (1.f - dampening) * d;
       buf[i] = b;
       d = nesterov ? d + momentum * b : b;
     }
-    param[i] = from_f32<P>(p - lr * d);
+    p -= lr * d;
+    if (master) master[i] = p;
+    param[i] = from_f32<P>(p);
   }
 }
 
@@ -47,11 +53,89 @@ void require_state(const TensorRef& s, int64_t n, const char* name) {
   if (s.numel() != n) throw_range(std::string(name) + ": expected " + std::to_string(n) + " elements, got shape " + shape_str(s.shape));
 }
 
+template <class G>
+__global__ void accumulate_kernel(float* __restrict__ dst, const G* __restrict__ src, int64_t n, float alpha) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = fmaf(alpha, to_f32<G>(src[i]), dst[i]);
+}
+
+// One f64 partial per block (fixed grid, fixed order): the host adds them in order, so the sum is
+// the same on every run.
+constexpr int kSumBlocks = 264, kSumThreads = 256;
+template <class T>
+__global__ void __launch_bounds__(kSumThreads) sum_squares_kernel(const T* __restrict__ x, int64_t n, double* partial) {
+  __shared__ double part[kSumThreads / 32];
+  double s = 0;
+  for (int64_t i = blockIdx.x * int64_t(kSumThreads) + threadIdx.x; i < n; i += int64_t(kSumBlocks) * kSumThreads) {
+    double v = to_f32<T>(x[i]);
+    s += v * v;
+  }
+  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0;
+    for (int w = 0; w < kSumThreads / 32; w++) t += part[w];
+    partial[blockIdx.x] = t;
+  }
+}
+
+template <class T>
+__global__ void scale_kernel(T* __restrict__ x, int64_t n, float alpha) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = from_f32<T>(to_f32<T>(x[i]) * alpha);
+}
+
 }  // namespace
 
+void accumulate(const TensorRef& dst, const TensorRef& src, float alpha) {
+  int64_t n = dst.numel();
+  if (dst.dtype != DType::F32) throw_type("dst: gradient accumulators are f32");
+  if (src.numel() != n) throw_range("src: expected " + std::to_string(n) + " elements, got shape " + shape_str(src.shape));
+  if (n == 0) return;
+  dispatch_float(src.dtype, "src", [&](auto z) {
+    using G = decltype(z);
+    accumulate_kernel<G><<<blocks_for(n, 256), 256, 0, stream()>>>(dst.as<float>(), src.as<G>(), n, alpha);
+  });
+  LK_LAUNCHED("accumulate");
+}
+
+double sum_squares(const TensorRef& t) {
+  int64_t n = t.numel();
+  if (n == 0) return 0;
+  double* partial = static_cast<double*>(alloc(kSumBlocks * sizeof(double), false));
+  double host[kSumBlocks];
+  try {
+    dispatch_float(t.dtype, "tensor", [&](auto z) {
+      using T = decltype(z);
+      sum_squares_kernel<T><<<kSumBlocks, kSumThreads, 0, stream()>>>(t.as<T>(), n, partial);
+    });
+    LK_LAUNCHED("sumSquares");
+    copy_to_host(host, partial, sizeof(host));
+  } catch (...) {
+    cuda::free(partial, kSumBlocks * sizeof(double));
+    throw;
+  }
+  cuda::free(partial, kSumBlocks * sizeof(double));
+  double s = 0;
+  for (int b = 0; b < kSumBlocks; b++) s += host[b];
+  return s;
+}
+
+void scale_inplace(const TensorRef& t, float alpha) {
+  int64_t n = t.numel();
+  if (n == 0) return;
+  dispatch_float(t.dtype, "tensor", [&](auto z) {
+    using T = decltype(z);
+    scale_kernel<T><<<blocks_for(n, 256), 256, 0, stream()>>>(t.as<T>(), n, alpha);
+  });
+  LK_LAUNCHED("scale");
+}
+
 void adamw_step(const TensorRef& param, const TensorRef& grad, const TensorRef& exp_avg, const TensorRef& exp_avg_sq,
-                const AdamWParams& h) {
+                const TensorRef* master, const AdamWParams& h) {
   int64_t n = param.numel();
+  if (master) require_state(*master, n, "master");
   require_state(exp_avg, n, "expAvg");
   require_state(exp_avg_sq, n, "expAvgSq");
   if (h.step < 1) throw_range("step: expected an integer >= 1");
@@ -68,15 +152,17 @@ void adamw_step(const TensorRef& param, const TensorRef& grad, const TensorRef& 
       using P = decltype(pz);
       using G = decltype(gz);
       adamw_kernel<P, G><<<blocks_for(n, 256), 256, 0, stream()>>>(param.as<P>(), grad.as<G>(), exp_avg.as<float>(),
-                                                                   exp_avg_sq.as<float>(), n, h.beta1, omb1, h.beta2, omb2,
+                                                                   exp_avg_sq.as<float>(), master ? master->as<float>() : nullptr, n, h.beta1, omb1, h.beta2, omb2,
                                                                    h.eps, decay, step_size, inv_sqrt_bc2);
     });
   });
   LK_LAUNCHED("adamw step");
 }
 
-void sgd_step(const TensorRef& param, const TensorRef& grad, const TensorRef* momentum_buf, const SgdParams& h) {
+void sgd_step(const TensorRef& param, const TensorRef& grad, const TensorRef* momentum_buf, const TensorRef* master,
+              const SgdParams& h) {
   int64_t n = param.numel();
+  if (master) require_state(*master, n, "master");
   if (momentum_buf) require_state(*momentum_buf, n, "momentumBuffer");
   if (h.momentum != 0.f && !momentum_buf) throw_range("momentumBuffer: required when momentum != 0");
   if (n == 0) return;
@@ -85,7 +171,8 @@ void sgd_step(const TensorRef& param, const TensorRef& grad, const TensorRef* mo
       using P = decltype(pz);
       using G = decltype(gz);
       sgd_kernel<P, G><<<blocks_for(n, 256), 256, 0, stream()>>>(
-          param.as<P>(), grad.as<G>(), h.momentum != 0.f ? momentum_buf->as<float>() : nullptr, n, h.lr, h.momentum,
+          param.as<P>(), grad.as<G>(), h.momentum != 0.f ? momentum_buf->as<float>() : nullptr,
+          master ? master->as<float>() : nullptr, n, h.lr, h.momentum,
           h.dampening, h.weight_decay, h.nesterov, h.first_step);
     });
   });

@@ -17,6 +17,37 @@ const TensorRef& cuda_float(const Napi::Value& v, const std::string& name) {
   return t->ref();
 }
 
+const TensorRef* optional_cuda(const Napi::CallbackInfo& info, size_t i, const std::string& name) {
+  if (info.Length() <= i) return nullptr;
+  NativeTensor* t = get_tensor_or_null(info[i], name);
+  if (!t) return nullptr;
+  require_float_on(t, Device::CUDA, name);
+  return &t->ref();
+}
+
+// accumulate(dst f32, src, alpha): dst += alpha·src
+Napi::Value Accumulate(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& d = cuda_float(info[0], "dst");
+    const TensorRef& s = cuda_float(info[1], "src");
+    cuda::accumulate(d, s, static_cast<float>(get_number(info, 2, "alpha")));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value SumSquares(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return Napi::Number::New(info.Env(), cuda::sum_squares(cuda_float(info[0], "tensor")));
+  });
+}
+
+Napi::Value Scale(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    cuda::scale_inplace(cuda_float(info[0], "tensor"), static_cast<float>(get_number(info, 1, "alpha")));
+    return info.Env().Undefined();
+  });
+}
+
 void require_same(const TensorRef& a, const TensorRef& b, const std::string& an, const std::string& bn) {
   if (a.shape != b.shape) throw_range(bn + ": expected the shape of " + an + " " + shape_str(a.shape) + ", got " + shape_str(b.shape));
 }
@@ -73,7 +104,7 @@ Napi::Value BaseGemm(const Napi::CallbackInfo& info) {
   });
 }
 
-// adamwStep(param, grad, expAvg, expAvgSq, {lr, beta1, beta2, eps, weightDecay, step})
+// adamwStep(param, grad, expAvg, expAvgSq, {lr, beta1, beta2, eps, weightDecay, step}, master|null)
 Napi::Value AdamwStep(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     const TensorRef& p = cuda_float(info[0], "param");
@@ -98,12 +129,13 @@ Napi::Value AdamwStep(const Napi::CallbackInfo& info) {
     if (step < 1 || step != static_cast<double>(static_cast<int64_t>(step))) throw_range("opts.step: expected an integer >= 1");
     if (!(h.beta1 >= 0 && h.beta1 < 1) || !(h.beta2 >= 0 && h.beta2 < 1)) throw_range("opts.beta1/beta2: expected values in [0, 1)");
     h.step = static_cast<int64_t>(step);
-    cuda::adamw_step(p, g, m, v, h);
+    const TensorRef* master = optional_cuda(info, 5, "master");
+    cuda::adamw_step(p, g, m, v, master, h);
     return info.Env().Undefined();
   });
 }
 
-// sgdStep(param, grad, momentumBuffer|null, {lr, momentum, dampening, weightDecay, nesterov, firstStep})
+// sgdStep(param, grad, momentumBuffer|null, {lr, momentum, dampening, weightDecay, nesterov, firstStep}, master|null)
 Napi::Value SgdStep(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     const TensorRef& p = cuda_float(info[0], "param");
@@ -120,7 +152,7 @@ Napi::Value SgdStep(const Napi::CallbackInfo& info) {
     h.weight_decay = static_cast<float>(number_prop(o, "weightDecay", "opts"));
     h.nesterov = o.Get("nesterov").ToBoolean().Value();
     h.first_step = o.Get("firstStep").ToBoolean().Value();
-    cuda::sgd_step(p, g, bt ? &bt->ref() : nullptr, h);
+    cuda::sgd_step(p, g, bt ? &bt->ref() : nullptr, optional_cuda(info, 4, "master"), h);
     return info.Env().Undefined();
   });
 }
@@ -145,9 +177,12 @@ void InitCuda(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaBaseGemm", Napi::Function::New<BaseGemm>(env, "cudaBaseGemm"));
   exports.Set("cudaAdamwStep", Napi::Function::New<AdamwStep>(env, "cudaAdamwStep"));
   exports.Set("cudaSgdStep", Napi::Function::New<SgdStep>(env, "cudaSgdStep"));
+  exports.Set("cudaAccumulate", Napi::Function::New<Accumulate>(env, "cudaAccumulate"));
+  exports.Set("cudaSumSquares", Napi::Function::New<SumSquares>(env, "cudaSumSquares"));
+  exports.Set("cudaScale", Napi::Function::New<Scale>(env, "cudaScale"));
 #else
   for (const char* name : {"cudaSynchronize", "cudaTimerStart", "cudaTimerStop", "cudaMemoryStats", "cudaEmptyCache",
-                           "cudaBaseGemm", "cudaAdamwStep", "cudaSgdStep"})
+                           "cudaBaseGemm", "cudaAdamwStep", "cudaSgdStep", "cudaAccumulate", "cudaSumSquares", "cudaScale"})
     exports.Set(name, Napi::Function::New<NotBuilt>(env, name));
 #endif
 }
