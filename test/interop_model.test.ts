@@ -4,7 +4,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { Checkpoint, LoraModel, Tensor, modulesFromStateDict } from '../lib';
 import { opt350mModules } from './fixtures/opt350m';
-import { GOLDEN_DIR, expectClose } from './helpers/golden';
+import { GOLDEN_DIR, expectClose, loadCase } from './helpers/golden';
+import { writeCaseAsPeft } from './helpers/peft_adapter';
 
 const TINY = path.join(GOLDEN_DIR, 'opt_tiny');
 
@@ -196,8 +197,10 @@ describe('model-wide adapters', () => {
       const warnings: string[] = [];
       LoraModel.fromPretrained(loadTiny().modules, dir, { warn: (w) => warnings.push(w) });
       expect(warnings.join()).toMatch(/ignoring unknown adapter_config keys: some_future_key/);
+      fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, lora_bias: true }));
+      expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/lora_bias = true is not supported/);
       fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, use_dora: true }));
-      expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/use_dora = true is not supported/);
+      expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/has no lora_magnitude_vector, but the config sets use_dora/);
       fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, r: 4 }));
       expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/do not fit the layer.*check r and rank_pattern/);
       expect(() => LoraModel.fromPretrained(loadTiny().modules, path.join(dir, 'nope'))).toThrow(/is not a directory/);
@@ -219,6 +222,45 @@ describe('model-wide adapters', () => {
       expect(again.modules.get('transformer.h.0.attn.c_attn')!.kind).toBe('conv1d');
       expect(Array.from(again.layers.get('transformer.h.0.attn.c_attn')!.loraB.get('default')!.toFloat32Array()))
         .toEqual(Array.from(m.layers.get('transformer.h.0.attn.c_attn')!.loraB.get('default')!.toFloat32Array()));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe.each([
+  ['embedding', 'embed_tokens', 'embedding'],
+  ['conv2d_k3', 'conv', 'conv2d'],
+  ['linear_dora', 'q_proj', 'linear'],
+  ['conv1d_fan_in_fan_out', 'c_attn', 'conv1d'],
+])('peft golden case %s through LoraModel', (name, mod, kind) => {
+  test('fromPretrained (kind from the adapter tensors), mergeAndUnload = W_merged, save and reload identical', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-kind-'));
+    try {
+      const c = loadCase(name);
+      const disk = writeCaseAsPeft(c, dir, mod);
+      const load = () => {
+        const ck = Checkpoint.open(disk.base);
+        const sd = new Map(ck.names.map((n) => [n, ck.tensor(n)]));
+        ck.close();
+        return modulesFromStateDict(sd, { kinds: { [mod]: 'linear' } }); // deliberately wrong for embedding/conv1d
+      };
+      const model = LoraModel.fromPretrained(load(), disk.adapter);
+      expect(model.modules.get(`blk.${mod}`)!.kind).toBe(kind);
+      const saved = path.join(dir, 'saved');
+      model.savePretrained(saved);
+      const again = LoraModel.fromPretrained(load(), saved);
+      const l1 = model.layers.get(`blk.${mod}`)!;
+      const l2 = again.layers.get(`blk.${mod}`)!;
+      for (const get of [(l: typeof l1) => l.loraA, (l: typeof l1) => l.loraB, (l: typeof l1) => l.loraMagnitude]) {
+        const a = get(l1).get('default');
+        const b = get(l2).get('default');
+        expect(b?.shape).toEqual(a?.shape);
+        if (a) expect(Array.from(b!.toFloat32Array())).toEqual(Array.from(a.toFloat32Array()));
+      }
+      const meta = c.meta as { use_dora?: boolean };
+      expect(l1.loraMagnitude.has('default')).toBe(meta.use_dora === true);
+      expectClose(model.mergeAndUnload().get(disk.weightName)!.toFloat32Array(), c.f32('W_merged'), 1e-5, `${name} merged`);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
