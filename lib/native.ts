@@ -44,13 +44,28 @@ export interface DoraBackwardTermArg {
 }
 
 export interface BackendInfo {
-  /** The CPU microkernel chosen at load time ('avx512', 'avx2' or 'portable'). */
+  /** The CPU kernel path chosen at load time ('amx', 'avx512', 'avx2' or 'portable'); LORAKIT_CPU_PATH forces one. */
   cpuPath: string;
+  /** The paths this CPU can run, best first. */
+  cpuPaths: string[];
   threads: number;
   /** Backends compiled into this build. */
   compiled: string[];
   /** Backends compiled in and usable on this machine. */
   usable: string[];
+}
+
+/** The machine's ceilings measured natively (lorakit bench). */
+export interface MeasuredPeaks {
+  /** f32 FMA rate of the active CPU path on all pool threads, GFLOP/s. */
+  fmaGflops: number;
+  /** AMX bf16 tile rate, GFLOP/s (0 without AMX). */
+  amxGflops: number;
+  /** memcpy bandwidth, bytes read + written per second, GB/s. */
+  copyGBs: number;
+  /** Read-only bandwidth, GB/s. */
+  readGBs: number;
+  threads: number;
 }
 
 export interface NativeBinding {
@@ -165,6 +180,7 @@ export interface NativeBinding {
   allFinite(t: NativeTensorHandle): boolean;
   backendInfo(): BackendInfo;
   setNumThreads(n: number): number;
+  measurePeaks(bufferBytes: number): MeasuredPeaks;
   // Promise forms (native/napi/async_binding.cc): same checks, the work runs on a libuv thread and
   // the tensors are busy (no dispose, no writes) until the promise settles.
   shrinkAsync(...args: Parameters<NativeBinding['shrink']>): Promise<void>;

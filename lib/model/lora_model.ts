@@ -98,7 +98,7 @@ export class LoraModel {
           let layer = this.layers.get(m.name);
           const fresh = layer === undefined;
           layer ??= createLayer(m);
-          layer.addAdapter(name, { r, loraAlpha: alpha, loraDropout: c.loraDropout, useRslora: c.useRslora, initLoraWeights: c.initLoraWeights, seed, inferenceMode: c.inferenceMode });
+          layer.addAdapter(name, { r, loraAlpha: alpha, loraDropout: c.loraDropout, useRslora: c.useRslora, initLoraWeights: c.initLoraWeights, useDora: c.useDora, seed, inferenceMode: c.inferenceMode });
           created.push([m.name, layer, fresh]);
           if (fresh) this.layers.set(m.name, layer);
         }
@@ -236,9 +236,9 @@ export class LoraModel {
       if (!slots) continue;
       for (const [adapter, s] of slots) {
         const { A, B } = loraShapes(m, s.r);
-        const n = numelOf(A) + numelOf(B);
-        total += n;
         const cfg = this.peftConfig.get(adapter)!;
+        const n = numelOf(A) + numelOf(B) + (cfg.useDora ? B[0] : 0); // DoRA: a magnitude per output feature
+        total += n;
         if (this.#active.includes(adapter) && !cfg.inferenceMode) trainable += n;
       }
     }
