@@ -43,6 +43,6 @@ export type { WarmupScheduleOptions } from './train/schedule';
 export { mseLoss, crossEntropyLoss } from './train/losses';
 export type { LossResult, CrossEntropyOptions, Reduction } from './train/losses';
 export { train } from './train/loop';
-export type { TrainOptions, TrainResult, StepContext, StepLog } from './train/loop';
+export type { TrainOptions, TrainResult, StepContext, StepLog, CheckpointTarget } from './train/loop';
 export { ProgressBar } from './train/progress';
 export { lossCurveSvg } from './train/plot';

@@ -8,6 +8,7 @@ import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../erro
 import { LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
+import { Parameter } from '../train/parameter';
 import { checkOptions, checkString, numelOf } from '../validate';
 import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';
@@ -221,6 +222,22 @@ export class LoraModel {
     const o = checkOptions(opts, ['selectedAdapters'], 'opts') as { selectedAdapters?: string[] };
     savePretrained(this, dir, o.selectedAdapters);
     return this;
+  }
+
+  /**
+   * The trainable adapter tensors of every layer (lora_A, lora_B of the active, non-frozen
+   * adapters), for an optimizer; backward() on a layer accumulates into their grads.
+   */
+  parameters(): Parameter[] {
+    return this.namedParameters().map(([, p]) => p);
+  }
+
+  /** [`<module>.lora_A.<adapter>.weight`, Parameter] pairs, in module order. */
+  namedParameters(): Array<[string, Parameter]> {
+    this.requireLive();
+    const out: Array<[string, Parameter]> = [];
+    for (const [mod, layer] of this.layers) for (const p of layer.parameters()) out.push([`${mod}.${p.name}`, p]);
+    return out;
   }
 
   /** { trainable, total } parameter counts as peft's get_nb_trainable_parameters gives them. */
