@@ -61,6 +61,8 @@ const FWD_CASES: FwdCase[] = [
   { n: 97, inF: 300, outF: 259, rs: [5, 2], fifo: false, xt: 'f32', wt: 'f32', bias: true },
   { n: 97, inF: 300, outF: 259, rs: [3], fifo: true, xt: 'f32', wt: 'bf16', bias: true },
   { n: 50, inF: 64, outF: 96, rs: [8], fifo: false, xt: 'bf16', wt: 'bf16', bias: true },
+  { n: 97, inF: 300, outF: 259, rs: [16], fifo: false, xt: 'bf16', wt: 'bf16', bias: false },
+  { n: 200, inF: 520, outF: 300, rs: [4], fifo: true, xt: 'bf16', wt: 'bf16', bias: true },
   { n: 33, inF: 270, outF: 40, rs: [16], fifo: false, xt: 'f16', wt: 'f16', bias: false },
   { n: 500, inF: 40, outF: 33, rs: [1], fifo: false, xt: 'f32', wt: 'f32', bias: false },
 ];
