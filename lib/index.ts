@@ -33,7 +33,7 @@ export { SafetensorsStreamWriter, writeSafetensors, serializeHeader } from './io
 export type { TensorSpec, RawTensor } from './io/safetensors_writer';
 export { Checkpoint } from './io/checkpoint';
 export { LoraModel, modulesFromStateDict, guessKind, readAdapter } from './model';
-export type { LoraConfig, BiasMode, ModuleSpec, ModuleKind, FromStateDictOptions, ParamValue, FromPretrainedOptions, LoadOptions } from './model';
+export type { LoraConfig, BiasMode, ModuleSpec, ModuleOptions, ModuleKind, FromStateDictOptions, ParamValue, FromPretrainedOptions, LoadOptions } from './model';
 export { Parameter, countParameters } from './train/parameter';
 export type { ParameterRole } from './train/parameter';
 export { Optimizer, AdamW, SGD, clipGradNorm } from './train/optimizer';
@@ -42,3 +42,7 @@ export { LRScheduler, linearSchedule, cosineSchedule, linearWarmupDecayFactor, c
 export type { WarmupScheduleOptions } from './train/schedule';
 export { mseLoss, crossEntropyLoss } from './train/losses';
 export type { LossResult, CrossEntropyOptions, Reduction } from './train/losses';
+export { train } from './train/loop';
+export type { TrainOptions, TrainResult, StepContext, StepLog, CheckpointTarget } from './train/loop';
+export { ProgressBar } from './train/progress';
+export { lossCurveSvg } from './train/plot';

@@ -5,7 +5,8 @@ import * as path from 'path';
 import { Checkpoint, SafetensorsReader, writeSafetensors } from '../lib';
 import { run as inspect } from '../lib/cli/inspect';
 import { run as merge } from '../lib/cli/merge';
-import { GOLDEN_DIR, expectClose, relErr } from './helpers/golden';
+import { GOLDEN_DIR, expectClose, loadCase, relErr } from './helpers/golden';
+import { writeCaseAsPeft } from './helpers/peft_adapter';
 
 const TINY = path.join(GOLDEN_DIR, 'opt_tiny');
 const BASE = path.join(TINY, 'base_model.safetensors');
@@ -129,4 +130,19 @@ test('inspect shows an adapter\'s config, shapes and counts, and a checkpoint\'s
   expect(await inspect([path.join(dir, 'missing')])).toBe(1);
   expect(err.pop()).toMatch(/no such file or directory/);
   expect(await inspect([])).toBe(2);
+});
+
+test.each([
+  ['embedding', 'embed_tokens'],
+  ['conv2d_k3', 'conv'],
+  ['conv2d_k1', 'conv'],
+  ['linear_rslora', 'q_proj'],
+  ['conv1d_fan_in_fan_out', 'c_attn'],
+  ['linear_dora', 'q_proj'],
+])('merge handles peft golden case %s (module %s)', async (name, mod) => {
+  const c = loadCase(name);
+  const { base, adapter, weightName } = writeCaseAsPeft(c, dir, mod);
+  const o = path.join(dir, 'out.safetensors');
+  expect(await merge(['--base', base, '--adapter', adapter, '--out', o, '--quiet'])).toBe(0);
+  expectClose(new SafetensorsReader(o).float32(weightName), c.f32('W_merged'), 1e-5, `${name} W_merged`);
 });
