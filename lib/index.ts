@@ -13,12 +13,18 @@ export {
 } from './errors';
 export { LoraLayer } from './layers/lora_layer';
 export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, InitLoraWeights } from './layers/lora_layer';
-export type { MixedForwardOptions } from './layers/lora_layer';
+export type { MixedForwardOptions, CombinationType, WeightedAdapterOptions } from './layers/lora_layer';
 export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';
+export { LoraEmbedding } from './layers/embedding';
+export type { LoraEmbeddingOptions, EmbeddingIndices, EmbeddingBackwardResult } from './layers/embedding';
+export { LoraConv2d } from './layers/conv2d';
+export type { LoraConv2dOptions, Pair } from './layers/conv2d';
 export { kernels, backendInfo, setNumThreads } from './kernels';
 export type { KernelAdapter, LinearForwardOptions, MergeAdapterOptions } from './kernels';
-export type { BackendInfo } from './native';
+export type { BackendInfo, MeasuredPeaks } from './native';
+export { bench, formatTable as formatBenchTable } from './bench';
+export type { BenchOptions, BenchResult, BenchRow, BenchOp, BenchDType } from './bench';
 export { Rng, manualSeed } from './rng';
 export { SafetensorsFile, parseHeader } from './io/safetensors';
 export type { SafetensorsEntry, SafetensorsHeader } from './io/safetensors';
@@ -27,7 +33,7 @@ export { SafetensorsStreamWriter, writeSafetensors, serializeHeader } from './io
 export type { TensorSpec, RawTensor } from './io/safetensors_writer';
 export { Checkpoint } from './io/checkpoint';
 export { LoraModel, modulesFromStateDict, guessKind, readAdapter } from './model';
-export type { LoraConfig, BiasMode, ModuleSpec, ModuleKind, FromStateDictOptions, ParamValue, FromPretrainedOptions, LoadOptions } from './model';
+export type { LoraConfig, BiasMode, ModuleSpec, ModuleOptions, ModuleKind, FromStateDictOptions, ParamValue, FromPretrainedOptions, LoadOptions } from './model';
 export { Parameter, countParameters } from './train/parameter';
 export type { ParameterRole } from './train/parameter';
 export { Optimizer, AdamW, SGD, clipGradNorm } from './train/optimizer';
@@ -36,3 +42,7 @@ export { LRScheduler, linearSchedule, cosineSchedule, linearWarmupDecayFactor, c
 export type { WarmupScheduleOptions } from './train/schedule';
 export { mseLoss, crossEntropyLoss } from './train/losses';
 export type { LossResult, CrossEntropyOptions, Reduction } from './train/losses';
+export { train } from './train/loop';
+export type { TrainOptions, TrainResult, StepContext, StepLog, CheckpointTarget } from './train/loop';
+export { ProgressBar } from './train/progress';
+export { lossCurveSvg } from './train/plot';

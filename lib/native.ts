@@ -44,13 +44,28 @@ export interface DoraBackwardTermArg {
 }
 
 export interface BackendInfo {
-  /** The CPU microkernel chosen at load time ('avx512', 'avx2' or 'portable'). */
+  /** The CPU kernel path chosen at load time ('amx', 'avx512', 'avx2' or 'portable'); LORAKIT_CPU_PATH forces one. */
   cpuPath: string;
+  /** The paths this CPU can run, best first. */
+  cpuPaths: string[];
   threads: number;
   /** Backends compiled into this build. */
   compiled: string[];
   /** Backends compiled in and usable on this machine. */
   usable: string[];
+}
+
+/** The machine's ceilings measured natively (lorakit bench). */
+export interface MeasuredPeaks {
+  /** f32 FMA rate of the active CPU path on all pool threads, GFLOP/s. */
+  fmaGflops: number;
+  /** AMX bf16 tile rate, GFLOP/s (0 without AMX). */
+  amxGflops: number;
+  /** memcpy bandwidth, bytes read + written per second, GB/s. */
+  copyGBs: number;
+  /** Read-only bandwidth, GB/s. */
+  readGBs: number;
+  threads: number;
 }
 
 export interface NativeBinding {
@@ -90,6 +105,40 @@ export interface NativeBinding {
     rowAdapter: Int32Array,
     y: NativeTensorHandle,
   ): void;
+  embeddingForward(
+    indices: NativeTensorHandle,
+    W: NativeTensorHandle,
+    adapters: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
+    rowAdapter: Int32Array | null,
+    y: NativeTensorHandle,
+  ): void;
+  embeddingBackward(
+    indices: NativeTensorHandle,
+    dy: NativeTensorHandle,
+    A: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    paddingIdx: number,
+    dA: NativeTensorHandle | null,
+    dB: NativeTensorHandle | null,
+  ): void;
+  conv2dForward(
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    bias: NativeTensorHandle | null,
+    geom: number[],
+    terms: Array<{ xa: NativeTensorHandle; u: NativeTensorHandle; A: NativeTensorHandle; B: NativeTensorHandle; scale: number }>,
+    y: NativeTensorHandle,
+  ): void;
+  conv2dBackward(
+    dy: NativeTensorHandle,
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    geom: number[],
+    terms: Array<BackwardTermArg>,
+    dx: NativeTensorHandle | null,
+  ): void;
+  conv2dMergeDelta(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, out: NativeTensorHandle): void;
   doraWeightNorm(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, fanInFanOut: boolean, norm: NativeTensorHandle): void;
   doraLinearForward(
     x: NativeTensorHandle,
@@ -130,6 +179,7 @@ export interface NativeBinding {
   allFinite(t: NativeTensorHandle): boolean;
   backendInfo(): BackendInfo;
   setNumThreads(n: number): number;
+  measurePeaks(bufferBytes: number): MeasuredPeaks;
   // Promise forms (native/napi/async_binding.cc): same checks, the work runs on a libuv thread and
   // the tensors are busy (no dispose, no writes) until the promise settles.
   shrinkAsync(...args: Parameters<NativeBinding['shrink']>): Promise<void>;

@@ -4,7 +4,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { Checkpoint, LoraModel, Tensor, modulesFromStateDict } from '../lib';
 import { opt350mModules } from './fixtures/opt350m';
-import { GOLDEN_DIR, expectClose } from './helpers/golden';
+import { GOLDEN_DIR, expectClose, loadCase } from './helpers/golden';
+import { writeCaseAsPeft } from './helpers/peft_adapter';
 
 const TINY = path.join(GOLDEN_DIR, 'opt_tiny');
 
@@ -125,6 +126,141 @@ describe('opt_tiny (peft 0.21)', () => {
           expect(l2.scaling.get(a)).toBe(layer.scaling.get(a));
         }
       }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('weights held as Float32Array (README example)', () => {
+  test('merge writes peft\'s merged weight back into the array; unmerge restores it', () => {
+    const base = Checkpoint.open(path.join(TINY, 'base_model.safetensors'));
+    const ref = Checkpoint.open(path.join(TINY, 'merged_model.safetensors'));
+    const name = 'model.decoder.layers.1.self_attn.q_proj';
+    const q = base.readerOf(`${name}.weight`).float32(`${name}.weight`).slice();
+    const original = q.slice();
+    const W = Tensor.from(q, [64, 64]);
+    const warnings: string[] = [];
+    const model = LoraModel.fromPretrained([{ name, kind: 'linear', weight: W }], path.join(TINY, 'adapter'), { warn: (m) => warnings.push(m) });
+    expect(warnings.join()).toMatch(/ignoring factors of 3 module\(s\) this model does not have/);
+    model.mergeAdapter();
+    q.set(W.toFloat32Array());
+    expectClose(q, ref.readerOf(`${name}.weight`).float32(`${name}.weight`), 1e-5, 'merged q_proj');
+    model.unmergeAdapter();
+    expectClose(W.toFloat32Array(), original, 1e-6, 'unmerged q_proj');
+    base.close();
+    ref.close();
+  });
+});
+
+describe('model-wide adapters', () => {
+  function tiny(): LoraModel {
+    return new LoraModel(loadTiny().modules, { targetModules: ['q_proj', 'v_proj'], r: 4, initLoraWeights: false, seed: 1 });
+  }
+
+  test('addAdapter does not activate; setAdapter and deleteAdapter act on every layer', () => {
+    const m = tiny();
+    m.addAdapter('b', { targetModules: ['v_proj', 'fc1'], r: 2, initLoraWeights: false, seed: 2 });
+    expect(m.activeAdapters).toEqual(['default']);
+    expect(m.layers.size).toBe(6);
+    expect(m.layers.get('model.decoder.layers.0.fc1')!.activeAdapters).toEqual([]);
+    m.setAdapter(['default', 'b']);
+    expect(m.layers.get('model.decoder.layers.0.self_attn.v_proj')!.activeAdapters).toEqual(['default', 'b']);
+    expect(m.layers.get('model.decoder.layers.0.self_attn.q_proj')!.activeAdapters).toEqual(['default']);
+    expect(m.layers.get('model.decoder.layers.1.fc1')!.activeAdapters).toEqual(['b']);
+    expect(m.getNbTrainableParameters().trainable).toBe(4 * 4 * 128 + 2 * 2 * 128 + 2 * 2 * (64 + 128));
+    m.deleteAdapter('default');
+    expect(m.activeAdapters).toEqual(['b']);
+    expect(m.layers.has('model.decoder.layers.0.self_attn.q_proj')).toBe(false);
+    expect(() => m.setAdapter('default')).toThrow(/unknown adapter 'default'/);
+    expect(() => m.addAdapter('b', { targetModules: ['q_proj'] })).toThrow(/already exists/);
+  });
+
+  test('addWeightedAdapter (cat) gives Σ wᵢ·ΔWᵢ on every layer', () => {
+    const m = tiny();
+    m.addAdapter('b', { targetModules: ['q_proj', 'v_proj'], r: 2, loraAlpha: 6, initLoraWeights: false, seed: 3 });
+    m.addWeightedAdapter(['default', 'b'], [0.7, 0.5], 'mix', { combinationType: 'cat' });
+    expect(m.peftConfig.get('mix')!.r).toBe(6);
+    for (const layer of m.layers.values()) {
+      const d = (n: string) => layer.getDeltaWeight(n).toFloat32Array();
+      const a = d('default'), b = d('b');
+      expectClose(d('mix'), a.map((v, i) => 0.7 * v + 0.5 * b[i]), 1e-5, 'cat');
+    }
+  });
+
+  test('adapter_config handling: unknown keys warn, unsupported features are refused', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-cfg-'));
+    try {
+      fs.copyFileSync(path.join(TINY, 'adapter', 'adapter_model.safetensors'), path.join(dir, 'adapter_model.safetensors'));
+      const cfg = JSON.parse(fs.readFileSync(path.join(TINY, 'adapter', 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
+      fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, some_future_key: 1 }));
+      const warnings: string[] = [];
+      LoraModel.fromPretrained(loadTiny().modules, dir, { warn: (w) => warnings.push(w) });
+      expect(warnings.join()).toMatch(/ignoring unknown adapter_config keys: some_future_key/);
+      fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, lora_bias: true }));
+      expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/lora_bias = true is not supported/);
+      fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, use_dora: true }));
+      expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/has no lora_magnitude_vector, but the config sets use_dora/);
+      fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, r: 4 }));
+      expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/do not fit the layer.*check r and rank_pattern/);
+      expect(() => LoraModel.fromPretrained(loadTiny().modules, path.join(dir, 'nope'))).toThrow(/is not a directory/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('conv1d kinds follow the adapter tensors; saved adapters of conv1d modules reload', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-c1d-'));
+    try {
+      const W = Tensor.from(Float32Array.from({ length: 12 * 36 }, (_, i) => Math.sin(i)), [12, 36]); // GPT-2 c_attn: [in, out]
+      const mods = [{ name: 'transformer.h.0.attn.c_attn', kind: 'conv1d' as const, weight: W }];
+      const m = new LoraModel(mods, { targetModules: ['c_attn'], r: 2, initLoraWeights: false, seed: 5 });
+      expect(m.layers.get('transformer.h.0.attn.c_attn')!.loraA.get('default')!.shape).toEqual([2, 12]);
+      m.savePretrained(dir);
+      // given as 'linear' by mistake, the factors' shapes say conv1d
+      const again = LoraModel.fromPretrained([{ ...mods[0], kind: 'linear' }], dir);
+      expect(again.modules.get('transformer.h.0.attn.c_attn')!.kind).toBe('conv1d');
+      expect(Array.from(again.layers.get('transformer.h.0.attn.c_attn')!.loraB.get('default')!.toFloat32Array()))
+        .toEqual(Array.from(m.layers.get('transformer.h.0.attn.c_attn')!.loraB.get('default')!.toFloat32Array()));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe.each([
+  ['embedding', 'embed_tokens', 'embedding'],
+  ['conv2d_k3', 'conv', 'conv2d'],
+  ['linear_dora', 'q_proj', 'linear'],
+  ['conv1d_fan_in_fan_out', 'c_attn', 'conv1d'],
+])('peft golden case %s through LoraModel', (name, mod, kind) => {
+  test('fromPretrained (kind from the adapter tensors), mergeAndUnload = W_merged, save and reload identical', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-kind-'));
+    try {
+      const c = loadCase(name);
+      const disk = writeCaseAsPeft(c, dir, mod);
+      const load = () => {
+        const ck = Checkpoint.open(disk.base);
+        const sd = new Map(ck.names.map((n) => [n, ck.tensor(n)]));
+        ck.close();
+        return modulesFromStateDict(sd, { kinds: { [mod]: 'linear' } }); // deliberately wrong for embedding/conv1d
+      };
+      const model = LoraModel.fromPretrained(load(), disk.adapter);
+      expect(model.modules.get(`blk.${mod}`)!.kind).toBe(kind);
+      const saved = path.join(dir, 'saved');
+      model.savePretrained(saved);
+      const again = LoraModel.fromPretrained(load(), saved);
+      const l1 = model.layers.get(`blk.${mod}`)!;
+      const l2 = again.layers.get(`blk.${mod}`)!;
+      for (const get of [(l: typeof l1) => l.loraA, (l: typeof l1) => l.loraB, (l: typeof l1) => l.loraMagnitude]) {
+        const a = get(l1).get('default');
+        const b = get(l2).get('default');
+        expect(b?.shape).toEqual(a?.shape);
+        if (a) expect(Array.from(b!.toFloat32Array())).toEqual(Array.from(a.toFloat32Array()));
+      }
+      const meta = c.meta as { use_dora?: boolean };
+      expect(l1.loraMagnitude.has('default')).toBe(meta.use_dora === true);
+      expectClose(model.mergeAndUnload().get(disk.weightName)!.toFloat32Array(), c.f32('W_merged'), 1e-5, `${name} merged`);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -8,6 +8,7 @@ import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../erro
 import { LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
+import { Parameter } from '../train/parameter';
 import { checkOptions, checkString, numelOf } from '../validate';
 import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';
@@ -98,7 +99,7 @@ export class LoraModel {
           let layer = this.layers.get(m.name);
           const fresh = layer === undefined;
           layer ??= createLayer(m);
-          layer.addAdapter(name, { r, loraAlpha: alpha, loraDropout: c.loraDropout, useRslora: c.useRslora, initLoraWeights: c.initLoraWeights, seed, inferenceMode: c.inferenceMode });
+          layer.addAdapter(name, { r, loraAlpha: alpha, loraDropout: c.loraDropout, useRslora: c.useRslora, initLoraWeights: c.initLoraWeights, useDora: c.useDora, seed, inferenceMode: c.inferenceMode });
           created.push([m.name, layer, fresh]);
           if (fresh) this.layers.set(m.name, layer);
         }
@@ -223,6 +224,22 @@ export class LoraModel {
     return this;
   }
 
+  /**
+   * The trainable adapter tensors of every layer (lora_A, lora_B of the active, non-frozen
+   * adapters), for an optimizer; backward() on a layer accumulates into their grads.
+   */
+  parameters(): Parameter[] {
+    return this.namedParameters().map(([, p]) => p);
+  }
+
+  /** [`<module>.lora_A.<adapter>.weight`, Parameter] pairs, in module order. */
+  namedParameters(): Array<[string, Parameter]> {
+    this.requireLive();
+    const out: Array<[string, Parameter]> = [];
+    for (const [mod, layer] of this.layers) for (const p of layer.parameters()) out.push([`${mod}.${p.name}`, p]);
+    return out;
+  }
+
   /** { trainable, total } parameter counts as peft's get_nb_trainable_parameters gives them. */
   getNbTrainableParameters(): { trainable: number; total: number } {
     let total = 0;
@@ -236,9 +253,9 @@ export class LoraModel {
       if (!slots) continue;
       for (const [adapter, s] of slots) {
         const { A, B } = loraShapes(m, s.r);
-        const n = numelOf(A) + numelOf(B);
-        total += n;
         const cfg = this.peftConfig.get(adapter)!;
+        const n = numelOf(A) + numelOf(B) + (cfg.useDora ? B[0] : 0); // DoRA: a magnitude per output feature
+        total += n;
         if (this.#active.includes(adapter) && !cfg.inferenceMode) trainable += n;
       }
     }

@@ -13,6 +13,15 @@ export const MODULE_KINDS: readonly ModuleKind[] = ['linear', 'conv1d', 'embeddi
 
 export type ParamValue = Tensor | readonly number[];
 
+/** Layer settings that shapes do not tell: conv2d geometry, an embedding's padding index. */
+export interface ModuleOptions {
+  stride?: number | [number, number];
+  padding?: number | [number, number];
+  dilation?: number | [number, number];
+  groups?: number;
+  paddingIdx?: number | null;
+}
+
 export interface ModuleSpec {
   name: string;
   kind: ModuleKind;
@@ -23,6 +32,7 @@ export interface ModuleSpec {
   /** State-dict names (default `<name>.weight` / `<name>.bias`). */
   weightName?: string;
   biasName?: string;
+  options?: ModuleOptions;
 }
 
 export interface NormalizedModule {
@@ -33,6 +43,7 @@ export interface NormalizedModule {
   tiedTo: string | null;
   weightName: string;
   biasName: string;
+  options: ModuleOptions;
 }
 
 export function shapeOf(p: ParamValue): readonly number[] {
@@ -54,7 +65,7 @@ export function loraDims(m: NormalizedModule): { inF: number; outF: number } {
     case 'embedding':
       return { inF: s[0], outF: s[1] };
     case 'conv2d':
-      return { inF: s[1], outF: s[0] };
+      return { inF: s[1] * (m.options.groups ?? 1), outF: s[0] };
     default:
       throw new LoraTypeError(`module '${m.name}': kind ${m.kind} cannot take LoRA`);
   }
@@ -70,8 +81,10 @@ export function loraShapes(m: NormalizedModule, r: number): { A: number[]; B: nu
       return { A: [r, s[0]], B: [s[1], r] };
     case 'embedding':
       return { A: [r, s[0]], B: [s[1], r] };
-    case 'conv2d':
-      return { A: [r, s[1], s[2], s[3]], B: [s[0], r, 1, 1] };
+    case 'conv2d': {
+      const g = m.options.groups ?? 1;
+      return { A: [r, s[1] * g, s[2], s[3]], B: [s[0], r / g, 1, 1] };
+    }
     default:
       throw new LoraTypeError(`module '${m.name}': kind ${m.kind} cannot take LoRA`);
   }
@@ -110,6 +123,7 @@ export function normalizeModules(modules: Iterable<ModuleSpec> | Map<string, Mod
       tiedTo: m.tiedTo ?? null,
       weightName: m.weightName ?? `${m.name}.weight`,
       biasName: m.biasName ?? `${m.name}.bias`,
+      options: { ...(m.options ?? {}) },
     });
   });
   for (const m of out.values()) {

@@ -31,7 +31,8 @@ export function mseLoss(pred: Tensor, target: Tensor | Float32Array, opts: { red
     if (target.shape.length !== pred.shape.length || target.shape.some((d, i) => d !== pred.shape[i]))
       throw new ShapeError(`target: expected shape ${shapeStr(pred.shape)} (pred's), got ${shapeStr(target.shape)}`);
     t = target.toFloat32Array();
-  } else if (target instanceof Float32Array) {
+  } else if (Object.prototype.toString.call(target) === '[object Float32Array]') {
+    // (not instanceof: arrays read back from the addon may belong to another realm)
     if (target.length !== pred.numel)
       throw new ShapeError(`target: has ${target.length} elements but pred ${shapeStr(pred.shape)} has ${pred.numel}`);
     t = target;
@@ -63,7 +64,7 @@ function readTargets(targets: Tensor | Int32Array | number[], rows: number): Int
     if (targets.dtype === 'i32') t = targets.toInt32Array();
     else if (targets.dtype === 'i64') t = Float64Array.from(targets.toBigInt64Array(), (v) => Number(v));
     else throw new DTypeError(`targets: expected an i32 or i64 tensor of class indices, got ${targets.dtype}`);
-  } else if (targets instanceof Int32Array) t = targets;
+  } else if (Object.prototype.toString.call(targets) === '[object Int32Array]') t = targets as Int32Array;
   else if (Array.isArray(targets)) t = Float64Array.from(targets);
   else throw new LoraTypeError('targets: expected an Int32Array, a number[] or an i32/i64 Tensor of class indices');
   if (t.length !== rows) throw new ShapeError(`targets: expected ${rows} class indices (one per row of logits), got ${t.length}`);

@@ -1,26 +1,31 @@
 // Hand-written because no BLAS is assumed on users' machines (the package builds from source with
 // only a C++ compiler), and because the LoRA passes need things BLAS lacks: mixed f32/f16/bf16
-// operands converted while packing, several K segments accumulated into one output tile, and a
-// single rounding on store. Structure follows the BLIS/GotoBLAS design: pack an MC×KC block of A
-// and a KC×NC block of B into contiguous panels, then run an MR×NR register microkernel.
+// operands converted while packing (no full-size f32 copy), several K segments accumulated into
+// one output tile, and a single rounding on store. Structure follows BLIS/GotoBLAS: per task a
+// KC×NC block of B is packed once and swept by MC×KC blocks of A through the path's MR×NR register
+// microkernel (or AMX tiles for bf16×bf16 segments). One row (m = 1, decode) is a GEMV that
+// streams B once instead, since a packed tile would waste MR-1 of its rows.
 #include "gemm.h"
 #include <algorithm>
 #include <cstring>
-#include <memory>
+#include <vector>
 #include "../core/thread_pool.h"
 #include "microkernel.h"
 
 namespace lorakit {
 namespace {
 
-constexpr int64_t MC = 96;   // multiple of MR
-constexpr int64_t NC = 256;  // multiple of NR
-constexpr int64_t KC = 256;
+constexpr int64_t MC = 96;      // multiple of every path's MR and of AMX's 32
+constexpr int64_t NC = 256;     // multiple of every path's NR and of AMX's 32
+constexpr int64_t KC = 256;     // multiple of 32 (AMX k-step)
+constexpr int64_t MAX_RC = 960; // rows of C one task owns (bounds its f32 accumulator)
 
 struct Scratch {
-  std::unique_ptr<float[]> a, b, acc;
+  std::vector<float> b, acc, tmp, bias;
+  std::vector<uint16_t> a16, b16;
   Scratch()
-      : a(new float[MC * KC]), b(new float[KC * NC]), acc(new float[MC * NC]) {}
+      : b(KC * NC), acc((MC + 32) * NC), tmp(std::max(KC, NC)), bias(NC),
+        a16(MC * KC), b16(KC * NC) {}
 };
 
 Scratch& scratch() {
@@ -28,97 +33,259 @@ Scratch& scratch() {
   return s;
 }
 
-// Packs rows [i0, i0+mc) × k-range of A into MR-row panels: panel p holds kc columns of MR values.
-void pack_a(const MatView& a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float alpha, float* dst) {
-  for (int64_t p = 0; p < mc; p += MR) {
-    int64_t rows = std::min<int64_t>(MR, mc - p);
+inline const char* elem_ptr(const MatView& v, int64_t i, int64_t k) {
+  return static_cast<const char*>(v.data) + (i * v.rs + k * v.cs) * static_cast<int64_t>(dtype_size(v.dtype));
+}
+
+// Packs rows [i0, i0+mc) × k-range of A into mr-row panels: panel p holds kc steps of mr values.
+void pack_a(const KernelTable& kt, const MatView& a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float alpha,
+            float* dst, float* tmp) {
+  const int64_t mr = kt.mr;
+  for (int64_t p = 0; p < mc; p += mr) {
+    int64_t rows = std::min(mr, mc - p);
     float* panel = dst + p * kc;
-    if (a.dtype == DType::F32 && a.cs == 1) {
-      for (int64_t r = 0; r < rows; r++) {
-        const float* src = static_cast<const float*>(a.data) + (i0 + p + r) * a.rs + k0;
-        for (int64_t k = 0; k < kc; k++) panel[k * MR + r] = alpha * src[k];
-      }
+    if (a.cs == 1) {
+      kt.pack_t(elem_ptr(a, i0 + p, k0), a.dtype, a.rs, rows, kc, panel, mr);
+      if (alpha != 1.f)
+        for (int64_t k = 0; k < kc; k++)
+          for (int64_t r = 0; r < rows; r++) panel[k * mr + r] *= alpha;
+    } else if (a.rs == 1) {  // column-contiguous source: each k step is a contiguous run of rows
+      for (int64_t k = 0; k < kc; k++) kt.load_row(elem_ptr(a, i0 + p, k0 + k), a.dtype, alpha, rows, panel + k * mr);
     } else {
       for (int64_t r = 0; r < rows; r++)
-        for (int64_t k = 0; k < kc; k++) panel[k * MR + r] = alpha * a.at(i0 + p + r, k0 + k);
+        for (int64_t k = 0; k < kc; k++) panel[k * mr + r] = alpha * a.at(i0 + p + r, k0 + k);
     }
-    for (int64_t r = rows; r < MR; r++)
-      for (int64_t k = 0; k < kc; k++) panel[k * MR + r] = 0.f;
+    for (int64_t r = rows; r < mr; r++)
+      for (int64_t k = 0; k < kc; k++) panel[k * mr + r] = 0.f;
   }
 }
 
-// Packs k-range × columns [j0, j0+nc) of B into NR-column panels.
-void pack_b(const MatView& b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst) {
-  for (int64_t q = 0; q < nc; q += NR) {
-    int64_t cols = std::min<int64_t>(NR, nc - q);
+// Packs k-range × columns [j0, j0+nc) of B into nr-column panels.
+void pack_b(const KernelTable& kt, const MatView& b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst,
+            float* tmp) {
+  const int64_t nr = kt.nr;
+  for (int64_t q = 0; q < nc; q += nr) {
+    int64_t cols = std::min(nr, nc - q);
     float* panel = dst + q * kc;
-    if (b.dtype == DType::F32 && b.cs == 1 && cols == NR) {
+    if (b.cs == 1) {
       for (int64_t k = 0; k < kc; k++) {
-        const float* src = static_cast<const float*>(b.data) + (k0 + k) * b.rs + j0 + q;
-        std::memcpy(panel + k * NR, src, NR * sizeof(float));
+        kt.load_row(elem_ptr(b, k0 + k, j0 + q), b.dtype, 1.f, cols, panel + k * nr);
+        for (int64_t c = cols; c < nr; c++) panel[k * nr + c] = 0.f;
       }
-    } else if (b.dtype == DType::F32 && b.rs == 1) {
-      for (int64_t c = 0; c < cols; c++) {
-        const float* src = static_cast<const float*>(b.data) + (j0 + q + c) * b.cs + k0;
-        for (int64_t k = 0; k < kc; k++) panel[k * NR + c] = src[k];
-      }
-      for (int64_t c = cols; c < NR; c++)
-        for (int64_t k = 0; k < kc; k++) panel[k * NR + c] = 0.f;
+      continue;
+    }
+    if (b.rs == 1) {  // e.g. Wᵀ of a row-major W: each column is a contiguous row of W
+      kt.pack_t(elem_ptr(b, k0, j0 + q), b.dtype, b.cs, cols, kc, panel, nr);
     } else {
       for (int64_t c = 0; c < cols; c++)
-        for (int64_t k = 0; k < kc; k++) panel[k * NR + c] = b.at(k0 + k, j0 + q + c);
-      for (int64_t c = cols; c < NR; c++)
-        for (int64_t k = 0; k < kc; k++) panel[k * NR + c] = 0.f;
+        for (int64_t k = 0; k < kc; k++) panel[k * nr + c] = b.at(k0 + k, j0 + q + c);
     }
+    for (int64_t c = cols; c < nr; c++)
+      for (int64_t k = 0; k < kc; k++) panel[k * nr + c] = 0.f;
   }
 }
 
-void compute_tile(int64_t i0, int64_t mc, int64_t j0, int64_t nc, const std::vector<KSegment>& segs,
-                  const GemmOutput& out) {
-  Scratch& s = scratch();
-  float* acc = s.acc.get();  // mc × nc with leading dimension NC
-  for (int64_t i = 0; i < mc; i++) std::fill(acc + i * NC, acc + i * NC + nc, 0.f);
+inline uint16_t bits_at(const MatView& v, int64_t i, int64_t k) {
+  return static_cast<const uint16_t*>(v.data)[i * v.rs + k * v.cs];
+}
+
+// AMX operand packing (bf16 bits copied, no rounding): A as 32-row panels of kcp (kc rounded up
+// to 32) values per row; B as 32-column panels in VNNI order [kcp/2][32][2]. Padding is zero.
+void pack_a16(const MatView& a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int64_t kcp, uint16_t* dst) {
+  int64_t rows = (mc + 31) / 32 * 32;
+  for (int64_t r = 0; r < rows; r++) {
+    uint16_t* row = dst + r * kcp;
+    if (r >= mc) {
+      std::memset(row, 0, kcp * 2);
+      continue;
+    }
+    if (a.cs == 1) std::memcpy(row, elem_ptr(a, i0 + r, k0), kc * 2);
+    else
+      for (int64_t k = 0; k < kc; k++) row[k] = bits_at(a, i0 + r, k0 + k);
+    std::memset(row + kc, 0, (kcp - kc) * 2);
+  }
+}
+
+void pack_b16(const MatView& b, int64_t k0, int64_t kc, int64_t kcp, int64_t j0, int64_t nc, uint16_t* dst) {
+  int64_t cols = (nc + 31) / 32 * 32;
+  std::memset(dst, 0, cols * kcp * 2);
+  for (int64_t q = 0; q < cols; q += 32) {
+    uint16_t* panel = dst + q * kcp;
+    for (int64_t c = 0; c < 32 && q + c < nc; c++)
+      for (int64_t k = 0; k < kc; k++) panel[(k / 2) * 64 + c * 2 + (k & 1)] = bits_at(b, k0 + k, j0 + q + c);
+  }
+}
+
+bool use_amx(const KernelTable& kt, const KSegment& s) {
+  return kt.amx_block && s.a.dtype == DType::BF16 && s.b.dtype == DType::BF16 && s.alpha == 1.f;
+}
+
+// Bias (row vector) and beta·C, then one rounding into the output dtype.
+void store_rows(const KernelTable& kt, const float* acc, int64_t ldacc, int64_t i0, int64_t rows, int64_t j0,
+                int64_t nc, const GemmOutput& out, Scratch& s) {
+  const size_t es = dtype_size(out.dtype);
+  if (out.bias) kt.load_row(static_cast<const char*>(out.bias) + j0 * dtype_size(out.bias_dtype), out.bias_dtype, 1.f,
+                            nc, s.bias.data());
+  for (int64_t i = 0; i < rows; i++) {
+    float* row = const_cast<float*>(acc + i * ldacc);
+    char* dst = static_cast<char*>(out.data) + ((i0 + i) * out.ldc + j0) * es;
+    if (out.beta != 0.f) {
+      kt.load_row(dst, out.dtype, out.beta, nc, s.tmp.data());
+      for (int64_t j = 0; j < nc; j++) row[j] += s.tmp[j];
+    }
+    if (out.bias)
+      for (int64_t j = 0; j < nc; j++) row[j] += s.bias[j];
+    kt.store_row(row, dst, out.dtype, nc);
+  }
+}
+
+// A of every non-AMX segment packed once per call (all row panels, all k blocks), shared by the
+// tasks: otherwise each column block of C would repack it.
+struct PackedA {
+  std::vector<int64_t> base;  // per segment; -1 when the segment packs inside the task (AMX)
+  int64_t m_pad = 0;
+  float* data = nullptr;
+  // Panel for rows [i, i+mr) of k block starting at k0 (kc steps): kc × mr values.
+  const float* panel(size_t seg, int64_t k0, int64_t kc, int64_t i) const { return data + base[seg] + k0 * m_pad + i * kc; }
+};
+
+std::vector<float>& packed_a_buffer() {
+  thread_local std::vector<float> buf;  // the calling thread's; gemm is not re-entered from tasks
+  return buf;
+}
+
+PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>& segs) {
+  PackedA pa;
+  pa.m_pad = (m + kt.mr - 1) / kt.mr * kt.mr;
+  int64_t total = 0;
+  for (const KSegment& s : segs) {
+    if (use_amx(kt, s)) {
+      pa.base.push_back(-1);
+      continue;
+    }
+    pa.base.push_back(total);
+    total += s.k * pa.m_pad;
+  }
+  std::vector<float>& buf = packed_a_buffer();
+  if (static_cast<int64_t>(buf.size()) < total) buf.resize(total);
+  pa.data = buf.data();
+  const int64_t panels = pa.m_pad / kt.mr;
+  for (size_t si = 0; si < segs.size(); si++) {
+    if (pa.base[si] < 0) continue;
+    const KSegment& s = segs[si];
+    int64_t kblocks = (s.k + KC - 1) / KC;
+    parallel_for(
+        kblocks * panels,
+        [&](int64_t b, int64_t e) {
+          Scratch& sc = scratch();
+          for (int64_t t = b; t < e; t++) {
+            int64_t k0 = (t / panels) * KC, i = (t % panels) * kt.mr;
+            int64_t kc = std::min(KC, s.k - k0);
+            pack_a(kt, s.a, i, std::min(kt.mr, m - i), k0, kc, s.alpha,
+                   const_cast<float*>(pa.panel(si, k0, kc, i)), sc.tmp.data());
+          }
+        },
+        16);
+  }
+  return pa;
+}
+
+void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vector<KSegment>& segs,
+                  const PackedA& pa, const GemmOutput& out) {
   const KernelTable& kt = kernel_table();
-  for (const KSegment& seg : segs) {
+  Scratch& s = scratch();
+  if (static_cast<int64_t>(s.acc.size()) < (rc + 32) * NC) s.acc.resize((rc + 32) * NC);
+  float* acc = s.acc.data();  // rc × nc, leading dimension NC
+  for (int64_t i = 0; i < rc; i++) std::fill(acc + i * NC, acc + i * NC + nc, 0.f);
+  for (size_t si = 0; si < segs.size(); si++) {
+    const KSegment& seg = segs[si];
+    bool amx = pa.base[si] < 0;
     for (int64_t k0 = 0; k0 < seg.k; k0 += KC) {
       int64_t kc = std::min(KC, seg.k - k0);
-      pack_b(seg.b, k0, kc, j0, nc, s.b.get());
-      pack_a(seg.a, i0, mc, k0, kc, seg.alpha, s.a.get());
-      for (int64_t q = 0; q < nc; q += NR) {
-        for (int64_t p = 0; p < mc; p += MR) {
-          kt.microkernel(kc, s.a.get() + p * kc, s.b.get() + q * kc, acc + p * NC + q, NC,
-                         std::min<int64_t>(MR, mc - p), std::min<int64_t>(NR, nc - q));
+      if (amx) {
+        int64_t kcp = (kc + 31) / 32 * 32;
+        pack_b16(seg.b, k0, kc, kcp, j0, nc, s.b16.data());
+        for (int64_t ic = 0; ic < rc; ic += MC) {
+          int64_t mc = std::min(MC, rc - ic);
+          pack_a16(seg.a, i0 + ic, mc, k0, kc, kcp, s.a16.data());
+          for (int64_t jr = 0; jr < nc; jr += 32)
+            for (int64_t ir = 0; ir < mc; ir += 32)
+              kt.amx_block(kcp, s.a16.data() + ir * kcp, s.b16.data() + jr * kcp, acc + (ic + ir) * NC + jr, NC);
         }
+        continue;
+      }
+      pack_b(kt, seg.b, k0, kc, j0, nc, s.b.data(), s.tmp.data());
+      for (int64_t ic = 0; ic < rc; ic += MC) {
+        int64_t mc = std::min(MC, rc - ic);
+        for (int64_t jr = 0; jr < nc; jr += kt.nr)
+          for (int64_t ir = 0; ir < mc; ir += kt.mr)
+            kt.microkernel(kc, pa.panel(si, k0, kc, i0 + ic + ir), s.b.data() + jr * kc, acc + (ic + ir) * NC + jr,
+                           NC, std::min(kt.mr, mc - ir), std::min(kt.nr, nc - jr));
       }
     }
   }
-  // Epilogue: beta*C + bias, one rounding into the output dtype.
-  for (int64_t i = 0; i < mc; i++) {
-    float* row = acc + i * NC;
-    int64_t base = (i0 + i) * out.ldc + j0;
-    if (out.beta != 0.f)
-      for (int64_t j = 0; j < nc; j++) row[j] += out.beta * load_f32(out.data, out.dtype, base + j);
-    if (out.bias)
-      for (int64_t j = 0; j < nc; j++) row[j] += load_f32(out.bias, out.bias_dtype, j0 + j);
-    if (out.dtype == DType::F32) {
-      std::memcpy(static_cast<float*>(out.data) + base, row, nc * sizeof(float));
-    } else {
-      for (int64_t j = 0; j < nc; j++) store_f32(out.data, out.dtype, base + j, row[j]);
-    }
+  store_rows(kt, acc, NC, i0, rc, j0, nc, out, s);
+}
+
+// m = 1: every B is streamed once, as rows (B(k, j) contiguous in k) or as columns.
+bool gemv_ok(int64_t m, const std::vector<KSegment>& segs) {
+  if (m != 1) return false;
+  for (const KSegment& s : segs)
+    if (s.b.rs != 1 && s.b.cs != 1) return false;
+  return true;
+}
+
+void gemv(int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
+  const KernelTable& kt = kernel_table();
+  std::vector<std::vector<float>> xs(segs.size());
+  for (size_t i = 0; i < segs.size(); i++) {
+    const KSegment& s = segs[i];
+    xs[i].resize(s.k);
+    if (s.a.cs == 1) kt.load_row(s.a.data, s.a.dtype, s.alpha, s.k, xs[i].data());
+    else
+      for (int64_t k = 0; k < s.k; k++) xs[i][k] = s.alpha * s.a.at(0, k);
   }
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) {
+        Scratch& sc = scratch();
+        for (int64_t j0 = b; j0 < e; j0 += NC) {
+          int64_t nc = std::min(NC, e - j0);
+          float* acc = sc.acc.data();
+          std::fill(acc, acc + nc, 0.f);
+          for (size_t i = 0; i < segs.size(); i++) {
+            const KSegment& s = segs[i];
+            if (s.b.rs == 1 && !(s.b.cs == 1 && s.k == 1))
+              kt.dot_rows(s.k, xs[i].data(), elem_ptr(s.b, 0, j0), s.b.dtype, s.b.cs, nc, acc);
+            else
+              kt.axpy_rows(s.k, xs[i].data(), elem_ptr(s.b, 0, j0), s.b.dtype, s.b.rs, nc, acc);
+          }
+          store_rows(kt, acc, NC, 0, 1, j0, nc, out, sc);
+        }
+      },
+      64);
 }
 
 }  // namespace
 
 void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
   if (m <= 0 || n <= 0) return;
-  int64_t tm = (m + MC - 1) / MC, tn = (n + NC - 1) / NC;
-  // Each task owns one output tile and all of K: deterministic, and C is written exactly once.
+  if (gemv_ok(m, segs)) return gemv(n, segs, out);
+  const int64_t nt = num_threads();
+  const int64_t tn = (n + NC - 1) / NC;
+  const int64_t mblocks = (m + MC - 1) / MC;
+  // Enough row chunks to give every thread several tasks, each chunk at most MAX_RC rows.
+  int64_t want = std::max<int64_t>(1, (4 * nt + tn - 1) / tn);
+  int64_t per_chunk = std::max<int64_t>(1, std::min(MAX_RC / MC, (mblocks + want - 1) / want));
+  const int64_t rc = per_chunk * MC;
+  const int64_t tm = (m + rc - 1) / rc;
+  const PackedA pa = pack_all_a(kernel_table(), m, segs);
+  // Each task owns one C block and all of K: deterministic, and C is written exactly once.
   parallel_for(tm * tn, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; t++) {
-      int64_t ti = t / tn, tj = t % tn;
-      int64_t i0 = ti * MC, j0 = tj * NC;
-      compute_tile(i0, std::min(MC, m - i0), j0, std::min(NC, n - j0), segs, out);
+      int64_t ti = t % tm, tj = t / tm;
+      int64_t i0 = ti * rc, j0 = tj * NC;
+      compute_task(i0, std::min(rc, m - i0), j0, std::min(NC, n - j0), segs, pa, out);
     }
   });
 }

@@ -3,42 +3,50 @@
 #include <cstring>
 #include <memory>
 #include "../core/thread_pool.h"
+#include "microkernel.h"
 #include "ops.h"
 
 namespace lorakit {
 namespace cpu {
 
 // Row i of W gets sign·scale·sum_k P[i,k]·Q[k,:]. For [out, in] layout P = B, Q = A; for
-// fan_in_fan_out ([in, out]) P = Aᵀ and Q = Bᵀ. Rows are independent, so W is read and written once.
+// fan_in_fan_out ([in, out]) P = Aᵀ and Q = Bᵀ. W is read and written once, in tiles of a few rows
+// × MERGE_COLS; each element is accumulated in f32 and rounded once.
 void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                  const TensorRef& out) {
+  constexpr int64_t MERGE_ROWS = 8, MERGE_COLS = 1024;
+  const KernelTable& kt = kernel_table();
   int64_t rows = W.dim(0), cols = W.dim(1), r = A.dim(0);
   // Dense f32 copies of the small factors in the orientation the row loop wants.
-  std::unique_ptr<float[]> P(new float[rows * r]), Q(new float[r * cols]);
+  const int64_t panels = (cols + RANK_PANEL - 1) / RANK_PANEL;
+  std::unique_ptr<float[]> P(new float[rows * r]), Q(new float[panels * RANK_PANEL * r]());
   for (int64_t i = 0; i < rows; i++)
     for (int64_t k = 0; k < r; k++)
       P[i * r + k] = scale * (fan_in_fan_out ? load_f32(A.data, A.dtype, k * rows + i) : load_f32(B.data, B.dtype, i * r + k));
   for (int64_t k = 0; k < r; k++)
     for (int64_t j = 0; j < cols; j++)
-      Q[k * cols + j] = fan_in_fan_out ? load_f32(B.data, B.dtype, j * r + k) : load_f32(A.data, A.dtype, k * cols + j);
+      Q[(j / RANK_PANEL) * RANK_PANEL * r + k * RANK_PANEL + j % RANK_PANEL] =
+          fan_in_fan_out ? load_f32(B.data, B.dtype, j * r + k) : load_f32(A.data, A.dtype, k * cols + j);
   const float* Pp = P.get();
   const float* Qp = Q.get();
-  parallel_for(
-      rows,
-      [&](int64_t b, int64_t e) {
-        std::unique_ptr<float[]> acc(new float[cols]);
-        for (int64_t i = b; i < e; i++) {
-          float* a = acc.get();
-          for (int64_t j = 0; j < cols; j++) a[j] = load_f32(W.data, W.dtype, i * cols + j);
-          for (int64_t k = 0; k < r; k++) {
-            float p = Pp[i * r + k];
-            const float* q = Qp + k * cols;
-            for (int64_t j = 0; j < cols; j++) a[j] += p * q[j];
-          }
-          for (int64_t j = 0; j < cols; j++) store_f32(out.data, out.dtype, i * cols + j, a[j]);
-        }
-      },
-      std::max<int64_t>(1, 16384 / std::max<int64_t>(1, cols)));
+  const size_t wes = dtype_size(W.dtype), oes = dtype_size(out.dtype);
+  int64_t row_blocks = (rows + MERGE_ROWS - 1) / MERGE_ROWS;
+  parallel_for(row_blocks, [&](int64_t b, int64_t e) {
+    std::unique_ptr<float[]> acc(new float[MERGE_ROWS * MERGE_COLS]);
+    for (int64_t rb = b; rb < e; rb++) {
+      int64_t i0 = rb * MERGE_ROWS, nrows = std::min(rows - i0, MERGE_ROWS);
+      for (int64_t j0 = 0; j0 < cols; j0 += MERGE_COLS) {
+        int64_t nc = std::min(MERGE_COLS, cols - j0);
+        for (int64_t i = 0; i < nrows; i++)
+          kt.load_row(static_cast<const char*>(W.data) + ((i0 + i) * cols + j0) * wes, W.dtype, 1.f, nc,
+                      acc.get() + i * MERGE_COLS);
+        kt.rank_update(r, Pp + i0 * r, nrows, Qp + j0 * r, nc, acc.get(), MERGE_COLS);
+        for (int64_t i = 0; i < nrows; i++)
+          kt.store_row(acc.get() + i * MERGE_COLS, static_cast<char*>(out.data) + ((i0 + i) * cols + j0) * oes,
+                       out.dtype, nc);
+      }
+    }
+  });
 }
 
 void convert(const void* src, DType st, void* dst, DType dt, int64_t n) {

@@ -1,64 +1,65 @@
-// Runtime dispatch: the same portable source is compiled for several ISAs with GCC target
-// attributes, and the best one the CPU supports is chosen once. LORAKIT_CPU_PATH forces a path.
+// Runtime dispatch: picks the best path the CPU supports once, at load time. LORAKIT_CPU_PATH
+// (portable | avx2 | avx512 | amx) forces a path; a forced path the CPU lacks falls back to the best
+// available one below it (the chosen name is reported by backendInfo().cpuPath).
 #include "microkernel.h"
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 namespace lorakit {
 namespace {
 
-template <int DUMMY>
-inline void micro_body(int64_t kc, const float* __restrict a, const float* __restrict b,
-                       float* __restrict acc, int64_t ldacc, int64_t mr, int64_t nr) {
-  float c[MR][NR] = {};
-  for (int64_t k = 0; k < kc; k++) {
-    const float* bk = b + k * NR;
-    const float* ak = a + k * MR;
-    for (int i = 0; i < MR; i++) {
-      float av = ak[i];
-      for (int j = 0; j < NR; j++) c[i][j] += av * bk[j];
-    }
-  }
-  for (int64_t i = 0; i < mr; i++)
-    for (int64_t j = 0; j < nr; j++) acc[i * ldacc + j] += c[i][j];
-}
-
-void micro_portable(int64_t kc, const float* a, const float* b, float* acc, int64_t ldacc, int64_t mr,
-                    int64_t nr) {
-  micro_body<0>(kc, a, b, acc, ldacc, mr, nr);
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, const float* b, float* acc,
-                                                    int64_t ldacc, int64_t mr, int64_t nr) {
-  micro_body<1>(kc, a, b, acc, ldacc, mr, nr);
-}
-__attribute__((target("avx512f,avx512vl,fma"))) void micro_avx512(int64_t kc, const float* a,
-                                                                  const float* b, float* acc,
-                                                                  int64_t ldacc, int64_t mr, int64_t nr) {
-  micro_body<2>(kc, a, b, acc, ldacc, mr, nr);
-}
-#endif
-
-KernelTable choose() {
-  const char* force = std::getenv("LORAKIT_CPU_PATH");
-  bool any = !force || !*force;
+bool has_avx2() {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-  bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (has512 && (any || std::strcmp(force, "avx512") == 0)) return {"avx512", micro_avx512};
-  if (has2 && (any || std::strcmp(force, "avx2") == 0 || std::strcmp(force, "avx512") == 0))
-    return {"avx2", micro_avx2};
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  return false;
 #endif
-  return {"portable", micro_portable};
+}
+
+bool has_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+#else
+  return false;
+#endif
+}
+
+int rank_of(const char* s) {
+  if (!s || !*s) return 99;
+  if (std::strcmp(s, "portable") == 0) return 0;
+  if (std::strcmp(s, "avx2") == 0) return 1;
+  if (std::strcmp(s, "avx512") == 0) return 2;
+  if (std::strcmp(s, "amx") == 0) return 3;
+  return 99;  // unknown names pick the best path
+}
+
+const KernelTable* choose() {
+  int want = rank_of(std::getenv("LORAKIT_CPU_PATH"));
+  if (want >= 3 && has_avx512() && amx_table()) return amx_table();
+  if (want >= 2 && has_avx512() && avx512_table()) return avx512_table();
+  if (want >= 1 && has_avx2() && avx2_table()) return avx2_table();
+  return portable_table();
 }
 
 }  // namespace
 
 const KernelTable& kernel_table() {
-  static const KernelTable t = choose();
-  return t;
+  static const KernelTable* t = choose();
+  return *t;
+}
+
+const char* available_paths() {
+  static const std::string s = [] {
+    std::string r;
+    if (has_avx512() && amx_table()) r += "amx,";
+    if (has_avx512() && avx512_table()) r += "avx512,";
+    if (has_avx2() && avx2_table()) r += "avx2,";
+    return r + "portable";
+  }();
+  return s.c_str();
 }
 
 }  // namespace lorakit

@@ -1,21 +1,73 @@
-// The register-blocked inner kernel of the GEMM, selected once at load time for the CPU.
+// The ISA-specific inner kernels, selected once at load time for the CPU (microkernel.cc).
+// Each path lives in its own file compiled with target attributes (no global -march), so one
+// binary runs on any x86-64 and picks the best path it finds; other CPUs get the portable path.
 #pragma once
 #include <cstdint>
+#include "../core/dtype.h"
 
 namespace lorakit {
 
-constexpr int64_t MR = 6;
-constexpr int64_t NR = 16;
+// Largest register tile of any path: packing buffers are sized for it.
+constexpr int64_t MR_MAX = 16;
+constexpr int64_t NR_MAX = 32;
 
-// acc[i*ldacc + j] += sum_k a[k*MR + i] * b[k*NR + j] for i < mr, j < nr.
+// acc[i*ldacc + j] += sum_k a[k*mr + i] * b[k*nr + j] for i < mr_used, j < nr_used, where
+// (mr, nr) is the path's tile and a/b are packed panels of kc steps.
 using MicrokernelFn = void (*)(int64_t kc, const float* a, const float* b, float* acc, int64_t ldacc,
-                               int64_t mr, int64_t nr);
+                               int64_t mr_used, int64_t nr_used);
+
+// GEMV over rows: out[j] += sum_k x[k] * w[j*ldw + k] for j < rows (w of dtype wt, rows contiguous).
+using DotRowsFn = void (*)(int64_t k, const float* x, const void* w, DType wt, int64_t ldw, int64_t rows,
+                           float* out);
+// GEMV over columns: out[j] += sum_k x[k] * w[k*ldw + j] for j < cols.
+using AxpyRowsFn = void (*)(int64_t k, const float* x, const void* w, DType wt, int64_t ldw, int64_t cols,
+                            float* out);
+// dst[i] = alpha * src[i] (converted to f32), n elements.
+using LoadRowFn = void (*)(const void* src, DType st, float alpha, int64_t n, float* dst);
+// Transposing pack: dst[k*ld_dst + c] = src[c*ld_src + k] (converted to f32) for c < cols, k < kc.
+using PackTFn = void (*)(const void* src, DType st, int64_t ld_src, int64_t cols, int64_t kc, float* dst,
+                         int64_t ld_dst);
+// dst[i] = round(src[i]) into dt, n elements.
+using StoreRowFn = void (*)(const float* src, void* dst, DType dt, int64_t n);
+// acc[i*ldacc + j] += sum_q p[i*r + q] * Q(q, j) for i < rows, q < r, j < n (the merge's rank-r
+// update of a few rows of W at a time, sharing each load of Q). Q is packed in 16-column panels,
+// Q(q, j) = Q[(j/16)*16*r + q*16 + j%16] (zero-padded), so the loop over q reads contiguous memory
+// instead of r rows a W-row apart (which would all map to the same cache sets).
+constexpr int64_t RANK_PANEL = 16;
+using RankUpdateFn = void (*)(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, float* acc,
+                              int64_t ldacc);
+
+// AMX bf16 block: acc (32 x 32 f32, leading dimension ldacc) += A·B over kc (multiple of 32) steps,
+// A packed as 32 rows of kc bf16, B packed VNNI as [kc/2][32][2] bf16.
+using AmxBlockFn = void (*)(int64_t kc, const uint16_t* a, const uint16_t* b, float* acc, int64_t ldacc);
+
+// Runs a register-resident FMA (or AMX tile) loop `iters` times; returns the FLOPs done.
+using PeakFn = double (*)(int64_t iters);
 
 struct KernelTable {
   const char* name;
+  int64_t mr, nr;
   MicrokernelFn microkernel;
+  DotRowsFn dot_rows;
+  AxpyRowsFn axpy_rows;
+  LoadRowFn load_row;
+  PackTFn pack_t;
+  StoreRowFn store_row;
+  RankUpdateFn rank_update;
+  AmxBlockFn amx_block;  // null unless the AMX path is active
+  PeakFn fma_peak;       // f32 FMA loop of this path's vector width
+  PeakFn amx_peak;       // bf16 tile loop; null unless AMX
 };
 
 const KernelTable& kernel_table();
+
+// The paths this CPU can run, best first (for tests and the benchmark).
+const char* available_paths();
+
+// Per-ISA tables (null when not compiled for this architecture).
+const KernelTable* portable_table();
+const KernelTable* avx2_table();
+const KernelTable* avx512_table();
+const KernelTable* amx_table();  // the AVX-512 table plus AMX tiles; null if the OS refuses AMX state
 
 }  // namespace lorakit

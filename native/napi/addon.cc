@@ -3,6 +3,7 @@
 #include <random>
 #include "addon_data.h"
 #include "async_binding.h"
+#include "bench_binding.h"
 #include "kernels_binding.h"
 #include "optim_binding.h"
 #include "parity_binding.h"
@@ -24,6 +25,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitAsync(env, exports);
   InitOptim(env, exports);
   InitParity(env, exports);
+  InitBench(env, exports);
   return exports;
 }
 

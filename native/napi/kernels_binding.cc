@@ -284,6 +284,18 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
   o.Set("cpuPath", kernel_table().name);
+  {
+    std::string all = available_paths();
+    Napi::Array paths = Napi::Array::New(env);
+    size_t b = 0;
+    for (uint32_t i = 0; b <= all.size(); i++) {
+      size_t e = all.find(',', b);
+      if (e == std::string::npos) e = all.size();
+      paths.Set(i, all.substr(b, e - b));
+      b = e + 1;
+    }
+    o.Set("cpuPaths", paths);
+  }
   o.Set("threads", num_threads());
   Napi::Array compiled = Napi::Array::New(env);
   compiled.Set(0u, "cpu");

@@ -1,6 +1,7 @@
 // Bindings for the peft-parity ops: argument unpacking and checks only, no math.
 #include <napi.h>
 #include <cmath>
+#include "../cpu/ops.h"
 #include "../cpu/parity_ops.h"
 #include "args.h"
 #include "parity_binding.h"
@@ -247,6 +248,245 @@ Napi::Value DoraMerge(const Napi::CallbackInfo& info) {
   });
 }
 
+
+// An i32/i64 index tensor whose values all lie in [0, num).
+const TensorRef& index_arg(const Napi::Value& v, const std::string& name, int64_t num) {
+  NativeTensor* t = get_tensor(v, name);
+  const TensorRef& r = t->ref();
+  if (r.dtype != DType::I32 && r.dtype != DType::I64)
+    throw_type(name + ": expected an i32 or i64 index tensor, got " + dtype_name(r.dtype));
+  if (t->device() != Device::CPU) throw_type(name + ": expected a cpu tensor");
+  int64_t n = r.numel();
+  for (int64_t p = 0; p < n; p++) {
+    int64_t i = cpu::index_at(r, p);
+    if (i < 0 || i >= num)
+      throw_range(name + ": index " + std::to_string(i) + " at position " + std::to_string(p) +
+                  " is out of range for num_embeddings " + std::to_string(num));
+  }
+  return r;
+}
+
+const int32_t* row_adapter_arg(const Napi::Value& v, int64_t n, size_t count, const std::string& name) {
+  if (v.IsNull() || v.IsUndefined()) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw_type(name + ": expected an Int32Array or null");
+  Napi::Int32Array a = v.As<Napi::Int32Array>();
+  if (static_cast<int64_t>(a.ElementLength()) != n)
+    throw_range(name + ": expected " + std::to_string(n) + " entries, got " + std::to_string(a.ElementLength()));
+  const int32_t* p = a.Data();
+  for (int64_t i = 0; i < n; i++)
+    if (p[i] < -1 || p[i] >= static_cast<int32_t>(count))
+      throw_range(name + "[" + std::to_string(i) + "]: " + std::to_string(p[i]) + " is not -1 or an adapter index below " +
+                  std::to_string(count));
+  return p;
+}
+
+// embeddingForward(idx, W, adapters: [A, B, scale][], rowAdapter|null, y)
+Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& W = float_arg(info, 1, "weight");
+    if (W.shape.size() != 2) throw_range("weight: expected [num_embeddings, dim], got " + shape_str(W.shape));
+    int64_t num = W.shape[0], dim = W.shape[1];
+    const TensorRef& idx = index_arg(info[0], "indices", num);
+    auto adapters = factor_list(info[2], num, dim, "adapters");
+    const int32_t* rows = row_adapter_arg(info[3], idx.numel(), adapters.size(), "rowAdapter");
+    const TensorRef& y = float_arg(info, 4, "y");
+    std::vector<int64_t> ys = idx.shape;
+    ys.push_back(dim);
+    require_shape_eq(y, ys, "y");
+    require_distinct(y, W, "y", "weight");
+    cpu::embedding_forward(idx, W, adapters, rows, y);
+    return info.Env().Undefined();
+  });
+}
+
+// embeddingBackward(idx, dy, A, B, scale, paddingIdx, dA|null, dB|null)
+Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& A = float_arg(info, 2, "A");
+    const TensorRef& B = float_arg(info, 3, "B");
+    if (A.shape.size() != 2) throw_range("A: expected [r, num_embeddings], got " + shape_str(A.shape));
+    int64_t r = A.shape[0], num = A.shape[1];
+    if (B.shape.size() != 2 || B.shape[1] != r)
+      throw_range("B: expected shape [dim, " + std::to_string(r) + "], got " + shape_str(B.shape));
+    int64_t dim = B.shape[0];
+    const TensorRef& idx = index_arg(info[0], "indices", num);
+    const TensorRef& dy = float_arg(info, 1, "dy");
+    std::vector<int64_t> ys = idx.shape;
+    ys.push_back(dim);
+    require_shape_eq(dy, ys, "dy");
+    float scale = static_cast<float>(get_number(info, 4, "scale"));
+    double pad = get_number(info, 5, "paddingIdx");
+    if (pad != std::floor(pad) || pad < -1 || pad >= num) throw_range("paddingIdx: expected -1 (none) or an index below num_embeddings");
+    const TensorRef* dA = float_arg_or_null(info, 6, "dA");
+    const TensorRef* dB = float_arg_or_null(info, 7, "dB");
+    if (dA) require_shape_eq(*dA, A.shape, "dA");
+    if (dB) require_shape_eq(*dB, B.shape, "dB");
+    cpu::embedding_backward(idx, dy, A, B, scale, static_cast<int64_t>(pad), dA, dB);
+    return info.Env().Undefined();
+  });
+}
+
+
+// geom: [sh, sw, ph, pw, dh, dw, groups]
+cpu::ConvGeom geom_arg(const Napi::Value& v) {
+  if (!v.IsArray() || v.As<Napi::Array>().Length() != 7) throw_type("geom: expected [sh, sw, ph, pw, dh, dw, groups]");
+  Napi::Array a = v.As<Napi::Array>();
+  int64_t g[7];
+  for (uint32_t i = 0; i < 7; i++) {
+    Napi::Value e = a.Get(i);
+    double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1;
+    bool pad = i == 2 || i == 3;
+    if (!(d >= (pad ? 0 : 1)) || d != std::floor(d) || d > (1 << 20)) throw_range("geom[" + std::to_string(i) + "]: invalid value");
+    g[i] = static_cast<int64_t>(d);
+  }
+  cpu::ConvGeom c;
+  c.sh = g[0]; c.sw = g[1]; c.ph = g[2]; c.pw = g[3]; c.dh = g[4]; c.dw = g[5]; c.groups = g[6];
+  return c;
+}
+
+struct ConvShape {
+  int64_t N, C, H, W, O, kh, kw, Ho, Wo;
+};
+
+ConvShape conv_shape(const TensorRef& x, const TensorRef& W, const cpu::ConvGeom& g) {
+  if (W.shape.size() != 4) throw_range("weight: expected [out, in/groups, kh, kw], got " + shape_str(W.shape));
+  if (x.shape.size() != 4) throw_range("x: expected [N, C, H, W], got " + shape_str(x.shape));
+  ConvShape s{x.shape[0], x.shape[1], x.shape[2], x.shape[3], W.shape[0], W.shape[2], W.shape[3], 0, 0};
+  if (s.O % g.groups != 0 || s.C % g.groups != 0 || W.shape[1] * g.groups != s.C)
+    throw_range("x: " + std::to_string(s.C) + " channels do not match weight " + shape_str(W.shape) + " with groups " +
+                std::to_string(g.groups));
+  s.Ho = cpu::conv_out_size(s.H, s.kh, g.sh, g.ph, g.dh);
+  s.Wo = cpu::conv_out_size(s.W, s.kw, g.sw, g.pw, g.dw);
+  if (s.Ho <= 0 || s.Wo <= 0 || s.H + 2 * g.ph < g.dh * (s.kh - 1) + 1 || s.W + 2 * g.pw < g.dw * (s.kw - 1) + 1)
+    throw_range("x: spatial size " + std::to_string(s.H) + "×" + std::to_string(s.W) + " is too small for the kernel");
+  return s;
+}
+
+// terms: [{xa, u, A, B, scale, p?, seed?, stream?, dA?, dB?}]
+std::vector<cpu::ConvTerm> conv_terms(const Napi::Value& v, const TensorRef& x_like, const ConvShape& s,
+                                      const cpu::ConvGeom& g, bool backward) {
+  if (!v.IsArray()) throw_type("terms: expected an array");
+  Napi::Array arr = v.As<Napi::Array>();
+  std::vector<cpu::ConvTerm> terms;
+  if (arr.Length() > 0 &&
+      (cpu::conv_out_size(s.H, s.kh, g.sh, g.ph, 1) != s.Ho || cpu::conv_out_size(s.W, s.kw, g.sw, g.pw, 1) != s.Wo))
+    throw_range("x: the adapter's conv (dilation 1, as peft's lora_A) gives another output size than the base conv");
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    std::string w = "terms[" + std::to_string(i) + "]";
+    Napi::Value tv = arr.Get(i);
+    if (!tv.IsObject()) throw_type(w + ": expected an object");
+    Napi::Object o = tv.As<Napi::Object>();
+    NativeTensor* xa = get_tensor(o.Get("xa"), w + ".xa");
+    NativeTensor* A = get_tensor(o.Get("A"), w + ".A");
+    NativeTensor* B = get_tensor(o.Get("B"), w + ".B");
+    for (auto* t : {xa, A, B}) require_float_cpu(t, w);
+    require_shape_eq(xa->ref(), x_like.shape, w + ".xa");
+    const auto& as = A->ref().shape;
+    if (as.size() != 4 || as[1] != s.C || as[2] != s.kh || as[3] != s.kw)
+      throw_range(w + ".A: expected shape [r, " + std::to_string(s.C) + ", " + std::to_string(s.kh) + ", " + std::to_string(s.kw) +
+                  "], got " + shape_str(as));
+    int64_t r = as[0];
+    if (r % g.groups != 0) throw_range(w + ".A: rank " + std::to_string(r) + " is not a multiple of groups " + std::to_string(g.groups));
+    require_shape_eq(B->ref(), {s.O, r / g.groups, 1, 1}, w + ".B");
+    const TensorRef& u = f32_arg(o.Get("u"), w + ".u", {s.N, r, s.Ho * s.Wo});
+    cpu::ConvTerm t;
+    t.xa = xa->ref();
+    t.u = u;
+    t.A = A->ref();
+    t.B = B->ref();
+    t.scale = static_cast<float>(number_prop(o, "scale", w));
+    t.dropout_p = 0.f;
+    t.seed = t.stream = 0;
+    t.dA = t.dB = nullptr;
+    if (backward) {
+      t.dropout_p = static_cast<float>(number_prop(o, "p", w));
+      if (!(t.dropout_p >= 0.f && t.dropout_p < 1.f)) throw_range(w + ".p: expected 0 <= p < 1");
+      t.seed = static_cast<uint64_t>(number_prop(o, "seed", w));
+      t.stream = static_cast<uint64_t>(number_prop(o, "stream", w));
+      NativeTensor* dA = get_tensor_or_null(o.Get("dA"), w + ".dA");
+      NativeTensor* dB = get_tensor_or_null(o.Get("dB"), w + ".dB");
+      if (dA) {
+        require_float_cpu(dA, w + ".dA");
+        require_shape_eq(dA->ref(), as, w + ".dA");
+        t.dA = &dA->ref();
+      }
+      if (dB) {
+        require_float_cpu(dB, w + ".dB");
+        require_shape_eq(dB->ref(), B->ref().shape, w + ".dB");
+        t.dB = &dB->ref();
+      }
+    }
+    terms.push_back(t);
+  }
+  return terms;
+}
+
+// conv2dForward(x, W, bias|null, geom, terms [{xa, u, A, B, scale}], y)
+Napi::Value Conv2dForward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& x = float_arg(info, 0, "x");
+    const TensorRef& W = float_arg(info, 1, "weight");
+    const TensorRef* bias = float_arg_or_null(info, 2, "bias");
+    cpu::ConvGeom g = geom_arg(info[3]);
+    ConvShape s = conv_shape(x, W, g);
+    if (bias) require_shape_eq(*bias, {s.O}, "bias");
+    auto terms = conv_terms(info[4], x, s, g, false);
+    const TensorRef& y = float_arg(info, 5, "y");
+    require_shape_eq(y, {s.N, s.O, s.Ho, s.Wo}, "y");
+    require_distinct(y, x, "y", "x");
+    for (const auto& t : terms) require_distinct(y, t.xa, "y", "terms[].xa");
+    cpu::conv2d_forward(x, W, bias, g, terms, y);
+    return info.Env().Undefined();
+  });
+}
+
+// conv2dBackward(dy, x, W, geom, terms [{xa, u, A, B, scale, p, seed, stream, dA, dB}], dx|null)
+Napi::Value Conv2dBackward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& dy = float_arg(info, 0, "dy");
+    const TensorRef& x = float_arg(info, 1, "x");
+    const TensorRef& W = float_arg(info, 2, "weight");
+    cpu::ConvGeom g = geom_arg(info[3]);
+    ConvShape s = conv_shape(x, W, g);
+    require_shape_eq(dy, {s.N, s.O, s.Ho, s.Wo}, "dy");
+    auto terms = conv_terms(info[4], x, s, g, true);
+    const TensorRef* dx = float_arg_or_null(info, 5, "dx");
+    if (dx) {
+      require_shape_eq(*dx, x.shape, "dx");
+      require_distinct(*dx, dy, "dx", "dy");
+    }
+    cpu::conv2d_backward(dy, W, g, terms, dx);
+    return info.Env().Undefined();
+  });
+}
+
+// conv2dMergeDelta(W, A, B, scale, out): out = W + scale·B·A over the flattened kernel (groups 1)
+Napi::Value Conv2dMergeDelta(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const TensorRef& W = float_arg(info, 0, "weight");
+    const TensorRef& A = float_arg(info, 1, "A");
+    const TensorRef& B = float_arg(info, 2, "B");
+    float scale = static_cast<float>(get_number(info, 3, "scale"));
+    const TensorRef& out = float_arg(info, 4, "out");
+    if (W.shape.size() != 4) throw_range("weight: expected [out, in, kh, kw], got " + shape_str(W.shape));
+    int64_t O = W.shape[0], K = W.shape[1] * W.shape[2] * W.shape[3];
+    if (A.shape.size() != 4 || A.shape[1] != W.shape[1] || A.shape[2] != W.shape[2] || A.shape[3] != W.shape[3])
+      throw_range("A: expected shape [r, " + std::to_string(W.shape[1]) + ", " + std::to_string(W.shape[2]) + ", " +
+                  std::to_string(W.shape[3]) + "] (groups 1), got " + shape_str(A.shape));
+    int64_t r = A.shape[0];
+    require_shape_eq(B, {O, r, 1, 1}, "B");
+    require_shape_eq(out, W.shape, "out");
+    TensorRef w2 = W, a2 = A, b2 = B, o2 = out;
+    w2.shape = {O, K};
+    a2.shape = {r, K};
+    b2.shape = {O, r};
+    o2.shape = {O, K};
+    cpu::merge_delta(w2, a2, b2, scale, false, o2);
+    return info.Env().Undefined();
+  });
+}
+
 }  // namespace
 
 void InitParity(Napi::Env env, Napi::Object exports) {
@@ -254,6 +494,11 @@ void InitParity(Napi::Env env, Napi::Object exports) {
   exports.Set("doraWeightNorm", Napi::Function::New<DoraWeightNorm>(env, "doraWeightNorm"));
   exports.Set("doraLinearForward", Napi::Function::New<DoraLinearForward>(env, "doraLinearForward"));
   exports.Set("doraLinearBackward", Napi::Function::New<DoraLinearBackward>(env, "doraLinearBackward"));
+  exports.Set("embeddingForward", Napi::Function::New<EmbeddingForward>(env, "embeddingForward"));
+  exports.Set("embeddingBackward", Napi::Function::New<EmbeddingBackward>(env, "embeddingBackward"));
+  exports.Set("conv2dForward", Napi::Function::New<Conv2dForward>(env, "conv2dForward"));
+  exports.Set("conv2dBackward", Napi::Function::New<Conv2dBackward>(env, "conv2dBackward"));
+  exports.Set("conv2dMergeDelta", Napi::Function::New<Conv2dMergeDelta>(env, "conv2dMergeDelta"));
   exports.Set("doraMerge", Napi::Function::New<DoraMerge>(env, "doraMerge"));
 }
 

@@ -1,0 +1,380 @@
+/**
+ * `bench()`: times lorakit's CPU kernels (base GEMM, fused LoRA forward, forward+backward, merge)
+ * over a grid of shapes, next to the machine's own measured ceilings (FMA peak, copy and read
+ * bandwidth) and a reference measured in the same run (OpenBLAS sgemm, when installed). Times are
+ * the best of several runs (the machine may be shared); medians are kept in the JSON too.
+ */
+import * as path from 'path';
+import { FloatDType } from '../dtype';
+import { LoraRangeError } from '../errors';
+import { writeFileAtomicSync } from '../io/atomic';
+import { backendInfo, kernels, setNumThreads } from '../kernels';
+import { LoraLinear } from '../layers/linear';
+import { MeasuredPeaks, call } from '../native';
+import { Tensor } from '../tensor';
+import { MachineInfo, machineInfo, openblasCoretype } from './machine';
+import { OpenblasRef, prepareOpenblas, timeSgemm } from './openblas';
+
+export type BenchOp = 'gemm' | 'forward' | 'fwdbwd' | 'merge';
+export type BenchDType = 'f32' | 'bf16';
+
+export interface BenchOptions {
+  d?: number[];
+  r?: number[];
+  n?: number[];
+  dtypes?: BenchDType[];
+  ops?: BenchOp[];
+  /** A small grid (d 1024/4096, r 16, n 1/128) with short timings. */
+  quick?: boolean;
+  /** Seconds of timing per row (default 1, quick 0.3). */
+  minTime?: number;
+  /** Pool threads for the run (default: the current setting). */
+  threads?: number;
+  /** Time OpenBLAS as the reference (default true when it is installed). */
+  reference?: boolean;
+  /** OpenBLAS library path, and its kernel family (default: detected from the CPU flags). */
+  openblasLibrary?: string;
+  openblasCoretype?: string;
+  /** Directory for the JSON results (default bench/results under the current directory); null: no file. */
+  outDir?: string | null;
+  /** Recorded in the results as the command that made them. */
+  command?: string;
+  /** Called with a line of progress per row. */
+  progress?: (line: string) => void;
+  seed?: number;
+}
+
+export interface BenchRow {
+  op: BenchOp;
+  dtype: BenchDType;
+  d: number;
+  r: number | null;
+  n: number | null;
+  ms: number;
+  medianMs: number;
+  gflops: number | null;
+  gbs: number | null;
+  /** Which ceiling peakShare refers to: 'fma', 'amx', 'read' or 'copy'. */
+  peakKind: string;
+  peakShare: number;
+  /** Reference time / lorakit time (> 1: lorakit faster); what the reference is, in refWhat. */
+  vsReference: number | null;
+  refMs: number | null;
+  refWhat: string | null;
+  /** LoRA forward time / lorakit's own base GEMM time for the same (d, n, dtype). */
+  vsBase: number | null;
+}
+
+export interface BenchResult {
+  date: string;
+  command: string;
+  machine: MachineInfo;
+  cpuPath: string;
+  cpuPaths: string[];
+  threads: number;
+  peaks: MeasuredPeaks;
+  reference: (OpenblasRef & { maxRelErr: number }) | { unavailable: string } | null;
+  rows: BenchRow[];
+  /** The issue's targets, evaluated on these rows. */
+  targets: Array<{ target: string; measured: string; met: boolean | null }>;
+  file: string | null;
+}
+
+const OPS: BenchOp[] = ['gemm', 'forward', 'fwdbwd', 'merge'];
+
+function checkList<T extends number | string>(v: T[] | undefined, name: string, ok: (x: T) => boolean): void {
+  if (v === undefined) return;
+  if (!Array.isArray(v) || v.length === 0 || !v.every(ok))
+    throw new LoraRangeError(`${name}: expected a non-empty list of valid values, got ${JSON.stringify(v)}`);
+}
+
+function fill(n: number, seed: number, scale: number): Float32Array {
+  let s = (seed * 2654435761) >>> 0 || 1;
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    a[i] = ((s / 4294967296) * 2 - 1) * scale;
+  }
+  return a;
+}
+
+function timeIt(fn: () => void, minTime: number): { best: number; median: number } {
+  fn(); // warm-up (first touch, caches, pool wake-up)
+  const times: number[] = [];
+  const start = process.hrtime.bigint();
+  while (times.length < 3 || (times.length < 200 && Number(process.hrtime.bigint() - start) / 1e9 < minTime)) {
+    const t0 = process.hrtime.bigint();
+    fn();
+    times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  times.sort((a, b) => a - b);
+  return { best: times[0], median: times[times.length >> 1] };
+}
+
+/** Runs the benchmark; prints nothing itself (see formatTable). */
+export async function bench(opts: BenchOptions = {}): Promise<BenchResult> {
+  const quick = opts.quick ?? false;
+  const ds = opts.d ?? [1024, 4096];
+  const rs = opts.r ?? (quick ? [16] : [8, 16, 64]);
+  const ns = opts.n ?? (quick ? [1, 128] : [1, 16, 128, 512]);
+  const dtypes = opts.dtypes ?? ['f32', 'bf16'];
+  const ops = opts.ops ?? OPS;
+  const isPosInt = (x: number) => Number.isInteger(x) && x >= 1 && x <= 65536;
+  checkList(ds, 'd', isPosInt);
+  checkList(rs, 'r', isPosInt);
+  checkList(ns, 'n', isPosInt);
+  checkList(dtypes, 'dtypes', (x) => x === 'f32' || x === 'bf16');
+  checkList(ops, 'ops', (x) => OPS.includes(x));
+  for (const r of rs) for (const d of ds) if (r > d) throw new LoraRangeError(`r: ${r} exceeds d = ${d}`);
+  const minTime = opts.minTime ?? (quick ? 0.3 : 1);
+  if (!(minTime > 0 && minTime <= 60)) throw new LoraRangeError(`minTime: expected (0, 60] seconds, got ${minTime}`);
+  const progress = opts.progress ?? (() => undefined);
+  const seed = opts.seed ?? 1;
+
+  const before = backendInfo().threads;
+  if (opts.threads !== undefined) setNumThreads(opts.threads);
+  try {
+    const info = backendInfo();
+    const machine = machineInfo();
+    progress('measuring the machine: FMA peak, copy and read bandwidth');
+    const peaks = call((b) => b.measurePeaks(512 * 1024 * 1024));
+
+    let ref: OpenblasRef | null = null;
+    let reference: BenchResult['reference'] = null;
+    let refErr = 0;
+    if (opts.reference !== false && ops.some((o) => o !== 'merge')) {
+      const coretype = opts.openblasCoretype ?? openblasCoretype(machine);
+      const p = prepareOpenblas({ library: opts.openblasLibrary, coretype, threads: info.threads });
+      if (typeof p === 'string') reference = { unavailable: p };
+      else ref = p;
+    }
+    const refCache = new Map<string, number | null>();
+    const refTime = (m: number, d: number): number | null => {
+      if (!ref) return null;
+      const key = `${m},${d}`;
+      if (!refCache.has(key)) {
+        const t = timeSgemm(ref, m, d, d, m === 1 ? 50 : Math.max(3, Math.min(20, Math.ceil((minTime * 20e9) / (2 * m * d * d)))));
+        if (typeof t === 'string') throw new Error(`OpenBLAS reference failed: ${t}`);
+        refErr = Math.max(refErr, t.maxRelErr);
+        refCache.set(key, t.seconds);
+      }
+      return refCache.get(key)!;
+    };
+
+    const rows: BenchRow[] = [];
+    const baseMs = new Map<string, number>();
+    const ceiling = (dt: BenchDType) => (dt === 'bf16' && peaks.amxGflops > 0 ? ['amx', peaks.amxGflops] : ['fma', peaks.fmaGflops]) as [string, number];
+
+    for (const dtype of dtypes) {
+      const es = dtype === 'f32' ? 4 : 2;
+      for (const d of ds) {
+        const W = Tensor.from(fill(d * d, seed, 0.02), [d, d], { dtype: dtype as FloatDType });
+        try {
+          const compute = (op: BenchOp, r: number | null, n: number, flops: number, t: { best: number; median: number }, refS: number | null, refWhat: string | null) => {
+            const gflops = flops / t.best / 1e9;
+            const gemv = n === 1 && op !== 'fwdbwd';
+            const gbs = gemv ? (d * d * es) / t.best / 1e9 : null;
+            const [kind, peak] = gemv ? ['read', peaks.readGBs] : ceiling(dtype);
+            const row: BenchRow = {
+              op, dtype, d, r, n,
+              ms: t.best * 1e3,
+              medianMs: t.median * 1e3,
+              gflops,
+              gbs,
+              peakKind: kind,
+              peakShare: (gemv ? gbs! : gflops) / peak,
+              vsReference: refS !== null ? refS / t.best : null,
+              refMs: refS !== null ? refS * 1e3 : null,
+              refWhat,
+              vsBase: null,
+            };
+            return row;
+          };
+          for (const n of ns) {
+            const x = Tensor.from(fill(n * d, seed + 1, 1), [n, d], { dtype: dtype as FloatDType });
+            try {
+              const key = `${dtype},${d},${n}`;
+              if (ops.includes('gemm') || ops.includes('forward')) {
+                progress(`gemm ${dtype} d=${d} n=${n}`);
+                const t = timeIt(() => kernels.loraLinearForward(x, W).dispose(), minTime);
+                baseMs.set(key, t.best * 1e3);
+                if (ops.includes('gemm')) {
+                  const rt = refTime(n, d);
+                  rows.push(compute('gemm', null, n, 2 * n * d * d, t, rt, rt === null ? null : 'OpenBLAS sgemm f32, same shape'));
+                }
+              }
+              for (const r of rs) {
+                if (!ops.includes('forward') && !ops.includes('fwdbwd')) break;
+                const A = Tensor.from(fill(r * d, seed + 2, 0.02), [r, d]);
+                const B = Tensor.from(fill(d * r, seed + 3, 0.02), [d, r]);
+                try {
+                  if (ops.includes('forward')) {
+                    progress(`forward ${dtype} d=${d} r=${r} n=${n}`);
+                    const adapters = [{ loraA: A, loraB: B, scaling: 2 }];
+                    const t = timeIt(() => kernels.loraLinearForward(x, W, { adapters }).dispose(), minTime);
+                    const rt = refTime(n, d);
+                    const row = compute('forward', r, n, 2 * n * d * d + 4 * n * d * r, t, rt, rt === null ? null : 'OpenBLAS sgemm f32 (base only)');
+                    row.vsBase = baseMs.has(key) ? row.ms / baseMs.get(key)! : null;
+                    rows.push(row);
+                  }
+                  if (ops.includes('fwdbwd')) {
+                    progress(`forward+backward ${dtype} d=${d} r=${r} n=${n}`);
+                    const layer = new LoraLinear({ weight: W });
+                    layer.addAdapter('bench', { r, loraAlpha: 2 * r, initLoraWeights: false, seed });
+                    layer.train();
+                    const dy = Tensor.from(fill(n * d, seed + 4, 1), [n, d], { dtype: dtype as FloatDType });
+                    try {
+                      const t = timeIt(() => {
+                        layer.forward(x).dispose();
+                        const g = layer.backward(dy);
+                        g.dx.dispose();
+                        for (const a of g.grads.values()) {
+                          a.loraA.dispose();
+                          a.loraB.dispose();
+                        }
+                      }, minTime);
+                      const rt = refTime(n, d);
+                      rows.push(compute('fwdbwd', r, n, 4 * n * d * d + 12 * n * d * r, t, rt === null ? null : 2 * rt, rt === null ? null : 'OpenBLAS 2 x sgemm f32 (y and dx only)'));
+                    } finally {
+                      dy.dispose();
+                      layer.dispose();
+                    }
+                  }
+                } finally {
+                  A.dispose();
+                  B.dispose();
+                }
+              }
+            } finally {
+              x.dispose();
+            }
+          }
+          if (ops.includes('merge')) {
+            for (const r of rs) {
+              progress(`merge ${dtype} d=${d} r=${r}`);
+              const ad = { loraA: Tensor.from(fill(r * d, seed + 5, 0.02), [r, d]), loraB: Tensor.from(fill(d * r, seed + 6, 0.02), [d, r]), scaling: 1 };
+              try {
+                let sign = 1;
+                const t = timeIt(() => {
+                  if (sign > 0) kernels.mergeAdapter(W, ad);
+                  else kernels.unmergeAdapter(W, ad);
+                  sign = -sign;
+                }, minTime);
+                const bytes = 2 * d * d * es;
+                rows.push({
+                  op: 'merge', dtype, d, r, n: null,
+                  ms: t.best * 1e3,
+                  medianMs: t.median * 1e3,
+                  gflops: (2 * d * d * r) / t.best / 1e9,
+                  gbs: bytes / t.best / 1e9,
+                  peakKind: 'copy',
+                  peakShare: bytes / t.best / 1e9 / peaks.copyGBs,
+                  vsReference: null, refMs: null, refWhat: null, vsBase: null,
+                });
+              } finally {
+                ad.loraA.dispose();
+                ad.loraB.dispose();
+              }
+            }
+          }
+        } finally {
+          W.dispose();
+        }
+      }
+    }
+    if (ref) reference = { ...ref, maxRelErr: refErr };
+
+    const result: BenchResult = {
+      date: new Date().toISOString(),
+      command: opts.command ?? `bench(${JSON.stringify({ ...opts, progress: undefined })})`,
+      machine,
+      cpuPath: info.cpuPath,
+      cpuPaths: info.cpuPaths,
+      threads: info.threads,
+      peaks,
+      reference,
+      rows,
+      targets: evaluateTargets(rows),
+      file: null,
+    };
+    if (opts.outDir !== null) {
+      const dir = path.resolve(opts.outDir ?? path.join('bench', 'results'));
+      const slug = machine.cpuModel.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '').slice(0, 40) || 'cpu';
+      const file = path.join(dir, `${result.date.replace(/[:.]/g, '-')}-${slug}-${info.cpuPath}.json`);
+      result.file = file;
+      require('fs').mkdirSync(dir, { recursive: true });
+      writeFileAtomicSync(file, JSON.stringify(result, null, 2) + '\n');
+    }
+    return result;
+  } finally {
+    if (opts.threads !== undefined) setNumThreads(before);
+  }
+}
+
+function worst<T>(rows: T[], key: (r: T) => number, dir: 'min' | 'max'): T | null {
+  if (!rows.length) return null;
+  return rows.reduce((a, b) => ((dir === 'min' ? key(b) < key(a) : key(b) > key(a)) ? b : a));
+}
+
+/** The issue's targets, each with the worst measured row it covers. */
+export function evaluateTargets(rows: BenchRow[]): BenchResult['targets'] {
+  const out: BenchResult['targets'] = [];
+  const g = rows.filter((r) => r.op === 'gemm' && r.dtype === 'f32' && r.d === 4096 && (r.n ?? 0) >= 128 && r.vsReference !== null);
+  const w1 = worst(g, (r) => r.vsReference!, 'min');
+  out.push({ target: 'f32 base GEMM >= 1.0x OpenBLAS at d=4096, n>=128', measured: w1 ? `${w1.vsReference!.toFixed(2)}x (worst, n=${w1.n})` : 'not measured', met: w1 ? w1.vsReference! >= 1 : null });
+  const f = rows.filter((r) => r.op === 'forward' && (r.n ?? 0) >= 128 && (r.r ?? 0) <= 64 && r.vsBase !== null);
+  const w2 = worst(f, (r) => r.vsBase!, 'max');
+  out.push({ target: 'LoRA forward <= 1.05x own base GEMM at n>=128, r<=64', measured: w2 ? `${w2.vsBase!.toFixed(3)}x (worst, ${w2.dtype} d=${w2.d} r=${w2.r} n=${w2.n})` : 'not measured', met: w2 ? w2.vsBase! <= 1.05 : null });
+  const b = rows.filter((r) => r.op === 'gemm' && r.dtype === 'bf16' && r.peakKind === 'amx');
+  const w3 = worst(b, (r) => r.peakShare, 'max');
+  out.push({ target: 'bf16 GEMM >= 50% of AMX peak', measured: w3 ? `${(w3.peakShare * 100).toFixed(1)}% (best, d=${w3.d} n=${w3.n})` : 'no AMX on this CPU', met: w3 ? w3.peakShare >= 0.5 : null });
+  const m = rows.filter((r) => r.op === 'merge');
+  const w4 = worst(m, (r) => r.peakShare, 'min');
+  out.push({ target: 'merge >= 80% of copy bandwidth', measured: w4 ? `${(w4.peakShare * 100).toFixed(1)}% (worst, ${w4.dtype} d=${w4.d} r=${w4.r})` : 'not measured', met: w4 ? w4.peakShare >= 0.8 : null });
+  const d1 = rows.filter((r) => r.op === 'forward' && r.n === 1);
+  const w5 = worst(d1, (r) => r.peakShare, 'min');
+  out.push({ target: 'n=1 forward >= 80% of read bandwidth over W', measured: w5 ? `${(w5.peakShare * 100).toFixed(1)}% (worst, ${w5.dtype} d=${w5.d} r=${w5.r})` : 'not measured', met: w5 ? w5.peakShare >= 0.8 : null });
+  return out;
+}
+
+/** The result as a plain-text table. */
+export function formatTable(res: BenchResult): string {
+  const head = ['op', 'dtype', 'd', 'r', 'n', 'best ms', 'median ms', 'rate', '% peak', 'vs ref', 'vs base'];
+  const body = res.rows.map((r) => [
+    r.op,
+    r.dtype,
+    String(r.d),
+    r.r === null ? '-' : String(r.r),
+    r.n === null ? '-' : String(r.n),
+    r.ms.toFixed(3),
+    r.medianMs.toFixed(3),
+    r.gbs !== null ? `${r.gbs.toFixed(1)} GB/s` : `${r.gflops!.toFixed(1)} GFLOP/s`,
+    `${(r.peakShare * 100).toFixed(0)}% ${r.peakKind}`,
+    r.vsReference === null ? '-' : `${r.vsReference.toFixed(2)}x`,
+    r.vsBase === null ? '-' : `${r.vsBase.toFixed(3)}x`,
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i < 5 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  const p = res.peaks;
+  const ref = res.reference && 'library' in res.reference
+    ? `OpenBLAS ${res.reference.library} core ${res.reference.core} (OPENBLAS_CORETYPE=${res.reference.coretype ?? 'unset'}), max rel err ${res.reference.maxRelErr.toExponential(1)}`
+    : res.reference ? `none: ${res.reference.unavailable}` : 'not run';
+  return [
+    `lorakit bench  ${res.date}  ${res.machine.cpuModel} (${res.machine.logicalCpus} CPUs, ${res.machine.isa.join(' ')})`,
+    `cpu path ${res.cpuPath} (available: ${res.cpuPaths.join(', ')}), ${res.threads} threads`,
+    `measured peaks: FMA f32 ${p.fmaGflops.toFixed(1)} GFLOP/s${p.amxGflops ? `, AMX bf16 ${p.amxGflops.toFixed(1)} GFLOP/s` : ''}, copy ${p.copyGBs.toFixed(1)} GB/s (read+write), read ${p.readGBs.toFixed(1)} GB/s`,
+    `reference: ${ref}`,
+    '',
+    line(head),
+    line(widths.map((w) => '-'.repeat(w))),
+    ...body.map(line),
+    '',
+    'targets:',
+    ...res.targets.map((t) => `  [${t.met === null ? 'n/a' : t.met ? 'met' : 'MISSED'}] ${t.target}: ${t.measured}`),
+    res.file ? `\nresults: ${res.file}` : '',
+  ].join('\n');
+}

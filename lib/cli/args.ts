@@ -1,0 +1,53 @@
+/** A small `--name value` / `--flag` parser for the CLI commands (no dependency needed for this). */
+import { LoraTypeError } from '../errors';
+
+export interface ParsedArgs {
+  values: Map<string, string>;
+  flags: Set<string>;
+  positional: string[];
+}
+
+/** Parses argv; `valued` lists options that take a value, `flags` the boolean ones. Unknown options throw. */
+export function parseArgs(argv: string[], valued: readonly string[], flags: readonly string[] = []): ParsedArgs {
+  const out: ParsedArgs = { values: new Map(), flags: new Set(), positional: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) {
+      out.positional.push(a);
+      continue;
+    }
+    const eq = a.indexOf('=');
+    const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
+    if (flags.includes(name)) {
+      out.flags.add(name);
+      continue;
+    }
+    if (!valued.includes(name)) throw new LoraTypeError(`unknown option --${name} (known: ${[...valued, ...flags].map((n) => `--${n}`).join(', ')})`);
+    const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
+    if (value === undefined || (eq < 0 && value.startsWith('--'))) throw new LoraTypeError(`--${name} needs a value`);
+    if (out.values.has(name)) throw new LoraTypeError(`--${name} given twice`);
+    out.values.set(name, value);
+  }
+  return out;
+}
+
+/** A one-line progress bar on stderr, drawn only on a TTY. */
+export function progressBar(label: string): { update(done: number, total: number, what: string): void; end(): void } {
+  const tty = process.stderr.isTTY === true;
+  let last = 0;
+  return {
+    update(done, total, what) {
+      if (!tty) return;
+      const now = Date.now();
+      if (done !== total && now - last < 100) return;
+      last = now;
+      const width = 30;
+      const fill = Math.round((width * done) / Math.max(total, 1));
+      const name = what.length > 40 ? `…${what.slice(-39)}` : what;
+      process.stderr.write(`\r${label} [${'#'.repeat(fill)}${' '.repeat(width - fill)}] ${done}/${total} ${name}`.padEnd(process.stderr.columns ?? 100).slice(0, (process.stderr.columns ?? 100) - 1));
+    },
+    end() {
+      if (tty) process.stderr.write('\n');
+    },
+  };
+}
