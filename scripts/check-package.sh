@@ -29,4 +29,8 @@ console.log('import ok', backendInfo().cpuPath);
 JS
 node check.cjs
 node check.mjs
+# the bin: write a small checkpoint and inspect it through npx
+node -e "const { writeSafetensors, Tensor } = require('lorakit'); writeSafetensors('t.safetensors', { w: Tensor.from([1, 2], [2]) });"
+npx --no-install lorakit inspect t.safetensors | grep -q 'tensors: 1, parameters: 2'
+echo "cli ok"
 echo "package check: ok"

@@ -139,7 +139,7 @@ describe('train()', () => {
     const piped: string[] = [];
     await train({ optimizer: new AdamW(l.parameters()), steps: 3, progressStream: { isTTY: false, write: (s: string) => piped.push(s) }, step: () => stepOn(l, 0, n) });
     expect(piped).toEqual([]);
-    expect(new ProgressBar(10, tty, true).render(5, 'loss 1')).toMatch(/^█{12}░{12} 5\/10  50%.*loss 1$/);
+    expect(new ProgressBar(10, tty, true).render(5, 'loss 1')).toMatch(/^█{10}░{10} 5\/10  50%.*loss 1$/);
   });
 
   test('bad options and non-finite losses are clear errors', async () => {
