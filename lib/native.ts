@@ -147,6 +147,7 @@ export interface NativeBinding {
     bias: NativeTensorHandle | null,
     fanInFanOut: boolean,
     u: NativeTensorHandle,
+    A: NativeTensorHandle,
     B: NativeTensorHandle,
     scale: number,
     norm: NativeTensorHandle,

@@ -36,12 +36,13 @@ namespace cpu {
 void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                       float* norm);
 
-// pre = xa·Wᵀ + scale·u·Bᵀ (f32 [n, out], kept for backward); k = magnitude / norm;
-// y = bias + k⊙pre when xa is x (no dropout), else y = bias + (x − xa)·Wᵀ + k⊙pre
-// (peft's training path with dropout: the base result is recomputed on the dropped-out input).
+// norm = ‖W + s·B·A‖ per output (written, f32 [out]); pre = xa·Wᵀ + scale·u·Bᵀ (f32 [n, out], kept for
+// backward); k = magnitude / norm; y = bias + k⊙pre when xa is x (no dropout), else
+// y = bias + (x − xa)·Wᵀ + k⊙pre (peft's training path with dropout recomputes the base on drop(x)).
+// Without dropout one GEMM serves both pre and the norm's projection W·Aᵀ (A's rows stacked under x).
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
-                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& B, float scale, const float* norm,
-                         const TensorRef& magnitude, const TensorRef& y, float* pre);
+                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& A, const TensorRef& B, float scale,
+                         const TensorRef& magnitude, const TensorRef& y, float* pre, float* norm);
 
 struct DoraBackwardArgs {
   TensorRef xa, u, A, B, magnitude;
