@@ -48,7 +48,18 @@ describe('opt-350m shapes', () => {
     expect(m.getNbTrainableParameters().trainable).toBe(786432 - 6 * 2048);
   });
 
+  test('bias modes and layersPattern count as peft does', () => {
+    const biases = 24 * (4 * 1024 + 4096 + 1024 + 2 * 1024); // every '.bias' parameter, layer norms included
+    const trainable = (cfg: object) => new LoraModel(opt350mModules(), { targetModules: ['q_proj', 'v_proj'], ...cfg }).getNbTrainableParameters();
+    expect(trainable({ bias: 'all' })).toEqual({ trainable: 786432 + biases, total: 331982848 });
+    expect(trainable({ bias: 'lora_only' }).trainable).toBe(786432 + 48 * 1024);
+    expect(trainable({ layersToTransform: [2], layersPattern: 'layers' }).trainable).toBe(2 * 8 * 2048);
+    expect(() => trainable({ layersToTransform: 2, layersPattern: 'blocks' })).toThrow(/matched no module/);
+  });
+
   test('no match and bad targets give clear errors', () => {
+    expect(() => new LoraModel(42 as never, { targetModules: ['q_proj'] })).toThrow(/expected an array \(or Map\)/);
+    expect(() => new LoraModel([{ name: 'a', kind: 'dense' } as never], { targetModules: ['a'] })).toThrow(/kind: expected one of/);
     expect(() => new LoraModel(opt350mModules(), { targetModules: ['query'] })).toThrow(/matched no module/);
     expect(() => new LoraModel(opt350mModules(), { targetModules: ['self_attn_layer_norm'] })).toThrow(/kind 'other'/);
     expect(() => new LoraModel(opt350mModules(), { targetModules: '(' })).toThrow(/not a valid regular expression/);
