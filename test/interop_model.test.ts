@@ -199,6 +199,25 @@ describe('model-wide adapters', () => {
     }
   });
 
+  test('a weighted adapter with per-layer ranks saves and reloads (rank_pattern)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-wsave-'));
+    try {
+      const m = tiny();
+      m.addAdapter('b', { targetModules: ['v_proj'], r: 2, initLoraWeights: false, seed: 4 });
+      m.addWeightedAdapter(['default', 'b'], [1, 1], 'mix', { combinationType: 'cat' });
+      const ranks = m.targetedModules('mix').map((mod) => m.slot(mod, 'mix')!.r);
+      expect(new Set(ranks)).toEqual(new Set([4, 6]));
+      m.savePretrained(dir, { selectedAdapters: ['mix'] });
+      const again = LoraModel.fromPretrained(loadTiny().modules, path.join(dir, 'mix'));
+      for (const mod of m.targetedModules('mix')) {
+        const want = m.layers.get(mod)!.getDeltaWeight('mix').toFloat32Array();
+        expectClose(again.layers.get(mod)!.getDeltaWeight('default').toFloat32Array(), want, 1e-6, mod);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('adapter_config handling: unknown keys warn, unsupported features are refused', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-cfg-'));
     try {

@@ -192,8 +192,9 @@ export class LoraModel {
     this.peftConfig.set(newName, { ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, layersToTransform: null, layersPattern: null, excludeModules: null });
     for (const mod of targets) {
       const s = this.#slots.get(mod)!.get(newName)!;
-      if (s.r !== r) this.peftConfig.get(newName)!.rankPattern[mod] = s.r;
-      if (s.loraAlpha !== r) this.peftConfig.get(newName)!.alphaPattern[mod] = s.loraAlpha;
+      const key = mod.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'); // patterns are regexes: match this module only
+      if (s.r !== r) this.peftConfig.get(newName)!.rankPattern[key] = s.r;
+      if (s.loraAlpha !== r) this.peftConfig.get(newName)!.alphaPattern[key] = s.loraAlpha;
     }
     this.syncActive();
     return this;
