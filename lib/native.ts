@@ -141,6 +141,7 @@ export interface NativeBinding {
     geom: number[],
     terms: Array<{ xa: NativeTensorHandle; u: NativeTensorHandle; A: NativeTensorHandle; B: NativeTensorHandle; scale: number }>,
     y: NativeTensorHandle,
+    imageAdapter?: Int32Array | null,
   ): void;
   conv2dBackward(
     dy: NativeTensorHandle,
@@ -159,6 +160,7 @@ export interface NativeBinding {
     bias: NativeTensorHandle | null,
     fanInFanOut: boolean,
     u: NativeTensorHandle,
+    A: NativeTensorHandle,
     B: NativeTensorHandle,
     scale: number,
     norm: NativeTensorHandle,

@@ -29,4 +29,12 @@ console.log('import ok', backendInfo().cpuPath);
 JS
 node check.cjs
 node check.mjs
+# the bin: write a small checkpoint and inspect it through npx
+node -e "const { writeSafetensors, Tensor } = require('lorakit'); writeSafetensors('t.safetensors', { w: Tensor.from([1, 2], [2]) });"
+npx --no-install lorakit inspect t.safetensors | grep -q 'tensors: 1, parameters: 2'
+echo "cli ok"
+# the README's main job, shortened: trains, saves a peft adapter, merges (exit 1 if the loss falls < 10x)
+npx --no-install lorakit demo --steps 200 --out demo-out --no-png >/dev/null
+test -f demo-out/adapter/adapter_model.safetensors -a -f demo-out/loss_curve.svg
+echo "demo ok"
 echo "package check: ok"

@@ -6,6 +6,7 @@ import { Checkpoint, SafetensorsReader, writeSafetensors } from '../lib';
 import { run as inspect } from '../lib/cli/inspect';
 import { run as merge } from '../lib/cli/merge';
 import { GOLDEN_DIR, expectClose, loadCase, relErr } from './helpers/golden';
+import { writeCaseAsPeft } from './helpers/peft_adapter';
 
 const TINY = path.join(GOLDEN_DIR, 'opt_tiny');
 const BASE = path.join(TINY, 'base_model.safetensors');
@@ -132,24 +133,16 @@ test('inspect shows an adapter\'s config, shapes and counts, and a checkpoint\'s
 });
 
 test.each([
-  ['embedding', 'embed_tokens', true],
-  ['conv2d_k3', 'conv', false],
-  ['conv2d_k1', 'conv', false],
-  ['linear_rslora', 'q_proj', false],
-  ['conv1d_fan_in_fan_out', 'c_attn', false],
-])('merge handles peft golden case %s (module %s)', async (name, mod, embedding) => {
+  ['embedding', 'embed_tokens'],
+  ['conv2d_k3', 'conv'],
+  ['conv2d_k1', 'conv'],
+  ['linear_rslora', 'q_proj'],
+  ['conv1d_fan_in_fan_out', 'c_attn'],
+  ['linear_dora', 'q_proj'],
+])('merge handles peft golden case %s (module %s)', async (name, mod) => {
   const c = loadCase(name);
-  const meta = c.meta as { r: number; lora_alpha: number; use_rslora?: boolean; fan_in_fan_out?: boolean };
-  const raw = (n: string) => ({ dtype: 'F32', shape: c.file.entry(n).shape, bytes: c.file.bytes(n) });
-  const base = path.join(dir, 'base.safetensors');
-  writeSafetensors(base, { [`blk.${mod}.weight`]: raw('W'), 'blk.norm.weight': { dtype: 'F32', shape: [2], bytes: new Uint8Array(8) } });
-  const ad = path.join(dir, 'adapter');
-  fs.mkdirSync(ad);
-  const keyA = embedding ? `base_model.model.blk.${mod}.lora_embedding_A` : `base_model.model.blk.${mod}.lora_A.weight`;
-  const keyB = embedding ? `base_model.model.blk.${mod}.lora_embedding_B` : `base_model.model.blk.${mod}.lora_B.weight`;
-  writeSafetensors(path.join(ad, 'adapter_model.safetensors'), { [keyA]: raw('A'), [keyB]: raw('B') }, { format: 'pt' });
-  fs.writeFileSync(path.join(ad, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: meta.r, lora_alpha: meta.lora_alpha, use_rslora: meta.use_rslora ?? false, fan_in_fan_out: meta.fan_in_fan_out ?? false, target_modules: [mod] }));
+  const { base, adapter, weightName } = writeCaseAsPeft(c, dir, mod);
   const o = path.join(dir, 'out.safetensors');
-  expect(await merge(['--base', base, '--adapter', ad, '--out', o, '--quiet'])).toBe(0);
-  expectClose(new SafetensorsReader(o).float32(`blk.${mod}.weight`), c.f32('W_merged'), 1e-5, `${name} W_merged`);
+  expect(await merge(['--base', base, '--adapter', adapter, '--out', o, '--quiet'])).toBe(0);
+  expectClose(new SafetensorsReader(o).float32(weightName), c.f32('W_merged'), 1e-5, `${name} W_merged`);
 });

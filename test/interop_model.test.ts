@@ -4,7 +4,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { Checkpoint, LoraModel, Tensor, modulesFromStateDict } from '../lib';
 import { opt350mModules } from './fixtures/opt350m';
-import { GOLDEN_DIR, expectClose } from './helpers/golden';
+import { GOLDEN_DIR, expectClose, loadCase } from './helpers/golden';
+import { writeCaseAsPeft } from './helpers/peft_adapter';
 
 const TINY = path.join(GOLDEN_DIR, 'opt_tiny');
 
@@ -47,7 +48,18 @@ describe('opt-350m shapes', () => {
     expect(m.getNbTrainableParameters().trainable).toBe(786432 - 6 * 2048);
   });
 
+  test('bias modes and layersPattern count as peft does', () => {
+    const biases = 24 * (4 * 1024 + 4096 + 1024 + 2 * 1024); // every '.bias' parameter, layer norms included
+    const trainable = (cfg: object) => new LoraModel(opt350mModules(), { targetModules: ['q_proj', 'v_proj'], ...cfg }).getNbTrainableParameters();
+    expect(trainable({ bias: 'all' })).toEqual({ trainable: 786432 + biases, total: 331982848 });
+    expect(trainable({ bias: 'lora_only' }).trainable).toBe(786432 + 48 * 1024);
+    expect(trainable({ layersToTransform: [2], layersPattern: 'layers' }).trainable).toBe(2 * 8 * 2048);
+    expect(() => trainable({ layersToTransform: 2, layersPattern: 'blocks' })).toThrow(/matched no module/);
+  });
+
   test('no match and bad targets give clear errors', () => {
+    expect(() => new LoraModel(42 as never, { targetModules: ['q_proj'] })).toThrow(/expected an array \(or Map\)/);
+    expect(() => new LoraModel([{ name: 'a', kind: 'dense' } as never], { targetModules: ['a'] })).toThrow(/kind: expected one of/);
     expect(() => new LoraModel(opt350mModules(), { targetModules: ['query'] })).toThrow(/matched no module/);
     expect(() => new LoraModel(opt350mModules(), { targetModules: ['self_attn_layer_norm'] })).toThrow(/kind 'other'/);
     expect(() => new LoraModel(opt350mModules(), { targetModules: '(' })).toThrow(/not a valid regular expression/);
@@ -76,6 +88,15 @@ describe('opt_tiny (peft 0.21)', () => {
     expect(model.getNbTrainableParameters()).toEqual({ trainable: 0, total: meta.total });
     const trainable = LoraModel.fromPretrained(loadTiny().modules, path.join(TINY, 'adapter'), { isTrainable: true });
     expect(trainable.getNbTrainableParameters()).toEqual({ trainable: meta.trainable, total: meta.total });
+  });
+
+  test('tied weights count once, whether aliased in the metadata or passed as one Tensor twice', () => {
+    const { tensors } = loadTiny();
+    tensors.set('model.decoder.embed_tokens.weight', tensors.get('lm_head.weight')!);
+    const m = new LoraModel(modulesFromStateDict(tensors), { targetModules: ['q_proj', 'v_proj'] });
+    const meta = JSON.parse(Checkpoint.open(path.join(TINY, 'expected.safetensors')).metadata.case) as { total: number };
+    expect(m.getNbTrainableParameters().total).toBe(meta.total - 4096 + 4 * 8 * 128);
+    expect(m.modules.get('model.decoder.embed_tokens')!.tiedTo).toBe('lm_head');
   });
 
   test('mergeAndUnload reproduces merged_model.safetensors tensor by tensor', () => {
@@ -187,6 +208,25 @@ describe('model-wide adapters', () => {
     }
   });
 
+  test('a weighted adapter with per-layer ranks saves and reloads (rank_pattern)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-wsave-'));
+    try {
+      const m = tiny();
+      m.addAdapter('b', { targetModules: ['v_proj'], r: 2, initLoraWeights: false, seed: 4 });
+      m.addWeightedAdapter(['default', 'b'], [1, 1], 'mix', { combinationType: 'cat' });
+      const ranks = m.targetedModules('mix').map((mod) => m.slot(mod, 'mix')!.r);
+      expect(new Set(ranks)).toEqual(new Set([4, 6]));
+      m.savePretrained(dir, { selectedAdapters: ['mix'] });
+      const again = LoraModel.fromPretrained(loadTiny().modules, path.join(dir, 'mix'));
+      for (const mod of m.targetedModules('mix')) {
+        const want = m.layers.get(mod)!.getDeltaWeight('mix').toFloat32Array();
+        expectClose(again.layers.get(mod)!.getDeltaWeight('default').toFloat32Array(), want, 1e-6, mod);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('adapter_config handling: unknown keys warn, unsupported features are refused', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-cfg-'));
     try {
@@ -196,8 +236,10 @@ describe('model-wide adapters', () => {
       const warnings: string[] = [];
       LoraModel.fromPretrained(loadTiny().modules, dir, { warn: (w) => warnings.push(w) });
       expect(warnings.join()).toMatch(/ignoring unknown adapter_config keys: some_future_key/);
+      fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, lora_bias: true }));
+      expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/lora_bias = true is not supported/);
       fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, use_dora: true }));
-      expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/use_dora = true is not supported/);
+      expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/has no lora_magnitude_vector, but the config sets use_dora/);
       fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, r: 4 }));
       expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/do not fit the layer.*check r and rank_pattern/);
       expect(() => LoraModel.fromPretrained(loadTiny().modules, path.join(dir, 'nope'))).toThrow(/is not a directory/);
@@ -219,6 +261,45 @@ describe('model-wide adapters', () => {
       expect(again.modules.get('transformer.h.0.attn.c_attn')!.kind).toBe('conv1d');
       expect(Array.from(again.layers.get('transformer.h.0.attn.c_attn')!.loraB.get('default')!.toFloat32Array()))
         .toEqual(Array.from(m.layers.get('transformer.h.0.attn.c_attn')!.loraB.get('default')!.toFloat32Array()));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe.each([
+  ['embedding', 'embed_tokens', 'embedding'],
+  ['conv2d_k3', 'conv', 'conv2d'],
+  ['linear_dora', 'q_proj', 'linear'],
+  ['conv1d_fan_in_fan_out', 'c_attn', 'conv1d'],
+])('peft golden case %s through LoraModel', (name, mod, kind) => {
+  test('fromPretrained (kind from the adapter tensors), mergeAndUnload = W_merged, save and reload identical', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-kind-'));
+    try {
+      const c = loadCase(name);
+      const disk = writeCaseAsPeft(c, dir, mod);
+      const load = () => {
+        const ck = Checkpoint.open(disk.base);
+        const sd = new Map(ck.names.map((n) => [n, ck.tensor(n)]));
+        ck.close();
+        return modulesFromStateDict(sd, { kinds: { [mod]: 'linear' } }); // deliberately wrong for embedding/conv1d
+      };
+      const model = LoraModel.fromPretrained(load(), disk.adapter);
+      expect(model.modules.get(`blk.${mod}`)!.kind).toBe(kind);
+      const saved = path.join(dir, 'saved');
+      model.savePretrained(saved);
+      const again = LoraModel.fromPretrained(load(), saved);
+      const l1 = model.layers.get(`blk.${mod}`)!;
+      const l2 = again.layers.get(`blk.${mod}`)!;
+      for (const get of [(l: typeof l1) => l.loraA, (l: typeof l1) => l.loraB, (l: typeof l1) => l.loraMagnitude]) {
+        const a = get(l1).get('default');
+        const b = get(l2).get('default');
+        expect(b?.shape).toEqual(a?.shape);
+        if (a) expect(Array.from(b!.toFloat32Array())).toEqual(Array.from(a.toFloat32Array()));
+      }
+      const meta = c.meta as { use_dora?: boolean };
+      expect(l1.loraMagnitude.has('default')).toBe(meta.use_dora === true);
+      expectClose(model.mergeAndUnload().get(disk.weightName)!.toFloat32Array(), c.f32('W_merged'), 1e-5, `${name} merged`);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

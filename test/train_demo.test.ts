@@ -34,6 +34,13 @@ describe('demo (shortened)', () => {
     expect(svg).toMatch(/<path d="M[\d.]+,[\d.]+(L[\d.]+,[\d.]+){149}"/);
     expect(svg.trim().endsWith('</svg>')).toBe(true);
     expect(fs.readFileSync(path.join(dir, 'loss.csv'), 'utf8').trim().split('\n')).toHaveLength(151);
+    // The adapter in peft's format, and a checkpoint every steps/2.
+    for (const d of [a.files.adapter, ...a.files.checkpoints]) {
+      expect(fs.existsSync(path.join(d, 'adapter_model.safetensors'))).toBe(true);
+      expect(JSON.parse(fs.readFileSync(path.join(d, 'adapter_config.json'), 'utf8'))).toMatchObject({ peft_type: 'LORA', r: 4, target_modules: ['fc1', 'fc2'] });
+    }
+    expect(a.files.checkpoints.map((d) => path.basename(d))).toEqual(['checkpoint-75', 'checkpoint-150']);
+    expect(a.reloadRelErr).toBeLessThanOrEqual(1e-6);
     const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8'));
     expect(summary.lossDrop).toBeCloseTo(a.lossDrop, 10);
 

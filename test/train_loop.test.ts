@@ -1,7 +1,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { AdamW, LoraLinear, ProgressBar, SGD, Tensor, linearSchedule, mseLoss, train } from '../lib';
+import { AdamW, LoraLinear, LoraModel, ProgressBar, SGD, Tensor, linearSchedule, mseLoss, train } from '../lib';
 import { relErr } from './helpers/golden';
 import { randomArray } from './helpers/reference';
 
@@ -82,6 +82,53 @@ describe('train()', () => {
     expect(fs.readdirSync(path.join(dir, 'sub')).filter((f) => f.endsWith('.tmp'))).toEqual([]);
   });
 
+  test('LoraModel: parameters() gathers every layer; checkpoints are peft adapter directories', async () => {
+    const dir = tmpDir();
+    const w = Tensor.from(randomArray(outF * inF, 1, 0.3), [outF, inF]);
+    const w2 = Tensor.from(randomArray(outF * outF, 4, 0.3), [outF, outF]);
+    const model = new LoraModel(
+      [
+        { name: 'blk.q', kind: 'linear', weight: w },
+        { name: 'blk.v', kind: 'linear', weight: w2 },
+      ],
+      { targetModules: ['q', 'v'], r: 2, seed: 1 },
+    );
+    expect(model.namedParameters().map(([n]) => n)).toEqual([
+      'blk.q.lora_A.default.weight',
+      'blk.q.lora_B.default.weight',
+      'blk.v.lora_A.default.weight',
+      'blk.v.lora_B.default.weight',
+    ]);
+    const params = model.parameters();
+    expect(params.reduce((s, p) => s + p.numel, 0)).toBe(model.getNbTrainableParameters().trainable);
+    const q = model.layers.get('blk.q') as LoraLinear;
+    const v = model.layers.get('blk.v') as LoraLinear;
+    const res = await train({
+      optimizer: new AdamW(params, { lr: 1e-2 }),
+      steps: 4,
+      progress: false,
+      checkpointEvery: 2,
+      checkpoint: { model, dir },
+      step: () => {
+        const h = q.forward(Tensor.from(X, [n, inF]));
+        const { loss, grad } = mseLoss(v.forward(h), T);
+        q.backward(v.backward(grad).dx);
+        return loss;
+      },
+    });
+    expect(res.losses[3]).toBeLessThan(res.losses[0]);
+    expect(fs.readdirSync(dir).sort()).toEqual(['checkpoint-2', 'checkpoint-4']);
+    const back = LoraModel.fromPretrained(
+      [
+        { name: 'blk.q', kind: 'linear', weight: w.clone() },
+        { name: 'blk.v', kind: 'linear', weight: w2.clone() },
+      ],
+      path.join(dir, 'checkpoint-4'),
+    );
+    expect(relErr(back.layers.get('blk.v')!.loraB.get('default')!.toFloat32Array(), v.loraB.get('default')!.toFloat32Array())).toBe(0);
+    await expect(train({ optimizer: new AdamW(params), steps: 1, step: () => 0, checkpointEvery: 1, checkpoint: { model: {} as never, dir } })).rejects.toThrow(/savePretrained/);
+  });
+
   test('progress bar only on a TTY', async () => {
     const out: string[] = [];
     const tty = { isTTY: true, columns: 200, write: (s: string) => out.push(s) };
@@ -92,7 +139,7 @@ describe('train()', () => {
     const piped: string[] = [];
     await train({ optimizer: new AdamW(l.parameters()), steps: 3, progressStream: { isTTY: false, write: (s: string) => piped.push(s) }, step: () => stepOn(l, 0, n) });
     expect(piped).toEqual([]);
-    expect(new ProgressBar(10, tty, true).render(5, 'loss 1')).toMatch(/^█{12}░{12} 5\/10  50%.*loss 1$/);
+    expect(new ProgressBar(10, tty, true).render(5, 'loss 1')).toMatch(/^█{10}░{10} 5\/10  50%.*loss 1$/);
   });
 
   test('bad options and non-finite losses are clear errors', async () => {

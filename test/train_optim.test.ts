@@ -179,3 +179,47 @@ describe('gradients: accumulation, zeroGrad, clipping', () => {
     expect(Math.sqrt(after.reduce((s, v) => s + v * v, 0))).toBeCloseTo(0.5, 4);
   });
 });
+
+describe('bad input is a typed error, never a crash', () => {
+  test('native optimizer bindings re-check everything', () => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { call } = require('../lib/native') as typeof import('../lib/native');
+    const p = Tensor.zeros([4, 4]);
+    const g = Tensor.zeros([4, 4]);
+    const m = Tensor.zeros([4, 4]);
+    const v = Tensor.zeros([4, 4]);
+    const ok = () => call((b) => b.adamwStep(p.handle, g.handle, m.handle, v.handle, null, 1e-3, 0.9, 0.999, 1e-8, 0, 1));
+    expect(ok).not.toThrow();
+    const bad: Array<[() => unknown, RegExp]> = [
+      [() => call((b) => b.adamwStep(p.handle, Tensor.zeros([4, 5]).handle, m.handle, v.handle, null, 1e-3, 0.9, 0.999, 1e-8, 0, 1)), /grad: expected shape \[4, 4\]/],
+      [() => call((b) => b.adamwStep(p.handle, g.handle, Tensor.zeros([16], { dtype: 'bf16' }).handle, v.handle, null, 1e-3, 0.9, 0.999, 1e-8, 0, 1)), /expAvg: optimizer state must be f32/],
+      [() => call((b) => b.adamwStep(p.handle, g.handle, m.handle, m.handle, null, 1e-3, 0.9, 0.999, 1e-8, 0, 1)), /distinct/],
+      [() => call((b) => b.adamwStep(p.handle, g.handle, m.handle, v.handle, null, 1e-3, 1.5, 0.999, 1e-8, 0, 1)), /beta1/],
+      [() => call((b) => b.adamwStep(p.handle, g.handle, m.handle, v.handle, null, 1e-3, 0.9, 0.999, 1e-8, 0, 0)), /step: expected an integer >= 1/],
+      [() => call((b) => b.adamwStep(p.handle, p.handle, m.handle, v.handle, null, 1e-3, 0.9, 0.999, 1e-8, 0, 1)), /grad: must not be the parameter/],
+      [() => call((b) => b.adamwStep({} as never, g.handle, m.handle, v.handle, null, 1e-3, 0.9, 0.999, 1e-8, 0, 1)), /param: expected a lorakit Tensor/],
+      [() => call((b) => b.sgdStep(p.handle, g.handle, null, null, 0.1, 0.9, 0, false, 0, true)), /momentumBuffer: required/],
+      [() => call((b) => b.sgdStep(p.handle, g.handle, m.handle, null, 0.1, 0.9, 0.5, true, 0, true)), /nesterov/],
+      [() => call((b) => b.sgdStep(p.handle, g.handle, m.handle, null, NaN, 0.9, 0, false, 0, true)), /lr: expected a finite number/],
+      [() => call((b) => b.accumulate(Tensor.zeros([4, 4], { dtype: 'bf16' }).handle, g.handle, 1)), /dst: expected an f32 tensor/],
+      [() => call((b) => (b.adamwStep as (...a: unknown[]) => void)(p.handle, g.handle)), /expAvg: required/],
+    ];
+    for (const [fn, msg] of bad) expect(fn).toThrow(msg);
+  });
+
+  test('Parameter and optimizer state errors', () => {
+    const layer = new LoraLinear({ weight: Tensor.zeros([6, 5]) });
+    layer.addAdapter('a', { r: 2 });
+    const [pa] = layer.parameters();
+    expect(() => pa.accumulateGrad(Tensor.zeros([5, 2]))).toThrow(expect.objectContaining({ name: 'ShapeError' }));
+    expect(() => pa.accumulateGrad(Tensor.zeros([2, 5], { dtype: 'i32' }))).toThrow(expect.objectContaining({ name: 'DTypeError' }));
+    const opt = new AdamW(layer.parameters());
+    pa.accumulateGrad(Tensor.zeros([2, 5]));
+    layer.addAdapter('b', { r: 2 });
+    layer.deleteAdapter('a');
+    expect(pa.grad).toBeNull(); // freed with the adapter
+    pa.zeroGrad();
+    expect(() => pa.accumulateGrad(Tensor.zeros([2, 5]))).toThrow(/disposed/);
+    expect(() => opt.step()).not.toThrow(); // nothing has a gradient
+  });
+});

@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Checkpoint } from '../io/checkpoint';
 import { CONFIG_FILE, WEIGHTS_FILE } from '../model/adapter_io';
-import { parseArgs } from './args';
+import { parseArgs } from './_args';
 
 export const summary = 'show an adapter (config, shapes, parameter counts) or a .safetensors checkpoint';
 

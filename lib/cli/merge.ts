@@ -1,7 +1,7 @@
 /** `lorakit merge`: merges a peft adapter into a safetensors checkpoint, streaming tensor by tensor. */
 import { FloatDType } from '../dtype';
 import { mergeCheckpoint } from '../model/stream_merge';
-import { parseArgs, progressBar } from './args';
+import { parseArgs, progressBar } from './_args';
 
 export const summary = 'merge a peft LoRA adapter into a .safetensors checkpoint (streamed, keeps sharding)';
 

@@ -1,6 +1,7 @@
 /**
- * The demo's network: fc1 → GELU → fc2, each a LoraLinear over frozen base weights, with a
- * hand-written backward that sends gradients to the adapters of both layers.
+ * The demo's network: fc1 → GELU → fc2, each a LoraLinear over frozen base weights (plain ones, or
+ * the layers a LoraModel injected), with a hand-written backward that sends gradients to the
+ * adapters of both layers.
  */
 import { LoraLinear } from '../layers/linear';
 import { Tensor } from '../tensor';
@@ -19,17 +20,21 @@ export class Mlp {
   #pre: Float32Array | null = null;
   #act: Tensor | null = null; // fc2's input, kept alive for its backward
 
-  constructor(w: MlpWeights) {
-    this.fc1 = new LoraLinear({ weight: w.w1, bias: w.b1 });
-    this.fc2 = new LoraLinear({ weight: w.w2, bias: w.b2 });
+  constructor(fc1: LoraLinear, fc2: LoraLinear) {
+    this.fc1 = fc1;
+    this.fc2 = fc2;
   }
 
-  /** The LoRA targets by module name. */
-  get layers(): Map<string, LoraLinear> {
-    return new Map([
-      ['fc1', this.fc1],
-      ['fc2', this.fc2],
-    ]);
+  static fromWeights(w: MlpWeights): Mlp {
+    return new Mlp(new LoraLinear({ weight: w.w1, bias: w.b1 }), new LoraLinear({ weight: w.w2, bias: w.b2 }));
+  }
+
+  /** The modules as LoraModel takes them. */
+  static modules(w: MlpWeights): Array<{ name: string; kind: 'linear'; weight: Tensor; bias: Tensor }> {
+    return [
+      { name: 'fc1', kind: 'linear', weight: w.w1, bias: w.b1 },
+      { name: 'fc2', kind: 'linear', weight: w.w2, bias: w.b2 },
+    ];
   }
 
   forward(x: Tensor): Tensor {

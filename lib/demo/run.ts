@@ -9,12 +9,13 @@ import * as path from 'path';
 import { LoraRangeError, StateError } from '../errors';
 import { writeFileAtomicSync } from '../io/atomic';
 import { backendInfo } from '../kernels';
+import { LoraLinear } from '../layers/linear';
+import { LoraModel } from '../model/lora_model';
 import { Rng } from '../rng';
 import { Tensor } from '../tensor';
 import { mseLoss } from '../train/losses';
 import { train } from '../train/loop';
 import { AdamW } from '../train/optimizer';
-import { Parameter, countParameters } from '../train/parameter';
 import { lossCurveSvg } from '../train/plot';
 import { cosineSchedule } from '../train/schedule';
 import { Mlp, MlpWeights } from './mlp';
@@ -38,6 +39,8 @@ export interface DemoOptions {
   timingReps?: number;
   progress?: boolean;
   png?: boolean;
+  /** Save the adapter (peft format) every N steps under <outDir>/checkpoints (default: steps/2). */
+  checkpointEvery?: number;
   log?: (line: string) => void;
 }
 
@@ -56,7 +59,9 @@ export interface DemoResult {
   recoveryErr: Record<string, number>;
   /** Medians; base is measured alternately with merged, baseBesideUnmerged with unmerged. */
   timingMs: { base: number; unmerged: number; merged: number; baseBesideUnmerged: number };
-  files: { lossLog: string; svg: string; png: string | null; summary: string };
+  /** ‖reloaded − unmerged‖ / ‖unmerged‖: the saved peft adapter loaded onto a fresh base. */
+  reloadRelErr: number;
+  files: { lossLog: string; svg: string; png: string | null; summary: string; adapter: string; checkpoints: string[] };
   png: RenderResult;
 }
 
@@ -127,6 +132,8 @@ export function checkDevice(device: string): 'cpu' | 'cuda' {
 export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   const log = opts.log ?? ((s: string) => console.log(s));
   checkDevice(opts.device ?? 'cpu');
+  if (opts.steps !== undefined && (!Number.isInteger(opts.steps) || opts.steps < 1))
+    throw new LoraRangeError(`steps: expected a positive integer, got ${opts.steps}`);
   const steps = opts.steps ?? 400;
   const batch = opts.batch ?? 64;
   const D = opts.inFeatures ?? 128;
@@ -143,27 +150,30 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   const l1 = linearInit(rng, H, D);
   const l2 = linearInit(rng, O, H);
   const teacherW = { w1: lowRankChange(rng, l1.w, k), w2: lowRankChange(rng, l2.w, k) };
-  const base = new Mlp({ w1: l1.w, b1: l1.b, w2: l2.w, b2: l2.b }).train(false);
-  const teacher = new Mlp({ w1: teacherW.w1, b1: l1.b, w2: teacherW.w2, b2: l2.b }).train(false);
+  const baseW: MlpWeights = { w1: l1.w, b1: l1.b, w2: l2.w, b2: l2.b };
+  const base = Mlp.fromWeights(baseW).train(false);
+  const teacher = Mlp.fromWeights({ w1: teacherW.w1, b1: l1.b, w2: teacherW.w2, b2: l2.b }).train(false);
   const studentW: MlpWeights = { w1: l1.w.clone(), b1: l1.b, w2: l2.w.clone(), b2: l2.b };
-  const student = new Mlp(studentW);
 
-  // LoRA on the named targets.
+  // LoRA injected into the named targets, as peft's get_peft_model.
   const targets = ['fc1', 'fc2'];
-  for (const name of targets) student.layers.get(name)!.addAdapter('default', { r, loraAlpha: 2 * r, seed: seed * 1000 + targets.indexOf(name) + 1 });
-  const params: Parameter[] = targets.flatMap((n) => student.layers.get(n)!.parameters());
-  const trainable = countParameters(params);
-  const all = trainable + [l1.w, l1.b, l2.w, l2.b].reduce((s, t) => s + t.numel, 0);
+  const model = new LoraModel(Mlp.modules(studentW), { targetModules: targets, r, loraAlpha: 2 * r, seed: seed + 100 });
+  const student = new Mlp(model.layers.get('fc1') as LoraLinear, model.layers.get('fc2') as LoraLinear);
+  const params = model.parameters();
+  const { trainable, total: all } = model.getNbTrainableParameters();
   log(`lorakit demo: MLP ${D}→${H}→${O} (GELU), teacher = base + rank-${k} change of fc1 and fc2; LoRA r=${r} on [${targets.join(', ')}]`);
   log(`backend: ${backendInfo().cpuPath}, ${backendInfo().threads} threads; device cpu; seed ${seed}`);
-  log(`trainable params: ${trainable.toLocaleString('en-US')} || all params: ${all.toLocaleString('en-US')} || trainable%: ${((100 * trainable) / all).toFixed(4)}`);
+  model.printTrainableParameters(log);
 
   const optimizer = new AdamW(params, { lr: opts.lr ?? 3e-3 });
   const scheduler = cosineSchedule(optimizer, { warmupSteps: Math.max(1, Math.round(steps * 0.05)), totalSteps: steps });
   const dataRng = new Rng(seed + 1);
   const xs = new Float32Array(batch * D);
   const lossLog = path.join(outDir, 'loss.csv');
+  const checkpointEvery = opts.checkpointEvery ?? Math.max(1, Math.ceil(steps / 2));
   const result = await train({
+    checkpointEvery,
+    checkpoint: { model, dir: path.join(outDir, 'checkpoints') },
     optimizer,
     scheduler,
     steps,
@@ -185,7 +195,9 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   const lossEnd = avg(losses.slice(-10));
   log(`trained ${steps} steps in ${result.seconds.toFixed(1)} s: loss ${lossStart.toExponential(3)} → ${lossEnd.toExponential(3)} (${(lossStart / lossEnd).toFixed(1)}x lower)`);
 
-  // Merge and compare on a held-out batch; time base, unmerged and merged inference.
+  // The adapter in peft's format, then loaded back onto a fresh copy of the base.
+  const adapterDir = path.join(outDir, 'adapter');
+  model.savePretrained(adapterDir);
   student.train(false);
   const evalRng = new Rng(seed + 2);
   const nEval = opts.timingBatch ?? 1024;
@@ -193,8 +205,14 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   const reps = opts.timingReps ?? 15;
   const fwd = (m: Mlp) => () => m.forward(xEval).dispose();
   const yUnmerged = student.forward(xEval).toFloat32Array();
+  const reloadW: MlpWeights = { w1: l1.w.clone(), b1: l1.b, w2: l2.w.clone(), b2: l2.b };
+  const reloaded = LoraModel.fromPretrained(Mlp.modules(reloadW), adapterDir);
+  const reloadedNet = new Mlp(reloaded.layers.get('fc1') as LoraLinear, reloaded.layers.get('fc2') as LoraLinear).train(false);
+  const reloadRelErr = relDiff(reloadedNet.forward(xEval).toFloat32Array(), yUnmerged);
+  reloaded.dispose();
+  log(`saved the adapter in peft format to ${adapterDir} (adapter_config.json, adapter_model.safetensors); reloaded onto the base: relative difference ${reloadRelErr.toExponential(2)}`);
   const [tBase1, tUnmerged] = medianMsPair(fwd(base), fwd(student), reps);
-  for (const n of targets) student.layers.get(n)!.merge();
+  model.mergeAdapter();
   const yMerged = student.forward(xEval).toFloat32Array();
   const [tBase, tMerged] = medianMsPair(fwd(base), fwd(student), reps);
   const mergeRelErr = relDiff(yMerged, yUnmerged);
@@ -211,7 +229,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   }
   log(`merged vs unmerged outputs (${nEval} held-out rows): relative difference ${mergeRelErr.toExponential(2)}`);
   log(`learnt weight change: ‖W_merged − W_teacher‖/‖W_teacher − W_base‖ = fc1 ${recoveryErr.fc1.toExponential(2)}, fc2 ${recoveryErr.fc2.toExponential(2)}`);
-  log(`inference on ${nEval} rows (median of ${reps}): base ${tBase.toFixed(2)} ms, unmerged LoRA ${tUnmerged.toFixed(2)} ms (${(tUnmerged / tBase1).toFixed(2)}x base), merged ${tMerged.toFixed(2)} ms (${(tMerged / tBase).toFixed(2)}x base)`);
+  log(`inference on ${nEval} rows, median of ${reps}, each timed alternately with the base: unmerged LoRA ${tUnmerged.toFixed(2)} ms vs base ${tBase1.toFixed(2)} ms (${(tUnmerged / tBase1).toFixed(2)}x); merged ${tMerged.toFixed(2)} ms vs base ${tBase.toFixed(2)} ms (${(tMerged / tBase).toFixed(2)}x)`);
 
   // Loss curve beside the log.
   const svgPath = path.join(outDir, 'loss_curve.svg');
@@ -228,9 +246,17 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
     trainableParams: trainable,
     allParams: all,
     mergeRelErr,
+    reloadRelErr,
     recoveryErr,
     timingMs: { base: tBase, unmerged: tUnmerged, merged: tMerged, baseBesideUnmerged: tBase1 },
-    files: { lossLog, svg: svgPath, png: png.ok ? pngPath : null, summary: summaryPath },
+    files: {
+      lossLog,
+      svg: svgPath,
+      png: png.ok ? pngPath : null,
+      summary: summaryPath,
+      adapter: adapterDir,
+      checkpoints: result.checkpoints.map((s) => path.join(outDir, 'checkpoints', `checkpoint-${s}`)),
+    },
     png,
   };
   const { losses: _omit, ...summary } = res;
@@ -239,7 +265,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
     const rel = path.relative(process.cwd(), f);
     return rel && !rel.startsWith('..') ? rel : f;
   };
-  log(`wrote ${show(lossLog)}, ${show(svgPath)}, ${show(summaryPath)}` + (png.ok ? `, ${show(pngPath)} (rendered with ${png.tool})` : ''));
+  log(`wrote ${show(lossLog)}, ${show(svgPath)}, ${show(summaryPath)}, ${show(adapterDir)}/, ${result.checkpoints.length} checkpoint(s) in ${show(path.join(outDir, 'checkpoints'))}/` + (png.ok ? `, ${show(pngPath)} (rendered with ${png.tool})` : ''));
   if (!png.ok) log(`no PNG of the loss curve: ${png.reason}`);
   optimizer.dispose();
   return res;

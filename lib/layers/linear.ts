@@ -200,15 +200,17 @@ export class LoraLinear extends LoraLayer {
     return norm;
   }
 
+  /** The norm is computed inside the forward: one GEMM streams W for both x·Wᵀ and W·Aᵀ. */
   private doraForward(x: Tensor, a: AdapterCache, y: Tensor): { norm: Tensor; pre: Tensor } {
-    const norm = this.doraWeightNorm(a.name);
+    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32' });
     let pre: Tensor | null = null;
     try {
       pre = Tensor.zeros([x.numel / this.inFeatures, this.outFeatures], { dtype: 'f32' });
       const p = pre;
       call((b) =>
         b.doraLinearForward(x.handle, a.xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, a.u.handle,
-          this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!, norm.handle, this._loraMagnitude.get(a.name)!.handle, y.handle, p.handle),
+          this._loraA.get(a.name)!.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!, norm.handle,
+          this._loraMagnitude.get(a.name)!.handle, y.handle, p.handle),
       );
     } catch (e) {
       norm.dispose();

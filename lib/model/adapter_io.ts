@@ -14,7 +14,7 @@ import { Tensor } from '../tensor';
 import { LoraConfig, fromPeftJson, peftJsonText, resolveConfig, toPeftJson } from './config';
 import { LoraModel } from './lora_model';
 import { modelCard } from './model_card';
-import { ModuleKind, ModuleSpec, normalizeModules, shapeOf } from './modules';
+import { ModuleKind, ModuleSpec, shapeOf } from './modules';
 
 export const CONFIG_FILE = 'adapter_config.json';
 export const WEIGHTS_FILE = 'adapter_model.safetensors';
@@ -23,6 +23,8 @@ const PREFIX = 'base_model.model.';
 export interface AdapterTensors {
   A: Tensor | null;
   B: Tensor | null;
+  /** DoRA magnitude vector [out] (peft's lora_magnitude_vector). */
+  magnitude: Tensor | null;
   /** Embedding adapters are stored as lora_embedding_A/B. */
   embedding: boolean;
 }
@@ -43,13 +45,14 @@ function lorakitVersion(): string {
 }
 
 /** The saved tensor names of one module's factors. */
-export function peftKeys(moduleName: string, kind: ModuleKind): { A: string; B: string } {
+export function peftKeys(moduleName: string, kind: ModuleKind): { A: string; B: string; magnitude: string } {
+  const magnitude = `${PREFIX}${moduleName}.lora_magnitude_vector`; // peft strips '.weight' here
   return kind === 'embedding'
-    ? { A: `${PREFIX}${moduleName}.lora_embedding_A`, B: `${PREFIX}${moduleName}.lora_embedding_B` }
-    : { A: `${PREFIX}${moduleName}.lora_A.weight`, B: `${PREFIX}${moduleName}.lora_B.weight` };
+    ? { A: `${PREFIX}${moduleName}.lora_embedding_A`, B: `${PREFIX}${moduleName}.lora_embedding_B`, magnitude }
+    : { A: `${PREFIX}${moduleName}.lora_A.weight`, B: `${PREFIX}${moduleName}.lora_B.weight`, magnitude };
 }
 
-const KEY_RE = /^(?:base_model\.model\.)?(.+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)$/;
+const KEY_RE = /^(?:base_model\.model\.)?(.+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B|lora_magnitude_vector(?:\.weight)?)$/;
 
 /** Reads an adapter directory (config + tensors), validating both. */
 export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnDisk {
@@ -76,20 +79,30 @@ export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnD
       const m = KEY_RE.exec(key);
       if (!m) {
         for (const t of modules.values()) [t.A, t.B].forEach((x) => x?.dispose());
-        throw new AdapterError(`${wPath}: tensor '${key}' is not a LoRA factor lorakit reads (lora_A/lora_B .weight or lora_embedding_A/B; DoRA, lora_bias and modules_to_save are not supported)`);
+        throw new AdapterError(`${wPath}: tensor '${key}' is not a LoRA factor lorakit reads (lora_A/lora_B .weight, lora_embedding_A/B, lora_magnitude_vector; lora_bias and modules_to_save are not supported)`);
       }
       const [, mod, part] = m;
-      const t = modules.get(mod) ?? { A: null, B: null, embedding: part.startsWith('lora_embedding') };
+      const t = modules.get(mod) ?? { A: null, B: null, magnitude: null, embedding: false };
+      if (part.startsWith('lora_embedding')) t.embedding = true;
       modules.set(mod, t);
       const tensor = reader.tensor(key);
       if (part === 'lora_A.weight' || part === 'lora_embedding_A') t.A = tensor;
+      else if (part.startsWith('lora_magnitude_vector')) t.magnitude = tensor;
       else t.B = tensor;
     }
   } finally {
     reader.close();
   }
+  const dora = config.useDora === true;
   for (const [mod, t] of modules) {
-    if (!t.A || !t.B) throw new AdapterError(`${wPath}: module '${mod}' has ${t.A ? 'lora_A' : 'lora_B'} but not ${t.A ? 'lora_B' : 'lora_A'}`);
+    if (!t.A || !t.B) {
+      disposeAdapter({ config, modules });
+      throw new AdapterError(`${wPath}: module '${mod}' lacks ${t.A ? 'lora_B' : 'lora_A'}`);
+    }
+    if (dora !== (t.magnitude !== null)) {
+      disposeAdapter({ config, modules });
+      throw new AdapterError(`${wPath}: module '${mod}' ${dora ? 'has no lora_magnitude_vector, but the config sets use_dora' : 'has a lora_magnitude_vector, but the config does not set use_dora'}`);
+    }
   }
   return { config, modules };
 }
@@ -98,6 +111,7 @@ function disposeAdapter(a: AdapterOnDisk): void {
   for (const t of a.modules.values()) {
     t.A?.dispose();
     t.B?.dispose();
+    t.magnitude?.dispose();
   }
 }
 
@@ -141,6 +155,12 @@ function assignFactors(model: LoraModel, a: AdapterOnDisk, name: string, source:
       throw new ShapeError(`${source}: module '${mod}': lora_A ${shapeStr(t.A!.shape)} / lora_B ${shapeStr(t.B!.shape)} do not fit the layer (expects ${shapeStr(A.shape)} / ${shapeStr(B.shape)}; check r and rank_pattern)`);
     A.copyFrom(t.A!);
     B.copyFrom(t.B!);
+    if (t.magnitude) {
+      const mag = layer.loraMagnitude.get(name);
+      if (!mag || mag.numel !== t.magnitude.numel)
+        throw new ShapeError(`${source}: module '${mod}': lora_magnitude_vector ${shapeStr(t.magnitude.shape)} does not fit the layer (${mag ? shapeStr(mag.shape) : 'no DoRA'})`);
+      mag.copyFrom(t.magnitude);
+    }
   }
   if (missing.length > 0) warn(`lorakit: ${source}: no factors for ${missing.length} targeted module(s) (${missing.slice(0, 3).join(', ')}...); they keep their initial values`);
 }
@@ -157,8 +177,8 @@ export function fromPretrained(modules: Iterable<ModuleSpec> | Map<string, Modul
   const a = readAdapter(dir, warn);
   try {
     const list = [...(modules instanceof Map ? modules.values() : modules)].map((s) => ({ ...s }));
-    normalizeModules(list); // report bad specs before using them
     for (const spec of list) {
+      if (!(spec.weight instanceof Tensor) && !Array.isArray(spec.weight)) continue; // the constructor reports it
       const t = a.modules.get(spec.name);
       if (t) spec.kind = kindFromFactors(spec, t);
     }
@@ -214,6 +234,8 @@ export function savePretrained(model: LoraModel, dir: string, selected?: string[
       const keys = peftKeys(mod, m.kind);
       tensors.set(keys.A, layer.loraA.get(name)!);
       tensors.set(keys.B, layer.loraB.get(name)!);
+      const mag = layer.loraMagnitude.get(name);
+      if (mag) tensors.set(keys.magnitude, mag);
     }
     writeSafetensors(path.join(out, WEIGHTS_FILE), tensors, { format: 'pt' });
     const targets = model.resolvedTargets(cfg);

@@ -4,7 +4,7 @@
  * a clear error rather than loaded with different behaviour.
  */
 import { AdapterError, LoraRangeError, LoraTypeError } from '../errors';
-import { checkOptions } from '../validate';
+import { checkBool, checkFinite, checkOptions, checkScale } from '../validate';
 
 export type BiasMode = 'none' | 'all' | 'lora_only';
 
@@ -20,6 +20,8 @@ export interface LoraConfig {
   bias?: BiasMode;
   useRslora?: boolean;
   initLoraWeights?: boolean | 'gaussian';
+  /** DoRA (linear and conv1d modules): a magnitude vector per output feature. */
+  useDora?: boolean;
   layersToTransform?: number | number[] | null;
   layersPattern?: string | string[] | null;
   rankPattern?: Record<string, number>;
@@ -37,7 +39,7 @@ export interface LoraConfig {
 
 export const CONFIG_KEYS = [
   'r', 'targetModules', 'excludeModules', 'loraAlpha', 'loraDropout', 'fanInFanOut', 'bias', 'useRslora',
-  'initLoraWeights', 'layersToTransform', 'layersPattern', 'rankPattern', 'alphaPattern', 'taskType',
+  'initLoraWeights', 'useDora', 'layersToTransform', 'layersPattern', 'rankPattern', 'alphaPattern', 'taskType',
   'baseModelNameOrPath', 'revision', 'inferenceMode', 'seed', 'outputHead',
 ] as const;
 
@@ -52,6 +54,7 @@ export interface ResolvedLoraConfig {
   bias: BiasMode;
   useRslora: boolean;
   initLoraWeights: boolean | 'gaussian';
+  useDora: boolean;
   layersToTransform: number | number[] | null;
   layersPattern: string | string[] | null;
   rankPattern: Record<string, number>;
@@ -110,6 +113,13 @@ export function resolveConfig(config: LoraConfig, argName = 'config'): ResolvedL
   const init = c.initLoraWeights ?? true;
   if (init !== true && init !== false && init !== 'gaussian')
     throw new LoraTypeError(`${argName}.initLoraWeights: expected true, false or 'gaussian', got ${String(init)}`);
+  // Types the layers rely on, checked here so a bad adapter_config.json fails at load, naming its key.
+  if (c.loraAlpha !== undefined) checkScale(c.loraAlpha, `${argName}.loraAlpha`);
+  const dropout = c.loraDropout === undefined ? 0 : checkFinite(c.loraDropout, `${argName}.loraDropout`);
+  if (dropout < 0 || dropout >= 1) throw new LoraRangeError(`${argName}.loraDropout: expected 0 <= p < 1, got ${dropout}`);
+  for (const key of ['fanInFanOut', 'useRslora', 'inferenceMode'] as const) if (c[key] !== undefined) checkBool(c[key], `${argName}.${key}`);
+  for (const key of ['taskType', 'baseModelNameOrPath', 'revision'] as const)
+    if (c[key] !== undefined && c[key] !== null && typeof c[key] !== 'string') throw new LoraTypeError(`${argName}.${key}: expected a string or null`);
   return {
     r,
     targetModules,
@@ -120,6 +130,7 @@ export function resolveConfig(config: LoraConfig, argName = 'config'): ResolvedL
     bias,
     useRslora: c.useRslora ?? false,
     initLoraWeights: init,
+    useDora: c.useDora ?? false,
     layersToTransform: layers,
     layersPattern: typeof pattern === 'string' || pattern === null ? pattern : [...pattern],
     rankPattern: patternMap(c.rankPattern, `${argName}.rankPattern`),
@@ -176,7 +187,7 @@ export function toPeftJson(c: ResolvedLoraConfig, targetModules: string[] | stri
     task_type: c.taskType,
     trainable_token_indices: null,
     use_bdlora: null,
-    use_dora: false,
+    use_dora: c.useDora,
     use_qalora: false,
     use_rslora: c.useRslora,
     velora_config: null,
@@ -201,6 +212,7 @@ const KEY_MAP: Record<string, keyof LoraConfig> = {
   bias: 'bias',
   use_rslora: 'useRslora',
   init_lora_weights: 'initLoraWeights',
+  use_dora: 'useDora',
   layers_to_transform: 'layersToTransform',
   layers_pattern: 'layersPattern',
   rank_pattern: 'rankPattern',
@@ -219,7 +231,6 @@ const NEUTRAL_DEFAULTS: Record<string, unknown[]> = {
   megatron_core: [],
   qalora_group_size: [],
   loftq_config: [null, {}],
-  use_dora: [false, null],
   lora_bias: [false, null],
   use_qalora: [false, null],
   modules_to_save: [null],
@@ -241,7 +252,7 @@ const NEUTRAL_DEFAULTS: Record<string, unknown[]> = {
 
 /**
  * Reads adapter_config.json content. Unknown keys are ignored with a warning (as peft ≥ 0.14 does);
- * known features lorakit does not implement (DoRA, lora_bias, modules_to_save, ...) raise.
+ * known features lorakit does not implement (lora_bias, modules_to_save, ...) raise.
  */
 export function fromPeftJson(json: unknown, source: string, warn: (msg: string) => void = (m) => console.warn(m)): LoraConfig {
   if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new LoraTypeError(`${source}: expected a JSON object`);

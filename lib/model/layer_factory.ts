@@ -1,5 +1,7 @@
 /** Builds the LoraLayer for a module kind. */
 import { LoraTypeError, StateError } from '../errors';
+import { LoraConv2d } from '../layers/conv2d';
+import { LoraEmbedding } from '../layers/embedding';
 import { LoraLayer } from '../layers/lora_layer';
 import { LoraLinear } from '../layers/linear';
 import { NormalizedModule, hasData } from './modules';
@@ -13,8 +15,9 @@ export function createLayer(m: NormalizedModule): LoraLayer {
     case 'conv1d':
       return new LoraLinear({ weight: m.weight, bias, fanInFanOut: true });
     case 'embedding':
+      return new LoraEmbedding({ weight: m.weight, paddingIdx: m.options.paddingIdx ?? null });
     case 'conv2d':
-      throw new LoraTypeError(`module '${m.name}': LoRA on ${m.kind} modules is not available in this build yet (linear and conv1d are)`);
+      return new LoraConv2d({ weight: m.weight, bias, stride: m.options.stride, padding: m.options.padding, dilation: m.options.dilation, groups: m.options.groups });
     default:
       throw new LoraTypeError(`module '${m.name}': kind ${m.kind} cannot take LoRA`);
   }

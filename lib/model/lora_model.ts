@@ -8,6 +8,7 @@ import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../erro
 import { LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
+import { Parameter } from '../train/parameter';
 import { checkOptions, checkString, numelOf } from '../validate';
 import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';
@@ -98,7 +99,7 @@ export class LoraModel {
           let layer = this.layers.get(m.name);
           const fresh = layer === undefined;
           layer ??= createLayer(m);
-          layer.addAdapter(name, { r, loraAlpha: alpha, loraDropout: c.loraDropout, useRslora: c.useRslora, initLoraWeights: c.initLoraWeights, seed, inferenceMode: c.inferenceMode });
+          layer.addAdapter(name, { r, loraAlpha: alpha, loraDropout: c.loraDropout, useRslora: c.useRslora, initLoraWeights: c.initLoraWeights, useDora: c.useDora, seed, inferenceMode: c.inferenceMode });
           created.push([m.name, layer, fresh]);
           if (fresh) this.layers.set(m.name, layer);
         }
@@ -158,8 +159,8 @@ export class LoraModel {
   }
 
   /**
-   * Combines existing adapters into a new one on every layer that has them all
-   * (peft's add_weighted_adapter; the new adapter's scaling is 1).
+   * Combines existing adapters into a new one on every layer that has at least one of them
+   * (peft's add_weighted_adapter: absent ones count as zero; the new adapter's scaling is 1).
    */
   addWeightedAdapter(adapters: string[], weights: number[], newName: string, opts: WeightedAdapterOptions = {}): this {
     this.requireLive();
@@ -169,6 +170,7 @@ export class LoraModel {
     adapters.forEach((n, i) => this.requireAdapter(n, `adapters[${i}]`));
     checkString(newName, 'newName');
     if (this.peftConfig.has(newName)) throw new AdapterError(`newName: adapter '${newName}' already exists`);
+    this.requireAllData('addWeightedAdapter', adapters);
     const first = this.peftConfig.get(adapters[0])!;
     const done: LoraLayer[] = [];
     try {
@@ -188,11 +190,12 @@ export class LoraModel {
     }
     const targets = this.targetedModules(newName);
     const r = targets.length ? this.#slots.get(targets[0])!.get(newName)!.r : first.r;
-    this.peftConfig.set(newName, { ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, layersToTransform: null, layersPattern: null, excludeModules: null });
+    this.peftConfig.set(newName, { ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, useDora: false, layersToTransform: null, layersPattern: null, excludeModules: null });
     for (const mod of targets) {
       const s = this.#slots.get(mod)!.get(newName)!;
-      if (s.r !== r) this.peftConfig.get(newName)!.rankPattern[mod] = s.r;
-      if (s.loraAlpha !== r) this.peftConfig.get(newName)!.alphaPattern[mod] = s.loraAlpha;
+      const key = mod.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'); // patterns are regexes: match this module only
+      if (s.r !== r) this.peftConfig.get(newName)!.rankPattern[key] = s.r;
+      if (s.loraAlpha !== r) this.peftConfig.get(newName)!.alphaPattern[key] = s.loraAlpha;
     }
     this.syncActive();
     return this;
@@ -223,6 +226,22 @@ export class LoraModel {
     return this;
   }
 
+  /**
+   * The trainable adapter tensors of every layer (lora_A, lora_B of the active, non-frozen
+   * adapters), for an optimizer; backward() on a layer accumulates into their grads.
+   */
+  parameters(): Parameter[] {
+    return this.namedParameters().map(([, p]) => p);
+  }
+
+  /** [`<module>.lora_A.<adapter>.weight`, Parameter] pairs, in module order. */
+  namedParameters(): Array<[string, Parameter]> {
+    this.requireLive();
+    const out: Array<[string, Parameter]> = [];
+    for (const [mod, layer] of this.layers) for (const p of layer.parameters()) out.push([`${mod}.${p.name}`, p]);
+    return out;
+  }
+
   /** { trainable, total } parameter counts as peft's get_nb_trainable_parameters gives them. */
   getNbTrainableParameters(): { trainable: number; total: number } {
     let total = 0;
@@ -236,9 +255,9 @@ export class LoraModel {
       if (!slots) continue;
       for (const [adapter, s] of slots) {
         const { A, B } = loraShapes(m, s.r);
-        const n = numelOf(A) + numelOf(B);
-        total += n;
         const cfg = this.peftConfig.get(adapter)!;
+        const n = numelOf(A) + numelOf(B) + (cfg.useDora ? B[0] : 0); // DoRA: a magnitude per output feature
+        total += n;
         if (this.#active.includes(adapter) && !cfg.inferenceMode) trainable += n;
       }
     }

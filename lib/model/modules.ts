@@ -13,6 +13,15 @@ export const MODULE_KINDS: readonly ModuleKind[] = ['linear', 'conv1d', 'embeddi
 
 export type ParamValue = Tensor | readonly number[];
 
+/** Layer settings that shapes do not tell: conv2d geometry, an embedding's padding index. */
+export interface ModuleOptions {
+  stride?: number | [number, number];
+  padding?: number | [number, number];
+  dilation?: number | [number, number];
+  groups?: number;
+  paddingIdx?: number | null;
+}
+
 export interface ModuleSpec {
   name: string;
   kind: ModuleKind;
@@ -23,6 +32,7 @@ export interface ModuleSpec {
   /** State-dict names (default `<name>.weight` / `<name>.bias`). */
   weightName?: string;
   biasName?: string;
+  options?: ModuleOptions;
 }
 
 export interface NormalizedModule {
@@ -33,6 +43,7 @@ export interface NormalizedModule {
   tiedTo: string | null;
   weightName: string;
   biasName: string;
+  options: ModuleOptions;
 }
 
 export function shapeOf(p: ParamValue): readonly number[] {
@@ -54,7 +65,7 @@ export function loraDims(m: NormalizedModule): { inF: number; outF: number } {
     case 'embedding':
       return { inF: s[0], outF: s[1] };
     case 'conv2d':
-      return { inF: s[1], outF: s[0] };
+      return { inF: s[1] * (m.options.groups ?? 1), outF: s[0] };
     default:
       throw new LoraTypeError(`module '${m.name}': kind ${m.kind} cannot take LoRA`);
   }
@@ -70,8 +81,10 @@ export function loraShapes(m: NormalizedModule, r: number): { A: number[]; B: nu
       return { A: [r, s[0]], B: [s[1], r] };
     case 'embedding':
       return { A: [r, s[0]], B: [s[1], r] };
-    case 'conv2d':
-      return { A: [r, s[1], s[2], s[3]], B: [s[0], r, 1, 1] };
+    case 'conv2d': {
+      const g = m.options.groups ?? 1;
+      return { A: [r, s[1] * g, s[2], s[3]], B: [s[0], r / g, 1, 1] };
+    }
     default:
       throw new LoraTypeError(`module '${m.name}': kind ${m.kind} cannot take LoRA`);
   }
@@ -89,6 +102,8 @@ function checkParam(v: unknown, name: string): ParamValue {
 }
 
 export function normalizeModules(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, argName = 'modules'): Map<string, NormalizedModule> {
+  if (modules === null || typeof modules !== 'object' || !(Symbol.iterator in modules))
+    throw new LoraTypeError(`${argName}: expected an array (or Map) of { name, kind, weight, bias? } modules`);
   const list = modules instanceof Map ? [...modules.values()] : [...modules];
   const out = new Map<string, NormalizedModule>();
   list.forEach((m, i) => {
@@ -110,6 +125,7 @@ export function normalizeModules(modules: Iterable<ModuleSpec> | Map<string, Mod
       tiedTo: m.tiedTo ?? null,
       weightName: m.weightName ?? `${m.name}.weight`,
       biasName: m.biasName ?? `${m.name}.bias`,
+      options: { ...(m.options ?? {}) },
     });
   });
   for (const m of out.values()) {
@@ -170,6 +186,8 @@ export function modulesFromStateDict(stateDict: Map<string, ParamValue> | Record
     const biasKey = `${name}.bias`;
     const bias = sd.get(biasKey);
     const mod: ModuleSpec = { name, kind, weight: value };
+    const sharing = value instanceof Tensor ? mods.find((m) => m.weight === value && m.tiedTo === undefined) : undefined;
+    if (sharing) mod.tiedTo = sharing.name; // one Tensor under two names: tied, counted once
     if (bias !== undefined && shapeOf(bias).length === 1) {
       mod.bias = bias;
       used.add(biasKey);

@@ -49,6 +49,8 @@ interface MergeTarget {
   fanInFanOut: boolean;
   /** W is viewed as this 2-D shape (conv2d: [out, in·kh·kw]). */
   shape2d: [number, number];
+  /** DoRA: magnitude per output feature; the merged rows are rescaled to m / ‖W + s·B·A‖. */
+  magnitude: Float32Array | null;
 }
 
 const COPY_CHUNK = 64 * 1024 * 1024;
@@ -79,7 +81,9 @@ function planTargets(ck: Checkpoint, a: AdapterOnDisk, scale: number): Map<strin
     const alpha = ak === null ? c.loraAlpha : c.alphaPattern[ak];
     const scaling = (c.useRslora ? alpha / Math.sqrt(r) : alpha / r) * scale;
     const bad = () => new ShapeError(`adapter: module '${mod}': lora_A ${shapeStr(A.shape)} and lora_B ${shapeStr(B.shape)} do not fit the base weight ${shapeStr(W)}`);
-    let target: MergeTarget;
+    let target: Omit<MergeTarget, 'magnitude'>;
+    if (t.magnitude && (t.embedding || A.shape.length === 4))
+      throw new AdapterError(`adapter: module '${mod}' is a DoRA ${t.embedding ? 'embedding' : 'conv2d'}; the streaming merge supports DoRA on linear and conv1d weights only`);
     if (t.embedding) {
       if (W.length !== 2 || A.shape.join() !== [r, W[0]].join() || B.shape.join() !== [W[1], r].join()) throw bad();
       target = { A: as2d(A, [r, W[0]]), B: as2d(B, [W[1], r]), scaling, fanInFanOut: true, shape2d: [W[0], W[1]] };
@@ -95,7 +99,13 @@ function planTargets(ck: Checkpoint, a: AdapterOnDisk, scale: number): Map<strin
       const fifo = fitsLinear && fitsConv1d ? c.fanInFanOut : fitsConv1d;
       target = { A: as2d(A, [r, A.shape[1]]), B: as2d(B, [B.shape[0], r]), scaling, fanInFanOut: fifo, shape2d: [W[0], W[1]] };
     }
-    plan.set(wName, target);
+    let magnitude: Float32Array | null = null;
+    if (t.magnitude) {
+      magnitude = t.magnitude.toFloat32Array();
+      const outF = target.fanInFanOut ? W[1] : W[0];
+      if (magnitude.length !== outF) throw new ShapeError(`adapter: module '${mod}': lora_magnitude_vector has ${magnitude.length} values, the weight has ${outF} output features`);
+    }
+    plan.set(wName, { ...target, magnitude });
   }
   return plan;
 }
@@ -108,6 +118,7 @@ function mergeOne(reader: SafetensorsReader, name: string, t: MergeTarget, outDt
   try {
     if (src.dtype !== 'f32') W = src.to({ dtype: 'f32' });
     mergeAdapter(W, { loraA: t.A, loraB: t.B, scaling: t.scaling }, { fanInFanOut: t.fanInFanOut });
+    if (t.magnitude) W.copyFrom(doraRescale(W.toFloat32Array(), t.shape2d, t.fanInFanOut, t.magnitude));
     if (outDtype === 'F32') return tensorToBytes(W).bytes;
     const out = W.to({ dtype: outDtype === 'F16' ? 'f16' : 'bf16' });
     try {
@@ -119,6 +130,16 @@ function mergeOne(reader: SafetensorsReader, name: string, t: MergeTarget, outDt
     if (W !== src) W.dispose();
     src.dispose();
   }
+}
+
+/** DoRA's merge: each output feature of W' = W + s·B·A scaled by m / ‖that feature's weights‖ (peft's dora_factor). */
+function doraRescale(w: Float32Array, [d0, d1]: [number, number], fanInFanOut: boolean, m: Float32Array): Float32Array {
+  const outF = fanInFanOut ? d1 : d0;
+  const norm = new Float64Array(outF);
+  for (let i = 0; i < d0; i++) for (let j = 0; j < d1; j++) norm[fanInFanOut ? j : i] += w[i * d1 + j] * w[i * d1 + j];
+  const k = Float64Array.from(norm, (n, o) => m[o] / Math.sqrt(n));
+  for (let i = 0; i < d0; i++) for (let j = 0; j < d1; j++) w[i * d1 + j] *= k[fanInFanOut ? j : i];
+  return w;
 }
 
 /** Copies a tensor in chunks, converting float dtypes when asked. */

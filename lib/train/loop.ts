@@ -16,6 +16,11 @@ import { Optimizer, clipGradNorm } from './optimizer';
 import { ProgressBar, ProgressStream } from './progress';
 import { LRScheduler } from './schedule';
 
+export interface CheckpointTarget {
+  model: { savePretrained(dir: string): unknown };
+  dir: string;
+}
+
 export interface StepContext {
   /** 0-based optimizer step. */
   step: number;
@@ -46,9 +51,13 @@ export interface TrainOptions {
   progressStream?: ProgressStream;
   /** CSV loss log (step,loss,lr). */
   logFile?: string;
-  /** Called every checkpointEvery steps (and after the last step if it falls on one). */
+  /** Checkpoint every N steps. */
   checkpointEvery?: number;
-  checkpoint?: (step: number) => void | Promise<void>;
+  /**
+   * A function (step) => void, or { model, dir }: model.savePretrained(`<dir>/checkpoint-<step>`)
+   * writes the adapters in peft's format (LoraModel does).
+   */
+  checkpoint?: ((step: number) => void | Promise<void>) | CheckpointTarget;
   /** Called after every step. */
   onStep?: (log: StepLog) => void;
   /** Stops after the current step when it returns true. */
@@ -77,8 +86,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const maxNorm = o.maxGradNorm === undefined ? undefined : checkFinite(o.maxGradNorm, 'opts.maxGradNorm');
   if (maxNorm !== undefined && maxNorm <= 0) throw new LoraRangeError(`opts.maxGradNorm: expected > 0, got ${maxNorm}`);
   const ckEvery = o.checkpointEvery === undefined ? 0 : checkInt(o.checkpointEvery, 'opts.checkpointEvery', 1);
-  if (ckEvery && typeof o.checkpoint !== 'function')
-    throw new LoraTypeError('opts.checkpoint: a function (step) => void is required with checkpointEvery');
+  const saveCheckpoint = checkpointFn(o.checkpoint);
+  if (ckEvery && !saveCheckpoint)
+    throw new LoraTypeError('opts.checkpoint: a function (step) => void or { model, dir } is required with checkpointEvery');
   if (o.scheduler !== undefined && (!(o.scheduler instanceof LRScheduler) || o.scheduler.optimizer !== o.optimizer))
     throw new LoraTypeError('opts.scheduler: expected an LRScheduler built on opts.optimizer');
   if (o.logFile !== undefined && (typeof o.logFile !== 'string' || !o.logFile))
@@ -121,7 +131,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       bar.update(step + 1, `loss ${log.loss.toExponential(3)}`);
       if (ckEvery && (step + 1) % ckEvery === 0) {
         flushLog();
-        await o.checkpoint!(step + 1);
+        await saveCheckpoint!(step + 1);
         checkpoints.push(step + 1);
       }
       if (o.shouldStop?.()) break;
@@ -133,4 +143,17 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   }
   bar.finish(losses.length ? `loss ${losses[losses.length - 1].toExponential(3)}` : '');
   return { losses, steps: losses.length, seconds: (performance.now() - t0) / 1000, checkpoints };
+}
+
+function checkpointFn(c: TrainOptions['checkpoint']): ((step: number) => void | Promise<void>) | null {
+  if (c === undefined) return null;
+  if (typeof c === 'function') return c;
+  checkOptions(c, ['model', 'dir'], 'opts.checkpoint');
+  const { model, dir } = c as CheckpointTarget;
+  if (!model || typeof model.savePretrained !== 'function')
+    throw new LoraTypeError('opts.checkpoint.model: expected an object with savePretrained(dir) (a LoraModel)');
+  if (typeof dir !== 'string' || !dir) throw new LoraTypeError('opts.checkpoint.dir: expected a directory path');
+  return (step) => {
+    model.savePretrained(path.join(dir, `checkpoint-${step}`));
+  };
 }

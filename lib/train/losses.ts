@@ -1,6 +1,7 @@
 /**
  * Losses with their gradients with respect to the prediction: { loss, grad }, where grad has the
- * prediction's shape and dtype and can go straight into a layer's backward(). Sums run in f64.
+ * prediction's shape, dtype and device and can go straight into a layer's backward(). The values
+ * are read to the host and summed in f64 (losses are small next to the layers' GEMMs).
  */
 import { DTypeError, LoraRangeError, LoraTypeError, ShapeError, shapeStr } from '../errors';
 import { Tensor, requireFloatTensor } from '../tensor';
@@ -22,12 +23,12 @@ function checkReduction(v: unknown, name: string): Reduction {
 
 /** Mean squared error: mean((pred − target)²) (or the sum). */
 export function mseLoss(pred: Tensor, target: Tensor | Float32Array, opts: { reduction?: Reduction } = {}): LossResult {
-  requireFloatTensor(pred, 'pred');
+  requireFloatTensor(pred, 'pred', pred instanceof Tensor ? pred.device : 'cpu');
   const o = checkOptions(opts, ['reduction'], 'opts');
   const reduction = checkReduction(o.reduction, 'opts.reduction');
   let t: Float32Array;
   if (target instanceof Tensor) {
-    requireFloatTensor(target, 'target');
+    requireFloatTensor(target, 'target', pred.device);
     if (target.shape.length !== pred.shape.length || target.shape.some((d, i) => d !== pred.shape[i]))
       throw new ShapeError(`target: expected shape ${shapeStr(pred.shape)} (pred's), got ${shapeStr(target.shape)}`);
     t = target.toFloat32Array();
@@ -47,7 +48,7 @@ export function mseLoss(pred: Tensor, target: Tensor | Float32Array, opts: { red
     sum += d * d;
     g[i] = 2 * d * k;
   }
-  return { loss: sum * k, grad: Tensor.from(g, pred.shape, { dtype: pred.dtype }) };
+  return { loss: sum * k, grad: Tensor.from(g, pred.shape, { dtype: pred.dtype, device: pred.device }) };
 }
 
 export interface CrossEntropyOptions {
@@ -78,7 +79,7 @@ function readTargets(targets: Tensor | Int32Array | number[], rows: number): Int
  * If every target is ignored the loss and the gradient are 0 (torch gives NaN).
  */
 export function crossEntropyLoss(logits: Tensor, targets: Tensor | Int32Array | number[], opts: CrossEntropyOptions = {}): LossResult {
-  requireFloatTensor(logits, 'logits');
+  requireFloatTensor(logits, 'logits', logits instanceof Tensor ? logits.device : 'cpu');
   const o = checkOptions(opts, ['ignoreIndex', 'labelSmoothing', 'reduction'], 'opts') as CrossEntropyOptions;
   if (logits.shape.length < 1 || logits.shape[logits.shape.length - 1] < 1)
     throw new ShapeError(`logits: expected shape [..., classes] with classes >= 1, got ${shapeStr(logits.shape)}`);
@@ -115,5 +116,5 @@ export function crossEntropyLoss(logits: Tensor, targets: Tensor | Int32Array | 
   }
   const k = reduction === 'mean' ? (counted > 0 ? 1 / counted : 0) : 1;
   if (k !== 1) for (let i = 0; i < g.length; i++) g[i] *= k;
-  return { loss: total * k, grad: Tensor.from(g, logits.shape, { dtype: logits.dtype }) };
+  return { loss: total * k, grad: Tensor.from(g, logits.shape, { dtype: logits.dtype, device: logits.device }) };
 }

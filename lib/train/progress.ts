@@ -41,7 +41,7 @@ export class ProgressBar {
 
   /** The line for `done` steps (exported for tests). */
   render(done: number, info: string, now = Date.now()): string {
-    const width = 24;
+    const width = 20;
     const frac = this.total > 0 ? Math.min(1, done / this.total) : 1;
     const filled = Math.round(frac * width);
     const secs = (now - this.#start) / 1000;

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include "../core/thread_pool.h"
 #include "gemm.h"
@@ -26,6 +27,64 @@ std::unique_ptr<float[]> scale_vector(const TensorRef& magnitude, const float* n
   return k;
 }
 
+// norm[o] from M = W·Aᵀ (element (o, k) at Mp[o·m_rs + k·m_cs]) by the low-rank identity.
+void norm_from_projection(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
+                          const float* Mp, int64_t m_rs, int64_t m_cs, float* norm) {
+  int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
+  int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
+  int64_t r = A.dim(0);
+  // G = A·Aᵀ [r, r] in f64
+  std::unique_ptr<double[]> G(new double[std::max<int64_t>(1, r * r)]);
+  for (int64_t a = 0; a < r; a++)
+    for (int64_t b = a; b < r; b++) {
+      double s = 0;
+      for (int64_t i = 0; i < in; i++)
+        s += double(load_f32(A.data, A.dtype, a * in + i)) * load_f32(A.data, A.dtype, b * in + i);
+      G[a * r + b] = G[b * r + a] = s;
+    }
+  const double* Gp = G.get();
+  parallel_for(
+      outf,
+      [&](int64_t b, int64_t e) {
+        for (int64_t o = b; o < e; o++) {
+          double s = 0;  // ‖W_o‖²
+          if (fan_in_fan_out) {
+            for (int64_t i = 0; i < in; i++) {
+              double v = load_f32(W.data, W.dtype, i * outf + o);
+              s += v * v;
+            }
+          } else if (W.dtype == DType::F32) {
+            // f32 partial sums over 64-element blocks (vectorizable), accumulated in f64.
+            const float* row = static_cast<const float*>(W.data) + o * in;
+            int64_t i = 0;
+            for (; i + 64 <= in; i += 64) {
+              float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+              for (int64_t j = 0; j < 64; j += 8)
+                for (int l = 0; l < 8; l++) part[l] += row[i + j + l] * row[i + j + l];
+              s += double(part[0]) + part[1] + part[2] + part[3] + part[4] + part[5] + part[6] + part[7];
+            }
+            for (; i < in; i++) s += double(row[i]) * row[i];
+          } else {
+            for (int64_t i = 0; i < in; i++) {
+              double v = load_f32(W.data, W.dtype, o * in + i);
+              s += v * v;
+            }
+          }
+          double cross = 0, quad = 0;
+          for (int64_t k = 0; k < r; k++) {
+            double bk = load_f32(B.data, B.dtype, o * r + k);
+            cross += double(Mp[o * m_rs + k * m_cs]) * bk;
+            double bg = 0;
+            for (int64_t j = 0; j < r; j++) bg += double(load_f32(B.data, B.dtype, o * r + j)) * Gp[j * r + k];
+            quad += bg * bk;
+          }
+          double n2 = s + 2.0 * scale * cross + double(scale) * scale * quad;
+          norm[o] = static_cast<float>(std::sqrt(std::max(0.0, n2)));
+        }
+      },
+      std::max<int64_t>(1, 4096 / std::max<int64_t>(1, in)));
+}
+
 }  // namespace
 
 void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
@@ -39,70 +98,45 @@ void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B
   mo.data = M.get();
   mo.ldc = r;
   gemm(outf, r, {{weight_oi(W, fan_in_fan_out, in, outf), transposed(A.data, A.dtype, in), in, 1.f}}, mo);
-  // G = A·Aᵀ [r, r] in f64
-  std::unique_ptr<double[]> G(new double[std::max<int64_t>(1, r * r)]);
-  for (int64_t a = 0; a < r; a++)
-    for (int64_t b = a; b < r; b++) {
-      double s = 0;
-      for (int64_t i = 0; i < in; i++)
-        s += double(load_f32(A.data, A.dtype, a * in + i)) * load_f32(A.data, A.dtype, b * in + i);
-      G[a * r + b] = G[b * r + a] = s;
-    }
-  // ‖W_o‖² per output feature (f64)
-  std::unique_ptr<double[]> wsq(new double[outf]);
-  const float* Mp = M.get();
-  const double* Gp = G.get();
-  parallel_for(
-      outf,
-      [&](int64_t b, int64_t e) {
-        for (int64_t o = b; o < e; o++) {
-          double s = 0;
-          if (fan_in_fan_out) {
-            for (int64_t i = 0; i < in; i++) {
-              double v = load_f32(W.data, W.dtype, i * outf + o);
-              s += v * v;
-            }
-          } else if (W.dtype == DType::F32) {
-            const float* row = static_cast<const float*>(W.data) + o * in;
-            for (int64_t i = 0; i < in; i++) s += double(row[i]) * row[i];
-          } else {
-            for (int64_t i = 0; i < in; i++) {
-              double v = load_f32(W.data, W.dtype, o * in + i);
-              s += v * v;
-            }
-          }
-          double cross = 0, quad = 0;
-          for (int64_t k = 0; k < r; k++) {
-            double bk = load_f32(B.data, B.dtype, o * r + k);
-            cross += double(Mp[o * r + k]) * bk;
-            double bg = 0;
-            for (int64_t j = 0; j < r; j++) bg += double(load_f32(B.data, B.dtype, o * r + j)) * Gp[j * r + k];
-            quad += bg * bk;
-          }
-          double n2 = s + 2.0 * scale * cross + double(scale) * scale * quad;
-          norm[o] = static_cast<float>(std::sqrt(std::max(0.0, n2)));
-        }
-      },
-      std::max<int64_t>(1, 4096 / std::max<int64_t>(1, in)));
+  norm_from_projection(W, A, B, scale, fan_in_fan_out, M.get(), r, 1, norm);
 }
 
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
-                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& B, float scale, const float* norm,
-                         const TensorRef& magnitude, const TensorRef& y, float* pre) {
+                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& A, const TensorRef& B, float scale,
+                         const TensorRef& magnitude, const TensorRef& y, float* pre, float* norm) {
   int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
   int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
   int64_t n = x.numel() / in, r = B.dim(1);
   MatView wt = weight_t(W, fan_in_fan_out, in, outf);
-  GemmOutput po;
-  po.data = pre;
-  po.ldc = outf;
-  gemm(n, outf,
-       {{row_major(xa.data, xa.dtype, in), wt, in, 1.f},
-        {row_major(u.data, u.dtype, r), transposed(B.data, B.dtype, r), r, scale}},
-       po);
   bool dropped = xa.data != x.data;
   std::unique_ptr<float[]> diff;
-  if (dropped) {  // (x − xa)·Wᵀ: the base path outside the dropout
+  if (!dropped) {
+    // One GEMM over W for both pre = x·Wᵀ + s·u·Bᵀ and A·Wᵀ = (W·Aᵀ)ᵀ: A's rows are stacked under x's
+    // (with zero u rows), so W is streamed once for the output and the norm's projection.
+    int64_t m = n + r;
+    std::unique_ptr<float[]> X(new float[m * in]), U(new float[std::max<int64_t>(1, m * r)]()), P(new float[m * outf]);
+    convert(x.data, x.dtype, X.get(), DType::F32, n * in);
+    convert(A.data, A.dtype, X.get() + n * in, DType::F32, r * in);
+    convert(u.data, u.dtype, U.get(), DType::F32, n * r);
+    GemmOutput po;
+    po.data = P.get();
+    po.ldc = outf;
+    gemm(m, outf,
+         {{row_major(X.get(), DType::F32, in), wt, in, 1.f},
+          {row_major(U.get(), DType::F32, r), transposed(B.data, B.dtype, r), r, scale}},
+         po);
+    std::memcpy(pre, P.get(), n * outf * sizeof(float));
+    norm_from_projection(W, A, B, scale, fan_in_fan_out, P.get() + n * outf, 1, outf, norm);
+  } else {
+    dora_weight_norm(W, A, B, scale, fan_in_fan_out, norm);
+    GemmOutput po;
+    po.data = pre;
+    po.ldc = outf;
+    gemm(n, outf,
+         {{row_major(xa.data, xa.dtype, in), wt, in, 1.f},
+          {row_major(u.data, u.dtype, r), transposed(B.data, B.dtype, r), r, scale}},
+         po);
+    // (x − xa)·Wᵀ: the base path outside the dropout
     diff.reset(new float[n * outf]);
     GemmOutput d;
     d.data = diff.get();

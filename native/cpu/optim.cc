@@ -2,6 +2,7 @@
 #include <cmath>
 #include <vector>
 #include "../core/thread_pool.h"
+#include "ops.h"
 
 namespace lorakit {
 namespace cpu {
@@ -19,6 +20,20 @@ inline void store_param(const TensorRef& p, float* master, int64_t i, float v) {
   store_f32(p.data, p.dtype, i, v);
 }
 
+// The fast path: the working copy is an f32 array (the param itself or its master) and the
+// gradient is f32, so the loop has no per-element dtype switch and vectorises. A master's chunk is
+// then rounded into the 16-bit param in one pass.
+inline float* f32_working_copy(const TensorRef& param, const TensorRef& grad, float* master) {
+  if (grad.dtype != DType::F32) return nullptr;
+  if (master) return master;
+  return param.dtype == DType::F32 ? param.as<float>() : nullptr;
+}
+
+inline void write_back(const TensorRef& param, const float* master, int64_t b, int64_t e) {
+  if (!master) return;
+  convert(master + b, DType::F32, static_cast<char*>(param.data) + b * dtype_size(param.dtype), param.dtype, e - b);
+}
+
 }  // namespace
 
 void adamw_step(const TensorRef& param, const TensorRef& grad, float* exp_avg, float* exp_avg_sq, float* master,
@@ -32,6 +47,27 @@ void adamw_step(const TensorRef& param, const TensorRef& grad, float* exp_avg, f
   const float step_size = static_cast<float>(h.lr / bc1);
   const float inv_bc2_sqrt = static_cast<float>(1.0 / std::sqrt(bc2));
   const float eps = static_cast<float>(h.eps);
+  if (float* w = f32_working_copy(param, grad, master)) {
+    const float* gp = grad.as<float>();
+    parallel_for(
+        n,
+        [&](int64_t b, int64_t e) {
+          float* __restrict p = w;
+          const float* __restrict g = gp;
+          float* __restrict m = exp_avg;
+          float* __restrict v = exp_avg_sq;
+          for (int64_t i = b; i < e; i++) {
+            float mi = b1 * m[i] + one_minus_b1 * g[i];
+            float vi = b2 * v[i] + one_minus_b2 * g[i] * g[i];
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = p[i] * decay - step_size * mi / (std::sqrt(vi) * inv_bc2_sqrt + eps);
+          }
+          write_back(param, master, b, e);
+        },
+        kChunk);
+    return;
+  }
   parallel_for(
       n,
       [&](int64_t b, int64_t e) {
@@ -54,6 +90,28 @@ void sgd_step(const TensorRef& param, const TensorRef& grad, float* momentum_buf
   const float lr = static_cast<float>(h.lr), mu = static_cast<float>(h.momentum);
   const float wd = static_cast<float>(h.weight_decay), damp = static_cast<float>(1.0 - h.dampening);
   const bool use_momentum = h.momentum != 0.0 && momentum_buf;
+  if (float* w = f32_working_copy(param, grad, master)) {
+    const float* gp = grad.as<float>();
+    parallel_for(
+        n,
+        [&](int64_t b, int64_t e) {
+          float* __restrict p = w;
+          const float* __restrict gr = gp;
+          float* __restrict buf = momentum_buf;
+          for (int64_t i = b; i < e; i++) {
+            float g = gr[i] + wd * p[i];
+            if (use_momentum) {
+              float bi = h.first_step ? g : mu * buf[i] + damp * g;
+              buf[i] = bi;
+              g = h.nesterov ? g + mu * bi : bi;
+            }
+            p[i] -= lr * g;
+          }
+          write_back(param, master, b, e);
+        },
+        kChunk);
+    return;
+  }
   parallel_for(
       n,
       [&](int64_t b, int64_t e) {

@@ -36,12 +36,13 @@ namespace cpu {
 void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                       float* norm);
 
-// pre = xa·Wᵀ + scale·u·Bᵀ (f32 [n, out], kept for backward); k = magnitude / norm;
-// y = bias + k⊙pre when xa is x (no dropout), else y = bias + (x − xa)·Wᵀ + k⊙pre
-// (peft's training path with dropout: the base result is recomputed on the dropped-out input).
+// norm = ‖W + s·B·A‖ per output (written, f32 [out]); pre = xa·Wᵀ + scale·u·Bᵀ (f32 [n, out], kept for
+// backward); k = magnitude / norm; y = bias + k⊙pre when xa is x (no dropout), else
+// y = bias + (x − xa)·Wᵀ + k⊙pre (peft's training path with dropout recomputes the base on drop(x)).
+// Without dropout one GEMM serves both pre and the norm's projection W·Aᵀ (A's rows stacked under x).
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
-                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& B, float scale, const float* norm,
-                         const TensorRef& magnitude, const TensorRef& y, float* pre);
+                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& A, const TensorRef& B, float scale,
+                         const TensorRef& magnitude, const TensorRef& y, float* pre, float* norm);
 
 struct DoraBackwardArgs {
   TensorRef xa, u, A, B, magnitude;
@@ -117,8 +118,9 @@ struct ConvTerm {
 
 // y = conv(x, W) + bias + Σ scale·B(A(xa)), per image through im2col and the packed GEMM; the base and
 // every adapter's 1×1 expand run as K segments of one GEMM per group, so y is written once.
+// With image_adapter (mixed batch), image n uses only term image_adapter[n] (-1: none).
 void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const ConvGeom& g,
-                    const std::vector<ConvTerm>& terms, const TensorRef& y);
+                    const std::vector<ConvTerm>& terms, const int32_t* image_adapter, const TensorRef& y);
 
 // dx = conv_transpose(dy, W) + Σ mask⊙conv_transpose(scale·Bᵀdy, A); dA = Σ_n (scale·Bᵀ·dy_n)·im2col(xa_n)ᵀ;
 // dB = scale·Σ_n dy_n·u_nᵀ. Deterministic (images accumulate in order, col2im per channel).

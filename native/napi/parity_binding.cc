@@ -143,7 +143,7 @@ Napi::Value DoraWeightNorm(const Napi::CallbackInfo& info) {
   });
 }
 
-// doraLinearForward(x, xa, W, bias|null, fifo, u, B, scale, norm, magnitude, y, pre)
+// doraLinearForward(x, xa, W, bias|null, fifo, u, A, B, scale, norm (written), magnitude, y, pre (written))
 Napi::Value DoraLinearForward(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     const TensorRef& x = float_arg(info, 0, "x");
@@ -157,20 +157,20 @@ Napi::Value DoraLinearForward(const Napi::CallbackInfo& info) {
     require_shape_eq(xa, x.shape, "xa");
     if (bias) require_shape_eq(*bias, {d.out}, "bias");
     const TensorRef& u = float_arg(info, 5, "u");
-    const TensorRef& B = float_arg(info, 6, "B");
-    if (B.shape.size() != 2 || B.shape[0] != d.out)
-      throw_range("B: expected shape [" + std::to_string(d.out) + ", r], got " + shape_str(B.shape));
+    const TensorRef& A = float_arg(info, 6, "A");
+    const TensorRef& B = float_arg(info, 7, "B");
+    int64_t r = check_factors(A, B, d, "");
     int64_t n = x.rows();
-    require_shape_eq(u, with_last(x.shape, B.shape[1]), "u");
-    float scale = static_cast<float>(get_number(info, 7, "scale"));
-    const TensorRef& norm = f32_arg(info[8], "norm", {d.out});
-    const TensorRef& mag = float_arg(info, 9, "magnitude");
+    require_shape_eq(u, with_last(x.shape, r), "u");
+    float scale = static_cast<float>(get_number(info, 8, "scale"));
+    const TensorRef& norm = f32_arg(info[9], "norm", {d.out});
+    const TensorRef& mag = float_arg(info, 10, "magnitude");
     require_shape_eq(mag, {d.out}, "magnitude");
-    const TensorRef& y = float_arg(info, 10, "y");
+    const TensorRef& y = float_arg(info, 11, "y");
     require_shape_eq(y, with_last(x.shape, d.out), "y");
     require_distinct(y, x, "y", "x");
-    const TensorRef& pre = f32_arg(info[11], "pre", {n, d.out});
-    cpu::dora_linear_forward(x, xa, W, bias, fifo, u, B, scale, norm.as<float>(), mag, y, pre.as<float>());
+    const TensorRef& pre = f32_arg(info[12], "pre", {n, d.out});
+    cpu::dora_linear_forward(x, xa, W, bias, fifo, u, A, B, scale, mag, y, pre.as<float>(), norm.as<float>());
     return info.Env().Undefined();
   });
 }
@@ -422,7 +422,7 @@ std::vector<cpu::ConvTerm> conv_terms(const Napi::Value& v, const TensorRef& x_l
   return terms;
 }
 
-// conv2dForward(x, W, bias|null, geom, terms [{xa, u, A, B, scale}], y)
+// conv2dForward(x, W, bias|null, geom, terms [{xa, u, A, B, scale}], y, imageAdapter: Int32Array|null)
 Napi::Value Conv2dForward(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     const TensorRef& x = float_arg(info, 0, "x");
@@ -436,7 +436,8 @@ Napi::Value Conv2dForward(const Napi::CallbackInfo& info) {
     require_shape_eq(y, {s.N, s.O, s.Ho, s.Wo}, "y");
     require_distinct(y, x, "y", "x");
     for (const auto& t : terms) require_distinct(y, t.xa, "y", "terms[].xa");
-    cpu::conv2d_forward(x, W, bias, g, terms, y);
+    const int32_t* images = row_adapter_arg(info[6], s.N, terms.size(), "imageAdapter");
+    cpu::conv2d_forward(x, W, bias, g, terms, images, y);
     return info.Env().Undefined();
   });
 }
