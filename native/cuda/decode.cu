@@ -2,6 +2,7 @@
 // with 16-byte loads. Each warp owns 4 output features, each block 32; the block stages x in
 // shared memory one 512-wide K chunk at a time, so x is read from L2 once per block, not per warp.
 // The rank-r LoRA term and the bias are added in the epilogue, so y is written exactly once.
+#include <cstdlib>
 #include "common.cuh"
 #include "ops.h"
 #include "vec.cuh"
@@ -149,11 +150,26 @@ __global__ void __launch_bounds__(256) shrink_small_kernel(const T* __restrict__
   float acc[NR];
 #pragma unroll
   for (int i = 0; i < NR; i++) acc[i] = 0.f;
-  for (int64_t k = threadIdx.x; k < in; k += 256) {
-    float a = to_f32<F>(A[int64_t(q) * in + k]);
+  if (in % 8 == 0) {  // 16-byte loads: 8 elements of A's row and of each x row per step
+    for (int64_t k = int64_t(threadIdx.x) * 8; k < in; k += 256 * 8) {
+      float a[8];
+      load8(A + int64_t(q) * in + k, a);
 #pragma unroll
-    for (int i = 0; i < NR; i++)
-      if (i < n) acc[i] = fmaf(a, to_f32<T>(x[int64_t(i) * in + k]), acc[i]);
+      for (int i = 0; i < NR; i++) {
+        if (i >= n) break;
+        float xv[8];
+        load8(x + int64_t(i) * in + k, xv);
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[i] = fmaf(a[e], xv[e], acc[i]);
+      }
+    }
+  } else {
+    for (int64_t k = threadIdx.x; k < in; k += 256) {
+      float a = to_f32<F>(A[int64_t(q) * in + k]);
+#pragma unroll
+      for (int i = 0; i < NR; i++)
+        if (i < n) acc[i] = fmaf(a, to_f32<T>(x[int64_t(i) * in + k]), acc[i]);
+    }
   }
 #pragma unroll
   for (int i = 0; i < NR; i++) {
@@ -192,10 +208,21 @@ void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u) {
   LK_LAUNCHED("decode shrink");
 }
 
+// Up to 8 rows the decode kernel wins; at 16 the cuBLASLt path is faster (H200, bench/results/
+// gpu-small-*.txt). LORAKIT_CUDA_DECODE_ROWS (0..16) moves the switch, for benchmarks.
+static int64_t decode_max_rows() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("LORAKIT_CUDA_DECODE_ROWS");
+    int64_t r = e ? std::atoll(e) : 8;
+    return r < 0 ? 0 : r > kDecodeMaxRows ? kDecodeMaxRows : r;
+  }();
+  return v;
+}
+
 bool decode_applicable(const TensorRef& x, const TensorRef& W, bool fan_in_fan_out, const std::vector<ForwardTerm>& terms) {
   if (fan_in_fan_out || W.shape.size() != 2 || W.dim(1) == 0) return false;
   int64_t n = x.numel() / W.dim(1);
-  if (n < 1 || n > kDecodeMaxRows || terms.size() > kDecodeMaxTerms) return false;
+  if (n < 1 || n > decode_max_rows() || terms.size() > kDecodeMaxTerms) return false;
   if (W.dtype != x.dtype) return false;
   return reinterpret_cast<uintptr_t>(W.data) % 16 == 0;
 }
