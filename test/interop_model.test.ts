@@ -90,6 +90,15 @@ describe('opt_tiny (peft 0.21)', () => {
     expect(trainable.getNbTrainableParameters()).toEqual({ trainable: meta.trainable, total: meta.total });
   });
 
+  test('tied weights count once, whether aliased in the metadata or passed as one Tensor twice', () => {
+    const { tensors } = loadTiny();
+    tensors.set('model.decoder.embed_tokens.weight', tensors.get('lm_head.weight')!);
+    const m = new LoraModel(modulesFromStateDict(tensors), { targetModules: ['q_proj', 'v_proj'] });
+    const meta = JSON.parse(Checkpoint.open(path.join(TINY, 'expected.safetensors')).metadata.case) as { total: number };
+    expect(m.getNbTrainableParameters().total).toBe(meta.total - 4096 + 4 * 8 * 128);
+    expect(m.modules.get('model.decoder.embed_tokens')!.tiedTo).toBe('lm_head');
+  });
+
   test('mergeAndUnload reproduces merged_model.safetensors tensor by tensor', () => {
     const { modules } = loadTiny();
     const model = LoraModel.fromPretrained(modules, path.join(TINY, 'adapter'));
@@ -196,6 +205,25 @@ describe('model-wide adapters', () => {
       const d = (n: string) => layer.getDeltaWeight(n).toFloat32Array();
       const a = d('default'), b = d('b');
       expectClose(d('mix'), a.map((v, i) => 0.7 * v + 0.5 * b[i]), 1e-5, 'cat');
+    }
+  });
+
+  test('a weighted adapter with per-layer ranks saves and reloads (rank_pattern)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-wsave-'));
+    try {
+      const m = tiny();
+      m.addAdapter('b', { targetModules: ['v_proj'], r: 2, initLoraWeights: false, seed: 4 });
+      m.addWeightedAdapter(['default', 'b'], [1, 1], 'mix', { combinationType: 'cat' });
+      const ranks = m.targetedModules('mix').map((mod) => m.slot(mod, 'mix')!.r);
+      expect(new Set(ranks)).toEqual(new Set([4, 6]));
+      m.savePretrained(dir, { selectedAdapters: ['mix'] });
+      const again = LoraModel.fromPretrained(loadTiny().modules, path.join(dir, 'mix'));
+      for (const mod of m.targetedModules('mix')) {
+        const want = m.layers.get(mod)!.getDeltaWeight('mix').toFloat32Array();
+        expectClose(again.layers.get(mod)!.getDeltaWeight('default').toFloat32Array(), want, 1e-6, mod);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 

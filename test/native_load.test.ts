@@ -16,7 +16,9 @@ test('a missing addon gives NativeLoadError with build instructions', () => {
       "const l = require('./dist');" +
       "try { l.Tensor.zeros([1]); console.log('loaded'); }" +
       "catch (e) { console.log(JSON.stringify({ name: e.name, code: e.code, message: e.message })); }";
-    const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { cwd: tmp, encoding: 'utf8' }));
+    // LORAKIT_NATIVE_PATH (npm run test:asan) would load an addon from elsewhere: this case has none.
+    const env = { ...process.env, LORAKIT_NATIVE_PATH: '' };
+    const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { cwd: tmp, encoding: 'utf8', env }));
     expect(out.name).toBe('NativeLoadError');
     expect(out.code).toBe('LORAKIT_NATIVE_LOAD');
     expect(out.message).toContain('npm rebuild lorakit');

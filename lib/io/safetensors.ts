@@ -30,6 +30,8 @@ export { ELEMENT_SIZE, SAFETENSORS_TO_DTYPE };
 
 /** Parses and validates a header; `fileSize` bounds the offsets. */
 export function parseHeader(head: Buffer, fileSize: number, source = 'file'): SafetensorsHeader {
+  if (!Buffer.isBuffer(head)) throw new LoraTypeError(`head: expected a Buffer, got ${typeof head}`);
+  if (!Number.isSafeInteger(fileSize) || fileSize < 0) throw new LoraRangeError(`fileSize: expected a non-negative integer, got ${fileSize}`);
   if (head.length < 8 || fileSize < 8) throw new LoraRangeError(`${source}: too short to be a safetensors file`);
   const n = head.readBigUInt64LE(0);
   if (n > BigInt(MAX_HEADER)) throw new LoraRangeError(`${source}: header length ${n} exceeds the ${MAX_HEADER}-byte limit`);

@@ -4,7 +4,7 @@
  * a clear error rather than loaded with different behaviour.
  */
 import { AdapterError, LoraRangeError, LoraTypeError } from '../errors';
-import { checkOptions } from '../validate';
+import { checkBool, checkFinite, checkOptions, checkScale } from '../validate';
 
 export type BiasMode = 'none' | 'all' | 'lora_only';
 
@@ -113,6 +113,13 @@ export function resolveConfig(config: LoraConfig, argName = 'config'): ResolvedL
   const init = c.initLoraWeights ?? true;
   if (init !== true && init !== false && init !== 'gaussian')
     throw new LoraTypeError(`${argName}.initLoraWeights: expected true, false or 'gaussian', got ${String(init)}`);
+  // Types the layers rely on, checked here so a bad adapter_config.json fails at load, naming its key.
+  if (c.loraAlpha !== undefined) checkScale(c.loraAlpha, `${argName}.loraAlpha`);
+  const dropout = c.loraDropout === undefined ? 0 : checkFinite(c.loraDropout, `${argName}.loraDropout`);
+  if (dropout < 0 || dropout >= 1) throw new LoraRangeError(`${argName}.loraDropout: expected 0 <= p < 1, got ${dropout}`);
+  for (const key of ['fanInFanOut', 'useRslora', 'inferenceMode'] as const) if (c[key] !== undefined) checkBool(c[key], `${argName}.${key}`);
+  for (const key of ['taskType', 'baseModelNameOrPath', 'revision'] as const)
+    if (c[key] !== undefined && c[key] !== null && typeof c[key] !== 'string') throw new LoraTypeError(`${argName}.${key}: expected a string or null`);
   return {
     r,
     targetModules,

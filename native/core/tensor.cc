@@ -2,9 +2,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
-#if defined(__unix__) || defined(__APPLE__)
+#if (defined(__unix__) || defined(__APPLE__)) && !defined(__SANITIZE_ADDRESS__)
 #include <sys/mman.h>
-#define LORAKIT_HAVE_MMAP 1
+#define LORAKIT_HAVE_MMAP 1  // not under ASan: malloc'd buffers get redzones, mapped ones do not
 #endif
 
 namespace lorakit {
