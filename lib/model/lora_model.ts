@@ -159,8 +159,8 @@ export class LoraModel {
   }
 
   /**
-   * Combines existing adapters into a new one on every layer that has them all
-   * (peft's add_weighted_adapter; the new adapter's scaling is 1).
+   * Combines existing adapters into a new one on every layer that has at least one of them
+   * (peft's add_weighted_adapter: absent ones count as zero; the new adapter's scaling is 1).
    */
   addWeightedAdapter(adapters: string[], weights: number[], newName: string, opts: WeightedAdapterOptions = {}): this {
     this.requireLive();
@@ -170,6 +170,7 @@ export class LoraModel {
     adapters.forEach((n, i) => this.requireAdapter(n, `adapters[${i}]`));
     checkString(newName, 'newName');
     if (this.peftConfig.has(newName)) throw new AdapterError(`newName: adapter '${newName}' already exists`);
+    this.requireAllData('addWeightedAdapter', adapters);
     const first = this.peftConfig.get(adapters[0])!;
     const done: LoraLayer[] = [];
     try {
@@ -189,7 +190,7 @@ export class LoraModel {
     }
     const targets = this.targetedModules(newName);
     const r = targets.length ? this.#slots.get(targets[0])!.get(newName)!.r : first.r;
-    this.peftConfig.set(newName, { ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, layersToTransform: null, layersPattern: null, excludeModules: null });
+    this.peftConfig.set(newName, { ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, useDora: false, layersToTransform: null, layersPattern: null, excludeModules: null });
     for (const mod of targets) {
       const s = this.#slots.get(mod)!.get(newName)!;
       const key = mod.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'); // patterns are regexes: match this module only

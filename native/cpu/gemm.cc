@@ -22,10 +22,10 @@ constexpr int64_t MAX_RC = 960; // rows of C one task owns (bounds its f32 accum
 
 struct Scratch {
   std::vector<float> b, acc, tmp, bias;
-  std::vector<uint16_t> a16, b16;
+  std::vector<uint16_t> b16;
   Scratch()
       : b(KC * NC), acc((MC + 32) * NC), tmp(std::max(KC, NC)), bias(NC),
-        a16(MC * KC), b16(KC * NC) {}
+        b16(KC * NC) {}
 };
 
 Scratch& scratch() {
@@ -111,8 +111,22 @@ void pack_b16(const MatView& b, int64_t k0, int64_t kc, int64_t kcp, int64_t j0,
   std::memset(dst, 0, cols * kcp * 2);
   for (int64_t q = 0; q < cols; q += 32) {
     uint16_t* panel = dst + q * kcp;
-    for (int64_t c = 0; c < 32 && q + c < nc; c++)
-      for (int64_t k = 0; k < kc; k++) panel[(k / 2) * 64 + c * 2 + (k & 1)] = bits_at(b, k0 + k, j0 + q + c);
+    int64_t nq = std::min<int64_t>(32, nc - q);
+    if (b.rs == 1 && b.cs % 2 == 0 && kc % 2 == 0) {
+      // Wᵀ of a row-major W: each k pair is one 32-bit word, so VNNI packing is a 32-bit transpose
+      // (bit-exact moves through the f32 transpose kernel).
+      const KernelTable& kt = kernel_table();
+      kt.pack_t(static_cast<const uint16_t*>(b.data) + (j0 + q) * b.cs + k0, DType::F32, b.cs / 2, nq, kc / 2,
+                reinterpret_cast<float*>(panel), 32);
+    } else if (b.rs == 1) {
+      for (int64_t c = 0; c < nq; c++) {
+        const uint16_t* src = static_cast<const uint16_t*>(b.data) + (j0 + q + c) * b.cs + k0;
+        for (int64_t k = 0; k < kc; k++) panel[(k / 2) * 64 + c * 2 + (k & 1)] = src[k];
+      }
+    } else {
+      for (int64_t k = 0; k < kc; k++)
+        for (int64_t c = 0; c < nq; c++) panel[(k / 2) * 64 + c * 2 + (k & 1)] = bits_at(b, k0 + k, j0 + q + c);
+    }
   }
 }
 
@@ -142,9 +156,15 @@ void store_rows(const KernelTable& kt, const float* acc, int64_t ldacc, int64_t 
 // A of every non-AMX segment packed once per call (all row panels, all k blocks), shared by the
 // tasks: otherwise each column block of C would repack it.
 struct PackedA {
-  std::vector<int64_t> base;  // per segment; -1 when the segment packs inside the task (AMX)
-  int64_t m_pad = 0;
+  std::vector<int64_t> base;  // per segment: offset in data (f32 panels) or, for AMX segments, in data16
+  std::vector<bool> amx;
+  int64_t m_pad = 0, m_pad32 = 0;
   float* data = nullptr;
+  uint16_t* data16 = nullptr;
+  // AMX: rows of k block k0 (each kcp long) for rows from i.
+  const uint16_t* rows16(size_t seg, int64_t k0, int64_t kcp, int64_t i) const {
+    return data16 + base[seg] + (k0 / KC) * m_pad32 * KC + i * kcp;
+  }
   // Panel for rows [i, i+mr) of k block starting at k0 (kc steps): kc × mr values.
   const float* panel(size_t seg, int64_t k0, int64_t kc, int64_t i) const { return data + base[seg] + k0 * m_pad + i * kc; }
 };
@@ -154,26 +174,52 @@ std::vector<float>& packed_a_buffer() {
   return buf;
 }
 
+std::vector<uint16_t>& packed_a16_buffer() {
+  thread_local std::vector<uint16_t> buf;
+  return buf;
+}
+
 PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>& segs) {
   PackedA pa;
   pa.m_pad = (m + kt.mr - 1) / kt.mr * kt.mr;
-  int64_t total = 0;
+  pa.m_pad32 = (m + 31) / 32 * 32;
+  int64_t total = 0, total16 = 0;
   for (const KSegment& s : segs) {
-    if (use_amx(kt, s)) {
-      pa.base.push_back(-1);
-      continue;
+    bool amx = use_amx(kt, s);
+    pa.amx.push_back(amx);
+    if (amx) {
+      pa.base.push_back(total16);
+      total16 += (s.k + KC - 1) / KC * KC * pa.m_pad32;
+    } else {
+      pa.base.push_back(total);
+      total += s.k * pa.m_pad;
     }
-    pa.base.push_back(total);
-    total += s.k * pa.m_pad;
   }
   std::vector<float>& buf = packed_a_buffer();
   if (static_cast<int64_t>(buf.size()) < total) buf.resize(total);
   pa.data = buf.data();
+  std::vector<uint16_t>& buf16 = packed_a16_buffer();
+  if (static_cast<int64_t>(buf16.size()) < total16) buf16.resize(total16);
+  pa.data16 = buf16.data();
   const int64_t panels = pa.m_pad / kt.mr;
+  const int64_t blocks32 = pa.m_pad32 / 32;
   for (size_t si = 0; si < segs.size(); si++) {
-    if (pa.base[si] < 0) continue;
     const KSegment& s = segs[si];
     int64_t kblocks = (s.k + KC - 1) / KC;
+    if (pa.amx[si]) {
+      parallel_for(
+          kblocks * blocks32,
+          [&](int64_t b, int64_t e) {
+            for (int64_t t = b; t < e; t++) {
+              int64_t k0 = (t / blocks32) * KC, i = (t % blocks32) * 32;
+              int64_t kc = std::min(KC, s.k - k0), kcp = (kc + 31) / 32 * 32;
+              pack_a16(s.a, i, std::min<int64_t>(32, m - i), k0, kc, kcp,
+                       const_cast<uint16_t*>(pa.rows16(si, k0, kcp, i)));
+            }
+          },
+          8);
+      continue;
+    }
     parallel_for(
         kblocks * panels,
         [&](int64_t b, int64_t e) {
@@ -199,7 +245,7 @@ void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vec
   for (int64_t i = 0; i < rc; i++) std::fill(acc + i * NC, acc + i * NC + nc, 0.f);
   for (size_t si = 0; si < segs.size(); si++) {
     const KSegment& seg = segs[si];
-    bool amx = pa.base[si] < 0;
+    bool amx = pa.amx[si];
     for (int64_t k0 = 0; k0 < seg.k; k0 += KC) {
       int64_t kc = std::min(KC, seg.k - k0);
       if (amx) {
@@ -207,10 +253,10 @@ void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vec
         pack_b16(seg.b, k0, kc, kcp, j0, nc, s.b16.data());
         for (int64_t ic = 0; ic < rc; ic += MC) {
           int64_t mc = std::min(MC, rc - ic);
-          pack_a16(seg.a, i0 + ic, mc, k0, kc, kcp, s.a16.data());
           for (int64_t jr = 0; jr < nc; jr += 32)
             for (int64_t ir = 0; ir < mc; ir += 32)
-              kt.amx_block(kcp, s.a16.data() + ir * kcp, s.b16.data() + jr * kcp, acc + (ic + ir) * NC + jr, NC);
+              kt.amx_block(kcp, pa.rows16(si, k0, kcp, i0 + ic + ir), s.b16.data() + jr * kcp,
+                           acc + (ic + ir) * NC + jr, NC);
         }
         continue;
       }

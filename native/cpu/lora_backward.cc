@@ -1,6 +1,7 @@
 #include <memory>
 #include "../core/thread_pool.h"
 #include "gemm.h"
+#include "lora_dy_pass.h"
 #include "ops.h"
 
 namespace lorakit {
@@ -13,9 +14,15 @@ void linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_ou
   int64_t n = dy.numel() / outf;
   MatView dyv = row_major(dy.data, dy.dtype, outf);
 
-  // g = scale·dy·B [n, r] per adapter, kept in f32 for dA and dx.
+  // g = scale·dy·B [n, r] per adapter (kept in f32 for dA and dx) and dB = scale·dyᵀ·u, in one
+  // pass over dy while its per-task partials stay small; two GEMMs beyond that.
   std::vector<std::unique_ptr<float[]>> gs;
-  for (const auto& t : terms) {
+  int64_t rsum = 0;
+  for (const auto& t : terms) rsum += t.B.dim(1);
+  const bool fused = !terms.empty() && n * rsum * ((outf + 127) / 128) <= (int64_t(1) << 23);
+  if (fused) dy_pass(dy, n, outf, terms, gs);
+  for (size_t a = 0; !fused && a < terms.size(); a++) {
+    const auto& t = terms[a];
     int64_t r = t.B.dim(1);
     gs.emplace_back(new float[n * r]);
     GemmOutput o;
@@ -27,7 +34,7 @@ void linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_ou
   for (size_t a = 0; a < terms.size(); a++) {
     const auto& t = terms[a];
     int64_t r = t.B.dim(1);
-    if (t.dB) {  // dB = scale·dyᵀ·u : [out, r]
+    if (t.dB && !fused) {  // dB = scale·dyᵀ·u : [out, r]
       GemmOutput o;
       o.data = t.dB->data;
       o.dtype = t.dB->dtype;

@@ -1,18 +1,37 @@
+#include <algorithm>
+#include <vector>
 #include "../core/thread_pool.h"
+#include "microkernel.h"
 #include "gemm.h"
 #include "ops.h"
 
 namespace lorakit {
 namespace cpu {
 
+// u = x·Aᵀ with r small: rows of x are independent dot products against A's r rows (A stays in
+// cache), so the work splits over tokens; a packed GEMM would have only N = r columns to split.
 void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out) {
   int64_t in = A.dim(1), r = A.dim(0), n = x.numel() / in;
-  KSegment s{row_major(x.data, x.dtype, in), transposed(A.data, A.dtype, in), in, 1.f};
-  GemmOutput o;
-  o.data = out.data;
-  o.dtype = out.dtype;
-  o.ldc = r;
-  gemm(n, r, {s}, o);
+  if (out.dtype != DType::F32 || r > 256) {
+    KSegment s{row_major(x.data, x.dtype, in), transposed(A.data, A.dtype, in), in, 1.f};
+    GemmOutput o;
+    o.data = out.data;
+    o.dtype = out.dtype;
+    o.ldc = r;
+    gemm(n, r, {s}, o);
+    return;
+  }
+  const KernelTable& kt = kernel_table();
+  const size_t xes = dtype_size(x.dtype);
+  float* u = static_cast<float*>(out.data);
+  parallel_for(n, [&](int64_t b, int64_t e) {
+    std::vector<float> row(in);
+    for (int64_t i = b; i < e; i++) {
+      kt.load_row(static_cast<const char*>(x.data) + i * in * xes, x.dtype, 1.f, in, row.data());
+      std::fill(u + i * r, u + (i + 1) * r, 0.f);
+      kt.dot_rows(in, row.data(), A.data, A.dtype, in, r, u + i * r);
+    }
+  });
 }
 
 void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,

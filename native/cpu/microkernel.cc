@@ -1,6 +1,7 @@
 // Runtime dispatch: picks the best path the CPU supports once, at load time. LORAKIT_CPU_PATH
 // (portable | avx2 | avx512 | amx) forces a path; a forced path the CPU lacks falls back to the best
-// available one below it (the chosen name is reported by backendInfo().cpuPath).
+// available one below it (the chosen name is reported by backendInfo().cpuPath). amx-emulated runs
+// the AMX path's packing with a scalar tile stand-in, to test it on CPUs without AMX.
 #include "microkernel.h"
 #include <cstdlib>
 #include <cstring>
@@ -37,7 +38,9 @@ int rank_of(const char* s) {
 }
 
 const KernelTable* choose() {
-  int want = rank_of(std::getenv("LORAKIT_CPU_PATH"));
+  const char* env = std::getenv("LORAKIT_CPU_PATH");
+  if (env && std::strcmp(env, "amx-emulated") == 0) return amx_emulated_table();
+  int want = rank_of(env);
   if (want >= 3 && has_avx512() && amx_table()) return amx_table();
   if (want >= 2 && has_avx512() && avx512_table()) return avx512_table();
   if (want >= 1 && has_avx2() && avx2_table()) return avx2_table();

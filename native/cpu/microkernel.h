@@ -69,5 +69,6 @@ const KernelTable* portable_table();
 const KernelTable* avx2_table();
 const KernelTable* avx512_table();
 const KernelTable* amx_table();  // the AVX-512 table plus AMX tiles; null if the OS refuses AMX state
+const KernelTable* amx_emulated_table();  // scalar AMX stand-in for tests (LORAKIT_CPU_PATH=amx-emulated)
 
 }  // namespace lorakit

@@ -121,3 +121,31 @@ namespace lorakit {
 const KernelTable* amx_table() { return nullptr; }
 }  // namespace lorakit
 #endif
+
+// A scalar stand-in for the AMX tile block (same packed layouts), so that the AMX path's packing
+// and blocking can be tested on CPUs without AMX: LORAKIT_CPU_PATH=amx-emulated (tests only).
+namespace lorakit {
+namespace {
+
+void amx_block_emulated(int64_t kc, const uint16_t* a, const uint16_t* b, float* acc, int64_t ldacc) {
+  for (int64_t i = 0; i < 32; i++)
+    for (int64_t j = 0; j < 32; j++) {
+      float s = 0.f;
+      for (int64_t k = 0; k < kc; k++) s += bf16_to_f32(a[i * kc + k]) * bf16_to_f32(b[(k / 2) * 64 + j * 2 + (k & 1)]);
+      acc[i * ldacc + j] += s;
+    }
+}
+
+}  // namespace
+
+const KernelTable* amx_emulated_table() {
+  static const KernelTable t = [] {
+    KernelTable k = avx2_table() ? *avx2_table() : *portable_table();
+    k.name = "amx-emulated";
+    k.amx_block = amx_block_emulated;
+    return k;
+  }();
+  return &t;
+}
+
+}  // namespace lorakit
