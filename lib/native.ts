@@ -129,6 +129,7 @@ export interface NativeBinding {
     geom: number[],
     terms: Array<{ xa: NativeTensorHandle; u: NativeTensorHandle; A: NativeTensorHandle; B: NativeTensorHandle; scale: number }>,
     y: NativeTensorHandle,
+    imageAdapter?: Int32Array | null,
   ): void;
   conv2dBackward(
     dy: NativeTensorHandle,

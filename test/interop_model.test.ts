@@ -90,6 +90,15 @@ describe('opt_tiny (peft 0.21)', () => {
     expect(trainable.getNbTrainableParameters()).toEqual({ trainable: meta.trainable, total: meta.total });
   });
 
+  test('tied weights count once, whether aliased in the metadata or passed as one Tensor twice', () => {
+    const { tensors } = loadTiny();
+    tensors.set('model.decoder.embed_tokens.weight', tensors.get('lm_head.weight')!);
+    const m = new LoraModel(modulesFromStateDict(tensors), { targetModules: ['q_proj', 'v_proj'] });
+    const meta = JSON.parse(Checkpoint.open(path.join(TINY, 'expected.safetensors')).metadata.case) as { total: number };
+    expect(m.getNbTrainableParameters().total).toBe(meta.total - 4096 + 4 * 8 * 128);
+    expect(m.modules.get('model.decoder.embed_tokens')!.tiedTo).toBe('lm_head');
+  });
+
   test('mergeAndUnload reproduces merged_model.safetensors tensor by tensor', () => {
     const { modules } = loadTiny();
     const model = LoraModel.fromPretrained(modules, path.join(TINY, 'adapter'));

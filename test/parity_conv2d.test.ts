@@ -227,6 +227,29 @@ describe.each(SETUPS)('random conv2d %o', (s) => {
   }
 });
 
+describe('LoraConv2d mixed batch', () => {
+  test('one adapter name per image, as separate single-adapter forwards', () => {
+    const layer = new LoraConv2d({ weight: Tensor.from(randomArray(4 * 3 * 9, 1), [4, 3, 3, 3]), bias: Tensor.from(randomArray(4, 2), [4]), padding: 1 });
+    layer.addAdapter('p', { r: 2, initLoraWeights: false, seed: 1 });
+    layer.addAdapter('q', { r: 3, initLoraWeights: false, seed: 2 });
+    const names = ['q', '__base__', 'p', 'q'];
+    const x = randomArray(4 * 3 * 5 * 5, 3);
+    const per = 3 * 5 * 5;
+    expect(() => layer.forward(Tensor.from(x, [4, 3, 5, 5]), { adapterNames: names })).toThrow(/eval mode/);
+    layer.eval();
+    const mixed = layer.forward(Tensor.from(x, [4, 3, 5, 5]), { adapterNames: names }).toFloat32Array();
+    const outPer = 4 * 5 * 5;
+    names.forEach((name, i) => {
+      if (name === '__base__') layer.enableAdapters(false);
+      else layer.setAdapter(name);
+      const one = layer.forward(Tensor.from(x.subarray(i * per, (i + 1) * per), [1, 3, 5, 5])).toFloat32Array();
+      layer.enableAdapters(true);
+      expectClose(mixed.subarray(i * outPer, (i + 1) * outPer), one, TOL, `image ${i} (${name})`);
+    });
+    expect(() => layer.forward(Tensor.from(x, [4, 3, 5, 5]), { adapterNames: ['p'] })).toThrow(/expected 4 names/);
+  });
+});
+
 describe('LoraConv2d weighted adapters and errors', () => {
   test('cat of two conv adapters equals the sum of their deltas', () => {
     const layer = new LoraConv2d({ weight: Tensor.from(randomArray(6 * 3 * 9, 1), [6, 3, 3, 3]), padding: 1 });

@@ -190,6 +190,21 @@ describe('LoraEmbedding dtypes and errors', () => {
     );
   });
 
+  test('addWeightedAdapter cat and svd on embeddings combine (B·A)ᵀ deltas', () => {
+    const layer = new LoraEmbedding({ weight: Tensor.from(randomArray(40, 1), [10, 4]) });
+    layer.addAdapter('p', { r: 2, initLoraWeights: false, seed: 1 });
+    layer.addAdapter('q', { r: 1, initLoraWeights: false, seed: 2 });
+    layer.addWeightedAdapter(['p', 'q'], [0.5, -2], 'c', { combinationType: 'cat' });
+    layer.addWeightedAdapter(['p', 'q'], [0.5, -2], 's', { combinationType: 'svd', svdRank: 3 });
+    expect(layer.loraA.get('c')!.shape).toEqual([3, 10]);
+    expect(layer.loraB.get('c')!.shape).toEqual([4, 3]);
+    const dp = layer.getDeltaWeight('p').toFloat32Array();
+    const dq = layer.getDeltaWeight('q').toFloat32Array();
+    const want = dp.map((v, i) => 0.5 * v - 2 * dq[i]);
+    expectClose(layer.getDeltaWeight('c').toFloat32Array(), want, 1e-6, 'cat');
+    expectClose(layer.getDeltaWeight('s').toFloat32Array(), want, 1e-6, 'svd');
+  });
+
   test('negative paddingIdx counts from the end', () => {
     expect(new LoraEmbedding({ weight: Tensor.zeros([5, 4]), paddingIdx: -1 }).paddingIdx).toBe(4);
   });

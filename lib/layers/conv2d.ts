@@ -11,7 +11,7 @@ import { BackwardTermArg, call } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkInt, checkOptions } from '../validate';
-import { AdapterGrads, BackwardResult, InitLoraWeights, LoraLayer } from './lora_layer';
+import { AdapterGrads, BackwardResult, InitLoraWeights, LoraLayer, MixedForwardOptions } from './lora_layer';
 
 export type Pair = number | [number, number];
 
@@ -113,9 +113,13 @@ export class LoraConv2d extends LoraLayer {
     return [...this.stride, ...this.padding, ...this.dilation, this.groups];
   }
 
-  /** x [N, in, H, W] → y [N, out, Ho, Wo] in x's dtype. In training mode the inputs are kept for backward(). */
-  forward(x: Tensor): Tensor {
+  /**
+   * x [N, in, H, W] → y [N, out, Ho, Wo] in x's dtype. In training mode the inputs are kept for
+   * backward(). opts.adapterNames (eval mode): one adapter name or '__base__' per image.
+   */
+  forward(x: Tensor, opts: MixedForwardOptions = {}): Tensor {
     requireFloatTensor(x, 'x');
+    const o = checkOptions(opts, ['adapterNames'], 'opts') as MixedForwardOptions;
     if (x.shape.length !== 4 || x.shape[1] !== this.inFeatures)
       throw new ShapeError(`x: expected shape [N, ${this.inFeatures}, H, W] (in_channels ${this.inFeatures}), got ${shapeStr(x.shape)}`);
     if (this.#weight.disposed) throw new StateError('weight: the base weight tensor was disposed');
@@ -124,9 +128,17 @@ export class LoraConv2d extends LoraLayer {
     const [Ho, Wo] = this.outSize(H, Wd, this.dilation);
     if (!(Ho > 0 && Wo > 0))
       throw new ShapeError(`x: spatial size ${H}×${Wd} is too small for kernel ${this.kernelSize.join('×')} with padding ${this.padding.join('×')}`);
-    if (this._disableAdapters && this.merged) this.unmerge();
+    let names: string[];
+    let images: Int32Array | null = null;
+    if (o.adapterNames !== undefined) {
+      const mixed = this.resolveMixedBatch(o.adapterNames, N);
+      names = mixed.adapters;
+      images = this._disableAdapters ? mixed.index.fill(-1) : mixed.index;
+    } else {
+      if (this._disableAdapters && this.merged) this.unmerge();
+      names = this.contributingAdapters();
+    }
     this.clearCache();
-    const names = this.contributingAdapters();
     if (names.length > 0) {
       const [Ha, Wa] = this.outSize(H, Wd, [1, 1]);
       if (Ha !== Ho || Wa !== Wo)
@@ -159,7 +171,7 @@ export class LoraConv2d extends LoraLayer {
         B: this._loraB.get(a.name)!.handle,
         scale: this._scaling.get(a.name)!,
       }));
-      call((b) => b.conv2dForward(x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.geom(), terms, y.handle));
+      call((b) => b.conv2dForward(x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.geom(), terms, y.handle, images));
     } catch (e) {
       freeAdapterCache(adapters, x);
       y.dispose();

@@ -7,9 +7,9 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
-import { writeFileAtomicSync } from '../io/atomic';
+import { writeFileAtomic, writeFileAtomicSync } from '../io/atomic';
 import { SafetensorsReader } from '../io/safetensors_reader';
-import { writeSafetensors } from '../io/safetensors_writer';
+import { writeSafetensors, writeSafetensorsAsync } from '../io/safetensors_writer';
 import { Tensor } from '../tensor';
 import { LoraConfig, fromPeftJson, peftJsonText, resolveConfig, toPeftJson } from './config';
 import { LoraModel } from './lora_model';
@@ -217,15 +217,20 @@ export function loadAdapter(model: LoraModel, dir: string, name: string, opts: L
   }
 }
 
-/** model.savePretrained: each adapter to `dir` (default) or `dir/<name>`, atomically, file by file. */
-export function savePretrained(model: LoraModel, dir: string, selected?: string[]): void {
+interface SaveItem {
+  dir: string;
+  tensors: Map<string, Tensor>;
+  config: string;
+  card: string;
+}
+
+/** What savePretrained writes, adapter by adapter (validated before any file is touched). */
+function savePlan(model: LoraModel, dir: string, selected?: string[]): SaveItem[] {
   if (typeof dir !== 'string' || dir.length === 0) throw new LoraTypeError('dir: expected a directory path');
   const names = selected ?? model.adapterNames;
   names.forEach((n, i) => model.requireAdapter(n, `opts.selectedAdapters[${i}]`));
   model.requireAllData('savePretrained', names);
-  for (const name of names) {
-    const out = name === 'default' ? dir : path.join(dir, name);
-    fs.mkdirSync(out, { recursive: true });
+  return names.map((name) => {
     const cfg = model.peftConfig.get(name)!;
     const tensors = new Map<string, Tensor>();
     for (const mod of model.targetedModules(name)) {
@@ -237,11 +242,35 @@ export function savePretrained(model: LoraModel, dir: string, selected?: string[
       const mag = layer.loraMagnitude.get(name);
       if (mag) tensors.set(keys.magnitude, mag);
     }
-    writeSafetensors(path.join(out, WEIGHTS_FILE), tensors, { format: 'pt' });
     const targets = model.resolvedTargets(cfg);
-    writeFileAtomicSync(path.join(out, CONFIG_FILE), peftJsonText(toPeftJson(resolveConfig(configOf(cfg)), targets)));
-    const card = path.join(out, 'README.md');
-    if (!fs.existsSync(card)) writeFileAtomicSync(card, modelCard(cfg, lorakitVersion()));
+    return {
+      dir: name === 'default' ? dir : path.join(dir, name),
+      tensors,
+      config: peftJsonText(toPeftJson(resolveConfig(configOf(cfg)), targets)),
+      card: modelCard(cfg, lorakitVersion()),
+    };
+  });
+}
+
+/** model.savePretrained: each adapter to `dir` (default) or `dir/<name>`, atomically, file by file. */
+export function savePretrained(model: LoraModel, dir: string, selected?: string[]): void {
+  for (const it of savePlan(model, dir, selected)) {
+    fs.mkdirSync(it.dir, { recursive: true });
+    writeSafetensors(path.join(it.dir, WEIGHTS_FILE), it.tensors, { format: 'pt' });
+    writeFileAtomicSync(path.join(it.dir, CONFIG_FILE), it.config);
+    const card = path.join(it.dir, 'README.md');
+    if (!fs.existsSync(card)) writeFileAtomicSync(card, it.card);
+  }
+}
+
+/** savePretrained with the file I/O on libuv's pool; the same files, each written atomically. */
+export async function savePretrainedAsync(model: LoraModel, dir: string, selected?: string[]): Promise<void> {
+  for (const it of savePlan(model, dir, selected)) {
+    await fs.promises.mkdir(it.dir, { recursive: true });
+    await writeSafetensorsAsync(path.join(it.dir, WEIGHTS_FILE), it.tensors, { format: 'pt' });
+    await writeFileAtomic(path.join(it.dir, CONFIG_FILE), it.config);
+    const card = path.join(it.dir, 'README.md');
+    if (!fs.existsSync(card)) await writeFileAtomic(card, it.card);
   }
 }
 

@@ -14,7 +14,7 @@ import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';
 import { ModuleSpec, NormalizedModule, baseParamCount, hasData, loraShapes, normalizeModules } from './modules';
 import { isExcluded, isTargeted, rankAndAlpha } from './targeting';
-import { LoadOptions, fromPretrained, loadAdapter, savePretrained } from './adapter_io';
+import { LoadOptions, fromPretrained, loadAdapter, savePretrained, savePretrainedAsync } from './adapter_io';
 
 export interface FromPretrainedOptions extends LoadOptions {
   adapterName?: string;
@@ -159,8 +159,8 @@ export class LoraModel {
   }
 
   /**
-   * Combines existing adapters into a new one on every layer that has them all
-   * (peft's add_weighted_adapter; the new adapter's scaling is 1).
+   * Combines existing adapters into a new one on every layer that has at least one of them
+   * (peft's add_weighted_adapter: absent ones count as zero; the new adapter's scaling is 1).
    */
   addWeightedAdapter(adapters: string[], weights: number[], newName: string, opts: WeightedAdapterOptions = {}): this {
     this.requireLive();
@@ -170,6 +170,7 @@ export class LoraModel {
     adapters.forEach((n, i) => this.requireAdapter(n, `adapters[${i}]`));
     checkString(newName, 'newName');
     if (this.peftConfig.has(newName)) throw new AdapterError(`newName: adapter '${newName}' already exists`);
+    this.requireAllData('addWeightedAdapter', adapters);
     const first = this.peftConfig.get(adapters[0])!;
     const done: LoraLayer[] = [];
     try {
@@ -189,7 +190,7 @@ export class LoraModel {
     }
     const targets = this.targetedModules(newName);
     const r = targets.length ? this.#slots.get(targets[0])!.get(newName)!.r : first.r;
-    this.peftConfig.set(newName, { ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, layersToTransform: null, layersPattern: null, excludeModules: null });
+    this.peftConfig.set(newName, { ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, useDora: false, layersToTransform: null, layersPattern: null, excludeModules: null });
     for (const mod of targets) {
       const s = this.#slots.get(mod)!.get(newName)!;
       const key = mod.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'); // patterns are regexes: match this module only
@@ -224,6 +225,14 @@ export class LoraModel {
     savePretrained(this, dir, o.selectedAdapters);
     return this;
   }
+  /** savePretrained() with the file I/O off the JS thread (each file written atomically). */
+  async savePretrainedAsync(dir: string, opts: { selectedAdapters?: string[] } = {}): Promise<this> {
+    this.requireLive();
+    const o = checkOptions(opts, ['selectedAdapters'], 'opts') as { selectedAdapters?: string[] };
+    await savePretrainedAsync(this, dir, o.selectedAdapters);
+    return this;
+  }
+
 
   /**
    * The trainable adapter tensors of every layer (lora_A, lora_B of the active, non-frozen
@@ -294,6 +303,37 @@ export class LoraModel {
   }
 
   /**
+   * mergeAdapter() off the JS thread: layer after layer, each layer's merge runs on a libuv thread
+   * (its weight and adapter tensors are busy meanwhile). On failure the layers merged so far stay
+   * merged, as with the sync form; unmergeAdapter() undoes them.
+   */
+  async mergeAdapterAsync(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): Promise<this> {
+    this.requireLive();
+    const o = checkOptions(opts, ['adapterNames', 'safeMerge'], 'opts') as { adapterNames?: string[]; safeMerge?: boolean };
+    const names = o.adapterNames ?? this.#active;
+    names.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
+    this.requireAllData('mergeAdapter', names);
+    for (const layer of [...this.layers.values()]) {
+      const own = names.filter((n) => layer.adapterNames.includes(n));
+      if (own.length) await layer.mergeAsync({ adapterNames: own, safeMerge: o.safeMerge ?? false });
+    }
+    return this;
+  }
+
+  async unmergeAdapterAsync(): Promise<this> {
+    this.requireLive();
+    for (const layer of [...this.layers.values()]) await layer.unmergeAsync();
+    return this;
+  }
+
+  /** mergeAndUnload() with the merges off the JS thread. */
+  async mergeAndUnloadAsync(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): Promise<Map<string, Tensor>> {
+    this.requireAllData('mergeAndUnload', null);
+    await this.mergeAdapterAsync(opts);
+    return this.unload();
+  }
+
+  /**
    * Merges the active (or named) adapters and returns the base model's state dict under its own
    * tensor names (tied weights once, under the owner's name). The weights are the caller's own
    * tensors, changed in place as peft's merge_and_unload does; the adapters are freed and the
@@ -302,6 +342,11 @@ export class LoraModel {
   mergeAndUnload(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): Map<string, Tensor> {
     this.requireAllData('mergeAndUnload', null);
     this.mergeAdapter(opts);
+    return this.unload();
+  }
+
+  /** The state dict after a merge; frees the adapters and retires the model. */
+  private unload(): Map<string, Tensor> {
     const out = this.stateDict();
     for (const layer of this.layers.values()) layer.dispose();
     this.layers.clear();

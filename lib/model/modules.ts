@@ -186,6 +186,8 @@ export function modulesFromStateDict(stateDict: Map<string, ParamValue> | Record
     const biasKey = `${name}.bias`;
     const bias = sd.get(biasKey);
     const mod: ModuleSpec = { name, kind, weight: value };
+    const sharing = value instanceof Tensor ? mods.find((m) => m.weight === value && m.tiedTo === undefined) : undefined;
+    if (sharing) mod.tiedTo = sharing.name; // one Tensor under two names: tied, counted once
     if (bias !== undefined && shapeOf(bias).length === 1) {
       mod.bias = bias;
       used.add(biasKey);

@@ -83,7 +83,7 @@ bool same_cols(const TensorRef& x, const ConvTerm& t, const ConvGeom& g) {
 }  // namespace
 
 void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const ConvGeom& g,
-                    const std::vector<ConvTerm>& terms, const TensorRef& y) {
+                    const std::vector<ConvTerm>& terms, const int32_t* image_adapter, const TensorRef& y) {
   Dims d = dims_of(x, W, g);
   int64_t Kg = d.K / g.groups, og = d.O / g.groups;
   std::unique_ptr<float[]> cols(new float[std::max<int64_t>(1, d.K * d.P)]), colsA(new float[std::max<int64_t>(1, d.K * d.P)]);
@@ -91,8 +91,11 @@ void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
   std::fill(ones.get(), ones.get() + d.P, 1.f);
   for (int64_t n = 0; n < d.N; n++) {
     im2col(x, n, d, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, cols.get());
+    auto used = [&](size_t a) { return !image_adapter || image_adapter[n] == static_cast<int32_t>(a); };
     // u_n = A_flat [r, K] · im2col(xa_n, dilation 1)
-    for (const auto& t : terms) {
+    for (size_t a = 0; a < terms.size(); a++) {
+      if (!used(a)) continue;
+      const auto& t = terms[a];
       int64_t r = t.A.dim(0);
       const float* c = cols.get();
       if (!same_cols(x, t, g)) {
@@ -108,7 +111,9 @@ void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
       std::vector<KSegment> segs;
       segs.push_back({MatView{static_cast<const char*>(W.data) + grp * og * Kg * dtype_size(W.dtype), W.dtype, Kg, 1},
                       row_major(cols.get() + grp * Kg * d.P, DType::F32, d.P), Kg, 1.f});
-      for (const auto& t : terms) {
+      for (size_t a = 0; a < terms.size(); a++) {
+        if (!used(a)) continue;
+        const auto& t = terms[a];
         int64_t r = t.A.dim(0), rg = r / g.groups;
         const float* u = static_cast<const float*>(t.u.data) + n * r * d.P + grp * rg * d.P;
         segs.push_back({MatView{static_cast<const char*>(t.B.data) + grp * og * rg * dtype_size(t.B.dtype), t.B.dtype, rg, 1},

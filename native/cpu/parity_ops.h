@@ -118,8 +118,9 @@ struct ConvTerm {
 
 // y = conv(x, W) + bias + Σ scale·B(A(xa)), per image through im2col and the packed GEMM; the base and
 // every adapter's 1×1 expand run as K segments of one GEMM per group, so y is written once.
+// With image_adapter (mixed batch), image n uses only term image_adapter[n] (-1: none).
 void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const ConvGeom& g,
-                    const std::vector<ConvTerm>& terms, const TensorRef& y);
+                    const std::vector<ConvTerm>& terms, const int32_t* image_adapter, const TensorRef& y);
 
 // dx = conv_transpose(dy, W) + Σ mask⊙conv_transpose(scale·Bᵀdy, A); dA = Σ_n (scale·Bᵀ·dy_n)·im2col(xa_n)ᵀ;
 // dB = scale·Σ_n dy_n·u_nᵀ. Deterministic (images accumulate in order, col2im per channel).

@@ -422,7 +422,7 @@ std::vector<cpu::ConvTerm> conv_terms(const Napi::Value& v, const TensorRef& x_l
   return terms;
 }
 
-// conv2dForward(x, W, bias|null, geom, terms [{xa, u, A, B, scale}], y)
+// conv2dForward(x, W, bias|null, geom, terms [{xa, u, A, B, scale}], y, imageAdapter: Int32Array|null)
 Napi::Value Conv2dForward(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     const TensorRef& x = float_arg(info, 0, "x");
@@ -436,7 +436,8 @@ Napi::Value Conv2dForward(const Napi::CallbackInfo& info) {
     require_shape_eq(y, {s.N, s.O, s.Ho, s.Wo}, "y");
     require_distinct(y, x, "y", "x");
     for (const auto& t : terms) require_distinct(y, t.xa, "y", "terms[].xa");
-    cpu::conv2d_forward(x, W, bias, g, terms, y);
+    const int32_t* images = row_adapter_arg(info[6], s.N, terms.size(), "imageAdapter");
+    cpu::conv2d_forward(x, W, bias, g, terms, images, y);
     return info.Env().Undefined();
   });
 }
