@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
 import { writeFileAtomic, writeFileAtomicSync } from '../io/atomic';
+import { SafetensorsFile } from '../io/safetensors';
 import { SafetensorsReader } from '../io/safetensors_reader';
 import { writeSafetensors, writeSafetensorsAsync } from '../io/safetensors_writer';
 import { Tensor } from '../tensor';
@@ -54,8 +55,8 @@ export function peftKeys(moduleName: string, kind: ModuleKind): { A: string; B: 
 
 const KEY_RE = /^(?:base_model\.model\.)?(.+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B|lora_magnitude_vector(?:\.weight)?)$/;
 
-/** Reads an adapter directory (config + tensors), validating both. */
-export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnDisk {
+/** The two files of an adapter directory, checked to exist. */
+function adapterPaths(dir: string): { cfgPath: string; wPath: string } {
   if (typeof dir !== 'string' || dir.length === 0) throw new LoraTypeError('dir: expected an adapter directory path');
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new LoraRangeError(`dir: ${dir} is not a directory`);
   const cfgPath = path.join(dir, CONFIG_FILE);
@@ -65,14 +66,43 @@ export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnD
     const bin = fs.existsSync(path.join(dir, 'adapter_model.bin'));
     throw new LoraRangeError(`dir: ${dir} has no ${WEIGHTS_FILE}${bin ? ' (only adapter_model.bin, a pickle lorakit does not read: re-save with safe_serialization=True)' : ''}`);
   }
+  return { cfgPath, wPath };
+}
+
+/** Reads an adapter directory (config + tensors), validating both. */
+export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnDisk {
+  const { cfgPath, wPath } = adapterPaths(dir);
+  return parseAdapter(fs.readFileSync(cfgPath, 'utf8'), cfgPath, new SafetensorsReader(wPath), wPath, warn);
+}
+
+/** readAdapter with the file reads on libuv's pool (the weights file is read whole: adapters are small). */
+export async function readAdapterAsync(dir: string, warn?: (m: string) => void): Promise<AdapterOnDisk> {
+  const { cfgPath, wPath } = adapterPaths(dir);
+  const [text, weights] = await Promise.all([fs.promises.readFile(cfgPath, 'utf8'), fs.promises.readFile(wPath)]);
+  return parseAdapter(text, cfgPath, new SafetensorsFile(weights, wPath), wPath, warn);
+}
+
+interface TensorSource {
+  readonly names: string[];
+  tensor(name: string): Tensor;
+  close?(): void;
+}
+
+function parseAdapter(text: string, cfgPath: string, reader: TensorSource, wPath: string, warn?: (m: string) => void): AdapterOnDisk {
   let json: unknown;
   try {
-    json = JSON.parse(fs.readFileSync(cfgPath, 'utf8'));
+    json = JSON.parse(text);
   } catch (e) {
+    reader.close?.();
     throw new LoraTypeError(`${cfgPath}: not valid JSON (${(e as Error).message})`);
   }
-  const config = fromPeftJson(json, cfgPath, warn);
-  const reader = new SafetensorsReader(wPath);
+  let config: LoraConfig;
+  try {
+    config = fromPeftJson(json, cfgPath, warn);
+  } catch (e) {
+    reader.close?.();
+    throw e;
+  }
   const modules = new Map<string, AdapterTensors>();
   try {
     for (const key of reader.names) {
@@ -91,7 +121,7 @@ export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnD
       else t.B = tensor;
     }
   } finally {
-    reader.close();
+    reader.close?.();
   }
   const dora = config.useDora === true;
   for (const [mod, t] of modules) {
@@ -174,7 +204,23 @@ export interface LoadOptions {
 /** LoraModel.fromPretrained: module kinds follow the adapter's own tensors. */
 export function fromPretrained(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, adapterName: string, opts: LoadOptions): LoraModel {
   const warn = opts.warn ?? ((m: string) => console.warn(m));
-  const a = readAdapter(dir, warn);
+  return modelFromAdapter(modules, readAdapter(dir, warn), dir, adapterName, opts, warn);
+}
+
+/** fromPretrained with the file reads off the JS thread. */
+export async function fromPretrainedAsync(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, adapterName: string, opts: LoadOptions): Promise<LoraModel> {
+  const warn = opts.warn ?? ((m: string) => console.warn(m));
+  return modelFromAdapter(modules, await readAdapterAsync(dir, warn), dir, adapterName, opts, warn);
+}
+
+function modelFromAdapter(
+  modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>,
+  a: AdapterOnDisk,
+  dir: string,
+  adapterName: string,
+  opts: LoadOptions,
+  warn: (m: string) => void,
+): LoraModel {
   try {
     const list = [...(modules instanceof Map ? modules.values() : modules)].map((s) => ({ ...s }));
     for (const spec of list) {
@@ -198,7 +244,16 @@ export function fromPretrained(modules: Iterable<ModuleSpec> | Map<string, Modul
 /** model.loadAdapter: adds the adapter from disk under `name` (not activated, as in peft). */
 export function loadAdapter(model: LoraModel, dir: string, name: string, opts: LoadOptions): void {
   const warn = opts.warn ?? ((m: string) => console.warn(m));
-  const a = readAdapter(dir, warn);
+  addAdapterFrom(model, readAdapter(dir, warn), dir, name, opts, warn);
+}
+
+/** loadAdapter with the file reads off the JS thread. */
+export async function loadAdapterAsync(model: LoraModel, dir: string, name: string, opts: LoadOptions): Promise<void> {
+  const warn = opts.warn ?? ((m: string) => console.warn(m));
+  addAdapterFrom(model, await readAdapterAsync(dir, warn), dir, name, opts, warn);
+}
+
+function addAdapterFrom(model: LoraModel, a: AdapterOnDisk, dir: string, name: string, opts: LoadOptions, warn: (m: string) => void): void {
   try {
     for (const [mod, t] of a.modules) {
       const m = model.modules.get(mod);

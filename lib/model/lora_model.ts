@@ -14,7 +14,7 @@ import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';
 import { ModuleSpec, NormalizedModule, baseParamCount, hasData, loraShapes, normalizeModules } from './modules';
 import { isExcluded, isTargeted, rankAndAlpha } from './targeting';
-import { LoadOptions, fromPretrained, loadAdapter, savePretrained, savePretrainedAsync } from './adapter_io';
+import { LoadOptions, fromPretrained, fromPretrainedAsync, loadAdapter, loadAdapterAsync, savePretrained, savePretrainedAsync } from './adapter_io';
 
 export interface FromPretrainedOptions extends LoadOptions {
   adapterName?: string;
@@ -210,11 +210,25 @@ export class LoraModel {
     return fromPretrained(modules, dir, o.adapterName ?? 'default', o);
   }
 
+  /** fromPretrained() with the file reads off the JS thread. */
+  static async fromPretrainedAsync(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, opts: FromPretrainedOptions = {}): Promise<LoraModel> {
+    const o = checkOptions(opts, ['adapterName', 'isTrainable', 'warn'], 'opts') as FromPretrainedOptions;
+    return fromPretrainedAsync(modules, dir, o.adapterName ?? 'default', o);
+  }
+
   /** Adds an adapter from a peft adapter directory under `name` (not activated, as in peft). */
   loadAdapter(dir: string, name: string, opts: LoadOptions = {}): this {
     this.requireLive();
     checkString(name, 'name');
     loadAdapter(this, dir, name, checkOptions(opts, ['isTrainable', 'warn'], 'opts') as LoadOptions);
+    return this;
+  }
+
+  /** loadAdapter() with the file reads off the JS thread. */
+  async loadAdapterAsync(dir: string, name: string, opts: LoadOptions = {}): Promise<this> {
+    this.requireLive();
+    checkString(name, 'name');
+    await loadAdapterAsync(this, dir, name, checkOptions(opts, ['isTrainable', 'warn'], 'opts') as LoadOptions);
     return this;
   }
 
