@@ -56,6 +56,18 @@ describe('golden linear_dora', () => {
     expectClose(params[2].grad!.toFloat32Array(), c.f32('dmagnitude'), TOL, 'magnitude grad');
   });
 
+  test('a frozen (inferenceMode) DoRA adapter gets no gradients but dx is still exact', () => {
+    const layer = new LoraLinear({ weight: t('W'), bias: t('bias') });
+    layer.addAdapter('default', { r: meta.r, loraAlpha: meta.lora_alpha, useDora: true, inferenceMode: true });
+    layer.loraA.get('default')!.copyFrom(c.f32('A'));
+    layer.loraB.get('default')!.copyFrom(c.f32('B'));
+    layer.loraMagnitude.get('default')!.copyFrom(c.f32('magnitude'));
+    layer.forward(t('x'));
+    const { dx, grads } = layer.backward(t('dy'));
+    expect(grads.size).toBe(0);
+    expectClose(dx.toFloat32Array(), c.f32('dx'), TOL, 'dx');
+  });
+
   test('eval forward equals training forward without dropout', () => {
     const layer = makeLayer().eval();
     expectClose(layer.forward(t('x')).toFloat32Array(), c.f32('y'), TOL, 'eval y');

@@ -129,6 +129,18 @@ describe('train()', () => {
     await expect(train({ optimizer: new AdamW(params), steps: 1, step: () => 0, checkpointEvery: 1, checkpoint: { model: {} as never, dir } })).rejects.toThrow(/savePretrained/);
   });
 
+  test('bf16 adapters train through the f32 master copy and f32 gradients', async () => {
+    const l = new LoraLinear({ weight: Tensor.from(randomArray(outF * inF, 1, 0.3), [outF, inF]) });
+    l.addAdapter('default', { r: 3, initLoraWeights: false, seed: 9, dtype: 'bf16' });
+    const params = l.parameters();
+    expect(params.map((p) => p.data.dtype)).toEqual(['bf16', 'bf16']);
+    const res = await train({ optimizer: new AdamW(params, { lr: 1e-2 }), steps: 30, progress: false, step: () => stepOn(l, 0, n) });
+    const f32 = layer();
+    const ref = await train({ optimizer: new AdamW(f32.parameters(), { lr: 1e-2 }), steps: 30, progress: false, step: () => stepOn(f32, 0, n) });
+    expect(res.losses[29]).toBeLessThan(0.5 * res.losses[0]);
+    expect(Math.abs(res.losses[29] - ref.losses[29])).toBeLessThan(0.01 * ref.losses[29]); // tracks the f32 run
+  });
+
   test('progress bar only on a TTY', async () => {
     const out: string[] = [];
     const tty = { isTTY: true, columns: 200, write: (s: string) => out.push(s) };

@@ -42,6 +42,8 @@ export interface BenchOptions {
   /** Called with a line of progress per row. */
   progress?: (line: string) => void;
   seed?: number;
+  /** Buffer size for the bandwidth measurement (default 512 MiB: far beyond any cache). */
+  peakBufferBytes?: number;
 }
 
 export interface BenchRow {
@@ -63,6 +65,8 @@ export interface BenchRow {
   refWhat: string | null;
   /** LoRA forward time / lorakit's own base GEMM time for the same (d, n, dtype), timed alternately. */
   vsBase: number | null;
+  /** W fits in the last-level cache: bandwidth shares above 100% then mean cache, not DRAM. */
+  wInCache: boolean;
 }
 
 export interface BenchResult {
@@ -164,7 +168,7 @@ export async function bench(opts: BenchOptions = {}): Promise<BenchResult> {
     const info = backendInfo();
     const machine = machineInfo();
     progress('measuring the machine: FMA peak, copy and read bandwidth');
-    const peaks = call((b) => b.measurePeaks(512 * 1024 * 1024));
+    const peaks = call((b) => b.measurePeaks(opts.peakBufferBytes ?? 512 * 1024 * 1024));
 
     let ref: OpenblasRef | null = null;
     let reference: BenchResult['reference'] = null;
@@ -189,6 +193,7 @@ export async function bench(opts: BenchOptions = {}): Promise<BenchResult> {
     };
 
     const rows: BenchRow[] = [];
+    const inCache = (bytes: number) => machine.l3Bytes !== null && bytes <= machine.l3Bytes;
     const ceiling = (dt: BenchDType) => (dt === 'bf16' && peaks.amxGflops > 0 ? ['amx', peaks.amxGflops] : ['fma', peaks.fmaGflops]) as [string, number];
 
     for (const dtype of dtypes) {
@@ -213,6 +218,7 @@ export async function bench(opts: BenchOptions = {}): Promise<BenchResult> {
               refMs: refS !== null ? refS * 1e3 : null,
               refWhat,
               vsBase: null,
+              wInCache: inCache(d * d * es),
             };
             return row;
           };
@@ -297,6 +303,7 @@ export async function bench(opts: BenchOptions = {}): Promise<BenchResult> {
                   peakKind: 'copy',
                   peakShare: bytes / t.best / 1e9 / peaks.copyGBs,
                   vsReference: null, refMs: null, refWhat: null, vsBase: null,
+                  wInCache: inCache(d * d * es),
                 });
               } finally {
                 ad.loraA.dispose();
@@ -355,12 +362,14 @@ export function evaluateTargets(rows: BenchRow[]): BenchResult['targets'] {
   const b = rows.filter((r) => r.op === 'gemm' && r.dtype === 'bf16' && r.peakKind === 'amx');
   const w3 = worst(b, (r) => r.peakShare, 'max');
   out.push({ target: 'bf16 GEMM >= 50% of AMX peak', measured: w3 ? `${(w3.peakShare * 100).toFixed(1)}% (best, d=${w3.d} n=${w3.n})` : 'no AMX on this CPU', met: w3 ? w3.peakShare >= 0.5 : null });
-  const m = rows.filter((r) => r.op === 'merge');
-  const w4 = worst(m, (r) => r.peakShare, 'min');
-  out.push({ target: 'merge >= 80% of copy bandwidth', measured: w4 ? `${(w4.peakShare * 100).toFixed(1)}% (worst, ${w4.dtype} d=${w4.d} r=${w4.r})` : 'not measured', met: w4 ? w4.peakShare >= 0.8 : null });
-  const d1 = rows.filter((r) => r.op === 'forward' && r.n === 1);
-  const w5 = worst(d1, (r) => r.peakShare, 'min');
-  out.push({ target: 'n=1 forward >= 80% of read bandwidth over W', measured: w5 ? `${(w5.peakShare * 100).toFixed(1)}% (worst, ${w5.dtype} d=${w5.d} r=${w5.r})` : 'not measured', met: w5 ? w5.peakShare >= 0.8 : null });
+  // Bandwidth targets only count rows whose W does not fit in the last-level cache.
+  const none = (all: BenchRow[]) => (all.length ? 'not measurable here: every W measured fits in the last-level cache' : 'not measured');
+  const mAll = rows.filter((r) => r.op === 'merge');
+  const w4 = worst(mAll.filter((r) => !r.wInCache), (r) => r.peakShare, 'min');
+  out.push({ target: 'merge >= 80% of copy bandwidth (W larger than the LLC)', measured: w4 ? `${(w4.peakShare * 100).toFixed(1)}% (worst, ${w4.dtype} d=${w4.d} r=${w4.r})` : none(mAll), met: w4 ? w4.peakShare >= 0.8 : null });
+  const d1All = rows.filter((r) => r.op === 'forward' && r.n === 1);
+  const w5 = worst(d1All.filter((r) => !r.wInCache), (r) => r.peakShare, 'min');
+  out.push({ target: 'n=1 forward >= 80% of read bandwidth over W (W larger than the LLC)', measured: w5 ? `${(w5.peakShare * 100).toFixed(1)}% (worst, ${w5.dtype} d=${w5.d} r=${w5.r})` : none(d1All), met: w5 ? w5.peakShare >= 0.8 : null });
   return out;
 }
 
@@ -376,7 +385,7 @@ export function formatTable(res: BenchResult): string {
     r.ms.toFixed(3),
     r.medianMs.toFixed(3),
     r.gbs !== null ? `${r.gbs.toFixed(1)} GB/s` : `${r.gflops!.toFixed(1)} GFLOP/s`,
-    `${(r.peakShare * 100).toFixed(0)}% ${r.peakKind}`,
+    `${(r.peakShare * 100).toFixed(0)}% ${r.peakKind}${r.wInCache && (r.peakKind === 'read' || r.peakKind === 'copy') ? '*' : ''}`,
     r.vsReference === null ? '-' : `${r.vsReference.toFixed(2)}x`,
     r.vsBase === null ? '-' : `${r.vsBase.toFixed(3)}x`,
   ]);
@@ -391,6 +400,7 @@ export function formatTable(res: BenchResult): string {
     `cpu path ${res.cpuPath} (available: ${res.cpuPaths.join(', ')}), ${res.threads} threads`,
     `measured peaks: FMA f32 ${p.fmaGflops.toFixed(1)} GFLOP/s${p.amxGflops ? `, AMX bf16 ${p.amxGflops.toFixed(1)} GFLOP/s` : ''}, copy ${p.copyGBs.toFixed(1)} GB/s (read+write), read ${p.readGBs.toFixed(1)} GB/s`,
     `reference: ${ref}`,
+    `last-level cache: ${res.machine.l3Bytes === null ? 'unknown' : `${(res.machine.l3Bytes / 2 ** 20).toFixed(0)} MiB`} (* = W fits in it: a bandwidth share above 100% is cache, not DRAM)`,
     '',
     line(head),
     line(widths.map((w) => '-'.repeat(w))),

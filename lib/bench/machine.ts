@@ -9,6 +9,25 @@ export interface MachineInfo {
   /** The vector/matrix extensions present (from /proc/cpuinfo where available). */
   isa: string[];
   platform: string;
+  /** Last-level cache size in bytes (Linux sysfs), null when unknown. */
+  l3Bytes: number | null;
+}
+
+function l3Size(): number | null {
+  try {
+    const dir = '/sys/devices/system/cpu/cpu0/cache';
+    let best: number | null = null;
+    for (const idx of fs.readdirSync(dir)) {
+      if (!idx.startsWith('index')) continue;
+      const m = /^(\d+)([KMG]?)/.exec(fs.readFileSync(`${dir}/${idx}/size`, 'utf8').trim());
+      if (!m) continue;
+      const v = Number(m[1]) * (m[2] === 'K' ? 1024 : m[2] === 'M' ? 1 << 20 : m[2] === 'G' ? 1 << 30 : 1);
+      best = best === null ? v : Math.max(best, v);
+    }
+    return best;
+  } catch {
+    return null;
+  }
 }
 
 const INTERESTING = ['avx2', 'fma', 'f16c', 'avx512f', 'avx512vl', 'avx512_bf16', 'amx_tile', 'amx_bf16', 'asimd', 'sve'];
@@ -32,6 +51,7 @@ export function machineInfo(): MachineInfo {
     logicalCpus: cpus.length,
     isa: INTERESTING.filter((f) => flags.includes(f)),
     platform: `${os.platform()}-${os.arch()}`,
+    l3Bytes: l3Size(),
   };
 }
 

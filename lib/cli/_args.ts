@@ -44,7 +44,7 @@ export function progressBar(label: string): { update(done: number, total: number
       const width = 30;
       const fill = Math.round((width * done) / Math.max(total, 1));
       const name = what.length > 40 ? `…${what.slice(-39)}` : what;
-      process.stderr.write(`\r${label} [${'#'.repeat(fill)}${' '.repeat(width - fill)}] ${done}/${total} ${name}`.padEnd(process.stderr.columns ?? 100).slice(0, (process.stderr.columns ?? 100) - 1));
+      process.stderr.write(`\r${label} [${'#'.repeat(fill)}${' '.repeat(width - fill)}] ${done}/${total} ${name}`.padEnd(process.stderr.columns || 100).slice(0, (process.stderr.columns || 100) - 1));
     },
     end() {
       if (tty) process.stderr.write('\n');

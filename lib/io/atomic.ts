@@ -66,3 +66,29 @@ export class AtomicWriter {
     fs.rmSync(this.tempPath, { force: true });
   }
 }
+
+/**
+ * writeFileAtomicSync off the JS thread: fs.promises hands the writes, the fsync and the rename to
+ * libuv's pool. Chunks are pulled one at a time, so a generator can produce a large file lazily;
+ * if it throws, the temp file is removed and the target is untouched.
+ */
+export async function writeFileAtomic(target: string, chunks: string | Uint8Array | Iterable<Uint8Array>): Promise<void> {
+  const tmp = tempPath(target);
+  const fh = await fs.promises.open(tmp, 'w');
+  try {
+    const list = typeof chunks === 'string' ? [Buffer.from(chunks, 'utf8')] : chunks instanceof Uint8Array ? [chunks] : chunks;
+    let pos = 0;
+    for (const c of list) {
+      let off = 0;
+      while (off < c.length) off += (await fh.write(c, off, c.length - off, pos + off)).bytesWritten;
+      pos += c.length;
+    }
+    await fh.sync();
+  } catch (e) {
+    await fh.close();
+    await fs.promises.rm(tmp, { force: true });
+    throw e;
+  }
+  await fh.close();
+  await fs.promises.rename(tmp, target);
+}

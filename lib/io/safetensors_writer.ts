@@ -5,7 +5,7 @@
  */
 import { LoraRangeError, LoraTypeError, StateError, shapeStr } from '../errors';
 import { Tensor } from '../tensor';
-import { AtomicWriter } from './atomic';
+import { AtomicWriter, writeFileAtomic } from './atomic';
 import { ELEMENT_SIZE, tensorToBytes } from './tensor_bytes';
 
 export interface TensorSpec {
@@ -131,6 +131,31 @@ export function writeSafetensors(
     w.abort();
     throw e;
   }
+}
+
+/**
+ * writeSafetensors with the file I/O on libuv's pool (the Promise settles after fsync and rename).
+ * Tensors are copied out one at a time as the writes reach them.
+ */
+export async function writeSafetensorsAsync(
+  path: string,
+  tensors: Map<string, Tensor | RawTensor> | Record<string, Tensor | RawTensor>,
+  metadata: Record<string, string> = {},
+): Promise<void> {
+  const entries = tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors);
+  const specs: TensorSpec[] = entries.map(([name, t]) => (t instanceof Tensor ? { name, dtype: dtypeOf(t), shape: t.shape } : { name, dtype: t.dtype, shape: t.shape }));
+  const head = serializeHeader(specs, metadata);
+  function* chunks(): Generator<Uint8Array> {
+    yield head;
+    for (let i = 0; i < entries.length; i++) {
+      const [name, t] = entries[i];
+      const bytes = t instanceof Tensor ? tensorToBytes(t).bytes : t.bytes;
+      if (bytes.byteLength !== byteSize(specs[i]))
+        throw new LoraRangeError(`tensor '${name}': ${bytes.byteLength} bytes given but ${specs[i].dtype} ${shapeStr(specs[i].shape)} needs ${byteSize(specs[i])}`);
+      yield bytes;
+    }
+  }
+  await writeFileAtomic(path, chunks());
 }
 
 function dtypeOf(t: Tensor): string {

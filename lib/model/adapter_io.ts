@@ -7,9 +7,10 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
-import { writeFileAtomicSync } from '../io/atomic';
+import { writeFileAtomic, writeFileAtomicSync } from '../io/atomic';
+import { SafetensorsFile } from '../io/safetensors';
 import { SafetensorsReader } from '../io/safetensors_reader';
-import { writeSafetensors } from '../io/safetensors_writer';
+import { writeSafetensors, writeSafetensorsAsync } from '../io/safetensors_writer';
 import { Tensor } from '../tensor';
 import { LoraConfig, fromPeftJson, peftJsonText, resolveConfig, toPeftJson } from './config';
 import { LoraModel } from './lora_model';
@@ -54,8 +55,8 @@ export function peftKeys(moduleName: string, kind: ModuleKind): { A: string; B: 
 
 const KEY_RE = /^(?:base_model\.model\.)?(.+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B|lora_magnitude_vector(?:\.weight)?)$/;
 
-/** Reads an adapter directory (config + tensors), validating both. */
-export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnDisk {
+/** The two files of an adapter directory, checked to exist. */
+function adapterPaths(dir: string): { cfgPath: string; wPath: string } {
   if (typeof dir !== 'string' || dir.length === 0) throw new LoraTypeError('dir: expected an adapter directory path');
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new LoraRangeError(`dir: ${dir} is not a directory`);
   const cfgPath = path.join(dir, CONFIG_FILE);
@@ -65,14 +66,43 @@ export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnD
     const bin = fs.existsSync(path.join(dir, 'adapter_model.bin'));
     throw new LoraRangeError(`dir: ${dir} has no ${WEIGHTS_FILE}${bin ? ' (only adapter_model.bin, a pickle lorakit does not read: re-save with safe_serialization=True)' : ''}`);
   }
+  return { cfgPath, wPath };
+}
+
+/** Reads an adapter directory (config + tensors), validating both. */
+export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnDisk {
+  const { cfgPath, wPath } = adapterPaths(dir);
+  return parseAdapter(fs.readFileSync(cfgPath, 'utf8'), cfgPath, new SafetensorsReader(wPath), wPath, warn);
+}
+
+/** readAdapter with the file reads on libuv's pool (the weights file is read whole: adapters are small). */
+export async function readAdapterAsync(dir: string, warn?: (m: string) => void): Promise<AdapterOnDisk> {
+  const { cfgPath, wPath } = adapterPaths(dir);
+  const [text, weights] = await Promise.all([fs.promises.readFile(cfgPath, 'utf8'), fs.promises.readFile(wPath)]);
+  return parseAdapter(text, cfgPath, new SafetensorsFile(weights, wPath), wPath, warn);
+}
+
+interface TensorSource {
+  readonly names: string[];
+  tensor(name: string): Tensor;
+  close?(): void;
+}
+
+function parseAdapter(text: string, cfgPath: string, reader: TensorSource, wPath: string, warn?: (m: string) => void): AdapterOnDisk {
   let json: unknown;
   try {
-    json = JSON.parse(fs.readFileSync(cfgPath, 'utf8'));
+    json = JSON.parse(text);
   } catch (e) {
+    reader.close?.();
     throw new LoraTypeError(`${cfgPath}: not valid JSON (${(e as Error).message})`);
   }
-  const config = fromPeftJson(json, cfgPath, warn);
-  const reader = new SafetensorsReader(wPath);
+  let config: LoraConfig;
+  try {
+    config = fromPeftJson(json, cfgPath, warn);
+  } catch (e) {
+    reader.close?.();
+    throw e;
+  }
   const modules = new Map<string, AdapterTensors>();
   try {
     for (const key of reader.names) {
@@ -91,7 +121,7 @@ export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnD
       else t.B = tensor;
     }
   } finally {
-    reader.close();
+    reader.close?.();
   }
   const dora = config.useDora === true;
   for (const [mod, t] of modules) {
@@ -174,7 +204,23 @@ export interface LoadOptions {
 /** LoraModel.fromPretrained: module kinds follow the adapter's own tensors. */
 export function fromPretrained(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, adapterName: string, opts: LoadOptions): LoraModel {
   const warn = opts.warn ?? ((m: string) => console.warn(m));
-  const a = readAdapter(dir, warn);
+  return modelFromAdapter(modules, readAdapter(dir, warn), dir, adapterName, opts, warn);
+}
+
+/** fromPretrained with the file reads off the JS thread. */
+export async function fromPretrainedAsync(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, adapterName: string, opts: LoadOptions): Promise<LoraModel> {
+  const warn = opts.warn ?? ((m: string) => console.warn(m));
+  return modelFromAdapter(modules, await readAdapterAsync(dir, warn), dir, adapterName, opts, warn);
+}
+
+function modelFromAdapter(
+  modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>,
+  a: AdapterOnDisk,
+  dir: string,
+  adapterName: string,
+  opts: LoadOptions,
+  warn: (m: string) => void,
+): LoraModel {
   try {
     const list = [...(modules instanceof Map ? modules.values() : modules)].map((s) => ({ ...s }));
     for (const spec of list) {
@@ -198,7 +244,16 @@ export function fromPretrained(modules: Iterable<ModuleSpec> | Map<string, Modul
 /** model.loadAdapter: adds the adapter from disk under `name` (not activated, as in peft). */
 export function loadAdapter(model: LoraModel, dir: string, name: string, opts: LoadOptions): void {
   const warn = opts.warn ?? ((m: string) => console.warn(m));
-  const a = readAdapter(dir, warn);
+  addAdapterFrom(model, readAdapter(dir, warn), dir, name, opts, warn);
+}
+
+/** loadAdapter with the file reads off the JS thread. */
+export async function loadAdapterAsync(model: LoraModel, dir: string, name: string, opts: LoadOptions): Promise<void> {
+  const warn = opts.warn ?? ((m: string) => console.warn(m));
+  addAdapterFrom(model, await readAdapterAsync(dir, warn), dir, name, opts, warn);
+}
+
+function addAdapterFrom(model: LoraModel, a: AdapterOnDisk, dir: string, name: string, opts: LoadOptions, warn: (m: string) => void): void {
   try {
     for (const [mod, t] of a.modules) {
       const m = model.modules.get(mod);
@@ -217,15 +272,20 @@ export function loadAdapter(model: LoraModel, dir: string, name: string, opts: L
   }
 }
 
-/** model.savePretrained: each adapter to `dir` (default) or `dir/<name>`, atomically, file by file. */
-export function savePretrained(model: LoraModel, dir: string, selected?: string[]): void {
+interface SaveItem {
+  dir: string;
+  tensors: Map<string, Tensor>;
+  config: string;
+  card: string;
+}
+
+/** What savePretrained writes, adapter by adapter (validated before any file is touched). */
+function savePlan(model: LoraModel, dir: string, selected?: string[]): SaveItem[] {
   if (typeof dir !== 'string' || dir.length === 0) throw new LoraTypeError('dir: expected a directory path');
   const names = selected ?? model.adapterNames;
   names.forEach((n, i) => model.requireAdapter(n, `opts.selectedAdapters[${i}]`));
   model.requireAllData('savePretrained', names);
-  for (const name of names) {
-    const out = name === 'default' ? dir : path.join(dir, name);
-    fs.mkdirSync(out, { recursive: true });
+  return names.map((name) => {
     const cfg = model.peftConfig.get(name)!;
     const tensors = new Map<string, Tensor>();
     for (const mod of model.targetedModules(name)) {
@@ -237,11 +297,35 @@ export function savePretrained(model: LoraModel, dir: string, selected?: string[
       const mag = layer.loraMagnitude.get(name);
       if (mag) tensors.set(keys.magnitude, mag);
     }
-    writeSafetensors(path.join(out, WEIGHTS_FILE), tensors, { format: 'pt' });
     const targets = model.resolvedTargets(cfg);
-    writeFileAtomicSync(path.join(out, CONFIG_FILE), peftJsonText(toPeftJson(resolveConfig(configOf(cfg)), targets)));
-    const card = path.join(out, 'README.md');
-    if (!fs.existsSync(card)) writeFileAtomicSync(card, modelCard(cfg, lorakitVersion()));
+    return {
+      dir: name === 'default' ? dir : path.join(dir, name),
+      tensors,
+      config: peftJsonText(toPeftJson(resolveConfig(configOf(cfg)), targets)),
+      card: modelCard(cfg, lorakitVersion()),
+    };
+  });
+}
+
+/** model.savePretrained: each adapter to `dir` (default) or `dir/<name>`, atomically, file by file. */
+export function savePretrained(model: LoraModel, dir: string, selected?: string[]): void {
+  for (const it of savePlan(model, dir, selected)) {
+    fs.mkdirSync(it.dir, { recursive: true });
+    writeSafetensors(path.join(it.dir, WEIGHTS_FILE), it.tensors, { format: 'pt' });
+    writeFileAtomicSync(path.join(it.dir, CONFIG_FILE), it.config);
+    const card = path.join(it.dir, 'README.md');
+    if (!fs.existsSync(card)) writeFileAtomicSync(card, it.card);
+  }
+}
+
+/** savePretrained with the file I/O on libuv's pool; the same files, each written atomically. */
+export async function savePretrainedAsync(model: LoraModel, dir: string, selected?: string[]): Promise<void> {
+  for (const it of savePlan(model, dir, selected)) {
+    await fs.promises.mkdir(it.dir, { recursive: true });
+    await writeSafetensorsAsync(path.join(it.dir, WEIGHTS_FILE), it.tensors, { format: 'pt' });
+    await writeFileAtomic(path.join(it.dir, CONFIG_FILE), it.config);
+    const card = path.join(it.dir, 'README.md');
+    if (!fs.existsSync(card)) await writeFileAtomic(card, it.card);
   }
 }
 

@@ -14,7 +14,7 @@ import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';
 import { ModuleSpec, NormalizedModule, baseParamCount, hasData, loraShapes, normalizeModules } from './modules';
 import { isExcluded, isTargeted, rankAndAlpha } from './targeting';
-import { LoadOptions, fromPretrained, loadAdapter, savePretrained } from './adapter_io';
+import { LoadOptions, fromPretrained, fromPretrainedAsync, loadAdapter, loadAdapterAsync, savePretrained, savePretrainedAsync } from './adapter_io';
 
 export interface FromPretrainedOptions extends LoadOptions {
   adapterName?: string;
@@ -210,11 +210,25 @@ export class LoraModel {
     return fromPretrained(modules, dir, o.adapterName ?? 'default', o);
   }
 
+  /** fromPretrained() with the file reads off the JS thread. */
+  static async fromPretrainedAsync(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, opts: FromPretrainedOptions = {}): Promise<LoraModel> {
+    const o = checkOptions(opts, ['adapterName', 'isTrainable', 'warn'], 'opts') as FromPretrainedOptions;
+    return fromPretrainedAsync(modules, dir, o.adapterName ?? 'default', o);
+  }
+
   /** Adds an adapter from a peft adapter directory under `name` (not activated, as in peft). */
   loadAdapter(dir: string, name: string, opts: LoadOptions = {}): this {
     this.requireLive();
     checkString(name, 'name');
     loadAdapter(this, dir, name, checkOptions(opts, ['isTrainable', 'warn'], 'opts') as LoadOptions);
+    return this;
+  }
+
+  /** loadAdapter() with the file reads off the JS thread. */
+  async loadAdapterAsync(dir: string, name: string, opts: LoadOptions = {}): Promise<this> {
+    this.requireLive();
+    checkString(name, 'name');
+    await loadAdapterAsync(this, dir, name, checkOptions(opts, ['isTrainable', 'warn'], 'opts') as LoadOptions);
     return this;
   }
 
@@ -225,6 +239,14 @@ export class LoraModel {
     savePretrained(this, dir, o.selectedAdapters);
     return this;
   }
+  /** savePretrained() with the file I/O off the JS thread (each file written atomically). */
+  async savePretrainedAsync(dir: string, opts: { selectedAdapters?: string[] } = {}): Promise<this> {
+    this.requireLive();
+    const o = checkOptions(opts, ['selectedAdapters'], 'opts') as { selectedAdapters?: string[] };
+    await savePretrainedAsync(this, dir, o.selectedAdapters);
+    return this;
+  }
+
 
   /**
    * The trainable adapter tensors of every layer (lora_A, lora_B of the active, non-frozen
@@ -295,6 +317,37 @@ export class LoraModel {
   }
 
   /**
+   * mergeAdapter() off the JS thread: layer after layer, each layer's merge runs on a libuv thread
+   * (its weight and adapter tensors are busy meanwhile). On failure the layers merged so far stay
+   * merged, as with the sync form; unmergeAdapter() undoes them.
+   */
+  async mergeAdapterAsync(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): Promise<this> {
+    this.requireLive();
+    const o = checkOptions(opts, ['adapterNames', 'safeMerge'], 'opts') as { adapterNames?: string[]; safeMerge?: boolean };
+    const names = o.adapterNames ?? this.#active;
+    names.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
+    this.requireAllData('mergeAdapter', names);
+    for (const layer of [...this.layers.values()]) {
+      const own = names.filter((n) => layer.adapterNames.includes(n));
+      if (own.length) await layer.mergeAsync({ adapterNames: own, safeMerge: o.safeMerge ?? false });
+    }
+    return this;
+  }
+
+  async unmergeAdapterAsync(): Promise<this> {
+    this.requireLive();
+    for (const layer of [...this.layers.values()]) await layer.unmergeAsync();
+    return this;
+  }
+
+  /** mergeAndUnload() with the merges off the JS thread. */
+  async mergeAndUnloadAsync(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): Promise<Map<string, Tensor>> {
+    this.requireAllData('mergeAndUnload', null);
+    await this.mergeAdapterAsync(opts);
+    return this.unload();
+  }
+
+  /**
    * Merges the active (or named) adapters and returns the base model's state dict under its own
    * tensor names (tied weights once, under the owner's name). The weights are the caller's own
    * tensors, changed in place as peft's merge_and_unload does; the adapters are freed and the
@@ -303,6 +356,11 @@ export class LoraModel {
   mergeAndUnload(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): Map<string, Tensor> {
     this.requireAllData('mergeAndUnload', null);
     this.mergeAdapter(opts);
+    return this.unload();
+  }
+
+  /** The state dict after a merge; frees the adapters and retires the model. */
+  private unload(): Map<string, Tensor> {
     const out = this.stateDict();
     for (const layer of this.layers.values()) layer.dispose();
     this.layers.clear();

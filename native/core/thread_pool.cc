@@ -116,8 +116,10 @@ int default_threads() {
 }
 
 Pool& pool() {
-  static Pool p(default_threads());  // process-wide; calls are serialised by run()
-  return p;
+  // Process-wide (shared by every worker_thread's addon instance); calls are serialised by run().
+  // Never destroyed: at exit a libuv thread may still be inside run(), and joining then would race.
+  static Pool* p = new Pool(default_threads());
+  return *p;
 }
 
 }  // namespace

@@ -89,12 +89,13 @@ inline uint16_t bits_at(const MatView& v, int64_t i, int64_t k) {
   return static_cast<const uint16_t*>(v.data)[i * v.rs + k * v.cs];
 }
 
-// AMX operand packing (bf16 bits copied, no rounding): A as 32-row panels of kcp (kc rounded up
-// to 32) values per row; B as 32-column panels in VNNI order [kcp/2][32][2]. Padding is zero.
-void pack_a16(const MatView& a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int64_t kcp, uint16_t* dst) {
+// AMX operand packing (bf16 bits copied, no rounding): A as rows of all K (rounded up to 32, row
+// stride ld); B as 32-column panels in VNNI order [kcp/2][32][2]. Padding is zero.
+void pack_a16(const MatView& a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int64_t kcp, uint16_t* dst,
+              int64_t ld) {
   int64_t rows = (mc + 31) / 32 * 32;
   for (int64_t r = 0; r < rows; r++) {
-    uint16_t* row = dst + r * kcp;
+    uint16_t* row = dst + r * ld;
     if (r >= mc) {
       std::memset(row, 0, kcp * 2);
       continue;
@@ -158,13 +159,11 @@ void store_rows(const KernelTable& kt, const float* acc, int64_t ldacc, int64_t 
 struct PackedA {
   std::vector<int64_t> base;  // per segment: offset in data (f32 panels) or, for AMX segments, in data16
   std::vector<bool> amx;
+  std::vector<int64_t> kpad;  // AMX: K rounded up to 32, the row stride of the packed rows
   int64_t m_pad = 0, m_pad32 = 0;
   float* data = nullptr;
   uint16_t* data16 = nullptr;
-  // AMX: rows of k block k0 (each kcp long) for rows from i.
-  const uint16_t* rows16(size_t seg, int64_t k0, int64_t kcp, int64_t i) const {
-    return data16 + base[seg] + (k0 / KC) * m_pad32 * KC + i * kcp;
-  }
+  const uint16_t* rows16(size_t seg, int64_t i) const { return data16 + base[seg] + i * kpad[seg]; }
   // Panel for rows [i, i+mr) of k block starting at k0 (kc steps): kc × mr values.
   const float* panel(size_t seg, int64_t k0, int64_t kc, int64_t i) const { return data + base[seg] + k0 * m_pad + i * kc; }
 };
@@ -187,9 +186,10 @@ PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>
   for (const KSegment& s : segs) {
     bool amx = use_amx(kt, s);
     pa.amx.push_back(amx);
+    pa.kpad.push_back((s.k + 31) / 32 * 32);
     if (amx) {
       pa.base.push_back(total16);
-      total16 += (s.k + KC - 1) / KC * KC * pa.m_pad32;
+      total16 += pa.kpad.back() * pa.m_pad32;
     } else {
       pa.base.push_back(total);
       total += s.k * pa.m_pad;
@@ -201,38 +201,35 @@ PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>
   std::vector<uint16_t>& buf16 = packed_a16_buffer();
   if (static_cast<int64_t>(buf16.size()) < total16) buf16.resize(total16);
   pa.data16 = buf16.data();
-  const int64_t panels = pa.m_pad / kt.mr;
-  const int64_t blocks32 = pa.m_pad32 / 32;
+  // One parallel region for every segment's packing (each region costs a wake-up of the pool).
+  struct Unit {
+    size_t seg;
+    int64_t k0, i;
+  };
+  std::vector<Unit> units;
   for (size_t si = 0; si < segs.size(); si++) {
-    const KSegment& s = segs[si];
-    int64_t kblocks = (s.k + KC - 1) / KC;
-    if (pa.amx[si]) {
-      parallel_for(
-          kblocks * blocks32,
-          [&](int64_t b, int64_t e) {
-            for (int64_t t = b; t < e; t++) {
-              int64_t k0 = (t / blocks32) * KC, i = (t % blocks32) * 32;
-              int64_t kc = std::min(KC, s.k - k0), kcp = (kc + 31) / 32 * 32;
-              pack_a16(s.a, i, std::min<int64_t>(32, m - i), k0, kc, kcp,
-                       const_cast<uint16_t*>(pa.rows16(si, k0, kcp, i)));
-            }
-          },
-          8);
-      continue;
-    }
-    parallel_for(
-        kblocks * panels,
-        [&](int64_t b, int64_t e) {
-          Scratch& sc = scratch();
-          for (int64_t t = b; t < e; t++) {
-            int64_t k0 = (t / panels) * KC, i = (t % panels) * kt.mr;
-            int64_t kc = std::min(KC, s.k - k0);
-            pack_a(kt, s.a, i, std::min(kt.mr, m - i), k0, kc, s.alpha,
-                   const_cast<float*>(pa.panel(si, k0, kc, i)), sc.tmp.data());
-          }
-        },
-        16);
+    const int64_t step = pa.amx[si] ? 32 : kt.mr, rows = pa.amx[si] ? pa.m_pad32 : pa.m_pad;
+    for (int64_t k0 = 0; k0 < segs[si].k; k0 += KC)
+      for (int64_t i = 0; i < rows; i += step) units.push_back({si, k0, i});
   }
+  parallel_for(
+      static_cast<int64_t>(units.size()),
+      [&](int64_t b, int64_t e) {
+        Scratch& sc = scratch();
+        for (int64_t t = b; t < e; t++) {
+          const Unit& u = units[t];
+          const KSegment& s = segs[u.seg];
+          int64_t kc = std::min(KC, s.k - u.k0);
+          if (pa.amx[u.seg]) {
+            pack_a16(s.a, u.i, std::min<int64_t>(32, m - u.i), u.k0, kc, (kc + 31) / 32 * 32,
+                     const_cast<uint16_t*>(pa.rows16(u.seg, u.i)) + u.k0, pa.kpad[u.seg]);
+          } else {
+            pack_a(kt, s.a, u.i, std::min(kt.mr, m - u.i), u.k0, kc, s.alpha,
+                   const_cast<float*>(pa.panel(u.seg, u.k0, kc, u.i)), sc.tmp.data());
+          }
+        }
+      },
+      16);
   return pa;
 }
 
@@ -245,21 +242,23 @@ void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vec
   for (int64_t i = 0; i < rc; i++) std::fill(acc + i * NC, acc + i * NC + nc, 0.f);
   for (size_t si = 0; si < segs.size(); si++) {
     const KSegment& seg = segs[si];
-    bool amx = pa.amx[si];
+    if (pa.amx[si]) {
+      // AMX: a 32-column panel of B over all of K, then every 32-row block of this task's rows with
+      // its C tiles held in registers for the whole K (one load and one store of C per segment).
+      const int64_t kpad = pa.kpad[si];
+      if (static_cast<int64_t>(s.b16.size()) < kpad * 32) s.b16.resize(kpad * 32);
+      for (int64_t jr = 0; jr < nc; jr += 32) {
+        for (int64_t k0 = 0; k0 < seg.k; k0 += KC) {
+          int64_t kc = std::min(KC, seg.k - k0);
+          pack_b16(seg.b, k0, kc, (kc + 31) / 32 * 32, j0 + jr, std::min<int64_t>(32, nc - jr), s.b16.data() + k0 * 32);
+        }
+        for (int64_t ir = 0; ir < rc; ir += 32)
+          kt.amx_block(kpad, pa.rows16(si, i0 + ir), kpad, s.b16.data(), acc + ir * NC + jr, NC);
+      }
+      continue;
+    }
     for (int64_t k0 = 0; k0 < seg.k; k0 += KC) {
       int64_t kc = std::min(KC, seg.k - k0);
-      if (amx) {
-        int64_t kcp = (kc + 31) / 32 * 32;
-        pack_b16(seg.b, k0, kc, kcp, j0, nc, s.b16.data());
-        for (int64_t ic = 0; ic < rc; ic += MC) {
-          int64_t mc = std::min(MC, rc - ic);
-          for (int64_t jr = 0; jr < nc; jr += 32)
-            for (int64_t ir = 0; ir < mc; ir += 32)
-              kt.amx_block(kcp, pa.rows16(si, k0, kcp, i0 + ic + ir), s.b16.data() + jr * kcp,
-                           acc + (ic + ir) * NC + jr, NC);
-        }
-        continue;
-      }
       pack_b(kt, seg.b, k0, kc, j0, nc, s.b.data(), s.tmp.data());
       for (int64_t ic = 0; ic < rc; ic += MC) {
         int64_t mc = std::min(MC, rc - ic);

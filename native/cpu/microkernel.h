@@ -38,8 +38,10 @@ using RankUpdateFn = void (*)(int64_t r, const float* p, int64_t rows, const flo
                               int64_t ldacc);
 
 // AMX bf16 block: acc (32 x 32 f32, leading dimension ldacc) += A·B over kc (multiple of 32) steps,
-// A packed as 32 rows of kc bf16, B packed VNNI as [kc/2][32][2] bf16.
-using AmxBlockFn = void (*)(int64_t kc, const uint16_t* a, const uint16_t* b, float* acc, int64_t ldacc);
+// A packed as 32 rows of bf16 (row stride lda), B packed VNNI as [kc/2][32][2] bf16. The C tiles stay
+// in registers for all of kc.
+using AmxBlockFn = void (*)(int64_t kc, const uint16_t* a, int64_t lda, const uint16_t* b, float* acc,
+                            int64_t ldacc);
 
 // Runs a register-resident FMA (or AMX tile) loop `iters` times; returns the FLOPs done.
 using PeakFn = double (*)(int64_t iters);

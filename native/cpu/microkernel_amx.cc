@@ -34,17 +34,17 @@ LK_AMX void configure() {
 }
 
 // tmm0..3: C (2x2 blocks of 16x16 f32); tmm4, 5: A rows 0-15, 16-31; tmm6, 7: B columns 0-15, 16-31.
-LK_AMX void amx_block(int64_t kc, const uint16_t* a, const uint16_t* b, float* acc, int64_t ldacc) {
+LK_AMX void amx_block(int64_t kc, const uint16_t* a, int64_t lda, const uint16_t* b, float* acc, int64_t ldacc) {
   if (!tl_configured) configure();
   const int64_t cs = ldacc * 4;
   _tile_loadd(0, acc, cs);
   _tile_loadd(1, acc + 16, cs);
   _tile_loadd(2, acc + 16 * ldacc, cs);
   _tile_loadd(3, acc + 16 * ldacc + 16, cs);
-  const int64_t as = kc * 2;  // bytes per packed A row
+  const int64_t as = lda * 2;  // bytes per packed A row
   for (int64_t k = 0; k < kc; k += 32) {
     _tile_loadd(4, a + k, as);
-    _tile_loadd(5, a + 16 * kc + k, as);
+    _tile_loadd(5, a + 16 * lda + k, as);
     const uint16_t* bk = b + (k / 2) * 64;
     _tile_loadd(6, bk, 128);
     _tile_loadd(7, bk + 32, 128);
@@ -127,11 +127,11 @@ const KernelTable* amx_table() { return nullptr; }
 namespace lorakit {
 namespace {
 
-void amx_block_emulated(int64_t kc, const uint16_t* a, const uint16_t* b, float* acc, int64_t ldacc) {
+void amx_block_emulated(int64_t kc, const uint16_t* a, int64_t lda, const uint16_t* b, float* acc, int64_t ldacc) {
   for (int64_t i = 0; i < 32; i++)
     for (int64_t j = 0; j < 32; j++) {
       float s = 0.f;
-      for (int64_t k = 0; k < kc; k++) s += bf16_to_f32(a[i * kc + k]) * bf16_to_f32(b[(k / 2) * 64 + j * 2 + (k & 1)]);
+      for (int64_t k = 0; k < kc; k++) s += bf16_to_f32(a[i * lda + k]) * bf16_to_f32(b[(k / 2) * 64 + j * 2 + (k & 1)]);
       acc[i * ldacc + j] += s;
     }
 }

@@ -103,7 +103,11 @@ function build(c: HeaderCase): { buf: Buffer; valid: boolean; built: Built } {
   if (k === 'truncate') out = buf.subarray(0, Math.floor(c.pos * (buf.length - 1)));
   if (k === 'lenHuge') out.writeBigUInt64LE(2n ** 63n + BigInt(c.pick), 0);
   if (k === 'lenPastEnd') out.writeBigUInt64LE(BigInt(buf.length), 0);
-  if (k === 'lenShort') out.writeBigUInt64LE(BigInt(Math.floor(c.pos * head.length)), 0);
+  if (k === 'lenShort') {
+    const len = Math.floor(c.pos * head.length);
+    if (len === head.length) valid = true; // not shorter after all
+    out.writeBigUInt64LE(BigInt(len), 0);
+  }
   if (k === 'lenZero') out.writeBigUInt64LE(0n, 0);
   if (k === 'byteFlip' && buf.length > 8) {
     out = Buffer.from(buf);
