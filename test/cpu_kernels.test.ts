@@ -179,15 +179,16 @@ describe('dispatch and threads', () => {
     const x = rand([130, 300], 11);
     const W = rand([259, 300], 12);
     const x1 = rand([1, 300], 13);
+    const adapters = [{ loraA: rand([20, 300], 14).t, loraB: rand([259, 20], 15).t, scaling: 0.5 }];
     const before = backendInfo().threads;
     try {
       expect(setNumThreads(1)).toBe(1);
       expect(backendInfo().threads).toBe(1);
-      const y1 = kernels.loraLinearForward(x.t, W.t).toFloat32Array();
-      const g1 = kernels.loraLinearForward(x1.t, W.t).toFloat32Array();
+      const y1 = kernels.loraLinearForward(x.t, W.t, { adapters }).toFloat32Array();
+      const g1 = kernels.loraLinearForward(x1.t, W.t, { adapters }).toFloat32Array();
       expect(setNumThreads(3)).toBe(3);
-      const y3 = kernels.loraLinearForward(x.t, W.t).toFloat32Array();
-      const g3 = kernels.loraLinearForward(x1.t, W.t).toFloat32Array();
+      const y3 = kernels.loraLinearForward(x.t, W.t, { adapters }).toFloat32Array();
+      const g3 = kernels.loraLinearForward(x1.t, W.t, { adapters }).toFloat32Array();
       expect(Buffer.from(y3.buffer).equals(Buffer.from(y1.buffer))).toBe(true);
       expect(Buffer.from(g3.buffer).equals(Buffer.from(g1.buffer))).toBe(true);
     } finally {

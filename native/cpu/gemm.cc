@@ -201,38 +201,35 @@ PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>
   std::vector<uint16_t>& buf16 = packed_a16_buffer();
   if (static_cast<int64_t>(buf16.size()) < total16) buf16.resize(total16);
   pa.data16 = buf16.data();
-  const int64_t panels = pa.m_pad / kt.mr;
-  const int64_t blocks32 = pa.m_pad32 / 32;
+  // One parallel region for every segment's packing (each region costs a wake-up of the pool).
+  struct Unit {
+    size_t seg;
+    int64_t k0, i;
+  };
+  std::vector<Unit> units;
   for (size_t si = 0; si < segs.size(); si++) {
-    const KSegment& s = segs[si];
-    int64_t kblocks = (s.k + KC - 1) / KC;
-    if (pa.amx[si]) {
-      parallel_for(
-          kblocks * blocks32,
-          [&](int64_t b, int64_t e) {
-            for (int64_t t = b; t < e; t++) {
-              int64_t k0 = (t / blocks32) * KC, i = (t % blocks32) * 32;
-              int64_t kc = std::min(KC, s.k - k0), kcp = (kc + 31) / 32 * 32;
-              pack_a16(s.a, i, std::min<int64_t>(32, m - i), k0, kc, kcp, const_cast<uint16_t*>(pa.rows16(si, i)) + k0,
-                       pa.kpad[si]);
-            }
-          },
-          8);
-      continue;
-    }
-    parallel_for(
-        kblocks * panels,
-        [&](int64_t b, int64_t e) {
-          Scratch& sc = scratch();
-          for (int64_t t = b; t < e; t++) {
-            int64_t k0 = (t / panels) * KC, i = (t % panels) * kt.mr;
-            int64_t kc = std::min(KC, s.k - k0);
-            pack_a(kt, s.a, i, std::min(kt.mr, m - i), k0, kc, s.alpha,
-                   const_cast<float*>(pa.panel(si, k0, kc, i)), sc.tmp.data());
-          }
-        },
-        16);
+    const int64_t step = pa.amx[si] ? 32 : kt.mr, rows = pa.amx[si] ? pa.m_pad32 : pa.m_pad;
+    for (int64_t k0 = 0; k0 < segs[si].k; k0 += KC)
+      for (int64_t i = 0; i < rows; i += step) units.push_back({si, k0, i});
   }
+  parallel_for(
+      static_cast<int64_t>(units.size()),
+      [&](int64_t b, int64_t e) {
+        Scratch& sc = scratch();
+        for (int64_t t = b; t < e; t++) {
+          const Unit& u = units[t];
+          const KSegment& s = segs[u.seg];
+          int64_t kc = std::min(KC, s.k - u.k0);
+          if (pa.amx[u.seg]) {
+            pack_a16(s.a, u.i, std::min<int64_t>(32, m - u.i), u.k0, kc, (kc + 31) / 32 * 32,
+                     const_cast<uint16_t*>(pa.rows16(u.seg, u.i)) + u.k0, pa.kpad[u.seg]);
+          } else {
+            pack_a(kt, s.a, u.i, std::min(kt.mr, m - u.i), u.k0, kc, s.alpha,
+                   const_cast<float*>(pa.panel(u.seg, u.k0, kc, u.i)), sc.tmp.data());
+          }
+        }
+      },
+      16);
   return pa;
 }
 

@@ -22,14 +22,22 @@ void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out) {
     return;
   }
   const KernelTable& kt = kernel_table();
-  const size_t xes = dtype_size(x.dtype);
+  const size_t xes = dtype_size(x.dtype), aes = dtype_size(A.dtype);
   float* u = static_cast<float*>(out.data);
-  parallel_for(n, [&](int64_t b, int64_t e) {
+  // Few tokens (decode): split A's rows too, so that all threads stream A.
+  const int64_t qb = n >= 2 * num_threads() ? r : std::min<int64_t>(r, 8);
+  const int64_t qblocks = (r + qb - 1) / qb;
+  parallel_for(n * qblocks, [&](int64_t b, int64_t e) {
     std::vector<float> row(in);
-    for (int64_t i = b; i < e; i++) {
-      kt.load_row(static_cast<const char*>(x.data) + i * in * xes, x.dtype, 1.f, in, row.data());
-      std::fill(u + i * r, u + (i + 1) * r, 0.f);
-      kt.dot_rows(in, row.data(), A.data, A.dtype, in, r, u + i * r);
+    int64_t loaded = -1;
+    for (int64_t t = b; t < e; t++) {
+      int64_t i = t / qblocks, q0 = (t % qblocks) * qb, nq = std::min(qb, r - q0);
+      if (i != loaded) {
+        kt.load_row(static_cast<const char*>(x.data) + i * in * xes, x.dtype, 1.f, in, row.data());
+        loaded = i;
+      }
+      std::fill(u + i * r + q0, u + i * r + q0 + nq, 0.f);
+      kt.dot_rows(in, row.data(), static_cast<const char*>(A.data) + q0 * in * aes, A.dtype, in, nq, u + i * r + q0);
     }
   });
 }
