@@ -63,5 +63,6 @@ export class Parameter {
 
 /** Total number of elements (the "trainable params" count). */
 export function countParameters(params: readonly Parameter[]): number {
+  if (!Array.isArray(params) || params.some((p) => !(p instanceof Parameter))) throw new LoraTypeError('params: expected an array of Parameters');
   return params.reduce((n, p) => n + p.numel, 0);
 }
