@@ -7,9 +7,11 @@
 // into that same y. The base GEMM is compute-bound for n above ~200, so reading y in its
 // epilogue costs little; the scale rides in the expand's alpha, the bias in its epilogue.
 // Backward does the same for dx: dx = g·A (K = r), then dx += dy·W (beta = 1), g = s·dy·B.
-// n ≤ 16 goes to the decode kernel (decode.cu), which streams W once.
-// Every GEMM's algorithm is cached per shape, so repeated calls pick the same one: results are
-// run-to-run deterministic (cuBLASLt's reductions for a fixed algorithm are deterministic).
+// n ≤ 8 goes to the decode kernel (decode.cu), which streams W once.
+// Every GEMM's algorithm is chosen once per shape (the fastest of the heuristic's candidates) and
+// cached, so repeated calls in a process use the same one: results are run-to-run deterministic
+// (cuBLASLt's reductions for a fixed algorithm are deterministic). Another process may time the
+// candidates differently and pick another algorithm.
 #include <cublasLt.h>
 #include <map>
 #include <mutex>
