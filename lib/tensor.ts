@@ -49,6 +49,9 @@ export class Tensor {
   #handle: NativeTensorHandle | null;
 
   private constructor(handle: NativeTensorHandle, shape: number[], dtype: DType, device: Device) {
+    // Only the factories construct Tensors; from JS, `new Tensor()` gets a typed error, not a broken object.
+    if (!handle || typeof handle.read !== 'function' || !Array.isArray(shape))
+      throw new LoraTypeError('Tensor: create tensors with Tensor.zeros() or Tensor.from()');
     this.#handle = handle;
     this.shape = Object.freeze(shape);
     this.dtype = dtype;

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// npm run fuzz: property-based fuzzing of the public API, the native boundary and the file readers
+// npm run fuzz: property-based fuzzing of the public API, the native boundary, the file readers and
+// every export called with junk
 // (test/fuzz/). Each chunk runs in a child process, so a native crash (a signal) is recorded with
 // its seed instead of killing the run. Writes a JSON and a Markdown summary to bench/results/.
 //   node scripts/fuzz.js [--runs 100000] [--seed N] [--chunks 4] [--out bench/results]
@@ -19,7 +20,7 @@ const baseSeed = Number(opt('seed', Date.now() % 2 ** 31));
 const chunks = Number(opt('chunks', 4));
 const outDir = path.resolve(opt('out', path.join(__dirname, '..', 'bench', 'results')));
 // Share of the cases per target (header cases write a file each, so they get fewer).
-const SHARES = { tensor: 0.15, forward: 0.2, merge: 0.15, layer: 0.15, async: 0.08, native: 0.15, header: 0.07, config: 0.05 };
+const SHARES = { tensor: 0.12, forward: 0.18, merge: 0.13, layer: 0.15, async: 0.08, native: 0.15, header: 0.07, config: 0.05, surface: 0.07 };
 
 const root = path.join(__dirname, '..');
 const report = opt('report', null);
@@ -89,14 +90,15 @@ function run() {
 function markdown(summary) {
   const results = summary.results;
   const sumOf = (rs, k) => rs.reduce((a, r) => a + (r[k] || 0), 0);
-  const api = results.filter((r) => r.target !== 'native');
+  const api = results.filter((r) => r.target !== 'native' && r.target !== 'surface');
   const raw = results.filter((r) => r.target === 'native');
+  const junk = results.filter((r) => r.target === 'surface');
   return [
   `# lorakit fuzz run ${summary.date}`,
   '',
   `- machine: ${summary.machine}`,
   `- command: \`${summary.command}\` (base seed ${summary.seed})`,
-  `- cases: ${summary.cases} of ${summary.requested} requested: ${sumOf(api, 'valid')} valid calls checked against float64 references (or exact expected bytes/values), ${sumOf(api, 'invalid')} invalid calls that had to throw a typed error naming the argument, ${sumOf(raw, 'runs')} random raw native-binding calls that had to return or throw an error with a LORAKIT_ code`,
+  `- cases: ${summary.cases} of ${summary.requested} requested: ${sumOf(api, 'valid')} valid calls checked against float64 references (or exact expected bytes/values), ${sumOf(api, 'invalid')} invalid calls that had to throw a typed error naming the argument, ${sumOf(raw, 'runs')} random raw native-binding calls that had to return or throw an error with a LORAKIT_ code, ${sumOf(junk, 'runs')} calls of every exported function/constructor with junk arguments that had to succeed or throw a lorakit error class`,
   `- property failures: ${summary.failures}; crashes (child killed by a signal): ${summary.crashes}; peak RSS of a child: ${summary.peakRssMB} MB; ${summary.seconds} s`,
   '',
   '| target | cases | valid | invalid | failed | ms |',

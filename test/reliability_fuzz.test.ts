@@ -6,7 +6,7 @@
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 
-const SLICE = 'tensor:400,forward:400,merge:400,layer:300,async:200,native:500,header:150,config:300';
+const SLICE = 'tensor:400,forward:400,merge:400,layer:300,async:200,native:500,header:150,config:300,surface:500';
 const SEED = Number(process.env.LORAKIT_FUZZ_SEED ?? 20261128);
 
 test(`fuzz slice (${SLICE}, seed ${SEED}): no crash, valid calls match float64, invalid calls throw typed errors`, () => {
@@ -21,6 +21,6 @@ test(`fuzz slice (${SLICE}, seed ${SEED}): no crash, valid calls match float64, 
   for (const res of results) expect({ target: res.target, failed: res.failed, error: res.error }).toEqual({ target: res.target, failed: false, error: null });
   expect(r.status).toBe(0);
   const total = results.reduce((a, res) => a + res.runs, 0);
-  expect(total).toBe(2650);
+  expect(total).toBe(3150);
   expect(results.reduce((a, res) => a + res.valid, 0)).toBeGreaterThan(400);
 });

@@ -6,7 +6,7 @@
  */
 import * as path from 'path';
 import { FloatDType } from '../dtype';
-import { LoraRangeError } from '../errors';
+import { LoraRangeError, LoraTypeError } from '../errors';
 import { writeFileAtomicSync } from '../io/atomic';
 import { backendInfo, kernels, setNumThreads } from '../kernels';
 import { LoraLinear } from '../layers/linear';
@@ -375,6 +375,8 @@ export function evaluateTargets(rows: BenchRow[]): BenchResult['targets'] {
 
 /** The result as a plain-text table. */
 export function formatTable(res: BenchResult): string {
+  if (res === null || typeof res !== 'object' || !Array.isArray((res as { rows?: unknown }).rows))
+    throw new LoraTypeError('res: expected the result of bench() ({ rows, ... })');
   const head = ['op', 'dtype', 'd', 'r', 'n', 'best ms', 'median ms', 'rate', '% peak', 'vs ref', 'vs base'];
   const body = res.rows.map((r) => [
     r.op,

@@ -26,6 +26,9 @@ export class Checkpoint {
   readonly #where = new Map<string, string>();
 
   private constructor(readonly dir: string, shardFiles: string[], index: ShardIndex | null) {
+    const indexOk = index === null || (typeof index === 'object' && index !== null && typeof index.weight_map === 'object' && index.weight_map !== null);
+    if (typeof dir !== 'string' || !Array.isArray(shardFiles) || shardFiles.some((f) => typeof f !== 'string') || !indexOk)
+      throw new LoraTypeError('Checkpoint: open checkpoints with Checkpoint.open(path)');
     this.shardFiles = shardFiles;
     this.index = index;
     try {

@@ -86,6 +86,7 @@ export class SafetensorsFile {
   readonly #buf: Buffer;
 
   constructor(buf: Buffer, source = 'buffer') {
+    if (!Buffer.isBuffer(buf)) throw new LoraTypeError(`buf: expected a Buffer, got ${typeof buf}`);
     this.#buf = buf;
     this.header = parseHeader(buf, buf.length, source);
   }

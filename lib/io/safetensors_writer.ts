@@ -28,6 +28,12 @@ function byteSize(spec: TensorSpec): number {
 
 /** The header bytes for tensors laid out in the given order. */
 export function serializeHeader(specs: readonly TensorSpec[], metadata: Record<string, string> = {}): Buffer {
+  if (!Array.isArray(specs)) throw new LoraTypeError('specs: expected an array of { name, dtype, shape }');
+  specs.forEach((s, i) => {
+    if (s === null || typeof s !== 'object' || typeof s.name !== 'string' || typeof s.dtype !== 'string' || !Array.isArray(s.shape) || s.shape.some((d: unknown) => !Number.isSafeInteger(d) || (d as number) < 0))
+      throw new LoraTypeError(`specs[${i}]: expected { name: string, dtype: string, shape: non-negative integers }`);
+  });
+  if (metadata === null || typeof metadata !== 'object') throw new LoraTypeError('metadata: expected an object of strings');
   const json: Record<string, unknown> = {};
   if (Object.keys(metadata).length > 0) {
     for (const [k, v] of Object.entries(metadata)) if (typeof v !== 'string') throw new LoraTypeError(`metadata.${k}: must be a string`);

@@ -144,6 +144,8 @@ const CONV1D_NAMES = /^(c_attn|c_proj|c_fc|q_attn)$/; // transformers' GPT-2 fam
 
 /** The default kind for a module from its last name component and weight shape. */
 export function guessKind(name: string, shape: readonly number[]): ModuleKind {
+  if (typeof name !== 'string') throw new LoraTypeError(`name: expected a module name, got ${typeof name}`);
+  if (!Array.isArray(shape)) throw new LoraTypeError('shape: expected an array of dimensions');
   const last = name.slice(name.lastIndexOf('.') + 1);
   if (shape.length === 4) return 'conv2d';
   if (shape.length !== 2) return 'other';
@@ -173,6 +175,8 @@ function kindOverride(name: string, kinds: Record<string, ModuleKind> | undefine
  * tensor becomes an 'other' module of its own. Aliased (tied) weights become modules tied to their owner.
  */
 export function modulesFromStateDict(stateDict: Map<string, ParamValue> | Record<string, ParamValue>, opts: FromStateDictOptions = {}): ModuleSpec[] {
+  if (stateDict === null || typeof stateDict !== 'object') throw new LoraTypeError('stateDict: expected a Map or an object of tensors or shapes');
+  if (opts === null || typeof opts !== 'object') throw new LoraTypeError('opts: expected an options object');
   const sd = stateDict instanceof Map ? stateDict : new Map(Object.entries(stateDict));
   const aliases = opts.aliases instanceof Map ? opts.aliases : new Map(Object.entries(opts.aliases ?? {}));
   const mods: ModuleSpec[] = [];

@@ -89,6 +89,8 @@ export abstract class Optimizer {
   #disposed = false;
 
   protected constructor(params: Parameter[] | ParamGroupSpec[], base: Required<Omit<OptimizerBaseOptions, 'loraPlusLrRatio'>> & { loraPlusLrRatio?: number }) {
+    if (base === null || typeof base !== 'object') throw new LoraTypeError('Optimizer: abstract; construct AdamW or SGD');
+    if (!Array.isArray(params)) throw new LoraTypeError('params: expected an array of Parameters or parameter groups');
     const ratio = base.loraPlusLrRatio === undefined ? undefined : checkNonNeg(base.loraPlusLrRatio, 'opts.loraPlusLrRatio');
     this.paramGroups = buildGroups(params, checkNonNeg(base.lr, 'opts.lr'), checkNonNeg(base.weightDecay, 'opts.weightDecay'), ratio);
   }
@@ -258,6 +260,7 @@ export class SGD extends Optimizer {
  * returns the norm before clipping.
  */
 export function clipGradNorm(params: readonly Parameter[], maxNorm: number): number {
+  if (!Array.isArray(params)) throw new LoraTypeError('params: expected an array of Parameters');
   const max = checkNonNeg(maxNorm, 'maxNorm');
   let sq = 0;
   for (const p of params) if (p.grad) sq += call((b) => b.sumSquares(p.grad!.handle));

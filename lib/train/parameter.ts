@@ -4,7 +4,7 @@
  * adapter gradients into them, so several backward passes before optimizer.step() accumulate.
  * Gradients are always f32, whatever the parameter's dtype.
  */
-import { ShapeError, StateError, shapeStr } from '../errors';
+import { LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
 import { call } from '../native';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkFinite } from '../validate';
@@ -60,5 +60,6 @@ export class Parameter {
 
 /** Total number of elements (the "trainable params" count). */
 export function countParameters(params: readonly Parameter[]): number {
+  if (!Array.isArray(params) || params.some((p) => !(p instanceof Parameter))) throw new LoraTypeError('params: expected an array of Parameters');
   return params.reduce((n, p) => n + p.numel, 0);
 }

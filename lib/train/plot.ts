@@ -2,6 +2,9 @@
  * A loss curve as a standalone SVG, hand-written so the package needs no plotting dependency.
  * The y axis is logarithmic (loss spans decades during training) when every value is > 0.
  */
+import { LoraTypeError } from '../errors';
+import { checkOptions } from '../validate';
+
 export interface CurveOptions {
   title?: string;
   width?: number;
@@ -21,6 +24,8 @@ function fmt(v: number): string {
 }
 
 export function lossCurveSvg(losses: readonly number[], opts: CurveOptions = {}): string {
+  if (!Array.isArray(losses) || losses.some((v) => typeof v !== 'number')) throw new LoraTypeError('losses: expected an array of numbers');
+  checkOptions(opts, ['title', 'width', 'height', 'logScale'], 'opts');
   const W = opts.width ?? 720;
   const H = opts.height ?? 420;
   const m = { l: 70, r: 20, t: 40, b: 50 };

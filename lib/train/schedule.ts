@@ -9,12 +9,19 @@ import { Optimizer } from './optimizer';
 
 /** step/warmup during warm-up, then linear decay to 0 at totalSteps. */
 export function linearWarmupDecayFactor(step: number, warmupSteps: number, totalSteps: number): number {
+  checkFinite(step, 'step');
+  checkFinite(warmupSteps, 'warmupSteps');
+  checkFinite(totalSteps, 'totalSteps');
   if (step < warmupSteps) return step / Math.max(1, warmupSteps);
   return Math.max(0, (totalSteps - step) / Math.max(1, totalSteps - warmupSteps));
 }
 
 /** step/warmup during warm-up, then a half cosine (numCycles 0.5) from 1 to 0 at totalSteps. */
 export function cosineWarmupFactor(step: number, warmupSteps: number, totalSteps: number, numCycles = 0.5): number {
+  checkFinite(step, 'step');
+  checkFinite(warmupSteps, 'warmupSteps');
+  checkFinite(totalSteps, 'totalSteps');
+  checkFinite(numCycles, 'numCycles');
   if (step < warmupSteps) return step / Math.max(1, warmupSteps);
   const progress = (step - warmupSteps) / Math.max(1, totalSteps - warmupSteps);
   return Math.max(0, 0.5 * (1 + Math.cos(Math.PI * numCycles * 2 * progress)));

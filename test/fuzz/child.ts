@@ -9,6 +9,7 @@ import { asyncTarget, forwardTarget, layerTarget, mergeTarget, tensorTarget } fr
 import { tally } from './fuzz_common';
 import { cleanupFileTargets, configTarget, headerTarget } from './file_targets';
 import { nativeTarget } from './native_targets';
+import { surfaceTarget } from './surface_target';
 
 const TARGETS: Record<string, fc.IProperty<never> | fc.IAsyncProperty<never>> = {
   tensor: tensorTarget as never,
@@ -19,6 +20,7 @@ const TARGETS: Record<string, fc.IProperty<never> | fc.IAsyncProperty<never>> = 
   native: nativeTarget as never,
   header: headerTarget as never,
   config: configTarget as never,
+  surface: surfaceTarget as never,
 };
 
 async function runTarget(name: string, numRuns: number, seed: number): Promise<boolean> {
