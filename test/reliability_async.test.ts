@@ -105,16 +105,16 @@ describe('tensors in use by async work', () => {
 
 describe('the event loop keeps running', () => {
   test('timers fire during a merge of about one second', async () => {
-    const rows = 1024;
+    const rows = 2048;
     const cols = 2048;
     const W = weight(rows, cols, 1);
     const mk = (r: number) => ({ loraA: weight(r, cols, 2), loraB: weight(rows, r, 3), scaling: 0.01 });
     // Size the rank so one merge takes about a second on this machine (not a speed assertion).
-    const probe = mk(128);
+    const probe = mk(256);
     const t0 = performance.now();
     kernels.mergeAdapter(W, probe);
     const probeMs = Math.max(1, performance.now() - t0);
-    const r = Math.min(4096, Math.max(32, Math.round((128 * 1000) / probeMs)));
+    const r = Math.min(4096, Math.max(32, Math.round((256 * 1000) / probeMs)));
     const ad = mk(r);
 
     let ticks = 0;

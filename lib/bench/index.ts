@@ -4,6 +4,7 @@
  * bandwidth) and a reference measured in the same run (OpenBLAS sgemm, when installed). Times are
  * the best of several runs (the machine may be shared); medians are kept in the JSON too.
  */
+import * as fs from 'fs';
 import * as path from 'path';
 import { FloatDType } from '../dtype';
 import { LoraRangeError, LoraTypeError } from '../errors';
@@ -336,7 +337,7 @@ export async function bench(opts: BenchOptions = {}): Promise<BenchResult> {
       const slug = machine.cpuModel.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '').slice(0, 40) || 'cpu';
       const file = path.join(dir, `${result.date.replace(/[:.]/g, '-')}-${slug}-${info.cpuPath}.json`);
       result.file = file;
-      require('fs').mkdirSync(dir, { recursive: true });
+      fs.mkdirSync(dir, { recursive: true });
       writeFileAtomicSync(file, JSON.stringify(result, null, 2) + '\n');
     }
     return result;

@@ -1,9 +1,10 @@
 // Hand-written because no BLAS is assumed on users' machines (the package builds from source with
 // only a C++ compiler), and because the LoRA passes need things BLAS lacks: mixed f32/f16/bf16
 // operands converted while packing (no full-size f32 copy), several K segments accumulated into
-// one output tile, and a single rounding on store. Structure follows BLIS/GotoBLAS: per task a
-// KC×NC block of B is packed once and swept by MC×KC blocks of A through the path's MR×NR register
-// microkernel (or AMX tiles for bf16×bf16 segments). One row (m = 1, decode) is a GEMV that
+// one output tile, and a single rounding on store. Structure follows BLIS/GotoBLAS: A is packed
+// once per call into MR-row panels shared by all tasks; per task a KC×NC block of B is packed once
+// and swept by the A panels through the path's MR×NR register microkernel (or, for bf16×bf16
+// segments on AMX, a full-K 32-column B panel against 32-row blocks held in tile registers). One row (m = 1, decode) is a GEMV that
 // streams B once instead, since a packed tile would waste MR-1 of its rows.
 #include "gemm.h"
 #include <algorithm>
@@ -325,6 +326,16 @@ void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOut
   const int64_t rc = per_chunk * MC;
   const int64_t tm = (m + rc - 1) / rc;
   const PackedA pa = pack_all_a(kernel_table(), m, segs);
+  // The packed copy of A is kept for the next call unless it is large (then it is given back).
+  struct Release {
+    ~Release() {
+      constexpr size_t kKeep = size_t(4) << 20;  // elements
+      auto& a = packed_a_buffer();
+      auto& a16 = packed_a16_buffer();
+      if (a.size() > kKeep) std::vector<float>().swap(a);
+      if (a16.size() > 2 * kKeep) std::vector<uint16_t>().swap(a16);
+    }
+  } release;
   // Each task owns one C block and all of K: deterministic, and C is written exactly once.
   parallel_for(tm * tn, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; t++) {

@@ -7,10 +7,6 @@
 
 namespace lorakit {
 
-// Largest register tile of any path: packing buffers are sized for it.
-constexpr int64_t MR_MAX = 16;
-constexpr int64_t NR_MAX = 32;
-
 // acc[i*ldacc + j] += sum_k a[k*mr + i] * b[k*nr + j] for i < mr_used, j < nr_used, where
 // (mr, nr) is the path's tile and a/b are packed panels of kc steps.
 using MicrokernelFn = void (*)(int64_t kc, const float* a, const float* b, float* acc, int64_t ldacc,
