@@ -1,6 +1,7 @@
 /**
  * GELU (tanh approximation, as torch's gelu(approximate='tanh')) computed in TypeScript for the
- * demo network: lorakit's native side only has the LoRA linear ops.
+ * demo network: lorakit's native side only has the LoRA linear ops. On cuda the values make a
+ * round trip through the host.
  */
 import { Tensor } from '../tensor';
 
@@ -15,7 +16,7 @@ export function gelu(h: Tensor): { y: Tensor; pre: Float32Array } {
     const x = pre[i];
     out[i] = 0.5 * x * (1 + Math.tanh(K * (x + C * x * x * x)));
   }
-  return { y: Tensor.from(out, h.shape, { dtype: h.dtype }), pre };
+  return { y: Tensor.from(out, h.shape, { dtype: h.dtype, device: h.device }), pre };
 }
 
 /** dh = dy ⊙ gelu'(h). */
@@ -27,5 +28,5 @@ export function geluBackward(dy: Tensor, pre: Float32Array): Tensor {
     const t = Math.tanh(K * (x + C * x * x * x));
     g[i] = d[i] * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * K * (1 + 3 * C * x * x));
   }
-  return Tensor.from(g, dy.shape, { dtype: dy.dtype });
+  return Tensor.from(g, dy.shape, { dtype: dy.dtype, device: dy.device });
 }

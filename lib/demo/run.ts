@@ -9,6 +9,7 @@ import * as path from 'path';
 import { LoraRangeError, StateError } from '../errors';
 import { writeFileAtomicSync } from '../io/atomic';
 import { backendInfo } from '../kernels';
+import { call } from '../native';
 import { LoraLinear } from '../layers/linear';
 import { LoraModel } from '../model/lora_model';
 import { Rng } from '../rng';
@@ -126,12 +127,16 @@ export function checkDevice(device: string): 'cpu' | 'cuda' {
       "). Rebuild with the CUDA toolkit installed (npm run build:native), or use --device cpu.");
   if (!info.usable.includes('cuda'))
     throw new StateError('--device cuda: CUDA is compiled in but not usable here (no NVIDIA GPU or driver found); use --device cpu.');
-  throw new StateError('--device cuda: the LoRA layers do not run on CUDA tensors in this version yet; use --device cpu.');
+  return 'cuda';
 }
 
 export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   const log = opts.log ?? ((s: string) => console.log(s));
-  checkDevice(opts.device ?? 'cpu');
+  const device = checkDevice(opts.device ?? 'cpu');
+  const onDevice = (t: Tensor): Tensor => (device === 'cpu' ? t : t.to({ device }));
+  const sync = () => {
+    if (device === 'cuda') call((b) => b.cudaSynchronize());
+  };
   if (opts.steps !== undefined && (!Number.isInteger(opts.steps) || opts.steps < 1))
     throw new LoraRangeError(`steps: expected a positive integer, got ${opts.steps}`);
   const steps = opts.steps ?? 400;
@@ -147,9 +152,11 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   const rng = new Rng(seed);
 
   // Frozen base with fixed random weights, and a teacher = base + low-rank change.
-  const l1 = linearInit(rng, H, D);
-  const l2 = linearInit(rng, O, H);
-  const teacherW = { w1: lowRankChange(rng, l1.w, k), w2: lowRankChange(rng, l2.w, k) };
+  const c1 = linearInit(rng, H, D);
+  const c2 = linearInit(rng, O, H);
+  const teacherW = { w1: onDevice(lowRankChange(rng, c1.w, k)), w2: onDevice(lowRankChange(rng, c2.w, k)) };
+  const l1 = { w: onDevice(c1.w), b: onDevice(c1.b) };
+  const l2 = { w: onDevice(c2.w), b: onDevice(c2.b) };
   const baseW: MlpWeights = { w1: l1.w, b1: l1.b, w2: l2.w, b2: l2.b };
   const base = Mlp.fromWeights(baseW).train(false);
   const teacher = Mlp.fromWeights({ w1: teacherW.w1, b1: l1.b, w2: teacherW.w2, b2: l2.b }).train(false);
@@ -162,7 +169,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   const params = model.parameters();
   const { trainable, total: all } = model.getNbTrainableParameters();
   log(`lorakit demo: MLP ${D}→${H}→${O} (GELU), teacher = base + rank-${k} change of fc1 and fc2; LoRA r=${r} on [${targets.join(', ')}]`);
-  log(`backend: ${backendInfo().cpuPath}, ${backendInfo().threads} threads; device cpu; seed ${seed}`);
+  log(`backend: ${backendInfo().cpuPath}, ${backendInfo().threads} threads; device ${device}; seed ${seed}`);
   model.printTrainableParameters(log);
 
   const optimizer = new AdamW(params, { lr: opts.lr ?? 3e-3 });
@@ -180,7 +187,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
     logFile: lossLog,
     progress: opts.progress,
     step: () => {
-      const x = Tensor.from(dataRng.fillNormal(xs, 0, 1), [batch, D]);
+      const x = Tensor.from(dataRng.fillNormal(xs, 0, 1), [batch, D], { device });
       const target = teacher.forward(x);
       const pred = student.forward(x);
       const { loss, grad } = mseLoss(pred, target);
@@ -201,9 +208,12 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   student.train(false);
   const evalRng = new Rng(seed + 2);
   const nEval = opts.timingBatch ?? 1024;
-  const xEval = Tensor.from(evalRng.fillNormal(new Float32Array(nEval * D), 0, 1), [nEval, D]);
+  const xEval = Tensor.from(evalRng.fillNormal(new Float32Array(nEval * D), 0, 1), [nEval, D], { device });
   const reps = opts.timingReps ?? 15;
-  const fwd = (m: Mlp) => () => m.forward(xEval).dispose();
+  const fwd = (m: Mlp) => () => {
+    m.forward(xEval).dispose();
+    sync();
+  };
   const yUnmerged = student.forward(xEval).toFloat32Array();
   const reloadW: MlpWeights = { w1: l1.w.clone(), b1: l1.b, w2: l2.w.clone(), b2: l2.b };
   const reloaded = LoraModel.fromPretrained(Mlp.modules(reloadW), adapterDir);

@@ -118,7 +118,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
           throw new LoraRangeError(`step ${step}: the step function returned a non-finite loss (${String(loss)})`);
         sum += loss;
       }
-      if (accum > 1) for (const p of params) if (p.grad) call((b) => b.scaleInplace(p.grad!.handle, 1 / accum));
+      if (accum > 1)
+        for (const p of params)
+          if (p.grad) call((b) => (p.grad!.device === 'cuda' ? b.cudaScale(p.grad!.handle, 1 / accum) : b.scaleInplace(p.grad!.handle, 1 / accum)));
       const gradNorm = maxNorm !== undefined ? clipGradNorm(params, maxNorm) : undefined;
       const lr = optimizer.paramGroups[0].lr;
       optimizer.step();
