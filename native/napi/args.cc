@@ -75,5 +75,38 @@ void require_shape(NativeTensor* t, const std::vector<int64_t>& shape, const std
     throw_range(name + ": expected shape " + shape_str(shape) + ", got " + shape_str(t->ref().shape));
 }
 
+LinearDims linear_dims(const TensorRef& W, bool fifo) {
+  if (W.shape.size() != 2) throw_range("weight: expected 2 dimensions, got shape " + shape_str(W.shape));
+  if (W.shape[0] < 1 || W.shape[1] < 1)
+    throw_range("weight: in_features and out_features must be at least 1, got shape " + shape_str(W.shape));
+  return fifo ? LinearDims{W.shape[0], W.shape[1]} : LinearDims{W.shape[1], W.shape[0]};
+}
+
+void require_last_dim(const TensorRef& t, int64_t d, const std::string& name, const std::string& why) {
+  if (t.shape.empty() || t.shape.back() != d)
+    throw_range(name + ": expected last dimension " + std::to_string(d) + " (" + why + "), got shape " +
+                shape_str(t.shape));
+}
+
+void require_same_shape(const TensorRef& t, const std::vector<int64_t>& s, const std::string& name) {
+  if (t.shape != s) throw_range(name + ": expected shape " + shape_str(s) + ", got " + shape_str(t.shape));
+}
+
+std::vector<int64_t> with_last(std::vector<int64_t> s, int64_t d) {
+  s.back() = d;
+  return s;
+}
+
+float to_scale(double v, const std::string& name) {
+  if (!(std::fabs(v) <= 3.4028234663852886e38))
+    throw_range(name + ": expected a finite number within the f32 range, got " + std::to_string(v));
+  return static_cast<float>(v);
+}
+
+float scale_arg(const Napi::Value& v, const std::string& name) {
+  if (!v.IsNumber()) throw_type(name + ": expected a number");
+  return to_scale(v.As<Napi::Number>().DoubleValue(), name);
+}
+
 }  // namespace napi
 }  // namespace lorakit

@@ -39,5 +39,18 @@ void require_float_on(NativeTensor* t, Device device, const std::string& name);
 const char* device_name(Device d);
 void require_shape(NativeTensor* t, const std::vector<int64_t>& shape, const std::string& name);
 
+// Shape and value checks shared by the binding families.
+struct LinearDims {
+  int64_t in, out;
+};
+// (in, out) of a linear weight ([out, in], or [in, out] with fan_in_fan_out); both must be >= 1.
+LinearDims linear_dims(const TensorRef& W, bool fifo);
+void require_last_dim(const TensorRef& t, int64_t d, const std::string& name, const std::string& why);
+void require_same_shape(const TensorRef& t, const std::vector<int64_t>& s, const std::string& name);
+std::vector<int64_t> with_last(std::vector<int64_t> s, int64_t d);
+// A scale the f32 kernels can use: finite in f64 and still finite after narrowing to f32.
+float to_scale(double v, const std::string& name);
+float scale_arg(const Napi::Value& v, const std::string& name);
+
 }  // namespace napi
 }  // namespace lorakit

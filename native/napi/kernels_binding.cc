@@ -45,26 +45,6 @@ std::function<void()> on_device(Device dev, Cpu cpu_fn, Cuda cuda_fn) {
 #endif
 }
 
-struct LinearDims {
-  int64_t in, out;
-};
-
-LinearDims linear_dims(const TensorRef& W, bool fifo) {
-  if (W.shape.size() != 2) throw_range("weight: expected 2 dimensions, got shape " + shape_str(W.shape));
-  if (W.shape[0] < 1 || W.shape[1] < 1) throw_range("weight: in_features and out_features must be at least 1, got shape " + shape_str(W.shape));
-  return fifo ? LinearDims{W.shape[0], W.shape[1]} : LinearDims{W.shape[1], W.shape[0]};
-}
-
-void require_last_dim(const TensorRef& t, int64_t d, const std::string& name, const std::string& why) {
-  if (t.shape.empty() || t.shape.back() != d)
-    throw_range(name + ": expected last dimension " + std::to_string(d) + " (" + why + "), got shape " +
-                shape_str(t.shape));
-}
-
-void require_same_shape(const TensorRef& t, const std::vector<int64_t>& s, const std::string& name) {
-  if (t.shape != s) throw_range(name + ": expected shape " + shape_str(s) + ", got " + shape_str(t.shape));
-}
-
 void check_adapter(const TensorRef& A, const TensorRef& B, LinearDims d, const std::string& where) {
   if (A.shape.size() != 2 || A.shape[1] != d.in || A.shape[0] < 1)
     throw_range(where + ".A: expected shape [r, " + std::to_string(d.in) + "] with r >= 1, got " + shape_str(A.shape));
@@ -73,23 +53,11 @@ void check_adapter(const TensorRef& A, const TensorRef& B, LinearDims d, const s
                 shape_str(B.shape));
 }
 
-// A scale the f32 kernels can use: finite in f64 and still finite after narrowing to f32.
-float to_scale(double v, const std::string& name) {
-  if (!(std::fabs(v) <= 3.4028234663852886e38))
-    throw_range(name + ": expected a finite number within the f32 range, got " + std::to_string(v));
-  return static_cast<float>(v);
-}
-
 // Seeds and stream counters: integers in [0, 2^53].
 uint64_t to_counter(double v, const std::string& name) {
   if (!(v >= 0) || v != std::floor(v) || v > 9007199254740992.0)
     throw_range(name + ": expected an integer in [0, 2^53], got " + std::to_string(v));
   return static_cast<uint64_t>(v);
-}
-
-std::vector<int64_t> with_last(std::vector<int64_t> s, int64_t d) {
-  s.back() = d;
-  return s;
 }
 
 template <KernelBuilder build>
@@ -135,23 +103,40 @@ KernelCall BuildShrink(const Napi::CallbackInfo& info) {
   return c;
 }
 
+// The leading (x, W, bias|null, fanInFanOut) arguments shared by the linear forward calls.
+struct LinearInputs {
+  Device dev;
+  TensorRef x, W, bias;
+  bool has_bias, fifo;
+  LinearDims d;
+};
+
+LinearInputs read_linear_inputs(const Napi::CallbackInfo& info, KernelCall& c) {
+  LinearInputs li;
+  li.dev = device_of(info[0], "x");
+  li.x = c.read(float_tensor(info[0], "x", li.dev), "x");
+  li.W = c.read(float_tensor(info[1], "weight", li.dev), "weight");
+  NativeTensor* bt = get_tensor_or_null(info[2], "bias");
+  li.fifo = get_bool(info, 3, "fanInFanOut");
+  li.d = linear_dims(li.W, li.fifo);
+  require_last_dim(li.x, li.d.in, "x", "in_features");
+  li.has_bias = bt != nullptr;
+  if (bt) {
+    require_float_on(bt, li.dev, "bias");
+    li.bias = c.read(bt, "bias");
+    require_same_shape(li.bias, {li.d.out}, "bias");
+  }
+  return li;
+}
+
 // linearForward(x, W, bias|null, fifo, terms: [u, B, scale][], y)
 KernelCall BuildLinearForward(const Napi::CallbackInfo& info) {
   KernelCall c;
-  Device dev = device_of(info[0], "x");
-  TensorRef x = c.read(float_tensor(info[0], "x", dev), "x");
-  TensorRef W = c.read(float_tensor(info[1], "weight", dev), "weight");
-  NativeTensor* bt = get_tensor_or_null(info[2], "bias");
-  bool fifo = get_bool(info, 3, "fanInFanOut");
-  LinearDims d = linear_dims(W, fifo);
-  require_last_dim(x, d.in, "x", "in_features");
-  bool has_bias = bt != nullptr;
-  TensorRef bias;
-  if (bt) {
-    require_float_on(bt, dev, "bias");
-    bias = c.read(bt, "bias");
-    require_same_shape(bias, {d.out}, "bias");
-  }
+  LinearInputs li = read_linear_inputs(info, c);
+  const Device dev = li.dev;
+  const TensorRef x = li.x, W = li.W, bias = li.bias;
+  const bool fifo = li.fifo, has_bias = li.has_bias;
+  const LinearDims d = li.d;
   if (info.Length() < 5 || !info[4].IsArray()) throw_type("terms: expected an array");
   Napi::Array arr = info[4].As<Napi::Array>();
   std::vector<cpu::ForwardTerm> terms;
@@ -190,20 +175,11 @@ KernelCall BuildLoraForward(const Napi::CallbackInfo& info) {
     bool has_u;
   };
   KernelCall c;
-  Device dev = device_of(info[0], "x");
-  TensorRef x = c.read(float_tensor(info[0], "x", dev), "x");
-  TensorRef W = c.read(float_tensor(info[1], "weight", dev), "weight");
-  NativeTensor* bt = get_tensor_or_null(info[2], "bias");
-  bool fifo = get_bool(info, 3, "fanInFanOut");
-  LinearDims d = linear_dims(W, fifo);
-  require_last_dim(x, d.in, "x", "in_features");
-  bool has_bias = bt != nullptr;
-  TensorRef bias;
-  if (bt) {
-    require_float_on(bt, dev, "bias");
-    bias = c.read(bt, "bias");
-    require_same_shape(bias, {d.out}, "bias");
-  }
+  LinearInputs li = read_linear_inputs(info, c);
+  const Device dev = li.dev;
+  const TensorRef x = li.x, W = li.W, bias = li.bias;
+  const bool fifo = li.fifo, has_bias = li.has_bias;
+  const LinearDims d = li.d;
   if (info.Length() < 5 || !info[4].IsArray()) throw_type("adapters: expected an array");
   Napi::Array arr = info[4].As<Napi::Array>();
   TensorRef y = c.write(float_tensor(info[5], "y", dev), "y");

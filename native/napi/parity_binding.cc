@@ -25,33 +25,8 @@ const TensorRef* float_arg_or_null(const Napi::CallbackInfo& info, size_t i, con
   return &t->ref();
 }
 
-void require_shape_eq(const TensorRef& t, const std::vector<int64_t>& s, const std::string& name) {
-  if (t.shape != s) throw_range(name + ": expected shape " + shape_str(s) + ", got " + shape_str(t.shape));
-}
-
 void require_distinct(const TensorRef& out, const TensorRef& in, const std::string& oname, const std::string& iname) {
   if (out.data == in.data && out.numel() > 0) throw_range(oname + ": must not be the same tensor as " + iname);
-}
-
-struct LinearDims {
-  int64_t in, out;
-};
-
-LinearDims linear_dims(const TensorRef& W, bool fifo) {
-  if (W.shape.size() != 2) throw_range("weight: expected 2 dimensions, got shape " + shape_str(W.shape));
-  return fifo ? LinearDims{W.shape[0], W.shape[1]} : LinearDims{W.shape[1], W.shape[0]};
-}
-
-std::vector<int64_t> with_last(std::vector<int64_t> s, int64_t d) {
-  s.back() = d;
-  return s;
-}
-
-float finite_scale(const Napi::Value& v, const std::string& name) {
-  if (!v.IsNumber()) throw_type(name + ": expected a number");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(d)) throw_range(name + ": expected a finite number");
-  return static_cast<float>(d);
 }
 
 // [A, B, scale][] with A [r, in], B [out, r]
@@ -71,8 +46,8 @@ std::vector<cpu::AdapterFactors> factor_list(const Napi::Value& v, int64_t in, i
     const auto& as = A->ref().shape;
     if (as.size() != 2 || as[1] != in)
       throw_range(w + ".A: expected shape [r, " + std::to_string(in) + "], got " + shape_str(as));
-    require_shape_eq(B->ref(), {out, as[0]}, w + ".B");
-    list.push_back({A->ref(), B->ref(), finite_scale(t.Get(2u), w + ".scale")});
+    require_same_shape(B->ref(), {out, as[0]}, w + ".B");
+    list.push_back({A->ref(), B->ref(), scale_arg(t.Get(2u), w + ".scale")});
   }
   return list;
 }
@@ -87,7 +62,7 @@ Napi::Value MixedLinearForward(const Napi::CallbackInfo& info) {
     LinearDims d = linear_dims(W, fifo);
     if (x.shape.empty() || x.shape.back() != d.in)
       throw_range("x: expected shape [..., " + std::to_string(d.in) + "] (in_features), got " + shape_str(x.shape));
-    if (bias) require_shape_eq(*bias, {d.out}, "bias");
+    if (bias) require_same_shape(*bias, {d.out}, "bias");
     auto adapters = factor_list(info[4], d.in, d.out, "adapters");
     if (info.Length() <= 5 || !info[5].IsTypedArray() ||
         info[5].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
@@ -103,7 +78,7 @@ Napi::Value MixedLinearForward(const Napi::CallbackInfo& info) {
         throw_range("rowAdapter[" + std::to_string(i) + "]: " + std::to_string(rp[i]) + " is not -1 (base) or an adapter index below " +
                     std::to_string(adapters.size()));
     const TensorRef& y = float_arg(info, 6, "y");
-    require_shape_eq(y, with_last(x.shape, d.out), "y");
+    require_same_shape(y, with_last(x.shape, d.out), "y");
     require_distinct(y, x, "y", "x");
     cpu::mixed_linear_forward(x, W, bias, fifo, adapters, rp, y);
     return info.Env().Undefined();
@@ -115,7 +90,7 @@ const TensorRef& f32_arg(const Napi::Value& v, const std::string& name, const st
   NativeTensor* t = get_tensor(v, name);
   require_float_cpu(t, name);
   if (t->ref().dtype != DType::F32) throw_type(name + ": expected an f32 tensor, got " + dtype_name(t->ref().dtype));
-  require_shape_eq(t->ref(), shape, name);
+  require_same_shape(t->ref(), shape, name);
   return t->ref();
 }
 
@@ -123,7 +98,7 @@ const TensorRef& f32_arg(const Napi::Value& v, const std::string& name, const st
 int64_t check_factors(const TensorRef& A, const TensorRef& B, LinearDims d, const std::string& where) {
   if (A.shape.size() != 2 || A.shape[1] != d.in)
     throw_range(where + "A: expected shape [r, " + std::to_string(d.in) + "], got " + shape_str(A.shape));
-  require_shape_eq(B, {d.out, A.shape[0]}, where + "B");
+  require_same_shape(B, {d.out, A.shape[0]}, where + "B");
   return A.shape[0];
 }
 
@@ -154,20 +129,20 @@ Napi::Value DoraLinearForward(const Napi::CallbackInfo& info) {
     LinearDims d = linear_dims(W, fifo);
     if (x.shape.empty() || x.shape.back() != d.in)
       throw_range("x: expected shape [..., " + std::to_string(d.in) + "] (in_features), got " + shape_str(x.shape));
-    require_shape_eq(xa, x.shape, "xa");
-    if (bias) require_shape_eq(*bias, {d.out}, "bias");
+    require_same_shape(xa, x.shape, "xa");
+    if (bias) require_same_shape(*bias, {d.out}, "bias");
     const TensorRef& u = float_arg(info, 5, "u");
     const TensorRef& A = float_arg(info, 6, "A");
     const TensorRef& B = float_arg(info, 7, "B");
     int64_t r = check_factors(A, B, d, "");
     int64_t n = x.rows();
-    require_shape_eq(u, with_last(x.shape, r), "u");
+    require_same_shape(u, with_last(x.shape, r), "u");
     float scale = static_cast<float>(get_number(info, 8, "scale"));
     const TensorRef& norm = f32_arg(info[9], "norm", {d.out});
     const TensorRef& mag = float_arg(info, 10, "magnitude");
-    require_shape_eq(mag, {d.out}, "magnitude");
+    require_same_shape(mag, {d.out}, "magnitude");
     const TensorRef& y = float_arg(info, 11, "y");
-    require_shape_eq(y, with_last(x.shape, d.out), "y");
+    require_same_shape(y, with_last(x.shape, d.out), "y");
     require_distinct(y, x, "y", "x");
     const TensorRef& pre = f32_arg(info[12], "pre", {n, d.out});
     cpu::dora_linear_forward(x, xa, W, bias, fifo, u, A, B, scale, mag, y, pre.as<float>(), norm.as<float>());
@@ -196,9 +171,9 @@ Napi::Value DoraLinearBackward(const Napi::CallbackInfo& info) {
     for (auto* t : {xa, u, A, B, mag}) require_float_cpu(t, "term");
     int64_t r = check_factors(A->ref(), B->ref(), d, "term.");
     std::vector<int64_t> xshape = with_last(dy.shape, d.in);
-    require_shape_eq(xa->ref(), xshape, "term.xa");
-    require_shape_eq(u->ref(), with_last(dy.shape, r), "term.u");
-    require_shape_eq(mag->ref(), {d.out}, "term.magnitude");
+    require_same_shape(xa->ref(), xshape, "term.xa");
+    require_same_shape(u->ref(), with_last(dy.shape, r), "term.u");
+    require_same_shape(mag->ref(), {d.out}, "term.magnitude");
     a.xa = xa->ref();
     a.u = u->ref();
     a.A = A->ref();
@@ -216,12 +191,12 @@ Napi::Value DoraLinearBackward(const Napi::CallbackInfo& info) {
     const TensorRef* dB = float_arg_or_null(info, 6, "dB");
     const TensorRef* dm = float_arg_or_null(info, 7, "dmagnitude");
     if (dx) {
-      require_shape_eq(*dx, xshape, "dx");
+      require_same_shape(*dx, xshape, "dx");
       require_distinct(*dx, dy, "dx", "dy");
     }
-    if (dA) require_shape_eq(*dA, A->ref().shape, "dA");
-    if (dB) require_shape_eq(*dB, B->ref().shape, "dB");
-    if (dm) require_shape_eq(*dm, {d.out}, "dmagnitude");
+    if (dA) require_same_shape(*dA, A->ref().shape, "dA");
+    if (dB) require_same_shape(*dB, B->ref().shape, "dB");
+    if (dm) require_same_shape(*dm, {d.out}, "dmagnitude");
     cpu::dora_linear_backward(dy, W, fifo, a, dx, dA, dB, dm);
     return info.Env().Undefined();
   });
@@ -238,11 +213,11 @@ Napi::Value DoraMerge(const Napi::CallbackInfo& info) {
     LinearDims d = linear_dims(W, fifo);
     check_factors(A, B, d, "");
     const TensorRef& mag = float_arg(info, 5, "magnitude");
-    require_shape_eq(mag, {d.out}, "magnitude");
+    require_same_shape(mag, {d.out}, "magnitude");
     const TensorRef& norm = f32_arg(info[6], "norm", {d.out});
     bool inverse = get_bool(info, 7, "inverse");
     const TensorRef& out = float_arg(info, 8, "out");
-    require_shape_eq(out, W.shape, "out");
+    require_same_shape(out, W.shape, "out");
     cpu::dora_merge(W, A, B, scale, fifo, mag, norm.as<float>(), inverse, out);
     return info.Env().Undefined();
   });
@@ -293,7 +268,7 @@ Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
     const TensorRef& y = float_arg(info, 4, "y");
     std::vector<int64_t> ys = idx.shape;
     ys.push_back(dim);
-    require_shape_eq(y, ys, "y");
+    require_same_shape(y, ys, "y");
     require_distinct(y, W, "y", "weight");
     cpu::embedding_forward(idx, W, adapters, rows, y);
     return info.Env().Undefined();
@@ -314,14 +289,14 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
     const TensorRef& dy = float_arg(info, 1, "dy");
     std::vector<int64_t> ys = idx.shape;
     ys.push_back(dim);
-    require_shape_eq(dy, ys, "dy");
+    require_same_shape(dy, ys, "dy");
     float scale = static_cast<float>(get_number(info, 4, "scale"));
     double pad = get_number(info, 5, "paddingIdx");
     if (pad != std::floor(pad) || pad < -1 || pad >= num) throw_range("paddingIdx: expected -1 (none) or an index below num_embeddings");
     const TensorRef* dA = float_arg_or_null(info, 6, "dA");
     const TensorRef* dB = float_arg_or_null(info, 7, "dB");
-    if (dA) require_shape_eq(*dA, A.shape, "dA");
-    if (dB) require_shape_eq(*dB, B.shape, "dB");
+    if (dA) require_same_shape(*dA, A.shape, "dA");
+    if (dB) require_same_shape(*dB, B.shape, "dB");
     cpu::embedding_backward(idx, dy, A, B, scale, static_cast<int64_t>(pad), dA, dB);
     return info.Env().Undefined();
   });
@@ -381,14 +356,14 @@ std::vector<cpu::ConvTerm> conv_terms(const Napi::Value& v, const TensorRef& x_l
     NativeTensor* A = get_tensor(o.Get("A"), w + ".A");
     NativeTensor* B = get_tensor(o.Get("B"), w + ".B");
     for (auto* t : {xa, A, B}) require_float_cpu(t, w);
-    require_shape_eq(xa->ref(), x_like.shape, w + ".xa");
+    require_same_shape(xa->ref(), x_like.shape, w + ".xa");
     const auto& as = A->ref().shape;
     if (as.size() != 4 || as[1] != s.C || as[2] != s.kh || as[3] != s.kw)
       throw_range(w + ".A: expected shape [r, " + std::to_string(s.C) + ", " + std::to_string(s.kh) + ", " + std::to_string(s.kw) +
                   "], got " + shape_str(as));
     int64_t r = as[0];
     if (r % g.groups != 0) throw_range(w + ".A: rank " + std::to_string(r) + " is not a multiple of groups " + std::to_string(g.groups));
-    require_shape_eq(B->ref(), {s.O, r / g.groups, 1, 1}, w + ".B");
+    require_same_shape(B->ref(), {s.O, r / g.groups, 1, 1}, w + ".B");
     const TensorRef& u = f32_arg(o.Get("u"), w + ".u", {s.N, r, s.Ho * s.Wo});
     cpu::ConvTerm t;
     t.xa = xa->ref();
@@ -408,12 +383,12 @@ std::vector<cpu::ConvTerm> conv_terms(const Napi::Value& v, const TensorRef& x_l
       NativeTensor* dB = get_tensor_or_null(o.Get("dB"), w + ".dB");
       if (dA) {
         require_float_cpu(dA, w + ".dA");
-        require_shape_eq(dA->ref(), as, w + ".dA");
+        require_same_shape(dA->ref(), as, w + ".dA");
         t.dA = &dA->ref();
       }
       if (dB) {
         require_float_cpu(dB, w + ".dB");
-        require_shape_eq(dB->ref(), B->ref().shape, w + ".dB");
+        require_same_shape(dB->ref(), B->ref().shape, w + ".dB");
         t.dB = &dB->ref();
       }
     }
@@ -430,10 +405,10 @@ Napi::Value Conv2dForward(const Napi::CallbackInfo& info) {
     const TensorRef* bias = float_arg_or_null(info, 2, "bias");
     cpu::ConvGeom g = geom_arg(info[3]);
     ConvShape s = conv_shape(x, W, g);
-    if (bias) require_shape_eq(*bias, {s.O}, "bias");
+    if (bias) require_same_shape(*bias, {s.O}, "bias");
     auto terms = conv_terms(info[4], x, s, g, false);
     const TensorRef& y = float_arg(info, 5, "y");
-    require_shape_eq(y, {s.N, s.O, s.Ho, s.Wo}, "y");
+    require_same_shape(y, {s.N, s.O, s.Ho, s.Wo}, "y");
     require_distinct(y, x, "y", "x");
     for (const auto& t : terms) require_distinct(y, t.xa, "y", "terms[].xa");
     const int32_t* images = row_adapter_arg(info[6], s.N, terms.size(), "imageAdapter");
@@ -450,11 +425,11 @@ Napi::Value Conv2dBackward(const Napi::CallbackInfo& info) {
     const TensorRef& W = float_arg(info, 2, "weight");
     cpu::ConvGeom g = geom_arg(info[3]);
     ConvShape s = conv_shape(x, W, g);
-    require_shape_eq(dy, {s.N, s.O, s.Ho, s.Wo}, "dy");
+    require_same_shape(dy, {s.N, s.O, s.Ho, s.Wo}, "dy");
     auto terms = conv_terms(info[4], x, s, g, true);
     const TensorRef* dx = float_arg_or_null(info, 5, "dx");
     if (dx) {
-      require_shape_eq(*dx, x.shape, "dx");
+      require_same_shape(*dx, x.shape, "dx");
       require_distinct(*dx, dy, "dx", "dy");
     }
     cpu::conv2d_backward(dy, W, g, terms, dx);
@@ -476,8 +451,8 @@ Napi::Value Conv2dMergeDelta(const Napi::CallbackInfo& info) {
       throw_range("A: expected shape [r, " + std::to_string(W.shape[1]) + ", " + std::to_string(W.shape[2]) + ", " +
                   std::to_string(W.shape[3]) + "] (groups 1), got " + shape_str(A.shape));
     int64_t r = A.shape[0];
-    require_shape_eq(B, {O, r, 1, 1}, "B");
-    require_shape_eq(out, W.shape, "out");
+    require_same_shape(B, {O, r, 1, 1}, "B");
+    require_same_shape(out, W.shape, "out");
     TensorRef w2 = W, a2 = A, b2 = B, o2 = out;
     w2.shape = {O, K};
     a2.shape = {r, K};
