@@ -5,7 +5,26 @@
  */
 import { NativeBinding, call, callAsync } from './native';
 
-export type KernelOp = 'shrink' | 'linearForward' | 'loraForward' | 'linearBackward' | 'mergeDelta' | 'dropout' | 'convert' | 'allFinite';
+export type KernelOp =
+  | 'shrink'
+  | 'linearForward'
+  | 'loraForward'
+  | 'linearBackward'
+  | 'mergeDelta'
+  | 'dropout'
+  | 'convert'
+  | 'allFinite'
+  // peft-parity ops (native/napi/parity_binding.cc)
+  | 'mixedLinearForward'
+  | 'doraWeightNorm'
+  | 'doraLinearForward'
+  | 'doraLinearBackward'
+  | 'doraMerge'
+  | 'embeddingForward'
+  | 'embeddingBackward'
+  | 'conv2dForward'
+  | 'conv2dBackward'
+  | 'conv2dMergeDelta';
 
 export interface KernelStep {
   op: KernelOp;

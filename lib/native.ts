@@ -229,6 +229,16 @@ export interface NativeBinding {
   dropoutAsync(...args: Parameters<NativeBinding['dropout']>): Promise<void>;
   convertAsync(...args: Parameters<NativeBinding['convert']>): Promise<void>;
   allFiniteAsync(...args: Parameters<NativeBinding['allFinite']>): Promise<boolean>;
+  mixedLinearForwardAsync(...args: Parameters<NativeBinding['mixedLinearForward']>): Promise<void>;
+  doraWeightNormAsync(...args: Parameters<NativeBinding['doraWeightNorm']>): Promise<void>;
+  doraLinearForwardAsync(...args: Parameters<NativeBinding['doraLinearForward']>): Promise<void>;
+  doraLinearBackwardAsync(...args: Parameters<NativeBinding['doraLinearBackward']>): Promise<void>;
+  doraMergeAsync(...args: Parameters<NativeBinding['doraMerge']>): Promise<void>;
+  embeddingForwardAsync(...args: Parameters<NativeBinding['embeddingForward']>): Promise<void>;
+  embeddingBackwardAsync(...args: Parameters<NativeBinding['embeddingBackward']>): Promise<void>;
+  conv2dForwardAsync(...args: Parameters<NativeBinding['conv2dForward']>): Promise<void>;
+  conv2dBackwardAsync(...args: Parameters<NativeBinding['conv2dBackward']>): Promise<void>;
+  conv2dMergeDeltaAsync(...args: Parameters<NativeBinding['conv2dMergeDelta']>): Promise<void>;
   adamwStep(
     param: NativeTensorHandle,
     grad: NativeTensorHandle,

@@ -7,7 +7,8 @@
  */
 import { FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
-import { BackwardTermArg, call } from '../native';
+import { KernelSteps, step } from '../exec';
+import { BackwardTermArg } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkInt, checkOptions } from '../validate';
@@ -118,6 +119,20 @@ export class LoraConv2d extends LoraLayer {
    * backward(). opts.adapterNames (eval mode): one adapter name or '__base__' per image.
    */
   forward(x: Tensor, opts: MixedForwardOptions = {}): Tensor {
+    return this.runLayerSync('forward', this.forwardSteps(x, opts));
+  }
+
+  /** forward() with the kernels on a libuv thread; x, the weights and y are busy until it settles. */
+  forwardAsync(x: Tensor, opts: MixedForwardOptions = {}): Promise<Tensor> {
+    return this.runLayerAsync('forward', this.forwardSteps(x, opts));
+  }
+
+  /** backward() with the kernels on a libuv thread. */
+  backwardAsync(dy: Tensor): Promise<BackwardResult> {
+    return this.runLayerAsync('backward', this.backwardSteps(dy));
+  }
+
+  private *forwardSteps(x: Tensor, opts: MixedForwardOptions): KernelSteps<Tensor> {
     requireFloatTensor(x, 'x');
     const o = checkOptions(opts, ['adapterNames'], 'opts') as MixedForwardOptions;
     if (x.shape.length !== 4 || x.shape[1] !== this.inFeatures)
@@ -135,7 +150,7 @@ export class LoraConv2d extends LoraLayer {
       names = mixed.adapters;
       images = this._disableAdapters ? mixed.index.fill(-1) : mixed.index;
     } else {
-      if (this._disableAdapters && this.merged) this.unmerge();
+      if (this._disableAdapters && this.merged) yield* this.unmergeSteps();
       names = this.contributingAdapters();
     }
     this.clearCache();
@@ -158,7 +173,7 @@ export class LoraConv2d extends LoraLayer {
         if (p > 0) {
           xa = Tensor.zeros(x.shape, { dtype: x.dtype });
           adapters.push({ name, xa, u: xa, p, seed, stream });
-          call((b) => b.dropout(x.handle, p, seed, stream, xa.handle));
+          yield step('dropout', x.handle, p, seed, stream, xa.handle);
         }
         const u = Tensor.zeros([N, this._r.get(name)!, Ho * Wo], { dtype: 'f32' });
         if (p > 0) adapters[adapters.length - 1].u = u;
@@ -171,7 +186,7 @@ export class LoraConv2d extends LoraLayer {
         B: this._loraB.get(a.name)!.handle,
         scale: this._scaling.get(a.name)!,
       }));
-      call((b) => b.conv2dForward(x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.geom(), terms, y.handle, images));
+      yield step('conv2dForward', x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.geom(), terms, y.handle, images);
     } catch (e) {
       freeAdapterCache(adapters, x);
       y.dispose();
@@ -184,6 +199,10 @@ export class LoraConv2d extends LoraLayer {
 
   /** Gradients for the last training-mode forward: dx, and dA/dB per contributing, unfrozen adapter. */
   backward(dy: Tensor): BackwardResult {
+    return this.runLayerSync('backward', this.backwardSteps(dy));
+  }
+
+  private *backwardSteps(dy: Tensor): KernelSteps<BackwardResult> {
     requireFloatTensor(dy, 'dy');
     const cache = this.#cache;
     if (!cache) throw new StateError('backward: needs a forward() in training mode first (call train() before forward)');
@@ -216,7 +235,7 @@ export class LoraConv2d extends LoraLayer {
           dB: g ? g.loraB.handle : null,
         });
       }
-      call((b) => b.conv2dBackward(dy.handle, cache.x.handle, this.#weight.handle, this.geom(), terms, dx.handle));
+      yield step('conv2dBackward', dy.handle, cache.x.handle, this.#weight.handle, this.geom(), terms, dx.handle);
     } catch (e) {
       dx.dispose();
       for (const g of grads.values()) {
@@ -247,7 +266,7 @@ export class LoraConv2d extends LoraLayer {
     };
   }
 
-  protected writeDelta(name: string, sign: 1 | -1, W: Tensor, out: Tensor): void {
+  protected *deltaSteps(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelSteps<void> {
     if (this.groups > 1) throw new AdapterError(`merge: adapter '${name}' is on a grouped conv (groups ${this.groups}); peft refuses to merge it too`);
     const [kh, kw] = this.kernelSize;
     if ((this.dilation[0] > 1 && kh > 1) || (this.dilation[1] > 1 && kw > 1))
@@ -256,7 +275,7 @@ export class LoraConv2d extends LoraLayer {
       );
     const s = sign * this._scaling.get(name)!;
     if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);
-    call((b) => b.conv2dMergeDelta(W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, out.handle));
+    yield step('conv2dMergeDelta', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, out.handle);
   }
 
   protected override weightedAdapterUnsupported(): string | null {

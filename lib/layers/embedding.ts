@@ -6,7 +6,7 @@
  */
 import { FloatDType } from '../dtype';
 import { DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
-import { call } from '../native';
+import { KernelSteps, step } from '../exec';
 import { Rng } from '../rng';
 import { Tensor, describe, requireFloatTensor } from '../tensor';
 import { checkInt, checkOptions } from '../validate';
@@ -80,6 +80,20 @@ export class LoraEmbedding extends LoraLayer {
    * '__base__' per entry of the indices' first dimension. Out-of-range indices throw LoraRangeError.
    */
   forward(indices: EmbeddingIndices, opts: MixedForwardOptions = {}): Tensor {
+    return this.runLayerSync('forward', this.forwardSteps(indices, opts));
+  }
+
+  /** forward() with the kernel on a libuv thread; the indices, the weights and y are busy until it settles. */
+  forwardAsync(indices: EmbeddingIndices, opts: MixedForwardOptions = {}): Promise<Tensor> {
+    return this.runLayerAsync('forward', this.forwardSteps(indices, opts));
+  }
+
+  /** backward() with the kernels on a libuv thread. */
+  backwardAsync(dy: Tensor): Promise<EmbeddingBackwardResult> {
+    return this.runLayerAsync('backward', this.backwardSteps(dy));
+  }
+
+  private *forwardSteps(indices: EmbeddingIndices, opts: MixedForwardOptions): KernelSteps<Tensor> {
     const o = checkOptions(opts, ['adapterNames'], 'opts') as MixedForwardOptions;
     if (this.#weight.disposed) throw new StateError('weight: the base weight tensor was disposed');
     const { tensor: idx, owned } = this.indexTensor(indices);
@@ -95,7 +109,7 @@ export class LoraEmbedding extends LoraLayer {
         rowAdapter = new Int32Array(idx.numel);
         mixed.index.forEach((a, i) => rowAdapter!.fill(this._disableAdapters ? -1 : a, i * per, (i + 1) * per));
       } else {
-        if (this._disableAdapters && this.merged) this.unmerge();
+        if (this._disableAdapters && this.merged) yield* this.unmergeSteps();
         names = this.contributingAdapters();
       }
       this.clearCache();
@@ -104,7 +118,7 @@ export class LoraEmbedding extends LoraLayer {
         const factors = names.map(
           (n) => [this._loraA.get(n)!.handle, this._loraB.get(n)!.handle, this._scaling.get(n)!] as [Tensor['handle'], Tensor['handle'], number],
         );
-        call((b) => b.embeddingForward(idx.handle, this.#weight.handle, factors, rowAdapter, y.handle));
+        yield step('embeddingForward', idx.handle, this.#weight.handle, factors, rowAdapter, y.handle);
       } catch (e) {
         y.dispose();
         throw e;
@@ -121,6 +135,10 @@ export class LoraEmbedding extends LoraLayer {
 
   /** Gradients for the last training-mode forward: dA and dB per contributing, unfrozen adapter. */
   backward(dy: Tensor): EmbeddingBackwardResult {
+    return this.runLayerSync('backward', this.backwardSteps(dy));
+  }
+
+  private *backwardSteps(dy: Tensor): KernelSteps<EmbeddingBackwardResult> {
     requireFloatTensor(dy, 'dy');
     const cache = this.#cache;
     if (!cache) throw new StateError('backward: needs a forward() in training mode first (call train() before forward)');
@@ -137,10 +155,8 @@ export class LoraEmbedding extends LoraLayer {
         const B = this._loraB.get(name)!;
         const g = { loraA: Tensor.zeros(A.shape, { dtype: A.dtype }), loraB: Tensor.zeros(B.shape, { dtype: B.dtype }) };
         grads.set(name, g);
-        call((b) =>
-          b.embeddingBackward(cache.indices.handle, dy.handle, A.handle, B.handle, this._scaling.get(name)!, this.paddingIdx ?? -1,
-            g.loraA.handle, g.loraB.handle),
-        );
+        yield step('embeddingBackward', cache.indices.handle, dy.handle, A.handle, B.handle, this._scaling.get(name)!,
+          this.paddingIdx ?? -1, g.loraA.handle, g.loraB.handle);
       }
     } catch (e) {
       for (const g of grads.values()) {
@@ -163,10 +179,10 @@ export class LoraEmbedding extends LoraLayer {
   }
 
   /** W [num, dim] is the [in, out] layout of a fan_in_fan_out linear: ΔW = s·(B·A)ᵀ. */
-  protected writeDelta(name: string, sign: 1 | -1, W: Tensor, out: Tensor): void {
+  protected *deltaSteps(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelSteps<void> {
     const s = sign * this._scaling.get(name)!;
     if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);
-    call((b) => b.mergeDelta(W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, true, out.handle));
+    yield step('mergeDelta', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, true, out.handle);
   }
 
   protected clearCache(): void {

@@ -7,8 +7,8 @@
  */
 import { Device, FloatDType } from '../dtype';
 import { AdapterError, DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
-import { KernelStep, KernelSteps, runStep, step } from '../exec';
-import { BackwardTermArg, NativeTensorHandle, call } from '../native';
+import { KernelSteps, runSync, step } from '../exec';
+import { BackwardTermArg, NativeTensorHandle } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { Mat, mat, qr, svd } from '../linalg';
@@ -90,8 +90,8 @@ export class LoraLinear extends LoraLayer {
   }
 
   /**
-   * forward() with the kernels on a libuv thread; x, the weights and y are busy until it settles.
-   * (A mixed-adapter batch has no async kernel yet: that pass runs on the JS thread.)
+   * forward() with the kernels on a libuv thread (DoRA and mixed-adapter batches included); x, the
+   * weights and y are busy until it settles.
    */
   forwardAsync(x: Tensor, opts: MixedForwardOptions = {}): Promise<Tensor> {
     return this.runLayerAsync('forward', this.forwardSteps(x, opts));
@@ -114,7 +114,7 @@ export class LoraLinear extends LoraLayer {
       this.requireCpu('a mixed-adapter batch');
       const mixed = this.resolveMixedBatch(o.adapterNames, x.shape[0]);
       this.clearCache();
-      return this.mixedForward(x, mixed.adapters, mixed.index);
+      return yield* this.mixedForwardSteps(x, mixed.adapters, mixed.index);
     }
     if (this._disableAdapters && this.merged) yield* this.unmergeSteps();
     this.clearCache();
@@ -167,7 +167,7 @@ export class LoraLinear extends LoraLayer {
         yield step('shrink', xa.handle, this._loraA.get(name)!.handle, u.handle);
       }
       if (doraName !== undefined) {
-        dora = this.doraForward(x, adapters[0], y); // no async kernel for DoRA yet: runs on the JS thread
+        dora = yield* this.doraForwardSteps(x, adapters[0], y);
       } else {
         const terms = adapters.map(
           (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
@@ -186,13 +186,16 @@ export class LoraLinear extends LoraLayer {
 
   /** ‖W + s·B·A‖ per output feature (f32 [out]) for W (default: the base weight). */
   doraWeightNorm(name: string, W: Tensor = this.#weight): Tensor {
+    return runSync(this.doraWeightNormSteps(name, W));
+  }
+
+  private *doraWeightNormSteps(name: string, W: Tensor): KernelSteps<Tensor> {
     this.requireAdapter(name, 'name');
     this.requireCpu('DoRA');
     const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32' });
     try {
-      call((b) =>
-        b.doraWeightNorm(W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, this._scaling.get(name)!, this.fanInFanOut, norm.handle),
-      );
+      yield step('doraWeightNorm', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, this._scaling.get(name)!,
+        this.fanInFanOut, norm.handle);
     } catch (e) {
       norm.dispose();
       throw e;
@@ -201,17 +204,14 @@ export class LoraLinear extends LoraLayer {
   }
 
   /** The norm is computed inside the forward: one GEMM streams W for both x·Wᵀ and W·Aᵀ. */
-  private doraForward(x: Tensor, a: AdapterCache, y: Tensor): { norm: Tensor; pre: Tensor } {
+  private *doraForwardSteps(x: Tensor, a: AdapterCache, y: Tensor): KernelSteps<{ norm: Tensor; pre: Tensor }> {
     const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32' });
     let pre: Tensor | null = null;
     try {
       pre = Tensor.zeros([x.numel / this.inFeatures, this.outFeatures], { dtype: 'f32' });
-      const p = pre;
-      call((b) =>
-        b.doraLinearForward(x.handle, a.xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, a.u.handle,
-          this._loraA.get(a.name)!.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!, norm.handle,
-          this._loraMagnitude.get(a.name)!.handle, y.handle, p.handle),
-      );
+      yield step('doraLinearForward', x.handle, a.xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, a.u.handle,
+        this._loraA.get(a.name)!.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!, norm.handle,
+        this._loraMagnitude.get(a.name)!.handle, y.handle, pre.handle);
     } catch (e) {
       norm.dispose();
       pre?.dispose();
@@ -220,7 +220,7 @@ export class LoraLinear extends LoraLayer {
     return { norm, pre };
   }
 
-  private doraBackward(dy: Tensor, cache: ForwardCache, dx: Tensor, grads: Map<string, AdapterGrads>): void {
+  private *doraBackwardSteps(dy: Tensor, cache: ForwardCache, dx: Tensor, grads: Map<string, AdapterGrads>): KernelSteps<void> {
     const a = cache.adapters[0];
     const dora = cache.dora!;
     if (!this._loraA.has(a.name)) throw new StateError(`backward: adapter '${a.name}' was deleted after the forward`);
@@ -249,10 +249,8 @@ export class LoraLinear extends LoraLayer {
       norm: dora.norm.handle,
       pre: dora.pre.handle,
     };
-    call((b) =>
-      b.doraLinearBackward(dy.handle, this.#weight.handle, this.fanInFanOut, term, dx.handle, g ? g.loraA.handle : null,
-        g ? g.loraB.handle : null, g ? g.magnitude!.handle : null),
-    );
+    yield step('doraLinearBackward', dy.handle, this.#weight.handle, this.fanInFanOut, term, dx.handle, g ? g.loraA.handle : null,
+      g ? g.loraB.handle : null, g ? g.magnitude!.handle : null);
   }
 
   /**
@@ -276,7 +274,7 @@ export class LoraLinear extends LoraLayer {
     const grads = new Map<string, AdapterGrads>();
     const terms: BackwardTermArg[] = [];
     try {
-      if (cache.dora) this.doraBackward(dy, cache, dx, grads);
+      if (cache.dora) yield* this.doraBackwardSteps(dy, cache, dx, grads);
       else for (const a of cache.adapters) {
         if (!this._loraA.has(a.name)) throw new StateError(`backward: adapter '${a.name}' was deleted after the forward`);
         const A = this._loraA.get(a.name)!;
@@ -317,7 +315,7 @@ export class LoraLinear extends LoraLayer {
   }
 
   /** One native pass: rows grouped per adapter, the base and that adapter's expand as one GEMM. */
-  private mixedForward(x: Tensor, adapters: string[], perEntry: Int32Array): Tensor {
+  private *mixedForwardSteps(x: Tensor, adapters: string[], perEntry: Int32Array): KernelSteps<Tensor> {
     const rowsPerEntry = x.numel / (x.shape[0] * this.inFeatures);
     const rowAdapter = new Int32Array(x.numel / this.inFeatures);
     perEntry.forEach((a, i) => rowAdapter.fill(this._disableAdapters ? -1 : a, i * rowsPerEntry, (i + 1) * rowsPerEntry));
@@ -326,7 +324,7 @@ export class LoraLinear extends LoraLayer {
       const factors = adapters.map(
         (n) => [this._loraA.get(n)!.handle, this._loraB.get(n)!.handle, this._scaling.get(n)!] as [Tensor['handle'], Tensor['handle'], number],
       );
-      call((b) => b.mixedLinearForward(x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, factors, rowAdapter, y.handle));
+      yield step('mixedLinearForward', x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, factors, rowAdapter, y.handle);
     } catch (e) {
       y.dispose();
       throw e;
@@ -401,21 +399,21 @@ export class LoraLinear extends LoraLayer {
     return { A: Tensor.from(a, [r, inF], { dtype, device }), B: Tensor.from(b, [outF, r], { dtype, device }) };
   }
 
-  protected writeDelta(name: string, sign: 1 | -1, W: Tensor, out: Tensor, plainDelta = false): void {
+  protected *deltaSteps(name: string, sign: 1 | -1, W: Tensor, out: Tensor, plainDelta = false): KernelSteps<void> {
     const s = sign * this._scaling.get(name)!;
     if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);
     const A = this._loraA.get(name)!;
     const B = this._loraB.get(name)!;
     if (!this._useDora.get(name) || plainDelta) {
-      runStep(this.loraDeltaStep(name, sign, W, out));
+      yield step('mergeDelta', W.handle, A.handle, B.handle, s, this.fanInFanOut, out.handle);
       return;
     }
     // DoRA, as peft: merge caches the norm of W + ΔW, unmerge divides by the cached scale.
     const m = this._loraMagnitude.get(name)!;
     if (sign === 1) {
-      const norm = this.doraWeightNorm(name, W);
+      const norm = yield* this.doraWeightNormSteps(name, W);
       try {
-        call((b) => b.doraMerge(W.handle, A.handle, B.handle, s, this.fanInFanOut, m.handle, norm.handle, false, out.handle));
+        yield step('doraMerge', W.handle, A.handle, B.handle, s, this.fanInFanOut, m.handle, norm.handle, false, out.handle);
       } catch (e) {
         norm.dispose();
         throw e;
@@ -425,21 +423,10 @@ export class LoraLinear extends LoraLayer {
     } else {
       const norm = this.#doraMergeNorm.get(name);
       if (!norm) throw new StateError(`unmerge: no cached weight norm for DoRA adapter '${name}'`);
-      call((b) => b.doraMerge(W.handle, A.handle, B.handle, -s, this.fanInFanOut, m.handle, norm.handle, true, out.handle));
+      yield step('doraMerge', W.handle, A.handle, B.handle, -s, this.fanInFanOut, m.handle, norm.handle, true, out.handle);
       norm.dispose();
       this.#doraMergeNorm.delete(name);
     }
-  }
-
-  protected override deltaStep(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelStep | null {
-    if (this._useDora.get(name)) return null; // DoRA merges go through writeDelta (JS thread)
-    return this.loraDeltaStep(name, sign, W, out);
-  }
-
-  private loraDeltaStep(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelStep {
-    const s = sign * this._scaling.get(name)!;
-    if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);
-    return step('mergeDelta', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, this.fanInFanOut, out.handle);
   }
 
   protected override get supportsDora(): boolean {

@@ -5,7 +5,7 @@
  */
 import { FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError } from '../errors';
-import { KernelStep, KernelSteps, runAsync, runSync, step } from '../exec';
+import { KernelSteps, runAsync, runSync, step } from '../exec';
 import { mat, matmul, qr, svd, transpose } from '../linalg';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
@@ -483,7 +483,12 @@ export abstract class LoraLayer {
     this.requireAdapter(name, 'name');
     const W = this.weight;
     const out = Tensor.zeros(W.shape, { dtype: 'f32', device: W.device });
-    this.writeDelta(name, 1, out, out, true);
+    try {
+      runSync(this.deltaSteps(name, 1, out, out, true));
+    } catch (e) {
+      out.dispose();
+      throw e;
+    }
     return out;
   }
 
@@ -543,12 +548,6 @@ export abstract class LoraLayer {
       this._mergedAdapters.pop(); // only once W is restored, so a failed step can be retried
     }
     return this;
-  }
-
-  private *deltaSteps(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelSteps<void> {
-    const s = this.deltaStep(name, sign, W, out);
-    if (s) yield s;
-    else this.writeDelta(name, sign, W, out);
   }
 
   /** Runs an operation body synchronously; refused while an async one is in flight on this layer. */
@@ -620,7 +619,7 @@ export abstract class LoraLayer {
    * out = W + sign·ΔW(name) (out may be W). DoRA adapters merge as peft (out = k ⊙ (W + ΔW) and its
    * inverse) unless plainDelta, which gives the LoRA ΔW alone (peft's get_delta_weight).
    */
-  protected abstract writeDelta(name: string, sign: 1 | -1, W: Tensor, out: Tensor, plainDelta?: boolean): void;
+  protected abstract deltaSteps(name: string, sign: 1 | -1, W: Tensor, out: Tensor, plainDelta?: boolean): KernelSteps<void>;
 
   /** Layer kinds with DoRA override this and initMagnitude. */
   protected get supportsDora(): boolean {
@@ -643,11 +642,6 @@ export abstract class LoraLayer {
 
   /** A reason why addWeightedAdapter cannot work on this layer, or null. */
   protected weightedAdapterUnsupported(): string | null {
-    return null;
-  }
-
-  /** The kernel step of writeDelta, so merges can run async; null: merge through writeDelta (sync). */
-  protected deltaStep(_name: string, _sign: 1 | -1, _W: Tensor, _out: Tensor): KernelStep | null {
     return null;
   }
 

@@ -9,6 +9,7 @@
 #include "args.h"
 #include "async_binding.h"
 #include "kernel_call.h"
+#include "parity_binding.h"
 
 namespace lorakit {
 namespace napi {
@@ -120,6 +121,17 @@ void InitAsync(Napi::Env env, Napi::Object exports) {
   exports.Set("dropoutAsync", Napi::Function::New<RunAsync<BuildDropout>>(env, "dropoutAsync"));
   exports.Set("convertAsync", Napi::Function::New<RunAsync<BuildConvert>>(env, "convertAsync"));
   exports.Set("allFiniteAsync", Napi::Function::New<RunAsync<BuildAllFinite>>(env, "allFiniteAsync"));
+  // peft-parity ops (parity_binding.cc)
+  exports.Set("mixedLinearForwardAsync", Napi::Function::New<RunAsync<BuildMixedLinearForward>>(env, "mixedLinearForwardAsync"));
+  exports.Set("doraWeightNormAsync", Napi::Function::New<RunAsync<BuildDoraWeightNorm>>(env, "doraWeightNormAsync"));
+  exports.Set("doraLinearForwardAsync", Napi::Function::New<RunAsync<BuildDoraLinearForward>>(env, "doraLinearForwardAsync"));
+  exports.Set("doraLinearBackwardAsync", Napi::Function::New<RunAsync<BuildDoraLinearBackward>>(env, "doraLinearBackwardAsync"));
+  exports.Set("doraMergeAsync", Napi::Function::New<RunAsync<BuildDoraMerge>>(env, "doraMergeAsync"));
+  exports.Set("embeddingForwardAsync", Napi::Function::New<RunAsync<BuildEmbeddingForward>>(env, "embeddingForwardAsync"));
+  exports.Set("embeddingBackwardAsync", Napi::Function::New<RunAsync<BuildEmbeddingBackward>>(env, "embeddingBackwardAsync"));
+  exports.Set("conv2dForwardAsync", Napi::Function::New<RunAsync<BuildConv2dForward>>(env, "conv2dForwardAsync"));
+  exports.Set("conv2dBackwardAsync", Napi::Function::New<RunAsync<BuildConv2dBackward>>(env, "conv2dBackwardAsync"));
+  exports.Set("conv2dMergeDeltaAsync", Napi::Function::New<RunAsync<BuildConv2dMergeDelta>>(env, "conv2dMergeDeltaAsync"));
 }
 
 }  // namespace napi

@@ -6,6 +6,7 @@
 #include <functional>
 #include <string>
 #include <vector>
+#include "args.h"
 #include "tensor_binding.h"
 
 namespace lorakit {
@@ -46,6 +47,17 @@ KernelCall BuildMergeDelta(const Napi::CallbackInfo& info);
 KernelCall BuildDropout(const Napi::CallbackInfo& info);
 KernelCall BuildConvert(const Napi::CallbackInfo& info);
 KernelCall BuildAllFinite(const Napi::CallbackInfo& info);
+
+// The sync export of a builder: validate, run at once on the JS thread, return the result.
+template <KernelBuilder build>
+Napi::Value RunSync(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    KernelCall c = build(info);
+    c.check_access();
+    c.run();
+    return c.result_value(info.Env());
+  });
+}
 
 }  // namespace napi
 }  // namespace lorakit

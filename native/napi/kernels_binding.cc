@@ -60,16 +60,6 @@ uint64_t to_counter(double v, const std::string& name) {
   return static_cast<uint64_t>(v);
 }
 
-template <KernelBuilder build>
-Napi::Value RunSync(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    KernelCall c = build(info);
-    c.check_access();
-    c.run();
-    return c.result_value(info.Env());
-  });
-}
-
 }  // namespace
 
 void KernelCall::check_access() const {

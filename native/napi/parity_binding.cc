@@ -1,28 +1,50 @@
-// Bindings for the peft-parity ops: argument unpacking and checks only, no math.
+// Bindings for the peft-parity ops: argument unpacking and checks only, no math. Each is a
+// KernelBuilder (kernel_call.h), so the sync export and its Async form (async_binding.cc) share
+// the checks; `run` holds copies of everything it needs and makes no N-API calls.
 #include <napi.h>
 #include <cmath>
+#include <memory>
 #include "../cpu/ops.h"
 #include "../cpu/parity_ops.h"
 #include "args.h"
+#include "kernel_call.h"
 #include "parity_binding.h"
 
 namespace lorakit {
 namespace napi {
 namespace {
 
-const TensorRef& float_arg(const Napi::CallbackInfo& info, size_t i, const std::string& name) {
+// A nullable tensor operand, held by value so a closure can carry it.
+struct OptRef {
+  TensorRef ref;
+  bool set = false;
+  const TensorRef* ptr() const { return set ? &ref : nullptr; }
+};
+
+enum class Access { Read, Write, ReadInPlace };
+
+TensorRef use(KernelCall& c, NativeTensor* t, const std::string& name, Access a) {
+  return a == Access::Write ? c.write(t, name) : c.read(t, name, a == Access::ReadInPlace);
+}
+
+TensorRef float_arg(KernelCall& c, const Napi::CallbackInfo& info, size_t i, const std::string& name,
+                    Access a = Access::Read) {
   if (info.Length() <= i) throw_type(name + ": missing argument");
   NativeTensor* t = get_tensor(info[i], name);
   require_float_cpu(t, name);
-  return t->ref();
+  return use(c, t, name, a);
 }
 
-const TensorRef* float_arg_or_null(const Napi::CallbackInfo& info, size_t i, const std::string& name) {
-  if (info.Length() <= i) return nullptr;
+OptRef float_arg_or_null(KernelCall& c, const Napi::CallbackInfo& info, size_t i, const std::string& name,
+                         Access a = Access::Read) {
+  OptRef o;
+  if (info.Length() <= i) return o;
   NativeTensor* t = get_tensor_or_null(info[i], name);
-  if (!t) return nullptr;
+  if (!t) return o;
   require_float_cpu(t, name);
-  return &t->ref();
+  o.ref = use(c, t, name, a);
+  o.set = true;
+  return o;
 }
 
 void require_distinct(const TensorRef& out, const TensorRef& in, const std::string& oname, const std::string& iname) {
@@ -30,7 +52,8 @@ void require_distinct(const TensorRef& out, const TensorRef& in, const std::stri
 }
 
 // [A, B, scale][] with A [r, in], B [out, r]
-std::vector<cpu::AdapterFactors> factor_list(const Napi::Value& v, int64_t in, int64_t out, const std::string& name) {
+std::vector<cpu::AdapterFactors> factor_list(KernelCall& c, const Napi::Value& v, int64_t in, int64_t out,
+                                             const std::string& name) {
   if (!v.IsArray()) throw_type(name + ": expected an array of [A, B, scale]");
   Napi::Array arr = v.As<Napi::Array>();
   std::vector<cpu::AdapterFactors> list;
@@ -47,51 +70,55 @@ std::vector<cpu::AdapterFactors> factor_list(const Napi::Value& v, int64_t in, i
     if (as.size() != 2 || as[1] != in)
       throw_range(w + ".A: expected shape [r, " + std::to_string(in) + "], got " + shape_str(as));
     require_same_shape(B->ref(), {out, as[0]}, w + ".B");
-    list.push_back({A->ref(), B->ref(), scale_arg(t.Get(2u), w + ".scale")});
+    list.push_back({c.read(A, w + ".A"), c.read(B, w + ".B"), scale_arg(t.Get(2u), w + ".scale")});
   }
   return list;
 }
 
+}  // namespace
+
 // mixedLinearForward(x, W, bias|null, fifo, adapters: [A, B, scale][], rowAdapter: Int32Array, y)
-Napi::Value MixedLinearForward(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& x = float_arg(info, 0, "x");
-    const TensorRef& W = float_arg(info, 1, "weight");
-    const TensorRef* bias = float_arg_or_null(info, 2, "bias");
-    bool fifo = get_bool(info, 3, "fanInFanOut");
-    LinearDims d = linear_dims(W, fifo);
-    if (x.shape.empty() || x.shape.back() != d.in)
-      throw_range("x: expected shape [..., " + std::to_string(d.in) + "] (in_features), got " + shape_str(x.shape));
-    if (bias) require_same_shape(*bias, {d.out}, "bias");
-    auto adapters = factor_list(info[4], d.in, d.out, "adapters");
-    if (info.Length() <= 5 || !info[5].IsTypedArray() ||
-        info[5].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-      throw_type("rowAdapter: expected an Int32Array");
-    Napi::Int32Array rows = info[5].As<Napi::Int32Array>();
-    int64_t n = x.rows();
-    if (static_cast<int64_t>(rows.ElementLength()) != n)
-      throw_range("rowAdapter: expected " + std::to_string(n) + " entries (one per row of x), got " +
-                  std::to_string(rows.ElementLength()));
-    const int32_t* rp = rows.Data();
-    for (int64_t i = 0; i < n; i++)
-      if (rp[i] < -1 || rp[i] >= static_cast<int32_t>(adapters.size()))
-        throw_range("rowAdapter[" + std::to_string(i) + "]: " + std::to_string(rp[i]) + " is not -1 (base) or an adapter index below " +
-                    std::to_string(adapters.size()));
-    const TensorRef& y = float_arg(info, 6, "y");
-    require_same_shape(y, with_last(x.shape, d.out), "y");
-    require_distinct(y, x, "y", "x");
-    cpu::mixed_linear_forward(x, W, bias, fifo, adapters, rp, y);
-    return info.Env().Undefined();
-  });
+KernelCall BuildMixedLinearForward(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  TensorRef x = float_arg(c, info, 0, "x");
+  TensorRef W = float_arg(c, info, 1, "weight");
+  OptRef bias = float_arg_or_null(c, info, 2, "bias");
+  bool fifo = get_bool(info, 3, "fanInFanOut");
+  LinearDims d = linear_dims(W, fifo);
+  if (x.shape.empty() || x.shape.back() != d.in)
+    throw_range("x: expected shape [..., " + std::to_string(d.in) + "] (in_features), got " + shape_str(x.shape));
+  if (bias.set) require_same_shape(bias.ref, {d.out}, "bias");
+  auto adapters = factor_list(c, info[4], d.in, d.out, "adapters");
+  if (info.Length() <= 5 || !info[5].IsTypedArray() ||
+      info[5].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw_type("rowAdapter: expected an Int32Array");
+  Napi::Int32Array rows = info[5].As<Napi::Int32Array>();
+  int64_t n = x.rows();
+  if (static_cast<int64_t>(rows.ElementLength()) != n)
+    throw_range("rowAdapter: expected " + std::to_string(n) + " entries (one per row of x), got " +
+                std::to_string(rows.ElementLength()));
+  // Copied: the JS array may change or be detached while async work runs.
+  std::vector<int32_t> rp(rows.Data(), rows.Data() + n);
+  for (int64_t i = 0; i < n; i++)
+    if (rp[i] < -1 || rp[i] >= static_cast<int32_t>(adapters.size()))
+      throw_range("rowAdapter[" + std::to_string(i) + "]: " + std::to_string(rp[i]) + " is not -1 (base) or an adapter index below " +
+                  std::to_string(adapters.size()));
+  TensorRef y = float_arg(c, info, 6, "y", Access::Write);
+  require_same_shape(y, with_last(x.shape, d.out), "y");
+  require_distinct(y, x, "y", "x");
+  c.run = [=] { cpu::mixed_linear_forward(x, W, bias.ptr(), fifo, adapters, rp.data(), y); };
+  return c;
 }
 
+namespace {
 
-const TensorRef& f32_arg(const Napi::Value& v, const std::string& name, const std::vector<int64_t>& shape) {
+TensorRef f32_arg(KernelCall& c, const Napi::Value& v, const std::string& name, const std::vector<int64_t>& shape,
+                  Access a) {
   NativeTensor* t = get_tensor(v, name);
   require_float_cpu(t, name);
   if (t->ref().dtype != DType::F32) throw_type(name + ": expected an f32 tensor, got " + dtype_name(t->ref().dtype));
   require_same_shape(t->ref(), shape, name);
-  return t->ref();
+  return use(c, t, name, a);
 }
 
 // A: [r, in], B: [out, r]
@@ -102,130 +129,132 @@ int64_t check_factors(const TensorRef& A, const TensorRef& B, LinearDims d, cons
   return A.shape[0];
 }
 
+}  // namespace
+
 // doraWeightNorm(W, A, B, scale, fifo, norm f32 [out])
-Napi::Value DoraWeightNorm(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& W = float_arg(info, 0, "weight");
-    const TensorRef& A = float_arg(info, 1, "A");
-    const TensorRef& B = float_arg(info, 2, "B");
-    float scale = static_cast<float>(get_number(info, 3, "scale"));
-    bool fifo = get_bool(info, 4, "fanInFanOut");
-    LinearDims d = linear_dims(W, fifo);
-    check_factors(A, B, d, "");
-    const TensorRef& norm = f32_arg(info[5], "norm", {d.out});
-    cpu::dora_weight_norm(W, A, B, scale, fifo, norm.as<float>());
-    return info.Env().Undefined();
-  });
+KernelCall BuildDoraWeightNorm(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  TensorRef W = float_arg(c, info, 0, "weight");
+  TensorRef A = float_arg(c, info, 1, "A");
+  TensorRef B = float_arg(c, info, 2, "B");
+  float scale = static_cast<float>(get_number(info, 3, "scale"));
+  bool fifo = get_bool(info, 4, "fanInFanOut");
+  LinearDims d = linear_dims(W, fifo);
+  check_factors(A, B, d, "");
+  TensorRef norm = f32_arg(c, info[5], "norm", {d.out}, Access::Write);
+  c.run = [=] { cpu::dora_weight_norm(W, A, B, scale, fifo, norm.as<float>()); };
+  return c;
 }
 
 // doraLinearForward(x, xa, W, bias|null, fifo, u, A, B, scale, norm (written), magnitude, y, pre (written))
-Napi::Value DoraLinearForward(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& x = float_arg(info, 0, "x");
-    const TensorRef& xa = float_arg(info, 1, "xa");
-    const TensorRef& W = float_arg(info, 2, "weight");
-    const TensorRef* bias = float_arg_or_null(info, 3, "bias");
-    bool fifo = get_bool(info, 4, "fanInFanOut");
-    LinearDims d = linear_dims(W, fifo);
-    if (x.shape.empty() || x.shape.back() != d.in)
-      throw_range("x: expected shape [..., " + std::to_string(d.in) + "] (in_features), got " + shape_str(x.shape));
-    require_same_shape(xa, x.shape, "xa");
-    if (bias) require_same_shape(*bias, {d.out}, "bias");
-    const TensorRef& u = float_arg(info, 5, "u");
-    const TensorRef& A = float_arg(info, 6, "A");
-    const TensorRef& B = float_arg(info, 7, "B");
-    int64_t r = check_factors(A, B, d, "");
-    int64_t n = x.rows();
-    require_same_shape(u, with_last(x.shape, r), "u");
-    float scale = static_cast<float>(get_number(info, 8, "scale"));
-    const TensorRef& norm = f32_arg(info[9], "norm", {d.out});
-    const TensorRef& mag = float_arg(info, 10, "magnitude");
-    require_same_shape(mag, {d.out}, "magnitude");
-    const TensorRef& y = float_arg(info, 11, "y");
-    require_same_shape(y, with_last(x.shape, d.out), "y");
-    require_distinct(y, x, "y", "x");
-    const TensorRef& pre = f32_arg(info[12], "pre", {n, d.out});
-    cpu::dora_linear_forward(x, xa, W, bias, fifo, u, A, B, scale, mag, y, pre.as<float>(), norm.as<float>());
-    return info.Env().Undefined();
-  });
+KernelCall BuildDoraLinearForward(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  TensorRef x = float_arg(c, info, 0, "x");
+  TensorRef xa = float_arg(c, info, 1, "xa");
+  TensorRef W = float_arg(c, info, 2, "weight");
+  OptRef bias = float_arg_or_null(c, info, 3, "bias");
+  bool fifo = get_bool(info, 4, "fanInFanOut");
+  LinearDims d = linear_dims(W, fifo);
+  if (x.shape.empty() || x.shape.back() != d.in)
+    throw_range("x: expected shape [..., " + std::to_string(d.in) + "] (in_features), got " + shape_str(x.shape));
+  require_same_shape(xa, x.shape, "xa");
+  if (bias.set) require_same_shape(bias.ref, {d.out}, "bias");
+  TensorRef u = float_arg(c, info, 5, "u");
+  TensorRef A = float_arg(c, info, 6, "A");
+  TensorRef B = float_arg(c, info, 7, "B");
+  int64_t r = check_factors(A, B, d, "");
+  int64_t n = x.rows();
+  require_same_shape(u, with_last(x.shape, r), "u");
+  float scale = static_cast<float>(get_number(info, 8, "scale"));
+  TensorRef norm = f32_arg(c, info[9], "norm", {d.out}, Access::Write);
+  TensorRef mag = float_arg(c, info, 10, "magnitude");
+  require_same_shape(mag, {d.out}, "magnitude");
+  TensorRef y = float_arg(c, info, 11, "y", Access::Write);
+  require_same_shape(y, with_last(x.shape, d.out), "y");
+  require_distinct(y, x, "y", "x");
+  TensorRef pre = f32_arg(c, info[12], "pre", {n, d.out}, Access::Write);
+  c.run = [=] {
+    cpu::dora_linear_forward(x, xa, W, bias.ptr(), fifo, u, A, B, scale, mag, y, pre.as<float>(), norm.as<float>());
+  };
+  return c;
 }
 
 // doraLinearBackward(dy, W, fifo, {xa, u, A, B, magnitude, scale, p, seed, stream, norm, pre}, dx|null, dA|null, dB|null, dmag|null)
-Napi::Value DoraLinearBackward(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& dy = float_arg(info, 0, "dy");
-    const TensorRef& W = float_arg(info, 1, "weight");
-    bool fifo = get_bool(info, 2, "fanInFanOut");
-    LinearDims d = linear_dims(W, fifo);
-    if (dy.shape.empty() || dy.shape.back() != d.out)
-      throw_range("dy: expected shape [..., " + std::to_string(d.out) + "] (out_features), got " + shape_str(dy.shape));
-    int64_t n = dy.rows();
-    if (info.Length() < 4 || !info[3].IsObject()) throw_type("term: expected an object");
-    Napi::Object o = info[3].As<Napi::Object>();
-    cpu::DoraBackwardArgs a;
-    NativeTensor* xa = get_tensor(o.Get("xa"), "term.xa");
-    NativeTensor* u = get_tensor(o.Get("u"), "term.u");
-    NativeTensor* A = get_tensor(o.Get("A"), "term.A");
-    NativeTensor* B = get_tensor(o.Get("B"), "term.B");
-    NativeTensor* mag = get_tensor(o.Get("magnitude"), "term.magnitude");
-    for (auto* t : {xa, u, A, B, mag}) require_float_cpu(t, "term");
-    int64_t r = check_factors(A->ref(), B->ref(), d, "term.");
-    std::vector<int64_t> xshape = with_last(dy.shape, d.in);
-    require_same_shape(xa->ref(), xshape, "term.xa");
-    require_same_shape(u->ref(), with_last(dy.shape, r), "term.u");
-    require_same_shape(mag->ref(), {d.out}, "term.magnitude");
-    a.xa = xa->ref();
-    a.u = u->ref();
-    a.A = A->ref();
-    a.B = B->ref();
-    a.magnitude = mag->ref();
-    a.scale = static_cast<float>(number_prop(o, "scale", "term"));
-    a.dropout_p = static_cast<float>(number_prop(o, "p", "term"));
-    if (!(a.dropout_p >= 0.f && a.dropout_p < 1.f)) throw_range("term.p: expected 0 <= p < 1");
-    a.seed = static_cast<uint64_t>(number_prop(o, "seed", "term"));
-    a.stream = static_cast<uint64_t>(number_prop(o, "stream", "term"));
-    a.norm = f32_arg(o.Get("norm"), "term.norm", {d.out}).as<float>();
-    a.pre = f32_arg(o.Get("pre"), "term.pre", {n, d.out}).as<float>();
-    const TensorRef* dx = float_arg_or_null(info, 4, "dx");
-    const TensorRef* dA = float_arg_or_null(info, 5, "dA");
-    const TensorRef* dB = float_arg_or_null(info, 6, "dB");
-    const TensorRef* dm = float_arg_or_null(info, 7, "dmagnitude");
-    if (dx) {
-      require_same_shape(*dx, xshape, "dx");
-      require_distinct(*dx, dy, "dx", "dy");
-    }
-    if (dA) require_same_shape(*dA, A->ref().shape, "dA");
-    if (dB) require_same_shape(*dB, B->ref().shape, "dB");
-    if (dm) require_same_shape(*dm, {d.out}, "dmagnitude");
-    cpu::dora_linear_backward(dy, W, fifo, a, dx, dA, dB, dm);
-    return info.Env().Undefined();
-  });
+KernelCall BuildDoraLinearBackward(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  TensorRef dy = float_arg(c, info, 0, "dy");
+  TensorRef W = float_arg(c, info, 1, "weight");
+  bool fifo = get_bool(info, 2, "fanInFanOut");
+  LinearDims d = linear_dims(W, fifo);
+  if (dy.shape.empty() || dy.shape.back() != d.out)
+    throw_range("dy: expected shape [..., " + std::to_string(d.out) + "] (out_features), got " + shape_str(dy.shape));
+  int64_t n = dy.rows();
+  if (info.Length() < 4 || !info[3].IsObject()) throw_type("term: expected an object");
+  Napi::Object o = info[3].As<Napi::Object>();
+  cpu::DoraBackwardArgs a;
+  NativeTensor* xa = get_tensor(o.Get("xa"), "term.xa");
+  NativeTensor* u = get_tensor(o.Get("u"), "term.u");
+  NativeTensor* A = get_tensor(o.Get("A"), "term.A");
+  NativeTensor* B = get_tensor(o.Get("B"), "term.B");
+  NativeTensor* mag = get_tensor(o.Get("magnitude"), "term.magnitude");
+  for (auto* t : {xa, u, A, B, mag}) require_float_cpu(t, "term");
+  int64_t r = check_factors(A->ref(), B->ref(), d, "term.");
+  std::vector<int64_t> xshape = with_last(dy.shape, d.in);
+  require_same_shape(xa->ref(), xshape, "term.xa");
+  require_same_shape(u->ref(), with_last(dy.shape, r), "term.u");
+  require_same_shape(mag->ref(), {d.out}, "term.magnitude");
+  a.xa = c.read(xa, "term.xa");
+  a.u = c.read(u, "term.u");
+  a.A = c.read(A, "term.A");
+  a.B = c.read(B, "term.B");
+  a.magnitude = c.read(mag, "term.magnitude");
+  a.scale = static_cast<float>(number_prop(o, "scale", "term"));
+  a.dropout_p = static_cast<float>(number_prop(o, "p", "term"));
+  if (!(a.dropout_p >= 0.f && a.dropout_p < 1.f)) throw_range("term.p: expected 0 <= p < 1");
+  a.seed = static_cast<uint64_t>(number_prop(o, "seed", "term"));
+  a.stream = static_cast<uint64_t>(number_prop(o, "stream", "term"));
+  a.norm = f32_arg(c, o.Get("norm"), "term.norm", {d.out}, Access::Read).as<float>();
+  a.pre = f32_arg(c, o.Get("pre"), "term.pre", {n, d.out}, Access::Read).as<float>();
+  OptRef dx = float_arg_or_null(c, info, 4, "dx", Access::Write);
+  OptRef dA = float_arg_or_null(c, info, 5, "dA", Access::Write);
+  OptRef dB = float_arg_or_null(c, info, 6, "dB", Access::Write);
+  OptRef dm = float_arg_or_null(c, info, 7, "dmagnitude", Access::Write);
+  if (dx.set) {
+    require_same_shape(dx.ref, xshape, "dx");
+    require_distinct(dx.ref, dy, "dx", "dy");
+  }
+  if (dA.set) require_same_shape(dA.ref, a.A.shape, "dA");
+  if (dB.set) require_same_shape(dB.ref, a.B.shape, "dB");
+  if (dm.set) require_same_shape(dm.ref, {d.out}, "dmagnitude");
+  c.run = [=] { cpu::dora_linear_backward(dy, W, fifo, a, dx.ptr(), dA.ptr(), dB.ptr(), dm.ptr()); };
+  return c;
 }
 
-// doraMerge(W, A, B, scale, fifo, magnitude, norm, inverse, out)
-Napi::Value DoraMerge(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& W = float_arg(info, 0, "weight");
-    const TensorRef& A = float_arg(info, 1, "A");
-    const TensorRef& B = float_arg(info, 2, "B");
-    float scale = static_cast<float>(get_number(info, 3, "scale"));
-    bool fifo = get_bool(info, 4, "fanInFanOut");
-    LinearDims d = linear_dims(W, fifo);
-    check_factors(A, B, d, "");
-    const TensorRef& mag = float_arg(info, 5, "magnitude");
-    require_same_shape(mag, {d.out}, "magnitude");
-    const TensorRef& norm = f32_arg(info[6], "norm", {d.out});
-    bool inverse = get_bool(info, 7, "inverse");
-    const TensorRef& out = float_arg(info, 8, "out");
-    require_same_shape(out, W.shape, "out");
-    cpu::dora_merge(W, A, B, scale, fifo, mag, norm.as<float>(), inverse, out);
-    return info.Env().Undefined();
-  });
+// doraMerge(W, A, B, scale, fifo, magnitude, norm, inverse, out); out may be W
+KernelCall BuildDoraMerge(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  TensorRef W = float_arg(c, info, 0, "weight", Access::ReadInPlace);
+  TensorRef A = float_arg(c, info, 1, "A");
+  TensorRef B = float_arg(c, info, 2, "B");
+  float scale = static_cast<float>(get_number(info, 3, "scale"));
+  bool fifo = get_bool(info, 4, "fanInFanOut");
+  LinearDims d = linear_dims(W, fifo);
+  check_factors(A, B, d, "");
+  TensorRef mag = float_arg(c, info, 5, "magnitude");
+  require_same_shape(mag, {d.out}, "magnitude");
+  TensorRef norm = f32_arg(c, info[6], "norm", {d.out}, Access::Read);
+  bool inverse = get_bool(info, 7, "inverse");
+  TensorRef out = float_arg(c, info, 8, "out", Access::Write);
+  require_same_shape(out, W.shape, "out");
+  c.run = [=] { cpu::dora_merge(W, A, B, scale, fifo, mag, norm.as<float>(), inverse, out); };
+  return c;
 }
 
+namespace {
 
-// An i32/i64 index tensor whose values all lie in [0, num).
-const TensorRef& index_arg(const Napi::Value& v, const std::string& name, int64_t num) {
+// An i32/i64 index tensor whose values all lie in [0, num). Read-held, so async work sees the
+// values checked here.
+TensorRef index_arg(KernelCall& c, const Napi::Value& v, const std::string& name, int64_t num) {
   NativeTensor* t = get_tensor(v, name);
   const TensorRef& r = t->ref();
   if (r.dtype != DType::I32 && r.dtype != DType::I64)
@@ -238,17 +267,19 @@ const TensorRef& index_arg(const Napi::Value& v, const std::string& name, int64_
       throw_range(name + ": index " + std::to_string(i) + " at position " + std::to_string(p) +
                   " is out of range for num_embeddings " + std::to_string(num));
   }
-  return r;
+  return c.read(t, name);
 }
 
-const int32_t* row_adapter_arg(const Napi::Value& v, int64_t n, size_t count, const std::string& name) {
-  if (v.IsNull() || v.IsUndefined()) return nullptr;
+// A copy of an optional Int32Array of per-row adapter indices (empty: none); copied because the
+// JS array may change or be detached while async work runs.
+std::vector<int32_t> row_adapter_arg(const Napi::Value& v, int64_t n, size_t count, const std::string& name) {
+  if (v.IsNull() || v.IsUndefined()) return {};
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
     throw_type(name + ": expected an Int32Array or null");
   Napi::Int32Array a = v.As<Napi::Int32Array>();
   if (static_cast<int64_t>(a.ElementLength()) != n)
     throw_range(name + ": expected " + std::to_string(n) + " entries, got " + std::to_string(a.ElementLength()));
-  const int32_t* p = a.Data();
+  std::vector<int32_t> p(a.Data(), a.Data() + n);
   for (int64_t i = 0; i < n; i++)
     if (p[i] < -1 || p[i] >= static_cast<int32_t>(count))
       throw_range(name + "[" + std::to_string(i) + "]: " + std::to_string(p[i]) + " is not -1 or an adapter index below " +
@@ -256,52 +287,54 @@ const int32_t* row_adapter_arg(const Napi::Value& v, int64_t n, size_t count, co
   return p;
 }
 
+}  // namespace
+
 // embeddingForward(idx, W, adapters: [A, B, scale][], rowAdapter|null, y)
-Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& W = float_arg(info, 1, "weight");
-    if (W.shape.size() != 2) throw_range("weight: expected [num_embeddings, dim], got " + shape_str(W.shape));
-    int64_t num = W.shape[0], dim = W.shape[1];
-    const TensorRef& idx = index_arg(info[0], "indices", num);
-    auto adapters = factor_list(info[2], num, dim, "adapters");
-    const int32_t* rows = row_adapter_arg(info[3], idx.numel(), adapters.size(), "rowAdapter");
-    const TensorRef& y = float_arg(info, 4, "y");
-    std::vector<int64_t> ys = idx.shape;
-    ys.push_back(dim);
-    require_same_shape(y, ys, "y");
-    require_distinct(y, W, "y", "weight");
-    cpu::embedding_forward(idx, W, adapters, rows, y);
-    return info.Env().Undefined();
-  });
+KernelCall BuildEmbeddingForward(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  TensorRef W = float_arg(c, info, 1, "weight");
+  if (W.shape.size() != 2) throw_range("weight: expected [num_embeddings, dim], got " + shape_str(W.shape));
+  int64_t num = W.shape[0], dim = W.shape[1];
+  TensorRef idx = index_arg(c, info[0], "indices", num);
+  auto adapters = factor_list(c, info[2], num, dim, "adapters");
+  std::vector<int32_t> rows = row_adapter_arg(info[3], idx.numel(), adapters.size(), "rowAdapter");
+  TensorRef y = float_arg(c, info, 4, "y", Access::Write);
+  std::vector<int64_t> ys = idx.shape;
+  ys.push_back(dim);
+  require_same_shape(y, ys, "y");
+  require_distinct(y, W, "y", "weight");
+  c.run = [=] { cpu::embedding_forward(idx, W, adapters, rows.empty() ? nullptr : rows.data(), y); };
+  return c;
 }
 
 // embeddingBackward(idx, dy, A, B, scale, paddingIdx, dA|null, dB|null)
-Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& A = float_arg(info, 2, "A");
-    const TensorRef& B = float_arg(info, 3, "B");
-    if (A.shape.size() != 2) throw_range("A: expected [r, num_embeddings], got " + shape_str(A.shape));
-    int64_t r = A.shape[0], num = A.shape[1];
-    if (B.shape.size() != 2 || B.shape[1] != r)
-      throw_range("B: expected shape [dim, " + std::to_string(r) + "], got " + shape_str(B.shape));
-    int64_t dim = B.shape[0];
-    const TensorRef& idx = index_arg(info[0], "indices", num);
-    const TensorRef& dy = float_arg(info, 1, "dy");
-    std::vector<int64_t> ys = idx.shape;
-    ys.push_back(dim);
-    require_same_shape(dy, ys, "dy");
-    float scale = static_cast<float>(get_number(info, 4, "scale"));
-    double pad = get_number(info, 5, "paddingIdx");
-    if (pad != std::floor(pad) || pad < -1 || pad >= num) throw_range("paddingIdx: expected -1 (none) or an index below num_embeddings");
-    const TensorRef* dA = float_arg_or_null(info, 6, "dA");
-    const TensorRef* dB = float_arg_or_null(info, 7, "dB");
-    if (dA) require_same_shape(*dA, A.shape, "dA");
-    if (dB) require_same_shape(*dB, B.shape, "dB");
-    cpu::embedding_backward(idx, dy, A, B, scale, static_cast<int64_t>(pad), dA, dB);
-    return info.Env().Undefined();
-  });
+KernelCall BuildEmbeddingBackward(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  TensorRef A = float_arg(c, info, 2, "A");
+  TensorRef B = float_arg(c, info, 3, "B");
+  if (A.shape.size() != 2) throw_range("A: expected [r, num_embeddings], got " + shape_str(A.shape));
+  int64_t r = A.shape[0], num = A.shape[1];
+  if (B.shape.size() != 2 || B.shape[1] != r)
+    throw_range("B: expected shape [dim, " + std::to_string(r) + "], got " + shape_str(B.shape));
+  int64_t dim = B.shape[0];
+  TensorRef idx = index_arg(c, info[0], "indices", num);
+  TensorRef dy = float_arg(c, info, 1, "dy");
+  std::vector<int64_t> ys = idx.shape;
+  ys.push_back(dim);
+  require_same_shape(dy, ys, "dy");
+  float scale = static_cast<float>(get_number(info, 4, "scale"));
+  double pad = get_number(info, 5, "paddingIdx");
+  if (pad != std::floor(pad) || pad < -1 || pad >= num) throw_range("paddingIdx: expected -1 (none) or an index below num_embeddings");
+  OptRef dA = float_arg_or_null(c, info, 6, "dA", Access::Write);
+  OptRef dB = float_arg_or_null(c, info, 7, "dB", Access::Write);
+  if (dA.set) require_same_shape(dA.ref, A.shape, "dA");
+  if (dB.set) require_same_shape(dB.ref, B.shape, "dB");
+  int64_t padding = static_cast<int64_t>(pad);
+  c.run = [=] { cpu::embedding_backward(idx, dy, A, B, scale, padding, dA.ptr(), dB.ptr()); };
+  return c;
 }
 
+namespace {
 
 // geom: [sh, sw, ph, pw, dh, dw, groups]
 cpu::ConvGeom geom_arg(const Napi::Value& v) {
@@ -338,12 +371,20 @@ ConvShape conv_shape(const TensorRef& x, const TensorRef& W, const cpu::ConvGeom
   return s;
 }
 
-// terms: [{xa, u, A, B, scale, p?, seed?, stream?, dA?, dB?}]
-std::vector<cpu::ConvTerm> conv_terms(const Napi::Value& v, const TensorRef& x_like, const ConvShape& s,
+// The conv terms and the dA/dB refs they point at, in one heap block the closure shares.
+struct ConvTerms {
+  std::vector<cpu::ConvTerm> terms;
+  std::vector<TensorRef> grads;  // reserved up front so the terms' pointers stay valid
+};
+
+// terms: [{xa, u, A, B, scale, p?, seed?, stream?, dA?, dB?}]; the forward writes u, the backward
+// reads it and writes dA/dB.
+std::shared_ptr<ConvTerms> conv_terms(KernelCall& c, const Napi::Value& v, const TensorRef& x_like, const ConvShape& s,
                                       const cpu::ConvGeom& g, bool backward) {
   if (!v.IsArray()) throw_type("terms: expected an array");
   Napi::Array arr = v.As<Napi::Array>();
-  std::vector<cpu::ConvTerm> terms;
+  auto out = std::make_shared<ConvTerms>();
+  out->grads.reserve(2 * arr.Length());
   if (arr.Length() > 0 &&
       (cpu::conv_out_size(s.H, s.kh, g.sh, g.ph, 1) != s.Ho || cpu::conv_out_size(s.W, s.kw, g.sw, g.pw, 1) != s.Wo))
     throw_range("x: the adapter's conv (dilation 1, as peft's lora_A) gives another output size than the base conv");
@@ -364,12 +405,11 @@ std::vector<cpu::ConvTerm> conv_terms(const Napi::Value& v, const TensorRef& x_l
     int64_t r = as[0];
     if (r % g.groups != 0) throw_range(w + ".A: rank " + std::to_string(r) + " is not a multiple of groups " + std::to_string(g.groups));
     require_same_shape(B->ref(), {s.O, r / g.groups, 1, 1}, w + ".B");
-    const TensorRef& u = f32_arg(o.Get("u"), w + ".u", {s.N, r, s.Ho * s.Wo});
     cpu::ConvTerm t;
-    t.xa = xa->ref();
-    t.u = u;
-    t.A = A->ref();
-    t.B = B->ref();
+    t.u = f32_arg(c, o.Get("u"), w + ".u", {s.N, r, s.Ho * s.Wo}, backward ? Access::Read : Access::Write);
+    t.xa = c.read(xa, w + ".xa");
+    t.A = c.read(A, w + ".A");
+    t.B = c.read(B, w + ".B");
     t.scale = static_cast<float>(number_prop(o, "scale", w));
     t.dropout_p = 0.f;
     t.seed = t.stream = 0;
@@ -384,98 +424,97 @@ std::vector<cpu::ConvTerm> conv_terms(const Napi::Value& v, const TensorRef& x_l
       if (dA) {
         require_float_cpu(dA, w + ".dA");
         require_same_shape(dA->ref(), as, w + ".dA");
-        t.dA = &dA->ref();
+        out->grads.push_back(c.write(dA, w + ".dA"));
+        t.dA = &out->grads.back();
       }
       if (dB) {
         require_float_cpu(dB, w + ".dB");
         require_same_shape(dB->ref(), B->ref().shape, w + ".dB");
-        t.dB = &dB->ref();
+        out->grads.push_back(c.write(dB, w + ".dB"));
+        t.dB = &out->grads.back();
       }
     }
-    terms.push_back(t);
+    out->terms.push_back(t);
   }
-  return terms;
-}
-
-// conv2dForward(x, W, bias|null, geom, terms [{xa, u, A, B, scale}], y, imageAdapter: Int32Array|null)
-Napi::Value Conv2dForward(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& x = float_arg(info, 0, "x");
-    const TensorRef& W = float_arg(info, 1, "weight");
-    const TensorRef* bias = float_arg_or_null(info, 2, "bias");
-    cpu::ConvGeom g = geom_arg(info[3]);
-    ConvShape s = conv_shape(x, W, g);
-    if (bias) require_same_shape(*bias, {s.O}, "bias");
-    auto terms = conv_terms(info[4], x, s, g, false);
-    const TensorRef& y = float_arg(info, 5, "y");
-    require_same_shape(y, {s.N, s.O, s.Ho, s.Wo}, "y");
-    require_distinct(y, x, "y", "x");
-    for (const auto& t : terms) require_distinct(y, t.xa, "y", "terms[].xa");
-    const int32_t* images = row_adapter_arg(info[6], s.N, terms.size(), "imageAdapter");
-    cpu::conv2d_forward(x, W, bias, g, terms, images, y);
-    return info.Env().Undefined();
-  });
-}
-
-// conv2dBackward(dy, x, W, geom, terms [{xa, u, A, B, scale, p, seed, stream, dA, dB}], dx|null)
-Napi::Value Conv2dBackward(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& dy = float_arg(info, 0, "dy");
-    const TensorRef& x = float_arg(info, 1, "x");
-    const TensorRef& W = float_arg(info, 2, "weight");
-    cpu::ConvGeom g = geom_arg(info[3]);
-    ConvShape s = conv_shape(x, W, g);
-    require_same_shape(dy, {s.N, s.O, s.Ho, s.Wo}, "dy");
-    auto terms = conv_terms(info[4], x, s, g, true);
-    const TensorRef* dx = float_arg_or_null(info, 5, "dx");
-    if (dx) {
-      require_same_shape(*dx, x.shape, "dx");
-      require_distinct(*dx, dy, "dx", "dy");
-    }
-    cpu::conv2d_backward(dy, W, g, terms, dx);
-    return info.Env().Undefined();
-  });
-}
-
-// conv2dMergeDelta(W, A, B, scale, out): out = W + scale·B·A over the flattened kernel (groups 1)
-Napi::Value Conv2dMergeDelta(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    const TensorRef& W = float_arg(info, 0, "weight");
-    const TensorRef& A = float_arg(info, 1, "A");
-    const TensorRef& B = float_arg(info, 2, "B");
-    float scale = static_cast<float>(get_number(info, 3, "scale"));
-    const TensorRef& out = float_arg(info, 4, "out");
-    if (W.shape.size() != 4) throw_range("weight: expected [out, in, kh, kw], got " + shape_str(W.shape));
-    int64_t O = W.shape[0], K = W.shape[1] * W.shape[2] * W.shape[3];
-    if (A.shape.size() != 4 || A.shape[1] != W.shape[1] || A.shape[2] != W.shape[2] || A.shape[3] != W.shape[3])
-      throw_range("A: expected shape [r, " + std::to_string(W.shape[1]) + ", " + std::to_string(W.shape[2]) + ", " +
-                  std::to_string(W.shape[3]) + "] (groups 1), got " + shape_str(A.shape));
-    int64_t r = A.shape[0];
-    require_same_shape(B, {O, r, 1, 1}, "B");
-    require_same_shape(out, W.shape, "out");
-    TensorRef w2 = W, a2 = A, b2 = B, o2 = out;
-    w2.shape = {O, K};
-    a2.shape = {r, K};
-    b2.shape = {O, r};
-    o2.shape = {O, K};
-    cpu::merge_delta(w2, a2, b2, scale, false, o2);
-    return info.Env().Undefined();
-  });
+  return out;
 }
 
 }  // namespace
 
+// conv2dForward(x, W, bias|null, geom, terms [{xa, u, A, B, scale}], y, imageAdapter: Int32Array|null)
+KernelCall BuildConv2dForward(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  TensorRef x = float_arg(c, info, 0, "x");
+  TensorRef W = float_arg(c, info, 1, "weight");
+  OptRef bias = float_arg_or_null(c, info, 2, "bias");
+  cpu::ConvGeom g = geom_arg(info[3]);
+  ConvShape s = conv_shape(x, W, g);
+  if (bias.set) require_same_shape(bias.ref, {s.O}, "bias");
+  auto terms = conv_terms(c, info[4], x, s, g, false);
+  TensorRef y = float_arg(c, info, 5, "y", Access::Write);
+  require_same_shape(y, {s.N, s.O, s.Ho, s.Wo}, "y");
+  require_distinct(y, x, "y", "x");
+  for (const auto& t : terms->terms) require_distinct(y, t.xa, "y", "terms[].xa");
+  std::vector<int32_t> images = row_adapter_arg(info[6], s.N, terms->terms.size(), "imageAdapter");
+  c.run = [=] { cpu::conv2d_forward(x, W, bias.ptr(), g, terms->terms, images.empty() ? nullptr : images.data(), y); };
+  return c;
+}
+
+// conv2dBackward(dy, x, W, geom, terms [{xa, u, A, B, scale, p, seed, stream, dA, dB}], dx|null)
+KernelCall BuildConv2dBackward(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  TensorRef dy = float_arg(c, info, 0, "dy");
+  TensorRef x = float_arg(c, info, 1, "x");
+  TensorRef W = float_arg(c, info, 2, "weight");
+  cpu::ConvGeom g = geom_arg(info[3]);
+  ConvShape s = conv_shape(x, W, g);
+  require_same_shape(dy, {s.N, s.O, s.Ho, s.Wo}, "dy");
+  auto terms = conv_terms(c, info[4], x, s, g, true);
+  OptRef dx = float_arg_or_null(c, info, 5, "dx", Access::Write);
+  if (dx.set) {
+    require_same_shape(dx.ref, x.shape, "dx");
+    require_distinct(dx.ref, dy, "dx", "dy");
+  }
+  c.run = [=] { cpu::conv2d_backward(dy, W, g, terms->terms, dx.ptr()); };
+  return c;
+}
+
+// conv2dMergeDelta(W, A, B, scale, out): out = W + scale·B·A over the flattened kernel (groups 1); out may be W
+KernelCall BuildConv2dMergeDelta(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  TensorRef W = float_arg(c, info, 0, "weight", Access::ReadInPlace);
+  TensorRef A = float_arg(c, info, 1, "A");
+  TensorRef B = float_arg(c, info, 2, "B");
+  float scale = static_cast<float>(get_number(info, 3, "scale"));
+  TensorRef out = float_arg(c, info, 4, "out", Access::Write);
+  if (W.shape.size() != 4) throw_range("weight: expected [out, in, kh, kw], got " + shape_str(W.shape));
+  int64_t O = W.shape[0], K = W.shape[1] * W.shape[2] * W.shape[3];
+  if (A.shape.size() != 4 || A.shape[1] != W.shape[1] || A.shape[2] != W.shape[2] || A.shape[3] != W.shape[3])
+    throw_range("A: expected shape [r, " + std::to_string(W.shape[1]) + ", " + std::to_string(W.shape[2]) + ", " +
+                std::to_string(W.shape[3]) + "] (groups 1), got " + shape_str(A.shape));
+  int64_t r = A.shape[0];
+  require_same_shape(B, {O, r, 1, 1}, "B");
+  require_same_shape(out, W.shape, "out");
+  TensorRef w2 = W, a2 = A, b2 = B, o2 = out;
+  w2.shape = {O, K};
+  a2.shape = {r, K};
+  b2.shape = {O, r};
+  o2.shape = {O, K};
+  c.run = [=] { cpu::merge_delta(w2, a2, b2, scale, false, o2); };
+  return c;
+}
+
 void InitParity(Napi::Env env, Napi::Object exports) {
-  exports.Set("mixedLinearForward", Napi::Function::New<MixedLinearForward>(env, "mixedLinearForward"));
-  exports.Set("doraWeightNorm", Napi::Function::New<DoraWeightNorm>(env, "doraWeightNorm"));
-  exports.Set("doraLinearForward", Napi::Function::New<DoraLinearForward>(env, "doraLinearForward"));
-  exports.Set("doraLinearBackward", Napi::Function::New<DoraLinearBackward>(env, "doraLinearBackward"));
-  exports.Set("embeddingForward", Napi::Function::New<EmbeddingForward>(env, "embeddingForward"));
-  exports.Set("embeddingBackward", Napi::Function::New<EmbeddingBackward>(env, "embeddingBackward"));
-  exports.Set("conv2dForward", Napi::Function::New<Conv2dForward>(env, "conv2dForward"));
-  exports.Set("conv2dBackward", Napi::Function::New<Conv2dBackward>(env, "conv2dBackward"));
-  exports.Set("conv2dMergeDelta", Napi::Function::New<Conv2dMergeDelta>(env, "conv2dMergeDelta"));
-  exports.Set("doraMerge", Napi::Function::New<DoraMerge>(env, "doraMerge"));
+  exports.Set("mixedLinearForward", Napi::Function::New<RunSync<BuildMixedLinearForward>>(env, "mixedLinearForward"));
+  exports.Set("doraWeightNorm", Napi::Function::New<RunSync<BuildDoraWeightNorm>>(env, "doraWeightNorm"));
+  exports.Set("doraLinearForward", Napi::Function::New<RunSync<BuildDoraLinearForward>>(env, "doraLinearForward"));
+  exports.Set("doraLinearBackward", Napi::Function::New<RunSync<BuildDoraLinearBackward>>(env, "doraLinearBackward"));
+  exports.Set("embeddingForward", Napi::Function::New<RunSync<BuildEmbeddingForward>>(env, "embeddingForward"));
+  exports.Set("embeddingBackward", Napi::Function::New<RunSync<BuildEmbeddingBackward>>(env, "embeddingBackward"));
+  exports.Set("conv2dForward", Napi::Function::New<RunSync<BuildConv2dForward>>(env, "conv2dForward"));
+  exports.Set("conv2dBackward", Napi::Function::New<RunSync<BuildConv2dBackward>>(env, "conv2dBackward"));
+  exports.Set("conv2dMergeDelta", Napi::Function::New<RunSync<BuildConv2dMergeDelta>>(env, "conv2dMergeDelta"));
+  exports.Set("doraMerge", Napi::Function::New<RunSync<BuildDoraMerge>>(env, "doraMerge"));
 }
 
 }  // namespace napi
