@@ -2,6 +2,9 @@
 // broadcast from memory). The bandwidth-bound kernels (GEMV, conversions, merge) are shared with
 // the AVX2 path: at ~1 byte/FLOP they are limited by memory, not by vector width.
 #if defined(__x86_64__) && defined(__GNUC__)
+// GCC 12's own _mm512_reduce_add_ps reads _mm256_undefined_pd() and warns -Wuninitialized at every
+// use (a false positive in the header, not in this file); keep the install log clean.
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #include "microkernel.h"
 
