@@ -246,3 +246,19 @@ describe('parity async bindings reject bad arguments with the sync messages', ()
     expectSame(y, ys);
   });
 });
+
+describe('per-row adapter arrays are copied at the call', () => {
+  test('changing rowAdapter after mixedLinearForwardAsync returns does not change (or break) the result', async () => {
+    const x = rand([4, 20], 91);
+    const W = rand([12, 20], 92);
+    const factors: Array<[Tensor['handle'], Tensor['handle'], number]> = [[rand([3, 20], 93).handle, rand([12, 3], 94).handle, 0.5]];
+    const rows = new Int32Array([0, -1, 0, 0]);
+    const ys = Tensor.zeros([4, 12]);
+    call((b) => b.mixedLinearForward(x.handle, W.handle, null, false, factors, rows, ys.handle));
+    const ya = Tensor.zeros([4, 12]);
+    const pending = callAsync((b) => b.mixedLinearForwardAsync(x.handle, W.handle, null, false, factors, rows, ya.handle));
+    rows.fill(1 << 20); // would index far past the adapter list if the native side still read this array
+    await pending;
+    expectSame(ya, ys);
+  });
+});
