@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { LoraModel, SafetensorsReader, Tensor } from '../lib';
+import { AtomicWriter, writeFileAtomicSync } from '../lib/io/atomic';
 
 const ROOT = path.join(__dirname, '..');
 const WEIGHTS = 'adapter_model.safetensors';
@@ -75,6 +76,24 @@ describe('atomic saves survive SIGKILL', () => {
     expect(sha1(path.join(dir, WEIGHTS))).toBe(saved);
     expect(fs.statSync(path.join(dir, temps[0])).size).toBeLessThan(16 << 20); // torn, and never renamed
     loadsBack(dir);
+    // The next write of that file clears the dead writer's temp instead of letting them pile up.
+    writeFileAtomicSync(path.join(dir, WEIGHTS), fs.readFileSync(path.join(dir, WEIGHTS)));
+    expect(fs.readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+    loadsBack(dir);
+  });
+
+  test("a live writer's temp file is never removed by another save", () => {
+    const target = path.join(dir, 'x.bin');
+    const w = new AtomicWriter(target);
+    try {
+      w.write(new Uint8Array([1, 2, 3]));
+      writeFileAtomicSync(target, new Uint8Array([9]));
+      expect(fs.existsSync(w.tempPath)).toBe(true);
+      w.commit();
+      expect(Array.from(fs.readFileSync(target))).toEqual([1, 2, 3]);
+    } finally {
+      w.abort();
+    }
   });
 
   test('killed at an arbitrary moment of repeated saves: the target is always one complete version', async () => {
