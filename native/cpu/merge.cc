@@ -14,7 +14,7 @@ namespace cpu {
 // × MERGE_COLS; each element is accumulated in f32 and rounded once.
 void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                  const TensorRef& out) {
-  constexpr int64_t MERGE_ROWS = 8, MERGE_COLS = 1024;
+  constexpr int64_t MERGE_ROWS = 8, MERGE_COLS = 256;
   const KernelTable& kt = kernel_table();
   int64_t rows = W.dim(0), cols = W.dim(1), r = A.dim(0);
   // Dense f32 copies of the small factors in the orientation the row loop wants.
@@ -31,10 +31,17 @@ void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, flo
   const float* Qp = Q.get();
   const size_t wes = dtype_size(W.dtype), oes = dtype_size(out.dtype);
   int64_t row_blocks = (rows + MERGE_ROWS - 1) / MERGE_ROWS;
+  const bool in_place_f32 = W.dtype == DType::F32 && out.dtype == DType::F32 && out.data == W.data;
   parallel_for(row_blocks, [&](int64_t b, int64_t e) {
     std::unique_ptr<float[]> acc(new float[MERGE_ROWS * MERGE_COLS]);
     for (int64_t rb = b; rb < e; rb++) {
       int64_t i0 = rb * MERGE_ROWS, nrows = std::min(rows - i0, MERGE_ROWS);
+      if (in_place_f32) {  // f32 in place: the rank update runs on W's rows directly, no staging copy
+        float* rows_p = static_cast<float*>(out.data) + i0 * cols;
+        for (int64_t j0 = 0; j0 < cols; j0 += MERGE_COLS)
+          kt.rank_update(r, Pp + i0 * r, nrows, Qp + j0 * r, std::min(MERGE_COLS, cols - j0), rows_p + j0, cols);
+        continue;
+      }
       for (int64_t j0 = 0; j0 < cols; j0 += MERGE_COLS) {
         int64_t nc = std::min(MERGE_COLS, cols - j0);
         for (int64_t i = 0; i < nrows; i++)
