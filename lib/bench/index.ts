@@ -12,6 +12,7 @@ import { writeFileAtomicSync } from '../io/atomic';
 import { backendInfo, kernels, setNumThreads } from '../kernels';
 import { LoraLinear } from '../layers/linear';
 import { MeasuredPeaks, call } from '../native';
+import { Rng } from '../rng';
 import { Tensor } from '../tensor';
 import { MachineInfo, machineInfo, openblasCoretype } from './machine';
 import { OpenblasRef, prepareOpenblas, timeSgemm } from './openblas';
@@ -93,18 +94,9 @@ function checkList<T extends number | string>(v: T[] | undefined, name: string, 
     throw new LoraRangeError(`${name}: expected a non-empty list of valid values, got ${JSON.stringify(v)}`);
 }
 
+/** Seeded benchmark data in [-scale, scale): the library's own generator (values do not affect timing). */
 function fill(n: number, seed: number, scale: number): Float32Array {
-  let s = (seed * 2654435761) >>> 0 || 1;
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    a[i] = ((s / 4294967296) * 2 - 1) * scale;
-  }
-  return a;
+  return new Rng(seed).fillUniform(new Float32Array(n), -scale, scale);
 }
 
 function timeIt(fn: () => void, minTime: number): { best: number; median: number } {
