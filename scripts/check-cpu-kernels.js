@@ -96,6 +96,49 @@ for (const [rows, cols, r, fifo, wt] of [[1, 1, 1, false, 'f32'], [37, 301, 3, f
   check(`merge ${rows}x${cols} r=${r} fifo=${fifo} ${wt}`, relErr(out.toFloat32Array(), ref), tolFor(wt));
 }
 
+// merge / unmerge, element by element: W ± s·B·A rounded once into the output dtype (within the f32
+// accumulation bound), on shapes crossing the fused kernel's row tiles, 16-column panels and blocks.
+const FMT = { f32: [23, -126], bf16: [7, -126], f16: [10, -14] };
+function ulpOf(x, dt) { const [man, emin] = FMT[dt]; const e = x === 0 ? emin : Math.max(emin, Math.floor(Math.log2(Math.abs(x)))); return 2 ** (e - man); }
+function roundOnce(x, dt) { const u = ulpOf(x, dt), t = x / u, f = Math.floor(t), d = t - f; const y = (d > 0.5 || (d === 0.5 && f % 2 !== 0) ? f + 1 : f) * u; return y === 0 ? 0 : y; }
+function oneRounding(got, w, A, B, rows, cols, r, fifo, ot, s) {
+  const inF = fifo ? rows : cols;
+  let worst = 0, exact = 0;
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) {
+    const o = fifo ? j : i, k = fifo ? i : j, e = i * cols + j;
+    let d = 0, mag = 0;
+    for (let q = 0; q < r; q++) { const t = B[o * r + q] * A[q * inF + k]; d += t; mag += Math.abs(t); }
+    const ref = w[e] + s * d;
+    worst = Math.max(worst, Math.abs(got[e] - ref) / (ulpOf(got[e], ot) / 2 + 2 ** -24 * (r + 2) * (Math.abs(w[e]) + Math.abs(s) * mag)));
+    if (got[e] === roundOnce(ref, ot)) exact++;
+  }
+  return { worst, exactShare: exact / got.length };
+}
+for (const [rows, cols, r, fifo, wt, ot, ft, inPlace] of [
+  [37, 300, 1, false, 'bf16', 'bf16', 'f32', false], [37, 300, 5, true, 'bf16', 'bf16', 'f32', true],
+  [37, 300, 17, false, 'bf16', 'bf16', 'f32', true], [37, 300, 64, true, 'bf16', 'bf16', 'f32', false],
+  [37, 300, 1, true, 'f16', 'f16', 'f32', true], [37, 300, 5, false, 'f16', 'f16', 'f32', false],
+  [37, 300, 17, true, 'f16', 'f16', 'f32', false], [37, 300, 64, false, 'f16', 'f16', 'f32', true],
+  [29, 1100, 64, false, 'bf16', 'bf16', 'bf16', true], [50, 45, 9, true, 'f16', 'f16', 'f16', false],
+  [7, 15, 3, false, 'bf16', 'bf16', 'f32', false], [1, 1, 1, true, 'bf16', 'bf16', 'f32', true],
+  [37, 300, 17, false, 'f32', 'f32', 'f32', true], [37, 300, 64, true, 'f32', 'f32', 'bf16', false],
+  [37, 300, 5, false, 'bf16', 'f32', 'f32', false], [37, 300, 5, true, 'f32', 'bf16', 'f32', false],
+]) {
+  const inF = fifo ? rows : cols, outF = fifo ? cols : rows;
+  const W = rand([rows, cols], 31 + r, wt), A = rand([r, inF], 32 + r, ft, 0.5), B = rand([outF, r], 33 + r, ft, 0.5);
+  const out = inPlace ? W.t : Tensor.zeros([rows, cols], { dtype: ot });
+  const s = 0.6875, ad = { loraA: A.t, loraB: B.t, scaling: s };
+  kernels.mergeAdapter(W.t, ad, { fanInFanOut: fifo, out });
+  const merged = out.toFloat32Array();
+  const name = `${rows}x${cols} r=${r} fifo=${fifo} ${wt}->${ot} factors ${ft} ${inPlace ? 'in place' : 'out of place'}`;
+  for (const [what, got, base, sg] of [['merge', merged, W.v, s], ['unmerge', null, merged, -s]]) {
+    if (what === 'unmerge') kernels.unmergeAdapter(out, ad, { fanInFanOut: fifo });
+    const m = oneRounding(got || out.toFloat32Array(), base, A.v, B.v, rows, cols, r, fifo, ot, sg);
+    check(`${what} one rounding ${name} (worst error / bound)`, m.worst, 1);
+    if (ot !== 'f32') check(`${what} share not equal to the float64 value rounded once ${name}`, 1 - m.exactShare, 0.01);
+  }
+}
+
 { // thread count does not change results
   const x = rand([130, 300], 11), W = rand([259, 300], 12, 'bf16'), xb = rand([130, 300], 13, 'bf16');
   setNumThreads(1);

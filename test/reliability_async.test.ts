@@ -114,7 +114,7 @@ describe('the event loop keeps running', () => {
     const t0 = performance.now();
     kernels.mergeAdapter(W, probe);
     const probeMs = Math.max(1, performance.now() - t0);
-    const r = Math.min(4096, Math.max(32, Math.round((256 * 1000) / probeMs)));
+    const r = Math.min(16384, Math.max(32, Math.round((256 * 1000) / probeMs)));
     const ad = mk(r);
 
     let ticks = 0;

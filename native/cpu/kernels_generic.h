@@ -1,5 +1,6 @@
 // Scalar reference bodies shared by the portable path and the vector paths' edge handling.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include "../core/dtype.h"
 
@@ -58,6 +59,26 @@ inline void rank_update(int64_t r, const float* p, int64_t rows, const float* Q,
       for (int64_t q = 0; q < r; q++) s += p[i * r + q] * col[q * 16];
       acc[i * ldacc + j] += s;
     }
+}
+
+// One row and one 16-column panel at a time: acc starts at W, adds the r products in order of q,
+// and is rounded once on store (the vector paths do the same per lane, with fused multiply-adds).
+inline void merge_rows(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w, DType wt,
+                       int64_t ldw, void* out, DType ot, int64_t ldo) {
+  for (int64_t i = 0; i < rows; i++) {
+    const float* pi = p + i * r;
+    for (int64_t j0 = 0; j0 < n; j0 += 16) {
+      const int64_t nj = std::min<int64_t>(16, n - j0);
+      const float* qp = Q + j0 * r;
+      float acc[16] = {};
+      for (int64_t j = 0; j < nj; j++) acc[j] = load_f32(w, wt, i * ldw + j0 + j);
+      for (int64_t q = 0; q < r; q++) {
+        const float pq = pi[q];
+        for (int j = 0; j < 16; j++) acc[j] += pq * qp[q * 16 + j];
+      }
+      for (int64_t j = 0; j < nj; j++) store_f32(out, ot, i * ldo + j0 + j, acc[j]);
+    }
+  }
 }
 
 }  // namespace generic

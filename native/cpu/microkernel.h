@@ -32,6 +32,14 @@ using StoreRowFn = void (*)(const float* src, void* dst, DType dt, int64_t n);
 constexpr int64_t RANK_PANEL = 16;
 using RankUpdateFn = void (*)(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, float* acc,
                               int64_t ldacc);
+// The merge's fused pass over a block of W, one read and one write of each element:
+// out[i*ldo + j] = round_ot(w[i*ldw + j] + sum_q p[i*r + q] * Q(q, j)) for i < rows, j < n, with Q
+// packed as for RankUpdateFn from column 0 of the block. Each element is widened in registers,
+// accumulated in f32 (W first, then the r products in order of q, fused multiply-adds) and rounded
+// once (round-to-nearest-even, as store_row). out may be w itself (same ld); wt and ot are float
+// dtypes, any combination.
+using MergeRowsFn = void (*)(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w,
+                             DType wt, int64_t ldw, void* out, DType ot, int64_t ldo);
 
 // AMX bf16 block: acc (32 x 32 f32, leading dimension ldacc) += A·B over kc (multiple of 32) steps,
 // A packed as 32 rows of bf16 (row stride lda), B packed VNNI as [kc/2][32][2] bf16. The C tiles stay
@@ -52,6 +60,7 @@ struct KernelTable {
   PackTFn pack_t;
   StoreRowFn store_row;
   RankUpdateFn rank_update;
+  MergeRowsFn merge_rows;
   AmxBlockFn amx_block;  // null unless the AMX path is active
   PeakFn fma_peak;       // f32 FMA loop of this path's vector width
   PeakFn amx_peak;       // bf16 tile loop; null unless AMX

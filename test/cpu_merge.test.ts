@@ -1,0 +1,156 @@
+/**
+ * merge / unmerge on the CPU against a float64 reference, element by element: every output is the
+ * exact W ± s·B·A rounded once into the output dtype (within the f32 accumulation error), never
+ * rounded twice. Shapes cross the kernel's edges: rows not a multiple of the 6/8-row register tiles
+ * or the 24-row blocks, columns not a multiple of the 16-column panels, r = 1 to 64, both layouts,
+ * in place and out of place, 16-bit and f32 factors, mixed W/out dtypes (the staging path).
+ * CI runs this file once per dispatch path the CPU has (LORAKIT_CPU_PATH).
+ */
+import { FloatDType, Tensor, kernels } from '../lib';
+import { randomArray } from './helpers/reference';
+
+/** Mantissa bits (without the implicit one) and the smallest normal exponent of each dtype. */
+const FORMAT: Record<FloatDType, { man: number; emin: number }> = {
+  f32: { man: 23, emin: -126 },
+  bf16: { man: 7, emin: -126 },
+  f16: { man: 10, emin: -14 },
+};
+
+/** Spacing of dtype's values around x (subnormal spacing below the normal range). */
+function ulp(x: number, dt: FloatDType): number {
+  const { man, emin } = FORMAT[dt];
+  const e = x === 0 ? emin : Math.max(emin, Math.floor(Math.log2(Math.abs(x))));
+  return 2 ** (e - man);
+}
+
+/** x (float64) rounded to nearest-even into dtype: the one rounding a correct merge does. */
+function roundOnce(x: number, dt: FloatDType): number {
+  const u = ulp(x, dt);
+  const t = x / u;
+  const f = Math.floor(t);
+  const d = t - f;
+  const n = d > 0.5 || (d === 0.5 && f % 2 !== 0) ? f + 1 : f;
+  const y = n * u;
+  return y === 0 ? 0 : y;
+}
+
+interface Case {
+  rows: number;
+  cols: number;
+  r: number;
+  fifo: boolean;
+  wt: FloatDType;
+  ot: FloatDType;
+  ft: FloatDType;
+  inPlace: boolean;
+}
+
+const cases: Case[] = [];
+for (const wt of ['bf16', 'f16'] as FloatDType[])
+  for (const r of [1, 5, 17, 64])
+    for (const fifo of [false, true])
+      cases.push({ rows: 37, cols: 300, r, fifo, wt, ot: wt, ft: 'f32', inPlace: (r + (fifo ? 1 : 0)) % 2 === 0 });
+cases.push(
+  { rows: 37, cols: 300, r: 5, fifo: false, wt: 'bf16', ot: 'bf16', ft: 'f32', inPlace: true },
+  { rows: 37, cols: 300, r: 17, fifo: true, wt: 'f16', ot: 'f16', ft: 'f32', inPlace: false },
+  // Wide rows at r = 64 cross the 1024-column blocks; 16-bit factors take the converting packs.
+  { rows: 29, cols: 1100, r: 64, fifo: false, wt: 'bf16', ot: 'bf16', ft: 'bf16', inPlace: true },
+  { rows: 50, cols: 45, r: 9, fifo: true, wt: 'f16', ot: 'f16', ft: 'f16', inPlace: false },
+  { rows: 7, cols: 15, r: 3, fifo: false, wt: 'bf16', ot: 'bf16', ft: 'f32', inPlace: false },
+  { rows: 1, cols: 1, r: 1, fifo: true, wt: 'bf16', ot: 'bf16', ft: 'f32', inPlace: true },
+  { rows: 37, cols: 300, r: 17, fifo: false, wt: 'f32', ot: 'f32', ft: 'f32', inPlace: true },
+  { rows: 37, cols: 300, r: 64, fifo: true, wt: 'f32', ot: 'f32', ft: 'bf16', inPlace: false },
+  // Mixed dtypes: the f32 staging tile.
+  { rows: 37, cols: 300, r: 5, fifo: false, wt: 'bf16', ot: 'f32', ft: 'f32', inPlace: false },
+  { rows: 37, cols: 300, r: 5, fifo: true, wt: 'f32', ot: 'bf16', ft: 'f32', inPlace: false },
+  { rows: 37, cols: 300, r: 17, fifo: false, wt: 'f16', ot: 'bf16', ft: 'f32', inPlace: false },
+);
+
+/**
+ * Checks out = round_ot(w + sign·s·ΔW) element by element: within half an ulp of the output dtype
+ * plus the f32 accumulation bound (r + 2 roundings of at most |w| + Σ|terms|), and bit-equal to the
+ * float64 value rounded once for all but a few near-ties.
+ */
+function expectOneRounding(got: Float32Array, w: Float32Array, A: Float32Array, B: Float32Array, c: Case, s: number,
+  skip: Set<number> = new Set()) {
+  const inF = c.fifo ? c.rows : c.cols;
+  let exact = 0;
+  let worst = 0;
+  for (let i = 0; i < c.rows; i++)
+    for (let j = 0; j < c.cols; j++) {
+      const o = c.fifo ? j : i; // output feature
+      const k = c.fifo ? i : j; // input feature
+      let d = 0;
+      let mag = 0;
+      for (let q = 0; q < c.r; q++) {
+        const t = B[o * c.r + q] * A[q * inF + k];
+        d += t;
+        mag += t < 0 ? -t : t;
+      }
+      const e = i * c.cols + j;
+      if (skip.has(e)) continue;
+      const ref = w[e] + s * d;
+      const bound = ulp(got[e], c.ot) / 2 + 2 ** -24 * (c.r + 2) * (Math.abs(w[e]) + Math.abs(s) * mag);
+      worst = Math.max(worst, Math.abs(got[e] - ref) / bound);
+      if (got[e] === roundOnce(ref, c.ot)) exact++;
+    }
+  expect(worst).toBeLessThanOrEqual(1);
+  // In f32 the accumulation error is an ulp-scale share of the result, so only the bound applies.
+  if (c.ot !== 'f32') expect(exact / (got.length - skip.size)).toBeGreaterThanOrEqual(0.99);
+}
+
+describe('merge / unmerge: each element is W ± s·B·A rounded once', () => {
+  test.each(cases)('W $rows x $cols $wt -> $ot, r=$r fifo=$fifo factors $ft in place=$inPlace', (c) => {
+    const inF = c.fifo ? c.rows : c.cols;
+    const outF = c.fifo ? c.cols : c.rows;
+    const n = c.rows * c.cols;
+    const W = Tensor.from(randomArray(n, 31 + c.r, 1), [c.rows, c.cols], { dtype: c.wt });
+    const A = Tensor.from(randomArray(c.r * inF, 32 + c.r, 0.5), [c.r, inF], { dtype: c.ft });
+    const B = Tensor.from(randomArray(outF * c.r, 33 + c.r, 0.5), [outF, c.r], { dtype: c.ft });
+    const s = 0.6875; // 11/16: exact in every dtype, so the reference sees the scale the kernel sees
+    const adapter = { loraA: A, loraB: B, scaling: s };
+    const w0 = W.toFloat32Array();
+    const a = A.toFloat32Array();
+    const b = B.toFloat32Array();
+    const target = c.inPlace ? W : Tensor.zeros([c.rows, c.cols], { dtype: c.ot });
+    try {
+      kernels.mergeAdapter(W, adapter, { fanInFanOut: c.fifo, out: target });
+      const merged = target.toFloat32Array();
+      expectOneRounding(merged, w0, a, b, c, s);
+      if (!c.inPlace) expect(Buffer.from(W.toFloat32Array().buffer).equals(Buffer.from(w0.buffer))).toBe(true);
+      // Unmerge in place is the same pass with -s on what the merge stored.
+      kernels.unmergeAdapter(target, adapter, { fanInFanOut: c.fifo });
+      expectOneRounding(target.toFloat32Array(), merged, a, b, { ...c, wt: c.ot }, -s);
+    } finally {
+      W.dispose();
+      A.dispose();
+      B.dispose();
+      if (!c.inPlace) target.dispose();
+    }
+  });
+
+  test('NaN and infinity in W stay NaN and infinity; finite neighbours are rounded once', () => {
+    for (const dt of ['bf16', 'f16', 'f32'] as FloatDType[]) {
+      const rows = 13;
+      const cols = 40;
+      const w = randomArray(rows * cols, 5, 1);
+      w[3] = NaN;
+      w[cols + 17] = Infinity;
+      w[5 * cols + 39] = -Infinity;
+      const W = Tensor.from(w, [rows, cols], { dtype: dt });
+      const A = Tensor.from(randomArray(4 * cols, 6, 0.5), [4, cols]);
+      const B = Tensor.from(randomArray(rows * 4, 7, 0.5), [rows, 4]);
+      const w0 = W.toFloat32Array();
+      kernels.mergeAdapter(W, { loraA: A, loraB: B, scaling: 1 });
+      const got = W.toFloat32Array();
+      expect(got[3]).toBeNaN();
+      expect(got[cols + 17]).toBe(Infinity);
+      expect(got[5 * cols + 39]).toBe(-Infinity);
+      const c: Case = { rows, cols, r: 4, fifo: false, wt: dt, ot: dt, ft: 'f32', inPlace: true };
+      expectOneRounding(got, w0, A.toFloat32Array(), B.toFloat32Array(), c, 1, new Set([3, cols + 17, 5 * cols + 39]));
+      W.dispose();
+      A.dispose();
+      B.dispose();
+    }
+  });
+});
