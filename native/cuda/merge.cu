@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const T* W, T* out, con
 
 // Tensor-core kernel for 16-bit factors (mma.sync m16n8k16, f32 accumulators), any layout.
 // W streams through shared memory: each block owns a 128-column strip and walks down several
-// 64-row tiles, fetching the next tile with cp.async while the current one is computed and
+// 64-row tiles, fetching two tiles ahead with cp.async while the current one is computed and
 // written, so HBM reads stay in flight without tying up registers (the register-tiled kernel
 // above held only ~32 KB in flight per SM and reached a third of the copy bandwidth). The strip's
 // Q factor is staged once per block, P once per row tile; both come from L2.
@@ -90,6 +90,7 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 
 constexpr int kTcRows = 64, kTcCols = 128, kTcThreads = 256, kTcMaxRank = 128;
 constexpr int kFPad = 8;  // 16-bit elements of padding per factor row: conflict-free fragment loads
+constexpr int kStages = 3;  // W (and P) tiles in flight per block: two ahead of the one computed
 
 template <class T>
 struct TcLayout {
@@ -97,23 +98,47 @@ struct TcLayout {
   static constexpr int kWStride = kTcCols + kWPad;       // elements per staged W row
   static constexpr int kChunks = kTcCols * sizeof(T) / 16;  // 16-byte chunks per W row
   static size_t smem_bytes(int rp) {
-    return size_t(kTcCols) * (rp + kFPad) * 2 + size_t(kTcRows) * (rp + kFPad) * 2 +
-           2 * size_t(kTcRows) * kWStride * sizeof(T);
+    return size_t(kTcCols) * (rp + kFPad) * 2 + kStages * size_t(kTcRows) * (rp + kFPad) * 2 +
+           kStages * size_t(kTcRows) * kWStride * sizeof(T);
   }
 };
 
+// Up to 8 independent 16-bit loads in flight per thread, then their shared-memory stores: a loop
+// that stored each value before loading the next waited one L2 latency per element.
+template <class Src, class Dst>
+__device__ __forceinline__ void gather16(int total, Src src, Dst dst) {
+  for (int e0 = threadIdx.x; e0 < total; e0 += kTcThreads * 8) {
+    uint16_t v[8];
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+      const int e = e0 + q * kTcThreads;
+      v[q] = e < total ? src(e) : 0;
+    }
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+      const int e = e0 + q * kTcThreads;
+      if (e < total) dst(e, v[q]);
+    }
+  }
+}
+
 // delta(i, j) = Σ_k P(i, k)·Q(k, j) with P(i, k) = P[i·ps_i + k·ps_k], Q(k, j) = Q[k·qs_k + j·qs_j].
+// p_async: P's rows are contiguous and 16-byte aligned (ps_k = 1, r % 8 = 0), so each row tile's
+// P slice is fetched with cp.async together with its W tile, two tiles ahead.
 template <class T, class F>
 __global__ void __launch_bounds__(kTcThreads) merge_tc_kernel(const T* W, T* out, const F* __restrict__ P, int64_t ps_i,
                                                               int64_t ps_k, const F* __restrict__ Q, int64_t qs_k,
                                                               int64_t qs_j, int64_t rows, int64_t cols, int r, int rp,
-                                                              float scale, int tiles_per_block) {
+                                                              float scale, int tiles_per_block, bool p_async) {
   using L = TcLayout<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int fs = rp + kFPad;  // factor row stride (elements)
-  F* Qt = reinterpret_cast<F*>(smem);            // [kTcCols][fs]: Q transposed, k contiguous
-  F* Ps = Qt + kTcCols * fs;                     // [kTcRows][fs]
-  T* Wt = reinterpret_cast<T*>(Ps + kTcRows * fs);  // [2][kTcRows][kWStride]
+  F* Qt = reinterpret_cast<F*>(smem);                  // [kTcCols][fs]: Q transposed, k contiguous
+  F* Ps = Qt + kTcCols * fs;                                  // [kStages][kTcRows][fs]
+  T* Wt = reinterpret_cast<T*>(Ps + kStages * kTcRows * fs);  // [kStages][kTcRows][kWStride]
+  uint16_t* Pbits = reinterpret_cast<uint16_t*>(Ps);
+  const uint16_t* Pg = reinterpret_cast<const uint16_t*>(P);
+  const uint16_t* Qg = reinterpret_cast<const uint16_t*>(Q);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t = lane % 4;
   const int wm = (warp % 4) * 16, wn = (warp / 4) * 64;  // this warp's 16×64 piece of the tile
@@ -123,6 +148,9 @@ __global__ void __launch_bounds__(kTcThreads) merge_tc_kernel(const T* W, T* out
   const int64_t tile_end = tile0 + tiles_per_block < row_tiles ? tile0 + tiles_per_block : row_tiles;
   if (tile0 >= tile_end) return;
 
+  if (p_async)  // k in [r, rp) is never fetched: zero it once in every buffer
+    for (int e = tid; e < kStages * kTcRows * (rp - r); e += kTcThreads)
+      Pbits[(e / (rp - r)) * fs + r + e % (rp - r)] = 0;
   auto fetch = [&](int64_t tile, int buf) {
     T* dst = Wt + buf * kTcRows * L::kWStride;
     for (int e = tid; e < kTcRows * L::kChunks; e += kTcThreads) {
@@ -131,44 +159,59 @@ __global__ void __launch_bounds__(kTcThreads) merge_tc_kernel(const T* W, T* out
       const bool ok = gi < rows && gj < cols;
       cp_async16(dst + i * L::kWStride + ch * (16 / int(sizeof(T))), ok ? W + gi * cols + gj : W, ok);
     }
+    if (p_async) {
+      const int chunks = r / 8;
+      uint16_t* pd = Pbits + buf * kTcRows * fs;
+      for (int e = tid; e < kTcRows * chunks; e += kTcThreads) {
+        const int i = e / chunks, ch = e % chunks;
+        const int64_t gi = tile * kTcRows + i;
+        cp_async16(pd + i * fs + ch * 8, gi < rows ? Pg + gi * ps_i + ch * 8 : Pg, gi < rows);
+      }
+    }
     cp_async_commit();
   };
   fetch(tile0, 0);
+  if (tile0 + 1 < tile_end) fetch(tile0 + 1, 1);
+  else cp_async_commit();  // empty groups keep the wait count uniform
 
   // Q for the strip, transposed, zero past r and past the last column.
-  const uint16_t zero = 0;
-  if (qs_j == 1) {
-    for (int e = tid; e < rp * kTcCols; e += kTcThreads) {
+  if (qs_j == 1)
+    gather16(rp * kTcCols, [&](int e) -> uint16_t {
       const int k = e / kTcCols, j = e % kTcCols;
-      const bool ok = k < r && c0 + j < cols;
-      reinterpret_cast<uint16_t*>(Qt)[j * fs + k] = ok ? __ldg(reinterpret_cast<const uint16_t*>(Q) + k * qs_k + c0 + j) : zero;
-    }
-  } else {
-    for (int e = tid; e < rp * kTcCols; e += kTcThreads) {
+      return k < r && c0 + j < cols ? __ldg(Qg + k * qs_k + c0 + j) : 0;
+    }, [&](int e, uint16_t v) { reinterpret_cast<uint16_t*>(Qt)[(e % kTcCols) * fs + e / kTcCols] = v; });
+  else
+    gather16(rp * kTcCols, [&](int e) -> uint16_t {
       const int k = e % rp, j = e / rp;
-      const bool ok = k < r && c0 + j < cols;
-      reinterpret_cast<uint16_t*>(Qt)[j * fs + k] =
-          ok ? __ldg(reinterpret_cast<const uint16_t*>(Q) + k * qs_k + (c0 + j) * qs_j) : zero;
-    }
-  }
+      return k < r && c0 + j < cols ? __ldg(Qg + k * qs_k + (c0 + j) * qs_j) : 0;
+    }, [&](int e, uint16_t v) { reinterpret_cast<uint16_t*>(Qt)[(e / rp) * fs + e % rp] = v; });
 
   for (int64_t tile = tile0; tile < tile_end; tile++) {
-    const int buf = int(tile - tile0) & 1;
-    if (tile + 1 < tile_end) fetch(tile + 1, buf ^ 1);
-    else cp_async_commit();  // an empty group keeps the wait count uniform
-    // P for this row tile.
+    const int buf = int(tile - tile0) % kStages;
+    if (tile + 2 < tile_end) fetch(tile + 2, (buf + 2) % kStages);
+    else cp_async_commit();
     const int64_t i0 = tile * kTcRows;
-    for (int e = tid; e < kTcRows * rp; e += kTcThreads) {
-      const int i = ps_k == 1 ? e / rp : e % kTcRows, k = ps_k == 1 ? e % rp : e / kTcRows;
-      const bool ok = k < r && i0 + i < rows;
-      reinterpret_cast<uint16_t*>(Ps)[i * fs + k] = ok ? __ldg(reinterpret_cast<const uint16_t*>(P) + (i0 + i) * ps_i + k * ps_k) : zero;
+    F* ps = Ps + buf * kTcRows * fs;
+    if (!p_async) {  // P for this row tile, gathered (transposed or unaligned factors)
+      uint16_t* pd = Pbits + buf * kTcRows * fs;
+      if (ps_k == 1)
+        gather16(kTcRows * rp, [&](int e) -> uint16_t {
+          const int i = e / rp, k = e % rp;
+          return k < r && i0 + i < rows ? __ldg(Pg + (i0 + i) * ps_i + k) : 0;
+        }, [&](int e, uint16_t v) { pd[(e / rp) * fs + e % rp] = v; });
+      else
+        gather16(kTcRows * rp, [&](int e) -> uint16_t {
+          const int i = e % kTcRows, k = e / kTcRows;
+          return k < r && i0 + i < rows ? __ldg(Pg + (i0 + i) * ps_i + k * ps_k) : 0;
+        }, [&](int e, uint16_t v) { pd[(e % kTcRows) * fs + e / kTcRows] = v; });
     }
+    cp_async_wait<kStages - 1>();  // this tile's W (and P) have landed; later ones may be in flight
     __syncthreads();
     float acc[8][4];
 #pragma unroll
     for (int j = 0; j < 8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
     for (int k0 = 0; k0 < rp; k0 += 16) {
-      const F* pa = Ps + (wm + g) * fs + k0 + 2 * t;
+      const F* pa = ps + (wm + g) * fs + k0 + 2 * t;
       uint32_t a[4] = {*reinterpret_cast<const uint32_t*>(pa), *reinterpret_cast<const uint32_t*>(pa + 8 * fs),
                        *reinterpret_cast<const uint32_t*>(pa + 8), *reinterpret_cast<const uint32_t*>(pa + 8 * fs + 8)};
 #pragma unroll
@@ -178,9 +221,8 @@ __global__ void __launch_bounds__(kTcThreads) merge_tc_kernel(const T* W, T* out
         mma16816<F>(acc[j], a, b);
       }
     }
-    cp_async_wait<1>();  // this tile's W has landed (the next one may still be in flight)
-    __syncthreads();
-    // out = W + scale·delta, rounded once, in place in the staged tile.
+    // out = W + scale·delta, rounded once, in place in the staged tile (each thread touches only
+    // its own fragment's elements, so no barrier is needed between the mma and this).
     T* wt = Wt + buf * kTcRows * L::kWStride;
 #pragma unroll
     for (int j = 0; j < 8; j++)
@@ -197,7 +239,7 @@ __global__ void __launch_bounds__(kTcThreads) merge_tc_kernel(const T* W, T* out
       if (gi < rows && gj < cols)
         *reinterpret_cast<uint4*>(out + gi * cols + gj) = *reinterpret_cast<const uint4*>(wt + i * L::kWStride + ch * (16 / int(sizeof(T))));
     }
-    __syncthreads();  // the buffer and Ps are refilled next iteration
+    __syncthreads();  // the buffers are refilled next iteration
   }
 }
 
@@ -234,8 +276,9 @@ void launch_merge_tc(const TensorRef& W, const TensorRef& A, const TensorRef& B,
   const F* P = fifo ? A.as<F>() : B.as<F>();
   const F* Q = fifo ? B.as<F>() : A.as<F>();
   const int64_t ps_i = fifo ? 1 : r, ps_k = fifo ? rows : 1, qs_k = fifo ? 1 : cols, qs_j = fifo ? r : 1;
+  const bool p_async = ps_k == 1 && r % 8 == 0 && reinterpret_cast<uintptr_t>(P) % 16 == 0;
   merge_tc_kernel<T, F><<<dim3(unsigned(strips), unsigned(chunks)), kTcThreads, smem, stream()>>>(
-      W.as<T>(), out.as<T>(), P, ps_i, ps_k, Q, qs_k, qs_j, rows, cols, r, rp, scale, int(per_block));
+      W.as<T>(), out.as<T>(), P, ps_i, ps_k, Q, qs_k, qs_j, rows, cols, r, rp, scale, int(per_block), p_async);
 }
 
 // Any layout and shape (fan_in_fan_out, or cols not a multiple of 8): one element per thread.
