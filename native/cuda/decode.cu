@@ -2,11 +2,12 @@
 // with 16-byte loads. Each warp owns 4 output features, each block 32; the block stages x in
 // shared memory one 512-wide K chunk at a time, so x is read from L2 once per block, not per warp.
 // The rank-r LoRA term and the bias are added in the epilogue, so y is written exactly once.
-// When there are too few feature groups to fill the GPU, K is split over blocks (SplitK below).
+// When there are too few feature groups to fill the GPU, K is split over blocks (SplitK in decode_common.cuh); 16-bit weights go to the tensor-core kernel of decode_tc.cu.
 #include <cstdlib>
 #include "common.cuh"
 #include "ops.h"
 #include "runtime.h"
+#include "decode_common.cuh"
 #include "vec.cuh"
 
 namespace lorakit {
@@ -14,36 +15,6 @@ namespace cuda {
 namespace {
 
 constexpr int kWarps = 8, kRowsPerWarp = 4, kKC = 512;
-
-struct DecodeTerm {
-  const void* u;
-  const void* B;
-  DType udt, bdt;
-  int r;
-  float scale;
-};
-struct DecodeTerms {
-  DecodeTerm t[kDecodeMaxTerms];
-  int count;
-};
-
-__device__ __forceinline__ float load_any(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::F32: return static_cast<const float*>(p)[i];
-    case DType::F16: return __half2float(static_cast<const __half*>(p)[i]);
-    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  }
-}
-
-// Split K: with few output features (4096 → 128 blocks) one block per SM cannot keep enough of W
-// in flight, so K is split over gridDim.y blocks. Each writes its partial sums to `part`; the
-// last block of a feature group to finish (a ticket counter) adds them in split order, which
-// keeps the result independent of timing, and runs the epilogue. It also resets the counter.
-struct SplitK {
-  float* part;         // [splits][n][outf], null when gridDim.y == 1
-  unsigned* counters;  // [gridDim.x], zero between launches
-  int64_t k_per;       // K range per split, a multiple of kKC
-};
 
 template <class T, int NR>
 __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const T* __restrict__ x, const T* __restrict__ W,
@@ -182,38 +153,9 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const T* __restrict
   for (int a = 0; a < kRowsPerWarp; a++) {
     const int64_t j = j0 + a;
     if (lane < n && j < outf) {
-      float val = v[a];
-      for (int t = 0; t < terms.count; t++) {
-        const DecodeTerm& tm = terms.t[t];
-        float s = 0.f;
-        for (int q = 0; q < tm.r; q++) s = fmaf(load_any(tm.u, tm.udt, int64_t(lane) * tm.r + q), load_any(tm.B, tm.bdt, j * tm.r + q), s);
-        val = fmaf(tm.scale, s, val);
-      }
-      if (bias) val += load_any(bias, bias_dt, j);
-      y[int64_t(lane) * outf + j] = from_f32<T>(val);
+      y[int64_t(lane) * outf + j] = from_f32<T>(decode_epilogue(v[a], lane, j, terms, bias, bias_dt));
     }
   }
-}
-
-// The split-K ticket counters: one per feature group, zeroed once and left zeroed by each launch.
-// Grown (rarely) after a synchronize, since launches in flight may still use the old buffer.
-unsigned* split_counters(int64_t groups) {
-  static unsigned* buf = nullptr;
-  static int64_t size = 0;
-  if (groups > size) {
-    if (buf) {
-      LK_CUDA(cudaStreamSynchronize(stream()), "decode counters");
-      LK_CUDA(cudaFree(buf), "decode counters");
-      buf = nullptr;
-      size = 0;
-    }
-    unsigned* p = nullptr;
-    LK_CUDA(cudaMalloc(&p, groups * sizeof(unsigned)), "decode counters");
-    LK_CUDA(cudaMemsetAsync(p, 0, groups * sizeof(unsigned), stream()), "decode counters");
-    buf = p;
-    size = groups;
-  }
-  return buf;
 }
 
 template <class T, int NR>
@@ -241,7 +183,7 @@ void launch(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const
   void* part = nullptr;
   const size_t part_bytes = size_t(splits) * size_t(n) * size_t(outf) * sizeof(float);
   if (splits > 1) {
-    sk.counters = split_counters(groups);
+    sk.counters = decode_split_counters(groups);
     part = alloc(part_bytes, false);
     sk.part = static_cast<float*>(part);
   }
@@ -299,6 +241,27 @@ __global__ void __launch_bounds__(256) shrink_small_kernel(const T* __restrict__
 
 }  // namespace
 
+// The split-K ticket counters: one per feature group, zeroed once and left zeroed by each launch.
+// Grown (rarely) after a synchronize, since launches in flight may still use the old buffer.
+unsigned* decode_split_counters(int64_t groups) {
+  static unsigned* buf = nullptr;
+  static int64_t size = 0;
+  if (groups > size) {
+    if (buf) {
+      LK_CUDA(cudaStreamSynchronize(stream()), "decode counters");
+      LK_CUDA(cudaFree(buf), "decode counters");
+      buf = nullptr;
+      size = 0;
+    }
+    unsigned* p = nullptr;
+    LK_CUDA(cudaMalloc(&p, groups * sizeof(unsigned)), "decode counters");
+    LK_CUDA(cudaMemsetAsync(p, 0, groups * sizeof(unsigned), stream()), "decode counters");
+    buf = p;
+    size = groups;
+  }
+  return buf;
+}
+
 void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u) {
   const int64_t in = A.dim(1);
   const int r = static_cast<int>(A.dim(0));
@@ -346,6 +309,7 @@ void decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
     dt.t[t] = DecodeTerm{terms[t].u.data, terms[t].B.data, terms[t].u.dtype, terms[t].B.dtype,
                          static_cast<int>(terms[t].B.dim(1)), terms[t].scale};
   const int64_t n = x.numel() / W.dim(1);
+  if (decode_tc_forward(x, W, bias, dt, y)) return;
   dispatch_float(W.dtype, "weight", [&](auto z) {
     using T = decltype(z);
     if (n <= 1) launch<T, 1>(x, W, bias, dt, y);

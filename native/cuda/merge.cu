@@ -126,7 +126,7 @@ __device__ __forceinline__ void gather16(int total, Src src, Dst dst) {
 // p_async: P's rows are contiguous and 16-byte aligned (ps_k = 1, r % 8 = 0), so each row tile's
 // P slice is fetched with cp.async together with its W tile, two tiles ahead.
 template <class T, class F>
-__global__ void __launch_bounds__(kTcThreads) merge_tc_kernel(const T* W, T* out, const F* __restrict__ P, int64_t ps_i,
+__global__ void __launch_bounds__(kTcThreads, 4) merge_tc_kernel(const T* W, T* out, const F* __restrict__ P, int64_t ps_i,
                                                               int64_t ps_k, const F* __restrict__ Q, int64_t qs_k,
                                                               int64_t qs_j, int64_t rows, int64_t cols, int r, int rp,
                                                               float scale, int tiles_per_block, bool p_async) {
@@ -265,9 +265,11 @@ void launch_merge_tc(const TensorRef& W, const TensorRef& A, const TensorRef& B,
   int per_sm = 0;
   LK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, merge_tc_kernel<T, F>, kTcThreads, smem), "merge");
   const int64_t strips = (cols + kTcCols - 1) / kTcCols, row_tiles = (rows + kTcRows - 1) / kTcRows;
-  // As many blocks as fit at once, each walking an equal share of its strip's row tiles.
+  // No more blocks than fit at once (a partial second wave would double the time), each walking
+  // an equal share of its strip's row tiles.
   const int64_t resident = int64_t(per_sm < 1 ? 1 : per_sm) * sm_count();
-  int64_t chunks = (resident + strips - 1) / strips;
+  int64_t chunks = resident / strips;
+  if (chunks < 1) chunks = 1;
   if (chunks > row_tiles) chunks = row_tiles;
   if (chunks > 65535) chunks = 65535;
   const int64_t per_block = (row_tiles + chunks - 1) / chunks;
