@@ -26,6 +26,9 @@ namespace cuda {
 // The backend's one non-blocking stream (created on first use; throws when there is no device).
 cudaStream_t stream();
 
+// Streaming multiprocessors of device 0 (read once), for grids sized to what is resident at once.
+int sm_count();
+
 template <class T> __device__ __forceinline__ float to_f32(T v);
 template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
 template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }

@@ -2,9 +2,12 @@
 // with 16-byte loads. Each warp owns 4 output features, each block 32; the block stages x in
 // shared memory one 512-wide K chunk at a time, so x is read from L2 once per block, not per warp.
 // The rank-r LoRA term and the bias are added in the epilogue, so y is written exactly once.
+// When there are too few feature groups to fill the GPU, K is split over blocks (SplitK in decode_common.cuh); 16-bit weights go to the tensor-core kernel of decode_tc.cu.
 #include <cstdlib>
 #include "common.cuh"
 #include "ops.h"
+#include "runtime.h"
+#include "decode_common.cuh"
 #include "vec.cuh"
 
 namespace lorakit {
@@ -13,42 +16,41 @@ namespace {
 
 constexpr int kWarps = 8, kRowsPerWarp = 4, kKC = 512;
 
-struct DecodeTerm {
-  const void* u;
-  const void* B;
-  DType udt, bdt;
-  int r;
-  float scale;
-};
-struct DecodeTerms {
-  DecodeTerm t[kDecodeMaxTerms];
-  int count;
-};
-
-__device__ __forceinline__ float load_any(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::F32: return static_cast<const float*>(p)[i];
-    case DType::F16: return __half2float(static_cast<const __half*>(p)[i]);
-    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  }
-}
-
 template <class T, int NR>
 __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const T* __restrict__ x, const T* __restrict__ W,
                                                              const void* bias, DType bias_dt, T* __restrict__ y, int n,
-                                                             int64_t in, int64_t outf, DecodeTerms terms) {
+                                                             int64_t in, int64_t outf, DecodeTerms terms, SplitK sk) {
   __shared__ __align__(16) T xs[NR][kKC];
+  __shared__ bool last_block;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t j0 = (int64_t(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
+  const int64_t kb = int64_t(blockIdx.y) * sk.k_per, ke = kb + sk.k_per < in ? kb + sk.k_per : in;
   float acc[kRowsPerWarp][NR];
 #pragma unroll
   for (int a = 0; a < kRowsPerWarp; a++)
 #pragma unroll
     for (int i = 0; i < NR; i++) acc[a][i] = 0.f;
   const bool vec = in % 8 == 0;
-  for (int64_t k0 = 0; k0 < in; k0 += kKC) {
-    const int kc = static_cast<int>(in - k0 < kKC ? in - k0 : kKC);
-    if (vec) {  // 16-byte loads, all issued before the first use (kc is a multiple of 8 here)
+  for (int64_t k0 = kb; k0 < ke; k0 += kKC) {
+    const int kc = static_cast<int>(ke - k0 < kKC ? ke - k0 : kKC);
+    // 16-bit W: the whole chunk's loads (2 steps × 4 features × 16 bytes per lane) go out before
+    // x is staged and before any use, so more of W is in flight per warp.
+    constexpr bool kRaw = sizeof(T) == 2;
+    constexpr int kSteps = kKC / 256;
+    uint4 raw[kSteps][kRowsPerWarp];
+    if constexpr (kRaw) {
+      if (vec) {
+#pragma unroll
+        for (int s = 0; s < kSteps; s++) {
+          const int k = s * 256 + lane * 8;
+#pragma unroll
+          for (int a = 0; a < kRowsPerWarp; a++)
+            raw[s][a] = k < kc && j0 + a < outf ? __ldg(reinterpret_cast<const uint4*>(W + (j0 + a) * in + k0 + k))
+                                                : make_uint4(0, 0, 0, 0);
+        }
+      }
+    }
+    if (vec) {  // 16-byte loads of x (kc is a multiple of 8 here)
       constexpr int kPer = 16 / sizeof(T), kVecs = NR * kKC / kPer;
 #pragma unroll
       for (int e0 = 0; e0 < kVecs; e0 += kWarps * 32) {
@@ -68,16 +70,27 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const T* __restrict
     __syncthreads();
     if (vec) {
 #pragma unroll
-      for (int s = 0; s < kKC / 256; s++) {
+      for (int s = 0; s < kSteps; s++) {
         const int k = s * 256 + lane * 8;
         if (k >= kc) break;
         float w[kRowsPerWarp][8];
 #pragma unroll
         for (int a = 0; a < kRowsPerWarp; a++) {
-          if (j0 + a < outf) load8(W + (j0 + a) * in + k0 + k, w[a]);
-          else
+          if constexpr (kRaw) {
+            using P2 = typename Pair<T>::type;
+            const P2* h = reinterpret_cast<const P2*>(&raw[s][a]);
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+              float2 f = h2_to_float2<P2>(h[q]);
+              w[a][2 * q] = f.x;
+              w[a][2 * q + 1] = f.y;
+            }
+          } else if (j0 + a < outf) {
+            load8(W + (j0 + a) * in + k0 + k, w[a]);
+          } else {
 #pragma unroll
             for (int q = 0; q < 8; q++) w[a][q] = 0.f;
+          }
         }
 #pragma unroll
         for (int i = 0; i < NR; i++) {
@@ -108,23 +121,39 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const T* __restrict
     for (int i = 0; i < NR; i++)
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) acc[a][i] += __shfl_xor_sync(0xffffffffu, acc[a][i], off);
-  // Lane l finishes row l of x for the warp's 4 output features.
+  // Lane l holds row l of x for the warp's 4 output features.
+  float v[kRowsPerWarp];
+#pragma unroll
+  for (int a = 0; a < kRowsPerWarp; a++) {
+    v[a] = 0.f;
+#pragma unroll
+    for (int i = 0; i < NR; i++)
+      if (lane == i) v[a] = acc[a][i];
+  }
+  if (gridDim.y > 1) {
+#pragma unroll
+    for (int a = 0; a < kRowsPerWarp; a++)
+      if (lane < n && j0 + a < outf) sk.part[(int64_t(blockIdx.y) * n + lane) * outf + j0 + a] = v[a];
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last_block = atomicAdd(&sk.counters[blockIdx.x], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+#pragma unroll
+    for (int a = 0; a < kRowsPerWarp; a++) {
+      if (lane >= n || j0 + a >= outf) continue;
+      float sum = 0.f;
+      for (unsigned sp = 0; sp < gridDim.y; sp++) sum += __ldcg(&sk.part[(int64_t(sp) * n + lane) * outf + j0 + a]);
+      v[a] = sum;
+    }
+    if (threadIdx.x == 0) sk.counters[blockIdx.x] = 0;
+  }
 #pragma unroll
   for (int a = 0; a < kRowsPerWarp; a++) {
     const int64_t j = j0 + a;
-    float v = 0.f;
-#pragma unroll
-    for (int i = 0; i < NR; i++)
-      if (lane == i) v = acc[a][i];
     if (lane < n && j < outf) {
-      for (int t = 0; t < terms.count; t++) {
-        const DecodeTerm& tm = terms.t[t];
-        float s = 0.f;
-        for (int q = 0; q < tm.r; q++) s = fmaf(load_any(tm.u, tm.udt, int64_t(lane) * tm.r + q), load_any(tm.B, tm.bdt, j * tm.r + q), s);
-        v = fmaf(tm.scale, s, v);
-      }
-      if (bias) v += load_any(bias, bias_dt, j);
-      y[int64_t(lane) * outf + j] = from_f32<T>(v);
+      y[int64_t(lane) * outf + j] = from_f32<T>(decode_epilogue(v[a], lane, j, terms, bias, bias_dt));
     }
   }
 }
@@ -134,9 +163,33 @@ void launch(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const
   const int64_t in = W.dim(1), outf = W.dim(0);
   const int n = static_cast<int>(x.numel() / in);
   const int64_t per_block = kWarps * kRowsPerWarp;
-  unsigned blocks = static_cast<unsigned>((outf + per_block - 1) / per_block);
-  decode_kernel<T, NR><<<blocks, kWarps * 32, 0, stream()>>>(x.as<T>(), W.as<T>(), bias ? bias->data : nullptr,
-                                                            bias ? bias->dtype : DType::F32, y.as<T>(), n, in, outf, terms);
+  const int64_t groups = (outf + per_block - 1) / per_block;
+  // Enough blocks to fill every SM once (as many as are resident at a time), in K ranges of whole chunks.
+  static const int per_sm = [] {
+    int v = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_kernel<T, NR>, kWarps * 32, 0) != cudaSuccess) {
+      cudaGetLastError();
+      v = 1;
+    }
+    return v < 1 ? 1 : v;
+  }();
+  const int64_t chunks = (in + kKC - 1) / kKC;
+  int64_t splits = (int64_t(per_sm) * sm_count() + groups - 1) / groups;
+  if (splits > chunks) splits = chunks;
+  if (splits < 1 || in % 8 != 0) splits = 1;
+  const int64_t k_per = (chunks + splits - 1) / splits * kKC;
+  splits = (in + k_per - 1) / k_per;
+  SplitK sk{nullptr, nullptr, k_per};
+  void* part = nullptr;
+  const size_t part_bytes = size_t(splits) * size_t(n) * size_t(outf) * sizeof(float);
+  if (splits > 1) {
+    sk.counters = decode_split_counters(groups);
+    part = alloc(part_bytes, false);
+    sk.part = static_cast<float*>(part);
+  }
+  decode_kernel<T, NR><<<dim3(unsigned(groups), unsigned(splits)), kWarps * 32, 0, stream()>>>(
+      x.as<T>(), W.as<T>(), bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, y.as<T>(), n, in, outf, terms, sk);
+  if (part) cuda::free(part, part_bytes);  // stream-ordered: the next user runs after this kernel
 }
 
 // u[i, q] = Σ_k x[i, k]·A[q, k] for n ≤ 16 rows: one block per adapter row q, which reads A's row
@@ -188,6 +241,27 @@ __global__ void __launch_bounds__(256) shrink_small_kernel(const T* __restrict__
 
 }  // namespace
 
+// The split-K ticket counters: one per feature group, zeroed once and left zeroed by each launch.
+// Grown (rarely) after a synchronize, since launches in flight may still use the old buffer.
+unsigned* decode_split_counters(int64_t groups) {
+  static unsigned* buf = nullptr;
+  static int64_t size = 0;
+  if (groups > size) {
+    if (buf) {
+      LK_CUDA(cudaStreamSynchronize(stream()), "decode counters");
+      LK_CUDA(cudaFree(buf), "decode counters");
+      buf = nullptr;
+      size = 0;
+    }
+    unsigned* p = nullptr;
+    LK_CUDA(cudaMalloc(&p, groups * sizeof(unsigned)), "decode counters");
+    LK_CUDA(cudaMemsetAsync(p, 0, groups * sizeof(unsigned), stream()), "decode counters");
+    buf = p;
+    size = groups;
+  }
+  return buf;
+}
+
 void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u) {
   const int64_t in = A.dim(1);
   const int r = static_cast<int>(A.dim(0));
@@ -208,12 +282,12 @@ void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u) {
   LK_LAUNCHED("decode shrink");
 }
 
-// Up to 8 rows the decode kernel wins; at 16 the cuBLASLt path is faster (H200, bench/results/
-// gpu-small-*.txt). LORAKIT_CUDA_DECODE_ROWS (0..16) moves the switch, for benchmarks.
+// Up to 16 rows the decode kernel (split K) is used; LORAKIT_CUDA_DECODE_ROWS (0..16) moves the
+// switch, for benchmarks.
 static int64_t decode_max_rows() {
   static const int64_t v = [] {
     const char* e = std::getenv("LORAKIT_CUDA_DECODE_ROWS");
-    int64_t r = e ? std::atoll(e) : 8;
+    int64_t r = e ? std::atoll(e) : kDecodeMaxRows;
     return r < 0 ? 0 : r > kDecodeMaxRows ? kDecodeMaxRows : r;
   }();
   return v;
@@ -235,6 +309,7 @@ void decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
     dt.t[t] = DecodeTerm{terms[t].u.data, terms[t].B.data, terms[t].u.dtype, terms[t].B.dtype,
                          static_cast<int>(terms[t].B.dim(1)), terms[t].scale};
   const int64_t n = x.numel() / W.dim(1);
+  if (decode_tc_forward(x, W, bias, dt, y)) return;
   dispatch_float(W.dtype, "weight", [&](auto z) {
     using T = decltype(z);
     if (n <= 1) launch<T, 1>(x, W, bias, dt, y);

@@ -1,6 +1,9 @@
-// Merge/unmerge: out = W + scale·ΔW, ΔW = B·A in W's layout, in one pass over W. Each block owns
-// a 32×256 tile of W; the rank-r product accumulates in f32 registers, W is added in f32 and
-// rounded once. W's loads are issued before the rank loop so their latency hides behind it.
+// Merge/unmerge: out = W + scale·ΔW, ΔW = B·A in W's layout, in one pass over W; the rank-r
+// product accumulates in f32, W is added in f32 and rounded once. 16-bit factors run on tensor
+// cores with W streamed through shared memory (merge_tc_kernel); f32 factors (exact products)
+// on the register-tiled CUDA-core kernel; odd shapes on a scalar kernel.
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 #include "common.cuh"
 #include "ops.h"
@@ -55,10 +58,12 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const T* W, T* out, con
   }
 }
 
-// Tensor-core variant for 16-bit factors (mma.sync m16n8k16, f32 accumulators): the rank-r
-// product costs a few instructions per 16×8 tile instead of r FMAs per element, so W's stream
-// stays the bottleneck even at r = 64. Each warp owns 16 rows × 64 columns of W; the fragments of
-// B (row-major, the A operand) and A (the B operand) are read straight from L1/L2.
+// Tensor-core kernel for 16-bit factors (mma.sync m16n8k16, f32 accumulators), any layout.
+// W streams through shared memory: each block owns a 128-column strip and walks down several
+// 64-row tiles, fetching two tiles ahead with cp.async while the current one is computed and
+// written, so HBM reads stay in flight without tying up registers (the register-tiled kernel
+// above held only ~32 KB in flight per SM and reached a third of the copy bandwidth). The strip's
+// Q factor is staged once per block, P once per row tile; both come from L2.
 template <class F> struct MmaType;
 template <> struct MmaType<__nv_bfloat16> { static constexpr bool bf16 = true; };
 template <> struct MmaType<__half> { static constexpr bool bf16 = false; };
@@ -75,67 +80,207 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// Two 16-bit values as one 32-bit register, the first in the low half; zero past r.
-template <class F>
-__device__ __forceinline__ uint32_t pack2(const F* p0, const F* p1, bool ok0, bool ok1) {
-  uint16_t lo = ok0 ? __ldg(reinterpret_cast<const unsigned short*>(p0)) : 0;
-  uint16_t hi = ok1 ? __ldg(reinterpret_cast<const unsigned short*>(p1)) : 0;
-  return uint32_t(lo) | (uint32_t(hi) << 16);
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
 }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-constexpr int kMmaWarps = 8, kMmaCols = 64, kMmaTiles = kMmaCols / 8;
+constexpr int kTcRows = 64, kTcCols = 128, kTcThreads = 256, kTcMaxRank = 128;
+constexpr int kFPad = 8;  // 16-bit elements of padding per factor row: conflict-free fragment loads
+constexpr int kStages = 3;  // W (and P) tiles in flight per block: two ahead of the one computed
 
-template <class T, class F>
-__global__ void __launch_bounds__(kMmaWarps * 32) merge_mma_kernel(const T* W, T* out, const F* __restrict__ A,
-                                                                  const F* __restrict__ B, int64_t rows, int64_t cols,
-                                                                  int r, float scale) {
-  // The accumulators go through shared memory so that W is read and written with coalesced
-  // 16-byte accesses (8 lanes cover one 64-column row segment).
-  __shared__ __align__(16) float stage[kMmaWarps][16][kMmaCols + 4];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int g = lane / 4, t = lane % 4;
-  const int64_t r0 = (int64_t(blockIdx.y) * kMmaWarps + warp) * 16;
-  const int64_t c0 = int64_t(blockIdx.x) * kMmaCols;
-  if (r0 >= rows) return;
-  // W first: its latency hides behind the rank loop. Pass q covers rows q*4 + lane/8.
-  const int lrow = lane / 8, lcol = (lane % 8) * 8;
-  float w[4][8];
+template <class T>
+struct TcLayout {
+  static constexpr int kWPad = 16 / sizeof(T);           // keeps rows 16-byte aligned, shifts banks
+  static constexpr int kWStride = kTcCols + kWPad;       // elements per staged W row
+  static constexpr int kChunks = kTcCols * sizeof(T) / 16;  // 16-byte chunks per W row
+  static size_t smem_bytes(int rp) {
+    return size_t(kTcCols) * (rp + kFPad) * 2 + kStages * size_t(kTcRows) * (rp + kFPad) * 2 +
+           kStages * size_t(kTcRows) * kWStride * sizeof(T);
+  }
+};
+
+// Up to 8 independent 16-bit loads in flight per thread, then their shared-memory stores: a loop
+// that stored each value before loading the next waited one L2 latency per element.
+template <class Src, class Dst>
+__device__ __forceinline__ void gather16(int total, Src src, Dst dst) {
+  for (int e0 = threadIdx.x; e0 < total; e0 += kTcThreads * 8) {
+    uint16_t v[8];
 #pragma unroll
-  for (int q = 0; q < 4; q++) load8(W + (r0 + q * 4 + lrow) * cols + c0 + lcol, w[q]);
-  float acc[kMmaTiles][4];
+    for (int q = 0; q < 8; q++) {
+      const int e = e0 + q * kTcThreads;
+      v[q] = e < total ? src(e) : 0;
+    }
 #pragma unroll
-  for (int j = 0; j < kMmaTiles; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-  const F* Brow0 = B + (r0 + g) * r;
-  const F* Brow1 = B + (r0 + g + 8) * r;
-  for (int k0 = 0; k0 < r; k0 += 16) {
-    const int ka = k0 + 2 * t, kb = ka + 8;
-    uint32_t a[4] = {pack2(Brow0 + ka, Brow0 + ka + 1, ka < r, ka + 1 < r), pack2(Brow1 + ka, Brow1 + ka + 1, ka < r, ka + 1 < r),
-                     pack2(Brow0 + kb, Brow0 + kb + 1, kb < r, kb + 1 < r), pack2(Brow1 + kb, Brow1 + kb + 1, kb < r, kb + 1 < r)};
-#pragma unroll
-    for (int j = 0; j < kMmaTiles; j++) {
-      const F* col = A + c0 + j * 8 + g;
-      uint32_t b[2] = {pack2(col + int64_t(ka) * cols, col + int64_t(ka + 1) * cols, ka < r, ka + 1 < r),
-                       pack2(col + int64_t(kb) * cols, col + int64_t(kb + 1) * cols, kb < r, kb + 1 < r)};
-      mma16816<F>(acc[j], a, b);
+    for (int q = 0; q < 8; q++) {
+      const int e = e0 + q * kTcThreads;
+      if (e < total) dst(e, v[q]);
     }
   }
-  float (*st)[kMmaCols + 4] = stage[warp];
+}
+
+// delta(i, j) = Σ_k P(i, k)·Q(k, j) with P(i, k) = P[i·ps_i + k·ps_k], Q(k, j) = Q[k·qs_k + j·qs_j].
+// p_async: P's rows are contiguous and 16-byte aligned (ps_k = 1, r % 8 = 0), so each row tile's
+// P slice is fetched with cp.async together with its W tile, two tiles ahead.
+template <class T, class F>
+__global__ void __launch_bounds__(kTcThreads, 4) merge_tc_kernel(const T* W, T* out, const F* __restrict__ P, int64_t ps_i,
+                                                              int64_t ps_k, const F* __restrict__ Q, int64_t qs_k,
+                                                              int64_t qs_j, int64_t rows, int64_t cols, int r, int rp,
+                                                              float scale, int tiles_per_block, bool p_async) {
+  using L = TcLayout<T>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int fs = rp + kFPad;  // factor row stride (elements)
+  F* Qt = reinterpret_cast<F*>(smem);                  // [kTcCols][fs]: Q transposed, k contiguous
+  F* Ps = Qt + kTcCols * fs;                                  // [kStages][kTcRows][fs]
+  T* Wt = reinterpret_cast<T*>(Ps + kStages * kTcRows * fs);  // [kStages][kTcRows][kWStride]
+  uint16_t* Pbits = reinterpret_cast<uint16_t*>(Ps);
+  const uint16_t* Pg = reinterpret_cast<const uint16_t*>(P);
+  const uint16_t* Qg = reinterpret_cast<const uint16_t*>(Q);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int g = lane / 4, t = lane % 4;
+  const int wm = (warp % 4) * 16, wn = (warp / 4) * 64;  // this warp's 16×64 piece of the tile
+  const int64_t c0 = int64_t(blockIdx.x) * kTcCols;
+  const int64_t row_tiles = (rows + kTcRows - 1) / kTcRows;
+  const int64_t tile0 = int64_t(blockIdx.y) * tiles_per_block;
+  const int64_t tile_end = tile0 + tiles_per_block < row_tiles ? tile0 + tiles_per_block : row_tiles;
+  if (tile0 >= tile_end) return;
+
+  if (p_async)  // k in [r, rp) is never fetched: zero it once in every buffer
+    for (int e = tid; e < kStages * kTcRows * (rp - r); e += kTcThreads)
+      Pbits[(e / (rp - r)) * fs + r + e % (rp - r)] = 0;
+  auto fetch = [&](int64_t tile, int buf) {
+    T* dst = Wt + buf * kTcRows * L::kWStride;
+    for (int e = tid; e < kTcRows * L::kChunks; e += kTcThreads) {
+      const int i = e / L::kChunks, ch = e % L::kChunks;
+      const int64_t gi = tile * kTcRows + i, gj = c0 + ch * (16 / int(sizeof(T)));
+      const bool ok = gi < rows && gj < cols;
+      cp_async16(dst + i * L::kWStride + ch * (16 / int(sizeof(T))), ok ? W + gi * cols + gj : W, ok);
+    }
+    if (p_async) {
+      const int chunks = r / 8;
+      uint16_t* pd = Pbits + buf * kTcRows * fs;
+      for (int e = tid; e < kTcRows * chunks; e += kTcThreads) {
+        const int i = e / chunks, ch = e % chunks;
+        const int64_t gi = tile * kTcRows + i;
+        cp_async16(pd + i * fs + ch * 8, gi < rows ? Pg + gi * ps_i + ch * 8 : Pg, gi < rows);
+      }
+    }
+    cp_async_commit();
+  };
+  fetch(tile0, 0);
+  if (tile0 + 1 < tile_end) fetch(tile0 + 1, 1);
+  else cp_async_commit();  // empty groups keep the wait count uniform
+
+  // Q for the strip, transposed, zero past r and past the last column.
+  if (qs_j == 1)
+    gather16(rp * kTcCols, [&](int e) -> uint16_t {
+      const int k = e / kTcCols, j = e % kTcCols;
+      return k < r && c0 + j < cols ? __ldg(Qg + k * qs_k + c0 + j) : 0;
+    }, [&](int e, uint16_t v) { reinterpret_cast<uint16_t*>(Qt)[(e % kTcCols) * fs + e / kTcCols] = v; });
+  else
+    gather16(rp * kTcCols, [&](int e) -> uint16_t {
+      const int k = e % rp, j = e / rp;
+      return k < r && c0 + j < cols ? __ldg(Qg + k * qs_k + (c0 + j) * qs_j) : 0;
+    }, [&](int e, uint16_t v) { reinterpret_cast<uint16_t*>(Qt)[(e / rp) * fs + e % rp] = v; });
+
+  for (int64_t tile = tile0; tile < tile_end; tile++) {
+    const int buf = int(tile - tile0) % kStages;
+    if (tile + 2 < tile_end) fetch(tile + 2, (buf + 2) % kStages);
+    else cp_async_commit();
+    const int64_t i0 = tile * kTcRows;
+    F* ps = Ps + buf * kTcRows * fs;
+    if (!p_async) {  // P for this row tile, gathered (transposed or unaligned factors)
+      uint16_t* pd = Pbits + buf * kTcRows * fs;
+      if (ps_k == 1)
+        gather16(kTcRows * rp, [&](int e) -> uint16_t {
+          const int i = e / rp, k = e % rp;
+          return k < r && i0 + i < rows ? __ldg(Pg + (i0 + i) * ps_i + k) : 0;
+        }, [&](int e, uint16_t v) { pd[(e / rp) * fs + e % rp] = v; });
+      else
+        gather16(kTcRows * rp, [&](int e) -> uint16_t {
+          const int i = e % kTcRows, k = e / kTcRows;
+          return k < r && i0 + i < rows ? __ldg(Pg + (i0 + i) * ps_i + k * ps_k) : 0;
+        }, [&](int e, uint16_t v) { pd[(e % kTcRows) * fs + e / kTcRows] = v; });
+    }
+    cp_async_wait<kStages - 1>();  // this tile's W (and P) have landed; later ones may be in flight
+    __syncthreads();
+    float acc[8][4];
 #pragma unroll
-  for (int j = 0; j < kMmaTiles; j++) {
-    *reinterpret_cast<float2*>(&st[g][j * 8 + 2 * t]) = make_float2(acc[j][0], acc[j][1]);
-    *reinterpret_cast<float2*>(&st[g + 8][j * 8 + 2 * t]) = make_float2(acc[j][2], acc[j][3]);
+    for (int j = 0; j < 8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    for (int k0 = 0; k0 < rp; k0 += 16) {
+      const F* pa = ps + (wm + g) * fs + k0 + 2 * t;
+      uint32_t a[4] = {*reinterpret_cast<const uint32_t*>(pa), *reinterpret_cast<const uint32_t*>(pa + 8 * fs),
+                       *reinterpret_cast<const uint32_t*>(pa + 8), *reinterpret_cast<const uint32_t*>(pa + 8 * fs + 8)};
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const F* qb = Qt + (wn + j * 8 + g) * fs + k0 + 2 * t;
+        uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(qb), *reinterpret_cast<const uint32_t*>(qb + 8)};
+        mma16816<F>(acc[j], a, b);
+      }
+    }
+    // out = W + scale·delta, rounded once, in place in the staged tile (each thread touches only
+    // its own fragment's elements, so no barrier is needed between the mma and this).
+    T* wt = Wt + buf * kTcRows * L::kWStride;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        T* p = wt + (wm + g + 8 * h) * L::kWStride + wn + j * 8 + 2 * t;
+        p[0] = from_f32<T>(fmaf(scale, acc[j][2 * h], to_f32<T>(p[0])));
+        p[1] = from_f32<T>(fmaf(scale, acc[j][2 * h + 1], to_f32<T>(p[1])));
+      }
+    __syncthreads();
+    for (int e = tid; e < kTcRows * L::kChunks; e += kTcThreads) {
+      const int i = e / L::kChunks, ch = e % L::kChunks;
+      const int64_t gi = i0 + i, gj = c0 + ch * (16 / int(sizeof(T)));
+      if (gi < rows && gj < cols)
+        *reinterpret_cast<uint4*>(out + gi * cols + gj) = *reinterpret_cast<const uint4*>(wt + i * L::kWStride + ch * (16 / int(sizeof(T))));
+    }
+    __syncthreads();  // the buffers are refilled next iteration
   }
-  __syncwarp();
-#pragma unroll
-  for (int q = 0; q < 4; q++) {
-    const float* s = &st[q * 4 + lrow][lcol];
-    float4 s0 = *reinterpret_cast<const float4*>(s);
-    float4 s1 = *reinterpret_cast<const float4*>(s + 4);
-    float v[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
-#pragma unroll
-    for (int e = 0; e < 8; e++) v[e] = fmaf(scale, v[e], w[q][e]);
-    store8(out + (r0 + q * 4 + lrow) * cols + c0 + lcol, v);
+}
+
+// LORAKIT_CUDA_MERGE=simt keeps 16-bit factors on the CUDA-core kernels (for A/B benchmarks).
+bool tc_disabled() {
+  static const bool off = [] {
+    const char* v = std::getenv("LORAKIT_CUDA_MERGE");
+    return v != nullptr && std::string(v) == "simt";
+  }();
+  return off;
+}
+
+template <class T, class F>
+void launch_merge_tc(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fifo, const TensorRef& out) {
+  const int64_t rows = W.dim(0), cols = W.dim(1);
+  const int r = static_cast<int>(A.dim(0)), rp = (r + 15) / 16 * 16;
+  const size_t smem = TcLayout<T>::smem_bytes(rp);
+  static int configured_for = -1;  // the largest rp this instantiation was opened up for
+  if (rp > configured_for) {
+    LK_CUDA(cudaFuncSetAttribute(merge_tc_kernel<T, F>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "merge");
+    configured_for = rp;
   }
+  int per_sm = 0;
+  LK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, merge_tc_kernel<T, F>, kTcThreads, smem), "merge");
+  const int64_t strips = (cols + kTcCols - 1) / kTcCols, row_tiles = (rows + kTcRows - 1) / kTcRows;
+  // No more blocks than fit at once (a partial second wave would double the time), each walking
+  // an equal share of its strip's row tiles.
+  const int64_t resident = int64_t(per_sm < 1 ? 1 : per_sm) * sm_count();
+  int64_t chunks = resident / strips;
+  if (chunks < 1) chunks = 1;
+  if (chunks > row_tiles) chunks = row_tiles;
+  if (chunks > 65535) chunks = 65535;
+  const int64_t per_block = (row_tiles + chunks - 1) / chunks;
+  chunks = (row_tiles + per_block - 1) / per_block;
+  // normal: P = B [rows, r], Q = A [r, cols]; fan_in_fan_out: P = Aᵀ (A is [r, rows]), Q = Bᵀ (B is [cols, r]).
+  const F* P = fifo ? A.as<F>() : B.as<F>();
+  const F* Q = fifo ? B.as<F>() : A.as<F>();
+  const int64_t ps_i = fifo ? 1 : r, ps_k = fifo ? rows : 1, qs_k = fifo ? 1 : cols, qs_j = fifo ? r : 1;
+  const bool p_async = ps_k == 1 && r % 8 == 0 && reinterpret_cast<uintptr_t>(P) % 16 == 0;
+  merge_tc_kernel<T, F><<<dim3(unsigned(strips), unsigned(chunks)), kTcThreads, smem, stream()>>>(
+      W.as<T>(), out.as<T>(), P, ps_i, ps_k, Q, qs_k, qs_j, rows, cols, r, rp, scale, int(per_block), p_async);
 }
 
 // Any layout and shape (fan_in_fan_out, or cols not a multiple of 8): one element per thread.
@@ -162,6 +307,7 @@ void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, flo
   int r = static_cast<int>(A.dim(0));
   if (rows == 0 || cols == 0) return;
   auto aligned = [](const void* p, int64_t b) { return reinterpret_cast<uintptr_t>(p) % b == 0; };
+  const bool aligned16 = cols % 8 == 0 && aligned(W.data, 16) && aligned(out.data, 16);
   bool vec = !fan_in_fan_out && cols % 8 == 0 && aligned(W.data, 32) && aligned(out.data, 32) && aligned(A.data, 32);
   dim3 grid(static_cast<unsigned>((cols + kTN - 1) / kTN), static_cast<unsigned>((rows + kTM - 1) / kTM));
   if (grid.y > 65535) vec = false;
@@ -170,11 +316,9 @@ void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, flo
       using T = decltype(wz);
       using F = decltype(fz);
       if constexpr (!std::is_same<F, float>::value) {
-        // Measured on the H200: the register-tiled kernel wins up to r = 16, tensor cores at r = 64.
-        if (vec && r > 32 && rows % 16 == 0 && cols % kMmaCols == 0) {
-          dim3 mgrid(static_cast<unsigned>(cols / kMmaCols), static_cast<unsigned>((rows / 16 + kMmaWarps - 1) / kMmaWarps));
-          merge_mma_kernel<T, F><<<mgrid, kMmaWarps * 32, 0, stream()>>>(W.as<T>(), out.as<T>(), A.as<F>(), B.as<F>(), rows,
-                                                                        cols, r, scale);
+        // 16-bit factors: tensor cores, W streamed through shared memory (any layout, r ≤ 128).
+        if (aligned16 && r <= kTcMaxRank && !tc_disabled()) {
+          launch_merge_tc<T, F>(W, A, B, scale, fan_in_fan_out, out);
           return;
         }
       }

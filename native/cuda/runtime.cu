@@ -33,6 +33,18 @@ std::string device_description() {
          std::to_string(p.totalGlobalMem >> 30) + " GiB)";
 }
 
+int sm_count() {
+  static const int n = [] {
+    int v = 0;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) {
+      cudaGetLastError();
+      v = 0;
+    }
+    return v > 0 ? v : 1;
+  }();
+  return n;
+}
+
 namespace {
 
 // Process-wide state, deliberately leaked: destroying streams in static destructors can run

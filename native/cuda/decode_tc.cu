@@ -1,0 +1,183 @@
+// Tensor-core decode forward for 16-bit weights, n ≤ 16 rows: y = x·Wᵀ + bias + Σ scale·u·Bᵀ,
+// streaming W once. The CUDA-core kernel (decode.cu) does 16 FMAs per weight at n = 16 and is
+// compute-bound there; mma.sync m16n8k16 makes the product free, so only W's stream remains.
+// x's rows are the mma's M (zero-padded to 16), W's features its N. Within each 32-wide K chunk
+// lane (g, t) loads k = 8t..8t+7 of W's row and of x's rows g and g+8 as single 16-byte loads,
+// and two mma steps take those 8 values as their k slots {2t, 2t+1} and {2t+8, 2t+9}: the same
+// permutation of k on both operands leaves every dot product unchanged.
+#include "decode_common.cuh"
+#include "runtime.h"
+
+namespace lorakit {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = 8, kTiles = 4, kFeatures = kTiles * 8, kUnroll = 2;
+
+template <class T> struct Mma;
+template <> struct Mma<__nv_bfloat16> {
+  static __device__ __forceinline__ void run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+template <> struct Mma<__half> {
+  static __device__ __forceinline__ void run(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+
+__device__ __forceinline__ uint4 ldg16(const void* p, bool ok) {
+  return ok ? __ldg(reinterpret_cast<const uint4*>(p)) : make_uint4(0, 0, 0, 0);
+}
+
+// Block: kFeatures output features over a K range; its 8 warps take interleaved 32-wide chunks
+// of that range (so at any moment they read adjacent stretches of each W row), then add their
+// partial sums in shared memory in warp order.
+template <class T>
+__global__ void __launch_bounds__(kWarps * 32) decode_tc_kernel(const T* __restrict__ x, const T* __restrict__ W,
+                                                                const void* bias, DType bias_dt, T* __restrict__ y, int n,
+                                                                int64_t in, int64_t outf, DecodeTerms terms, SplitK sk) {
+  __shared__ float red[kWarps][16][kFeatures + 1];
+  __shared__ bool last_block;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+  const int64_t f0 = int64_t(blockIdx.x) * kFeatures;
+  const int64_t kb = int64_t(blockIdx.y) * sk.k_per, ke = kb + sk.k_per < in ? kb + sk.k_per : in;
+  const T* wrow[kTiles];
+  bool wok[kTiles];
+#pragma unroll
+  for (int j = 0; j < kTiles; j++) {
+    const int64_t f = f0 + j * 8 + g;
+    wok[j] = f < outf;
+    wrow[j] = W + (wok[j] ? f : 0) * in;
+  }
+  const T* x0 = x + int64_t(g < n ? g : 0) * in;
+  const T* x1 = x + int64_t(g + 8 < n ? g + 8 : 0) * in;
+  float acc[kTiles][4] = {};
+  for (int64_t c = kb + int64_t(warp) * 32; c < ke; c += int64_t(kWarps) * 32 * kUnroll) {
+    uint4 wv[kUnroll][kTiles], xa[kUnroll], xb[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {  // every load of the step before any use
+      const int64_t k = c + int64_t(u) * kWarps * 32 + 8 * t;
+      const bool ok = k < ke;
+#pragma unroll
+      for (int j = 0; j < kTiles; j++) wv[u][j] = ldg16(wrow[j] + k, ok && wok[j]);
+      xa[u] = ldg16(x0 + k, ok && g < n);
+      xb[u] = ldg16(x1 + k, ok && g + 8 < n);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++)
+#pragma unroll
+      for (int j = 0; j < kTiles; j++) {
+        Mma<T>::run(acc[j], xa[u].x, xb[u].x, xa[u].y, xb[u].y, wv[u][j].x, wv[u][j].y);
+        Mma<T>::run(acc[j], xa[u].z, xb[u].z, xa[u].w, xb[u].w, wv[u][j].z, wv[u][j].w);
+      }
+  }
+  // acc[j]: rows g (0, 1) and g + 8 (2, 3), features j·8 + 2t and + 1.
+#pragma unroll
+  for (int j = 0; j < kTiles; j++) {
+    red[warp][g][j * 8 + 2 * t] = acc[j][0];
+    red[warp][g][j * 8 + 2 * t + 1] = acc[j][1];
+    red[warp][g + 8][j * 8 + 2 * t] = acc[j][2];
+    red[warp][g + 8][j * 8 + 2 * t + 1] = acc[j][3];
+  }
+  __syncthreads();
+  constexpr int kOut = 16 * kFeatures / (kWarps * 32);  // outputs per thread (2)
+  float v[kOut];
+  int row[kOut];
+  int64_t feat[kOut];
+#pragma unroll
+  for (int o = 0; o < kOut; o++) {
+    const int e = threadIdx.x + o * kWarps * 32;
+    row[o] = e / kFeatures;
+    feat[o] = f0 + e % kFeatures;
+    float s = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; w++) s += red[w][row[o]][e % kFeatures];
+    v[o] = s;
+  }
+  if (gridDim.y > 1) {
+#pragma unroll
+    for (int o = 0; o < kOut; o++)
+      if (row[o] < n && feat[o] < outf) sk.part[(int64_t(blockIdx.y) * n + row[o]) * outf + feat[o]] = v[o];
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last_block = atomicAdd(&sk.counters[blockIdx.x], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last_block) return;
+    __threadfence();
+#pragma unroll
+    for (int o = 0; o < kOut; o++) {
+      if (row[o] >= n || feat[o] >= outf) continue;
+      float s = 0.f;
+      for (unsigned sp = 0; sp < gridDim.y; sp++) s += __ldcg(&sk.part[(int64_t(sp) * n + row[o]) * outf + feat[o]]);
+      v[o] = s;
+    }
+    if (threadIdx.x == 0) sk.counters[blockIdx.x] = 0;
+  }
+#pragma unroll
+  for (int o = 0; o < kOut; o++)
+    if (row[o] < n && feat[o] < outf)
+      y[int64_t(row[o]) * outf + feat[o]] = from_f32<T>(decode_epilogue(v[o], row[o], feat[o], terms, bias, bias_dt));
+}
+
+template <class T>
+void launch_tc(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const DecodeTerms& terms, const TensorRef& y) {
+  const int64_t in = W.dim(1), outf = W.dim(0);
+  const int n = static_cast<int>(x.numel() / in);
+  const int64_t groups = (outf + kFeatures - 1) / kFeatures;
+  static const int per_sm = [] {
+    int v = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_tc_kernel<T>, kWarps * 32, 0) != cudaSuccess) {
+      cudaGetLastError();
+      v = 1;
+    }
+    return v < 1 ? 1 : v;
+  }();
+  const int64_t resident = int64_t(per_sm) * sm_count();
+  // K splits: the fewest whose waves of resident blocks come within 5% of the best, in units of
+  // one pass of the 8 warps' unrolled chunks.
+  constexpr int64_t kStep = int64_t(kWarps) * 32 * kUnroll;
+  const int64_t steps = (in + kStep - 1) / kStep;
+  int64_t splits = 1;
+  double best = 1e30;
+  for (int64_t s = 1; s <= 16 && s <= steps; s++) {
+    const double cost = double((groups * s + resident - 1) / resident) / double(s) + 0.02 * double(s);
+    if (cost < best * 0.95) {
+      best = cost;
+      splits = s;
+    }
+  }
+  const int64_t k_per = (steps + splits - 1) / splits * kStep;
+  splits = (in + k_per - 1) / k_per;
+  SplitK sk{nullptr, nullptr, k_per};
+  void* part = nullptr;
+  const size_t part_bytes = size_t(splits) * size_t(n) * size_t(outf) * sizeof(float);
+  if (splits > 1) {
+    sk.counters = decode_split_counters(groups);
+    part = alloc(part_bytes, false);
+    sk.part = static_cast<float*>(part);
+  }
+  decode_tc_kernel<T><<<dim3(unsigned(groups), unsigned(splits)), kWarps * 32, 0, stream()>>>(
+      x.as<T>(), W.as<T>(), bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, y.as<T>(), n, in, outf, terms, sk);
+  if (part) cuda::free(part, part_bytes);  // stream-ordered: the next user runs after this kernel
+}
+
+}  // namespace
+
+bool decode_tc_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const DecodeTerms& terms,
+                       const TensorRef& y) {
+  const int64_t in = W.dim(1);
+  auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (in % 8 != 0 || !aligned16(W.data) || !aligned16(x.data) || W.dtype != x.dtype) return false;
+  if (W.dtype == DType::BF16) launch_tc<__nv_bfloat16>(x, W, bias, terms, y);
+  else if (W.dtype == DType::F16) launch_tc<__half>(x, W, bias, terms, y);
+  else return false;
+  return true;
+}
+
+}  // namespace cuda
+}  // namespace lorakit
