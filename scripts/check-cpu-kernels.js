@@ -139,6 +139,27 @@ for (const [rows, cols, r, fifo, wt, ot, ft, inPlace] of [
   }
 }
 
+{ // non-finite factors: NaN (any payload) and infinity reach W where the float64 reference has them
+  const wideNaN = new Float32Array(new Uint32Array([0x7fffffff, 0xffffffff]).buffer);
+  for (const dt of ['bf16', 'f16', 'f32']) for (const fifo of [false, true]) {
+    const rows = 19, cols = 70, r = 3, inF = fifo ? rows : cols, outF = fifo ? cols : rows;
+    const a = rnd(r * inF, 8, 0.5), b = rnd(outF * r, 9, 0.5);
+    a[inF + 5] = wideNaN[0]; b[7 * r + 2] = wideNaN[1]; a[2 * inF + 11] = Infinity;
+    const W = rand([rows, cols], 10, dt), A = Tensor.from(a, [r, inF]), B = Tensor.from(b, [outF, r]);
+    kernels.mergeAdapter(W.t, { loraA: A, loraB: B, scaling: 0.5 }, { fanInFanOut: fifo });
+    const got = W.t.toFloat32Array(), av = A.toFloat32Array(), bv = B.toFloat32Array();
+    let bad = 0;
+    for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) {
+      const o = fifo ? j : i, k = fifo ? i : j;
+      let d = 0;
+      for (let q = 0; q < r; q++) d += bv[o * r + q] * av[q * inF + k];
+      const ref = W.v[i * cols + j] + 0.5 * d, g = got[i * cols + j];
+      if (Number.isNaN(ref) ? !Number.isNaN(g) : !Number.isFinite(ref) ? g !== ref : !Number.isFinite(g)) bad++;
+    }
+    check(`merge non-finite factors ${dt} fifo=${fifo}: elements whose NaN/infinity differs from float64`, bad, 0);
+  }
+}
+
 { // thread count does not change results
   const x = rand([130, 300], 11), W = rand([259, 300], 12, 'bf16'), xb = rand([130, 300], 13, 'bf16');
   setNumThreads(1);

@@ -129,6 +129,52 @@ describe('merge / unmerge: each element is W ± s·B·A rounded once', () => {
     }
   });
 
+  test('non-finite factors (NaN of any payload, infinities) give NaN and infinity where float64 does', () => {
+    // A NaN whose payload fills the mantissa would carry into the sign in the fast bf16 rounding;
+    // non-finite factors must take the path that rounds NaNs as f32_to_bf16 does.
+    const wideNaN = new Float32Array(new Uint32Array([0x7fffffff, 0xffffffff]).buffer);
+    for (const dt of ['bf16', 'f16', 'f32'] as FloatDType[])
+      for (const fifo of [false, true]) {
+        const rows = 19;
+        const cols = 70;
+        const r = 3;
+        const inF = fifo ? rows : cols;
+        const outF = fifo ? cols : rows;
+        const a = randomArray(r * inF, 8, 0.5);
+        const b = randomArray(outF * r, 9, 0.5);
+        a[1 * inF + 5] = wideNaN[0]; // input feature 5
+        b[7 * r + 2] = wideNaN[1]; // output feature 7
+        a[2 * inF + 11] = Infinity; // input feature 11: +-inf, or NaN where it meets output 7
+        const W = Tensor.from(randomArray(rows * cols, 10, 1), [rows, cols], { dtype: dt });
+        const A = Tensor.from(a, [r, inF]);
+        const B = Tensor.from(b, [outF, r]);
+        const w0 = W.toFloat32Array();
+        const av = A.toFloat32Array();
+        const bv = B.toFloat32Array();
+        kernels.mergeAdapter(W, { loraA: A, loraB: B, scaling: 0.5 }, { fanInFanOut: fifo });
+        const got = W.toFloat32Array();
+        const skip = new Set<number>();
+        for (let i = 0; i < rows; i++)
+          for (let j = 0; j < cols; j++) {
+            const o = fifo ? j : i;
+            const k = fifo ? i : j;
+            let d = 0;
+            for (let q = 0; q < r; q++) d += bv[o * r + q] * av[q * inF + k];
+            const ref = w0[i * cols + j] + 0.5 * d;
+            if (Number.isFinite(ref)) continue;
+            skip.add(i * cols + j);
+            if (Number.isNaN(ref)) expect(got[i * cols + j]).toBeNaN();
+            else expect(got[i * cols + j]).toBe(ref);
+          }
+        expect(skip.size).toBeGreaterThan(rows); // a NaN row or column and an infinite one
+        const c: Case = { rows, cols, r, fifo, wt: dt, ot: dt, ft: 'f32', inPlace: true };
+        expectOneRounding(got, w0, av, bv, c, 0.5, skip);
+        W.dispose();
+        A.dispose();
+        B.dispose();
+      }
+  });
+
   test('NaN and infinity in W stay NaN and infinity; finite neighbours are rounded once', () => {
     for (const dt of ['bf16', 'f16', 'f32'] as FloatDType[]) {
       const rows = 13;

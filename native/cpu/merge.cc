@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -13,9 +14,22 @@ namespace {
 
 // Dense f32 copies of the small factors in the orientation the row loop wants, built in parallel with
 // the vector load/transpose kernels: P [rows, r] = scale·(B, or Aᵀ with fan_in_fan_out) row-major, and
-// Q(q, j) = (A, or Bᵀ) packed in RANK_PANEL-column panels, zero-padded (microkernel.h).
-void prepare_factors(const KernelTable& kt, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
-                     int64_t rows, int64_t cols, int64_t r, float* P, float* Q) {
+// Q(q, j) = (A, or Bᵀ) packed in RANK_PANEL-column panels, zero-padded (microkernel.h); with
+// even_odd, each panel row holds the panel's even columns, then its odd ones.
+bool all_finite_f32(const float* x, int64_t n) {
+  uint32_t bad = 0;  // exponent all ones: inf or NaN (integer form, so that the loop vectorises)
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    bad |= (u & 0x7f800000u) == 0x7f800000u;
+  }
+  return bad == 0;
+}
+
+// Returns whether every value of P and Q is finite.
+bool prepare_factors(const KernelTable& kt, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
+                     int64_t rows, int64_t cols, int64_t r, bool even_odd, float* P, float* Q) {
+  std::atomic<bool> finite{true};
   const size_t aes = dtype_size(A.dtype), bes = dtype_size(B.dtype);
   const char* a = static_cast<const char*>(A.data);
   const char* b = static_cast<const char*>(B.data);
@@ -28,6 +42,7 @@ void prepare_factors(const KernelTable& kt, const TensorRef& A, const TensorRef&
         else
           kt.load_row(b + i0 * r * bes, B.dtype, 1.f, (i1 - i0) * r, dst);
         kt.load_row(dst, DType::F32, scale, (i1 - i0) * r, dst);  // scale·value, as the scalar code did
+        if (!all_finite_f32(dst, (i1 - i0) * r)) finite = false;
       },
       std::max<int64_t>(1, 4096 / r));
   const int64_t panels = (cols + RANK_PANEL - 1) / RANK_PANEL;
@@ -43,9 +58,18 @@ void prepare_factors(const KernelTable& kt, const TensorRef& A, const TensorRef&
             for (int64_t k = 0; k < r; k++) kt.load_row(a + (k * cols + j0) * aes, A.dtype, 1.f, nj, panel + k * RANK_PANEL);
           if (nj < RANK_PANEL)
             for (int64_t k = 0; k < r; k++) std::fill(panel + k * RANK_PANEL + nj, panel + (k + 1) * RANK_PANEL, 0.f);
+          if (even_odd)
+            for (int64_t k = 0; k < r; k++) {
+              float* row = panel + k * RANK_PANEL;
+              float t[RANK_PANEL];
+              std::copy(row, row + RANK_PANEL, t);
+              for (int64_t c = 0; c < RANK_PANEL / 2; c++) row[c] = t[2 * c], row[RANK_PANEL / 2 + c] = t[2 * c + 1];
+            }
         }
+        if (!all_finite_f32(Q + p0 * RANK_PANEL * r, (p1 - p0) * RANK_PANEL * r)) finite = false;
       },
       std::max<int64_t>(1, 256 / r));
+  return finite;
 }
 
 }  // namespace
@@ -53,7 +77,7 @@ void prepare_factors(const KernelTable& kt, const TensorRef& A, const TensorRef&
 // Row i of W gets sign·scale·sum_k P[i,k]·Q[k,:]. For [out, in] layout P = B, Q = A; for
 // fan_in_fan_out ([in, out]) P = Aᵀ and Q = Bᵀ. W is read and written once, by the fused merge_rows
 // kernel in blocks of MERGE_ROWS rows × MERGE_COLS columns split over the thread pool; each element
-// is accumulated in f32 and rounded once. Mixed W/out dtypes go through an f32 staging tile.
+// is accumulated in f32 and rounded once.
 void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                  const TensorRef& out) {
   constexpr int64_t MERGE_ROWS = 24;  // a multiple of the 6- and 8-row kernels
@@ -61,12 +85,20 @@ void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, flo
   int64_t rows = W.dim(0), cols = W.dim(1), r = A.dim(0);
   // Whole rows where Q fits in half of a 512 KiB L2 (r <= 16 at d = 4096): W streams row by row,
   // which the prefetchers like (d = 4096 f32 r = 8: 3.2 -> 2.4 ms against 256-column chunks).
-  // Mixed dtypes stage 256-column pieces of the block through an f32 tile.
-  const bool fused = W.dtype == out.dtype;
-  const int64_t MERGE_COLS = fused ? std::max<int64_t>(256, (65536 / r) / RANK_PANEL * RANK_PANEL) : 256;
+  // Mixed dtypes, and bf16 with non-finite factors (MergeRowsFn), stage 256-column pieces of the
+  // block through an f32 tile. The factors are checked as they are packed, so the Q order for the
+  // fused bf16 pass is chosen before knowing: a non-finite bf16 case repacks.
   const int64_t panels = (cols + RANK_PANEL - 1) / RANK_PANEL;
   std::unique_ptr<float[]> P(new float[rows * r]), Q(new float[panels * RANK_PANEL * r]);
-  prepare_factors(kt, A, B, scale, fan_in_fan_out, rows, cols, r, P.get(), Q.get());
+  bool fused = W.dtype == out.dtype;
+  const bool bf16 = fused && W.dtype == DType::BF16;
+  const bool factors_finite =
+      prepare_factors(kt, A, B, scale, fan_in_fan_out, rows, cols, r, bf16 && kt.merge_bf16_even_odd, P.get(), Q.get());
+  if (bf16 && !factors_finite) {
+    fused = false;
+    if (kt.merge_bf16_even_odd) prepare_factors(kt, A, B, scale, fan_in_fan_out, rows, cols, r, false, P.get(), Q.get());
+  }
+  const int64_t MERGE_COLS = fused ? std::max<int64_t>(256, (65536 / r) / RANK_PANEL * RANK_PANEL) : 256;
   const float* Pp = P.get();
   const float* Qp = Q.get();
   const size_t wes = dtype_size(W.dtype), oes = dtype_size(out.dtype);

@@ -37,7 +37,9 @@ using RankUpdateFn = void (*)(int64_t r, const float* p, int64_t rows, const flo
 // packed as for RankUpdateFn from column 0 of the block. Each element is widened in registers,
 // accumulated in f32 (W first, then the r products in order of q, fused multiply-adds) and rounded
 // once (round-to-nearest-even, as store_row). out may be w itself (same ld); wt and ot are float
-// dtypes, any combination.
+// dtypes, any combination. p and Q must be finite when w and out are bf16 (a path may then skip the
+// quiet-NaN fix-up of the rounding: NaNs of w are still kept exactly); merge_delta checks and sends
+// non-finite factors through an f32 tile and store_row instead.
 using MergeRowsFn = void (*)(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w,
                              DType wt, int64_t ldw, void* out, DType ot, int64_t ldo);
 
@@ -61,6 +63,10 @@ struct KernelTable {
   StoreRowFn store_row;
   RankUpdateFn rank_update;
   MergeRowsFn merge_rows;
+  // Q's column order inside each 16-column panel that merge_rows wants when W and out are both bf16:
+  // false = natural; true = the panel's even columns, then its odd ones (the AVX2 kernel splits
+  // 16 loaded bf16 into even and odd f32 lanes with a shift and a mask).
+  bool merge_bf16_even_odd;
   AmxBlockFn amx_block;  // null unless the AMX path is active
   PeakFn fma_peak;       // f32 FMA loop of this path's vector width
   PeakFn amx_peak;       // bf16 tile loop; null unless AMX

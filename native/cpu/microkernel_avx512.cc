@@ -259,6 +259,7 @@ KernelTable make() {
   t.microkernel = micro;
   t.fma_peak = fma_peak;
   t.merge_rows = merge_rows;
+  t.merge_bf16_even_odd = false;  // natural order: 16 bf16 widen to one zmm
   return t;
 }
 
