@@ -2,8 +2,8 @@
 // GPU benchmark: lorakit (cuda) against the bare cuBLASLt base GEMM and against peft 0.21 +
 // PyTorch on the same GPU in the same run (bench/gpu_peft.py), bf16, d_in = 4096,
 // d_out ∈ {4096, 14336}, r ∈ {8, 16, 64}, n ∈ {1, 16, 512, 4096, 16384}: forward, forward +
-// backward, merge. Times are device-event medians over loops of JS calls, with 4 rotating weight
-// sets so W does not sit in L2. Writes bench/results/gpu-<date>.{json,md}.
+// backward, merge, and a 4-adapter mixed batch (one adapter per row, round-robin). Times are
+// device-event medians over loops of JS calls, with 4 rotating weight sets so W does not sit in L2. Writes bench/results/gpu-<date>.{json,md}.
 //   node bench/gpu.js [--quick] [--no-peft] [--out DIR]
 'use strict';
 const fs = require('fs');
@@ -18,8 +18,8 @@ const quick = args.includes('--quick');
 const noPeft = args.includes('--no-peft');
 const outDir = args.includes('--out') ? args[args.indexOf('--out') + 1] : path.join(__dirname, 'results');
 const CFG = quick
-  ? { d_in: 4096, d_out: [4096], r: [16], n: [1, 4096] }
-  : { d_in: 4096, d_out: [4096, 14336], r: [8, 16, 64], n: [1, 16, 512, 4096, 16384] };
+  ? { d_in: 4096, d_out: [4096], r: [16], n: [1, 4096], mixed_n: [512], mixed_r: 16 }
+  : { d_in: 4096, d_out: [4096, 14336], r: [8, 16, 64], n: [1, 16, 512, 4096, 16384], mixed_n: [16, 512, 4096], mixed_r: 16 };
 const SETS = 4;
 
 function randn(n, seed, scale) {
@@ -86,6 +86,25 @@ function main() {
       }
       [x, dy, y, dx].forEach((t) => t.dispose());
     }
+    // Mixed batches: 4 adapters, rows assigned round-robin, against the base GEMM on the same rows.
+    for (const n of CFG.mixed_n) {
+      const r = CFG.mixed_r;
+      const names = ['a0', 'a1', 'a2', 'a3'];
+      const x = dev(randn(n * CFG.d_in, seed++, 1), [n, CFG.d_in]);
+      const y = Tensor.empty([n, dOut], { dtype: 'bf16', device: 'cuda' });
+      const rowNames = Array.from({ length: n }, (_, i) => names[i % 4]);
+      const layers = Ws.map((W) => {
+        const l = new LoraLinear({ weight: W });
+        names.forEach((name, i) => l.addAdapter(name, { r, loraAlpha: 2 * r, dtype: 'bf16', initLoraWeights: false, seed: 20 + i }));
+        return l.eval();
+      });
+      const baseFwd = timed((W) => cuda.baseGemm(x, W, y), Ws);
+      const mixed = timed((l) => l.forward(x, { adapterNames: rowNames }).dispose(), layers);
+      rows.push({ d_out: dOut, n, r, op: 'mixed', base_fwd_us: baseFwd, mixed_us: mixed });
+      console.error(`d_out=${dOut} n=${n} mixed r=${r}: base ${baseFwd.toFixed(1)} mixed ${mixed.toFixed(1)} us`);
+      layers.forEach((l) => l.dispose());
+      [x, y].forEach((t) => t.dispose());
+    }
     for (const r of CFG.r) {
       const ad = Ws.map(() => ({ loraA: dev(randn(r * CFG.d_in, seed++, 0.02), [r, CFG.d_in]), loraB: dev(randn(dOut * r, seed++, 0.02), [dOut, r]), scaling: 2 }));
       const calls = [0, 0, 0, 0];
@@ -134,6 +153,12 @@ function report(rows, peft, copyTbps) {
     const p = pf(q) || {};
     const roof = (4 * q.d_out * CFG.d_in) / (copyTbps * 1e12) * 1e6;
     lines.push(`| ${q.d_out} | ${q.r} | ${fmt(q.merge_us)} | ${fmt(q.merge_tbps, 2)} | ${fmt((100 * roof) / q.merge_us)} | ${fmt(p.peft_merge_us)} | ${fmt(p.peft_merge_us ? (100 * roof) / p.peft_merge_us : undefined)} | ${fmt(p.peft_merge_us / q.merge_us, 2)} |`);
+  }
+  lines.push('', '## 4-adapter mixed batch (adapterNames per row, round-robin), r = ' + CFG.mixed_r, '',
+    '| d_out | n | cuBLASLt base | lorakit mixed | mixed/base | torch base | peft mixed | peft/torch base | speedup vs peft |', '|---|---|---|---|---|---|---|---|---|');
+  for (const q of rows.filter((r) => r.op === 'mixed')) {
+    const p = (peft && peft.rows.find((x) => x.op === 'mixed' && x.d_out === q.d_out && x.n === q.n)) || {};
+    lines.push(`| ${q.d_out} | ${q.n} | ${fmt(q.base_fwd_us)} | ${fmt(q.mixed_us)} | ${fmt(q.mixed_us / q.base_fwd_us, 3)} | ${fmt(p.torch_base_fwd_us)} | ${fmt(p.peft_mixed_us)} | ${fmt(p.peft_mixed_us / p.torch_base_fwd_us, 3)} | ${fmt(p.peft_mixed_us / q.mixed_us, 2)} |${p.error ? ' peft: ' + p.error : ''}`);
   }
   const md = lines.join('\n') + '\n';
   console.log(md);

@@ -27,6 +27,21 @@ def lora_linear(base, r):
     return layer
 
 
+def lora_linear_multi(base, r, names):
+    """peft's LoRA Linear with several adapters (a second injection adds to the same layer)."""
+    holder = torch.nn.Module()
+    holder.lin = base
+    for name in names:
+        cfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=["lin"])
+        holder = inject_adapter_in_model(cfg, holder, adapter_name=name)
+    layer = holder.lin
+    for name in names:
+        torch.nn.init.normal_(layer.lora_B[name].weight, std=0.02)
+    layer.to(DT)
+    layer.eval()
+    return layer
+
+
 def timed(fn, sets, reps=5, target_ms=25.0):
     for s in sets[:2]:
         fn(s)
@@ -87,6 +102,25 @@ def main():
                     del l
                 torch.cuda.empty_cache()
             del x, xg, dy
+        # Mixed batches: 4 adapters, rows assigned round-robin (peft's adapter_names forward).
+        for n in cfg.get("mixed_n", []):
+            r = cfg["mixed_r"]
+            names = ["a0", "a1", "a2", "a3"]
+            try:
+                fresh = [torch.nn.Linear(d_in, d_out, bias=False, device=DEV, dtype=DT) for _ in range(SETS)]
+                for b in fresh:
+                    b.weight.requires_grad_(False)
+                layers = [lora_linear_multi(b, r, names) for b in fresh]
+                x = torch.randn(n, d_in, device=DEV, dtype=DT, generator=gen)
+                row_names = [names[i % 4] for i in range(n)]
+                with torch.no_grad():
+                    base_fwd = timed(lambda l: torch.nn.functional.linear(x, l.base_layer.weight), layers)
+                    fwd = timed(lambda l: l(x, adapter_names=row_names), layers)
+                res["rows"].append({"d_out": d_out, "n": n, "r": r, "op": "mixed", "torch_base_fwd_us": base_fwd, "peft_mixed_us": fwd})
+                del layers, fresh, x
+            except Exception as e:  # keep the other rows if this peft API differs
+                res["rows"].append({"d_out": d_out, "n": n, "r": r, "op": "mixed", "error": repr(e)})
+            torch.cuda.empty_cache()
         for r in cfg["r"]:
             layers = [lora_linear(b, r) for b in bases]
             def mu(l):

@@ -111,7 +111,6 @@ export class LoraLinear extends LoraLayer {
     this.requireLive();
     if (o.adapterNames !== undefined) {
       if (x.shape.length < 2) throw new ShapeError(`x: a mixed batch needs a batch dimension, got shape ${shapeStr(x.shape)}`);
-      this.requireCpu('a mixed-adapter batch');
       const mixed = this.resolveMixedBatch(o.adapterNames, x.shape[0]);
       this.clearCache();
       return yield* this.mixedForwardSteps(x, mixed.adapters, mixed.index);
@@ -319,7 +318,7 @@ export class LoraLinear extends LoraLayer {
     const rowsPerEntry = x.numel / (x.shape[0] * this.inFeatures);
     const rowAdapter = new Int32Array(x.numel / this.inFeatures);
     perEntry.forEach((a, i) => rowAdapter.fill(this._disableAdapters ? -1 : a, i * rowsPerEntry, (i + 1) * rowsPerEntry));
-    const y = Tensor.zeros([...x.shape.slice(0, -1), this.outFeatures], { dtype: x.dtype });
+    const y = Tensor.zeros([...x.shape.slice(0, -1), this.outFeatures], { dtype: x.dtype, device: this.device });
     try {
       const factors = adapters.map(
         (n) => [this._loraA.get(n)!.handle, this._loraB.get(n)!.handle, this._scaling.get(n)!] as [Tensor['handle'], Tensor['handle'], number],

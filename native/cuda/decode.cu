@@ -305,9 +305,13 @@ void decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
                     const TensorRef& y) {
   DecodeTerms dt{};
   dt.count = static_cast<int>(terms.size());
-  for (size_t t = 0; t < terms.size(); t++)
-    dt.t[t] = DecodeTerm{terms[t].u.data, terms[t].B.data, terms[t].u.dtype, terms[t].B.dtype,
-                         static_cast<int>(terms[t].B.dim(1)), terms[t].scale};
+  for (size_t t = 0; t < terms.size(); t++) {
+    const int r = static_cast<int>(terms[t].B.dim(1));
+    auto a16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    const bool vec = terms[t].u.dtype == DType::F32 && terms[t].B.dtype != DType::F32 && r % 8 == 0 &&
+                     a16(terms[t].u.data) && a16(terms[t].B.data);
+    dt.t[t] = DecodeTerm{terms[t].u.data, terms[t].B.data, terms[t].u.dtype, terms[t].B.dtype, r, terms[t].scale, vec};
+  }
   const int64_t n = x.numel() / W.dim(1);
   if (decode_tc_forward(x, W, bias, dt, y)) return;
   dispatch_float(W.dtype, "weight", [&](auto z) {

@@ -3,6 +3,7 @@
 #pragma once
 #include "common.cuh"
 #include "ops.h"
+#include "vec.cuh"
 
 namespace lorakit {
 namespace cuda {
@@ -13,6 +14,7 @@ struct DecodeTerm {
   DType udt, bdt;
   int r;
   float scale;
+  bool vec;  // u f32, B 16-bit, r % 8 == 0, 16-byte aligned rows: 16-byte loads in the epilogue
 };
 struct DecodeTerms {
   DecodeTerm t[kDecodeMaxTerms];
@@ -27,13 +29,37 @@ __device__ __forceinline__ float load_any(const void* p, DType t, int64_t i) {
   }
 }
 
+// Σ_q u[row, q]·B[j, q] with 16-byte loads: 8 values of B's row and 2 × 4 of u's per step.
+template <class H2>
+__device__ __forceinline__ float lora_dot_vec(const DecodeTerm& tm, int64_t row, int64_t j) {
+  const float4* up = reinterpret_cast<const float4*>(static_cast<const float*>(tm.u) + row * tm.r);
+  const uint4* bp = reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(tm.B) + j * tm.r);
+  float s = 0.f;
+  for (int q = 0; q < tm.r / 8; q++) {
+    const uint4 braw = __ldg(bp + q);
+    const H2* h = reinterpret_cast<const H2*>(&braw);
+    const float4 u0 = __ldg(up + 2 * q), u1 = __ldg(up + 2 * q + 1);
+    const float uv[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const float2 b = h2_to_float2<H2>(h[e]);
+      s = fmaf(uv[2 * e], b.x, s);
+      s = fmaf(uv[2 * e + 1], b.y, s);
+    }
+  }
+  return s;
+}
+
 // y[row, j] from the base sum v: + Σ scale·u[row]·B[j] over the terms, + bias[j].
 __device__ __forceinline__ float decode_epilogue(float v, int64_t row, int64_t j, const DecodeTerms& terms,
                                                  const void* bias, DType bias_dt) {
   for (int t = 0; t < terms.count; t++) {
     const DecodeTerm& tm = terms.t[t];
     float s = 0.f;
-    for (int q = 0; q < tm.r; q++) s = fmaf(load_any(tm.u, tm.udt, row * tm.r + q), load_any(tm.B, tm.bdt, j * tm.r + q), s);
+    if (tm.vec && tm.bdt == DType::BF16) s = lora_dot_vec<__nv_bfloat162>(tm, row, j);
+    else if (tm.vec) s = lora_dot_vec<__half2>(tm, row, j);
+    else
+      for (int q = 0; q < tm.r; q++) s = fmaf(load_any(tm.u, tm.udt, row * tm.r + q), load_any(tm.B, tm.bdt, j * tm.r + q), s);
     v = fmaf(tm.scale, s, v);
   }
   if (bias) v += load_any(bias, bias_dt, j);

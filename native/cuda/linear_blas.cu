@@ -246,6 +246,14 @@ void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out) {
   if (!direct) convert(o, DType::F32, out.data, out.dtype, n * r);
 }
 
+void lora_expand(const TensorRef& u, const TensorRef& B, float scale, const TensorRef& z) {
+  const int64_t r = B.dim(1), outf = B.dim(0), n = u.numel() / r;
+  require_dtype(z, u.dtype, "z", "u");
+  Scratch sb;
+  const void* Bp = as_dtype(B, u.dtype, sb);
+  run(Gemm{n, outf, r, u.data, r, false, Bp, r, true, z.data, outf, u.dtype, u.dtype, scale});
+}
+
 void base_gemm(const TensorRef& x, const TensorRef& W, const TensorRef& y, bool input_grad) {
   int64_t in = W.dim(1), outf = W.dim(0);
   require_dtype(x, W.dtype, "x", "the weight");

@@ -88,18 +88,19 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-constexpr int kTcRows = 64, kTcCols = 128, kTcThreads = 256, kTcMaxRank = 128;
+// Tile shapes: TR rows × TC columns with TR·TC = 8192 (8 warps, each 16 rows × 64 columns).
+constexpr int kTcThreads = 256, kTcMaxRank = 128;
 constexpr int kFPad = 8;  // 16-bit elements of padding per factor row: conflict-free fragment loads
 constexpr int kStages = 3;  // W (and P) tiles in flight per block: two ahead of the one computed
 
-template <class T>
+template <class T, int TR, int TC>
 struct TcLayout {
   static constexpr int kWPad = 16 / sizeof(T);           // keeps rows 16-byte aligned, shifts banks
-  static constexpr int kWStride = kTcCols + kWPad;       // elements per staged W row
-  static constexpr int kChunks = kTcCols * sizeof(T) / 16;  // 16-byte chunks per W row
+  static constexpr int kWStride = TC + kWPad;       // elements per staged W row
+  static constexpr int kChunks = TC * sizeof(T) / 16;  // 16-byte chunks per W row
   static size_t smem_bytes(int rp) {
-    return size_t(kTcCols) * (rp + kFPad) * 2 + kStages * size_t(kTcRows) * (rp + kFPad) * 2 +
-           kStages * size_t(kTcRows) * kWStride * sizeof(T);
+    return size_t(TC) * (rp + kFPad) * 2 + kStages * size_t(TR) * (rp + kFPad) * 2 +
+           kStages * size_t(TR) * kWStride * sizeof(T);
   }
 };
 
@@ -125,46 +126,47 @@ __device__ __forceinline__ void gather16(int total, Src src, Dst dst) {
 // delta(i, j) = Σ_k P(i, k)·Q(k, j) with P(i, k) = P[i·ps_i + k·ps_k], Q(k, j) = Q[k·qs_k + j·qs_j].
 // p_async: P's rows are contiguous and 16-byte aligned (ps_k = 1, r % 8 = 0), so each row tile's
 // P slice is fetched with cp.async together with its W tile, two tiles ahead.
-template <class T, class F>
-__global__ void __launch_bounds__(kTcThreads, 4) merge_tc_kernel(const T* W, T* out, const F* __restrict__ P, int64_t ps_i,
+template <class T, class F, int TR, int TC>
+__global__ void __launch_bounds__(kTcThreads) merge_tc_kernel(const T* W, T* out, const F* __restrict__ P, int64_t ps_i,
                                                               int64_t ps_k, const F* __restrict__ Q, int64_t qs_k,
                                                               int64_t qs_j, int64_t rows, int64_t cols, int r, int rp,
                                                               float scale, int tiles_per_block, bool p_async) {
-  using L = TcLayout<T>;
+  using L = TcLayout<T, TR, TC>;
+  static_assert(TR * TC == 8192 && TR % 16 == 0, "8 warps of 16×64");
   extern __shared__ __align__(16) unsigned char smem[];
   const int fs = rp + kFPad;  // factor row stride (elements)
-  F* Qt = reinterpret_cast<F*>(smem);                  // [kTcCols][fs]: Q transposed, k contiguous
-  F* Ps = Qt + kTcCols * fs;                                  // [kStages][kTcRows][fs]
-  T* Wt = reinterpret_cast<T*>(Ps + kStages * kTcRows * fs);  // [kStages][kTcRows][kWStride]
+  F* Qt = reinterpret_cast<F*>(smem);                  // [TC][fs]: Q transposed, k contiguous
+  F* Ps = Qt + TC * fs;                                  // [kStages][TR][fs]
+  T* Wt = reinterpret_cast<T*>(Ps + kStages * TR * fs);  // [kStages][TR][kWStride]
   uint16_t* Pbits = reinterpret_cast<uint16_t*>(Ps);
   const uint16_t* Pg = reinterpret_cast<const uint16_t*>(P);
   const uint16_t* Qg = reinterpret_cast<const uint16_t*>(Q);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t = lane % 4;
-  const int wm = (warp % 4) * 16, wn = (warp / 4) * 64;  // this warp's 16×64 piece of the tile
-  const int64_t c0 = int64_t(blockIdx.x) * kTcCols;
-  const int64_t row_tiles = (rows + kTcRows - 1) / kTcRows;
+  const int wm = (warp % (TR / 16)) * 16, wn = (warp / (TR / 16)) * 64;  // this warp's 16×64 piece of the tile
+  const int64_t c0 = int64_t(blockIdx.x) * TC;
+  const int64_t row_tiles = (rows + TR - 1) / TR;
   const int64_t tile0 = int64_t(blockIdx.y) * tiles_per_block;
   const int64_t tile_end = tile0 + tiles_per_block < row_tiles ? tile0 + tiles_per_block : row_tiles;
   if (tile0 >= tile_end) return;
 
   if (p_async)  // k in [r, rp) is never fetched: zero it once in every buffer
-    for (int e = tid; e < kStages * kTcRows * (rp - r); e += kTcThreads)
+    for (int e = tid; e < kStages * TR * (rp - r); e += kTcThreads)
       Pbits[(e / (rp - r)) * fs + r + e % (rp - r)] = 0;
   auto fetch = [&](int64_t tile, int buf) {
-    T* dst = Wt + buf * kTcRows * L::kWStride;
-    for (int e = tid; e < kTcRows * L::kChunks; e += kTcThreads) {
+    T* dst = Wt + buf * TR * L::kWStride;
+    for (int e = tid; e < TR * L::kChunks; e += kTcThreads) {
       const int i = e / L::kChunks, ch = e % L::kChunks;
-      const int64_t gi = tile * kTcRows + i, gj = c0 + ch * (16 / int(sizeof(T)));
+      const int64_t gi = tile * TR + i, gj = c0 + ch * (16 / int(sizeof(T)));
       const bool ok = gi < rows && gj < cols;
       cp_async16(dst + i * L::kWStride + ch * (16 / int(sizeof(T))), ok ? W + gi * cols + gj : W, ok);
     }
     if (p_async) {
       const int chunks = r / 8;
-      uint16_t* pd = Pbits + buf * kTcRows * fs;
-      for (int e = tid; e < kTcRows * chunks; e += kTcThreads) {
+      uint16_t* pd = Pbits + buf * TR * fs;
+      for (int e = tid; e < TR * chunks; e += kTcThreads) {
         const int i = e / chunks, ch = e % chunks;
-        const int64_t gi = tile * kTcRows + i;
+        const int64_t gi = tile * TR + i;
         cp_async16(pd + i * fs + ch * 8, gi < rows ? Pg + gi * ps_i + ch * 8 : Pg, gi < rows);
       }
     }
@@ -176,12 +178,12 @@ __global__ void __launch_bounds__(kTcThreads, 4) merge_tc_kernel(const T* W, T* 
 
   // Q for the strip, transposed, zero past r and past the last column.
   if (qs_j == 1)
-    gather16(rp * kTcCols, [&](int e) -> uint16_t {
-      const int k = e / kTcCols, j = e % kTcCols;
+    gather16(rp * TC, [&](int e) -> uint16_t {
+      const int k = e / TC, j = e % TC;
       return k < r && c0 + j < cols ? __ldg(Qg + k * qs_k + c0 + j) : 0;
-    }, [&](int e, uint16_t v) { reinterpret_cast<uint16_t*>(Qt)[(e % kTcCols) * fs + e / kTcCols] = v; });
+    }, [&](int e, uint16_t v) { reinterpret_cast<uint16_t*>(Qt)[(e % TC) * fs + e / TC] = v; });
   else
-    gather16(rp * kTcCols, [&](int e) -> uint16_t {
+    gather16(rp * TC, [&](int e) -> uint16_t {
       const int k = e % rp, j = e / rp;
       return k < r && c0 + j < cols ? __ldg(Qg + k * qs_k + (c0 + j) * qs_j) : 0;
     }, [&](int e, uint16_t v) { reinterpret_cast<uint16_t*>(Qt)[(e / rp) * fs + e % rp] = v; });
@@ -190,20 +192,20 @@ __global__ void __launch_bounds__(kTcThreads, 4) merge_tc_kernel(const T* W, T* 
     const int buf = int(tile - tile0) % kStages;
     if (tile + 2 < tile_end) fetch(tile + 2, (buf + 2) % kStages);
     else cp_async_commit();
-    const int64_t i0 = tile * kTcRows;
-    F* ps = Ps + buf * kTcRows * fs;
+    const int64_t i0 = tile * TR;
+    F* ps = Ps + buf * TR * fs;
     if (!p_async) {  // P for this row tile, gathered (transposed or unaligned factors)
-      uint16_t* pd = Pbits + buf * kTcRows * fs;
+      uint16_t* pd = Pbits + buf * TR * fs;
       if (ps_k == 1)
-        gather16(kTcRows * rp, [&](int e) -> uint16_t {
+        gather16(TR * rp, [&](int e) -> uint16_t {
           const int i = e / rp, k = e % rp;
           return k < r && i0 + i < rows ? __ldg(Pg + (i0 + i) * ps_i + k) : 0;
         }, [&](int e, uint16_t v) { pd[(e / rp) * fs + e % rp] = v; });
       else
-        gather16(kTcRows * rp, [&](int e) -> uint16_t {
-          const int i = e % kTcRows, k = e / kTcRows;
+        gather16(TR * rp, [&](int e) -> uint16_t {
+          const int i = e % TR, k = e / TR;
           return k < r && i0 + i < rows ? __ldg(Pg + (i0 + i) * ps_i + k * ps_k) : 0;
-        }, [&](int e, uint16_t v) { pd[(e % kTcRows) * fs + e / kTcRows] = v; });
+        }, [&](int e, uint16_t v) { pd[(e % TR) * fs + e / TR] = v; });
     }
     cp_async_wait<kStages - 1>();  // this tile's W (and P) have landed; later ones may be in flight
     __syncthreads();
@@ -223,7 +225,7 @@ __global__ void __launch_bounds__(kTcThreads, 4) merge_tc_kernel(const T* W, T* 
     }
     // out = W + scale·delta, rounded once, in place in the staged tile (each thread touches only
     // its own fragment's elements, so no barrier is needed between the mma and this).
-    T* wt = Wt + buf * kTcRows * L::kWStride;
+    T* wt = Wt + buf * TR * L::kWStride;
 #pragma unroll
     for (int j = 0; j < 8; j++)
 #pragma unroll
@@ -233,7 +235,7 @@ __global__ void __launch_bounds__(kTcThreads, 4) merge_tc_kernel(const T* W, T* 
         p[1] = from_f32<T>(fmaf(scale, acc[j][2 * h + 1], to_f32<T>(p[1])));
       }
     __syncthreads();
-    for (int e = tid; e < kTcRows * L::kChunks; e += kTcThreads) {
+    for (int e = tid; e < TR * L::kChunks; e += kTcThreads) {
       const int i = e / L::kChunks, ch = e % L::kChunks;
       const int64_t gi = i0 + i, gj = c0 + ch * (16 / int(sizeof(T)));
       if (gi < rows && gj < cols)
@@ -244,27 +246,29 @@ __global__ void __launch_bounds__(kTcThreads, 4) merge_tc_kernel(const T* W, T* 
 }
 
 // LORAKIT_CUDA_MERGE=simt keeps 16-bit factors on the CUDA-core kernels (for A/B benchmarks).
-bool tc_disabled() {
-  static const bool off = [] {
-    const char* v = std::getenv("LORAKIT_CUDA_MERGE");
-    return v != nullptr && std::string(v) == "simt";
+std::string merge_variant() {
+  static const std::string v = [] {
+    const char* e = std::getenv("LORAKIT_CUDA_MERGE");
+    return std::string(e ? e : "");
   }();
-  return off;
+  return v;
 }
+bool tc_disabled() { return merge_variant() == "simt"; }
 
-template <class T, class F>
+template <class T, class F, int TR>
 void launch_merge_tc(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fifo, const TensorRef& out) {
   const int64_t rows = W.dim(0), cols = W.dim(1);
   const int r = static_cast<int>(A.dim(0)), rp = (r + 15) / 16 * 16;
-  const size_t smem = TcLayout<T>::smem_bytes(rp);
+  constexpr int TC = 8192 / TR;
+  const size_t smem = TcLayout<T, TR, TC>::smem_bytes(rp);
   static int configured_for = -1;  // the largest rp this instantiation was opened up for
   if (rp > configured_for) {
-    LK_CUDA(cudaFuncSetAttribute(merge_tc_kernel<T, F>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "merge");
+    LK_CUDA(cudaFuncSetAttribute(merge_tc_kernel<T, F, TR, TC>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "merge");
     configured_for = rp;
   }
   int per_sm = 0;
-  LK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, merge_tc_kernel<T, F>, kTcThreads, smem), "merge");
-  const int64_t strips = (cols + kTcCols - 1) / kTcCols, row_tiles = (rows + kTcRows - 1) / kTcRows;
+  LK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, merge_tc_kernel<T, F, TR, TC>, kTcThreads, smem), "merge");
+  const int64_t strips = (cols + TC - 1) / TC, row_tiles = (rows + TR - 1) / TR;
   // No more blocks than fit at once (a partial second wave would double the time), each walking
   // an equal share of its strip's row tiles.
   const int64_t resident = int64_t(per_sm < 1 ? 1 : per_sm) * sm_count();
@@ -279,7 +283,7 @@ void launch_merge_tc(const TensorRef& W, const TensorRef& A, const TensorRef& B,
   const F* Q = fifo ? B.as<F>() : A.as<F>();
   const int64_t ps_i = fifo ? 1 : r, ps_k = fifo ? rows : 1, qs_k = fifo ? 1 : cols, qs_j = fifo ? r : 1;
   const bool p_async = ps_k == 1 && r % 8 == 0 && reinterpret_cast<uintptr_t>(P) % 16 == 0;
-  merge_tc_kernel<T, F><<<dim3(unsigned(strips), unsigned(chunks)), kTcThreads, smem, stream()>>>(
+  merge_tc_kernel<T, F, TR, TC><<<dim3(unsigned(strips), unsigned(chunks)), kTcThreads, smem, stream()>>>(
       W.as<T>(), out.as<T>(), P, ps_i, ps_k, Q, qs_k, qs_j, rows, cols, r, rp, scale, int(per_block), p_async);
 }
 
@@ -318,7 +322,8 @@ void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, flo
       if constexpr (!std::is_same<F, float>::value) {
         // 16-bit factors: tensor cores, W streamed through shared memory (any layout, r ≤ 128).
         if (aligned16 && r <= kTcMaxRank && !tc_disabled()) {
-          launch_merge_tc<T, F>(W, A, B, scale, fan_in_fan_out, out);
+          // 64×128 tiles: 32×256 ones were measured 2-19% slower on the H200.
+          launch_merge_tc<T, F, 64>(W, A, B, scale, fan_in_fan_out, out);
           return;
         }
       }

@@ -6,6 +6,7 @@
 #include <vector>
 #include "../core/tensor.h"
 #include "../cpu/ops.h"
+#include "../cpu/parity_ops.h"
 
 namespace lorakit {
 namespace cuda {
@@ -36,6 +37,8 @@ void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u);
 
 // linear_blas.cu (cuBLASLt)
 void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out);
+// z [n, out] = scale·u·Bᵀ (u [n, r], B [out, r]), z in u's dtype.
+void lora_expand(const TensorRef& u, const TensorRef& B, float scale, const TensorRef& z);
 void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
                     const std::vector<ForwardTerm>& terms, const TensorRef& y);
 void linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out,
@@ -49,6 +52,11 @@ struct FusedAdapter {
 };
 void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
                   const std::vector<FusedAdapter>& adapters, const TensorRef& y);
+
+// mixed_batch.cu: y = x·Wᵀ + b + scale_a·(x·A_aᵀ)·B_aᵀ with a = row_adapter[i] per row (-1: base).
+void mixed_linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
+                          const std::vector<cpu::AdapterFactors>& adapters, const int32_t* row_adapter,
+                          const TensorRef& y);
 
 // The bare base GEMMs (no bias, no adapters), the benchmarks' reference: y = x·Wᵀ, or with
 // input_grad the backward's dx = dy·W (x is then dy [n, out] and y is dx [n, in]).

@@ -6,6 +6,9 @@
 #include <memory>
 #include "../cpu/ops.h"
 #include "../cpu/parity_ops.h"
+#ifdef LORAKIT_WITH_CUDA
+#include "../cuda/ops.h"
+#endif
 #include "args.h"
 #include "kernel_call.h"
 #include "parity_binding.h"
@@ -27,21 +30,24 @@ TensorRef use(KernelCall& c, NativeTensor* t, const std::string& name, Access a)
   return a == Access::Write ? c.write(t, name) : c.read(t, name, a == Access::ReadInPlace);
 }
 
+// A float tensor on `dev` (the cpu unless the op also runs on cuda).
 TensorRef float_arg(KernelCall& c, const Napi::CallbackInfo& info, size_t i, const std::string& name,
-                    Access a = Access::Read) {
+                    Access a = Access::Read, Device dev = Device::CPU) {
   if (info.Length() <= i) throw_type(name + ": missing argument");
   NativeTensor* t = get_tensor(info[i], name);
-  require_float_cpu(t, name);
+  if (dev == Device::CPU) require_float_cpu(t, name);
+  else require_float_on(t, dev, name);
   return use(c, t, name, a);
 }
 
 OptRef float_arg_or_null(KernelCall& c, const Napi::CallbackInfo& info, size_t i, const std::string& name,
-                         Access a = Access::Read) {
+                         Access a = Access::Read, Device dev = Device::CPU) {
   OptRef o;
   if (info.Length() <= i) return o;
   NativeTensor* t = get_tensor_or_null(info[i], name);
   if (!t) return o;
-  require_float_cpu(t, name);
+  if (dev == Device::CPU) require_float_cpu(t, name);
+  else require_float_on(t, dev, name);
   o.ref = use(c, t, name, a);
   o.set = true;
   return o;
@@ -53,7 +59,7 @@ void require_distinct(const TensorRef& out, const TensorRef& in, const std::stri
 
 // [A, B, scale][] with A [r, in], B [out, r]
 std::vector<cpu::AdapterFactors> factor_list(KernelCall& c, const Napi::Value& v, int64_t in, int64_t out,
-                                             const std::string& name) {
+                                             const std::string& name, Device dev = Device::CPU) {
   if (!v.IsArray()) throw_type(name + ": expected an array of [A, B, scale]");
   Napi::Array arr = v.As<Napi::Array>();
   std::vector<cpu::AdapterFactors> list;
@@ -64,8 +70,13 @@ std::vector<cpu::AdapterFactors> factor_list(KernelCall& c, const Napi::Value& v
     Napi::Array t = tv.As<Napi::Array>();
     NativeTensor* A = get_tensor(t.Get(0u), w + ".A");
     NativeTensor* B = get_tensor(t.Get(1u), w + ".B");
-    require_float_cpu(A, w + ".A");
-    require_float_cpu(B, w + ".B");
+    if (dev == Device::CPU) {
+      require_float_cpu(A, w + ".A");
+      require_float_cpu(B, w + ".B");
+    } else {
+      require_float_on(A, dev, w + ".A");
+      require_float_on(B, dev, w + ".B");
+    }
     const auto& as = A->ref().shape;
     if (as.size() != 2 || as[1] != in)
       throw_range(w + ".A: expected shape [r, " + std::to_string(in) + "], got " + shape_str(as));
@@ -78,17 +89,19 @@ std::vector<cpu::AdapterFactors> factor_list(KernelCall& c, const Napi::Value& v
 }  // namespace
 
 // mixedLinearForward(x, W, bias|null, fifo, adapters: [A, B, scale][], rowAdapter: Int32Array, y)
+// Runs on the device of x (cpu or cuda); every tensor must be there.
 KernelCall BuildMixedLinearForward(const Napi::CallbackInfo& info) {
   KernelCall c;
-  TensorRef x = float_arg(c, info, 0, "x");
-  TensorRef W = float_arg(c, info, 1, "weight");
-  OptRef bias = float_arg_or_null(c, info, 2, "bias");
+  const Device dev = info.Length() > 0 ? get_tensor(info[0], "x")->device() : Device::CPU;
+  TensorRef x = float_arg(c, info, 0, "x", Access::Read, dev);
+  TensorRef W = float_arg(c, info, 1, "weight", Access::Read, dev);
+  OptRef bias = float_arg_or_null(c, info, 2, "bias", Access::Read, dev);
   bool fifo = get_bool(info, 3, "fanInFanOut");
   LinearDims d = linear_dims(W, fifo);
   if (x.shape.empty() || x.shape.back() != d.in)
     throw_range("x: expected shape [..., " + std::to_string(d.in) + "] (in_features), got " + shape_str(x.shape));
   if (bias.set) require_same_shape(bias.ref, {d.out}, "bias");
-  auto adapters = factor_list(c, info[4], d.in, d.out, "adapters");
+  auto adapters = factor_list(c, info[4], d.in, d.out, "adapters", dev);
   if (info.Length() <= 5 || !info[5].IsTypedArray() ||
       info[5].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
     throw_type("rowAdapter: expected an Int32Array");
@@ -103,10 +116,21 @@ KernelCall BuildMixedLinearForward(const Napi::CallbackInfo& info) {
     if (rp[i] < -1 || rp[i] >= static_cast<int32_t>(adapters.size()))
       throw_range("rowAdapter[" + std::to_string(i) + "]: " + std::to_string(rp[i]) + " is not -1 (base) or an adapter index below " +
                   std::to_string(adapters.size()));
-  TensorRef y = float_arg(c, info, 6, "y", Access::Write);
+  TensorRef y = float_arg(c, info, 6, "y", Access::Write, dev);
   require_same_shape(y, with_last(x.shape, d.out), "y");
   require_distinct(y, x, "y", "x");
-  c.run = [=] { cpu::mixed_linear_forward(x, W, bias.ptr(), fifo, adapters, rp.data(), y); };
+  if (dev == Device::CPU) {
+    c.run = [=] { cpu::mixed_linear_forward(x, W, bias.ptr(), fifo, adapters, rp.data(), y); };
+    return c;
+  }
+#ifdef LORAKIT_WITH_CUDA
+  if (x.dtype != W.dtype || y.dtype != W.dtype)
+    throw_type("x, y: on cuda, expected the weight's dtype " + std::string(dtype_name(W.dtype)) + ", got " +
+               dtype_name(x.dtype) + " and " + dtype_name(y.dtype));
+  c.run = [=] { cuda::mixed_linear_forward(x, W, bias.ptr(), fifo, adapters, rp.data(), y); };
+#else
+  throw_type("device: 'cuda' is not available in this build");
+#endif
   return c;
 }
 
