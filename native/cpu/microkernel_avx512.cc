@@ -149,20 +149,18 @@ LK_AVX512 inline __m512 load16(const void* p, int64_t i) {
   }
 }
 
-// Sixteen f32 lanes rounded once into T (round-to-nearest-even, NaNs kept quiet: as f32_to_bf16 and
-// the AVX2 path, so both paths give the same bits) and stored at element i.
+// Sixteen f32 lanes rounded once into T (round-to-nearest-even as f32_to_bf16 and the AVX2 path, so
+// both paths give the same bits) and stored at element i.
 template <DType T>
 LK_AVX512 inline void store16(void* p, int64_t i, __m512 v) {
   if constexpr (T == DType::F32) {
     _mm512_storeu_ps(static_cast<float*>(p) + i, v);
   } else if constexpr (T == DType::BF16) {
+    // No quiet-NaN fix-up: as in the AVX2 kernel, the fused merge only sees finite factors
+    // (MergeRowsFn), so a NaN here is one of W's, with zero low bits that the rounding add keeps.
     __m512i u = _mm512_castps_si512(v);
-    __m512i hi = _mm512_srli_epi32(u, 16);
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_and_si512(hi, _mm512_set1_epi32(1)),
-                                                                       _mm512_set1_epi32(0x7fff))),
-                                  16);
-    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    r = _mm512_mask_blend_epi32(nan, r, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(p) + i), _mm512_cvtepi32_epi16(r));
   } else {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(p) + i),
@@ -192,7 +190,8 @@ LK_AVX512 void merge_panels(int64_t r, const float* p, const float* Q, int64_t s
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 2
       for (int h = 0; h < NP; h++) c[i][h] = load16<T>(w, i * ldw + j + 16 * h);
-    for (int64_t q = 0; q < r; q++) {
+    int64_t q = 0;
+    do {  // r >= 1: no zero-trip path for the compiler to keep the accumulators around for
       __m512 qv[NP];
 #pragma GCC unroll 2
       for (int h = 0; h < NP; h++) qv[h] = _mm512_loadu_ps(qp + h * 16 * r + q * 16);
@@ -202,7 +201,7 @@ LK_AVX512 void merge_panels(int64_t r, const float* p, const float* Q, int64_t s
 #pragma GCC unroll 2
         for (int h = 0; h < NP; h++) c[i][h] = _mm512_fmadd_ps(v, qv[h], c[i][h]);
       }
-    }
+    } while (++q < r);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 2
