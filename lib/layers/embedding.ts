@@ -4,7 +4,7 @@
  * is [dim, r]; they live in the same loraA / loraB maps as every other kind. No dropout (peft has
  * none on embeddings). ΔW = s·(B·A)ᵀ.
  */
-import { FloatDType } from '../dtype';
+import { Device, FloatDType } from '../dtype';
 import { DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
 import { KernelSteps, step } from '../exec';
 import { Rng } from '../rng';
@@ -42,7 +42,8 @@ export class LoraEmbedding extends LoraLayer {
     super();
     const o = checkOptions(opts, ['weight', 'paddingIdx'], 'opts');
     if (o.weight === undefined) throw new LoraTypeError('opts.weight: required');
-    const W = requireFloatTensor(o.weight, 'opts.weight');
+    // On cuda the weight, adapters and outputs live on the GPU; indices stay on the host.
+    const W = requireFloatTensor(o.weight, 'opts.weight', (o.weight as Tensor | undefined)?.device ?? 'cpu');
     if (W.shape.length !== 2)
       throw new ShapeError(`opts.weight: expected 2 dimensions [num_embeddings, dim], got shape ${shapeStr(W.shape)}`);
     this.#weight = W;
@@ -52,6 +53,11 @@ export class LoraEmbedding extends LoraLayer {
       const p = checkInt(o.paddingIdx, 'opts.paddingIdx', -num, num - 1);
       this.paddingIdx = p < 0 ? p + num : p;
     }
+  }
+
+  /** The device of the base weight; adapters, outputs and dy live there. */
+  get device(): Device {
+    return this.#weight.device;
   }
 
   get weight(): Tensor {
@@ -113,7 +119,7 @@ export class LoraEmbedding extends LoraLayer {
         names = this.contributingAdapters();
       }
       this.clearCache();
-      const y = Tensor.zeros([...idx.shape, this.outFeatures], { dtype: this.#weight.dtype });
+      const y = Tensor.zeros([...idx.shape, this.outFeatures], { dtype: this.#weight.dtype, device: this.device });
       try {
         const factors = names.map(
           (n) => [this._loraA.get(n)!.handle, this._loraB.get(n)!.handle, this._scaling.get(n)!] as [Tensor['handle'], Tensor['handle'], number],
@@ -139,7 +145,7 @@ export class LoraEmbedding extends LoraLayer {
   }
 
   private *backwardSteps(dy: Tensor): KernelSteps<EmbeddingBackwardResult> {
-    requireFloatTensor(dy, 'dy');
+    requireFloatTensor(dy, 'dy', this.device);
     const cache = this.#cache;
     if (!cache) throw new StateError('backward: needs a forward() in training mode first (call train() before forward)');
     if (cache.indices.disposed) throw new StateError('backward: the indices tensor of the last forward was disposed');
@@ -153,7 +159,10 @@ export class LoraEmbedding extends LoraLayer {
         if (this._inferenceMode.get(name)) continue;
         const A = this._loraA.get(name)!;
         const B = this._loraB.get(name)!;
-        const g = { loraA: Tensor.zeros(A.shape, { dtype: A.dtype }), loraB: Tensor.zeros(B.shape, { dtype: B.dtype }) };
+        const g = {
+          loraA: Tensor.zeros(A.shape, { dtype: A.dtype, device: this.device }),
+          loraB: Tensor.zeros(B.shape, { dtype: B.dtype, device: this.device }),
+        };
         grads.set(name, g);
         yield step('embeddingBackward', cache.indices.handle, dy.handle, A.handle, B.handle, this._scaling.get(name)!,
           this.paddingIdx ?? -1, g.loraA.handle, g.loraB.handle);
@@ -175,7 +184,8 @@ export class LoraEmbedding extends LoraLayer {
     const b = new Float32Array(this.outFeatures * r);
     rng.fillNormal(b, 0, 1);
     if (init === false) rng.fillNormal(a, 0, 1);
-    return { A: Tensor.from(a, [r, this.inFeatures], { dtype }), B: Tensor.from(b, [this.outFeatures, r], { dtype }) };
+    const device = this.device;
+    return { A: Tensor.from(a, [r, this.inFeatures], { dtype, device }), B: Tensor.from(b, [this.outFeatures, r], { dtype, device }) };
   }
 
   /** W [num, dim] is the [in, out] layout of a fan_in_fan_out linear: ΔW = s·(B·A)ᵀ. */
@@ -207,6 +217,8 @@ export class LoraEmbedding extends LoraLayer {
     // The native side checks the range again; this gives the position in JS terms.
     const values = indices.dtype === 'i32' ? indices.toInt32Array() : indices.toBigInt64Array();
     values.forEach((v, i) => check(v, i));
+    // The kernels read indices on the host (a cuda call uploads them itself).
+    if (indices.device !== 'cpu') return { tensor: Tensor.from(values, indices.shape), owned: true };
     return { tensor: indices, owned: false };
   }
 }

@@ -316,8 +316,13 @@ export class LoraLinear extends LoraLayer {
   /** One native pass: rows grouped per adapter, the base and that adapter's expand as one GEMM. */
   private *mixedForwardSteps(x: Tensor, adapters: string[], perEntry: Int32Array): KernelSteps<Tensor> {
     const rowsPerEntry = x.numel / (x.shape[0] * this.inFeatures);
-    const rowAdapter = new Int32Array(x.numel / this.inFeatures);
-    perEntry.forEach((a, i) => rowAdapter.fill(this._disableAdapters ? -1 : a, i * rowsPerEntry, (i + 1) * rowsPerEntry));
+    let rowAdapter: Int32Array;
+    if (this._disableAdapters) rowAdapter = new Int32Array(x.numel / this.inFeatures).fill(-1);
+    else if (rowsPerEntry === 1) rowAdapter = perEntry;
+    else {
+      rowAdapter = new Int32Array(x.numel / this.inFeatures);
+      perEntry.forEach((a, i) => rowAdapter.fill(a, i * rowsPerEntry, (i + 1) * rowsPerEntry));
+    }
     const y = Tensor.zeros([...x.shape.slice(0, -1), this.outFeatures], { dtype: x.dtype, device: this.device });
     try {
       const factors = adapters.map(

@@ -404,17 +404,25 @@ export abstract class LoraLayer {
       throw new ShapeError(`opts.adapterNames: expected ${batch} names (one per entry of x's first dimension), got ${names.length}`);
     const adapters: string[] = [];
     const index = new Int32Array(batch);
-    names.forEach((n, i) => {
-      if (n === '__base__') {
-        index[i] = -1;
-        return;
+    // Each distinct name is checked once (a serving batch repeats a few names thousands of times).
+    const seen = new Map<unknown, number>();
+    for (let i = 0; i < batch; i++) {
+      const n: unknown = names[i];
+      let k = seen.get(n);
+      if (k === undefined) {
+        if (n === '__base__') {
+          k = -1;
+        } else {
+          this.requireAdapter(n, `opts.adapterNames[${i}]`);
+          const name = n as string;
+          if (this._useDora.get(name))
+            throw new AdapterError(`opts.adapterNames[${i}]: DoRA adapter '${name}' cannot be used in a mixed batch (as in peft)`);
+          k = adapters.push(name) - 1;
+        }
+        seen.set(n, k);
       }
-      this.requireAdapter(n, `opts.adapterNames[${i}]`);
-      if (this._useDora.get(n)) throw new AdapterError(`opts.adapterNames[${i}]: DoRA adapter '${n}' cannot be used in a mixed batch (as in peft)`);
-      let k = adapters.indexOf(n);
-      if (k < 0) k = adapters.push(n) - 1;
       index[i] = k;
-    });
+    }
     return { adapters, index };
   }
 

@@ -58,6 +58,17 @@ void mixed_linear_forward(const TensorRef& x, const TensorRef& W, const TensorRe
                           const std::vector<cpu::AdapterFactors>& adapters, const int32_t* row_adapter,
                           const TensorRef& y);
 
+// embedding.cu: peft's lora.Embedding (indices on the host, checked by the caller).
+void embedding_forward(const TensorRef& idx, const TensorRef& W, const std::vector<cpu::AdapterFactors>& adapters,
+                       const int32_t* row_adapter, const TensorRef& y);
+void embedding_backward(const TensorRef& idx, const TensorRef& dy, const TensorRef& A, const TensorRef& B, float scale,
+                        int64_t padding_idx, const TensorRef* dA, const TensorRef* dB);
+
+// linear_blas.cu: a row-major GEMM C [m, n] = alpha·op(A)·op(B) (A [m, k] or, with ta, [k, m]; B [k, n]
+// or, with tb, [n, k]); A and B in dtype ab, C in ab or f32.
+void gemm_rm(int64_t m, int64_t n, int64_t k, const void* A, int64_t lda, bool ta, const void* B, int64_t ldb, bool tb,
+             void* C, int64_t ldc, DType ab, DType c, float alpha);
+
 // The bare base GEMMs (no bias, no adapters), the benchmarks' reference: y = x·Wᵀ, or with
 // input_grad the backward's dx = dy·W (x is then dy [n, out] and y is dx [n, in]).
 void base_gemm(const TensorRef& x, const TensorRef& W, const TensorRef& y, bool input_grad);

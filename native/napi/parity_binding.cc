@@ -314,47 +314,67 @@ std::vector<int32_t> row_adapter_arg(const Napi::Value& v, int64_t n, size_t cou
 }  // namespace
 
 // embeddingForward(idx, W, adapters: [A, B, scale][], rowAdapter|null, y)
+// The weight's device runs it; indices are always a cpu tensor (a cuda call uploads them).
 KernelCall BuildEmbeddingForward(const Napi::CallbackInfo& info) {
   KernelCall c;
-  TensorRef W = float_arg(c, info, 1, "weight");
+  const Device dev = info.Length() > 1 ? get_tensor(info[1], "weight")->device() : Device::CPU;
+  TensorRef W = float_arg(c, info, 1, "weight", Access::Read, dev);
   if (W.shape.size() != 2) throw_range("weight: expected [num_embeddings, dim], got " + shape_str(W.shape));
   int64_t num = W.shape[0], dim = W.shape[1];
   TensorRef idx = index_arg(c, info[0], "indices", num);
-  auto adapters = factor_list(c, info[2], num, dim, "adapters");
+  auto adapters = factor_list(c, info[2], num, dim, "adapters", dev);
   std::vector<int32_t> rows = row_adapter_arg(info[3], idx.numel(), adapters.size(), "rowAdapter");
-  TensorRef y = float_arg(c, info, 4, "y", Access::Write);
+  TensorRef y = float_arg(c, info, 4, "y", Access::Write, dev);
   std::vector<int64_t> ys = idx.shape;
   ys.push_back(dim);
   require_same_shape(y, ys, "y");
   require_distinct(y, W, "y", "weight");
-  c.run = [=] { cpu::embedding_forward(idx, W, adapters, rows.empty() ? nullptr : rows.data(), y); };
+  if (dev == Device::CPU) {
+    c.run = [=] { cpu::embedding_forward(idx, W, adapters, rows.empty() ? nullptr : rows.data(), y); };
+    return c;
+  }
+#ifdef LORAKIT_WITH_CUDA
+  if (y.dtype != W.dtype) throw_type("y: on cuda, expected the weight's dtype " + std::string(dtype_name(W.dtype)));
+  c.run = [=] { cuda::embedding_forward(idx, W, adapters, rows.empty() ? nullptr : rows.data(), y); };
+#else
+  throw_type("device: 'cuda' is not available in this build");
+#endif
   return c;
 }
 
 // embeddingBackward(idx, dy, A, B, scale, paddingIdx, dA|null, dB|null)
 KernelCall BuildEmbeddingBackward(const Napi::CallbackInfo& info) {
   KernelCall c;
-  TensorRef A = float_arg(c, info, 2, "A");
-  TensorRef B = float_arg(c, info, 3, "B");
+  const Device dev = info.Length() > 2 ? get_tensor(info[2], "A")->device() : Device::CPU;
+  TensorRef A = float_arg(c, info, 2, "A", Access::Read, dev);
+  TensorRef B = float_arg(c, info, 3, "B", Access::Read, dev);
   if (A.shape.size() != 2) throw_range("A: expected [r, num_embeddings], got " + shape_str(A.shape));
   int64_t r = A.shape[0], num = A.shape[1];
   if (B.shape.size() != 2 || B.shape[1] != r)
     throw_range("B: expected shape [dim, " + std::to_string(r) + "], got " + shape_str(B.shape));
   int64_t dim = B.shape[0];
   TensorRef idx = index_arg(c, info[0], "indices", num);
-  TensorRef dy = float_arg(c, info, 1, "dy");
+  TensorRef dy = float_arg(c, info, 1, "dy", Access::Read, dev);
   std::vector<int64_t> ys = idx.shape;
   ys.push_back(dim);
   require_same_shape(dy, ys, "dy");
   float scale = static_cast<float>(get_number(info, 4, "scale"));
   double pad = get_number(info, 5, "paddingIdx");
   if (pad != std::floor(pad) || pad < -1 || pad >= num) throw_range("paddingIdx: expected -1 (none) or an index below num_embeddings");
-  OptRef dA = float_arg_or_null(c, info, 6, "dA", Access::Write);
-  OptRef dB = float_arg_or_null(c, info, 7, "dB", Access::Write);
+  OptRef dA = float_arg_or_null(c, info, 6, "dA", Access::Write, dev);
+  OptRef dB = float_arg_or_null(c, info, 7, "dB", Access::Write, dev);
   if (dA.set) require_same_shape(dA.ref, A.shape, "dA");
   if (dB.set) require_same_shape(dB.ref, B.shape, "dB");
   int64_t padding = static_cast<int64_t>(pad);
-  c.run = [=] { cpu::embedding_backward(idx, dy, A, B, scale, padding, dA.ptr(), dB.ptr()); };
+  if (dev == Device::CPU) {
+    c.run = [=] { cpu::embedding_backward(idx, dy, A, B, scale, padding, dA.ptr(), dB.ptr()); };
+    return c;
+  }
+#ifdef LORAKIT_WITH_CUDA
+  c.run = [=] { cuda::embedding_backward(idx, dy, A, B, scale, padding, dA.ptr(), dB.ptr()); };
+#else
+  throw_type("device: 'cuda' is not available in this build");
+#endif
   return c;
 }
 
