@@ -5,7 +5,7 @@
  * with the base, every adapter's 1×1 expand and the bias as K segments of one GEMM per image and group.
  * ΔW = s·B·A over the flattened kernel (peft's conv(Aᵀ, B)ᵀ·s); merging a grouped conv is refused, as in peft.
  */
-import { FloatDType } from '../dtype';
+import { Device, FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
 import { KernelSteps, step } from '../exec';
 import { BackwardTermArg } from '../native';
@@ -64,7 +64,7 @@ export class LoraConv2d extends LoraLayer {
     super();
     const o = checkOptions(opts, ['weight', 'bias', 'stride', 'padding', 'dilation', 'groups'], 'opts');
     if (o.weight === undefined) throw new LoraTypeError('opts.weight: required');
-    const W = requireFloatTensor(o.weight, 'opts.weight');
+    const W = requireFloatTensor(o.weight, 'opts.weight', (o.weight as Tensor | undefined)?.device ?? 'cpu');
     if (W.shape.length !== 4)
       throw new ShapeError(`opts.weight: expected 4 dimensions [out, in/groups, kh, kw], got shape ${shapeStr(W.shape)}`);
     this.stride = pair(o.stride ?? 1, 'opts.stride', 1);
@@ -76,13 +76,17 @@ export class LoraConv2d extends LoraLayer {
     this.#weight = W;
     this.#bias = null;
     if (o.bias !== undefined && o.bias !== null) {
-      const b = requireFloatTensor(o.bias, 'opts.bias');
+      const b = requireFloatTensor(o.bias, 'opts.bias', W.device);
       if (b.shape.length !== 1 || b.shape[0] !== this.outFeatures)
         throw new ShapeError(`opts.bias: expected shape [${this.outFeatures}], got ${shapeStr(b.shape)}`);
       this.#bias = b;
     }
   }
 
+  /** The device of the base weight; inputs, adapters and outputs live there. */
+  get device(): Device {
+    return this.#weight.device;
+  }
   get weight(): Tensor {
     return this.#weight;
   }
@@ -133,7 +137,7 @@ export class LoraConv2d extends LoraLayer {
   }
 
   private *forwardSteps(x: Tensor, opts: MixedForwardOptions): KernelSteps<Tensor> {
-    requireFloatTensor(x, 'x');
+    requireFloatTensor(x, 'x', this.device);
     const o = checkOptions(opts, ['adapterNames'], 'opts') as MixedForwardOptions;
     if (x.shape.length !== 4 || x.shape[1] !== this.inFeatures)
       throw new ShapeError(`x: expected shape [N, ${this.inFeatures}, H, W] (in_channels ${this.inFeatures}), got ${shapeStr(x.shape)}`);
@@ -164,18 +168,19 @@ export class LoraConv2d extends LoraLayer {
     const stream = this.#forwardCount++;
     const adapters: AdapterCache[] = [];
     const outShape = [N, this.outFeatures, Ho, Wo];
-    const y = Tensor.zeros(outShape, { dtype: x.dtype });
+    const device = this.device;
+    const y = Tensor.zeros(outShape, { dtype: x.dtype, device });
     try {
       for (const name of names) {
         const p = this._training ? this._loraDropout.get(name)! : 0;
         const seed = this._seed.get(name)!;
         let xa = x;
         if (p > 0) {
-          xa = Tensor.zeros(x.shape, { dtype: x.dtype });
+          xa = Tensor.zeros(x.shape, { dtype: x.dtype, device });
           adapters.push({ name, xa, u: xa, p, seed, stream });
           yield step('dropout', x.handle, p, seed, stream, xa.handle);
         }
-        const u = Tensor.zeros([N, this._r.get(name)!, Ho * Wo], { dtype: 'f32' });
+        const u = Tensor.zeros([N, this._r.get(name)!, Ho * Wo], { dtype: 'f32', device });
         if (p > 0) adapters[adapters.length - 1].u = u;
         else adapters.push({ name, xa, u, p, seed, stream });
       }
@@ -203,13 +208,14 @@ export class LoraConv2d extends LoraLayer {
   }
 
   private *backwardSteps(dy: Tensor): KernelSteps<BackwardResult> {
-    requireFloatTensor(dy, 'dy');
+    requireFloatTensor(dy, 'dy', this.device);
     const cache = this.#cache;
     if (!cache) throw new StateError('backward: needs a forward() in training mode first (call train() before forward)');
     if (cache.x.disposed) throw new StateError('backward: the input x of the last forward was disposed');
     if (dy.shape.length !== cache.outShape.length || dy.shape.some((d, i) => d !== cache.outShape[i]))
       throw new ShapeError(`dy: expected shape ${shapeStr(cache.outShape)} (the forward output), got ${shapeStr(dy.shape)}`);
-    const dx = Tensor.zeros(cache.x.shape, { dtype: cache.x.dtype });
+    const device = this.device;
+    const dx = Tensor.zeros(cache.x.shape, { dtype: cache.x.dtype, device });
     const grads = new Map<string, AdapterGrads>();
     const terms: BackwardTermArg[] = [];
     try {
@@ -219,7 +225,7 @@ export class LoraConv2d extends LoraLayer {
         const B = this._loraB.get(a.name)!;
         let g: AdapterGrads | null = null;
         if (!this._inferenceMode.get(a.name)) {
-          g = { loraA: Tensor.zeros(A.shape, { dtype: A.dtype }), loraB: Tensor.zeros(B.shape, { dtype: B.dtype }) };
+          g = { loraA: Tensor.zeros(A.shape, { dtype: A.dtype, device }), loraB: Tensor.zeros(B.shape, { dtype: B.dtype, device }) };
           grads.set(a.name, g);
         }
         terms.push({
@@ -260,9 +266,10 @@ export class LoraConv2d extends LoraLayer {
     if (init === 'gaussian') rng.fillNormal(a, 0, 1 / r);
     else rng.fillUniform(a, -1 / Math.sqrt(fanIn), 1 / Math.sqrt(fanIn));
     if (init === false) rng.fillUniform(b, -1 / Math.sqrt(rg), 1 / Math.sqrt(rg));
+    const device = this.device;
     return {
-      A: Tensor.from(a, [r, this.inFeatures, kh, kw], { dtype }),
-      B: Tensor.from(b, [this.outFeatures, rg, 1, 1], { dtype }),
+      A: Tensor.from(a, [r, this.inFeatures, kh, kw], { dtype, device }),
+      B: Tensor.from(b, [this.outFeatures, rg, 1, 1], { dtype, device }),
     };
   }
 

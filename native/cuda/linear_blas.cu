@@ -247,9 +247,9 @@ void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out) {
 }
 
 void gemm_rm(int64_t m, int64_t n, int64_t k, const void* A, int64_t lda, bool ta, const void* B, int64_t ldb, bool tb,
-             void* C, int64_t ldc, DType ab, DType c, float alpha) {
+             void* C, int64_t ldc, DType ab, DType c, float alpha, float beta) {
   if (c != ab && c != DType::F32) throw_type("cuda gemm: the output must be f32 or the operands' dtype");
-  run(Gemm{m, n, k, A, lda, ta, B, ldb, tb, C, ldc, ab, c, alpha});
+  run(Gemm{m, n, k, A, lda, ta, B, ldb, tb, C, ldc, ab, c, alpha, beta});
 }
 
 void lora_expand(const TensorRef& u, const TensorRef& B, float scale, const TensorRef& z) {

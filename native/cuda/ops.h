@@ -64,10 +64,16 @@ void embedding_forward(const TensorRef& idx, const TensorRef& W, const std::vect
 void embedding_backward(const TensorRef& idx, const TensorRef& dy, const TensorRef& A, const TensorRef& B, float scale,
                         int64_t padding_idx, const TensorRef* dA, const TensorRef* dB);
 
-// linear_blas.cu: a row-major GEMM C [m, n] = alpha·op(A)·op(B) (A [m, k] or, with ta, [k, m]; B [k, n]
-// or, with tb, [n, k]); A and B in dtype ab, C in ab or f32.
+// conv2d.cu: peft's lora.Conv2d with the cpu's algorithm (im2col, fp32 GEMMs), deterministic backward.
+void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const cpu::ConvGeom& g,
+                    const std::vector<cpu::ConvTerm>& terms, const int32_t* image_adapter, const TensorRef& y);
+void conv2d_backward(const TensorRef& dy, const TensorRef& W, const cpu::ConvGeom& g, const std::vector<cpu::ConvTerm>& terms,
+                     const TensorRef* dx);
+
+// linear_blas.cu: a row-major GEMM C [m, n] = alpha·op(A)·op(B) + beta·C (A [m, k] or, with ta,
+// [k, m]; B [k, n] or, with tb, [n, k]); A and B in dtype ab, C in ab or f32.
 void gemm_rm(int64_t m, int64_t n, int64_t k, const void* A, int64_t lda, bool ta, const void* B, int64_t ldb, bool tb,
-             void* C, int64_t ldc, DType ab, DType c, float alpha);
+             void* C, int64_t ldc, DType ab, DType c, float alpha, float beta = 0.f);
 
 // The bare base GEMMs (no bias, no adapters), the benchmarks' reference: y = x·Wᵀ, or with
 // input_grad the backward's dx = dy·W (x is then dy [n, out] and y is dx [n, in]).

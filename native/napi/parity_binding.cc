@@ -137,9 +137,10 @@ KernelCall BuildMixedLinearForward(const Napi::CallbackInfo& info) {
 namespace {
 
 TensorRef f32_arg(KernelCall& c, const Napi::Value& v, const std::string& name, const std::vector<int64_t>& shape,
-                  Access a) {
+                  Access a, Device dev = Device::CPU) {
   NativeTensor* t = get_tensor(v, name);
-  require_float_cpu(t, name);
+  if (dev == Device::CPU) require_float_cpu(t, name);
+  else require_float_on(t, dev, name);
   if (t->ref().dtype != DType::F32) throw_type(name + ": expected an f32 tensor, got " + dtype_name(t->ref().dtype));
   require_same_shape(t->ref(), shape, name);
   return use(c, t, name, a);
@@ -424,7 +425,7 @@ struct ConvTerms {
 // terms: [{xa, u, A, B, scale, p?, seed?, stream?, dA?, dB?}]; the forward writes u, the backward
 // reads it and writes dA/dB.
 std::shared_ptr<ConvTerms> conv_terms(KernelCall& c, const Napi::Value& v, const TensorRef& x_like, const ConvShape& s,
-                                      const cpu::ConvGeom& g, bool backward) {
+                                      const cpu::ConvGeom& g, bool backward, Device dev) {
   if (!v.IsArray()) throw_type("terms: expected an array");
   Napi::Array arr = v.As<Napi::Array>();
   auto out = std::make_shared<ConvTerms>();
@@ -440,7 +441,10 @@ std::shared_ptr<ConvTerms> conv_terms(KernelCall& c, const Napi::Value& v, const
     NativeTensor* xa = get_tensor(o.Get("xa"), w + ".xa");
     NativeTensor* A = get_tensor(o.Get("A"), w + ".A");
     NativeTensor* B = get_tensor(o.Get("B"), w + ".B");
-    for (auto* t : {xa, A, B}) require_float_cpu(t, w);
+    for (auto* t : {xa, A, B}) {
+      if (dev == Device::CPU) require_float_cpu(t, w);
+      else require_float_on(t, dev, w);
+    }
     require_same_shape(xa->ref(), x_like.shape, w + ".xa");
     const auto& as = A->ref().shape;
     if (as.size() != 4 || as[1] != s.C || as[2] != s.kh || as[3] != s.kw)
@@ -450,7 +454,7 @@ std::shared_ptr<ConvTerms> conv_terms(KernelCall& c, const Napi::Value& v, const
     if (r % g.groups != 0) throw_range(w + ".A: rank " + std::to_string(r) + " is not a multiple of groups " + std::to_string(g.groups));
     require_same_shape(B->ref(), {s.O, r / g.groups, 1, 1}, w + ".B");
     cpu::ConvTerm t;
-    t.u = f32_arg(c, o.Get("u"), w + ".u", {s.N, r, s.Ho * s.Wo}, backward ? Access::Read : Access::Write);
+    t.u = f32_arg(c, o.Get("u"), w + ".u", {s.N, r, s.Ho * s.Wo}, backward ? Access::Read : Access::Write, dev);
     t.xa = c.read(xa, w + ".xa");
     t.A = c.read(A, w + ".A");
     t.B = c.read(B, w + ".B");
@@ -466,13 +470,15 @@ std::shared_ptr<ConvTerms> conv_terms(KernelCall& c, const Napi::Value& v, const
       NativeTensor* dA = get_tensor_or_null(o.Get("dA"), w + ".dA");
       NativeTensor* dB = get_tensor_or_null(o.Get("dB"), w + ".dB");
       if (dA) {
-        require_float_cpu(dA, w + ".dA");
+        if (dev == Device::CPU) require_float_cpu(dA, w + ".dA");
+        else require_float_on(dA, dev, w + ".dA");
         require_same_shape(dA->ref(), as, w + ".dA");
         out->grads.push_back(c.write(dA, w + ".dA"));
         t.dA = &out->grads.back();
       }
       if (dB) {
-        require_float_cpu(dB, w + ".dB");
+        if (dev == Device::CPU) require_float_cpu(dB, w + ".dB");
+        else require_float_on(dB, dev, w + ".dB");
         require_same_shape(dB->ref(), B->ref().shape, w + ".dB");
         out->grads.push_back(c.write(dB, w + ".dB"));
         t.dB = &out->grads.back();
@@ -488,49 +494,68 @@ std::shared_ptr<ConvTerms> conv_terms(KernelCall& c, const Napi::Value& v, const
 // conv2dForward(x, W, bias|null, geom, terms [{xa, u, A, B, scale}], y, imageAdapter: Int32Array|null)
 KernelCall BuildConv2dForward(const Napi::CallbackInfo& info) {
   KernelCall c;
-  TensorRef x = float_arg(c, info, 0, "x");
-  TensorRef W = float_arg(c, info, 1, "weight");
-  OptRef bias = float_arg_or_null(c, info, 2, "bias");
+  const Device dev = info.Length() > 0 ? get_tensor(info[0], "x")->device() : Device::CPU;
+  TensorRef x = float_arg(c, info, 0, "x", Access::Read, dev);
+  TensorRef W = float_arg(c, info, 1, "weight", Access::Read, dev);
+  OptRef bias = float_arg_or_null(c, info, 2, "bias", Access::Read, dev);
   cpu::ConvGeom g = geom_arg(info[3]);
   ConvShape s = conv_shape(x, W, g);
   if (bias.set) require_same_shape(bias.ref, {s.O}, "bias");
-  auto terms = conv_terms(c, info[4], x, s, g, false);
-  TensorRef y = float_arg(c, info, 5, "y", Access::Write);
+  auto terms = conv_terms(c, info[4], x, s, g, false, dev);
+  TensorRef y = float_arg(c, info, 5, "y", Access::Write, dev);
   require_same_shape(y, {s.N, s.O, s.Ho, s.Wo}, "y");
   require_distinct(y, x, "y", "x");
   for (const auto& t : terms->terms) require_distinct(y, t.xa, "y", "terms[].xa");
   std::vector<int32_t> images = row_adapter_arg(info[6], s.N, terms->terms.size(), "imageAdapter");
-  c.run = [=] { cpu::conv2d_forward(x, W, bias.ptr(), g, terms->terms, images.empty() ? nullptr : images.data(), y); };
+  if (dev == Device::CPU) {
+    c.run = [=] { cpu::conv2d_forward(x, W, bias.ptr(), g, terms->terms, images.empty() ? nullptr : images.data(), y); };
+    return c;
+  }
+#ifdef LORAKIT_WITH_CUDA
+  c.run = [=] { cuda::conv2d_forward(x, W, bias.ptr(), g, terms->terms, images.empty() ? nullptr : images.data(), y); };
+#else
+  throw_type("device: 'cuda' is not available in this build");
+#endif
   return c;
 }
 
 // conv2dBackward(dy, x, W, geom, terms [{xa, u, A, B, scale, p, seed, stream, dA, dB}], dx|null)
 KernelCall BuildConv2dBackward(const Napi::CallbackInfo& info) {
   KernelCall c;
-  TensorRef dy = float_arg(c, info, 0, "dy");
-  TensorRef x = float_arg(c, info, 1, "x");
-  TensorRef W = float_arg(c, info, 2, "weight");
+  const Device dev = info.Length() > 0 ? get_tensor(info[0], "dy")->device() : Device::CPU;
+  TensorRef dy = float_arg(c, info, 0, "dy", Access::Read, dev);
+  TensorRef x = float_arg(c, info, 1, "x", Access::Read, dev);
+  TensorRef W = float_arg(c, info, 2, "weight", Access::Read, dev);
   cpu::ConvGeom g = geom_arg(info[3]);
   ConvShape s = conv_shape(x, W, g);
   require_same_shape(dy, {s.N, s.O, s.Ho, s.Wo}, "dy");
-  auto terms = conv_terms(c, info[4], x, s, g, true);
-  OptRef dx = float_arg_or_null(c, info, 5, "dx", Access::Write);
+  auto terms = conv_terms(c, info[4], x, s, g, true, dev);
+  OptRef dx = float_arg_or_null(c, info, 5, "dx", Access::Write, dev);
   if (dx.set) {
     require_same_shape(dx.ref, x.shape, "dx");
     require_distinct(dx.ref, dy, "dx", "dy");
   }
-  c.run = [=] { cpu::conv2d_backward(dy, W, g, terms->terms, dx.ptr()); };
+  if (dev == Device::CPU) {
+    c.run = [=] { cpu::conv2d_backward(dy, W, g, terms->terms, dx.ptr()); };
+    return c;
+  }
+#ifdef LORAKIT_WITH_CUDA
+  c.run = [=] { cuda::conv2d_backward(dy, W, g, terms->terms, dx.ptr()); };
+#else
+  throw_type("device: 'cuda' is not available in this build");
+#endif
   return c;
 }
 
 // conv2dMergeDelta(W, A, B, scale, out): out = W + scale·B·A over the flattened kernel (groups 1); out may be W
 KernelCall BuildConv2dMergeDelta(const Napi::CallbackInfo& info) {
   KernelCall c;
-  TensorRef W = float_arg(c, info, 0, "weight", Access::ReadInPlace);
-  TensorRef A = float_arg(c, info, 1, "A");
-  TensorRef B = float_arg(c, info, 2, "B");
+  const Device dev = info.Length() > 0 ? get_tensor(info[0], "weight")->device() : Device::CPU;
+  TensorRef W = float_arg(c, info, 0, "weight", Access::ReadInPlace, dev);
+  TensorRef A = float_arg(c, info, 1, "A", Access::Read, dev);
+  TensorRef B = float_arg(c, info, 2, "B", Access::Read, dev);
   float scale = static_cast<float>(get_number(info, 3, "scale"));
-  TensorRef out = float_arg(c, info, 4, "out", Access::Write);
+  TensorRef out = float_arg(c, info, 4, "out", Access::Write, dev);
   if (W.shape.size() != 4) throw_range("weight: expected [out, in, kh, kw], got " + shape_str(W.shape));
   int64_t O = W.shape[0], K = W.shape[1] * W.shape[2] * W.shape[3];
   if (A.shape.size() != 4 || A.shape[1] != W.shape[1] || A.shape[2] != W.shape[2] || A.shape[3] != W.shape[3])
@@ -544,7 +569,17 @@ KernelCall BuildConv2dMergeDelta(const Napi::CallbackInfo& info) {
   a2.shape = {r, K};
   b2.shape = {O, r};
   o2.shape = {O, K};
-  c.run = [=] { cpu::merge_delta(w2, a2, b2, scale, false, o2); };
+  if (dev == Device::CPU) {
+    c.run = [=] { cpu::merge_delta(w2, a2, b2, scale, false, o2); };
+    return c;
+  }
+#ifdef LORAKIT_WITH_CUDA
+  if (out.dtype != W.dtype || A.dtype != B.dtype)
+    throw_type("out, A, B: on cuda, out must have the weight's dtype and A and B one dtype");
+  c.run = [=] { cuda::merge_delta(w2, a2, b2, scale, false, o2); };
+#else
+  throw_type("device: 'cuda' is not available in this build");
+#endif
   return c;
 }
 
