@@ -6,6 +6,7 @@
  */
 import { FloatDType, LoraLinear, Tensor, backendInfo, kernels, setNumThreads } from '../lib';
 import { randomArray } from './helpers/reference';
+import './cpu_merge_suite'; // merge/unmerge element by element against float64: runs with this file on every path
 
 type Mat = Float64Array;
 

@@ -4,7 +4,8 @@
  * rounded twice. Shapes cross the kernel's edges: rows not a multiple of the 6/8-row register tiles
  * or the 24-row blocks, columns not a multiple of the 16-column panels, r = 1 to 64, both layouts,
  * in place and out of place, 16-bit and f32 factors, mixed W/out dtypes (the staging path).
- * CI runs this file once per dispatch path the CPU has (LORAKIT_CPU_PATH).
+ * Imported by cpu_kernels.test.ts, so that CI runs it once per dispatch path the CPU has
+ * (LORAKIT_CPU_PATH) with the other kernel checks.
  */
 import { FloatDType, Tensor, kernels } from '../lib';
 import { randomArray } from './helpers/reference';
