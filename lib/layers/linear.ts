@@ -124,6 +124,7 @@ export class LoraLinear extends LoraLayer {
         `forward: DoRA adapter '${doraName}' must be the only active adapter (active: ${names.join(', ')}); ` +
           "peft's result for several would depend on their order",
       );
+    if (doraName !== undefined) this.requireCpu('DoRA');
     const stream = this.#forwardCount++;
     const adapters: AdapterCache[] = [];
     let dora: ForwardCache['dora'];
@@ -132,7 +133,7 @@ export class LoraLinear extends LoraLayer {
     const y = Tensor.empty(outShape, { dtype: x.dtype, device: dev });
     try {
       const anyDropout = this._training && names.some((n) => this._loraDropout.get(n)! > 0);
-      if (dev === 'cuda' && !anyDropout && doraName === undefined) {
+      if (dev === 'cuda' && !anyDropout) {
         // One native call: every shrink and the fused forward; u is kept only for backward.
         for (const name of names) {
           if (!this._training) continue;
@@ -189,7 +190,8 @@ export class LoraLinear extends LoraLayer {
 
   private *doraWeightNormSteps(name: string, W: Tensor): KernelSteps<Tensor> {
     this.requireAdapter(name, 'name');
-    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32', device: this.device });
+    this.requireCpu('DoRA');
+    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32' });
     try {
       yield step('doraWeightNorm', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, this._scaling.get(name)!,
         this.fanInFanOut, norm.handle);
@@ -202,10 +204,10 @@ export class LoraLinear extends LoraLayer {
 
   /** The norm is computed inside the forward: one GEMM streams W for both x·Wᵀ and W·Aᵀ. */
   private *doraForwardSteps(x: Tensor, a: AdapterCache, y: Tensor): KernelSteps<{ norm: Tensor; pre: Tensor }> {
-    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32', device: this.device });
+    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32' });
     let pre: Tensor | null = null;
     try {
-      pre = Tensor.zeros([x.numel / this.inFeatures, this.outFeatures], { dtype: 'f32', device: this.device });
+      pre = Tensor.zeros([x.numel / this.inFeatures, this.outFeatures], { dtype: 'f32' });
       yield step('doraLinearForward', x.handle, a.xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, a.u.handle,
         this._loraA.get(a.name)!.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!, norm.handle,
         this._loraMagnitude.get(a.name)!.handle, y.handle, pre.handle);
@@ -226,11 +228,10 @@ export class LoraLinear extends LoraLayer {
     const m = this._loraMagnitude.get(a.name)!;
     let g: AdapterGrads | null = null;
     if (!this._inferenceMode.get(a.name)) {
-      const device = this.device;
       g = {
-        loraA: Tensor.zeros(A.shape, { dtype: A.dtype, device }),
-        loraB: Tensor.zeros(B.shape, { dtype: B.dtype, device }),
-        magnitude: Tensor.zeros(m.shape, { dtype: m.dtype, device }),
+        loraA: Tensor.zeros(A.shape, { dtype: A.dtype }),
+        loraB: Tensor.zeros(B.shape, { dtype: B.dtype }),
+        magnitude: Tensor.zeros(m.shape, { dtype: m.dtype }),
       };
       grads.set(a.name, g);
     }
