@@ -51,17 +51,6 @@ inline void axpy_rows(int64_t k, const float* x, const void* w, DType wt, int64_
   }
 }
 
-inline void rank_update(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, float* acc,
-                        int64_t ldacc) {
-  for (int64_t i = 0; i < rows; i++)
-    for (int64_t j = 0; j < n; j++) {
-      const float* col = Q + (j / 16) * 16 * r + (j % 16);
-      float s = 0.f;
-      for (int64_t q = 0; q < r; q++) s += p[i * r + q] * col[q * 16];
-      acc[i * ldacc + j] += s;
-    }
-}
-
 // MR rows × one 16-column panel at a time, with W's dtype fixed at compile time: plain loops the
 // compiler vectorises (each Q load serves MR rows). acc starts at W, adds the r products in order
 // of q, and is rounded once on store (the vector paths do the same per lane, with fused

@@ -25,16 +25,13 @@ using PackTFn = void (*)(const void* src, DType st, int64_t ld_src, int64_t cols
                          int64_t ld_dst);
 // dst[i] = round(src[i]) into dt, n elements.
 using StoreRowFn = void (*)(const float* src, void* dst, DType dt, int64_t n);
-// acc[i*ldacc + j] += sum_q p[i*r + q] * Q(q, j) for i < rows, q < r, j < n (the merge's rank-r
-// update of a few rows of W at a time, sharing each load of Q). Q is packed in 16-column panels,
+// Q of the merge (the r × n factor of ΔW = P·Q), packed in 16-column panels:
 // Q(q, j) = Q[(j/16)*16*r + q*16 + j%16] (zero-padded), so the loop over q reads contiguous memory
 // instead of r rows a W-row apart (which would all map to the same cache sets).
 constexpr int64_t RANK_PANEL = 16;
-using RankUpdateFn = void (*)(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, float* acc,
-                              int64_t ldacc);
 // The merge's fused pass over a block of W, one read and one write of each element:
 // out[i*ldo + j] = round_ot(w[i*ldw + j] + sum_q p[i*r + q] * Q(q, j)) for i < rows, j < n, with Q
-// packed as for RankUpdateFn from column 0 of the block. Each element is widened in registers,
+// packed in RANK_PANEL panels from column 0 of the block. Each element is widened in registers,
 // accumulated in f32 (W first, then the r products in order of q, fused multiply-adds) and rounded
 // once (round-to-nearest-even, as store_row). out may be w itself (same ld); wt and ot are float
 // dtypes, any combination. p and Q must be finite when w and out are bf16 (a path may then skip the
@@ -61,7 +58,6 @@ struct KernelTable {
   LoadRowFn load_row;
   PackTFn pack_t;
   StoreRowFn store_row;
-  RankUpdateFn rank_update;
   MergeRowsFn merge_rows;
   // Q's column order inside each 16-column panel that merge_rows wants when W and out are both bf16:
   // false = natural; true = the panel's even columns, then its odd ones (the AVX2 kernel splits

@@ -272,90 +272,14 @@ LK_AVX2 void store_row(const float* src, void* dst, DType dt, int64_t n) {
   for (; i < n; i++) store_f32(dst, dt, i, src[i]);
 }
 
-// Four rows × 16 columns in registers (8 accumulators); each Q load serves four rows.
-LK_AVX2 void rank_update(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, float* acc,
-                         int64_t ldacc) {
-  const int64_t full = n / 16 * 16;
-  int64_t i = 0;
-  for (; i + 4 <= rows; i += 4) {
-    const float* p0 = p + i * r;
-    float* a0 = acc + i * ldacc;
-    for (int64_t j = 0; j < full; j += 16) {
-      const float* qp = Q + j * r;  // panel j/16 starts at (j/16)*16*r
-      __m256 c00 = _mm256_loadu_ps(a0 + j), c01 = _mm256_loadu_ps(a0 + j + 8);
-      __m256 c10 = _mm256_loadu_ps(a0 + ldacc + j), c11 = _mm256_loadu_ps(a0 + ldacc + j + 8);
-      __m256 c20 = _mm256_loadu_ps(a0 + 2 * ldacc + j), c21 = _mm256_loadu_ps(a0 + 2 * ldacc + j + 8);
-      __m256 c30 = _mm256_loadu_ps(a0 + 3 * ldacc + j), c31 = _mm256_loadu_ps(a0 + 3 * ldacc + j + 8);
-      for (int64_t q = 0; q < r; q++) {
-        __m256 q0 = _mm256_loadu_ps(qp + q * 16), q1 = _mm256_loadu_ps(qp + q * 16 + 8);
-        __m256 v = _mm256_broadcast_ss(p0 + q);
-        c00 = _mm256_fmadd_ps(v, q0, c00);
-        c01 = _mm256_fmadd_ps(v, q1, c01);
-        v = _mm256_broadcast_ss(p0 + r + q);
-        c10 = _mm256_fmadd_ps(v, q0, c10);
-        c11 = _mm256_fmadd_ps(v, q1, c11);
-        v = _mm256_broadcast_ss(p0 + 2 * r + q);
-        c20 = _mm256_fmadd_ps(v, q0, c20);
-        c21 = _mm256_fmadd_ps(v, q1, c21);
-        v = _mm256_broadcast_ss(p0 + 3 * r + q);
-        c30 = _mm256_fmadd_ps(v, q0, c30);
-        c31 = _mm256_fmadd_ps(v, q1, c31);
-      }
-      _mm256_storeu_ps(a0 + j, c00);
-      _mm256_storeu_ps(a0 + j + 8, c01);
-      _mm256_storeu_ps(a0 + ldacc + j, c10);
-      _mm256_storeu_ps(a0 + ldacc + j + 8, c11);
-      _mm256_storeu_ps(a0 + 2 * ldacc + j, c20);
-      _mm256_storeu_ps(a0 + 2 * ldacc + j + 8, c21);
-      _mm256_storeu_ps(a0 + 3 * ldacc + j, c30);
-      _mm256_storeu_ps(a0 + 3 * ldacc + j + 8, c31);
-    }
-  }
-  for (; i < rows; i++) {
-    const float* pi = p + i * r;
-    float* a = acc + i * ldacc;
-    for (int64_t j = 0; j < full; j += 16) {
-      const float* qp = Q + j * r;
-      __m256 c0 = _mm256_loadu_ps(a + j), c1 = _mm256_loadu_ps(a + j + 8);
-      for (int64_t q = 0; q < r; q++) {
-        __m256 v = _mm256_broadcast_ss(pi + q);
-        c0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(qp + q * 16), c0);
-        c1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(qp + q * 16 + 8), c1);
-      }
-      _mm256_storeu_ps(a + j, c0);
-      _mm256_storeu_ps(a + j + 8, c1);
-    }
-  }
-  if (full < n)  // the last, partial panel
-    for (int64_t i2 = 0; i2 < rows; i2++)
-      for (int64_t j = full; j < n; j++) {
-        float s = 0.f;
-        for (int64_t q = 0; q < r; q++) s += p[i2 * r + q] * Q[full * r + q * 16 + (j - full)];
-        acc[i2 * ldacc + j] += s;
-      }
-}
-
-// bf16 bits of 8 lanes, rounded to nearest even, in the low half of each 32-bit lane (as to_bf16).
-LK_AVX2 inline __m256i bf16_lanes(__m256 v) {
-  __m256i u = _mm256_castps_si256(v);
-  __m256i hi = _mm256_srli_epi32(u, 16);
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_and_si256(hi, _mm256_set1_epi32(1)),
-                                                                     _mm256_set1_epi32(0x7fff))),
-                                16);
-  __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  return _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
-}
-
-// Sixteen f32 lanes (lo = elements 0-7, hi = 8-15) rounded once into T and stored at element i.
+// Sixteen f32 lanes (lo = elements 0-7, hi = 8-15) rounded once into T (f32 or f16; bf16 panels
+// use the even/odd form below) and stored at element i.
 template <DType T>
 LK_AVX2 inline void store16(void* p, int64_t i, __m256 lo, __m256 hi) {
+  static_assert(T != DType::BF16, "bf16 panels are stored by store16_bf16_eo");
   if constexpr (T == DType::F32) {
     _mm256_storeu_ps(static_cast<float*>(p) + i, lo);
     _mm256_storeu_ps(static_cast<float*>(p) + i + 8, hi);
-  } else if constexpr (T == DType::BF16) {
-    __m256i packed = _mm256_packus_epi32(bf16_lanes(lo), bf16_lanes(hi));  // per 128-bit lane: lo4 hi4
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(p) + i),
-                        _mm256_permute4x64_epi64(packed, 0xD8));
   } else {
     constexpr int rne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(p) + i),
@@ -501,7 +425,7 @@ LK_AVX2 double fma_peak(int64_t iters) {
   return 2.0 * 8 * 12 * static_cast<double>(iters);
 }
 
-const KernelTable kTable = {"avx2", AMR, ANR, micro, dot_rows, axpy_rows, load_row, pack_t, store_row, rank_update, merge_rows, true, nullptr, fma_peak, nullptr};
+const KernelTable kTable = {"avx2", AMR, ANR, micro, dot_rows, axpy_rows, load_row, pack_t, store_row, merge_rows, true, nullptr, fma_peak, nullptr};
 
 }  // namespace
 
