@@ -68,32 +68,50 @@ const FWD_CASES: FwdCase[] = [
   { n: 500, inF: 40, outF: 33, rs: [1], fifo: false, xt: 'f32', wt: 'f32', bias: false },
 ];
 
-describe('fused LoRA forward (base GEMM + expand in one pass, GEMV at n = 1)', () => {
-  test.each(FWD_CASES)('n=$n in=$inF out=$outF r=$rs fifo=$fifo x=$xt W=$wt', (c) => {
-    const x = rand([c.n, c.inF], 1, c.xt);
-    const W = rand(c.fifo ? [c.inF, c.outF] : [c.outF, c.inF], 2, c.wt, 0.2);
-    const b = c.bias ? rand([c.outF], 3) : null;
-    const ads = c.rs.map((r, i) => ({
-      A: rand([r, c.inF], 10 + i, 'f32', 0.3),
-      B: rand([c.outF, r], 20 + i, 'f32', 0.3),
-      s: 0.5 + i,
-    }));
-    const y = kernels.loraLinearForward(x.t, W.t, {
-      bias: b?.t ?? null,
-      fanInFanOut: c.fifo,
-      adapters: ads.map((a) => ({ loraA: a.A.t, loraB: a.B.t, scaling: a.s })),
-    });
-    expect(y.dtype).toBe(c.xt);
-    const wAt = c.fifo ? (k: number, j: number) => W.v[k * c.outF + j] : (k: number, j: number) => W.v[j * c.inF + k];
-    const ref = mm(c.n, c.outF, c.inF, (i, k) => x.v[i * c.inF + k], wAt);
-    for (let i = 0; i < c.n; i++) for (let j = 0; j < c.outF; j++) ref[i * c.outF + j] += b ? b.v[j] : 0;
-    c.rs.forEach((r, a) => {
-      const u = mm(c.n, r, c.inF, (i, k) => x.v[i * c.inF + k], (k, q) => ads[a].A.v[q * c.inF + k]);
-      const d = mm(c.n, c.outF, r, (i, q) => u[i * r + q], (q, j) => ads[a].B.v[j * r + q]);
-      for (let i = 0; i < ref.length; i++) ref[i] += ads[a].s * d[i];
-    });
-    expect(relErr(y.toFloat32Array(), ref)).toBeLessThanOrEqual(tolFor(c.xt));
+// r·in >= 2^17 and at least 96 tokens per thread: the shrink runs as the packed GEMM (run with 1 thread).
+const SHRINK_GEMM_CASES: FwdCase[] = [
+  { n: 200, inF: 2048, outF: 40, rs: [64, 3], fifo: false, xt: 'f32', wt: 'f32', bias: true },
+  { n: 200, inF: 2048, outF: 40, rs: [64], fifo: true, xt: 'bf16', wt: 'bf16', bias: false },
+];
+
+function checkForward(c: FwdCase): void {
+  const x = rand([c.n, c.inF], 1, c.xt);
+  const W = rand(c.fifo ? [c.inF, c.outF] : [c.outF, c.inF], 2, c.wt, 0.2);
+  const b = c.bias ? rand([c.outF], 3) : null;
+  const ads = c.rs.map((r, i) => ({
+    A: rand([r, c.inF], 10 + i, 'f32', 0.3),
+    B: rand([c.outF, r], 20 + i, 'f32', 0.3),
+    s: 0.5 + i,
+  }));
+  const y = kernels.loraLinearForward(x.t, W.t, {
+    bias: b?.t ?? null,
+    fanInFanOut: c.fifo,
+    adapters: ads.map((a) => ({ loraA: a.A.t, loraB: a.B.t, scaling: a.s })),
   });
+  expect(y.dtype).toBe(c.xt);
+  const wAt = c.fifo ? (k: number, j: number) => W.v[k * c.outF + j] : (k: number, j: number) => W.v[j * c.inF + k];
+  const ref = mm(c.n, c.outF, c.inF, (i, k) => x.v[i * c.inF + k], wAt);
+  for (let i = 0; i < c.n; i++) for (let j = 0; j < c.outF; j++) ref[i * c.outF + j] += b ? b.v[j] : 0;
+  c.rs.forEach((r, a) => {
+    const u = mm(c.n, r, c.inF, (i, k) => x.v[i * c.inF + k], (k, q) => ads[a].A.v[q * c.inF + k]);
+    const d = mm(c.n, c.outF, r, (i, q) => u[i * r + q], (q, j) => ads[a].B.v[j * r + q]);
+    for (let i = 0; i < ref.length; i++) ref[i] += ads[a].s * d[i];
+  });
+  expect(relErr(y.toFloat32Array(), ref)).toBeLessThanOrEqual(tolFor(c.xt));
+}
+
+describe('fused LoRA forward (base GEMM + expand in one pass, GEMV at n = 1)', () => {
+  test.each(FWD_CASES)('n=$n in=$inF out=$outF r=$rs fifo=$fifo x=$xt W=$wt', checkForward);
+});
+
+describe('LoRA forward whose shrink runs as the packed GEMM (many tokens, large A)', () => {
+  let threads = 0;
+  beforeAll(() => {
+    threads = backendInfo().threads;
+    setNumThreads(1);
+  });
+  afterAll(() => setNumThreads(threads));
+  test.each(SHRINK_GEMM_CASES)('n=$n in=$inF out=$outF r=$rs fifo=$fifo x=$xt W=$wt', checkForward);
 });
 
 describe('fused LoRA backward', () => {
