@@ -11,7 +11,7 @@ namespace cpu {
 // u = x·Aᵀ. Per-token dot products against A's r rows, split over tokens (and A's rows at
 // decode), keep every thread busy and are fast while A stays in L2. With many tokens and a large A
 // (r·in >= 2^17, 512 KiB in f32) they re-read all of A for every token, so the packed GEMM takes
-// over: on the AVX2 path at d = 4096, r = 64 the forward / base GEMM ratio went 1.06-1.09x -> 1.04-1.06x.
+// over: on the AVX2 path at d = 4096, r = 64 the forward / base GEMM ratio went 1.06-1.09x -> 1.04-1.07x.
 void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out) {
   int64_t in = A.dim(1), r = A.dim(0), n = x.numel() / in;
   constexpr int64_t kGemmRowBlock = 96;  // gemm.cc's MC: the GEMM splits tokens in blocks of this many
