@@ -246,14 +246,13 @@ __global__ void __launch_bounds__(kTcThreads) merge_tc_kernel(const T* W, T* out
 }
 
 // LORAKIT_CUDA_MERGE=simt keeps 16-bit factors on the CUDA-core kernels (for A/B benchmarks).
-std::string merge_variant() {
-  static const std::string v = [] {
+bool tc_disabled() {
+  static const bool off = [] {
     const char* e = std::getenv("LORAKIT_CUDA_MERGE");
-    return std::string(e ? e : "");
+    return e != nullptr && std::string(e) == "simt";
   }();
-  return v;
+  return off;
 }
-bool tc_disabled() { return merge_variant() == "simt"; }
 
 template <class T, class F, int TR>
 void launch_merge_tc(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fifo, const TensorRef& out) {
