@@ -37,6 +37,25 @@ struct KernelCall {
   Napi::Value result_value(Napi::Env env) const { return result ? result(env) : env.Undefined(); }
 };
 
+#ifdef LORAKIT_WITH_CUDA
+#define LK_IF_CUDA(...) __VA_ARGS__
+#else
+#define LK_IF_CUDA(...)
+#endif
+
+// The work of a call: the cpu or the cuda version of an op (wrap the cuda call in LK_IF_CUDA so a
+// CPU-only build compiles; there a cuda call is refused here).
+template <class Cpu, class Cuda>
+std::function<void()> on_device(Device dev, Cpu cpu_fn, Cuda cuda_fn) {
+  if (dev == Device::CPU) return cpu_fn;
+#ifdef LORAKIT_WITH_CUDA
+  return cuda_fn;
+#else
+  (void)cuda_fn;
+  throw_type("device: 'cuda' is not available in this build");
+#endif
+}
+
 // Each builder validates its JS arguments and returns the call without running it.
 using KernelBuilder = KernelCall (*)(const Napi::CallbackInfo& info);
 KernelCall BuildShrink(const Napi::CallbackInfo& info);

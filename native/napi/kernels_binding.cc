@@ -18,12 +18,6 @@ namespace lorakit {
 namespace napi {
 namespace {
 
-#ifdef LORAKIT_WITH_CUDA
-#define LK_IF_CUDA(...) __VA_ARGS__
-#else
-#define LK_IF_CUDA(...)
-#endif
-
 // A float tensor on the call's device (every tensor of one call shares a device).
 NativeTensor* float_tensor(const Napi::Value& v, const std::string& name, Device dev) {
   NativeTensor* t = get_tensor(v, name);
@@ -32,18 +26,6 @@ NativeTensor* float_tensor(const Napi::Value& v, const std::string& name, Device
 }
 
 Device device_of(const Napi::Value& v, const std::string& name) { return get_tensor(v, name)->device(); }
-
-// The work of a call: the cpu or the cuda version of an op.
-template <class Cpu, class Cuda>
-std::function<void()> on_device(Device dev, Cpu cpu_fn, Cuda cuda_fn) {
-  if (dev == Device::CPU) return cpu_fn;
-#ifdef LORAKIT_WITH_CUDA
-  return cuda_fn;
-#else
-  (void)cuda_fn;
-  throw_type("device: 'cuda' is not available in this build");
-#endif
-}
 
 void check_adapter(const TensorRef& A, const TensorRef& B, LinearDims d, const std::string& where) {
   if (A.shape.size() != 2 || A.shape[1] != d.in || A.shape[0] < 1)

@@ -30,13 +30,17 @@ TensorRef use(KernelCall& c, NativeTensor* t, const std::string& name, Access a)
   return a == Access::Write ? c.write(t, name) : c.read(t, name, a == Access::ReadInPlace);
 }
 
-// A float tensor on `dev` (the cpu unless the op also runs on cuda).
+// A float tensor on `dev` (the cpu unless the op also runs on cuda), with the cpu-only message on the cpu.
+void require_float_at(NativeTensor* t, Device dev, const std::string& name) {
+  if (dev == Device::CPU) require_float_cpu(t, name);
+  else require_float_on(t, dev, name);
+}
+
 TensorRef float_arg(KernelCall& c, const Napi::CallbackInfo& info, size_t i, const std::string& name,
                     Access a = Access::Read, Device dev = Device::CPU) {
   if (info.Length() <= i) throw_type(name + ": missing argument");
   NativeTensor* t = get_tensor(info[i], name);
-  if (dev == Device::CPU) require_float_cpu(t, name);
-  else require_float_on(t, dev, name);
+  require_float_at(t, dev, name);
   return use(c, t, name, a);
 }
 
@@ -46,8 +50,7 @@ OptRef float_arg_or_null(KernelCall& c, const Napi::CallbackInfo& info, size_t i
   if (info.Length() <= i) return o;
   NativeTensor* t = get_tensor_or_null(info[i], name);
   if (!t) return o;
-  if (dev == Device::CPU) require_float_cpu(t, name);
-  else require_float_on(t, dev, name);
+  require_float_at(t, dev, name);
   o.ref = use(c, t, name, a);
   o.set = true;
   return o;
@@ -70,13 +73,8 @@ std::vector<cpu::AdapterFactors> factor_list(KernelCall& c, const Napi::Value& v
     Napi::Array t = tv.As<Napi::Array>();
     NativeTensor* A = get_tensor(t.Get(0u), w + ".A");
     NativeTensor* B = get_tensor(t.Get(1u), w + ".B");
-    if (dev == Device::CPU) {
-      require_float_cpu(A, w + ".A");
-      require_float_cpu(B, w + ".B");
-    } else {
-      require_float_on(A, dev, w + ".A");
-      require_float_on(B, dev, w + ".B");
-    }
+    require_float_at(A, dev, w + ".A");
+    require_float_at(B, dev, w + ".B");
     const auto& as = A->ref().shape;
     if (as.size() != 2 || as[1] != in)
       throw_range(w + ".A: expected shape [r, " + std::to_string(in) + "], got " + shape_str(as));
@@ -119,18 +117,12 @@ KernelCall BuildMixedLinearForward(const Napi::CallbackInfo& info) {
   TensorRef y = float_arg(c, info, 6, "y", Access::Write, dev);
   require_same_shape(y, with_last(x.shape, d.out), "y");
   require_distinct(y, x, "y", "x");
-  if (dev == Device::CPU) {
-    c.run = [=] { cpu::mixed_linear_forward(x, W, bias.ptr(), fifo, adapters, rp.data(), y); };
-    return c;
-  }
-#ifdef LORAKIT_WITH_CUDA
-  if (x.dtype != W.dtype || y.dtype != W.dtype)
+  if (dev == Device::CUDA && (x.dtype != W.dtype || y.dtype != W.dtype))
     throw_type("x, y: on cuda, expected the weight's dtype " + std::string(dtype_name(W.dtype)) + ", got " +
                dtype_name(x.dtype) + " and " + dtype_name(y.dtype));
-  c.run = [=] { cuda::mixed_linear_forward(x, W, bias.ptr(), fifo, adapters, rp.data(), y); };
-#else
-  throw_type("device: 'cuda' is not available in this build");
-#endif
+  c.run = on_device(
+      dev, [=] { cpu::mixed_linear_forward(x, W, bias.ptr(), fifo, adapters, rp.data(), y); },
+      [=] { LK_IF_CUDA(cuda::mixed_linear_forward(x, W, bias.ptr(), fifo, adapters, rp.data(), y);) });
   return c;
 }
 
@@ -139,8 +131,7 @@ namespace {
 TensorRef f32_arg(KernelCall& c, const Napi::Value& v, const std::string& name, const std::vector<int64_t>& shape,
                   Access a, Device dev = Device::CPU) {
   NativeTensor* t = get_tensor(v, name);
-  if (dev == Device::CPU) require_float_cpu(t, name);
-  else require_float_on(t, dev, name);
+  require_float_at(t, dev, name);
   if (t->ref().dtype != DType::F32) throw_type(name + ": expected an f32 tensor, got " + dtype_name(t->ref().dtype));
   require_same_shape(t->ref(), shape, name);
   return use(c, t, name, a);
@@ -330,16 +321,11 @@ KernelCall BuildEmbeddingForward(const Napi::CallbackInfo& info) {
   ys.push_back(dim);
   require_same_shape(y, ys, "y");
   require_distinct(y, W, "y", "weight");
-  if (dev == Device::CPU) {
-    c.run = [=] { cpu::embedding_forward(idx, W, adapters, rows.empty() ? nullptr : rows.data(), y); };
-    return c;
-  }
-#ifdef LORAKIT_WITH_CUDA
-  if (y.dtype != W.dtype) throw_type("y: on cuda, expected the weight's dtype " + std::string(dtype_name(W.dtype)));
-  c.run = [=] { cuda::embedding_forward(idx, W, adapters, rows.empty() ? nullptr : rows.data(), y); };
-#else
-  throw_type("device: 'cuda' is not available in this build");
-#endif
+  if (dev == Device::CUDA && y.dtype != W.dtype)
+    throw_type("y: on cuda, expected the weight's dtype " + std::string(dtype_name(W.dtype)));
+  c.run = on_device(
+      dev, [=] { cpu::embedding_forward(idx, W, adapters, rows.empty() ? nullptr : rows.data(), y); },
+      [=] { LK_IF_CUDA(cuda::embedding_forward(idx, W, adapters, rows.empty() ? nullptr : rows.data(), y);) });
   return c;
 }
 
@@ -367,15 +353,9 @@ KernelCall BuildEmbeddingBackward(const Napi::CallbackInfo& info) {
   if (dA.set) require_same_shape(dA.ref, A.shape, "dA");
   if (dB.set) require_same_shape(dB.ref, B.shape, "dB");
   int64_t padding = static_cast<int64_t>(pad);
-  if (dev == Device::CPU) {
-    c.run = [=] { cpu::embedding_backward(idx, dy, A, B, scale, padding, dA.ptr(), dB.ptr()); };
-    return c;
-  }
-#ifdef LORAKIT_WITH_CUDA
-  c.run = [=] { cuda::embedding_backward(idx, dy, A, B, scale, padding, dA.ptr(), dB.ptr()); };
-#else
-  throw_type("device: 'cuda' is not available in this build");
-#endif
+  c.run = on_device(
+      dev, [=] { cpu::embedding_backward(idx, dy, A, B, scale, padding, dA.ptr(), dB.ptr()); },
+      [=] { LK_IF_CUDA(cuda::embedding_backward(idx, dy, A, B, scale, padding, dA.ptr(), dB.ptr());) });
   return c;
 }
 
@@ -441,10 +421,7 @@ std::shared_ptr<ConvTerms> conv_terms(KernelCall& c, const Napi::Value& v, const
     NativeTensor* xa = get_tensor(o.Get("xa"), w + ".xa");
     NativeTensor* A = get_tensor(o.Get("A"), w + ".A");
     NativeTensor* B = get_tensor(o.Get("B"), w + ".B");
-    for (auto* t : {xa, A, B}) {
-      if (dev == Device::CPU) require_float_cpu(t, w);
-      else require_float_on(t, dev, w);
-    }
+    for (auto* t : {xa, A, B}) require_float_at(t, dev, w);
     require_same_shape(xa->ref(), x_like.shape, w + ".xa");
     const auto& as = A->ref().shape;
     if (as.size() != 4 || as[1] != s.C || as[2] != s.kh || as[3] != s.kw)
@@ -470,15 +447,13 @@ std::shared_ptr<ConvTerms> conv_terms(KernelCall& c, const Napi::Value& v, const
       NativeTensor* dA = get_tensor_or_null(o.Get("dA"), w + ".dA");
       NativeTensor* dB = get_tensor_or_null(o.Get("dB"), w + ".dB");
       if (dA) {
-        if (dev == Device::CPU) require_float_cpu(dA, w + ".dA");
-        else require_float_on(dA, dev, w + ".dA");
+        require_float_at(dA, dev, w + ".dA");
         require_same_shape(dA->ref(), as, w + ".dA");
         out->grads.push_back(c.write(dA, w + ".dA"));
         t.dA = &out->grads.back();
       }
       if (dB) {
-        if (dev == Device::CPU) require_float_cpu(dB, w + ".dB");
-        else require_float_on(dB, dev, w + ".dB");
+        require_float_at(dB, dev, w + ".dB");
         require_same_shape(dB->ref(), B->ref().shape, w + ".dB");
         out->grads.push_back(c.write(dB, w + ".dB"));
         t.dB = &out->grads.back();
@@ -507,15 +482,9 @@ KernelCall BuildConv2dForward(const Napi::CallbackInfo& info) {
   require_distinct(y, x, "y", "x");
   for (const auto& t : terms->terms) require_distinct(y, t.xa, "y", "terms[].xa");
   std::vector<int32_t> images = row_adapter_arg(info[6], s.N, terms->terms.size(), "imageAdapter");
-  if (dev == Device::CPU) {
-    c.run = [=] { cpu::conv2d_forward(x, W, bias.ptr(), g, terms->terms, images.empty() ? nullptr : images.data(), y); };
-    return c;
-  }
-#ifdef LORAKIT_WITH_CUDA
-  c.run = [=] { cuda::conv2d_forward(x, W, bias.ptr(), g, terms->terms, images.empty() ? nullptr : images.data(), y); };
-#else
-  throw_type("device: 'cuda' is not available in this build");
-#endif
+  c.run = on_device(
+      dev, [=] { cpu::conv2d_forward(x, W, bias.ptr(), g, terms->terms, images.empty() ? nullptr : images.data(), y); },
+      [=] { LK_IF_CUDA(cuda::conv2d_forward(x, W, bias.ptr(), g, terms->terms, images.empty() ? nullptr : images.data(), y);) });
   return c;
 }
 
@@ -535,15 +504,9 @@ KernelCall BuildConv2dBackward(const Napi::CallbackInfo& info) {
     require_same_shape(dx.ref, x.shape, "dx");
     require_distinct(dx.ref, dy, "dx", "dy");
   }
-  if (dev == Device::CPU) {
-    c.run = [=] { cpu::conv2d_backward(dy, W, g, terms->terms, dx.ptr()); };
-    return c;
-  }
-#ifdef LORAKIT_WITH_CUDA
-  c.run = [=] { cuda::conv2d_backward(dy, W, g, terms->terms, dx.ptr()); };
-#else
-  throw_type("device: 'cuda' is not available in this build");
-#endif
+  c.run = on_device(
+      dev, [=] { cpu::conv2d_backward(dy, W, g, terms->terms, dx.ptr()); },
+      [=] { LK_IF_CUDA(cuda::conv2d_backward(dy, W, g, terms->terms, dx.ptr());) });
   return c;
 }
 
@@ -569,17 +532,11 @@ KernelCall BuildConv2dMergeDelta(const Napi::CallbackInfo& info) {
   a2.shape = {r, K};
   b2.shape = {O, r};
   o2.shape = {O, K};
-  if (dev == Device::CPU) {
-    c.run = [=] { cpu::merge_delta(w2, a2, b2, scale, false, o2); };
-    return c;
-  }
-#ifdef LORAKIT_WITH_CUDA
-  if (out.dtype != W.dtype || A.dtype != B.dtype)
+  if (dev == Device::CUDA && (out.dtype != W.dtype || A.dtype != B.dtype))
     throw_type("out, A, B: on cuda, out must have the weight's dtype and A and B one dtype");
-  c.run = [=] { cuda::merge_delta(w2, a2, b2, scale, false, o2); };
-#else
-  throw_type("device: 'cuda' is not available in this build");
-#endif
+  c.run = on_device(
+      dev, [=] { cpu::merge_delta(w2, a2, b2, scale, false, o2); },
+      [=] { LK_IF_CUDA(cuda::merge_delta(w2, a2, b2, scale, false, o2);) });
   return c;
 }
 
