@@ -44,7 +44,7 @@ export interface DoraBackwardTermArg {
 }
 
 export interface BackendInfo {
-  /** The CPU kernel path chosen at load time ('amx', 'avx512', 'avx2' or 'portable'); LORAKIT_CPU_PATH forces one. */
+  /** The CPU kernel path chosen at load time ('amx', 'avx512bf16', 'avx512', 'avx2' or 'portable'); LORAKIT_CPU_PATH forces one. */
   cpuPath: string;
   /** The paths this CPU can run, best first. */
   cpuPaths: string[];
@@ -63,6 +63,8 @@ export interface MeasuredPeaks {
   fmaGflops: number;
   /** AMX bf16 tile rate, GFLOP/s (0 without AMX). */
   amxGflops: number;
+  /** AVX512-BF16 vdpbf16ps rate, GFLOP/s, measured on the avx512bf16 path (0 on other paths). */
+  bf16DotGflops: number;
   /** memcpy bandwidth, bytes read + written per second, GB/s. */
   copyGBs: number;
   /** Read-only bandwidth, GB/s. */

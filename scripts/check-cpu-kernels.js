@@ -2,7 +2,8 @@
 /**
  * Plain-Node conformance check of the CPU kernels against float64 references, for machines where
  * jest cannot run (the GPU host, whose CPU has AVX-512/AMX). Same kinds of cases as
- * test/cpu_kernels.test.ts. Run once per path: LORAKIT_CPU_PATH=amx node scripts/check-cpu-kernels.js
+ * test/cpu_kernels.test.ts. Run once per path (portable, avx2, avx512, avx512bf16, amx, amx-emulated):
+ * LORAKIT_CPU_PATH=amx node scripts/check-cpu-kernels.js
  * Exits 1 on any failure, 3 when the forced path is not the one in use.
  */
 'use strict';
@@ -45,7 +46,8 @@ const FWD = [
   [1, 37, 70, [2], false, 'bf16', 'f16', true], [7, 33, 17, [1], false, 'f32', 'f32', true],
   [97, 300, 259, [5, 2], false, 'f32', 'f32', true], [97, 300, 259, [3], true, 'f32', 'bf16', true],
   [50, 64, 96, [8], false, 'bf16', 'bf16', true], [97, 300, 259, [16], false, 'bf16', 'bf16', false],
-  [200, 520, 300, [4], true, 'bf16', 'bf16', true], [33, 270, 40, [16], false, 'f16', 'f16', false],
+  [200, 520, 300, [4], true, 'bf16', 'bf16', true], [70, 1030, 70, [2], false, 'bf16', 'bf16', false],
+  [33, 270, 40, [16], false, 'f16', 'f16', false],
   [500, 40, 33, [1], false, 'f32', 'f32', false],
 ];
 for (const [n, inF, outF, rs, fifo, xt, wt, bias] of FWD) {

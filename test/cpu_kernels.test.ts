@@ -64,6 +64,8 @@ const FWD_CASES: FwdCase[] = [
   { n: 50, inF: 64, outF: 96, rs: [8], fifo: false, xt: 'bf16', wt: 'bf16', bias: true },
   { n: 97, inF: 300, outF: 259, rs: [16], fifo: false, xt: 'bf16', wt: 'bf16', bias: false },
   { n: 200, inF: 520, outF: 300, rs: [4], fifo: true, xt: 'bf16', wt: 'bf16', bias: true },
+  // bf16 blocks (amx, avx512bf16): K over several 256-step chunks and not a multiple of 32
+  { n: 70, inF: 1030, outF: 70, rs: [2], fifo: false, xt: 'bf16', wt: 'bf16', bias: false },
   { n: 33, inF: 270, outF: 40, rs: [16], fifo: false, xt: 'f16', wt: 'f16', bias: false },
   { n: 500, inF: 40, outF: 33, rs: [1], fifo: false, xt: 'f32', wt: 'f32', bias: false },
 ];
@@ -198,6 +200,9 @@ describe('dispatch and threads', () => {
     const x = rand([130, 300], 11);
     const W = rand([259, 300], 12);
     const x1 = rand([1, 300], 13);
+    // bf16 x and W: the bf16 block paths (amx, avx512bf16, amx-emulated) on edges of 32
+    const xb = rand([130, 300], 16, 'bf16');
+    const Wb = rand([259, 300], 17, 'bf16');
     const adapters = [{ loraA: rand([20, 300], 14).t, loraB: rand([259, 20], 15).t, scaling: 0.5 }];
     const before = backendInfo().threads;
     try {
@@ -205,11 +210,14 @@ describe('dispatch and threads', () => {
       expect(backendInfo().threads).toBe(1);
       const y1 = kernels.loraLinearForward(x.t, W.t, { adapters }).toFloat32Array();
       const g1 = kernels.loraLinearForward(x1.t, W.t, { adapters }).toFloat32Array();
+      const b1 = kernels.loraLinearForward(xb.t, Wb.t, { adapters }).toFloat32Array();
       expect(setNumThreads(3)).toBe(3);
       const y3 = kernels.loraLinearForward(x.t, W.t, { adapters }).toFloat32Array();
       const g3 = kernels.loraLinearForward(x1.t, W.t, { adapters }).toFloat32Array();
+      const b3 = kernels.loraLinearForward(xb.t, Wb.t, { adapters }).toFloat32Array();
       expect(Buffer.from(y3.buffer).equals(Buffer.from(y1.buffer))).toBe(true);
       expect(Buffer.from(g3.buffer).equals(Buffer.from(g1.buffer))).toBe(true);
+      expect(Buffer.from(b3.buffer).equals(Buffer.from(b1.buffer))).toBe(true);
     } finally {
       setNumThreads(0);
     }

@@ -24,6 +24,7 @@ constexpr int64_t MAX_RC = 960; // rows of C one task owns (bounds its f32 accum
 struct Scratch {
   std::vector<float> b, acc, tmp, bias;
   std::vector<uint16_t> b16;
+  alignas(64) uint16_t wtail[32 * 32];
   Scratch()
       : b(KC * NC), acc((MC + 32) * NC), tmp(std::max(KC, NC)), bias(NC),
         b16(KC * NC) {}
@@ -90,21 +91,19 @@ inline uint16_t bits_at(const MatView& v, int64_t i, int64_t k) {
   return static_cast<const uint16_t*>(v.data)[i * v.rs + k * v.cs];
 }
 
-// AMX operand packing (bf16 bits copied, no rounding): A as rows of all K (rounded up to 32, row
-// stride ld); B as 32-column panels in VNNI order [kcp/2][32][2]. Padding is zero.
-void pack_a16(const MatView& a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int64_t kcp, uint16_t* dst,
-              int64_t ld) {
-  int64_t rows = (mc + 31) / 32 * 32;
-  for (int64_t r = 0; r < rows; r++) {
-    uint16_t* row = dst + r * ld;
-    if (r >= mc) {
-      std::memset(row, 0, kcp * 2);
-      continue;
+// bf16 block operand packing (bf16 bits copied, no rounding), layouts as Bf16BlockFn: A as 32-row
+// blocks of 32x32 chunks along K (rounded up to 32); B as 32-column panels in VNNI order
+// [kcp/2][32][2]. Padding is zero. dst points at the chunk holding k0 (k0 a multiple of 32).
+void pack_a16(const MatView& a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, int64_t kcp, uint16_t* dst) {
+  for (int64_t r = 0; r < BF16_BLOCK; r++) {
+    for (int64_t c = 0; c < kcp; c += 32) {
+      uint16_t* row = dst + c * 32 + r * 32;
+      const int64_t n = r < mc ? std::max<int64_t>(0, std::min<int64_t>(32, kc - c)) : 0;
+      if (a.cs == 1 && n) std::memcpy(row, elem_ptr(a, i0 + r, k0 + c), n * 2);
+      else
+        for (int64_t k = 0; k < n; k++) row[k] = bits_at(a, i0 + r, k0 + c + k);
+      std::fill(row + n, row + 32, uint16_t(0));
     }
-    if (a.cs == 1) std::memcpy(row, elem_ptr(a, i0 + r, k0), kc * 2);
-    else
-      for (int64_t k = 0; k < kc; k++) row[k] = bits_at(a, i0 + r, k0 + k);
-    std::memset(row + kc, 0, (kcp - kc) * 2);
   }
 }
 
@@ -133,7 +132,13 @@ void pack_b16(const MatView& b, int64_t k0, int64_t kc, int64_t kcp, int64_t j0,
 }
 
 bool use_amx(const KernelTable& kt, const KSegment& s) {
-  return kt.amx_block && s.a.dtype == DType::BF16 && s.b.dtype == DType::BF16 && s.alpha == 1.f;
+  return kt.bf16_block && s.a.dtype == DType::BF16 && s.b.dtype == DType::BF16 && s.alpha == 1.f;
+}
+
+// W stored as rows along K (B = Wᵀ of a row-major W, the LoRA layout): the AMX path reads it in place
+// and packs x instead, which is n/d of the size and packed once per call.
+bool use_w_in_place(const KernelTable& kt, const KSegment& s) {
+  return use_amx(kt, s) && kt.bf16_block_w && s.b.rs == 1 && s.b.cs >= s.k;
 }
 
 // Bias (row vector) and beta·C, then one rounding into the output dtype.
@@ -160,6 +165,7 @@ void store_rows(const KernelTable& kt, const float* acc, int64_t ldacc, int64_t 
 struct PackedA {
   std::vector<int64_t> base;  // per segment: offset in data (f32 panels) or, for AMX segments, in data16
   std::vector<bool> amx;
+  std::vector<bool> w_in_place;  // AMX with W read in place: data16 holds x as VNNI panels (Bf16BlockWFn)
   std::vector<int64_t> kpad;  // AMX: K rounded up to 32, the row stride of the packed rows
   int64_t m_pad = 0, m_pad32 = 0;
   float* data = nullptr;
@@ -187,6 +193,7 @@ PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>
   for (const KSegment& s : segs) {
     bool amx = use_amx(kt, s);
     pa.amx.push_back(amx);
+    pa.w_in_place.push_back(use_w_in_place(kt, s));
     pa.kpad.push_back((s.k + 31) / 32 * 32);
     if (amx) {
       pa.base.push_back(total16);
@@ -221,9 +228,12 @@ PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>
           const Unit& u = units[t];
           const KSegment& s = segs[u.seg];
           int64_t kc = std::min(KC, s.k - u.k0);
-          if (pa.amx[u.seg]) {
-            pack_a16(s.a, u.i, std::min<int64_t>(32, m - u.i), u.k0, kc, (kc + 31) / 32 * 32,
-                     const_cast<uint16_t*>(pa.rows16(u.seg, u.i)) + u.k0, pa.kpad[u.seg]);
+          uint16_t* dst16 = pa.amx[u.seg] ? const_cast<uint16_t*>(pa.rows16(u.seg, u.i)) + u.k0 * BF16_BLOCK : nullptr;
+          if (pa.w_in_place[u.seg]) {
+            const MatView xt{s.a.data, s.a.dtype, s.a.cs, s.a.rs};  // xᵀ: x's rows become B's columns
+            pack_b16(xt, u.k0, kc, (kc + 31) / 32 * 32, u.i, std::min<int64_t>(32, m - u.i), dst16);
+          } else if (pa.amx[u.seg]) {
+            pack_a16(s.a, u.i, std::min<int64_t>(32, m - u.i), u.k0, kc, (kc + 31) / 32 * 32, dst16);
           } else {
             pack_a(kt, s.a, u.i, std::min(kt.mr, m - u.i), u.k0, kc, s.alpha,
                    const_cast<float*>(pa.panel(u.seg, u.k0, kc, u.i)), sc.tmp.data());
@@ -232,6 +242,40 @@ PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>
       },
       16);
   return pa;
+}
+
+// x·Wᵀ for this task's rows and W rows [j0, j0 + nc), W read in place: 32 W rows at a time against
+// every 32-row block of x (whose VNNI panels start at x16). Only edges are copied: a last block of
+// fewer than 32 W rows (zero-padded, whole K) and K's last partial chunk of 32.
+void w_in_place_segment(const KernelTable& kt, const KSegment& seg, int64_t kpad, const uint16_t* x16, int64_t rc,
+                        int64_t j0, int64_t nc, float* acc, Scratch& s) {
+  const int64_t ldw = seg.b.cs, kfull = seg.k / 32 * 32;
+  for (int64_t jr = 0; jr < nc; jr += 32) {
+    const int64_t rows = std::min<int64_t>(32, nc - jr);
+    const uint16_t* w = static_cast<const uint16_t*>(seg.b.data) + (j0 + jr) * ldw;
+    const uint16_t* wtail = nullptr;
+    int64_t kf = kfull, ld = ldw;
+    if (rows < 32) {
+      if (static_cast<int64_t>(s.b16.size()) < 32 * kpad) s.b16.resize(32 * kpad);
+      for (int64_t j = 0; j < 32; j++) {
+        uint16_t* dst = s.b16.data() + j * kpad;
+        const int64_t n = j < rows ? seg.k : 0;
+        if (n) std::memcpy(dst, w + j * ldw, n * 2);
+        std::fill(dst + n, dst + kpad, uint16_t(0));
+      }
+      w = s.b16.data(), kf = kpad, ld = kpad;
+    } else if (kfull < seg.k) {
+      uint16_t* tail = s.wtail;
+      for (int64_t j = 0; j < 32; j++) {
+        const int64_t n = seg.k - kfull;
+        std::memcpy(tail + j * 32, w + j * ldw + kfull, n * 2);
+        std::fill(tail + j * 32 + n, tail + j * 32 + 32, uint16_t(0));
+      }
+      wtail = tail;
+    }
+    for (int64_t ir = 0; ir < rc; ir += 32)
+      kt.bf16_block_w(kf, w, ld, wtail, x16 + ir * kpad, acc + ir * NC + jr, NC);
+  }
 }
 
 void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vector<KSegment>& segs,
@@ -243,6 +287,10 @@ void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vec
   for (int64_t i = 0; i < rc; i++) std::fill(acc + i * NC, acc + i * NC + nc, 0.f);
   for (size_t si = 0; si < segs.size(); si++) {
     const KSegment& seg = segs[si];
+    if (pa.w_in_place[si]) {
+      w_in_place_segment(kt, seg, pa.kpad[si], pa.rows16(si, i0), rc, j0, nc, acc, s);
+      continue;
+    }
     if (pa.amx[si]) {
       // AMX: a 32-column panel of B over all of K, then every 32-row block of this task's rows with
       // its C tiles held in registers for the whole K (one load and one store of C per segment).
@@ -254,7 +302,7 @@ void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vec
           pack_b16(seg.b, k0, kc, (kc + 31) / 32 * 32, j0 + jr, std::min<int64_t>(32, nc - jr), s.b16.data() + k0 * 32);
         }
         for (int64_t ir = 0; ir < rc; ir += 32)
-          kt.amx_block(kpad, pa.rows16(si, i0 + ir), kpad, s.b16.data(), acc + ir * NC + jr, NC);
+          kt.bf16_block(kpad, pa.rows16(si, i0 + ir), s.b16.data(), acc + ir * NC + jr, NC);
       }
       continue;
     }

@@ -1,5 +1,5 @@
 // Runtime dispatch: picks the best path the CPU supports once, at load time. LORAKIT_CPU_PATH
-// (portable | avx2 | avx512 | amx) forces a path; a forced path the CPU lacks falls back to the best
+// (portable | avx2 | avx512 | avx512bf16 | amx) forces a path; a forced path the CPU lacks falls back to the best
 // available one below it (the chosen name is reported by backendInfo().cpuPath). amx-emulated runs
 // the AMX path's packing with a scalar tile stand-in, to test it on CPUs without AMX.
 #include "microkernel.h"
@@ -33,7 +33,8 @@ int rank_of(const char* s) {
   if (std::strcmp(s, "portable") == 0) return 0;
   if (std::strcmp(s, "avx2") == 0) return 1;
   if (std::strcmp(s, "avx512") == 0) return 2;
-  if (std::strcmp(s, "amx") == 0) return 3;
+  if (std::strcmp(s, "avx512bf16") == 0) return 3;
+  if (std::strcmp(s, "amx") == 0) return 4;
   return 99;  // unknown names pick the best path
 }
 
@@ -41,7 +42,9 @@ const KernelTable* choose() {
   const char* env = std::getenv("LORAKIT_CPU_PATH");
   if (env && std::strcmp(env, "amx-emulated") == 0) return amx_emulated_table();
   int want = rank_of(env);
-  if (want >= 3 && has_avx512() && amx_table()) return amx_table();
+  // AMX refused by the OS (amx_table() null) falls to avx512bf16 on the same CPU.
+  if (want >= 4 && has_avx512() && amx_table()) return amx_table();
+  if (want >= 3 && has_avx512() && avx512bf16_table()) return avx512bf16_table();
   if (want >= 2 && has_avx512() && avx512_table()) return avx512_table();
   if (want >= 1 && has_avx2() && avx2_table()) return avx2_table();
   return portable_table();
@@ -58,6 +61,7 @@ const char* available_paths() {
   static const std::string s = [] {
     std::string r;
     if (has_avx512() && amx_table()) r += "amx,";
+    if (has_avx512() && avx512bf16_table()) r += "avx512bf16,";
     if (has_avx512() && avx512_table()) r += "avx512,";
     if (has_avx2() && avx2_table()) r += "avx2,";
     return r + "portable";

@@ -40,11 +40,20 @@ constexpr int64_t RANK_PANEL = 16;
 using MergeRowsFn = void (*)(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w,
                              DType wt, int64_t ldw, void* out, DType ot, int64_t ldo);
 
-// AMX bf16 block: acc (32 x 32 f32, leading dimension ldacc) += A·B over kc (multiple of 32) steps,
-// A packed as 32 rows of bf16 (row stride lda), B packed VNNI as [kc/2][32][2] bf16. The C tiles stay
-// in registers for all of kc.
-using AmxBlockFn = void (*)(int64_t kc, const uint16_t* a, int64_t lda, const uint16_t* b, float* acc,
-                            int64_t ldacc);
+// bf16 block (AMX tiles or AVX512-BF16 vdpbf16ps): acc (32 x 32 f32, leading dimension ldacc) +=
+// A·B over kc (multiple of 32) steps, with f32 accumulation. A is one packed 32-row block stored as
+// kc/32 contiguous 32x32 bf16 chunks, A(i, k) = a[(k/32)*1024 + i*32 + k%32] (each AMX tile is 16
+// rows 64 bytes apart: a row stride of all of K would put the 16 rows in one L1 set); B is a
+// 32-column panel in VNNI order, B(k, j) = b[(k/2)*64 + j*2 + k%2]. acc is read once and written once.
+using Bf16BlockFn = void (*)(int64_t kc, const uint16_t* a, const uint16_t* b, float* acc, int64_t ldacc);
+constexpr int64_t BF16_BLOCK = 32;
+// The same product with W read in place (AMX), for W stored as rows along K (B(k, j) = W[j, k]): no
+// per-call repacking of the frozen weight. acc (32 rows of x × 32 rows of W, leading dimension ldacc)
+// += x·Wᵀ with W(j, k) = w[j*ldw + k] for k < kfull (a multiple of 32), then, if wtail is not null,
+// one more 32-step chunk from wtail (32 × 32, row stride 32, zero-padded); x packed as a Bf16BlockFn
+// B panel (VNNI, its 32 rows as the columns) over all the steps.
+using Bf16BlockWFn = void (*)(int64_t kfull, const uint16_t* w, int64_t ldw, const uint16_t* wtail, const uint16_t* x,
+                              float* acc, int64_t ldacc);
 
 // Runs a register-resident FMA (or AMX tile) loop `iters` times; returns the FLOPs done.
 using PeakFn = double (*)(int64_t iters);
@@ -63,9 +72,11 @@ struct KernelTable {
   // false = natural; true = the panel's even columns, then its odd ones (the AVX2 kernel splits
   // 16 loaded bf16 into even and odd f32 lanes with a shift and a mask).
   bool merge_bf16_even_odd;
-  AmxBlockFn amx_block;  // null unless the AMX path is active
-  PeakFn fma_peak;       // f32 FMA loop of this path's vector width
-  PeakFn amx_peak;       // bf16 tile loop; null unless AMX
+  Bf16BlockFn bf16_block;  // null unless the path has a bf16 dot-product unit (amx, avx512bf16)
+  PeakFn fma_peak;         // f32 FMA loop of this path's vector width
+  PeakFn amx_peak;         // bf16 tile loop; null unless AMX
+  PeakFn bf16_dot_peak;    // vdpbf16ps loop; null unless avx512bf16
+  Bf16BlockWFn bf16_block_w;  // null unless AMX (or its emulation)
 };
 
 const KernelTable& kernel_table();
@@ -77,6 +88,7 @@ const char* available_paths();
 const KernelTable* portable_table();
 const KernelTable* avx2_table();
 const KernelTable* avx512_table();
+const KernelTable* avx512bf16_table();  // AVX-512 plus vdpbf16ps blocks; null without AVX512_BF16
 const KernelTable* amx_table();  // the AVX-512 table plus AMX tiles; null if the OS refuses AMX state
 const KernelTable* amx_emulated_table();  // scalar AMX stand-in for tests (LORAKIT_CPU_PATH=amx-emulated)
 

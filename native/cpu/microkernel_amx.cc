@@ -2,6 +2,9 @@
 // (tdpbf16ps, f32 accumulation); everything else uses the AVX-512 kernels. Linux requires each
 // process to ask for the tile state (arch_prctl ARCH_REQ_XCOMP_PERM) before the first tile use.
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+// GCC 12's _mm512_i32gather_ps reads an _mm512_undefined_ps() and warns at each use (header false positive).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -34,17 +37,18 @@ LK_AMX void configure() {
 }
 
 // tmm0..3: C (2x2 blocks of 16x16 f32); tmm4, 5: A rows 0-15, 16-31; tmm6, 7: B columns 0-15, 16-31.
-LK_AMX void amx_block(int64_t kc, const uint16_t* a, int64_t lda, const uint16_t* b, float* acc, int64_t ldacc) {
+// Layouts in microkernel.h (Bf16BlockFn): each A tile is 1 KiB contiguous (64-byte rows).
+LK_AMX void amx_block(int64_t kc, const uint16_t* a, const uint16_t* b, float* acc, int64_t ldacc) {
   if (!tl_configured) configure();
   const int64_t cs = ldacc * 4;
   _tile_loadd(0, acc, cs);
   _tile_loadd(1, acc + 16, cs);
   _tile_loadd(2, acc + 16 * ldacc, cs);
   _tile_loadd(3, acc + 16 * ldacc + 16, cs);
-  const int64_t as = lda * 2;  // bytes per packed A row
   for (int64_t k = 0; k < kc; k += 32) {
-    _tile_loadd(4, a + k, as);
-    _tile_loadd(5, a + 16 * lda + k, as);
+    const uint16_t* ak = a + k * 32;
+    _tile_loadd(4, ak, 64);
+    _tile_loadd(5, ak + 512, 64);
     const uint16_t* bk = b + (k / 2) * 64;
     _tile_loadd(6, bk, 128);
     _tile_loadd(7, bk + 32, 128);
@@ -57,6 +61,52 @@ LK_AMX void amx_block(int64_t kc, const uint16_t* a, int64_t lda, const uint16_t
   _tile_stored(1, acc + 16, cs);
   _tile_stored(2, acc + 16 * ldacc, cs);
   _tile_stored(3, acc + 16 * ldacc + 16, cs);
+}
+
+// Bf16BlockWFn: W rows are the A tiles, loaded in place (row stride ldw), x's VNNI panel the B tiles;
+// the C tiles hold (x·Wᵀ)ᵀ, added transposed into acc (gathers: ~1/K of the block's work).
+LK_AMX void amx_block_w(int64_t kfull, const uint16_t* w, int64_t ldw, const uint16_t* wtail, const uint16_t* x,
+                        float* acc, int64_t ldacc) {
+  if (!tl_configured) configure();
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int64_t ws = ldw * 2;
+  for (int64_t k = 0; k < kfull; k += 32) {
+    _tile_loadd(4, w + k, ws);
+    _tile_loadd(5, w + 16 * ldw + k, ws);
+    const uint16_t* xk = x + (k / 2) * 64;
+    _tile_loadd(6, xk, 128);
+    _tile_loadd(7, xk + 32, 128);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  if (wtail) {
+    _tile_loadd(4, wtail, 64);
+    _tile_loadd(5, wtail + 512, 64);
+    const uint16_t* xk = x + (kfull / 2) * 64;
+    _tile_loadd(6, xk, 128);
+    _tile_loadd(7, xk + 32, 128);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) float t[32][32];  // t[j][i]: row j of W, row i of x
+  _tile_stored(0, &t[0][0], 128);
+  _tile_stored(1, &t[0][16], 128);
+  _tile_stored(2, &t[16][0], 128);
+  _tile_stored(3, &t[16][16], 128);
+  const __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                         _mm512_set1_epi32(32));
+  for (int i = 0; i < 32; i++) {
+    float* row = acc + i * ldacc;
+    _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), _mm512_i32gather_ps(col, &t[0][i], 4)));
+    _mm512_storeu_ps(row + 16, _mm512_add_ps(_mm512_loadu_ps(row + 16), _mm512_i32gather_ps(col, &t[16][i], 4)));
+  }
 }
 
 // Register-resident tdpbf16ps: each is 16×16×32 multiply-adds.
@@ -101,7 +151,8 @@ const KernelTable* make() {
   if (!base || !__builtin_cpu_supports("avx512f") || !cpu_has_amx_bf16() || !os_grants_amx()) return nullptr;
   static KernelTable t = *base;
   t.name = "amx";
-  t.amx_block = amx_block;
+  t.bf16_block = amx_block;
+  t.bf16_block_w = amx_block_w;
   t.amx_peak = amx_peak;
   return &t;
 }
@@ -127,11 +178,26 @@ const KernelTable* amx_table() { return nullptr; }
 namespace lorakit {
 namespace {
 
-void amx_block_emulated(int64_t kc, const uint16_t* a, int64_t lda, const uint16_t* b, float* acc, int64_t ldacc) {
+void amx_block_emulated(int64_t kc, const uint16_t* a, const uint16_t* b, float* acc, int64_t ldacc) {
   for (int64_t i = 0; i < 32; i++)
     for (int64_t j = 0; j < 32; j++) {
       float s = 0.f;
-      for (int64_t k = 0; k < kc; k++) s += bf16_to_f32(a[i * lda + k]) * bf16_to_f32(b[(k / 2) * 64 + j * 2 + (k & 1)]);
+      for (int64_t k = 0; k < kc; k++)
+        s += bf16_to_f32(a[(k / 32) * 1024 + i * 32 + k % 32]) * bf16_to_f32(b[(k / 2) * 64 + j * 2 + (k & 1)]);
+      acc[i * ldacc + j] += s;
+    }
+}
+
+void amx_block_w_emulated(int64_t kfull, const uint16_t* w, int64_t ldw, const uint16_t* wtail, const uint16_t* x,
+                          float* acc, int64_t ldacc) {
+  const int64_t steps = kfull + (wtail ? 32 : 0);
+  for (int64_t i = 0; i < 32; i++)
+    for (int64_t j = 0; j < 32; j++) {
+      float s = 0.f;
+      for (int64_t k = 0; k < steps; k++) {
+        const uint16_t wv = k < kfull ? w[j * ldw + k] : wtail[j * 32 + k - kfull];
+        s += bf16_to_f32(wv) * bf16_to_f32(x[(k / 2) * 64 + i * 2 + (k & 1)]);
+      }
       acc[i * ldacc + j] += s;
     }
 }
@@ -142,7 +208,8 @@ const KernelTable* amx_emulated_table() {
   static const KernelTable t = [] {
     KernelTable k = avx2_table() ? *avx2_table() : *portable_table();
     k.name = "amx-emulated";
-    k.amx_block = amx_block_emulated;
+    k.bf16_block = amx_block_emulated;
+    k.bf16_block_w = amx_block_w_emulated;
     return k;
   }();
   return &t;

@@ -97,6 +97,10 @@ Peaks measure_peaks(int64_t buffer_bytes) {
     int64_t ia = calibrate(kt.amx_peak, 0.05);
     p.amx_gflops = best_parallel_rate(p.threads, 3, [&](int64_t) { return kt.amx_peak(ia); }) / 1e9;
   }
+  if (kt.bf16_dot_peak) {
+    int64_t ib = calibrate(kt.bf16_dot_peak, 0.05);
+    p.bf16_dot_gflops = best_parallel_rate(p.threads, 3, [&](int64_t) { return kt.bf16_dot_peak(ib); }) / 1e9;
+  }
   int64_t words = std::max<int64_t>(buffer_bytes / 8, 1 << 20);
   std::unique_ptr<uint64_t[]> src(new uint64_t[words]), dst(new uint64_t[words]);
   for (int64_t i = 0; i < words; i++) src[i] = static_cast<uint64_t>(i), dst[i] = 0;  // touch every page

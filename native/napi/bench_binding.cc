@@ -8,7 +8,7 @@ namespace lorakit {
 namespace napi {
 namespace {
 
-// measurePeaks(bufferBytes): { fmaGflops, amxGflops, copyGBs, readGBs, threads }
+// measurePeaks(bufferBytes): { fmaGflops, amxGflops, bf16DotGflops, copyGBs, readGBs, threads }
 Napi::Value MeasurePeaks(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     double bytes = get_number(info, 0, "bufferBytes");
@@ -18,6 +18,7 @@ Napi::Value MeasurePeaks(const Napi::CallbackInfo& info) {
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("fmaGflops", p.fma_gflops);
     o.Set("amxGflops", p.amx_gflops);
+    o.Set("bf16DotGflops", p.bf16_dot_gflops);
     o.Set("copyGBs", p.copy_gbs);
     o.Set("readGBs", p.read_gbs);
     o.Set("threads", p.threads);
