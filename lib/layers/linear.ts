@@ -124,7 +124,6 @@ export class LoraLinear extends LoraLayer {
         `forward: DoRA adapter '${doraName}' must be the only active adapter (active: ${names.join(', ')}); ` +
           "peft's result for several would depend on their order",
       );
-    if (doraName !== undefined) this.requireCpu('DoRA');
     const stream = this.#forwardCount++;
     const adapters: AdapterCache[] = [];
     let dora: ForwardCache['dora'];
@@ -133,7 +132,7 @@ export class LoraLinear extends LoraLayer {
     const y = Tensor.empty(outShape, { dtype: x.dtype, device: dev });
     try {
       const anyDropout = this._training && names.some((n) => this._loraDropout.get(n)! > 0);
-      if (dev === 'cuda' && !anyDropout) {
+      if (dev === 'cuda' && !anyDropout && doraName === undefined) {
         // One native call: every shrink and the fused forward; u is kept only for backward.
         for (const name of names) {
           if (!this._training) continue;
@@ -190,8 +189,7 @@ export class LoraLinear extends LoraLayer {
 
   private *doraWeightNormSteps(name: string, W: Tensor): KernelSteps<Tensor> {
     this.requireAdapter(name, 'name');
-    this.requireCpu('DoRA');
-    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32' });
+    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32', device: this.device });
     try {
       yield step('doraWeightNorm', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, this._scaling.get(name)!,
         this.fanInFanOut, norm.handle);
@@ -204,10 +202,10 @@ export class LoraLinear extends LoraLayer {
 
   /** The norm is computed inside the forward: one GEMM streams W for both x·Wᵀ and W·Aᵀ. */
   private *doraForwardSteps(x: Tensor, a: AdapterCache, y: Tensor): KernelSteps<{ norm: Tensor; pre: Tensor }> {
-    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32' });
+    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32', device: this.device });
     let pre: Tensor | null = null;
     try {
-      pre = Tensor.zeros([x.numel / this.inFeatures, this.outFeatures], { dtype: 'f32' });
+      pre = Tensor.zeros([x.numel / this.inFeatures, this.outFeatures], { dtype: 'f32', device: this.device });
       yield step('doraLinearForward', x.handle, a.xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, a.u.handle,
         this._loraA.get(a.name)!.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!, norm.handle,
         this._loraMagnitude.get(a.name)!.handle, y.handle, pre.handle);
@@ -228,10 +226,11 @@ export class LoraLinear extends LoraLayer {
     const m = this._loraMagnitude.get(a.name)!;
     let g: AdapterGrads | null = null;
     if (!this._inferenceMode.get(a.name)) {
+      const device = this.device;
       g = {
-        loraA: Tensor.zeros(A.shape, { dtype: A.dtype }),
-        loraB: Tensor.zeros(B.shape, { dtype: B.dtype }),
-        magnitude: Tensor.zeros(m.shape, { dtype: m.dtype }),
+        loraA: Tensor.zeros(A.shape, { dtype: A.dtype, device }),
+        loraB: Tensor.zeros(B.shape, { dtype: B.dtype, device }),
+        magnitude: Tensor.zeros(m.shape, { dtype: m.dtype, device }),
       };
       grads.set(a.name, g);
     }

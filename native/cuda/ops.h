@@ -64,6 +64,17 @@ void embedding_forward(const TensorRef& idx, const TensorRef& W, const std::vect
 void embedding_backward(const TensorRef& idx, const TensorRef& dy, const TensorRef& A, const TensorRef& B, float scale,
                         int64_t padding_idx, const TensorRef* dA, const TensorRef* dB);
 
+// dora.cu: DoRA on a linear layer (the cpu's formulas; norm and pre are device f32 buffers).
+void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
+                      float* norm);
+void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
+                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& A, const TensorRef& B, float scale,
+                         const TensorRef& magnitude, const TensorRef& y, float* pre, float* norm);
+void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out, const cpu::DoraBackwardArgs& a,
+                          const TensorRef* dx, const TensorRef* dA, const TensorRef* dB, const TensorRef* dmagnitude);
+void dora_merge(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
+                const TensorRef& magnitude, const float* norm, bool inverse, const TensorRef& out);
+
 // conv2d.cu: peft's lora.Conv2d with the cpu's algorithm (im2col, fp32 GEMMs), deterministic backward.
 void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const cpu::ConvGeom& g,
                     const std::vector<cpu::ConvTerm>& terms, const int32_t* image_adapter, const TensorRef& y);

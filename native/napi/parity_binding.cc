@@ -150,56 +150,77 @@ int64_t check_factors(const TensorRef& A, const TensorRef& B, LinearDims d, cons
 // doraWeightNorm(W, A, B, scale, fifo, norm f32 [out])
 KernelCall BuildDoraWeightNorm(const Napi::CallbackInfo& info) {
   KernelCall c;
-  TensorRef W = float_arg(c, info, 0, "weight");
-  TensorRef A = float_arg(c, info, 1, "A");
-  TensorRef B = float_arg(c, info, 2, "B");
+  const Device dev = info.Length() > 0 ? get_tensor(info[0], "weight")->device() : Device::CPU;
+  TensorRef W = float_arg(c, info, 0, "weight", Access::Read, dev);
+  TensorRef A = float_arg(c, info, 1, "A", Access::Read, dev);
+  TensorRef B = float_arg(c, info, 2, "B", Access::Read, dev);
   float scale = static_cast<float>(get_number(info, 3, "scale"));
   bool fifo = get_bool(info, 4, "fanInFanOut");
   LinearDims d = linear_dims(W, fifo);
   check_factors(A, B, d, "");
-  TensorRef norm = f32_arg(c, info[5], "norm", {d.out}, Access::Write);
-  c.run = [=] { cpu::dora_weight_norm(W, A, B, scale, fifo, norm.as<float>()); };
+  TensorRef norm = f32_arg(c, info[5], "norm", {d.out}, Access::Write, dev);
+  if (dev == Device::CPU) {
+    c.run = [=] { cpu::dora_weight_norm(W, A, B, scale, fifo, norm.as<float>()); };
+    return c;
+  }
+#ifdef LORAKIT_WITH_CUDA
+  c.run = [=] { cuda::dora_weight_norm(W, A, B, scale, fifo, norm.as<float>()); };
+#else
+  throw_type("device: 'cuda' is not available in this build");
+#endif
   return c;
 }
 
 // doraLinearForward(x, xa, W, bias|null, fifo, u, A, B, scale, norm (written), magnitude, y, pre (written))
 KernelCall BuildDoraLinearForward(const Napi::CallbackInfo& info) {
   KernelCall c;
-  TensorRef x = float_arg(c, info, 0, "x");
-  TensorRef xa = float_arg(c, info, 1, "xa");
-  TensorRef W = float_arg(c, info, 2, "weight");
-  OptRef bias = float_arg_or_null(c, info, 3, "bias");
+  const Device dev = info.Length() > 0 ? get_tensor(info[0], "x")->device() : Device::CPU;
+  TensorRef x = float_arg(c, info, 0, "x", Access::Read, dev);
+  TensorRef xa = float_arg(c, info, 1, "xa", Access::Read, dev);
+  TensorRef W = float_arg(c, info, 2, "weight", Access::Read, dev);
+  OptRef bias = float_arg_or_null(c, info, 3, "bias", Access::Read, dev);
   bool fifo = get_bool(info, 4, "fanInFanOut");
   LinearDims d = linear_dims(W, fifo);
   if (x.shape.empty() || x.shape.back() != d.in)
     throw_range("x: expected shape [..., " + std::to_string(d.in) + "] (in_features), got " + shape_str(x.shape));
   require_same_shape(xa, x.shape, "xa");
   if (bias.set) require_same_shape(bias.ref, {d.out}, "bias");
-  TensorRef u = float_arg(c, info, 5, "u");
-  TensorRef A = float_arg(c, info, 6, "A");
-  TensorRef B = float_arg(c, info, 7, "B");
+  TensorRef u = float_arg(c, info, 5, "u", Access::Read, dev);
+  TensorRef A = float_arg(c, info, 6, "A", Access::Read, dev);
+  TensorRef B = float_arg(c, info, 7, "B", Access::Read, dev);
   int64_t r = check_factors(A, B, d, "");
   int64_t n = x.rows();
   require_same_shape(u, with_last(x.shape, r), "u");
   float scale = static_cast<float>(get_number(info, 8, "scale"));
-  TensorRef norm = f32_arg(c, info[9], "norm", {d.out}, Access::Write);
-  TensorRef mag = float_arg(c, info, 10, "magnitude");
+  TensorRef norm = f32_arg(c, info[9], "norm", {d.out}, Access::Write, dev);
+  TensorRef mag = float_arg(c, info, 10, "magnitude", Access::Read, dev);
   require_same_shape(mag, {d.out}, "magnitude");
-  TensorRef y = float_arg(c, info, 11, "y", Access::Write);
+  TensorRef y = float_arg(c, info, 11, "y", Access::Write, dev);
   require_same_shape(y, with_last(x.shape, d.out), "y");
   require_distinct(y, x, "y", "x");
-  TensorRef pre = f32_arg(c, info[12], "pre", {n, d.out}, Access::Write);
+  TensorRef pre = f32_arg(c, info[12], "pre", {n, d.out}, Access::Write, dev);
+  if (dev == Device::CPU) {
+    c.run = [=] {
+      cpu::dora_linear_forward(x, xa, W, bias.ptr(), fifo, u, A, B, scale, mag, y, pre.as<float>(), norm.as<float>());
+    };
+    return c;
+  }
+#ifdef LORAKIT_WITH_CUDA
   c.run = [=] {
-    cpu::dora_linear_forward(x, xa, W, bias.ptr(), fifo, u, A, B, scale, mag, y, pre.as<float>(), norm.as<float>());
+    cuda::dora_linear_forward(x, xa, W, bias.ptr(), fifo, u, A, B, scale, mag, y, pre.as<float>(), norm.as<float>());
   };
+#else
+  throw_type("device: 'cuda' is not available in this build");
+#endif
   return c;
 }
 
 // doraLinearBackward(dy, W, fifo, {xa, u, A, B, magnitude, scale, p, seed, stream, norm, pre}, dx|null, dA|null, dB|null, dmag|null)
 KernelCall BuildDoraLinearBackward(const Napi::CallbackInfo& info) {
   KernelCall c;
-  TensorRef dy = float_arg(c, info, 0, "dy");
-  TensorRef W = float_arg(c, info, 1, "weight");
+  const Device dev = info.Length() > 0 ? get_tensor(info[0], "dy")->device() : Device::CPU;
+  TensorRef dy = float_arg(c, info, 0, "dy", Access::Read, dev);
+  TensorRef W = float_arg(c, info, 1, "weight", Access::Read, dev);
   bool fifo = get_bool(info, 2, "fanInFanOut");
   LinearDims d = linear_dims(W, fifo);
   if (dy.shape.empty() || dy.shape.back() != d.out)
@@ -213,7 +234,10 @@ KernelCall BuildDoraLinearBackward(const Napi::CallbackInfo& info) {
   NativeTensor* A = get_tensor(o.Get("A"), "term.A");
   NativeTensor* B = get_tensor(o.Get("B"), "term.B");
   NativeTensor* mag = get_tensor(o.Get("magnitude"), "term.magnitude");
-  for (auto* t : {xa, u, A, B, mag}) require_float_cpu(t, "term");
+  for (auto* t : {xa, u, A, B, mag}) {
+    if (dev == Device::CPU) require_float_cpu(t, "term");
+    else require_float_on(t, dev, "term");
+  }
   int64_t r = check_factors(A->ref(), B->ref(), d, "term.");
   std::vector<int64_t> xshape = with_last(dy.shape, d.in);
   require_same_shape(xa->ref(), xshape, "term.xa");
@@ -229,12 +253,12 @@ KernelCall BuildDoraLinearBackward(const Napi::CallbackInfo& info) {
   if (!(a.dropout_p >= 0.f && a.dropout_p < 1.f)) throw_range("term.p: expected 0 <= p < 1");
   a.seed = static_cast<uint64_t>(number_prop(o, "seed", "term"));
   a.stream = static_cast<uint64_t>(number_prop(o, "stream", "term"));
-  a.norm = f32_arg(c, o.Get("norm"), "term.norm", {d.out}, Access::Read).as<float>();
-  a.pre = f32_arg(c, o.Get("pre"), "term.pre", {n, d.out}, Access::Read).as<float>();
-  OptRef dx = float_arg_or_null(c, info, 4, "dx", Access::Write);
-  OptRef dA = float_arg_or_null(c, info, 5, "dA", Access::Write);
-  OptRef dB = float_arg_or_null(c, info, 6, "dB", Access::Write);
-  OptRef dm = float_arg_or_null(c, info, 7, "dmagnitude", Access::Write);
+  a.norm = f32_arg(c, o.Get("norm"), "term.norm", {d.out}, Access::Read, dev).as<float>();
+  a.pre = f32_arg(c, o.Get("pre"), "term.pre", {n, d.out}, Access::Read, dev).as<float>();
+  OptRef dx = float_arg_or_null(c, info, 4, "dx", Access::Write, dev);
+  OptRef dA = float_arg_or_null(c, info, 5, "dA", Access::Write, dev);
+  OptRef dB = float_arg_or_null(c, info, 6, "dB", Access::Write, dev);
+  OptRef dm = float_arg_or_null(c, info, 7, "dmagnitude", Access::Write, dev);
   if (dx.set) {
     require_same_shape(dx.ref, xshape, "dx");
     require_distinct(dx.ref, dy, "dx", "dy");
@@ -242,27 +266,45 @@ KernelCall BuildDoraLinearBackward(const Napi::CallbackInfo& info) {
   if (dA.set) require_same_shape(dA.ref, a.A.shape, "dA");
   if (dB.set) require_same_shape(dB.ref, a.B.shape, "dB");
   if (dm.set) require_same_shape(dm.ref, {d.out}, "dmagnitude");
-  c.run = [=] { cpu::dora_linear_backward(dy, W, fifo, a, dx.ptr(), dA.ptr(), dB.ptr(), dm.ptr()); };
+  if (dev == Device::CPU) {
+    c.run = [=] { cpu::dora_linear_backward(dy, W, fifo, a, dx.ptr(), dA.ptr(), dB.ptr(), dm.ptr()); };
+    return c;
+  }
+#ifdef LORAKIT_WITH_CUDA
+  c.run = [=] { cuda::dora_linear_backward(dy, W, fifo, a, dx.ptr(), dA.ptr(), dB.ptr(), dm.ptr()); };
+#else
+  throw_type("device: 'cuda' is not available in this build");
+#endif
   return c;
 }
 
 // doraMerge(W, A, B, scale, fifo, magnitude, norm, inverse, out); out may be W
 KernelCall BuildDoraMerge(const Napi::CallbackInfo& info) {
   KernelCall c;
-  TensorRef W = float_arg(c, info, 0, "weight", Access::ReadInPlace);
-  TensorRef A = float_arg(c, info, 1, "A");
-  TensorRef B = float_arg(c, info, 2, "B");
+  const Device dev = info.Length() > 0 ? get_tensor(info[0], "weight")->device() : Device::CPU;
+  TensorRef W = float_arg(c, info, 0, "weight", Access::ReadInPlace, dev);
+  TensorRef A = float_arg(c, info, 1, "A", Access::Read, dev);
+  TensorRef B = float_arg(c, info, 2, "B", Access::Read, dev);
   float scale = static_cast<float>(get_number(info, 3, "scale"));
   bool fifo = get_bool(info, 4, "fanInFanOut");
   LinearDims d = linear_dims(W, fifo);
   check_factors(A, B, d, "");
-  TensorRef mag = float_arg(c, info, 5, "magnitude");
+  TensorRef mag = float_arg(c, info, 5, "magnitude", Access::Read, dev);
   require_same_shape(mag, {d.out}, "magnitude");
-  TensorRef norm = f32_arg(c, info[6], "norm", {d.out}, Access::Read);
+  TensorRef norm = f32_arg(c, info[6], "norm", {d.out}, Access::Read, dev);
   bool inverse = get_bool(info, 7, "inverse");
-  TensorRef out = float_arg(c, info, 8, "out", Access::Write);
+  TensorRef out = float_arg(c, info, 8, "out", Access::Write, dev);
   require_same_shape(out, W.shape, "out");
-  c.run = [=] { cpu::dora_merge(W, A, B, scale, fifo, mag, norm.as<float>(), inverse, out); };
+  if (dev == Device::CPU) {
+    c.run = [=] { cpu::dora_merge(W, A, B, scale, fifo, mag, norm.as<float>(), inverse, out); };
+    return c;
+  }
+#ifdef LORAKIT_WITH_CUDA
+  if (out.dtype != W.dtype) throw_type("out: on cuda, expected the weight's dtype " + std::string(dtype_name(W.dtype)));
+  c.run = [=] { cuda::dora_merge(W, A, B, scale, fifo, mag, norm.as<float>(), inverse, out); };
+#else
+  throw_type("device: 'cuda' is not available in this build");
+#endif
   return c;
 }
 

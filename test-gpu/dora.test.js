@@ -1,0 +1,83 @@
+// DoRA on cuda: peft's golden linear_dora case within 1e-5 in f32 (y, dx, dA, dB, dmagnitude, merge,
+// y_merged, unmerge) and within 1e-2 in bf16; the magnitude's peft init (the weight norm) and cpu
+// parity on random data with fanInFanOut and with dropout (the same masks as the cpu); the
+// backward is bitwise repeatable.
+'use strict';
+const test = require('node:test');
+const assert = require('node:assert');
+const { lk, loadCase, expectClose, relErr, randomArray } = require('./helpers');
+const { LoraLinear, Tensor } = lk;
+
+const TOL = 1e-5;
+
+test('golden linear_dora on cuda: y, dx, dA, dB, dmagnitude, merge, unmerge (f32) and bf16 within 1e-2', () => {
+  const c = loadCase('linear_dora');
+  for (const dtype of ['f32', 'bf16']) {
+    const t = (n) => Tensor.from(c.f32(n), c.shape(n), { dtype, device: 'cuda' });
+    const layer = new LoraLinear({ weight: t('W'), bias: t('bias') });
+    layer.addAdapter('default', { r: c.meta.r, loraAlpha: c.meta.lora_alpha, useDora: true, dtype });
+    assert.strictEqual(layer.loraMagnitude.get('default').device, 'cuda');
+    layer.loraA.get('default').copyFrom(c.f32('A'));
+    layer.loraB.get('default').copyFrom(c.f32('B'));
+    layer.loraMagnitude.get('default').copyFrom(c.f32('magnitude'));
+    const tol = dtype === 'f32' ? TOL : 1e-2;
+    expectClose(layer.forward(t('x')).toFloat32Array(), c.f32('y'), tol, `${dtype} y`);
+    const { dx, grads } = layer.backward(t('dy'));
+    const g = grads.get('default');
+    expectClose(dx.toFloat32Array(), c.f32('dx'), tol, `${dtype} dx`);
+    expectClose(g.loraA.toFloat32Array(), c.f32('dA'), tol, `${dtype} dA`);
+    expectClose(g.loraB.toFloat32Array(), c.f32('dB'), tol, `${dtype} dB`);
+    expectClose(g.magnitude.toFloat32Array(), c.f32('dmagnitude'), tol, `${dtype} dmagnitude`);
+    if (dtype !== 'f32') continue;
+    layer.merge();
+    expectClose(layer.weight.toFloat32Array(), c.f32('W_merged'), TOL, 'W_merged');
+    layer.eval();
+    expectClose(layer.forward(t('x')).toFloat32Array(), c.f32('y_merged'), TOL, 'y_merged');
+    layer.unmerge();
+    assert.ok(relErr(layer.weight.toFloat32Array(), c.f32('W')) < 1e-6, 'unmerge');
+  }
+});
+
+for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
+  for (const [fifo, p] of [[false, 0], [true, 0], [false, 0.25]]) {
+    test(`DoRA ${dtype}${fifo ? ' fanInFanOut' : ''}${p ? ` dropout ${p}` : ''}: cuda matches the cpu, repeatable backward`, () => {
+      const inF = 72, outF = 40, n = 9, r = 8;
+      let seed = 7000 + (fifo ? 10 : 0) + p * 100;
+      const pair = (shape, scale) => {
+        const data = randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale);
+        return { cpu: Tensor.from(data, shape, { dtype }), cuda: Tensor.from(data, shape, { dtype, device: 'cuda' }) };
+      };
+      const W = pair(fifo ? [inF, outF] : [outF, inF], 0.2);
+      const b = pair([outF], 0.3);
+      const build = (dev) => {
+        const l = new LoraLinear({ weight: W[dev], bias: b[dev], fanInFanOut: fifo });
+        l.addAdapter('d', { r, loraAlpha: 16, dtype, useDora: true, initLoraWeights: false, seed: 21, loraDropout: p });
+        l.manualSeed(5);
+        return l;
+      };
+      const lc = build('cpu');
+      const lg = build('cuda');
+      // peft's init: magnitude = the weight norm, computed on each device
+      const ei = relErr(lg.loraMagnitude.get('d').toFloat32Array(), lc.loraMagnitude.get('d').toFloat32Array());
+      assert.ok(ei <= tol, `magnitude init: ${ei}`);
+      const x = pair([n, inF], 1);
+      const dy = pair([n, outF], 1);
+      assert.ok(relErr(lg.forward(x.cuda).toFloat32Array(), lc.forward(x.cpu).toFloat32Array()) <= tol, 'y');
+      const gc = lc.backward(dy.cpu);
+      const gg = lg.backward(dy.cuda);
+      assert.ok(relErr(gg.dx.toFloat32Array(), gc.dx.toFloat32Array()) <= tol, 'dx');
+      for (const k of ['loraA', 'loraB', 'magnitude']) {
+        const e = relErr(gg.grads.get('d')[k].toFloat32Array(), gc.grads.get('d')[k].toFloat32Array());
+        assert.ok(e <= tol, `${k}: ${e}`);
+      }
+      lg.manualSeed(5);
+      lg.forward(x.cuda);
+      const g2 = lg.backward(dy.cuda);
+      assert.ok(g2.dx.toFloat32Array().every((v, i) => Object.is(v, gg.dx.toFloat32Array()[i])), 'dx repeatable');
+      lc.merge();
+      lg.merge();
+      const em = relErr(lg.weight.toFloat32Array(), lc.weight.toFloat32Array());
+      assert.ok(em <= (dtype === 'f32' ? 1e-6 : tol / 2), `merged W: ${em}`);
+    });
+  }
+}
