@@ -342,10 +342,10 @@ export class LoraLinear extends LoraLayer {
   /**
    * peft's pissa_init / olora_init on W in [out, in] layout (float64): pissa takes the top-r SVD
    * (A = √(S/s)·Vᵀ, B = U·√(S/s)), olora the thin QR (B = Q[:, :r], A = R[:r]); then W ← W − s·B·A,
-   * computed with A and B as stored, so W + s·B·A equals the old W up to W's own rounding.
+   * computed with A and B as stored, so W + s·B·A equals the old W up to W's own rounding. A cuda
+   * layer does the same on the host (one copy of W each way) so both devices get identical factors.
    */
   protected override initFromWeight(kind: 'pissa' | 'olora', r: number, scaling: number, dtype: FloatDType): { A: Tensor; B: Tensor } {
-    this.requireCpu(`'${kind}' initialisation`);
     const outF = this.outFeatures;
     const inF = this.inFeatures;
     if (r > Math.min(outF, inF))
@@ -373,8 +373,9 @@ export class LoraLinear extends LoraLayer {
         for (let o = 0; o < outF; o++) b[o * r + j] = f.Q.data[o * k + j];
       }
     }
-    const A = Tensor.from(a, [r, inF], { dtype });
-    const B = Tensor.from(b, [outF, r], { dtype });
+    const device = this.device;
+    const A = Tensor.from(a, [r, inF], { dtype, device });
+    const B = Tensor.from(b, [outF, r], { dtype, device });
     const As: Mat = mat(r, inF, A.toFloat32Array());
     const Bs = B.toFloat32Array();
     const out = new Float64Array(w.length);
@@ -459,11 +460,6 @@ export class LoraLinear extends LoraLayer {
   private requireDeviceDType(t: Tensor, name: string): void {
     if (this.device === 'cuda' && t.dtype !== this.#weight.dtype)
       throw new DTypeError(`${name}: on cuda, expected the weight's dtype ${this.#weight.dtype}, got ${t.dtype}`);
-  }
-
-  /** Features that have no CUDA kernels yet say so instead of failing inside the addon. */
-  private requireCpu(what: string): void {
-    if (this.device !== 'cpu') throw new LoraTypeError(`${what}: not available for cuda layers yet (move the weight to the cpu)`);
   }
 
   private requireLive(): void {

@@ -159,15 +159,9 @@ KernelCall BuildDoraWeightNorm(const Napi::CallbackInfo& info) {
   LinearDims d = linear_dims(W, fifo);
   check_factors(A, B, d, "");
   TensorRef norm = f32_arg(c, info[5], "norm", {d.out}, Access::Write, dev);
-  if (dev == Device::CPU) {
-    c.run = [=] { cpu::dora_weight_norm(W, A, B, scale, fifo, norm.as<float>()); };
-    return c;
-  }
-#ifdef LORAKIT_WITH_CUDA
-  c.run = [=] { cuda::dora_weight_norm(W, A, B, scale, fifo, norm.as<float>()); };
-#else
-  throw_type("device: 'cuda' is not available in this build");
-#endif
+  c.run = on_device(
+      dev, [=] { cpu::dora_weight_norm(W, A, B, scale, fifo, norm.as<float>()); },
+      [=] { LK_IF_CUDA(cuda::dora_weight_norm(W, A, B, scale, fifo, norm.as<float>());) });
   return c;
 }
 
@@ -199,19 +193,9 @@ KernelCall BuildDoraLinearForward(const Napi::CallbackInfo& info) {
   require_same_shape(y, with_last(x.shape, d.out), "y");
   require_distinct(y, x, "y", "x");
   TensorRef pre = f32_arg(c, info[12], "pre", {n, d.out}, Access::Write, dev);
-  if (dev == Device::CPU) {
-    c.run = [=] {
-      cpu::dora_linear_forward(x, xa, W, bias.ptr(), fifo, u, A, B, scale, mag, y, pre.as<float>(), norm.as<float>());
-    };
-    return c;
-  }
-#ifdef LORAKIT_WITH_CUDA
-  c.run = [=] {
-    cuda::dora_linear_forward(x, xa, W, bias.ptr(), fifo, u, A, B, scale, mag, y, pre.as<float>(), norm.as<float>());
-  };
-#else
-  throw_type("device: 'cuda' is not available in this build");
-#endif
+  c.run = on_device(
+      dev, [=] { cpu::dora_linear_forward(x, xa, W, bias.ptr(), fifo, u, A, B, scale, mag, y, pre.as<float>(), norm.as<float>()); },
+      [=] { LK_IF_CUDA(cuda::dora_linear_forward(x, xa, W, bias.ptr(), fifo, u, A, B, scale, mag, y, pre.as<float>(), norm.as<float>());) });
   return c;
 }
 
@@ -234,10 +218,7 @@ KernelCall BuildDoraLinearBackward(const Napi::CallbackInfo& info) {
   NativeTensor* A = get_tensor(o.Get("A"), "term.A");
   NativeTensor* B = get_tensor(o.Get("B"), "term.B");
   NativeTensor* mag = get_tensor(o.Get("magnitude"), "term.magnitude");
-  for (auto* t : {xa, u, A, B, mag}) {
-    if (dev == Device::CPU) require_float_cpu(t, "term");
-    else require_float_on(t, dev, "term");
-  }
+  for (auto* t : {xa, u, A, B, mag}) require_float_at(t, dev, "term");
   int64_t r = check_factors(A->ref(), B->ref(), d, "term.");
   std::vector<int64_t> xshape = with_last(dy.shape, d.in);
   require_same_shape(xa->ref(), xshape, "term.xa");
@@ -266,15 +247,9 @@ KernelCall BuildDoraLinearBackward(const Napi::CallbackInfo& info) {
   if (dA.set) require_same_shape(dA.ref, a.A.shape, "dA");
   if (dB.set) require_same_shape(dB.ref, a.B.shape, "dB");
   if (dm.set) require_same_shape(dm.ref, {d.out}, "dmagnitude");
-  if (dev == Device::CPU) {
-    c.run = [=] { cpu::dora_linear_backward(dy, W, fifo, a, dx.ptr(), dA.ptr(), dB.ptr(), dm.ptr()); };
-    return c;
-  }
-#ifdef LORAKIT_WITH_CUDA
-  c.run = [=] { cuda::dora_linear_backward(dy, W, fifo, a, dx.ptr(), dA.ptr(), dB.ptr(), dm.ptr()); };
-#else
-  throw_type("device: 'cuda' is not available in this build");
-#endif
+  c.run = on_device(
+      dev, [=] { cpu::dora_linear_backward(dy, W, fifo, a, dx.ptr(), dA.ptr(), dB.ptr(), dm.ptr()); },
+      [=] { LK_IF_CUDA(cuda::dora_linear_backward(dy, W, fifo, a, dx.ptr(), dA.ptr(), dB.ptr(), dm.ptr());) });
   return c;
 }
 
@@ -295,16 +270,11 @@ KernelCall BuildDoraMerge(const Napi::CallbackInfo& info) {
   bool inverse = get_bool(info, 7, "inverse");
   TensorRef out = float_arg(c, info, 8, "out", Access::Write, dev);
   require_same_shape(out, W.shape, "out");
-  if (dev == Device::CPU) {
-    c.run = [=] { cpu::dora_merge(W, A, B, scale, fifo, mag, norm.as<float>(), inverse, out); };
-    return c;
-  }
-#ifdef LORAKIT_WITH_CUDA
-  if (out.dtype != W.dtype) throw_type("out: on cuda, expected the weight's dtype " + std::string(dtype_name(W.dtype)));
-  c.run = [=] { cuda::dora_merge(W, A, B, scale, fifo, mag, norm.as<float>(), inverse, out); };
-#else
-  throw_type("device: 'cuda' is not available in this build");
-#endif
+  if (dev == Device::CUDA && out.dtype != W.dtype)
+    throw_type("out: on cuda, expected the weight's dtype " + std::string(dtype_name(W.dtype)));
+  c.run = on_device(
+      dev, [=] { cpu::dora_merge(W, A, B, scale, fifo, mag, norm.as<float>(), inverse, out); },
+      [=] { LK_IF_CUDA(cuda::dora_merge(W, A, B, scale, fifo, mag, norm.as<float>(), inverse, out);) });
   return c;
 }
 
