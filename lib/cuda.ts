@@ -1,9 +1,10 @@
 /**
- * The CUDA backend's extras: availability, stream synchronisation, device timers for benchmarks,
+ * The CUDA backend's extras: availability, streams and synchronisation, device timers for benchmarks,
  * allocator statistics, the bare base GEMM (the benchmarks' reference) and fused optimizer steps
  * for adapter parameters. Tensors themselves move with `Tensor.to({ device: 'cuda' })`.
  */
-import { DTypeError, LoraRangeError, ShapeError, shapeStr } from './errors';
+import { DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from './errors';
+import { onStream } from './exec';
 import { call } from './native';
 import { Tensor, requireFloatTensor } from './tensor';
 import { checkBool, checkFinite, checkInt, checkOptions } from './validate';
@@ -13,9 +14,73 @@ export function isAvailable(): boolean {
   return call((b) => b.backendInfo()).usable.includes('cuda');
 }
 
-/** Waits for all queued GPU work; asynchronous kernel errors surface here. */
+/** Waits for all queued GPU work on every stream; asynchronous kernel errors surface here. */
 export function synchronize(): void {
   call((b) => b.cudaSynchronize());
+}
+
+/**
+ * A CUDA stream of its own: work on different streams may overlap on the GPU. Give one to a layer
+ * (`layer.stream = s`) or run code on it with `cuda.withStream(s, fn)`. Tensors can be shared
+ * freely: lorakit records which streams used each block of memory and makes a stream wait (with
+ * events, not host syncs) for the others where their uses conflict.
+ */
+export class CudaStream {
+  #id: number;
+
+  /** @internal use cuda.createStream() */
+  constructor(id: number) {
+    this.#id = id;
+  }
+
+  /** The native stream id; StateError once disposed. */
+  get id(): number {
+    if (this.#id === 0) throw new StateError('stream: the cuda stream was disposed');
+    return this.#id;
+  }
+
+  get disposed(): boolean {
+    return this.#id === 0;
+  }
+
+  /** Waits for the work queued on this stream. */
+  synchronize(): void {
+    const id = this.id;
+    call((b) => b.cudaStreamSynchronize(id));
+  }
+
+  /** Waits for its work, then hands the stream back for reuse; further use throws StateError. */
+  dispose(): void {
+    if (this.#id === 0) return;
+    const id = this.#id;
+    this.#id = 0;
+    call((b) => b.cudaStreamRelease(id));
+  }
+
+  toString(): string {
+    return this.disposed ? 'CudaStream(disposed)' : `CudaStream(${this.#id})`;
+  }
+}
+
+/** A new stream (TypeError in builds without CUDA, StateError without a GPU). */
+export function createStream(): CudaStream {
+  return new CudaStream(call((b) => b.cudaStreamCreate()));
+}
+
+export function checkStream(s: unknown, name: string): CudaStream {
+  if (!(s instanceof CudaStream)) throw new LoraTypeError(`${name}: expected a CudaStream from cuda.createStream()`);
+  if (s.disposed) throw new StateError(`${name}: the cuda stream was disposed`);
+  return s;
+}
+
+/**
+ * Runs fn with its cuda work on the stream (layers with a stream of their own keep theirs). For
+ * synchronous code: work queued after an await inside fn goes back to the caller's stream.
+ */
+export function withStream<T>(stream: CudaStream, fn: () => T): T {
+  const id = checkStream(stream, 'stream').id;
+  if (typeof fn !== 'function') throw new LoraTypeError('fn: expected a function');
+  return onStream(id, fn);
 }
 
 /** Times GPU work queued by fn with device events (ms), after it completes. */
@@ -126,4 +191,4 @@ export function sgdStep(param: Tensor, grad: Tensor, momentumBuffer: Tensor | nu
   call((b) => b.cudaSgdStep(param.handle, grad.handle, h.momentum !== 0 ? momentumBuffer!.handle : null, h));
 }
 
-export const cuda = { isAvailable, synchronize, timeMs, memoryStats, emptyCache, baseGemm, adamwStep, sgdStep };
+export const cuda = { isAvailable, synchronize, createStream, withStream, timeMs, memoryStats, emptyCache, baseGemm, adamwStep, sgdStep };

@@ -40,12 +40,32 @@ export function step<K extends KernelOp>(op: K, ...args: Parameters<NativeBindin
 
 type AnyFn = (...a: unknown[]) => unknown;
 
+/**
+ * Runs fn with the JS thread's current cuda stream set to the stream id (0: as it is). Native
+ * calls made meanwhile run on it; async ones take it when they are queued.
+ */
+export function onStream<T>(stream: number, fn: () => T): T {
+  if (stream === 0) return fn();
+  const prev = call((b) => b.cudaCurrentStream());
+  call((b) => b.cudaSetStream(stream));
+  try {
+    return fn();
+  } finally {
+    try {
+      call((b) => b.cudaSetStream(prev));
+    } catch {
+      call((b) => b.cudaSetStream(0)); // the outer stream was disposed meanwhile
+    }
+  }
+}
+
 /** Runs one step synchronously. */
 export function runStep(s: KernelStep): unknown {
   return call((b) => (b[s.op] as AnyFn)(...s.args));
 }
 
-export function runSync<T>(steps: KernelSteps<T>): T {
+export function runSync<T>(steps: KernelSteps<T>, stream = 0): T {
+  if (stream !== 0) return onStream(stream, () => runSync(steps));
   let r = steps.next();
   while (!r.done) {
     const s = r.value;
@@ -61,18 +81,19 @@ export function runSync<T>(steps: KernelSteps<T>): T {
   return r.value;
 }
 
-export async function runAsync<T>(steps: KernelSteps<T>): Promise<T> {
-  let r = steps.next();
+/** The body's synchronous parts and the queuing of each step run on the stream (0: the current one). */
+export async function runAsync<T>(steps: KernelSteps<T>, stream = 0): Promise<T> {
+  let r = onStream(stream, () => steps.next());
   while (!r.done) {
     const s = r.value;
     let value: unknown;
     try {
-      value = await callAsync((b) => (b[`${s.op}Async`] as AnyFn)(...s.args) as Promise<unknown>);
+      value = await onStream(stream, () => callAsync((b) => (b[`${s.op}Async`] as AnyFn)(...s.args) as Promise<unknown>));
     } catch (e) {
-      r = steps.throw(e);
+      r = onStream(stream, () => steps.throw(e));
       continue;
     }
-    r = steps.next(value);
+    r = onStream(stream, () => steps.next(value));
   }
   return r.value;
 }

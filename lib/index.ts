@@ -21,7 +21,7 @@ export type { LoraEmbeddingOptions, EmbeddingIndices, EmbeddingBackwardResult } 
 export { LoraConv2d } from './layers/conv2d';
 export type { LoraConv2dOptions, Pair } from './layers/conv2d';
 export { kernels, backendInfo, setNumThreads } from './kernels';
-export { cuda } from './cuda';
+export { cuda, CudaStream } from './cuda';
 export type { CudaAdamWOptions, CudaSgdOptions } from './cuda';
 export type { KernelAdapter, LinearForwardOptions, MergeAdapterOptions } from './kernels';
 export type { BackendInfo, MeasuredPeaks } from './native';

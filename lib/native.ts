@@ -196,6 +196,11 @@ export interface NativeBinding {
   backendInfo(): BackendInfo;
   // CUDA extras (throw a TypeError in builds without the CUDA backend).
   cudaSynchronize(): void;
+  cudaStreamCreate(): number;
+  cudaStreamRelease(id: number): void;
+  cudaStreamSynchronize(id: number): void;
+  cudaSetStream(id: number): void;
+  cudaCurrentStream(): number;
   cudaTimerStart(): void;
   cudaTimerStop(): number;
   cudaMemoryStats(): { allocatedBytes: number; cachedBytes: number };

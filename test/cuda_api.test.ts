@@ -1,5 +1,5 @@
 /** The CUDA API surface on a machine without a usable GPU (CI): typed errors, no crash. */
-import { LoraLinear, Tensor, backendInfo, cuda } from '../lib';
+import { CudaStream, LoraLinear, Tensor, backendInfo, cuda } from '../lib';
 
 const usable = backendInfo().usable.includes('cuda');
 
@@ -43,6 +43,32 @@ describe('cuda API without a usable GPU', () => {
     const layer = new LoraLinear({ weight: Tensor.zeros([3, 4]) }).addAdapter('a', { r: 2 });
     expect(layer.device).toBe('cpu');
     expect(layer.loraA.get('a')!.device).toBe('cpu');
+  });
+
+  test('streams: createStream needs a usable GPU; a cpu layer refuses a stream by name; bad values are typed errors', () => {
+    if (!usable) {
+      let err: Error | undefined;
+      try {
+        cuda.createStream();
+      } catch (e) {
+        err = e as Error;
+      }
+      expect(['LoraTypeError', 'StateError']).toContain(err?.name);
+      expect(err!.message).toMatch(/cuda/);
+    }
+    const layer = new LoraLinear({ weight: Tensor.zeros([3, 4]) }).addAdapter('a', { r: 2 });
+    expect(layer.stream).toBeNull();
+    expect(() => {
+      layer.stream = {} as never;
+    }).toThrow(expect.objectContaining({ name: 'LoraTypeError', message: expect.stringMatching(/^stream: expected a CudaStream/) }));
+    const disposed = new CudaStream(0);
+    expect(disposed.disposed).toBe(true);
+    expect(() => {
+      layer.stream = disposed;
+    }).toThrow(expect.objectContaining({ name: 'StateError', message: 'stream: the cuda stream was disposed' }));
+    expect(() => cuda.withStream({} as never, () => 1)).toThrow(expect.objectContaining({ name: 'LoraTypeError' }));
+    layer.stream = null;
+    expect(layer.forward(Tensor.zeros([1, 4])).shape).toEqual([1, 3]);
   });
 
   test('Tensor.empty on the cpu is zero-filled', () => {

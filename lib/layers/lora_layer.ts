@@ -5,6 +5,7 @@
  */
 import { FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError } from '../errors';
+import { CudaStream, checkStream } from '../cuda';
 import { KernelSteps, runAsync, runSync, step } from '../exec';
 import { mat, matmul, qr, svd, transpose } from '../linalg';
 import { Rng, nextGlobalSeed } from '../rng';
@@ -102,6 +103,7 @@ export abstract class LoraLayer {
   protected _mergedAdapters: string[] = [];
   protected _training = true;
   #asyncOp: string | null = null;
+  #stream: CudaStream | null = null;
   /** Parameter objects handed out by parameters(); backward() accumulates into their grads. */
   protected readonly _parameters = new Map<string, [Parameter, Parameter]>();
 
@@ -110,6 +112,26 @@ export abstract class LoraLayer {
   abstract get bias(): Tensor | null;
   abstract get inFeatures(): number;
   abstract get outFeatures(): number;
+
+  /**
+   * The cuda stream this layer's forward, backward, merge and unmerge run on; null (the default):
+   * the caller's current stream. Layers on different streams may run at the same time on the GPU.
+   */
+  get stream(): CudaStream | null {
+    return this.#stream;
+  }
+
+  set stream(s: CudaStream | null) {
+    this.requireIdle('stream');
+    if (s === null) {
+      this.#stream = null;
+      return;
+    }
+    checkStream(s, 'stream');
+    if (this.weight.device !== 'cuda')
+      throw new LoraTypeError(`stream: only cuda layers run on a stream; this layer's weight is on the ${this.weight.device}`);
+    this.#stream = s;
+  }
 
   get r(): ReadonlyMap<string, number> {
     return this._r;
@@ -561,15 +583,16 @@ export abstract class LoraLayer {
   /** Runs an operation body synchronously; refused while an async one is in flight on this layer. */
   protected runLayerSync<T>(op: string, steps: KernelSteps<T>): T {
     this.requireIdle(op);
-    return runSync(steps);
+    return runSync(steps, this.#stream?.id ?? 0);
   }
 
   /** Runs an operation body step by step off the JS thread; one async operation per layer at a time. */
   protected async runLayerAsync<T>(op: string, steps: KernelSteps<T>): Promise<T> {
     this.requireIdle(`${op}Async`);
+    const stream = this.#stream?.id ?? 0;
     this.#asyncOp = `${op}Async`;
     try {
-      return await runAsync(steps);
+      return await runAsync(steps, stream);
     } finally {
       this.#asyncOp = null;
     }

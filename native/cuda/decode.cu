@@ -3,6 +3,8 @@
 // shared memory one 512-wide K chunk at a time, so x is read from L2 once per block, not per warp.
 // The rank-r LoRA term and the bias are added in the epilogue, so y is written exactly once.
 // When there are too few feature groups to fill the GPU, K is split over blocks (SplitK in decode_common.cuh); 16-bit weights go to the tensor-core kernel of decode_tc.cu.
+#include <map>
+#include <mutex>
 #include <cstdlib>
 #include "common.cuh"
 #include "ops.h"
@@ -241,25 +243,33 @@ __global__ void __launch_bounds__(256) shrink_small_kernel(const T* __restrict__
 
 }  // namespace
 
-// The split-K ticket counters: one per feature group, zeroed once and left zeroed by each launch.
-// Grown (rarely) after a synchronize, since launches in flight may still use the old buffer.
+// The split-K ticket counters, one buffer per stream (launches on two streams may overlap): one
+// per feature group, zeroed once and left zeroed by each launch. Grown (rarely) after a
+// synchronize, since launches in flight may still use the old buffer.
 unsigned* decode_split_counters(int64_t groups) {
-  static unsigned* buf = nullptr;
-  static int64_t size = 0;
-  if (groups > size) {
-    if (buf) {
-      LK_CUDA(cudaStreamSynchronize(stream()), "decode counters");
-      LK_CUDA(cudaFree(buf), "decode counters");
-      buf = nullptr;
-      size = 0;
+  struct Counters {
+    unsigned* buf = nullptr;
+    int64_t size = 0;
+  };
+  static std::mutex mu;
+  static auto* per_stream = new std::map<cudaStream_t, Counters>();  // leaked: no teardown after the driver
+  cudaStream_t st = stream();
+  std::lock_guard<std::mutex> lock(mu);
+  Counters& c = (*per_stream)[st];
+  if (groups > c.size) {
+    if (c.buf) {
+      LK_CUDA(cudaStreamSynchronize(st), "decode counters");
+      LK_CUDA(cudaFree(c.buf), "decode counters");
+      c.buf = nullptr;
+      c.size = 0;
     }
     unsigned* p = nullptr;
     LK_CUDA(cudaMalloc(&p, groups * sizeof(unsigned)), "decode counters");
-    LK_CUDA(cudaMemsetAsync(p, 0, groups * sizeof(unsigned), stream()), "decode counters");
-    buf = p;
-    size = groups;
+    LK_CUDA(cudaMemsetAsync(p, 0, groups * sizeof(unsigned), st), "decode counters");
+    c.buf = p;
+    c.size = groups;
   }
-  return buf;
+  return c.buf;
 }
 
 void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u) {

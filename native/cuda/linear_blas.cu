@@ -81,7 +81,7 @@ struct Plan {
 struct Blas {
   std::mutex mu;
   cublasLtHandle_t handle = nullptr;
-  void* workspace = nullptr;
+  std::map<cudaStream_t, void*> workspaces;  // one per stream: GEMMs on two streams may overlap
   std::map<PlanKey, Plan> plans;
 };
 
@@ -93,8 +93,8 @@ Blas& blas() {
 // Times the heuristic's candidates once per shape (into a scratch output, so C is untouched)
 // and keeps the fastest: the first-ranked algorithm is often not the fastest for skinny shapes.
 // The choice is then fixed for the process, so repeated calls stay bitwise reproducible.
-cublasLtMatmulAlgo_t fastest(Blas& b, Plan& p, const Gemm& g, const cublasLtMatmulHeuristicResult_t* res, int found) {
-  cudaStream_t st = stream();
+cublasLtMatmulAlgo_t fastest(Blas& b, Plan& p, const Gemm& g, const cublasLtMatmulHeuristicResult_t* res, int found,
+                             cudaStream_t st, void* workspace) {
   size_t bytes = size_t(g.ldc) * size_t(g.m) * dtype_size(g.c);
   void* d = nullptr;
   if (cudaMalloc(&d, bytes) != cudaSuccess) {
@@ -111,7 +111,7 @@ cublasLtMatmulAlgo_t fastest(Blas& b, Plan& p, const Gemm& g, const cublasLtMatm
   for (int i = 0; i < found; i++) {
     auto launch = [&]() {
       return cublasLtMatmul(b.handle, p.desc, &g.alpha, g.B, p.la, g.A, p.lb, &g.beta, d, p.lc, d, p.lc, &res[i].algo,
-                            b.workspace, kWorkspace, st);
+                            workspace, kWorkspace, st);
     };
     if (launch() != CUBLAS_STATUS_SUCCESS) continue;
     cudaEventRecord(e0, st);
@@ -134,7 +134,7 @@ cublasLtMatmulAlgo_t fastest(Blas& b, Plan& p, const Gemm& g, const cublasLtMatm
 }
 
 // Column-major view: Cᵀ[n, m] = opB'·opA' where our B plays cuBLAS's A.
-Plan& plan_for(Blas& b, const Gemm& g) {
+Plan& plan_for(Blas& b, const Gemm& g, cudaStream_t on, void* workspace) {
   int beta_nz = g.beta != 0.f;
   PlanKey key{g.m, g.n, g.k, g.lda, g.ldb, g.ldc, g.ta, g.tb, int(g.ab), int(g.c), beta_nz, g.bias != nullptr,
               alignment_of(g.A), alignment_of(g.B), std::min(alignment_of(g.C), g.bias ? alignment_of(g.bias) : 256)};
@@ -181,7 +181,7 @@ Plan& plan_for(Blas& b, const Gemm& g) {
                 std::to_string(g.k) + " " + dtype_name(g.ab) + " GEMM (status " + std::to_string(int(st)) + ")");
   }
   p.algo = res[0].algo;
-  if (found > 1) p.algo = fastest(b, p, g, res, found);
+  if (found > 1) p.algo = fastest(b, p, g, res, found, on, workspace);
   return b.plans.emplace(key, p).first->second;
 }
 
@@ -190,18 +190,17 @@ void run(const Gemm& g) {
   cudaStream_t st = stream();
   Blas& b = blas();
   std::lock_guard<std::mutex> lock(b.mu);
-  if (!b.handle) {
-    LK_BLAS(cublasLtCreate(&b.handle), "cublasLtCreate");
-    LK_CUDA(cudaMalloc(&b.workspace, kWorkspace), "cublasLt workspace");
-  }
+  if (!b.handle) LK_BLAS(cublasLtCreate(&b.handle), "cublasLtCreate");
+  void*& workspace = b.workspaces[st];
+  if (!workspace) LK_CUDA(cudaMalloc(&workspace, kWorkspace), "cublasLt workspace");
   if (g.k == 0) {  // C = beta·C (+ bias): not worth a special kernel here; cuBLASLt rejects k = 0
     throw_range("cuda gemm: empty reduction dimension");
   }
-  Plan& p = plan_for(b, g);
+  Plan& p = plan_for(b, g, st, workspace);
   if (g.bias)
     LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias)), "bias");
   LK_BLAS(cublasLtMatmul(b.handle, p.desc, &g.alpha, g.B, p.la, g.A, p.lb, &g.beta, g.C, p.lc, g.C, p.lc, &p.algo,
-                         b.workspace, kWorkspace, st),
+                         workspace, kWorkspace, st),
           "matmul");
 }
 

@@ -1,6 +1,7 @@
-// Device discovery, the backend's stream, the caching allocator and copies.
+// Device discovery, streams and their ordering, the caching allocator and copies.
+#include <algorithm>
+#include <map>
 #include <mutex>
-#include <unordered_map>
 #include <vector>
 #include "../core/tensor.h"
 #include "common.cuh"
@@ -47,13 +48,26 @@ int sm_count() {
 
 namespace {
 
+// A live allocation: the stream it belongs to (its pool) and the streams that used it since.
+struct Block {
+  size_t size;
+  cudaStream_t home;
+  cudaStream_t writer;  // the last stream that wrote it
+  std::vector<cudaStream_t> readers;  // streams that read it after that write
+};
+
 // Process-wide state, deliberately leaked: destroying streams in static destructors can run
 // after the driver has shut down.
 struct State {
   std::mutex mu;
-  cudaStream_t stream = nullptr;
-  std::unordered_map<size_t, std::vector<void*>> free_blocks;
+  cudaStream_t default_stream = nullptr;
+  std::vector<cudaStream_t> streams;  // id - 1 → stream, never destroyed (ids may be queued)
+  std::vector<bool> released;
+  std::vector<uint64_t> free_ids;
+  std::map<std::pair<cudaStream_t, size_t>, std::vector<void*>> free_blocks;
+  std::map<uintptr_t, Block> live;
   size_t cached = 0, allocated = 0;
+  cudaEvent_t order_event = nullptr;
   cudaEvent_t t0 = nullptr, t1 = nullptr;
 };
 
@@ -61,6 +75,8 @@ State& state() {
   static State* s = new State();
   return *s;
 }
+
+thread_local uint64_t t_current = 0;
 
 // Small blocks round to 512 B, large ones to 2 MiB, so sizes that differ a little share bins.
 size_t round_size(size_t n) {
@@ -70,10 +86,41 @@ size_t round_size(size_t n) {
 }
 
 void release_cache_locked(State& s) {
+  cudaDeviceSynchronize();  // blocks in every stream's pool may still be in use by queued work
+  cudaGetLastError();
   for (auto& kv : s.free_blocks)
     for (void* p : kv.second) cudaFree(p);
   s.free_blocks.clear();
   s.cached = 0;
+}
+
+cudaStream_t default_stream_locked(State& s) {
+  if (!s.default_stream) {
+    if (device_count() == 0) throw_state("cuda: no CUDA device is available on this machine");
+    LK_CUDA(cudaStreamCreateWithFlags(&s.default_stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  }
+  return s.default_stream;
+}
+
+cudaStream_t stream_locked(State& s, uint64_t id) {
+  if (id == 0) return default_stream_locked(s);
+  if (id > s.streams.size() || s.released[id - 1]) throw_state("stream: the cuda stream was disposed");
+  return s.streams[id - 1];
+}
+
+// Makes `waiter` wait for the work queued on `other` so far (an event, no host sync).
+void wait_for(State& s, cudaStream_t waiter, cudaStream_t other) {
+  if (!other || other == waiter) return;
+  if (!s.order_event) LK_CUDA(cudaEventCreateWithFlags(&s.order_event, cudaEventDisableTiming), "cudaEventCreate");
+  LK_CUDA(cudaEventRecord(s.order_event, other), "cudaEventRecord");
+  LK_CUDA(cudaStreamWaitEvent(waiter, s.order_event, 0), "cudaStreamWaitEvent");
+}
+
+Block* find_block(State& s, const void* p) {
+  auto it = s.live.upper_bound(reinterpret_cast<uintptr_t>(p));
+  if (it == s.live.begin()) return nullptr;
+  --it;
+  return reinterpret_cast<uintptr_t>(p) < it->first + it->second.size ? &it->second : nullptr;
 }
 
 }  // namespace
@@ -81,21 +128,87 @@ void release_cache_locked(State& s) {
 cudaStream_t stream() {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
-  if (!s.stream) {
-    if (device_count() == 0) throw_state("cuda: no CUDA device is available on this machine");
-    LK_CUDA(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  return stream_locked(s, t_current);
+}
+
+uint64_t create_stream() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  default_stream_locked(s);  // also the device check
+  if (!s.free_ids.empty()) {
+    uint64_t id = s.free_ids.back();
+    s.free_ids.pop_back();
+    s.released[id - 1] = false;
+    return id;
   }
-  return s.stream;
+  cudaStream_t st = nullptr;
+  LK_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "cudaStreamCreate");
+  s.streams.push_back(st);
+  s.released.push_back(false);
+  return s.streams.size();
+}
+
+void release_stream(uint64_t id) {
+  if (id == 0) throw_range("stream: the default stream cannot be released");
+  cudaStream_t st;
+  {
+    State& s = state();
+    std::lock_guard<std::mutex> lock(s.mu);
+    st = stream_locked(s, id);
+    s.released[id - 1] = true;
+    s.free_ids.push_back(id);
+  }
+  LK_CUDA(cudaStreamSynchronize(st), "cudaStreamSynchronize");
+}
+
+void synchronize_stream(uint64_t id) {
+  cudaStream_t st;
+  {
+    State& s = state();
+    std::lock_guard<std::mutex> lock(s.mu);
+    st = stream_locked(s, id);
+  }
+  LK_CUDA(cudaStreamSynchronize(st), "cudaStreamSynchronize");
+}
+
+void set_current_stream(uint64_t id) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (id != 0) stream_locked(s, id);  // validates
+  t_current = id;
+}
+
+uint64_t current_stream() { return t_current; }
+
+StreamScope::StreamScope(uint64_t id) : prev_(t_current) { t_current = id; }
+StreamScope::~StreamScope() { t_current = prev_; }
+
+void order_use(const void* p, bool write) {
+  if (!p) return;
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  Block* b = find_block(s, p);
+  if (!b) return;
+  cudaStream_t cur = stream_locked(s, t_current);
+  wait_for(s, cur, b->writer);
+  if (write) {
+    for (cudaStream_t r : b->readers) wait_for(s, cur, r);
+    b->writer = cur;
+    b->readers.clear();
+  } else if (cur != b->writer && std::find(b->readers.begin(), b->readers.end(), cur) == b->readers.end()) {
+    b->readers.push_back(cur);
+  }
 }
 
 void* alloc(size_t nbytes, bool zero) {
-  cudaStream_t st = stream();
   State& s = state();
   size_t sz = round_size(nbytes);
   void* p = nullptr;
+  cudaStream_t st;
   {
     std::lock_guard<std::mutex> lock(s.mu);
-    auto it = s.free_blocks.find(sz);
+    st = stream_locked(s, t_current);
+    auto it = s.free_blocks.find({st, sz});
     if (it != s.free_blocks.end() && !it->second.empty()) {
       p = it->second.back();
       it->second.pop_back();
@@ -104,7 +217,6 @@ void* alloc(size_t nbytes, bool zero) {
       cudaError_t e = cudaMalloc(&p, sz);
       if (e == cudaErrorMemoryAllocation) {  // give the cache back and retry once
         cudaGetLastError();
-        cudaStreamSynchronize(st);
         release_cache_locked(s);
         e = cudaMalloc(&p, sz);
       }
@@ -119,6 +231,7 @@ void* alloc(size_t nbytes, bool zero) {
       }
     }
     s.allocated += sz;
+    s.live[reinterpret_cast<uintptr_t>(p)] = Block{sz, st, st, {}};
   }
   if (zero) LK_CUDA(cudaMemsetAsync(p, 0, nbytes, st), "cudaMemsetAsync");
   return p;
@@ -129,8 +242,21 @@ void free(void* p, size_t nbytes) {
   State& s = state();
   size_t sz = round_size(nbytes);
   std::lock_guard<std::mutex> lock(s.mu);
-  // All work runs on one stream, so a block freed here is reused only by later work on it.
-  s.free_blocks[sz].push_back(p);
+  cudaStream_t home = s.default_stream;
+  auto it = s.live.find(reinterpret_cast<uintptr_t>(p));
+  if (it != s.live.end()) {
+    Block& b = it->second;
+    home = b.home;
+    // Its own stream reuses it next: that stream first waits for every other stream that used it.
+    // Errors are dropped here (a finalizer cannot throw); the next call on the stream reports them.
+    try {
+      wait_for(s, home, b.writer);
+      for (cudaStream_t r : b.readers) wait_for(s, home, r);
+    } catch (const Error&) {
+    }
+    s.live.erase(it);
+  }
+  s.free_blocks[{home, sz}].push_back(p);
   s.cached += sz;
   s.allocated -= sz;
 }
@@ -146,14 +272,13 @@ size_t allocated_bytes() {
 }
 
 void empty_cache() {
-  cudaStream_t st = stream();
-  LK_CUDA(cudaStreamSynchronize(st), "cudaStreamSynchronize");
   std::lock_guard<std::mutex> lock(state().mu);
   release_cache_locked(state());
 }
 
 void copy_to_device(void* dst, const void* src, size_t nbytes) {
   if (!nbytes) return;
+  order_use(dst, true);
   cudaStream_t st = stream();
   LK_CUDA(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, st), "copy to device");
   LK_CUDA(cudaStreamSynchronize(st), "copy to device");  // the host buffer is a temporary
@@ -161,6 +286,7 @@ void copy_to_device(void* dst, const void* src, size_t nbytes) {
 
 void copy_to_host(void* dst, const void* src, size_t nbytes) {
   if (!nbytes) return;
+  order_use(src, false);
   cudaStream_t st = stream();
   LK_CUDA(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, st), "copy to host");
   LK_CUDA(cudaStreamSynchronize(st), "copy to host");
@@ -168,10 +294,15 @@ void copy_to_host(void* dst, const void* src, size_t nbytes) {
 
 void copy_device(void* dst, const void* src, size_t nbytes) {
   if (!nbytes || dst == src) return;
+  order_use(src, false);
+  order_use(dst, true);
   LK_CUDA(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, stream()), "device copy");
 }
 
-void synchronize() { LK_CUDA(cudaStreamSynchronize(stream()), "cudaStreamSynchronize"); }
+void synchronize() {
+  stream();  // the device check
+  LK_CUDA(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
 
 void timer_start() {
   cudaStream_t st = stream();

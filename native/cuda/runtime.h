@@ -13,23 +13,49 @@ int device_count();
 // "NVIDIA H200 (sm_90, 139 GiB)"; empty when no device.
 std::string device_description();
 
+// Streams. Id 0 is the backend's default stream; create_stream() hands out others (kept for the
+// process and reused after release, so ids stay valid for work already queued). Each thread runs
+// its calls on its current stream (StreamScope sets it); memory records which streams used it and
+// order_use() makes the current stream wait for the others where needed (events, no host sync).
+uint64_t create_stream();
+void release_stream(uint64_t id);      // waits for the stream's work first
+void synchronize_stream(uint64_t id);  // waits for the stream's work
+void set_current_stream(uint64_t id);  // this thread's; throws State for a released or unknown id
+uint64_t current_stream();
+class StreamScope {
+ public:
+  explicit StreamScope(uint64_t id);
+  ~StreamScope();
+  StreamScope(const StreamScope&) = delete;
+  StreamScope& operator=(const StreamScope&) = delete;
+
+ private:
+  uint64_t prev_;
+};
+// Before work on the current stream reads (write = false) or writes device memory at p: waits
+// for the other streams whose use of that block conflicts, then records this use. Memory the
+// allocator does not own is ignored.
+void order_use(const void* p, bool write);
+
 // Registers the allocator with core's Storage (called once at module load).
 void register_memory();
 
-// Caching allocator: blocks are kept per rounded size and reused in stream order, so steady
-// state does no cudaMalloc. On out-of-memory the cache is emptied and the allocation retried.
+// Caching allocator: blocks are kept per (stream, rounded size) and reused in that stream's order,
+// so steady state does no cudaMalloc. A block used on other streams makes its own stream wait for
+// them when freed. On out-of-memory the cache is emptied and the allocation retried.
 void* alloc(size_t nbytes, bool zero);
 void free(void* p, size_t nbytes);
 size_t cached_bytes();
 size_t allocated_bytes();
 void empty_cache();
 
-// Copies on the backend's stream; the host-side calls return when the host buffer may be reused.
+// Copies on the current stream, ordered after other streams' use of the memory; the host-side
+// calls return when the host buffer may be reused.
 void copy_to_device(void* dst, const void* src, size_t nbytes);
 void copy_to_host(void* dst, const void* src, size_t nbytes);
 void copy_device(void* dst, const void* src, size_t nbytes);
 
-// Waits for all work on the backend's stream; reports asynchronous kernel errors.
+// Waits for all work on every stream; reports asynchronous kernel errors.
 void synchronize();
 
 // Device event timer for benchmarks: start() records, stop() records, syncs and returns ms.

@@ -10,6 +10,9 @@
 #include "async_binding.h"
 #include "kernel_call.h"
 #include "parity_binding.h"
+#ifdef LORAKIT_WITH_CUDA
+#include "../cuda/runtime.h"
+#endif
 
 namespace lorakit {
 namespace napi {
@@ -47,6 +50,7 @@ class KernelWorker : public Napi::AsyncWorker {
  protected:
   void Execute() override {
     try {
+      LK_IF_CUDA(cuda::StreamScope on_stream(call_.stream);)
       call_.run();
     } catch (const Error& e) {
       kind_ = e.kind;
@@ -103,6 +107,7 @@ Napi::Value RunAsync(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     KernelCall c = build(info);
     c.check_access();
+    c.order_streams();
     auto* w = new KernelWorker(info, std::move(c));  // deletes itself after OnOK/OnError
     Napi::Promise p = w->Promise();
     w->Queue();

@@ -11,9 +11,12 @@ namespace napi {
 namespace {
 
 #ifdef LORAKIT_WITH_CUDA
+// These calls run at once on the current stream. Every tensor counts as written for the
+// cross-stream ordering: it may wait more than needed, never less.
 const TensorRef& cuda_float(const Napi::Value& v, const std::string& name) {
   NativeTensor* t = get_tensor(v, name);
   require_float_on(t, Device::CUDA, name);
+  cuda::order_use(t->ref().data, true);
   return t->ref();
 }
 
@@ -22,6 +25,7 @@ const TensorRef* optional_cuda(const Napi::CallbackInfo& info, size_t i, const s
   NativeTensor* t = get_tensor_or_null(info[i], name);
   if (!t) return nullptr;
   require_float_on(t, Device::CUDA, name);
+  cuda::order_use(t->ref().data, true);
   return &t->ref();
 }
 
@@ -57,6 +61,43 @@ Napi::Value Synchronize(const Napi::CallbackInfo& info) {
     cuda::synchronize();
     return info.Env().Undefined();
   });
+}
+
+// Stream ids are small integers: 0 is the default stream.
+uint64_t stream_id(const Napi::CallbackInfo& info, size_t i) {
+  double v = get_number(info, i, "stream");
+  if (!(v >= 0) || v != static_cast<double>(static_cast<uint32_t>(v))) throw_range("stream: expected a stream id, got " + std::to_string(v));
+  return static_cast<uint64_t>(v);
+}
+
+Napi::Value StreamCreate(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value { return Napi::Number::New(info.Env(), static_cast<double>(cuda::create_stream())); });
+}
+
+Napi::Value StreamRelease(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    cuda::release_stream(stream_id(info, 0));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value StreamSynchronize(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    cuda::synchronize_stream(stream_id(info, 0));
+    return info.Env().Undefined();
+  });
+}
+
+// setStream(id): the JS thread's current stream (async calls take it when they are queued).
+Napi::Value SetStream(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    cuda::set_current_stream(stream_id(info, 0));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value CurrentStream(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(cuda::current_stream()));
 }
 
 Napi::Value TimerStart(const Napi::CallbackInfo& info) {
@@ -142,7 +183,10 @@ Napi::Value SgdStep(const Napi::CallbackInfo& info) {
     const TensorRef& g = cuda_float(info[1], "grad");
     require_same(p, g, "param", "grad");
     NativeTensor* bt = get_tensor_or_null(info[2], "momentumBuffer");
-    if (bt) require_float_on(bt, Device::CUDA, "momentumBuffer");
+    if (bt) {
+      require_float_on(bt, Device::CUDA, "momentumBuffer");
+      cuda::order_use(bt->ref().data, true);
+    }
     if (info.Length() < 4 || !info[3].IsObject()) throw_type("opts: expected an object");
     Napi::Object o = info[3].As<Napi::Object>();
     cuda::SgdParams h;
@@ -170,6 +214,11 @@ void InitCuda(Napi::Env env, Napi::Object exports) {
 #ifdef LORAKIT_WITH_CUDA
   cuda::register_memory();
   exports.Set("cudaSynchronize", Napi::Function::New<Synchronize>(env, "cudaSynchronize"));
+  exports.Set("cudaStreamCreate", Napi::Function::New<StreamCreate>(env, "cudaStreamCreate"));
+  exports.Set("cudaStreamRelease", Napi::Function::New<StreamRelease>(env, "cudaStreamRelease"));
+  exports.Set("cudaStreamSynchronize", Napi::Function::New<StreamSynchronize>(env, "cudaStreamSynchronize"));
+  exports.Set("cudaSetStream", Napi::Function::New<SetStream>(env, "cudaSetStream"));
+  exports.Set("cudaCurrentStream", Napi::Function::New<CurrentStream>(env, "cudaCurrentStream"));
   exports.Set("cudaTimerStart", Napi::Function::New<TimerStart>(env, "cudaTimerStart"));
   exports.Set("cudaTimerStop", Napi::Function::New<TimerStop>(env, "cudaTimerStop"));
   exports.Set("cudaMemoryStats", Napi::Function::New<MemoryStats>(env, "cudaMemoryStats"));
@@ -181,7 +230,8 @@ void InitCuda(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaSumSquares", Napi::Function::New<SumSquares>(env, "cudaSumSquares"));
   exports.Set("cudaScale", Napi::Function::New<Scale>(env, "cudaScale"));
 #else
-  for (const char* name : {"cudaSynchronize", "cudaTimerStart", "cudaTimerStop", "cudaMemoryStats", "cudaEmptyCache",
+  for (const char* name : {"cudaSynchronize", "cudaStreamCreate", "cudaStreamRelease", "cudaStreamSynchronize",
+                           "cudaSetStream", "cudaCurrentStream", "cudaTimerStart", "cudaTimerStop", "cudaMemoryStats", "cudaEmptyCache",
                            "cudaBaseGemm", "cudaAdamwStep", "cudaSgdStep", "cudaAccumulate", "cudaSumSquares", "cudaScale"})
     exports.Set(name, Napi::Function::New<NotBuilt>(env, name));
 #endif

@@ -22,6 +22,7 @@ struct KernelCall {
   std::vector<Use> uses;
   std::function<void()> run;                     // pure C++: no N-API calls (it may run off-thread)
   std::function<Napi::Value(Napi::Env)> result;  // builds the JS result on the JS thread; null: undefined
+  uint64_t stream = 0;                           // cuda: the stream it runs on (the caller's current one)
 
   const TensorRef& read(NativeTensor* t, const std::string& name, bool inplace_ok = false) {
     uses.push_back({t, name, false, inplace_ok});
@@ -34,6 +35,9 @@ struct KernelCall {
   // StateError when async work holds a tensor in a conflicting way; RangeError when an output is
   // also passed as another operand (the kernels do not support aliasing).
   void check_access() const;
+  // cuda: takes the calling thread's current stream and orders it after other streams' conflicting
+  // use of the tensors (events). Called on the JS thread, in call order, before the work is queued.
+  void order_streams();
   Napi::Value result_value(Napi::Env env) const { return result ? result(env) : env.Undefined(); }
 };
 
@@ -73,6 +77,7 @@ Napi::Value RunSync(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     KernelCall c = build(info);
     c.check_access();
+    c.order_streams();
     c.run();
     return c.result_value(info.Env());
   });

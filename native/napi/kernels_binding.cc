@@ -60,6 +60,18 @@ void KernelCall::check_access() const {
   }
 }
 
+void KernelCall::order_streams() {
+#ifdef LORAKIT_WITH_CUDA
+  for (const Use& u : uses)
+    if (u.tensor->device() == Device::CUDA) {
+      stream = cuda::current_stream();
+      break;
+    }
+  for (const Use& u : uses)
+    if (u.tensor->device() == Device::CUDA) cuda::order_use(u.tensor->ref().data, u.write);
+#endif
+}
+
 // shrink(x, A, out): out [n..., r] = x·Aᵀ
 KernelCall BuildShrink(const Napi::CallbackInfo& info) {
   KernelCall c;
