@@ -5,8 +5,8 @@
 // LORAKIT_CUDA_MERGE=simt to time the CUDA-core kernel instead of the tensor-core one.
 //   node bench/gpu_merge.js [--d-out 4096,14336] [--r 8,16,64]
 'use strict';
-const { performance } = require('perf_hooks');
-const { Tensor, kernels, cuda } = require('../dist');
+const { Tensor, kernels } = require('../dist');
+const { timeCalls: timed } = require('./gpu_timing');
 
 const arg = (name, def) => {
   const i = process.argv.indexOf(name);
@@ -16,24 +16,6 @@ const D_IN = 4096;
 const D_OUTS = arg('--d-out', [4096, 14336]);
 const RANKS = arg('--r', [8, 16, 64]);
 const rnd = (n, s, scale) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898 + s) * scale);
-
-function timed(fn, iters) {
-  for (let i = 0; i < 4; i++) fn(i);
-  cuda.synchronize();
-  const dev = [];
-  const host = [];
-  for (let rep = 0; rep < 5; rep++) {
-    let h = 0;
-    dev.push((cuda.timeMs(() => {
-      const t0 = performance.now();
-      for (let i = 0; i < iters; i++) fn(i);
-      h = performance.now() - t0;
-    }) * 1000) / iters);
-    host.push((h * 1000) / iters);
-  }
-  const med = (a) => a.sort((x, y) => x - y)[2];
-  return { dev: med(dev), host: med(host) };
-}
 
 const a = Tensor.empty([1 << 29], { dtype: 'bf16', device: 'cuda' });
 const b = Tensor.empty([1 << 29], { dtype: 'bf16', device: 'cuda' });

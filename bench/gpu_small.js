@@ -13,20 +13,12 @@ const layers = Ws.map((W) => new LoraLinear({ weight: W }).addAdapter('a', { r: 
 const bare = Ws.map((W) => new LoraLinear({ weight: W }).eval());
 // Device-event median over 200 calls, and the host's own time per call in the same loops (when
 // the two agree, the row is bound by the host: validation, allocation and launches).
-const { performance } = require('perf_hooks');
+const { timeCalls } = require('./gpu_timing');
 const hostUs = [];
 function timed(fn, sets) {
-  for (const s of sets) fn(s);
-  cuda.synchronize();
-  const out = [];
-  const host = [];
-  for (let rep = 0; rep < 5; rep++) {
-    let h = 0;
-    out.push((cuda.timeMs(() => { const t0 = performance.now(); for (let i = 0; i < 200; i++) fn(sets[i % 4]); h = performance.now() - t0; }) * 1000) / 200);
-    host.push((h * 1000) / 200);
-  }
-  hostUs.push(host.sort((a, b) => a - b)[2]);
-  return out.sort((a, b) => a - b)[2];
+  const t = timeCalls((i) => fn(sets[i % 4]), 200);
+  hostUs.push(t.host);
+  return t.dev;
 }
 const rows = [];
 for (const n of [1, 2, 4, 8, 16, 64, 512]) {

@@ -8,6 +8,7 @@
 #include <vector>
 #include "../core/dropout_mask.h"
 #include "common.cuh"
+#include "device_buffer.h"
 #include "ops.h"
 #include "runtime.h"
 
@@ -34,21 +35,13 @@ struct Geo {
   int64_t sh, sw, ph, pw, dh, dw;
 };
 
-__device__ __forceinline__ float load_f(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::F32: return static_cast<const float*>(p)[i];
-    case DType::F16: return __half2float(static_cast<const __half*>(p)[i]);
-    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  }
-}
-
 // cols[(c·kh + i)·kw + j, oh·Wo + ow] = x[n, c, oh·sh − ph + i·dh, ow·sw − pw + j·dw] (0 outside), f32.
 __global__ void im2col_kernel(const void* x, DType xt, int64_t base, Dims d, Geo q, float* cols) {
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < d.K * d.P; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = e / d.P, p = e % d.P;
     const int64_t c = row / (d.kh * d.kw), i = (row / d.kw) % d.kh, j = row % d.kw;
     const int64_t h = (p / d.Wo) * q.sh - q.ph + i * q.dh, w = (p % d.Wo) * q.sw - q.pw + j * q.dw;
-    cols[e] = (h >= 0 && h < d.H && w >= 0 && w < d.W) ? load_f(x, xt, base + (c * d.H + h) * d.W + w) : 0.f;
+    cols[e] = (h >= 0 && h < d.H && w >= 0 && w < d.W) ? load_as_f32(x, xt, base + (c * d.H + h) * d.W + w) : 0.f;
   }
 }
 
@@ -75,7 +68,7 @@ __global__ void col2im_add_kernel(const float* __restrict__ dcols, Dims d, Geo q
 template <class T>
 __global__ void finish_kernel(const float* __restrict__ acc, const void* bias, DType bt, int64_t O, int64_t P, T* __restrict__ y) {
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < O * P; e += int64_t(gridDim.x) * blockDim.x)
-    y[e] = from_f32<T>(acc[e] + (bias ? load_f(bias, bt, e / P) : 0.f));
+    y[e] = from_f32<T>(acc[e] + (bias ? load_as_f32(bias, bt, e / P) : 0.f));
 }
 
 // dst[i] += (mask(i) ? src[i] / (1 − p) : 0), the dropout mask of element offset + i.
@@ -90,27 +83,6 @@ template <class T>
 __global__ void store_kernel(const float* __restrict__ src, T* __restrict__ dst, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     dst[i] = from_f32<T>(src[i]);
-}
-
-struct Buf {
-  void* p = nullptr;
-  size_t n = 0;
-  explicit Buf(size_t bytes = 0) : p(bytes ? alloc(bytes, false) : nullptr), n(bytes) {}
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-  Buf(Buf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; }
-  ~Buf() {
-    if (p) cuda::free(p, n);
-  }
-  float* f() const { return static_cast<float*>(p); }
-};
-
-// An f32 view of t: t itself, or a converted copy held by `hold`.
-const float* as_f32(const TensorRef& t, std::vector<Buf>& hold) {
-  if (t.dtype == DType::F32) return t.as<float>();
-  hold.emplace_back(t.numel() * sizeof(float));
-  convert(t.data, t.dtype, hold.back().p, DType::F32, t.numel());
-  return hold.back().f();
 }
 
 unsigned grid(int64_t n) { return blocks_for(n, 256); }

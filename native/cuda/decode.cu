@@ -167,31 +167,16 @@ void launch(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const
   const int64_t per_block = kWarps * kRowsPerWarp;
   const int64_t groups = (outf + per_block - 1) / per_block;
   // Enough blocks to fill every SM once (as many as are resident at a time), in K ranges of whole chunks.
-  static const int per_sm = [] {
-    int v = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_kernel<T, NR>, kWarps * 32, 0) != cudaSuccess) {
-      cudaGetLastError();
-      v = 1;
-    }
-    return v < 1 ? 1 : v;
-  }();
+  static const int per_sm = resident_blocks_per_sm(decode_kernel<T, NR>, kWarps * 32);
   const int64_t chunks = (in + kKC - 1) / kKC;
   int64_t splits = (int64_t(per_sm) * sm_count() + groups - 1) / groups;
   if (splits > chunks) splits = chunks;
   if (splits < 1 || in % 8 != 0) splits = 1;
   const int64_t k_per = (chunks + splits - 1) / splits * kKC;
   splits = (in + k_per - 1) / k_per;
-  SplitK sk{nullptr, nullptr, k_per};
-  void* part = nullptr;
-  const size_t part_bytes = size_t(splits) * size_t(n) * size_t(outf) * sizeof(float);
-  if (splits > 1) {
-    sk.counters = decode_split_counters(groups);
-    part = alloc(part_bytes, false);
-    sk.part = static_cast<float*>(part);
-  }
+  SplitKBuffers split(splits, groups, n, outf, k_per);
   decode_kernel<T, NR><<<dim3(unsigned(groups), unsigned(splits)), kWarps * 32, 0, stream()>>>(
-      x.as<T>(), W.as<T>(), bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, y.as<T>(), n, in, outf, terms, sk);
-  if (part) cuda::free(part, part_bytes);  // stream-ordered: the next user runs after this kernel
+      x.as<T>(), W.as<T>(), bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, y.as<T>(), n, in, outf, terms, split.sk);
 }
 
 // u[i, q] = Σ_k x[i, k]·A[q, k] for n ≤ 16 rows: one block per adapter row q, which reads A's row

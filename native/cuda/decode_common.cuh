@@ -3,6 +3,7 @@
 #pragma once
 #include "common.cuh"
 #include "ops.h"
+#include "runtime.h"
 #include "vec.cuh"
 
 namespace lorakit {
@@ -20,14 +21,6 @@ struct DecodeTerms {
   DecodeTerm t[kDecodeMaxTerms];
   int count;
 };
-
-__device__ __forceinline__ float load_any(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::F32: return static_cast<const float*>(p)[i];
-    case DType::F16: return __half2float(static_cast<const __half*>(p)[i]);
-    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  }
-}
 
 // Σ_q u[row, q]·B[j, q] with 16-byte loads: 8 values of B's row and 2 × 4 of u's per step.
 template <class H2>
@@ -59,10 +52,10 @@ __device__ __forceinline__ float decode_epilogue(float v, int64_t row, int64_t j
     if (tm.vec && tm.bdt == DType::BF16) s = lora_dot_vec<__nv_bfloat162>(tm, row, j);
     else if (tm.vec) s = lora_dot_vec<__half2>(tm, row, j);
     else
-      for (int q = 0; q < tm.r; q++) s = fmaf(load_any(tm.u, tm.udt, row * tm.r + q), load_any(tm.B, tm.bdt, j * tm.r + q), s);
+      for (int q = 0; q < tm.r; q++) s = fmaf(load_as_f32(tm.u, tm.udt, row * tm.r + q), load_as_f32(tm.B, tm.bdt, j * tm.r + q), s);
     v = fmaf(tm.scale, s, v);
   }
-  if (bias) v += load_any(bias, bias_dt, j);
+  if (bias) v += load_as_f32(bias, bias_dt, j);
   return v;
 }
 
@@ -76,6 +69,37 @@ struct SplitK {
   int64_t k_per;       // K range per split
 };
 unsigned* decode_split_counters(int64_t groups);
+
+// A split-K launch's partial-sum buffer and ticket counters (none when splits == 1). The buffer
+// goes back to the allocator at scope exit, stream-ordered after the kernel that used it.
+struct SplitKBuffers {
+  SplitK sk;
+  void* part = nullptr;
+  size_t bytes = 0;
+  SplitKBuffers(int64_t splits, int64_t groups, int n, int64_t outf, int64_t k_per) : sk{nullptr, nullptr, k_per} {
+    if (splits <= 1) return;
+    bytes = size_t(splits) * size_t(n) * size_t(outf) * sizeof(float);
+    sk.counters = decode_split_counters(groups);
+    part = alloc(bytes, false);
+    sk.part = static_cast<float*>(part);
+  }
+  SplitKBuffers(const SplitKBuffers&) = delete;
+  SplitKBuffers& operator=(const SplitKBuffers&) = delete;
+  ~SplitKBuffers() {
+    if (part) cuda::free(part, bytes);
+  }
+};
+
+// Blocks of `threads` threads of kernel k resident on one SM at a time (at least 1).
+template <class Kernel>
+int resident_blocks_per_sm(Kernel k, int threads) {
+  int v = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, k, threads, 0) != cudaSuccess) {
+    cudaGetLastError();
+    v = 1;
+  }
+  return v < 1 ? 1 : v;
+}
 
 // The tensor-core decode (16-bit W, in % 8 == 0, aligned rows); false when it does not apply.
 bool decode_tc_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const DecodeTerms& terms,

@@ -129,14 +129,7 @@ void launch_tc(const TensorRef& x, const TensorRef& W, const TensorRef* bias, co
   const int64_t in = W.dim(1), outf = W.dim(0);
   const int n = static_cast<int>(x.numel() / in);
   const int64_t groups = (outf + kFeatures - 1) / kFeatures;
-  static const int per_sm = [] {
-    int v = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_tc_kernel<T>, kWarps * 32, 0) != cudaSuccess) {
-      cudaGetLastError();
-      v = 1;
-    }
-    return v < 1 ? 1 : v;
-  }();
+  static const int per_sm = resident_blocks_per_sm(decode_tc_kernel<T>, kWarps * 32);
   const int64_t resident = int64_t(per_sm) * sm_count();
   // K splits: the fewest whose waves of resident blocks come within 5% of the best, in units of
   // one pass of the 8 warps' unrolled chunks.
@@ -153,17 +146,9 @@ void launch_tc(const TensorRef& x, const TensorRef& W, const TensorRef* bias, co
   }
   const int64_t k_per = (steps + splits - 1) / splits * kStep;
   splits = (in + k_per - 1) / k_per;
-  SplitK sk{nullptr, nullptr, k_per};
-  void* part = nullptr;
-  const size_t part_bytes = size_t(splits) * size_t(n) * size_t(outf) * sizeof(float);
-  if (splits > 1) {
-    sk.counters = decode_split_counters(groups);
-    part = alloc(part_bytes, false);
-    sk.part = static_cast<float*>(part);
-  }
+  SplitKBuffers split(splits, groups, n, outf, k_per);
   decode_tc_kernel<T><<<dim3(unsigned(groups), unsigned(splits)), kWarps * 32, 0, stream()>>>(
-      x.as<T>(), W.as<T>(), bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, y.as<T>(), n, in, outf, terms, sk);
-  if (part) cuda::free(part, part_bytes);  // stream-ordered: the next user runs after this kernel
+      x.as<T>(), W.as<T>(), bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, y.as<T>(), n, in, outf, terms, split.sk);
 }
 
 }  // namespace

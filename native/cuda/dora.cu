@@ -6,40 +6,13 @@
 #include <vector>
 #include "../core/dropout_mask.h"
 #include "common.cuh"
+#include "device_buffer.h"
 #include "ops.h"
 #include "runtime.h"
 
 namespace lorakit {
 namespace cuda {
 namespace {
-
-__device__ __forceinline__ float load_f(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::F32: return static_cast<const float*>(p)[i];
-    case DType::F16: return __half2float(static_cast<const __half*>(p)[i]);
-    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  }
-}
-
-struct Buf {
-  void* p = nullptr;
-  size_t n = 0;
-  explicit Buf(size_t bytes = 0) : p(bytes ? alloc(bytes, false) : nullptr), n(bytes) {}
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-  Buf(Buf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; }
-  ~Buf() {
-    if (p) cuda::free(p, n);
-  }
-  float* f() const { return static_cast<float*>(p); }
-};
-
-const float* as_f32(const TensorRef& t, std::vector<Buf>& hold) {
-  if (t.dtype == DType::F32) return t.as<float>();
-  hold.emplace_back(t.numel() * sizeof(float));
-  convert(t.data, t.dtype, hold.back().p, DType::F32, t.numel());
-  return hold.back().f();
-}
 
 unsigned grid(int64_t n) { return blocks_for(n, 256); }
 
@@ -80,9 +53,9 @@ __global__ void dora_out_kernel(const float* __restrict__ pre, const float* __re
                                 const float* __restrict__ norm, const void* bias, DType bt, int64_t n, int64_t outf, T* __restrict__ y) {
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n * outf; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t o = e % outf;
-    float v = load_f(mag, mt, o) / norm[o] * pre[e];
+    float v = load_as_f32(mag, mt, o) / norm[o] * pre[e];
     if (diff) v += diff[e];
-    if (bias) v += load_f(bias, bt, o);
+    if (bias) v += load_as_f32(bias, bt, o);
     y[e] = from_f32<T>(v);
   }
 }
@@ -92,8 +65,8 @@ __global__ void scale_dy_kernel(const void* dy, DType dt, const void* mag, DType
                                 int64_t n, int64_t outf, bool minus_dy, float* __restrict__ dyk) {
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n * outf; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t o = e % outf;
-    const float d = load_f(dy, dt, e);
-    dyk[e] = load_f(mag, mt, o) / norm[o] * d - (minus_dy ? d : 0.f);
+    const float d = load_as_f32(dy, dt, e);
+    dyk[e] = load_as_f32(mag, mt, o) / norm[o] * d - (minus_dy ? d : 0.f);
   }
 }
 
@@ -103,7 +76,7 @@ __global__ void dmag_kernel(const void* dy, DType dt, const float* __restrict__ 
                             int64_t outf, D* __restrict__ dm) {
   for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < outf; o += int64_t(gridDim.x) * blockDim.x) {
     double s = 0;
-    for (int64_t i = 0; i < n; i++) s += double(load_f(dy, dt, i * outf + o)) * pre[i * outf + o];
+    for (int64_t i = 0; i < n; i++) s += double(load_as_f32(dy, dt, i * outf + o)) * pre[i * outf + o];
     dm[o] = from_f32<D>(static_cast<float>(s / norm[o]));
   }
 }
@@ -144,7 +117,7 @@ __global__ void dora_merge_kernel(const T* W, T* out, const float* __restrict__ 
     for (int k = 0; k < r; k++) d += fifo ? A[int64_t(k) * rows + i] * B[c * r + k] : B[i * r + k] * A[int64_t(k) * cols + c];
     d *= scale;
     const int64_t o = fifo ? c : i;
-    const float kk = load_f(mag, mt, o) / norm[o];
+    const float kk = load_as_f32(mag, mt, o) / norm[o];
     const float w = to_f32<T>(W[e]);
     out[e] = from_f32<T>(inverse ? w / kk - d : kk * (w + d));
   }

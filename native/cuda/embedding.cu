@@ -21,14 +21,6 @@ struct EmbTerm {
   float scale;
 };
 
-__device__ __forceinline__ float load_f(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::F32: return static_cast<const float*>(p)[i];
-    case DType::F16: return __half2float(static_cast<const __half*>(p)[i]);
-    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  }
-}
-
 // One thread per output element: W's row plus every adapter that applies to this position, in
 // f32, rounded once.
 template <class T>
@@ -44,7 +36,7 @@ __global__ void embedding_forward_kernel(const int64_t* __restrict__ idx, const 
         if (ra != -2 && ra != t) continue;
         const EmbTerm tm = terms[t];
         float s = 0.f;
-        for (int k = 0; k < tm.r; k++) s = fmaf(load_f(tm.A, tm.adt, int64_t(k) * num + row), load_f(tm.B, tm.bdt, d * tm.r + k), s);
+        for (int k = 0; k < tm.r; k++) s = fmaf(load_as_f32(tm.A, tm.adt, int64_t(k) * num + row), load_as_f32(tm.B, tm.bdt, d * tm.r + k), s);
         acc = fmaf(tm.scale, s, acc);
       }
       y[p * dim + d] = from_f32<T>(acc);
@@ -58,7 +50,7 @@ __global__ void gather_columns_kernel(const int64_t* __restrict__ idx, const voi
                                       int64_t n, U* __restrict__ out) {
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n * r; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t p = e / r, k = e % r;
-    out[e] = from_f32<U>(load_f(A, adt, k * num + idx[p]));
+    out[e] = from_f32<U>(load_as_f32(A, adt, k * num + idx[p]));
   }
 }
 
