@@ -46,58 +46,62 @@ test('two layers on two streams, run at once with forwardAsync/backwardAsync, eq
   s.forEach((t) => t.dispose());
 });
 
+// Each hazard below queues ~10 ms of GPU work on a stream (50 GEMMs of 4096³, ~40 µs of host time
+// each) and then touches the shared tensor from the default stream with a fast device-side op, so
+// without the event waits the second stream runs ahead and the check fails (verified by building
+// with order_use() and the free-time waits disabled: bench/results/gpu-streams-negative-*.txt).
+const D = 4096, N = 4096, BUSY = 50;
+
 test('read after write: a result made on a busy stream reads back right on the default stream', () => {
-  const l = layer(3, 2048);
-  const xs = x(8192, 31, 2048);
+  const l = layer(3, D);
+  const xs = x(N, 31, D);
+  const busy = x(N, 32, D); // different inputs, so a block reused on the stream holds other values
   const want = l.forward(xs).toFloat32Array();
   const s = cuda.createStream();
   l.stream = s;
   for (let rep = 0; rep < 3; rep++) {
-    for (let i = 0; i < 20; i++) l.forward(xs); // a long queue on s
+    for (let i = 0; i < BUSY; i++) l.forward(busy).dispose();
     const y = l.forward(xs);
     assert.ok(same(y.toFloat32Array(), want), `rep ${rep}`); // the copy runs on the default stream
+    y.dispose();
   }
-  // and the other way: a tensor written on the default stream is read by the layer on s
-  const x2 = Tensor.zeros([8192, 2048], { dtype: 'bf16', device: 'cuda' });
-  x2.copyFrom(xs);
-  assert.ok(same(l.forward(x2).toFloat32Array(), want), 'x written on the default stream');
   s.dispose();
 });
 
 test('write after read: overwriting an input on the default stream waits for the stream still reading it', () => {
-  const l = layer(4, 2048);
-  const data = randomArray(8192 * 2048, 41);
-  const xs = Tensor.from(data, [8192, 2048], { dtype: 'bf16', device: 'cuda' });
+  const l = layer(4, D);
+  const xs = x(N, 41, D);
+  const keep = xs.clone();
+  const zeros = Tensor.zeros([N, D], { dtype: 'bf16', device: 'cuda' });
   const want = l.forward(xs).toFloat32Array();
   const s = cuda.createStream();
   l.stream = s;
   for (let rep = 0; rep < 3; rep++) {
     const ys = [];
-    for (let i = 0; i < 20; i++) ys.push(l.forward(xs));
-    xs.copyFrom(new Float32Array(data.length)); // zeros, on the default stream
-    for (const y of ys) assert.ok(same(y.toFloat32Array(), want), `rep ${rep}: a forward saw the overwritten input`);
-    xs.copyFrom(data);
+    for (let i = 0; i < BUSY; i++) ys.push(l.forward(xs));
+    xs.copyFrom(zeros); // a device copy on the default stream
+    for (const i of [BUSY / 2, BUSY - 1]) assert.ok(same(ys[i].toFloat32Array(), want), `rep ${rep}: forward ${i} saw the overwritten input`);
+    ys.forEach((y) => y.dispose());
+    xs.copyFrom(keep);
   }
   s.dispose();
 });
 
 test('free after use on another stream: the block is not handed out while that stream still writes it', () => {
-  const d = 2048, n = 8192;
-  const W = Tensor.from(randomArray(d * d, 5, 0.05), [d, d], { dtype: 'bf16', device: 'cuda' });
-  const xs = x(n, 51, d);
-  const fill = randomArray(n * d, 52);
+  const W = Tensor.from(randomArray(D * D, 5, 0.05), [D, D], { dtype: 'bf16', device: 'cuda' });
+  const xs = x(N, 51, D);
+  const fill = x(N, 52, D);
+  const expect = fill.toFloat32Array();
   const s = cuda.createStream();
-  for (let rep = 0; rep < 5; rep++) {
-    const out = Tensor.empty([n, d], { dtype: 'bf16', device: 'cuda' }); // from the default stream's pool
+  for (let rep = 0; rep < 3; rep++) {
+    const out = Tensor.empty([N, D], { dtype: 'bf16', device: 'cuda' }); // from the default stream's pool
     cuda.withStream(s, () => {
-      for (let i = 0; i < 20; i++) cuda.baseGemm(xs, W, out);
+      for (let i = 0; i < BUSY; i++) cuda.baseGemm(xs, W, out);
     });
     out.dispose();
-    const t = Tensor.empty([n, d], { dtype: 'bf16', device: 'cuda' }); // likely the same block
-    t.copyFrom(fill);
-    const back = t.toFloat32Array();
-    const expect = Tensor.from(fill, [n, d], { dtype: 'bf16' }).toFloat32Array();
-    assert.ok(same(back, expect), `rep ${rep}: the freed block was overwritten by the other stream`);
+    const t = Tensor.empty([N, D], { dtype: 'bf16', device: 'cuda' }); // the same block, from the same pool
+    t.copyFrom(fill); // a device copy on the default stream
+    assert.ok(same(t.toFloat32Array(), expect), `rep ${rep}: the freed block was overwritten by the other stream`);
     t.dispose();
   }
   s.dispose();
