@@ -87,3 +87,34 @@ for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
     assert.ok(diff <= (dtype === 'f32' ? 1e-4 : 5e-2), `row ${row} (a2): max difference ${diff}`);
   });
 }
+
+// The segmented kernels' edges: ranks above one 64-rank pass (80) and r = 1, f16, a K that is
+// not a multiple of the 128-wide chunk, tiles cut short (an adapter with 17 rows), f32 factors
+// on a 16-bit layer, and a long batch (several thousand tiles).
+for (const [dtype, factorDtype, n] of [['f16', 'f16', 61], ['bf16', 'f32', 37], ['f32', 'f32', 6000]]) {
+  test(`mixed batch ${dtype} (factors ${factorDtype}), r = 80 and r = 1, ${n} rows: cuda matches the cpu`, () => {
+    const inF = 200, outF = 136;
+    let seed = 300;
+    const make = (shape, scale) => {
+      const data = randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale);
+      return { cpu: Tensor.from(data, shape, { dtype }), cuda: Tensor.from(data, shape, { dtype, device: 'cuda' }) };
+    };
+    const W = make([outF, inF], 0.1);
+    const x = make([n, inF], 1);
+    const build = (dev) => {
+      const l = new LoraLinear({ weight: W[dev] });
+      l.addAdapter('big', { r: 80, loraAlpha: 40, dtype: factorDtype, initLoraWeights: false, seed: 3 });
+      l.addAdapter('one', { r: 1, loraAlpha: 2, dtype: factorDtype, initLoraWeights: false, seed: 4 });
+      return l.eval();
+    };
+    const lc = build('cpu');
+    const lg = build('cuda');
+    const rows = Array.from({ length: n }, (_, i) => (i < 17 ? 'big' : i % 3 === 0 ? 'one' : i % 3 === 1 ? 'big' : '__base__'));
+    const yc = lc.forward(x.cpu, { adapterNames: rows }).toFloat32Array();
+    const yg = lg.forward(x.cuda, { adapterNames: rows }).toFloat32Array();
+    const e = relErr(yg, yc);
+    assert.ok(e <= (dtype === 'f32' ? 1e-5 : 1e-2), `relative error ${e}`);
+    const again = lg.forward(x.cuda, { adapterNames: rows }).toFloat32Array();
+    assert.ok(again.every((v, i) => Object.is(v, yg[i])), 'repeatable');
+  });
+}
