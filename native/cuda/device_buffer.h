@@ -23,12 +23,16 @@ struct Buf {
   float* f() const { return static_cast<float*>(p); }
 };
 
-// t itself when it is f32, else a converted copy kept alive by `hold`.
+// t's data when it already has dtype dt, else a converted copy kept alive by `hold`.
+inline const void* in_dtype(const TensorRef& t, DType dt, std::vector<Buf>& hold) {
+  if (t.dtype == dt) return t.data;
+  hold.emplace_back(t.numel() * dtype_size(dt));
+  convert(t.data, t.dtype, hold.back().p, dt, t.numel());
+  return hold.back().p;
+}
+
 inline const float* as_f32(const TensorRef& t, std::vector<Buf>& hold) {
-  if (t.dtype == DType::F32) return t.as<float>();
-  hold.emplace_back(t.numel() * sizeof(float));
-  convert(t.data, t.dtype, hold.back().p, DType::F32, t.numel());
-  return hold.back().f();
+  return static_cast<const float*>(in_dtype(t, DType::F32, hold));
 }
 
 }  // namespace cuda
