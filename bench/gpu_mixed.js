@@ -1,15 +1,15 @@
 #!/usr/bin/env node
 // Mixed-adapter batches on cuda (bf16, d_in 4096, 4 adapters of r = 16, one per row round-robin):
 // device and host µs per forward against the same layer's forward without adapters (the base
-// GEMM), for the segmented kernels (default) or the per-adapter path. Run both to compare:
-//   node bench/gpu_mixed.js; LORAKIT_CUDA_MIXED=per-adapter node bench/gpu_mixed.js
+// GEMM), for the segmented kernels or the per-adapter path (the default picks by rows). Compare:
+//   LORAKIT_CUDA_MIXED=segmented node bench/gpu_mixed.js; LORAKIT_CUDA_MIXED=per-adapter node bench/gpu_mixed.js
 'use strict';
 const { Tensor, LoraLinear } = require('../dist');
 const { timeCalls } = require('./gpu_timing');
 
 const D_IN = 4096, R = 16, ADAPTERS = 4;
 const rnd = (n, s) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898 + s) * 0.05);
-const mode = process.env.LORAKIT_CUDA_MIXED || 'segmented';
+const mode = process.env.LORAKIT_CUDA_MIXED || 'auto (segmented up to 2048 rows)';
 console.log(`mode ${mode}`);
 for (const dOut of [4096, 14336]) {
   const W = Tensor.from(rnd(dOut * D_IN, 1), [dOut, D_IN], { dtype: 'bf16', device: 'cuda' });

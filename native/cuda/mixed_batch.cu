@@ -2,13 +2,13 @@
 // once (one pass over W, bias included), then the LoRA terms. Rows are grouped per adapter on the
 // host (a stable counting sort). Two ways to add the terms, both deterministic (each row belongs to
 // one adapter, so every output has one writer and no atomics are needed):
-// - segmented (the default): two launches whatever the number of adapters, as punica/S-LoRA serve
+// - segmented (up to 2048 rows with adapters): two launches whatever the number of adapters, as punica/S-LoRA serve
 //   many adapters. Rows are cut into tiles of up to 16 rows of one adapter; the shrink kernel
 //   computes u = x·Aᵀ per tile (A read once per tile, K split over blocks when there are few
 //   tiles; the partial sums are added in split order), the expand kernel adds s·u·Bᵀ into those
 //   rows of y, rounding once. u stays in f32.
-// - per adapter (LORAKIT_CUDA_MIXED=per-adapter, for comparison): gather the adapter's rows, shrink
-//   and expand with cuBLASLt, scatter-add back: four launches per adapter.
+// - per adapter (larger batches): gather the adapter's rows, shrink and expand with cuBLASLt on
+//   tensor cores, scatter-add back: four launches per adapter.
 // As in peft, the LoRA term is added to the base output already stored in y's dtype.
 #include <algorithm>
 #include <cstdlib>
@@ -205,12 +205,20 @@ unsigned col_blocks(int64_t work, int threads) {
 // Bytes rounded up to 16 so the parts of one upload stay aligned.
 size_t align16(size_t b) { return (b + 15) / 16 * 16; }
 
-bool per_adapter_mode() {
-  static const bool v = [] {
+// Measured on the H200 (bench/results/gpu-mixed-2026-11-28.txt, 4 adapters, r 16): the segmented
+// kernels take 46/60 µs at 16/512 rows where the per-adapter path takes 125/128 µs, but they run on
+// CUDA cores, and at 4096 rows the per-adapter path's tensor-core GEMMs win (308 against 397 µs).
+constexpr int64_t kSegmentedMaxRows = 2048;
+
+// LORAKIT_CUDA_MIXED=segmented|per-adapter forces a path (benchmarks, tests); otherwise by rows.
+bool use_segmented(int64_t rows) {
+  static const int forced = [] {
     const char* e = std::getenv("LORAKIT_CUDA_MIXED");
-    return e && std::string(e) == "per-adapter";
+    if (!e) return 0;
+    const std::string v(e);
+    return v == "segmented" ? 1 : v == "per-adapter" ? 2 : 0;
   }();
-  return v;
+  return forced ? forced == 1 : rows <= kSegmentedMaxRows;
 }
 
 // Rows of each adapter in order: order[start[a], start[a + 1]) are adapter a's rows.
@@ -364,8 +372,8 @@ void mixed_linear_forward(const TensorRef& x, const TensorRef& W, const TensorRe
   if (n == 0 || outf == 0 || adapters.empty()) return;
   const RowGroups g = group_rows(row_adapter, n, adapters.size());
   if (g.start.back() == 0) return;
-  if (per_adapter_mode()) per_adapter(x, in, outf, adapters, g, y);
-  else segmented(x, in, outf, adapters, g, y);
+  if (use_segmented(g.start.back())) segmented(x, in, outf, adapters, g, y);
+  else per_adapter(x, in, outf, adapters, g, y);
 }
 
 }  // namespace cuda
