@@ -2,8 +2,8 @@
 // once (one pass over W, bias included), then the LoRA terms. Rows are grouped per adapter on the
 // host (a stable counting sort). Two ways to add the terms, both deterministic (each row belongs to
 // one adapter, so every output has one writer and no atomics are needed):
-// - segmented (up to 2048 rows with adapters): two launches whatever the number of adapters, as punica/S-LoRA serve
-//   many adapters. Rows are cut into tiles of up to 16 rows of one adapter; the shrink kernel
+// - segmented (up to 2048 rows with adapters): two launches whatever the number of adapters, as
+//   punica/S-LoRA serve many adapters. Rows are cut into tiles of up to 16 rows of one adapter; the shrink kernel
 //   computes u = x·Aᵀ per tile (A read once per tile, K split over blocks when there are few
 //   tiles; the partial sums are added in split order), the expand kernel adds s·u·Bᵀ into those
 //   rows of y, rounding once. u stays in f32.
