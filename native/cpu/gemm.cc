@@ -3,9 +3,11 @@
 // operands converted while packing (no full-size f32 copy), several K segments accumulated into
 // one output tile, and a single rounding on store. Structure follows BLIS/GotoBLAS: A is packed
 // once per call into MR-row panels shared by all tasks; per task a KC×NC block of B is packed once
-// and swept by the A panels through the path's MR×NR register microkernel (or, for bf16×bf16
-// segments on AMX, a full-K 32-column B panel against 32-row blocks held in tile registers). One row (m = 1, decode) is a GEMV that
-// streams B once instead, since a packed tile would waste MR-1 of its rows.
+// and swept by the A panels through the path's MR×NR register microkernel. bf16×bf16 segments run
+// as 32×32 blocks over all of K (AMX tiles or vdpbf16ps): a full-K 32-column B panel against 32-row
+// A blocks; on AMX, a W stored as rows along K is read in place instead (x is packed, W never is).
+// One row (m = 1, decode) is a GEMV that streams B once instead, since a packed tile would waste
+// MR-1 of its rows.
 #include "gemm.h"
 #include <algorithm>
 #include <cstring>

@@ -36,8 +36,34 @@ LK_AMX void configure() {
   tl_configured = true;
 }
 
-// tmm0..3: C (2x2 blocks of 16x16 f32); tmm4, 5: A rows 0-15, 16-31; tmm6, 7: B columns 0-15, 16-31.
-// Layouts in microkernel.h (Bf16BlockFn): each A tile is 1 KiB contiguous (64-byte rows).
+// tmm0..3: C (2x2 blocks of 16x16 f32) += tmm4, 5 (A rows 0-15, 16-31) · tmm6, 7 (B columns 0-15,
+// 16-31), over `steps` k steps of 32: A's step s at a + s*a_next (row stride a_stride bytes, rows
+// 16-31 at a + a_half), B's at b + s*1024 (VNNI, 128-byte rows). Software-pipelined: each operand
+// tile of the next step is loaded right after the last product reading it is issued (measured
+// faster on Sapphire Rapids than loading all four first); the last step reloads its own tiles.
+LK_AMX inline void tile_steps(int64_t steps, const uint16_t* a, int64_t a_next, int64_t a_half, int64_t a_stride,
+                              const uint16_t* b) {
+  if (steps <= 0) return;
+  _tile_loadd(4, a, a_stride);
+  _tile_loadd(6, b, 128);
+  _tile_loadd(7, b + 32, 128);
+  _tile_loadd(5, a + a_half, a_stride);
+  for (int64_t s = 0; s < steps; s++) {
+    const int64_t n = s + 1 < steps ? s + 1 : s;
+    const uint16_t* an = a + n * a_next;
+    const uint16_t* bn = b + n * 1024;
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(4, an, a_stride);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+    _tile_loadd(5, an + a_half, a_stride);
+    _tile_loadd(6, bn, 128);
+    _tile_loadd(7, bn + 32, 128);
+  }
+}
+
+// Bf16BlockFn; layouts in microkernel.h (each packed A tile is 1 KiB contiguous, 64-byte rows).
 LK_AMX void amx_block(int64_t kc, const uint16_t* a, const uint16_t* b, float* acc, int64_t ldacc) {
   if (!tl_configured) configure();
   const int64_t cs = ldacc * 4;
@@ -45,18 +71,7 @@ LK_AMX void amx_block(int64_t kc, const uint16_t* a, const uint16_t* b, float* a
   _tile_loadd(1, acc + 16, cs);
   _tile_loadd(2, acc + 16 * ldacc, cs);
   _tile_loadd(3, acc + 16 * ldacc + 16, cs);
-  for (int64_t k = 0; k < kc; k += 32) {
-    const uint16_t* ak = a + k * 32;
-    _tile_loadd(4, ak, 64);
-    _tile_loadd(5, ak + 512, 64);
-    const uint16_t* bk = b + (k / 2) * 64;
-    _tile_loadd(6, bk, 128);
-    _tile_loadd(7, bk + 32, 128);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  }
+  tile_steps(kc / 32, a, 1024, 512, 64, b);
   _tile_stored(0, acc, cs);
   _tile_stored(1, acc + 16, cs);
   _tile_stored(2, acc + 16 * ldacc, cs);
@@ -72,29 +87,8 @@ LK_AMX void amx_block_w(int64_t kfull, const uint16_t* w, int64_t ldw, const uin
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
-  const int64_t ws = ldw * 2;
-  for (int64_t k = 0; k < kfull; k += 32) {
-    _tile_loadd(4, w + k, ws);
-    _tile_loadd(5, w + 16 * ldw + k, ws);
-    const uint16_t* xk = x + (k / 2) * 64;
-    _tile_loadd(6, xk, 128);
-    _tile_loadd(7, xk + 32, 128);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  }
-  if (wtail) {
-    _tile_loadd(4, wtail, 64);
-    _tile_loadd(5, wtail + 512, 64);
-    const uint16_t* xk = x + (kfull / 2) * 64;
-    _tile_loadd(6, xk, 128);
-    _tile_loadd(7, xk + 32, 128);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  }
+  tile_steps(kfull / 32, w, 32, 16 * ldw, ldw * 2, x);
+  if (wtail) tile_steps(1, wtail, 0, 512, 64, x + (kfull / 2) * 64);
   alignas(64) float t[32][32];  // t[j][i]: row j of W, row i of x
   _tile_stored(0, &t[0][0], 128);
   _tile_stored(1, &t[0][16], 128);
