@@ -5,7 +5,8 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { bench, formatBenchTable } from '../lib';
+import { BenchRow, bench, formatBenchTable } from '../lib';
+import { evaluateTargets } from '../lib/bench';
 import { run as runCli } from '../lib/cli/bench';
 
 describe('bench()', () => {
@@ -28,6 +29,12 @@ describe('bench()', () => {
       expect(res.rows.filter((r) => r.op === 'merge').every((r) => r.peakKind === 'copy' && r.gbs! > 0)).toBe(true);
       expect(res.peaks.fmaGflops).toBeGreaterThan(0);
       expect(res.peaks.copyGBs).toBeGreaterThan(0);
+      // bf16 GEMM rows are measured against the path's bf16 unit (AMX tiles, vdpbf16ps) or else the FMA peak
+      expect(res.peaks.bf16DotGflops > 0).toBe(res.cpuPath === 'avx512bf16');
+      const bf16Kind = res.peaks.amxGflops > 0 ? 'amx' : res.peaks.bf16DotGflops > 0 ? 'dpbf16' : 'fma';
+      const bf16Gemm = res.rows.filter((r) => r.dtype === 'bf16' && r.op === 'gemm' && r.n! > 1);
+      expect(bf16Gemm.length).toBe(1);
+      expect(bf16Gemm.every((r) => r.peakKind === bf16Kind)).toBe(true);
       expect(res.targets.length).toBe(5);
       expect(res.file).not.toBeNull();
       const saved = JSON.parse(fs.readFileSync(res.file!, 'utf8'));
@@ -41,6 +48,18 @@ describe('bench()', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  test('the AMX target is n/a on the avx512bf16 path and names its vdpbf16ps share', () => {
+    const row = (peakKind: string, peakShare: number): BenchRow => ({
+      op: 'gemm', dtype: 'bf16', d: 4096, r: null, n: 512, ms: 1, medianMs: 1, gflops: 1, gbs: null, peakKind, peakShare,
+      vsReference: null, refMs: null, refWhat: null, vsBase: null, wInCache: false,
+    });
+    const amx = evaluateTargets([row('amx', 0.6)]).find((t) => t.target.includes('AMX'))!;
+    expect(amx.met).toBe(true);
+    const dp = evaluateTargets([row('dpbf16', 0.9)]).find((t) => t.target.includes('AMX'))!;
+    expect(dp.met).toBeNull();
+    expect(dp.measured).toContain('avx512bf16: 90.0% of the vdpbf16ps peak');
   });
 
   test('bad options are typed errors naming the option', async () => {
