@@ -35,6 +35,17 @@ test('opt_tiny on cuda: peft adapter loads onto cuda weights; mergeAndUnload mat
   const yg = layer.forward(Tensor.from(x, [5, layer.inFeatures], { device: 'cuda' })).toFloat32Array();
   const yc = cpu.forward(Tensor.from(x, [5, cpu.inFeatures])).toFloat32Array();
   assert.ok(relErr(yg, yc) <= 1e-5, `forward: ${relErr(yg, yc)}`);
+  // the whole model on a stream of its own: same output; a layer added later joins it
+  const s = lk.cuda.createStream();
+  model.stream = s;
+  assert.strictEqual(layer.stream, s);
+  const ys = layer.forward(Tensor.from(x, [5, layer.inFeatures], { device: 'cuda' })).toFloat32Array();
+  assert.ok(ys.every((v, i) => Object.is(v, yg[i])), 'forward on the model stream');
+  model.addAdapter('extra', { targetModules: ['fc1'], r: 2 });
+  assert.strictEqual(model.layers.get('model.decoder.layers.0.fc1').stream, s);
+  model.deleteAdapter('extra');
+  model.stream = null;
+  s.dispose();
   const merged = model.mergeAndUnload();
   const ref = Checkpoint.open(path.join(TINY, 'merged_model.safetensors'));
   assert.deepStrictEqual([...merged.keys()].sort(), [...ref.names].sort());

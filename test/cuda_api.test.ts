@@ -1,5 +1,5 @@
 /** The CUDA API surface on a machine without a usable GPU (CI): typed errors, no crash. */
-import { CudaStream, LoraLinear, Tensor, backendInfo, cuda } from '../lib';
+import { CudaStream, LoraLinear, LoraModel, Tensor, backendInfo, cuda } from '../lib';
 
 const usable = backendInfo().usable.includes('cuda');
 
@@ -69,6 +69,15 @@ describe('cuda API without a usable GPU', () => {
     expect(() => cuda.withStream({} as never, () => 1)).toThrow(expect.objectContaining({ name: 'LoraTypeError' }));
     layer.stream = null;
     expect(layer.forward(Tensor.zeros([1, 4])).shape).toEqual([1, 3]);
+    const model = new LoraModel([{ name: 'q', kind: 'linear', weight: Tensor.zeros([3, 4]) }], { targetModules: ['q'], r: 2 });
+    expect(model.stream).toBeNull();
+    expect(() => {
+      model.stream = 7 as never;
+    }).toThrow(expect.objectContaining({ name: 'LoraTypeError', message: expect.stringMatching(/^stream: expected a CudaStream/) }));
+    expect(() => {
+      model.stream = disposed;
+    }).toThrow(expect.objectContaining({ name: 'StateError' }));
+    model.stream = null;
   });
 
   test('Tensor.empty on the cpu is zero-filled', () => {

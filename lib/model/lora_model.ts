@@ -4,6 +4,7 @@
  * model-wide; parameter counts come from shapes alone, so a model given as shapes can be counted
  * without allocating its weights.
  */
+import { CudaStream, checkStream } from '../cuda';
 import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../errors';
 import { LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
 import { Rng, nextGlobalSeed } from '../rng';
@@ -35,11 +36,31 @@ export class LoraModel {
   readonly #slots = new Map<string, Map<string, AdapterSlot>>();
   #active: string[] = [];
   #unloaded = false;
+  #stream: CudaStream | null = null;
 
   constructor(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, config: LoraConfig, adapterName = 'default') {
     this.#modules = normalizeModules(modules);
     this.#active = [adapterName];
     this.addAdapter(adapterName, config);
+  }
+
+  /**
+   * The cuda stream every LoRA layer of the model runs on, also layers added later; null (the
+   * default): the caller's current stream. Every layer must be on cuda.
+   */
+  get stream(): CudaStream | null {
+    return this.#stream;
+  }
+
+  set stream(s: CudaStream | null) {
+    if (s !== null) {
+      checkStream(s, 'stream');
+      for (const [name, layer] of this.layers)
+        if (layer.weight.device !== 'cuda')
+          throw new LoraTypeError(`stream: module '${name}' is on the ${layer.weight.device}; only a model whose layers are all on cuda runs on a stream`);
+    }
+    for (const layer of this.layers.values()) layer.stream = s;
+    this.#stream = s;
   }
 
   get modules(): ReadonlyMap<string, NormalizedModule> {
@@ -99,6 +120,7 @@ export class LoraModel {
           let layer = this.layers.get(m.name);
           const fresh = layer === undefined;
           layer ??= createLayer(m);
+          if (fresh && this.#stream) layer.stream = this.#stream;
           layer.addAdapter(name, { r, loraAlpha: alpha, loraDropout: c.loraDropout, useRslora: c.useRslora, initLoraWeights: c.initLoraWeights, useDora: c.useDora, seed, inferenceMode: c.inferenceMode });
           created.push([m.name, layer, fresh]);
           if (fresh) this.layers.set(m.name, layer);
