@@ -16,7 +16,7 @@ status=0
 for p in $paths; do
   used=$(LORAKIT_CPU_PATH=$p node -e "console.log(require('./dist').backendInfo().cpuPath)")
   if [[ "$used" != "$p" ]]; then echo "$p: not available here (got $used)"; status=1; continue; fi
-  if LORAKIT_CPU_PATH=$p node --test "$dir/" > "$dir/$p.log" 2>&1; then
+  if LORAKIT_TEST_DEVICE=cpu LORAKIT_CPU_PATH=$p node --test "$dir/" > "$dir/$p.log" 2>&1; then
     echo "$p: $(grep -E '^# pass' "$dir/$p.log")"
   else
     echo "$p: FAILED"; grep -B2 -A12 '^not ok' "$dir/$p.log" | head -40; status=1

@@ -5,7 +5,15 @@ const fs = require('fs');
 const lk = require('../dist');
 const { SafetensorsFile } = require('../dist/io/safetensors');
 
-const GOLDEN = process.env.LORAKIT_GOLDEN || path.resolve(__dirname, '../golden');
+// LORAKIT_GOLDEN, else golden/ staged beside the package (the GPU machine), else ../shared/golden.
+const GOLDEN =
+  process.env.LORAKIT_GOLDEN ||
+  [path.resolve(__dirname, '../golden'), path.resolve(__dirname, '../../shared/golden')].find((p) => fs.existsSync(p)) ||
+  path.resolve(__dirname, '../golden');
+
+// scripts/check-cpu-golden.sh runs copies of these suites on the cpu (LORAKIT_TEST_DEVICE=cpu).
+if (process.env.LORAKIT_TEST_DEVICE !== 'cpu' && !lk.cuda.isAvailable())
+  throw new Error(`test-gpu needs the CUDA build and a usable NVIDIA GPU; backendInfo(): ${JSON.stringify(lk.backendInfo())}`);
 
 function loadCase(name) {
   const p = path.join(GOLDEN, `${name}.safetensors`);
