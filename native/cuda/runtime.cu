@@ -190,12 +190,15 @@ void order_use(const void* p, bool write) {
   Block* b = find_block(s, p);
   if (!b) return;
   cudaStream_t cur = stream_locked(s, t_current);
-  wait_for(s, cur, b->writer);
   if (write) {
+    wait_for(s, cur, b->writer);
     for (cudaStream_t r : b->readers) wait_for(s, cur, r);
     b->writer = cur;
     b->readers.clear();
   } else if (cur != b->writer && std::find(b->readers.begin(), b->readers.end(), cur) == b->readers.end()) {
+    // A stream already among the readers waited for this write when it joined: no new wait (the
+    // list is cleared by the next write), so frozen weights read every call cost one wait in all.
+    wait_for(s, cur, b->writer);
     b->readers.push_back(cur);
   }
 }
