@@ -141,8 +141,9 @@ describe('the event loop keeps running', () => {
     clearInterval(timer);
     expect(ticksDuringSync).toBe(0);
     expect(asyncMs).toBeGreaterThan(300); // the run really was long
-    // The JS thread stayed free: ticks arrive through the merges (generous bound for a busy box).
-    expect(ticks).toBeGreaterThanOrEqual(Math.floor(asyncMs / 10 / 4));
+    // The JS thread stayed free: blocked, it could tick only between merges (at most merges + 1).
+    // No rate bound: the pool's threads take every core, so how often the JS thread runs depends on
+    // the machine's load (a CI run saw one tick per 50 ms).
     expect(ticks).toBeGreaterThan(merges * 2);
     console.log(`merge r=${r}: sync ${syncMs.toFixed(0)} ms, ${merges} async merges ${asyncMs.toFixed(0)} ms, ${ticks} ticks of 10 ms during them`);
   });

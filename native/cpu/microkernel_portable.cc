@@ -44,7 +44,7 @@ const KernelTable kTable = {"portable",          PMR,
                             PNR,                 micro,
                             generic::dot_rows,   generic::axpy_rows,
                             generic::load_row,   generic::pack_t,      generic::store_row,
-                            generic::merge_rows, false, nullptr, fma_peak, nullptr, nullptr};
+                            generic::merge_rows, false, nullptr, fma_peak, nullptr, nullptr, nullptr};
 
 }  // namespace
 
