@@ -23,7 +23,6 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const T* __restrict
                                                              const void* bias, DType bias_dt, T* __restrict__ y, int n,
                                                              int64_t in, int64_t outf, DecodeTerms terms, SplitK sk) {
   __shared__ __align__(16) T xs[NR][kKC];
-  __shared__ bool last_block;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t j0 = (int64_t(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
   const int64_t kb = int64_t(blockIdx.y) * sk.k_per, ke = kb + sk.k_per < in ? kb + sk.k_per : in;
@@ -136,12 +135,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const T* __restrict
 #pragma unroll
     for (int a = 0; a < kRowsPerWarp; a++)
       if (lane < n && j0 + a < outf) sk.part[(int64_t(blockIdx.y) * n + lane) * outf + j0 + a] = v[a];
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last_block = atomicAdd(&sk.counters[blockIdx.x], 1u) == gridDim.y - 1;
-    __syncthreads();
-    if (!last_block) return;
-    __threadfence();
+    if (!split_k_last_arrival(sk)) return;
 #pragma unroll
     for (int a = 0; a < kRowsPerWarp; a++) {
       if (lane >= n || j0 + a >= outf) continue;

@@ -70,6 +70,18 @@ struct SplitK {
 };
 unsigned* decode_split_counters(int64_t groups);
 
+// Called by every thread once its partial sums are in sk.part: true in the last block of the
+// feature group to arrive (which then reads all partials), false in the others.
+__device__ __forceinline__ bool split_k_last_arrival(const SplitK& sk) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&sk.counters[blockIdx.x], 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
 // A split-K launch's partial-sum buffer and ticket counters (none when splits == 1). The buffer
 // goes back to the allocator at scope exit, stream-ordered after the kernel that used it.
 struct SplitKBuffers {

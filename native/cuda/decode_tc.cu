@@ -42,7 +42,6 @@ __global__ void __launch_bounds__(kWarps * 32) decode_tc_kernel(const T* __restr
                                                                 const void* bias, DType bias_dt, T* __restrict__ y, int n,
                                                                 int64_t in, int64_t outf, DecodeTerms terms, SplitK sk) {
   __shared__ float red[kWarps][16][kFeatures + 1];
-  __shared__ bool last_block;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
   const int64_t f0 = int64_t(blockIdx.x) * kFeatures;
   const int64_t kb = int64_t(blockIdx.y) * sk.k_per, ke = kb + sk.k_per < in ? kb + sk.k_per : in;
@@ -103,12 +102,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_tc_kernel(const T* __restr
 #pragma unroll
     for (int o = 0; o < kOut; o++)
       if (row[o] < n && feat[o] < outf) sk.part[(int64_t(blockIdx.y) * n + row[o]) * outf + feat[o]] = v[o];
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last_block = atomicAdd(&sk.counters[blockIdx.x], 1u) == gridDim.y - 1;
-    __syncthreads();
-    if (!last_block) return;
-    __threadfence();
+    if (!split_k_last_arrival(sk)) return;
 #pragma unroll
     for (int o = 0; o < kOut; o++) {
       if (row[o] >= n || feat[o] >= outf) continue;

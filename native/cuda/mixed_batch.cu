@@ -305,59 +305,38 @@ void segmented(const TensorRef& x, int64_t in, int64_t outf, const std::vector<c
 void per_adapter(const TensorRef& x, int64_t in, int64_t outf, const std::vector<cpu::AdapterFactors>& adapters,
                  const RowGroups& g, const TensorRef& y) {
   const std::vector<int64_t>& start = g.start;
-  const int64_t total = start.back();
-  const size_t idx_bytes = size_t(total) * sizeof(int32_t);
-  int32_t* idx = static_cast<int32_t*>(alloc(idx_bytes, false));
+  Buf idx(size_t(start.back()) * sizeof(int32_t));
   // Pageable host → device: cudaMemcpyAsync returns once `order` is staged, so it may go out of scope.
-  cudaError_t ce = cudaMemcpyAsync(idx, g.order.data(), idx_bytes, cudaMemcpyHostToDevice, stream());
-  if (ce != cudaSuccess) {
-    cuda::free(idx, idx_bytes);
-    fail(ce, "mixed batch: row index upload");
-  }
+  LK_CUDA(cudaMemcpyAsync(idx.p, g.order.data(), idx.n, cudaMemcpyHostToDevice, stream()), "mixed batch: row index upload");
   const size_t es = dtype_size(x.dtype);
   int64_t max_rows = 0, max_r = 0;
   for (size_t a = 0; a < adapters.size(); a++) {
     max_rows = std::max(max_rows, start[a + 1] - start[a]);
     max_r = std::max(max_r, adapters[a].A.dim(0));
   }
-  const size_t xg_bytes = size_t(max_rows * in) * es, u_bytes = size_t(max_rows * max_r) * es,
-               z_bytes = size_t(max_rows * outf) * es;
-  char* xg = static_cast<char*>(alloc(xg_bytes, false));
-  char* ub = static_cast<char*>(alloc(u_bytes, false));
-  char* zb = static_cast<char*>(alloc(z_bytes, false));
-  auto release = [&] {
-    cuda::free(idx, idx_bytes);
-    cuda::free(xg, xg_bytes);
-    cuda::free(ub, u_bytes);
-    cuda::free(zb, z_bytes);
-  };
-  try {
-    for (size_t a = 0; a < adapters.size(); a++) {
-      const int64_t ng = start[a + 1] - start[a];
-      if (ng == 0) continue;
-      const int32_t* rows = idx + start[a];
-      const int64_t row_bytes = in * int64_t(es);
-      const bool vec16 = row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
-      gather_rows_kernel<<<dim3(col_blocks(vec16 ? row_bytes / 16 : row_bytes, 256), row_blocks(ng)), 256, 0, stream()>>>(
-          static_cast<const char*>(x.data), xg, rows, ng, row_bytes, vec16);
-      LK_LAUNCHED("mixed batch: gather");
-      const int64_t r = adapters[a].A.dim(0);
-      TensorRef xr{xg, x.dtype, {ng, in}}, ur{ub, x.dtype, {ng, r}}, zr{zb, x.dtype, {ng, outf}};
-      lora_shrink(xr, adapters[a].A, ur);
-      lora_expand(ur, adapters[a].B, adapters[a].scale, zr);
-      dispatch_float(y.dtype, "y", [&](auto z) {
-        using T = decltype(z);
-        const bool vec8 = outf % 8 == 0 && reinterpret_cast<uintptr_t>(y.data) % 32 == 0;
-        scatter_add_rows_kernel<T><<<dim3(col_blocks(vec8 ? outf / 8 : outf, 256), row_blocks(ng)), 256, 0, stream()>>>(
-            y.as<T>(), reinterpret_cast<const T*>(zb), rows, ng, outf, vec8);
-      });
-      LK_LAUNCHED("mixed batch: scatter-add");
-    }
-  } catch (...) {
-    release();
-    throw;
+  Buf xg(size_t(max_rows * in) * es), ub(size_t(max_rows * max_r) * es), zb(size_t(max_rows * outf) * es);
+  for (size_t a = 0; a < adapters.size(); a++) {
+    const int64_t ng = start[a + 1] - start[a];
+    if (ng == 0) continue;
+    const int32_t* rows = static_cast<const int32_t*>(idx.p) + start[a];
+    const int64_t row_bytes = in * int64_t(es);
+    const bool vec16 = row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
+    gather_rows_kernel<<<dim3(col_blocks(vec16 ? row_bytes / 16 : row_bytes, 256), row_blocks(ng)), 256, 0, stream()>>>(
+        static_cast<const char*>(x.data), static_cast<char*>(xg.p), rows, ng, row_bytes, vec16);
+    LK_LAUNCHED("mixed batch: gather");
+    const int64_t r = adapters[a].A.dim(0);
+    TensorRef xr{xg.p, x.dtype, {ng, in}}, ur{ub.p, x.dtype, {ng, r}}, zr{zb.p, x.dtype, {ng, outf}};
+    lora_shrink(xr, adapters[a].A, ur);
+    lora_expand(ur, adapters[a].B, adapters[a].scale, zr);
+    dispatch_float(y.dtype, "y", [&](auto z) {
+      using T = decltype(z);
+      const bool vec8 = outf % 8 == 0 && reinterpret_cast<uintptr_t>(y.data) % 32 == 0;
+      scatter_add_rows_kernel<T><<<dim3(col_blocks(vec8 ? outf / 8 : outf, 256), row_blocks(ng)), 256, 0, stream()>>>(
+          y.as<T>(), static_cast<const T*>(zb.p), rows, ng, outf, vec8);
+    });
+    LK_LAUNCHED("mixed batch: scatter-add");
   }
-  release();  // stream-ordered: later users of these blocks run after this batch's kernels
+  // The buffers go back to the allocator here: stream-ordered after this batch's kernels.
 }
 
 }  // namespace
