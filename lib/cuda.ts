@@ -94,6 +94,14 @@ export function memoryStats(): { allocatedBytes: number; cachedBytes: number } {
   return call((b) => b.cudaMemoryStats());
 }
 
+/**
+ * Which GPU kernels this process can use and has used: `sm90GemmUsable` (the one-pass Hopper
+ * LoRA GEMM, on a cc 9.0 GPU) and `sm90GemmLaunches` (its launches so far).
+ */
+export function kernelStats(): { sm90GemmUsable: boolean; sm90GemmLaunches: number } {
+  return call((b) => b.cudaKernelStats());
+}
+
 /** Returns cached blocks of the caching allocator to the driver. */
 export function emptyCache(): void {
   call((b) => b.cudaEmptyCache());
@@ -191,4 +199,4 @@ export function sgdStep(param: Tensor, grad: Tensor, momentumBuffer: Tensor | nu
   call((b) => b.cudaSgdStep(param.handle, grad.handle, h.momentum !== 0 ? momentumBuffer!.handle : null, h));
 }
 
-export const cuda = { isAvailable, synchronize, createStream, withStream, timeMs, memoryStats, emptyCache, baseGemm, adamwStep, sgdStep };
+export const cuda = { isAvailable, synchronize, createStream, withStream, timeMs, memoryStats, kernelStats, emptyCache, baseGemm, adamwStep, sgdStep };

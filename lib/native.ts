@@ -205,6 +205,7 @@ export interface NativeBinding {
   cudaTimerStop(): number;
   cudaMemoryStats(): { allocatedBytes: number; cachedBytes: number };
   cudaEmptyCache(): void;
+  cudaKernelStats(): { sm90GemmUsable: boolean; sm90GemmLaunches: number };
   cudaBaseGemm(x: NativeTensorHandle, W: NativeTensorHandle, y: NativeTensorHandle, inputGrad: boolean): void;
   cudaAdamwStep(
     param: NativeTensorHandle,

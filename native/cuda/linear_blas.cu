@@ -13,10 +13,12 @@
 // (cuBLASLt's reductions for a fixed algorithm are deterministic). Another process may time the
 // candidates differently and pick another algorithm.
 #include <cublasLt.h>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <tuple>
 #include "common.cuh"
+#include "device_buffer.h"
 #include "ops.h"
 #include "runtime.h"
 
@@ -231,6 +233,19 @@ void require_dtype(const TensorRef& t, DType dt, const std::string& name, const 
     throw_type(name + ": on cuda, expected " + dtype_name(dt) + " (the dtype of " + what + "), got " + dtype_name(t.dtype));
 }
 
+// LORAKIT_CUDA_GEMM=cublas|sm90 forces the two-GEMM cuBLASLt path or the one-pass sm_90 kernel
+// (where it takes the operands); by default the sm_90 kernel from kSm90MinRows rows.
+constexpr int64_t kSm90MinRows = 64;
+bool want_sm90(int64_t rows) {
+  static const int forced = [] {
+    const char* e = std::getenv("LORAKIT_CUDA_GEMM");
+    if (!e) return 0;
+    const std::string v(e);
+    return v == "sm90" ? 1 : v == "cublas" ? 2 : 0;
+  }();
+  return forced ? forced == 1 : rows >= kSm90MinRows;
+}
+
 }  // namespace
 
 void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out) {
@@ -285,6 +300,16 @@ void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
   if (n == 0 || outf == 0) return;
   Scratch sbias;
   const void* b = bias ? as_dtype(*bias, dt, sbias) : nullptr;
+  if (in > 0 && want_sm90(n)) {  // y = x·Wᵀ + Σ s·u·Bᵀ + bias in one pass, y written once
+    std::vector<Buf> hold;
+    std::vector<Sm90Operand> ops{{x.data, W.data, in, 1.f, !fifo}};
+    for (const auto& t : terms)
+      if (t.scale != 0.f) ops.push_back({in_dtype(t.u, dt, hold), in_dtype(t.B, dt, hold), t.B.dim(1), t.scale, true});
+    if (sm90_gemm_supports(dt, n, outf, ops, b, y.data)) {
+      sm90_lora_gemm(dt, n, outf, ops, b, y.data);
+      return;
+    }
+  }
   bool have_y = false;
   for (const auto& t : terms) {  // y (+)= s·u·Bᵀ, bias on the first
     int64_t r = t.B.dim(1);
@@ -373,23 +398,35 @@ void linear_backward(const TensorRef& dy, const TensorRef& W, bool fifo, const s
     }
   }
   if (!dx) return;
-  // dx = Σ g·A over adapters without dropout, then += dy·W (beta = 1), then the dropout terms.
-  bool have = false;
   std::vector<size_t> dropped;
-  for (size_t a = 0; a < terms.size(); a++) {
-    const auto& t = terms[a];
-    if (t.dropout_p > 0.f) {
-      dropped.push_back(a);
-      continue;
+  for (size_t a = 0; a < terms.size(); a++)
+    if (terms[a].dropout_p > 0.f) dropped.push_back(a);
+  bool have = false;
+  if (want_sm90(n)) {  // dx = dy·W + Σ g·A in one pass (g carries the scale)
+    std::vector<Buf> hold;
+    std::vector<Sm90Operand> ops{{dy.data, W.data, outf, 1.f, fifo}};
+    for (size_t a = 0; a < terms.size(); a++)
+      if (terms[a].dropout_p <= 0.f) ops.push_back({gs[a].p, in_dtype(terms[a].A, dt, hold), terms[a].A.dim(0), 1.f, false});
+    if (sm90_gemm_supports(dt, n, in, ops, nullptr, dx->data)) {
+      sm90_lora_gemm(dt, n, in, ops, nullptr, dx->data);
+      have = true;
     }
-    int64_t r = t.A.dim(0);
-    Scratch sa;
-    const void* Ap = as_dtype(t.A, dt, sa);
-    run(Gemm{n, in, r, gs[a].p, r, false, Ap, in, false, dx->data, in, dt, dt, 1.f, have ? 1.f : 0.f});
-    have = true;
   }
-  // W [out, in] is the row-major [k=out, n=in] operand; fan_in_fan_out W [in, out] is its transpose.
-  run(Gemm{n, in, outf, dy.data, outf, false, W.data, fifo ? outf : in, fifo, dx->data, in, dt, dt, 1.f, have ? 1.f : 0.f});
+  // Else dx = Σ g·A over adapters without dropout, then += dy·W (beta = 1); then the dropout terms.
+  if (!have) {
+    for (size_t a = 0; a < terms.size(); a++) {
+      const auto& t = terms[a];
+      if (t.dropout_p > 0.f) continue;
+      int64_t r = t.A.dim(0);
+      Scratch sa;
+      const void* Ap = as_dtype(t.A, dt, sa);
+      run(Gemm{n, in, r, gs[a].p, r, false, Ap, in, false, dx->data, in, dt, dt, 1.f, have ? 1.f : 0.f});
+      have = true;
+    }
+    // W [out, in] is the row-major [k=out, n=in] operand; fan_in_fan_out W [in, out] is its transpose.
+    run(Gemm{n, in, outf, dy.data, outf, false, W.data, fifo ? outf : in, fifo, dx->data, in, dt, dt, 1.f,
+             have ? 1.f : 0.f});
+  }
   for (size_t a : dropped) {
     const auto& t = terms[a];
     int64_t r = t.A.dim(0);

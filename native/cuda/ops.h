@@ -53,6 +53,24 @@ struct FusedAdapter {
 void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
                   const std::vector<FusedAdapter>& adapters, const TensorRef& y);
 
+// gemm_sm90.cu (Hopper, sm_90a): C [M, N] = A0·op(B0) + Σ scale_i·A_i·op(B_i) (+ bias) in one
+// pass, 16-bit operands and C, f32 accumulation. A_i [M, k_i] row-major; B_i [N, k_i] (b_kmajor)
+// or [k_i, N]. Operand 0 is the base (scale ignored), the rest adapters (at most 4, one B layout).
+struct Sm90Operand {
+  const void* A;
+  const void* B;
+  int64_t k;
+  float scale;
+  bool b_kmajor;
+};
+constexpr int kSm90MaxOperands = 5;
+bool sm90_gemm_usable();  // a cc 9.0 device and a kernel image for it
+// Shapes, alignment (16 B rows and pointers, N % 8 == 0, k_i % 8 == 0) and a usable device.
+bool sm90_gemm_supports(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operand>& ops, const void* bias,
+                        const void* C);
+void sm90_lora_gemm(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operand>& ops, const void* bias, void* C);
+uint64_t sm90_gemm_launches();  // launches so far in this process (benchmarks, tests)
+
 // mixed_batch.cu: y = x·Wᵀ + b + scale_a·(x·A_aᵀ)·B_aᵀ with a = row_adapter[i] per row (-1: base).
 void mixed_linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
                           const std::vector<cpu::AdapterFactors>& adapters, const int32_t* row_adapter,

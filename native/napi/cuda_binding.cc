@@ -118,6 +118,15 @@ Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   return o;
 }
 
+Napi::Value KernelStats(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("sm90GemmUsable", cuda::device_count() > 0 && cuda::sm90_gemm_usable());
+    o.Set("sm90GemmLaunches", static_cast<double>(cuda::sm90_gemm_launches()));
+    return o;
+  });
+}
+
 Napi::Value EmptyCache(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     cuda::empty_cache();
@@ -223,6 +232,7 @@ void InitCuda(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaTimerStop", Napi::Function::New<TimerStop>(env, "cudaTimerStop"));
   exports.Set("cudaMemoryStats", Napi::Function::New<MemoryStats>(env, "cudaMemoryStats"));
   exports.Set("cudaEmptyCache", Napi::Function::New<EmptyCache>(env, "cudaEmptyCache"));
+  exports.Set("cudaKernelStats", Napi::Function::New<KernelStats>(env, "cudaKernelStats"));
   exports.Set("cudaBaseGemm", Napi::Function::New<BaseGemm>(env, "cudaBaseGemm"));
   exports.Set("cudaAdamwStep", Napi::Function::New<AdamwStep>(env, "cudaAdamwStep"));
   exports.Set("cudaSgdStep", Napi::Function::New<SgdStep>(env, "cudaSgdStep"));
@@ -231,7 +241,7 @@ void InitCuda(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaScale", Napi::Function::New<Scale>(env, "cudaScale"));
 #else
   for (const char* name : {"cudaSynchronize", "cudaStreamCreate", "cudaStreamRelease", "cudaStreamSynchronize",
-                           "cudaSetStream", "cudaCurrentStream", "cudaTimerStart", "cudaTimerStop", "cudaMemoryStats", "cudaEmptyCache",
+                           "cudaSetStream", "cudaCurrentStream", "cudaTimerStart", "cudaTimerStop", "cudaMemoryStats", "cudaEmptyCache", "cudaKernelStats",
                            "cudaBaseGemm", "cudaAdamwStep", "cudaSgdStep", "cudaAccumulate", "cudaSumSquares", "cudaScale"})
     exports.Set(name, Napi::Function::New<NotBuilt>(env, name));
 #endif

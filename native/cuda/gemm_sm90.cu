@@ -1,0 +1,313 @@
+// One-pass LoRA GEMM for Hopper: C = A0·op(B0) + Σ s_i·A_i·op(B_i) (+ bias), 16-bit operands,
+// f32 accumulation, C written once.
+//
+// Why hand-written: cuBLASLt has no hook for a second, low-rank operand pair in its main loop, so
+// with it the LoRA term costs a second GEMM that reads and writes C again. Here the adapters'
+// K blocks (u·Bᵀ in the forward, g·A for dx) follow the base's blocks into the same accumulators,
+// a K-extension [A0 | A_1 | …]·[B0 | B_1 | …]ᵀ without copying anything into a concatenated buffer.
+//
+// Design (the usual Hopper shape): 128×256 output tiles, one producer warpgroup issuing TMA loads
+// into a 4-stage ring of 128-byte-swizzled tiles (mbarriers), two consumer warpgroups each issuing
+// m64n256k16 wgmma on 64 rows. B may be K-major (W [out, in] in the forward) or MN-major (W in the
+// backward's dx = dy·W); the adapters' scales are applied to the accumulators between segments
+// (acc ·= s_prev/s_i), so no scaled copy of a factor is made. The epilogue adds the bias in f32,
+// rounds once and stores through shared memory in 16-byte rows.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <atomic>
+#include <cmath>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include "common.cuh"
+#include "ops.h"
+#include "wgmma.cuh"
+
+namespace lorakit {
+namespace cuda {
+namespace {
+
+constexpr int kBM = 128, kBN = 256, kBK = 64, kStages = 4;
+constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
+constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2, kStageBytes = kABytes + kBBytes;
+constexpr int kSmemBytes = 1024 + kStages * kStageBytes + 2 * kStages * 8;
+constexpr int kStagePitch = kBN + 8;  // epilogue staging row, in elements (conflict-free pair writes)
+static_assert(kBM * kStagePitch * 2 <= kStages * kStageBytes, "epilogue staging must fit in the ring");
+
+std::atomic<uint64_t> g_launches{0};
+
+struct Params {
+  CUtensorMap a[kSm90MaxOperands];
+  CUtensorMap b[kSm90MaxOperands];
+  int blocks[kSm90MaxOperands];      // K blocks of 64
+  int last_steps[kSm90MaxOperands];  // k16 steps in each operand's last block (1..4)
+  float ratio[kSm90MaxOperands];     // accumulator multiplier before the operand's blocks
+  float final_scale;
+  int count;
+  int M, N, tiles_m, tiles_n;
+  const void* bias;
+  void* C;
+};
+
+#ifdef LK_SM90A
+// Tile order: groups of 8 row tiles sweep the column tiles together, so B tiles are reused in L2.
+__device__ __forceinline__ void tile_of(int id, int tiles_m, int tiles_n, int& tm, int& tn) {
+  constexpr int kGroup = 8;
+  const int per_group = kGroup * tiles_n;
+  const int group = id / per_group, first = group * kGroup;
+  const int rows = min(tiles_m - first, kGroup);
+  tm = first + (id % per_group) % rows;
+  tn = (id % per_group) / rows;
+}
+
+template <bool F16, bool BKMajor>
+__device__ __forceinline__ void mma_step(float (&d)[128], uint32_t a_base, uint32_t b_base, int k) {
+  const uint64_t da = sm90::smem_desc(a_base + k * 32, 16, 1024);
+  const uint64_t db = BKMajor ? sm90::smem_desc(b_base + k * 32, 16, 1024)
+                              : sm90::smem_desc(b_base + k * 16 * 128, 64 * 128, 1024);
+  sm90::wgmma_m64n256k16<F16, BKMajor ? 0 : 1>(d, da, db);
+}
+
+template <bool F16, bool BKMajor, int Steps>
+__device__ __forceinline__ void mma_steps(float (&d)[128], uint32_t a_base, uint32_t b_base) {
+  sm90::wgmma_fence();
+#pragma unroll
+  for (int k = 0; k < Steps; k++) mma_step<F16, BKMajor>(d, a_base, b_base, k);
+}
+
+// The consumer's loop over one operand's K blocks. `it` counts blocks over all operands (the
+// ring position); `pending` is the stage whose wgmma may still be reading it.
+template <bool F16, bool BKMajor>
+__device__ __forceinline__ void consume(float (&d)[128], uint8_t* smem, uint64_t* full, uint64_t* empty, int blocks,
+                                        int last_steps, int cw, int lane, int& it, int& pending) {
+  for (int kb = 0; kb < blocks; kb++, it++) {
+    const int s = it % kStages;
+    sm90::mbar_wait(&full[s], (it / kStages) & 1);
+    const uint32_t a_base = sm90::smem_addr(smem + s * kStageBytes) + cw * 64 * 128;
+    const uint32_t b_base = sm90::smem_addr(smem + s * kStageBytes + kABytes);
+    // Straight-line wgmma sequences after their fence: a branch in between makes ptxas add fences.
+    switch (kb < blocks - 1 ? 4 : last_steps) {
+      case 1: mma_steps<F16, BKMajor, 1>(d, a_base, b_base); break;
+      case 2: mma_steps<F16, BKMajor, 2>(d, a_base, b_base); break;
+      case 3: mma_steps<F16, BKMajor, 3>(d, a_base, b_base); break;
+      default: mma_steps<F16, BKMajor, 4>(d, a_base, b_base);
+    }
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<1>();  // the previous block's wgmma are done: its stage can be refilled
+    if (pending >= 0 && lane == 0) sm90::mbar_arrive(&empty[pending]);
+    pending = s;
+  }
+}
+#endif
+
+template <class T, bool B0KMajor, bool BLoraKMajor>
+__global__ void __launch_bounds__(kThreads, 1) lora_gemm_sm90(const __grid_constant__ Params p) {
+#ifdef LK_SM90A
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
+  uint64_t* empty = full + kStages;
+  const int wg = threadIdx.x / 128, lane = threadIdx.x % 32;
+  int tm, tn;
+  tile_of(blockIdx.x, p.tiles_m, p.tiles_n, tm, tn);
+  const int m0 = tm * kBM, n0 = tn * kBN;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; s++) {
+      sm90::mbar_init(&full[s], 1);
+      sm90::mbar_init(&empty[s], 8);  // one arrival per consumer warp
+    }
+    sm90::mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer
+    sm90::regs_decrease<40>();
+    if (threadIdx.x == 0) {
+      int it = 0;
+      for (int op = 0; op < p.count; op++) {
+        const bool kmajor = op == 0 ? B0KMajor : BLoraKMajor;
+        for (int kb = 0; kb < p.blocks[op]; kb++, it++) {
+          const int s = it % kStages;
+          sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
+          uint8_t* sa = smem + s * kStageBytes;
+          uint8_t* sb = sa + kABytes;
+          sm90::mbar_expect_tx(&full[s], kStageBytes);
+          sm90::tma_load_2d(sa, &p.a[op], &full[s], kb * kBK, m0);
+          if (kmajor) {
+            sm90::tma_load_2d(sb, &p.b[op], &full[s], kb * kBK, n0);
+          } else {
+            for (int c = 0; c < kBN / 64; c++) sm90::tma_load_2d(sb + c * 64 * 128, &p.b[op], &full[s], n0 + c * 64, kb * kBK);
+          }
+        }
+      }
+    }
+    return;
+  }
+
+  sm90::regs_increase<232>();
+  const int cw = wg - 1;  // consumer: rows 64·cw .. 64·cw + 63 of the tile
+  float d[128];
+#pragma unroll
+  for (int i = 0; i < 128; i++) d[i] = 0.f;
+  int it = 0, pending = -1;  // pending: the stage whose wgmma may still read it
+  for (int op = 0; op < p.count; op++) {
+    if (p.ratio[op] != 1.f) {  // the next operand has another scale: rescale what is accumulated
+      sm90::wgmma_wait<0>();
+      sm90::fence_accumulators(d);
+      if (pending >= 0 && lane == 0) sm90::mbar_arrive(&empty[pending]);
+      pending = -1;
+      const float r = p.ratio[op];
+#pragma unroll
+      for (int i = 0; i < 128; i++) d[i] *= r;
+    }
+    constexpr bool f16 = std::is_same<T, __half>::value;
+    if (op == 0) consume<f16, B0KMajor>(d, smem, full, empty, p.blocks[op], p.last_steps[op], cw, lane, it, pending);
+    else consume<f16, BLoraKMajor>(d, smem, full, empty, p.blocks[op], p.last_steps[op], cw, lane, it, pending);
+  }
+  sm90::wgmma_wait<0>();
+  sm90::fence_accumulators(d);
+
+  // Epilogue: scale, bias, one rounding, staged in shared memory (the ring is free: every load
+  // was consumed and both warpgroups have passed their last wgmma at the barrier).
+  sm90::named_barrier(1, 256);
+  T* stage = reinterpret_cast<T*>(smem);
+  const T* bias = static_cast<const T*>(p.bias);
+  const int w = (threadIdx.x % 128) / 32;
+  const int r0 = cw * 64 + w * 16 + lane / 4;
+#pragma unroll
+  for (int j = 0; j < 32; j++) {
+    const int col = 8 * j + 2 * (lane % 4);
+    float b0 = 0.f, b1 = 0.f;
+    if (bias && n0 + col < p.N) {
+      b0 = to_f32(bias[n0 + col]);
+      b1 = to_f32(bias[n0 + col + 1]);
+    }
+    stage[r0 * kStagePitch + col] = from_f32<T>(d[4 * j] * p.final_scale + b0);
+    stage[r0 * kStagePitch + col + 1] = from_f32<T>(d[4 * j + 1] * p.final_scale + b1);
+    stage[(r0 + 8) * kStagePitch + col] = from_f32<T>(d[4 * j + 2] * p.final_scale + b0);
+    stage[(r0 + 8) * kStagePitch + col + 1] = from_f32<T>(d[4 * j + 3] * p.final_scale + b1);
+  }
+  sm90::named_barrier(1, 256);
+  T* C = static_cast<T*>(p.C);
+  for (int idx = threadIdx.x - 128; idx < kBM * (kBN / 8); idx += 256) {
+    const int row = idx / (kBN / 8), chunk = idx % (kBN / 8);
+    const int gr = m0 + row, gc = n0 + chunk * 8;
+    if (gr < p.M && gc < p.N)
+      *reinterpret_cast<uint4*>(C + int64_t(gr) * p.N + gc) = *reinterpret_cast<const uint4*>(stage + row * kStagePitch + chunk * 8);
+  }
+#endif
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      f = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// A row-major [rows, cols] 16-bit matrix, loaded in boxes of box_cols × box_rows (cols innermost).
+CUtensorMap tensor_map(const void* ptr, DType dt, int64_t rows, int64_t cols, uint32_t box_cols, uint32_t box_rows) {
+  CUtensorMap m;
+  cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)};
+  cuuint64_t strides[1] = {cuuint64_t(cols) * 2};
+  cuuint32_t box[2] = {box_cols, box_rows};
+  cuuint32_t elem[2] = {1, 1};
+  CUresult r = encode_fn()(&m, dt == DType::BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+                           const_cast<void*>(ptr), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                           CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw_state("cuda: cuTensorMapEncodeTiled failed (" + std::to_string(int(r)) + ") for a " + std::to_string(rows) + "x" +
+                std::to_string(cols) + " matrix");
+  return m;
+}
+
+template <class T, bool B0K, bool BLK>
+void launch(const Params& p) {
+  auto kernel = lora_gemm_sm90<T, B0K, BLK>;
+  static std::once_flag once;
+  std::call_once(once, [&] { cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes); });
+  kernel<<<p.tiles_m * p.tiles_n, kThreads, kSmemBytes, stream()>>>(p);
+  LK_LAUNCHED("lora_gemm_sm90");
+  g_launches++;
+}
+
+template <class T>
+void launch_for(bool b0k, bool blk, const Params& p) {
+  if (b0k && blk) launch<T, true, true>(p);
+  else if (b0k) launch<T, true, false>(p);
+  else if (blk) launch<T, false, true>(p);
+  else launch<T, false, false>(p);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+bool sm90_gemm_usable() {
+  static const bool usable = [] {
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    cudaFuncAttributes attr;
+    const bool image = cudaFuncGetAttributes(&attr, lora_gemm_sm90<__nv_bfloat16, true, true>) == cudaSuccess;
+    cudaGetLastError();
+    return major == 9 && minor == 0 && image && encode_fn() != nullptr;
+  }();
+  return usable;
+}
+
+bool sm90_gemm_supports(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operand>& ops, const void* bias, const void* C) {
+  if (dt != DType::BF16 && dt != DType::F16) return false;
+  if (ops.empty() || ops.size() > size_t(kSm90MaxOperands) || M <= 0 || N <= 0 || N % 8 || !aligned16(C)) return false;
+  if (M >= (int64_t(1) << 31) || N >= (int64_t(1) << 31) || (bias && reinterpret_cast<uintptr_t>(bias) % 4)) return false;
+  for (size_t i = 0; i < ops.size(); i++) {
+    const auto& o = ops[i];
+    if (i > 0 && !(o.scale != 0.f && std::isfinite(o.scale))) return false;
+    if (o.k <= 0 || o.k % 8 || o.k >= (int64_t(1) << 31) || !aligned16(o.A) || !aligned16(o.B)) return false;
+    if (i > 1 && o.b_kmajor != ops[1].b_kmajor) return false;
+  }
+  return sm90_gemm_usable();
+}
+
+void sm90_lora_gemm(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operand>& ops, const void* bias, void* C) {
+  if (!sm90_gemm_supports(dt, M, N, ops, bias, C)) throw_state("cuda: the sm_90 LoRA GEMM does not take these operands");
+  Params p{};
+  p.count = int(ops.size());
+  float current = 1.f;
+  for (int i = 0; i < p.count; i++) {
+    const auto& o = ops[i];
+    p.a[i] = tensor_map(o.A, dt, M, o.k, kBK, kBM);
+    p.b[i] = o.b_kmajor ? tensor_map(o.B, dt, N, o.k, kBK, kBN) : tensor_map(o.B, dt, o.k, N, 64, kBK);
+    p.blocks[i] = int((o.k + kBK - 1) / kBK);
+    p.last_steps[i] = int(((o.k - int64_t(p.blocks[i] - 1) * kBK) + 15) / 16);
+    const float s = i == 0 ? 1.f : o.scale;
+    p.ratio[i] = current / s;
+    current = s;
+  }
+  p.final_scale = current;
+  p.M = int(M);
+  p.N = int(N);
+  p.tiles_m = int((M + kBM - 1) / kBM);
+  p.tiles_n = int((N + kBN - 1) / kBN);
+  p.bias = bias;
+  p.C = C;
+  const bool b0k = ops[0].b_kmajor, blk = ops.size() > 1 ? ops[1].b_kmajor : true;
+  if (dt == DType::BF16) launch_for<__nv_bfloat16>(b0k, blk, p);
+  else launch_for<__half>(b0k, blk, p);
+}
+
+uint64_t sm90_gemm_launches() { return g_launches.load(); }
+
+}  // namespace cuda
+}  // namespace lorakit

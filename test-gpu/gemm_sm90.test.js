@@ -1,0 +1,104 @@
+// The one-pass sm_90 LoRA GEMM (native/cuda/gemm_sm90.cu): forward y = x·Wᵀ + Σ s·u·Bᵀ + b and
+// backward dx = dy·W + Σ g·A against the cpu backend, on shapes that cut tiles short, adapters
+// whose rank spans two K blocks, several adapters with different scales, fan_in_fan_out (the other
+// B layout), f16, and the fallbacks it must leave to cuBLASLt. kernelStats() tells which path ran.
+'use strict';
+const test = require('node:test');
+const assert = require('node:assert');
+const { lk, relErr, randomArray } = require('./helpers');
+const { LoraLinear, Tensor, cuda } = lk;
+
+const TOL = { f16: 5e-3, bf16: 1e-2 };
+const hopper = /\(sm_90/.test(lk.backendInfo().cudaDevice || '');
+const forced = process.env.LORAKIT_CUDA_GEMM;
+const expectKernel = hopper && forced !== 'cublas';
+let seed = 5000;
+
+function pair(shape, dtype, scale) {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const data = randomArray(n, seed++, scale);
+  return { cpu: Tensor.from(data, shape, { dtype }), gpu: Tensor.from(data, shape, { dtype, device: 'cuda' }) };
+}
+
+// Two identical layers (cpu, cuda); adapters: [{ r, alpha }], B random so the LoRA term is large.
+function layers({ inF, outF, adapters, dtype, fifo = false, bias = true }) {
+  const W = pair(fifo ? [inF, outF] : [outF, inF], dtype, 0.05);
+  const b = pair([outF], dtype, 0.5);
+  const mk = (dev) => {
+    const l = new LoraLinear({ weight: W[dev], bias: bias ? b[dev] : null, fanInFanOut: fifo });
+    adapters.forEach((a, i) => l.addAdapter(`a${i}`, { r: a.r, loraAlpha: a.alpha, dtype, initLoraWeights: false, seed: 11 + i }));
+    l.setAdapter(adapters.map((_, i) => `a${i}`));
+    return l;
+  };
+  return { lc: mk('cpu'), lg: mk('gpu') };
+}
+
+function check(opts, n, { expectLaunch = expectKernel } = {}) {
+  const { lc, lg } = layers(opts);
+  const tol = TOL[opts.dtype];
+  const x = pair([n, opts.inF], opts.dtype, 1);
+  const dy = pair([n, opts.outF], opts.dtype, 1);
+  const before = cuda.kernelStats().sm90GemmLaunches;
+  const yg = lg.forward(x.gpu);
+  const afterForward = cuda.kernelStats().sm90GemmLaunches;
+  const yc = lc.forward(x.cpu);
+  const ey = relErr(yg.toFloat32Array(), yc.toFloat32Array());
+  assert.ok(ey <= tol, `y: ${ey}`);
+  const gg = lg.backward(dy.gpu);
+  const afterBackward = cuda.kernelStats().sm90GemmLaunches;
+  const gc = lc.backward(dy.cpu);
+  const edx = relErr(gg.dx.toFloat32Array(), gc.dx.toFloat32Array());
+  assert.ok(edx <= tol, `dx: ${edx}`);
+  for (const name of gc.grads.keys()) {
+    const eA = relErr(gg.grads.get(name).loraA.toFloat32Array(), gc.grads.get(name).loraA.toFloat32Array());
+    const eB = relErr(gg.grads.get(name).loraB.toFloat32Array(), gc.grads.get(name).loraB.toFloat32Array());
+    assert.ok(eA <= tol && eB <= tol, `${name}: dA ${eA}, dB ${eB}`);
+  }
+  assert.strictEqual(afterForward - before, expectLaunch ? 1 : 0, 'sm_90 launches in the forward');
+  assert.strictEqual(afterBackward - afterForward, expectLaunch ? 1 : 0, 'sm_90 launches in the backward');
+  // The same call twice gives the same bits.
+  const y2 = lg.forward(x.gpu);
+  assert.deepStrictEqual(y2.toFloat32Array(), yg.toFloat32Array());
+  return { ey, edx };
+}
+
+test('kernelStats reports the sm_90 kernel usable exactly on a cc 9.0 GPU', () => {
+  const s = cuda.kernelStats();
+  assert.strictEqual(s.sm90GemmUsable, hopper, `${lk.backendInfo().cudaDevice}: ${JSON.stringify(s)}`);
+  assert.strictEqual(typeof s.sm90GemmLaunches, 'number');
+});
+
+const CASES = [
+  // tiles cut short in every direction; one adapter
+  ['bf16, one adapter, 300x1000 -> 520', { inF: 1000, outF: 520, adapters: [{ r: 16, alpha: 32 }], dtype: 'bf16' }, 300],
+  // rank 72: the adapter spans two K blocks, the second with one k16 step
+  ['bf16, r = 72 and r = 8 with different scales', { inF: 512, outF: 264, adapters: [{ r: 72, alpha: 5 }, { r: 8, alpha: 64 }], dtype: 'bf16' }, 130],
+  // fan_in_fan_out: W is [in, out], the other B layout in both passes
+  ['bf16, fan_in_fan_out, no bias', { inF: 136, outF: 264, adapters: [{ r: 8, alpha: 16 }], dtype: 'bf16', fifo: true, bias: false }, 257],
+  ['f16, two adapters', { inF: 256, outF: 776, adapters: [{ r: 16, alpha: 16 }, { r: 32, alpha: 8 }], dtype: 'f16' }, 200],
+  // four adapters: the most one launch takes
+  ['bf16, four adapters', { inF: 384, outF: 512, adapters: [8, 16, 24, 32].map((r) => ({ r, alpha: r / 2 })), dtype: 'bf16' }, 96],
+  // many tiles (group ordering over 16 x 3 tiles)
+  ['bf16, 2048x1024 -> 768, r 64', { inF: 1024, outF: 768, adapters: [{ r: 64, alpha: 128 }], dtype: 'bf16' }, 2048],
+];
+for (const [name, opts, n] of CASES) test(`sm_90 path: ${name}`, () => check(opts, n));
+
+test('fallbacks to cuBLASLt: rank not a multiple of 8, five adapters, width not a multiple of 8', () => {
+  check({ inF: 256, outF: 264, adapters: [{ r: 12, alpha: 24 }], dtype: 'bf16' }, 100, { expectLaunch: false });
+  check({ inF: 256, outF: 264, adapters: [8, 8, 8, 8, 8].map((r) => ({ r, alpha: 8 })), dtype: 'bf16' }, 100, { expectLaunch: false });
+  check({ inF: 256, outF: 260, adapters: [{ r: 8, alpha: 8 }], dtype: 'bf16' }, 100, { expectLaunch: false });
+});
+
+test('small batches stay on cuBLASLt by default (below 64 rows)', () => {
+  const expect = forced === 'sm90' && hopper;
+  check({ inF: 256, outF: 264, adapters: [{ r: 8, alpha: 8 }], dtype: 'bf16' }, 40, { expectLaunch: expect });
+});
+
+test('the LoRA term is large enough here that dropping it would fail the tolerance', () => {
+  // Same layer with the adapter disabled on the gpu only: the outputs must differ by far more than TOL.
+  const { lc, lg } = layers({ inF: 1000, outF: 520, adapters: [{ r: 16, alpha: 32 }], dtype: 'bf16' });
+  const x = pair([300, 1000], 'bf16', 1);
+  lg.enableAdapters(false);
+  const e = relErr(lg.forward(x.gpu).toFloat32Array(), lc.forward(x.cpu).toFloat32Array());
+  assert.ok(e > 0.1, `the adapter's share of y is only ${e}`);
+});
