@@ -4,6 +4,8 @@
 // forward, and forward + backward against the base's forward + dx. Run it twice to compare paths:
 //   node bench/gpu_sm90.js                        (sm_90 kernel from 64 rows)
 //   LORAKIT_CUDA_GEMM=cublas node bench/gpu_sm90.js   (two cuBLASLt GEMMs per LoRA product)
+//   --base: only the base GEMM, cuBLASLt against the layer without adapters (LORAKIT_SM90_CLUSTER,
+//   LORAKIT_SM90_GROUP tune the sm_90 kernel's cluster size and tile order)
 // Device µs per call, medians of 5 loops over 4 rotating weight sets (W not resident in L2).
 'use strict';
 const lk = require('../dist');
@@ -11,6 +13,7 @@ const { timeCalls } = require('./gpu_timing');
 const { Tensor, LoraLinear, cuda } = lk;
 
 const quick = process.argv.includes('--quick');
+const baseOnly = process.argv.includes('--base'); // the base GEMM alone, both paths
 const D_IN = 4096;
 const D_OUT = quick ? [4096] : [4096, 14336];
 const NS = quick ? [4096] : [512, 4096, 16384];
@@ -48,7 +51,14 @@ function main() {
       const baseDx = timeCalls((i) => { cuda.baseGemm(x, Ws[i % SETS], y); cuda.baseGemm(dy, Ws[i % SETS], dx, true); }, it).dev;
       const plain = Ws.map((W) => new LoraLinear({ weight: W }).eval());
       const plainFwd = timeCalls((i) => plain[i % SETS].forward(x).dispose(), it).dev;
-      for (const r of RS) {
+      let plainFb = NaN;
+      if (baseOnly) {
+        plain.forEach((l) => l.train());
+        plainFb = timeCalls((i) => { const l = plain[i % SETS]; l.forward(x).dispose(); l.backward(dy).dx.dispose(); }, it).dev;
+      }
+      plain.forEach((l) => l.dispose());
+      if (baseOnly) console.log(`| ${dOut} | ${n} | - | ${base.toFixed(1)} | ${plainFwd.toFixed(1)} | - | ${(plainFwd / base).toFixed(3)} | ${baseDx.toFixed(1)} | ${plainFb.toFixed(1)} (no adapter) | ${(plainFb / baseDx).toFixed(3)} |`);
+      for (const r of baseOnly ? [] : RS) {
         const layers = Ws.map((W) => new LoraLinear({ weight: W }).addAdapter('default', { r, loraAlpha: 2 * r, dtype: 'bf16', initLoraWeights: false, seed: 3 }));
         layers.forEach((l) => l.eval());
         const fwd = timeCalls((i) => layers[i % SETS].forward(x).dispose(), it).dev;

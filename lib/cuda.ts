@@ -1,6 +1,6 @@
 /**
  * The CUDA backend's extras: availability, streams and synchronisation, device timers for benchmarks,
- * allocator statistics, the bare base GEMM (the benchmarks' reference) and fused optimizer steps
+ * allocator and kernel statistics, the bare base GEMM (the benchmarks' reference) and fused optimizer steps
  * for adapter parameters. Tensors themselves move with `Tensor.to({ device: 'cuda' })`.
  */
 import { DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from './errors';

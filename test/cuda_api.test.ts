@@ -35,6 +35,23 @@ describe('cuda API without a usable GPU', () => {
     expect(() => cuda.baseGemm(p, p, p)).toThrow(/x: expected a cuda tensor/);
   });
 
+  test('kernelStats: which GPU kernels are usable and used (a typed error in builds without cuda)', () => {
+    if (backendInfo().compiled.includes('cuda')) {
+      const s = cuda.kernelStats();
+      expect(typeof s.sm90GemmLaunches).toBe('number');
+      if (!usable) expect(s).toEqual({ sm90GemmUsable: false, sm90GemmLaunches: 0 });
+      return;
+    }
+    let err: Error | undefined;
+    try {
+      cuda.kernelStats();
+    } catch (e) {
+      err = e as Error;
+    }
+    expect(err?.name).toBe('LoraTypeError');
+    expect(err!.message).toMatch(/'cuda' is not available in this build/);
+  });
+
   test('an unknown device name is a LoraTypeError', () => {
     expect(() => Tensor.zeros([1], { device: 'tpu' as never })).toThrow(expect.objectContaining({ name: 'LoraTypeError' }));
   });

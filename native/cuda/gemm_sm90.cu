@@ -16,6 +16,7 @@
 #include <cudaTypedefs.h>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <type_traits>
@@ -45,20 +46,23 @@ struct Params {
   float final_scale;
   int count;
   int M, N, tiles_m, tiles_n;
+  int group;  // row tiles per group in the tile order
   const void* bias;
   void* C;
 };
 
 #ifdef LK_SM90A
-// Tile order: groups of 8 row tiles sweep the column tiles together, so B tiles are reused in L2.
-__device__ __forceinline__ void tile_of(int id, int tiles_m, int tiles_n, int& tm, int& tn) {
-  constexpr int kGroup = 8;
-  const int per_group = kGroup * tiles_n;
-  const int group = id / per_group, first = group * kGroup;
-  const int rows = min(tiles_m - first, kGroup);
+// Tile order: groups of `group` row tiles sweep the column tiles together, so tiles of both
+// operands are reused from L2.
+__device__ __forceinline__ void tile_of(int id, int tiles_m, int tiles_n, int group_rows, int& tm, int& tn) {
+  const int per_group = group_rows * tiles_n;
+  const int group = id / per_group, first = group * group_rows;
+  const int rows = min(tiles_m - first, group_rows);
   tm = first + (id % per_group) % rows;
   tn = (id % per_group) / rows;
 }
+
+__device__ __forceinline__ int warp_in_group() { return int(threadIdx.x % 128) / 32; }
 
 template <bool F16, bool BKMajor>
 __device__ __forceinline__ void mma_step(float (&d)[128], uint32_t a_base, uint32_t b_base, int k) {
@@ -75,9 +79,21 @@ __device__ __forceinline__ void mma_steps(float (&d)[128], uint32_t a_base, uint
   for (int k = 0; k < Steps; k++) mma_step<F16, BKMajor>(d, a_base, b_base, k);
 }
 
+// A consumer warp frees a stage. With a cluster, the stage of every CTA: each producer multicasts
+// its share of B into all of them, so it may refill a stage only when every CTA has freed it.
+template <int Cluster>
+__device__ __forceinline__ void release(uint64_t* empty, int s) {
+  if constexpr (Cluster == 1) {
+    sm90::mbar_arrive(&empty[s]);
+  } else {
+#pragma unroll
+    for (int c = 0; c < Cluster; c++) sm90::mbar_arrive_cluster(&empty[s], c);
+  }
+}
+
 // The consumer's loop over one operand's K blocks. `it` counts blocks over all operands (the
 // ring position); `pending` is the stage whose wgmma may still be reading it.
-template <bool F16, bool BKMajor>
+template <bool F16, bool BKMajor, int Cluster>
 __device__ __forceinline__ void consume(float (&d)[128], uint8_t* smem, uint64_t* full, uint64_t* empty, int blocks,
                                         int last_steps, int cw, int lane, int& it, int& pending) {
   for (int kb = 0; kb < blocks; kb++, it++) {
@@ -94,13 +110,77 @@ __device__ __forceinline__ void consume(float (&d)[128], uint8_t* smem, uint64_t
     }
     sm90::wgmma_commit();
     sm90::wgmma_wait<1>();  // the previous block's wgmma are done: its stage can be refilled
-    if (pending >= 0 && lane == 0) sm90::mbar_arrive(&empty[pending]);
+    if (pending >= 0 && lane == 0) release<Cluster>(empty, pending);
     pending = s;
+  }
+}
+
+// The two consumer warpgroups: the K loop over every operand, then the epilogue (scale, bias,
+// one rounding, staged through shared memory into 16-byte row stores).
+template <class T, bool B0KMajor, bool BLoraKMajor, int Cluster>
+__device__ __forceinline__ void consumer_tile(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, int cw,
+                                              int lane, int m0, int n0) {
+  float d[128];
+#pragma unroll
+  for (int i = 0; i < 128; i++) d[i] = 0.f;
+  int it = 0, pending = -1;  // pending: the stage whose wgmma may still read it
+  constexpr bool f16 = std::is_same<T, __half>::value;
+  for (int op = 0; op < p.count; op++) {
+    if (p.ratio[op] != 1.f) {  // the next operand has another scale: rescale what is accumulated
+      sm90::wgmma_wait<0>();
+      sm90::fence_accumulators(d);
+      if (pending >= 0 && lane == 0) release<Cluster>(empty, pending);
+      pending = -1;
+      const float r = p.ratio[op];
+#pragma unroll
+      for (int i = 0; i < 128; i++) d[i] *= r;
+    }
+    if (op == 0) consume<f16, B0KMajor, Cluster>(d, smem, full, empty, p.blocks[op], p.last_steps[op], cw, lane, it, pending);
+    else consume<f16, BLoraKMajor, Cluster>(d, smem, full, empty, p.blocks[op], p.last_steps[op], cw, lane, it, pending);
+  }
+  sm90::wgmma_wait<0>();
+  sm90::fence_accumulators(d);
+  if (pending >= 0 && lane == 0) release<Cluster>(empty, pending);
+
+  // The ring is free for staging: every load was consumed, and both warpgroups have passed their
+  // last wgmma at the barrier.
+  sm90::named_barrier(1, 256);
+  using T2 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+  T* stage = reinterpret_cast<T*>(smem);
+  const T* bias = static_cast<const T*>(p.bias);
+  const int w = warp_in_group();
+  const int r0 = cw * 64 + w * 16 + lane / 4;
+  const float fs = p.final_scale;
+#pragma unroll
+  for (int j = 0; j < 32; j++) {
+    const int col = 8 * j + 2 * (lane % 4);
+    float b0 = 0.f, b1 = 0.f;
+    if (bias && n0 + col < p.N) {
+      b0 = to_f32(bias[n0 + col]);
+      b1 = to_f32(bias[n0 + col + 1]);
+    }
+    T2 lo, hi;
+    lo.x = from_f32<T>(d[4 * j] * fs + b0);
+    lo.y = from_f32<T>(d[4 * j + 1] * fs + b1);
+    hi.x = from_f32<T>(d[4 * j + 2] * fs + b0);
+    hi.y = from_f32<T>(d[4 * j + 3] * fs + b1);
+    *reinterpret_cast<T2*>(stage + r0 * kStagePitch + col) = lo;
+    *reinterpret_cast<T2*>(stage + (r0 + 8) * kStagePitch + col) = hi;
+  }
+  sm90::named_barrier(1, 256);
+  T* C = static_cast<T*>(p.C);
+  for (int idx = cw * 128 + int(threadIdx.x % 128); idx < kBM * (kBN / 8); idx += 256) {
+    const int row = idx / (kBN / 8), chunk = idx % (kBN / 8);
+    const int gr = m0 + row, gc = n0 + chunk * 8;
+    if (gr < p.M && gc < p.N)
+      *reinterpret_cast<uint4*>(C + int64_t(gr) * p.N + gc) = *reinterpret_cast<const uint4*>(stage + row * kStagePitch + chunk * 8);
   }
 }
 #endif
 
-template <class T, bool B0KMajor, bool BLoraKMajor>
+// Cluster = 2: two CTAs on vertically adjacent tiles (same columns) share B: each loads half of
+// the B tile and multicasts it to both, halving B's traffic from L2.
+template <class T, bool B0KMajor, bool BLoraKMajor, int Cluster>
 __global__ void __launch_bounds__(kThreads, 1) lora_gemm_sm90(const __grid_constant__ Params p) {
 #ifdef LK_SM90A
   extern __shared__ uint8_t smem_raw[];
@@ -108,22 +188,26 @@ __global__ void __launch_bounds__(kThreads, 1) lora_gemm_sm90(const __grid_const
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
   uint64_t* empty = full + kStages;
   const int wg = threadIdx.x / 128, lane = threadIdx.x % 32;
+  const int rank = Cluster == 1 ? 0 : int(sm90::cluster_rank());
   int tm, tn;
-  tile_of(blockIdx.x, p.tiles_m, p.tiles_n, tm, tn);
+  tile_of(blockIdx.x / Cluster, (p.tiles_m + Cluster - 1) / Cluster, p.tiles_n, p.group, tm, tn);
+  tm = tm * Cluster + rank;
   const int m0 = tm * kBM, n0 = tn * kBN;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; s++) {
       sm90::mbar_init(&full[s], 1);
-      sm90::mbar_init(&empty[s], 8);  // one arrival per consumer warp
+      sm90::mbar_init(&empty[s], 8 * Cluster);  // one arrival per consumer warp of each CTA
     }
     sm90::mbar_init_fence();
   }
-  __syncthreads();
+  if constexpr (Cluster == 1) __syncthreads();
+  else sm90::cluster_sync();  // the peer's barriers exist before anything arrives on them
 
   if (wg == 0) {  // producer
     sm90::regs_decrease<40>();
     if (threadIdx.x == 0) {
+      constexpr int kBRows = kBN / Cluster;  // this CTA's share of a K-major B tile
       int it = 0;
       for (int op = 0; op < p.count; op++) {
         const bool kmajor = op == 0 ? B0KMajor : BLoraKMajor;
@@ -133,69 +217,30 @@ __global__ void __launch_bounds__(kThreads, 1) lora_gemm_sm90(const __grid_const
           uint8_t* sa = smem + s * kStageBytes;
           uint8_t* sb = sa + kABytes;
           sm90::mbar_expect_tx(&full[s], kStageBytes);
-          sm90::tma_load_2d(sa, &p.a[op], &full[s], kb * kBK, m0);
-          if (kmajor) {
-            sm90::tma_load_2d(sb, &p.b[op], &full[s], kb * kBK, n0);
+          sm90::tma_load_2d(sa, &p.a[op], &full[s], kb * kBK, m0 < p.M ? m0 : 0);  // a cluster's spare tile reads row 0
+          if constexpr (Cluster == 1) {
+            if (kmajor) {
+              sm90::tma_load_2d(sb, &p.b[op], &full[s], kb * kBK, n0);
+            } else {
+              for (int c = 0; c < kBN / 64; c++) sm90::tma_load_2d(sb + c * 64 * 128, &p.b[op], &full[s], n0 + c * 64, kb * kBK);
+            }
           } else {
-            for (int c = 0; c < kBN / 64; c++) sm90::tma_load_2d(sb + c * 64 * 128, &p.b[op], &full[s], n0 + c * 64, kb * kBK);
+            constexpr uint16_t kAll = (1u << Cluster) - 1;
+            if (kmajor) {
+              sm90::tma_load_2d_multicast(sb + rank * kBRows * 128, &p.b[op], &full[s], kb * kBK, n0 + rank * kBRows, kAll);
+            } else {
+              for (int c = rank * (kBN / 64 / Cluster); c < (rank + 1) * (kBN / 64 / Cluster); c++)
+                sm90::tma_load_2d_multicast(sb + c * 64 * 128, &p.b[op], &full[s], n0 + c * 64, kb * kBK, kAll);
+            }
           }
         }
       }
     }
-    return;
+  } else {
+    sm90::regs_increase<232>();
+    consumer_tile<T, B0KMajor, BLoraKMajor, Cluster>(p, smem, full, empty, wg - 1, lane, m0, n0);
   }
-
-  sm90::regs_increase<232>();
-  const int cw = wg - 1;  // consumer: rows 64·cw .. 64·cw + 63 of the tile
-  float d[128];
-#pragma unroll
-  for (int i = 0; i < 128; i++) d[i] = 0.f;
-  int it = 0, pending = -1;  // pending: the stage whose wgmma may still read it
-  for (int op = 0; op < p.count; op++) {
-    if (p.ratio[op] != 1.f) {  // the next operand has another scale: rescale what is accumulated
-      sm90::wgmma_wait<0>();
-      sm90::fence_accumulators(d);
-      if (pending >= 0 && lane == 0) sm90::mbar_arrive(&empty[pending]);
-      pending = -1;
-      const float r = p.ratio[op];
-#pragma unroll
-      for (int i = 0; i < 128; i++) d[i] *= r;
-    }
-    constexpr bool f16 = std::is_same<T, __half>::value;
-    if (op == 0) consume<f16, B0KMajor>(d, smem, full, empty, p.blocks[op], p.last_steps[op], cw, lane, it, pending);
-    else consume<f16, BLoraKMajor>(d, smem, full, empty, p.blocks[op], p.last_steps[op], cw, lane, it, pending);
-  }
-  sm90::wgmma_wait<0>();
-  sm90::fence_accumulators(d);
-
-  // Epilogue: scale, bias, one rounding, staged in shared memory (the ring is free: every load
-  // was consumed and both warpgroups have passed their last wgmma at the barrier).
-  sm90::named_barrier(1, 256);
-  T* stage = reinterpret_cast<T*>(smem);
-  const T* bias = static_cast<const T*>(p.bias);
-  const int w = (threadIdx.x % 128) / 32;
-  const int r0 = cw * 64 + w * 16 + lane / 4;
-#pragma unroll
-  for (int j = 0; j < 32; j++) {
-    const int col = 8 * j + 2 * (lane % 4);
-    float b0 = 0.f, b1 = 0.f;
-    if (bias && n0 + col < p.N) {
-      b0 = to_f32(bias[n0 + col]);
-      b1 = to_f32(bias[n0 + col + 1]);
-    }
-    stage[r0 * kStagePitch + col] = from_f32<T>(d[4 * j] * p.final_scale + b0);
-    stage[r0 * kStagePitch + col + 1] = from_f32<T>(d[4 * j + 1] * p.final_scale + b1);
-    stage[(r0 + 8) * kStagePitch + col] = from_f32<T>(d[4 * j + 2] * p.final_scale + b0);
-    stage[(r0 + 8) * kStagePitch + col + 1] = from_f32<T>(d[4 * j + 3] * p.final_scale + b1);
-  }
-  sm90::named_barrier(1, 256);
-  T* C = static_cast<T*>(p.C);
-  for (int idx = threadIdx.x - 128; idx < kBM * (kBN / 8); idx += 256) {
-    const int row = idx / (kBN / 8), chunk = idx % (kBN / 8);
-    const int gr = m0 + row, gc = n0 + chunk * 8;
-    if (gr < p.M && gc < p.N)
-      *reinterpret_cast<uint4*>(C + int64_t(gr) * p.N + gc) = *reinterpret_cast<const uint4*>(stage + row * kStagePitch + chunk * 8);
-  }
+  if constexpr (Cluster > 1) sm90::cluster_sync();  // no CTA leaves while a peer may still signal it
 #endif
 }
 
@@ -229,22 +274,50 @@ CUtensorMap tensor_map(const void* ptr, DType dt, int64_t rows, int64_t cols, ui
   return m;
 }
 
-template <class T, bool B0K, bool BLK>
+template <class T, bool B0K, bool BLK, int Cluster>
 void launch(const Params& p) {
-  auto kernel = lora_gemm_sm90<T, B0K, BLK>;
+  auto kernel = lora_gemm_sm90<T, B0K, BLK, Cluster>;
   static std::once_flag once;
   std::call_once(once, [&] { cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes); });
-  kernel<<<p.tiles_m * p.tiles_n, kThreads, kSmemBytes, stream()>>>(p);
-  LK_LAUNCHED("lora_gemm_sm90");
+  const int pairs_m = (p.tiles_m + Cluster - 1) / Cluster;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(pairs_m * Cluster * p.tiles_n));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = kSmemBytes;
+  cfg.stream = stream();
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = Cluster;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  LK_CUDA(cudaLaunchKernelEx(&cfg, kernel, p), "lora_gemm_sm90 launch");
   g_launches++;
 }
 
-template <class T>
+template <class T, int Cluster>
 void launch_for(bool b0k, bool blk, const Params& p) {
-  if (b0k && blk) launch<T, true, true>(p);
-  else if (b0k) launch<T, true, false>(p);
-  else if (blk) launch<T, false, true>(p);
-  else launch<T, false, false>(p);
+  if (b0k && blk) launch<T, true, true, Cluster>(p);
+  else if (b0k) launch<T, true, false, Cluster>(p);
+  else if (blk) launch<T, false, true, Cluster>(p);
+  else launch<T, false, false, Cluster>(p);
+}
+
+// LORAKIT_SM90_CLUSTER=1|2 and LORAKIT_SM90_GROUP=<row tiles> (benchmarks); defaults below.
+int env_int(const char* name, int fallback, int lo, int hi) {
+  const char* e = std::getenv(name);
+  if (!e) return fallback;
+  const int v = std::atoi(e);
+  return v >= lo && v <= hi ? v : fallback;
+}
+int cluster_size() {
+  static const int c = env_int("LORAKIT_SM90_CLUSTER", 2, 1, 2);
+  return c;
+}
+int group_rows() {
+  static const int g = env_int("LORAKIT_SM90_GROUP", 8, 1, 1 << 20);
+  return g;
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -260,7 +333,7 @@ bool sm90_gemm_usable() {
       return false;
     }
     cudaFuncAttributes attr;
-    const bool image = cudaFuncGetAttributes(&attr, lora_gemm_sm90<__nv_bfloat16, true, true>) == cudaSuccess;
+    const bool image = cudaFuncGetAttributes(&attr, lora_gemm_sm90<__nv_bfloat16, true, true, 1>) == cudaSuccess;
     cudaGetLastError();
     return major == 9 && minor == 0 && image && encode_fn() != nullptr;
   }();
@@ -283,12 +356,13 @@ bool sm90_gemm_supports(DType dt, int64_t M, int64_t N, const std::vector<Sm90Op
 void sm90_lora_gemm(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operand>& ops, const void* bias, void* C) {
   if (!sm90_gemm_supports(dt, M, N, ops, bias, C)) throw_state("cuda: the sm_90 LoRA GEMM does not take these operands");
   Params p{};
+  const int cluster = cluster_size();
   p.count = int(ops.size());
   float current = 1.f;
   for (int i = 0; i < p.count; i++) {
     const auto& o = ops[i];
     p.a[i] = tensor_map(o.A, dt, M, o.k, kBK, kBM);
-    p.b[i] = o.b_kmajor ? tensor_map(o.B, dt, N, o.k, kBK, kBN) : tensor_map(o.B, dt, o.k, N, 64, kBK);
+    p.b[i] = o.b_kmajor ? tensor_map(o.B, dt, N, o.k, kBK, kBN / cluster) : tensor_map(o.B, dt, o.k, N, 64, kBK);
     p.blocks[i] = int((o.k + kBK - 1) / kBK);
     p.last_steps[i] = int(((o.k - int64_t(p.blocks[i] - 1) * kBK) + 15) / 16);
     const float s = i == 0 ? 1.f : o.scale;
@@ -300,11 +374,17 @@ void sm90_lora_gemm(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operan
   p.N = int(N);
   p.tiles_m = int((M + kBM - 1) / kBM);
   p.tiles_n = int((N + kBN - 1) / kBN);
+  p.group = group_rows();
   p.bias = bias;
   p.C = C;
   const bool b0k = ops[0].b_kmajor, blk = ops.size() > 1 ? ops[1].b_kmajor : true;
-  if (dt == DType::BF16) launch_for<__nv_bfloat16>(b0k, blk, p);
-  else launch_for<__half>(b0k, blk, p);
+  if (dt == DType::BF16) {
+    if (cluster == 2) launch_for<__nv_bfloat16, 2>(b0k, blk, p);
+    else launch_for<__nv_bfloat16, 1>(b0k, blk, p);
+  } else {
+    if (cluster == 2) launch_for<__half, 2>(b0k, blk, p);
+    else launch_for<__half, 1>(b0k, blk, p);
+  }
 }
 
 uint64_t sm90_gemm_launches() { return g_launches.load(); }

@@ -1,13 +1,12 @@
 // LoRA linear on cuBLASLt: shrink, fused forward, backward, and the bare base GEMM.
 //
-// How the LoRA term joins the base GEMM: cuBLASLt has no low-rank epilogue, and a true
-// K-extension [x | u]·[W | sB]ᵀ needs x and W physically concatenated (a copy of x per call and a
-// second copy of W per adapter). So the forward writes y = bias + s·u·Bᵀ first (a K = r GEMM,
-// memory-bound, one write of y) and then runs the base GEMM with beta = 1, accumulating x·Wᵀ
-// into that same y. The base GEMM is compute-bound for n above ~200, so reading y in its
-// epilogue costs little; the scale rides in the expand's alpha, the bias in its epilogue.
-// Backward does the same for dx: dx = g·A (K = r), then dx += dy·W (beta = 1), g = s·dy·B.
-// n ≤ 8 goes to the decode kernel (decode.cu), which streams W once.
+// How the LoRA term joins the base GEMM: on Hopper, from kSm90MinRows rows, the forward's
+// y = x·Wᵀ + Σ s·u·Bᵀ + b and the backward's dx = dy·W + Σ g·A are each one GEMM of our own
+// (gemm_sm90.cu: the adapters as a K-extension, y or dx written once). Elsewhere, or where its
+// alignment rules fail, cuBLASLt does it in two GEMMs, since it has no low-rank epilogue: y =
+// bias + s·u·Bᵀ first (a K = r GEMM, one write of y), then the base GEMM with beta = 1
+// accumulating x·Wᵀ into that y; dx likewise: dx = g·A, then dx += dy·W; g = s·dy·B.
+// n ≤ 16 goes to the decode kernel (decode.cu), which streams W once.
 // Every GEMM's algorithm is chosen once per shape (the fastest of the heuristic's candidates) and
 // cached, so repeated calls in a process use the same one: results are run-to-run deterministic
 // (cuBLASLt's reductions for a fixed algorithm are deterministic). Another process may time the
