@@ -377,15 +377,18 @@ void linear_backward(const TensorRef& dy, const TensorRef& W, bool fifo, const s
     int64_t r = t.B.dim(1);
     Scratch sb, su, sx, sd;
     const void* Bp = as_dtype(t.B, dt, sb);
-    // g = s·dy·B [n, r]: B [out, r] is the row-major [k, n] operand.
+    // g = s·dy·B [n, r] and dB = s·dyᵀ·u [out, r]: from one read of dy where lora_grad.cu applies,
+    // else two GEMMs (B [out, r] is g's row-major [k, n] operand).
     new (&gs[a]) Scratch(n * r * dtype_size(dt));
-    run(Gemm{n, r, outf, dy.data, outf, false, Bp, r, false, gs[a].p, r, dt, dt, t.scale});
-    if (t.dB) {  // dB = s·dyᵀ·u [out, r]
-      const void* u = as_dtype(t.u, dt, su);
-      bool direct = t.dB->dtype == dt || t.dB->dtype == DType::F32;
-      void* o = direct ? t.dB->data : (new (&sd) Scratch(outf * r * 4), sd.p);
-      run(Gemm{outf, r, n, dy.data, outf, true, u, r, false, o, r, dt, direct ? t.dB->dtype : DType::F32, t.scale});
-      if (!direct) convert(o, DType::F32, t.dB->data, t.dB->dtype, outf * r);
+    const void* u = t.dB ? as_dtype(t.u, dt, su) : nullptr;
+    if (!t.dB || !lora_grad_fused(dy, Bp, u, r, t.scale, gs[a].p, *t.dB)) {
+      run(Gemm{n, r, outf, dy.data, outf, false, Bp, r, false, gs[a].p, r, dt, dt, t.scale});
+      if (t.dB) {
+        bool direct = t.dB->dtype == dt || t.dB->dtype == DType::F32;
+        void* o = direct ? t.dB->data : (new (&sd) Scratch(outf * r * 4), sd.p);
+        run(Gemm{outf, r, n, dy.data, outf, true, u, r, false, o, r, dt, direct ? t.dB->dtype : DType::F32, t.scale});
+        if (!direct) convert(o, DType::F32, t.dB->data, t.dB->dtype, outf * r);
+      }
     }
     if (t.dA) {  // dA = gᵀ·xa [r, in]
       const void* xa = as_dtype(t.xa, dt, sx);

@@ -43,6 +43,8 @@ void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
                     const std::vector<ForwardTerm>& terms, const TensorRef& y);
 void linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out,
                      const std::vector<BackwardTerm>& terms, const TensorRef* dx);
+// lora_grad.cu: g = s·dy·B, dB = s·dyᵀ·u from one read of dy (B, u, g in dy's dtype); false: not applicable.
+bool lora_grad_fused(const TensorRef& dy, const void* B, const void* u, int64_t r, float scale, void* g, const TensorRef& dB);
 // The whole LoRA forward in one call: each adapter's shrink (into u_out when given, for backward;
 // else into scratch), then linear_forward. No dropout (callers with dropout use the pieces).
 struct FusedAdapter {
