@@ -86,8 +86,11 @@ __device__ __forceinline__ void release(uint64_t* empty, int s) {
   if constexpr (Cluster == 1) {
     sm90::mbar_arrive(&empty[s]);
   } else {
+    const uint32_t self = sm90::cluster_rank();
+    sm90::mbar_arrive(&empty[s]);
 #pragma unroll
-    for (int c = 0; c < Cluster; c++) sm90::mbar_arrive_cluster(&empty[s], c);
+    for (int c = 0; c < Cluster; c++)
+      if (uint32_t(c) != self) sm90::mbar_arrive_cluster(&empty[s], c);
   }
 }
 
