@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 // The one-pass sm_90 LoRA GEMM against cuBLASLt, bf16, d_in = 4096: per shape, the bare cuBLASLt
 // base GEMM, a LoraLinear with no adapter (the base alone through the path in use), the LoRA
-// forward, and forward + backward against the base's forward + dx. Run it twice to compare paths:
-//   node bench/gpu_sm90.js                        (sm_90 kernel from 64 rows)
+// forward, and forward + backward against the base's forward + dx. Run it once per path:
+//   LORAKIT_CUDA_GEMM=sm90 node bench/gpu_sm90.js     (the one-pass kernel wherever it applies)
 //   LORAKIT_CUDA_GEMM=cublas node bench/gpu_sm90.js   (two cuBLASLt GEMMs per LoRA product)
+//   node bench/gpu_sm90.js                            (the default: the faster of the two per shape)
 //   --base: only the base GEMM, cuBLASLt against the layer without adapters (LORAKIT_SM90_CLUSTER,
 //   LORAKIT_SM90_GROUP tune the sm_90 kernel's cluster size and tile order)
 // Device µs per call, medians of 5 loops over 4 rotating weight sets (W not resident in L2).

@@ -13,6 +13,8 @@
 // candidates differently and pick another algorithm.
 #include <cublasLt.h>
 #include <cstdlib>
+#include <functional>
+#include <string>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -232,17 +234,69 @@ void require_dtype(const TensorRef& t, DType dt, const std::string& name, const 
     throw_type(name + ": on cuda, expected " + dtype_name(dt) + " (the dtype of " + what + "), got " + dtype_name(t.dtype));
 }
 
-// LORAKIT_CUDA_GEMM=cublas|sm90 forces the two-GEMM cuBLASLt path or the one-pass sm_90 kernel
-// (where it takes the operands); by default the sm_90 kernel from kSm90MinRows rows.
+// Which way computes a LoRA product (the forward's y, the backward's dx): the one-pass sm_90 kernel
+// or two cuBLASLt GEMMs. LORAKIT_CUDA_GEMM=sm90|cublas forces one (where the kernel takes the
+// operands); by default, from kSm90MinRows rows, both are timed once per shape bucket (rows
+// rounded up to a power of two) and the faster is kept for the process, as cuBLASLt's own
+// algorithm is chosen.
 constexpr int64_t kSm90MinRows = 64;
-bool want_sm90(int64_t rows) {
-  static const int forced = [] {
+enum class Path { Auto, Sm90, Cublas };
+Path forced_path() {
+  static const Path p = [] {
     const char* e = std::getenv("LORAKIT_CUDA_GEMM");
-    if (!e) return 0;
-    const std::string v(e);
-    return v == "sm90" ? 1 : v == "cublas" ? 2 : 0;
+    const std::string v(e ? e : "");
+    return v == "sm90" ? Path::Sm90 : v == "cublas" ? Path::Cublas : Path::Auto;
   }();
-  return forced ? forced == 1 : rows >= kSm90MinRows;
+  return p;
+}
+
+bool sm90_considered(int64_t rows) {
+  const Path p = forced_path();
+  return p == Path::Sm90 || (p == Path::Auto && rows >= kSm90MinRows);
+}
+
+int64_t bucket(int64_t rows) {
+  int64_t b = 1;
+  while (b < rows) b <<= 1;
+  return b;
+}
+
+// Median-free and short on purpose: 2 warm-up and 3 timed runs of each into scratch memory.
+float time_ms(const std::function<void(void*)>& f, void* out) {
+  cudaStream_t st = stream();
+  for (int i = 0; i < 2; i++) f(out);
+  cudaEvent_t e0, e1;
+  LK_CUDA(cudaEventCreate(&e0), "cudaEventCreate");
+  LK_CUDA(cudaEventCreate(&e1), "cudaEventCreate");
+  cudaEventRecord(e0, st);
+  for (int i = 0; i < 3; i++) f(out);
+  cudaEventRecord(e1, st);
+  cudaEventSynchronize(e1);
+  float ms = 0.f;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return ms;
+}
+
+bool use_sm90(const std::string& key, size_t out_bytes, const std::function<void(void*)>& sm90,
+              const std::function<void(void*)>& cublas) {
+  if (forced_path() != Path::Auto) return forced_path() == Path::Sm90;
+  static std::mutex mu;
+  static std::map<std::string, bool>* chosen = new std::map<std::string, bool>();  // leaked: no teardown order issues
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = chosen->find(key);
+  if (it != chosen->end()) return it->second;
+  Scratch out(out_bytes);
+  const float t_cublas = time_ms(cublas, out.p);
+  const float t_sm90 = time_ms(sm90, out.p);
+  return chosen->emplace(key, t_sm90 < t_cublas).first->second;
+}
+
+std::string shape_key(const char* op, DType dt, int64_t rows, std::initializer_list<int64_t> dims) {
+  std::string k = std::string(op) + ":" + dtype_name(dt) + ":" + std::to_string(bucket(rows));
+  for (int64_t d : dims) k += ":" + std::to_string(d);
+  return k;
 }
 
 }  // namespace
@@ -299,34 +353,41 @@ void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
   if (n == 0 || outf == 0) return;
   Scratch sbias;
   const void* b = bias ? as_dtype(*bias, dt, sbias) : nullptr;
-  if (in > 0 && want_sm90(n)) {  // y = x·Wᵀ + Σ s·u·Bᵀ + bias in one pass, y written once
+  // Two cuBLASLt GEMMs: y (+)= s·u·Bᵀ per adapter (bias on the first), then y (+)= x·Wᵀ.
+  auto two_gemms = [&](void* out) {
+    bool have_y = false;
+    for (const auto& t : terms) {
+      int64_t r = t.B.dim(1);
+      Scratch su, sb;
+      const void* u = as_dtype(t.u, dt, su);
+      const void* Bp = as_dtype(t.B, dt, sb);
+      run(Gemm{n, outf, r, u, r, false, Bp, r, true, out, outf, dt, dt, t.scale, have_y ? 1.f : 0.f, have_y ? nullptr : b});
+      have_y = true;
+    }
+    if (in == 0) {
+      if (!have_y) throw_range("x: in_features is 0");
+      return;
+    }
+    // W [out, in] is Bᵀ stored row-major [n=out, k=in]; fan_in_fan_out W [in, out] is B.
+    run(Gemm{n, outf, in, x.data, in, false, W.data, fifo ? outf : in, !fifo, out, outf, dt, dt, 1.f, have_y ? 1.f : 0.f,
+             have_y ? nullptr : b});
+  };
+  if (in > 0 && sm90_considered(n)) {  // y = x·Wᵀ + Σ s·u·Bᵀ + bias in one pass, y written once
     std::vector<Buf> hold;
     std::vector<Sm90Operand> ops{{x.data, W.data, in, 1.f, !fifo}};
     for (const auto& t : terms)
       if (t.scale != 0.f) ops.push_back({in_dtype(t.u, dt, hold), in_dtype(t.B, dt, hold), t.B.dim(1), t.scale, true});
     if (sm90_gemm_supports(dt, n, outf, ops, b, y.data)) {
-      sm90_lora_gemm(dt, n, outf, ops, b, y.data);
-      return;
+      auto one_pass = [&](void* out) { sm90_lora_gemm(dt, n, outf, ops, b, out); };
+      std::string key = shape_key("fwd", dt, n, {in, outf, fifo, b != nullptr});
+      for (size_t i = 1; i < ops.size(); i++) key += ":r" + std::to_string(ops[i].k);
+      if (use_sm90(key, size_t(n * outf) * dtype_size(dt), one_pass, two_gemms)) {
+        one_pass(y.data);
+        return;
+      }
     }
   }
-  bool have_y = false;
-  for (const auto& t : terms) {  // y (+)= s·u·Bᵀ, bias on the first
-    int64_t r = t.B.dim(1);
-    Scratch su, sb;
-    const void* u = as_dtype(t.u, dt, su);
-    const void* Bp = as_dtype(t.B, dt, sb);
-    Gemm g{n, outf, r, u, r, false, Bp, r, true, y.data, outf, dt, dt, t.scale, have_y ? 1.f : 0.f, have_y ? nullptr : b};
-    run(g);
-    have_y = true;
-  }
-  if (in == 0) {
-    if (!have_y) throw_range("x: in_features is 0");
-    return;
-  }
-  // y (+)= x·Wᵀ: W [out, in] is Bᵀ stored row-major [n=out, k=in]; fan_in_fan_out W [in, out] is B.
-  Gemm g{n, outf, in, x.data, in, false, W.data, fifo ? outf : in, !fifo, y.data, outf, dt, dt, 1.f,
-         have_y ? 1.f : 0.f, have_y ? nullptr : b};
-  run(g);
+  two_gemms(y.data);
 }
 
 void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
@@ -403,32 +464,39 @@ void linear_backward(const TensorRef& dy, const TensorRef& W, bool fifo, const s
   std::vector<size_t> dropped;
   for (size_t a = 0; a < terms.size(); a++)
     if (terms[a].dropout_p > 0.f) dropped.push_back(a);
-  bool have = false;
-  if (want_sm90(n)) {  // dx = dy·W + Σ g·A in one pass (g carries the scale)
-    std::vector<Buf> hold;
-    std::vector<Sm90Operand> ops{{dy.data, W.data, outf, 1.f, fifo}};
-    for (size_t a = 0; a < terms.size(); a++)
-      if (terms[a].dropout_p <= 0.f) ops.push_back({gs[a].p, in_dtype(terms[a].A, dt, hold), terms[a].A.dim(0), 1.f, false});
-    if (sm90_gemm_supports(dt, n, in, ops, nullptr, dx->data)) {
-      sm90_lora_gemm(dt, n, in, ops, nullptr, dx->data);
-      have = true;
-    }
-  }
-  // Else dx = Σ g·A over adapters without dropout, then += dy·W (beta = 1); then the dropout terms.
-  if (!have) {
+  // Two cuBLASLt GEMMs: dx = Σ g·A over adapters without dropout, then dx (+)= dy·W.
+  auto two_gemms = [&](void* out) {
+    bool have = false;
     for (size_t a = 0; a < terms.size(); a++) {
       const auto& t = terms[a];
       if (t.dropout_p > 0.f) continue;
       int64_t r = t.A.dim(0);
       Scratch sa;
       const void* Ap = as_dtype(t.A, dt, sa);
-      run(Gemm{n, in, r, gs[a].p, r, false, Ap, in, false, dx->data, in, dt, dt, 1.f, have ? 1.f : 0.f});
+      run(Gemm{n, in, r, gs[a].p, r, false, Ap, in, false, out, in, dt, dt, 1.f, have ? 1.f : 0.f});
       have = true;
     }
     // W [out, in] is the row-major [k=out, n=in] operand; fan_in_fan_out W [in, out] is its transpose.
-    run(Gemm{n, in, outf, dy.data, outf, false, W.data, fifo ? outf : in, fifo, dx->data, in, dt, dt, 1.f,
-             have ? 1.f : 0.f});
+    run(Gemm{n, in, outf, dy.data, outf, false, W.data, fifo ? outf : in, fifo, out, in, dt, dt, 1.f, have ? 1.f : 0.f});
+  };
+  bool done = false;
+  if (sm90_considered(n)) {  // dx = dy·W + Σ g·A in one pass (g carries the scale)
+    std::vector<Buf> hold;
+    std::vector<Sm90Operand> ops{{dy.data, W.data, outf, 1.f, fifo}};
+    for (size_t a = 0; a < terms.size(); a++)
+      if (terms[a].dropout_p <= 0.f) ops.push_back({gs[a].p, in_dtype(terms[a].A, dt, hold), terms[a].A.dim(0), 1.f, false});
+    if (sm90_gemm_supports(dt, n, in, ops, nullptr, dx->data)) {
+      auto one_pass = [&](void* out) { sm90_lora_gemm(dt, n, in, ops, nullptr, out); };
+      std::string key = shape_key("dx", dt, n, {in, outf, fifo});
+      for (size_t i = 1; i < ops.size(); i++) key += ":r" + std::to_string(ops[i].k);
+      if (use_sm90(key, size_t(n * in) * dtype_size(dt), one_pass, two_gemms)) {
+        one_pass(dx->data);
+        done = true;
+      }
+    }
   }
+  if (!done) two_gemms(dx->data);
+  // Adapters with dropout: their masked term is added on top.
   for (size_t a : dropped) {
     const auto& t = terms[a];
     int64_t r = t.A.dim(0);
