@@ -22,16 +22,7 @@ const CFG = quick
   : { d_in: 4096, d_out: [4096, 14336], r: [8, 16, 64], n: [1, 16, 512, 4096, 16384], mixed_n: [16, 512, 4096], mixed_r: 16 };
 const SETS = 4;
 
-function randn(n, seed, scale) {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    out[i] = ((s / 4294967296) * 2 - 1) * scale;
-  }
-  return out;
-}
-const dev = (data, shape) => Tensor.from(data, shape, { dtype: 'bf16', device: 'cuda' });
+const { randn, dev } = require('./gpu_data');
 
 // Median of 5 device-timed loops of fn(set), in µs per call.
 function timed(fn, sets, targetMs = 25) {

@@ -21,16 +21,7 @@ const NS = quick ? [4096] : [512, 4096, 16384];
 const RS = quick ? [16] : [8, 16, 64];
 const SETS = 4;
 
-function randn(n, seed, scale) {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    out[i] = ((s / 4294967296) * 2 - 1) * scale;
-  }
-  return out;
-}
-const dev = (data, shape) => Tensor.from(data, shape, { dtype: 'bf16', device: 'cuda' });
+const { randn, dev } = require('./gpu_data');
 const iters = (n, dOut) => Math.max(8, Math.min(200, Math.round(4e11 / (n * dOut * D_IN))));
 
 function main() {

@@ -6,6 +6,7 @@
 #include <string>
 #include <type_traits>
 #include "common.cuh"
+#include "mma.cuh"
 #include "ops.h"
 #include "vec.cuh"
 
@@ -64,29 +65,10 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const T* W, T* out, con
 // written, so HBM reads stay in flight without tying up registers (the register-tiled kernel
 // above held only ~32 KB in flight per SM and reached a third of the copy bandwidth). The strip's
 // Q factor is staged once per block, P once per row tile; both come from L2.
-template <class F> struct MmaType;
-template <> struct MmaType<__nv_bfloat16> { static constexpr bool bf16 = true; };
-template <> struct MmaType<__half> { static constexpr bool bf16 = false; };
-
 template <class F>
 __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if constexpr (MmaType<F>::bf16)
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  Mma<F>::run(d, a[0], a[1], a[2], a[3], b[0], b[1]);
 }
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Tile shapes: TR rows × TC columns with TR·TC = 8192 (8 warps, each 16 rows × 64 columns).
 constexpr int kTcThreads = 256, kTcMaxRank = 128;

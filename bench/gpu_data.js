@@ -1,0 +1,18 @@
+// Seeded benchmark inputs for the GPU benchmarks: uniform values in [-scale, scale) from xorshift,
+// and bf16 device tensors made from them.
+'use strict';
+const { Tensor } = require('../dist');
+
+function randn(n, seed, scale) {
+  let s = seed >>> 0 || 1;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    out[i] = ((s / 4294967296) * 2 - 1) * scale;
+  }
+  return out;
+}
+
+const dev = (data, shape) => Tensor.from(data, shape, { dtype: 'bf16', device: 'cuda' });
+
+module.exports = { randn, dev };
