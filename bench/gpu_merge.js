@@ -5,7 +5,7 @@
 // LORAKIT_CUDA_MERGE=simt to time the CUDA-core kernel instead of the tensor-core one.
 //   node bench/gpu_merge.js [--d-out 4096,14336] [--r 8,16,64]
 'use strict';
-const { Tensor, kernels } = require('../dist');
+const { Tensor, kernels, cuda } = require('../dist');
 const { timeCalls: timed } = require('./gpu_timing');
 
 const arg = (name, def) => {
