@@ -11,7 +11,10 @@
 // m64n256k16 wgmma on 64 rows. B may be K-major (W [out, in] in the forward) or MN-major (W in the
 // backward's dx = dy·W); the adapters' scales are applied to the accumulators between segments
 // (acc ·= s_prev/s_i), so no scaled copy of a factor is made. The epilogue adds the bias in f32,
-// rounds once and stores through shared memory in 16-byte rows.
+// rounds once and stores through shared memory in 16-byte rows. By default clusters of two CTAs
+// share each B tile through TMA multicast (LORAKIT_SM90_CLUSTER=1 turns that off; on the H200 the
+// two measured the same within noise). Not persistent: each tile pays its pipeline fill and its
+// epilogue, which is where cuBLASLt's base GEMM stays 8-20% ahead (see bench/gpu_sm90.js).
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <atomic>
