@@ -263,6 +263,7 @@ export class GgufReader {
 function readTensorInfo(c: FileCursor, i: number): GgufTensorInfo {
   const at = `tensor_infos[${i}]`;
   const name = c.string(`${at} name`, 1 << 16);
+  if (name.length === 0) throw new LoraRangeError(`${c.source}: ${at} name is empty`);
   if (Buffer.byteLength(name) > MAX_NAME) throw new LoraRangeError(`${c.source}: ${at} name '${name.slice(0, 80)}' is ${Buffer.byteLength(name)} bytes; ggml allows at most ${MAX_NAME}`);
   const field = `tensor '${name}'`;
   const nDims = c.u32(`${field} n_dims`);
