@@ -9,6 +9,7 @@
  *   Q6_K x = d·sc_j·(q6 − 32)       (16 sub-blocks of 16, int8 scales)
  */
 import { LoraRangeError, LoraTypeError } from '../errors';
+import { typedArrayKind } from '../tensor';
 import { GGML, bf16ToFloat, floatToBf16, floatToHalf, ggmlType, halfToFloat, tensorBytes, typeName } from './ggml_types';
 
 const fr = Math.fround;
@@ -32,7 +33,7 @@ function scaleMin(q: Uint8Array, o: number, j: number): [number, number] {
 }
 
 function checkSize(type: number, src: Uint8Array, n: number): void {
-  if (!(src instanceof Uint8Array)) throw new LoraTypeError('src: expected a Uint8Array');
+  if (typedArrayKind(src) !== 'Uint8Array') throw new LoraTypeError('src: expected a Uint8Array');
   if (!Number.isSafeInteger(n) || n < 0) throw new LoraRangeError(`n: expected a non-negative integer, got ${n}`);
   const need = tensorBytes(type, [n], `${typeName(type)} data`);
   if (src.byteLength !== need) throw new LoraRangeError(`src: ${n} ${typeName(type)} values take ${need} bytes, got ${src.byteLength}`);
@@ -161,7 +162,7 @@ const roundf = (x: number) => (x < 0 ? -Math.floor(-x + 0.5) : Math.floor(x + 0.
 
 /** `src` (f32 values) encoded in ggml type `type` (F32, F16, BF16, Q8_0, Q4_0). */
 export function quantizeJs(type: number, src: Float32Array): Uint8Array {
-  if (!(src instanceof Float32Array)) throw new LoraTypeError('src: expected a Float32Array');
+  if (typedArrayKind(src) !== 'Float32Array') throw new LoraTypeError('src: expected a Float32Array');
   const n = src.length;
   const out = new Uint8Array(tensorBytes(type, [n], `${typeName(type)} data`));
   switch (type) {

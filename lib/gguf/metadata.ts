@@ -5,6 +5,7 @@
  * bigints so they round-trip exactly.
  */
 import { LoraRangeError, LoraTypeError } from '../errors';
+import { typedArrayKind } from '../tensor';
 
 export const VALUE_TYPES = ['u8', 'i8', 'u16', 'i16', 'u32', 'i32', 'f32', 'bool', 'string', 'array', 'u64', 'i64', 'f64'] as const;
 export type GgufValueType = (typeof VALUE_TYPES)[number];
@@ -158,8 +159,9 @@ function encodeArray(sink: ByteSink, v: GgufValue, where: string): void {
   sink.u64(items.length);
   if (t in TYPED_ARRAYS) {
     const Ctor = TYPED_ARRAYS[t as keyof typeof TYPED_ARRAYS];
-    if (items instanceof Ctor) {
-      sink.bytes(new Uint8Array(items.buffer, items.byteOffset, items.byteLength)); // little-endian hosts only (as Node's targets)
+    if (typedArrayKind(items) === Ctor.name) {
+      const ta = items as GgufNumberArray;
+      sink.bytes(new Uint8Array(ta.buffer, ta.byteOffset, ta.byteLength)); // little-endian hosts only (as Node's targets)
       return;
     }
   }

@@ -9,6 +9,7 @@
  */
 import { LoraRangeError, LoraTypeError, StateError } from '../errors';
 import { AtomicWriter } from '../io/atomic';
+import { typedArrayKind } from '../tensor';
 import { quantize } from './codecs';
 import { tensorBytes, typeName } from './ggml_types';
 import { ByteSink, GgufKV, encodeKV } from './metadata';
@@ -122,7 +123,7 @@ export class GgufStreamWriter {
     const spec = this.#specs[this.#next];
     if (!spec) throw new StateError(`write: all ${this.#specs.length} tensors are already written ('${name}' is extra)`);
     if (spec.name !== name) throw new StateError(`write: expected tensor '${spec.name}' next (header order), got '${name}'`);
-    if (!(bytes instanceof Uint8Array)) throw new LoraTypeError(`write: tensor '${name}': expected a Uint8Array`);
+    if (typedArrayKind(bytes) !== 'Uint8Array') throw new LoraTypeError(`write: tensor '${name}': expected a Uint8Array`);
     if (this.#pending === 0) this.#pending = this.#sizes[this.#next];
     if (bytes.byteLength > this.#pending)
       throw new LoraRangeError(`write: tensor '${name}' (${typeName(spec.type)} [${spec.shape.join(', ')}]) takes ${this.#sizes[this.#next]} bytes; got ${bytes.byteLength - this.#pending} too many`);

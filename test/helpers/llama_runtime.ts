@@ -5,51 +5,63 @@
  * distributions with transformers' logits: log p equals the logits up to a per-position constant,
  * so both are centered per position before the relative error is taken.
  */
+import { ChildProcessWithoutNullStreams, spawn } from 'child_process';
 import * as path from 'path';
+import * as readline from 'readline';
 import { GOLDEN_DIR } from './golden';
 import { SafetensorsFile } from '../../lib/io/safetensors';
 
-// node-llama-cpp is an ES module; a Function-built import keeps ts-jest from turning it into require().
-// eslint-disable-next-line @typescript-eslint/no-implied-eval
-const importEsm = new Function('s', 'return import(s)') as (s: string) => Promise<typeof import('node-llama-cpp')>;
+/** node-llama-cpp running in a child process (test/helpers/llama_child.mjs); models stay loaded per path. */
+export class LlamaRuntime {
+  readonly #child: ChildProcessWithoutNullStreams;
+  readonly #pending = new Map<number, { resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void }>();
+  #next = 0;
+  #stderr = '';
 
-type Llama = Awaited<ReturnType<typeof import('node-llama-cpp')['getLlama']>>;
-type LlamaModel = Awaited<ReturnType<Llama['loadModel']>>;
-
-let llamaPromise: Promise<Llama> | null = null;
-export function getLlama(): Promise<Llama> {
-  llamaPromise ??= importEsm('node-llama-cpp').then((m) => m.getLlama({ gpu: false, build: 'never', logLevel: m.LlamaLogLevel.error }));
-  return llamaPromise;
-}
-
-export async function loadModel(modelPath: string): Promise<LlamaModel> {
-  const llama = await getLlama();
-  return llama.loadModel({ modelPath, gpuLayers: 0 });
-}
-
-/** Log-probabilities of the next token after each prefix of `ids` ([position][vocab]). */
-export async function evalLogProbs(model: LlamaModel, ids: number[], lora?: { filePath: string; scale?: number }): Promise<Float64Array[]> {
-  const ctx = await model.createContext({
-    contextSize: 64,
-    batchSize: 64,
-    threads: 1,
-    flashAttention: false,
-    experimentalKvCacheKeyType: 'F32',
-    experimentalKvCacheValueType: 'F32',
-    ...(lora ? { lora: { adapters: [{ filePath: lora.filePath, scale: lora.scale ?? 1 }] } } : {}),
-  } as never);
-  try {
-    const seq = ctx.getSequence();
-    const res = await seq.controlledEvaluate(ids.map((t) => [t, { generateNext: { probabilities: true } }] as never));
-    return res.map((r, p) => {
-      const probs = (r as { next?: { probabilities?: Map<number, number> } })?.next?.probabilities;
-      if (!probs) throw new Error(`no probabilities at position ${p}`);
-      const out = new Float64Array(probs.size);
-      for (const [tok, pr] of probs) out[tok] = Math.log(pr);
-      return out;
+  constructor() {
+    this.#child = spawn(process.execPath, [path.join(__dirname, 'llama_child.mjs')], { cwd: path.join(__dirname, '..', '..'), stdio: 'pipe' });
+    this.#child.stderr.on('data', (d: Buffer) => (this.#stderr = (this.#stderr + d.toString()).slice(-4000)));
+    readline.createInterface({ input: this.#child.stdout }).on('line', (line) => {
+      if (!line.startsWith('@@')) return;
+      const msg = JSON.parse(line.slice(2)) as Record<string, unknown>;
+      const p = this.#pending.get(msg.id as number);
+      this.#pending.delete(msg.id as number);
+      if (msg.error) p?.reject(new Error(`node-llama-cpp: ${String(msg.error)}\n${this.#stderr.slice(-1500)}`));
+      else p?.resolve(msg);
     });
-  } finally {
-    await ctx.dispose();
+    this.#child.on('exit', (code, signal) => {
+      for (const p of this.#pending.values()) p.reject(new Error(`node-llama-cpp child exited (${code ?? signal})\n${this.#stderr.slice(-1500)}`));
+      this.#pending.clear();
+    });
+  }
+
+  #request(req: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const id = this.#next++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      this.#child.stdin.write(`${JSON.stringify({ ...req, id })}\n`);
+    });
+  }
+
+  /** Log-probabilities of the next token after each prefix of `ids` ([position][vocab]). */
+  async logProbs(model: string, ids: number[], lora?: { filePath: string; scale?: number }): Promise<Float64Array[]> {
+    const res = await this.#request({ op: 'eval', model, ids, lora });
+    return (res.logprobs as number[][]).map((r) => Float64Array.from(r));
+  }
+
+  async tokenize(model: string, text: string, special = false): Promise<number[]> {
+    return (await this.#request({ op: 'tokenize', model, text, special })).tokens as number[];
+  }
+
+  async unload(model: string): Promise<void> {
+    await this.#request({ op: 'unload', model });
+  }
+
+  async close(): Promise<void> {
+    if (this.#child.exitCode !== null) return;
+    const done = new Promise((r) => this.#child.once('exit', r));
+    this.#child.stdin.end();
+    await done;
   }
 }
 
