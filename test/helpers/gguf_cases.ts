@@ -27,10 +27,10 @@ export function adapterVariant(src: string, dst: string, configEdits: Record<str
 }
 
 /** A copy of a GGUF with some f32 tensors transformed and metadata values replaced. */
-export function ggufVariant(src: string, dst: string, opts: { alpha?: number; transform?: (name: string, v: Float32Array, shape: readonly number[]) => Float32Array }): string {
+export function ggufVariant(src: string, dst: string, opts: { alpha?: number; dropKeys?: string[]; transform?: (name: string, v: Float32Array, shape: readonly number[]) => Float32Array }): string {
   const r = new GgufReader(src);
   try {
-    const meta = [...r.metadata].map(([k, e]) => [k, k === 'adapter.lora.alpha' && opts.alpha !== undefined ? kv.f32(opts.alpha) : e] as [string, typeof e]);
+    const meta = [...r.metadata].filter(([k]) => !opts.dropKeys?.includes(k)).map(([k, e]) => [k, k === 'adapter.lora.alpha' && opts.alpha !== undefined ? kv.f32(opts.alpha) : e] as [string, typeof e]);
     const w = new GgufStreamWriter(dst, meta, r.tensors.map((t) => ({ name: t.name, type: t.type, shape: t.shape })));
     for (const t of r.tensors) w.writeFloat32(t.name, opts.transform ? opts.transform(t.name, r.float32(t.name), t.shape) : r.float32(t.name));
     w.commit();
