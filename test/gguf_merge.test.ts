@@ -14,7 +14,8 @@ import { GGML } from '../lib/gguf/ggml_types';
 import { mergeGguf } from '../lib/gguf/merge';
 import { GgufReader } from '../lib/gguf/reader';
 import { SafetensorsFile } from '../lib/io/safetensors';
-import { ggufVariant } from './helpers/gguf_cases';
+import { ggufVariant, rawF32 } from './helpers/gguf_cases';
+import { writeSafetensors } from '../lib/io/safetensors_writer';
 import { LLAMA_TINY, LlamaRuntime, centeredRelErr, llamaTinyExpected } from './helpers/llama_runtime';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-gguf-merge-'));
@@ -112,6 +113,33 @@ test('a LoRA GGUF without lorakit\'s copy of the config (as other converters wri
   const a = SafetensorsFile.read(path.join(adapterDir, 'adapter_model.safetensors'));
   const b = SafetensorsFile.read(path.join(back, 'adapter_model.safetensors'));
   for (const n of a.names) expect(Buffer.from(b.float32(n).buffer).equals(Buffer.from(a.float32(n).buffer))).toBe(true);
+});
+
+test('embedding and lm_head LoRA: llama.cpp at runtime agrees with lorakit\'s merge (W + s·(B·A)ᵀ for the embedding)', async () => {
+  const emb = path.join(dir, 'emb_adapter');
+  fs.mkdirSync(emb);
+  fs.writeFileSync(path.join(emb, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 4, lora_alpha: 8, target_modules: ['model.embed_tokens', 'lm_head'] }));
+  writeSafetensors(path.join(emb, 'adapter_model.safetensors'), new Map([
+    ['base_model.model.lm_head.lora_A.weight', rawF32([4, 64], 5, 0.3)],
+    ['base_model.model.lm_head.lora_B.weight', rawF32([256, 4], 6, 0.3)],
+    ['base_model.model.model.embed_tokens.lora_embedding_A', rawF32([4, 256], 7, 0.5)],
+    ['base_model.model.model.embed_tokens.lora_embedding_B', rawF32([64, 4], 8, 0.5)],
+  ]));
+  const lora = path.join(dir, 'emb_lora.gguf');
+  await adapterToGguf({ adapter: emb, base, out: lora });
+  const r = new GgufReader(lora);
+  expect(r.tensor('token_embd.weight.lora_a').shape).toEqual([256, 4]);
+  expect(r.tensor('token_embd.weight.lora_b').shape).toEqual([64, 4]);
+  r.close();
+  const merged = path.join(dir, 'emb_merged.gguf');
+  await mergeGguf({ base, adapter: emb, out: merged });
+  const runtime = await llama.logProbs(base, exp.ids, { filePath: lora });
+  const viaMerge = await llama.logProbs(merged, exp.ids);
+  const flat = new Float32Array(viaMerge.length * exp.vocab);
+  viaMerge.forEach((row, p) => flat.set(row, p * exp.vocab));
+  errs.embeddingRuntimeVsMerge = centeredRelErr(runtime, flat, exp.vocab);
+  expect(errs.embeddingRuntimeVsMerge).toBeLessThan(1e-5);
+  expect(centeredRelErr(runtime, exp.base, exp.vocab)).toBeGreaterThan(1e-2); // the adapter does change the output
 });
 
 test('errors: a merge onto itself, a mismatched adapter, a bad outtype', async () => {

@@ -4,10 +4,11 @@ import * as path from 'path';
 import { Checkpoint } from '../io/checkpoint';
 import { CONFIG_FILE, WEIGHTS_FILE } from '../model/adapter_io';
 import { parseArgs } from './_args';
+import { inspectGguf, isGguf } from './_gguf';
 
-export const summary = 'show an adapter (config, shapes, parameter counts) or a .safetensors checkpoint';
+export const summary = 'show an adapter (config, shapes, parameter counts), a .safetensors checkpoint or a GGUF file';
 
-const USAGE = 'usage: lorakit inspect <adapter dir | file.safetensors | checkpoint dir> [--all] [--json]';
+const USAGE = 'usage: lorakit inspect <adapter dir | file.safetensors | checkpoint dir | file.gguf> [--all] [--json]';
 
 interface TensorRow {
   name: string;
@@ -54,6 +55,7 @@ export async function run(argv: string[]): Promise<number> {
     return 1;
   }
   try {
+    if (isGguf(p)) return inspectGguf(p, args.flags.has('all'), args.flags.has('json'));
     const isAdapter = fs.statSync(p).isDirectory() && fs.existsSync(path.join(p, CONFIG_FILE));
     if (isAdapter) return inspectAdapter(p, args.flags.has('all'), args.flags.has('json'));
     return inspectCheckpoint(p, args.flags.has('all'), args.flags.has('json'));

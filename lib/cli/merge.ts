@@ -2,8 +2,9 @@
 import { FloatDType } from '../dtype';
 import { mergeCheckpoint } from '../model/stream_merge';
 import { parseArgs, progressBar } from './_args';
+import { GGUF_MERGE_USAGE, ggufBase, ggufMerge } from './_gguf';
 
-export const summary = 'merge a peft LoRA adapter into a .safetensors checkpoint (streamed, keeps sharding)';
+export const summary = 'merge a peft LoRA adapter into a .safetensors checkpoint or a GGUF base (streamed)';
 
 const USAGE =
   'usage: lorakit merge --base <file.safetensors | dir with shards> --adapter <adapter dir> --out <file | dir>\n' +
@@ -11,9 +12,10 @@ const USAGE =
 
 export async function run(argv: string[]): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
-    console.log(USAGE);
+    console.log(`${USAGE}\n${GGUF_MERGE_USAGE.replace('usage: ', '       ')}`);
     return 0;
   }
+  if (ggufBase(argv)) return ggufMerge(argv);
   let args;
   try {
     args = parseArgs(argv, ['base', 'adapter', 'out', 'dtype', 'scale'], ['quiet']);

@@ -40,9 +40,10 @@ function checkSize(type: number, src: Uint8Array, n: number): void {
 }
 
 /** f32 values of `n` elements stored in ggml type `type`. */
-export function dequantizeJs(type: number, src: Uint8Array, n: number, out = new Float32Array(n)): Float32Array {
+export function dequantizeJs(type: number, src: Uint8Array, n: number, into?: Float32Array): Float32Array {
   checkSize(type, src, n);
-  if (out.length !== n) throw new LoraRangeError(`out: expected ${n} values, got ${out.length}`);
+  const out = into ?? new Float32Array(n);
+  if (typedArrayKind(out) !== 'Float32Array' || out.length !== n) throw new LoraRangeError(`out: expected ${n} values, got ${out.length}`);
   const h = halves();
   const b = src;
   switch (type) {

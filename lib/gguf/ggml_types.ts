@@ -39,11 +39,14 @@ export const DEQUANTIZABLE: ReadonlySet<number> = new Set([0, 1, 2, 3, 6, 7, 8, 
 /** Types lib/gguf can write from f32 values. */
 export const QUANTIZABLE: ReadonlySet<number> = new Set([0, 1, 2, 8, 30]);
 
+/** The type with this id, or undefined. */
 export function ggmlType(id: number): GgmlTypeInfo | undefined {
   return BY_ID.get(id);
 }
 
+/** The type with this name ('Q8_0', 'f16', ...), or undefined. */
 export function ggmlTypeByName(name: string): GgmlTypeInfo | undefined {
+  if (typeof name !== 'string') throw new LoraTypeError(`name: expected a ggml type name, got ${typeof name}`);
   return BY_NAME.get(name.toUpperCase());
 }
 

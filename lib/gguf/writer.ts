@@ -35,7 +35,12 @@ function checkSpec(s: GgufTensorSpec, i: number): number {
 
 /** The header bytes (unpadded) and each tensor's data offset for the given layout. */
 export function serializeGgufHeader(metadata: Iterable<[string, GgufKV]>, specs: readonly GgufTensorSpec[]): { head: Buffer; offsets: number[]; sizes: number[]; alignment: number } {
+  if (metadata === null || typeof metadata !== 'object' || typeof (metadata as Iterable<unknown>)[Symbol.iterator] !== 'function') throw new LoraTypeError('metadata: expected an iterable of [key, { type, value }] pairs');
+  if (!Array.isArray(specs)) throw new LoraTypeError('tensors: expected an array of { name, type, shape }');
   const entries = [...metadata];
+  entries.forEach((e, i) => {
+    if (!Array.isArray(e) || e.length !== 2) throw new LoraTypeError(`metadata[${i}]: expected a [key, { type, value }] pair`);
+  });
   const keys = new Set<string>();
   let alignment = DEFAULT_ALIGNMENT;
   for (const [k, e] of entries) {

@@ -11,7 +11,7 @@ import { RawTensor, writeSafetensors } from '../../lib/io/safetensors_writer';
  * A copy of a peft adapter dir with config edits and per-tensor value transforms
  * (`scaleB`: tensor-name regex → factor applied to matching lora_B tensors).
  */
-export function adapterVariant(src: string, dst: string, configEdits: Record<string, unknown>, scaleB: Array<[RegExp, number]> = []): string {
+export function adapterVariant(src: string, dst: string, configEdits: Record<string, unknown>, scaleB: Array<[RegExp, number]> = [], extra: Map<string, RawTensor> = new Map()): string {
   fs.mkdirSync(dst, { recursive: true });
   const cfg = JSON.parse(fs.readFileSync(path.join(src, 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
   fs.writeFileSync(path.join(dst, 'adapter_config.json'), JSON.stringify({ ...cfg, ...configEdits }, null, 2));
@@ -22,6 +22,7 @@ export function adapterVariant(src: string, dst: string, configEdits: Record<str
     for (const [re, k] of scaleB) if (re.test(n) && n.includes('lora_B')) for (let i = 0; i < v.length; i++) v[i] *= k;
     out.set(n, { dtype: 'F32', shape: f.entry(n).shape, bytes: new Uint8Array(v.buffer) });
   }
+  for (const [n, t] of extra) out.set(n, t);
   writeSafetensors(path.join(dst, 'adapter_model.safetensors'), out);
   return dst;
 }
@@ -38,4 +39,16 @@ export function ggufVariant(src: string, dst: string, opts: { alpha?: number; dr
     r.close();
   }
   return dst;
+}
+
+/** An F32 RawTensor of deterministic values in [-scale, scale). */
+export function rawF32(shape: number[], seed: number, scale = 0.1): RawTensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const v = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    v[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
+  }
+  return { dtype: 'F32', shape, bytes: new Uint8Array(v.buffer) };
 }
