@@ -7,6 +7,8 @@
  *
  * Hand-written for the reasons in reader.ts (no npm package streams GGUF tensor data).
  */
+import { existsSync } from 'fs';
+import { dirname, resolve } from 'path';
 import { LoraRangeError, LoraTypeError, StateError } from '../errors';
 import { AtomicWriter } from '../io/atomic';
 import { typedArrayKind } from '../tensor';
@@ -93,6 +95,9 @@ export class GgufStreamWriter {
     const { head, sizes, alignment } = serializeGgufHeader(metadata, this.#specs);
     this.#sizes = sizes;
     this.#alignment = alignment;
+    if (typeof path !== 'string' || path.length === 0) throw new LoraTypeError('path: expected an output .gguf path');
+    const parent = dirname(resolve(path));
+    if (!existsSync(parent)) throw new LoraRangeError(`out: directory ${parent} does not exist`);
     this.#out = new AtomicWriter(path);
     try {
       this.#out.write(head);
