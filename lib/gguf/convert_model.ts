@@ -42,7 +42,7 @@ export interface ConvertResult {
   out: string;
 }
 
-export const CHUNK_VALUES = 4 << 20; // f32 values per streamed chunk (16 MiB)
+export const CHUNK_VALUES = 2 << 20; // f32 values per streamed chunk (8 MiB)
 
 export function checkOutType(v: unknown, arg = 'outtype'): GgufOutType {
   if (typeof v !== 'string' || !Object.hasOwn(OUT_TYPES, v)) throw new LoraTypeError(`${arg}: expected one of ${Object.keys(OUT_TYPES).join(', ')}, got ${JSON.stringify(v)}`);

@@ -1,6 +1,6 @@
 /**
  * Merges a LoRA adapter (a peft directory or a llama.cpp LoRA GGUF) into a GGUF base, streamed:
- * each targeted weight is read in row chunks (about 16 MiB of f32), dequantized, merged in f32 as
+ * each targeted weight is read in row chunks (about 8 MiB of f32), dequantized, merged in f32 as
  * W + scale·s·B·A (peft's merge; s = α/r or rsLoRA's α/√r, B's rows in the base's Q/K order) by the
  * native merge kernel, and encoded in the output type; every other tensor is copied byte for byte
  * (or converted when --outtype asks for another type). Peak memory is a chunk plus the adapter.
@@ -44,7 +44,7 @@ export interface GgufMergeResult {
   bytesWritten: number;
 }
 
-const COPY_CHUNK = 64 << 20;
+const COPY_CHUNK = 16 << 20;
 
 async function loadPairs(opts: GgufMergeOptions, reader: GgufReader, warn: (m: string) => void): Promise<LoraPair[]> {
   const base = baseInfoFromGguf(reader);
