@@ -110,7 +110,7 @@ function baseMetadata(arch: ArchSpec, config: Record<string, unknown>, dir: stri
     ['general.file_type', kv.u32(OUT_TYPES[out].fileType)],
     ['general.quantization_version', kv.u32(2)],
     ...h.keys,
-    ...tokenizerKeys(dir, hparamsOf(config, 'config.json').vocab, config, warn),
+    ...tokenizerKeys(dir, arch.arch, hparamsOf(config, 'config.json').vocab, config, warn),
   ];
   return { keys, ropeFreqs: h.ropeFreqs };
 }

@@ -69,8 +69,11 @@ function specialKeys(config: Record<string, unknown>, tokCfg: Record<string, unk
 }
 
 /** The placeholder vocabulary: loads in llama.cpp, tokenizes nothing meaningful. */
-export function placeholderVocab(vocab: number, config: Record<string, unknown>): Array<[string, GgufKV]> {
+export function placeholderVocab(vocab: number, config: Record<string, unknown>, warn: (m: string) => void = () => {}, arch = ''): Array<[string, GgufKV]> {
   if (!Number.isInteger(vocab) || vocab < 14) throw new AdapterError(`vocab_size ${vocab}: a placeholder vocabulary needs at least 14 tokens (llama.cpp requires the byte token <0x0A>)`);
+  // llama.cpp aborts when text needs a byte it has no token for; UTF-8 never uses 0xF5-0xFF, so 248 tokens cover all text
+  if (vocab < 3 + 0xf5)
+    warn(`lorakit: vocab_size ${vocab} leaves no room for byte tokens from <0x${(vocab - 3).toString(16).toUpperCase()}>; llama.cpp aborts on text that needs them (token ids are fine)`);
   const tokens: string[] = ['<unk>', '<s>', '</s>'];
   const types: number[] = [UNKNOWN, CONTROL, CONTROL];
   for (let b = 0; b < 256 && tokens.length < vocab; b++) {
@@ -81,6 +84,8 @@ export function placeholderVocab(vocab: number, config: Record<string, unknown>)
     tokens.push(`<unused${tokens.length}>`);
     types.push(NORMAL);
   }
+  // llama.cpp looks this token up by text for models named phi3 and aborts without it
+  if (arch === 'phi3' && vocab > 3 + 0xf5) [tokens[vocab - 1], types[vocab - 1]] = ['<|endoftext|>', CONTROL];
   const ids = new Map(tokens.map((t, i) => [t, i]));
   const cfg = { bos_token_id: 1, eos_token_id: 2, unk_token_id: 0, ...config };
   return [
@@ -97,12 +102,12 @@ export function placeholderVocab(vocab: number, config: Record<string, unknown>)
  * Tokenizer keys for a model directory: from tokenizer.json when present, else the placeholder
  * (with a warning). `vocab` is config.json's vocab_size; the token list is padded to it.
  */
-export function tokenizerKeys(dir: string, vocab: number, config: Record<string, unknown>, warn: (m: string) => void): Array<[string, GgufKV]> {
+export function tokenizerKeys(dir: string, arch: string, vocab: number, config: Record<string, unknown>, warn: (m: string) => void): Array<[string, GgufKV]> {
   const file = path.join(dir, 'tokenizer.json');
   const tj = readJson(file) as TokenizerJson | null;
   if (!tj) {
     warn(`lorakit: ${dir} has no tokenizer.json; writing a placeholder vocabulary of ${vocab} tokens (the model loads and evaluates token ids, but text will not tokenize meaningfully)`);
-    return placeholderVocab(vocab, config);
+    return placeholderVocab(vocab, config, warn, arch);
   }
   const tokCfg = readJson(path.join(dir, 'tokenizer_config.json'));
   const m = tj.model;

@@ -37,6 +37,7 @@ export class LlamaRuntime {
 
   #request(req: Record<string, unknown>): Promise<Record<string, unknown>> {
     const id = this.#next++;
+    if (this.#child.exitCode !== null || this.#child.signalCode !== null) return Promise.reject(new Error(`node-llama-cpp child has exited\n${this.#stderr.slice(-1500)}`));
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
       this.#child.stdin.write(`${JSON.stringify({ ...req, id })}\n`);
