@@ -1,19 +1,21 @@
 /**
  * LoraLayer: the state every LoRA layer kind shares, as in peft's tuners/lora/layer.py. Per-adapter
  * values live in maps keyed by adapter name; subclasses supply the weight shapes, initialisation,
- * the delta weight and the forward/backward math. The option checks (options.ts), initialisers
- * (init.ts), weighted combination (weighted_adapter.ts) and mixed batches (mixed_batch.ts) live apart.
+ * the delta weight and the forward/backward math. Apart: option checks (options.ts), initialisers
+ * (init.ts), weighted combination (weighted_adapter.ts), mixed batches (mixed_batch.ts), the
+ * Parameters handed out (adapter_parameters.ts), sync/async driving on a stream (layer_runner.ts).
  */
 import { FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../errors';
-import { CudaStream, checkStream } from '../cuda';
-import { KernelSteps, runAsync, runSync, step } from '../exec';
+import { CudaStream } from '../cuda';
+import { KernelSteps, runSync, step } from '../exec';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
 import { Parameter } from '../train/parameter';
 import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../validate';
 import { loraScaling } from '../model/factors';
 import { AdapterParameters } from './adapter_parameters';
+import { LayerRunner } from './layer_runner';
 import { InitLoraWeights } from './init';
 import { resolveMixedBatch } from './mixed_batch';
 import { ADAPTER_OPTION_KEYS, AdapterGrads, AdapterOptions, MergeOptions, resolveAdapterOptions } from './options';
@@ -23,6 +25,9 @@ export type { InitLoraWeights } from './init';
 export { ADAPTER_OPTION_KEYS } from './options';
 export type { AdapterOptions, AdapterGrads, BackwardResult, MergeOptions, MixedForwardOptions } from './options';
 export type { CombinationType, WeightedAdapterOptions } from './weighted_adapter';
+
+/** One adapter's entries in the layer's maps (p: dropout, rs: rsLoRA, frozen: inference mode). */
+type NewAdapter = { r: number; alpha: number; scaling: number; p: number; rs: boolean; A: Tensor; B: Tensor; frozen: boolean; seed: number };
 
 export abstract class LoraLayer {
   protected readonly _r = new Map<string, number>();
@@ -40,8 +45,7 @@ export abstract class LoraLayer {
   protected _disableAdapters = false;
   protected _mergedAdapters: string[] = [];
   protected _training = true;
-  #asyncOp: string | null = null;
-  #stream: CudaStream | null = null;
+  readonly #runner = new LayerRunner();
   /** Parameter objects handed out by parameters(); backward() accumulates into their grads. */
   readonly #parameters = new AdapterParameters();
 
@@ -56,19 +60,11 @@ export abstract class LoraLayer {
    * the caller's current stream. Layers on different streams may run at the same time on the GPU.
    */
   get stream(): CudaStream | null {
-    return this.#stream;
+    return this.#runner.stream;
   }
 
   set stream(s: CudaStream | null) {
-    this.requireIdle('stream');
-    if (s === null) {
-      this.#stream = null;
-      return;
-    }
-    checkStream(s, 'stream');
-    if (this.weight.device !== 'cuda')
-      throw new LoraTypeError(`stream: only cuda layers run on a stream; this layer's weight is on the ${this.weight.device}`);
-    this.#stream = s;
+    this.#runner.setStream(s, this.weight.device);
   }
 
   get r(): ReadonlyMap<string, number> {
@@ -183,10 +179,7 @@ export abstract class LoraLayer {
     if (name === '__base__') throw new AdapterError(`${argName}: '__base__' is reserved for 'no adapter' in mixed batches`);
   }
 
-  private registerAdapter(
-    name: string,
-    a: { r: number; alpha: number; scaling: number; p: number; rs: boolean; A: Tensor; B: Tensor; frozen: boolean; seed: number },
-  ): void {
+  private registerAdapter(name: string, a: NewAdapter): void {
     this._r.set(name, a.r);
     this._loraAlpha.set(name, a.alpha);
     this._scaling.set(name, a.scaling);
@@ -391,26 +384,18 @@ export abstract class LoraLayer {
     return this;
   }
 
-  /** Runs an operation body synchronously; refused while an async one is in flight on this layer. */
+  /** Runs an operation body synchronously on the layer's stream; refused while an async one is in flight. */
   protected runLayerSync<T>(op: string, steps: KernelSteps<T>): T {
-    this.requireIdle(op);
-    return runSync(steps, this.#stream?.id ?? 0);
+    return this.#runner.runSync(op, steps);
   }
 
   /** Runs an operation body step by step off the JS thread; one async operation per layer at a time. */
-  protected async runLayerAsync<T>(op: string, steps: KernelSteps<T>): Promise<T> {
-    this.requireIdle(`${op}Async`);
-    const stream = this.#stream?.id ?? 0;
-    this.#asyncOp = `${op}Async`;
-    try {
-      return await runAsync(steps, stream);
-    } finally {
-      this.#asyncOp = null;
-    }
+  protected runLayerAsync<T>(op: string, steps: KernelSteps<T>): Promise<T> {
+    return this.#runner.runAsync(op, steps);
   }
 
   protected requireIdle(op: string): void {
-    if (this.#asyncOp) throw new StateError(`${op}: ${this.#asyncOp}() is still running on this layer; await it first`);
+    this.#runner.requireIdle(op);
   }
 
   /** Frees the adapters' tensors (not the base weight, which the caller owns). */
@@ -439,13 +424,8 @@ export abstract class LoraLayer {
     this.#parameters.accumulate(grads);
   }
 
-  /** Creates A and B for a new adapter. */
-  protected abstract createAdapterWeights(
-    r: number,
-    init: InitLoraWeights,
-    rng: Rng,
-    dtype: FloatDType,
-  ): { A: Tensor; B: Tensor };
+  /** Creates A and B for a new adapter (init.ts has peft's initialisers). */
+  protected abstract createAdapterWeights(r: number, init: InitLoraWeights, rng: Rng, dtype: FloatDType): { A: Tensor; B: Tensor };
 
   /**
    * out = W + sign·ΔW(name) (out may be W). DoRA adapters merge as peft (out = k ⊙ (W + ΔW) and its
