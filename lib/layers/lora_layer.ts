@@ -193,7 +193,7 @@ export abstract class LoraLayer {
     if (this._activeAdapters.length === 0) this._activeAdapters = [name];
   }
 
-  /** The configured scaling: alpha / r, or alpha / √r with rslora. */
+  /** The configured scaling (factors.ts: α/r, or α/√r with rsLoRA). */
   private baseScaling(name: string): number {
     return loraScaling(this._loraAlpha.get(name)!, this._r.get(name)!, this._useRslora.get(name)!);
   }
@@ -203,7 +203,7 @@ export abstract class LoraLayer {
     if (m.length > 0) throw new StateError(`${op}: adapter(s) ${m.join(', ')} are merged; unmerge() before changing their scaling`);
   }
 
-  /** peft's set_scale: scaling = scale · alpha / r (or / √r with rslora), absolute. */
+  /** peft's set_scale: scaling = scale · the configured scaling, absolute. */
   setScale(name: string, scale: number): this {
     this.requireAdapter(name, 'name');
     checkFinite(scale, 'scale');
@@ -222,7 +222,7 @@ export abstract class LoraLayer {
     return this;
   }
 
-  /** peft's unscale_layer: no factor resets each active adapter to alpha / r; otherwise divides by factor. */
+  /** peft's unscale_layer: no factor resets each active adapter to the configured scaling; otherwise divides by factor. */
   unscaleLayer(factor?: number): this {
     if (factor !== undefined) {
       checkFinite(factor, 'factor');
