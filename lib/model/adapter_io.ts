@@ -148,7 +148,7 @@ export function disposeAdapter(a: AdapterOnDisk): void {
   }
 }
 
-/** The module kind an adapter's factors imply for a module, given its weight shape (a square one keeps conv1d). */
+/** The module kind an adapter's factors imply for a module, given its weight shape (a weight both layouts fit stays conv1d if it was). */
 function kindOf(m: AdapterModuleView, t: AdapterTensors): ModuleKind {
   const k = kindFromFactors(shapeOf(m.weight), { A: t.A!.shape, B: t.B!.shape, embedding: t.embedding }, m.kind === 'conv1d');
   return k ?? m.kind; // the shape check reports the mismatch
