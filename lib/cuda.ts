@@ -1,10 +1,10 @@
 /**
  * The CUDA backend's extras: availability, streams and synchronisation, device timers for benchmarks,
  * allocator and kernel statistics, the bare base GEMM (the benchmarks' reference) and fused optimizer steps
- * for adapter parameters. Tensors themselves move with `Tensor.to({ device: 'cuda' })`.
+ * for adapter parameters (the device-independent adamwStep/sgdStep ops, with checks for cuda tensors). Tensors themselves move with `Tensor.to({ device: 'cuda' })`.
  */
 import { DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from './errors';
-import { onStream } from './exec';
+import { onStream, runOp } from './exec';
 import { call } from './native';
 import { Tensor, requireFloatTensor } from './tensor';
 import { checkBool, checkFinite, checkInt, checkOptions } from './validate';
@@ -163,7 +163,7 @@ export function adamwStep(param: Tensor, grad: Tensor, expAvg: Tensor, expAvgSq:
     step: checkInt(o.step, 'opts.step', 1),
   };
   if (h.beta1 < 0 || h.beta1 >= 1 || h.beta2 < 0 || h.beta2 >= 1) throw new LoraRangeError('opts.beta1/beta2: expected values in [0, 1)');
-  call((b) => b.cudaAdamwStep(param.handle, grad.handle, expAvg.handle, expAvgSq.handle, h));
+  runOp('adamwStep', param.handle, grad.handle, expAvg.handle, expAvgSq.handle, null, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.step);
 }
 
 export interface CudaSgdOptions {
@@ -196,7 +196,8 @@ export function sgdStep(param: Tensor, grad: Tensor, momentumBuffer: Tensor | nu
     sameShape(param, momentumBuffer, 'param', 'momentumBuffer');
     f32State(momentumBuffer, 'momentumBuffer');
   }
-  call((b) => b.cudaSgdStep(param.handle, grad.handle, h.momentum !== 0 ? momentumBuffer!.handle : null, h));
+  const buf = h.momentum !== 0 ? momentumBuffer!.handle : null;
+  runOp('sgdStep', param.handle, grad.handle, buf, null, h.lr, h.momentum, h.dampening, h.nesterov, h.weightDecay, h.firstStep);
 }
 
 export const cuda = { isAvailable, synchronize, createStream, withStream, timeMs, memoryStats, kernelStats, emptyCache, baseGemm, adamwStep, sgdStep };

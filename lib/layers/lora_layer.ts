@@ -10,7 +10,7 @@ import { KernelSteps, runAsync, runSync, step } from '../exec';
 import { mat, matmul, qr, svd, transpose } from '../linalg';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
-import { Parameter } from '../train/parameter';
+import { Parameter } from '../parameter';
 import { checkBool, checkFinite, checkInt, checkOptions, checkScale, checkString } from '../validate';
 
 /**
