@@ -12,7 +12,8 @@ import { BackwardTermArg } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkInt, checkOptions } from '../validate';
-import { AdapterGrads, BackwardResult, InitLoraWeights, LoraLayer, MixedForwardOptions } from './lora_layer';
+import { InitLoraWeights, kaimingFactors } from './init';
+import { AdapterGrads, BackwardResult, LoraLayer, MixedForwardOptions } from './lora_layer';
 
 export type Pair = number | [number, number];
 
@@ -259,13 +260,8 @@ export class LoraConv2d extends LoraLayer {
     if (r % this.groups !== 0)
       throw new LoraRangeError(`opts.r: ${r} must be a multiple of groups ${this.groups} (lora_B is a grouped 1×1 conv)`);
     const [kh, kw] = this.kernelSize;
-    const fanIn = this.inFeatures * kh * kw;
-    const a = new Float32Array(r * fanIn);
     const rg = r / this.groups;
-    const b = new Float32Array(this.outFeatures * rg);
-    if (init === 'gaussian') rng.fillNormal(a, 0, 1 / r);
-    else rng.fillUniform(a, -1 / Math.sqrt(fanIn), 1 / Math.sqrt(fanIn));
-    if (init === false) rng.fillUniform(b, -1 / Math.sqrt(rg), 1 / Math.sqrt(rg));
+    const { a, b } = kaimingFactors(r, this.inFeatures * kh * kw, this.outFeatures, rg, init, rng);
     const device = this.device;
     return {
       A: Tensor.from(a, [r, this.inFeatures, kh, kw], { dtype, device }),

@@ -10,7 +10,8 @@ import { KernelSteps, step } from '../exec';
 import { Rng } from '../rng';
 import { Tensor, describe, requireFloatTensor } from '../tensor';
 import { checkInt, checkOptions } from '../validate';
-import { AdapterGrads, InitLoraWeights, LoraLayer, MixedForwardOptions } from './lora_layer';
+import { InitLoraWeights, embeddingFactors } from './init';
+import { AdapterGrads, LoraLayer, MixedForwardOptions } from './lora_layer';
 
 export interface LoraEmbeddingOptions {
   /** [num_embeddings, embedding_dim] */
@@ -180,10 +181,7 @@ export class LoraEmbedding extends LoraLayer {
 
   /** peft's Embedding init: true/'gaussian' give A = 0, B ~ N(0, 1); false gives both N(0, 1). */
   protected createAdapterWeights(r: number, init: InitLoraWeights, rng: Rng, dtype: FloatDType): { A: Tensor; B: Tensor } {
-    const a = new Float32Array(r * this.inFeatures);
-    const b = new Float32Array(this.outFeatures * r);
-    rng.fillNormal(b, 0, 1);
-    if (init === false) rng.fillNormal(a, 0, 1);
+    const { a, b } = embeddingFactors(r, this.inFeatures, this.outFeatures, init, rng);
     const device = this.device;
     return { A: Tensor.from(a, [r, this.inFeatures], { dtype, device }), B: Tensor.from(b, [this.outFeatures, r], { dtype, device }) };
   }

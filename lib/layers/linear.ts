@@ -5,15 +5,16 @@
  * DoRA adapters (useDora) scale each output feature by magnitude / ‖W + s·B·A‖ (norm detached, as
  * peft); the norm comes from a low-rank identity, never from a dense out×in delta.
  */
+import { requireCallDtype, scratchDtype } from '../backend';
 import { Device, FloatDType } from '../dtype';
-import { AdapterError, DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
+import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
 import { KernelSteps, runSync, step } from '../exec';
 import { BackwardTermArg, NativeTensorHandle } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
-import { Mat, mat, qr, svd } from '../linalg';
 import { checkBool, checkOptions } from '../validate';
-import { AdapterGrads, BackwardResult, InitLoraWeights, LoraLayer, MixedForwardOptions } from './lora_layer';
+import { InitLoraWeights, kaimingFactors, residualWeight, weightInitFactors } from './init';
+import { AdapterGrads, BackwardResult, LoraLayer, MixedForwardOptions } from './lora_layer';
 
 export interface LoraLinearOptions {
   weight: Tensor;
@@ -132,11 +133,13 @@ export class LoraLinear extends LoraLayer {
     const y = Tensor.empty(outShape, { dtype: x.dtype, device: dev });
     try {
       const anyDropout = this._training && names.some((n) => this._loraDropout.get(n)! > 0);
-      if (dev === 'cuda' && !anyDropout && doraName === undefined) {
+      // u = x·Aᵀ in the backend's scratch dtype (f32 on the cpu; x's dtype on cuda, the tensor-core expand's operand).
+      const uDtype = scratchDtype(dev, x.dtype);
+      if (!anyDropout && doraName === undefined) {
         // One native call: every shrink and the fused forward; u is kept only for backward.
         for (const name of names) {
           if (!this._training) continue;
-          const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: x.dtype, device: dev });
+          const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: uDtype, device: dev });
           adapters.push({ name, xa: x, u, p: 0, seed: this._seed.get(name)!, stream });
         }
         const args = names.map(
@@ -158,8 +161,7 @@ export class LoraLinear extends LoraLayer {
           adapters.push({ name, xa, u: xa, p, seed, stream }); // registered before use so it is freed on error
           yield step('dropout', x.handle, p, seed, stream, xa.handle);
         }
-        // The shrink x·Aᵀ: f32 on the cpu; on cuda in x's dtype, the operand type of the tensor-core expand.
-        const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: dev === 'cuda' ? x.dtype : 'f32', device: dev });
+        const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: uDtype, device: dev });
         if (p > 0) adapters[adapters.length - 1].u = u;
         else adapters.push({ name, xa, u, p, seed, stream });
         yield step('shrink', xa.handle, this._loraA.get(name)!.handle, u.handle);
@@ -340,67 +342,25 @@ export class LoraLinear extends LoraLayer {
   }
 
   /**
-   * peft's pissa_init / olora_init on W in [out, in] layout (float64): pissa takes the top-r SVD
-   * (A = √(S/s)·Vᵀ, B = U·√(S/s)), olora the thin QR (B = Q[:, :r], A = R[:r]); then W ← W − s·B·A,
-   * computed with A and B as stored, so W + s·B·A equals the old W up to W's own rounding. A cuda
-   * layer does the same on the host (one copy of W each way) so both devices get identical factors.
+   * peft's pissa_init / olora_init (init.ts, float64); then W ← W − s·B·A with A and B as stored, so
+   * the output is unchanged up to W's own rounding. A cuda layer does the same on the host (one copy
+   * of W each way) so both devices get identical factors.
    */
   protected override initFromWeight(kind: 'pissa' | 'olora', r: number, scaling: number, dtype: FloatDType): { A: Tensor; B: Tensor } {
-    const outF = this.outFeatures;
-    const inF = this.inFeatures;
-    if (r > Math.min(outF, inF))
-      throw new LoraRangeError(`opts.r: '${kind}' needs r <= min(out, in) = ${Math.min(outF, inF)}, got ${r}`);
-    if (!(scaling > 0)) throw new LoraRangeError(`opts.loraAlpha: '${kind}' needs a positive scaling, got ${scaling}`);
     const w = this.#weight.toFloat32Array();
-    const W = mat(outF, inF);
-    for (let o = 0; o < outF; o++)
-      for (let i = 0; i < inF; i++) W.data[o * inF + i] = this.fanInFanOut ? w[i * outF + o] : w[o * inF + i];
-    const a = new Float64Array(r * inF);
-    const b = new Float64Array(outF * r);
-    if (kind === 'pissa') {
-      const f = svd(W);
-      const k = f.S.length;
-      for (let j = 0; j < r; j++) {
-        const root = Math.sqrt(f.S[j] / scaling);
-        for (let i = 0; i < inF; i++) a[j * inF + i] = root * f.Vt.data[j * inF + i];
-        for (let o = 0; o < outF; o++) b[o * r + j] = f.U.data[o * k + j] * root;
-      }
-    } else {
-      const f = qr(W);
-      const k = f.Q.cols;
-      for (let j = 0; j < r; j++) {
-        for (let i = 0; i < inF; i++) a[j * inF + i] = f.R.data[j * inF + i];
-        for (let o = 0; o < outF; o++) b[o * r + j] = f.Q.data[o * k + j];
-      }
-    }
+    const { W, a, b } = weightInitFactors(kind, w, this.outFeatures, this.inFeatures, this.fanInFanOut, r, scaling);
     const device = this.device;
-    const A = Tensor.from(a, [r, inF], { dtype, device });
-    const B = Tensor.from(b, [outF, r], { dtype, device });
-    const As: Mat = mat(r, inF, A.toFloat32Array());
-    const Bs = B.toFloat32Array();
-    const out = new Float64Array(w.length);
-    for (let o = 0; o < outF; o++)
-      for (let i = 0; i < inF; i++) {
-        let d = 0;
-        for (let j = 0; j < r; j++) d += Bs[o * r + j] * As.data[j * inF + i];
-        const idx = this.fanInFanOut ? i * outF + o : o * inF + i;
-        out[idx] = W.data[o * inF + i] - scaling * d;
-      }
-    this.#weight.copyFrom(out);
+    const A = Tensor.from(a, [r, this.inFeatures], { dtype, device });
+    const B = Tensor.from(b, [this.outFeatures, r], { dtype, device });
+    this.#weight.copyFrom(residualWeight(W, A.toFloat32Array(), B.toFloat32Array(), scaling, this.fanInFanOut));
     return { A, B };
   }
 
+  /** peft's nn.Linear init (init.ts): A kaiming-uniform or N(0, 1/r), B = 0 (random when init is false). */
   protected createAdapterWeights(r: number, init: InitLoraWeights, rng: Rng, dtype: FloatDType): { A: Tensor; B: Tensor } {
-    const inF = this.inFeatures;
-    const outF = this.outFeatures;
-    const a = new Float32Array(r * inF);
-    const b = new Float32Array(outF * r);
-    const bound = 1 / Math.sqrt(inF); // kaiming_uniform(a=√5) = U(±1/√fan_in), nn.Linear's default
-    if (init === 'gaussian') rng.fillNormal(a, 0, 1 / r);
-    else rng.fillUniform(a, -bound, bound);
-    if (init === false) rng.fillUniform(b, -1 / Math.sqrt(r), 1 / Math.sqrt(r)); // nn.Linear(r, out) default
+    const { a, b } = kaimingFactors(r, this.inFeatures, this.outFeatures, r, init, rng);
     const device = this.device;
-    return { A: Tensor.from(a, [r, inF], { dtype, device }), B: Tensor.from(b, [outF, r], { dtype, device }) };
+    return { A: Tensor.from(a, [r, this.inFeatures], { dtype, device }), B: Tensor.from(b, [this.outFeatures, r], { dtype, device }) };
   }
 
   protected *deltaSteps(name: string, sign: 1 | -1, W: Tensor, out: Tensor, plainDelta = false): KernelSteps<void> {
@@ -456,10 +416,9 @@ export class LoraLinear extends LoraLayer {
     this.#cache = null;
   }
 
-  /** The cuda kernels run in one dtype: activations must match the weight's. */
+  /** Backends without mixed dtypes (cuda) take the weight's dtype for activations too. */
   private requireDeviceDType(t: Tensor, name: string): void {
-    if (this.device === 'cuda' && t.dtype !== this.#weight.dtype)
-      throw new DTypeError(`${name}: on cuda, expected the weight's dtype ${this.#weight.dtype}, got ${t.dtype}`);
+    requireCallDtype(this.device, t.dtype, this.#weight.dtype, name);
   }
 
   private requireLive(): void {

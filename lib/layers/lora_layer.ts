@@ -1,89 +1,33 @@
 /**
  * LoraLayer: the state every LoRA layer kind shares, as in peft's tuners/lora/layer.py. Per-adapter
  * values live in maps keyed by adapter name; subclasses supply the weight shapes, initialisation,
- * the delta weight and the forward/backward math.
+ * the delta weight and the forward/backward math. Apart: option checks (options.ts), initialisers
+ * (init.ts), weighted combination (weighted_adapter.ts), mixed batches (mixed_batch.ts), the
+ * Parameters handed out (adapter_parameters.ts), sync/async driving on a stream (layer_runner.ts).
  */
 import { FloatDType } from '../dtype';
-import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError } from '../errors';
-import { CudaStream, checkStream } from '../cuda';
-import { KernelSteps, runAsync, runSync, step } from '../exec';
-import { mat, matmul, qr, svd, transpose } from '../linalg';
+import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../errors';
+import { CudaStream } from '../cuda';
+import { KernelSteps, runSync, step } from '../exec';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
-import { Parameter } from '../train/parameter';
-import { checkBool, checkFinite, checkInt, checkOptions, checkScale, checkString } from '../validate';
+import { Parameter } from '../parameter';
+import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../validate';
+import { loraScaling } from '../model/factors';
+import { AdapterParameters } from './adapter_parameters';
+import { LayerRunner } from './layer_runner';
+import { InitLoraWeights } from './init';
+import { resolveMixedBatch } from './mixed_batch';
+import { ADAPTER_OPTION_KEYS, AdapterGrads, AdapterOptions, MergeOptions, resolveAdapterOptions } from './options';
+import { WeightedAdapterOptions, weightedAdapterFactors } from './weighted_adapter';
 
-/**
- * true: A kaiming-uniform, B = 0; 'gaussian': A ~ N(0, 1/r), B = 0; false: both random; 'pissa' and
- * 'olora' (LoraLinear): A and B from an SVD / QR of W, and W is rewritten so the output is unchanged.
- */
-export type InitLoraWeights = boolean | 'gaussian' | 'pissa' | 'olora';
+export type { InitLoraWeights } from './init';
+export { ADAPTER_OPTION_KEYS } from './options';
+export type { AdapterOptions, AdapterGrads, BackwardResult, MergeOptions, MixedForwardOptions } from './options';
+export type { CombinationType, WeightedAdapterOptions } from './weighted_adapter';
 
-export type CombinationType = 'svd' | 'linear' | 'cat';
-
-export interface WeightedAdapterOptions {
-  /** peft's default is 'svd'. */
-  combinationType?: CombinationType;
-  /** Rank of the 'svd' combination (default: the largest source rank). */
-  svdRank?: number;
-}
-
-/** Where each row of a mixed batch goes: '__base__' runs the base layer alone. */
-export interface MixedForwardOptions {
-  /** One adapter name (or '__base__') per entry of x's first dimension; eval mode only. */
-  adapterNames?: readonly string[];
-}
-
-export interface AdapterOptions {
-  /** Rank (peft default 8). */
-  r?: number;
-  /** Scaling numerator (peft default 8): scaling = loraAlpha / r, or loraAlpha / √r with useRslora. */
-  loraAlpha?: number;
-  /** Dropout probability on the adapter's input in training mode, in [0, 1). */
-  loraDropout?: number;
-  useRslora?: boolean;
-  /** See InitLoraWeights (default true: a no-op at init). */
-  initLoraWeights?: InitLoraWeights;
-  /** DoRA (LoraLinear): a magnitude vector [out] rescales each output row by m / ‖W + s·B·A‖. */
-  useDora?: boolean;
-  /** Seed for the initialisation and the dropout masks (default: from the global generator). */
-  seed?: number;
-  /** Frozen adapter: forward uses it, backward gives it no gradient. */
-  inferenceMode?: boolean;
-  /** Storage dtype of A and B (default 'f32', as peft's autocast_adapter_dtype). */
-  dtype?: FloatDType;
-}
-
-export const ADAPTER_OPTION_KEYS = [
-  'r',
-  'loraAlpha',
-  'loraDropout',
-  'useRslora',
-  'initLoraWeights',
-  'seed',
-  'inferenceMode',
-  'dtype',
-  'useDora',
-] as const;
-
-export interface MergeOptions {
-  /** Check the merged weight for NaN/Inf before writing it; W is untouched on failure. */
-  safeMerge?: boolean;
-  /** Adapters to merge (default: the active ones). */
-  adapterNames?: string[];
-}
-
-export interface AdapterGrads {
-  loraA: Tensor;
-  loraB: Tensor;
-  /** DoRA adapters: dL/dmagnitude [out]. */
-  magnitude?: Tensor;
-}
-
-export interface BackwardResult {
-  dx: Tensor;
-  grads: Map<string, AdapterGrads>;
-}
+/** One adapter's entries in the layer's maps (p: dropout, rs: rsLoRA, frozen: inference mode). */
+type NewAdapter = { r: number; alpha: number; scaling: number; p: number; rs: boolean; A: Tensor; B: Tensor; frozen: boolean; seed: number };
 
 export abstract class LoraLayer {
   protected readonly _r = new Map<string, number>();
@@ -97,15 +41,13 @@ export abstract class LoraLayer {
   protected readonly _seed = new Map<string, number>();
   protected readonly _useDora = new Map<string, boolean>();
   protected readonly _loraMagnitude = new Map<string, Tensor>();
-  protected readonly _magnitudeParameters = new Map<string, Parameter>();
   protected _activeAdapters: string[] = [];
   protected _disableAdapters = false;
   protected _mergedAdapters: string[] = [];
   protected _training = true;
-  #asyncOp: string | null = null;
-  #stream: CudaStream | null = null;
+  readonly #runner = new LayerRunner();
   /** Parameter objects handed out by parameters(); backward() accumulates into their grads. */
-  protected readonly _parameters = new Map<string, [Parameter, Parameter]>();
+  readonly #parameters = new AdapterParameters();
 
   /** Base weight (owned by the caller; merge changes it in place). */
   abstract get weight(): Tensor;
@@ -118,19 +60,11 @@ export abstract class LoraLayer {
    * the caller's current stream. Layers on different streams may run at the same time on the GPU.
    */
   get stream(): CudaStream | null {
-    return this.#stream;
+    return this.#runner.stream;
   }
 
   set stream(s: CudaStream | null) {
-    this.requireIdle('stream');
-    if (s === null) {
-      this.#stream = null;
-      return;
-    }
-    checkStream(s, 'stream');
-    if (this.weight.device !== 'cuda')
-      throw new LoraTypeError(`stream: only cuda layers run on a stream; this layer's weight is on the ${this.weight.device}`);
-    this.#stream = s;
+    this.#runner.setStream(s, this.weight.device);
   }
 
   get r(): ReadonlyMap<string, number> {
@@ -205,28 +139,14 @@ export abstract class LoraLayer {
   /** [lora_A, lora_B] of one adapter as Parameters (frozen or not). */
   adapterParameters(name: string): [Parameter, Parameter] {
     this.requireAdapter(name, 'name');
-    let pair = this._parameters.get(name);
-    if (!pair) {
-      pair = [
-        new Parameter(`lora_A.${name}.weight`, 'lora_A', name, this._loraA.get(name)!),
-        new Parameter(`lora_B.${name}.weight`, 'lora_B', name, this._loraB.get(name)!),
-      ];
-      this._parameters.set(name, pair);
-    }
-    return [pair[0], pair[1]];
+    return this.#parameters.factors(name, this._loraA.get(name)!, this._loraB.get(name)!);
   }
 
   /** A DoRA adapter's magnitude vector as a Parameter (null for plain LoRA adapters). */
   magnitudeParameter(name: string): Parameter | null {
     this.requireAdapter(name, 'name');
     const m = this._loraMagnitude.get(name);
-    if (!m) return null;
-    let p = this._magnitudeParameters.get(name);
-    if (!p) {
-      p = new Parameter(`lora_magnitude_vector.${name}.weight`, 'lora_magnitude_vector', name, m);
-      this._magnitudeParameters.set(name, p);
-    }
-    return p;
+    return m ? this.#parameters.magnitude(name, m) : null;
   }
 
   /**
@@ -235,48 +155,31 @@ export abstract class LoraLayer {
    */
   addAdapter(name: string, opts: AdapterOptions = {}): this {
     checkString(name, 'name');
-    const o = checkOptions(opts, ADAPTER_OPTION_KEYS, 'opts') as AdapterOptions;
-    if (this._r.has(name)) throw new AdapterError(`name: adapter '${name}' already exists on this layer`);
-    if (name === '__base__') throw new AdapterError("name: '__base__' is reserved for 'no adapter' in mixed batches");
-    const r = checkInt(o.r ?? 8, 'opts.r', 1, 1 << 20);
-    const alpha = checkScale(o.loraAlpha ?? 8, 'opts.loraAlpha');
-    const p = checkFinite(o.loraDropout ?? 0, 'opts.loraDropout');
-    if (p < 0 || p >= 1) throw new LoraRangeError(`opts.loraDropout: expected 0 <= p < 1, got ${p}`);
-    const rs = o.useRslora === undefined ? false : checkBool(o.useRslora, 'opts.useRslora');
-    const init = o.initLoraWeights ?? true;
-    if (init !== true && init !== false && init !== 'gaussian' && init !== 'pissa' && init !== 'olora')
-      throw new LoraTypeError(`opts.initLoraWeights: expected true, false, 'gaussian', 'pissa' or 'olora', got ${String(init)}`);
-    const useDora = o.useDora === undefined ? false : checkBool(o.useDora, 'opts.useDora');
-    if (useDora && !this.supportsDora)
-      throw new AdapterError(`opts.useDora: DoRA is supported on LoraLinear only, not on ${this.constructor.name}`);
-    if ((init === 'pissa' || init === 'olora') && !this.supportsWeightInit)
-      throw new AdapterError(`opts.initLoraWeights: '${init}' is supported on LoraLinear only, not on ${this.constructor.name}`);
-    if ((init === 'pissa' || init === 'olora') && this.merged)
-      throw new StateError(`opts.initLoraWeights: '${init}' rewrites the base weight; unmerge() first`);
-    const seed = o.seed === undefined ? nextGlobalSeed() : checkInt(o.seed, 'opts.seed', 0);
-    const frozen = o.inferenceMode === undefined ? false : checkBool(o.inferenceMode, 'opts.inferenceMode');
-    const dtype = o.dtype ?? 'f32';
-    if (dtype !== 'f32' && dtype !== 'f16' && dtype !== 'bf16')
-      throw new LoraTypeError(`opts.dtype: expected 'f32', 'f16' or 'bf16', got ${String(dtype)}`);
-    if (r > Math.min(this.inFeatures, this.outFeatures) * 64)
-      throw new LoraRangeError(`opts.r: ${r} is far larger than the layer (${this.inFeatures} in, ${this.outFeatures} out)`);
-
-    const rng = new Rng(seed);
-    const scaling = rs ? alpha / Math.sqrt(r) : alpha / r;
+    const checked = checkOptions(opts, ADAPTER_OPTION_KEYS, 'opts') as AdapterOptions;
+    this.requireNewName(name, 'name');
+    const caps = { kind: this.constructor.name, supportsDora: this.supportsDora, supportsWeightInit: this.supportsWeightInit, merged: this.merged };
+    const o = resolveAdapterOptions(checked, caps);
+    if (o.r > Math.min(this.inFeatures, this.outFeatures) * 64)
+      throw new LoraRangeError(`opts.r: ${o.r} is far larger than the layer (${this.inFeatures} in, ${this.outFeatures} out)`);
+    const { r, alpha, init, dtype } = o;
+    const rng = new Rng(o.seed);
+    const scaling = loraScaling(alpha, r, o.useRslora);
     const { A, B } =
       init === 'pissa' || init === 'olora' ? this.initFromWeight(init, r, scaling, dtype) : this.createAdapterWeights(r, init, rng, dtype);
-    this.registerAdapter(name, { r, alpha, scaling, p, rs, A, B, frozen, seed: rng.nextSeed() });
-    if (useDora) {
+    this.registerAdapter(name, { r, alpha, scaling, p: o.dropout, rs: o.useRslora, A, B, frozen: o.frozen, seed: rng.nextSeed() });
+    if (o.useDora) {
       this._useDora.set(name, true);
       this._loraMagnitude.set(name, this.initMagnitude(name));
     }
     return this;
   }
 
-  private registerAdapter(
-    name: string,
-    a: { r: number; alpha: number; scaling: number; p: number; rs: boolean; A: Tensor; B: Tensor; frozen: boolean; seed: number },
-  ): void {
+  private requireNewName(name: string, argName: string): void {
+    if (this._r.has(name)) throw new AdapterError(`${argName}: adapter '${name}' already exists on this layer`);
+    if (name === '__base__') throw new AdapterError(`${argName}: '__base__' is reserved for 'no adapter' in mixed batches`);
+  }
+
+  private registerAdapter(name: string, a: NewAdapter): void {
     this._r.set(name, a.r);
     this._loraAlpha.set(name, a.alpha);
     this._scaling.set(name, a.scaling);
@@ -290,10 +193,9 @@ export abstract class LoraLayer {
     if (this._activeAdapters.length === 0) this._activeAdapters = [name];
   }
 
-  /** The configured scaling: alpha / r, or alpha / √r with rslora. */
+  /** The configured scaling (factors.ts: α/r, or α/√r with rsLoRA). */
   private baseScaling(name: string): number {
-    const r = this._r.get(name)!;
-    return this._loraAlpha.get(name)! / (this._useRslora.get(name) ? Math.sqrt(r) : r);
+    return loraScaling(this._loraAlpha.get(name)!, this._r.get(name)!, this._useRslora.get(name)!);
   }
 
   private requireUnmergedForScale(names: readonly string[], op: string): void {
@@ -301,7 +203,7 @@ export abstract class LoraLayer {
     if (m.length > 0) throw new StateError(`${op}: adapter(s) ${m.join(', ')} are merged; unmerge() before changing their scaling`);
   }
 
-  /** peft's set_scale: scaling = scale · alpha / r (or / √r with rslora), absolute. */
+  /** peft's set_scale: scaling = scale · the configured scaling, absolute. */
   setScale(name: string, scale: number): this {
     this.requireAdapter(name, 'name');
     checkFinite(scale, 'scale');
@@ -320,7 +222,7 @@ export abstract class LoraLayer {
     return this;
   }
 
-  /** peft's unscale_layer: no factor resets each active adapter to alpha / r; otherwise divides by factor. */
+  /** peft's unscale_layer: no factor resets each active adapter to the configured scaling; otherwise divides by factor. */
   unscaleLayer(factor?: number): this {
     if (factor !== undefined) {
       checkFinite(factor, 'factor');
@@ -334,118 +236,23 @@ export abstract class LoraLayer {
 
   /**
    * peft's add_weighted_adapter for this layer: a new adapter (scaling 1, not activated) from the
-   * weighted sources. 'cat' is exactly Σ wᵢ·sᵢ·Bᵢ·Aᵢ (rank Σ rᵢ); 'svd' is its truncated SVD (float64);
-   * 'linear' (equal ranks) sums the factors, A = Σ sign·√|wᵢ·sᵢ|·Aᵢ and B = Σ √|wᵢ·sᵢ|·Bᵢ, which has
-   * cross terms, as in peft. DoRA sources are refused (peft's result for them is not the weighted sum).
+   * weighted sources ('svd', 'linear' or 'cat': weighted_adapter.ts).
    */
   addWeightedAdapter(adapters: readonly string[], weights: readonly number[], newName: string, opts: WeightedAdapterOptions = {}): this {
-    const o = checkOptions(opts, ['combinationType', 'svdRank'], 'opts') as WeightedAdapterOptions;
-    if (!Array.isArray(adapters) || adapters.length === 0) throw new LoraTypeError('adapters: expected a non-empty array of adapter names');
-    adapters.forEach((n, i) => this.requireAdapter(n, `adapters[${i}]`));
-    if (!Array.isArray(weights) || weights.length !== adapters.length)
-      throw new LoraTypeError(`weights: expected an array of ${adapters.length} numbers (one per adapter)`);
-    weights.forEach((w, i) => checkFinite(w, `weights[${i}]`));
-    checkString(newName, 'newName');
-    if (this._r.has(newName)) throw new AdapterError(`newName: adapter '${newName}' already exists on this layer`);
-    if (newName === '__base__') throw new AdapterError("newName: '__base__' is reserved for 'no adapter' in mixed batches");
-    let kind = o.combinationType ?? 'svd';
-    if (kind !== 'svd' && kind !== 'linear' && kind !== 'cat')
-      throw new LoraTypeError(`opts.combinationType: expected 'svd', 'linear' or 'cat', got ${String(kind)}`);
-    const dora = adapters.filter((n) => this._useDora.get(n));
-    if (dora.length > 0) throw new AdapterError(`adapters: DoRA adapter(s) ${dora.join(', ')} cannot be combined (the result would not be the weighted sum)`);
-    const why = this.weightedAdapterUnsupported();
-    if (why) throw new AdapterError(`addWeightedAdapter: ${why}`);
-    if (adapters.length === 1) kind = 'linear'; // as peft: one source is always combined linearly
-    const ranks = adapters.map((n) => this._r.get(n)!);
-    const A0 = this._loraA.get(adapters[0])!;
-    const B0 = this._loraB.get(adapters[0])!;
-    const outDim = B0.shape[0];
-    const inDim = A0.numel / ranks[0];
-    const As = adapters.map((n) => this._loraA.get(n)!.toFloat32Array());
-    const Bs = adapters.map((n) => this._loraB.get(n)!.toFloat32Array());
-    const ws = adapters.map((n, i) => weights[i] * this._scaling.get(n)!);
-    let rNew: number;
-    let a: Float64Array;
-    let b: Float64Array;
-    if (kind === 'cat') {
-      rNew = ranks.reduce((x, y) => x + y, 0);
-      a = new Float64Array(rNew * inDim);
-      b = new Float64Array(outDim * rNew);
-      let off = 0;
-      adapters.forEach((_, i) => {
-        const r = ranks[i];
-        for (let k = 0; k < r * inDim; k++) a[off * inDim + k] = ws[i] * As[i][k];
-        for (let row = 0; row < outDim; row++) for (let k = 0; k < r; k++) b[row * rNew + off + k] = Bs[i][row * r + k];
-        off += r;
-      });
-    } else if (kind === 'linear') {
-      if (new Set(ranks).size !== 1)
-        throw new AdapterError(`opts.combinationType: 'linear' needs adapters of equal rank, got ranks ${ranks.join(', ')} (use 'cat' or 'svd')`);
-      rNew = ranks[0];
-      a = new Float64Array(rNew * inDim);
-      b = new Float64Array(outDim * rNew);
-      adapters.forEach((_, i) => {
-        const root = Math.sqrt(Math.abs(ws[i]));
-        const sign = ws[i] < 0 ? -1 : 1;
-        for (let k = 0; k < a.length; k++) a[k] += sign * root * As[i][k];
-        for (let k = 0; k < b.length; k++) b[k] += root * Bs[i][k];
-      });
-    } else {
-      const maxRank = Math.min(outDim, inDim);
-      rNew = o.svdRank === undefined ? Math.min(Math.max(...ranks), maxRank) : checkInt(o.svdRank, 'opts.svdRank', 1, maxRank);
-      ({ a, b } = truncatedSvdOfSum(As, Bs, ranks, ws, outDim, inDim, rNew));
-    }
-    const dtype = A0.dtype as FloatDType;
-    const A = Tensor.from(a, [rNew, ...A0.shape.slice(1)], { dtype });
-    const B = Tensor.from(b, [outDim, rNew, ...B0.shape.slice(2)], { dtype });
-    const first = adapters[0];
-    this.registerAdapter(newName, {
-      r: rNew,
-      alpha: rNew,
-      scaling: 1,
-      p: this._loraDropout.get(first)!,
-      rs: false,
-      A,
-      B,
-      frozen: false,
-      seed: nextGlobalSeed(),
-    });
+    const checks = {
+      requireAdapter: (n: unknown, arg: string) => this.requireAdapter(n, arg),
+      checkNewName: () => this.requireNewName(checkString(newName, 'newName'), 'newName'),
+      unsupported: this.weightedAdapterUnsupported(),
+    };
+    const { r, A, B } = weightedAdapterFactors(this, checks, adapters, weights, opts);
+    const p = this._loraDropout.get(adapters[0])!;
+    this.registerAdapter(newName, { r, alpha: r, scaling: 1, p, rs: false, A, B, frozen: false, seed: nextGlobalSeed() });
     return this;
   }
 
-  /**
-   * Validates a mixed batch (peft's adapter_names): one name per entry of x's first dimension.
-   * Returns the distinct adapters used and, per entry, the index into them (-1: base).
-   */
+  /** peft's adapter_names: the distinct adapters of a mixed batch and each entry's index into them (-1: base). */
   protected resolveMixedBatch(names: unknown, batch: number): { adapters: string[]; index: Int32Array } {
-    if (!Array.isArray(names)) throw new LoraTypeError('opts.adapterNames: expected an array of adapter names');
-    if (this._training)
-      throw new StateError('opts.adapterNames: mixed-adapter batches need eval mode (call eval() first), as in peft');
-    if (this.merged) throw new StateError('opts.adapterNames: cannot mix adapters while some are merged; unmerge() first');
-    if (names.length !== batch)
-      throw new ShapeError(`opts.adapterNames: expected ${batch} names (one per entry of x's first dimension), got ${names.length}`);
-    const adapters: string[] = [];
-    const index = new Int32Array(batch);
-    // Each distinct name is checked once (a serving batch repeats a few names thousands of times).
-    const seen = new Map<unknown, number>();
-    for (let i = 0; i < batch; i++) {
-      const n: unknown = names[i];
-      let k = seen.get(n);
-      if (k === undefined) {
-        if (n === '__base__') {
-          k = -1;
-        } else {
-          this.requireAdapter(n, `opts.adapterNames[${i}]`);
-          const name = n as string;
-          if (this._useDora.get(name))
-            throw new AdapterError(`opts.adapterNames[${i}]: DoRA adapter '${name}' cannot be used in a mixed batch (as in peft)`);
-          k = adapters.push(name) - 1;
-        }
-        seen.set(n, k);
-      }
-      index[i] = k;
-    }
-    return { adapters, index };
+    return resolveMixedBatch(names, batch, this, (n, arg) => this.requireAdapter(n, arg));
   }
 
   /** Makes the named adapter(s) active; several active adapters sum. */
@@ -474,10 +281,7 @@ export abstract class LoraLayer {
     this._loraA.get(name)!.dispose();
     this._loraB.get(name)!.dispose();
     this._loraMagnitude.get(name)?.dispose();
-    this._parameters.get(name)?.forEach((p) => p.zeroGrad());
-    this._parameters.delete(name);
-    this._magnitudeParameters.get(name)?.zeroGrad();
-    this._magnitudeParameters.delete(name);
+    this.#parameters.delete(name);
     for (const m of [this._r, this._loraAlpha, this._scaling, this._loraDropout, this._useRslora, this._loraA, this._loraB, this._inferenceMode, this._seed, this._useDora, this._loraMagnitude])
       m.delete(name);
     this.onAdapterDeleted(name);
@@ -580,34 +384,25 @@ export abstract class LoraLayer {
     return this;
   }
 
-  /** Runs an operation body synchronously; refused while an async one is in flight on this layer. */
+  /** Runs an operation body synchronously on the layer's stream; refused while an async one is in flight. */
   protected runLayerSync<T>(op: string, steps: KernelSteps<T>): T {
-    this.requireIdle(op);
-    return runSync(steps, this.#stream?.id ?? 0);
+    return this.#runner.runSync(op, steps);
   }
 
   /** Runs an operation body step by step off the JS thread; one async operation per layer at a time. */
-  protected async runLayerAsync<T>(op: string, steps: KernelSteps<T>): Promise<T> {
-    this.requireIdle(`${op}Async`);
-    const stream = this.#stream?.id ?? 0;
-    this.#asyncOp = `${op}Async`;
-    try {
-      return await runAsync(steps, stream);
-    } finally {
-      this.#asyncOp = null;
-    }
+  protected runLayerAsync<T>(op: string, steps: KernelSteps<T>): Promise<T> {
+    return this.#runner.runAsync(op, steps);
   }
 
   protected requireIdle(op: string): void {
-    if (this.#asyncOp) throw new StateError(`${op}: ${this.#asyncOp}() is still running on this layer; await it first`);
+    this.#runner.requireIdle(op);
   }
 
   /** Frees the adapters' tensors (not the base weight, which the caller owns). */
   dispose(): void {
     this.requireIdle('dispose');
     this.clearCache();
-    for (const pair of this._parameters.values()) pair.forEach((p) => p.zeroGrad());
-    for (const p of this._magnitudeParameters.values()) p.zeroGrad();
+    this.#parameters.clearGrads();
     for (const t of [...this._loraA.values(), ...this._loraB.values(), ...this._loraMagnitude.values()]) t.dispose();
   }
 
@@ -626,25 +421,11 @@ export abstract class LoraLayer {
 
   /** Adds freshly computed adapter gradients into the grads of the Parameters handed out. */
   protected accumulateParameterGrads(grads: ReadonlyMap<string, AdapterGrads>): void {
-    for (const [name, g] of grads) {
-      const pair = this._parameters.get(name);
-      if (!pair) continue;
-      pair[0].accumulateGrad(g.loraA);
-      pair[1].accumulateGrad(g.loraB);
-    }
-    for (const [name, g] of grads) {
-      const m = this._magnitudeParameters.get(name);
-      if (m && g.magnitude) m.accumulateGrad(g.magnitude);
-    }
+    this.#parameters.accumulate(grads);
   }
 
-  /** Creates A and B for a new adapter. */
-  protected abstract createAdapterWeights(
-    r: number,
-    init: InitLoraWeights,
-    rng: Rng,
-    dtype: FloatDType,
-  ): { A: Tensor; B: Tensor };
+  /** Creates A and B for a new adapter (init.ts has peft's initialisers). */
+  protected abstract createAdapterWeights(r: number, init: InitLoraWeights, rng: Rng, dtype: FloatDType): { A: Tensor; B: Tensor };
 
   /**
    * out = W + sign·ΔW(name) (out may be W). DoRA adapters merge as peft (out = k ⊙ (W + ΔW) and its
@@ -683,51 +464,4 @@ export abstract class LoraLayer {
 
   /** Called after manualSeed(): restart any per-forward dropout counter. */
   protected onReseed(): void {}
-}
-
-/**
- * Rank-k truncated SVD of Σ wᵢ·Bᵢ·Aᵢ (float64). With Bc = [wᵢ·Bᵢ] (out×R) and Ac = [Aᵢ] (R×in),
- * Bc = Qb·Rb and Acᵀ = Qa·Ra give Bc·Ac = Qb·(Rb·Raᵀ)·Qaᵀ, so only an R×R SVD is needed and no dense
- * out×in matrix is formed (dense fallback when R exceeds out or in).
- */
-function truncatedSvdOfSum(
-  As: Float32Array[],
-  Bs: Float32Array[],
-  ranks: number[],
-  ws: number[],
-  outDim: number,
-  inDim: number,
-  k: number,
-): { a: Float64Array; b: Float64Array } {
-  const R = ranks.reduce((x, y) => x + y, 0);
-  const a = new Float64Array(k * inDim);
-  const b = new Float64Array(outDim * k);
-  if (R > Math.min(outDim, inDim)) {
-    const delta = mat(outDim, inDim);
-    ranks.forEach((r, i) => {
-      const d = matmul(mat(outDim, r, Bs[i]), mat(r, inDim, As[i]));
-      for (let j = 0; j < d.data.length; j++) delta.data[j] += ws[i] * d.data[j];
-    });
-    const f = svd(delta);
-    const kk = f.S.length;
-    a.set(f.Vt.data.subarray(0, k * inDim));
-    for (let row = 0; row < outDim; row++) for (let j = 0; j < k; j++) b[row * k + j] = f.U.data[row * kk + j] * f.S[j];
-    return { a, b };
-  }
-  const Bc = mat(outDim, R);
-  const AcT = mat(inDim, R);
-  let off = 0;
-  ranks.forEach((r, i) => {
-    for (let row = 0; row < outDim; row++) for (let j = 0; j < r; j++) Bc.data[row * R + off + j] = ws[i] * Bs[i][row * r + j];
-    for (let j = 0; j < r; j++) for (let c = 0; c < inDim; c++) AcT.data[c * R + off + j] = As[i][j * inDim + c];
-    off += r;
-  });
-  const qb = qr(Bc);
-  const qa = qr(AcT);
-  const f = svd(matmul(qb.R, transpose(qa.R))); // R×R
-  const left = matmul(qb.Q, f.U); // out×R
-  const right = matmul(f.Vt, transpose(qa.Q)); // R×in
-  for (let row = 0; row < outDim; row++) for (let j = 0; j < k; j++) b[row * k + j] = left.data[row * R + j] * f.S[j];
-  a.set(right.data.subarray(0, k * inDim));
-  return { a, b };
 }

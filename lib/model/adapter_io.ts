@@ -2,7 +2,8 @@
  * Adapters on disk in peft's layout: adapter_config.json, adapter_model.safetensors with keys
  * `base_model.model.<module>.lora_A.weight` (adapter name stripped; embeddings use
  * `lora_embedding_A`), README.md. The default adapter goes to the directory itself, others to
- * sub-directories named after them.
+ * sub-directories named after them. Works on any model through the interfaces of adapter_host.ts
+ * (as peft's save_and_load.py takes the model as an argument); LoraModel passes itself.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -12,8 +13,9 @@ import { SafetensorsFile } from '../io/safetensors';
 import { SafetensorsReader } from '../io/safetensors_reader';
 import { writeSafetensors, writeSafetensorsAsync } from '../io/safetensors_writer';
 import { Tensor } from '../tensor';
+import { AdapterFactorsView, AdapterLoadTarget, AdapterModuleView, AdapterSaveSource } from './adapter_host';
 import { LoraConfig, fromPeftJson, peftJsonText, resolveConfig, toPeftJson } from './config';
-import { LoraModel } from './lora_model';
+import { kindFromFactors } from './factors';
 import { modelCard } from './model_card';
 import { ModuleKind, ModuleSpec, shapeOf } from './modules';
 
@@ -137,7 +139,8 @@ function parseAdapter(text: string, cfgPath: string, reader: TensorSource, wPath
   return { config, modules };
 }
 
-function disposeAdapter(a: AdapterOnDisk): void {
+/** Frees the tensors readAdapter returned. */
+export function disposeAdapter(a: AdapterOnDisk): void {
   for (const t of a.modules.values()) {
     t.A?.dispose();
     t.B?.dispose();
@@ -145,21 +148,28 @@ function disposeAdapter(a: AdapterOnDisk): void {
   }
 }
 
-/** The module kind an adapter's factors imply for a module, given its weight shape. */
-function kindFromFactors(spec: ModuleSpec, t: AdapterTensors): ModuleKind {
-  if (t.embedding) return 'embedding';
-  if (t.A!.shape.length === 4) return 'conv2d';
-  const w = shapeOf(spec.weight);
-  const fitsLinear = w[1] === t.A!.shape[1] && w[0] === t.B!.shape[0];
-  const fitsConv1d = w[0] === t.A!.shape[1] && w[1] === t.B!.shape[0];
-  if (spec.kind === 'conv1d' && fitsConv1d) return 'conv1d';
-  if (fitsLinear) return 'linear';
-  if (fitsConv1d) return 'conv1d';
-  return spec.kind; // the shape check reports the mismatch
+/** The module kind an adapter's factors imply for a module, given its weight shape (a weight both layouts fit stays conv1d if it was). */
+function kindOf(m: AdapterModuleView, t: AdapterTensors): ModuleKind {
+  const k = kindFromFactors(shapeOf(m.weight), { A: t.A!.shape, B: t.B!.shape, embedding: t.embedding }, m.kind === 'conv1d');
+  return k ?? m.kind; // the shape check reports the mismatch
 }
 
-/** Copies loaded factors into a model's adapter, checking names and shapes. */
-function assignFactors(model: LoraModel, a: AdapterOnDisk, name: string, source: string, warn: (m: string) => void): void {
+/**
+ * The modules with the kinds the adapter's own tensors imply (fromPretrained: a conv1d saved by
+ * peft loads as conv1d whatever kind the caller guessed). Copies; the input is not changed.
+ */
+export function specsForAdapter(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, a: AdapterOnDisk): ModuleSpec[] {
+  const list = [...(modules instanceof Map ? modules.values() : modules)].map((s) => ({ ...s }));
+  for (const spec of list) {
+    if (!(spec.weight instanceof Tensor) && !Array.isArray(spec.weight)) continue; // the model's constructor reports it
+    const t = a.modules.get(spec.name);
+    if (t) spec.kind = kindOf(spec, t);
+  }
+  return list;
+}
+
+/** Copies loaded factors into a model's adapter `name` (already added), checking names and shapes. */
+export function assignFactors(model: AdapterFactorsView, a: AdapterOnDisk, name: string, source: string, warn: (m: string) => void): void {
   const targeted = new Set(model.targetedModules(name));
   const absent: string[] = [];
   for (const mod of a.modules.keys()) {
@@ -201,64 +211,24 @@ export interface LoadOptions {
   warn?: (message: string) => void;
 }
 
-/** LoraModel.fromPretrained: module kinds follow the adapter's own tensors. */
-export function fromPretrained(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, adapterName: string, opts: LoadOptions): LoraModel {
-  const warn = opts.warn ?? ((m: string) => console.warn(m));
-  return modelFromAdapter(modules, readAdapter(dir, warn), dir, adapterName, opts, warn);
-}
-
-/** fromPretrained with the file reads off the JS thread. */
-export async function fromPretrainedAsync(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, adapterName: string, opts: LoadOptions): Promise<LoraModel> {
-  const warn = opts.warn ?? ((m: string) => console.warn(m));
-  return modelFromAdapter(modules, await readAdapterAsync(dir, warn), dir, adapterName, opts, warn);
-}
-
-function modelFromAdapter(
-  modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>,
-  a: AdapterOnDisk,
-  dir: string,
-  adapterName: string,
-  opts: LoadOptions,
-  warn: (m: string) => void,
-): LoraModel {
-  try {
-    const list = [...(modules instanceof Map ? modules.values() : modules)].map((s) => ({ ...s }));
-    for (const spec of list) {
-      if (!(spec.weight instanceof Tensor) && !Array.isArray(spec.weight)) continue; // the constructor reports it
-      const t = a.modules.get(spec.name);
-      if (t) spec.kind = kindFromFactors(spec, t);
-    }
-    const model = new LoraModel(list, { ...a.config, inferenceMode: !(opts.isTrainable ?? false) }, adapterName);
-    try {
-      assignFactors(model, a, adapterName, dir, warn);
-    } catch (e) {
-      model.dispose();
-      throw e;
-    }
-    return model;
-  } finally {
-    disposeAdapter(a);
-  }
-}
-
 /** model.loadAdapter: adds the adapter from disk under `name` (not activated, as in peft). */
-export function loadAdapter(model: LoraModel, dir: string, name: string, opts: LoadOptions): void {
+export function loadAdapter(model: AdapterLoadTarget, dir: string, name: string, opts: LoadOptions): void {
   const warn = opts.warn ?? ((m: string) => console.warn(m));
   addAdapterFrom(model, readAdapter(dir, warn), dir, name, opts, warn);
 }
 
 /** loadAdapter with the file reads off the JS thread. */
-export async function loadAdapterAsync(model: LoraModel, dir: string, name: string, opts: LoadOptions): Promise<void> {
+export async function loadAdapterAsync(model: AdapterLoadTarget, dir: string, name: string, opts: LoadOptions): Promise<void> {
   const warn = opts.warn ?? ((m: string) => console.warn(m));
   addAdapterFrom(model, await readAdapterAsync(dir, warn), dir, name, opts, warn);
 }
 
-function addAdapterFrom(model: LoraModel, a: AdapterOnDisk, dir: string, name: string, opts: LoadOptions, warn: (m: string) => void): void {
+function addAdapterFrom(model: AdapterLoadTarget, a: AdapterOnDisk, dir: string, name: string, opts: LoadOptions, warn: (m: string) => void): void {
   try {
     for (const [mod, t] of a.modules) {
       const m = model.modules.get(mod);
-      if (m && m.kind !== kindFromFactors({ ...m, bias: m.bias ?? undefined, tiedTo: m.tiedTo ?? undefined }, t))
-        throw new AdapterError(`${dir}: the factors of module '${mod}' are for a ${kindFromFactors({ ...m, bias: undefined, tiedTo: undefined }, t)} module, but the model has it as ${m.kind}`);
+      const kind = m && kindOf(m, t);
+      if (m && m.kind !== kind) throw new AdapterError(`${dir}: the factors of module '${mod}' are for a ${kind} module, but the model has it as ${m.kind}`);
     }
     model.addAdapter(name, { ...a.config, inferenceMode: !(opts.isTrainable ?? false) });
     try {
@@ -280,9 +250,9 @@ interface SaveItem {
 }
 
 /** What savePretrained writes, adapter by adapter (validated before any file is touched). */
-function savePlan(model: LoraModel, dir: string, selected?: string[]): SaveItem[] {
+function savePlan(model: AdapterSaveSource, dir: string, selected?: string[]): SaveItem[] {
   if (typeof dir !== 'string' || dir.length === 0) throw new LoraTypeError('dir: expected a directory path');
-  const names = selected ?? model.adapterNames;
+  const names = selected ?? [...model.adapterNames];
   names.forEach((n, i) => model.requireAdapter(n, `opts.selectedAdapters[${i}]`));
   model.requireAllData('savePretrained', names);
   return names.map((name) => {
@@ -308,7 +278,7 @@ function savePlan(model: LoraModel, dir: string, selected?: string[]): SaveItem[
 }
 
 /** model.savePretrained: each adapter to `dir` (default) or `dir/<name>`, atomically, file by file. */
-export function savePretrained(model: LoraModel, dir: string, selected?: string[]): void {
+export function savePretrained(model: AdapterSaveSource, dir: string, selected?: string[]): void {
   for (const it of savePlan(model, dir, selected)) {
     fs.mkdirSync(it.dir, { recursive: true });
     writeSafetensors(path.join(it.dir, WEIGHTS_FILE), it.tensors, { format: 'pt' });
@@ -319,7 +289,7 @@ export function savePretrained(model: LoraModel, dir: string, selected?: string[
 }
 
 /** savePretrained with the file I/O on libuv's pool; the same files, each written atomically. */
-export async function savePretrainedAsync(model: LoraModel, dir: string, selected?: string[]): Promise<void> {
+export async function savePretrainedAsync(model: AdapterSaveSource, dir: string, selected?: string[]): Promise<void> {
   for (const it of savePlan(model, dir, selected)) {
     await fs.promises.mkdir(it.dir, { recursive: true });
     await writeSafetensorsAsync(path.join(it.dir, WEIGHTS_FILE), it.tensors, { format: 'pt' });

@@ -9,13 +9,17 @@ import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../erro
 import { LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
-import { Parameter } from '../train/parameter';
+import { Parameter } from '../parameter';
 import { checkOptions, checkString, numelOf } from '../validate';
 import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';
 import { ModuleSpec, NormalizedModule, baseParamCount, hasData, loraShapes, normalizeModules } from './modules';
 import { isExcluded, isTargeted, rankAndAlpha } from './targeting';
-import { LoadOptions, fromPretrained, fromPretrainedAsync, loadAdapter, loadAdapterAsync, savePretrained, savePretrainedAsync } from './adapter_io';
+import { AdapterLoadTarget, AdapterSaveSource } from './adapter_host';
+import {
+  AdapterOnDisk, LoadOptions, assignFactors, disposeAdapter, loadAdapter, loadAdapterAsync, readAdapter, readAdapterAsync, savePretrained, savePretrainedAsync,
+  specsForAdapter,
+} from './adapter_io';
 
 export interface FromPretrainedOptions extends LoadOptions {
   adapterName?: string;
@@ -26,7 +30,7 @@ export interface AdapterSlot {
   loraAlpha: number;
 }
 
-export class LoraModel {
+export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
   /** Module name → its LoRA layer (targeted modules that hold data). */
   readonly layers = new Map<string, LoraLayer>();
   /** Adapter name → its resolved config. */
@@ -229,13 +233,15 @@ export class LoraModel {
    */
   static fromPretrained(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, opts: FromPretrainedOptions = {}): LoraModel {
     const o = checkOptions(opts, ['adapterName', 'isTrainable', 'warn'], 'opts') as FromPretrainedOptions;
-    return fromPretrained(modules, dir, o.adapterName ?? 'default', o);
+    const warn = o.warn ?? ((m: string) => console.warn(m));
+    return modelFromAdapter(modules, readAdapter(dir, warn), dir, o, warn);
   }
 
   /** fromPretrained() with the file reads off the JS thread. */
   static async fromPretrainedAsync(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, opts: FromPretrainedOptions = {}): Promise<LoraModel> {
     const o = checkOptions(opts, ['adapterName', 'isTrainable', 'warn'], 'opts') as FromPretrainedOptions;
-    return fromPretrainedAsync(modules, dir, o.adapterName ?? 'default', o);
+    const warn = o.warn ?? ((m: string) => console.warn(m));
+    return modelFromAdapter(modules, await readAdapterAsync(dir, warn), dir, o, warn);
   }
 
   /** Adds an adapter from a peft adapter directory under `name` (not activated, as in peft). */
@@ -432,6 +438,29 @@ export class LoraModel {
 
   private requireLive(): void {
     if (this.#unloaded) throw new StateError('LoraModel: already unloaded (mergeAndUnload/dispose); build a new one');
+  }
+}
+
+/** A model carrying the adapter read from dir (module kinds follow its tensors); frees the read tensors. */
+function modelFromAdapter(
+  modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>,
+  a: AdapterOnDisk,
+  dir: string,
+  opts: FromPretrainedOptions,
+  warn: (m: string) => void,
+): LoraModel {
+  const name = opts.adapterName ?? 'default';
+  try {
+    const model = new LoraModel(specsForAdapter(modules, a), { ...a.config, inferenceMode: !(opts.isTrainable ?? false) }, name);
+    try {
+      assignFactors(model, a, name, dir, warn);
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+    return model;
+  } finally {
+    disposeAdapter(a);
   }
 }
 

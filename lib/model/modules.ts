@@ -6,9 +6,10 @@
 import { LoraRangeError, LoraTypeError, shapeStr } from '../errors';
 import { Tensor } from '../tensor';
 import { numelOf } from '../validate';
+import { LoraKind, WEIGHT_RANK, factorShapes } from './factors';
 
 /** 'other' holds parameters LoRA never targets (norms, scalars): counted, merged through unchanged. */
-export type ModuleKind = 'linear' | 'conv1d' | 'embedding' | 'conv2d' | 'other';
+export type ModuleKind = LoraKind | 'other';
 export const MODULE_KINDS: readonly ModuleKind[] = ['linear', 'conv1d', 'embedding', 'conv2d', 'other'];
 
 export type ParamValue = Tensor | readonly number[];
@@ -71,26 +72,13 @@ export function loraDims(m: NormalizedModule): { inF: number; outF: number } {
   }
 }
 
-/** Shapes of lora_A and lora_B for rank r, as peft stores them. */
+/** Shapes of lora_A and lora_B for rank r, as peft stores them (factors.ts). */
 export function loraShapes(m: NormalizedModule, r: number): { A: number[]; B: number[] } {
-  const s = shapeOf(m.weight);
-  switch (m.kind) {
-    case 'linear':
-      return { A: [r, s[1]], B: [s[0], r] };
-    case 'conv1d':
-      return { A: [r, s[0]], B: [s[1], r] };
-    case 'embedding':
-      return { A: [r, s[0]], B: [s[1], r] };
-    case 'conv2d': {
-      const g = m.options.groups ?? 1;
-      return { A: [r, s[1] * g, s[2], s[3]], B: [s[0], r / g, 1, 1] };
-    }
-    default:
-      throw new LoraTypeError(`module '${m.name}': kind ${m.kind} cannot take LoRA`);
-  }
+  if (m.kind === 'other') throw new LoraTypeError(`module '${m.name}': kind ${m.kind} cannot take LoRA`);
+  return factorShapes(m.kind, shapeOf(m.weight), r, m.kind === 'conv2d' ? (m.options.groups ?? 1) : 1);
 }
 
-const RANK: Record<ModuleKind, number | null> = { linear: 2, conv1d: 2, embedding: 2, conv2d: 4, other: null };
+const RANK: Record<ModuleKind, number | null> = { ...WEIGHT_RANK, other: null };
 
 function checkParam(v: unknown, name: string): ParamValue {
   if (v instanceof Tensor) {

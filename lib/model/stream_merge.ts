@@ -1,6 +1,7 @@
 /**
  * Merges a peft adapter into a checkpoint on disk tensor by tensor: each targeted weight is read,
- * merged in f32 (W + s·B·A, rounded once to the output dtype) and written; every other tensor is
+ * merged in f32 (W + s·B·A, rounded once to the output dtype; DoRA: m / ‖W + s·B·A‖ · (W + s·B·A)
+ * per output feature, by the native ops LoraLinear.merge uses) and written; every other tensor is
  * copied (or converted) in chunks. Peak memory is about one tensor plus the adapter. Outputs keep
  * the input's sharding, index and metadata, and are written to temporary files then renamed.
  */
@@ -8,6 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, shapeStr } from '../errors';
+import { KernelSteps, runSync, step } from '../exec';
 import { mergeAdapter } from '../kernels';
 import { writeFileAtomicSync } from '../io/atomic';
 import { Checkpoint, INDEX_FILE } from '../io/checkpoint';
@@ -16,8 +18,9 @@ import { SafetensorsStreamWriter, TensorSpec } from '../io/safetensors_writer';
 import { DTYPE_TO_SAFETENSORS, ELEMENT_SIZE, tensorFromBytes, tensorToBytes } from '../io/tensor_bytes';
 import { Tensor } from '../tensor';
 import { resolveConfig } from './config';
-import { AdapterOnDisk, readAdapter } from './adapter_io';
-import { patternKey } from './targeting';
+import { AdapterOnDisk, disposeAdapter, readAdapter } from './adapter_io';
+import { LoraKind, factorShapes, factorsFit, kindFromFactors, loraScaling } from './factors';
+import { rankAndAlpha } from './targeting';
 
 export interface StreamMergeOptions {
   /** A .safetensors file, or a directory with model.safetensors.index.json (shards) or model.safetensors. */
@@ -49,8 +52,8 @@ interface MergeTarget {
   fanInFanOut: boolean;
   /** W is viewed as this 2-D shape (conv2d: [out, in·kh·kw]). */
   shape2d: [number, number];
-  /** DoRA: magnitude per output feature; the merged rows are rescaled to m / ‖W + s·B·A‖. */
-  magnitude: Float32Array | null;
+  /** DoRA: magnitude per output feature [out] (f32); the merged features are rescaled to m / ‖W + s·B·A‖. */
+  magnitude: Tensor | null;
 }
 
 const COPY_CHUNK = 64 * 1024 * 1024;
@@ -62,10 +65,9 @@ function as2d(t: Tensor, shape: [number, number]): Tensor {
 }
 
 /** Works out, for every adapter module, which base tensor it changes and how. */
-function planTargets(ck: Checkpoint, a: AdapterOnDisk, scale: number): Map<string, MergeTarget> {
+function planTargets(ck: Checkpoint, a: AdapterOnDisk, scale: number, plan: Map<string, MergeTarget>): void {
   const c = resolveConfig(a.config, 'adapter_config');
   const aliases = ck.aliases;
-  const plan = new Map<string, MergeTarget>();
   for (const [mod, t] of a.modules) {
     const wName = `${mod}.weight`;
     if (!ck.has(wName)) {
@@ -77,37 +79,33 @@ function planTargets(ck: Checkpoint, a: AdapterOnDisk, scale: number): Map<strin
     const A = t.A!;
     const B = t.B!;
     const r = A.shape[0];
-    const ak = patternKey(c.alphaPattern, mod);
-    const alpha = ak === null ? c.loraAlpha : c.alphaPattern[ak];
-    const scaling = (c.useRslora ? alpha / Math.sqrt(r) : alpha / r) * scale;
-    const bad = () => new ShapeError(`adapter: module '${mod}': lora_A ${shapeStr(A.shape)} and lora_B ${shapeStr(B.shape)} do not fit the base weight ${shapeStr(W)}`);
-    let target: Omit<MergeTarget, 'magnitude'>;
-    if (t.magnitude && (t.embedding || A.shape.length === 4))
-      throw new AdapterError(`adapter: module '${mod}' is a DoRA ${t.embedding ? 'embedding' : 'conv2d'}; the streaming merge supports DoRA on linear and conv1d weights only`);
-    if (t.embedding) {
-      if (W.length !== 2 || A.shape.join() !== [r, W[0]].join() || B.shape.join() !== [W[1], r].join()) throw bad();
-      target = { A: as2d(A, [r, W[0]]), B: as2d(B, [W[1], r]), scaling, fanInFanOut: true, shape2d: [W[0], W[1]] };
-    } else if (A.shape.length === 4) {
-      const k = W[1] * W[2] * W[3];
-      if (W.length !== 4 || A.shape.join() !== [r, W[1], W[2], W[3]].join() || B.shape.join() !== [W[0], r, 1, 1].join()) throw bad();
-      target = { A: as2d(A, [r, k]), B: as2d(B, [W[0], r]), scaling, fanInFanOut: false, shape2d: [W[0], k] };
-    } else {
-      if (W.length !== 2 || A.shape.length !== 2 || B.shape.length !== 2 || B.shape[1] !== r) throw bad();
-      const fitsLinear = W[1] === A.shape[1] && W[0] === B.shape[0];
-      const fitsConv1d = W[0] === A.shape[1] && W[1] === B.shape[0];
-      if (!fitsLinear && !fitsConv1d) throw bad();
-      const fifo = fitsLinear && fitsConv1d ? c.fanInFanOut : fitsConv1d;
-      target = { A: as2d(A, [r, A.shape[1]]), B: as2d(B, [B.shape[0], r]), scaling, fanInFanOut: fifo, shape2d: [W[0], W[1]] };
-    }
-    let magnitude: Float32Array | null = null;
+    const scaling = loraScaling(rankAndAlpha(c, mod).alpha, r, c.useRslora) * scale;
+    const kind = kindFromFactors(W, { A: A.shape, B: B.shape, embedding: t.embedding }, c.fanInFanOut);
+    if (t.magnitude && (kind === 'embedding' || kind === 'conv2d'))
+      throw new AdapterError(`adapter: module '${mod}' is a DoRA ${kind}; the streaming merge supports DoRA on linear and conv1d weights only`);
+    if (kind === null || !factorsFit(kind, W, A.shape, B.shape))
+      throw new ShapeError(`adapter: module '${mod}': lora_A ${shapeStr(A.shape)} and lora_B ${shapeStr(B.shape)} do not fit the base weight ${shapeStr(W)}`);
+    const target = mergeTarget(kind, W, A, B, scaling);
+    plan.set(wName, target);
     if (t.magnitude) {
-      magnitude = t.magnitude.toFloat32Array();
       const outF = target.fanInFanOut ? W[1] : W[0];
-      if (magnitude.length !== outF) throw new ShapeError(`adapter: module '${mod}': lora_magnitude_vector has ${magnitude.length} values, the weight has ${outF} output features`);
+      if (t.magnitude.numel !== outF) throw new ShapeError(`adapter: module '${mod}': lora_magnitude_vector has ${t.magnitude.numel} values, the weight has ${outF} output features`);
+      target.magnitude = Tensor.from(t.magnitude.toFloat32Array(), [outF]);
     }
-    plan.set(wName, { ...target, magnitude });
   }
-  return plan;
+}
+
+/**
+ * The 2-D view of a merge: embedding W [num, dim] is a fan_in_fan_out linear; conv2d W [out, in,
+ * kh, kw] is [out, in·kh·kw] with B [out, r, 1, 1] as [out, r].
+ */
+function mergeTarget(kind: LoraKind, W: readonly number[], A: Tensor, B: Tensor, scaling: number): MergeTarget {
+  const r = A.shape[0];
+  const s = factorShapes(kind, W, r);
+  const inF = s.A.slice(1).reduce((x, y) => x * y, 1);
+  const shape2d: [number, number] = kind === 'conv2d' ? [W[0], inF] : [W[0], W[1]];
+  const fanInFanOut = kind === 'conv1d' || kind === 'embedding';
+  return { A: as2d(A, [r, inF]), B: as2d(B, [s.B[0], r]), scaling, fanInFanOut, shape2d, magnitude: null };
 }
 
 /** The merged bytes of one targeted tensor in the output dtype. */
@@ -117,8 +115,8 @@ function mergeOne(reader: SafetensorsReader, name: string, t: MergeTarget, outDt
   let W = src;
   try {
     if (src.dtype !== 'f32') W = src.to({ dtype: 'f32' });
-    mergeAdapter(W, { loraA: t.A, loraB: t.B, scaling: t.scaling }, { fanInFanOut: t.fanInFanOut });
-    if (t.magnitude) W.copyFrom(doraRescale(W.toFloat32Array(), t.shape2d, t.fanInFanOut, t.magnitude));
+    if (t.magnitude) runSync(doraMergeSteps(W, t, t.magnitude));
+    else mergeAdapter(W, { loraA: t.A, loraB: t.B, scaling: t.scaling }, { fanInFanOut: t.fanInFanOut });
     if (outDtype === 'F32') return tensorToBytes(W).bytes;
     const out = W.to({ dtype: outDtype === 'F16' ? 'f16' : 'bf16' });
     try {
@@ -132,14 +130,15 @@ function mergeOne(reader: SafetensorsReader, name: string, t: MergeTarget, outDt
   }
 }
 
-/** DoRA's merge: each output feature of W' = W + s·B·A scaled by m / ‖that feature's weights‖ (peft's dora_factor). */
-function doraRescale(w: Float32Array, [d0, d1]: [number, number], fanInFanOut: boolean, m: Float32Array): Float32Array {
-  const outF = fanInFanOut ? d1 : d0;
-  const norm = new Float64Array(outF);
-  for (let i = 0; i < d0; i++) for (let j = 0; j < d1; j++) norm[fanInFanOut ? j : i] += w[i * d1 + j] * w[i * d1 + j];
-  const k = Float64Array.from(norm, (n, o) => m[o] / Math.sqrt(n));
-  for (let i = 0; i < d0; i++) for (let j = 0; j < d1; j++) w[i * d1 + j] *= k[fanInFanOut ? j : i];
-  return w;
+/** DoRA's merge in place (peft's dora merge): W ← m / ‖W + s·B·A‖ ⊙ (W + s·B·A), the norm per output feature. */
+function* doraMergeSteps(W: Tensor, t: MergeTarget, m: Tensor): KernelSteps<void> {
+  const norm = Tensor.zeros([m.numel], { dtype: 'f32' });
+  try {
+    yield step('doraWeightNorm', W.handle, t.A.handle, t.B.handle, t.scaling, t.fanInFanOut, norm.handle);
+    yield step('doraMerge', W.handle, t.A.handle, t.B.handle, t.scaling, t.fanInFanOut, m.handle, norm.handle, false, W.handle);
+  } finally {
+    norm.dispose();
+  }
 }
 
 /** Copies a tensor in chunks, converting float dtypes when asked. */
@@ -198,7 +197,7 @@ export async function mergeCheckpoint(opts: StreamMergeOptions): Promise<StreamM
   const plan = new Map<string, MergeTarget>();
   const committed: string[] = [];
   try {
-    for (const [k, v] of planTargets(ck, adapter, scale)) plan.set(k, v);
+    planTargets(ck, adapter, scale, plan);
     const { dir, files } = outputPaths(ck, opts.out);
     for (const [shard, outFile] of files) {
       if (path.resolve(outFile) === path.resolve(ck.dir, shard)) throw new LoraRangeError(`out: ${outFile} is the base file itself; write the merge elsewhere`);
@@ -241,10 +240,11 @@ export async function mergeCheckpoint(opts: StreamMergeOptions): Promise<StreamM
     }
     return { tensors: total, merged: [...plan.keys()], files: committed, bytesWritten };
   } finally {
-    for (const t of adapter.modules.values()) [t.A, t.B].forEach((x) => x?.dispose());
+    disposeAdapter(adapter);
     for (const t of plan.values()) {
       t.A.dispose();
       t.B.dispose();
+      t.magnitude?.dispose();
     }
     ck.close();
   }

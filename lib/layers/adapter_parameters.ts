@@ -1,0 +1,61 @@
+/**
+ * The Parameter objects a layer hands out for its adapters (peft's nn.Parameters lora_A, lora_B and
+ * lora_magnitude_vector): one per tensor, made on first request, so the optimizer holding it and
+ * backward() share it; backward adds each fresh gradient into the grad of those handed out.
+ */
+import { Tensor } from '../tensor';
+import { Parameter } from '../parameter';
+import { AdapterGrads } from './options';
+
+export class AdapterParameters {
+  readonly #factors = new Map<string, [Parameter, Parameter]>();
+  readonly #magnitudes = new Map<string, Parameter>();
+
+  /** [lora_A, lora_B] of adapter `name`; the same objects on every call. */
+  factors(name: string, A: Tensor, B: Tensor): [Parameter, Parameter] {
+    let pair = this.#factors.get(name);
+    if (!pair) {
+      pair = [new Parameter(`lora_A.${name}.weight`, 'lora_A', name, A), new Parameter(`lora_B.${name}.weight`, 'lora_B', name, B)];
+      this.#factors.set(name, pair);
+    }
+    return [pair[0], pair[1]];
+  }
+
+  /** A DoRA adapter's magnitude vector; the same object on every call. */
+  magnitude(name: string, m: Tensor): Parameter {
+    let p = this.#magnitudes.get(name);
+    if (!p) {
+      p = new Parameter(`lora_magnitude_vector.${name}.weight`, 'lora_magnitude_vector', name, m);
+      this.#magnitudes.set(name, p);
+    }
+    return p;
+  }
+
+  /** Forgets an adapter's Parameters after clearing their grads (its tensors are being freed). */
+  delete(name: string): void {
+    this.#factors.get(name)?.forEach((p) => p.zeroGrad());
+    this.#factors.delete(name);
+    this.#magnitudes.get(name)?.zeroGrad();
+    this.#magnitudes.delete(name);
+  }
+
+  /** Clears every grad (the layer is being disposed). */
+  clearGrads(): void {
+    for (const pair of this.#factors.values()) pair.forEach((p) => p.zeroGrad());
+    for (const p of this.#magnitudes.values()) p.zeroGrad();
+  }
+
+  /** Adds freshly computed adapter gradients into the grads of the Parameters handed out. */
+  accumulate(grads: ReadonlyMap<string, AdapterGrads>): void {
+    for (const [name, g] of grads) {
+      const pair = this.#factors.get(name);
+      if (!pair) continue;
+      pair[0].accumulateGrad(g.loraA);
+      pair[1].accumulateGrad(g.loraB);
+    }
+    for (const [name, g] of grads) {
+      const m = this.#magnitudes.get(name);
+      if (m && g.magnitude) m.accumulateGrad(g.magnitude);
+    }
+  }
+}

@@ -1,0 +1,47 @@
+/** Mixed-adapter batches (peft's adapter_names argument): which adapter each entry of a batch runs. */
+import { AdapterError, LoraTypeError, ShapeError, StateError } from '../errors';
+
+/** The layer state the check reads (LoraLayer's public getters). */
+export interface MixedBatchLayer {
+  readonly training: boolean;
+  readonly merged: boolean;
+  readonly useDora: ReadonlyMap<string, boolean>;
+}
+
+/**
+ * Validates a mixed batch: one name per entry of x's first dimension, '__base__' for the base
+ * layer alone. Returns the distinct adapters used and, per entry, the index into them (-1: base).
+ */
+export function resolveMixedBatch(
+  names: unknown,
+  batch: number,
+  layer: MixedBatchLayer,
+  requireAdapter: (name: unknown, argName: string) => string,
+): { adapters: string[]; index: Int32Array } {
+  if (!Array.isArray(names)) throw new LoraTypeError('opts.adapterNames: expected an array of adapter names');
+  if (layer.training) throw new StateError('opts.adapterNames: mixed-adapter batches need eval mode (call eval() first), as in peft');
+  if (layer.merged) throw new StateError('opts.adapterNames: cannot mix adapters while some are merged; unmerge() first');
+  if (names.length !== batch)
+    throw new ShapeError(`opts.adapterNames: expected ${batch} names (one per entry of x's first dimension), got ${names.length}`);
+  const adapters: string[] = [];
+  const index = new Int32Array(batch);
+  // Each distinct name is checked once (a serving batch repeats a few names thousands of times).
+  const seen = new Map<unknown, number>();
+  for (let i = 0; i < batch; i++) {
+    const n: unknown = names[i];
+    let k = seen.get(n);
+    if (k === undefined) {
+      if (n === '__base__') {
+        k = -1;
+      } else {
+        const name = requireAdapter(n, `opts.adapterNames[${i}]`);
+        if (layer.useDora.get(name))
+          throw new AdapterError(`opts.adapterNames[${i}]: DoRA adapter '${name}' cannot be used in a mixed batch (as in peft)`);
+        k = adapters.push(name) - 1;
+      }
+      seen.set(n, k);
+    }
+    index[i] = k;
+  }
+  return { adapters, index };
+}

@@ -1,0 +1,114 @@
+/**
+ * The options and results of LoraLayer's methods, and the checks of addAdapter's options (peft's
+ * LoraLayer.update_layer arguments), kept out of the layer so it holds state and lifecycle only.
+ */
+import { FloatDType } from '../dtype';
+import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../errors';
+import { nextGlobalSeed } from '../rng';
+import { Tensor } from '../tensor';
+import { checkBool, checkFinite, checkInt, checkScale } from '../validate';
+import { InitLoraWeights } from './init';
+
+export interface AdapterOptions {
+  /** Rank (peft default 8). */
+  r?: number;
+  /** Scaling numerator (peft default 8): scaling = loraAlpha / r, or loraAlpha / √r with useRslora. */
+  loraAlpha?: number;
+  /** Dropout probability on the adapter's input in training mode, in [0, 1). */
+  loraDropout?: number;
+  useRslora?: boolean;
+  /** See InitLoraWeights (default true: a no-op at init). */
+  initLoraWeights?: InitLoraWeights;
+  /** DoRA (LoraLinear): a magnitude vector [out] rescales each output row by m / ‖W + s·B·A‖. */
+  useDora?: boolean;
+  /** Seed for the initialisation and the dropout masks (default: from the global generator). */
+  seed?: number;
+  /** Frozen adapter: forward uses it, backward gives it no gradient. */
+  inferenceMode?: boolean;
+  /** Storage dtype of A and B (default 'f32', as peft's autocast_adapter_dtype). */
+  dtype?: FloatDType;
+}
+
+export const ADAPTER_OPTION_KEYS = [
+  'r',
+  'loraAlpha',
+  'loraDropout',
+  'useRslora',
+  'initLoraWeights',
+  'seed',
+  'inferenceMode',
+  'dtype',
+  'useDora',
+] as const;
+
+/** Where each row of a mixed batch goes: '__base__' runs the base layer alone. */
+export interface MixedForwardOptions {
+  /** One adapter name (or '__base__') per entry of x's first dimension; eval mode only. */
+  adapterNames?: readonly string[];
+}
+
+export interface MergeOptions {
+  /** Check the merged weight for NaN/Inf before writing it; W is untouched on failure. */
+  safeMerge?: boolean;
+  /** Adapters to merge (default: the active ones). */
+  adapterNames?: string[];
+}
+
+export interface AdapterGrads {
+  loraA: Tensor;
+  loraB: Tensor;
+  /** DoRA adapters: dL/dmagnitude [out]. */
+  magnitude?: Tensor;
+}
+
+export interface BackwardResult {
+  dx: Tensor;
+  grads: Map<string, AdapterGrads>;
+}
+
+/** AdapterOptions with every default filled in and checked. */
+export interface ResolvedAdapterOptions {
+  r: number;
+  alpha: number;
+  dropout: number;
+  useRslora: boolean;
+  init: InitLoraWeights;
+  useDora: boolean;
+  seed: number;
+  frozen: boolean;
+  dtype: FloatDType;
+}
+
+/** What the layer kind can do, for the checks that depend on it. */
+export interface LayerCapabilities {
+  /** The layer's class name, for messages. */
+  kind: string;
+  supportsDora: boolean;
+  /** pissa / olora */
+  supportsWeightInit: boolean;
+  merged: boolean;
+}
+
+/** Checks addAdapter's options (keys already checked) in a fixed order and fills in peft's defaults. */
+export function resolveAdapterOptions(o: AdapterOptions, layer: LayerCapabilities): ResolvedAdapterOptions {
+  const r = checkInt(o.r ?? 8, 'opts.r', 1, 1 << 20);
+  const alpha = checkScale(o.loraAlpha ?? 8, 'opts.loraAlpha');
+  const dropout = checkFinite(o.loraDropout ?? 0, 'opts.loraDropout');
+  if (dropout < 0 || dropout >= 1) throw new LoraRangeError(`opts.loraDropout: expected 0 <= p < 1, got ${dropout}`);
+  const useRslora = o.useRslora === undefined ? false : checkBool(o.useRslora, 'opts.useRslora');
+  const init = o.initLoraWeights ?? true;
+  if (init !== true && init !== false && init !== 'gaussian' && init !== 'pissa' && init !== 'olora')
+    throw new LoraTypeError(`opts.initLoraWeights: expected true, false, 'gaussian', 'pissa' or 'olora', got ${String(init)}`);
+  const useDora = o.useDora === undefined ? false : checkBool(o.useDora, 'opts.useDora');
+  if (useDora && !layer.supportsDora) throw new AdapterError(`opts.useDora: DoRA is supported on LoraLinear only, not on ${layer.kind}`);
+  if ((init === 'pissa' || init === 'olora') && !layer.supportsWeightInit)
+    throw new AdapterError(`opts.initLoraWeights: '${init}' is supported on LoraLinear only, not on ${layer.kind}`);
+  if ((init === 'pissa' || init === 'olora') && layer.merged)
+    throw new StateError(`opts.initLoraWeights: '${init}' rewrites the base weight; unmerge() first`);
+  const seed = o.seed === undefined ? nextGlobalSeed() : checkInt(o.seed, 'opts.seed', 0);
+  const frozen = o.inferenceMode === undefined ? false : checkBool(o.inferenceMode, 'opts.inferenceMode');
+  const dtype = o.dtype ?? 'f32';
+  if (dtype !== 'f32' && dtype !== 'f16' && dtype !== 'bf16')
+    throw new LoraTypeError(`opts.dtype: expected 'f32', 'f16' or 'bf16', got ${String(dtype)}`);
+  return { r, alpha, dropout, useRslora, init, useDora, seed, frozen, dtype };
+}
