@@ -7,8 +7,9 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { dequantizeJs, quantizeJs } from '../lib/gguf/blocks';
-import { GGML, bf16ToFloat, floatToBf16, floatToHalf, halfToFloat } from '../lib/gguf/ggml_types';
+import { dequantize, dequantizeAsync, quantize, quantizeAsync } from '../lib/gguf/codecs';
+import { GGML } from '../lib/gguf/ggml_types';
+import { bf16ToFloat, dequantizeJs, floatToBf16, floatToHalf, halfToFloat, quantizeJs } from './helpers/ggml_blocks_f32';
 import { GgufKV, array, kv } from '../lib/gguf/metadata';
 import { GgufReader } from '../lib/gguf/reader';
 import { GgufStreamWriter } from '../lib/gguf/writer';
@@ -118,6 +119,73 @@ describe('block formats', () => {
     expect(() => dequantizeJs(GGML.Q8_0, new Uint8Array(34), 31)).toThrow(/not a whole number of Q8_0 blocks/);
     expect(() => dequantizeJs(10, new Uint8Array(84), 256)).toThrow(/cannot dequantize Q2_K/);
     expect(() => quantizeJs(GGML.Q4_K, new Float32Array(256))).toThrow(/cannot write Q4_K/);
+  });
+});
+
+describe('native codecs (native/cpu/ggml_blocks.cc) against the references', () => {
+  const bits = (f: Float32Array) => Buffer.from(f.buffer, f.byteOffset, f.byteLength);
+
+  test.each(Object.keys(BLOCK) as BlockType[])('%s: native dequantize is bit-identical to the f32 model and within 1 ulp of the float64 reference', async (type) => {
+    const nBlocks = BLOCK[type].qk === 256 ? 64 : 700; // enough blocks to split over the pool
+    const data = randomBlocks(type, nBlocks, rng(TYPE_ID[type] * 7 + 1));
+    const n = nBlocks * BLOCK[type].qk;
+    const got = dequantize(TYPE_ID[type], data, n);
+    expect(bits(got).equals(bits(dequantizeJs(TYPE_ID[type], data, n)))).toBe(true);
+    expect(bits(await dequantizeAsync(TYPE_ID[type], data, n)).equals(bits(got))).toBe(true);
+    const ref = dequantizeRef(type, data);
+    const qk = BLOCK[type].qk;
+    for (let b = 0; b < nBlocks; b++) {
+      let mag = 0;
+      for (let j = 0; j < qk; j++) mag = Math.max(mag, Math.abs(ref[b * qk + j]));
+      for (let j = 0; j < qk; j++) if (!(Math.abs(got[b * qk + j] - ref[b * qk + j]) <= 2 * Math.pow(2, -23) * mag)) throw new Error(`${type} block ${b}[${j}]`);
+    }
+  });
+
+  test('F16, BF16, F64 and F32 read natively as the f32 model reads them (every half bit pattern)', () => {
+    const all = new Uint8Array(65536 * 2);
+    for (let h = 0; h < 65536; h++) [all[2 * h], all[2 * h + 1]] = [h & 255, h >> 8];
+    for (const t of [GGML.F16, GGML.BF16]) {
+      const a = dequantize(t, all, 65536);
+      const b = dequantizeJs(t, all, 65536);
+      for (let i = 0; i < 65536; i++) if (!(Object.is(a[i], b[i]) || (Number.isNaN(a[i]) && Number.isNaN(b[i])))) throw new Error(`type ${t} bits ${i}: ${a[i]} vs ${b[i]}`);
+    }
+    const f64 = new Float64Array([1 / 3, -1e-40, 1e39, Math.PI]);
+    expect(Array.from(dequantize(GGML.F64, new Uint8Array(f64.buffer), 4))).toEqual(Array.from(Float32Array.from(f64)));
+    const f32 = gaussian(77, 5);
+    expect(bits(dequantize(GGML.F32, new Uint8Array(f32.buffer), 77)).equals(bits(f32))).toBe(true);
+  });
+
+  test('quantize: Q8_0 and Q4_0 bit-identical to quantize_row_*_ref, F16/BF16 to round-to-nearest-even, sync and async', async () => {
+    const x = gaussian(32 * 4096, 23, 0.05);
+    for (let j = 0; j < 32; j++) x[32 + j] = (j - 16) * 0.5; // ties
+    x.fill(0, 0, 32);
+    x[64] = -3;
+    const eq = (a: Uint8Array, b: Uint8Array) => Buffer.from(a).equals(Buffer.from(b));
+    expect(eq(quantize(GGML.Q8_0, x), quantizeQ8_0Ref(x))).toBe(true);
+    expect(eq(quantize(GGML.Q4_0, x), quantizeQ4_0Ref(x))).toBe(true);
+    expect(eq(await quantizeAsync(GGML.Q8_0, x), quantizeQ8_0Ref(x))).toBe(true);
+    const edges = new Float32Array([0, -0, 65504, 65519.99, 65520, 1e-8, 2 ** -24, 2 ** -25, 3 * 2 ** -26, -(2 ** -14), 1 + 2 ** -11, 1 + 3 * 2 ** -11, NaN, -Infinity, ...gaussian(4000, 29, 1e-3)]);
+    for (const t of [GGML.F16, GGML.BF16, GGML.F32]) expect(eq(quantize(t, edges), quantizeJs(t, edges))).toBe(true);
+  });
+
+  test('bad arguments are typed errors naming them', () => {
+    const expectErr = (fn: () => unknown, name: string, msg: RegExp) => {
+      let e: Error | null = null;
+      try {
+        fn();
+      } catch (err) {
+        e = err as Error;
+      }
+      expect(e?.name).toBe(name);
+      expect(e?.message).toMatch(msg);
+    };
+    expectErr(() => dequantize(10, new Uint8Array(84), 256), 'LoraTypeError', /type: ggml type 10 cannot be read/);
+    expectErr(() => quantize(GGML.Q4_K, new Float32Array(256)), 'LoraTypeError', /type: ggml type 12 cannot be written/);
+    expectErr(() => dequantize(GGML.Q8_0, new Uint8Array(33), 32), 'LoraRangeError', /src: 32 values of this type take 34 bytes, got 33/);
+    expectErr(() => dequantize(GGML.Q8_0, new Uint8Array(34), 31), 'LoraRangeError', /n: 31 values are not a whole number of blocks of 32/);
+    expectErr(() => quantize(GGML.Q4_0, new Float32Array(33)), 'LoraRangeError', /src: 33 values/);
+    expectErr(() => dequantize(GGML.F16, new Float32Array(2) as never, 4), 'LoraTypeError', /src: expected a Uint8Array/);
+    expectErr(() => dequantize(-1, new Uint8Array(4), 1), 'LoraRangeError', /type/);
   });
 });
 

@@ -28,6 +28,8 @@ const OPS: Record<KernelOp, true> = {
   dropout: true,
   convert: true,
   allFinite: true,
+  ggmlDequantize: true,
+  ggmlQuantize: true,
   adamwStep: true,
   sgdStep: true,
   accumulate: true,

@@ -13,6 +13,7 @@ import { AdapterError, LoraRangeError, LoraTypeError } from '../errors';
 import { Checkpoint } from '../io/checkpoint';
 import { float32FromBytes, ELEMENT_SIZE } from '../io/tensor_bytes';
 import { ArchSpec, archOf, ggufTensorName, hparamKeys, hparamsOf, isIgnoredHfTensor, permuteHeads, permuteRows } from './arch';
+import { quantizeAsync } from './codecs';
 import { GGML, ggmlType } from './ggml_types';
 import { GgufKV, kv } from './metadata';
 import { tokenizerKeys } from './tokenizer';
@@ -116,7 +117,7 @@ function baseMetadata(arch: ArchSpec, config: Record<string, unknown>, dir: stri
 }
 
 /** Streams one HF tensor into the writer: f32 row chunks, transformed, encoded in the spec's type. */
-function streamTensor(ck: Checkpoint, p: Planned, arch: ArchSpec, config: Record<string, unknown>, w: GgufStreamWriter): void {
+async function streamTensor(ck: Checkpoint, p: Planned, arch: ArchSpec, config: Record<string, unknown>, w: GgufStreamWriter): Promise<void> {
   const reader = ck.readerOf(p.hf);
   const e = reader.entry(p.hf);
   const cols = e.shape.length >= 2 ? e.shape[e.shape.length - 1] : e.shape.length === 1 ? e.shape[0] : 1;
@@ -134,7 +135,7 @@ function streamTensor(ck: Checkpoint, p: Planned, arch: ArchSpec, config: Record
     let v: Float32Array = float32FromBytes(reader.range(p.hf, r0 * cols * elt, r1 * cols * elt), e.dtype, p.hf).slice();
     if (heads !== null) v = permuteRows(v, (r1 - r0) / unit, cols);
     if (isNorm) for (let i = 0; i < v.length; i++) v[i] = v[i] + 1;
-    w.writeFloat32(p.spec.name, v);
+    w.write(p.spec.name, await quantizeAsync(p.spec.type, v));
   }
 }
 
@@ -156,7 +157,7 @@ export async function convertModelToGguf(opts: ConvertModelOptions): Promise<Con
     const w = new GgufStreamWriter(opts.out, meta.keys, specs);
     try {
       for (let i = 0; i < plan.length; i++) {
-        streamTensor(ck, plan[i], arch, config, w);
+        await streamTensor(ck, plan[i], arch, config, w);
         opts.onProgress?.(i + 1, specs.length, plan[i].spec.name);
         await new Promise((r) => setImmediate(r));
       }

@@ -1,7 +1,6 @@
 /**
  * ggml's tensor types as GGUF stores them: the type id, the block of values one unit encodes and
- * that unit's byte size (ggml's type_traits; gguf-py's GGML_QUANT_SIZES), plus the 16-bit float
- * conversions every block format uses for its scales.
+ * that unit's byte size (ggml's type_traits; gguf-py's GGML_QUANT_SIZES).
  * A tensor of ne[0] values per row takes ne[0] / blockSize · typeSize bytes per row.
  */
 import { LoraRangeError, LoraTypeError } from '../errors';
@@ -65,57 +64,4 @@ export function tensorBytes(id: number, ne: readonly number[], what = 'tensor'):
   const bytes = (n0 / t.blockSize) * t.typeSize * rows;
   if (!Number.isSafeInteger(bytes)) throw new LoraRangeError(`${what}: ${t.name} tensor of ne [${ne.join(', ')}] is too large`);
   return bytes;
-}
-
-// ---- 16-bit floats ---------------------------------------------------------------------------
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-
-/** IEEE half → f32 (exact). */
-export function halfToFloat(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const man = h & 0x3ff;
-  if (exp === 0) return sign * man * 2 ** -24;
-  if (exp === 31) return man ? NaN : sign * Infinity;
-  return sign * (1024 + man) * 2 ** (exp - 25);
-}
-
-/** f32 → IEEE half, round to nearest even (as ggml's GGML_FP32_TO_FP16; NaN → 0x7E00 with sign). */
-export function floatToHalf(x: number): number {
-  f32[0] = x;
-  const w = u32[0];
-  const sign = (w >>> 16) & 0x8000;
-  const abs = w & 0x7fffffff;
-  if (abs > 0x7f800000) return sign | 0x7e00;
-  if (abs >= 0x477ff000) return sign | 0x7c00; // rounds to ≥ 65520: infinity
-  if (abs < 0x38800000) {
-    // half subnormal (or zero): value / 2^-24, rounded to nearest even
-    f32[0] = Math.abs(x);
-    const q = f32[0] * 2 ** 24;
-    const fl = Math.floor(q);
-    const diff = q - fl;
-    const r = diff > 0.5 || (diff === 0.5 && (fl & 1) === 1) ? fl + 1 : fl;
-    return sign | r;
-  }
-  const exp = (abs >>> 23) - 127 + 15;
-  const man = abs & 0x7fffff;
-  let h = (exp << 10) | (man >>> 13);
-  const rest = man & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && (h & 1) === 1)) h += 1; // carries into the exponent correctly
-  return sign | h;
-}
-
-/** bfloat16 → f32 (exact). */
-export function bf16ToFloat(b: number): number {
-  u32[0] = (b & 0xffff) << 16;
-  return f32[0];
-}
-
-/** f32 → bfloat16, round to nearest even; NaN is kept quiet (ggml_compute_fp32_to_bf16). */
-export function floatToBf16(x: number): number {
-  f32[0] = x;
-  const u = u32[0];
-  if ((u & 0x7fffffff) > 0x7f800000) return ((u >>> 16) | 64) & 0xffff;
-  return ((u + (0x7fff + ((u >>> 16) & 1))) >>> 16) & 0xffff;
 }

@@ -14,7 +14,8 @@
 import { AdapterError, ShapeError, shapeStr } from '../errors';
 import { resolveConfig, ResolvedLoraConfig } from '../model/config';
 import { AdapterOnDisk } from '../model/adapter_io';
-import { patternKey } from '../model/targeting';
+import { loraScaling } from '../model/factors';
+import { rankAndAlpha } from '../model/targeting';
 import { ArchSpec, HParams, archOfGguf, ggufTensorName, hparamsOf, permuteHeads, permuteRows } from './arch';
 import { GgufReader } from './reader';
 
@@ -74,11 +75,9 @@ function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
   return out;
 }
 
-/** peft's scaling of one module (alpha_pattern, rsLoRA). */
+/** peft's scaling of one module (alpha_pattern, rsLoRA), r being the module's actual rank. */
 export function moduleScaling(c: ResolvedLoraConfig, module: string, r: number): number {
-  const ak = patternKey(c.alphaPattern, module);
-  const alpha = ak === null ? c.loraAlpha : c.alphaPattern[ak];
-  return c.useRslora ? alpha / Math.sqrt(r) : alpha / r;
+  return loraScaling(rankAndAlpha(c, module).alpha, r, c.useRslora);
 }
 
 /** The adapter's modules as llama.cpp pairs; refuses what llama.cpp cannot express. */

@@ -13,7 +13,7 @@ import { mergeAdapterAsync } from '../kernels';
 import { readAdapterAsync } from '../model/adapter_io';
 import { Tensor } from '../tensor';
 import { readGgufLora } from './adapter_from_gguf';
-import { quantize } from './codecs';
+import { quantizeAsync } from './codecs';
 import { GgufOutType, OUT_TYPES, checkOutType, rowChunks, storageType } from './convert_model';
 import { GGML, QUANTIZABLE } from './ggml_types';
 import { LoraPair, baseInfoFromGguf, peftToPairs } from './lora_map';
@@ -115,13 +115,13 @@ export async function mergeGguf(opts: GgufMergeOptions): Promise<GgufMergeResult
           for (let off = 0; off < t.nbytes; off += COPY_CHUNK) w.write(t.name, reader.range(t.name, off, Math.min(t.nbytes, off + COPY_CHUNK)));
           copied++;
         } else if (!p) {
-          for (const [r0, r1] of rowChunks(rows, cols)) w.write(t.name, quantize(type, reader.rowsFloat32(t.name, r0, r1 - r0)));
+          for (const [r0, r1] of rowChunks(rows, cols)) w.write(t.name, await quantizeAsync(type, await reader.rowsFloat32Async(t.name, r0, r1 - r0)));
         } else {
           const R = Tensor.from(p.embedding ? transpose(p.b, p.bShape[0], p.r) : p.a, [p.r, cols]);
           try {
             for (const [r0, r1] of rowChunks(rows, cols)) {
-              const merged = await mergeRows(reader.rowsFloat32(t.name, r0, r1 - r0), p, R, r0, r1, cols, p.scaling * scale);
-              w.write(t.name, quantize(type, merged));
+              const merged = await mergeRows(await reader.rowsFloat32Async(t.name, r0, r1 - r0), p, R, r0, r1, cols, p.scaling * scale);
+              w.write(t.name, await quantizeAsync(type, merged));
             }
           } finally {
             R.dispose();

@@ -14,7 +14,7 @@
  */
 import * as fs from 'fs';
 import { LoraRangeError, LoraTypeError, StateError } from '../errors';
-import { dequantize } from './codecs';
+import { dequantize, dequantizeAsync } from './codecs';
 import { FileCursor, readFully } from './cursor';
 import { DEQUANTIZABLE, GgmlTypeInfo, ggmlType, typeName } from './ggml_types';
 import { GgufArray, GgufKV, GgufValue, GgufValueType, MIN_SIZE, TYPED_ARRAYS, VALUE_TYPES } from './metadata';
@@ -227,6 +227,17 @@ export class GgufReader {
 
   /** Rows [row0, row0 + rows) of a tensor (rows of ne[0] values) as f32, dequantized. */
   rowsFloat32(name: string, row0: number, rows: number): Float32Array {
+    const { type, bytes, n } = this.#rows(name, row0, rows);
+    return dequantize(type, bytes, n);
+  }
+
+  /** rowsFloat32 with the decoding on libuv's pool (the read itself is one positioned read). */
+  rowsFloat32Async(name: string, row0: number, rows: number): Promise<Float32Array> {
+    const { type, bytes, n } = this.#rows(name, row0, rows);
+    return dequantizeAsync(type, bytes, n);
+  }
+
+  #rows(name: string, row0: number, rows: number): { type: number; bytes: Uint8Array; n: number } {
     const t = this.tensor(name);
     const info = this.#decodable(t);
     const n0 = t.ne.length > 0 ? t.ne[0] : 1;
@@ -234,7 +245,7 @@ export class GgufReader {
     if (!(Number.isSafeInteger(row0) && Number.isSafeInteger(rows) && row0 >= 0 && rows >= 0 && row0 + rows <= total))
       throw new LoraRangeError(`rows: [${row0}, ${row0 + rows}) is outside tensor '${name}' (${total} rows)`);
     const rowBytes = (n0 / info.blockSize) * info.typeSize;
-    return dequantize(t.type, this.range(name, row0 * rowBytes, (row0 + rows) * rowBytes), rows * n0);
+    return { type: t.type, bytes: this.range(name, row0 * rowBytes, (row0 + rows) * rowBytes), n: rows * n0 };
   }
 
   /** The whole tensor as f32, dequantized. */

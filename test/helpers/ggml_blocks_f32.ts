@@ -1,5 +1,6 @@
 /**
- * ggml's block formats in plain TypeScript: dequantize F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+ * An f32-exact TypeScript model of ggml's block formats (it was lib/gguf's codec before the native
+ * one in native/cpu/ggml_blocks.cc; kept as the test's bit-level reference): dequantize F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
  * Q4_K, Q5_K, Q6_K to f32 and quantize f32 to F16, BF16, Q8_0, Q4_0 (round to nearest, as ggml's
  * quantize_row_*_ref). Every step is rounded to f32 (Math.fround) in ggml's order, so the values
  * are bit-identical to ggml's scalar code. The formulas, per block of 32 (Q*_0/1) or 256 (K):
@@ -8,9 +9,62 @@
  *   Q4_K x = d·sc_j·q − dmin·m_j    Q5_K likewise with 5-bit q (6-bit sc/m packed in 12 bytes)
  *   Q6_K x = d·sc_j·(q6 − 32)       (16 sub-blocks of 16, int8 scales)
  */
-import { LoraRangeError, LoraTypeError } from '../errors';
-import { typedArrayKind } from '../tensor';
-import { GGML, bf16ToFloat, floatToBf16, floatToHalf, ggmlType, halfToFloat, tensorBytes, typeName } from './ggml_types';
+import { LoraRangeError, LoraTypeError } from '../../lib/errors';
+import { typedArrayKind } from '../../lib/tensor';
+import { GGML, ggmlType, tensorBytes, typeName } from '../../lib/gguf/ggml_types';
+
+// ---- 16-bit floats (ggml's GGML_FP32_TO_FP16 / BF16 rounding) --------------------------------
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** IEEE half → f32 (exact). */
+export function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const man = h & 0x3ff;
+  if (exp === 0) return sign * man * 2 ** -24;
+  if (exp === 31) return man ? NaN : sign * Infinity;
+  return sign * (1024 + man) * 2 ** (exp - 25);
+}
+
+/** f32 → IEEE half, round to nearest even (as ggml's GGML_FP32_TO_FP16; NaN → 0x7E00 with sign). */
+export function floatToHalf(x: number): number {
+  f32[0] = x;
+  const w = u32[0];
+  const sign = (w >>> 16) & 0x8000;
+  const abs = w & 0x7fffffff;
+  if (abs > 0x7f800000) return sign | 0x7e00;
+  if (abs >= 0x477ff000) return sign | 0x7c00; // rounds to ≥ 65520: infinity
+  if (abs < 0x38800000) {
+    // half subnormal (or zero): value / 2^-24, rounded to nearest even
+    f32[0] = Math.abs(x);
+    const q = f32[0] * 2 ** 24;
+    const fl = Math.floor(q);
+    const diff = q - fl;
+    const r = diff > 0.5 || (diff === 0.5 && (fl & 1) === 1) ? fl + 1 : fl;
+    return sign | r;
+  }
+  const exp = (abs >>> 23) - 127 + 15;
+  const man = abs & 0x7fffff;
+  let h = (exp << 10) | (man >>> 13);
+  const rest = man & 0x1fff;
+  if (rest > 0x1000 || (rest === 0x1000 && (h & 1) === 1)) h += 1; // carries into the exponent correctly
+  return sign | h;
+}
+
+/** bfloat16 → f32 (exact). */
+export function bf16ToFloat(b: number): number {
+  u32[0] = (b & 0xffff) << 16;
+  return f32[0];
+}
+
+/** f32 → bfloat16, round to nearest even; NaN is kept quiet (ggml_compute_fp32_to_bf16). */
+export function floatToBf16(x: number): number {
+  f32[0] = x;
+  const u = u32[0];
+  if ((u & 0x7fffffff) > 0x7f800000) return ((u >>> 16) | 64) & 0xffff;
+  return ((u + (0x7fff + ((u >>> 16) & 1))) >>> 16) & 0xffff;
+}
 
 const fr = Math.fround;
 
@@ -183,7 +237,7 @@ export function quantizeJs(type: number, src: Float32Array): Uint8Array {
     case GGML.Q8_0:
       for (let k = 0, o = 0; k < n; k += 32, o += 34) {
         let amax = 0;
-        for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(src[k + j]));
+        for (let j = 0; j < 32; j++) amax = amax > Math.abs(src[k + j]) ? amax : Math.abs(src[k + j]); // ggml's MAX()
         const d = fr(amax / 127);
         const id = d ? fr(1 / d) : 0;
         const dh = floatToHalf(d);
