@@ -66,19 +66,37 @@ function outputType(t: GgufTensorInfo, targeted: boolean, outtype: 'same' | Gguf
   return t.shape[t.shape.length - 1] % 32 === 0 ? GGML.Q8_0 : GGML.F16;
 }
 
-/** W[rows r0..r1) + s·L[r0..r1)·R for one pair (L = lora_b, R = lora_a; token_embd: L = lora_a, R = lora_bᵀ). */
-async function mergeRows(w: Float32Array, p: LoraPair, R: Tensor, r0: number, r1: number, cols: number, scaling: number): Promise<Float32Array> {
-  const r = p.r;
-  const L = p.embedding ? p.a.subarray(r0 * r, r1 * r) : p.b.subarray(r0 * r, r1 * r);
-  const W = Tensor.from(w, [r1 - r0, cols]);
-  const B = Tensor.from(L, [r1 - r0, r]);
-  try {
-    await mergeAdapterAsync(W, { loraA: R, loraB: B, scaling });
-    return W.toFloat32Array();
-  } finally {
-    W.dispose();
-    B.dispose();
+/**
+ * The native operands of one merged tensor, kept across its row chunks: filling a fresh tensor per
+ * chunk cost ~60 ms of page faults per 8 MiB here, a reused one ~5 ms.
+ */
+class ChunkTensors {
+  readonly #byRows = new Map<number, { W: Tensor; B: Tensor }>();
+
+  constructor(readonly cols: number, readonly r: number) {}
+
+  get(rows: number): { W: Tensor; B: Tensor } {
+    let t = this.#byRows.get(rows);
+    if (!t) {
+      t = { W: Tensor.empty([rows, this.cols]), B: Tensor.empty([rows, this.r]) };
+      this.#byRows.set(rows, t);
+    }
+    return t;
   }
+
+  dispose(): void {
+    for (const t of this.#byRows.values()) [t.W, t.B].forEach((x) => x.dispose());
+  }
+}
+
+/** W[rows r0..r1) + s·L[r0..r1)·R for one pair (L = lora_b, R = lora_a; token_embd: L = lora_a, R = lora_bᵀ). */
+async function mergeRows(w: Float32Array, p: LoraPair, R: Tensor, r0: number, r1: number, bufs: ChunkTensors, scaling: number): Promise<Float32Array> {
+  const L = p.embedding ? p.a.subarray(r0 * p.r, r1 * p.r) : p.b.subarray(r0 * p.r, r1 * p.r);
+  const { W, B } = bufs.get(r1 - r0);
+  W.copyFrom(w);
+  B.copyFrom(L);
+  await mergeAdapterAsync(W, { loraA: R, loraB: B, scaling });
+  return W.toFloat32Array();
 }
 
 function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
@@ -118,13 +136,15 @@ export async function mergeGguf(opts: GgufMergeOptions): Promise<GgufMergeResult
           for (const [r0, r1] of rowChunks(rows, cols)) w.write(t.name, await quantizeAsync(type, await reader.rowsFloat32Async(t.name, r0, r1 - r0)));
         } else {
           const R = Tensor.from(p.embedding ? transpose(p.b, p.bShape[0], p.r) : p.a, [p.r, cols]);
+          const bufs = new ChunkTensors(cols, p.r);
           try {
             for (const [r0, r1] of rowChunks(rows, cols)) {
-              const merged = await mergeRows(await reader.rowsFloat32Async(t.name, r0, r1 - r0), p, R, r0, r1, cols, p.scaling * scale);
+              const merged = await mergeRows(await reader.rowsFloat32Async(t.name, r0, r1 - r0), p, R, r0, r1, bufs, p.scaling * scale);
               w.write(t.name, await quantizeAsync(type, merged));
             }
           } finally {
             R.dispose();
+            bufs.dispose();
           }
         }
         opts.onProgress?.(i + 1, reader.tensors.length, t.name);
