@@ -116,7 +116,7 @@ function plainCopy(src, dst) {
 
 function runCli(args) {
   const code = `require(${JSON.stringify(path.join(root, 'dist', 'cli.js'))}).main(${JSON.stringify(args)}).then((c) => {` +
-    `process.stderr.write('MAXRSS_KB ' + process.resourceUsage().maxRSS + '\\n'); process.exit(c); })`;
+    `const u = process.resourceUsage(); process.stderr.write('MAXRSS_KB ' + u.maxRSS + ' CPU user ' + (u.userCPUTime / 1e6).toFixed(1) + ' s, sys ' + (u.systemCPUTime / 1e6).toFixed(1) + ' s\\n'); process.exit(c); })`;
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -134,8 +134,8 @@ function runCli(args) {
     child.on('error', reject);
     child.on('close', (status) => {
       clearInterval(poll);
-      const m = /MAXRSS_KB (\d+)/.exec(err);
-      resolve({ status, seconds: (Date.now() - t0) / 1000, maxRssKb: m ? Number(m[1]) : 0, hwmKb, out, err });
+      const m = /MAXRSS_KB (\d+) CPU (.*)/.exec(err);
+      resolve({ status, seconds: (Date.now() - t0) / 1000, maxRssKb: m ? Number(m[1]) : 0, cpu: m ? m[2] : '?', hwmKb, out, err });
     });
   });
 }
@@ -164,6 +164,7 @@ function spotCheck(base, adapterDir, merged) {
 }
 
 async function main() {
+  const load0 = os.loadavg();
   const tmp = fs.mkdtempSync(path.join(opt('dir', os.tmpdir()), 'lorakit-gguf-merge-'));
   try {
     const base = path.join(tmp, 'base.gguf');
@@ -185,12 +186,12 @@ async function main() {
     const mach = require(path.join(root, 'dist', 'bench', 'machine.js')).machineInfo();
     const lines = [
       `date: ${new Date().toISOString()}`,
-      `machine: ${mach ? `${mach.cpuModel}, ${mach.logicalCpus} logical cpus (${mach.isa.join(' ')})` : os.cpus()[0].model}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB RAM, ${os.platform()} ${os.release()}, node ${process.version}; disk: ${tmp.replace(/\/[^/]+$/, '')}`,
+      `machine: ${mach.cpuModel}, ${mach.logicalCpus} logical cpus (${mach.isa.join(' ')}), ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB RAM, ${os.platform()} ${os.release()}, node ${process.version}; disk: ${tmp.replace(/\/[^/]+$/, '')}; load average at the start ${load0.map((x) => x.toFixed(1)).join(' ')}, at the end ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`,
       `command: node bench/gguf_merge.js ${process.argv.slice(2).join(' ')}`.trimEnd(),
       `merge command: lorakit ${args.join(' ').replace(new RegExp(tmp, 'g'), '$TMP')}`,
       `base: ${info.bytes} bytes (${(info.bytes / 1e9).toFixed(2)} GB), ${baseType}, ${info.tensors} tensors, ${info.layers} layers; adapter r=${R} on the 7 linear weights of every layer (${info.layers * 7} merged tensors)`,
       `plain copy (64 MiB reads/writes, fsync): ${copySeconds.toFixed(2)} s, ${(info.bytes / 1e6 / copySeconds).toFixed(0)} MB/s`,
-      `merge: ${res.seconds.toFixed(2)} s, ${(info.bytes / 1e6 / res.seconds).toFixed(0)} MB/s = ${(copySeconds / res.seconds).toFixed(3)}x the copy's throughput`,
+      `merge: ${res.seconds.toFixed(2)} s, ${(info.bytes / 1e6 / res.seconds).toFixed(0)} MB/s = ${(copySeconds / res.seconds).toFixed(3)}x the copy's throughput; CPU ${res.cpu}`,
       `peak RSS: ${(peak / 2 ** 20).toFixed(0)} MiB (getrusage ${res.maxRssKb} kB, VmHWM ${res.hwmKb} kB) = ${(100 * ratio).toFixed(1)}% of the file (limit 25%): ${ratio <= 0.25 ? 'PASS' : 'FAIL'}`,
       `spot check blk.0.attn_v.weight vs W + s·B·A: relative error ${err.toExponential(2)} (tolerance ${tol})`,
     ];

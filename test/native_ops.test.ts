@@ -30,6 +30,7 @@ const OPS: Record<KernelOp, true> = {
   allFinite: true,
   ggmlDequantize: true,
   ggmlQuantize: true,
+  ggmlMergeRows: true,
   adamwStep: true,
   sgdStep: true,
   accumulate: true,

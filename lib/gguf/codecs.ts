@@ -24,3 +24,11 @@ export function quantize(type: number, src: Float32Array): Uint8Array {
 export function quantizeAsync(type: number, src: Float32Array): Promise<Uint8Array> {
   return callAsync((b) => b.ggmlQuantizeAsync(type, src));
 }
+
+/**
+ * Rows of a ggml-typed weight W [rows, cols] (`src`) merged as W + scale·B·A in f32 (A [r, cols],
+ * B [rows, r]; peft's merge) and encoded as `outType`, in one native call on libuv's pool.
+ */
+export function mergeRowsAsync(type: number, src: Uint8Array, rows: number, cols: number, A: Float32Array, B: Float32Array, scale: number, outType: number): Promise<Uint8Array> {
+  return callAsync((b) => b.ggmlMergeRowsAsync(type, src, rows, cols, A, B, scale, outType));
+}

@@ -2,18 +2,16 @@
  * Merges a LoRA adapter (a peft directory or a llama.cpp LoRA GGUF) into a GGUF base, streamed:
  * each targeted weight is read in row chunks (about 8 MiB of f32), dequantized, merged in f32 as
  * W + scale·s·B·A (peft's merge; s = α/r or rsLoRA's α/√r, B's rows in the base's Q/K order) by the
- * native merge kernel, and encoded in the output type; every other tensor is copied byte for byte
+ * native merge kernel (one native call per chunk: decode, merge, encode), and encoded in the output type; every other tensor is copied byte for byte
  * (or converted when --outtype asks for another type). Peak memory is a chunk plus the adapter.
  * `outtype: 'same'` re-quantizes a merged tensor to its own type; types lorakit cannot write
  * (the K-quants, Q4_1, Q5_x) fall back to Q8_0 with a warning.
  */
 import * as fs from 'fs';
 import { LoraRangeError, LoraTypeError } from '../errors';
-import { mergeAdapterAsync } from '../kernels';
 import { readAdapterAsync } from '../model/adapter_io';
-import { Tensor } from '../tensor';
 import { readGgufLora } from './adapter_from_gguf';
-import { quantizeAsync } from './codecs';
+import { mergeRowsAsync, quantizeAsync } from './codecs';
 import { GgufOutType, OUT_TYPES, checkOutType, rowChunks, storageType } from './convert_model';
 import { GGML, QUANTIZABLE } from './ggml_types';
 import { LoraPair, baseInfoFromGguf, peftToPairs } from './lora_map';
@@ -66,39 +64,6 @@ function outputType(t: GgufTensorInfo, targeted: boolean, outtype: 'same' | Gguf
   return t.shape[t.shape.length - 1] % 32 === 0 ? GGML.Q8_0 : GGML.F16;
 }
 
-/**
- * The native operands of one merged tensor, kept across its row chunks: filling a fresh tensor per
- * chunk cost ~60 ms of page faults per 8 MiB here, a reused one ~5 ms.
- */
-class ChunkTensors {
-  readonly #byRows = new Map<number, { W: Tensor; B: Tensor }>();
-
-  constructor(readonly cols: number, readonly r: number) {}
-
-  get(rows: number): { W: Tensor; B: Tensor } {
-    let t = this.#byRows.get(rows);
-    if (!t) {
-      t = { W: Tensor.empty([rows, this.cols]), B: Tensor.empty([rows, this.r]) };
-      this.#byRows.set(rows, t);
-    }
-    return t;
-  }
-
-  dispose(): void {
-    for (const t of this.#byRows.values()) [t.W, t.B].forEach((x) => x.dispose());
-  }
-}
-
-/** W[rows r0..r1) + s·L[r0..r1)·R for one pair (L = lora_b, R = lora_a; token_embd: L = lora_a, R = lora_bᵀ). */
-async function mergeRows(w: Float32Array, p: LoraPair, R: Tensor, r0: number, r1: number, bufs: ChunkTensors, scaling: number): Promise<Float32Array> {
-  const L = p.embedding ? p.a.subarray(r0 * p.r, r1 * p.r) : p.b.subarray(r0 * p.r, r1 * p.r);
-  const { W, B } = bufs.get(r1 - r0);
-  W.copyFrom(w);
-  B.copyFrom(L);
-  await mergeAdapterAsync(W, { loraA: R, loraB: B, scaling });
-  return W.toFloat32Array();
-}
-
 function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(x.length);
   for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = x[i * cols + j];
@@ -135,16 +100,18 @@ export async function mergeGguf(opts: GgufMergeOptions): Promise<GgufMergeResult
         } else if (!p) {
           for (const [r0, r1] of rowChunks(rows, cols)) w.write(t.name, await quantizeAsync(type, await reader.rowsFloat32Async(t.name, r0, r1 - r0)));
         } else {
-          const R = Tensor.from(p.embedding ? transpose(p.b, p.bShape[0], p.r) : p.a, [p.r, cols]);
-          const bufs = new ChunkTensors(cols, p.r);
-          try {
-            for (const [r0, r1] of rowChunks(rows, cols)) {
-              const merged = await mergeRows(await reader.rowsFloat32Async(t.name, r0, r1 - r0), p, R, r0, r1, bufs, p.scaling * scale);
-              w.write(t.name, await quantizeAsync(type, merged));
-            }
-          } finally {
-            R.dispose();
-            bufs.dispose();
+          // W + s·L·R with L = lora_b, R = lora_a; token_embd: L = lora_a [n_vocab, r], R = lora_bᵀ
+          const R = p.embedding ? transpose(p.b, p.bShape[0], p.r) : p.a;
+          const L = p.embedding ? p.a : p.b;
+          const chunks = [...rowChunks(rows, cols)];
+          const start = ([r0, r1]: [number, number]) =>
+            mergeRowsAsync(t.type, reader.rowsBytes(t.name, r0, r1 - r0), r1 - r0, cols, R, L.subarray(r0 * p.r, r1 * p.r), p.scaling * scale, type);
+          // chunk k+1 is read and merged on the pool while chunk k is written
+          let pending = start(chunks[0]);
+          for (let k = 0; k < chunks.length; k++) {
+            const merged = await pending;
+            if (k + 1 < chunks.length) pending = start(chunks[k + 1]);
+            w.write(t.name, merged);
           }
         }
         opts.onProgress?.(i + 1, reader.tensors.length, t.name);

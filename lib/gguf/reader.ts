@@ -237,6 +237,11 @@ export class GgufReader {
     return dequantizeAsync(type, bytes, n);
   }
 
+  /** The raw bytes of rows [row0, row0 + rows) (whole rows are whole blocks). */
+  rowsBytes(name: string, row0: number, rows: number): Uint8Array {
+    return this.#rows(name, row0, rows).bytes;
+  }
+
   #rows(name: string, row0: number, rows: number): { type: number; bytes: Uint8Array; n: number } {
     const t = this.tensor(name);
     const info = this.#decodable(t);

@@ -80,5 +80,52 @@ KernelCall BuildGgmlQuantize(const Napi::CallbackInfo& info) {
   return c;
 }
 
+// ggmlMergeRows(type, src: Uint8Array, rows, cols, A: Float32Array [r·cols], B: Float32Array [rows·r],
+// scale, outType) → Uint8Array: rows of a ggml-typed weight W [rows, cols] decoded, merged as
+// W + scale·B·A by the backend's merge_delta, and encoded as outType, in one call (a streamed GGUF
+// merge's chunk), with the f32 rows in a per-thread buffer instead of three fresh arrays.
+KernelCall BuildGgmlMergeRows(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  const GgmlType t = ggml_type_arg(info, 0, "type", false);
+  auto src = copy_typed<napi_uint8_array, uint8_t>(info[1], "src", "a Uint8Array");
+  const int64_t rows = to_size(get_number(info, 2, "rows"), 1, kMaxValues, "rows");
+  const int64_t cols = to_size(get_number(info, 3, "cols"), 1, kMaxValues, "cols");
+  if (rows > kMaxValues / cols) throw_range("rows: rows·cols is too large");
+  const int64_t n = rows * cols;
+  if (cols % ggml_type_size(t).block != 0) throw_range("cols: " + std::to_string(cols) + " values per row are not a whole number of blocks");
+  const int64_t need = bytes_of(t, n, "rows");
+  if (static_cast<int64_t>(src->size()) != need)
+    throw_range("src: " + std::to_string(rows) + " rows of " + std::to_string(cols) + " take " + std::to_string(need) + " bytes, got " + std::to_string(src->size()));
+  auto A = copy_typed<napi_float32_array, float>(info[4], "A", "a Float32Array");
+  auto B = copy_typed<napi_float32_array, float>(info[5], "B", "a Float32Array");
+  if (A->empty() || A->size() % static_cast<size_t>(cols) != 0) throw_range("A: expected r·cols values (r ≥ 1, cols " + std::to_string(cols) + "), got " + std::to_string(A->size()));
+  const int64_t r = static_cast<int64_t>(A->size()) / cols;
+  if (static_cast<int64_t>(B->size()) != rows * r)
+    throw_range("B: expected rows·r = " + std::to_string(rows * r) + " values, got " + std::to_string(B->size()));
+  const float scale = to_scale(get_number(info, 6, "scale"), "scale");
+  const GgmlType out_t = ggml_type_arg(info, 7, "outType", true);
+  if (cols % ggml_type_size(out_t).block != 0) throw_range("outType: rows of " + std::to_string(cols) + " are not whole blocks of it");
+  auto out = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(bytes_of(out_t, n, "rows")));
+  auto dequantize = LORAKIT_OP(Device::CPU, ggml_dequantize);
+  auto merge = LORAKIT_OP(Device::CPU, merge_delta);
+  auto quantize = LORAKIT_OP(Device::CPU, ggml_quantize);
+  c.run = [=] {
+    thread_local std::vector<float> work;  // libuv's threads live long: no page faults after the first chunk
+    work.resize(static_cast<size_t>(n));
+    dequantize(t, src->data(), work.data(), n);
+    TensorRef W{work.data(), DType::F32, {rows, cols}};
+    TensorRef a{A->data(), DType::F32, {r, cols}};
+    TensorRef b{B->data(), DType::F32, {rows, r}};
+    merge(W, a, b, scale, false, W);
+    quantize(out_t, work.data(), out->data(), n);
+  };
+  c.result = [out](Napi::Env env) -> Napi::Value {
+    Napi::Uint8Array a = Napi::Uint8Array::New(env, out->size());
+    if (!out->empty()) std::memcpy(a.Data(), out->data(), out->size());
+    return a;
+  };
+  return c;
+}
+
 }  // namespace napi
 }  // namespace lorakit

@@ -37,6 +37,7 @@
   /* ggml_blocks.cc */                                \
   X(ggmlDequantize, BuildGgmlDequantize)              \
   X(ggmlQuantize, BuildGgmlQuantize)                  \
+  X(ggmlMergeRows, BuildGgmlMergeRows)                \
   /* optim.cc */                                      \
   X(adamwStep, BuildAdamwStep)                        \
   X(sgdStep, BuildSgdStep)                            \
