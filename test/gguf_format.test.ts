@@ -7,7 +7,9 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { dequantize, dequantizeAsync, quantize, quantizeAsync } from '../lib/gguf/codecs';
+import { Tensor } from '../lib';
+import { mergeAdapter } from '../lib/kernels';
+import { dequantize, dequantizeAsync, mergeRowsAsync, quantize, quantizeAsync } from '../lib/gguf/codecs';
 import { GGML } from '../lib/gguf/ggml_types';
 import { bf16ToFloat, dequantizeJs, floatToBf16, floatToHalf, halfToFloat, quantizeJs } from './helpers/ggml_blocks_f32';
 import { GgufKV, array, kv } from '../lib/gguf/metadata';
@@ -166,6 +168,23 @@ describe('native codecs (native/cpu/ggml_blocks.cc) against the references', () 
     expect(eq(await quantizeAsync(GGML.Q8_0, x), quantizeQ8_0Ref(x))).toBe(true);
     const edges = new Float32Array([0, -0, 65504, 65519.99, 65520, 1e-8, 2 ** -24, 2 ** -25, 3 * 2 ** -26, -(2 ** -14), 1 + 2 ** -11, 1 + 3 * 2 ** -11, NaN, -Infinity, ...gaussian(4000, 29, 1e-3)]);
     for (const t of [GGML.F16, GGML.BF16, GGML.F32]) expect(eq(quantize(t, edges), quantizeJs(t, edges))).toBe(true);
+  });
+
+  test('ggmlMergeRows = dequantize, W + s·B·A (the merge kernel), quantize, bit for bit', async () => {
+    const rows = 12, cols = 512, r = 4;
+    const src = randomBlocks('Q4_K', (rows * cols) / 256, rng(41));
+    const A = gaussian(r * cols, 42, 0.1);
+    const B = gaussian(rows * r, 43, 0.1);
+    const W = Tensor.from(dequantize(GGML.Q4_K, src, rows * cols), [rows, cols]);
+    const At = Tensor.from(A, [r, cols]);
+    const Bt = Tensor.from(B, [rows, r]);
+    mergeAdapter(W, { loraA: At, loraB: Bt, scaling: 1.5 });
+    const want = quantize(GGML.Q8_0, W.toFloat32Array());
+    [W, At, Bt].forEach((t) => t.dispose());
+    const got = await mergeRowsAsync(GGML.Q4_K, src, rows, cols, A, B, 1.5, GGML.Q8_0);
+    expect(Buffer.from(got).equals(Buffer.from(want))).toBe(true);
+    await expect(mergeRowsAsync(GGML.Q4_K, src, rows, cols, A, B.subarray(1), 1.5, GGML.Q8_0)).rejects.toThrow(/B: expected rows·r = 48 values, got 47/);
+    await expect(mergeRowsAsync(GGML.Q4_K, src, rows, cols, A, B, 1.5, GGML.Q4_K)).rejects.toThrow(/outType: ggml type 12 cannot be written/);
   });
 
   test('bad arguments are typed errors naming them', () => {
