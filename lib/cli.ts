@@ -16,9 +16,9 @@ function commandNames(): string[] {
   if (!fs.existsSync(dir)) return [];
   return fs
     .readdirSync(dir)
-    .filter((f) => f.endsWith('.js'))
+    .filter((f) => f.endsWith('.js') || (f.endsWith('.ts') && !f.endsWith('.d.ts'))) // .ts: run from the sources
     .map((f) => f.slice(0, -3))
-    .filter((n) => !n.startsWith('_'))
+    .filter((n, i, all) => !n.startsWith('_') && all.indexOf(n) === i)
     .sort();
 }
 
