@@ -11,7 +11,7 @@ import { CudaStream } from '../cuda';
 import { KernelSteps, runSync, step } from '../exec';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
-import { Parameter } from '../train/parameter';
+import { Parameter } from '../parameter';
 import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../validate';
 import { loraScaling } from '../model/factors';
 import { AdapterParameters } from './adapter_parameters';

@@ -9,7 +9,7 @@ import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../erro
 import { LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
-import { Parameter } from '../train/parameter';
+import { Parameter } from '../parameter';
 import { checkOptions, checkString, numelOf } from '../validate';
 import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';

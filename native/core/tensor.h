@@ -11,6 +11,8 @@ namespace lorakit {
 
 enum class Device : int { CPU = 0, CUDA = 1 };
 
+inline const char* device_name(Device d) { return d == Device::CUDA ? "cuda" : "cpu"; }
+
 // Device memory functions, registered by a device backend at load time so that core does not
 // depend on CUDA. alloc returns memory (zeroed when asked) or throws lorakit::Error; free never throws.
 struct DeviceMemory {

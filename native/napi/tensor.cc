@@ -1,13 +1,11 @@
-#include "tensor_binding.h"
+// NativeTensor: allocation, host reads and writes (through the device backend's copies), dispose.
+#include "tensor.h"
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include "../cpu/ops.h"
+#include "../core/backend.h"
 #include "addon_data.h"
 #include "args.h"
-#ifdef LORAKIT_WITH_CUDA
-#include "../cuda/runtime.h"
-#endif
 
 namespace lorakit {
 namespace napi {
@@ -43,19 +41,13 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
     for (uint32_t i = 0; i < shape.Length(); i++) {
       Napi::Value d = shape.Get(i);
       double v = d.IsNumber() ? d.As<Napi::Number>().DoubleValue() : -1;
-      if (!(v >= 0) || v != std::floor(v) || v > 9007199254740991.0)
-        throw_range("shape: dimension " + std::to_string(i) + " must be a non-negative integer");
-      ref_.shape.push_back(static_cast<int64_t>(v));
+      ref_.shape.push_back(to_size(v, 0, (int64_t(1) << 53) - 1, "shape[" + std::to_string(i) + "]"));
     }
     std::string dev = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu";
     Device device = Device::CPU;
     if (dev == "cuda") {
-#ifdef LORAKIT_WITH_CUDA
-      if (cuda::device_count() == 0) throw_state("device: 'cuda' is compiled in but no CUDA device is usable here");
       device = Device::CUDA;
-#else
-      throw_type("device: 'cuda' is not available in this build (built without the CUDA toolkit and cuBLAS)");
-#endif
+      if (!backend_for(device).usable()) throw_state("device: 'cuda' is compiled in but no CUDA device is usable here");
     } else if (dev != "cpu") {
       throw_type("device: expected 'cpu' or 'cuda', got '" + dev + "'");
     }
@@ -133,7 +125,7 @@ Napi::Value NativeTensor::Write(const Napi::CallbackInfo& info) {
       if (tt == napi_float32_array) {
         std::vector<float> tmp(n);  // copy first: the source may be unaligned
         std::memcpy(tmp.data(), src, n * 4);
-        cpu::convert(tmp.data(), DType::F32, dst, dt, n);
+        backend_for(Device::CPU).convert(tmp.data(), DType::F32, dst, dt, n);
       } else if (tt == napi_float64_array) {
         for (int64_t i = 0; i < n; i++) {
           double v;
@@ -160,9 +152,7 @@ Napi::Value NativeTensor::Write(const Napi::CallbackInfo& info) {
       throw_type(std::string("data: a ") + dtype_name(dt) + " tensor takes " +
                  (dt == DType::I32 ? "Int32Array" : "BigInt64Array or Int32Array"));
     }
-#ifdef LORAKIT_WITH_CUDA
-    if (storage_->device == Device::CUDA) cuda::copy_to_device(ref_.data, staging.data(), storage_->nbytes);
-#endif
+    if (storage_->device != Device::CPU) backend_for(storage_->device).copy_from_host(ref_.data, staging.data(), storage_->nbytes);
     return info.Env().Undefined();
   });
 }
@@ -179,16 +169,14 @@ Napi::Value NativeTensor::Read(const Napi::CallbackInfo& info) {
     // A cuda tensor is read through a host copy (which also waits for pending kernels).
     std::vector<uint8_t> staging;
     const void* data = ref_.data;
-#ifdef LORAKIT_WITH_CUDA
-    if (storage_->device == Device::CUDA) {
+    if (storage_->device != Device::CPU) {
       staging.resize(storage_->nbytes);
-      cuda::copy_to_host(staging.data(), ref_.data, storage_->nbytes);
+      backend_for(storage_->device).copy_to_host(staging.data(), ref_.data, storage_->nbytes);
       data = staging.data();
     }
-#endif
     if (kind == "f32" && dtype_is_float(dt)) {
       Napi::Float32Array out = Napi::Float32Array::New(env, n);
-      cpu::convert(data, dt, out.Data(), DType::F32, n);
+      backend_for(Device::CPU).convert(data, dt, out.Data(), DType::F32, n);
       return out;
     }
     if (kind == "bits" && (dt == DType::F16 || dt == DType::BF16)) {
