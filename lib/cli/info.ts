@@ -27,6 +27,7 @@ export async function run(argv: string[]): Promise<number> {
   else {
     console.log(`compiled backends: ${info.compiled.join(', ')}`);
     console.log(`usable backends:   ${info.usable.join(', ')}`);
+    if (info.cudaUnavailable) console.log(`cuda:              not usable: ${info.cudaUnavailable}`);
     console.log(`cpu kernel path:   ${info.cpuPath} (${info.threads} threads)`);
   }
   return 0;
