@@ -109,3 +109,25 @@ test('after mergeAndUnload, printTrainableParameters throws StateError like ever
   for (const call of [() => model.printTrainableParameters(() => undefined), () => model.getNbTrainableParameters(), () => model.parameters(), () => model.setAdapter('default')])
     expect(call).toThrow(expect.objectContaining({ name: 'StateError', message: expect.stringMatching(/already unloaded/) }));
 });
+
+test('demo --device cuda without a usable CUDA backend says why, from backendInfo().cudaUnavailable', () => {
+  const { backendInfo } = require('../lib') as typeof import('../lib');
+  const { checkDevice } = require('../lib/demo/run') as typeof import('../lib/demo/run');
+  const info = backendInfo();
+  if (info.usable.includes('cuda')) {
+    expect(info.cudaUnavailable).toBeNull();
+    return;
+  }
+  expect(typeof info.cudaUnavailable).toBe('string');
+  expect(info.cudaUnavailable!.length).toBeGreaterThan(10);
+  if (!info.compiled.includes('cuda')) expect(info.cudaUnavailable).toMatch(/when the addon was built|LORAKIT_CUDA=OFF|node-gyp|without the CUDA backend/);
+  let msg = '';
+  try {
+    checkDevice('cuda');
+  } catch (e) {
+    expect((e as Error).name).toBe('StateError');
+    msg = (e as Error).message;
+  }
+  expect(msg).toContain(info.cudaUnavailable!);
+  expect(msg).toMatch(/use --device cpu/);
+});
