@@ -114,7 +114,7 @@ describe('opt_tiny (peft 0.21)', () => {
     }
     expect(changed).toBe(4);
     ref.close();
-    expect(model.printTrainableParameters(() => undefined)).toMatch(/^trainable params: 0 \|\| all params: 83,584 /);
+    expect(() => model.printTrainableParameters(() => undefined)).toThrow(/unloaded/); // as every other call
     expect(() => model.setAdapter('default')).toThrow(/unloaded/);
   });
 

@@ -51,13 +51,13 @@ export function parseHeader(head: Buffer, fileSize: number, source = 'file'): Sa
   if (8 + len > fileSize)
     throw new LoraRangeError(`${source} is not a safetensors file: ${formatGuess(head)}its first 8 bytes give a header length of ${len}, which runs past the end of the file (${fileSize} bytes)`);
   if (head.length < 8 + len) throw new LoraRangeError(`${source}: header truncated`);
-  if (len > 0 && head[8] !== 0x7b) // '{'
-    throw new LoraTypeError(`${source} is not a safetensors file: the header after the 8-byte length is not a JSON object (header is not valid JSON)`);
   let json: unknown;
   try {
     json = JSON.parse(head.subarray(8, 8 + len).toString('utf8'));
   } catch (e) {
-    throw new LoraTypeError(`${source}: header is not valid JSON (${(e as Error).message})`);
+    // A header that does not even start as JSON means another kind of file, not a damaged one.
+    const what = head[8] === 0x7b || head[8] === 0x5b ? `${source}:` : `${source} is not a safetensors file:`;
+    throw new LoraTypeError(`${what} header is not valid JSON (${(e as Error).message})`);
   }
   if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new LoraTypeError(`${source}: header must be a JSON object`);
   const dataStart = 8 + len;
