@@ -78,14 +78,19 @@ function adapterPaths(dir: string, argName: string): { cfgPath: string; wPath: s
 }
 
 /** Reads an adapter directory (config + tensors), validating both. */
-export function readAdapter(dir: string, warn?: (m: string) => void, argName = 'dir'): AdapterOnDisk {
+export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnDisk {
+  return readAdapterArg(dir, 'dir', warn);
+}
+
+/** readAdapter with errors naming the caller's argument (the streaming merge's `adapter`). */
+export function readAdapterArg(dir: string, argName: string, warn?: (m: string) => void): AdapterOnDisk {
   const { cfgPath, wPath } = adapterPaths(dir, argName);
   return parseAdapter(fs.readFileSync(cfgPath, 'utf8'), cfgPath, new SafetensorsReader(wPath), wPath, warn);
 }
 
 /** readAdapter with the file reads on libuv's pool (the weights file is read whole: adapters are small). */
-export async function readAdapterAsync(dir: string, warn?: (m: string) => void, argName = 'dir'): Promise<AdapterOnDisk> {
-  const { cfgPath, wPath } = adapterPaths(dir, argName);
+export async function readAdapterAsync(dir: string, warn?: (m: string) => void): Promise<AdapterOnDisk> {
+  const { cfgPath, wPath } = adapterPaths(dir, 'dir');
   const [text, weights] = await Promise.all([fs.promises.readFile(cfgPath, 'utf8'), fs.promises.readFile(wPath)]);
   return parseAdapter(text, cfgPath, new SafetensorsFile(weights, wPath), wPath, warn);
 }

@@ -18,7 +18,7 @@ import { SafetensorsStreamWriter, TensorSpec } from '../io/safetensors_writer';
 import { DTYPE_TO_SAFETENSORS, ELEMENT_SIZE, tensorFromBytes, tensorToBytes } from '../io/tensor_bytes';
 import { Tensor } from '../tensor';
 import { resolveConfig } from './config';
-import { AdapterOnDisk, disposeAdapter, readAdapter } from './adapter_io';
+import { AdapterOnDisk, disposeAdapter, readAdapterArg } from './adapter_io';
 import { LoraKind, factorShapes, factorsFit, kindFromFactors, loraScaling } from './factors';
 import { rankAndAlpha } from './targeting';
 
@@ -194,7 +194,7 @@ export async function mergeCheckpoint(opts: StreamMergeOptions): Promise<StreamM
   if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new LoraTypeError(`scale: expected a finite number, got ${String(opts.scale)}`);
   if (opts.dtype !== undefined && !['f32', 'f16', 'bf16'].includes(opts.dtype)) throw new LoraTypeError(`dtype: expected f32, f16 or bf16, got ${String(opts.dtype)}`);
   if (typeof opts.out !== 'string' || opts.out.length === 0) throw new LoraTypeError('out: expected an output path');
-  const adapter = readAdapter(opts.adapter, opts.warn, 'adapter');
+  const adapter = readAdapterArg(opts.adapter, 'adapter', opts.warn);
   const ck = Checkpoint.open(opts.base, 'base');
   const baseIsDir = fs.statSync(opts.base).isDirectory();
   const plan = new Map<string, MergeTarget>();
