@@ -18,7 +18,7 @@ let dir: string;
 let out: string[];
 let err: string[];
 beforeEach(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-cli1-'));
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-cli-cmds-'));
   out = [];
   err = [];
   jest.spyOn(console, 'log').mockImplementation((...a: unknown[]) => void out.push(a.join(' ')));
@@ -58,6 +58,16 @@ test('the top-level help lists every command and says how to get more', async ()
   for (const c of COMMANDS) expect(text).toMatch(new RegExp(`^  ${c}\\s`, 'm'));
   expect(text).toContain('lorakit <command> --help');
   expect(await main([])).toBe(1);
+});
+
+test('info says why cuda is not usable', async () => {
+  const { backendInfo } = await import('../lib');
+  const info = backendInfo();
+  expect(await main(['info'])).toBe(0);
+  const text = out.join('\n');
+  expect(text).toMatch(/^compiled backends: /m);
+  if (info.cudaUnavailable) expect(text).toContain(`cuda:              not usable: ${info.cudaUnavailable}`);
+  else expect(text).not.toMatch(/not usable/);
 });
 
 test('merge --help says what the output dtype and --scale are', async () => {
