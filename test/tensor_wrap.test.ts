@@ -158,3 +158,34 @@ describe('async forms', () => {
     for (let i = 0; i < 16; i++) expect(Math.abs(w[i] - before[i])).toBeLessThan(1e-6);
   });
 });
+
+describe('kernels on wrapped memory', () => {
+  // Odd sizes put the last row's end anywhere in the array: a kernel that read past a tensor's end
+  // (owned buffers are padded to 64 bytes, wrapped arrays are not) would differ here or under ASan.
+  test.each([
+    [7, 13, 'f32'], [33, 65, 'f32'], [1, 1, 'f32'], [64, 48, 'f32'], [7, 13, 'bf16'], [33, 65, 'f16'],
+  ] as const)('a %i x %i %s weight gives the same bits wrapped as owned', (out, inF, dtype) => {
+    const values = seq(out * inF, (i) => Math.sin(i * 0.7) * 0.3);
+    const owned = Tensor.from(values, [out, inF], { dtype });
+    const data = dtype === 'f32' ? values.slice() : owned.toUint16Array();
+    const wrapped = Tensor.wrap(data, [out, inF], { dtype });
+    const make = (W: Tensor) => new LoraLinear({ weight: W }).addAdapter('a', { r: 3, loraAlpha: 6, initLoraWeights: false, seed: 4, dtype });
+    const [lo, lw] = [make(owned), make(wrapped)];
+    for (const n of [1, 5]) {
+      const x = Tensor.from(seq(n * inF, (i) => Math.cos(i)), [n, inF], { dtype });
+      expect(Array.from(lw.forward(x).toFloat32Array())).toEqual(Array.from(lo.forward(x).toFloat32Array()));
+      const dy = Tensor.from(seq(n * out), [n, out], { dtype });
+      const [go, gw] = [lo.backward(dy), lw.backward(dy)];
+      expect(Array.from(gw.dx.toFloat32Array())).toEqual(Array.from(go.dx.toFloat32Array()));
+      expect(Array.from(gw.grads.get('a')!.loraB.toFloat32Array())).toEqual(Array.from(go.grads.get('a')!.loraB.toFloat32Array()));
+    }
+    lo.merge();
+    lw.merge();
+    expect(Array.from(wrapped.toFloat32Array())).toEqual(Array.from(owned.toFloat32Array()));
+    // the caller's array holds the merged weight itself
+    expect(Array.from(data as ArrayLike<number>)).toEqual(Array.from(dtype === 'f32' ? owned.toFloat32Array() : owned.toUint16Array()));
+    lo.unmerge();
+    lw.unmerge();
+    expect(Array.from(wrapped.toFloat32Array())).toEqual(Array.from(owned.toFloat32Array()));
+  });
+});
