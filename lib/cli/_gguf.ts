@@ -5,9 +5,17 @@ import { mergeGguf } from '../gguf/merge';
 import { GgufReader } from '../gguf/reader';
 import { parseArgs, progressBar } from './_args';
 
-export const GGUF_MERGE_USAGE =
-  'usage: lorakit merge --base <base.gguf> --adapter <peft dir | adapter.gguf> --out <merged.gguf>\n' +
-  '                     [--outtype same|f32|f16|bf16|q8_0|q4_0] [--scale s] [--quiet]';
+export const GGUF_MERGE_USAGE = `usage with a GGUF base: lorakit merge --base <base.gguf> --adapter <adapter> --out <merged.gguf>
+                        [--outtype same|f32|f16|bf16|q8_0|q4_0] [--scale s] [--quiet]
+Each targeted weight is read in row chunks, dequantized, merged in f32 and encoded again; the other
+tensors and the metadata are copied as they are. Streams with bounded memory.
+  --adapter A     a peft adapter folder, or a llama.cpp LoRA adapter (.gguf, e.g. from lorakit convert)
+  --outtype T     type of 2-D weights: same (default: each keeps its own; K-quants, which lorakit does
+                  not write, become Q8_0 with a warning), f32, f16, bf16, q8_0 or q4_0
+  --scale S       multiplies the adapter's scaling (llama.cpp's LoRA scale; default 1)
+
+example:
+  lorakit merge --base base-q8_0.gguf --adapter ./my-adapter --out merged-q8_0.gguf`;
 
 /** True when argv's --base names a .gguf file. */
 export function ggufBase(argv: string[]): boolean {

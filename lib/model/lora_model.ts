@@ -294,6 +294,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
 
   /** { trainable, total } parameter counts as peft's get_nb_trainable_parameters gives them. */
   getNbTrainableParameters(): { trainable: number; total: number } {
+    this.requireLive();
     let total = 0;
     let trainable = 0;
     const biasMode = this.#active.map((a) => this.peftConfig.get(a)?.bias ?? 'none').find((b) => b !== 'none') ?? 'none';
