@@ -8,16 +8,25 @@ import { parseArgs, progressBar } from './_args';
 
 export const summary = 'convert a peft adapter to a llama.cpp LoRA GGUF and back, or a Hugging Face model to a GGUF base';
 
-const USAGE = [
-  'usage: lorakit convert --to gguf --adapter <peft dir> (--base <base.gguf> | --base-config <config.json>) --out <adapter.gguf> [--outtype f32|f16|bf16]',
-  '       lorakit convert --to peft --adapter <adapter.gguf> --base <base.gguf> --out <peft dir>',
-  '       lorakit convert --to gguf --model <hf model dir> --out <base.gguf> [--outtype f32|f16|bf16|q8_0|q4_0]',
-  '       [--quiet]',
-  '',
-  'A peft adapter becomes a llama.cpp LoRA (general.type adapter, adapter.lora.alpha chosen so that',
-  "llama.cpp's alpha/r equals peft's scaling, rsLoRA included; Q/K rows permuted where the base's are).",
-  'DoRA, and embedding LoRA on bases that tie the output to the embedding, are refused.',
-].join('\n');
+const USAGE = `usage: lorakit convert --to gguf --adapter <peft dir> (--base <base.gguf> | --base-config <config.json>) --out <adapter.gguf> [--outtype T]
+       lorakit convert --to peft --adapter <adapter.gguf> --base <base.gguf> --out <peft dir>
+       lorakit convert --to gguf --model <hf model dir> --out <base.gguf> [--outtype T]
+A peft adapter becomes a llama.cpp LoRA adapter (general.type adapter, llama.cpp's tensor names, Q/K
+rows of lora_B permuted where the base's are, adapter.lora.alpha chosen so llama.cpp's alpha/r equals
+peft's scaling, rsLoRA included); --to peft is the way back. --model converts a Hugging Face checkpoint
+(config.json + safetensors, sharded too) of llama, mistral, qwen2, qwen3, gemma, gemma2 or phi3 to a
+GGUF base node-llama-cpp loads. DoRA, and embedding LoRA on bases that tie the output to the
+embedding, are refused.
+  --base FILE         the GGUF base the adapter is for (architecture, head counts, shapes checked)
+  --base-config FILE  instead of --base: the base model's config.json (no shape check)
+  --outtype T         adapter: f32 (default), f16 or bf16; model: 2-D weights in f16 (default, as
+                      llama.cpp's converter), f32, bf16, q8_0 or q4_0 (1-D tensors stay f32)
+  --quiet             no progress bar and no summary line (default: both, the bar on a TTY only)
+
+examples:
+  lorakit convert --to gguf --model ./Llama-3.2-1B --out base.gguf --outtype q8_0
+  lorakit convert --to gguf --adapter ./my-adapter --base base.gguf --out adapter.gguf
+  lorakit convert --to peft --adapter adapter.gguf --base base.gguf --out ./my-adapter-again`;
 
 export async function run(argv: string[]): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
