@@ -123,7 +123,7 @@ export function tokenizerKeys(dir: string, arch: string, vocab: number, config: 
   const spm = m.byte_fallback === true;
   for (const [text, id] of Object.entries(m.vocab)) set(id, text, spm && /^<0x[0-9A-Fa-f]{2}>$/.test(text) ? BYTE : NORMAL);
   if (spm && typeof m.unk_token === 'string' && m.vocab[m.unk_token] !== undefined) types[m.vocab[m.unk_token]] = UNKNOWN;
-  for (const t of tj.added_tokens ?? []) set(t.id, t.content, t.special ? CONTROL : USER_DEFINED);
+  for (const t of tj.added_tokens ?? []) set(t.id, t.content, types[t.id] === UNKNOWN ? UNKNOWN : t.special ? CONTROL : USER_DEFINED);
   const n = Math.max(vocab, tokens.length);
   for (let i = 0; i < n; i++) {
     if (tokens[i] === undefined) {

@@ -8,7 +8,8 @@ import * as path from 'path';
 import { RawTensor, writeSafetensors } from '../../lib/io/safetensors_writer';
 import { rawF32 } from './gguf_cases';
 
-const H = 64, HD = 16, NH = 4, NKV = 2, F = 96, V = 272, L = 2; // V ≥ 259: every byte has a placeholder token
+const H = 64, HD = 16, NH = 4, NKV = 2, F = 96, L = 2;
+const V_DEFAULT = 272; // ≥ 259: every byte has a placeholder token
 
 export const SYNTHETIC_ARCHS = ['llama', 'mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2', 'phi3'] as const;
 export type SyntheticArch = (typeof SYNTHETIC_ARCHS)[number];
@@ -19,7 +20,7 @@ const CLASS: Record<SyntheticArch, string> = {
 };
 
 /** HF parameter names and shapes of the model, and its linear modules. */
-function layout(arch: SyntheticArch): { params: Array<[string, number[]]>; linear: Array<[string, number, number]>; tied: boolean } {
+function layout(arch: SyntheticArch, V: number): { params: Array<[string, number[]]>; linear: Array<[string, number, number]>; tied: boolean } {
   const tied = arch === 'qwen2' || arch === 'gemma' || arch === 'gemma2';
   const params: Array<[string, number[]]> = [['model.embed_tokens.weight', [V, H]]];
   const linear: Array<[string, number, number]> = [];
@@ -54,9 +55,9 @@ function layout(arch: SyntheticArch): { params: Array<[string, number[]]>; linea
 }
 
 /** Writes <dir>/config.json + model.safetensors and <dir>/adapter (r 4, α 8, every linear layer). */
-export function writeSyntheticModel(arch: SyntheticArch, dir: string): { vocab: number } {
+export function writeSyntheticModel(arch: SyntheticArch, dir: string, V = V_DEFAULT): { vocab: number } {
   fs.mkdirSync(path.join(dir, 'adapter'), { recursive: true });
-  const { params, linear, tied } = layout(arch);
+  const { params, linear, tied } = layout(arch, V);
   const config: Record<string, unknown> = {
     architectures: [CLASS[arch]], model_type: arch, hidden_size: H, intermediate_size: F, num_hidden_layers: L,
     num_attention_heads: NH, num_key_value_heads: NKV, head_dim: HD, vocab_size: V, max_position_embeddings: 128,
