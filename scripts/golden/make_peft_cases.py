@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Makes lorakit's peft golden cases for the features beyond plain LoRA, with the real peft.
 
-usage: python3 make_peft_cases.py <output dir>
+usage: python3 make_peft_cases.py <output dir>   (the repo keeps its output in test/fixtures/peft_cases)
 
 Needs torch, peft (0.21) and safetensors; no network: every model is built here with fixed seeds.
 Values are drawn as float32 numbers, the computations run in float64, the files hold float32 (I64
@@ -192,9 +192,9 @@ def label_smoothing_case(out_dir, seed):
         "loss_sum": loss_sum.reshape(1).float(),
         "grad_mean": lg.grad.float(),
     }
-    meta = {"label_smoothing": eps, "ignore_index": -100, "loss_mean": float(loss_mean), "loss_sum": float(loss_sum), **versions()}
+    meta = {"label_smoothing": eps, "ignore_index": -100, "loss_mean": loss_mean.item(), "loss_sum": loss_sum.item(), **versions()}
     save_file(tensors, os.path.join(out_dir, "label_smoothing.safetensors"), metadata={"case": json.dumps(meta)})
-    print(f"label_smoothing: mean {float(loss_mean):.17g}, sum {float(loss_sum):.17g}")
+    print(f"label_smoothing: mean {loss_mean.item():.17g}, sum {loss_sum.item():.17g}")
 
 
 def versions():
@@ -219,7 +219,7 @@ def main(out_dir):
     weight_init_case(out_dir, "olora", 600)
     label_smoothing_case(out_dir, 700)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(__doc__.replace("usage: python3 make_peft_cases.py <output dir>", f"Made by scripts/golden/make_peft_cases.py with {versions()}."))
+        f.write(__doc__.replace("usage: python3 make_peft_cases.py <output dir>   (the repo keeps its output in test/fixtures/peft_cases)", f"Made by scripts/golden/make_peft_cases.py with {versions()}."))
     return 0
 
 
