@@ -56,8 +56,9 @@ function buildGroups(
     const list = params as Parameter[];
     if (loraPlusLrRatio === undefined) specs.push({ params: list });
     else {
-      const a = list.filter((p) => p.role !== 'lora_B');
-      const b = list.filter((p) => p.role === 'lora_B');
+      const isB = (p: Parameter) => p.role === 'lora_B' || p.role === 'lora_B_bias';
+      const a = list.filter((p) => !isB(p));
+      const b = list.filter(isB);
       if (a.length) specs.push({ params: a });
       if (b.length) specs.push({ params: b, lr: lr * loraPlusLrRatio });
     }
