@@ -27,6 +27,12 @@ export { ADAPTER_OPTION_KEYS } from './options';
 export type { AdapterOptions, AdapterGrads, BackwardResult, MergeOptions, MixedForwardOptions } from './options';
 export type { CombinationType, WeightedAdapterOptions } from './weighted_adapter';
 
+/** The dropout masks' generator state: each adapter's seed and the layer's forward counter (a mask depends on both). */
+export interface LayerRngState {
+  seeds: Record<string, number>;
+  counter: number;
+}
+
 /** One adapter's entries in the layer's maps (p: dropout, rs: rsLoRA, frozen: inference mode). */
 type NewAdapter = { r: number; alpha: number; scaling: number; p: number; rs: boolean; A: Tensor; B: Tensor; frozen: boolean; seed: number };
 
@@ -359,6 +365,22 @@ export abstract class LoraLayer {
     return this;
   }
 
+  /** The dropout generator's state, for a training checkpoint (train's resumeFrom restores it). */
+  rngState(): LayerRngState {
+    return { seeds: Object.fromEntries(this._seed), counter: this.forwardCounter };
+  }
+
+  /** Restores rngState(); the masks of the following forwards repeat those of the run it came from. */
+  setRngState(s: LayerRngState): this {
+    if (s === null || typeof s !== 'object' || typeof s.seeds !== 'object' || s.seeds === null)
+      throw new LoraTypeError('state: expected { seeds, counter } from rngState()');
+    const counter = checkInt(s.counter, 'state.counter', 0);
+    const seeds = Object.entries(s.seeds).map(([n, v]) => [this.requireAdapter(n, 'state.seeds'), checkInt(v, `state.seeds['${n}']`, 0)] as const);
+    for (const [n, v] of seeds) this._seed.set(n, v);
+    this.forwardCounter = counter;
+    return this;
+  }
+
   train(mode = true): this {
     checkBool(mode, 'mode');
     this._training = mode;
@@ -541,4 +563,10 @@ export abstract class LoraLayer {
 
   /** Called after manualSeed(): restart any per-forward dropout counter. */
   protected onReseed(): void {}
+
+  /** The per-forward dropout counter of layer kinds with dropout (0 for the others). */
+  protected get forwardCounter(): number {
+    return 0;
+  }
+  protected set forwardCounter(_n: number) {}
 }

@@ -7,7 +7,7 @@
  */
 import { CudaStream, checkStream } from '../cuda';
 import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../errors';
-import { LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
+import { LayerRngState, LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
 import { LoraLinear } from '../layers/linear';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
@@ -483,6 +483,22 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     for (const w of this.#saved.values()) w.dispose();
     this.#saved.clear();
     this.#unloaded = true;
+  }
+
+  /** Every layer's dropout generator state, by module name (for a training checkpoint). */
+  rngState(): Record<string, LayerRngState> {
+    return Object.fromEntries([...this.layers].map(([m, l]) => [m, l.rngState()]));
+  }
+
+  /** Restores rngState(); every layer it names must exist. */
+  setRngState(state: Record<string, LayerRngState>): this {
+    if (state === null || typeof state !== 'object') throw new LoraTypeError('state: expected the object rngState() returned');
+    for (const [m, s] of Object.entries(state)) {
+      const layer = this.layers.get(m);
+      if (!layer) throw new AdapterError(`state: module '${m}' has no LoRA layer in this model`);
+      layer.setRngState(s);
+    }
+    return this;
   }
 
   /** @internal */
