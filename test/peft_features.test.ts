@@ -103,6 +103,7 @@ describe('LoraModel bias modes and modulesToSave', () => {
     expect(w.activeAdapter).toBe('other');
     expect(model.namedParameters().map(([n]) => n)).not.toContain('fc.base_layer.bias'); // the bias belongs to 'default'
     expect(() => model.addAdapter('x', { targetModules: ['fc'], modulesToSave: ['nope'] })).toThrow(/matched no module/);
+    expect(() => model.addWeightedAdapter(['default', 'other'], [1, 1], 'w')).toThrow(/modulesToSave copies/);
     model.deleteAdapter('other');
     expect(w.modulesToSave.size).toBe(1);
     model.dispose();
@@ -118,4 +119,13 @@ describe('LoraModel bias modes and modulesToSave', () => {
     expect(sd.get('head.weight')).toBe(mods[1].weight);
     expect(Array.from(mods[1].weight.toFloat32Array())).toEqual(new Array(12).fill(3));
   });
+});
+
+test("addWeightedAdapter makes its factors on the sources' device and dtype (cuda: test-gpu/golden_linear.test.js)", () => {
+  const layer = new LoraLinear({ weight: W() });
+  layer.addAdapter('p', { r: 2, initLoraWeights: false, dtype: 'bf16', seed: 1 });
+  layer.addAdapter('q', { r: 2, initLoraWeights: false, dtype: 'bf16', seed: 2 });
+  layer.addWeightedAdapter(['p', 'q'], [0.5, 0.5], 'w', { combinationType: 'cat' });
+  for (const t of [layer.loraA.get('w')!, layer.loraB.get('w')!]) expect([t.device, t.dtype]).toEqual([layer.weight.device, 'bf16']);
+  layer.dispose();
 });

@@ -260,6 +260,8 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     checkString(newName, 'newName');
     if (this.peftConfig.has(newName)) throw new AdapterError(`newName: adapter '${newName}' already exists`);
     this.requireAllData('addWeightedAdapter', adapters);
+    const saving = adapters.filter((a) => [...this.#saved.values()].some((w) => w.modulesToSave.has(a)));
+    if (saving.length) throw new AdapterError(`adapters: ${saving.join(', ')} have modulesToSave copies, which a weighted combination cannot merge (as in peft)`);
     const first = this.peftConfig.get(adapters[0])!;
     const done: LoraLayer[] = [];
     try {
@@ -279,7 +281,10 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     }
     const targets = this.targetedModules(newName);
     const r = targets.length ? this.#slots.get(targets[0])!.get(newName)!.r : first.r;
-    this.peftConfig.set(newName, { ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, useDora: false, layersToTransform: null, layersPattern: null, excludeModules: null });
+    this.peftConfig.set(newName, {
+      ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, useDora: false, loraBias: false,
+      modulesToSave: null, bias: 'none', layersToTransform: null, layersPattern: null, excludeModules: null,
+    });
     for (const mod of targets) {
       const s = this.#slots.get(mod)!.get(newName)!;
       const key = mod.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'); // patterns are regexes: match this module only
