@@ -16,7 +16,7 @@ import { checkOptions, checkString } from '../validate';
 import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';
 import { ModuleSpec, NormalizedModule, hasData, normalizeModules } from './modules';
-import { ModulesToSaveWrapper, matchesModulesToSave } from './modules_to_save';
+import { ModulesToSaveWrapper, matchesModulesToSave, saveTargets } from './modules_to_save';
 import { biasTensor, countTrainable, trainableBiasModules } from './trainable';
 import { isExcluded, isTargeted, rankAndAlpha } from './targeting';
 import { AdapterLoadTarget, AdapterSaveSource } from './adapter_host';
@@ -136,7 +136,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
       if (c.bias !== 'none' && m.bias && m.kind !== 'linear' && m.kind !== 'conv1d')
         throw new AdapterError(`config.bias: '${c.bias}' trains the bias of ${m.kind} module '${m.name}'; lorakit trains base biases of linear and conv1d LoRA layers only`);
     }
-    const saved = this.saveTargets(c);
+    const saved = saveTargets(this.#modules, c.modulesToSave);
     const rng = new Rng(c.seed ?? nextGlobalSeed());
     const created: Array<[string, LoraLayer, boolean]> = [];
     try {
@@ -187,20 +187,6 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     this.peftConfig.set(name, c);
     this.syncActive();
     return this;
-  }
-
-  /** The modules a config's modulesToSave names; each must hold its tensors (peft raises when none is found). */
-  private saveTargets(c: ResolvedLoraConfig): NormalizedModule[] {
-    if (c.modulesToSave === null || c.modulesToSave.length === 0) return [];
-    const found = [...this.#modules.values()].filter((m) => matchesModulesToSave(c.modulesToSave, m.name));
-    if (found.length === 0)
-      throw new AdapterError(`config.modulesToSave: ${JSON.stringify(c.modulesToSave)} matched no module (modules look like '${[...this.#modules.keys()].slice(0, 3).join("', '")}')`);
-    for (const m of found) {
-      if (!hasData(m.weight) || (m.bias && !hasData(m.bias)))
-        throw new StateError(`config.modulesToSave: module '${m.name}' was given as a shape only; its trainable copy needs its tensors`);
-      if (m.tiedTo !== null) throw new AdapterError(`config.modulesToSave: module '${m.name}' shares its weight with '${m.tiedTo}'; untie it first`);
-    }
-    return found;
   }
 
   /** Makes the named adapter(s) active on every layer (layers without one of them skip it). */

@@ -6,6 +6,7 @@
  * holds the tensors, hands out their Parameters and says which ones are live.
  */
 import { AdapterError, StateError } from '../errors';
+import { NormalizedModule, hasData } from './modules';
 import { Parameter } from '../parameter';
 import { Tensor } from '../tensor';
 
@@ -18,6 +19,20 @@ export interface ModuleTensors {
 /** peft's rule for modules_to_save entries: the exact module name or a '.'-suffix of it. */
 export function matchesModulesToSave(list: readonly string[] | null, name: string): boolean {
   return list !== null && list.some((m) => name === m || name.endsWith(`.${m}`));
+}
+
+/** The modules a config's modulesToSave names; each must hold its tensors (peft raises when none is found). */
+export function saveTargets(modules: ReadonlyMap<string, NormalizedModule>, list: readonly string[] | null): NormalizedModule[] {
+  if (list === null || list.length === 0) return [];
+  const found = [...modules.values()].filter((m) => matchesModulesToSave(list, m.name));
+  if (found.length === 0)
+    throw new AdapterError(`config.modulesToSave: ${JSON.stringify(list)} matched no module (modules look like '${[...modules.keys()].slice(0, 3).join("', '")}')`);
+  for (const m of found) {
+    if (!hasData(m.weight) || (m.bias && !hasData(m.bias)))
+      throw new StateError(`config.modulesToSave: module '${m.name}' was given as a shape only; its trainable copy needs its tensors`);
+    if (m.tiedTo !== null) throw new AdapterError(`config.modulesToSave: module '${m.name}' shares its weight with '${m.tiedTo}'; untie it first`);
+  }
+  return found;
 }
 
 export class ModulesToSaveWrapper {
