@@ -12,7 +12,7 @@ export {
   NativeLoadError,
 } from './errors';
 export { LoraLayer } from './layers/lora_layer';
-export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, InitLoraWeights } from './layers/lora_layer';
+export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, LayerBackwardResult, InitLoraWeights } from './layers/lora_layer';
 export type { MixedForwardOptions, CombinationType, WeightedAdapterOptions } from './layers/lora_layer';
 export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';

@@ -55,6 +55,8 @@ export interface BackendInfo {
   usable: string[];
   /** The CUDA device, when 'cuda' is usable. */
   cudaDevice?: string;
+  /** Why 'cuda' is not usable (what the build lacked, e.g. cuBLAS, or no GPU at run time); null when it is. */
+  cudaUnavailable: string | null;
 }
 
 /** The machine's ceilings measured natively (lorakit bench). */
@@ -244,7 +246,11 @@ export type AsyncKernelBinding = {
 /** Bindings outside the kernel op list (native/napi/device.cc). */
 export interface DeviceBinding {
   /** zero = false leaves a cuda tensor's memory uninitialised (for outputs a kernel overwrites). */
-  NativeTensor: new (dtype: string, shape: number[], device: string, zero?: boolean) => NativeTensorHandle;
+  NativeTensor: {
+    new (dtype: string, shape: number[], device: string, zero?: boolean): NativeTensorHandle;
+    /** A cpu tensor over the typed array's own memory (Tensor.wrap). */
+    new (data: Float32Array | Uint16Array | Int32Array | BigInt64Array, dtype: string, shape: number[]): NativeTensorHandle;
+  };
   backendInfo(): BackendInfo;
   /** The dtype of the shrink output u = x·Aᵀ on the device for activations of that dtype. */
   scratchDtype(device: string, dtype: string): string;

@@ -76,6 +76,12 @@ export interface BackwardResult {
   bias?: Tensor;
 }
 
+/** What backward() gives on any layer kind: dx except on LoraEmbedding (indices have no gradient). */
+export interface LayerBackwardResult {
+  dx?: Tensor;
+  grads: Map<string, AdapterGrads>;
+}
+
 /** AdapterOptions with every default filled in and checked. */
 export interface ResolvedAdapterOptions {
   r: number;

@@ -366,6 +366,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
 
   /** { trainable, total } parameter counts as peft's get_nb_trainable_parameters gives them. */
   getNbTrainableParameters(): { trainable: number; total: number } {
+    this.requireLive();
     return countTrainable(this.trainableView());
   }
 

@@ -99,6 +99,7 @@ NativeTensor* get_tensor(const Napi::Value& v, const std::string& name) {
   NativeTensor* t = NativeTensor::Unwrap(v);
   if (!t) throw_type(name + ": expected a lorakit Tensor");
   if (t->disposed()) throw_state(name + ": the tensor was disposed");
+  t->check_wrapped(v.Env(), name);
   return t;
 }
 

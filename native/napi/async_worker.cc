@@ -96,6 +96,11 @@ class KernelWorker : public Napi::AsyncWorker {
 }  // namespace
 
 Napi::Value queue_async(const Napi::CallbackInfo& info, KernelCall call) {
+  // JS runs while the work does: an ArrayBuffer a tensor wraps could be detached or shrunk under it.
+  for (const auto& u : call.uses)
+    if (u.tensor->wraps_detachable())
+      throw_state(u.name + ": the tensor wraps a typed array on an ArrayBuffer, which could be detached or resized " +
+                  "while async work runs; use the sync form, or wrap an array on a SharedArrayBuffer");
   auto* w = new KernelWorker(info, std::move(call));  // deletes itself after OnOK/OnError
   Napi::Promise p = w->Promise();
   w->Queue();

@@ -25,6 +25,17 @@ Device device_arg(const Napi::CallbackInfo& info, size_t i) {
   throw_type("device: expected 'cpu' or 'cuda', got '" + d + "'");
 }
 
+#ifndef LORAKIT_WITH_CUDA
+// Why this build has no CUDA backend: the build system's finding, or node-gyp (CPU only).
+#if defined(LORAKIT_CUDA_REASON)
+constexpr const char* kCudaReason = LORAKIT_CUDA_REASON;
+#elif defined(LORAKIT_NODE_GYP)
+constexpr const char* kCudaReason = "the addon was built with node-gyp, which builds the CPU backend only (cmake-js adds CUDA when nvcc and cuBLAS are found)";
+#else
+constexpr const char* kCudaReason = "the addon was built without the CUDA backend";
+#endif
+#endif
+
 Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -51,7 +62,14 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
     if (b->usable()) usable.Set(usable.Length(), b->name);  // cudaGetDeviceCount at run time
   }
 #ifdef LORAKIT_WITH_CUDA
-  if (cuda::device_count() > 0) o.Set("cudaDevice", cuda::device_description());
+  if (cuda::device_count() > 0) {
+    o.Set("cudaDevice", cuda::device_description());
+    o.Set("cudaUnavailable", env.Null());
+  } else {
+    o.Set("cudaUnavailable", "the CUDA backend is compiled in, but no CUDA device is usable here (no NVIDIA GPU, or no driver)");
+  }
+#else
+  o.Set("cudaUnavailable", kCudaReason);
 #endif
   o.Set("compiled", compiled);
   o.Set("usable", usable);
