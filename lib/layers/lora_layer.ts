@@ -19,19 +19,15 @@ import { biasDeltaSteps } from './bias_terms';
 import { LayerRunner } from './layer_runner';
 import { InitLoraWeights } from './init';
 import { resolveMixedBatch } from './mixed_batch';
-import { ADAPTER_OPTION_KEYS, AdapterGrads, AdapterOptions, LayerBackwardResult, MergeOptions, MixedForwardOptions, resolveAdapterOptions } from './options';
-import { WeightedAdapterOptions, weightedAdapterFactors } from './weighted_adapter';
+import {
+  ADAPTER_OPTION_KEYS, AdapterGrads, AdapterOptions, LayerBackwardResult, LayerRngState, MergeOptions, MixedForwardOptions, checkRngState, resolveAdapterOptions,
+} from './options';
+import { WeightedAdapterOptions, loraBiasSources, weightedAdapterFactors } from './weighted_adapter';
 
 export type { InitLoraWeights } from './init';
 export { ADAPTER_OPTION_KEYS } from './options';
-export type { AdapterOptions, AdapterGrads, BackwardResult, LayerBackwardResult, MergeOptions, MixedForwardOptions } from './options';
+export type { AdapterOptions, AdapterGrads, BackwardResult, LayerBackwardResult, LayerRngState, MergeOptions, MixedForwardOptions } from './options';
 export type { CombinationType, WeightedAdapterOptions } from './weighted_adapter';
-
-/** The dropout masks' generator state: each adapter's seed and the layer's forward counter (a mask depends on both). */
-export interface LayerRngState {
-  seeds: Record<string, number>;
-  counter: number;
-}
 
 /** One adapter's entries in the layer's maps (p: dropout, rs: rsLoRA, frozen: inference mode). */
 type NewAdapter = { r: number; alpha: number; scaling: number; p: number; rs: boolean; A: Tensor; B: Tensor; frozen: boolean; seed: number };
@@ -308,18 +304,12 @@ export abstract class LoraLayer {
     const checks = {
       requireAdapter: (n: unknown, arg: string) => this.requireAdapter(n, arg),
       checkNewName: () => this.requireNewName(checkString(newName, 'newName'), 'newName'),
-      unsupported: this.weightedAdapterUnsupported() ?? this.loraBiasSources(adapters),
+      unsupported: this.weightedAdapterUnsupported() ?? loraBiasSources(adapters, this._loraBBias),
     };
     const { r, A, B } = weightedAdapterFactors(this, checks, adapters, weights, opts);
     const p = this._loraDropout.get(adapters[0])!;
     this.registerAdapter(newName, { r, alpha: r, scaling: 1, p, rs: false, A, B, frozen: false, seed: nextGlobalSeed() });
     return this;
-  }
-
-  /** addWeightedAdapter refuses lora_bias sources: peft's combination drops or mixes the biases (peft #3761). */
-  private loraBiasSources(adapters: readonly string[]): string | null {
-    const withBias = Array.isArray(adapters) ? adapters.filter((a) => typeof a === 'string' && this._loraBBias.has(a)) : [];
-    return withBias.length ? `adapter(s) ${withBias.join(', ')} have a lora_B bias, which a weighted combination cannot carry` : null;
   }
 
   /** peft's adapter_names: the distinct adapters of a mixed batch and each entry's index into them (-1: base). */
@@ -381,10 +371,7 @@ export abstract class LoraLayer {
 
   /** Restores rngState(); the masks of the following forwards repeat those of the run it came from. */
   setRngState(s: LayerRngState): this {
-    if (s === null || typeof s !== 'object' || typeof s.seeds !== 'object' || s.seeds === null)
-      throw new LoraTypeError('state: expected { seeds, counter } from rngState()');
-    const counter = checkInt(s.counter, 'state.counter', 0);
-    const seeds = Object.entries(s.seeds).map(([n, v]) => [this.requireAdapter(n, 'state.seeds'), checkInt(v, `state.seeds['${n}']`, 0)] as const);
+    const { seeds, counter } = checkRngState(s, (n) => this.requireAdapter(n, 'state.seeds'));
     for (const [n, v] of seeds) this._seed.set(n, v);
     this.forwardCounter = counter;
     return this;

@@ -136,3 +136,19 @@ export function resolveAdapterOptions(o: AdapterOptions, layer: LayerCapabilitie
     throw new LoraTypeError(`opts.dtype: expected 'f32', 'f16' or 'bf16', got ${String(dtype)}`);
   return { r, alpha, dropout, useRslora, init, useDora, loraBias, seed, frozen, dtype };
 }
+
+/** The dropout masks' generator state: each adapter's seed and the layer's forward counter (a mask depends on both). */
+export interface LayerRngState {
+  seeds: Record<string, number>;
+  counter: number;
+}
+
+/** Checks a LayerRngState; requireAdapter names a seed's adapter or throws. */
+export function checkRngState(s: unknown, requireAdapter: (name: string) => string): { seeds: Array<readonly [string, number]>; counter: number } {
+  const st = s as LayerRngState;
+  if (st === null || typeof st !== 'object' || typeof st.seeds !== 'object' || st.seeds === null)
+    throw new LoraTypeError('state: expected { seeds, counter } from rngState()');
+  const counter = checkInt(st.counter, 'state.counter', 0);
+  const seeds = Object.entries(st.seeds).map(([n, v]) => [requireAdapter(n), checkInt(v, `state.seeds['${n}']`, 0)] as const);
+  return { seeds, counter };
+}

@@ -169,3 +169,9 @@ export function truncatedSvdOfSum(
   a.set(right.data.subarray(0, k * inDim));
   return { a, b };
 }
+
+/** addWeightedAdapter refuses lora_bias sources: peft's combination drops or mixes the biases (peft #3761). */
+export function loraBiasSources(adapters: readonly unknown[], loraBBias: ReadonlyMap<string, unknown>): string | null {
+  const withBias = Array.isArray(adapters) ? adapters.filter((a): a is string => typeof a === 'string' && loraBBias.has(a)) : [];
+  return withBias.length ? `adapter(s) ${withBias.join(', ')} have a lora_B bias, which a weighted combination cannot carry` : null;
+}
