@@ -76,7 +76,7 @@ test('--help and usage errors', async () => {
   expect(err.pop()).toMatch(/missing --out/);
 });
 
-test('refused: DoRA, modules llama.cpp has no tensor for, embedding LoRA on a tied base, a wrong base', async () => {
+test('refused: DoRA, lora_bias, modules_to_save, modules llama.cpp has no tensor for, embedding LoRA on a tied base, a wrong base', async () => {
   const cfg = path.join(LLAMA_TINY, 'config.json');
   const mods = ['model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.k_proj', 'model.layers.0.self_attn.v_proj', 'model.layers.0.self_attn.o_proj',
     'model.layers.0.mlp.gate_proj', 'model.layers.0.mlp.up_proj', 'model.layers.0.mlp.down_proj', 'model.layers.1.self_attn.q_proj', 'model.layers.1.self_attn.k_proj',
@@ -86,6 +86,15 @@ test('refused: DoRA, modules llama.cpp has no tensor for, embedding LoRA on a ti
   const o = path.join(dir, 'refused.gguf');
   expect(await convert(['--to', 'gguf', '--adapter', dora, '--base-config', cfg, '--out', o])).toBe(1);
   expect(err.pop()).toMatch(/DoRA \(use_dora\) cannot be expressed in a llama.cpp LoRA adapter/);
+
+  const lb = adapterVariant(ADAPTER, path.join(dir, 'lora_bias'), { lora_bias: true }, [], new Map(mods.map((m, i) => [`base_model.model.${m}.lora_B.bias`, rawF32([outF(m)], 50 + i)])));
+  expect(await convert(['--to', 'gguf', '--adapter', lb, '--base-config', cfg, '--out', o])).toBe(1);
+  expect(err.pop()).toMatch(/lora_bias \(a bias on lora_B, module 'model\.layers\.\d\.[a-z_.]+'\) cannot be expressed/);
+  const mts = adapterVariant(ADAPTER, path.join(dir, 'mts'), { modules_to_save: ['lm_head'] }, [], new Map([['base_model.model.lm_head.weight', rawF32([256, 64], 9)]]));
+  expect(await convert(['--to', 'gguf', '--adapter', mts, '--base-config', cfg, '--out', o])).toBe(1);
+  expect(err.pop()).toMatch(/modules_to_save \('lm_head'\) replace whole weights/);
+  expect(await merge(['--base', base, '--adapter', mts, '--out', o])).toBe(1);
+  expect(err.pop()).toMatch(/modules_to_save/);
 
   const odd = adapterVariant(ADAPTER, path.join(dir, 'odd'), { target_modules: [...mods, 'model.layers.0.mlp.extra_proj'] }, [], new Map([
     ['base_model.model.model.layers.0.mlp.extra_proj.lora_A.weight', rawF32([4, 64], 1)],

@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { LoraRangeError, LoraTypeError } from '../errors';
-import { CONFIG_FILE, readAdapterAsync } from '../model/adapter_io';
+import { CONFIG_FILE, disposeAdapter, readAdapterAsync } from '../model/adapter_io';
 import { archOf } from './arch';
 import { GGML, ggmlType } from './ggml_types';
 import { BaseInfo, LoraPair, baseInfoFromConfig, baseInfoFromGguf, chooseAlpha, peftToPairs } from './lora_map';
@@ -88,7 +88,7 @@ export async function adapterToGguf(opts: AdapterToGgufOptions): Promise<Adapter
   try {
     pairs = peftToPairs(adapter, base, opts.adapter);
   } finally {
-    for (const t of adapter.modules.values()) [t.A, t.B, t.magnitude].forEach((x) => x?.dispose());
+    disposeAdapter(adapter);
   }
   if (pairs.length === 0) throw new LoraRangeError(`adapter: ${opts.adapter} has no LoRA factors`);
   const { alpha, fold } = chooseAlpha(pairs);

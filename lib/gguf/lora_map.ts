@@ -84,6 +84,11 @@ export function moduleScaling(c: ResolvedLoraConfig, module: string, r: number):
 export function peftToPairs(a: AdapterOnDisk, base: BaseInfo, adapterSource: string): LoraPair[] {
   const c = resolveConfig(a.config, 'adapter_config');
   if (c.useDora) throw new AdapterError(`${adapterSource}: DoRA (use_dora) cannot be expressed in a llama.cpp LoRA adapter (it has no magnitude vectors); merge it instead`);
+  // llama.cpp's LoRA is x·Wᵀ + s·(x·Aᵀ)·Bᵀ and nothing else: no bias on B, no trained biases, no replaced modules
+  const withBias = [...a.modules].filter(([, t]) => t.loraBBias).map(([m]) => m);
+  if (withBias.length) throw new AdapterError(`${adapterSource}: lora_bias (a bias on lora_B, module '${withBias[0]}') cannot be expressed in a llama.cpp LoRA adapter`);
+  if (a.biases.size) throw new AdapterError(`${adapterSource}: trained biases (bias='${String(a.config.bias)}', module '${[...a.biases.keys()][0]}') cannot be expressed in a llama.cpp LoRA adapter`);
+  if (a.saved.size) throw new AdapterError(`${adapterSource}: modules_to_save ('${[...a.saved.keys()][0]}') replace whole weights, which a llama.cpp LoRA adapter cannot express`);
   const pairs: LoraPair[] = [];
   for (const [mod, t] of a.modules) {
     const g = ggufTensorName(base.spec, `${mod}.weight`);

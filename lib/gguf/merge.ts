@@ -9,7 +9,7 @@
  */
 import * as fs from 'fs';
 import { LoraRangeError, LoraTypeError } from '../errors';
-import { readAdapterAsync } from '../model/adapter_io';
+import { disposeAdapter, readAdapterAsync } from '../model/adapter_io';
 import { readGgufLora } from './adapter_from_gguf';
 import { mergeRowsAsync, quantizeAsync } from './codecs';
 import { GgufOutType, OUT_TYPES, checkOutType, rowChunks, storageType } from './convert_model';
@@ -52,7 +52,7 @@ async function loadPairs(opts: GgufMergeOptions, reader: GgufReader, warn: (m: s
   try {
     return peftToPairs(a, base, opts.adapter);
   } finally {
-    for (const t of a.modules.values()) [t.A, t.B, t.magnitude].forEach((x) => x?.dispose());
+    disposeAdapter(a);
   }
 }
 
