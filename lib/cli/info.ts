@@ -10,6 +10,7 @@ export async function run(argv: string[]): Promise<number> {
     console.log(`compiled backends: ${info.compiled.join(', ')}`);
     console.log(`usable backends:   ${info.usable.join(', ')}`);
     console.log(`cpu kernel path:   ${info.cpuPath} (${info.threads} threads)`);
+    console.log(`native addon:      ${info.loadedFrom}, ${info.addonPath}`);
   }
   return 0;
 }
