@@ -66,7 +66,12 @@ export function loadAddon<T>(env: NodeJS.ProcessEnv = process.env): T {
       throw new NativeLoadError(`${HOW_TO_BUILD}\nTried: LORAKIT_NATIVE_PATH=${file}: ${(cause as Error).message}`, { cause });
     }
   }
-  const locator = requireAddon<AddonLocator>(path.join(PACKAGE_ROOT, 'scripts', 'addon-locate.js'));
+  let locator: AddonLocator;
+  try {
+    locator = requireAddon<AddonLocator>(path.join(PACKAGE_ROOT, 'scripts', 'addon-locate.js'));
+  } catch (cause) {
+    throw new NativeLoadError(`${HOW_TO_BUILD}\nThe package is incomplete: ${(cause as Error).message}`, { cause });
+  }
   const tried: string[] = [];
   let lastError: unknown;
   for (const c of locator.candidates(PACKAGE_ROOT, env)) {

@@ -60,14 +60,15 @@ function mismatch(local) {
   const stamp = readStamp(local.path);
   if (builder) {
     const want = builder === 'gyp' ? 'node-gyp' : 'cmake-js';
-    if (!stamp || stamp.builder !== want) return `LORAKIT_BUILD=${builder} but it was built by ${stamp ? stamp.builder : 'an unknown builder'}`;
+    if (!stamp || stamp.builder !== want)
+      return `was built by ${stamp ? stamp.builder : 'an unrecorded builder'} and LORAKIT_BUILD=${builder} asks for ${want}`;
   }
   if (cuda === 'AUTO') return null;
   const backends = stamp ? stamp.backends : compiledBackends(local.path);
   if (!backends) return 'it does not load';
   const hasCuda = backends.includes('cuda');
-  if (cuda === 'ON' && !hasCuda) return 'LORAKIT_CUDA=ON but it has no CUDA backend';
-  if (cuda === 'OFF' && hasCuda) return 'LORAKIT_CUDA=OFF but it has the CUDA backend';
+  if (cuda === 'ON' && !hasCuda) return 'has no CUDA backend (LORAKIT_CUDA=ON)';
+  if (cuda === 'OFF' && hasCuda) return 'has the CUDA backend (LORAKIT_CUDA=OFF)';
   return null;
 }
 
