@@ -131,8 +131,9 @@ function cmakeJs(mode) {
     say('cmake-js is not installed');
     return false;
   }
-  say(`running cmake-js rebuild (LORAKIT_CUDA=${mode}); the compiler's progress follows`);
-  return run(process.execPath, [bin, 'rebuild', '--log-level', 'warn', `--CDLORAKIT_CUDA=${mode}`]);
+  const m = mode === 'AUTO' ? 'auto' : mode;
+  say(`running cmake-js rebuild (LORAKIT_CUDA=${m}); the compiler's progress follows`);
+  return run(process.execPath, [bin, 'rebuild', '--log-level', 'warn', `--CDLORAKIT_CUDA=${m}`]);
 }
 
 function nodeGyp() {

@@ -51,7 +51,7 @@ test('a prebuilt binary that loads: one line, no build', () => {
 
 test('an up-to-date local build is kept, also with LORAKIT_BUILD_FROM_SOURCE=1 and with no prebuilt binary', () => {
   pkg.addon(LOCAL_REL, NEW);
-  for (const extra of [{}, { LORAKIT_BUILD_FROM_SOURCE: '1' }]) {
+  for (const extra of [{}, { LORAKIT_BUILD_FROM_SOURCE: '1' }] as Record<string, string>[]) {
     const r = runInstall(pkg.dir, env(extra));
     expect(r.status).toBe(0);
     expect(r.out).toContain(`keeping ${LOCAL_REL}`);
