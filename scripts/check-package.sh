@@ -14,11 +14,13 @@ t0=$SECONDS
 grep '^prebuild: ' "$work/pack.log"
 tgz=$(ls "$work"/lorakit-*.tgz)
 echo "npm pack (with the prebuilt builds): $((SECONDS - t0)) s"
-tar tzf "$tgz" | grep -q 'package/prebuilds/linux-x64/lorakit.napi.glibc.node' || { echo "tarball lacks the linux-x64 binary"; exit 1; }
-tar tzf "$tgz" | grep -q 'package/prebuilds/linux-arm64/lorakit.napi.glibc.node' || { echo "tarball lacks the linux-arm64 binary"; exit 1; }
-if tar tzf "$tgz" | grep -qE '^package/(build|build-prebuilds)/'; then echo "tarball holds build folders"; exit 1; fi
+tar tzf "$tgz" > "$work/files.txt"  # (grep -q on a pipe would stop tar early: pipefail)
+for p in linux-x64 linux-arm64; do
+  grep -qx "package/prebuilds/$p/lorakit.napi.glibc.node" "$work/files.txt" || { echo "tarball lacks the $p binary"; exit 1; }
+done
+if grep -qE '^package/(build|build-prebuilds)/' "$work/files.txt"; then echo "tarball holds build folders"; exit 1; fi
 size=$(stat -c %s "$tgz")
-echo "tarball: $(awk -v s="$size" 'BEGIN { printf "%.2f MB", s / 1e6 }') ($(tar tzf "$tgz" | wc -l) files; goal <= 15 MB)"
+echo "tarball: $(awk -v s="$size" 'BEGIN { printf "%.2f MB", s / 1e6 }') ($(wc -l < "$work/files.txt") files; goal <= 15 MB)"
 (( size <= 15000000 )) || { echo "tarball over 15 MB"; exit 1; }
 
 cd "$work"
@@ -74,8 +76,10 @@ node check.cjs
 node check.mjs
 # the bin: write a small checkpoint and inspect it through npx
 node -e "const { writeSafetensors, Tensor } = require('lorakit'); writeSafetensors('t.safetensors', { w: Tensor.from([1, 2], [2]) });"
-npx --no-install lorakit inspect t.safetensors | grep -q 'tensors: 1, parameters: 2'
-npx --no-install lorakit info | grep -q 'native addon:      prebuilt'
+npx --no-install lorakit inspect t.safetensors > inspect.txt
+grep -q 'tensors: 1, parameters: 2' inspect.txt
+npx --no-install lorakit info > info.txt
+grep -q 'native addon:      prebuilt' info.txt || { cat info.txt; exit 1; }
 echo "cli ok"
 # the README's main job, shortened: trains, saves a peft adapter, merges (exit 1 if the loss falls < 10x)
 npx --no-install lorakit demo --steps 200 --out demo-out --no-png >/dev/null
