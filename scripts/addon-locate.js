@@ -4,7 +4,7 @@
 //   1. LORAKIT_BUILD_FROM_SOURCE=1: the local build only (build/Release/lorakit.node).
 //   2. A local build newer than every source file (a clone's build, or `npm rebuild lorakit`).
 //   3. The prebuilt binary for this platform: prebuilds/<platform>-<arch>/lorakit.napi.glibc.node
-//      (prebuildify's layout and tags, read the same way by node-gyp-build: N-API, glibc).
+//      (prebuildify's layout; the napi and glibc tags are the ones node-gyp-build matches on).
 //   4. A local build older than the sources.
 'use strict';
 const fs = require('fs');
