@@ -89,7 +89,7 @@ function prebuilt(root) {
     return { path: file, exists: false, reason: `no prebuilt binary for ${tag} (prebuilt: ${PREBUILT_PLATFORMS.join(', ')}, glibc)` };
   const lc = libc();
   if (lc !== 'glibc') return { path: file, exists: false, reason: `the prebuilt binaries need glibc; this node uses ${lc}` };
-  if (!fs.existsSync(file)) return { path: file, exists: false, reason: 'not in this copy of the package (a clone has none until npm pack)' };
+  if (!fs.existsSync(file)) return { path: file, exists: false, reason: 'no prebuilt binary in this copy of the package (a clone has none until npm pack)' };
   return { path: file, exists: true, reason: 'prebuilt binary for this platform' };
 }
 

@@ -87,7 +87,7 @@ test('CUDA auto: a failed cmake build falls back loudly, and the stamp records t
   pkg.touchSource(NEW + 10); // the local build is stale: a rebuild is due, and says why
   const r = runInstall(pkg.dir, env());
   expect(r.status).toBe(0);
-  expect(r.out).toContain(`because not in this copy of the package`);
+  expect(r.out).toContain(`because no prebuilt binary in this copy of the package`);
   expect(r.out).toContain(`${LOCAL_REL} is older than native/cpu/gemm.cc`);
   expect(r.out).toContain('WARNING: the cmake build with CUDA auto failed');
   expect(r.out).toContain('falling back to node-gyp');

@@ -74,5 +74,5 @@ test('when nothing loads, NativeLoadError lists each candidate with its reason a
 test(`the prebuilt binary's folder is named for this platform (${TAG})`, () => {
   pkg.addon(path.join('prebuilds', TAG === 'linux-x64' ? 'linux-arm64' : 'linux-x64', 'lorakit.napi.glibc.node'), OLD);
   const r = loadIn(pkg.dir);
-  expect(r.error?.message).toContain(`prebuilt ${PREBUILT_REL}: not in this copy of the package`);
+  expect(r.error?.message).toContain(`prebuilt ${PREBUILT_REL}: no prebuilt binary in this copy of the package`);
 });
