@@ -1,10 +1,10 @@
 /**
  * The CUDA backend's extras: availability, streams and synchronisation, device timers for benchmarks,
  * allocator and kernel statistics, the bare base GEMM (the benchmarks' reference) and fused optimizer steps
- * for adapter parameters. Tensors themselves move with `Tensor.to({ device: 'cuda' })`.
+ * for adapter parameters (the device-independent adamwStep/sgdStep ops, with checks for cuda tensors). Tensors themselves move with `Tensor.to({ device: 'cuda' })`.
  */
 import { DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from './errors';
-import { onStream } from './exec';
+import { onStream, runOp } from './exec';
 import { call } from './native';
 import { Tensor, requireFloatTensor } from './tensor';
 import { checkBool, checkFinite, checkInt, checkOptions } from './validate';
@@ -71,6 +71,13 @@ export function checkStream(s: unknown, name: string): CudaStream {
   if (!(s instanceof CudaStream)) throw new LoraTypeError(`${name}: expected a CudaStream from cuda.createStream()`);
   if (s.disposed) throw new StateError(`${name}: the cuda stream was disposed`);
   return s;
+}
+
+/** A stream for work whose tensors live on `device`: only cuda work runs on a stream. */
+export function checkStreamFor(s: unknown, name: string, device: string, owner: string): CudaStream {
+  const stream = checkStream(s, name);
+  if (device !== 'cuda') throw new LoraTypeError(`${name}: only cuda ${owner}s run on a stream; this ${owner}'s weight is on the ${device}`);
+  return stream;
 }
 
 /**
@@ -163,7 +170,7 @@ export function adamwStep(param: Tensor, grad: Tensor, expAvg: Tensor, expAvgSq:
     step: checkInt(o.step, 'opts.step', 1),
   };
   if (h.beta1 < 0 || h.beta1 >= 1 || h.beta2 < 0 || h.beta2 >= 1) throw new LoraRangeError('opts.beta1/beta2: expected values in [0, 1)');
-  call((b) => b.cudaAdamwStep(param.handle, grad.handle, expAvg.handle, expAvgSq.handle, h));
+  runOp('adamwStep', param.handle, grad.handle, expAvg.handle, expAvgSq.handle, null, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.step);
 }
 
 export interface CudaSgdOptions {
@@ -196,7 +203,8 @@ export function sgdStep(param: Tensor, grad: Tensor, momentumBuffer: Tensor | nu
     sameShape(param, momentumBuffer, 'param', 'momentumBuffer');
     f32State(momentumBuffer, 'momentumBuffer');
   }
-  call((b) => b.cudaSgdStep(param.handle, grad.handle, h.momentum !== 0 ? momentumBuffer!.handle : null, h));
+  const buf = h.momentum !== 0 ? momentumBuffer!.handle : null;
+  runOp('sgdStep', param.handle, grad.handle, buf, null, h.lr, h.momentum, h.dampening, h.nesterov, h.weightDecay, h.firstStep);
 }
 
 export const cuda = { isAvailable, synchronize, createStream, withStream, timeMs, memoryStats, kernelStats, emptyCache, baseGemm, adamwStep, sgdStep };

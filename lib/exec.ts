@@ -3,28 +3,9 @@
  * synchronously (each step at once) or asynchronously (each step as a Promise on a libuv thread).
  * Errors from a step are thrown back into the generator, so its try/finally cleanup runs either way.
  */
-import { NativeBinding, call, callAsync } from './native';
+import { KernelBinding, KernelOp, call, callAsync } from './native';
 
-export type KernelOp =
-  | 'shrink'
-  | 'linearForward'
-  | 'loraForward'
-  | 'linearBackward'
-  | 'mergeDelta'
-  | 'dropout'
-  | 'convert'
-  | 'allFinite'
-  // peft-parity ops (native/napi/parity_binding.cc)
-  | 'mixedLinearForward'
-  | 'doraWeightNorm'
-  | 'doraLinearForward'
-  | 'doraLinearBackward'
-  | 'doraMerge'
-  | 'embeddingForward'
-  | 'embeddingBackward'
-  | 'conv2dForward'
-  | 'conv2dBackward'
-  | 'conv2dMergeDelta';
+export type { KernelOp };
 
 export interface KernelStep {
   op: KernelOp;
@@ -34,8 +15,13 @@ export interface KernelStep {
 /** What an operation body yields; the value sent back is the step's result (allFinite: boolean). */
 export type KernelSteps<T> = Generator<KernelStep, T, unknown>;
 
-export function step<K extends KernelOp>(op: K, ...args: Parameters<NativeBinding[K]>): KernelStep {
+export function step<K extends KernelOp>(op: K, ...args: Parameters<KernelBinding[K]>): KernelStep {
   return { op, args };
+}
+
+/** Runs one kernel op synchronously, as a one-step body (for callers with a single call). */
+export function runOp<K extends KernelOp>(op: K, ...args: Parameters<KernelBinding[K]>): ReturnType<KernelBinding[K]> {
+  return runStep(step(op, ...args)) as ReturnType<KernelBinding[K]>;
 }
 
 type AnyFn = (...a: unknown[]) => unknown;

@@ -12,7 +12,7 @@ export {
   NativeLoadError,
 } from './errors';
 export { LoraLayer } from './layers/lora_layer';
-export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, InitLoraWeights } from './layers/lora_layer';
+export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, LayerBackwardResult, InitLoraWeights } from './layers/lora_layer';
 export type { MixedForwardOptions, CombinationType, WeightedAdapterOptions } from './layers/lora_layer';
 export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';
@@ -37,8 +37,8 @@ export type { TensorSpec, RawTensor } from './io/safetensors_writer';
 export { Checkpoint } from './io/checkpoint';
 export { LoraModel, modulesFromStateDict, guessKind, readAdapter, mergeCheckpoint } from './model';
 export type { LoraConfig, BiasMode, ModuleSpec, ModuleOptions, ModuleKind, FromStateDictOptions, ParamValue, FromPretrainedOptions, LoadOptions, StreamMergeOptions, StreamMergeResult } from './model';
-export { Parameter, countParameters } from './train/parameter';
-export type { ParameterRole } from './train/parameter';
+export { Parameter, countParameters } from './parameter';
+export type { ParameterRole } from './parameter';
 export { Optimizer, AdamW, SGD, clipGradNorm } from './train/optimizer';
 export type { ParamGroup, ParamGroupSpec, AdamWOptions, SGDOptions } from './train/optimizer';
 export { LRScheduler, linearSchedule, cosineSchedule, linearWarmupDecayFactor, cosineWarmupFactor } from './train/schedule';

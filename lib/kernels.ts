@@ -3,11 +3,12 @@
  * validates its arguments before the native call (which validates again). The *Async forms run the
  * same steps on a libuv thread and return Promises.
  */
+import { mixedDtypes, requireCallDtype } from './backend';
 import { Device } from './dtype';
 import { DTypeError, LoraTypeError, ShapeError, shapeStr } from './errors';
 import { KernelSteps, runAsync, runSync, step } from './exec';
-import { BackendInfo, call } from './native';
 import { LoadedAddonInfo, loadedAddon } from './load_addon';
+import { BackendInfo, NativeTensorHandle, call } from './native';
 import { Tensor, describe, requireFloatTensor } from './tensor';
 import { checkBool, checkInt, checkOptions, checkScale } from './validate';
 
@@ -49,7 +50,7 @@ function checkAdapter(a: unknown, where: string, inF: number, outF: number, devi
   return ad;
 }
 
-/** The device of a call is the weight's; every tensor must be there (cuda also needs one dtype). */
+/** The device of a call is the weight's; every tensor must be there (some backends also need one dtype). */
 function weightDevice(weight: Tensor): Device {
   return weight instanceof Tensor ? weight.device : 'cpu';
 }
@@ -59,8 +60,7 @@ function* forwardSteps(x: Tensor, weight: Tensor, opts: LinearForwardOptions): K
   requireFloatTensor(weight, 'weight', weightDevice(weight));
   const dev = weight.device;
   requireFloatTensor(x, 'x', dev);
-  if (dev === 'cuda' && x.dtype !== weight.dtype)
-    throw new DTypeError(`x: on cuda, expected the weight's dtype ${weight.dtype}, got ${x.dtype}`);
+  requireCallDtype(dev, x.dtype, weight.dtype, 'x');
   const fifo = o.fanInFanOut === undefined ? false : checkBool(o.fanInFanOut, 'opts.fanInFanOut');
   const { inF, outF } = linearDims(weight, fifo);
   if (x.shape.length === 0 || x.shape[x.shape.length - 1] !== inF)
@@ -75,22 +75,14 @@ function* forwardSteps(x: Tensor, weight: Tensor, opts: LinearForwardOptions): K
     throw new LoraTypeError(`opts.adapters: expected an array of {loraA, loraB, scaling}, got ${describe(o.adapters)}`);
   const adapters = (o.adapters ?? []).map((a, i) => checkAdapter(a, `opts.adapters[${i}]`, inF, outF, dev));
   const lead = x.shape.slice(0, -1);
-  const us: Tensor[] = [];
   const y = Tensor.empty([...lead, outF], { dtype: x.dtype, device: dev });
   try {
-    for (const a of adapters) {
-      // The shrink: f32 on the cpu; on cuda in x's dtype (the tensor-core expand's operand type).
-      const u = Tensor.empty([...lead, a.loraA.shape[0]], { dtype: dev === 'cuda' ? x.dtype : 'f32', device: dev });
-      us.push(u);
-      yield step('shrink', x.handle, a.loraA.handle, u.handle);
-    }
-    yield step('linearForward', x.handle, weight.handle, bias ? bias.handle : null, fifo,
-      adapters.map((a, i) => [us[i].handle, a.loraB.handle, a.scaling]), y.handle);
+    // Every shrink and the fused forward in one call (the backend keeps u in its scratch).
+    yield step('loraForward', x.handle, weight.handle, bias ? bias.handle : null, fifo,
+      adapters.map((a): [NativeTensorHandle, NativeTensorHandle, number, null] => [a.loraA.handle, a.loraB.handle, a.scaling, null]), y.handle);
   } catch (e) {
     y.dispose();
     throw e;
-  } finally {
-    us.forEach((u) => u.dispose());
   }
   return y;
 }
@@ -104,10 +96,9 @@ function* mergeSteps(weight: Tensor, adapter: KernelAdapter, opts: MergeAdapterO
   const a = checkAdapter(adapter, 'adapter', inF, outF, dev);
   const out = o.out ?? weight;
   requireFloatTensor(out, 'opts.out', dev);
-  if (dev === 'cuda' && out.dtype !== weight.dtype)
-    throw new DTypeError(`opts.out: on cuda, expected the weight's dtype ${weight.dtype}, got ${out.dtype}`);
-  if (dev === 'cuda' && a.loraA.dtype !== a.loraB.dtype)
-    throw new DTypeError(`adapter: on cuda, loraA (${a.loraA.dtype}) and loraB (${a.loraB.dtype}) must share a dtype`);
+  requireCallDtype(dev, out.dtype, weight.dtype, 'opts.out');
+  if (a.loraA.dtype !== a.loraB.dtype && !mixedDtypes(dev))
+    throw new DTypeError(`adapter: on ${dev}, loraA (${a.loraA.dtype}) and loraB (${a.loraB.dtype}) must share a dtype`);
   if (out.shape.join() !== weight.shape.join())
     throw new ShapeError(`opts.out: expected shape ${shapeStr(weight.shape)}, got ${shapeStr(out.shape)}`);
   yield step('mergeDelta', weight.handle, a.loraA.handle, a.loraB.handle, sign * a.scaling, fifo, out.handle);

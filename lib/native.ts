@@ -56,6 +56,8 @@ export interface BackendInfo {
   usable: string[];
   /** The CUDA device, when 'cuda' is usable. */
   cudaDevice?: string;
+  /** Why 'cuda' is not usable (what the build lacked, e.g. cuBLAS, or no GPU at run time); null when it is. */
+  cudaUnavailable: string | null;
 }
 
 /** The machine's ceilings measured natively (lorakit bench). */
@@ -73,9 +75,11 @@ export interface MeasuredPeaks {
   threads: number;
 }
 
-export interface NativeBinding {
-  /** zero = false leaves a cuda tensor's memory uninitialised (for outputs a kernel overwrites). */
-  NativeTensor: new (dtype: string, shape: number[], device: string, zero?: boolean) => NativeTensorHandle;
+/**
+ * The kernel ops (native/napi/ops.h, one list there): each validates its arguments and runs on the
+ * device of its tensors. Every op also has a Promise form `${op}Async` (AsyncKernelBinding).
+ */
+export interface KernelBinding {
   shrink(x: NativeTensorHandle, A: NativeTensorHandle, out: NativeTensorHandle): void;
   linearForward(
     x: NativeTensorHandle,
@@ -85,7 +89,7 @@ export interface NativeBinding {
     terms: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
     y: NativeTensorHandle,
   ): void;
-  /** Every adapter's shrink plus the fused forward in one call; u (if given) receives x·Aᵀ. */
+  /** Every adapter's shrink plus the fused forward in one call; u (if given) receives x·Aᵀ in the scratch dtype. */
   loraForward(
     x: NativeTensorHandle,
     W: NativeTensorHandle,
@@ -109,8 +113,7 @@ export interface NativeBinding {
     fanInFanOut: boolean,
     out: NativeTensorHandle,
   ): void;
-  dropout(x: NativeTensorHandle, p: number, seed: number, stream: number, out: NativeTensorHandle): void;
-  // peft-parity ops (native/napi/parity_binding.cc)
+  conv2dMergeDelta(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, out: NativeTensorHandle): void;
   mixedLinearForward(
     x: NativeTensorHandle,
     W: NativeTensorHandle,
@@ -120,41 +123,6 @@ export interface NativeBinding {
     rowAdapter: Int32Array,
     y: NativeTensorHandle,
   ): void;
-  embeddingForward(
-    indices: NativeTensorHandle,
-    W: NativeTensorHandle,
-    adapters: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
-    rowAdapter: Int32Array | null,
-    y: NativeTensorHandle,
-  ): void;
-  embeddingBackward(
-    indices: NativeTensorHandle,
-    dy: NativeTensorHandle,
-    A: NativeTensorHandle,
-    B: NativeTensorHandle,
-    scale: number,
-    paddingIdx: number,
-    dA: NativeTensorHandle | null,
-    dB: NativeTensorHandle | null,
-  ): void;
-  conv2dForward(
-    x: NativeTensorHandle,
-    W: NativeTensorHandle,
-    bias: NativeTensorHandle | null,
-    geom: number[],
-    terms: Array<{ xa: NativeTensorHandle; u: NativeTensorHandle; A: NativeTensorHandle; B: NativeTensorHandle; scale: number }>,
-    y: NativeTensorHandle,
-    imageAdapter?: Int32Array | null,
-  ): void;
-  conv2dBackward(
-    dy: NativeTensorHandle,
-    x: NativeTensorHandle,
-    W: NativeTensorHandle,
-    geom: number[],
-    terms: Array<BackwardTermArg>,
-    dx: NativeTensorHandle | null,
-  ): void;
-  conv2dMergeDelta(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, out: NativeTensorHandle): void;
   doraWeightNorm(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, fanInFanOut: boolean, norm: NativeTensorHandle): void;
   doraLinearForward(
     x: NativeTensorHandle,
@@ -192,62 +160,44 @@ export interface NativeBinding {
     inverse: boolean,
     out: NativeTensorHandle,
   ): void;
+  embeddingForward(
+    indices: NativeTensorHandle,
+    W: NativeTensorHandle,
+    adapters: Array<[NativeTensorHandle, NativeTensorHandle, number]>,
+    rowAdapter: Int32Array | null,
+    y: NativeTensorHandle,
+  ): void;
+  embeddingBackward(
+    indices: NativeTensorHandle,
+    dy: NativeTensorHandle,
+    A: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    paddingIdx: number,
+    dA: NativeTensorHandle | null,
+    dB: NativeTensorHandle | null,
+  ): void;
+  conv2dForward(
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    bias: NativeTensorHandle | null,
+    geom: number[],
+    terms: Array<{ xa: NativeTensorHandle; u: NativeTensorHandle; A: NativeTensorHandle; B: NativeTensorHandle; scale: number }>,
+    y: NativeTensorHandle,
+    imageAdapter?: Int32Array | null,
+  ): void;
+  conv2dBackward(
+    dy: NativeTensorHandle,
+    x: NativeTensorHandle,
+    W: NativeTensorHandle,
+    geom: number[],
+    terms: Array<BackwardTermArg>,
+    dx: NativeTensorHandle | null,
+  ): void;
+  dropout(x: NativeTensorHandle, p: number, seed: number, stream: number, out: NativeTensorHandle): void;
   convert(src: NativeTensorHandle, dst: NativeTensorHandle): void;
   allFinite(t: NativeTensorHandle): boolean;
-  backendInfo(): BackendInfo;
-  // CUDA extras (throw a TypeError in builds without the CUDA backend).
-  cudaSynchronize(): void;
-  cudaStreamCreate(): number;
-  cudaStreamRelease(id: number): void;
-  cudaStreamSynchronize(id: number): void;
-  cudaSetStream(id: number): void;
-  cudaCurrentStream(): number;
-  cudaTimerStart(): void;
-  cudaTimerStop(): number;
-  cudaMemoryStats(): { allocatedBytes: number; cachedBytes: number };
-  cudaEmptyCache(): void;
-  cudaKernelStats(): { sm90GemmUsable: boolean; sm90GemmLaunches: number };
-  cudaBaseGemm(x: NativeTensorHandle, W: NativeTensorHandle, y: NativeTensorHandle, inputGrad: boolean): void;
-  cudaAdamwStep(
-    param: NativeTensorHandle,
-    grad: NativeTensorHandle,
-    expAvg: NativeTensorHandle,
-    expAvgSq: NativeTensorHandle,
-    opts: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
-    master?: NativeTensorHandle | null,
-  ): void;
-  cudaSgdStep(
-    param: NativeTensorHandle,
-    grad: NativeTensorHandle,
-    momentumBuffer: NativeTensorHandle | null,
-    opts: { lr: number; momentum: number; dampening: number; weightDecay: number; nesterov: boolean; firstStep: boolean },
-    master?: NativeTensorHandle | null,
-  ): void;
-  cudaAccumulate(dst: NativeTensorHandle, src: NativeTensorHandle, alpha: number): void;
-  cudaSumSquares(t: NativeTensorHandle): number;
-  cudaScale(t: NativeTensorHandle, alpha: number): void;
-  setNumThreads(n: number): number;
-  measurePeaks(bufferBytes: number): MeasuredPeaks;
-  // Promise forms (native/napi/async_binding.cc): same checks, the work runs on a libuv thread and
-  // the tensors are busy (no dispose, no writes) until the promise settles.
-  shrinkAsync(...args: Parameters<NativeBinding['shrink']>): Promise<void>;
-  linearForwardAsync(...args: Parameters<NativeBinding['linearForward']>): Promise<void>;
-  loraForwardAsync(...args: Parameters<NativeBinding['loraForward']>): Promise<void>;
-  linearBackwardAsync(...args: Parameters<NativeBinding['linearBackward']>): Promise<void>;
-  mergeDeltaAsync(...args: Parameters<NativeBinding['mergeDelta']>): Promise<void>;
-  dropoutAsync(...args: Parameters<NativeBinding['dropout']>): Promise<void>;
-  convertAsync(...args: Parameters<NativeBinding['convert']>): Promise<void>;
-  allFiniteAsync(...args: Parameters<NativeBinding['allFinite']>): Promise<boolean>;
-  mixedLinearForwardAsync(...args: Parameters<NativeBinding['mixedLinearForward']>): Promise<void>;
-  doraWeightNormAsync(...args: Parameters<NativeBinding['doraWeightNorm']>): Promise<void>;
-  doraLinearForwardAsync(...args: Parameters<NativeBinding['doraLinearForward']>): Promise<void>;
-  doraLinearBackwardAsync(...args: Parameters<NativeBinding['doraLinearBackward']>): Promise<void>;
-  doraMergeAsync(...args: Parameters<NativeBinding['doraMerge']>): Promise<void>;
-  embeddingForwardAsync(...args: Parameters<NativeBinding['embeddingForward']>): Promise<void>;
-  embeddingBackwardAsync(...args: Parameters<NativeBinding['embeddingBackward']>): Promise<void>;
-  conv2dForwardAsync(...args: Parameters<NativeBinding['conv2dForward']>): Promise<void>;
-  conv2dBackwardAsync(...args: Parameters<NativeBinding['conv2dBackward']>): Promise<void>;
-  conv2dMergeDeltaAsync(...args: Parameters<NativeBinding['conv2dMergeDelta']>): Promise<void>;
+  /** One AdamW step in place (torch.optim.AdamW); state f32; master (f32) for 16-bit params. */
   adamwStep(
     param: NativeTensorHandle,
     grad: NativeTensorHandle,
@@ -261,6 +211,7 @@ export interface NativeBinding {
     weightDecay: number,
     step: number,
   ): void;
+  /** One SGD step in place (torch.optim.SGD); momentumBuffer (f32) is needed when momentum != 0. */
   sgdStep(
     param: NativeTensorHandle,
     grad: NativeTensorHandle,
@@ -273,10 +224,55 @@ export interface NativeBinding {
     weightDecay: number,
     firstStep: boolean,
   ): void;
+  /** dst (f32) += alpha·src */
   accumulate(dst: NativeTensorHandle, src: NativeTensorHandle, alpha: number): void;
+  /** Σ x² in f64 */
   sumSquares(t: NativeTensorHandle): number;
   scaleInplace(t: NativeTensorHandle, alpha: number): void;
 }
+
+/** The name of a kernel op. */
+export type KernelOp = keyof KernelBinding;
+
+/**
+ * The Promise forms of the kernel ops: the same checks, then the work runs on a libuv thread and
+ * the tensors are busy (no dispose, no writes, no conflicting calls) until the promise settles.
+ */
+export type AsyncKernelBinding = {
+  [K in KernelOp as `${K}Async`]: (...args: Parameters<KernelBinding[K]>) => Promise<ReturnType<KernelBinding[K]>>;
+};
+
+/** Bindings outside the kernel op list (native/napi/device.cc). */
+export interface DeviceBinding {
+  /** zero = false leaves a cuda tensor's memory uninitialised (for outputs a kernel overwrites). */
+  NativeTensor: {
+    new (dtype: string, shape: number[], device: string, zero?: boolean): NativeTensorHandle;
+    /** A cpu tensor over the typed array's own memory (Tensor.wrap). */
+    new (data: Float32Array | Uint16Array | Int32Array | BigInt64Array, dtype: string, shape: number[]): NativeTensorHandle;
+  };
+  backendInfo(): BackendInfo;
+  /** The dtype of the shrink output u = x·Aᵀ on the device for activations of that dtype. */
+  scratchDtype(device: string, dtype: string): string;
+  /** False when a call on the device needs one float dtype for activations, weights and outputs. */
+  mixedDtypes(device: string): boolean;
+  setNumThreads(n: number): number;
+  measurePeaks(bufferBytes: number): MeasuredPeaks;
+  // CUDA extras (throw a TypeError in builds without the CUDA backend).
+  cudaSynchronize(): void;
+  cudaStreamCreate(): number;
+  cudaStreamRelease(id: number): void;
+  cudaStreamSynchronize(id: number): void;
+  cudaSetStream(id: number): void;
+  cudaCurrentStream(): number;
+  cudaTimerStart(): void;
+  cudaTimerStop(): number;
+  cudaMemoryStats(): { allocatedBytes: number; cachedBytes: number };
+  cudaEmptyCache(): void;
+  cudaKernelStats(): { sm90GemmUsable: boolean; sm90GemmLaunches: number };
+  cudaBaseGemm(x: NativeTensorHandle, W: NativeTensorHandle, y: NativeTensorHandle, inputGrad: boolean): void;
+}
+
+export type NativeBinding = KernelBinding & AsyncKernelBinding & DeviceBinding;
 
 let cached: NativeBinding | undefined;
 

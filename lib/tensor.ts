@@ -1,7 +1,8 @@
 /**
  * Tensor: a contiguous, row-major array in native memory. JS holds a handle; data crosses the
- * boundary only by explicit copies (from, toFloat32Array, copyFrom). Memory is reported to V8 and
- * freed by dispose() or garbage collection.
+ * boundary only by explicit copies (from, toFloat32Array, copyFrom), except for a tensor made by
+ * wrap(), which uses a typed array's own memory. Memory is reported to V8 and freed by dispose()
+ * or garbage collection.
  */
 import { DEVICES, DTYPES, Device, DType, isFloatDType } from './dtype';
 import { DTypeError, LoraTypeError, ShapeError, StateError, shapeStr } from './errors';
@@ -14,6 +15,11 @@ export interface TensorOptions {
 }
 
 export type TensorData = Float32Array | Float64Array | number[] | Uint16Array | Int32Array | BigInt64Array;
+
+/** The typed arrays Tensor.wrap takes: each is a dtype's own memory layout. */
+export type WrappableData = Float32Array | Uint16Array | Int32Array | BigInt64Array;
+
+const WRAP_DTYPE: Readonly<Record<string, DType | undefined>> = { Float32Array: 'f32', Int32Array: 'i32', BigInt64Array: 'i64', Uint16Array: undefined };
 
 function checkDType(d: unknown, name: string): DType {
   if (!DTYPES.includes(d as DType)) throw new DTypeError(`${name}: expected one of ${DTYPES.join(', ')}, got ${String(d)}`);
@@ -47,6 +53,7 @@ export class Tensor {
   readonly dtype: DType;
   readonly device: Device;
   #handle: NativeTensorHandle | null;
+  #wrapped = false;
 
   private constructor(handle: NativeTensorHandle, shape: number[], dtype: DType, device: Device) {
     // Only the factories construct Tensors; from JS, `new Tensor()` gets a typed error, not a broken object.
@@ -82,7 +89,7 @@ export class Tensor {
   }
 
   /**
-   * A tensor holding a copy of `data`. Float32Array, Float64Array and number[] fill float tensors
+   * A tensor holding a copy of `data` (Tensor.wrap shares the array instead). Float32Array, Float64Array and number[] fill float tensors
    * (f32 by default; f16/bf16 round once); Uint16Array holds f16/bf16 bit patterns (give the
    * dtype); Int32Array and BigInt64Array fill i32/i64 index tensors.
    */
@@ -107,6 +114,42 @@ export class Tensor {
     const t = Tensor.empty(s, { dtype, device: checkDevice(o.device ?? 'cpu', 'opts.device') });
     call(() => t.handle.write(data as Exclude<TensorData, number[]>));
     return t;
+  }
+
+  /**
+   * A cpu tensor over `data` itself, without a copy: kernels read and write the array, so
+   * merge() and unmerge() change the weights another library holds, in place. The tensor keeps
+   * the array alive. Float32Array is f32; Uint16Array holds f16/bf16 bit patterns (give
+   * opts.dtype); Int32Array is i32, BigInt64Array i64. If the array's buffer is detached or shrunk
+   * later, every use of the tensor throws StateError (never touching freed memory). The async
+   * forms refuse a tensor wrapping an ArrayBuffer, which JS could detach while the work runs; one
+   * on a SharedArrayBuffer (never detached, never shrunk) works with them too.
+   */
+  static wrap(data: WrappableData, shape: readonly number[], opts?: { dtype?: DType }): Tensor {
+    const o = checkOptions(opts, ['dtype'], 'opts');
+    const s = checkShape(shape, 'shape');
+    const kind = typedArrayKind(data);
+    if (kind === undefined || !Object.hasOwn(WRAP_DTYPE, kind))
+      throw new LoraTypeError(`data: Tensor.wrap takes a Float32Array, Uint16Array (f16/bf16 bits), Int32Array or BigInt64Array, got ${describe(data)}${kind === 'Float64Array' ? ' (use Tensor.from, which converts and copies)' : ''}`);
+    const own = WRAP_DTYPE[kind];
+    const dtype = o.dtype !== undefined ? checkDType(o.dtype, 'opts.dtype') : own;
+    if (dtype === undefined)
+      throw new DTypeError("data: a Uint16Array holds f16 or bf16 bit patterns; pass opts.dtype 'f16' or 'bf16'");
+    const fits = kind === 'Uint16Array' ? dtype === 'f16' || dtype === 'bf16' : dtype === own;
+    if (!fits) throw new DTypeError(`opts.dtype: a ${kind} holds ${own ?? 'f16 or bf16'} values, not ${dtype} (wrap never converts; Tensor.from does)`);
+    checkViewUsable(data, 'data');
+    const n = numelOf(s);
+    if (data.length !== n)
+      throw new ShapeError(`data: has ${data.length} elements but shape ${shapeStr(s)} needs ${n}${resizedHint(data)}`);
+    const h = call((b) => new b.NativeTensor(data, dtype, s));
+    const t = new Tensor(h, s, dtype, 'cpu');
+    t.#wrapped = true;
+    return t;
+  }
+
+  /** True for a tensor made by Tensor.wrap (its memory is a typed array's). */
+  get wrapped(): boolean {
+    return this.#wrapped;
   }
 
   get numel(): number {

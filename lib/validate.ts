@@ -52,14 +52,19 @@ export function checkString(v: unknown, name: string): string {
   return v;
 }
 
-/** Rejects option keys the function does not know (catches typos such as `lora_alpha`). */
-export function checkOptions(opts: unknown, allowed: readonly string[], name: string): Record<string, unknown> {
+/**
+ * Rejects option keys the function does not know (catches typos such as `lora_alpha`); `hints`
+ * maps a likely wrong key to what to write instead.
+ */
+export function checkOptions(opts: unknown, allowed: readonly string[], name: string, hints: Readonly<Record<string, string>> = {}): Record<string, unknown> {
   if (opts === undefined) return {};
   if (opts === null || typeof opts !== 'object' || Array.isArray(opts))
     throw new LoraTypeError(`${name}: expected an options object`);
   for (const k of Object.keys(opts)) {
-    if (!allowed.includes(k))
-      throw new LoraTypeError(`${name}: unknown option '${k}' (known: ${allowed.join(', ')})`);
+    if (!allowed.includes(k)) {
+      const hint = Object.hasOwn(hints, k) ? `: ${hints[k]}` : '';
+      throw new LoraTypeError(`${name}: unknown option '${k}'${hint} (known: ${allowed.join(', ')})`);
+    }
   }
   return opts as Record<string, unknown>;
 }

@@ -29,7 +29,84 @@ const RULES = [
     except: /^lib\/model\/factors\.ts$/,
     why: 'layers sit below the model; the only model file they share is factors.ts (scaling, factor shapes)',
   },
+  {
+    from: /^lib\/layers\//,
+    to: /^lib\/train\//,
+    why: 'data flows x → forward → backward → optimizer: layers hand out Parameters (lib/parameter.ts) and never see the optimizer',
+  },
+  {
+    from: /^lib\/(layers|train|io)\//,
+    to: /^lib\/(cli|bench|demo)\//,
+    why: 'the CLI, benchmarks and demo sit on top of the library, never below it',
+  },
 ];
+
+// Source-level rules beyond imports: each finds offending lines in files under `dir` matching `file`.
+const LINE_RULES = [
+  {
+    dir: 'native/cuda',
+    file: /\.(cu|cuh|h|cc)$/,
+    line: /#\s*include\s*"[^"]*\bcpu\//,
+    why: 'the cuda backend depends on native/core only (argument types live in core/op_args.h)',
+  },
+  {
+    dir: 'lib/layers',
+    file: /\.ts$/,
+    line: /[!=]==\s*'cuda'|'cuda'\s*[!=]==/,
+    why: 'layers never branch on device: scratch dtypes and forward paths are the backend\'s business (lib/backend.ts)',
+  },
+  {
+    dir: 'lib/train',
+    file: /\.ts$/,
+    line: /[!=]==\s*'cuda'|'cuda'\s*[!=]==/,
+    why: 'training code never branches on device: every optimizer op exists on each backend',
+  },
+  {
+    dir: 'native/napi',
+    file: /\.(cc|h)$/,
+    line: /\bon_device\s*\(/,
+    why: 'bindings call backend_for(device).op, never per-device pairs',
+  },
+];
+
+// File names that say when or why code was written rather than what it does.
+const MILESTONE_NAME = /(^|[_\-/])(parity|milestone|phase\d*|round\d*|session\d*|new|old|v\d+)([_\-.]|$)/i;
+const MAX_LINES = 600;
+const SOURCE_DIRS = ['lib', 'native', 'scripts', 'bench', 'test', 'test-gpu', 'examples'];
+const SOURCE_FILE = /\.(ts|js|mjs|cc|cu|cuh|h|c|py|sh)$/;
+
+function listFiles(dir, re) {
+  const out = [];
+  if (!fs.existsSync(dir)) return out;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) {
+      if (e.name !== 'node_modules' && e.name !== 'fixtures' && e.name !== 'results') out.push(...listFiles(p, re));
+    } else if (e.isFile() && re.test(e.name)) out.push(p);
+  }
+  return out.sort();
+}
+
+/** Line rules, file lengths and file names over the source folders. */
+function checkSources(root = ROOT) {
+  const problems = [];
+  for (const r of LINE_RULES)
+    for (const f of listFiles(path.join(root, r.dir), r.file)) {
+      const rel = path.relative(root, f).split(path.sep).join('/');
+      fs.readFileSync(f, 'utf8').split('\n').forEach((l, i) => {
+        if (r.line.test(l) && !/^\s*(\/\/|\*)/.test(l)) problems.push(`${rel}:${i + 1}: ${r.why}`);
+      });
+    }
+  for (const d of SOURCE_DIRS)
+    for (const f of listFiles(path.join(root, d), SOURCE_FILE)) {
+      const rel = path.relative(root, f).split(path.sep).join('/');
+      const n = fs.readFileSync(f, 'utf8').split('\n').length;
+      if (n > MAX_LINES) problems.push(`${rel}: ${n} lines (limit ${MAX_LINES}): split it by job`);
+      if (MILESTONE_NAME.test(path.basename(f).replace(SOURCE_FILE, '')))
+        problems.push(`${rel}: named after a milestone, not a job`);
+    }
+  return problems;
+}
 
 // import x from '…', import type { x } from '…', export * from '…', import '…', require('…'), import('…')
 const SPEC_RE = /(?:^|[\s;])(?:import|export)\s+(?:type\s+)?(?:[\w*{}\s,$]+?\s+from\s+)?['"]([^'"]+)['"]|\b(?:require|import)\(\s*['"]([^'"]+)['"]\s*\)/g;
@@ -144,15 +221,17 @@ function checkRules(graph, rules = RULES) {
 
 function check(libDir) {
   const graph = importGraph(libDir);
-  return { files: graph.size, cycles: findCycles(graph), violations: checkRules(graph) };
+  return { files: graph.size, cycles: findCycles(graph), violations: checkRules(graph), sources: checkSources() };
 }
 
-module.exports = { importGraph, findCycles, checkRules, RULES, check };
+module.exports = { importGraph, findCycles, checkRules, checkSources, RULES, LINE_RULES, check };
 
 if (require.main === module) {
-  const { files, cycles, violations } = check();
+  const { files, cycles, violations, sources } = check();
   for (const c of cycles) console.log(`cycle: ${c.join(' -> ')}`);
   for (const v of violations) console.log(`forbidden import: ${v.from} -> ${v.to} (${v.why})`);
-  console.log(`check-architecture: ${files} files, ${cycles.length} cycle(s), ${violations.length} forbidden import(s)`);
-  process.exitCode = cycles.length || violations.length ? 1 : 0;
+  for (const p of sources) console.log(p);
+  console.log(`check-architecture: ${files} files, ${cycles.length} cycle(s), ${violations.length} forbidden import(s), ` +
+    `${sources.length} source rule problem(s)`);
+  process.exitCode = cycles.length || violations.length || sources.length ? 1 : 0;
 }

@@ -6,7 +6,7 @@
 //                AVX512-BF16, AMX) in one binary
 //   linux-arm64: cross-compiled with Debian's aarch64 toolchain (cmake/aarch64-linux-gnu.cmake):
 //                apt-get install g++-aarch64-linux-gnu; NEON and portable paths
-// Both link libstdc++ statically (LORAKIT_STATIC_LIBSTDCXX) and never need a CUDA library. Builds
+// Both link libstdc++ statically (LORAKIT_PREBUILT) and never need a CUDA library. Builds
 // are incremental in build-prebuilds/<target>/. LORAKIT_PREBUILD_TARGETS=linux-x64 builds a subset;
 // a target that cannot be built fails the pack (a tarball silently missing a binary is worse).
 'use strict';
@@ -71,7 +71,11 @@ for (const name of wanted) {
   const out = path.join(root, 'build-prebuilds', name);
   const t0 = Date.now();
   say(`${name}: building (cmake-js, CPU only, -O3, static libstdc++) in ${path.relative(root, out)}`);
-  run(process.execPath, [cmakeJs, 'build', '--log-level', 'warn', '--out', out, '--CDLORAKIT_CUDA=OFF', '--CDLORAKIT_STATIC_LIBSTDCXX=ON', ...t.cmakeArgs]);
+  // configure every time (cheap on an existing folder: `build` alone would keep a cache made with
+  // other options), then an incremental build.
+  const args = ['--log-level', 'warn', '--out', out, '--CDLORAKIT_CUDA=OFF', '--CDLORAKIT_PREBUILT=ON', ...t.cmakeArgs];
+  run(process.execPath, [cmakeJs, 'configure', ...args]);
+  run(process.execPath, [cmakeJs, 'build', ...args]);
   const built = path.join(out, 'Release', 'lorakit.node');
   const dest = path.join(root, 'prebuilds', name, PREBUILT_FILE);
   fs.mkdirSync(path.dirname(dest), { recursive: true });

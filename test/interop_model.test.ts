@@ -114,7 +114,7 @@ describe('opt_tiny (peft 0.21)', () => {
     }
     expect(changed).toBe(4);
     ref.close();
-    expect(model.printTrainableParameters(() => undefined)).toMatch(/^trainable params: 0 \|\| all params: 83,584 /);
+    expect(() => model.printTrainableParameters(() => undefined)).toThrow(/unloaded/); // as every other call
     expect(() => model.setAdapter('default')).toThrow(/unloaded/);
   });
 
@@ -242,7 +242,7 @@ describe('model-wide adapters', () => {
       expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/has no lora_magnitude_vector, but the config sets use_dora/);
       fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, r: 4 }));
       expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/do not fit the layer.*check r and rank_pattern/);
-      expect(() => LoraModel.fromPretrained(loadTiny().modules, path.join(dir, 'nope'))).toThrow(/is not a directory/);
+      expect(() => LoraModel.fromPretrained(loadTiny().modules, path.join(dir, 'nope'))).toThrow(/dir: no adapter folder at/);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

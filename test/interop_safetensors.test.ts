@@ -73,9 +73,9 @@ describe('write and read back', () => {
 
 describe('header validation errors are clear', () => {
   const cases: Array<[string, Buffer, RegExp]> = [
-    ['too short', Buffer.alloc(4), /too short to be a safetensors file/],
-    ['length over the bound', (() => { const b = Buffer.alloc(16); b.writeBigUInt64LE(1n << 40n, 0); return b; })(), /exceeds the \d+-byte limit/],
-    ['length past the end', (() => { const b = Buffer.alloc(16); b.writeBigUInt64LE(100n, 0); return b; })(), /runs past the end of the file/],
+    ['too short', Buffer.alloc(4), /is not a safetensors file: too short/],
+    ['length over the bound', (() => { const b = Buffer.alloc(16); b.writeBigUInt64LE(1n << 40n, 0); return b; })(), /is not a safetensors file: its first 8 bytes give a header length of 1099511627776, which exceeds the \d+-byte limit/],
+    ['length past the end', (() => { const b = Buffer.alloc(16); b.writeBigUInt64LE(100n, 0); return b; })(), /is not a safetensors file: its first 8 bytes give a header length of 100, which runs past the end of the file/],
     ['invalid JSON', header(null, 0, '{"a": '), /not valid JSON/],
     ['not an object', header([1, 2]), /must be a JSON object/],
     ['unknown dtype', header({ a: { dtype: 'F33', shape: [1], data_offsets: [0, 4] } }, 4), /unknown dtype F33/],

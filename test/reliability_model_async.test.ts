@@ -73,7 +73,7 @@ describe('LoraModel async forms', () => {
       }
       await back.loadAdapterAsync(path.join(d2, 'other'), 'other');
       expect(bits(back.layers.get('layers.0.k_proj')!.loraA.get('other')!)).toEqual(bits(m.layers.get('layers.0.k_proj')!.loraA.get('other')!));
-      await expect(LoraModel.fromPretrainedAsync(specs(), path.join(d2, 'missing'))).rejects.toThrow(/is not a directory/);
+      await expect(LoraModel.fromPretrainedAsync(specs(), path.join(d2, 'missing'))).rejects.toThrow(/dir: no adapter folder at/);
     } finally {
       fs.rmSync(d1, { recursive: true, force: true });
       fs.rmSync(d2, { recursive: true, force: true });

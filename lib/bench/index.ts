@@ -16,37 +16,9 @@ import { Rng } from '../rng';
 import { Tensor } from '../tensor';
 import { MachineInfo, machineInfo, openblasCoretype } from './machine';
 import { OpenblasRef, prepareOpenblas, timeSgemm } from './openblas';
+import { BENCH_DTYPES, BENCH_OPS, BenchDType, BenchOp, BenchOptions, checkBenchOptions } from './options';
 
-export type BenchOp = 'gemm' | 'forward' | 'fwdbwd' | 'merge';
-export type BenchDType = 'f32' | 'bf16';
-
-export interface BenchOptions {
-  d?: number[];
-  r?: number[];
-  n?: number[];
-  dtypes?: BenchDType[];
-  ops?: BenchOp[];
-  /** A small grid (d 1024/4096, r 16, n 1/128) with short timings. */
-  quick?: boolean;
-  /** Seconds of timing per row (default 1, quick 0.3). */
-  minTime?: number;
-  /** Pool threads for the run (default: the current setting). */
-  threads?: number;
-  /** Time OpenBLAS as the reference (default true when it is installed). */
-  reference?: boolean;
-  /** OpenBLAS library path, and its kernel family (default: detected from the CPU flags). */
-  openblasLibrary?: string;
-  openblasCoretype?: string;
-  /** Directory for the JSON results (default bench/results under the current directory); null: no file. */
-  outDir?: string | null;
-  /** Recorded in the results as the command that made them. */
-  command?: string;
-  /** Called with a line of progress per row. */
-  progress?: (line: string) => void;
-  seed?: number;
-  /** Buffer size for the bandwidth measurement (default 512 MiB: far beyond any cache). */
-  peakBufferBytes?: number;
-}
+export type { BenchDType, BenchOp, BenchOptions } from './options';
 
 export interface BenchRow {
   op: BenchOp;
@@ -86,13 +58,6 @@ export interface BenchResult {
   file: string | null;
 }
 
-const OPS: BenchOp[] = ['gemm', 'forward', 'fwdbwd', 'merge'];
-
-function checkList<T extends number | string>(v: T[] | undefined, name: string, ok: (x: T) => boolean): void {
-  if (v === undefined) return;
-  if (!Array.isArray(v) || v.length === 0 || !v.every(ok))
-    throw new LoraRangeError(`${name}: expected a non-empty list of valid values, got ${JSON.stringify(v)}`);
-}
 
 /** Seeded benchmark data in [-scale, scale): the library's own generator (values do not affect timing). */
 function fill(n: number, seed: number, scale: number): Float32Array {
@@ -135,23 +100,20 @@ function timePair(a: () => void, b: () => void, minTime: number): [{ best: numbe
   return [stat(ta), stat(tb)];
 }
 
-/** Runs the benchmark; prints nothing itself (see formatTable). */
-export async function bench(opts: BenchOptions = {}): Promise<BenchResult> {
+/**
+ * Runs the benchmark; prints nothing itself (see formatTable) and writes a JSON file only when
+ * given `outDir`. Unknown option keys are refused.
+ */
+export async function bench(options: BenchOptions = {}): Promise<BenchResult> {
+  const opts = checkBenchOptions(options);
   const quick = opts.quick ?? false;
   const ds = opts.d ?? [1024, 4096];
   const rs = opts.r ?? (quick ? [16] : [8, 16, 64]);
   const ns = opts.n ?? (quick ? [1, 128] : [1, 16, 128, 512]);
-  const dtypes = opts.dtypes ?? ['f32', 'bf16'];
-  const ops = opts.ops ?? OPS;
-  const isPosInt = (x: number) => Number.isInteger(x) && x >= 1 && x <= 65536;
-  checkList(ds, 'd', isPosInt);
-  checkList(rs, 'r', isPosInt);
-  checkList(ns, 'n', isPosInt);
-  checkList(dtypes, 'dtypes', (x) => x === 'f32' || x === 'bf16');
-  checkList(ops, 'ops', (x) => OPS.includes(x));
+  const dtypes = opts.dtypes ?? BENCH_DTYPES;
+  const ops = opts.ops ?? BENCH_OPS;
   for (const r of rs) for (const d of ds) if (r > d) throw new LoraRangeError(`r: ${r} exceeds d = ${d}`);
   const minTime = opts.minTime ?? (quick ? 0.3 : 1);
-  if (!(minTime > 0 && minTime <= 60)) throw new LoraRangeError(`minTime: expected (0, 60] seconds, got ${minTime}`);
   const progress = opts.progress ?? (() => undefined);
   const seed = opts.seed ?? 1;
 
@@ -327,8 +289,8 @@ export async function bench(opts: BenchOptions = {}): Promise<BenchResult> {
       targets: evaluateTargets(rows),
       file: null,
     };
-    if (opts.outDir !== null) {
-      const dir = path.resolve(opts.outDir ?? path.join('bench', 'results'));
+    if (opts.outDir !== undefined && opts.outDir !== null) {
+      const dir = path.resolve(opts.outDir);
       const slug = machine.cpuModel.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '').slice(0, 40) || 'cpu';
       const file = path.join(dir, `${result.date.replace(/[:.]/g, '-')}-${slug}-${info.cpuPath}.json`);
       result.file = file;
@@ -400,7 +362,7 @@ export function formatTable(res: BenchResult): string {
     `cpu path ${res.cpuPath} (available: ${res.cpuPaths.join(', ')}), ${res.threads} threads`,
     `measured peaks: FMA f32 ${p.fmaGflops.toFixed(1)} GFLOP/s${p.amxGflops ? `, AMX bf16 ${p.amxGflops.toFixed(1)} GFLOP/s` : ''}${p.bf16DotGflops ? `, AVX512-BF16 vdpbf16ps ${p.bf16DotGflops.toFixed(1)} GFLOP/s` : ''}, copy ${p.copyGBs.toFixed(1)} GB/s (read+write), read ${p.readGBs.toFixed(1)} GB/s`,
     `reference: ${ref}`,
-    `last-level cache: ${res.machine.l3Bytes === null ? 'unknown' : `${(res.machine.l3Bytes / 2 ** 20).toFixed(0)} MiB`} (* = W fits in it: a bandwidth share above 100% is cache, not DRAM)`,
+    `last-level cache: ${res.machine.l3Bytes === null ? 'unknown' : `${(res.machine.l3Bytes / 2 ** 20).toFixed(0)} MiB${res.machine.l3Source ? ` (${res.machine.l3Source})` : ''}`} (* = W fits in it: a bandwidth share above 100% is cache, not DRAM)`,
     '',
     line(head),
     line(widths.map((w) => '-'.repeat(w))),

@@ -1,6 +1,8 @@
 /** What the benchmark records about the machine: CPU model, the ISA flags that matter, core count. */
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
+import * as path from 'path';
 
 export interface MachineInfo {
   cpuModel: string;
@@ -9,25 +11,56 @@ export interface MachineInfo {
   /** The vector/matrix extensions present (from /proc/cpuinfo where available). */
   isa: string[];
   platform: string;
-  /** Last-level cache size in bytes (Linux sysfs), null when unknown. */
+  /** Last-level cache size in bytes, null when unknown. */
   l3Bytes: number | null;
+  /** Where l3Bytes came from: Linux sysfs, or `getconf LEVEL3_CACHE_SIZE`. */
+  l3Source: 'sysfs' | 'getconf' | null;
 }
 
-function l3Size(): number | null {
+/** A sysfs cache size ('32768K', '32M', '1024'), in bytes; null when unreadable. */
+function parseCacheSize(text: string): number | null {
+  const m = /^(\d+)\s*([KMG]?)/i.exec(text.trim());
+  if (!m) return null;
+  const unit = m[2].toUpperCase();
+  return Number(m[1]) * (unit === 'K' ? 1024 : unit === 'M' ? 1 << 20 : unit === 'G' ? 1 << 30 : 1);
+}
+
+function getconfL3(): string | null {
   try {
-    const dir = '/sys/devices/system/cpu/cpu0/cache';
-    let best: number | null = null;
-    for (const idx of fs.readdirSync(dir)) {
-      if (!idx.startsWith('index')) continue;
-      const m = /^(\d+)([KMG]?)/.exec(fs.readFileSync(`${dir}/${idx}/size`, 'utf8').trim());
-      if (!m) continue;
-      const v = Number(m[1]) * (m[2] === 'K' ? 1024 : m[2] === 'M' ? 1 << 20 : m[2] === 'G' ? 1 << 30 : 1);
-      best = best === null ? v : Math.max(best, v);
-    }
-    return best;
+    return execFileSync('getconf', ['LEVEL3_CACHE_SIZE'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 2000 });
   } catch {
     return null;
   }
+}
+
+/**
+ * The last-level cache's size: the highest-level data or unified cache that Linux lists under
+ * sysfs (cpu0/cache/index*: level, type, size), else glibc's `getconf LEVEL3_CACHE_SIZE` (which
+ * asks the CPU itself, and so also works where sysfs hides the cache, as in some containers).
+ */
+export function lastLevelCache(
+  sysfsDir = '/sys/devices/system/cpu/cpu0/cache',
+  getconf: () => string | null = getconfL3,
+): { bytes: number | null; source: 'sysfs' | 'getconf' | null } {
+  try {
+    let best: { level: number; bytes: number } | null = null;
+    for (const idx of fs.readdirSync(sysfsDir)) {
+      if (!/^index\d+$/.test(idx)) continue;
+      const read = (f: string) => fs.readFileSync(path.join(sysfsDir, idx, f), 'utf8').trim();
+      const type = fs.existsSync(path.join(sysfsDir, idx, 'type')) ? read('type') : 'Unified';
+      if (type === 'Instruction') continue;
+      const level = Number(read('level'));
+      const bytes = parseCacheSize(read('size'));
+      if (!Number.isInteger(level) || bytes === null || bytes === 0) continue;
+      if (best === null || level > best.level || (level === best.level && bytes > best.bytes)) best = { level, bytes };
+    }
+    if (best) return { bytes: best.bytes, source: 'sysfs' };
+  } catch {
+    // no sysfs cache listing (not Linux, or hidden): ask getconf
+  }
+  const text = getconf();
+  const bytes = text === null ? null : parseCacheSize(text);
+  return bytes ? { bytes, source: 'getconf' } : { bytes: null, source: null };
 }
 
 const INTERESTING = ['avx2', 'fma', 'f16c', 'avx512f', 'avx512vl', 'avx512_bf16', 'amx_tile', 'amx_bf16', 'asimd', 'sve'];
@@ -45,13 +78,15 @@ export function machineInfo(): MachineInfo {
   } catch {
     // not Linux: flags unknown
   }
+  const llc = lastLevelCache();
   return {
     cpuModel: cpus[0]?.model?.trim() || 'unknown',
     vendor,
     logicalCpus: cpus.length,
     isa: INTERESTING.filter((f) => flags.includes(f)),
     platform: `${os.platform()}-${os.arch()}`,
-    l3Bytes: l3Size(),
+    l3Bytes: llc.bytes,
+    l3Source: llc.source,
   };
 }
 

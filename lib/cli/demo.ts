@@ -8,7 +8,12 @@ const USAGE = `usage: lorakit demo [--steps N] [--out DIR] [--seed N] [--device 
   --out DIR      output directory (default ./lorakit-demo-out)
   --seed N       seed for weights, data and adapters (default 0)
   --device D     cpu (default) or cuda
-  --no-png       do not try to render the loss curve as PNG`;
+  --no-png       do not try to render the loss curve as PNG (default: render it when rsvg-convert,
+                 ImageMagick or inkscape is installed)
+
+examples:
+  lorakit demo
+  lorakit demo --steps 1000 --seed 3 --out /tmp/lorakit-demo`;
 
 export async function run(argv: string[]): Promise<number> {
   const opts: Parameters<typeof runDemo>[0] = {};

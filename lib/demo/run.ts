@@ -122,11 +122,10 @@ export function checkDevice(device: string): 'cpu' | 'cuda' {
   if (device === 'cpu') return 'cpu';
   if (device !== 'cuda') throw new LoraRangeError(`--device: expected 'cpu' or 'cuda', got '${device}'`);
   const info = backendInfo();
+  const why = info.cudaUnavailable ?? 'unknown reason';
   if (!info.compiled.includes('cuda'))
-    throw new StateError("--device cuda: this build of lorakit has no CUDA backend (compiled: " + info.compiled.join(', ') +
-      "). Rebuild with the CUDA toolkit installed (npm run build:native), or use --device cpu.");
-  if (!info.usable.includes('cuda'))
-    throw new StateError('--device cuda: CUDA is compiled in but not usable here (no NVIDIA GPU or driver found); use --device cpu.');
+    throw new StateError(`--device cuda: this build of lorakit has no CUDA backend: ${why}. Install what is missing and rebuild (npm run build:native), or use --device cpu.`);
+  if (!info.usable.includes('cuda')) throw new StateError(`--device cuda: ${why}; use --device cpu.`);
   return 'cuda';
 }
 

@@ -11,6 +11,12 @@ import { SafetensorsEntry } from './safetensors';
 import { SafetensorsReader } from './safetensors_reader';
 
 export const INDEX_FILE = 'model.safetensors.index.json';
+const ADAPTER_CONFIG = 'adapter_config.json'; // a peft adapter folder is not a model folder
+
+/** The .safetensors files directly in `dir`, sorted. */
+export function safetensorsFilesIn(dir: string): string[] {
+  return fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors') && !f.startsWith('.') && fs.statSync(path.join(dir, f)).isFile()).sort();
+}
 
 export interface ShardIndex {
   metadata: Record<string, unknown>;
@@ -51,13 +57,30 @@ export class Checkpoint {
     }
   }
 
-  /** Opens a .safetensors file, or a directory holding model.safetensors.index.json or model.safetensors. */
+  /**
+   * The file that makes `dir` a model folder: model.safetensors.index.json (shards),
+   * model.safetensors, or the folder's only .safetensors file; null when it has none of these
+   * (no weights, several candidates, or an adapter folder).
+   */
+  static modelFileIn(dir: string): string | null {
+    if (fs.existsSync(path.join(dir, INDEX_FILE))) return INDEX_FILE;
+    if (fs.existsSync(path.join(dir, 'model.safetensors'))) return 'model.safetensors';
+    if (fs.existsSync(path.join(dir, ADAPTER_CONFIG))) return null;
+    const files = safetensorsFilesIn(dir);
+    return files.length === 1 ? files[0] : null;
+  }
+
+  /**
+   * Opens a .safetensors file, or a model folder: one holding model.safetensors.index.json and its
+   * shards, model.safetensors, or a single .safetensors file.
+   */
   static open(p: string, argName = 'path'): Checkpoint {
     if (typeof p !== 'string' || p.length === 0) throw new LoraTypeError(`${argName}: expected a path`);
     if (!fs.existsSync(p)) throw new LoraRangeError(`${argName}: no such file or directory: ${p}`);
     if (!fs.statSync(p).isDirectory()) return new Checkpoint(path.dirname(p), [path.basename(p)], null);
+    const found = Checkpoint.modelFileIn(p);
     const indexPath = path.join(p, INDEX_FILE);
-    if (fs.existsSync(indexPath)) {
+    if (found === INDEX_FILE) {
       let index: ShardIndex;
       try {
         index = JSON.parse(fs.readFileSync(indexPath, 'utf8')) as ShardIndex;
@@ -74,8 +97,11 @@ export class Checkpoint {
       }
       return new Checkpoint(p, files, { metadata: (index.metadata ?? {}) as Record<string, unknown>, weight_map: index.weight_map });
     }
-    if (fs.existsSync(path.join(p, 'model.safetensors'))) return new Checkpoint(p, ['model.safetensors'], null);
-    throw new LoraRangeError(`${argName}: ${p} holds neither ${INDEX_FILE} nor model.safetensors`);
+    if (found !== null) return new Checkpoint(p, [found], null);
+    if (fs.existsSync(path.join(p, ADAPTER_CONFIG))) throw new LoraRangeError(`${argName}: ${p} is a LoRA adapter folder (${ADAPTER_CONFIG}), not a model`);
+    const files = safetensorsFilesIn(p);
+    const seen = files.length ? ` (it has ${files.join(', ')}: give the file's path)` : ' (it has no .safetensors file)';
+    throw new LoraRangeError(`${argName}: ${p} holds neither ${INDEX_FILE} nor model.safetensors${seen}`);
   }
 
   get sharded(): boolean {

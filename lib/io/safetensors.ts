@@ -28,21 +28,36 @@ export const MAX_HEADER = 100 * 1024 * 1024;
 
 export { ELEMENT_SIZE, SAFETENSORS_TO_DTYPE };
 
+/** What a file that is not safetensors seems to be, from its first bytes ('' when unknown). */
+function formatGuess(head: Buffer): string {
+  const magic = head.subarray(0, 4).toString('latin1');
+  if (magic === 'GGUF') return 'it is a GGUF file (see docs/gguf.md); ';
+  if (magic === 'PK\x03\x04') return "it is a zip archive (PyTorch's torch.save format, .bin/.pt: re-save with safetensors); ";
+  if (head[0] === 0x80 && head[1] >= 2 && head[1] <= 5) return 'it is a Python pickle (an old PyTorch .bin: re-save with safetensors); ';
+  if (head[0] === 0x7b || head[0] === 0x3c || head[0] === 0x23) return 'it looks like a text file; ';
+  return '';
+}
+
 /** Parses and validates a header; `fileSize` bounds the offsets. */
 export function parseHeader(head: Buffer, fileSize: number, source = 'file'): SafetensorsHeader {
   if (!Buffer.isBuffer(head)) throw new LoraTypeError(`head: expected a Buffer, got ${typeof head}`);
   if (!Number.isSafeInteger(fileSize) || fileSize < 0) throw new LoraRangeError(`fileSize: expected a non-negative integer, got ${fileSize}`);
-  if (head.length < 8 || fileSize < 8) throw new LoraRangeError(`${source}: too short to be a safetensors file`);
+  if (head.length < 8 || fileSize < 8) throw new LoraRangeError(`${source} is not a safetensors file: too short (a safetensors file starts with an 8-byte header length)`);
   const n = head.readBigUInt64LE(0);
-  if (n > BigInt(MAX_HEADER)) throw new LoraRangeError(`${source}: header length ${n} exceeds the ${MAX_HEADER}-byte limit`);
+  // A wrong file (a pickle, a GGUF, text) fails here: its first 8 bytes make no sensible header length.
+  if (n > BigInt(MAX_HEADER))
+    throw new LoraRangeError(`${source} is not a safetensors file: ${formatGuess(head)}its first 8 bytes give a header length of ${n}, which exceeds the ${MAX_HEADER}-byte limit`);
   const len = Number(n);
-  if (8 + len > fileSize) throw new LoraRangeError(`${source}: header length ${len} runs past the end of the file (${fileSize} bytes)`);
+  if (8 + len > fileSize)
+    throw new LoraRangeError(`${source} is not a safetensors file: ${formatGuess(head)}its first 8 bytes give a header length of ${len}, which runs past the end of the file (${fileSize} bytes)`);
   if (head.length < 8 + len) throw new LoraRangeError(`${source}: header truncated`);
   let json: unknown;
   try {
     json = JSON.parse(head.subarray(8, 8 + len).toString('utf8'));
   } catch (e) {
-    throw new LoraTypeError(`${source}: header is not valid JSON (${(e as Error).message})`);
+    // A header that does not even start as JSON means another kind of file, not a damaged one.
+    const what = head[8] === 0x7b || head[8] === 0x5b ? `${source}:` : `${source} is not a safetensors file:`;
+    throw new LoraTypeError(`${what} header is not valid JSON (${(e as Error).message})`);
   }
   if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new LoraTypeError(`${source}: header must be a JSON object`);
   const dataStart = 8 + len;

@@ -41,7 +41,7 @@ export class SafetensorsReader {
     this.fileSize = size;
     try {
       const lenBuf = Buffer.alloc(8);
-      if (size < 8) throw new LoraRangeError(`${path}: too short to be a safetensors file (${size} bytes)`);
+      if (size < 8) throw new LoraRangeError(`${path} is not a safetensors file: too short (${size} bytes; a safetensors file starts with an 8-byte header length)`);
       readFully(fd, lenBuf, 0, path);
       const n = lenBuf.readBigUInt64LE(0);
       const len = n > BigInt(MAX_HEADER) || n > BigInt(size) ? 0 : Number(n);

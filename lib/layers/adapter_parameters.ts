@@ -4,7 +4,7 @@
  * backward() share it; backward adds each fresh gradient into the grad of those handed out.
  */
 import { Tensor } from '../tensor';
-import { Parameter } from '../train/parameter';
+import { Parameter } from '../parameter';
 import { AdapterGrads } from './options';
 
 export class AdapterParameters {

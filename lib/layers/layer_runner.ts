@@ -4,8 +4,8 @@
  * in flight every other operation on the layer is refused, since its tensors are busy.
  */
 import { Device } from '../dtype';
-import { CudaStream, checkStream } from '../cuda';
-import { LoraTypeError, StateError } from '../errors';
+import { CudaStream, checkStreamFor } from '../cuda';
+import { StateError } from '../errors';
 import { KernelSteps, runAsync, runSync } from '../exec';
 
 export class LayerRunner {
@@ -24,9 +24,7 @@ export class LayerRunner {
       this.#stream = null;
       return;
     }
-    checkStream(s, 'stream');
-    if (device !== 'cuda') throw new LoraTypeError(`stream: only cuda layers run on a stream; this layer's weight is on the ${device}`);
-    this.#stream = s;
+    this.#stream = checkStreamFor(s, 'stream', device, 'layer');
   }
 
   /** Runs an operation body synchronously; refused while an async one is in flight on this layer. */

@@ -5,8 +5,9 @@
  * DoRA adapters (useDora) scale each output feature by magnitude / ‖W + s·B·A‖ (norm detached, as
  * peft); the norm comes from a low-rank identity, never from a dense out×in delta.
  */
+import { requireCallDtype, scratchDtype } from '../backend';
 import { Device, FloatDType } from '../dtype';
-import { AdapterError, DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
+import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
 import { KernelSteps, runSync, step } from '../exec';
 import { BackwardTermArg, NativeTensorHandle } from '../native';
 import { Rng } from '../rng';
@@ -132,11 +133,13 @@ export class LoraLinear extends LoraLayer {
     const y = Tensor.empty(outShape, { dtype: x.dtype, device: dev });
     try {
       const anyDropout = this._training && names.some((n) => this._loraDropout.get(n)! > 0);
-      if (dev === 'cuda' && !anyDropout && doraName === undefined) {
+      // u = x·Aᵀ in the backend's scratch dtype (f32 on the cpu; x's dtype on cuda, the tensor-core expand's operand).
+      const uDtype = scratchDtype(dev, x.dtype);
+      if (!anyDropout && doraName === undefined) {
         // One native call: every shrink and the fused forward; u is kept only for backward.
         for (const name of names) {
           if (!this._training) continue;
-          const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: x.dtype, device: dev });
+          const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: uDtype, device: dev });
           adapters.push({ name, xa: x, u, p: 0, seed: this._seed.get(name)!, stream });
         }
         const args = names.map(
@@ -158,8 +161,7 @@ export class LoraLinear extends LoraLayer {
           adapters.push({ name, xa, u: xa, p, seed, stream }); // registered before use so it is freed on error
           yield step('dropout', x.handle, p, seed, stream, xa.handle);
         }
-        // The shrink x·Aᵀ: f32 on the cpu; on cuda in x's dtype, the operand type of the tensor-core expand.
-        const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: dev === 'cuda' ? x.dtype : 'f32', device: dev });
+        const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: uDtype, device: dev });
         if (p > 0) adapters[adapters.length - 1].u = u;
         else adapters.push({ name, xa, u, p, seed, stream });
         yield step('shrink', xa.handle, this._loraA.get(name)!.handle, u.handle);
@@ -414,10 +416,9 @@ export class LoraLinear extends LoraLayer {
     this.#cache = null;
   }
 
-  /** The cuda kernels run in one dtype: activations must match the weight's. */
+  /** Backends without mixed dtypes (cuda) take the weight's dtype for activations too. */
   private requireDeviceDType(t: Tensor, name: string): void {
-    if (this.device === 'cuda' && t.dtype !== this.#weight.dtype)
-      throw new DTypeError(`${name}: on cuda, expected the weight's dtype ${this.#weight.dtype}, got ${t.dtype}`);
+    requireCallDtype(this.device, t.dtype, this.#weight.dtype, name);
   }
 
   private requireLive(): void {

@@ -11,19 +11,19 @@ import { CudaStream } from '../cuda';
 import { KernelSteps, runSync, step } from '../exec';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
-import { Parameter } from '../train/parameter';
+import { Parameter } from '../parameter';
 import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../validate';
 import { loraScaling } from '../model/factors';
 import { AdapterParameters } from './adapter_parameters';
 import { LayerRunner } from './layer_runner';
 import { InitLoraWeights } from './init';
 import { resolveMixedBatch } from './mixed_batch';
-import { ADAPTER_OPTION_KEYS, AdapterGrads, AdapterOptions, MergeOptions, resolveAdapterOptions } from './options';
+import { ADAPTER_OPTION_KEYS, AdapterGrads, AdapterOptions, LayerBackwardResult, MergeOptions, MixedForwardOptions, resolveAdapterOptions } from './options';
 import { WeightedAdapterOptions, weightedAdapterFactors } from './weighted_adapter';
 
 export type { InitLoraWeights } from './init';
 export { ADAPTER_OPTION_KEYS } from './options';
-export type { AdapterOptions, AdapterGrads, BackwardResult, MergeOptions, MixedForwardOptions } from './options';
+export type { AdapterOptions, AdapterGrads, BackwardResult, LayerBackwardResult, MergeOptions, MixedForwardOptions } from './options';
 export type { CombinationType, WeightedAdapterOptions } from './weighted_adapter';
 
 /** One adapter's entries in the layer's maps (p: dropout, rs: rsLoRA, frozen: inference mode). */
@@ -54,6 +54,15 @@ export abstract class LoraLayer {
   abstract get bias(): Tensor | null;
   abstract get inFeatures(): number;
   abstract get outFeatures(): number;
+
+  /**
+   * Every kind runs forward and backward, so a layer taken from a model's map needs no cast.
+   * LoraEmbedding's forward also takes Int32Array/BigInt64Array indices; its backward has no dx.
+   */
+  abstract forward(x: Tensor, opts?: MixedForwardOptions): Tensor;
+  abstract forwardAsync(x: Tensor, opts?: MixedForwardOptions): Promise<Tensor>;
+  abstract backward(dy: Tensor): LayerBackwardResult;
+  abstract backwardAsync(dy: Tensor): Promise<LayerBackwardResult>;
 
   /**
    * The cuda stream this layer's forward, backward, merge and unmerge run on; null (the default):

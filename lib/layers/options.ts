@@ -66,6 +66,12 @@ export interface BackwardResult {
   grads: Map<string, AdapterGrads>;
 }
 
+/** What backward() gives on any layer kind: dx except on LoraEmbedding (indices have no gradient). */
+export interface LayerBackwardResult {
+  dx?: Tensor;
+  grads: Map<string, AdapterGrads>;
+}
+
 /** AdapterOptions with every default filled in and checked. */
 export interface ResolvedAdapterOptions {
   r: number;

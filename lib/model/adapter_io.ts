@@ -57,29 +57,40 @@ export function peftKeys(moduleName: string, kind: ModuleKind): { A: string; B: 
 
 const KEY_RE = /^(?:base_model\.model\.)?(.+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B|lora_magnitude_vector(?:\.weight)?)$/;
 
-/** The two files of an adapter directory, checked to exist. */
-function adapterPaths(dir: string): { cfgPath: string; wPath: string } {
-  if (typeof dir !== 'string' || dir.length === 0) throw new LoraTypeError('dir: expected an adapter directory path');
-  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new LoraRangeError(`dir: ${dir} is not a directory`);
+const ADAPTER_FOLDER = `the folder peft's save_pretrained writes, with ${CONFIG_FILE} and ${WEIGHTS_FILE}`;
+
+/** The two files of an adapter directory, checked to exist; `argName` names the argument in errors. */
+function adapterPaths(dir: string, argName: string): { cfgPath: string; wPath: string } {
+  if (typeof dir !== 'string' || dir.length === 0) throw new LoraTypeError(`${argName}: expected an adapter directory path`);
+  if (!fs.existsSync(dir)) throw new LoraRangeError(`${argName}: no adapter folder at ${dir} (expected ${ADAPTER_FOLDER})`);
+  if (!fs.statSync(dir).isDirectory()) {
+    const hint = [CONFIG_FILE, WEIGHTS_FILE].includes(path.basename(dir)) ? `: give its folder, ${path.dirname(dir)}` : ` (expected ${ADAPTER_FOLDER})`;
+    throw new LoraRangeError(`${argName}: ${dir} is a file, not an adapter folder${hint}`);
+  }
   const cfgPath = path.join(dir, CONFIG_FILE);
   const wPath = path.join(dir, WEIGHTS_FILE);
-  if (!fs.existsSync(cfgPath)) throw new LoraRangeError(`dir: ${dir} has no ${CONFIG_FILE}`);
+  if (!fs.existsSync(cfgPath)) throw new LoraRangeError(`${argName}: ${dir} has no ${CONFIG_FILE}`);
   if (!fs.existsSync(wPath)) {
     const bin = fs.existsSync(path.join(dir, 'adapter_model.bin'));
-    throw new LoraRangeError(`dir: ${dir} has no ${WEIGHTS_FILE}${bin ? ' (only adapter_model.bin, a pickle lorakit does not read: re-save with safe_serialization=True)' : ''}`);
+    throw new LoraRangeError(`${argName}: ${dir} has no ${WEIGHTS_FILE}${bin ? ' (only adapter_model.bin, a pickle lorakit does not read: re-save with safe_serialization=True)' : ''}`);
   }
   return { cfgPath, wPath };
 }
 
 /** Reads an adapter directory (config + tensors), validating both. */
 export function readAdapter(dir: string, warn?: (m: string) => void): AdapterOnDisk {
-  const { cfgPath, wPath } = adapterPaths(dir);
+  return readAdapterArg(dir, 'dir', warn);
+}
+
+/** readAdapter with errors naming the caller's argument (the streaming merge's `adapter`). */
+export function readAdapterArg(dir: string, argName: string, warn?: (m: string) => void): AdapterOnDisk {
+  const { cfgPath, wPath } = adapterPaths(dir, argName);
   return parseAdapter(fs.readFileSync(cfgPath, 'utf8'), cfgPath, new SafetensorsReader(wPath), wPath, warn);
 }
 
 /** readAdapter with the file reads on libuv's pool (the weights file is read whole: adapters are small). */
 export async function readAdapterAsync(dir: string, warn?: (m: string) => void): Promise<AdapterOnDisk> {
-  const { cfgPath, wPath } = adapterPaths(dir);
+  const { cfgPath, wPath } = adapterPaths(dir, 'dir');
   const [text, weights] = await Promise.all([fs.promises.readFile(cfgPath, 'utf8'), fs.promises.readFile(wPath)]);
   return parseAdapter(text, cfgPath, new SafetensorsFile(weights, wPath), wPath, warn);
 }
@@ -192,7 +203,7 @@ export function assignFactors(model: AdapterFactorsView, a: AdapterOnDisk, name:
     const wantA = A.shape.join();
     const gotA = t.A!.shape.join();
     if (wantA !== gotA || B.shape.join() !== t.B!.shape.slice(0, B.shape.length).join())
-      throw new ShapeError(`${source}: module '${mod}': lora_A ${shapeStr(t.A!.shape)} / lora_B ${shapeStr(t.B!.shape)} do not fit the layer (expects ${shapeStr(A.shape)} / ${shapeStr(B.shape)}; check r and rank_pattern)`);
+      throw new ShapeError(factorMismatch(source, mod, model.modules.get(mod)!, { A: A.shape, B: B.shape }, { A: t.A!.shape, B: t.B!.shape }));
     A.copyFrom(t.A!);
     B.copyFrom(t.B!);
     if (t.magnitude) {
@@ -203,6 +214,23 @@ export function assignFactors(model: AdapterFactorsView, a: AdapterOnDisk, name:
     }
   }
   if (missing.length > 0) warn(`lorakit: ${source}: no factors for ${missing.length} targeted module(s) (${missing.slice(0, 3).join(', ')}...); they keep their initial values`);
+}
+
+/**
+ * Why loaded factors do not fit a layer: the same rank with other feature sizes means the base
+ * weight is not the one the adapter was trained on; the same feature sizes with another rank
+ * means the config's r / rank_pattern disagree with the file.
+ */
+function factorMismatch(source: string, mod: string, m: AdapterModuleView, want: { A: readonly number[]; B: readonly number[] }, got: { A: readonly number[]; B: readonly number[] }): string {
+  const head = `${source}: module '${mod}': lora_A ${shapeStr(got.A)} / lora_B ${shapeStr(got.B)} do not fit the layer (expects ${shapeStr(want.A)} / ${shapeStr(want.B)})`;
+  const featuresMatch = want.A.slice(1).join() === got.A.slice(1).join() && want.B[0] === got.B[0];
+  if (featuresMatch) return `${head}: the ranks differ, so check r and rank_pattern in ${CONFIG_FILE}`;
+  const W = shapeOf(m.weight);
+  const transposed = m.kind === 'conv1d' || m.kind === 'embedding';
+  const outF = got.B[0];
+  const inF = got.A.slice(1).reduce((a, b) => a * b, 1);
+  const implied = m.kind === 'conv2d' ? `${outF} output and ${inF} input·kernel features` : shapeStr(transposed ? [inF, outF] : [outF, inF]);
+  return `${head}: the base weight's shape is wrong: '${mod}' is ${shapeStr(W)}, but the adapter was trained on a ${implied} weight (a different model or model size?)`;
 }
 
 export interface LoadOptions {

@@ -9,7 +9,7 @@ import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../erro
 import { LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
-import { Parameter } from '../train/parameter';
+import { Parameter } from '../parameter';
 import { checkOptions, checkString, numelOf } from '../validate';
 import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';
@@ -294,6 +294,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
 
   /** { trainable, total } parameter counts as peft's get_nb_trainable_parameters gives them. */
   getNbTrainableParameters(): { trainable: number; total: number } {
+    this.requireLive();
     let total = 0;
     let trainable = 0;
     const biasMode = this.#active.map((a) => this.peftConfig.get(a)?.bias ?? 'none').find((b) => b !== 'none') ?? 'none';

@@ -90,7 +90,7 @@ function checkParam(v: unknown, name: string): ParamValue {
 }
 
 export function normalizeModules(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, argName = 'modules'): Map<string, NormalizedModule> {
-  if (modules === null || typeof modules !== 'object' || !(Symbol.iterator in modules))
+  if (modules === null || typeof modules !== 'object' || !(Symbol.iterator in modules) || ArrayBuffer.isView(modules))
     throw new LoraTypeError(`${argName}: expected an array (or Map) of { name, kind, weight, bias? } modules`);
   const list = modules instanceof Map ? [...modules.values()] : [...modules];
   const out = new Map<string, NormalizedModule>();

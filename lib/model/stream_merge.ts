@@ -18,16 +18,16 @@ import { SafetensorsStreamWriter, TensorSpec } from '../io/safetensors_writer';
 import { DTYPE_TO_SAFETENSORS, ELEMENT_SIZE, tensorFromBytes, tensorToBytes } from '../io/tensor_bytes';
 import { Tensor } from '../tensor';
 import { resolveConfig } from './config';
-import { AdapterOnDisk, disposeAdapter, readAdapter } from './adapter_io';
+import { AdapterOnDisk, disposeAdapter, readAdapterArg } from './adapter_io';
 import { LoraKind, factorShapes, factorsFit, kindFromFactors, loraScaling } from './factors';
 import { rankAndAlpha } from './targeting';
 
 export interface StreamMergeOptions {
-  /** A .safetensors file, or a directory with model.safetensors.index.json (shards) or model.safetensors. */
+  /** A .safetensors file, or a model folder: model.safetensors.index.json (shards), model.safetensors or one .safetensors file. */
   base: string;
   /** A peft adapter directory. */
   adapter: string;
-  /** Output file (single-file base) or directory (sharded base). */
+  /** Output file (base given as a file) or folder (base given as a model folder, sharded or not). */
   out: string;
   /** Output dtype of float tensors (default: each tensor's own). */
   dtype?: FloatDType;
@@ -166,10 +166,12 @@ function copyOne(reader: SafetensorsReader, name: string, outDtype: string, w: S
   }
 }
 
-function outputPaths(ck: Checkpoint, out: string): { dir: string; files: Map<string, string> } {
+/** A model folder in gives a folder out (its shard file names kept); a file in gives a file out unless `out` is a folder. */
+function outputPaths(ck: Checkpoint, out: string, baseIsDir: boolean): { dir: string; files: Map<string, string> } {
   const files = new Map<string, string>();
-  if (ck.sharded) {
-    if (fs.existsSync(out) && !fs.statSync(out).isDirectory()) throw new LoraRangeError(`out: the base is sharded, so --out must be a directory; ${out} is a file`);
+  if (ck.sharded || baseIsDir) {
+    if (fs.existsSync(out) && !fs.statSync(out).isDirectory())
+      throw new LoraRangeError(`out: the base is ${ck.sharded ? 'sharded' : 'a model folder'}, so out must be a folder (a merged copy of it); ${out} is a file`);
     fs.mkdirSync(out, { recursive: true });
     for (const f of ck.shardFiles) files.set(f, path.join(out, f));
     return { dir: out, files };
@@ -192,13 +194,14 @@ export async function mergeCheckpoint(opts: StreamMergeOptions): Promise<StreamM
   if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new LoraTypeError(`scale: expected a finite number, got ${String(opts.scale)}`);
   if (opts.dtype !== undefined && !['f32', 'f16', 'bf16'].includes(opts.dtype)) throw new LoraTypeError(`dtype: expected f32, f16 or bf16, got ${String(opts.dtype)}`);
   if (typeof opts.out !== 'string' || opts.out.length === 0) throw new LoraTypeError('out: expected an output path');
-  const adapter = readAdapter(opts.adapter, opts.warn);
+  const adapter = readAdapterArg(opts.adapter, 'adapter', opts.warn);
   const ck = Checkpoint.open(opts.base, 'base');
+  const baseIsDir = fs.statSync(opts.base).isDirectory();
   const plan = new Map<string, MergeTarget>();
   const committed: string[] = [];
   try {
     planTargets(ck, adapter, scale, plan);
-    const { dir, files } = outputPaths(ck, opts.out);
+    const { dir, files } = outputPaths(ck, opts.out, baseIsDir);
     for (const [shard, outFile] of files) {
       if (path.resolve(outFile) === path.resolve(ck.dir, shard)) throw new LoraRangeError(`out: ${outFile} is the base file itself; write the merge elsewhere`);
     }
@@ -236,8 +239,8 @@ export async function mergeCheckpoint(opts: StreamMergeOptions): Promise<StreamM
       const indexPath = path.join(dir, INDEX_FILE);
       writeFileAtomicSync(indexPath, JSON.stringify(index, null, 2) + '\n');
       committed.push(indexPath);
-      committed.push(...copySidecars(ck.dir, dir, new Set([...ck.shardFiles, INDEX_FILE])));
     }
+    if (baseIsDir) committed.push(...copySidecars(ck.dir, dir, new Set([...ck.shardFiles, INDEX_FILE])));
     return { tensors: total, merged: [...plan.keys()], files: committed, bytesWritten };
   } finally {
     disposeAdapter(adapter);

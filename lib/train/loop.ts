@@ -10,7 +10,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { LoraRangeError, LoraTypeError } from '../errors';
 import { writeFileAtomicSync } from '../io/atomic';
-import { call } from '../native';
+import { runOp } from '../exec';
 import { checkFinite, checkInt, checkOptions } from '../validate';
 import { Optimizer, clipGradNorm } from './optimizer';
 import { ProgressBar, ProgressStream } from './progress';
@@ -120,7 +120,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       }
       if (accum > 1)
         for (const p of params)
-          if (p.grad) call((b) => (p.grad!.device === 'cuda' ? b.cudaScale(p.grad!.handle, 1 / accum) : b.scaleInplace(p.grad!.handle, 1 / accum)));
+          if (p.grad) runOp('scaleInplace', p.grad.handle, 1 / accum);
       const gradNorm = maxNorm !== undefined ? clipGradNorm(params, maxNorm) : undefined;
       const lr = optimizer.paramGroups[0].lr;
       optimizer.step();

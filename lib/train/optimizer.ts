@@ -1,13 +1,14 @@
 /**
- * Optimizers for adapter parameters over the native fused step kernels (native/cpu/optim.cc).
+ * Optimizers for adapter parameters over the native fused step ops (adamwStep, sgdStep), on the
+ * parameters' device.
  * State (moments, momentum buffers, and an f32 master copy for f16/bf16 parameters) is f32.
  * Parameter groups carry their own learning rate; a scheduler scales every group's initialLr.
  */
 import { LoraRangeError, LoraTypeError, StateError } from '../errors';
-import { call } from '../native';
+import { KernelSteps, runAsync, runOp, runSync, step } from '../exec';
+import { Parameter } from '../parameter';
 import { Tensor } from '../tensor';
 import { checkBool, checkFinite, checkOptions } from '../validate';
-import { Parameter } from './parameter';
 
 export interface ParamGroupSpec {
   params: Parameter[];
@@ -105,17 +106,29 @@ export abstract class Optimizer {
     return this.paramGroups.flatMap((g) => g.params);
   }
 
-  /** Updates every parameter that has a gradient; parameters without one are skipped (as torch). */
+  /**
+   * Updates every parameter that has a gradient; parameters without one are skipped (as torch).
+   * StateError while async work (a forwardAsync, say) still uses a parameter.
+   */
   step(): void {
+    runSync(this.stepSteps());
+  }
+
+  /** step() with the kernels on a libuv thread; the parameters are busy until it settles. */
+  stepAsync(): Promise<void> {
+    return runAsync(this.stepSteps());
+  }
+
+  private *stepSteps(): KernelSteps<void> {
     if (this.#disposed) throw new StateError('step: the optimizer was disposed');
-    this.#steps++;
     for (const g of this.paramGroups) {
       for (const p of g.params) {
         if (!p.grad) continue;
         if (p.data.disposed) throw new StateError(`step: parameter ${p.name} was disposed (adapter deleted?)`);
-        this.update(p, p.grad, g);
+        yield* this.updateSteps(p, p.grad, g);
       }
     }
+    this.#steps++;
   }
 
   /** Drops every parameter's gradient. */
@@ -129,7 +142,8 @@ export abstract class Optimizer {
     this.freeState();
   }
 
-  protected abstract update(p: Parameter, grad: Tensor, group: ParamGroup): void;
+  /** The kernel steps of one parameter's update; state advances only once its step succeeded. */
+  protected abstract updateSteps(p: Parameter, grad: Tensor, group: ParamGroup): KernelSteps<void>;
   protected abstract freeState(): void;
 }
 
@@ -181,24 +195,17 @@ export class AdamW extends Optimizer {
     return s ? { expAvg: s.expAvg.toFloat32Array(), expAvgSq: s.expAvgSq.toFloat32Array(), step: s.step } : null;
   }
 
-  protected update(p: Parameter, grad: Tensor, g: ParamGroup): void {
+  protected *updateSteps(p: Parameter, grad: Tensor, g: ParamGroup): KernelSteps<void> {
     let s = this.#state.get(p);
     if (!s) {
       const device = p.data.device;
       s = { expAvg: Tensor.zeros(p.shape, { device }), expAvgSq: Tensor.zeros(p.shape, { device }), master: masterCopy(p), step: 0 };
       this.#state.set(p, s);
     }
-    const st = s;
-    st.step++;
-    if (p.data.device === 'cuda') {
-      const h = { lr: g.lr, beta1: this.betas[0], beta2: this.betas[1], eps: this.eps, weightDecay: g.weightDecay, step: st.step };
-      call((b) => b.cudaAdamwStep(p.data.handle, grad.handle, st.expAvg.handle, st.expAvgSq.handle, h, st.master?.handle ?? null));
-      return;
-    }
-    call((b) =>
-      b.adamwStep(p.data.handle, grad.handle, st.expAvg.handle, st.expAvgSq.handle, st.master?.handle ?? null,
-        g.lr, this.betas[0], this.betas[1], this.eps, g.weightDecay, st.step),
-    );
+    const next = s.step + 1;
+    yield step('adamwStep', p.data.handle, grad.handle, s.expAvg.handle, s.expAvgSq.handle, s.master?.handle ?? null,
+      g.lr, this.betas[0], this.betas[1], this.eps, g.weightDecay, next);
+    s.step = next;
   }
 
   protected freeState(): void {
@@ -241,24 +248,15 @@ export class SGD extends Optimizer {
       throw new LoraRangeError('opts.nesterov: Nesterov momentum needs momentum > 0 and dampening = 0');
   }
 
-  protected update(p: Parameter, grad: Tensor, g: ParamGroup): void {
+  protected *updateSteps(p: Parameter, grad: Tensor, g: ParamGroup): KernelSteps<void> {
     let s = this.#state.get(p);
     if (!s) {
       s = { momentumBuffer: this.momentum !== 0 ? Tensor.zeros(p.shape, { device: p.data.device }) : null, master: masterCopy(p), steps: 0 };
       this.#state.set(p, s);
     }
-    const st = s;
-    if (p.data.device === 'cuda') {
-      const h = { lr: g.lr, momentum: this.momentum, dampening: this.dampening, weightDecay: g.weightDecay, nesterov: this.nesterov, firstStep: st.steps === 0 };
-      call((b) => b.cudaSgdStep(p.data.handle, grad.handle, st.momentumBuffer?.handle ?? null, h, st.master?.handle ?? null));
-      st.steps++;
-      return;
-    }
-    call((b) =>
-      b.sgdStep(p.data.handle, grad.handle, st.momentumBuffer?.handle ?? null, st.master?.handle ?? null,
-        g.lr, this.momentum, this.dampening, this.nesterov, g.weightDecay, st.steps === 0),
-    );
-    st.steps++;
+    yield step('sgdStep', p.data.handle, grad.handle, s.momentumBuffer?.handle ?? null, s.master?.handle ?? null,
+      g.lr, this.momentum, this.dampening, this.nesterov, g.weightDecay, s.steps === 0);
+    s.steps++;
   }
 
   protected freeState(): void {
@@ -275,12 +273,9 @@ export function clipGradNorm(params: readonly Parameter[], maxNorm: number): num
   if (!Array.isArray(params)) throw new LoraTypeError('params: expected an array of Parameters');
   const max = checkNonNeg(maxNorm, 'maxNorm');
   let sq = 0;
-  for (const p of params)
-    if (p.grad) sq += call((b) => (p.grad!.device === 'cuda' ? b.cudaSumSquares(p.grad!.handle) : b.sumSquares(p.grad!.handle)));
+  for (const p of params) if (p.grad) sq += runOp('sumSquares', p.grad.handle);
   const norm = Math.sqrt(sq);
   const coef = max / (norm + 1e-6);
-  if (coef < 1)
-    for (const p of params)
-      if (p.grad) call((b) => (p.grad!.device === 'cuda' ? b.cudaScale(p.grad!.handle, coef) : b.scaleInplace(p.grad!.handle, coef)));
+  if (coef < 1) for (const p of params) if (p.grad) runOp('scaleInplace', p.grad.handle, coef);
   return norm;
 }

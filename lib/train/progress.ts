@@ -52,7 +52,8 @@ export class ProgressBar {
   }
 
   private draw(line: string): void {
-    const cols = this.stream.columns ?? 120;
+    // Some terminals (and pipes posing as TTYs) report 0 columns: then the width is unknown, not zero.
+    const cols = this.stream.columns !== undefined && this.stream.columns > 0 ? this.stream.columns : 120;
     const text = line.length >= cols ? line.slice(0, cols - 1) : line;
     this.stream.write('\r' + text + ' '.repeat(Math.max(0, this.#lastLen - text.length)));
     this.#lastLen = text.length;

@@ -49,7 +49,19 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, bool ze
   return s;
 }
 
+std::shared_ptr<Storage> Storage::external_cpu(void* data, size_t nbytes) {
+  auto s = std::make_shared<Storage>();
+  s->data = data;
+  s->nbytes = nbytes;
+  s->external = true;
+  return s;
+}
+
 void Storage::release() {
+  if (external) {
+    data = nullptr;
+    return;
+  }
   if (data && device == Device::CPU) {
 #ifdef LORAKIT_HAVE_MMAP
     if (mapped) munmap(data, ((nbytes + 63) / 64) * 64);

@@ -11,6 +11,8 @@ namespace lorakit {
 
 enum class Device : int { CPU = 0, CUDA = 1 };
 
+inline const char* device_name(Device d) { return d == Device::CUDA ? "cuda" : "cpu"; }
+
 // Device memory functions, registered by a device backend at load time so that core does not
 // depend on CUDA. alloc returns memory (zeroed when asked) or throws lorakit::Error; free never throws.
 struct DeviceMemory {
@@ -25,10 +27,13 @@ struct Storage {
   size_t nbytes = 0;
   Device device = Device::CPU;
   bool mapped = false;       // large CPU buffers come straight from mmap (see tensor.cc)
+  bool external = false;     // memory owned elsewhere (a wrapped JS typed array): never freed here
   std::atomic<int> busy{0};     // > 0 while async work uses the buffer (no writes, no dispose)
   std::atomic<int> writers{0};  // > 0 while async work writes it (no reads either)
   // zero = false may leave device memory uninitialised (cpu memory is always zeroed).
   static std::shared_ptr<Storage> allocate(size_t nbytes, Device device, bool zero = true);
+  // CPU memory the caller owns and keeps alive for the storage's lifetime (no copy, no free).
+  static std::shared_ptr<Storage> external_cpu(void* data, size_t nbytes);
   void release();
   ~Storage() { release(); }
 };

@@ -3,7 +3,6 @@
 #include "../core/thread_pool.h"
 #include "gemm.h"
 #include "ops.h"
-#include "parity_ops.h"
 
 namespace lorakit {
 namespace cpu {

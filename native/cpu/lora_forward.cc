@@ -70,6 +70,29 @@ void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
   gemm(n, outf, segs, o);
 }
 
+void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
+                  const std::vector<FusedAdapter>& adapters, const TensorRef& y) {
+  const int64_t n = x.rows();
+  std::vector<std::vector<float>> scratch(adapters.size());
+  std::vector<ForwardTerm> terms;
+  for (size_t i = 0; i < adapters.size(); i++) {
+    const FusedAdapter& a = adapters[i];
+    TensorRef u;
+    if (a.u_out) {
+      u = *a.u_out;
+    } else {
+      const int64_t r = a.A.shape[0];
+      scratch[i].resize(static_cast<size_t>(n * r));
+      u.data = scratch[i].data();
+      u.dtype = DType::F32;
+      u.shape = {n, r};
+    }
+    lora_shrink(x, a.A, u);
+    terms.push_back({u, a.B, a.scale});
+  }
+  linear_forward(x, W, bias, fan_in_fan_out, terms, y);
+}
+
 void dropout(const TensorRef& x, float p, uint64_t seed, uint64_t stream, const TensorRef& out) {
   int64_t n = x.numel();
   float keep_scale = 1.f / (1.f - p);

@@ -1,37 +1,26 @@
-// CPU op table for the LoRA layers. Inputs are contiguous row-major tensors already validated by
-// the binding layer; x is viewed as [n, in] rows. All math is f32; 16-bit outputs are rounded once.
+// The CPU backend's kernels (registered as its op table by backend.cc). Inputs are contiguous
+// row-major tensors already validated by the binding layer; x is viewed as [n, in] rows. All math
+// is f32 (norms accumulate in f64); 16-bit outputs are rounded once. Operand structs: core/op_args.h.
 #pragma once
 #include <cstdint>
 #include <vector>
 #include "../core/dropout_mask.h"
+#include "../core/op_args.h"
 #include "../core/tensor.h"
 
 namespace lorakit {
 namespace cpu {
 
-// out = x·Aᵀ for A [r, in]: the LoRA "shrink". out is f32 [n, r].
+// out = x·Aᵀ for A [r, in]: the LoRA "shrink". out is [n, r], f32 unless asked otherwise.
 void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out);
-
-struct ForwardTerm {
-  TensorRef u;  // f32 [n, r], the shrink of this adapter's (dropped-out) input
-  TensorRef B;  // [out, r]
-  float scale;
-};
 
 // y = x·Wᵀ (W [out, in]; with fan_in_fan_out W is [in, out]) + bias + sum scale·u·Bᵀ, in one pass.
 void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
                     const std::vector<ForwardTerm>& terms, const TensorRef& y);
 
-struct BackwardTerm {
-  TensorRef xa;  // the input the adapter saw (x, or its dropout) [n, in]
-  TensorRef u;   // f32 [n, r] from the forward
-  TensorRef A, B;
-  float scale;
-  float dropout_p;  // > 0: xa = dropout(x) with the mask from (seed, stream)
-  uint64_t seed, stream;
-  const TensorRef* dA;  // [r, in] or null (frozen)
-  const TensorRef* dB;  // [out, r] or null
-};
+// Each adapter's shrink (into u_out, or an f32 scratch), then linear_forward.
+void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
+                  const std::vector<FusedAdapter>& adapters, const TensorRef& y);
 
 // dx = dy·W + sum over terms of mask ⊙ (scale·dy·B)·A; dA = gᵀ·xa; dB = scale·dyᵀ·u.
 void linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out,
@@ -52,6 +41,67 @@ void convert(const void* src, DType st, void* dst, DType dt, int64_t n);
 bool all_finite(const TensorRef& t);
 
 using lorakit::dropout_keep;  // native/core/dropout_mask.h, shared with the CUDA kernels
+
+// y = x·Wᵀ + b + scale_a·(x·A_aᵀ)·B_aᵀ where a = row_adapter[i] for row i (-1: base only). Rows are
+// grouped per adapter (stable counting sort), each group runs one GEMM with the base and its
+// adapter as two K segments, and every row of y is written once.
+void mixed_linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
+                          const std::vector<AdapterFactors>& adapters, const int32_t* row_adapter,
+                          const TensorRef& y);
+
+// ---- DoRA (peft's DoraLinearLayer) on a linear layer; W [out, in] or [in, out] with fan_in_fan_out.
+
+// norm[o] = ‖row o of W + scale·B·A‖ (in [out, in] layout) from the low-rank identity
+//   ‖W + sBA‖² = ‖W‖² + 2s·rowsum((W·Aᵀ)⊙B) + s²·rowsum((B·(A·Aᵀ))⊙B),
+// so no dense out×in delta is formed: one GEMM W·Aᵀ (out×in×r) plus O(out·r²). norm is f32 [out].
+void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
+                      float* norm);
+
+// norm = ‖W + s·B·A‖ per output (written, f32 [out]); pre = xa·Wᵀ + scale·u·Bᵀ (f32 [n, out], kept for
+// backward); k = magnitude / norm; y = bias + k⊙pre when xa is x (no dropout), else
+// y = bias + (x − xa)·Wᵀ + k⊙pre (peft's training path with dropout recomputes the base on drop(x)).
+// Without dropout one GEMM serves both pre and the norm's projection W·Aᵀ (A's rows stacked under x).
+void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
+                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& A, const TensorRef& B, float scale,
+                         const TensorRef& magnitude, const TensorRef& y, float* pre, float* norm);
+
+// The norm is a constant (detached, as peft): with k = magnitude / norm and dyk = k⊙dy,
+//   dmagnitude = Σ_rows dy⊙pre / norm;  g = scale·dyk·B;  dA = gᵀ·xa;  dB = scale·dykᵀ·u;
+//   dx = dyk·W + g·A (no dropout), or dy·W + mask⊙(((k−1)⊙dy)·W + g·A)/(1−p) with dropout.
+void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out, const DoraBackwardArgs& a,
+                          const TensorRef* dx, const TensorRef* dA, const TensorRef* dB, const TensorRef* dmagnitude);
+
+// Merge: out = k ⊙ (W + scale·B·A) per output feature, k = magnitude / norm; unmerge (inverse):
+// out = W / k − scale·B·A. One read and one write of W; out may be W.
+void dora_merge(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
+                const TensorRef& magnitude, const float* norm, bool inverse, const TensorRef& out);
+
+// ---- Embedding (peft's lora.Embedding): W [num, dim], A [r, num], B [dim, r], indices i32/i64.
+
+// y[p] = W[idx[p]] + Σ_a scale_a·B_a·A_a[:, idx[p]]; with row_adapter, position p adds only adapter
+// row_adapter[p] (-1: none). Indices must already be validated (0 <= idx < num).
+void embedding_forward(const TensorRef& idx, const TensorRef& W, const std::vector<AdapterFactors>& adapters,
+                       const int32_t* row_adapter, const TensorRef& y);
+
+// dB = scale·dyᵀ·Aᵀ[idx] [dim, r]; dAᵀ[i] = Σ_{p: idx[p] = i} scale·dy[p]·B, summed in position order
+// per index (a stable counting sort, no atomics: deterministic). padding_idx (-1: none) gets no dA.
+void embedding_backward(const TensorRef& idx, const TensorRef& dy, const TensorRef& A, const TensorRef& B, float scale,
+                        int64_t padding_idx, const TensorRef* dA, const TensorRef* dB);
+
+// ---- Conv2d (peft's lora.Conv2d): base W [out, in/groups, kh, kw] with stride/padding/dilation/groups;
+// A [r, in, kh, kw] is a conv with the base's kernel, stride and padding and dilation 1 (peft does not
+// copy dilation); B [out, r/groups, 1, 1] is a grouped 1×1 conv. x is [N, in, H, W].
+
+// y = conv(x, W) + bias + Σ scale·B(A(xa)), per image through im2col and the packed GEMM; the base and
+// every adapter's 1×1 expand run as K segments of one GEMM per group, so y is written once.
+// With image_adapter (mixed batch), image n uses only term image_adapter[n] (-1: none).
+void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const ConvGeom& g,
+                    const std::vector<ConvTerm>& terms, const int32_t* image_adapter, const TensorRef& y);
+
+// dx = conv_transpose(dy, W) + Σ mask⊙conv_transpose(scale·Bᵀdy, A); dA = Σ_n (scale·Bᵀ·dy_n)·im2col(xa_n)ᵀ;
+// dB = scale·Σ_n dy_n·u_nᵀ. Deterministic (images accumulate in order, col2im per channel).
+void conv2d_backward(const TensorRef& dy, const TensorRef& W, const ConvGeom& g, const std::vector<ConvTerm>& terms,
+                     const TensorRef* dx);
 
 }  // namespace cpu
 }  // namespace lorakit

@@ -37,7 +37,7 @@ inline void write_back(const TensorRef& param, const float* master, int64_t b, i
 }  // namespace
 
 void adamw_step(const TensorRef& param, const TensorRef& grad, float* exp_avg, float* exp_avg_sq, float* master,
-                const AdamWHyper& h) {
+                const AdamWArgs& h) {
   const int64_t n = param.numel();
   const float decay = static_cast<float>(1.0 - h.lr * h.weight_decay);
   const float b1 = static_cast<float>(h.beta1), b2 = static_cast<float>(h.beta2);
@@ -85,7 +85,7 @@ void adamw_step(const TensorRef& param, const TensorRef& grad, float* exp_avg, f
       kChunk);
 }
 
-void sgd_step(const TensorRef& param, const TensorRef& grad, float* momentum_buf, float* master, const SgdHyper& h) {
+void sgd_step(const TensorRef& param, const TensorRef& grad, float* momentum_buf, float* master, const SgdArgs& h) {
   const int64_t n = param.numel();
   const float lr = static_cast<float>(h.lr), mu = static_cast<float>(h.momentum);
   const float wd = static_cast<float>(h.weight_decay), damp = static_cast<float>(1.0 - h.dampening);

@@ -20,12 +20,12 @@ struct Dims {
   int64_t N, C, H, W, O, kh, kw, Ho, Wo, P, K;
 };
 
-Dims dims_of(const TensorRef& x, const TensorRef& W, const cpu::ConvGeom& g) {
+Dims dims_of(const TensorRef& x, const TensorRef& W, const ConvGeom& g) {
   Dims d;
   d.N = x.dim(0), d.C = x.dim(1), d.H = x.dim(2), d.W = x.dim(3);
   d.O = W.dim(0), d.kh = W.dim(2), d.kw = W.dim(3);
-  d.Ho = cpu::conv_out_size(d.H, d.kh, g.sh, g.ph, g.dh);
-  d.Wo = cpu::conv_out_size(d.W, d.kw, g.sw, g.pw, g.dw);
+  d.Ho = conv_out_size(d.H, d.kh, g.sh, g.ph, g.dh);
+  d.Wo = conv_out_size(d.W, d.kw, g.sw, g.pw, g.dw);
   d.P = d.Ho * d.Wo;
   d.K = d.C * d.kh * d.kw;
   return d;
@@ -106,8 +106,8 @@ void store(const float* src, const TensorRef& dst, int64_t offset, int64_t n) {
 
 }  // namespace
 
-void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const cpu::ConvGeom& g,
-                    const std::vector<cpu::ConvTerm>& terms, const int32_t* image_adapter, const TensorRef& y) {
+void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const ConvGeom& g,
+                    const std::vector<ConvTerm>& terms, const int32_t* image_adapter, const TensorRef& y) {
   const Dims d = dims_of(x, W, g);
   if (d.N == 0 || d.O == 0 || d.P == 0) return;
   const Geo base{g.sh, g.sw, g.ph, g.pw, g.dh, g.dw}, dil1{g.sh, g.sw, g.ph, g.pw, 1, 1};
@@ -154,7 +154,7 @@ void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
   }
 }
 
-void conv2d_backward(const TensorRef& dy, const TensorRef& W, const cpu::ConvGeom& g, const std::vector<cpu::ConvTerm>& terms,
+void conv2d_backward(const TensorRef& dy, const TensorRef& W, const ConvGeom& g, const std::vector<ConvTerm>& terms,
                      const TensorRef* dx) {
   if (terms.empty() && !dx) return;
   const TensorRef& xs = !terms.empty() ? terms[0].xa : *dx;

@@ -184,7 +184,7 @@ void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRe
   LK_LAUNCHED("dora: output");
 }
 
-void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fifo, const cpu::DoraBackwardArgs& a,
+void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fifo, const DoraBackwardArgs& a,
                           const TensorRef* dx, const TensorRef* dA, const TensorRef* dB, const TensorRef* dmagnitude) {
   const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = dy.numel() / outf, r = a.B.dim(1);
   std::vector<Buf> hold;

@@ -72,7 +72,7 @@ __global__ void segment_sum_kernel(const float* __restrict__ g, const int64_t* _
 std::vector<int64_t> host_indices(const TensorRef& idx) {
   const int64_t n = idx.numel();
   std::vector<int64_t> v(n);
-  for (int64_t p = 0; p < n; p++) v[p] = cpu::index_at(idx, p);
+  for (int64_t p = 0; p < n; p++) v[p] = index_at(idx, p);
   return v;
 }
 
@@ -98,7 +98,7 @@ unsigned grid1(int64_t work) { return blocks_for(work, 256); }
 
 }  // namespace
 
-void embedding_forward(const TensorRef& idx, const TensorRef& W, const std::vector<cpu::AdapterFactors>& adapters,
+void embedding_forward(const TensorRef& idx, const TensorRef& W, const std::vector<AdapterFactors>& adapters,
                        const int32_t* row_adapter, const TensorRef& y) {
   const int64_t num = W.dim(0), dim = W.dim(1), n = idx.numel();
   if (n == 0 || dim == 0) return;

@@ -240,7 +240,7 @@ RowGroups group_rows(const int32_t* row_adapter, int64_t n, size_t adapters) {
   return g;
 }
 
-void segmented(const TensorRef& x, int64_t in, int64_t outf, const std::vector<cpu::AdapterFactors>& adapters,
+void segmented(const TensorRef& x, int64_t in, int64_t outf, const std::vector<AdapterFactors>& adapters,
                const RowGroups& g, const TensorRef& y) {
   const int64_t total = g.start.back();
   std::vector<Buf> hold;  // factors converted to y's dtype, where they differ
@@ -302,7 +302,7 @@ void segmented(const TensorRef& x, int64_t in, int64_t outf, const std::vector<c
   // meta, u and the converted factors go back to the allocator here: stream-ordered after the kernels.
 }
 
-void per_adapter(const TensorRef& x, int64_t in, int64_t outf, const std::vector<cpu::AdapterFactors>& adapters,
+void per_adapter(const TensorRef& x, int64_t in, int64_t outf, const std::vector<AdapterFactors>& adapters,
                  const RowGroups& g, const TensorRef& y) {
   const std::vector<int64_t>& start = g.start;
   Buf idx(size_t(start.back()) * sizeof(int32_t));
@@ -342,7 +342,7 @@ void per_adapter(const TensorRef& x, int64_t in, int64_t outf, const std::vector
 }  // namespace
 
 void mixed_linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
-                          const std::vector<cpu::AdapterFactors>& adapters, const int32_t* row_adapter,
+                          const std::vector<AdapterFactors>& adapters, const int32_t* row_adapter,
                           const TensorRef& y) {
   const int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1), outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
   const int64_t n = in ? x.numel() / in : 0;

@@ -1,18 +1,15 @@
-// CUDA op table, mirroring native/cpu/ops.h: same arguments, device pointers. Plain C++ so the
-// N-API layer can call it. Every function runs on the backend's stream and returns without
-// waiting; errors of a launch are thrown here, asynchronous ones at the next synchronize/read.
+// The CUDA backend's kernels, internal to native/cuda: backend.cu registers them as its op table
+// (core/backend.h), with the operand structs of core/op_args.h and device pointers. Plain C++ (no
+// CUDA headers). Every function runs on the calling thread's stream and returns without waiting;
+// errors of a launch are thrown here, asynchronous ones at the next synchronize/read.
 #pragma once
 #include <cstdint>
 #include <vector>
+#include "../core/op_args.h"
 #include "../core/tensor.h"
-#include "../cpu/ops.h"
-#include "../cpu/parity_ops.h"
 
 namespace lorakit {
 namespace cuda {
-
-using cpu::BackwardTerm;
-using cpu::ForwardTerm;
 
 // convert.cu
 void convert(const void* src, DType st, void* dst, DType dt, int64_t n);
@@ -45,13 +42,8 @@ void linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_ou
                      const std::vector<BackwardTerm>& terms, const TensorRef* dx);
 // lora_grad.cu: g = s·dy·B, dB = s·dyᵀ·u from one read of dy (B, u, g in dy's dtype); false: not applicable.
 bool lora_grad_fused(const TensorRef& dy, const void* B, const void* u, int64_t r, float scale, void* g, const TensorRef& dB);
-// The whole LoRA forward in one call: each adapter's shrink (into u_out when given, for backward;
-// else into scratch), then linear_forward. No dropout (callers with dropout use the pieces).
-struct FusedAdapter {
-  TensorRef A, B;
-  float scale;
-  const TensorRef* u_out;  // [n, r] in x's dtype, or null
-};
+// The whole LoRA forward in one call: each adapter's shrink (into u_out when given, for backward,
+// in x's dtype; else into scratch), then linear_forward. No dropout (callers with dropout use the pieces).
 void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
                   const std::vector<FusedAdapter>& adapters, const TensorRef& y);
 
@@ -75,11 +67,11 @@ uint64_t sm90_gemm_launches();  // launches so far in this process (benchmarks, 
 
 // mixed_batch.cu: y = x·Wᵀ + b + scale_a·(x·A_aᵀ)·B_aᵀ with a = row_adapter[i] per row (-1: base).
 void mixed_linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
-                          const std::vector<cpu::AdapterFactors>& adapters, const int32_t* row_adapter,
+                          const std::vector<AdapterFactors>& adapters, const int32_t* row_adapter,
                           const TensorRef& y);
 
 // embedding.cu: peft's lora.Embedding (indices on the host, checked by the caller).
-void embedding_forward(const TensorRef& idx, const TensorRef& W, const std::vector<cpu::AdapterFactors>& adapters,
+void embedding_forward(const TensorRef& idx, const TensorRef& W, const std::vector<AdapterFactors>& adapters,
                        const int32_t* row_adapter, const TensorRef& y);
 void embedding_backward(const TensorRef& idx, const TensorRef& dy, const TensorRef& A, const TensorRef& B, float scale,
                         int64_t padding_idx, const TensorRef* dA, const TensorRef* dB);
@@ -90,15 +82,15 @@ void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
                          bool fan_in_fan_out, const TensorRef& u, const TensorRef& A, const TensorRef& B, float scale,
                          const TensorRef& magnitude, const TensorRef& y, float* pre, float* norm);
-void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out, const cpu::DoraBackwardArgs& a,
+void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out, const DoraBackwardArgs& a,
                           const TensorRef* dx, const TensorRef* dA, const TensorRef* dB, const TensorRef* dmagnitude);
 void dora_merge(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                 const TensorRef& magnitude, const float* norm, bool inverse, const TensorRef& out);
 
 // conv2d.cu: peft's lora.Conv2d with the cpu's algorithm (im2col, fp32 GEMMs), deterministic backward.
-void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const cpu::ConvGeom& g,
-                    const std::vector<cpu::ConvTerm>& terms, const int32_t* image_adapter, const TensorRef& y);
-void conv2d_backward(const TensorRef& dy, const TensorRef& W, const cpu::ConvGeom& g, const std::vector<cpu::ConvTerm>& terms,
+void conv2d_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const ConvGeom& g,
+                    const std::vector<ConvTerm>& terms, const int32_t* image_adapter, const TensorRef& y);
+void conv2d_backward(const TensorRef& dy, const TensorRef& W, const ConvGeom& g, const std::vector<ConvTerm>& terms,
                      const TensorRef* dx);
 
 // linear_blas.cu: a row-major GEMM C [m, n] = alpha·op(A)·op(B) + beta·C (A [m, k] or, with ta,
@@ -110,22 +102,12 @@ void gemm_rm(int64_t m, int64_t n, int64_t k, const void* A, int64_t lda, bool t
 // input_grad the backward's dx = dy·W (x is then dy [n, out] and y is dx [n, in]).
 void base_gemm(const TensorRef& x, const TensorRef& W, const TensorRef& y, bool input_grad);
 
-// optim.cu: fused optimizer steps over one parameter tensor (state in f32).
-struct AdamWParams {
-  float lr, beta1, beta2, eps, weight_decay;
-  double lr_d, beta1_d, beta2_d;  // the same in double, for the host-side constants
-  int64_t step;  // 1 on the first step
-};
+// optim.cu: fused optimizer steps over one parameter tensor (state in f32; f32 math).
 // master (f32, or null) is the authoritative value of a 16-bit parameter, as on the cpu.
 void adamw_step(const TensorRef& param, const TensorRef& grad, const TensorRef& exp_avg, const TensorRef& exp_avg_sq,
-                const TensorRef* master, const AdamWParams& h);
-struct SgdParams {
-  float lr, momentum, dampening, weight_decay;
-  bool nesterov;
-  bool first_step;  // the momentum buffer starts as the first gradient (PyTorch)
-};
+                const TensorRef* master, const AdamWArgs& h);
 void sgd_step(const TensorRef& param, const TensorRef& grad, const TensorRef* momentum_buf, const TensorRef* master,
-              const SgdParams& h);
+              const SgdArgs& h);
 // Training helpers for cuda parameters: dst (f32) += alpha·src; Σ x² (f64, deterministic); x ·= alpha.
 void accumulate(const TensorRef& dst, const TensorRef& src, float alpha);
 double sum_squares(const TensorRef& t);

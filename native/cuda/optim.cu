@@ -133,47 +133,51 @@ void scale_inplace(const TensorRef& t, float alpha) {
 }
 
 void adamw_step(const TensorRef& param, const TensorRef& grad, const TensorRef& exp_avg, const TensorRef& exp_avg_sq,
-                const TensorRef* master, const AdamWParams& h) {
+                const TensorRef* master, const AdamWArgs& h) {
   int64_t n = param.numel();
   if (master) require_state(*master, n, "master");
   require_state(exp_avg, n, "expAvg");
   require_state(exp_avg_sq, n, "expAvgSq");
   if (h.step < 1) throw_range("step: expected an integer >= 1");
-  double bc1 = 1.0 - std::pow(h.beta1_d, double(h.step));
-  double bc2 = 1.0 - std::pow(h.beta2_d, double(h.step));
-  float step_size = static_cast<float>(double(h.lr_d) / bc1);
+  // The kernel's math is f32; the host-side constants are computed in double from the arguments.
+  const float lr = static_cast<float>(h.lr), weight_decay = static_cast<float>(h.weight_decay);
+  const float beta1 = static_cast<float>(h.beta1), beta2 = static_cast<float>(h.beta2), eps = static_cast<float>(h.eps);
+  double bc1 = 1.0 - std::pow(h.beta1, double(h.step));
+  double bc2 = 1.0 - std::pow(h.beta2, double(h.step));
+  float step_size = static_cast<float>(h.lr / bc1);
   float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
-  float decay = static_cast<float>(1.0 - double(h.lr) * double(h.weight_decay));
+  float decay = static_cast<float>(1.0 - double(lr) * double(weight_decay));
   // 1 − β in double, then rounded: 1.f − 0.999f is off by 1.3e-5 relative.
-  float omb1 = static_cast<float>(1.0 - h.beta1_d), omb2 = static_cast<float>(1.0 - h.beta2_d);
+  float omb1 = static_cast<float>(1.0 - h.beta1), omb2 = static_cast<float>(1.0 - h.beta2);
   if (n == 0) return;
   dispatch_float(param.dtype, "param", [&](auto pz) {
     dispatch_float(grad.dtype, "grad", [&](auto gz) {
       using P = decltype(pz);
       using G = decltype(gz);
       adamw_kernel<P, G><<<blocks_for(n, 256), 256, 0, stream()>>>(param.as<P>(), grad.as<G>(), exp_avg.as<float>(),
-                                                                   exp_avg_sq.as<float>(), master ? master->as<float>() : nullptr, n, h.beta1, omb1, h.beta2, omb2,
-                                                                   h.eps, decay, step_size, inv_sqrt_bc2);
+                                                                   exp_avg_sq.as<float>(), master ? master->as<float>() : nullptr, n, beta1, omb1, beta2, omb2,
+                                                                   eps, decay, step_size, inv_sqrt_bc2);
     });
   });
   LK_LAUNCHED("adamw step");
 }
 
 void sgd_step(const TensorRef& param, const TensorRef& grad, const TensorRef* momentum_buf, const TensorRef* master,
-              const SgdParams& h) {
+              const SgdArgs& h) {
   int64_t n = param.numel();
+  const float lr = static_cast<float>(h.lr), momentum = static_cast<float>(h.momentum);
+  const float dampening = static_cast<float>(h.dampening), weight_decay = static_cast<float>(h.weight_decay);
   if (master) require_state(*master, n, "master");
   if (momentum_buf) require_state(*momentum_buf, n, "momentumBuffer");
-  if (h.momentum != 0.f && !momentum_buf) throw_range("momentumBuffer: required when momentum != 0");
+  if (momentum != 0.f && !momentum_buf) throw_range("momentumBuffer: required when momentum != 0");
   if (n == 0) return;
   dispatch_float(param.dtype, "param", [&](auto pz) {
     dispatch_float(grad.dtype, "grad", [&](auto gz) {
       using P = decltype(pz);
       using G = decltype(gz);
       sgd_kernel<P, G><<<blocks_for(n, 256), 256, 0, stream()>>>(
-          param.as<P>(), grad.as<G>(), h.momentum != 0.f ? momentum_buf->as<float>() : nullptr,
-          master ? master->as<float>() : nullptr, n, h.lr, h.momentum,
-          h.dampening, h.weight_decay, h.nesterov, h.first_step);
+          param.as<P>(), grad.as<G>(), momentum != 0.f ? momentum_buf->as<float>() : nullptr,
+          master ? master->as<float>() : nullptr, n, lr, momentum, dampening, weight_decay, h.nesterov, h.first_step);
     });
   });
   LK_LAUNCHED("sgd step");

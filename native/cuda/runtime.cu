@@ -180,6 +180,8 @@ void set_current_stream(uint64_t id) {
 
 uint64_t current_stream() { return t_current; }
 
+void set_thread_stream(uint64_t id) { t_current = id; }
+
 StreamScope::StreamScope(uint64_t id) : prev_(t_current) { t_current = id; }
 StreamScope::~StreamScope() { t_current = prev_; }
 

@@ -22,6 +22,9 @@ void release_stream(uint64_t id);      // waits for the stream's work first
 void synchronize_stream(uint64_t id);  // waits for the stream's work
 void set_current_stream(uint64_t id);  // this thread's; throws State for a released or unknown id
 uint64_t current_stream();
+// Sets this thread's current stream without checking the id (what StreamScope does): work queued
+// on a stream runs there even if the stream was released meanwhile.
+void set_thread_stream(uint64_t id);
 class StreamScope {
  public:
   explicit StreamScope(uint64_t id);

@@ -1,16 +1,13 @@
-// Module entry: creates the per-environment state and registers each binding family.
+// Module entry: registers the backends, creates the per-environment state and exports the
+// tensor class, the kernel ops (ops.h) and the device-level bindings.
 #include <napi.h>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include "addon_data.h"
-#include "async_binding.h"
-#include "bench_binding.h"
-#include "cuda_binding.h"
-#include "kernels_binding.h"
-#include "optim_binding.h"
-#include "parity_binding.h"
-#include "tensor_binding.h"
+#include "device.h"
+#include "ops.h"
+#include "tensor.h"
 
 namespace lorakit {
 namespace napi {
@@ -34,17 +31,14 @@ uint64_t fresh_tag_word() {
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  RegisterBackends();
   auto* data = new AddonData();
   data->tensor_tag.lower = fresh_tag_word();  // objects from another copy of the addon are rejected
   data->tensor_tag.upper = fresh_tag_word();
   env.SetInstanceData<AddonData>(data);
   NativeTensor::Init(env, exports);
-  InitKernels(env, exports);
-  InitAsync(env, exports);
-  InitOptim(env, exports);
-  InitParity(env, exports);
-  InitBench(env, exports);
-  InitCuda(env, exports);
+  InitKernelOps(env, exports);
+  InitDevice(env, exports);
   return exports;
 }
 

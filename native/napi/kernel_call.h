@@ -1,13 +1,14 @@
-// A validated kernel invocation: the work to run plus the tensors it reads and writes. Bindings
-// build one on the JS thread; it then runs at once (sync bindings) or on a libuv worker thread
-// (async_binding.cc) while the tensors it uses are held busy.
+// A validated kernel invocation: the work to run plus the tensors it reads and writes. Builders
+// (one per op of ops.h) make one on the JS thread; it then runs at once (RunSync) or on a libuv
+// worker thread (RunAsync, async_worker.h) while the tensors it uses are held busy.
 #pragma once
 #include <napi.h>
 #include <functional>
 #include <string>
 #include <vector>
+#include "../core/backend.h"
 #include "args.h"
-#include "tensor_binding.h"
+#include "tensor.h"
 
 namespace lorakit {
 namespace napi {
@@ -22,7 +23,8 @@ struct KernelCall {
   std::vector<Use> uses;
   std::function<void()> run;                     // pure C++: no N-API calls (it may run off-thread)
   std::function<Napi::Value(Napi::Env)> result;  // builds the JS result on the JS thread; null: undefined
-  uint64_t stream = 0;                           // cuda: the stream it runs on (the caller's current one)
+  const Backend* stream_backend = nullptr;       // the backend whose stream the call runs on; null: none
+  uint64_t stream = 0;                           // that stream (the caller's current one)
 
   const TensorRef& read(NativeTensor* t, const std::string& name, bool inplace_ok = false) {
     uses.push_back({t, name, false, inplace_ok});
@@ -35,41 +37,28 @@ struct KernelCall {
   // StateError when async work holds a tensor in a conflicting way; RangeError when an output is
   // also passed as another operand (the kernels do not support aliasing).
   void check_access() const;
-  // cuda: takes the calling thread's current stream and orders it after other streams' conflicting
-  // use of the tensors (events). Called on the JS thread, in call order, before the work is queued.
+  // Devices with streams: takes the calling thread's current stream and orders it after other
+  // streams' conflicting use of the tensors (events). Called on the JS thread, in call order,
+  // before the work is queued.
   void order_streams();
   Napi::Value result_value(Napi::Env env) const { return result ? result(env) : env.Undefined(); }
 };
 
-#ifdef LORAKIT_WITH_CUDA
-#define LK_IF_CUDA(...) __VA_ARGS__
-#else
-#define LK_IF_CUDA(...)
-#endif
+// Runs the work of a queued call on the stream it was queued on, restoring the thread's stream after.
+class StreamScope {
+ public:
+  StreamScope(const Backend* b, uint64_t id);
+  ~StreamScope();
+  StreamScope(const StreamScope&) = delete;
+  StreamScope& operator=(const StreamScope&) = delete;
 
-// The work of a call: the cpu or the cuda version of an op (wrap the cuda call in LK_IF_CUDA so a
-// CPU-only build compiles; there a cuda call is refused here).
-template <class Cpu, class Cuda>
-std::function<void()> on_device(Device dev, Cpu cpu_fn, Cuda cuda_fn) {
-  if (dev == Device::CPU) return cpu_fn;
-#ifdef LORAKIT_WITH_CUDA
-  return cuda_fn;
-#else
-  (void)cuda_fn;
-  throw_type("device: 'cuda' is not available in this build");
-#endif
-}
+ private:
+  const Backend* b_;
+  uint64_t prev_;
+};
 
 // Each builder validates its JS arguments and returns the call without running it.
 using KernelBuilder = KernelCall (*)(const Napi::CallbackInfo& info);
-KernelCall BuildShrink(const Napi::CallbackInfo& info);
-KernelCall BuildLinearForward(const Napi::CallbackInfo& info);
-KernelCall BuildLoraForward(const Napi::CallbackInfo& info);
-KernelCall BuildLinearBackward(const Napi::CallbackInfo& info);
-KernelCall BuildMergeDelta(const Napi::CallbackInfo& info);
-KernelCall BuildDropout(const Napi::CallbackInfo& info);
-KernelCall BuildConvert(const Napi::CallbackInfo& info);
-KernelCall BuildAllFinite(const Napi::CallbackInfo& info);
 
 // The sync export of a builder: validate, run at once on the JS thread, return the result.
 template <KernelBuilder build>

@@ -17,6 +17,27 @@ for (const [name, v] of Object.entries(lk)) {
   if (typeof v === 'function') entries.push([name, v as (...a: unknown[]) => unknown, /^class\b/.test(Function.prototype.toString.call(v))]);
 }
 for (const [name, v] of Object.entries(lk.kernels)) if (typeof v === 'function' && !SKIP.has(name)) entries.push([`kernels.${name}`, v as (...a: unknown[]) => unknown, false]);
+entries.push(['Tensor.wrap', lk.Tensor.wrap.bind(lk.Tensor) as (...a: unknown[]) => unknown, false]);
+
+/** A view whose ArrayBuffer was transferred away. */
+function detachedView(): Float32Array {
+  const buf = new ArrayBuffer(24);
+  const v = new Float32Array(buf);
+  structuredClone(buf, { transfer: [buf] });
+  return v;
+}
+
+/** A tensor wrapping an array whose buffer is then detached (its memory gone) or shrunk. */
+function orphanedWrap(shrink: boolean): lk.Tensor {
+  type Resizable = ArrayBuffer & { resize(n: number): void };
+  const buf = shrink
+    ? new (ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => Resizable)(24, { maxByteLength: 48 })
+    : new ArrayBuffer(24);
+  const t = lk.Tensor.wrap(new Float32Array(buf), [2, 3]);
+  if (shrink) (buf as Resizable).resize(8);
+  else structuredClone(buf, { transfer: [buf] });
+  return t;
+}
 
 function junk(i: number): unknown {
   const t = () => lk.Tensor.from(new Float32Array(6).fill(0.5), [2, 3]);
@@ -30,6 +51,7 @@ function junk(i: number): unknown {
     () => '', () => 'x', () => 'f32', () => 'all-linear', () => true, () => false, () => [], () => [1, 2], () => [[1]], () => ['q_proj'],
     () => ({}), () => ({ weight: t() }), () => ({ r: 0 }), () => ({ targetModules: 7 }), () => t(), () => lk.Tensor.zeros([3], { dtype: 'i32' }),
     d, () => new Float32Array(4), () => new Uint16Array(3), () => () => 1, () => 3n, () => new Map([['a', t()]]), () => [t(), t()],
+    detachedView, () => orphanedWrap(false), () => orphanedWrap(true), () => lk.Tensor.wrap(new Float32Array(new SharedArrayBuffer(24)), [2, 3]),
   ];
   return pool[i % pool.length]();
 }

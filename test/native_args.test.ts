@@ -2,7 +2,7 @@
 import { Tensor } from '../lib';
 import { NativeBinding, call, native } from '../lib/native';
 
-const PARITY_FUNCTIONS = [
+const LAYER_KIND_FUNCTIONS = [
   'mixedLinearForward',
   'embeddingForward',
   'embeddingBackward',
@@ -33,7 +33,7 @@ describe('parity bindings reject bad arguments', () => {
     [{ write: () => 0 }, f32.handle, null, false, [], null, f32.handle],
   ];
 
-  test.each(PARITY_FUNCTIONS)('%s', (name) => {
+  test.each(LAYER_KIND_FUNCTIONS)('%s', (name) => {
     expect(typeof b[name]).toBe('function');
     for (const args of garbage) {
       let threw = false;

@@ -176,23 +176,36 @@ test('AdamW step matches the PyTorch formula (float64 reference), 3 steps', () =
   assert.ok(relErr(V.toFloat32Array(), v) < 1e-5, 'exp_avg_sq');
 });
 
-test('SGD step with momentum, dampening, weight decay and Nesterov matches the reference', () => {
-  const n = 3000;
-  const p0 = randomArray(n, 8);
-  const p = Float64Array.from(p0);
-  const buf = new Float64Array(n);
-  const P = Tensor.from(p0, [n], { device: 'cuda' });
-  const Bf = Tensor.zeros([n], { device: 'cuda' });
-  const h = { lr: 0.05, momentum: 0.9, dampening: 0.1, weightDecay: 0.01, nesterov: true };
-  for (let step = 0; step < 3; step++) {
-    const g = randomArray(n, 90 + step);
-    for (let i = 0; i < n; i++) {
-      let d = g[i] + h.weightDecay * p[i];
-      buf[i] = step === 0 ? d : h.momentum * buf[i] + (1 - h.dampening) * d;
-      d = d + h.momentum * buf[i];
-      p[i] -= h.lr * d;
+// PyTorch's two momentum forms: dampening without Nesterov, and Nesterov (which requires dampening 0).
+for (const h of [
+  { lr: 0.05, momentum: 0.9, dampening: 0.1, weightDecay: 0.01, nesterov: false },
+  { lr: 0.05, momentum: 0.9, dampening: 0, weightDecay: 0.01, nesterov: true },
+]) {
+  test(`SGD step with momentum, weight decay, dampening ${h.dampening}, nesterov ${h.nesterov} matches the reference`, () => {
+    const n = 3000;
+    const p0 = randomArray(n, 8);
+    const p = Float64Array.from(p0);
+    const buf = new Float64Array(n);
+    const P = Tensor.from(p0, [n], { device: 'cuda' });
+    const Bf = Tensor.zeros([n], { device: 'cuda' });
+    for (let step = 0; step < 3; step++) {
+      const g = randomArray(n, 90 + step);
+      for (let i = 0; i < n; i++) {
+        let d = g[i] + h.weightDecay * p[i];
+        buf[i] = step === 0 ? d : h.momentum * buf[i] + (1 - h.dampening) * d;
+        d = h.nesterov ? d + h.momentum * buf[i] : buf[i];
+        p[i] -= h.lr * d;
+      }
+      cuda.sgdStep(P, Tensor.from(g, [n], { device: 'cuda' }), Bf, { ...h, firstStep: step === 0 });
     }
-    cuda.sgdStep(P, Tensor.from(g, [n], { device: 'cuda' }), Bf, { ...h, firstStep: step === 0 });
-  }
-  assert.ok(relErr(P.toFloat32Array(), p) < 1e-6);
+    assert.ok(relErr(P.toFloat32Array(), p) < 1e-6);
+  });
+}
+
+test('SGD with Nesterov and dampening is refused on cuda as on the cpu (PyTorch refuses it too)', () => {
+  const P = Tensor.zeros([8], { device: 'cuda' });
+  const G = Tensor.zeros([8], { device: 'cuda' });
+  const Bf = Tensor.zeros([8], { device: 'cuda' });
+  assert.throws(() => cuda.sgdStep(P, G, Bf, { lr: 0.1, momentum: 0.9, dampening: 0.1, nesterov: true, firstStep: true }),
+    (e) => e.name === 'LoraRangeError' && /nesterov: needs momentum > 0 and dampening = 0/.test(e.message));
 });

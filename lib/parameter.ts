@@ -4,10 +4,10 @@
  * adapter gradients into them, so several backward passes before optimizer.step() accumulate.
  * Gradients are always f32, whatever the parameter's dtype.
  */
-import { LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
-import { call } from '../native';
-import { Tensor, requireFloatTensor } from '../tensor';
-import { checkFinite } from '../validate';
+import { LoraTypeError, ShapeError, StateError, shapeStr } from './errors';
+import { runOp } from './exec';
+import { Tensor, requireFloatTensor } from './tensor';
+import { checkFinite } from './validate';
 
 /** What a parameter is inside a LoRA adapter (LoRA+ gives lora_B a larger learning rate). */
 export type ParameterRole = 'lora_A' | 'lora_B' | 'lora_magnitude_vector';
@@ -45,9 +45,7 @@ export class Parameter {
     if (g.device !== this.data.device)
       throw new LoraTypeError(`g: expected a ${this.data.device} tensor (parameter ${this.name}), got ${g.device}`);
     if (!this.#grad) this.#grad = Tensor.zeros(this.data.shape, { dtype: 'f32', device: this.data.device });
-    const grad = this.#grad;
-    if (grad.device === 'cuda') call((b) => b.cudaAccumulate(grad.handle, g.handle, alpha));
-    else call((b) => b.accumulate(grad.handle, g.handle, alpha));
+    runOp('accumulate', this.#grad.handle, g.handle, alpha);
   }
 
   /** Drops the gradient (torch's zero_grad(set_to_none=True)). */
