@@ -80,7 +80,7 @@ if (local.exists && local.upToDate) {
   if (!why) {
     const stamp = readStamp(local.path);
     const by = stamp ? ` by ${stamp.builder}, backends ${stamp.backends.join('+')}` : '';
-    say(`keeping ${rel(local.path)} (built ${new Date(local.mtimeMs).toISOString()}${by}; newer than every source file). npm run build:native rebuilds it.`);
+    say(`keeping ${rel(local.path)} (built ${new Date(local.mtimeMs).toISOString()}${by}; newer than every source file). Delete build/ to rebuild it.`);
     process.exit(0);
   }
   reason = `${rel(local.path)} is up to date but ${why}`;
