@@ -226,6 +226,8 @@ export interface KernelBinding {
   ): void;
   /** dst (f32) += alpha·src */
   accumulate(dst: NativeTensorHandle, src: NativeTensorHandle, alpha: number): void;
+  /** out (f32 [cols]) = alpha·Σ over the rows of x [..., cols] (a bias gradient). */
+  columnSum(x: NativeTensorHandle, alpha: number, out: NativeTensorHandle): void;
   /** Σ x² in f64 */
   sumSquares(t: NativeTensorHandle): number;
   scaleInplace(t: NativeTensorHandle, alpha: number): void;

@@ -9,16 +9,21 @@ import { runOp } from './exec';
 import { Tensor, requireFloatTensor } from './tensor';
 import { checkFinite } from './validate';
 
-/** What a parameter is inside a LoRA adapter (LoRA+ gives lora_B a larger learning rate). */
-export type ParameterRole = 'lora_A' | 'lora_B' | 'lora_magnitude_vector';
+/**
+ * What a parameter is: a LoRA factor (LoRA+ gives lora_B and its bias a larger learning rate), a
+ * DoRA magnitude, lora_B's bias (peft's lora_bias), a base bias made trainable (peft's bias='all' /
+ * 'lora_only'), or a tensor of an adapter's copy of a module (peft's modules_to_save).
+ */
+export type ParameterRole = 'lora_A' | 'lora_B' | 'lora_magnitude_vector' | 'lora_B_bias' | 'bias' | 'modules_to_save';
 
 export class Parameter {
   #grad: Tensor | null = null;
 
   constructor(
-    /** peft-style key within its layer, e.g. 'lora_A.default.weight'. */
+    /** peft-style key within its layer or module, e.g. 'lora_A.default.weight', 'base_layer.bias'. */
     readonly name: string,
     readonly role: ParameterRole,
+    /** The adapter it belongs to ('' for a base bias, which belongs to the model). */
     readonly adapter: string,
     readonly data: Tensor,
   ) {}

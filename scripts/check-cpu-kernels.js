@@ -4,7 +4,8 @@
  * jest cannot run (the GPU host, whose CPU has AVX-512/AMX). Same kinds of cases as
  * test/cpu_kernels.test.ts. Run once per path (portable, avx2, avx512, avx512bf16, amx, amx-emulated):
  * LORAKIT_CPU_PATH=amx node scripts/check-cpu-kernels.js
- * Exits 1 on any failure, 3 when the forced path is not the one in use.
+ * Exits 1 on any failure, 3 when LORAKIT_CPU_PATH names a path that is not the one in use (this CPU
+ * lacks it, or the name is misspelt: the addon then falls back to the best path, which must not pass).
  */
 'use strict';
 const { Tensor, LoraLinear, kernels, backendInfo, setNumThreads } = require('../dist');
@@ -33,7 +34,11 @@ const tolFor = (dt) => (dt === 'f32' ? 1e-5 : dt === 'bf16' ? 6e-3 : 8e-4);
 const info = backendInfo();
 const forced = process.env.LORAKIT_CPU_PATH;
 console.log(`path ${info.cpuPath} (available ${info.cpuPaths.join(',')}, forced ${forced || '-'}), ${info.threads} threads`);
-if (forced && info.cpuPaths.includes(forced) && info.cpuPath !== forced) { console.log('FAIL: forced path not used'); process.exit(3); }
+if (forced && info.cpuPath !== forced) {
+  const why = info.cpuPaths.includes(forced) ? 'is available but was not used' : `is not available here or is misspelt (paths: ${info.cpuPaths.join(', ')}, amx-emulated)`;
+  console.log(`FAIL: LORAKIT_CPU_PATH=${forced} ${why}; the kernels ran on ${info.cpuPath}`);
+  process.exit(3);
+}
 let failures = 0;
 function check(name, err, tol) {
   const ok = err <= tol;

@@ -5,24 +5,24 @@
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert');
-const { lk, loadCase, expectClose, relErr, randomArray } = require('./helpers');
+const { lk, loadCase, expectClose, relErr, randomArray, DEVICE, PARITY } = require('./helpers');
 const { LoraConv2d, Tensor } = lk;
 
 const TOL = 1e-5;
 
 for (const name of ['conv2d_k3', 'conv2d_k1']) {
-  test(`golden ${name} on cuda: y, dx, dA, dB, merge, unmerge (f32) and bf16 within 1e-2`, () => {
+  test(`golden ${name} on ${DEVICE}: y, dx, dA, dB, merge, unmerge (f32) and bf16 within 1e-2`, () => {
     const c = loadCase(name);
     const m = c.meta;
     for (const dtype of ['f32', 'bf16']) {
-      const t = (n) => Tensor.from(c.f32(n), c.shape(n), { dtype, device: 'cuda' });
+      const t = (n) => Tensor.from(c.f32(n), c.shape(n), { dtype, device: DEVICE });
       const layer = new LoraConv2d({ weight: t('W'), bias: t('bias'), stride: m.stride, padding: m.padding });
       layer.addAdapter('default', { r: m.r, loraAlpha: m.lora_alpha, dtype });
       layer.loraA.get('default').copyFrom(c.f32('A'));
       layer.loraB.get('default').copyFrom(c.f32('B'));
       const tol = dtype === 'f32' ? TOL : 1e-2;
       const y = layer.forward(t('x'));
-      assert.strictEqual(y.device, 'cuda');
+      assert.strictEqual(y.device, DEVICE);
       assert.deepStrictEqual(y.shape, c.shape('y'));
       expectClose(y.toFloat32Array(), c.f32('y'), tol, `${dtype} y`);
       const { dx, grads } = layer.backward(t('dy'));
@@ -49,11 +49,11 @@ const SETUPS = [
 
 for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
   for (const [N, C, O, H, Wd, k, stride, padding, dilation, groups, p] of SETUPS) {
-    test(`conv2d ${dtype} N=${N} C=${C} O=${O} ${H}x${Wd} k=${k} s=${stride} p=${padding} g=${groups} dropout=${p}: cuda matches the cpu`, () => {
+    test(`conv2d ${dtype} N=${N} C=${C} O=${O} ${H}x${Wd} k=${k} s=${stride} p=${padding} g=${groups} dropout=${p}: cuda matches the cpu`, PARITY, () => {
       let seed = 4000 + N * 100 + C * 10 + k;
       const pair = (shape, scale) => {
         const data = randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale);
-        return { cpu: Tensor.from(data, shape, { dtype }), cuda: Tensor.from(data, shape, { dtype, device: 'cuda' }) };
+        return { cpu: Tensor.from(data, shape, { dtype }), cuda: Tensor.from(data, shape, { dtype, device: DEVICE }) };
       };
       const W = pair([O, C / groups, k, k], 0.3);
       const b = pair([O], 0.5);
@@ -66,7 +66,7 @@ for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
         return l;
       };
       const lc = build('cpu');
-      const lg = build('cuda');
+      const lg = build(DEVICE);
       const x = pair([N, C, H, Wd], 1);
       const yc = lc.forward(x.cpu).toFloat32Array();
       const yg = lg.forward(x.cuda);
@@ -95,11 +95,11 @@ for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
   }
 }
 
-test('conv2d on cuda: a dilated base conv without adapters equals the cpu', () => {
+test(`conv2d on ${DEVICE}: a dilated base conv without adapters equals the cpu`, PARITY, () => {
   const data = randomArray(8 * 4 * 3 * 3, 5, 0.3);
   const x = randomArray(2 * 4 * 12 * 12, 6, 1);
   const mk = (device) => new LoraConv2d({ weight: Tensor.from(data, [8, 4, 3, 3], { device }), padding: 2, dilation: 2 });
   const yc = mk('cpu').forward(Tensor.from(x, [2, 4, 12, 12])).toFloat32Array();
-  const yg = mk('cuda').forward(Tensor.from(x, [2, 4, 12, 12], { device: 'cuda' })).toFloat32Array();
+  const yg = mk(DEVICE).forward(Tensor.from(x, [2, 4, 12, 12], { device: DEVICE })).toFloat32Array();
   assert.ok(relErr(yg, yc) <= 1e-5);
 });

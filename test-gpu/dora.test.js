@@ -5,18 +5,18 @@
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert');
-const { lk, loadCase, expectClose, relErr, randomArray } = require('./helpers');
+const { lk, loadCase, expectClose, relErr, randomArray, DEVICE, PARITY } = require('./helpers');
 const { LoraLinear, Tensor } = lk;
 
 const TOL = 1e-5;
 
-test('golden linear_dora on cuda: y, dx, dA, dB, dmagnitude, merge, unmerge (f32) and bf16 within 1e-2', () => {
+test(`golden linear_dora on ${DEVICE}: y, dx, dA, dB, dmagnitude, merge, unmerge (f32) and bf16 within 1e-2`, () => {
   const c = loadCase('linear_dora');
   for (const dtype of ['f32', 'bf16']) {
-    const t = (n) => Tensor.from(c.f32(n), c.shape(n), { dtype, device: 'cuda' });
+    const t = (n) => Tensor.from(c.f32(n), c.shape(n), { dtype, device: DEVICE });
     const layer = new LoraLinear({ weight: t('W'), bias: t('bias') });
     layer.addAdapter('default', { r: c.meta.r, loraAlpha: c.meta.lora_alpha, useDora: true, dtype });
-    assert.strictEqual(layer.loraMagnitude.get('default').device, 'cuda');
+    assert.strictEqual(layer.loraMagnitude.get('default').device, DEVICE);
     layer.loraA.get('default').copyFrom(c.f32('A'));
     layer.loraB.get('default').copyFrom(c.f32('B'));
     layer.loraMagnitude.get('default').copyFrom(c.f32('magnitude'));
@@ -40,12 +40,12 @@ test('golden linear_dora on cuda: y, dx, dA, dB, dmagnitude, merge, unmerge (f32
 
 for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
   for (const [fifo, p] of [[false, 0], [true, 0], [false, 0.25]]) {
-    test(`DoRA ${dtype}${fifo ? ' fanInFanOut' : ''}${p ? ` dropout ${p}` : ''}: cuda matches the cpu, repeatable backward`, () => {
+    test(`DoRA ${dtype}${fifo ? ' fanInFanOut' : ''}${p ? ` dropout ${p}` : ''}: cuda matches the cpu, repeatable backward`, PARITY, () => {
       const inF = 72, outF = 40, n = 9, r = 8;
       let seed = 7000 + (fifo ? 10 : 0) + p * 100;
       const pair = (shape, scale) => {
         const data = randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale);
-        return { cpu: Tensor.from(data, shape, { dtype }), cuda: Tensor.from(data, shape, { dtype, device: 'cuda' }) };
+        return { cpu: Tensor.from(data, shape, { dtype }), cuda: Tensor.from(data, shape, { dtype, device: DEVICE }) };
       };
       const W = pair(fifo ? [inF, outF] : [outF, inF], 0.2);
       const b = pair([outF], 0.3);
@@ -56,7 +56,7 @@ for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
         return l;
       };
       const lc = build('cpu');
-      const lg = build('cuda');
+      const lg = build(DEVICE);
       // peft's init: magnitude = the weight norm, computed on each device
       const ei = relErr(lg.loraMagnitude.get('d').toFloat32Array(), lc.loraMagnitude.get('d').toFloat32Array());
       assert.ok(ei <= tol, `magnitude init: ${ei}`);

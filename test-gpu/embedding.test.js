@@ -5,28 +5,28 @@
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert');
-const { lk, loadCase, expectClose, relErr, randomArray } = require('./helpers');
+const { lk, loadCase, expectClose, relErr, randomArray, DEVICE, PARITY } = require('./helpers');
 const { LoraEmbedding, Tensor } = lk;
 
 const TOL = 1e-5;
 
-test('golden embedding on cuda (f32): y from each index form, dA, dB, merge, unmerge', () => {
+test(`golden embedding on ${DEVICE} (f32): y from each index form, dA, dB, merge, unmerge`, () => {
   const c = loadCase('embedding');
-  const t = (n) => Tensor.from(c.f32(n), c.shape(n), { device: 'cuda' });
+  const t = (n) => Tensor.from(c.f32(n), c.shape(n), { device: DEVICE });
   const make = () => {
     const layer = new LoraEmbedding({ weight: t('W') });
     layer.addAdapter('default', { r: c.meta.r, loraAlpha: c.meta.lora_alpha });
-    assert.strictEqual(layer.loraA.get('default').device, 'cuda');
+    assert.strictEqual(layer.loraA.get('default').device, DEVICE);
     layer.loraA.get('default').copyFrom(c.f32('A'));
     layer.loraB.get('default').copyFrom(c.f32('B'));
     return layer;
   };
   const idx64 = c.file.int64('indices');
   const idx32 = Int32Array.from(idx64, Number);
-  for (const indices of [idx64, idx32, Tensor.from(idx64, [idx64.length]), Tensor.from(idx32, [idx32.length], { device: 'cuda' })]) {
+  for (const indices of [idx64, idx32, Tensor.from(idx64, [idx64.length]), Tensor.from(idx32, [idx32.length], { device: DEVICE })]) {
     const layer = make();
     const y = layer.forward(indices);
-    assert.strictEqual(y.device, 'cuda');
+    assert.strictEqual(y.device, DEVICE);
     expectClose(y.toFloat32Array(), c.f32('y'), TOL, 'y');
     const { grads } = layer.backward(t('dy'));
     expectClose(grads.get('default').loraA.toFloat32Array(), c.f32('dA'), TOL, 'dA');
@@ -42,12 +42,12 @@ test('golden embedding on cuda (f32): y from each index form, dA, dB, merge, unm
 });
 
 for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
-  test(`embedding ${dtype}: cuda matches the cpu (repeats, padding index, 2-D indices, mixed batch), repeatable backward`, () => {
+  test(`embedding ${dtype}: cuda matches the cpu (repeats, padding index, 2-D indices, mixed batch), repeatable backward`, PARITY, () => {
     const num = 300, dim = 264, r = 8;
     let seed = 900;
     const pair = (shape, scale) => {
       const data = randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale);
-      return { cpu: Tensor.from(data, shape, { dtype }), cuda: Tensor.from(data, shape, { dtype, device: 'cuda' }) };
+      return { cpu: Tensor.from(data, shape, { dtype }), cuda: Tensor.from(data, shape, { dtype, device: DEVICE }) };
     };
     const W = pair([num, dim], 1);
     const build = (dev) => {
@@ -58,7 +58,7 @@ for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
       return l;
     };
     const lc = build('cpu');
-    const lg = build('cuda');
+    const lg = build(DEVICE);
     // 2-D indices [6, 50] with many repeats and the padding index
     const idx = Int32Array.from({ length: 300 }, (_, i) => (i % 11 === 0 ? 7 : (i * 37) % 41));
     const ic = Tensor.from(idx, [6, 50]);

@@ -11,8 +11,13 @@ const GOLDEN =
   [path.resolve(__dirname, '../golden'), path.resolve(__dirname, '../../shared/golden')].find((p) => fs.existsSync(p)) ||
   path.resolve(__dirname, '../golden');
 
-// scripts/check-cpu-golden.sh runs copies of these suites on the cpu (LORAKIT_TEST_DEVICE=cpu).
-if (process.env.LORAKIT_TEST_DEVICE !== 'cpu' && !lk.cuda.isAvailable())
+// The device the golden suites run on: 'cuda', or 'cpu' when scripts/check-cpu-golden.sh runs the
+// same files once per forced CPU path (LORAKIT_TEST_DEVICE=cpu). Tests that compare cuda with the
+// cpu pass PARITY as their options: skipped on the cpu, where they would compare the cpu with itself.
+const DEVICE = process.env.LORAKIT_TEST_DEVICE || 'cuda';
+if (DEVICE !== 'cuda' && DEVICE !== 'cpu') throw new Error(`LORAKIT_TEST_DEVICE: expected cuda or cpu, got ${DEVICE}`);
+const PARITY = { skip: DEVICE === 'cpu' ? 'compares cuda with the cpu' : false };
+if (DEVICE === 'cuda' && !lk.cuda.isAvailable())
   throw new Error(`test-gpu needs the CUDA build and a usable NVIDIA GPU; backendInfo(): ${JSON.stringify(lk.backendInfo())}`);
 
 function loadCase(name) {
@@ -64,4 +69,4 @@ function tileRows(a, k) {
   return out;
 }
 
-module.exports = { lk, loadCase, relErr, expectClose, randomArray, tileRows, GOLDEN };
+module.exports = { lk, loadCase, relErr, expectClose, randomArray, tileRows, GOLDEN, DEVICE, PARITY };

@@ -5,7 +5,7 @@
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert');
-const { lk, loadCase, expectClose, relErr, randomArray, tileRows } = require('./helpers');
+const { lk, loadCase, expectClose, relErr, randomArray, tileRows, DEVICE, PARITY } = require('./helpers');
 const { LoraLinear, Tensor } = lk;
 
 const TOL = 1e-5;
@@ -21,47 +21,47 @@ function goldenLayer(c, device) {
   return layer.eval();
 }
 
-test('golden multi_adapter y.mixed on cuda (f32), repeated rows, disabled adapters, 3-D bf16', async () => {
+test(`golden multi_adapter y.mixed on ${DEVICE} (f32), repeated rows, disabled adapters, 3-D bf16`, async () => {
   const c = loadCase('multi_adapter');
-  const layer = goldenLayer(c, 'cuda');
+  const layer = goldenLayer(c, DEVICE);
   const names = Array.from(c.file.int64('mixed_index'), (i) => c.meta.mixed_names[Number(i)]);
-  const x = Tensor.from(c.f32('x'), c.shape('x'), { device: 'cuda' });
+  const x = Tensor.from(c.f32('x'), c.shape('x'), { device: DEVICE });
   const y = layer.forward(x, { adapterNames: names });
-  assert.strictEqual(y.device, 'cuda');
+  assert.strictEqual(y.device, DEVICE);
   expectClose(y.toFloat32Array(), c.f32('y.mixed'), TOL, 'y.mixed');
   const ya = await layer.forwardAsync(x, { adapterNames: names });
   assert.ok(ya.toFloat32Array().every((v, i) => Object.is(v, y.toFloat32Array()[i])), 'async differs from sync');
   const [n, d] = c.shape('x');
   const reps = 40; // 280 rows: past the decode path
-  const x40 = Tensor.from(tileRows(c.f32('x'), reps), [reps * n, d], { device: 'cuda' });
+  const x40 = Tensor.from(tileRows(c.f32('x'), reps), [reps * n, d], { device: DEVICE });
   const names40 = Array.from({ length: reps }, () => names).flat();
   expectClose(layer.forward(x40, { adapterNames: names40 }).toFloat32Array(), tileRows(c.f32('y.mixed'), reps), TOL, 'y.mixed x40');
-  const x3 = Tensor.from(c.f32('x'), [n, 1, d], { dtype: 'f32', device: 'cuda' });
+  const x3 = Tensor.from(c.f32('x'), [n, 1, d], { dtype: 'f32', device: DEVICE });
   const y3 = layer.forward(x3, { adapterNames: names });
   assert.deepStrictEqual(y3.shape, [n, 1, c.shape('y.mixed')[1]]);
   expectClose(y3.toFloat32Array(), c.f32('y.mixed'), TOL, 'y.mixed 3-D');
   layer.enableAdapters(false);
   expectClose(layer.forward(x, { adapterNames: names }).toFloat32Array(), c.f32('y.disabled'), TOL, 'mixed, disabled');
 
-  const bf = new LoraLinear({ weight: Tensor.from(c.f32('W'), c.shape('W'), { dtype: 'bf16', device: 'cuda' }), bias: Tensor.from(c.f32('bias'), c.shape('bias'), { dtype: 'bf16', device: 'cuda' }) });
+  const bf = new LoraLinear({ weight: Tensor.from(c.f32('W'), c.shape('W'), { dtype: 'bf16', device: DEVICE }), bias: Tensor.from(c.f32('bias'), c.shape('bias'), { dtype: 'bf16', device: DEVICE }) });
   for (const [name, a] of Object.entries(c.meta.adapters)) {
     bf.addAdapter(name, { r: a.r, loraAlpha: a.lora_alpha, dtype: 'bf16' });
     bf.loraA.get(name).copyFrom(c.f32(`A.${name}`));
     bf.loraB.get(name).copyFrom(c.f32(`B.${name}`));
   }
   bf.eval();
-  const xb = Tensor.from(c.f32('x'), [n, 1, d], { dtype: 'bf16', device: 'cuda' });
+  const xb = Tensor.from(c.f32('x'), [n, 1, d], { dtype: 'bf16', device: DEVICE });
   const eb = relErr(bf.forward(xb, { adapterNames: names }).toFloat32Array(), c.f32('y.mixed'));
   assert.ok(eb < 1e-2, `bf16 y.mixed: ${eb}`);
 });
 
 for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
-  test(`mixed batch ${dtype}, four adapters and base rows: cuda matches the cpu`, () => {
+  test(`mixed batch ${dtype}, four adapters and base rows: cuda matches the cpu`, PARITY, () => {
     const inF = 264, outF = 520, n = 300;
     let seed = 77;
     const make = (shape, scale) => {
       const data = randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale);
-      return { cpu: Tensor.from(data, shape, { dtype }), cuda: Tensor.from(data, shape, { dtype, device: 'cuda' }) };
+      return { cpu: Tensor.from(data, shape, { dtype }), cuda: Tensor.from(data, shape, { dtype, device: DEVICE }) };
     };
     const W = make([outF, inF], 0.1);
     const b = make([outF], 0.5);
@@ -73,7 +73,7 @@ for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
       return l.eval();
     };
     const lc = build('cpu');
-    const lg = build('cuda');
+    const lg = build(DEVICE);
     const rows = Array.from({ length: n }, (_, i) => (i % 5 === 4 ? '__base__' : adapterNames[(i * 7) % 4]));
     const yc = lc.forward(x.cpu, { adapterNames: rows }).toFloat32Array();
     const yg = lg.forward(x.cuda, { adapterNames: rows }).toFloat32Array();
@@ -92,12 +92,12 @@ for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
 // not a multiple of the 128-wide chunk, tiles cut short (an adapter with 17 rows), f32 factors
 // on a 16-bit layer, and a long batch (several thousand tiles).
 for (const [dtype, factorDtype, n] of [['f16', 'f16', 61], ['bf16', 'f32', 37], ['f32', 'f32', 6000]]) {
-  test(`mixed batch ${dtype} (factors ${factorDtype}), r = 80 and r = 1, ${n} rows: cuda matches the cpu`, () => {
+  test(`mixed batch ${dtype} (factors ${factorDtype}), r = 80 and r = 1, ${n} rows: cuda matches the cpu`, PARITY, () => {
     const inF = 200, outF = 136;
     let seed = 300;
     const make = (shape, scale) => {
       const data = randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale);
-      return { cpu: Tensor.from(data, shape, { dtype }), cuda: Tensor.from(data, shape, { dtype, device: 'cuda' }) };
+      return { cpu: Tensor.from(data, shape, { dtype }), cuda: Tensor.from(data, shape, { dtype, device: DEVICE }) };
     };
     const W = make([outF, inF], 0.1);
     const x = make([n, inF], 1);
@@ -108,7 +108,7 @@ for (const [dtype, factorDtype, n] of [['f16', 'f16', 61], ['bf16', 'f32', 37], 
       return l.eval();
     };
     const lc = build('cpu');
-    const lg = build('cuda');
+    const lg = build(DEVICE);
     const rows = Array.from({ length: n }, (_, i) => (i < 17 ? 'big' : i % 3 === 0 ? 'one' : i % 3 === 1 ? 'big' : '__base__'));
     const yc = lc.forward(x.cpu, { adapterNames: rows }).toFloat32Array();
     const yg = lg.forward(x.cuda, { adapterNames: rows }).toFloat32Array();

@@ -21,7 +21,7 @@ beforeEach(() => {
 afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 function layerView(A: Tensor, B: Tensor): AdapterLayerView {
-  return { loraA: new Map([['default', A]]), loraB: new Map([['default', B]]), loraMagnitude: new Map() };
+  return { loraA: new Map([['default', A]]), loraB: new Map([['default', B]]), loraMagnitude: new Map(), loraBBias: new Map() };
 }
 
 function saveSource(A: Tensor, B: Tensor): AdapterSaveSource {
@@ -31,6 +31,7 @@ function saveSource(A: Tensor, B: Tensor): AdapterSaveSource {
     layers: new Map([['blk.q', layerView(A, B)]]),
     adapterNames: ['default'],
     peftConfig: new Map<string, ResolvedLoraConfig>([['default', cfg]]),
+    savedModules: new Map(),
     targetedModules: () => ['blk.q'],
     resolvedTargets: (c) => c.targetModules as string[],
     requireAdapter: (n) => n as string,
@@ -59,13 +60,14 @@ test('savePretrained writes peft\'s files from a plain object; LoraModel.fromPre
 
 /** A load target whose addAdapter makes zero factors of peft's shapes, as a model would (B with bOut rows). */
 function loadTarget(outF: number, bOut = outF): AdapterLoadTarget & { added: string[]; deleted: string[]; configs: LoraConfig[] } {
-  const layer = { loraA: new Map<string, Tensor>(), loraB: new Map<string, Tensor>(), loraMagnitude: new Map<string, Tensor>() };
+  const layer = { loraA: new Map<string, Tensor>(), loraB: new Map<string, Tensor>(), loraMagnitude: new Map<string, Tensor>(), loraBBias: new Map<string, Tensor>() };
   const t = {
     added: [] as string[],
     deleted: [] as string[],
     configs: [] as LoraConfig[],
     modules: new Map([['blk.q', { kind: 'linear' as const, weight: [outF, IN] }]]),
     layers: new Map([['blk.q', layer]]),
+    savedModules: new Map(),
     targetedModules: (name: string) => (t.added.includes(name) ? ['blk.q'] : []),
     addAdapter(name: string, config: LoraConfig) {
       t.added.push(name);

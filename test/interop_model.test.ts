@@ -237,7 +237,9 @@ describe('model-wide adapters', () => {
       LoraModel.fromPretrained(loadTiny().modules, dir, { warn: (w) => warnings.push(w) });
       expect(warnings.join()).toMatch(/ignoring unknown adapter_config keys: some_future_key/);
       fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, lora_bias: true }));
-      expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/lora_bias = true is not supported/);
+      expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/has no lora_B.bias, but the config sets lora_bias/);
+      fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, target_parameters: ['w'] }));
+      expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/target_parameters = \["w"\] is not supported/);
       fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, use_dora: true }));
       expect(() => LoraModel.fromPretrained(loadTiny().modules, dir)).toThrow(/has no lora_magnitude_vector, but the config sets use_dora/);
       fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, r: 4 }));

@@ -31,6 +31,7 @@ const OPS: Record<KernelOp, true> = {
   adamwStep: true,
   sgdStep: true,
   accumulate: true,
+  columnSum: true,
   sumSquares: true,
   scaleInplace: true,
 };

@@ -1,7 +1,8 @@
 /**
- * The Parameter objects a layer hands out for its adapters (peft's nn.Parameters lora_A, lora_B and
- * lora_magnitude_vector): one per tensor, made on first request, so the optimizer holding it and
- * backward() share it; backward adds each fresh gradient into the grad of those handed out.
+ * The Parameter objects a layer hands out (peft's nn.Parameters lora_A, lora_B, lora_B's bias,
+ * lora_magnitude_vector, and the base layer's bias when peft's bias mode makes it trainable): one
+ * per tensor, made on first request, so the optimizer holding it and backward() share it; backward
+ * adds each fresh gradient into the grad of those handed out.
  */
 import { Tensor } from '../tensor';
 import { Parameter } from '../parameter';
@@ -10,6 +11,8 @@ import { AdapterGrads } from './options';
 export class AdapterParameters {
   readonly #factors = new Map<string, [Parameter, Parameter]>();
   readonly #magnitudes = new Map<string, Parameter>();
+  readonly #loraBBias = new Map<string, Parameter>();
+  #baseBias: Parameter | null = null;
 
   /** [lora_A, lora_B] of adapter `name`; the same objects on every call. */
   factors(name: string, A: Tensor, B: Tensor): [Parameter, Parameter] {
@@ -31,31 +34,52 @@ export class AdapterParameters {
     return p;
   }
 
+  /** lora_B's bias of a lora_bias adapter; the same object on every call. */
+  loraBBias(name: string, b: Tensor): Parameter {
+    let p = this.#loraBBias.get(name);
+    if (!p) {
+      p = new Parameter(`lora_B.${name}.bias`, 'lora_B_bias', name, b);
+      this.#loraBBias.set(name, p);
+    }
+    return p;
+  }
+
+  /** The base layer's bias (peft's key `base_layer.bias`); the same object while the tensor is the same. */
+  baseBias(b: Tensor): Parameter {
+    if (!this.#baseBias || this.#baseBias.data !== b) this.#baseBias = new Parameter('base_layer.bias', 'bias', '', b);
+    return this.#baseBias;
+  }
+
   /** Forgets an adapter's Parameters after clearing their grads (its tensors are being freed). */
   delete(name: string): void {
     this.#factors.get(name)?.forEach((p) => p.zeroGrad());
     this.#factors.delete(name);
-    this.#magnitudes.get(name)?.zeroGrad();
-    this.#magnitudes.delete(name);
+    for (const m of [this.#magnitudes, this.#loraBBias]) {
+      m.get(name)?.zeroGrad();
+      m.delete(name);
+    }
   }
 
   /** Clears every grad (the layer is being disposed). */
   clearGrads(): void {
     for (const pair of this.#factors.values()) pair.forEach((p) => p.zeroGrad());
-    for (const p of this.#magnitudes.values()) p.zeroGrad();
+    for (const p of [...this.#magnitudes.values(), ...this.#loraBBias.values()]) p.zeroGrad();
+    this.#baseBias?.zeroGrad();
   }
 
-  /** Adds freshly computed adapter gradients into the grads of the Parameters handed out. */
-  accumulate(grads: ReadonlyMap<string, AdapterGrads>): void {
+  /** Adds freshly computed gradients into the grads of the Parameters handed out. */
+  accumulate(grads: ReadonlyMap<string, AdapterGrads>, biasGrad?: Tensor): void {
     for (const [name, g] of grads) {
       const pair = this.#factors.get(name);
-      if (!pair) continue;
-      pair[0].accumulateGrad(g.loraA);
-      pair[1].accumulateGrad(g.loraB);
-    }
-    for (const [name, g] of grads) {
+      if (pair) {
+        pair[0].accumulateGrad(g.loraA);
+        pair[1].accumulateGrad(g.loraB);
+      }
       const m = this.#magnitudes.get(name);
       if (m && g.magnitude) m.accumulateGrad(g.magnitude);
+      const lb = this.#loraBBias.get(name);
+      if (lb && g.loraBBias) lb.accumulateGrad(g.loraBBias);
     }
+    if (biasGrad && this.#baseBias) this.#baseBias.accumulateGrad(biasGrad);
   }
 }

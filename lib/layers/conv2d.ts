@@ -289,6 +289,13 @@ export class LoraConv2d extends LoraLayer {
     this.#forwardCount = 0;
   }
 
+  protected override get forwardCounter(): number {
+    return this.#forwardCount;
+  }
+  protected override set forwardCounter(n: number) {
+    this.#forwardCount = n;
+  }
+
   protected clearCache(): void {
     if (this.#cache) freeAdapterCache(this.#cache.adapters, this.#cache.x);
     this.#cache = null;

@@ -4,6 +4,8 @@
  * as one native pass that writes y once; the shrink x·Aᵀ is kept for backward.
  * DoRA adapters (useDora) scale each output feature by magnitude / ‖W + s·B·A‖ (norm detached, as
  * peft); the norm comes from a low-rank identity, never from a dense out×in delta.
+ * lora_bias adapters add s·b_B (folded into the call's bias); a trainable base bias (peft's bias
+ * modes) gets Σ_rows dy in backward (bias_terms.ts).
  */
 import { requireCallDtype, scratchDtype } from '../backend';
 import { Device, FloatDType } from '../dtype';
@@ -13,6 +15,7 @@ import { BackwardTermArg, NativeTensorHandle } from '../native';
 import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkBool, checkOptions } from '../validate';
+import { foldedBiasSteps, columnSumSteps } from './bias_terms';
 import { InitLoraWeights, kaimingFactors, residualWeight, weightInitFactors } from './init';
 import { AdapterGrads, BackwardResult, LoraLayer, MixedForwardOptions } from './lora_layer';
 
@@ -113,6 +116,9 @@ export class LoraLinear extends LoraLayer {
     if (o.adapterNames !== undefined) {
       if (x.shape.length < 2) throw new ShapeError(`x: a mixed batch needs a batch dimension, got shape ${shapeStr(x.shape)}`);
       const mixed = this.resolveMixedBatch(o.adapterNames, x.shape[0]);
+      const withBias = mixed.adapters.filter((n) => this._loraBBias.has(n));
+      if (withBias.length && !this._disableAdapters)
+        throw new AdapterError(`opts.adapterNames: adapter(s) ${withBias.join(', ')} have a lora_B bias; mixed-adapter batches do not support lora_bias`);
       this.clearCache();
       return yield* this.mixedForwardSteps(x, mixed.adapters, mixed.index);
     }
@@ -131,7 +137,11 @@ export class LoraLinear extends LoraLayer {
     const outShape = [...x.shape.slice(0, -1), this.outFeatures];
     const dev = this.device;
     const y = Tensor.empty(outShape, { dtype: x.dtype, device: dev });
+    let folded: Tensor | null = null; // b + Σ s·b_B when an active adapter has a lora_B bias
     try {
+      const biasTerms = names.filter((n) => this._loraBBias.has(n)).map((n) => [this._loraBBias.get(n)!, this._scaling.get(n)!] as const);
+      if (biasTerms.length) folded = yield* foldedBiasSteps(this.#bias, biasTerms, this.outFeatures, dev, x.dtype);
+      const biasHandle = (folded ?? this.#bias)?.handle ?? null;
       const anyDropout = this._training && names.some((n) => this._loraDropout.get(n)! > 0);
       // u = x·Aᵀ in the backend's scratch dtype (f32 on the cpu; x's dtype on cuda, the tensor-core expand's operand).
       const uDtype = scratchDtype(dev, x.dtype);
@@ -148,7 +158,8 @@ export class LoraLinear extends LoraLayer {
               NativeTensorHandle, NativeTensorHandle, number, NativeTensorHandle | null,
             ],
         );
-        yield step('loraForward', x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, args, y.handle);
+        yield step('loraForward', x.handle, this.#weight.handle, biasHandle, this.fanInFanOut, args, y.handle);
+        folded?.dispose();
         if (this._training) this.#cache = { x, outShape, adapters };
         return y;
       }
@@ -172,13 +183,15 @@ export class LoraLinear extends LoraLayer {
         const terms = adapters.map(
           (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
         );
-        yield step('linearForward', x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, terms, y.handle);
+        yield step('linearForward', x.handle, this.#weight.handle, biasHandle, this.fanInFanOut, terms, y.handle);
       }
     } catch (e) {
       freeAdapterCache(adapters, x);
+      folded?.dispose();
       y.dispose();
       throw e;
     }
+    folded?.dispose();
     if (this._training) this.#cache = { x, outShape, adapters, dora };
     else freeAdapterCache(adapters, x, dora);
     return y;
@@ -273,6 +286,7 @@ export class LoraLinear extends LoraLayer {
     const dx = Tensor.empty(cache.x.shape, { dtype: cache.x.dtype, device: dev });
     const grads = new Map<string, AdapterGrads>();
     const terms: BackwardTermArg[] = [];
+    let biasGrad: Tensor | undefined;
     try {
       if (cache.dora) yield* this.doraBackwardSteps(dy, cache, dx, grads);
       else for (const a of cache.adapters) {
@@ -301,17 +315,23 @@ export class LoraLinear extends LoraLayer {
         });
       }
       if (!cache.dora) yield step('linearBackward', dy.handle, this.#weight.handle, this.fanInFanOut, terms, dx.handle);
+      for (const [name, g] of grads) {
+        if (this._loraBBias.has(name)) g.loraBBias = yield* columnSumSteps(dy, this._scaling.get(name)!);
+      }
+      if (this._trainableBias && this.#bias) biasGrad = yield* columnSumSteps(dy, 1);
     } catch (e) {
       dx.dispose();
       for (const g of grads.values()) {
         g.loraA.dispose();
         g.loraB.dispose();
         g.magnitude?.dispose();
+        g.loraBBias?.dispose();
       }
+      biasGrad?.dispose();
       throw e;
     }
-    this.accumulateParameterGrads(grads);
-    return { dx, grads };
+    this.accumulateParameterGrads(grads, biasGrad);
+    return biasGrad ? { dx, grads, bias: biasGrad } : { dx, grads };
   }
 
   /** One native pass: rows grouped per adapter, the base and that adapter's expand as one GEMM. */
@@ -338,6 +358,14 @@ export class LoraLinear extends LoraLayer {
   }
 
   protected override get supportsWeightInit(): boolean {
+    return true;
+  }
+
+  protected override get supportsLoraBias(): boolean {
+    return true;
+  }
+
+  protected override get supportsTrainableBias(): boolean {
     return true;
   }
 
@@ -409,6 +437,13 @@ export class LoraLinear extends LoraLayer {
 
   protected override onReseed(): void {
     this.#forwardCount = 0;
+  }
+
+  protected override get forwardCounter(): number {
+    return this.#forwardCount;
+  }
+  protected override set forwardCounter(n: number) {
+    this.#forwardCount = n;
   }
 
   protected clearCache(): void {

@@ -15,15 +15,18 @@ import { Parameter } from '../parameter';
 import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../validate';
 import { loraScaling } from '../model/factors';
 import { AdapterParameters } from './adapter_parameters';
+import { biasDeltaSteps } from './bias_terms';
 import { LayerRunner } from './layer_runner';
 import { InitLoraWeights } from './init';
 import { resolveMixedBatch } from './mixed_batch';
-import { ADAPTER_OPTION_KEYS, AdapterGrads, AdapterOptions, LayerBackwardResult, MergeOptions, MixedForwardOptions, resolveAdapterOptions } from './options';
-import { WeightedAdapterOptions, weightedAdapterFactors } from './weighted_adapter';
+import {
+  ADAPTER_OPTION_KEYS, AdapterGrads, AdapterOptions, LayerBackwardResult, LayerRngState, MergeOptions, MixedForwardOptions, checkRngState, resolveAdapterOptions,
+} from './options';
+import { WeightedAdapterOptions, loraBiasSources, weightedAdapterFactors } from './weighted_adapter';
 
 export type { InitLoraWeights } from './init';
 export { ADAPTER_OPTION_KEYS } from './options';
-export type { AdapterOptions, AdapterGrads, BackwardResult, LayerBackwardResult, MergeOptions, MixedForwardOptions } from './options';
+export type { AdapterOptions, AdapterGrads, BackwardResult, LayerBackwardResult, LayerRngState, MergeOptions, MixedForwardOptions } from './options';
 export type { CombinationType, WeightedAdapterOptions } from './weighted_adapter';
 
 /** One adapter's entries in the layer's maps (p: dropout, rs: rsLoRA, frozen: inference mode). */
@@ -41,6 +44,10 @@ export abstract class LoraLayer {
   protected readonly _seed = new Map<string, number>();
   protected readonly _useDora = new Map<string, boolean>();
   protected readonly _loraMagnitude = new Map<string, Tensor>();
+  /** peft's lora_bias: lora_B's bias [out] of the adapters that have one. */
+  protected readonly _loraBBias = new Map<string, Tensor>();
+  /** peft's bias='all' / 'lora_only': backward gives the base bias a gradient. */
+  protected _trainableBias = false;
   protected _activeAdapters: string[] = [];
   protected _disableAdapters = false;
   protected _mergedAdapters: string[] = [];
@@ -104,6 +111,23 @@ export abstract class LoraLayer {
   get loraMagnitude(): ReadonlyMap<string, Tensor> {
     return this._loraMagnitude;
   }
+  /** lora_B's bias [out] of each lora_bias adapter (peft's lora_B[name].bias). */
+  get loraBBias(): ReadonlyMap<string, Tensor> {
+    return this._loraBBias;
+  }
+  /**
+   * Whether the base bias is trained (peft's bias='all' / 'lora_only', which LoraModel sets):
+   * parameters() then includes it and backward() gives it Σ_rows dy. Needs a layer with a bias.
+   */
+  get trainableBias(): boolean {
+    return this._trainableBias;
+  }
+  set trainableBias(on: boolean) {
+    checkBool(on, 'trainableBias');
+    if (on && !this.bias) throw new AdapterError(`trainableBias: ${this.constructor.name} has no bias to train`);
+    if (on && !this.supportsTrainableBias) throw new AdapterError(`trainableBias: a trainable base bias is supported on LoraLinear only, not on ${this.constructor.name}`);
+    this._trainableBias = on;
+  }
   get activeAdapters(): readonly string[] {
     return this._activeAdapters.slice();
   }
@@ -141,8 +165,25 @@ export abstract class LoraLayer {
       out.push(...this.adapterParameters(name));
       const m = this.magnitudeParameter(name);
       if (m) out.push(m);
+      const lb = this.loraBBiasParameter(name);
+      if (lb) out.push(lb);
     }
+    const b = this.biasParameter();
+    if (b) out.push(b);
     return out;
+  }
+
+  /** lora_B's bias of a lora_bias adapter as a Parameter (null for adapters without one). */
+  loraBBiasParameter(name: string): Parameter | null {
+    this.requireAdapter(name, 'name');
+    const b = this._loraBBias.get(name);
+    return b ? this.#parameters.loraBBias(name, b) : null;
+  }
+
+  /** The base bias as a Parameter (`base_layer.bias`) while trainableBias is set, else null. */
+  biasParameter(): Parameter | null {
+    const b = this.bias;
+    return this._trainableBias && b ? this.#parameters.baseBias(b) : null;
   }
 
   /** [lora_A, lora_B] of one adapter as Parameters (frozen or not). */
@@ -166,7 +207,13 @@ export abstract class LoraLayer {
     checkString(name, 'name');
     const checked = checkOptions(opts, ADAPTER_OPTION_KEYS, 'opts') as AdapterOptions;
     this.requireNewName(name, 'name');
-    const caps = { kind: this.constructor.name, supportsDora: this.supportsDora, supportsWeightInit: this.supportsWeightInit, merged: this.merged };
+    const caps = {
+      kind: this.constructor.name,
+      supportsDora: this.supportsDora,
+      supportsLoraBias: this.supportsLoraBias,
+      supportsWeightInit: this.supportsWeightInit,
+      merged: this.merged,
+    };
     const o = resolveAdapterOptions(checked, caps);
     if (o.r > Math.min(this.inFeatures, this.outFeatures) * 64)
       throw new LoraRangeError(`opts.r: ${o.r} is far larger than the layer (${this.inFeatures} in, ${this.outFeatures} out)`);
@@ -179,6 +226,12 @@ export abstract class LoraLayer {
     if (o.useDora) {
       this._useDora.set(name, true);
       this._loraMagnitude.set(name, this.initMagnitude(name));
+    }
+    if (o.loraBias) {
+      // peft: zero with init true; nn.Linear(r, out)'s default bias U(±1/√r) with init false.
+      const b = new Float32Array(this.outFeatures);
+      if (init === false) rng.fillUniform(b, -1 / Math.sqrt(r), 1 / Math.sqrt(r));
+      this._loraBBias.set(name, Tensor.from(b, [this.outFeatures], { dtype, device: this.weight.device }));
     }
     return this;
   }
@@ -251,7 +304,7 @@ export abstract class LoraLayer {
     const checks = {
       requireAdapter: (n: unknown, arg: string) => this.requireAdapter(n, arg),
       checkNewName: () => this.requireNewName(checkString(newName, 'newName'), 'newName'),
-      unsupported: this.weightedAdapterUnsupported(),
+      unsupported: this.weightedAdapterUnsupported() ?? loraBiasSources(adapters, this._loraBBias),
     };
     const { r, A, B } = weightedAdapterFactors(this, checks, adapters, weights, opts);
     const p = this._loraDropout.get(adapters[0])!;
@@ -290,8 +343,9 @@ export abstract class LoraLayer {
     this._loraA.get(name)!.dispose();
     this._loraB.get(name)!.dispose();
     this._loraMagnitude.get(name)?.dispose();
+    this._loraBBias.get(name)?.dispose();
     this.#parameters.delete(name);
-    for (const m of [this._r, this._loraAlpha, this._scaling, this._loraDropout, this._useRslora, this._loraA, this._loraB, this._inferenceMode, this._seed, this._useDora, this._loraMagnitude])
+    for (const m of [this._r, this._loraAlpha, this._scaling, this._loraDropout, this._useRslora, this._loraA, this._loraB, this._inferenceMode, this._seed, this._useDora, this._loraMagnitude, this._loraBBias])
       m.delete(name);
     this.onAdapterDeleted(name);
     this._activeAdapters = this._activeAdapters.filter((n) => n !== name);
@@ -307,6 +361,19 @@ export abstract class LoraLayer {
     const rng = new Rng(checkInt(seed, 'seed', 0));
     for (const name of this._r.keys()) this._seed.set(name, rng.nextSeed());
     this.onReseed();
+    return this;
+  }
+
+  /** The dropout generator's state, for a training checkpoint (train's resumeFrom restores it). */
+  rngState(): LayerRngState {
+    return { seeds: Object.fromEntries(this._seed), counter: this.forwardCounter };
+  }
+
+  /** Restores rngState(); the masks of the following forwards repeat those of the run it came from. */
+  setRngState(s: LayerRngState): this {
+    const { seeds, counter } = checkRngState(s, (n) => this.requireAdapter(n, 'state.seeds'));
+    for (const [n, v] of seeds) this._seed.set(n, v);
+    this.forwardCounter = counter;
     return this;
   }
 
@@ -363,21 +430,28 @@ export abstract class LoraLayer {
       o.adapterNames.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
       names = o.adapterNames;
     }
+    const noBias = names.filter((n) => this._loraBBias.has(n) && !this.bias);
+    if (noBias.length)
+      throw new AdapterError(`merge: adapter(s) ${noBias.join(', ')} have a lora_B bias but ${this.constructor.name} has no base bias to merge it into`);
     for (const name of names) {
       if (this._mergedAdapters.includes(name)) continue;
       const W = this.weight;
+      const bB = this._loraBBias.get(name);
+      const what = `adapter '${name}'`;
       if (safe) {
         const trial = W.clone();
         try {
           yield* this.deltaSteps(name, 1, W, trial);
           if (!(yield step('allFinite', trial.handle)))
             throw new LoraRangeError(`merge: NaNs or infinities detected in the merged weight for adapter '${name}'; the weight was left unchanged`);
+          if (bB) yield* biasDeltaSteps(this.bias!, bB, this._scaling.get(name)!, true, what);
           yield step('convert', trial.handle, W.handle);
         } finally {
           trial.dispose();
         }
       } else {
         yield* this.deltaSteps(name, 1, W, W);
+        if (bB) yield* biasDeltaSteps(this.bias!, bB, this._scaling.get(name)!, false, what);
       }
       this._mergedAdapters.push(name);
     }
@@ -388,6 +462,8 @@ export abstract class LoraLayer {
     while (this._mergedAdapters.length > 0) {
       const name = this._mergedAdapters[this._mergedAdapters.length - 1];
       yield* this.deltaSteps(name, -1, this.weight, this.weight);
+      const bB = this._loraBBias.get(name);
+      if (bB) yield* biasDeltaSteps(this.bias!, bB, -this._scaling.get(name)!, false, `adapter '${name}'`);
       this._mergedAdapters.pop(); // only once W is restored, so a failed step can be retried
     }
     return this;
@@ -412,7 +488,7 @@ export abstract class LoraLayer {
     this.requireIdle('dispose');
     this.clearCache();
     this.#parameters.clearGrads();
-    for (const t of [...this._loraA.values(), ...this._loraB.values(), ...this._loraMagnitude.values()]) t.dispose();
+    for (const t of [...this._loraA.values(), ...this._loraB.values(), ...this._loraMagnitude.values(), ...this._loraBBias.values()]) t.dispose();
   }
 
   /** Adapters that contribute to a forward in the current state. */
@@ -429,8 +505,8 @@ export abstract class LoraLayer {
   }
 
   /** Adds freshly computed adapter gradients into the grads of the Parameters handed out. */
-  protected accumulateParameterGrads(grads: ReadonlyMap<string, AdapterGrads>): void {
-    this.#parameters.accumulate(grads);
+  protected accumulateParameterGrads(grads: ReadonlyMap<string, AdapterGrads>, biasGrad?: Tensor): void {
+    this.#parameters.accumulate(grads, biasGrad);
   }
 
   /** Creates A and B for a new adapter (init.ts has peft's initialisers). */
@@ -449,6 +525,16 @@ export abstract class LoraLayer {
 
   protected initMagnitude(_name: string): Tensor {
     throw new AdapterError(`useDora: not supported on ${this.constructor.name}`);
+  }
+
+  /** Layer kinds with lora_bias override this (their forward, backward and merge carry b_B). */
+  protected get supportsLoraBias(): boolean {
+    return false;
+  }
+
+  /** Layer kinds whose backward gives the base bias its gradient override this. */
+  protected get supportsTrainableBias(): boolean {
+    return false;
   }
 
   /** Layer kinds with pissa/olora override this and initFromWeight. */
@@ -473,4 +559,10 @@ export abstract class LoraLayer {
 
   /** Called after manualSeed(): restart any per-forward dropout counter. */
   protected onReseed(): void {}
+
+  /** The per-forward dropout counter of layer kinds with dropout (0 for the others). */
+  protected get forwardCounter(): number {
+    return 0;
+  }
+  protected set forwardCounter(_n: number) {}
 }

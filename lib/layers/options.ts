@@ -21,6 +21,11 @@ export interface AdapterOptions {
   initLoraWeights?: InitLoraWeights;
   /** DoRA (LoraLinear): a magnitude vector [out] rescales each output row by m / ‖W + s·B·A‖. */
   useDora?: boolean;
+  /**
+   * peft's lora_bias (LoraLinear): lora_B gets a bias b_B [out], so the adapter adds s·(u·Bᵀ + b_B)
+   * and a merge adds s·b_B to the base bias. Not with DoRA; init must be true or false.
+   */
+  loraBias?: boolean;
   /** Seed for the initialisation and the dropout masks (default: from the global generator). */
   seed?: number;
   /** Frozen adapter: forward uses it, backward gives it no gradient. */
@@ -39,6 +44,7 @@ export const ADAPTER_OPTION_KEYS = [
   'inferenceMode',
   'dtype',
   'useDora',
+  'loraBias',
 ] as const;
 
 /** Where each row of a mixed batch goes: '__base__' runs the base layer alone. */
@@ -59,11 +65,15 @@ export interface AdapterGrads {
   loraB: Tensor;
   /** DoRA adapters: dL/dmagnitude [out]. */
   magnitude?: Tensor;
+  /** lora_bias adapters: dL/db_B [out] (f32) = s·Σ_rows dy. */
+  loraBBias?: Tensor;
 }
 
 export interface BackwardResult {
   dx: Tensor;
   grads: Map<string, AdapterGrads>;
+  /** dL/dbias [out] (f32) = Σ_rows dy, when the base bias is trainable (peft's bias='all' / 'lora_only'). */
+  bias?: Tensor;
 }
 
 /** What backward() gives on any layer kind: dx except on LoraEmbedding (indices have no gradient). */
@@ -80,6 +90,7 @@ export interface ResolvedAdapterOptions {
   useRslora: boolean;
   init: InitLoraWeights;
   useDora: boolean;
+  loraBias: boolean;
   seed: number;
   frozen: boolean;
   dtype: FloatDType;
@@ -90,6 +101,8 @@ export interface LayerCapabilities {
   /** The layer's class name, for messages. */
   kind: string;
   supportsDora: boolean;
+  /** lora_bias */
+  supportsLoraBias: boolean;
   /** pissa / olora */
   supportsWeightInit: boolean;
   merged: boolean;
@@ -111,10 +124,31 @@ export function resolveAdapterOptions(o: AdapterOptions, layer: LayerCapabilitie
     throw new AdapterError(`opts.initLoraWeights: '${init}' is supported on LoraLinear only, not on ${layer.kind}`);
   if ((init === 'pissa' || init === 'olora') && layer.merged)
     throw new StateError(`opts.initLoraWeights: '${init}' rewrites the base weight; unmerge() first`);
+  const loraBias = o.loraBias === undefined ? false : checkBool(o.loraBias, 'opts.loraBias');
+  if (loraBias && !layer.supportsLoraBias) throw new AdapterError(`opts.loraBias: lora_bias is supported on LoraLinear only, not on ${layer.kind}`);
+  if (loraBias && useDora) throw new AdapterError('opts.loraBias: cannot be combined with useDora (as in peft)');
+  if (loraBias && init !== true && init !== false)
+    throw new AdapterError(`opts.loraBias: needs initLoraWeights true or false (as in peft), got ${String(init)}`);
   const seed = o.seed === undefined ? nextGlobalSeed() : checkInt(o.seed, 'opts.seed', 0);
   const frozen = o.inferenceMode === undefined ? false : checkBool(o.inferenceMode, 'opts.inferenceMode');
   const dtype = o.dtype ?? 'f32';
   if (dtype !== 'f32' && dtype !== 'f16' && dtype !== 'bf16')
     throw new LoraTypeError(`opts.dtype: expected 'f32', 'f16' or 'bf16', got ${String(dtype)}`);
-  return { r, alpha, dropout, useRslora, init, useDora, seed, frozen, dtype };
+  return { r, alpha, dropout, useRslora, init, useDora, loraBias, seed, frozen, dtype };
+}
+
+/** The dropout masks' generator state: each adapter's seed and the layer's forward counter (a mask depends on both). */
+export interface LayerRngState {
+  seeds: Record<string, number>;
+  counter: number;
+}
+
+/** Checks a LayerRngState; requireAdapter names a seed's adapter or throws. */
+export function checkRngState(s: unknown, requireAdapter: (name: string) => string): { seeds: Array<readonly [string, number]>; counter: number } {
+  const st = s as LayerRngState;
+  if (st === null || typeof st !== 'object' || typeof st.seeds !== 'object' || st.seeds === null)
+    throw new LoraTypeError('state: expected { seeds, counter } from rngState()');
+  const counter = checkInt(st.counter, 'state.counter', 0);
+  const seeds = Object.entries(st.seeds).map(([n, v]) => [requireAdapter(n), checkInt(v, `state.seeds['${n}']`, 0)] as const);
+  return { seeds, counter };
 }

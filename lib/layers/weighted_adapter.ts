@@ -38,7 +38,7 @@ export interface WeightedChecks {
   unsupported: string | null;
 }
 
-/** Checks the arguments and returns the combined factors, shaped and typed like the first source's, and their rank. */
+/** Checks the arguments and returns the combined factors, shaped, typed and placed (device) like the first source's, and their rank. */
 export function weightedAdapterFactors(
   layer: WeightedSources,
   checks: WeightedChecks,
@@ -84,8 +84,15 @@ export function weightedAdapterFactors(
     f = truncatedSvdOfSum(As, Bs, ranks, ws, outDim, inDim, rNew);
   }
   const dtype = A0.dtype as FloatDType;
-  const A = Tensor.from(f.a, [rNew, ...A0.shape.slice(1)], { dtype });
-  const B = Tensor.from(f.b, [outDim, rNew, ...B0.shape.slice(2)], { dtype });
+  const device = A0.device; // the layer's: a cuda layer's new adapter must live on cuda too
+  const A = Tensor.from(f.a, [rNew, ...A0.shape.slice(1)], { dtype, device });
+  let B: Tensor;
+  try {
+    B = Tensor.from(f.b, [outDim, rNew, ...B0.shape.slice(2)], { dtype, device });
+  } catch (e) {
+    A.dispose();
+    throw e;
+  }
   return { r: rNew, A, B };
 }
 
@@ -161,4 +168,10 @@ export function truncatedSvdOfSum(
   for (let row = 0; row < outDim; row++) for (let j = 0; j < k; j++) b[row * k + j] = left.data[row * R + j] * f.S[j];
   a.set(right.data.subarray(0, k * inDim));
   return { a, b };
+}
+
+/** addWeightedAdapter refuses lora_bias sources: peft's combination drops or mixes the biases (peft #3761). */
+export function loraBiasSources(adapters: readonly unknown[], loraBBias: ReadonlyMap<string, unknown>): string | null {
+  const withBias = Array.isArray(adapters) ? adapters.filter((a): a is string => typeof a === 'string' && loraBBias.has(a)) : [];
+  return withBias.length ? `adapter(s) ${withBias.join(', ')} have a lora_B bias, which a weighted combination cannot carry` : null;
 }

@@ -7,6 +7,7 @@
 import { Tensor } from '../tensor';
 import { LoraConfig, ResolvedLoraConfig } from './config';
 import { ModuleKind, ParamValue } from './modules';
+import { ModuleTensors } from './modules_to_save';
 
 /** One LoRA layer as the files see it: the factor tensors of each adapter, by adapter name. */
 export interface AdapterLayerView {
@@ -14,12 +15,21 @@ export interface AdapterLayerView {
   readonly loraB: ReadonlyMap<string, Tensor>;
   /** DoRA adapters only. */
   readonly loraMagnitude: ReadonlyMap<string, Tensor>;
+  /** lora_bias adapters only: lora_B's bias. */
+  readonly loraBBias: ReadonlyMap<string, Tensor>;
+}
+
+/** A module in some adapter's modulesToSave: each such adapter's copy of its tensors. */
+export interface SavedModuleView {
+  readonly modulesToSave: ReadonlyMap<string, ModuleTensors>;
 }
 
 /** A module as the files see it: its kind picks the tensor names, its weight (or shape) the factor shapes. */
 export interface AdapterModuleView {
   readonly kind: ModuleKind;
   readonly weight: ParamValue;
+  /** Loading a bias='all' / 'lora_only' adapter writes the saved bias into it (as peft's load_state_dict). */
+  readonly bias?: ParamValue | null;
 }
 
 /** The part both directions share. */
@@ -28,8 +38,10 @@ export interface AdapterFactorsView {
   readonly modules: ReadonlyMap<string, AdapterModuleView>;
   /** Module name → its LoRA layer; modules given as a shape only have none. */
   readonly layers: ReadonlyMap<string, AdapterLayerView>;
-  /** The modules carrying the adapter (peft: the ones its target_modules selected). */
-  targetedModules(adapterName: string): string[];
+  /** Module name → its copies, for modules some adapter's modulesToSave names. */
+  readonly savedModules: ReadonlyMap<string, SavedModuleView>;
+  /** The modules carrying the adapter (peft: the ones its target_modules selected); all adapters' when none is named. */
+  targetedModules(adapterName?: string): string[];
 }
 
 /** What loading needs (set_peft_model_state_dict): a way to add the adapter, and to take it back on failure. */

@@ -1,7 +1,9 @@
 /**
  * Adapters on disk in peft's layout: adapter_config.json, adapter_model.safetensors with keys
  * `base_model.model.<module>.lora_A.weight` (adapter name stripped; embeddings use
- * `lora_embedding_A`), README.md. The default adapter goes to the directory itself, others to
+ * `lora_embedding_A`; lora_bias adds `lora_B.bias`), trainable biases of bias='all' / 'lora_only'
+ * as `<module>.base_layer.bias` (LoRA layers) or `<module>.bias` (others), a modules_to_save copy
+ * as `<module>.<param>` (get_peft_model_state_dict's names, checked against peft 0.21), README.md. The default adapter goes to the directory itself, others to
  * sub-directories named after them. Works on any model through the interfaces of adapter_host.ts
  * (as peft's save_and_load.py takes the model as an argument); LoraModel passes itself.
  */
@@ -18,6 +20,7 @@ import { LoraConfig, fromPeftJson, peftJsonText, resolveConfig, toPeftJson } fro
 import { kindFromFactors } from './factors';
 import { modelCard } from './model_card';
 import { ModuleKind, ModuleSpec, shapeOf } from './modules';
+import { matchesModulesToSave } from './modules_to_save';
 
 export const CONFIG_FILE = 'adapter_config.json';
 export const WEIGHTS_FILE = 'adapter_model.safetensors';
@@ -28,6 +31,8 @@ export interface AdapterTensors {
   B: Tensor | null;
   /** DoRA magnitude vector [out] (peft's lora_magnitude_vector). */
   magnitude: Tensor | null;
+  /** lora_B's bias [out] (peft's lora_bias). */
+  loraBBias: Tensor | null;
   /** Embedding adapters are stored as lora_embedding_A/B. */
   embedding: boolean;
 }
@@ -36,6 +41,10 @@ export interface AdapterOnDisk {
   config: LoraConfig;
   /** Module name → its factors (native tensors in the file's dtype). */
   modules: Map<string, AdapterTensors>;
+  /** Module name → its trained bias (bias='all' / 'lora_only'). */
+  biases: Map<string, Tensor>;
+  /** Module name → its modules_to_save copy, by parameter name ('weight', 'bias'). */
+  saved: Map<string, Map<string, Tensor>>;
 }
 
 function lorakitVersion(): string {
@@ -48,14 +57,20 @@ function lorakitVersion(): string {
 }
 
 /** The saved tensor names of one module's factors. */
-export function peftKeys(moduleName: string, kind: ModuleKind): { A: string; B: string; magnitude: string } {
+export function peftKeys(moduleName: string, kind: ModuleKind): { A: string; B: string; magnitude: string; loraBBias: string } {
   const magnitude = `${PREFIX}${moduleName}.lora_magnitude_vector`; // peft strips '.weight' here
+  const loraBBias = `${PREFIX}${moduleName}.lora_B.bias`;
   return kind === 'embedding'
-    ? { A: `${PREFIX}${moduleName}.lora_embedding_A`, B: `${PREFIX}${moduleName}.lora_embedding_B`, magnitude }
-    : { A: `${PREFIX}${moduleName}.lora_A.weight`, B: `${PREFIX}${moduleName}.lora_B.weight`, magnitude };
+    ? { A: `${PREFIX}${moduleName}.lora_embedding_A`, B: `${PREFIX}${moduleName}.lora_embedding_B`, magnitude, loraBBias }
+    : { A: `${PREFIX}${moduleName}.lora_A.weight`, B: `${PREFIX}${moduleName}.lora_B.weight`, magnitude, loraBBias };
 }
 
-const KEY_RE = /^(?:base_model\.model\.)?(.+)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B|lora_magnitude_vector(?:\.weight)?)$/;
+/** The saved name of a trained bias: LoRA layers keep the base layer's bias as `base_layer.bias`. */
+export function peftBiasKey(moduleName: string, isLoraLayer: boolean): string {
+  return `${PREFIX}${moduleName}${isLoraLayer ? '.base_layer' : ''}.bias`;
+}
+
+const KEY_RE = /^(?:base_model\.model\.)?(.+)\.(lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B|lora_magnitude_vector(?:\.weight)?)$/;
 
 const ADAPTER_FOLDER = `the folder peft's save_pretrained writes, with ${CONFIG_FILE} and ${WEIGHTS_FILE}`;
 
@@ -116,38 +131,62 @@ function parseAdapter(text: string, cfgPath: string, reader: TensorSource, wPath
     reader.close?.();
     throw e;
   }
-  const modules = new Map<string, AdapterTensors>();
+  const a: AdapterOnDisk = { config, modules: new Map(), biases: new Map(), saved: new Map() };
+  const saveList = config.modulesToSave ?? null;
+  const biasMode = config.bias ?? 'none';
   try {
     for (const key of reader.names) {
       const m = KEY_RE.exec(key);
       if (!m) {
-        for (const t of modules.values()) [t.A, t.B].forEach((x) => x?.dispose());
-        throw new AdapterError(`${wPath}: tensor '${key}' is not a LoRA factor lorakit reads (lora_A/lora_B .weight, lora_embedding_A/B, lora_magnitude_vector; lora_bias and modules_to_save are not supported)`);
+        // Not a LoRA factor: a modules_to_save copy's tensor, or a trained bias.
+        const rest = key.startsWith(PREFIX) ? key.slice(PREFIX.length) : key;
+        const dot = rest.lastIndexOf('.');
+        const mod = rest.slice(0, dot);
+        const param = rest.slice(dot + 1);
+        if (dot > 0 && matchesModulesToSave(saveList, mod)) {
+          if (!a.saved.has(mod)) a.saved.set(mod, new Map());
+          a.saved.get(mod)!.set(param, reader.tensor(key));
+        } else if (dot > 0 && param === 'bias' && biasMode !== 'none') {
+          a.biases.set(mod.endsWith('.base_layer') ? mod.slice(0, -'.base_layer'.length) : mod, reader.tensor(key));
+        } else {
+          throw new AdapterError(
+            `${wPath}: tensor '${key}' is neither a LoRA factor (lora_A/lora_B .weight, lora_B.bias, lora_embedding_A/B, lora_magnitude_vector) ` +
+              `nor a bias (the config's bias is '${biasMode}') nor part of a modules_to_save module (${JSON.stringify(saveList)})`,
+          );
+        }
+        continue;
       }
       const [, mod, part] = m;
-      const t = modules.get(mod) ?? { A: null, B: null, magnitude: null, embedding: false };
+      const t = a.modules.get(mod) ?? { A: null, B: null, magnitude: null, loraBBias: null, embedding: false };
       if (part.startsWith('lora_embedding')) t.embedding = true;
-      modules.set(mod, t);
+      a.modules.set(mod, t);
       const tensor = reader.tensor(key);
       if (part === 'lora_A.weight' || part === 'lora_embedding_A') t.A = tensor;
       else if (part.startsWith('lora_magnitude_vector')) t.magnitude = tensor;
+      else if (part === 'lora_B.bias') t.loraBBias = tensor;
       else t.B = tensor;
     }
+  } catch (e) {
+    disposeAdapter(a);
+    throw e;
   } finally {
     reader.close?.();
   }
   const dora = config.useDora === true;
-  for (const [mod, t] of modules) {
-    if (!t.A || !t.B) {
-      disposeAdapter({ config, modules });
-      throw new AdapterError(`${wPath}: module '${mod}' lacks ${t.A ? 'lora_B' : 'lora_A'}`);
-    }
-    if (dora !== (t.magnitude !== null)) {
-      disposeAdapter({ config, modules });
-      throw new AdapterError(`${wPath}: module '${mod}' ${dora ? 'has no lora_magnitude_vector, but the config sets use_dora' : 'has a lora_magnitude_vector, but the config does not set use_dora'}`);
+  const loraBias = config.loraBias === true;
+  for (const [mod, t] of a.modules) {
+    let problem: string | null = null;
+    if (!t.A || !t.B) problem = `lacks ${t.A ? 'lora_B' : 'lora_A'}`;
+    else if (dora !== (t.magnitude !== null))
+      problem = dora ? 'has no lora_magnitude_vector, but the config sets use_dora' : 'has a lora_magnitude_vector, but the config does not set use_dora';
+    else if (loraBias !== (t.loraBBias !== null))
+      problem = loraBias ? 'has no lora_B.bias, but the config sets lora_bias' : 'has a lora_B.bias, but the config does not set lora_bias';
+    if (problem) {
+      disposeAdapter(a);
+      throw new AdapterError(`${wPath}: module '${mod}' ${problem}`);
     }
   }
-  return { config, modules };
+  return a;
 }
 
 /** Frees the tensors readAdapter returned. */
@@ -156,7 +195,10 @@ export function disposeAdapter(a: AdapterOnDisk): void {
     t.A?.dispose();
     t.B?.dispose();
     t.magnitude?.dispose();
+    t.loraBBias?.dispose();
   }
+  for (const b of a.biases.values()) b.dispose();
+  for (const m of a.saved.values()) for (const t of m.values()) t.dispose();
 }
 
 /** The module kind an adapter's factors imply for a module, given its weight shape (a weight both layouts fit stays conv1d if it was). */
@@ -212,8 +254,47 @@ export function assignFactors(model: AdapterFactorsView, a: AdapterOnDisk, name:
         throw new ShapeError(`${source}: module '${mod}': lora_magnitude_vector ${shapeStr(t.magnitude.shape)} does not fit the layer (${mag ? shapeStr(mag.shape) : 'no DoRA'})`);
       mag.copyFrom(t.magnitude);
     }
+    if (t.loraBBias) copyChecked(layer.loraBBias.get(name), t.loraBBias, `${source}: module '${mod}': lora_B.bias`);
   }
   if (missing.length > 0) warn(`lorakit: ${source}: no factors for ${missing.length} targeted module(s) (${missing.slice(0, 3).join(', ')}...); they keep their initial values`);
+  assignExtras(model, a, name, source, warn);
+}
+
+function copyChecked(dst: Tensor | null | undefined, src: Tensor, what: string): void {
+  if (!dst) throw new AdapterError(`${what}: the model has no tensor to load it into`);
+  if (dst.shape.join() !== src.shape.join()) throw new ShapeError(`${what}: ${shapeStr(src.shape)} does not fit the model's ${shapeStr(dst.shape)}`);
+  dst.copyFrom(src);
+}
+
+/**
+ * The trained biases go into the modules' own bias tensors, in place (peft's load_state_dict writes
+ * the base model's biases); modules_to_save tensors go into the adapter's copies.
+ */
+function assignExtras(model: AdapterFactorsView, a: AdapterOnDisk, name: string, source: string, warn: (m: string) => void): void {
+  const absent: string[] = [];
+  for (const [mod, b] of a.biases) {
+    const m = model.modules.get(mod);
+    if (!m) {
+      absent.push(`${mod}.bias`);
+      continue;
+    }
+    if (!(m.bias instanceof Tensor))
+      throw new StateError(`${source}: the adapter trained the bias of module '${mod}', which ${m.bias ? 'was given as a shape only' : 'has no bias in this model'}`);
+    copyChecked(m.bias, b, `${source}: bias of module '${mod}'`);
+  }
+  for (const [mod, params] of a.saved) {
+    const copy = model.savedModules.get(mod)?.modulesToSave.get(name);
+    if (!copy) {
+      if (model.modules.has(mod)) throw new AdapterError(`${source}: the adapter saved module '${mod}', but it holds no copy of it for adapter '${name}'`);
+      absent.push(mod);
+      continue;
+    }
+    for (const [param, t] of params) {
+      const dst = param === 'weight' ? copy.weight : param === 'bias' ? copy.bias : null;
+      copyChecked(dst, t, `${source}: modules_to_save '${mod}.${param}'`);
+    }
+  }
+  if (absent.length > 0) warn(`lorakit: ${source}: ignoring ${absent.length} saved tensor(s) of modules this model does not have (${absent.slice(0, 3).join(', ')})`);
 }
 
 /**
@@ -294,6 +375,15 @@ function savePlan(model: AdapterSaveSource, dir: string, selected?: string[]): S
       tensors.set(keys.B, layer.loraB.get(name)!);
       const mag = layer.loraMagnitude.get(name);
       if (mag) tensors.set(keys.magnitude, mag);
+      const lb = layer.loraBBias.get(name);
+      if (lb) tensors.set(keys.loraBBias, lb);
+    }
+    for (const [key, t] of trainedBiases(model, name)) tensors.set(key, t);
+    for (const [mod, w] of model.savedModules) {
+      const c = w.modulesToSave.get(name);
+      if (!c) continue;
+      tensors.set(`${PREFIX}${mod}.weight`, c.weight);
+      if (c.bias) tensors.set(`${PREFIX}${mod}.bias`, c.bias);
     }
     const targets = model.resolvedTargets(cfg);
     return {
@@ -303,6 +393,26 @@ function savePlan(model: AdapterSaveSource, dir: string, selected?: string[]): S
       card: modelCard(cfg, lorakitVersion()),
     };
   });
+}
+
+/**
+ * The biases an adapter trains, under the names peft 0.21 saves them: bias='all' every bias of the
+ * model except modules_to_save ones (their copies are saved instead), bias='lora_only' those of the
+ * modules carrying the adapter.
+ */
+function trainedBiases(model: AdapterSaveSource, name: string): Map<string, Tensor> {
+  const out = new Map<string, Tensor>();
+  const mode = model.peftConfig.get(name)!.bias;
+  if (mode === 'none') return out;
+  const lora = new Set(model.targetedModules());
+  const own = new Set(model.targetedModules(name));
+  for (const [mod, m] of model.modules) {
+    if (!m.bias || model.savedModules.has(mod) || (mode === 'lora_only' && !own.has(mod))) continue;
+    if (!(m.bias instanceof Tensor))
+      throw new StateError(`savePretrained: adapter '${name}' trains the bias of module '${mod}', which was given as a shape only`);
+    out.set(peftBiasKey(mod, lora.has(mod)), m.bias);
+  }
+  return out;
 }
 
 /** model.savePretrained: each adapter to `dir` (default) or `dir/<name>`, atomically, file by file. */

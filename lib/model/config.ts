@@ -22,6 +22,13 @@ export interface LoraConfig {
   initLoraWeights?: boolean | 'gaussian';
   /** DoRA (linear and conv1d modules): a magnitude vector per output feature. */
   useDora?: boolean;
+  /** peft's lora_bias: lora_B gets a bias b_B, so the adapter adds s·(u·Bᵀ + b_B) (linear and conv1d; not with DoRA). */
+  loraBias?: boolean;
+  /**
+   * peft's modules_to_save: modules (exact name or '.'-suffix) that get a fully trainable copy per
+   * adapter, used while that adapter is active and saved with it (a classifier head, a norm).
+   */
+  modulesToSave?: string[] | null;
   layersToTransform?: number | number[] | null;
   layersPattern?: string | string[] | null;
   rankPattern?: Record<string, number>;
@@ -39,7 +46,7 @@ export interface LoraConfig {
 
 export const CONFIG_KEYS = [
   'r', 'targetModules', 'excludeModules', 'loraAlpha', 'loraDropout', 'fanInFanOut', 'bias', 'useRslora',
-  'initLoraWeights', 'useDora', 'layersToTransform', 'layersPattern', 'rankPattern', 'alphaPattern', 'taskType',
+  'initLoraWeights', 'useDora', 'loraBias', 'modulesToSave', 'layersToTransform', 'layersPattern', 'rankPattern', 'alphaPattern', 'taskType',
   'baseModelNameOrPath', 'revision', 'inferenceMode', 'seed', 'outputHead',
 ] as const;
 
@@ -55,6 +62,8 @@ export interface ResolvedLoraConfig {
   useRslora: boolean;
   initLoraWeights: boolean | 'gaussian';
   useDora: boolean;
+  loraBias: boolean;
+  modulesToSave: string[] | null;
   layersToTransform: number | number[] | null;
   layersPattern: string | string[] | null;
   rankPattern: Record<string, number>;
@@ -117,7 +126,12 @@ export function resolveConfig(config: LoraConfig, argName = 'config'): ResolvedL
   if (c.loraAlpha !== undefined) checkScale(c.loraAlpha, `${argName}.loraAlpha`);
   const dropout = c.loraDropout === undefined ? 0 : checkFinite(c.loraDropout, `${argName}.loraDropout`);
   if (dropout < 0 || dropout >= 1) throw new LoraRangeError(`${argName}.loraDropout: expected 0 <= p < 1, got ${dropout}`);
-  for (const key of ['fanInFanOut', 'useRslora', 'inferenceMode'] as const) if (c[key] !== undefined) checkBool(c[key], `${argName}.${key}`);
+  for (const key of ['fanInFanOut', 'useRslora', 'inferenceMode', 'useDora', 'loraBias'] as const) if (c[key] !== undefined) checkBool(c[key], `${argName}.${key}`);
+  if (c.loraBias && c.useDora) throw new AdapterError(`${argName}.loraBias: cannot be combined with useDora (as in peft)`);
+  if (c.loraBias && init !== true && init !== false)
+    throw new AdapterError(`${argName}.loraBias: needs initLoraWeights true or false (as in peft), got ${String(init)}`);
+  const modulesToSave = stringList(c.modulesToSave, `${argName}.modulesToSave`);
+  if (typeof modulesToSave === 'string') throw new LoraTypeError(`${argName}.modulesToSave: expected a list of module names`);
   for (const key of ['taskType', 'baseModelNameOrPath', 'revision'] as const)
     if (c[key] !== undefined && c[key] !== null && typeof c[key] !== 'string') throw new LoraTypeError(`${argName}.${key}: expected a string or null`);
   return {
@@ -131,6 +145,8 @@ export function resolveConfig(config: LoraConfig, argName = 'config'): ResolvedL
     useRslora: c.useRslora ?? false,
     initLoraWeights: init,
     useDora: c.useDora ?? false,
+    loraBias: c.loraBias ?? false,
+    modulesToSave,
     layersToTransform: layers,
     layersPattern: typeof pattern === 'string' || pattern === null ? pattern : [...pattern],
     rankPattern: patternMap(c.rankPattern, `${argName}.rankPattern`),
@@ -169,12 +185,12 @@ export function toPeftJson(c: ResolvedLoraConfig, targetModules: string[] | stri
     layers_to_transform: c.layersToTransform,
     loftq_config: {},
     lora_alpha: c.loraAlpha,
-    lora_bias: false,
+    lora_bias: c.loraBias,
     lora_dropout: c.loraDropout,
     lora_ga_config: null,
     megatron_config: null,
     megatron_core: 'megatron.core',
-    modules_to_save: null,
+    modules_to_save: c.modulesToSave,
     monteclora_config: null,
     peft_type: 'LORA',
     peft_version: PEFT_FORMAT_VERSION,
@@ -213,6 +229,8 @@ const KEY_MAP: Record<string, keyof LoraConfig> = {
   use_rslora: 'useRslora',
   init_lora_weights: 'initLoraWeights',
   use_dora: 'useDora',
+  lora_bias: 'loraBias',
+  modules_to_save: 'modulesToSave',
   layers_to_transform: 'layersToTransform',
   layers_pattern: 'layersPattern',
   rank_pattern: 'rankPattern',
@@ -231,9 +249,7 @@ const NEUTRAL_DEFAULTS: Record<string, unknown[]> = {
   megatron_core: [],
   qalora_group_size: [],
   loftq_config: [null, {}],
-  lora_bias: [false, null],
   use_qalora: [false, null],
-  modules_to_save: [null],
   layer_replication: [null],
   trainable_token_indices: [null],
   target_parameters: [null, []],
@@ -252,7 +268,7 @@ const NEUTRAL_DEFAULTS: Record<string, unknown[]> = {
 
 /**
  * Reads adapter_config.json content. Unknown keys are ignored with a warning (as peft ≥ 0.14 does);
- * known features lorakit does not implement (lora_bias, modules_to_save, ...) raise.
+ * known features lorakit does not implement (target_parameters, layer_replication, ...) raise.
  */
 export function fromPeftJson(json: unknown, source: string, warn: (msg: string) => void = (m) => console.warn(m)): LoraConfig {
   if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new LoraTypeError(`${source}: expected a JSON object`);

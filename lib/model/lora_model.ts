@@ -2,18 +2,22 @@
  * LoraModel: peft's LoraModel over a set of named modules. LoRA is injected where the config's
  * targetModules match (peft's rules); adapters are added, activated, deleted and combined
  * model-wide; parameter counts come from shapes alone, so a model given as shapes can be counted
- * without allocating its weights.
+ * without allocating its weights. A config's bias mode makes biases trainable and its
+ * modulesToSave gives modules a trainable copy per adapter (trainable.ts, modules_to_save.ts).
  */
 import { CudaStream, checkStream } from '../cuda';
 import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../errors';
-import { LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
+import { LayerRngState, LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
+import { LoraLinear } from '../layers/linear';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
 import { Parameter } from '../parameter';
-import { checkOptions, checkString, numelOf } from '../validate';
+import { checkOptions, checkString } from '../validate';
 import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';
-import { ModuleSpec, NormalizedModule, baseParamCount, hasData, loraShapes, normalizeModules } from './modules';
+import { ModuleSpec, NormalizedModule, hasData, normalizeModules } from './modules';
+import { ModulesToSaveWrapper, matchesModulesToSave, saveTargets } from './modules_to_save';
+import { biasTensor, countTrainable, trainableBiasModules } from './trainable';
 import { isExcluded, isTargeted, rankAndAlpha } from './targeting';
 import { AdapterLoadTarget, AdapterSaveSource } from './adapter_host';
 import {
@@ -38,6 +42,10 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
   readonly #modules: Map<string, NormalizedModule>;
   /** Module name → adapter name → rank and alpha (also for shape-only modules). */
   readonly #slots = new Map<string, Map<string, AdapterSlot>>();
+  /** Modules named by some adapter's modulesToSave → their per-adapter copies (peft's ModulesToSaveWrapper). */
+  readonly #saved = new Map<string, ModulesToSaveWrapper>();
+  /** Parameters of trainable biases of modules without a LoRA layer (those with one hand out their own). */
+  readonly #biasParams = new Map<string, Parameter>();
   #active: string[] = [];
   #unloaded = false;
   #stream: CudaStream | null = null;
@@ -75,6 +83,16 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     return this.#active.slice();
   }
 
+  /** Modules some adapter's modulesToSave names → their copies; `weight` / `bias` are what a forward should use. */
+  get modulesToSave(): ReadonlyMap<string, ModulesToSaveWrapper> {
+    return this.#saved;
+  }
+
+  /** @internal the adapter_host view of modulesToSave. */
+  get savedModules(): ReadonlyMap<string, ModulesToSaveWrapper> {
+    return this.#saved;
+  }
+
   get adapterNames(): string[] {
     return [...this.peftConfig.keys()];
   }
@@ -107,12 +125,18 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     if (c.bias !== 'none' && [...this.peftConfig.values()].some((o) => o.bias !== 'none'))
       throw new AdapterError(`config.bias: only one adapter may have bias != 'none' (as in peft)`);
     const targets = this.resolvedTargets(c);
-    const hits = [...this.#modules.values()].filter((m) => !isExcluded(c, m.name) && isTargeted(c, targets, m.name));
+    // As peft, a module in modulesToSave never takes LoRA.
+    const hits = [...this.#modules.values()].filter(
+      (m) => !isExcluded(c, m.name) && !matchesModulesToSave(c.modulesToSave, m.name) && isTargeted(c, targets, m.name),
+    );
     if (hits.length === 0)
       throw new AdapterError(`config.targetModules: ${JSON.stringify(c.targetModules)} matched no module (modules look like '${[...this.#modules.keys()].slice(0, 3).join("', '")}')`);
     for (const m of hits) {
       if (m.kind === 'other') throw new LoraTypeError(`config.targetModules: module '${m.name}' (kind 'other') cannot take LoRA; supported kinds are linear, conv1d, embedding, conv2d`);
+      if (c.bias !== 'none' && m.bias && m.kind !== 'linear' && m.kind !== 'conv1d')
+        throw new AdapterError(`config.bias: '${c.bias}' trains the bias of ${m.kind} module '${m.name}'; lorakit trains base biases of linear and conv1d LoRA layers only`);
     }
+    const saved = saveTargets(this.#modules, c.modulesToSave);
     const rng = new Rng(c.seed ?? nextGlobalSeed());
     const created: Array<[string, LoraLayer, boolean]> = [];
     try {
@@ -125,14 +149,29 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
           const fresh = layer === undefined;
           layer ??= createLayer(m);
           if (fresh && this.#stream) layer.stream = this.#stream;
-          layer.addAdapter(name, { r, loraAlpha: alpha, loraDropout: c.loraDropout, useRslora: c.useRslora, initLoraWeights: c.initLoraWeights, useDora: c.useDora, seed, inferenceMode: c.inferenceMode });
+          layer.addAdapter(name, {
+            r, loraAlpha: alpha, loraDropout: c.loraDropout, useRslora: c.useRslora, initLoraWeights: c.initLoraWeights, useDora: c.useDora,
+            loraBias: c.loraBias, seed, inferenceMode: c.inferenceMode,
+          });
           created.push([m.name, layer, fresh]);
           if (fresh) this.layers.set(m.name, layer);
         }
         if (!this.#slots.has(m.name)) this.#slots.set(m.name, new Map());
         this.#slots.get(m.name)!.set(name, { r, loraAlpha: alpha });
       }
+      for (const m of saved) {
+        let w = this.#saved.get(m.name);
+        if (!w) {
+          w = new ModulesToSaveWrapper(m.name, { weight: m.weight as Tensor, bias: biasTensor(m) });
+          this.#saved.set(m.name, w);
+        }
+        w.update(name, c.inferenceMode);
+      }
     } catch (e) {
+      for (const [mod, w] of [...this.#saved]) {
+        w.delete(name);
+        if (w.modulesToSave.size === 0) this.#saved.delete(mod);
+      }
       for (const [mod, layer, fresh] of created) {
         if (fresh) {
           layer.dispose();
@@ -156,7 +195,13 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     const list = typeof names === 'string' ? [names] : names;
     if (!Array.isArray(list) || list.length === 0) throw new LoraTypeError('names: expected an adapter name or a non-empty array of names');
     list.forEach((n, i) => this.requireAdapter(n, `names[${i}]`));
-    this.#active = [...new Set(list)];
+    const next = [...new Set(list)];
+    for (const [mod, w] of this.#saved) {
+      const own = next.filter((a) => w.modulesToSave.has(a));
+      if (own.length > 1)
+        throw new AdapterError(`names: adapters ${own.join(', ')} each have a copy of module '${mod}' (modulesToSave); only one of them can be active (as in peft)`);
+    }
+    this.#active = next;
     this.syncActive();
     return this;
   }
@@ -176,6 +221,10 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     for (const [mod, s] of [...this.#slots]) {
       s.delete(name);
       if (s.size === 0) this.#slots.delete(mod);
+    }
+    for (const [mod, w] of [...this.#saved]) {
+      w.delete(name);
+      if (w.modulesToSave.size === 0) this.#saved.delete(mod);
     }
     this.peftConfig.delete(name);
     this.#active = this.#active.filter((n) => n !== name);
@@ -197,6 +246,8 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     checkString(newName, 'newName');
     if (this.peftConfig.has(newName)) throw new AdapterError(`newName: adapter '${newName}' already exists`);
     this.requireAllData('addWeightedAdapter', adapters);
+    const saving = adapters.filter((a) => [...this.#saved.values()].some((w) => w.modulesToSave.has(a)));
+    if (saving.length) throw new AdapterError(`adapters: ${saving.join(', ')} have modulesToSave copies, which a weighted combination cannot merge (as in peft)`);
     const first = this.peftConfig.get(adapters[0])!;
     const done: LoraLayer[] = [];
     try {
@@ -216,7 +267,10 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     }
     const targets = this.targetedModules(newName);
     const r = targets.length ? this.#slots.get(targets[0])!.get(newName)!.r : first.r;
-    this.peftConfig.set(newName, { ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, useDora: false, layersToTransform: null, layersPattern: null, excludeModules: null });
+    this.peftConfig.set(newName, {
+      ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, useDora: false, loraBias: false,
+      modulesToSave: null, bias: 'none', layersToTransform: null, layersPattern: null, excludeModules: null,
+    });
     for (const mod of targets) {
       const s = this.#slots.get(mod)!.get(newName)!;
       const key = mod.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'); // patterns are regexes: match this module only
@@ -277,42 +331,47 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
 
 
   /**
-   * The trainable adapter tensors of every layer (lora_A, lora_B of the active, non-frozen
-   * adapters), for an optimizer; backward() on a layer accumulates into their grads.
+   * The trainable tensors, for an optimizer: lora_A, lora_B (and lora_B's bias, DoRA magnitudes) of
+   * the active, non-frozen adapters; the biases the bias mode trains; the active adapter's copy of
+   * each modulesToSave module. backward() on a LoRA layer accumulates into its own; the gradients of
+   * the other modules' tensors come from the caller's forward (Parameter.accumulateGrad).
    */
   parameters(): Parameter[] {
     return this.namedParameters().map(([, p]) => p);
   }
 
-  /** [`<module>.lora_A.<adapter>.weight`, Parameter] pairs, in module order. */
+  /**
+   * [name, Parameter] pairs in module order, named as peft's named_parameters without its
+   * `base_model.model.` prefix: `<module>.lora_A.<adapter>.weight`, `<module>.base_layer.bias`
+   * (a LoRA layer's trained bias), `<module>.bias`, `<module>.modules_to_save.<adapter>.weight`.
+   */
   namedParameters(): Array<[string, Parameter]> {
     this.requireLive();
     const out: Array<[string, Parameter]> = [];
-    for (const [mod, layer] of this.layers) for (const p of layer.parameters()) out.push([`${mod}.${p.name}`, p]);
+    const biases = trainableBiasModules(this.trainableView());
+    for (const m of this.#modules.values()) {
+      const layer = this.layers.get(m.name);
+      if (layer) for (const p of layer.parameters()) out.push([`${m.name}.${p.name}`, p]);
+      const b = biasTensor(m);
+      if (!layer && b && biases.has(m.name)) {
+        let p = this.#biasParams.get(m.name);
+        if (!p || p.data !== b) this.#biasParams.set(m.name, (p = new Parameter('bias', 'bias', '', b)));
+        out.push([`${m.name}.bias`, p]);
+      }
+      const w = this.#saved.get(m.name);
+      if (w) for (const p of w.parameters()) out.push([`${m.name}.${p.name}`, p]);
+    }
     return out;
   }
 
   /** { trainable, total } parameter counts as peft's get_nb_trainable_parameters gives them. */
   getNbTrainableParameters(): { trainable: number; total: number } {
     this.requireLive();
-    let total = 0;
-    let trainable = 0;
-    const biasMode = this.#active.map((a) => this.peftConfig.get(a)?.bias ?? 'none').find((b) => b !== 'none') ?? 'none';
-    for (const m of this.#modules.values()) {
-      total += baseParamCount(m);
-      const biasN = m.bias ? numelOf(m.bias instanceof Tensor ? m.bias.shape : m.bias) : 0;
-      const slots = this.#slots.get(m.name);
-      if (biasMode === 'all' || (biasMode === 'lora_only' && slots && this.#active.some((a) => slots.has(a)))) trainable += biasN;
-      if (!slots) continue;
-      for (const [adapter, s] of slots) {
-        const { A, B } = loraShapes(m, s.r);
-        const cfg = this.peftConfig.get(adapter)!;
-        const n = numelOf(A) + numelOf(B) + (cfg.useDora ? B[0] : 0); // DoRA: a magnitude per output feature
-        total += n;
-        if (this.#active.includes(adapter) && !cfg.inferenceMode) trainable += n;
-      }
-    }
-    return { trainable, total };
+    return countTrainable(this.trainableView());
+  }
+
+  private trainableView() {
+    return { peftConfig: this.peftConfig, active: this.#active, modules: this.#modules, slots: this.#slots, saved: this.#saved };
   }
 
   /** Prints (and returns) peft's line: `trainable params: N || all params: M || trainable%: P`. */
@@ -388,8 +447,10 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     return this.unload();
   }
 
-  /** The state dict after a merge; frees the adapters and retires the model. */
+  /** The state dict after a merge (modulesToSave modules hold their active copy); frees the adapters and retires the model. */
   private unload(): Map<string, Tensor> {
+    for (const w of this.#saved.values()) w.unloadIntoOriginal();
+    this.#saved.clear();
     const out = this.stateDict();
     for (const layer of this.layers.values()) layer.dispose();
     this.layers.clear();
@@ -411,7 +472,25 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
   dispose(): void {
     for (const layer of this.layers.values()) layer.dispose();
     this.layers.clear();
+    for (const w of this.#saved.values()) w.dispose();
+    this.#saved.clear();
     this.#unloaded = true;
+  }
+
+  /** Every layer's dropout generator state, by module name (for a training checkpoint). */
+  rngState(): Record<string, LayerRngState> {
+    return Object.fromEntries([...this.layers].map(([m, l]) => [m, l.rngState()]));
+  }
+
+  /** Restores rngState(); every layer it names must exist. */
+  setRngState(state: Record<string, LayerRngState>): this {
+    if (state === null || typeof state !== 'object') throw new LoraTypeError('state: expected the object rngState() returned');
+    for (const [m, s] of Object.entries(state)) {
+      const layer = this.layers.get(m);
+      if (!layer) throw new AdapterError(`state: module '${m}' has no LoRA layer in this model`);
+      layer.setRngState(s);
+    }
+    return this;
   }
 
   /** @internal */
@@ -434,7 +513,12 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
   }
 
   private syncActive(): void {
-    for (const layer of this.layers.values()) layer.setAdapter(this.#active.filter((a) => layer.adapterNames.includes(a)));
+    const biases = trainableBiasModules(this.trainableView());
+    for (const [mod, layer] of this.layers) {
+      layer.setAdapter(this.#active.filter((a) => layer.adapterNames.includes(a)));
+      layer.trainableBias = biases.has(mod) && layer.bias !== null && layer instanceof LoraLinear;
+    }
+    for (const w of this.#saved.values()) w.setAdapter(this.#active.find((a) => w.modulesToSave.has(a)) ?? null);
   }
 
   private requireLive(): void {

@@ -4,6 +4,8 @@
  * per output feature, by the native ops LoraLinear.merge uses) and written; every other tensor is
  * copied (or converted) in chunks. Peak memory is about one tensor plus the adapter. Outputs keep
  * the input's sharding, index and metadata, and are written to temporary files then renamed.
+ * As peft's merge_and_unload, the adapter's trained biases (bias='all' / 'lora_only') and its
+ * modules_to_save copies replace the base tensors, and a lora_bias adds s·b_B to the base bias.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -56,12 +58,61 @@ interface MergeTarget {
   magnitude: Tensor | null;
 }
 
+/** A non-weight tensor the adapter changes: replaced (trained bias, modules_to_save copy), then + scale·add (lora_bias). */
+interface TensorOverride {
+  replace: Tensor | null;
+  add: { bB: Tensor; scale: number } | null;
+}
+
 const COPY_CHUNK = 64 * 1024 * 1024;
 const FLOAT_DTYPES = ['F32', 'F16', 'BF16'];
 
 function as2d(t: Tensor, shape: [number, number]): Tensor {
   const f = t.toFloat32Array();
   return Tensor.from(f, shape);
+}
+
+/** The base tensors the adapter replaces or shifts besides the LoRA weights; names and shapes checked. */
+function planOverrides(ck: Checkpoint, a: AdapterOnDisk, scale: number, overrides: Map<string, TensorOverride>): void {
+  const c = resolveConfig(a.config, 'adapter_config');
+  const at = (name: string, t: Tensor, what: string): TensorOverride => {
+    if (!ck.has(name)) throw new AdapterError(`adapter: ${what} has no tensor '${name}' in the base checkpoint to go to`);
+    const want = ck.entry(name).shape;
+    if (want.reduce((x, y) => x * y, 1) !== t.numel) throw new ShapeError(`adapter: ${what} ${shapeStr(t.shape)} does not fit the base tensor '${name}' ${shapeStr(want)}`);
+    let o = overrides.get(name);
+    if (!o) overrides.set(name, (o = { replace: null, add: null }));
+    return o;
+  };
+  for (const [mod, b] of a.biases) at(`${mod}.bias`, b, `the trained bias of module '${mod}'`).replace = b;
+  for (const [mod, params] of a.saved) for (const [p, t] of params) at(`${mod}.${p}`, t, `modules_to_save '${mod}.${p}'`).replace = t;
+  for (const [mod, t] of a.modules) {
+    if (!t.loraBBias) continue;
+    const s = loraScaling(rankAndAlpha(c, mod).alpha, t.A!.shape[0], c.useRslora) * scale;
+    at(`${mod}.bias`, t.loraBBias, `the lora_B bias of module '${mod}'`).add = { bB: t.loraBBias, scale: s };
+  }
+}
+
+/** The bytes of an overridden tensor in the output dtype: (replacement or base) + scale·b_B, in f32. */
+function overrideOne(reader: SafetensorsReader, name: string, o: TensorOverride, outDtype: string): Uint8Array {
+  const e = reader.entry(name);
+  const base = o.replace ? null : tensorFromBytes(reader.bytes(name), e.dtype, e.shape, `${reader.path}: '${name}'`);
+  const v = (o.replace ?? base!).to({ dtype: 'f32' });
+  try {
+    if (o.add) runSync(addSteps(v, o.add.bB, o.add.scale));
+    const out = outDtype === 'F32' ? v : v.to({ dtype: outDtype === 'F16' ? 'f16' : 'bf16' });
+    try {
+      return tensorToBytes(out).bytes;
+    } finally {
+      if (out !== v) out.dispose();
+    }
+  } finally {
+    v.dispose();
+    base?.dispose();
+  }
+}
+
+function* addSteps(dst: Tensor, src: Tensor, scale: number): KernelSteps<void> {
+  yield step('accumulate', dst.handle, src.handle, scale);
 }
 
 /** Works out, for every adapter module, which base tensor it changes and how. */
@@ -198,9 +249,11 @@ export async function mergeCheckpoint(opts: StreamMergeOptions): Promise<StreamM
   const ck = Checkpoint.open(opts.base, 'base');
   const baseIsDir = fs.statSync(opts.base).isDirectory();
   const plan = new Map<string, MergeTarget>();
+  const overrides = new Map<string, TensorOverride>();
   const committed: string[] = [];
   try {
     planTargets(ck, adapter, scale, plan);
+    planOverrides(ck, adapter, scale, overrides);
     const { dir, files } = outputPaths(ck, opts.out, baseIsDir);
     for (const [shard, outFile] of files) {
       if (path.resolve(outFile) === path.resolve(ck.dir, shard)) throw new LoraRangeError(`out: ${outFile} is the base file itself; write the merge elsewhere`);
@@ -219,10 +272,12 @@ export async function mergeCheckpoint(opts: StreamMergeOptions): Promise<StreamM
         writers.push(w);
         for (const s of specs) {
           const t = plan.get(s.name);
-          if (t) {
-            if (!FLOAT_DTYPES.includes(reader.entry(s.name).dtype)) throw new LoraTypeError(`base: '${s.name}' is ${reader.entry(s.name).dtype}; only F32, F16 and BF16 weights can be merged`);
-            w.write(s.name, mergeOne(reader, s.name, t, s.dtype));
-          } else copyOne(reader, s.name, s.dtype, w);
+          const o = overrides.get(s.name);
+          if ((t || o) && !FLOAT_DTYPES.includes(reader.entry(s.name).dtype))
+            throw new LoraTypeError(`base: '${s.name}' is ${reader.entry(s.name).dtype}; only F32, F16 and BF16 tensors can be merged`);
+          if (t) w.write(s.name, mergeOne(reader, s.name, t, s.dtype));
+          else if (o) w.write(s.name, overrideOne(reader, s.name, o, s.dtype));
+          else copyOne(reader, s.name, s.dtype, w);
           bytesWritten += s.shape.reduce((a, b) => a * b, 1) * ELEMENT_SIZE[s.dtype];
           opts.onProgress?.(++done, total, s.name);
           await new Promise((r) => setImmediate(r));
@@ -241,7 +296,7 @@ export async function mergeCheckpoint(opts: StreamMergeOptions): Promise<StreamM
       committed.push(indexPath);
     }
     if (baseIsDir) committed.push(...copySidecars(ck.dir, dir, new Set([...ck.shardFiles, INDEX_FILE])));
-    return { tensors: total, merged: [...plan.keys()], files: committed, bytesWritten };
+    return { tensors: total, merged: [...plan.keys(), ...overrides.keys()], files: committed, bytesWritten };
   } finally {
     disposeAdapter(adapter);
     for (const t of plan.values()) {

@@ -3,7 +3,9 @@
  * gradientAccumulationSteps times (forward, loss, backward: gradients add up in the parameters),
  * averages the gradients, optionally clips them, steps the optimizer and the scheduler and clears
  * the gradients. It shows a progress bar on a TTY, keeps a loss log (CSV, written atomically at
- * every checkpoint and at the end) and calls `checkpoint` every checkpointEvery steps.
+ * every checkpoint and at the end) and calls `checkpoint` every checkpointEvery steps. With
+ * checkpoint: { model, dir } a checkpoint also holds the training state (resume.ts), and
+ * resumeFrom continues such a run bit for bit (same steps, step function, optimizer and scheduler).
  * It is async and yields to the event loop between steps, so a long run does not block Node.
  */
 import * as fs from 'fs';
@@ -14,10 +16,12 @@ import { runOp } from '../exec';
 import { checkFinite, checkInt, checkOptions } from '../validate';
 import { Optimizer, clipGradNorm } from './optimizer';
 import { ProgressBar, ProgressStream } from './progress';
+import { CheckpointModel, loadTrainingState, saveTrainingState } from './resume';
 import { LRScheduler } from './schedule';
 
 export interface CheckpointTarget {
-  model: { savePretrained(dir: string): unknown };
+  /** A LoraModel: its adapters (peft's format) and its layers' dropout state go into each checkpoint. */
+  model: CheckpointModel;
   dir: string;
 }
 
@@ -62,6 +66,12 @@ export interface TrainOptions {
   onStep?: (log: StepLog) => void;
   /** Stops after the current step when it returns true. */
   shouldStop?: () => boolean;
+  /**
+   * A checkpoint directory (`<dir>/checkpoint-<step>`) written with checkpoint: { model, dir }: the
+   * parameters, optimizer state, scheduler step, dropout generators and loss log are restored and
+   * the run goes on from that step to `steps`.
+   */
+  resumeFrom?: string;
 }
 
 export interface TrainResult {
@@ -74,7 +84,7 @@ export interface TrainResult {
 
 const TRAIN_KEYS = [
   'optimizer', 'steps', 'step', 'scheduler', 'gradientAccumulationSteps', 'maxGradNorm', 'progress', 'progressStream',
-  'logFile', 'checkpointEvery', 'checkpoint', 'onStep', 'shouldStop',
+  'logFile', 'checkpointEvery', 'checkpoint', 'onStep', 'shouldStop', 'resumeFrom',
 ];
 
 export async function train(opts: TrainOptions): Promise<TrainResult> {
@@ -86,8 +96,8 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const maxNorm = o.maxGradNorm === undefined ? undefined : checkFinite(o.maxGradNorm, 'opts.maxGradNorm');
   if (maxNorm !== undefined && maxNorm <= 0) throw new LoraRangeError(`opts.maxGradNorm: expected > 0, got ${maxNorm}`);
   const ckEvery = o.checkpointEvery === undefined ? 0 : checkInt(o.checkpointEvery, 'opts.checkpointEvery', 1);
-  const saveCheckpoint = checkpointFn(o.checkpoint);
-  if (ckEvery && !saveCheckpoint)
+  const target = checkpointTarget(o.checkpoint);
+  if (ckEvery && !o.checkpoint)
     throw new LoraTypeError('opts.checkpoint: a function (step) => void or { model, dir } is required with checkpointEvery');
   if (o.scheduler !== undefined && (!(o.scheduler instanceof LRScheduler) || o.scheduler.optimizer !== o.optimizer))
     throw new LoraTypeError('opts.scheduler: expected an LRScheduler built on opts.optimizer');
@@ -108,9 +118,24 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     writeFileAtomicSync(o.logFile, `step,loss,lr${maxNorm !== undefined ? ',grad_norm' : ''}\n${body}${rows.length ? '\n' : ''}`);
   };
 
+  const saveCheckpoint = async (step: number) => {
+    if (typeof o.checkpoint === 'function') return o.checkpoint(step);
+    const dir = path.join(target!.dir, `checkpoint-${step}`);
+    target!.model.savePretrained(dir);
+    saveTrainingState(dir, { step, rows, checkpoints: [...checkpoints, step] }, optimizer, o.scheduler, target!.model);
+  };
+
+  let start = 0;
+  if (o.resumeFrom !== undefined) {
+    const s = loadTrainingState(o.resumeFrom, optimizer, o.scheduler, target?.model ?? null);
+    start = s.step;
+    rows.push(...s.rows);
+    losses.push(...s.rows.map((r) => r.loss));
+    checkpoints.push(...s.checkpoints);
+  }
   optimizer.zeroGrad();
   try {
-    for (let step = 0; step < steps; step++) {
+    for (let step = start; step < steps; step++) {
       let sum = 0;
       for (let micro = 0; micro < accum; micro++) {
         const loss = await o.step({ step, microStep: micro });
@@ -133,7 +158,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       bar.update(step + 1, `loss ${log.loss.toExponential(3)}`);
       if (ckEvery && (step + 1) % ckEvery === 0) {
         flushLog();
-        await saveCheckpoint!(step + 1);
+        await saveCheckpoint(step + 1);
         checkpoints.push(step + 1);
       }
       if (o.shouldStop?.()) break;
@@ -147,15 +172,13 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   return { losses, steps: losses.length, seconds: (performance.now() - t0) / 1000, checkpoints };
 }
 
-function checkpointFn(c: TrainOptions['checkpoint']): ((step: number) => void | Promise<void>) | null {
-  if (c === undefined) return null;
-  if (typeof c === 'function') return c;
+/** The { model, dir } form of opts.checkpoint, checked; null for a function or none. */
+function checkpointTarget(c: TrainOptions['checkpoint']): CheckpointTarget | null {
+  if (c === undefined || typeof c === 'function') return null;
   checkOptions(c, ['model', 'dir'], 'opts.checkpoint');
   const { model, dir } = c as CheckpointTarget;
   if (!model || typeof model.savePretrained !== 'function')
     throw new LoraTypeError('opts.checkpoint.model: expected an object with savePretrained(dir) (a LoraModel)');
   if (typeof dir !== 'string' || !dir) throw new LoraTypeError('opts.checkpoint.dir: expected a directory path');
-  return (step) => {
-    model.savePretrained(path.join(dir, `checkpoint-${step}`));
-  };
+  return c;
 }

@@ -56,8 +56,9 @@ function buildGroups(
     const list = params as Parameter[];
     if (loraPlusLrRatio === undefined) specs.push({ params: list });
     else {
-      const a = list.filter((p) => p.role !== 'lora_B');
-      const b = list.filter((p) => p.role === 'lora_B');
+      const isB = (p: Parameter) => p.role === 'lora_B' || p.role === 'lora_B_bias';
+      const a = list.filter((p) => !isB(p));
+      const b = list.filter(isB);
       if (a.length) specs.push({ params: a });
       if (b.length) specs.push({ params: b, lr: lr * loraPlusLrRatio });
     }
@@ -82,6 +83,12 @@ function buildGroups(
     const gwd = s.weightDecay === undefined ? weightDecay : checkNonNeg(s.weightDecay, `params[${gi}].weightDecay`);
     return { params: s.params.slice(), lr: glr, initialLr: glr, weightDecay: gwd };
   });
+}
+
+/** One parameter's optimizer state: its f32 tensors by kind (exp_avg, master, ...) and its step count. */
+export interface ParamState {
+  step: number;
+  tensors: Record<string, Tensor>;
 }
 
 export abstract class Optimizer {
@@ -131,6 +138,36 @@ export abstract class Optimizer {
     this.#steps++;
   }
 
+  /**
+   * The state of each parameter (null: none yet), in `parameters` order, and the step count; the
+   * tensors are the live ones (a training checkpoint writes them).
+   */
+  exportState(): { steps: number; params: Array<ParamState | null> } {
+    if (this.#disposed) throw new StateError('exportState: the optimizer was disposed');
+    return { steps: this.#steps, params: this.parameters.map((p) => this.paramState(p)) };
+  }
+
+  /** Restores exportState()'s content (tensors copied into fresh f32 state on each parameter's device). */
+  importState(s: { steps: number; params: ReadonlyArray<{ step: number; tensors: Record<string, Tensor> } | null> }): void {
+    if (this.#disposed) throw new StateError('importState: the optimizer was disposed');
+    const params = this.parameters;
+    if (!s || !Array.isArray(s.params) || s.params.length !== params.length)
+      throw new LoraRangeError(`state: expected the state of ${params.length} parameters, got ${Array.isArray(s?.params) ? s.params.length : typeof s?.params}`);
+    const steps = checkFinite(s.steps, 'state.steps');
+    this.freeState();
+    s.params.forEach((ps, i) => {
+      if (ps === null) return;
+      const p = params[i];
+      const tensors: Record<string, Tensor> = {};
+      for (const [k, t] of Object.entries(ps.tensors) as Array<[string, Tensor]>) {
+        if (t.numel !== p.numel) throw new LoraRangeError(`state.params[${i}].${k}: ${t.numel} values, the parameter ${p.name} has ${p.numel}`);
+        tensors[k] = t.device === p.data.device ? Tensor.zeros(p.shape, { dtype: 'f32', device: t.device }).copyFrom(t) : t.to({ dtype: 'f32', device: p.data.device });
+      }
+      this.setParamState(p, ps.step, tensors);
+    });
+    this.#steps = steps;
+  }
+
   /** Drops every parameter's gradient. */
   zeroGrad(): void {
     for (const p of this.parameters) p.zeroGrad();
@@ -145,6 +182,9 @@ export abstract class Optimizer {
   /** The kernel steps of one parameter's update; state advances only once its step succeeded. */
   protected abstract updateSteps(p: Parameter, grad: Tensor, group: ParamGroup): KernelSteps<void>;
   protected abstract freeState(): void;
+  protected abstract paramState(p: Parameter): ParamState | null;
+  /** Takes ownership of the tensors. */
+  protected abstract setParamState(p: Parameter, step: number, tensors: Record<string, Tensor>): void;
 }
 
 /** An f32 copy of a 16-bit parameter, so updates smaller than its rounding step still count. */
@@ -212,6 +252,17 @@ export class AdamW extends Optimizer {
     for (const s of this.#state.values()) [s.expAvg, s.expAvgSq, s.master].forEach((t) => t?.dispose());
     this.#state.clear();
   }
+
+  protected paramState(p: Parameter): ParamState | null {
+    const s = this.#state.get(p);
+    if (!s) return null;
+    return { step: s.step, tensors: { exp_avg: s.expAvg, exp_avg_sq: s.expAvgSq, ...(s.master ? { master: s.master } : {}) } };
+  }
+
+  protected setParamState(p: Parameter, step: number, t: Record<string, Tensor>): void {
+    if (!t.exp_avg || !t.exp_avg_sq) throw new LoraRangeError(`state: AdamW needs exp_avg and exp_avg_sq for ${p.name}`);
+    this.#state.set(p, { expAvg: t.exp_avg, expAvgSq: t.exp_avg_sq, master: t.master ?? null, step });
+  }
 }
 
 export interface SGDOptions extends OptimizerBaseOptions {
@@ -262,6 +313,16 @@ export class SGD extends Optimizer {
   protected freeState(): void {
     for (const s of this.#state.values()) [s.momentumBuffer, s.master].forEach((t) => t?.dispose());
     this.#state.clear();
+  }
+
+  protected paramState(p: Parameter): ParamState | null {
+    const s = this.#state.get(p);
+    if (!s) return null;
+    return { step: s.steps, tensors: { ...(s.momentumBuffer ? { momentum_buffer: s.momentumBuffer } : {}), ...(s.master ? { master: s.master } : {}) } };
+  }
+
+  protected setParamState(p: Parameter, step: number, t: Record<string, Tensor>): void {
+    this.#state.set(p, { momentumBuffer: t.momentum_buffer ?? null, master: t.master ?? null, steps: step });
   }
 }
 

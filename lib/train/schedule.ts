@@ -54,6 +54,12 @@ export class LRScheduler {
     this.apply();
   }
 
+  /** Jumps to step n (a resumed run): the groups' learning rates become those of step n. */
+  setStep(n: number): void {
+    this.#step = checkInt(n, 'n', 0);
+    this.apply();
+  }
+
   private apply(): void {
     const f = this.factor(this.#step);
     if (!Number.isFinite(f) || f < 0) throw new LoraRangeError(`schedule factor at step ${this.#step}: expected a finite value >= 0, got ${f}`);

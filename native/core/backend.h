@@ -78,6 +78,8 @@ struct Backend {
                    const SgdArgs& h);
   // dst (f32) += alpha·src; Σ x² in f64 (deterministic); t ·= alpha.
   void (*accumulate)(const TensorRef& dst, const TensorRef& src, float alpha);
+  // out (f32 [cols]) = alpha·Σ over rows of x viewed as [rows, cols], rows summed in order (a bias gradient).
+  void (*column_sum)(const TensorRef& x, float alpha, const TensorRef& out);
   double (*sum_squares)(const TensorRef& t);
   void (*scale_inplace)(const TensorRef& t, float alpha);
 

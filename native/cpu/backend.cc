@@ -55,6 +55,7 @@ Backend make_table() {
   b.adamw_step = adamw;
   b.sgd_step = sgd;
   b.accumulate = accumulate;
+  b.column_sum = column_sum;
   b.sum_squares = sum_squares;
   b.scale_inplace = scale_inplace;
   b.usable = always;

@@ -140,6 +140,23 @@ void accumulate(const TensorRef& dst, const TensorRef& src, float alpha) {
       kChunk);
 }
 
+void column_sum(const TensorRef& x, float alpha, const TensorRef& out) {
+  const int64_t cols = out.numel();
+  const int64_t rows = cols == 0 ? 0 : x.numel() / cols;
+  float* o = out.as<float>();
+  // Columns split over the pool, rows in order: the result does not depend on the thread count.
+  parallel_for(
+      cols,
+      [&](int64_t b, int64_t e) {
+        for (int64_t j = b; j < e; j++) {
+          double s = 0;
+          for (int64_t i = 0; i < rows; i++) s += load_f32(x.data, x.dtype, i * cols + j);
+          o[j] = static_cast<float>(alpha * s);
+        }
+      },
+      64);
+}
+
 double sum_squares(const TensorRef& t) {
   const int64_t n = t.numel();
   // Fixed chunks summed in order, so the result does not depend on the thread count.

@@ -20,6 +20,9 @@ void sgd_step(const TensorRef& param, const TensorRef& grad, float* momentum_buf
 // dst (f32) += alpha·src (any float dtype); gradient accumulation.
 void accumulate(const TensorRef& dst, const TensorRef& src, float alpha);
 
+// out (f32 [cols]) = alpha·Σ_rows x, x viewed as [rows, cols]; each column summed in row order in f64.
+void column_sum(const TensorRef& x, float alpha, const TensorRef& out);
+
 // Σ x² in f64 (for gradient-norm clipping).
 double sum_squares(const TensorRef& t);
 

@@ -39,6 +39,7 @@ Backend make_table() {
   b.adamw_step = adamw_step;
   b.sgd_step = sgd_step;
   b.accumulate = accumulate;
+  b.column_sum = column_sum;
   b.sum_squares = sum_squares;
   b.scale_inplace = scale_inplace;
   b.usable = usable;

@@ -110,6 +110,8 @@ void sgd_step(const TensorRef& param, const TensorRef& grad, const TensorRef* mo
               const SgdArgs& h);
 // Training helpers for cuda parameters: dst (f32) += alpha·src; Σ x² (f64, deterministic); x ·= alpha.
 void accumulate(const TensorRef& dst, const TensorRef& src, float alpha);
+// out (f32 [cols]) = alpha·Σ_rows x (x as [rows, cols]); one thread per column, rows in order (deterministic).
+void column_sum(const TensorRef& x, float alpha, const TensorRef& out);
 double sum_squares(const TensorRef& t);
 void scale_inplace(const TensorRef& t, float alpha);
 

@@ -59,6 +59,15 @@ __global__ void accumulate_kernel(float* __restrict__ dst, const G* __restrict__
     dst[i] = fmaf(alpha, to_f32<G>(src[i]), dst[i]);
 }
 
+template <class T>
+__global__ void column_sum_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, float alpha, float* __restrict__ out) {
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < cols; j += int64_t(gridDim.x) * blockDim.x) {
+    double s = 0;
+    for (int64_t i = 0; i < rows; i++) s += to_f32<T>(x[i * cols + j]);
+    out[j] = static_cast<float>(alpha * s);
+  }
+}
+
 // One f64 partial per block (fixed grid, fixed order): the host adds them in order, so the sum is
 // the same on every run.
 constexpr int kSumBlocks = 264, kSumThreads = 256;
@@ -98,6 +107,19 @@ void accumulate(const TensorRef& dst, const TensorRef& src, float alpha) {
     accumulate_kernel<G><<<blocks_for(n, 256), 256, 0, stream()>>>(dst.as<float>(), src.as<G>(), n, alpha);
   });
   LK_LAUNCHED("accumulate");
+}
+
+void column_sum(const TensorRef& x, float alpha, const TensorRef& out) {
+  const int64_t cols = out.numel();
+  if (out.dtype != DType::F32) throw_type("out: expected an f32 tensor");
+  if (cols == 0) return;
+  if (x.numel() % cols != 0) throw_range("x: " + shape_str(x.shape) + " is not a whole number of rows of " + std::to_string(cols));
+  const int64_t rows = x.numel() / cols;
+  dispatch_float(x.dtype, "x", [&](auto z) {
+    using T = decltype(z);
+    column_sum_kernel<T><<<blocks_for(cols, 256), 256, 0, stream()>>>(x.as<T>(), rows, cols, alpha, out.as<float>());
+  });
+  LK_LAUNCHED("columnSum");
 }
 
 double sum_squares(const TensorRef& t) {

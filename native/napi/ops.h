@@ -38,6 +38,7 @@
   X(adamwStep, BuildAdamwStep)                        \
   X(sgdStep, BuildSgdStep)                            \
   X(accumulate, BuildAccumulate)                      \
+  X(columnSum, BuildColumnSum)                        \
   X(sumSquares, BuildSumSquares)                      \
   X(scaleInplace, BuildScaleInplace)
 

@@ -108,6 +108,22 @@ KernelCall BuildAccumulate(const Napi::CallbackInfo& info) {
   return c;
 }
 
+// columnSum(x, alpha, out f32 [cols]): out = alpha·Σ over the rows of x ([..., cols])
+KernelCall BuildColumnSum(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  const Device dev = device_of(info[0], "x");
+  TensorRef x = float_operand(c, info[0], "x", dev);
+  float alpha = to_scale(get_number(info, 1, "alpha"), "alpha");
+  TensorRef out = float_operand(c, info[2], "out", dev, Access::Write);
+  if (out.dtype != DType::F32) throw_type(std::string("out: expected an f32 tensor, got ") + dtype_name(out.dtype));
+  if (out.shape.size() != 1 || x.shape.empty() || x.shape.back() != out.shape[0])
+    throw_range("out: expected shape [" + (x.shape.empty() ? std::string("?") : std::to_string(x.shape.back())) + "] (x's last dimension), got " +
+                shape_str(out.shape));
+  auto column_sum = LORAKIT_OP(dev, column_sum);
+  c.run = [=] { column_sum(x, alpha, out); };
+  return c;
+}
+
 // sumSquares(t) → Σ t² (f64)
 KernelCall BuildSumSquares(const Napi::CallbackInfo& info) {
   KernelCall c;
