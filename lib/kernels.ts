@@ -7,6 +7,7 @@ import { mixedDtypes, requireCallDtype } from './backend';
 import { Device } from './dtype';
 import { DTypeError, LoraTypeError, ShapeError, shapeStr } from './errors';
 import { KernelSteps, runAsync, runSync, step } from './exec';
+import { LoadedAddonInfo, loadedAddon } from './load_addon';
 import { BackendInfo, NativeTensorHandle, call } from './native';
 import { Tensor, describe, requireFloatTensor } from './tensor';
 import { checkBool, checkInt, checkOptions, checkScale } from './validate';
@@ -132,8 +133,10 @@ export function unmergeAdapterAsync(weight: Tensor, adapter: KernelAdapter, opts
   return runAsync(mergeSteps(weight, adapter, opts, -1));
 }
 
-export function backendInfo(): BackendInfo {
-  return call((b) => b.backendInfo());
+/** The native backends, the CPU path, and which addon binary was loaded (addonPath, loadedFrom). */
+export function backendInfo(): BackendInfo & LoadedAddonInfo {
+  const info = call((b) => b.backendInfo());
+  return { ...info, ...(loadedAddon() as LoadedAddonInfo) };
 }
 
 /** Sets the CPU thread-pool size (0 restores the default); returns the new size. */

@@ -2,7 +2,8 @@
  * The raw binding: the typed surface of the .node addon and its lazy loader. Native errors are
  * re-thrown as lorakit's own error classes (same message), so `instanceof` works in every realm.
  */
-import { LoraRangeError, LoraTypeError, NativeLoadError, StateError } from './errors';
+import { LoraRangeError, LoraTypeError, StateError } from './errors';
+import { loadAddon } from './load_addon';
 
 export interface NativeTensorHandle {
   write(data: Float32Array | Float64Array | Uint16Array | Int32Array | BigInt64Array): void;
@@ -283,31 +284,9 @@ export type NativeBinding = KernelBinding & AsyncKernelBinding & DeviceBinding;
 
 let cached: NativeBinding | undefined;
 
-const HOW_TO_BUILD =
-  'lorakit: the native addon is not built or could not be loaded.\n' +
-  'Build it with:  npm rebuild lorakit\n' +
-  '(needs a C++17 compiler, make and python3, or cmake >= 3.18; CUDA is optional).\n' +
-  'npm 11.16+ warns about, and npm 12 blocks, install scripts of dependencies: approve lorakit\'s with\n' +
-  '  npm install-scripts approve lorakit   (or, on npm versions that name it so: npm approve-scripts lorakit)\n' +
-  'and then run  npm rebuild lorakit.\n' +
-  'From a clone of the repository: npm install (or: npm run build:native).';
-
-/** Loads the addon on first use; throws NativeLoadError with build instructions if it is missing. */
+/** Loads the addon on first use (load_addon.ts); throws NativeLoadError listing what was tried. */
 export function native(): NativeBinding {
-  if (cached) return cached;
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    // LORAKIT_NATIVE_PATH loads another build of the addon (the sanitizer build of `npm run test:asan`).
-    const override = process.env.LORAKIT_NATIVE_PATH;
-    if (override) {
-      cached = require(require('path').resolve(override)) as NativeBinding;
-    } else {
-      const bindings = require('bindings') as (opts: { bindings: string; module_root: string }) => NativeBinding;
-      cached = bindings({ bindings: 'lorakit.node', module_root: require('path').join(__dirname, '..') });
-    }
-  } catch (cause) {
-    throw new NativeLoadError(`${HOW_TO_BUILD}\nCause: ${(cause as Error).message}`, { cause });
-  }
+  if (!cached) cached = loadAddon<NativeBinding>();
   return cached;
 }
 

@@ -8,9 +8,12 @@ test('a missing addon gives NativeLoadError with build instructions', () => {
   const root = path.resolve(__dirname, '..');
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-noaddon-'));
   try {
-    // A copy of the compiled package without build/: exactly what a skipped install script leaves.
+    // A copy of the compiled package without build/ or prebuilds/: what a skipped install script
+    // leaves on a platform with no prebuilt binary.
     fs.cpSync(path.join(root, 'dist'), path.join(tmp, 'dist'), { recursive: true });
     fs.copyFileSync(path.join(root, 'package.json'), path.join(tmp, 'package.json'));
+    fs.mkdirSync(path.join(tmp, 'scripts'));
+    fs.copyFileSync(path.join(root, 'scripts', 'addon-locate.js'), path.join(tmp, 'scripts', 'addon-locate.js'));
     fs.symlinkSync(path.join(root, 'node_modules'), path.join(tmp, 'node_modules'));
     const script =
       "const l = require('./dist');" +
@@ -24,6 +27,7 @@ test('a missing addon gives NativeLoadError with build instructions', () => {
     expect(out.message).toContain('npm rebuild lorakit');
     expect(out.message).toContain('npm install-scripts approve lorakit');
     expect(out.message).toMatch(/C\+\+17 compiler/);
+    expect(out.message).toContain('local-build build/Release/lorakit.node: not built');
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }

@@ -1,6 +1,7 @@
 // The ISA-specific inner kernels, selected once at load time for the CPU (microkernel.cc).
 // Each path lives in its own file compiled with target attributes (no global -march), so one
-// binary runs on any x86-64 and picks the best path it finds; other CPUs get the portable path.
+// binary runs on any x86-64 and picks the best path it finds; arm64 gets NEON, other CPUs the
+// portable path.
 #pragma once
 #include <cstdint>
 #include "../core/dtype.h"
@@ -84,8 +85,10 @@ const KernelTable& kernel_table();
 // The paths this CPU can run, best first (for tests and the benchmark).
 const char* available_paths();
 
-// Per-ISA tables (null when not compiled for this architecture).
+// Per-ISA tables. The x86 ones are defined only in x86-64 builds, neon_table only in arm64 builds
+// (each file is compiled for its architecture alone); null when the CPU or OS lacks the feature.
 const KernelTable* portable_table();
+const KernelTable* neon_table();
 const KernelTable* avx2_table();
 const KernelTable* avx512_table();
 const KernelTable* avx512bf16_table();  // AVX-512 plus vdpbf16ps blocks; null without AVX512_BF16
