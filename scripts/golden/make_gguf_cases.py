@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Golden cases like shared/golden/llama_tiny for the other architectures lorakit converts to GGUF.
 
-usage: python3 scripts/golden/make_gguf_cases.py OUT_DIR [--archs mistral,qwen2,qwen3,gemma2,phi3] [--device cpu|cuda]
+usage: python3 scripts/golden/make_gguf_cases.py OUT_DIR [--archs mistral,qwen2,qwen3,gemma,gemma2,phi3] [--device cpu|cuda]
 
 Needs transformers 5.17 and peft 0.21 (and torch); no network: each model is built from a tiny config
 with random weights (seeded), nothing is downloaded. For each architecture it writes OUT_DIR/<arch>_tiny/:
@@ -54,6 +54,12 @@ CASES = {
     "mistral": dict(config=dict(model_type="mistral", sliding_window=None, tie_word_embeddings=False), targets=ATTN_MLP),
     "qwen2": dict(config=dict(model_type="qwen2", tie_word_embeddings=True, use_sliding_window=False), targets=ATTN_MLP),
     "qwen3": dict(config=dict(model_type="qwen3", tie_word_embeddings=False, use_sliding_window=False), targets=ATTN_MLP),
+    "gemma": dict(
+        config=dict(model_type="gemma", tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh"),
+        targets=ATTN_MLP,
+        # Gemma's RMSNorm computes x * (1 + w): "away from identity" means w away from 0
+        norm_center=0.0,
+    ),
     "gemma2": dict(
         config=dict(
             model_type="gemma2",
