@@ -51,3 +51,5 @@ export { train } from './train/loop';
 export type { TrainOptions, TrainResult, StepContext, StepLog, CheckpointTarget } from './train/loop';
 export { ProgressBar } from './train/progress';
 export { lossCurveSvg } from './train/plot';
+export { GgufReader, GgufStreamWriter, serializeGgufHeader, ggufValue, GGML, ggmlType, ggmlTypeByName, dequantizeGgml, quantizeGgml, convertModelToGguf, adapterToGguf, ggufToPeft, mergeGguf } from './gguf';
+export type { GgufTensorInfo, GgufTensorSpec, GgufKV, GgufValue, GgufArray, GgufValueType, ConvertModelOptions, ConvertResult, GgufOutType, AdapterToGgufOptions, AdapterToGgufResult, GgufToPeftOptions, GgufMergeOptions, GgufMergeResult } from './gguf';

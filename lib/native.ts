@@ -197,6 +197,12 @@ export interface KernelBinding {
   dropout(x: NativeTensorHandle, p: number, seed: number, stream: number, out: NativeTensorHandle): void;
   convert(src: NativeTensorHandle, dst: NativeTensorHandle): void;
   allFinite(t: NativeTensorHandle): boolean;
+  /** n values of ggml type `type` (core/ggml_blocks.h) as f32; host memory, the input is copied. */
+  ggmlDequantize(type: number, src: Uint8Array, n: number): Float32Array;
+  /** f32 values encoded as ggml type `type` (F32, F16, BF16, Q8_0, Q4_0; round to nearest as ggml's quantize_row_*_ref). */
+  ggmlQuantize(type: number, src: Float32Array): Uint8Array;
+  /** rows of a ggml-typed W [rows, cols] decoded, merged as W + scale·B·A (A [r, cols], B [rows, r]) and encoded as outType. */
+  ggmlMergeRows(type: number, src: Uint8Array, rows: number, cols: number, A: Float32Array, B: Float32Array, scale: number, outType: number): Uint8Array;
   /** One AdamW step in place (torch.optim.AdamW); state f32; master (f32) for 16-bit params. */
   adamwStep(
     param: NativeTensorHandle,

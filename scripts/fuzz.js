@@ -20,7 +20,7 @@ const baseSeed = Number(opt('seed', Date.now() % 2 ** 31));
 const chunks = Number(opt('chunks', 4));
 const outDir = path.resolve(opt('out', path.join(__dirname, '..', 'bench', 'results')));
 // Share of the cases per target (header cases write a file each, so they get fewer).
-const SHARES = { tensor: 0.12, forward: 0.18, merge: 0.13, layer: 0.15, async: 0.08, native: 0.15, header: 0.07, config: 0.05, surface: 0.07 };
+const SHARES = { tensor: 0.12, forward: 0.13, merge: 0.13, layer: 0.15, async: 0.08, native: 0.15, header: 0.07, config: 0.05, surface: 0.07, gguf: 0.05 };
 
 const root = path.join(__dirname, '..');
 const report = opt('report', null);

@@ -4,20 +4,22 @@ import * as path from 'path';
 import { Checkpoint, safetensorsFilesIn } from '../io/checkpoint';
 import { CONFIG_FILE, WEIGHTS_FILE } from '../model/adapter_io';
 import { parseArgs } from './_args';
+import { inspectGguf, isGguf } from './_gguf';
 
-export const summary = 'show an adapter (config, shapes, parameter counts), a .safetensors checkpoint, or what a folder holds';
+export const summary = 'show an adapter (config, shapes, parameter counts), a .safetensors checkpoint, a GGUF file, or what a folder holds';
 
 const USAGE = `usage: lorakit inspect <path> [--all] [--json]
   path     an adapter folder (adapter_config.json + adapter_model.safetensors), a .safetensors file,
-           a model folder (model.safetensors, a sharded model.safetensors.index.json, or a single
-           .safetensors file), or any other folder: its .safetensors files and adapter sub-folders
-           are listed and each is shown
+           a .gguf file (metadata and tensors), a model folder (model.safetensors, a sharded
+           model.safetensors.index.json, or a single .safetensors file), or any other folder: its
+           .safetensors files and adapter sub-folders are listed and each is shown
   --all    list every tensor (default: the first 40 of each file)
   --json   one JSON object instead of text (default: text)
 
 examples:
   lorakit inspect ./my-adapter                 # config, target modules, ranks, factor shapes, parameters
   lorakit inspect model.safetensors --all      # metadata, tied weights, every tensor's dtype and shape
+  lorakit inspect base.gguf                    # GGUF metadata (hyperparameters, tokenizer) and tensors
   lorakit inspect ./downloaded-model --json    # a folder: its model, other weight files and adapters`;
 
 interface TensorRow {
@@ -65,6 +67,7 @@ export async function run(argv: string[]): Promise<number> {
     return 1;
   }
   try {
+    if (isGguf(p)) return inspectGguf(p, args.flags.has('all'), args.flags.has('json'));
     const isDir = fs.statSync(p).isDirectory();
     const isAdapter = isDir && fs.existsSync(path.join(p, CONFIG_FILE));
     if (isAdapter) return inspectAdapter(p, args.flags.has('all'), args.flags.has('json'));

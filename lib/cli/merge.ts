@@ -1,9 +1,10 @@
-/** `lorakit merge`: merges a peft adapter into a safetensors checkpoint, streaming tensor by tensor. */
+/** `lorakit merge`: merges a peft adapter into a safetensors checkpoint (or, for a .gguf base, a GGUF: _gguf.ts), streaming tensor by tensor. */
 import { FloatDType } from '../dtype';
 import { mergeCheckpoint } from '../model/stream_merge';
 import { parseArgs, progressBar } from './_args';
+import { GGUF_MERGE_USAGE, ggufBase, ggufMerge } from './_gguf';
 
-export const summary = 'merge a peft LoRA adapter into a .safetensors checkpoint (streamed, keeps sharding)';
+export const summary = 'merge a peft LoRA adapter into a .safetensors checkpoint or a GGUF base (streamed)';
 
 const USAGE = `usage: lorakit merge --base <model> --adapter <adapter dir> --out <path> [--dtype f32|f16|bf16] [--scale s] [--quiet]
 Writes W + scale·(lora_alpha/r)·B·A for every weight the adapter targets (DoRA: its rescaled form),
@@ -26,9 +27,10 @@ examples:
 
 export async function run(argv: string[]): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
-    console.log(USAGE);
+    console.log(`${USAGE}\n\n${GGUF_MERGE_USAGE}`);
     return 0;
   }
+  if (ggufBase(argv)) return ggufMerge(argv);
   let args;
   try {
     args = parseArgs(argv, ['base', 'adapter', 'out', 'dtype', 'scale'], ['quiet']);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 #include "errors.h"
+#include "ggml_blocks.h"
 #include "op_args.h"
 #include "tensor.h"
 
@@ -70,6 +71,11 @@ struct Backend {
   bool (*all_finite)(const TensorRef& t);
   // out = dropout(x) with the mask of core/dropout_mask.h and inverted scaling 1/(1-p).
   void (*dropout)(const TensorRef& x, float p, uint64_t seed, uint64_t stream, const TensorRef& out);
+
+  // ---- ggml block formats (core/ggml_blocks.h), host memory: n values of type t to f32 and back
+  // (quantize: F32, F16, BF16, Q8_0, Q4_0 as ggml's quantize_row_*_ref). n is whole blocks.
+  void (*ggml_dequantize)(GgmlType t, const uint8_t* src, float* dst, int64_t n);
+  void (*ggml_quantize)(GgmlType t, const float* src, uint8_t* dst, int64_t n);
 
   // ---- Optimizer steps (state in f32; master, when given, is the f32 value of a 16-bit param).
   void (*adamw_step)(const TensorRef& param, const TensorRef& grad, const TensorRef& exp_avg, const TensorRef& exp_avg_sq,

@@ -52,6 +52,8 @@ Backend make_table() {
   b.convert = convert;
   b.all_finite = all_finite;
   b.dropout = dropout;
+  b.ggml_dequantize = ggml_dequantize;
+  b.ggml_quantize = ggml_quantize;
   b.adamw_step = adamw;
   b.sgd_step = sgd;
   b.accumulate = accumulate;

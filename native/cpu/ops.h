@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 #include "../core/dropout_mask.h"
+#include "../core/ggml_blocks.h"
 #include "../core/op_args.h"
 #include "../core/tensor.h"
 
@@ -39,6 +40,10 @@ void convert(const void* src, DType st, void* dst, DType dt, int64_t n);
 
 // True when every element is finite.
 bool all_finite(const TensorRef& t);
+
+// n values of ggml type t ↔ f32 (ggml_blocks.cc; host memory, n a whole number of blocks).
+void ggml_dequantize(GgmlType t, const uint8_t* src, float* dst, int64_t n);
+void ggml_quantize(GgmlType t, const float* src, uint8_t* dst, int64_t n);
 
 using lorakit::dropout_keep;  // native/core/dropout_mask.h, shared with the CUDA kernels
 

@@ -36,6 +36,7 @@ Backend make_table() {
   b.convert = convert;
   b.all_finite = all_finite;
   b.dropout = dropout;
+  // ggml_dequantize / ggml_quantize: host-memory ops, cpu only (backend_op names the gap if asked)
   b.adamw_step = adamw_step;
   b.sgd_step = sgd_step;
   b.accumulate = accumulate;

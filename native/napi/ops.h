@@ -34,6 +34,10 @@
   X(dropout, BuildDropout)                            \
   X(convert, BuildConvert)                            \
   X(allFinite, BuildAllFinite)                        \
+  /* ggml_blocks.cc */                                \
+  X(ggmlDequantize, BuildGgmlDequantize)              \
+  X(ggmlQuantize, BuildGgmlQuantize)                  \
+  X(ggmlMergeRows, BuildGgmlMergeRows)                \
   /* optim.cc */                                      \
   X(adamwStep, BuildAdamwStep)                        \
   X(sgdStep, BuildSgdStep)                            \

@@ -8,6 +8,7 @@ import fc from 'fast-check';
 import { asyncTarget, forwardTarget, layerTarget, mergeTarget, tensorTarget } from './api_targets';
 import { tally } from './fuzz_common';
 import { cleanupFileTargets, configTarget, headerTarget } from './file_targets';
+import { cleanupGgufTargets, ggufTarget } from './gguf_targets';
 import { nativeTarget } from './native_targets';
 import { surfaceTarget } from './surface_target';
 
@@ -21,6 +22,7 @@ const TARGETS: Record<string, fc.IProperty<never> | fc.IAsyncProperty<never>> = 
   header: headerTarget as never,
   config: configTarget as never,
   surface: surfaceTarget as never,
+  gguf: ggufTarget as never,
 };
 
 async function runTarget(name: string, numRuns: number, seed: number): Promise<boolean> {
@@ -61,6 +63,7 @@ async function main(): Promise<void> {
     }
   } finally {
     cleanupFileTargets();
+    cleanupGgufTargets();
   }
   if (!ok) process.exitCode = 1;
 }

@@ -1,0 +1,68 @@
+// ggml's block formats as GGUF stores them (ggml-common.h): the type ids, the block structs and
+// their sizes. Shared by every kernel that reads or writes ggml-typed data (the GGUF codecs now,
+// quantized bases later). Little-endian hosts only, as GGUF v3 files are little-endian.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include "dtype.h"
+
+namespace lorakit {
+
+// ggml_type ids (ggml.h). Only the ones lorakit decodes or encodes are named.
+enum class GgmlType : int32_t {
+  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8,
+  Q4_K = 12, Q5_K = 13, Q6_K = 14, F64 = 28, BF16 = 30,
+};
+
+constexpr int kQK = 32;    // values per block of the *_0 / *_1 formats
+constexpr int kQK_K = 256;  // values per super-block of the K formats
+
+#pragma pack(push, 1)
+struct BlockQ4_0 { uint16_t d; uint8_t qs[kQK / 2]; };             // x = d·(q − 8)
+struct BlockQ4_1 { uint16_t d, m; uint8_t qs[kQK / 2]; };          // x = d·q + m
+struct BlockQ5_0 { uint16_t d; uint8_t qh[4]; uint8_t qs[kQK / 2]; };  // x = d·(q5 − 16)
+struct BlockQ5_1 { uint16_t d, m; uint8_t qh[4]; uint8_t qs[kQK / 2]; };  // x = d·q5 + m
+struct BlockQ8_0 { uint16_t d; int8_t qs[kQK]; };                  // x = d·q
+// 8 sub-blocks of 32: x = d·sc_j·q − dmin·m_j, 6-bit sc/m packed in 12 bytes (get_scale_min_k4)
+struct BlockQ4_K { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[kQK_K / 2]; };
+struct BlockQ5_K { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[kQK_K / 8]; uint8_t qs[kQK_K / 2]; };
+// 16 sub-blocks of 16: x = d·sc_j·(q6 − 32), int8 scales
+struct BlockQ6_K { uint8_t ql[kQK_K / 2]; uint8_t qh[kQK_K / 4]; int8_t scales[kQK_K / 16]; uint16_t d; };
+#pragma pack(pop)
+
+static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24, "block sizes");
+static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210, "block sizes");
+
+// Values per block and bytes per block of a type lorakit handles; {0, 0} for others.
+struct GgmlTypeSize {
+  int block;
+  int bytes;
+};
+
+inline GgmlTypeSize ggml_type_size(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: return {1, 4};
+    case GgmlType::F16: return {1, 2};
+    case GgmlType::BF16: return {1, 2};
+    case GgmlType::F64: return {1, 8};
+    case GgmlType::Q4_0: return {kQK, 18};
+    case GgmlType::Q4_1: return {kQK, 20};
+    case GgmlType::Q5_0: return {kQK, 22};
+    case GgmlType::Q5_1: return {kQK, 24};
+    case GgmlType::Q8_0: return {kQK, 34};
+    case GgmlType::Q4_K: return {kQK_K, 144};
+    case GgmlType::Q5_K: return {kQK_K, 176};
+    case GgmlType::Q6_K: return {kQK_K, 210};
+  }
+  return {0, 0};
+}
+
+inline bool ggml_can_dequantize(GgmlType t) { return ggml_type_size(t).block != 0; }
+inline bool ggml_can_quantize(GgmlType t) {
+  return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16 || t == GgmlType::Q8_0 || t == GgmlType::Q4_0;
+}
+
+// The 16-bit float scales use dtype.h's exact conversions (round to nearest even, quiet NaN):
+// f16_to_f32 / f32_to_f16 and bf16_to_f32 / f32_to_bf16, as ggml's GGML_FP16/BF16 macros.
+
+}  // namespace lorakit
