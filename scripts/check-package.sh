@@ -39,15 +39,19 @@ console.log(`loaded the prebuilt binary ${i.addonPath}; cpu paths: ${i.cpuPaths.
 JS
 node which.cjs
 
-# peft's golden Linear cases (test-gpu's suite on the cpu) against the installed package, per CPU path.
+# peft's golden Linear cases (test-gpu's suite with LORAKIT_TEST_DEVICE=cpu) against the installed
+# package, per CPU path: only the helpers' require of the sources becomes require('lorakit').
 mkdir golden-tests
 sed "s#require('../dist/io/safetensors')#require('lorakit')#; s#require('../dist')#require('lorakit')#" "$root/test-gpu/helpers.js" > golden-tests/helpers.js
-sed 's/cuda/cpu/g' "$root/test-gpu/golden_linear.test.js" > golden-tests/golden_linear.test.js
+grep -q "require('lorakit')" golden-tests/helpers.js || { echo "test-gpu/helpers.js no longer requires ../dist"; exit 1; }
+cp "$root/test-gpu/golden_linear.test.js" golden-tests/
 for p in $(node -p "require('lorakit').backendInfo().cpuPaths.join(' ')") amx-emulated; do
   used=$(LORAKIT_CPU_PATH=$p node -p "require('lorakit').backendInfo().cpuPath")
   [[ "$used" == "$p" ]] || { echo "LORAKIT_CPU_PATH=$p: got $used"; exit 1; }
   if LORAKIT_TEST_DEVICE=cpu LORAKIT_CPU_PATH=$p LORAKIT_GOLDEN=$golden node --test golden-tests/ > "golden-$p.log" 2>&1; then
-    echo "golden Linear cases, $p path: $(grep -E '^# pass' "golden-$p.log")"
+    pass=$(sed -n 's/^# pass //p' "golden-$p.log")
+    [[ -n "$pass" && "$pass" -gt 0 ]] || { echo "golden Linear cases, $p path: none ran"; exit 1; }
+    echo "golden Linear cases, $p path: $pass passed ($(sed -n 's/^# skipped //p' "golden-$p.log") cuda-only skipped)"
   else
     echo "golden Linear cases, $p path: FAILED"; grep -B2 -A12 '^not ok' "golden-$p.log" | head -40; exit 1
   fi
