@@ -33,6 +33,8 @@
 
 #if defined(__CUDACC__)
 #define LK_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define LK_HD inline __attribute__((always_inline))  // also into the cpu's per-ISA clones (cpu/exact_lanes.cc)
 #else
 #define LK_HD inline
 #endif
@@ -68,23 +70,26 @@ LK_HD uint32_t unkey16(uint32_t k) { return (k ^ ((k & 0x8000u) ? 0x8000u : 0xff
 LK_HD uint32_t key32(uint32_t b) { return b ^ ((b & 0x80000000u) ? 0xffffffffu : 0x80000000u); }
 LK_HD uint32_t unkey32(uint32_t k) { return k ^ ((k & 0x80000000u) ? 0x80000000u : 0xffffffffu); }
 
-LK_HD bool is_nan_bits(uint32_t b, DType t) {
-  if (t == DType::F32) return (b & 0x7fffffffu) > 0x7f800000u;
-  if (t == DType::BF16) return (b & 0x7fffu) > 0x7f80u;
+template <DType T>
+LK_HD bool is_nan_bits(uint32_t b) {
+  if (T == DType::F32) return (b & 0x7fffffffu) > 0x7f800000u;
+  if (T == DType::BF16) return (b & 0x7fffu) > 0x7f80u;
   return (b & 0x7fffu) > 0x7c00u;  // f16
 }
 
-// The correction of x against R (both bit patterns of T): −9..9, or kRaw.
-LK_HD int8_t correction(uint32_t x, uint32_t R, DType t) {
-  if (is_nan_bits(R, t)) return kRaw;
-  int32_t c = t == DType::F32 ? static_cast<int32_t>(key32(x) - key32(R))
-                              : static_cast<int32_t>(key16(x)) - static_cast<int32_t>(key16(R));
-  return c >= -kSmallMax && c <= kSmallMax ? static_cast<int8_t>(c) : kRaw;
+// The correction of x against R (both bit patterns of T): −9..9, or kRaw. The key difference is
+// taken modulo 2^16 (2^32 for f32), as corrected() adds it back, so both stay in the lane width.
+template <DType T>
+LK_HD int8_t correction(uint32_t x, uint32_t R) {
+  const int32_t c = T == DType::F32 ? static_cast<int32_t>(key32(x) - key32(R))
+                                    : static_cast<int16_t>(static_cast<uint16_t>(key16(x) - key16(R)));
+  return !is_nan_bits<T>(R) && c >= -kSmallMax && c <= kSmallMax ? static_cast<int8_t>(c) : kRaw;
 }
 
 // x from R and its correction c (not kRaw).
-LK_HD uint32_t corrected(uint32_t R, int c, DType t) {
-  return t == DType::F32 ? unkey32(key32(R) + static_cast<uint32_t>(c)) : unkey16(key16(R) + static_cast<uint32_t>(c));
+template <DType T>
+LK_HD uint32_t corrected(uint32_t R, int c) {
+  return T == DType::F32 ? unkey32(key32(R) + static_cast<uint32_t>(c)) : unkey16(key16(R) + static_cast<uint32_t>(c));
 }
 
 LK_HD int raw_bits(DType t) { return t == DType::F32 ? 32 : 16; }
@@ -109,9 +114,10 @@ LK_HD int popc64(uint64_t v) {
 #endif
 }
 
-// Writes the segment's stream for corrections c[0..len) (raw ones take orig[j]) into out (room for
-// kMaxSegmentBytes); nz[w] bit b says c[64w + b] != 0. Returns the byte count (0 when every c is 0).
-LK_HD int encode_segment_masked(const int8_t* c, const uint32_t* orig, int len, DType t, const uint64_t (&nz)[4],
+// Writes the segment's stream for corrections c[0..len) (raw ones take the bit pattern orig[j], U
+// uint16_t or uint32_t) into out (room for kMaxSegmentBytes); nz[w] bit b says c[64w + b] != 0. Returns the byte count (0 when every c is 0).
+template <class U>
+LK_HD int encode_segment_masked(const int8_t* c, const U* orig, int len, DType t, const uint64_t (&nz)[4],
                                 uint8_t* out) {
   const int n = popc64(nz[0]) + popc64(nz[1]) + popc64(nz[2]) + popc64(nz[3]);
   if (n == 0) return 0;
@@ -135,7 +141,7 @@ LK_HD int encode_segment_masked(const int8_t* c, const uint32_t* orig, int len, 
       k++;
       const int w = payload_bits(v, t);
       if (w == 0) continue;
-      const uint64_t field = v == kRaw ? orig[j] : (v < 0 ? 1u : 0u) | (static_cast<uint32_t>((v < 0 ? -v : v) - 2) << 1);
+      const uint64_t field = v == kRaw ? static_cast<uint64_t>(orig[j]) : (v < 0 ? 1u : 0u) | (static_cast<uint32_t>((v < 0 ? -v : v) - 2) << 1);
       acc |= field << bits;
       bits += w;
       while (bits >= 8) {
@@ -148,16 +154,20 @@ LK_HD int encode_segment_masked(const int8_t* c, const uint32_t* orig, int len, 
   return static_cast<int>(pay - out) + pb;
 }
 
-LK_HD int encode_segment(const int8_t* c, const uint32_t* orig, int len, DType t, uint8_t* out) {
+template <class U>
+LK_HD int encode_segment(const int8_t* c, const U* orig, int len, DType t, uint8_t* out) {
   uint64_t nz[4] = {0, 0, 0, 0};
   for (int j = 0; j < len; j++) nz[j >> 6] |= static_cast<uint64_t>(c[j] != 0) << (j & 63);
   return encode_segment_masked(c, orig, len, t, nz, out);
 }
 
-// Sets c[j] (and raw[j] where c[j] is kRaw) for the nonzero corrections of a segment's stream of
-// `bytes` bytes; c must be zero beforehand. False when the stream is malformed (reads never pass
+// Reads a segment's stream of `bytes` bytes: nz[w] bit b says element 64w + b has a nonzero
+// correction, which goes to c[j] (and its original bits to raw[j] where c[j] is kRaw); other
+// entries of c and raw are left alone. False when the stream is malformed (reads never pass
 // `bytes`, writes never pass len).
-LK_HD bool decode_segment(const uint8_t* s, int bytes, int len, DType t, int8_t* c, uint32_t* raw) {
+template <class U>
+LK_HD bool decode_segment(const uint8_t* s, int bytes, int len, DType t, int8_t* c, U* raw, uint64_t (&nz)[4]) {
+  nz[0] = nz[1] = nz[2] = nz[3] = 0;
   if (bytes == 0) return true;
   const int n = s[0] + 1;
   if (n > len) return false;
@@ -165,7 +175,6 @@ LK_HD bool decode_segment(const uint8_t* s, int bytes, int len, DType t, int8_t*
   const int where = list ? n : bitmap_bytes(len);
   const int cls_off = 1 + where, pay_off = cls_off + (n + 3) / 4;
   if (pay_off > bytes) return false;
-  uint64_t nz[4] = {0, 0, 0, 0};
   if (list) {
     int last = -1;
     for (int k = 0; k < n; k++) {
@@ -204,7 +213,7 @@ LK_HD bool decode_segment(const uint8_t* s, int bytes, int len, DType t, int8_t*
         c[j] = static_cast<int8_t>((field & 1u) ? -mag : mag);
       } else {
         c[j] = kRaw;
-        raw[j] = field;
+        raw[j] = static_cast<U>(field);
       }
     }
   return pb == bytes;
