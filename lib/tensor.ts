@@ -109,6 +109,11 @@ export class Tensor {
     return t;
   }
 
+  /** @internal A Tensor around a handle that a kernel created (an exact merge's record, i32 [words]). */
+  static adopt(handle: NativeTensorHandle, shape: readonly number[], dtype: DType, device: Device): Tensor {
+    return new Tensor(handle, [...shape], dtype, device);
+  }
+
   get numel(): number {
     return numelOf(this.shape);
   }

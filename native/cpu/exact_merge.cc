@@ -85,13 +85,15 @@ struct SegmentRef {
   uint16_t len;   // ≤ exact::kMaxSegmentBytes
 };
 
-// Per-segment bookkeeping, reused by the calling thread across calls: a fresh array of this size
-// for every merge costs a page fault per 4 KiB, which some hosts make slower than the pass itself.
-std::vector<SegmentRef>& segment_scratch(size_t m, size_t n) {
+// Per-segment bookkeeping of `steps` merge steps, reused by the calling thread across calls: a fresh
+// array of this size for every merge costs a page fault per 4 KiB, which some hosts make slower than
+// the pass itself.
+std::vector<std::vector<SegmentRef>>& segment_scratch(size_t steps, size_t n) {
   static thread_local std::vector<std::vector<SegmentRef>> pool;
-  if (pool.size() <= m) pool.resize(m + 1);
-  if (pool[m].size() < n) pool[m].resize(n);
-  return pool[m];
+  if (pool.size() < steps) pool.resize(steps);
+  for (size_t m = 0; m < steps; m++)
+    if (pool[m].size() < n) pool[m].resize(n);
+  return pool;
 }
 
 // A record buffer from the heap rather than fresh pages: repeated merges reuse freed memory.
@@ -114,7 +116,8 @@ class ExactPass {
     rows_ = W.dim(0);
     cols_ = W.dim(1);
     spr_ = exact::segments_per_row(cols_);
-    for (size_t m = 0; m < merge_.size(); m++) segs_.push_back(&segment_scratch(m, static_cast<size_t>(rows_ * spr_)));
+    auto& pool = segment_scratch(merge_.size(), static_cast<size_t>(rows_ * spr_));
+    for (size_t m = 0; m < merge_.size(); m++) segs_.push_back(&pool[m]);
     streams_.resize(merge_.size());
   }
 
