@@ -35,7 +35,7 @@ export { SafetensorsStreamWriter, writeSafetensors, serializeHeader } from './io
 export type { TensorSpec, RawTensor } from './io/safetensors_writer';
 export { Checkpoint } from './io/checkpoint';
 export { LoraModel, modulesFromStateDict, guessKind, readAdapter, mergeCheckpoint } from './model';
-export type { LoraConfig, BiasMode, ModuleSpec, ModuleOptions, ModuleKind, FromStateDictOptions, ParamValue, FromPretrainedOptions, LoadOptions, StreamMergeOptions, StreamMergeResult } from './model';
+export type { LoraConfig, BiasMode, ModuleSpec, ModuleOptions, ModuleKind, FromStateDictOptions, ParamValue, FromPretrainedOptions, ModelMergeOptions, LoadOptions, StreamMergeOptions, StreamMergeResult } from './model';
 export { Parameter, countParameters } from './parameter';
 export type { ParameterRole } from './parameter';
 export { Optimizer, AdamW, SGD, clipGradNorm } from './train/optimizer';

@@ -5,7 +5,7 @@
  * peft's merge as before; the side information is freed on unmerge and dispose, and stays within 2
  * bits per weight for 16-bit weights with realistic deltas.
  */
-import { FloatDType, LoraConv2d, LoraEmbedding, LoraLayer, LoraLinear, Tensor } from '../lib';
+import { FloatDType, LoraConv2d, LoraEmbedding, LoraLayer, LoraLinear, LoraModel, Tensor } from '../lib';
 import { mergeAdapter, unmergeAdapter } from '../lib/kernels';
 import { randomArray } from './helpers/reference';
 
@@ -234,5 +234,30 @@ describe('exact merge: side information', () => {
     expect(bitsPerWeight).toBeLessThanOrEqual(2);
     layer.unmerge();
     layer.dispose();
+  });
+});
+
+describe('exact merge: LoraModel', () => {
+  test('mergeAdapter / switchMergedAdapter / unmergeAdapter over several layers restore every weight bit for bit', async () => {
+    const specs = ['q', 'v', 'emb'].map((name, i) =>
+      name === 'emb'
+        ? { name, kind: 'embedding' as const, weight: Tensor.from(randomArray(50 * 16, 40 + i, 0.1), [50, 16], { dtype: 'bf16' }) }
+        : { name, kind: 'linear' as const, weight: Tensor.from(randomArray(24 * 32, 40 + i, 0.1), [24, 32], { dtype: 'bf16' }) },
+    );
+    const model = new LoraModel(specs, { r: 4, loraAlpha: 8, targetModules: ['q', 'v', 'emb'], initLoraWeights: false, seed: 1 }, 'a');
+    model.addAdapter('b', { r: 2, loraAlpha: 4, targetModules: ['q', 'emb'], initLoraWeights: false, seed: 2 });
+    const w0 = specs.map((s) => bits(s.weight));
+    model.mergeAdapter({ adapterNames: ['a'] });
+    expect(model.mergeSideInfoBytes).toBeGreaterThan(0);
+    model.switchMergedAdapter(['b', 'a']);
+    const switched = specs.map((s) => bits(s.weight));
+    await model.switchMergedAdapterAsync([]);
+    specs.forEach((s, i) => expect(sameBits(bits(s.weight), w0[i])).toBe(true));
+    expect(model.mergeSideInfoBytes).toBe(0);
+    model.mergeAdapter({ adapterNames: ['b', 'a'] });
+    specs.forEach((s, i) => expect(sameBits(bits(s.weight), switched[i])).toBe(true));
+    model.unmergeAdapter();
+    specs.forEach((s, i) => expect(sameBits(bits(s.weight), w0[i])).toBe(true));
+    expect(() => model.switchMergedAdapter(['nope'])).toThrow(expect.objectContaining({ name: 'AdapterError' }));
   });
 });

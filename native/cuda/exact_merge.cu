@@ -32,15 +32,16 @@ namespace {
 constexpr int kMaxSteps = 8;
 constexpr int kSlot = 96;  // bytes of staging per segment and merge step (3 bits per weight)
 constexpr int kWarps = 8;
-constexpr int kRowsPerBlock = 32;
+constexpr int kRowsPerBlock = kWarps;  // one row per warp: more independent loads in flight
 
 struct DevStep {
   const float* P;  // [rows, r] = scale·(B, or Aᵀ with fan_in_fan_out)
   const float* Q;  // [r, cols] = A, or Bᵀ
   const float* k;  // DoRA: magnitude / norm per output feature, or null
-  const uint32_t* offsets;  // undo: the record's [S + 1] offsets and its stream
+  const uint8_t* record;    // undo: the record (header, [S + 1] offsets, stream) of record_bytes
+  const uint32_t* offsets;
   const uint8_t* stream;
-  uint32_t stream_bytes;
+  uint64_t record_bytes;
   uint8_t* slots;  // merge, phase 1: [S][kSlot]
   uint32_t* lens;  // merge, phase 1: [S + 1]
   uint8_t* out;    // merge, phase 3: the record's stream and offsets
@@ -94,6 +95,15 @@ __device__ __forceinline__ void delta8(const DevStep& st, int64_t i, int64_t col
   }
 }
 
+// An undo step's record header against this weight (checked on the device: no host round trip).
+__device__ __forceinline__ bool header_ok(const DevStep& st, int64_t rows, int64_t cols, DType t) {
+  exact::ExactHeader h;
+  memcpy(&h, st.record, sizeof h);
+  return h.magic == exact::kMagic && h.dtype == static_cast<uint32_t>(t) && h.rows == static_cast<uint64_t>(rows) &&
+         h.cols == static_cast<uint64_t>(cols) &&
+         sizeof(exact::ExactHeader) + static_cast<uint64_t>(exact::offsets_bytes(rows, cols)) + h.stream_bytes <= st.record_bytes;
+}
+
 // Phase 1 (Final false) over every segment, or phase 3 (Final true) over the deferred ones.
 template <DType D, bool Final>
 __global__ void __launch_bounds__(kWarps * 32) exact_chain_kernel(typename Lane<D>::U* W, int64_t rows, int64_t cols, Chain ch,
@@ -112,6 +122,11 @@ __global__ void __launch_bounds__(kWarps * 32) exact_chain_kernel(typename Lane<
   const bool vec_q = full && cols % 4 == 0;
   const bool vec_w = full && cols % (16 / sizeof(U)) == 0;
   bool bad = false;
+  for (int s = 0; s < ch.n; s++)
+    if (ch.s[s].undo && !header_ok(ch.s[s], rows, cols, D)) {  // a record for another weight: touch nothing
+      if (threadIdx.x == 0) atomicOr(&counters[1], 1u);
+      return;
+    }
   for (int64_t i = int64_t(blockIdx.y) * kRowsPerBlock + warp; i < rows && i < int64_t(blockIdx.y + 1) * kRowsPerBlock; i += kWarps) {
     const int64_t seg = i * spr + g;
     if (Final && !deferred[seg]) continue;
@@ -145,7 +160,8 @@ __global__ void __launch_bounds__(kWarps * 32) exact_chain_kernel(typename Lane<
         int8_t c[8];
         uint32_t raw[8];
         const uint32_t at = st.offsets[seg], end = st.offsets[seg + 1];
-        const bool ok = at <= end && end <= st.stream_bytes && end - at <= uint32_t(exact::kMaxSegmentBytes);
+        const uint64_t stream_bytes = st.record_bytes - (st.stream - st.record);
+        const bool ok = at <= end && end <= stream_bytes && end - at <= uint32_t(exact::kMaxSegmentBytes);
         if (!ok) bad = true;
         exactc::warp_decode<D>(st.stream + at, ok ? static_cast<int>(end - at) : 0, len, lane, c, raw, cs[warp], rs[warp], &bad);
 #pragma unroll
@@ -178,12 +194,12 @@ __global__ void __launch_bounds__(kWarps * 32) exact_chain_kernel(typename Lane<
         for (int e = 0; e < 8; e++) x[e] = a[e];
       }
     }
-    if (!Final && !fits) {  // left as it was: phase 3 reruns this segment
-      if (lane == 0) {
-        deferred[seg] = 1;
-        atomicAdd(&counters[0], 1u);
+    if (!Final) {
+      if (lane == 0) deferred[seg] = fits ? 0 : 1;
+      if (!fits) {  // left as it was: phase 3 reruns this segment
+        if (lane == 0) atomicAdd(&counters[0], 1u);
+        continue;
       }
-      continue;
     }
     if (vec_w) {
       uint32_t w4[4];
@@ -266,23 +282,23 @@ void run_group(const TensorRef& W, const std::vector<DevStep>& all, size_t first
     ch.s[s] = all[first + s];
     if (!ch.s[s].undo) merges.push_back(static_cast<int>(s));
   }
-  Buf flags(S), counters(2 * sizeof(unsigned));
-  LK_CUDA(cudaMemsetAsync(flags.p, 0, S, stream()), "exact merge: flags");
+  // counters: [0] deferred segments, [1] a bad record, [2 + m] merge step m's stream bytes
+  Buf flags(S), counters((2 + kMaxSteps) * sizeof(unsigned));
   LK_CUDA(cudaMemsetAsync(counters.p, 0, 2 * sizeof(unsigned), stream()), "exact merge: counters");
   std::vector<Buf> slots, lens, offs;
   for (int m : merges) {
     slots.emplace_back(size_t(S) * kSlot);
     lens.emplace_back(size_t(S + 1) * 4);
     offs.emplace_back(size_t(S + 1) * 4);
-    LK_CUDA(cudaMemsetAsync(lens.back().p, 0, size_t(S + 1) * 4, stream()), "exact merge: lengths");
+    LK_CUDA(cudaMemsetAsync(static_cast<uint32_t*>(lens.back().p) + S, 0, 4, stream()), "exact merge: lengths");
     ch.s[m].slots = static_cast<uint8_t*>(slots.back().p);
     ch.s[m].lens = static_cast<uint32_t*>(lens.back().p);
   }
   uint8_t* deferred = static_cast<uint8_t*>(flags.p);
   unsigned* cnt = static_cast<unsigned*>(counters.p);
   launch(W.dtype, false, W.data, rows, cols, ch, deferred, cnt);
-  // Offsets: an exclusive scan of S + 1 lengths (the last 0) ends with each stream's total.
-  std::vector<uint32_t> totals(merges.size());
+  // Offsets: an exclusive scan of S + 1 lengths (the last 0) ends with each stream's total; the
+  // totals and the counters come back to the host in one copy (the one wait of the call).
   for (size_t m = 0; m < merges.size(); m++) {
     size_t temp = 0;
     uint32_t* in = static_cast<uint32_t*>(lens[m].p);
@@ -290,11 +306,13 @@ void run_group(const TensorRef& W, const std::vector<DevStep>& all, size_t first
     LK_CUDA(cub::DeviceScan::ExclusiveSum(nullptr, temp, in, out, static_cast<int>(S + 1), stream()), "exact merge: scan");
     Buf tmp(temp);
     LK_CUDA(cub::DeviceScan::ExclusiveSum(tmp.p, temp, in, out, static_cast<int>(S + 1), stream()), "exact merge: scan");
-    copy_to_host(&totals[m], out + S, 4);
+    LK_CUDA(cudaMemcpyAsync(cnt + 2 + m, out + S, 4, cudaMemcpyDeviceToDevice, stream()), "exact merge: total");
   }
-  unsigned host_counters[2] = {0, 0};
-  copy_to_host(host_counters, cnt, sizeof host_counters);
-  if (host_counters[1]) throw_range("exact unmerge: a record's segment is corrupt; the weight's values are undefined");
+  unsigned host_counters[2 + kMaxSteps] = {};
+  copy_to_host(host_counters, cnt, (2 + merges.size()) * sizeof(unsigned));
+  if (host_counters[1])
+    throw_range("exact unmerge: a record does not match this weight (left unchanged), or a segment of it is corrupt (values undefined)");
+  const unsigned* totals = host_counters + 2;
   std::vector<std::shared_ptr<Storage>> made;
   const size_t head = sizeof(exact::ExactHeader) + static_cast<size_t>(exact::offsets_bytes(rows, cols));
   for (size_t m = 0; m < merges.size(); m++) {
@@ -354,14 +372,11 @@ void exact_merge(const TensorRef& W, bool fan_in_fan_out, const std::vector<Exac
       d.k = k;
       d.k_per_col = fan_in_fan_out;
     }
-    if (is_undo) {
-      exact::ExactHeader h;
-      if (e.record_bytes < sizeof h) throw_range("undo[" + std::to_string(s) + "].record: the record is truncated");
-      copy_to_host(&h, e.record, sizeof h);
-      exact::check_header(h, W.dtype, rows, cols, e.record_bytes, "undo[" + std::to_string(s) + "].record");
-      d.offsets = reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(e.record) + sizeof h);
+    if (is_undo) {  // the builder checked the size; the chain kernel checks the header
+      d.record = static_cast<const uint8_t*>(e.record);
+      d.record_bytes = e.record_bytes;
+      d.offsets = reinterpret_cast<const uint32_t*>(d.record + sizeof(exact::ExactHeader));
       d.stream = reinterpret_cast<const uint8_t*>(d.offsets) + exact::offsets_bytes(rows, cols);
-      d.stream_bytes = static_cast<uint32_t>(h.stream_bytes);
     }
     steps.push_back(d);
   }
