@@ -4,9 +4,12 @@
  * the best and median wall time of peft merge, exact merge, exact unmerge, swap (switchMerged),
  * exact unmerge + merge and peft unmerge + merge, every op timed in alternation with the others so
  * that all see the same machine load; then the side information in bits per weight for small and
- * large deltas (‖ΔW‖/‖W‖ = 1% and 10%). Writes bench/results/exact-merge-<date>-<machine>.txt.
+ * large deltas (‖ΔW‖/‖W‖ = 1% and 10%). Each op is timed as wall time and as the process's CPU
+ * time: on a shared machine a thread pool's barrier can wait a whole time slice for a preempted
+ * worker, so the CPU time (the work done, with --threads 1 by default) is the steadier comparison.
+ * Writes bench/results/exact-merge-<date>-<machine>.txt.
  *
- *   node bench/exact_merge.js [--d 4096] [--r 16] [--rounds 15] [--dtypes f32,f16,bf16] [--threads n]
+ *   node bench/exact_merge.js [--d 4096] [--r 16] [--rounds 15] [--dtypes f32,f16,bf16] [--threads 1]
  */
 'use strict';
 const fs = require('fs');
@@ -22,7 +25,7 @@ const D = Number(arg('d', 4096));
 const R = Number(arg('r', 16));
 const ROUNDS = Number(arg('rounds', 15));
 const DTYPES = arg('dtypes', 'f32,f16,bf16').split(',');
-if (arg('threads')) lk.setNumThreads(Number(arg('threads')));
+lk.setNumThreads(Number(arg('threads', 1)));
 
 function uniform(n, seed, scale) {
   let s = seed >>> 0 || 1;
@@ -57,6 +60,10 @@ function makeLayer(dtype, rel) {
 }
 
 const now = () => Number(process.hrtime.bigint()) / 1e6;
+const cpuNow = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
 function stats(t) {
   t.sort((a, b) => a - b);
   return { best: t[0], median: t[t.length >> 1] };
@@ -64,11 +71,15 @@ function stats(t) {
 
 function measure(dtype) {
   const layer = makeLayer(dtype, 0.05);
-  const t = { peftMerge: [], exactMerge: [], exactUnmerge: [], swap: [], exactUnmergeMerge: [], peftUnmergeMerge: [] };
+  const keys = ['peftMerge', 'exactMerge', 'exactUnmerge', 'swap', 'exactUnmergeMerge', 'peftUnmergeMerge'];
+  const t = Object.fromEntries(keys.map((k) => [k, []]));
+  const c = Object.fromEntries(keys.map((k) => [k, []]));
   const lap = (key, fn) => {
     const t0 = now();
+    const c0 = cpuNow();
     fn();
     t[key].push(now() - t0);
+    c[key].push(cpuNow() - c0);
   };
   for (let round = -1; round < ROUNDS; round++) {
     // peft: merge, then (untimed) unmerge back; its unmerge drifts W, which does not change the timing
@@ -87,12 +98,12 @@ function measure(dtype) {
       layer.merge({ adapterNames: ['b'], exact: false });
     });
     layer.unmerge();
-    if (round < 0) for (const k of Object.keys(t)) t[k].length = 0; // warm-up round
+    if (round < 0) for (const k of keys) t[k].length = c[k].length = 0; // warm-up round
   }
   layer.dispose();
   layer.weight.dispose();
   const s = {};
-  for (const k of Object.keys(t)) s[k] = stats(t[k]);
+  for (const k of keys) s[k] = { wall: stats(t[k]), cpu: stats(c[k]) };
   return s;
 }
 
@@ -114,15 +125,17 @@ const out = (l) => {
 };
 out(`exact merge vs today's merge, LoraLinear [${D}, ${D}] r=${R}, ‖ΔW‖/‖W‖ = 5% (timing), ${new Date().toISOString()}`);
 out(`cpu: ${os.cpus()[0].model} (${os.cpus().length} CPUs), path ${info.cpuPath}, ${info.threads} threads, load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`);
-out(`wall ms, best / median of ${ROUNDS} rounds (each op timed in turn with the others); speed = peft merge time / op time`);
+out(`best / median of ${ROUNDS} rounds (each op timed in turn with the others); speed = peft merge time / op time`);
 out('');
-out('dtype  op                    best ms   median ms   speed vs peft merge (best, median)');
+out('dtype  op                   wall best  wall median  cpu best  cpu median   speed vs peft merge (wall best, cpu best)');
 for (const dtype of DTYPES) {
   const s = measure(dtype);
   const row = (name, key, passes) => {
     const v = s[key];
     const ref = s.peftMerge;
-    out(`${dtype.padEnd(6)} ${name.padEnd(20)} ${v.best.toFixed(2).padStart(8)}  ${v.median.toFixed(2).padStart(9)}   ${((passes * ref.best) / v.best * 100).toFixed(0).padStart(4)}%  ${((passes * ref.median) / v.median * 100).toFixed(0).padStart(4)}%${passes > 1 ? `  (of ${passes} peft merges)` : ''}`);
+    const f = (x) => x.toFixed(2).padStart(9);
+    const pct = (a, b) => `${((passes * a) / b * 100).toFixed(0).padStart(4)}%`;
+    out(`${dtype.padEnd(6)} ${name.padEnd(20)} ${f(v.wall.best)}  ${f(v.wall.median)}  ${f(v.cpu.best)}  ${f(v.cpu.median)}   ${pct(ref.wall.best, v.wall.best)}  ${pct(ref.cpu.best, v.cpu.best)}${passes > 1 ? `  (of ${passes} peft merges)` : ''}`);
   };
   row('peft merge (today)', 'peftMerge', 1);
   row('exact merge', 'exactMerge', 1);

@@ -101,3 +101,46 @@ export function* exactPassSteps(
   for (const u of undo) records.delete(u.name);
   merge.forEach((m, i) => records.set(m.name, made[i], m.ops.norm));
 }
+
+/** What exactChainSteps needs of a layer. */
+export interface ExactChainHost {
+  records: ExactRecords;
+  /** The layer's merged adapters, oldest first; updated as passes complete. */
+  merged: string[];
+  fanInFanOut: boolean;
+  isDora(name: string): boolean;
+  operands(name: string, norm: Tensor | null): ExactOperands;
+  /** DoRA: the f32 weight norm of W as it stands, for the adapter's merge. */
+  doraNormSteps(name: string, W: Tensor): KernelSteps<Tensor>;
+}
+
+/**
+ * Undoes `undo` (the newest merges, newest first) and merges `merge` in order, exactly, in as few
+ * passes over target as DoRA allows: a DoRA adapter's norm is taken from the weight just before
+ * its merge, so a pass ends before each DoRA adapter that is not its first step.
+ */
+export function* exactChainSteps(host: ExactChainHost, undo: readonly string[], merge: readonly string[], target: Tensor): KernelSteps<void> {
+  let undoSpecs: ExactStepSpec[] = undo.map((n) => ({ name: n, ops: host.operands(n, host.records.norm(n)) }));
+  let i = 0;
+  while (undoSpecs.length > 0 || i < merge.length) {
+    const pass: ExactStepSpec[] = [];
+    try {
+      while (i < merge.length) {
+        const n = merge[i];
+        const dora = host.isDora(n);
+        if (dora && (pass.length > 0 || undoSpecs.length > 0)) break;
+        const ops = host.operands(n, null);
+        pass.push({ name: n, ops });
+        if (dora) ops.norm = yield* host.doraNormSteps(n, target);
+        i++;
+      }
+      yield* exactPassSteps(target, host.fanInFanOut, undoSpecs, pass, host.records);
+    } catch (e) {
+      for (const p of pass) p.ops.norm?.dispose();
+      throw e;
+    }
+    host.merged.splice(host.merged.length - undoSpecs.length, undoSpecs.length);
+    for (const p of pass) host.merged.push(p.name);
+    undoSpecs = [];
+  }
+}

@@ -15,7 +15,7 @@ import { Parameter } from '../parameter';
 import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../validate';
 import { loraScaling } from '../model/factors';
 import { AdapterParameters } from './adapter_parameters';
-import { ExactOperands, ExactRecords, ExactStepSpec, exactPassSteps } from './exact_merge';
+import { ExactRecords, exactChainSteps } from './exact_merge';
 import { LayerRunner } from './layer_runner';
 import { InitLoraWeights } from './init';
 import { resolveMixedBatch } from './mixed_batch';
@@ -439,44 +439,27 @@ export abstract class LoraLayer {
     return this;
   }
 
-  /**
-   * Undoes `undo` (the newest merges, newest first) and merges `merge` in order, exactly, in as few
-   * passes over target as DoRA allows: a DoRA adapter's norm is taken from the weight just before
-   * its merge, so a pass ends before each DoRA adapter that is not its first step.
-   */
+  /** Exact undo of `undo` (newest first), then exact merges of `merge` (exact_merge.ts exactChainSteps). */
   private *exactChainSteps(undo: readonly string[], merge: readonly string[], target: Tensor = this.weight): KernelSteps<void> {
-    const fifo = this.exactFanInFanOut();
-    let undoSpecs: ExactStepSpec[] = undo.map((n) => ({ name: n, ops: this.exactOperands(n, this.#exact.norm(n)) }));
-    let i = 0;
-    while (undoSpecs.length > 0 || i < merge.length) {
-      const pass: ExactStepSpec[] = [];
-      try {
-        while (i < merge.length) {
-          const n = merge[i];
-          const dora = this._useDora.get(n) === true;
-          if (dora && (pass.length > 0 || undoSpecs.length > 0)) break;
-          const ops = this.exactOperands(n, null);
-          pass.push({ name: n, ops });
-          if (dora) ops.norm = yield* this.exactDoraNormSteps(n, target);
-          i++;
-        }
-        yield* exactPassSteps(target, fifo, undoSpecs, pass, this.#exact);
-      } catch (e) {
-        for (const p of pass) p.ops.norm?.dispose();
-        throw e;
-      }
-      this._mergedAdapters.splice(this._mergedAdapters.length - undoSpecs.length, undoSpecs.length);
-      for (const p of pass) this._mergedAdapters.push(p.name);
-      undoSpecs = [];
-    }
-  }
-
-  private exactOperands(name: string, norm: Tensor | null): ExactOperands {
-    const scale = this._scaling.get(name)!;
-    if (!Number.isFinite(scale)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${scale})`);
-    this.requireMergeable(name);
-    const magnitude = this._useDora.get(name) ? this._loraMagnitude.get(name)! : null;
-    return { A: this._loraA.get(name)!, B: this._loraB.get(name)!, scale, magnitude, norm };
+    yield* exactChainSteps(
+      {
+        records: this.#exact,
+        merged: this._mergedAdapters,
+        fanInFanOut: this.exactFanInFanOut(),
+        isDora: (n) => this._useDora.get(n) === true,
+        operands: (n, norm) => {
+          const scale = this._scaling.get(n)!;
+          if (!Number.isFinite(scale)) throw new LoraRangeError(`scaling of adapter '${n}' is not finite (${scale})`);
+          this.requireMergeable(n);
+          const magnitude = this._useDora.get(n) ? this._loraMagnitude.get(n)! : null;
+          return { A: this._loraA.get(n)!, B: this._loraB.get(n)!, scale, magnitude, norm };
+        },
+        doraNormSteps: (n, W) => this.exactDoraNormSteps(n, W),
+      },
+      undo,
+      merge,
+      target,
+    );
   }
 
   /** Runs an operation body synchronously on the layer's stream; refused while an async one is in flight. */
