@@ -33,6 +33,11 @@ constexpr int kMaxSteps = 8;
 constexpr int kSlot = 96;  // bytes of staging per segment and merge step (3 bits per weight)
 constexpr int kWarps = 8;
 constexpr int kRowsPerBlock = kWarps;  // one row per warp: more independent loads in flight
+// Resident blocks per SM the chain kernel is built for (registers capped to fit). 2 (93 registers,
+// no spills) is what was measured on an H100; 4 (64 registers, some spills) is untested for speed.
+#ifndef LK_EXACT_MIN_BLOCKS
+#define LK_EXACT_MIN_BLOCKS 2
+#endif
 
 struct DevStep {
   const float* P;  // [rows, r] = scale·(B, or Aᵀ with fan_in_fan_out)
@@ -106,7 +111,7 @@ __device__ __forceinline__ bool header_ok(const DevStep& st, int64_t rows, int64
 
 // Phase 1 (Final false) over every segment, or phase 3 (Final true) over the deferred ones.
 template <DType D, bool Final>
-__global__ void __launch_bounds__(kWarps * 32) exact_chain_kernel(typename Lane<D>::U* W, int64_t rows, int64_t cols, Chain ch,
+__global__ void __launch_bounds__(kWarps * 32, LK_EXACT_MIN_BLOCKS) exact_chain_kernel(typename Lane<D>::U* W, int64_t rows, int64_t cols, Chain ch,
                                                                   uint8_t* deferred, unsigned* counters) {
   using L = Lane<D>;
   using U = typename L::U;
