@@ -2,7 +2,8 @@
 // GPU benchmark: lorakit (cuda) against the bare cuBLASLt base GEMM and against peft 0.21 +
 // PyTorch on the same GPU in the same run (bench/gpu_peft.py), bf16, d_in = 4096,
 // d_out ∈ {4096, 14336}, r ∈ {8, 16, 64}, n ∈ {1, 16, 512, 4096, 16384}: forward, forward +
-// backward, merge, and a 4-adapter mixed batch (one adapter per row, round-robin). Times are
+// backward, merge, exact merge and hot-swap (against peft unmerge + merge), and a 4-adapter mixed
+// batch (one adapter per row, round-robin). Times are
 // device-event medians over loops of JS calls, with 4 rotating weight sets so W does not sit in L2. Writes bench/results/gpu-<date>.{json,md}.
 //   node bench/gpu.js [--quick] [--no-peft] [--out DIR]
 'use strict';
@@ -103,6 +104,7 @@ function main() {
       const merge = timed((i) => { (calls[i]++ & 1 ? kernels.unmergeAdapter : kernels.mergeAdapter)(Ws[i], ad[i]); }, [0, 1, 2, 3]);
       rows.push({ d_out: dOut, r, op: 'merge', merge_us: merge, merge_tbps: (4 * dOut * CFG.d_in) / (merge * 1e-6) / 1e12 });
       ad.forEach((a) => { a.loraA.dispose(); a.loraB.dispose(); });
+      rows.push({ d_out: dOut, r, op: 'exact', ...timeExact(Ws, r), merge_us: merge });
     }
     Ws.forEach((W) => W.dispose());
     cuda.emptyCache();
@@ -115,6 +117,28 @@ function main() {
   a.dispose();
   b.dispose();
   report(rows, peft, copyTbps);
+}
+
+// Exact merge and hot-swap on layers with adapters a and b (bf16): exact merge/unmerge alternating
+// (one pass each), switchMerged a ⇄ b (one pass), and exact unmerge + merge (two passes).
+function timeExact(Ws, r) {
+  const layers = Ws.map((W) => {
+    const l = new LoraLinear({ weight: W });
+    for (const [name, seed] of [['a', 31], ['b', 32]]) l.addAdapter(name, { r, loraAlpha: 2 * r, dtype: 'bf16', initLoraWeights: false, seed });
+    return l;
+  });
+  const n = [0, 0, 0, 0];
+  const exact = timed((l) => (n[Ws.indexOf(l.weight)]++ & 1 ? l.unmerge() : l.merge({ adapterNames: ['a'] })), layers);
+  layers.forEach((l) => { l.unmerge(); l.merge({ adapterNames: ['a'] }); });
+  const bits = (layers[0].mergeSideInfoBytes * 8) / layers[0].weight.numel;
+  const swap = timed((l) => l.switchMerged([l.mergedAdapters[0] === 'a' ? 'b' : 'a']), layers);
+  const unmergeMerge = timed((l) => {
+    const next = l.mergedAdapters[0] === 'a' ? 'b' : 'a';
+    l.unmerge();
+    l.merge({ adapterNames: [next] });
+  }, layers);
+  layers.forEach((l) => { l.unmerge(); l.dispose(); });
+  return { exact_us: exact, swap_us: swap, exact_unmerge_merge_us: unmergeMerge, side_bits: bits };
 }
 
 function fmt(v, d = 1) {
@@ -144,6 +168,14 @@ function report(rows, peft, copyTbps) {
     const p = pf(q) || {};
     const roof = (4 * q.d_out * CFG.d_in) / (copyTbps * 1e12) * 1e6;
     lines.push(`| ${q.d_out} | ${q.r} | ${fmt(q.merge_us)} | ${fmt(q.merge_tbps, 2)} | ${fmt((100 * roof) / q.merge_us)} | ${fmt(p.peft_merge_us)} | ${fmt(p.peft_merge_us ? (100 * roof) / p.peft_merge_us : undefined)} | ${fmt(p.peft_merge_us / q.merge_us, 2)} |`);
+  }
+  lines.push('', '## exact merge and hot-swap (bf16, LoraLinear, adapters a and b)', '',
+    'exact: merge or unmerge with side information (alternating; one pass each); swap: switchMerged a ⇄ b (one pass); peft: unmerge + merge of the other adapter', '',
+    '| d_out | r | today merge µs | exact µs | exact/today speed | swap µs | exact unmerge+merge µs | peft unmerge+merge µs | swap speedup vs peft | side info bits/weight |',
+    '|---|---|---|---|---|---|---|---|---|---|');
+  for (const q of rows.filter((r) => r.op === 'exact')) {
+    const p = (peft && peft.rows.find((x) => x.op === 'swap' && x.d_out === q.d_out && x.r === q.r)) || {};
+    lines.push(`| ${q.d_out} | ${q.r} | ${fmt(q.merge_us)} | ${fmt(q.exact_us)} | ${fmt((100 * q.merge_us) / q.exact_us)}% | ${fmt(q.swap_us)} | ${fmt(q.exact_unmerge_merge_us)} | ${fmt(p.peft_swap_us)} | ${fmt(p.peft_swap_us / q.swap_us, 2)} | ${fmt(q.side_bits, 3)} |`);
   }
   lines.push('', '## 4-adapter mixed batch (adapterNames per row, round-robin), r = ' + CFG.mixed_r, '',
     '| d_out | n | cuBLASLt base | lorakit mixed | mixed/base | torch base | peft mixed | peft/torch base | speedup vs peft |', '|---|---|---|---|---|---|---|---|---|');

@@ -129,6 +129,23 @@ def main():
             with torch.no_grad():
                 pair = timed(mu, layers)
             res["rows"].append({"d_out": d_out, "r": r, "op": "merge", "peft_merge_us": pair / 2})
+            # hot-swap as peft does it: unmerge the merged adapter, merge the other (two passes)
+            swaps = [lora_linear_multi(b, r, ["a", "b"]) for b in bases]
+            state = {}
+            def swap(l):
+                cur = state.get(id(l))
+                if cur is not None:
+                    l.unmerge()
+                nxt = "b" if cur == "a" else "a"
+                l.merge(adapter_names=[nxt])
+                state[id(l)] = nxt
+            with torch.no_grad():
+                sw = timed(swap, swaps)
+            res["rows"].append({"d_out": d_out, "r": r, "op": "swap", "peft_swap_us": sw})
+            for l in swaps:
+                if l.merged:
+                    l.unmerge()
+            del swaps
         del bases
         torch.cuda.empty_cache()
     # copy bandwidth (read + write) on a 1 GiB buffer

@@ -38,7 +38,7 @@ export { Checkpoint } from './io/checkpoint';
 export { LoraModel, ModulesToSaveWrapper, modulesFromStateDict, guessKind, readAdapter, mergeCheckpoint } from './model';
 export type { ModuleTensors } from './model';
 export type { LayerRngState } from './layers/lora_layer';
-export type { LoraConfig, BiasMode, ModuleSpec, ModuleOptions, ModuleKind, FromStateDictOptions, ParamValue, FromPretrainedOptions, LoadOptions, StreamMergeOptions, StreamMergeResult } from './model';
+export type { LoraConfig, BiasMode, ModuleSpec, ModuleOptions, ModuleKind, FromStateDictOptions, ParamValue, FromPretrainedOptions, ModelMergeOptions, LoadOptions, StreamMergeOptions, StreamMergeResult } from './model';
 export { Parameter, countParameters } from './parameter';
 export type { ParameterRole } from './parameter';
 export { Optimizer, AdamW, SGD, clipGradNorm } from './train/optimizer';

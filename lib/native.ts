@@ -75,6 +75,16 @@ export interface MeasuredPeaks {
   threads: number;
 }
 
+/** One step of exactMerge: [A, B, scale, DoRA magnitude | null, DoRA weight norm (f32 [out]) | null, record (undo steps) | null]. */
+export type ExactStepArg = [
+  NativeTensorHandle,
+  NativeTensorHandle,
+  number,
+  NativeTensorHandle | null,
+  NativeTensorHandle | null,
+  NativeTensorHandle | null,
+];
+
 /**
  * The kernel ops (native/napi/ops.h, one list there): each validates its arguments and runs on the
  * device of its tensors. Every op also has a Promise form `${op}Async` (AsyncKernelBinding).
@@ -114,6 +124,8 @@ export interface KernelBinding {
     out: NativeTensorHandle,
   ): void;
   conv2dMergeDelta(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, out: NativeTensorHandle): void;
+  /** Exact merge in place (native/core/exact_format.h): undo steps in order, then merge steps; one i32 record per merge step. */
+  exactMerge(W: NativeTensorHandle, fanInFanOut: boolean, undo: ExactStepArg[], merge: ExactStepArg[]): NativeTensorHandle[];
   mixedLinearForward(
     x: NativeTensorHandle,
     W: NativeTensorHandle,

@@ -17,8 +17,8 @@ describe('bench()', () => {
         d: [64], r: [4], n: [1, 9], dtypes: ['f32', 'bf16'], minTime: 0.005, reference: false,
         outDir: dir, peakBufferBytes: 8 << 20, command: 'jest tiny grid',
       });
-      // per dtype: gemm ×2 n, forward ×2 n, fwdbwd ×2 n, merge ×1 r
-      expect(res.rows).toHaveLength(2 * (2 + 2 + 2 + 1));
+      // per dtype: gemm ×2 n, forward ×2 n, fwdbwd ×2 n, merge ×1 r, exact + swap ×1 r
+      expect(res.rows).toHaveLength(2 * (2 + 2 + 2 + 1 + 2));
       for (const r of res.rows) {
         expect(r.ms).toBeGreaterThan(0);
         expect(r.medianMs).toBeGreaterThanOrEqual(r.ms);
@@ -35,7 +35,9 @@ describe('bench()', () => {
       const bf16Gemm = res.rows.filter((r) => r.dtype === 'bf16' && r.op === 'gemm' && r.n! > 1);
       expect(bf16Gemm.length).toBe(1);
       expect(bf16Gemm.every((r) => r.peakKind === bf16Kind)).toBe(true);
-      expect(res.targets.length).toBe(5);
+      // exact: exact merge+unmerge against peft's; swap: switchMerged against exact unmerge + merge
+      for (const op of ['exact', 'swap']) expect(res.rows.filter((r) => r.op === op).every((r) => r.vsReference! > 0 && r.refWhat !== null)).toBe(true);
+      expect(res.targets.length).toBe(6);
       expect(res.file).not.toBeNull();
       const saved = JSON.parse(fs.readFileSync(res.file!, 'utf8'));
       expect(saved.command).toBe('jest tiny grid');

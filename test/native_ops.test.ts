@@ -16,6 +16,7 @@ const OPS: Record<KernelOp, true> = {
   linearBackward: true,
   mergeDelta: true,
   conv2dMergeDelta: true,
+  exactMerge: true,
   mixedLinearForward: true,
   doraWeightNorm: true,
   doraLinearForward: true,

@@ -16,7 +16,8 @@ import { Rng } from '../rng';
 import { Tensor } from '../tensor';
 import { MachineInfo, machineInfo, openblasCoretype } from './machine';
 import { OpenblasRef, prepareOpenblas, timeSgemm } from './openblas';
-import { BENCH_DTYPES, BENCH_OPS, BenchDType, BenchOp, BenchOptions, checkBenchOptions } from './options';
+import { BENCH_DTYPES, DEFAULT_BENCH_OPS, BenchDType, BenchOp, BenchOptions, checkBenchOptions } from './options';
+import { timeSwap } from './swap';
 
 export type { BenchDType, BenchOp, BenchOptions } from './options';
 
@@ -111,7 +112,7 @@ export async function bench(options: BenchOptions = {}): Promise<BenchResult> {
   const rs = opts.r ?? (quick ? [16] : [8, 16, 64]);
   const ns = opts.n ?? (quick ? [1, 128] : [1, 16, 128, 512]);
   const dtypes = opts.dtypes ?? BENCH_DTYPES;
-  const ops = opts.ops ?? BENCH_OPS;
+  const ops = opts.ops ?? DEFAULT_BENCH_OPS;
   for (const r of rs) for (const d of ds) if (r > d) throw new LoraRangeError(`r: ${r} exceeds d = ${d}`);
   const minTime = opts.minTime ?? (quick ? 0.3 : 1);
   const progress = opts.progress ?? (() => undefined);
@@ -128,7 +129,7 @@ export async function bench(options: BenchOptions = {}): Promise<BenchResult> {
     let ref: OpenblasRef | null = null;
     let reference: BenchResult['reference'] = null;
     let refErr = 0;
-    if (opts.reference !== false && ops.some((o) => o !== 'merge')) {
+    if (opts.reference !== false && ops.some((o) => o !== 'merge' && o !== 'swap')) {
       const coretype = opts.openblasCoretype ?? openblasCoretype(machine);
       const p = prepareOpenblas({ library: opts.openblasLibrary, coretype, threads: info.threads });
       if (typeof p === 'string') reference = { unavailable: p };
@@ -269,6 +270,28 @@ export async function bench(options: BenchOptions = {}): Promise<BenchResult> {
               }
             }
           }
+          if (ops.includes('swap') || ops.includes('exact')) {
+            for (const r of rs) {
+              progress(`swap ${dtype} d=${d} r=${r}`);
+              const t = timeSwap(W, r, minTime, seed, timePair);
+              const bytes = 2 * d * d * es;
+              const row = (op: BenchOp, x: { best: number; median: number }, ref: { best: number }, refWhat: string): BenchRow => ({
+                op, dtype, d, r, n: null,
+                ms: x.best * 1e3,
+                medianMs: x.median * 1e3,
+                gflops: null,
+                gbs: bytes / x.best / 1e9,
+                peakKind: 'copy',
+                peakShare: bytes / x.best / 1e9 / peaks.copyGBs,
+                vsReference: ref.best / x.best, refMs: ref.best * 1e3, refWhat,
+                vsBase: null,
+                wInCache: inCache(d * d * es),
+              });
+              const half = (x: { best: number; median: number }) => ({ best: x.best / 2, median: x.median / 2 });
+              rows.push(row('exact', half(t.exact), half(t.peft), `peft merge/unmerge; side info ${t.sideBits.toFixed(2)} bits/weight`));
+              rows.push(row('swap', t.swap, t.unmergeMerge, 'exact unmerge + merge'));
+            }
+          }
         } finally {
           W.dispose();
         }
@@ -327,6 +350,8 @@ export function evaluateTargets(rows: BenchRow[]): BenchResult['targets'] {
   const mAll = rows.filter((r) => r.op === 'merge');
   const w4 = worst(mAll.filter((r) => !r.wInCache), (r) => r.peakShare, 'min');
   out.push({ target: 'merge >= 80% of copy bandwidth (W larger than the LLC)', measured: w4 ? `${(w4.peakShare * 100).toFixed(1)}% (worst, ${w4.dtype} d=${w4.d} r=${w4.r})` : none(mAll), met: w4 ? w4.peakShare >= 0.8 : null });
+  const ex = worst(rows.filter((r) => r.op === 'exact' && r.vsReference !== null), (r) => r.vsReference!, 'min');
+  out.push({ target: "exact merge/unmerge >= 80% of the speed of today's (peft) merge", measured: ex ? `${(ex.vsReference! * 100).toFixed(0)}% (worst, ${ex.dtype} d=${ex.d} r=${ex.r})` : 'not measured', met: ex ? ex.vsReference! >= 0.8 : null });
   const d1All = rows.filter((r) => r.op === 'forward' && r.n === 1);
   const w5 = worst(d1All.filter((r) => !r.wInCache), (r) => r.peakShare, 'min');
   out.push({ target: 'n=1 forward >= 80% of read bandwidth over W (W larger than the LLC)', measured: w5 ? `${(w5.peakShare * 100).toFixed(1)}% (worst, ${w5.dtype} d=${w5.d} r=${w5.r})` : none(d1All), met: w5 ? w5.peakShare >= 0.8 : null });

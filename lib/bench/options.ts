@@ -7,10 +7,13 @@
 import { LoraRangeError, LoraTypeError } from '../errors';
 import { checkBool, checkInt, checkOptions, checkString } from '../validate';
 
-export type BenchOp = 'gemm' | 'forward' | 'fwdbwd' | 'merge';
+// exact: exact merge/unmerge vs peft's merge/unmerge; swap: switchMerged vs exact unmerge + merge.
+export type BenchOp = 'gemm' | 'forward' | 'fwdbwd' | 'merge' | 'exact' | 'swap';
 export type BenchDType = 'f32' | 'bf16';
 
-export const BENCH_OPS: readonly BenchOp[] = ['gemm', 'forward', 'fwdbwd', 'merge'];
+export const BENCH_OPS: readonly BenchOp[] = ['gemm', 'forward', 'fwdbwd', 'merge', 'exact', 'swap'];
+/** What runs when `ops` is not given ('swap' also times the exact row). */
+export const DEFAULT_BENCH_OPS: readonly BenchOp[] = ['gemm', 'forward', 'fwdbwd', 'merge', 'swap'];
 export const BENCH_DTYPES: readonly BenchDType[] = ['f32', 'bf16'];
 
 export interface BenchOptions {

@@ -269,13 +269,21 @@ export class LoraConv2d extends LoraLayer {
     };
   }
 
-  protected *deltaSteps(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelSteps<void> {
+  protected exactFanInFanOut(): boolean {
+    return false;
+  }
+
+  protected override requireMergeable(name: string): void {
     if (this.groups > 1) throw new AdapterError(`merge: adapter '${name}' is on a grouped conv (groups ${this.groups}); peft refuses to merge it too`);
     const [kh, kw] = this.kernelSize;
     if ((this.dilation[0] > 1 && kh > 1) || (this.dilation[1] > 1 && kw > 1))
       throw new AdapterError(
         `merge: adapter '${name}' runs at dilation 1 (peft's lora_A) but the base conv at ${this.dilation.join('×')}; its delta cannot be merged into W`,
       );
+  }
+
+  protected *deltaSteps(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelSteps<void> {
+    this.requireMergeable(name);
     const s = sign * this._scaling.get(name)!;
     if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);
     yield step('conv2dMergeDelta', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, s, out.handle);

@@ -187,6 +187,11 @@ export class LoraEmbedding extends LoraLayer {
   }
 
   /** W [num, dim] is the [in, out] layout of a fan_in_fan_out linear: ΔW = s·(B·A)ᵀ. */
+  /** W [num, dim] merges as a fan_in_fan_out linear with A [r, num] and B [dim, r]. */
+  protected exactFanInFanOut(): boolean {
+    return true;
+  }
+
   protected *deltaSteps(name: string, sign: 1 | -1, W: Tensor, out: Tensor): KernelSteps<void> {
     const s = sign * this._scaling.get(name)!;
     if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${s})`);

@@ -425,6 +425,14 @@ export class LoraLinear extends LoraLayer {
     return true;
   }
 
+  protected exactFanInFanOut(): boolean {
+    return this.fanInFanOut;
+  }
+
+  protected override *exactDoraNormSteps(name: string, W: Tensor): KernelSteps<Tensor> {
+    return yield* this.doraWeightNormSteps(name, W);
+  }
+
   /** peft's DoRA init: magnitude = ‖W + s·B·A‖ per output feature, in A's dtype. */
   protected override initMagnitude(name: string): Tensor {
     const norm = this.doraWeightNorm(name);

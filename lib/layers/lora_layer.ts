@@ -16,6 +16,7 @@ import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../
 import { loraScaling } from '../model/factors';
 import { AdapterParameters } from './adapter_parameters';
 import { biasDeltaSteps } from './bias_terms';
+import { ExactRecords, exactChainSteps } from './exact_merge';
 import { LayerRunner } from './layer_runner';
 import { InitLoraWeights } from './init';
 import { resolveMixedBatch } from './mixed_batch';
@@ -55,6 +56,8 @@ export abstract class LoraLayer {
   readonly #runner = new LayerRunner();
   /** Parameter objects handed out by parameters(); backward() accumulates into their grads. */
   readonly #parameters = new AdapterParameters();
+  /** Side information of the adapters merged exactly (exact_merge.ts). */
+  readonly #exact = new ExactRecords();
 
   /** Base weight (owned by the caller; merge changes it in place). */
   abstract get weight(): Tensor;
@@ -136,6 +139,10 @@ export abstract class LoraLayer {
   }
   get merged(): boolean {
     return this._mergedAdapters.length > 0;
+  }
+  /** Bytes held for exact unmerge: the merged adapters' records (and DoRA norms); 0 when none is merged exactly. */
+  get mergeSideInfoBytes(): number {
+    return this.#exact.bytes;
   }
   get disableAdapters(): boolean {
     return this._disableAdapters;
@@ -402,7 +409,11 @@ export abstract class LoraLayer {
     return out;
   }
 
-  /** Adds the named (or active) adapters' ΔW to the base weight; already merged ones are skipped. */
+  /**
+   * Adds the named (or active) adapters' ΔW to the base weight; already merged ones are skipped. By
+   * default the merge is exact (exact_merge.ts): unmerge() restores W bit for bit, for ~1–2 bits per
+   * weight of side information (mergeSideInfoBytes). opts.exact false merges as peft does.
+   */
   merge(opts: MergeOptions = {}): this {
     return this.runLayerSync('merge', this.mergeSteps(opts));
   }
@@ -412,7 +423,7 @@ export abstract class LoraLayer {
     return this.runLayerAsync('merge', this.mergeSteps(opts));
   }
 
-  /** Undoes merges in reverse order (W -= ΔW). */
+  /** Undoes merges in reverse order: exact ones from their records (bit for bit), others as W -= ΔW. */
   unmerge(): this {
     return this.runLayerSync('unmerge', this.unmergeSteps());
   }
@@ -421,9 +432,23 @@ export abstract class LoraLayer {
     return this.runLayerAsync('unmerge', this.unmergeSteps());
   }
 
+  /**
+   * Replaces the merged adapters by `names` (merged in that order). When every merged adapter was
+   * merged exactly this is one pass over W (undo, then merge), bit-identical, records included, to
+   * unmerge() followed by merge({ adapterNames: names }); otherwise it is those two calls.
+   */
+  switchMerged(names: readonly string[]): this {
+    return this.runLayerSync('switchMerged', this.switchSteps(names));
+  }
+
+  switchMergedAsync(names: readonly string[]): Promise<this> {
+    return this.runLayerAsync('switchMerged', this.switchSteps(names));
+  }
+
   private *mergeSteps(opts: MergeOptions): KernelSteps<this> {
-    const o = checkOptions(opts, ['safeMerge', 'adapterNames'], 'opts') as MergeOptions;
+    const o = checkOptions(opts, ['safeMerge', 'adapterNames', 'exact'], 'opts') as MergeOptions;
     const safe = o.safeMerge === undefined ? false : checkBool(o.safeMerge, 'opts.safeMerge');
+    const exact = o.exact === undefined ? true : checkBool(o.exact, 'opts.exact');
     let names = this._activeAdapters;
     if (o.adapterNames !== undefined) {
       if (!Array.isArray(o.adapterNames)) throw new LoraTypeError('opts.adapterNames: expected an array of adapter names');
@@ -433,33 +458,53 @@ export abstract class LoraLayer {
     const noBias = names.filter((n) => this._loraBBias.has(n) && !this.bias);
     if (noBias.length)
       throw new AdapterError(`merge: adapter(s) ${noBias.join(', ')} have a lora_B bias but ${this.constructor.name} has no base bias to merge it into`);
-    for (const name of names) {
-      if (this._mergedAdapters.includes(name)) continue;
+    const todo = names.filter((n, i) => !this._mergedAdapters.includes(n) && names.indexOf(n) === i);
+    // Exact records cover W only: adapters with a lora_B bias merge through the plain path.
+    const exactOk = exact && todo.every((n) => !this._loraBBias.has(n));
+    if (exactOk && !safe) {
+      yield* this.exactChainSteps([], todo);
+      return this;
+    }
+    for (const name of todo) {
       const W = this.weight;
       const bB = this._loraBBias.get(name);
       const what = `adapter '${name}'`;
       if (safe) {
         const trial = W.clone();
         try {
-          yield* this.deltaSteps(name, 1, W, trial);
+          if (exactOk) yield* this.exactChainSteps([], [name], trial);
+          else yield* this.deltaSteps(name, 1, W, trial);
           if (!(yield step('allFinite', trial.handle)))
             throw new LoraRangeError(`merge: NaNs or infinities detected in the merged weight for adapter '${name}'; the weight was left unchanged`);
           if (bB) yield* biasDeltaSteps(this.bias!, bB, this._scaling.get(name)!, true, what);
           yield step('convert', trial.handle, W.handle);
+        } catch (e) {
+          if (exactOk && this._mergedAdapters[this._mergedAdapters.length - 1] === name) {
+            this._mergedAdapters.pop();
+            this.#exact.delete(name);
+          }
+          throw e;
         } finally {
           trial.dispose();
         }
+        if (!exactOk) this._mergedAdapters.push(name);
       } else {
         yield* this.deltaSteps(name, 1, W, W);
         if (bB) yield* biasDeltaSteps(this.bias!, bB, this._scaling.get(name)!, false, what);
+        this._mergedAdapters.push(name);
       }
-      this._mergedAdapters.push(name);
     }
     return this;
   }
 
   protected *unmergeSteps(): KernelSteps<this> {
     while (this._mergedAdapters.length > 0) {
+      const run: string[] = []; // the newest exactly merged adapters, undone in one pass
+      for (let k = this._mergedAdapters.length - 1; k >= 0 && this.#exact.has(this._mergedAdapters[k]); k--) run.push(this._mergedAdapters[k]);
+      if (run.length > 0) {
+        yield* this.exactChainSteps(run, []);
+        continue;
+      }
       const name = this._mergedAdapters[this._mergedAdapters.length - 1];
       yield* this.deltaSteps(name, -1, this.weight, this.weight);
       const bB = this._loraBBias.get(name);
@@ -467,6 +512,41 @@ export abstract class LoraLayer {
       this._mergedAdapters.pop(); // only once W is restored, so a failed step can be retried
     }
     return this;
+  }
+
+  private *switchSteps(names: readonly string[]): KernelSteps<this> {
+    if (!Array.isArray(names)) throw new LoraTypeError('names: expected an array of adapter names');
+    names.forEach((n, i) => this.requireAdapter(n, `names[${i}]`));
+    if (new Set(names).size !== names.length) throw new AdapterError(`names: duplicate adapter names in [${names.join(', ')}]`);
+    if (this._mergedAdapters.some((n) => !this.#exact.has(n)) || names.some((n) => this._loraBBias.has(n))) {
+      yield* this.unmergeSteps();
+      return yield* this.mergeSteps({ adapterNames: [...names] });
+    }
+    yield* this.exactChainSteps([...this._mergedAdapters].reverse(), names, this.weight);
+    return this;
+  }
+
+  /** Exact undo of `undo` (newest first), then exact merges of `merge` (exact_merge.ts exactChainSteps). */
+  private *exactChainSteps(undo: readonly string[], merge: readonly string[], target: Tensor = this.weight): KernelSteps<void> {
+    yield* exactChainSteps(
+      {
+        records: this.#exact,
+        merged: this._mergedAdapters,
+        fanInFanOut: this.exactFanInFanOut(),
+        isDora: (n) => this._useDora.get(n) === true,
+        operands: (n, norm) => {
+          const scale = this._scaling.get(n)!;
+          if (!Number.isFinite(scale)) throw new LoraRangeError(`scaling of adapter '${n}' is not finite (${scale})`);
+          this.requireMergeable(n);
+          const magnitude = this._useDora.get(n) ? this._loraMagnitude.get(n)! : null;
+          return { A: this._loraA.get(n)!, B: this._loraB.get(n)!, scale, magnitude, norm };
+        },
+        doraNormSteps: (n, W) => this.exactDoraNormSteps(n, W),
+      },
+      undo,
+      merge,
+      target,
+    );
   }
 
   /** Runs an operation body synchronously on the layer's stream; refused while an async one is in flight. */
@@ -488,6 +568,7 @@ export abstract class LoraLayer {
     this.requireIdle('dispose');
     this.clearCache();
     this.#parameters.clearGrads();
+    this.#exact.clear();
     for (const t of [...this._loraA.values(), ...this._loraB.values(), ...this._loraMagnitude.values(), ...this._loraBBias.values()]) t.dispose();
   }
 
@@ -517,6 +598,17 @@ export abstract class LoraLayer {
    * inverse) unless plainDelta, which gives the LoRA ΔW alone (peft's get_delta_weight).
    */
   protected abstract deltaSteps(name: string, sign: 1 | -1, W: Tensor, out: Tensor, plainDelta?: boolean): KernelSteps<void>;
+
+  /** The layout exactMerge takes the layer's weight and factors in (as its mergeDelta call does). */
+  protected abstract exactFanInFanOut(): boolean;
+
+  /** Throws when an adapter's delta cannot be merged into this layer's weight. */
+  protected requireMergeable(_name: string): void {}
+
+  /** DoRA: the f32 weight norm ‖W + s·B·A‖ per output feature of W as it stands (LoraLinear). */
+  protected *exactDoraNormSteps(name: string, _W: Tensor): KernelSteps<Tensor> {
+    throw new AdapterError(`merge: adapter '${name}' uses DoRA, which ${this.constructor.name} does not support`);
+  }
 
   /** Layer kinds with DoRA override this and initMagnitude. */
   protected get supportsDora(): boolean {

@@ -58,6 +58,11 @@ export interface MergeOptions {
   safeMerge?: boolean;
   /** Adapters to merge (default: the active ones). */
   adapterNames?: string[];
+  /**
+   * Record the side information that makes unmerge() exact, bit for bit (default true; ~1–2 bits
+   * per weight, see mergeSideInfoBytes). false: peft's merge, whose unmerge leaves rounding drift.
+   */
+  exact?: boolean;
 }
 
 export interface AdapterGrads {

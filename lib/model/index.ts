@@ -1,7 +1,7 @@
 export { LoraModel } from './lora_model';
 export { ModulesToSaveWrapper } from './modules_to_save';
 export type { ModuleTensors } from './modules_to_save';
-export type { AdapterSlot, FromPretrainedOptions } from './lora_model';
+export type { AdapterSlot, FromPretrainedOptions, ModelMergeOptions } from './lora_model';
 export type { LoraConfig, BiasMode } from './config';
 export { modulesFromStateDict, guessKind } from './modules';
 export type { ModuleSpec, ModuleOptions, ModuleKind, FromStateDictOptions, ParamValue } from './modules';

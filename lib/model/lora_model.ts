@@ -34,6 +34,14 @@ export interface AdapterSlot {
   loraAlpha: number;
 }
 
+/** LoraModel.mergeAdapter's options (LoraLayer.merge's, applied to every layer). */
+export interface ModelMergeOptions {
+  adapterNames?: string[];
+  safeMerge?: boolean;
+  /** Exact merge (default true): side information per layer makes unmergeAdapter() exact. */
+  exact?: boolean;
+}
+
 export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
   /** Module name → its LoRA layer (targeted modules that hold data). */
   readonly layers = new Map<string, LoraLayer>();
@@ -383,18 +391,52 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     return line;
   }
 
-  /** Merges the active (or named) adapters into the base weights in place. */
-  mergeAdapter(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): this {
+  /**
+   * Merges the active (or named) adapters into the base weights in place; exactly by default
+   * (LoraLayer.merge: unmergeAdapter() gives every weight back bit for bit), opts.exact false as peft.
+   */
+  mergeAdapter(opts: ModelMergeOptions = {}): this {
     this.requireLive();
-    const o = checkOptions(opts, ['adapterNames', 'safeMerge'], 'opts') as { adapterNames?: string[]; safeMerge?: boolean };
+    const o = checkOptions(opts, ['adapterNames', 'safeMerge', 'exact'], 'opts') as ModelMergeOptions;
     const names = o.adapterNames ?? this.#active;
     names.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
     this.requireAllData('mergeAdapter', names);
     for (const layer of this.layers.values()) {
       const own = names.filter((n) => layer.adapterNames.includes(n));
-      if (own.length) layer.merge({ adapterNames: own, safeMerge: o.safeMerge ?? false });
+      if (own.length) layer.merge({ adapterNames: own, safeMerge: o.safeMerge ?? false, exact: o.exact ?? true });
     }
     return this;
+  }
+
+  /**
+   * Hot-swap: every layer's merged adapters become those of `names` it holds (merged in that
+   * order), in one pass over each weight when its merges were exact (LoraLayer.switchMerged); the
+   * weights equal, bit for bit, those of unmergeAdapter() then mergeAdapter({ adapterNames: names }).
+   */
+  switchMergedAdapter(names: readonly string[]): this {
+    this.requireLive();
+    for (const [layer, own] of this.switchPlan(names)) layer.switchMerged(own);
+    return this;
+  }
+
+  async switchMergedAdapterAsync(names: readonly string[]): Promise<this> {
+    this.requireLive();
+    for (const [layer, own] of this.switchPlan(names)) await layer.switchMergedAsync(own);
+    return this;
+  }
+
+  private switchPlan(names: readonly string[]): Array<[LoraLayer, string[]]> {
+    if (!Array.isArray(names)) throw new LoraTypeError('names: expected an array of adapter names');
+    names.forEach((n, i) => this.requireAdapter(n, `names[${i}]`));
+    this.requireAllData('switchMergedAdapter', [...names]);
+    return [...this.layers.values()].map((layer) => [layer, names.filter((n) => layer.adapterNames.includes(n))]);
+  }
+
+  /** Bytes of exact-merge side information held by all layers (LoraLayer.mergeSideInfoBytes). */
+  get mergeSideInfoBytes(): number {
+    let n = 0;
+    for (const layer of this.layers.values()) n += layer.mergeSideInfoBytes;
+    return n;
   }
 
   /** Undoes every merge (LIFO per layer). */
@@ -409,15 +451,15 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
    * (its weight and adapter tensors are busy meanwhile). On failure the layers merged so far stay
    * merged, as with the sync form; unmergeAdapter() undoes them.
    */
-  async mergeAdapterAsync(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): Promise<this> {
+  async mergeAdapterAsync(opts: ModelMergeOptions = {}): Promise<this> {
     this.requireLive();
-    const o = checkOptions(opts, ['adapterNames', 'safeMerge'], 'opts') as { adapterNames?: string[]; safeMerge?: boolean };
+    const o = checkOptions(opts, ['adapterNames', 'safeMerge', 'exact'], 'opts') as ModelMergeOptions;
     const names = o.adapterNames ?? this.#active;
     names.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
     this.requireAllData('mergeAdapter', names);
     for (const layer of [...this.layers.values()]) {
       const own = names.filter((n) => layer.adapterNames.includes(n));
-      if (own.length) await layer.mergeAsync({ adapterNames: own, safeMerge: o.safeMerge ?? false });
+      if (own.length) await layer.mergeAsync({ adapterNames: own, safeMerge: o.safeMerge ?? false, exact: o.exact ?? true });
     }
     return this;
   }
@@ -431,7 +473,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
   /** mergeAndUnload() with the merges off the JS thread. */
   async mergeAndUnloadAsync(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): Promise<Map<string, Tensor>> {
     this.requireAllData('mergeAndUnload', null);
-    await this.mergeAdapterAsync(opts);
+    await this.mergeAdapterAsync({ ...checkOptions(opts, ['adapterNames', 'safeMerge'], 'opts'), exact: false });
     return this.unload();
   }
 
@@ -443,7 +485,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
    */
   mergeAndUnload(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): Map<string, Tensor> {
     this.requireAllData('mergeAndUnload', null);
-    this.mergeAdapter(opts);
+    this.mergeAdapter({ ...checkOptions(opts, ['adapterNames', 'safeMerge'], 'opts'), exact: false }); // nothing to unmerge after
     return this.unload();
   }
 

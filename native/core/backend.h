@@ -6,6 +6,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 #include "errors.h"
@@ -38,6 +39,12 @@ struct Backend {
   // out = W + scale·B·A in W's layout; out may be W.
   void (*merge_delta)(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                       const TensorRef& out);
+  // Exact merge in one pass over W (in place; layout as merge_delta's, fan_in_fan_out included):
+  // each element runs the undo steps in order (each restores the bits its record holds), then the
+  // merge steps in order, each recording the side information (core/exact_format.h) that undoes
+  // it; records[k] receives merge step k's record (a new allocation on this device).
+  void (*exact_merge)(const TensorRef& W, bool fan_in_fan_out, const std::vector<ExactStep>& undo,
+                      const std::vector<ExactStep>& merge, std::vector<std::shared_ptr<Storage>>* records);
   // y = x·Wᵀ + b + scale_a·(x·A_aᵀ)·B_aᵀ with a = row_adapter[i] per row (-1: base only).
   void (*mixed_linear_forward)(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
                                const std::vector<AdapterFactors>& adapters, const int32_t* row_adapter, const TensorRef& y);

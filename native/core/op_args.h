@@ -76,6 +76,17 @@ struct ConvTerm {
   const TensorRef* dB;
 };
 
+// ---- Exact merge (core/exact_format.h): one adapter's step of exact_merge over W [rows, cols]
+// (a conv2d kernel flattened to [out, in·kh·kw]); the delta is scale·B·A as merge_delta's.
+struct ExactStep {
+  TensorRef A, B;
+  float scale;
+  const TensorRef* magnitude;  // DoRA: merged = k ⊙ (W + delta), k = magnitude / norm per output feature
+  const float* norm;           // DoRA: the weight norm [out] on the device (f32)
+  const void* record;          // undo steps: the record this step's merge wrote (device memory)
+  size_t record_bytes;
+};
+
 // ---- Optimizer steps over one parameter tensor; the state tensors are f32 with the param's size.
 
 // PyTorch AdamW (decoupled decay, bias correction, amsgrad=False):

@@ -40,6 +40,7 @@ Backend make_table() {
   b.lora_forward = lora_forward;
   b.linear_backward = linear_backward;
   b.merge_delta = merge_delta;
+  b.exact_merge = exact_merge;
   b.mixed_linear_forward = mixed_linear_forward;
   b.dora_weight_norm = dora_weight_norm;
   b.dora_linear_forward = dora_linear_forward;

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <memory>
 #include "../core/thread_pool.h"
+#include "merge_factors.h"
 #include "microkernel.h"
 #include "ops.h"
 
@@ -11,11 +12,6 @@ namespace lorakit {
 namespace cpu {
 
 namespace {
-
-// Dense f32 copies of the small factors in the orientation the row loop wants, built in parallel with
-// the vector load/transpose kernels: P [rows, r] = scale·(B, or Aᵀ with fan_in_fan_out) row-major, and
-// Q(q, j) = (A, or Bᵀ) packed in RANK_PANEL-column panels, zero-padded (microkernel.h); with
-// even_odd, each panel row holds the panel's even columns, then its odd ones.
 bool all_finite_f32(const float* x, int64_t n) {
   uint32_t bad = 0;  // exponent all ones: inf or NaN (integer form, so that the loop vectorises)
   for (int64_t i = 0; i < n; i++) {
@@ -26,7 +22,8 @@ bool all_finite_f32(const float* x, int64_t n) {
   return bad == 0;
 }
 
-// Returns whether every value of P and Q is finite.
+}  // namespace
+
 bool prepare_factors(const KernelTable& kt, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                      int64_t rows, int64_t cols, int64_t r, bool even_odd, float* P, float* Q) {
   std::atomic<bool> finite{true};
@@ -71,8 +68,6 @@ bool prepare_factors(const KernelTable& kt, const TensorRef& A, const TensorRef&
       std::max<int64_t>(1, 256 / r));
   return finite;
 }
-
-}  // namespace
 
 // Row i of W gets sign·scale·sum_k P[i,k]·Q[k,:]. For [out, in] layout P = B, Q = A; for
 // fan_in_fan_out ([in, out]) P = Aᵀ and Q = Bᵀ. W is read and written once, by the fused merge_rows

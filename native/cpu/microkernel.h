@@ -41,6 +41,30 @@ constexpr int64_t RANK_PANEL = 16;
 using MergeRowsFn = void (*)(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w,
                              DType wt, int64_t ldw, void* out, DType ot, int64_t ldo);
 
+// One step of an exact merge (core/exact_format.h) for ExactRowsFn: the delta of row i, column j
+// of the block is d = Σ_q p[i*r + q]·Q(q, j), fused multiply-adds in order of q from zero (Q packed
+// as for MergeRowsFn, from the block's first column). A merge step sets x' = round(x + d) (DoRA:
+// round(k·(x + d))) and flags each element whose R = round(x' − d) (DoRA: round(x'/k − d)) is not
+// x: nz bit j, c[j] = its correction, aux[j] = x's bits. An undo step sets x = R for its x' and
+// then, where nz is set, x = R corrected by c[j] (aux[j], the raw bits, where c[j] is kRaw).
+struct ExactRowStep {
+  const float* p;  // [rows, r]
+  const float* Q;
+  int64_t r;
+  const float* k;  // DoRA scale: null, one per row (k[i]) or, with k_per_col, one per column (k[j])
+  bool k_per_col;
+  bool undo;
+  bool nan_safe;   // p, Q or k hold a non-finite value: NaNs must stay NaNs when rounded
+  int8_t* c;       // [rows'][256], rows' = rows rounded up to 8 (the kernels may use padding rows)
+  void* aux;       // [rows'][256] bit patterns of the weight's dtype
+  uint64_t* nz;    // [rows'][4]; a merge step ORs its flags in (zero it first)
+};
+// Runs the steps in order over rows × n columns of w (n ≤ 256, row stride ldw elements, float
+// dtype t), reading and writing each element of w once. Merge and unmerge must run on one path: the
+// arithmetic of R is the same expression in both roles.
+using ExactRowsFn = void (*)(DType t, void* w, int64_t ldw, int64_t rows, int64_t n, const ExactRowStep* steps,
+                             int nsteps);
+
 // bf16 block (AMX tiles or AVX512-BF16 vdpbf16ps): acc (32 x 32 f32, leading dimension ldacc) +=
 // A·B over kc (multiple of 32) steps, with f32 accumulation. A is one packed 32-row block stored as
 // kc/32 contiguous 32x32 bf16 chunks, A(i, k) = a[(k/32)*1024 + i*32 + k%32] (each AMX tile is 16
@@ -78,6 +102,7 @@ struct KernelTable {
   PeakFn amx_peak;         // bf16 tile loop; null unless AMX
   PeakFn bf16_dot_peak;    // vdpbf16ps loop; null unless avx512bf16
   Bf16BlockWFn bf16_block_w;  // null unless AMX (or its emulation)
+  ExactRowsFn exact_rows;
 };
 
 const KernelTable& kernel_table();

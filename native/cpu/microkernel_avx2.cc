@@ -3,6 +3,7 @@
 // conversions. Compiled with target attributes only, so the file is safe in a generic binary.
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+#include "exact_rows.h"
 #include "kernels_generic.h"
 #include "microkernel.h"
 
@@ -425,7 +426,7 @@ LK_AVX2 double fma_peak(int64_t iters) {
   return 2.0 * 8 * 12 * static_cast<double>(iters);
 }
 
-const KernelTable kTable = {"avx2", AMR, ANR, micro, dot_rows, axpy_rows, load_row, pack_t, store_row, merge_rows, true, nullptr, fma_peak, nullptr, nullptr, nullptr};
+const KernelTable kTable = {"avx2", AMR, ANR, micro, dot_rows, axpy_rows, load_row, pack_t, store_row, merge_rows, true, nullptr, fma_peak, nullptr, nullptr, nullptr, exact_rows_avx2};
 
 }  // namespace
 

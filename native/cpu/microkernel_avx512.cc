@@ -9,6 +9,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#include "exact_rows.h"
 #include "kernels_generic.h"
 #include "microkernel.h"
 
@@ -258,6 +259,8 @@ KernelTable make() {
   t.microkernel = micro;
   t.fma_peak = fma_peak;
   t.merge_rows = merge_rows;
+  // The exact kernel wants AVX512-BW too (every AVX-512 CPU with VL has had it); else the AVX2 one.
+  t.exact_rows = __builtin_cpu_supports("avx512bw") ? exact_rows_avx512 : t.exact_rows;
   t.merge_bf16_even_odd = false;  // natural order: 16 bf16 widen to one zmm
   return t;
 }

@@ -1,6 +1,7 @@
 // The portable path: plain C++ the compiler vectorises for the baseline ISA (SSE2 on x86-64, NEON
 // on arm64). Used on CPUs without AVX2+FMA and forced with LORAKIT_CPU_PATH=portable.
 #include "kernels_generic.h"
+#include "exact_rows.h"
 #include "microkernel.h"
 
 namespace lorakit {
@@ -44,7 +45,7 @@ const KernelTable kTable = {"portable",          PMR,
                             PNR,                 micro,
                             generic::dot_rows,   generic::axpy_rows,
                             generic::load_row,   generic::pack_t,      generic::store_row,
-                            generic::merge_rows, false, nullptr, fma_peak, nullptr, nullptr, nullptr};
+                            generic::merge_rows, false, nullptr, fma_peak, nullptr, nullptr, nullptr, exact_rows_generic};
 
 }  // namespace
 

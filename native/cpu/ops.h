@@ -3,6 +3,7 @@
 // is f32 (norms accumulate in f64); 16-bit outputs are rounded once. Operand structs: core/op_args.h.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 #include "../core/dropout_mask.h"
 #include "../core/ggml_blocks.h"
@@ -31,6 +32,10 @@ void linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_ou
 // out may be W itself (in-place merge); one read and one write of W, f32 accumulation.
 void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                  const TensorRef& out);
+
+// Exact merge (core/backend.h exact_merge; algorithm in exact_merge.cc, format in core/exact_format.h).
+void exact_merge(const TensorRef& W, bool fan_in_fan_out, const std::vector<ExactStep>& undo,
+                 const std::vector<ExactStep>& merge, std::vector<std::shared_ptr<Storage>>* records);
 
 // out = dropout(x): inverted scaling 1/(1-p); the mask is a pure function of (seed, stream, index).
 void dropout(const TensorRef& x, float p, uint64_t seed, uint64_t stream, const TensorRef& out);

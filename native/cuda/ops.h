@@ -4,6 +4,7 @@
 // errors of a launch are thrown here, asynchronous ones at the next synchronize/read.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 #include "../core/op_args.h"
 #include "../core/tensor.h"
@@ -22,6 +23,10 @@ void masked_accumulate(const TensorRef& src, float p, uint64_t seed, uint64_t st
 // merge.cu: out = W + scale·ΔW in one pass over W (out may be W).
 void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                  const TensorRef& out);
+
+// exact_merge.cu: core/backend.h exact_merge (records: core/exact_format.h).
+void exact_merge(const TensorRef& W, bool fan_in_fan_out, const std::vector<ExactStep>& undo, const std::vector<ExactStep>& merge,
+                 std::vector<std::shared_ptr<Storage>>* records);
 
 // decode.cu: y = x·Wᵀ + bias + Σ scale·u·Bᵀ for n ≤ kDecodeMaxRows rows, streaming W once.
 constexpr int64_t kDecodeMaxRows = 16;

@@ -17,6 +17,7 @@
   /* merge.cc */                                      \
   X(mergeDelta, BuildMergeDelta)                      \
   X(conv2dMergeDelta, BuildConv2dMergeDelta)          \
+  X(exactMerge, BuildExactMerge)                      \
   /* mixed_batch.cc */                                \
   X(mixedLinearForward, BuildMixedLinearForward)      \
   /* dora.cc */                                       \

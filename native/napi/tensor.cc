@@ -143,6 +143,22 @@ void NativeTensor::init_owned(const Napi::CallbackInfo& info) {
   Napi::MemoryManagement::AdjustExternalMemory(env, reported_);
 }
 
+Napi::Object NativeTensor::Adopt(Napi::Env env, std::shared_ptr<Storage> storage, DType dtype, std::vector<int64_t> shape) {
+  // An empty host tensor first (the constructor's checks and type tag), then the storage swapped in.
+  Napi::Object o = addon_data(env)->tensor_ctor.New({Napi::String::New(env, dtype_name(dtype)), Napi::Array::New(env, 0)});
+  NativeTensor* t = Unwrap(o);
+  const int64_t bytes = static_cast<int64_t>(storage->nbytes);
+  const Device device = storage->device;
+  t->release(env);
+  t->storage_ = std::move(storage);
+  t->ref_.dtype = dtype;
+  t->ref_.shape = std::move(shape);
+  t->ref_.data = t->storage_->data;
+  t->reported_ = device == Device::CPU ? bytes : std::min<int64_t>(bytes, kDeviceReportBytes);
+  Napi::MemoryManagement::AdjustExternalMemory(env, t->reported_);
+  return o;
+}
+
 NativeTensor::~NativeTensor() {
   // The env may be gone at teardown; only the memory is released here.
   storage_.reset();

@@ -5,6 +5,7 @@
 #include <napi.h>
 #include <memory>
 #include <string>
+#include <vector>
 #include "../core/tensor.h"
 
 namespace lorakit {
@@ -16,6 +17,9 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   // Returns nullptr when v is not a NativeTensor of this addon instance.
   static NativeTensor* Unwrap(const Napi::Value& v);
   explicit NativeTensor(const Napi::CallbackInfo& info);
+  // A new JS handle owning storage a kernel allocated (e.g. an exact merge's record), viewed as
+  // dtype and shape (which must cover at most its bytes).
+  static Napi::Object Adopt(Napi::Env env, std::shared_ptr<Storage> storage, DType dtype, std::vector<int64_t> shape);
   ~NativeTensor() override;
 
   bool disposed() const { return !storage_; }
