@@ -211,7 +211,7 @@ export interface KernelBinding {
   allFinite(t: NativeTensorHandle): boolean;
   /** n values of ggml type `type` (core/ggml_blocks.h) as f32; host memory, the input is copied. */
   ggmlDequantize(type: number, src: Uint8Array, n: number): Float32Array;
-  /** f32 values encoded as ggml type `type` (F32, F16, BF16, Q8_0, Q4_0; round to nearest as ggml's quantize_row_*_ref). */
+  /** f32 values encoded as ggml type `type` (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 as ggml's quantize_row_*_ref; Q4_K, Q5_K, Q6_K one-pass). */
   ggmlQuantize(type: number, src: Float32Array): Uint8Array;
   /** rows of a ggml-typed W [rows, cols] decoded, merged as W + scale·B·A (A [r, cols], B [rows, r]) and encoded as outType. */
   ggmlMergeRows(type: number, src: Uint8Array, rows: number, cols: number, A: Float32Array, B: Float32Array, scale: number, outType: number): Uint8Array;

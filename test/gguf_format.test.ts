@@ -184,7 +184,7 @@ describe('native codecs (native/cpu/ggml_blocks.cc) against the references', () 
     const got = await mergeRowsAsync(GGML.Q4_K, src, rows, cols, A, B, 1.5, GGML.Q8_0);
     expect(Buffer.from(got).equals(Buffer.from(want))).toBe(true);
     await expect(mergeRowsAsync(GGML.Q4_K, src, rows, cols, A, B.subarray(1), 1.5, GGML.Q8_0)).rejects.toThrow(/B: expected rows·r = 48 values, got 47/);
-    await expect(mergeRowsAsync(GGML.Q4_K, src, rows, cols, A, B, 1.5, GGML.Q4_K)).rejects.toThrow(/outType: ggml type 12 cannot be written/);
+    await expect(mergeRowsAsync(GGML.Q4_K, src, rows, cols, A, B, 1.5, 10)).rejects.toThrow(/outType: ggml type 10 cannot be written/);
   });
 
   test('bad arguments are typed errors naming them', () => {
@@ -199,7 +199,8 @@ describe('native codecs (native/cpu/ggml_blocks.cc) against the references', () 
       expect(e?.message).toMatch(msg);
     };
     expectErr(() => dequantize(10, new Uint8Array(84), 256), 'LoraTypeError', /type: ggml type 10 cannot be read/);
-    expectErr(() => quantize(GGML.Q4_K, new Float32Array(256)), 'LoraTypeError', /type: ggml type 12 cannot be written/);
+    expectErr(() => quantize(10, new Float32Array(256)), 'LoraTypeError', /type: ggml type 10 cannot be written/);
+    expectErr(() => quantize(GGML.F64, new Float32Array(4)), 'LoraTypeError', /type: ggml type 28 cannot be written/);
     expectErr(() => dequantize(GGML.Q8_0, new Uint8Array(33), 32), 'LoraRangeError', /src: 32 values of this type take 34 bytes, got 33/);
     expectErr(() => dequantize(GGML.Q8_0, new Uint8Array(34), 31), 'LoraRangeError', /n: 31 values are not a whole number of blocks of 32/);
     expectErr(() => quantize(GGML.Q4_0, new Float32Array(33)), 'LoraRangeError', /src: 33 values/);

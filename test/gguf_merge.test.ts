@@ -13,6 +13,7 @@ import { convertModelToGguf } from '../lib/gguf/convert_model';
 import { GGML } from '../lib/gguf/ggml_types';
 import { mergeGguf } from '../lib/gguf/merge';
 import { GgufReader } from '../lib/gguf/reader';
+import { GgufStreamWriter } from '../lib/gguf/writer';
 import { SafetensorsFile } from '../lib/io/safetensors';
 import { ggufVariant, rawF32 } from './helpers/gguf_cases';
 import { writeSafetensors } from '../lib/io/safetensors_writer';
@@ -87,6 +88,27 @@ test('outtype same keeps each tensor\'s type (a Q8_0 base re-quantizes to Q8_0);
   const zero = path.join(dir, 'merged_zero.gguf');
   await mergeGguf({ base, adapter: adapterDir, out: zero, scale: 0 });
   expect(fs.readFileSync(zero).equals(fs.readFileSync(base))).toBe(true);
+});
+
+test('a Q5_1 base merged with outtype same stays Q5_1 and lands near logits_merged in llama.cpp', async () => {
+  // llama_tiny's rows (64, 160) are not whole K-quant super-blocks of 256, so Q5_1 stands in here;
+  // the K-quant merge is checked without llama.cpp in gguf_quant.test.ts
+  const q51 = path.join(dir, 'base_q5_1.gguf');
+  const r = new GgufReader(base);
+  const specs = r.tensors.map((t) => ({ name: t.name, type: t.shape.length === 2 ? GGML.Q5_1 : t.type, shape: t.shape }));
+  const w = new GgufStreamWriter(q51, [...r.metadata], specs);
+  for (const t of r.tensors) w.writeFloat32(t.name, r.float32(t.name));
+  w.commit();
+  r.close();
+  const out = path.join(dir, 'merged_q5_1.gguf');
+  await mergeGguf({ base: q51, adapter: adapterDir, out, outtype: 'same', warn: (m) => { throw new Error(m); } });
+  const m = new GgufReader(out);
+  expect(m.tensors.map((t) => t.type)).toEqual(specs.map((s) => s.type));
+  expect(m.tensor('blk.0.attn_q.weight').type).toBe(GGML.Q5_1);
+  m.close();
+  errs.q5_1Same = centeredRelErr(await llama.logProbs(out, exp.ids), exp.merged, exp.vocab);
+  expect(errs.q5_1Same).toBeLessThan(0.1); // measured 8.2e-2: q8_0's 1.3e-2 times Q5_1/Q8_0's round-trip error ratio (≈ 7)
+  await llama.unload(out);
 });
 
 test('peft → GGUF → peft gives peft\'s tensors and config back exactly', async () => {

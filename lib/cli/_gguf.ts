@@ -10,8 +10,8 @@ export const GGUF_MERGE_USAGE = `usage with a GGUF base: lorakit merge --base <b
 Each targeted weight is read in row chunks, dequantized, merged in f32 and encoded again; the other
 tensors and the metadata are copied as they are. Streams with bounded memory.
   --adapter A     a peft adapter folder, or a llama.cpp LoRA adapter (.gguf, e.g. from lorakit convert)
-  --outtype T     type of 2-D weights: same (default: each keeps its own; K-quants, which lorakit does
-                  not write, become Q8_0 with a warning), f32, f16, bf16, q8_0 or q4_0
+  --outtype T     type of 2-D weights: same (default: each merged weight is re-quantized to its own
+                  type, K-quants included), f32, f16, bf16, q8_0 or q4_0
   --scale S       multiplies the adapter's scaling (llama.cpp's LoRA scale; default 1)
 
 example:

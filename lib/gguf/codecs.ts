@@ -1,9 +1,9 @@
 /**
  * ggml's block formats ↔ f32 for lib/gguf, through the native op family ggmlDequantize /
  * ggmlQuantize (native/cpu/ggml_blocks.cc; block structs in native/core/ggml_blocks.h). Dequantize:
- * F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; quantize: F32, F16, BF16, Q8_0,
- * Q4_0 (round to nearest, bit-identical to ggml's quantize_row_*_ref). The async forms run on
- * libuv's pool.
+ * F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; quantize: all of these but F64
+ * (F16, BF16 and the 32-value blocks bit-identical to ggml's quantize_row_*_ref; Q4_K, Q5_K, Q6_K by a
+ * simpler one-pass quantizer of the same layout, docs/gguf.md). The async forms run on libuv's pool.
  */
 import { call, callAsync } from '../native';
 
@@ -16,7 +16,7 @@ export function dequantizeAsync(type: number, src: Uint8Array, n: number): Promi
   return callAsync((b) => b.ggmlDequantizeAsync(type, src, n));
 }
 
-/** `src` encoded as ggml type `type` (F32, F16, BF16, Q8_0, Q4_0). */
+/** `src` encoded as ggml type `type` (any DEQUANTIZABLE type but F64). */
 export function quantize(type: number, src: Float32Array): Uint8Array {
   return call((b) => b.ggmlQuantize(type, src));
 }

@@ -36,7 +36,7 @@ export const GGML = {
 /** Types lib/gguf can turn into f32 values. */
 export const DEQUANTIZABLE: ReadonlySet<number> = new Set([0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 28, 30]);
 /** Types lib/gguf can write from f32 values. */
-export const QUANTIZABLE: ReadonlySet<number> = new Set([0, 1, 2, 8, 30]);
+export const QUANTIZABLE: ReadonlySet<number> = new Set([0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30]);
 
 /** The type with this id, or undefined. */
 export function ggmlType(id: number): GgmlTypeInfo | undefined {

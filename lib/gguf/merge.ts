@@ -4,8 +4,8 @@
  * W + scale·s·B·A (peft's merge; s = α/r or rsLoRA's α/√r, B's rows in the base's Q/K order) by the
  * native merge kernel (one native call per chunk: decode, merge, encode), and encoded in the output type; every other tensor is copied byte for byte
  * (or converted when --outtype asks for another type). Peak memory is a chunk plus the adapter.
- * `outtype: 'same'` re-quantizes a merged tensor to its own type; types lorakit cannot write
- * (the K-quants, Q4_1, Q5_x) fall back to Q8_0 with a warning.
+ * `outtype: 'same'` re-quantizes a merged tensor to its own type (the K-quants with lorakit's
+ * one-pass quantizer, docs/gguf.md); an F64 weight, which ggml cannot multiply anyway, becomes F32.
  */
 import * as fs from 'fs';
 import { LoraRangeError, LoraTypeError } from '../errors';
@@ -57,11 +57,11 @@ async function loadPairs(opts: GgufMergeOptions, reader: GgufReader, warn: (m: s
 }
 
 /** The type each tensor is written in. */
-function outputType(t: GgufTensorInfo, targeted: boolean, outtype: 'same' | GgufOutType, warn: (m: string) => void): number {
+function outputType(t: GgufTensorInfo, targeted: boolean, outtype: 'same' | GgufOutType): number {
   if (outtype !== 'same' && t.shape.length >= 2) return storageType(t.shape, outtype);
   if (!targeted || QUANTIZABLE.has(t.type)) return t.type;
-  warn(`lorakit: '${t.name}' is ${t.typeName}, which lorakit cannot write; the merged tensor is written as Q8_0`);
-  return t.shape[t.shape.length - 1] % 32 === 0 ? GGML.Q8_0 : GGML.F16;
+  // the merge is computed in f32, so F32 loses nothing of it; any other type was refused when read
+  return GGML.F32;
 }
 
 function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
@@ -84,7 +84,7 @@ export async function mergeGguf(opts: GgufMergeOptions): Promise<GgufMergeResult
     const pairs = new Map((await loadPairs(opts, reader, warn)).map((p) => [p.base, p]));
     const meta: Array<[string, GgufKV]> = [...reader.metadata].map(([k, e]) => [k, k === 'general.file_type' && outtype !== 'same' ? kv.u32(OUT_TYPES[outtype].fileType) : e]);
     if (outtype !== 'same' && !reader.metadata.has('general.file_type')) meta.push(['general.file_type', kv.u32(OUT_TYPES[outtype].fileType)]);
-    const specs = reader.tensors.map((t) => ({ name: t.name, type: outputType(t, pairs.has(t.name), outtype, warn), shape: t.shape }));
+    const specs = reader.tensors.map((t) => ({ name: t.name, type: outputType(t, pairs.has(t.name), outtype), shape: t.shape }));
     const w = new GgufStreamWriter(opts.out, meta, specs);
     let copied = 0;
     try {

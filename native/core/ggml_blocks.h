@@ -59,7 +59,7 @@ inline GgmlTypeSize ggml_type_size(GgmlType t) {
 
 inline bool ggml_can_dequantize(GgmlType t) { return ggml_type_size(t).block != 0; }
 inline bool ggml_can_quantize(GgmlType t) {
-  return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16 || t == GgmlType::Q8_0 || t == GgmlType::Q4_0;
+  return t != GgmlType::F64 && ggml_can_dequantize(t);
 }
 
 // The 16-bit float scales use dtype.h's exact conversions (round to nearest even, quiet NaN):

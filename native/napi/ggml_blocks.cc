@@ -21,7 +21,7 @@ GgmlType ggml_type_arg(const Napi::CallbackInfo& info, size_t i, const char* nam
   const GgmlType t = static_cast<GgmlType>(id);
   if (quantize ? !ggml_can_quantize(t) : !ggml_can_dequantize(t))
     throw_type(std::string(name) + ": ggml type " + std::to_string(id) +
-               (quantize ? " cannot be written (F32 0, F16 1, BF16 30, Q8_0 8, Q4_0 2)"
+               (quantize ? " cannot be written (F32 0, F16 1, BF16 30, Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, Q4_K 12, Q5_K 13, Q6_K 14)"
                          : " cannot be read (F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"));
   return t;
 }

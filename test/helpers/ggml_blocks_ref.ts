@@ -1,6 +1,6 @@
 /**
  * A float64 reference of ggml's block formats, transcribed from the block structs of ggml-common.h
- * and the formulas of ggml-quants.c (dequantize_row_*, quantize_row_q8_0_ref / q4_0_ref), written
+ * and the formulas of ggml-quants.c (dequantize_row_*, quantize_row_q8_0_ref / q4_0_ref / q4_1_ref / q5_0_ref / q5_1_ref), written
  * for clarity, not speed: each block is unpacked field by field with a DataView, values are computed
  * exactly in float64. Quantization emulates ggml's f32 arithmetic (Math.fround at each step) because
  * its rounding decisions are made in f32; that is what "bitwise" compares against.
@@ -176,6 +176,80 @@ export function quantizeQ4_0Ref(x: Float32Array): Uint8Array {
     out[o + 1] = h >> 8;
     const q = (t: number) => Math.min(15, Math.trunc(fr(fr(t * id) + 8.5)));
     for (let j = 0; j < 16; j++) out[o + 2 + j] = q(v[j]) | (q(v[j + 16]) << 4);
+  }
+  return out;
+}
+
+function putHalf(out: Uint8Array, o: number, x: number): void {
+  const h = toHalfRef(x);
+  out[o] = h & 255;
+  out[o + 1] = h >> 8;
+}
+
+/**
+ * quantize_row_q4_1_ref / q5_1_ref: d = (max − min)/(2^bits − 1), m = min, q = trunc((x − min)·(1/d) + 0.5)
+ * (Q4_1 clamps to 15, Q5_1 does not); the fifth bits go to qh as in quantize_row_q5_0_ref.
+ */
+export function quantizeMinRef(type: 'Q4_1' | 'Q5_1', x: Float32Array): Uint8Array {
+  const five = type === 'Q5_1';
+  const bytes = BLOCK[type].bytes;
+  const out = new Uint8Array((x.length / 32) * bytes);
+  for (let blk = 0; blk < x.length / 32; blk++) {
+    const v = x.subarray(blk * 32, blk * 32 + 32);
+    let min = Infinity;
+    let max = -Infinity;
+    for (const t of v) {
+      if (t < min) min = t;
+      if (t > max) max = t;
+    }
+    const d = fr(fr(max - min) / (five ? 31 : 15));
+    const id = d !== 0 ? fr(1 / d) : 0;
+    const o = blk * bytes;
+    putHalf(out, o, d);
+    putHalf(out, o + 2, min);
+    const q = (t: number) => {
+      const r = Math.trunc(fr(fr(fr(t - min) * id) + 0.5));
+      return five ? r : Math.min(15, r);
+    };
+    let qh = 0;
+    const qs = o + (five ? 8 : 4);
+    for (let j = 0; j < 16; j++) {
+      const q0 = q(v[j]);
+      const q1 = q(v[j + 16]);
+      out[qs + j] = (q0 & 15) | ((q1 & 15) << 4);
+      qh |= ((q0 >> 4) << j) | ((q1 >> 4) << (j + 16));
+    }
+    if (five) for (let k = 0; k < 4; k++) out[o + 4 + k] = (qh >>> (8 * k)) & 255;
+  }
+  return out;
+}
+
+/** quantize_row_q5_0_ref: d = max/−16 with max the value of largest magnitude, q = min(31, trunc(x/d + 16.5)). */
+export function quantizeQ5_0Ref(x: Float32Array): Uint8Array {
+  const out = new Uint8Array((x.length / 32) * 22);
+  for (let blk = 0; blk < x.length / 32; blk++) {
+    const v = x.subarray(blk * 32, blk * 32 + 32);
+    let amax = 0;
+    let max = 0;
+    for (const t of v) {
+      if (Math.abs(t) > amax) {
+        amax = Math.abs(t);
+        max = t;
+      }
+    }
+    const d = fr(max / -16);
+    const id = d !== 0 ? fr(1 / d) : 0;
+    const o = blk * 22;
+    putHalf(out, o, d);
+    const q = (t: number) => Math.min(31, Math.trunc(fr(fr(t * id) + 16.5)));
+    let qh = 0;
+    for (let j = 0; j < 16; j++) {
+      const q0 = q(v[j]);
+      const q1 = q(v[j + 16]);
+      out[o + 6 + j] = (q0 & 15) | ((q1 & 15) << 4);
+      qh |= ((q0 >> 4) << j) | ((q1 >> 4) << (j + 16));
+    }
+    for (let k = 0; k < 4; k++) out[o + 2 + k] = (qh >>> (8 * k)) & 255;
   }
   return out;
 }
