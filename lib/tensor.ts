@@ -150,6 +150,8 @@ export class Tensor {
   /** True for a tensor made by Tensor.wrap (its memory is a typed array's). */
   get wrapped(): boolean {
     return this.#wrapped;
+  }
+
   /** @internal A Tensor around a handle that a kernel created (an exact merge's record, i32 [words]). */
   static adopt(handle: NativeTensorHandle, shape: readonly number[], dtype: DType, device: Device): Tensor {
     return new Tensor(handle, [...shape], dtype, device);
