@@ -34,7 +34,7 @@ describe('zero copy', () => {
     expect(W.wrapped).toBe(true);
     const layer = new LoraLinear({ weight: W }).addAdapter('a', { r: 2, loraAlpha: 4, initLoraWeights: false, seed: 3 });
     const delta = layer.getDeltaWeight('a').toFloat32Array();
-    layer.merge();
+    layer.merge({ exact: false });
     for (let i = 0; i < w.length; i++) expect(w[i]).toBeCloseTo(before[i] + delta[i], 6);
     // the same merge on a copied tensor gives the same bits
     const copy = Tensor.from(before, [6, 4]);
@@ -42,6 +42,12 @@ describe('zero copy', () => {
     expect(Array.from(copy.toFloat32Array())).toEqual(Array.from(w));
     layer.unmerge();
     for (let i = 0; i < w.length; i++) expect(Math.abs(w[i] - before[i])).toBeLessThan(1e-6);
+    // the default (exact) merge gives the caller's array back bit for bit on unmerge
+    w.set(before);
+    layer.merge();
+    expect(Array.from(w)).not.toEqual(Array.from(before));
+    layer.unmerge();
+    expect(Array.from(w)).toEqual(Array.from(before));
   });
 
   test('writes by JS are seen by the kernels, writes by lorakit are seen by JS', () => {

@@ -14,6 +14,7 @@ import { Tensor } from '../tensor';
 import { Parameter } from '../parameter';
 import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../validate';
 import { loraScaling } from '../model/factors';
+import { AdapterDicts } from './adapter_dicts';
 import { AdapterParameters } from './adapter_parameters';
 import { biasDeltaSteps } from './bias_terms';
 import { ExactRecords, exactChainSteps } from './exact_merge';
@@ -33,26 +34,7 @@ export type { CombinationType, WeightedAdapterOptions } from './weighted_adapter
 /** One adapter's entries in the layer's maps (p: dropout, rs: rsLoRA, frozen: inference mode). */
 type NewAdapter = { r: number; alpha: number; scaling: number; p: number; rs: boolean; A: Tensor; B: Tensor; frozen: boolean; seed: number };
 
-export abstract class LoraLayer {
-  protected readonly _r = new Map<string, number>();
-  protected readonly _loraAlpha = new Map<string, number>();
-  protected readonly _scaling = new Map<string, number>();
-  protected readonly _loraDropout = new Map<string, number>();
-  protected readonly _useRslora = new Map<string, boolean>();
-  protected readonly _loraA = new Map<string, Tensor>();
-  protected readonly _loraB = new Map<string, Tensor>();
-  protected readonly _inferenceMode = new Map<string, boolean>();
-  protected readonly _seed = new Map<string, number>();
-  protected readonly _useDora = new Map<string, boolean>();
-  protected readonly _loraMagnitude = new Map<string, Tensor>();
-  /** peft's lora_bias: lora_B's bias [out] of the adapters that have one. */
-  protected readonly _loraBBias = new Map<string, Tensor>();
-  /** peft's bias='all' / 'lora_only': backward gives the base bias a gradient. */
-  protected _trainableBias = false;
-  protected _activeAdapters: string[] = [];
-  protected _disableAdapters = false;
-  protected _mergedAdapters: string[] = [];
-  protected _training = true;
+export abstract class LoraLayer extends AdapterDicts {
   readonly #runner = new LayerRunner();
   /** Parameter objects handed out by parameters(); backward() accumulates into their grads. */
   readonly #parameters = new AdapterParameters();
@@ -86,38 +68,6 @@ export abstract class LoraLayer {
     this.#runner.setStream(s, this.weight.device);
   }
 
-  get r(): ReadonlyMap<string, number> {
-    return this._r;
-  }
-  get loraAlpha(): ReadonlyMap<string, number> {
-    return this._loraAlpha;
-  }
-  get scaling(): ReadonlyMap<string, number> {
-    return this._scaling;
-  }
-  get loraDropout(): ReadonlyMap<string, number> {
-    return this._loraDropout;
-  }
-  get useRslora(): ReadonlyMap<string, boolean> {
-    return this._useRslora;
-  }
-  get loraA(): ReadonlyMap<string, Tensor> {
-    return this._loraA;
-  }
-  get loraB(): ReadonlyMap<string, Tensor> {
-    return this._loraB;
-  }
-  get useDora(): ReadonlyMap<string, boolean> {
-    return this._useDora;
-  }
-  /** DoRA magnitude vectors [out], keyed by adapter name (peft's lora_magnitude_vector). */
-  get loraMagnitude(): ReadonlyMap<string, Tensor> {
-    return this._loraMagnitude;
-  }
-  /** lora_B's bias [out] of each lora_bias adapter (peft's lora_B[name].bias). */
-  get loraBBias(): ReadonlyMap<string, Tensor> {
-    return this._loraBBias;
-  }
   /**
    * Whether the base bias is trained (peft's bias='all' / 'lora_only', which LoraModel sets):
    * parameters() then includes it and backward() gives it Σ_rows dy. Needs a layer with a bias.
@@ -131,28 +81,9 @@ export abstract class LoraLayer {
     if (on && !this.supportsTrainableBias) throw new AdapterError(`trainableBias: a trainable base bias is supported on LoraLinear only, not on ${this.constructor.name}`);
     this._trainableBias = on;
   }
-  get activeAdapters(): readonly string[] {
-    return this._activeAdapters.slice();
-  }
-  get mergedAdapters(): readonly string[] {
-    return this._mergedAdapters.slice();
-  }
-  get merged(): boolean {
-    return this._mergedAdapters.length > 0;
-  }
   /** Bytes held for exact unmerge: the merged adapters' records (and DoRA norms); 0 when none is merged exactly. */
   get mergeSideInfoBytes(): number {
     return this.#exact.bytes;
-  }
-  get disableAdapters(): boolean {
-    return this._disableAdapters;
-  }
-  get training(): boolean {
-    return this._training;
-  }
-  /** Names of all adapters on this layer, in insertion order. */
-  get adapterNames(): string[] {
-    return [...this._r.keys()];
   }
   /** True when the adapter gets no gradients (inferenceMode). */
   isFrozen(name: string): boolean {
