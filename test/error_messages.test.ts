@@ -50,7 +50,7 @@ describe('adapter folder', () => {
 
 describe('a file that is not safetensors', () => {
   const cases: Array<[string, Buffer, RegExp]> = [
-    ['a GGUF file', Buffer.concat([Buffer.from('GGUF'), Buffer.from([3, 0, 0, 0]), Buffer.alloc(64)]), /it is a GGUF file \(see docs\/gguf.md\)/],
+    ['a GGUF file', Buffer.concat([Buffer.from('GGUF'), Buffer.from([3, 0, 0, 0]), Buffer.alloc(64)]), /it is a GGUF file \(lorakit convert and lorakit merge read it\)/],
     ['a torch.save zip', Buffer.concat([Buffer.from('PK\x03\x04', 'latin1'), Buffer.alloc(64, 7)]), /it is a zip archive \(PyTorch's torch.save format/],
     ['a pickle', Buffer.concat([Buffer.from([0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46]), Buffer.alloc(64)]), /it is a Python pickle/],
     ['a JSON file', Buffer.from(JSON.stringify({ architectures: ['OPTForCausalLM'], hidden_size: 64 })), /it looks like a text file/],

@@ -3,7 +3,7 @@
  * ggmlQuantize (native/cpu/ggml_blocks.cc; block structs in native/core/ggml_blocks.h). Dequantize:
  * F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; quantize: all of these but F64
  * (F16, BF16 and the 32-value blocks bit-identical to ggml's quantize_row_*_ref; Q4_K, Q5_K, Q6_K by a
- * simpler one-pass quantizer of the same layout, docs/gguf.md). The async forms run on libuv's pool.
+ * simpler one-pass quantizer of the same layout, README: GGUF and node-llama-cpp). The async forms run on libuv's pool.
  */
 import { call, callAsync } from '../native';
 

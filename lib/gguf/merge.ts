@@ -5,7 +5,7 @@
  * native merge kernel (one native call per chunk: decode, merge, encode), and encoded in the output type; every other tensor is copied byte for byte
  * (or converted when --outtype asks for another type). Peak memory is a chunk plus the adapter.
  * `outtype: 'same'` re-quantizes a merged tensor to its own type (the K-quants with lorakit's
- * one-pass quantizer, docs/gguf.md); an F64 weight, which ggml cannot multiply anyway, becomes F32.
+ * one-pass quantizer, README: GGUF and node-llama-cpp); an F64 weight, which ggml cannot multiply anyway, becomes F32.
  */
 import * as fs from 'fs';
 import { LoraRangeError, LoraTypeError } from '../errors';

@@ -31,7 +31,7 @@ export { ELEMENT_SIZE, SAFETENSORS_TO_DTYPE };
 /** What a file that is not safetensors seems to be, from its first bytes ('' when unknown). */
 function formatGuess(head: Buffer): string {
   const magic = head.subarray(0, 4).toString('latin1');
-  if (magic === 'GGUF') return 'it is a GGUF file (see docs/gguf.md); ';
+  if (magic === 'GGUF') return 'it is a GGUF file (lorakit convert and lorakit merge read it); ';
   if (magic === 'PK\x03\x04') return "it is a zip archive (PyTorch's torch.save format, .bin/.pt: re-save with safetensors); ";
   if (head[0] === 0x80 && head[1] >= 2 && head[1] <= 5) return 'it is a Python pickle (an old PyTorch .bin: re-save with safetensors); ';
   if (head[0] === 0x7b || head[0] === 0x3c || head[0] === 0x23) return 'it looks like a text file; ';
