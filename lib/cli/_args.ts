@@ -32,6 +32,17 @@ export function parseArgs(argv: string[], valued: readonly string[], flags: read
 }
 
 /** A one-line progress bar on stderr, drawn only on a TTY. */
+/** `lorakit merge`'s --scale (default 1); null after printing why it is not a finite number. */
+export function scaleArg(args: ParsedArgs): number | null {
+  const text = args.values.get('scale');
+  const scale = text === undefined ? 1 : Number(text);
+  if (!Number.isFinite(scale) || text?.trim() === '') {
+    console.error(`lorakit merge: --scale must be a finite number, got '${text}'`);
+    return null;
+  }
+  return scale;
+}
+
 export function progressBar(label: string): { update(done: number, total: number, what: string): void; end(): void } {
   const tty = process.stderr.isTTY === true;
   let last = 0;

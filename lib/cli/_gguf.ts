@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import { formatValue } from '../gguf/metadata';
 import { mergeGguf } from '../gguf/merge';
 import { GgufReader } from '../gguf/reader';
-import { parseArgs, progressBar } from './_args';
+import { parseArgs, progressBar, scaleArg } from './_args';
 
 export const GGUF_MERGE_USAGE = `usage with a GGUF base: lorakit merge --base <base.gguf> --adapter <adapter> --out <merged.gguf>
                         [--outtype same|f32|f16|bf16|q8_0|q4_0] [--scale s] [--quiet]
@@ -37,12 +37,8 @@ export async function ggufMerge(argv: string[]): Promise<number> {
     console.error(`lorakit merge: ${missing.length ? `missing ${missing.map((m) => `--${m}`).join(', ')}` : `unexpected argument '${args.positional[0]}'`}\n${GGUF_MERGE_USAGE}`);
     return 2;
   }
-  const scaleText = args.values.get('scale');
-  const scale = scaleText === undefined ? 1 : Number(scaleText);
-  if (!Number.isFinite(scale) || scaleText?.trim() === '') {
-    console.error(`lorakit merge: --scale must be a finite number, got '${scaleText}'`);
-    return 2;
-  }
+  const scale = scaleArg(args);
+  if (scale === null) return 2;
   const quiet = args.flags.has('quiet');
   const bar = progressBar('merging');
   const t0 = Date.now();

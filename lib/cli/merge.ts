@@ -1,7 +1,7 @@
 /** `lorakit merge`: merges a peft adapter into a safetensors checkpoint (or, for a .gguf base, a GGUF: _gguf.ts), streaming tensor by tensor. */
 import { FloatDType } from '../dtype';
 import { mergeCheckpoint } from '../model/stream_merge';
-import { parseArgs, progressBar } from './_args';
+import { parseArgs, progressBar, scaleArg } from './_args';
 import { GGUF_MERGE_USAGE, ggufBase, ggufMerge } from './_gguf';
 
 export const summary = 'merge a peft LoRA adapter into a .safetensors checkpoint or a GGUF base (streamed)';
@@ -48,12 +48,8 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`lorakit merge: --dtype must be f32, f16 or bf16, got '${dtype}'`);
     return 2;
   }
-  const scaleText = args.values.get('scale');
-  const scale = scaleText === undefined ? 1 : Number(scaleText);
-  if (!Number.isFinite(scale) || scaleText?.trim() === '') {
-    console.error(`lorakit merge: --scale must be a finite number, got '${scaleText}'`);
-    return 2;
-  }
+  const scale = scaleArg(args);
+  if (scale === null) return 2;
   const quiet = args.flags.has('quiet');
   const bar = progressBar('merging');
   const t0 = Date.now();
