@@ -7,6 +7,7 @@
 #if defined(__aarch64__)
 #include <arm_neon.h>
 #include "kernels_generic.h"
+#include "exact_rows.h"
 #include "microkernel.h"
 
 namespace lorakit {
@@ -325,7 +326,9 @@ double fma_peak(int64_t iters) {
   return 2.0 * 4 * 16 * static_cast<double>(iters);
 }
 
-const KernelTable kTable = {"neon", NMR, NNR, micro, dot_rows, axpy_rows, load_row, pack_t, store_row, merge_rows, false, nullptr, fma_peak, nullptr, nullptr, nullptr};
+// exact_rows: the scalar kernel (a NEON one is not written yet).
+const KernelTable kTable = {"neon",   NMR,     NNR,     micro,   dot_rows, axpy_rows, load_row,          pack_t, store_row,
+                            merge_rows, false, nullptr, fma_peak, nullptr, nullptr,  nullptr,   exact_rows_generic};
 
 }  // namespace
 
