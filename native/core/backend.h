@@ -84,6 +84,20 @@ struct Backend {
   void (*ggml_dequantize)(GgmlType t, const uint8_t* src, float* dst, int64_t n);
   void (*ggml_quantize)(GgmlType t, const float* src, uint8_t* dst, int64_t n);
 
+  // ---- Quantized bases (core/quant_formats.h; peft over bitsandbytes Linear8bitLt / Linear4bit)
+  // out (quant_layout(spec).nbytes, device memory) = the quantized bytes of w (float [rows, cols]).
+  // Deterministic: the cpu and cuda backends write the same bytes for the same w.
+  void (*quantize)(const TensorRef& w, const QuantSpec& spec, uint8_t* out);
+  // out (float [rows, cols]) = deq(W).
+  void (*dequantize)(const QuantWeight& W, const TensorRef& out);
+  // y = x·deq(W)ᵀ + bias + Σ scale·(x·Aᵀ)·Bᵀ as lora_forward (u_out as there), dequantising inside
+  // the GEMM: never a full-size dequantised copy of W.
+  void (*quant_lora_forward)(const TensorRef& x, const QuantWeight& W, const TensorRef* bias,
+                             const std::vector<FusedAdapter>& adapters, const TensorRef& y);
+  // dx = dy·deq(W) + Σ adapter terms; dA, dB as linear_backward's (dx may be null).
+  void (*quant_linear_backward)(const TensorRef& dy, const QuantWeight& W, const std::vector<BackwardTerm>& terms,
+                                const TensorRef* dx);
+
   // ---- Optimizer steps (state in f32; master, when given, is the f32 value of a 16-bit param).
   void (*adamw_step)(const TensorRef& param, const TensorRef& grad, const TensorRef& exp_avg, const TensorRef& exp_avg_sq,
                      const TensorRef* master, const AdamWArgs& h);

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <vector>
+#include "quant_formats.h"
 #include "tensor.h"
 
 namespace lorakit {
@@ -85,6 +86,13 @@ struct ExactStep {
   const float* norm;           // DoRA: the weight norm [out] on the device (f32)
   const void* record;          // undo steps: the record this step's merge wrote (device memory)
   size_t record_bytes;
+};
+
+// ---- Quantized bases (core/quant_formats.h): W [rows = out, cols = in] as spec's bytes, device memory
+// of the call's backend (quant_layout(spec).nbytes of them, 16-byte aligned).
+struct QuantWeight {
+  QuantSpec spec;
+  const uint8_t* data = nullptr;
 };
 
 // ---- Optimizer steps over one parameter tensor; the state tensors are f32 with the param's size.
