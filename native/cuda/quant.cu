@@ -20,6 +20,7 @@
 #include "ops.h"
 #include "quant_codec.cuh"
 #include "runtime.h"
+#include "vec.cuh"
 
 namespace lorakit {
 namespace cuda {
@@ -186,8 +187,12 @@ __global__ void dequant_kernel(QuantDev q, int64_t r0, int64_t nr, int64_t c0, i
     if constexpr (G == 8) {
       float w[8];
       quant_deq8(q, code, r0 + i, c0 + k, w);
+      if (reinterpret_cast<uintptr_t>(o) % 16 == 0) {
+        store8(o, w);
+      } else {
 #pragma unroll
-      for (int e = 0; e < 8; e++) o[e] = from_f32<T>(w[e]);
+        for (int e = 0; e < 8; e++) o[e] = from_f32<T>(w[e]);
+      }
     } else {
       o[0] = from_f32<T>(quant_deq1_int8(q, r0 + i, c0 + k));
     }

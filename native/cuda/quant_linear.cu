@@ -330,7 +330,7 @@ void quant_linear_backward(const TensorRef& dy, const QuantWeight& W, const std:
     have = true;
   }
   // dx[:, c0:c0+c] (+)= dy·deq(W)[:, c0:c0+c], one bounded chunk of W's columns at a time.
-  const int64_t cc = in % 8 == 0 ? std::max<int64_t>(8, chunk_of(in, outf, dt)) : in;
+  const int64_t cc = chunk_of(in, outf, dt);  // multiples of 64: whole 8-value groups until the last chunk
   Buf wc(size_t(cc) * size_t(outf) * es);
   for (int64_t c0 = 0; c0 < in; c0 += cc) {
     const int64_t c = std::min(cc, in - c0);
