@@ -2,11 +2,11 @@
 // same bytes as the cpu backend for the same w: every float operation is an explicit __f*_rn
 // intrinsic in the cpu's order (nvcc contracts a·b + c into an FMA otherwise), absmax reductions
 // are maxima (order-free), and the double-quant mean is summed on the host in f64 in index order.
-//   int8:     absmax per row; s = absmax / 127; q = roundf(x · (127 / absmax)) (0 when absmax = 0)
+//   int8:     absmax per row; s = absmax / 127; q = roundf((x · 127) / absmax) (0 when absmax = 0)
 //   nf4/fp4:  absmax per block; q = tree(x · (1 / absmax)) (bnb's dQuantizeNF4 / dQuantizeFP4)
 //   double quant: offset = (f32)(Σ_f64 absmax / nblocks); v = absmax − offset; absmax2 = max|v| per
-//             256; q = nearest map entry to v · (1 / absmax2) by |map[i] − t| in f32, ties to the
-//             lower index (absmax2 = 0: the index of 0.0)
+//             256; t = v · (1 / absmax2); q = the first map entry >= t or its predecessor,
+//             whichever |map[i] − t| (f32) is smaller, ties to the lower (absmax2 = 0: the index of 0.0)
 //   q8_0, q4_0: ggml's quantize_row_*_ref (as native/cpu/ggml_blocks.cc)
 //   q4_k, q6_k: the cpu backend's quantizer (host copy of w): its one-pass searches are not worth
 //             a second, bit-exact device implementation. cuda code includes no native/cpu header,
@@ -58,7 +58,7 @@ __device__ __forceinline__ uint8_t fp4_code(float x) {
 
 constexpr int kThreads = 256;
 
-// One block per row: s = absmax / 127, q = roundf(x · (127 / absmax)).
+// One block per row: s = absmax / 127, q = roundf((x · 127) / absmax).
 template <class T>
 __global__ void quant_int8_kernel(const T* __restrict__ w, int64_t cols, float* __restrict__ scale, int8_t* __restrict__ q) {
   __shared__ float red[kThreads / 32];
@@ -72,9 +72,8 @@ __global__ void quant_int8_kernel(const T* __restrict__ w, int64_t cols, float* 
   float absmax = 0.f;
   for (int i = 0; i < kThreads / 32; i++) absmax = fmaxf(absmax, red[i]);
   if (threadIdx.x == 0) scale[row] = __fdiv_rn(absmax, 127.0f);
-  const float inv = absmax > 0.f ? __fdiv_rn(127.0f, absmax) : 0.f;
   for (int64_t k = threadIdx.x; k < cols; k += kThreads) {
-    const float v = roundf(__fmul_rn(to_f32<T>(x[k]), inv));
+    const float v = absmax > 0.f ? roundf(__fdiv_rn(__fmul_rn(to_f32<T>(x[k]), 127.0f), absmax)) : 0.f;
     q[row * cols + k] = static_cast<int8_t>(fminf(127.f, fmaxf(-127.f, v)));
   }
 }
@@ -115,17 +114,17 @@ __global__ void double_quant_kernel(const float* __restrict__ absmax, int64_t nb
   if (threadIdx.x == 0) scale2[blockIdx.x] = a2;
   if (i >= nblocks) return;
   int best = zero_index;
-  if (a2 > 0.f) {
+  if (a2 > 0.f) {  // the first entry >= t (a binary search), then the closer of it and its predecessor
     const float t = __fmul_rn(v, __fdiv_rn(1.0f, a2));
-    float bd = fabsf(__fsub_rn(smap[0], t));
-    best = 0;
-    for (int k = 1; k < 256; k++) {
-      const float d = fabsf(__fsub_rn(smap[k], t));
-      if (d < bd) {
-        bd = d;
-        best = k;
-      }
+    int lo = 0, hi = 256;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (smap[mid] < t) lo = mid + 1;
+      else hi = mid;
     }
+    if (hi == 0) best = 0;
+    else if (hi == 256) best = 255;
+    else best = fabsf(__fsub_rn(smap[hi - 1], t)) <= fabsf(__fsub_rn(smap[hi], t)) ? hi - 1 : hi;
   }
   qscale[i] = static_cast<uint8_t>(best);
 }
