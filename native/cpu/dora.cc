@@ -26,27 +26,13 @@ std::unique_ptr<float[]> scale_vector(const TensorRef& magnitude, const float* n
   return k;
 }
 
-// norm[o] from M = W·Aᵀ (element (o, k) at Mp[o·m_rs + k·m_cs]) by the low-rank identity.
-void norm_from_projection(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
-                          const float* Mp, int64_t m_rs, int64_t m_cs, float* norm) {
-  int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
-  int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
-  int64_t r = A.dim(0);
-  // G = A·Aᵀ [r, r] in f64
-  std::unique_ptr<double[]> G(new double[std::max<int64_t>(1, r * r)]);
-  for (int64_t a = 0; a < r; a++)
-    for (int64_t b = a; b < r; b++) {
-      double s = 0;
-      for (int64_t i = 0; i < in; i++)
-        s += double(load_f32(A.data, A.dtype, a * in + i)) * load_f32(A.data, A.dtype, b * in + i);
-      G[a * r + b] = G[b * r + a] = s;
-    }
-  const double* Gp = G.get();
+// ‖W_o‖² per output, f64 sums stored f32 (kept by the caller while W is unchanged).
+void row_squares(const TensorRef& W, bool fan_in_fan_out, int64_t in, int64_t outf, float* wsq) {
   parallel_for(
       outf,
       [&](int64_t b, int64_t e) {
         for (int64_t o = b; o < e; o++) {
-          double s = 0;  // ‖W_o‖²
+          double s = 0;
           if (fan_in_fan_out) {
             for (int64_t i = 0; i < in; i++) {
               double v = load_f32(W.data, W.dtype, i * outf + o);
@@ -69,92 +55,130 @@ void norm_from_projection(const TensorRef& W, const TensorRef& A, const TensorRe
               s += v * v;
             }
           }
-          double cross = 0, quad = 0;
-          for (int64_t k = 0; k < r; k++) {
-            double bk = load_f32(B.data, B.dtype, o * r + k);
-            cross += double(Mp[o * m_rs + k * m_cs]) * bk;
-            double bg = 0;
-            for (int64_t j = 0; j < r; j++) bg += double(load_f32(B.data, B.dtype, o * r + j)) * Gp[j * r + k];
-            quad += bg * bk;
-          }
-          double n2 = s + 2.0 * scale * cross + double(scale) * scale * quad;
-          norm[o] = static_cast<float>(std::sqrt(std::max(0.0, n2)));
+          wsq[o] = static_cast<float>(s);
         }
       },
       std::max<int64_t>(1, 4096 / std::max<int64_t>(1, in)));
 }
 
+// norm[o] from ‖W_o‖² and M = W·Aᵀ [out, r] by the low-rank identity.
+void norm_from_projection(const TensorRef& A, const TensorRef& B, float scale, int64_t in, int64_t outf, const float* wsq,
+                          const float* Mp, float* norm) {
+  int64_t r = A.dim(0);
+  // G = A·Aᵀ [r, r] in f64
+  std::unique_ptr<double[]> G(new double[std::max<int64_t>(1, r * r)]);
+  for (int64_t a = 0; a < r; a++)
+    for (int64_t b = a; b < r; b++) {
+      double s = 0;
+      for (int64_t i = 0; i < in; i++)
+        s += double(load_f32(A.data, A.dtype, a * in + i)) * load_f32(A.data, A.dtype, b * in + i);
+      G[a * r + b] = G[b * r + a] = s;
+    }
+  const double* Gp = G.get();
+  parallel_for(
+      outf,
+      [&](int64_t b, int64_t e) {
+        for (int64_t o = b; o < e; o++) {
+          double cross = 0, quad = 0;
+          for (int64_t k = 0; k < r; k++) {
+            double bk = load_f32(B.data, B.dtype, o * r + k);
+            cross += double(Mp[o * r + k]) * bk;
+            double bg = 0;
+            for (int64_t j = 0; j < r; j++) bg += double(load_f32(B.data, B.dtype, o * r + j)) * Gp[j * r + k];
+            quad += bg * bk;
+          }
+          double n2 = double(wsq[o]) + 2.0 * scale * cross + double(scale) * scale * quad;
+          norm[o] = static_cast<float>(std::sqrt(std::max(0.0, n2)));
+        }
+      },
+      std::max<int64_t>(1, 256 / std::max<int64_t>(1, r * r)));
+}
+
 }  // namespace
 
 void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
-                      float* norm) {
+                      float* norm, float* wsq, bool wsq_ready) {
   int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
   int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
   int64_t r = A.dim(0);
-  // M = W·Aᵀ [out, r]
+  std::unique_ptr<float[]> own;
+  if (!wsq) own.reset(new float[std::max<int64_t>(1, outf)]);
+  float* sq = wsq ? wsq : own.get();
+  if (!wsq || !wsq_ready) row_squares(W, fan_in_fan_out, in, outf, sq);
+  // M = W·Aᵀ [out, r]: one pass over W
   std::unique_ptr<float[]> M(new float[std::max<int64_t>(1, outf * r)]);
   GemmOutput mo;
   mo.data = M.get();
   mo.ldc = r;
   gemm(outf, r, {{weight_oi(W, fan_in_fan_out, in, outf), transposed(A.data, A.dtype, in), in, 1.f}}, mo);
-  norm_from_projection(W, A, B, scale, fan_in_fan_out, M.get(), r, 1, norm);
+  norm_from_projection(A, B, scale, in, outf, sq, M.get(), norm);
 }
 
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
-                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& A, const TensorRef& B, float scale,
-                         const TensorRef& magnitude, const TensorRef& y, float* pre, float* norm) {
+                         bool fan_in_fan_out, const TensorRef* u, const TensorRef& A, const TensorRef& B, float scale,
+                         const TensorRef& magnitude, const float* norm, const TensorRef& y, const TensorRef* pre) {
   int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
   int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
-  int64_t n = x.numel() / in, r = B.dim(1);
+  int64_t n = x.rows(), r = A.dim(0);
   MatView wt = weight_t(W, fan_in_fan_out, in, outf);
-  bool dropped = xa.data != x.data;
-  std::unique_ptr<float[]> diff;
-  if (!dropped) {
-    // One GEMM over W for both pre = x·Wᵀ + s·u·Bᵀ and A·Wᵀ = (W·Aᵀ)ᵀ: A's rows are stacked under x's
-    // (with zero u rows), so W is streamed once for the output and the norm's projection.
-    int64_t m = n + r;
-    std::unique_ptr<float[]> X(new float[m * in]), U(new float[std::max<int64_t>(1, m * r)]()), P(new float[m * outf]);
-    convert(x.data, x.dtype, X.get(), DType::F32, n * in);
-    convert(A.data, A.dtype, X.get() + n * in, DType::F32, r * in);
-    convert(u.data, u.dtype, U.get(), DType::F32, n * r);
-    GemmOutput po;
-    po.data = P.get();
-    po.ldc = outf;
-    gemm(m, outf,
-         {{row_major(X.get(), DType::F32, in), wt, in, 1.f},
-          {row_major(U.get(), DType::F32, r), transposed(B.data, B.dtype, r), r, scale}},
-         po);
-    std::memcpy(pre, P.get(), n * outf * sizeof(float));
-    norm_from_projection(W, A, B, scale, fan_in_fan_out, P.get() + n * outf, 1, outf, norm);
+  // u = xa·Aᵀ, into the caller's tensor (kept for backward) or f32 scratch.
+  std::unique_ptr<float[]> own_u;
+  GemmOutput uo;
+  uo.ldc = r;
+  if (u) {
+    uo.data = u->data;
+    uo.dtype = u->dtype;
   } else {
-    dora_weight_norm(W, A, B, scale, fan_in_fan_out, norm);
-    GemmOutput po;
-    po.data = pre;
-    po.ldc = outf;
-    gemm(n, outf,
-         {{row_major(xa.data, xa.dtype, in), wt, in, 1.f},
-          {row_major(u.data, u.dtype, r), transposed(B.data, B.dtype, r), r, scale}},
-         po);
-    // (x − xa)·Wᵀ: the base path outside the dropout
-    diff.reset(new float[n * outf]);
+    own_u.reset(new float[std::max<int64_t>(1, n * r)]);
+    uo.data = own_u.get();
+  }
+  gemm(n, r, {{row_major(xa.data, xa.dtype, in), transposed(A.data, A.dtype, in), in, 1.f}}, uo);
+  // pre = xa·Wᵀ + s·u·Bᵀ in one GEMM (the adapter as a K extension), f32
+  std::unique_ptr<float[]> own_pre;
+  float* P = pre ? static_cast<float*>(pre->data) : (own_pre.reset(new float[std::max<int64_t>(1, n * outf)]), own_pre.get());
+  GemmOutput po;
+  po.data = P;
+  po.ldc = outf;
+  gemm(n, outf,
+       {{row_major(xa.data, xa.dtype, in), wt, in, 1.f}, {row_major(uo.data, uo.dtype, r), transposed(B.data, B.dtype, r), r, scale}},
+       po);
+  std::unique_ptr<float[]> diff;
+  if (xa.data != x.data) {  // (x − xa)·Wᵀ: the base path outside the dropout
+    diff.reset(new float[std::max<int64_t>(1, n * outf)]);
     GemmOutput d;
     d.data = diff.get();
     d.ldc = outf;
     gemm(n, outf, {{row_major(x.data, x.dtype, in), wt, in, 1.f}, {row_major(xa.data, xa.dtype, in), wt, in, -1.f}}, d);
   }
   std::unique_ptr<float[]> k = scale_vector(magnitude, norm, outf);
+  std::unique_ptr<float[]> bvec;
+  if (bias) {
+    bvec.reset(new float[std::max<int64_t>(1, outf)]);
+    convert(bias->data, bias->dtype, bvec.get(), DType::F32, outf);
+  }
   const float* kp = k.get();
   const float* dp = diff.get();
+  const float* bp = bvec.get();
   parallel_for(
       n,
       [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; i++)
+        for (int64_t i = b; i < e; i++) {
+          const float* prow = P + i * outf;
+          if (!dp && y.dtype == DType::F32) {  // the common f32 case, vectorizable
+            float* yrow = static_cast<float*>(y.data) + i * outf;
+            if (bp)
+              for (int64_t o = 0; o < outf; o++) yrow[o] = kp[o] * prow[o] + bp[o];
+            else
+              for (int64_t o = 0; o < outf; o++) yrow[o] = kp[o] * prow[o];
+            continue;
+          }
           for (int64_t o = 0; o < outf; o++) {
-            float v = kp[o] * pre[i * outf + o];
+            float v = kp[o] * prow[o];
             if (dp) v += dp[i * outf + o];
-            if (bias) v += load_f32(bias->data, bias->dtype, o);
+            if (bp) v += bp[o];
             store_f32(y.data, y.dtype, i * outf + o, v);
           }
+        }
       },
       std::max<int64_t>(1, 8192 / std::max<int64_t>(1, outf)));
 }
@@ -172,7 +196,7 @@ void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_f
         [&](int64_t b, int64_t e) {
           for (int64_t o = b; o < e; o++) {
             double s = 0;
-            for (int64_t i = 0; i < n; i++) s += double(load_f32(dy.data, dy.dtype, i * outf + o)) * a.pre[i * outf + o];
+            for (int64_t i = 0; i < n; i++) s += double(load_f32(dy.data, dy.dtype, i * outf + o)) * a.pre.as<float>()[i * outf + o];
             store_f32(dmagnitude->data, dmagnitude->dtype, o, static_cast<float>(s / a.norm[o]));
           }
         },
