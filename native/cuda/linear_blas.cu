@@ -350,7 +350,7 @@ void linear_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorR
   require_dtype(x, W.dtype, "x", "the weight");
   require_dtype(y, W.dtype, "y", "the weight");
   const DType dt = W.dtype;
-  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = x.rows();
+  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = in ? x.numel() / in : 0;
   if (decode_applicable(x, W, fifo, terms)) {
     decode_forward(x, W, col_scale ? nullptr : bias, terms, y);
     if (col_scale) scale_columns(y.data, y.data, dt, n, outf, col_scale, bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32);
