@@ -19,6 +19,7 @@ import { Tensor, requireFloatTensor } from '../tensor';
 import { checkBool, checkOptions } from '../validate';
 import { foldedBiasSteps, columnSumSteps } from './bias_terms';
 import { DoraNormCache } from './dora_norm_cache';
+import { AdapterCache, ForwardCache, freeAdapterCache } from './linear_cache';
 import { InitLoraWeights, kaimingFactors, residualWeight, weightInitFactors } from './init';
 import { AdapterGrads, BackwardResult, LoraLayer, MixedForwardOptions } from './lora_layer';
 
@@ -26,23 +27,6 @@ export interface LoraLinearOptions {
   weight: Tensor;
   bias?: Tensor | null;
   fanInFanOut?: boolean;
-}
-
-interface AdapterCache {
-  name: string;
-  xa: Tensor; // the input A saw: x, or its dropout (owned when dropout > 0)
-  u: Tensor; // f32 [n, r] shrink
-  p: number;
-  seed: number;
-  stream: number;
-}
-
-interface ForwardCache {
-  x: Tensor;
-  outShape: number[];
-  adapters: AdapterCache[];
-  /** DoRA forward: the detached norm [out] (f32, borrowed from the norm cache) and pre = xa·Wᵀ + s·u·Bᵀ [n, out] (scratch dtype, owned) */
-  dora?: { norm: Tensor; pre: Tensor };
 }
 
 export class LoraLinear extends LoraLayer {
@@ -504,12 +488,4 @@ export class LoraLinear extends LoraLayer {
     if (this.#weight.disposed) throw new StateError('weight: the base weight tensor was disposed');
     if (this.#bias?.disposed) throw new StateError('bias: the bias tensor was disposed');
   }
-}
-
-function freeAdapterCache(adapters: AdapterCache[], x: Tensor, dora?: { norm: Tensor; pre: Tensor }): void {
-  for (const a of adapters) {
-    if (a.xa !== x) a.xa.dispose();
-    if (a.u !== a.xa) a.u.dispose();
-  }
-  dora?.pre.dispose(); // dora.norm belongs to the norm cache
 }
