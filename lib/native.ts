@@ -159,12 +159,16 @@ export interface KernelBinding {
     A: NativeTensorHandle,
     B: NativeTensorHandle,
     scale: number,
-    /** read: the weight norm [f32 out] (doraWeightNorm) */
+    /** the weight norm [f32 out]: read (normReady) or written */
     norm: NativeTensorHandle,
     magnitude: NativeTensorHandle,
     y: NativeTensorHandle,
     /** written: x·Wᵀ + s·u·Bᵀ without k, in the scratch dtype (for backward); null in eval */
     pre: NativeTensorHandle | null,
+    /** false: norm is computed into (wsq as doraWeightNorm's); default true */
+    normReady?: boolean,
+    wsq?: NativeTensorHandle | null,
+    wsqReady?: boolean,
   ): void;
   doraLinearBackward(
     dy: NativeTensorHandle,

@@ -30,6 +30,16 @@ export interface DoraNormInputs {
   device: Device;
 }
 
+/** prepare()'s answer: a ready cached norm, or one to compute (then commit, or abort on failure). */
+export interface NormPlan {
+  norm: Tensor;
+  ready: boolean;
+  wsq: Tensor | null;
+  wsqReady: boolean;
+  commit(): void;
+  abort(): void;
+}
+
 function versionsOf(W: Tensor, A: Tensor, B: Tensor): [number, number, number] {
   return [W.version, A.version, B.version];
 }
@@ -51,33 +61,54 @@ export class DoraNormCache {
   }
 
   /**
-   * The norm for these inputs: cached, or computed (W·Aᵀ, with ‖W‖² reused while W is unchanged)
-   * and cached. The cache owns the tensor; callers borrow it until the next call for this name.
+   * The norm for these inputs: the cached tensor (ready), or a tensor to compute it into with the
+   * ‖W‖² state for doraWeightNorm's or doraLinearForward's wsq arguments. After the kernel that
+   * computes it has run, commit() records the entry; until then the name has none, so a failed
+   * kernel leaves nothing stale (abort() frees what prepare made). The cache owns the tensor;
+   * callers borrow it until the next call for this name.
    */
-  *normSteps(name: string, o: DoraNormInputs): KernelSteps<Tensor> {
+  prepare(name: string, o: DoraNormInputs): NormPlan {
     const hit = this.lookup(name, o);
-    if (hit) return hit;
+    if (hit) return { norm: hit, ready: true, wsq: null, wsqReady: false, commit: () => {}, abort: () => {} };
     const wv = o.W.version;
-    let wsq = this.#wsq;
-    const wsqReady = wsq !== null && wsq.W === o.W && wsq.version === wv && wv >= 0 && !wsq.wsq.disposed;
+    const cur = this.#wsq;
+    const wsqReady = cur !== null && cur.W === o.W && cur.version === wv && wv >= 0 && !cur.wsq.disposed;
+    const wsq = wsqReady ? cur! : { W: o.W, version: wv, wsq: Tensor.empty([o.outFeatures], { dtype: 'f32', device: o.device }) };
     if (!wsqReady) {
-      this.#wsq?.wsq.dispose();
+      cur?.wsq.dispose();
       this.#wsq = null;
-      wsq = { W: o.W, version: wv, wsq: Tensor.empty([o.outFeatures], { dtype: 'f32', device: o.device }) };
     }
     const old = this.#norms.get(name);
     const norm = old && !old.norm.disposed ? old.norm : Tensor.empty([o.outFeatures], { dtype: 'f32', device: o.device });
-    this.#norms.delete(name); // no entry while the kernel runs: a failure leaves nothing stale
+    this.#norms.delete(name);
+    return {
+      norm,
+      ready: false,
+      wsq: wsq.wsq,
+      wsqReady,
+      commit: () => {
+        this.#wsq = wsq;
+        this.#norms.set(name, { norm, W: o.W, A: o.A, B: o.B, scale: o.scale, versions: versionsOf(o.W, o.A, o.B) });
+      },
+      abort: () => {
+        norm.dispose();
+        if (!wsqReady) wsq.wsq.dispose();
+      },
+    };
+  }
+
+  /** The norm for these inputs: cached, or computed by doraWeightNorm and cached. */
+  *normSteps(name: string, o: DoraNormInputs): KernelSteps<Tensor> {
+    const plan = this.prepare(name, o);
+    if (plan.ready) return plan.norm;
     try {
-      yield step('doraWeightNorm', o.W.handle, o.A.handle, o.B.handle, o.scale, o.fanInFanOut, norm.handle, wsq!.wsq.handle, wsqReady);
+      yield step('doraWeightNorm', o.W.handle, o.A.handle, o.B.handle, o.scale, o.fanInFanOut, plan.norm.handle, plan.wsq!.handle, plan.wsqReady);
     } catch (e) {
-      norm.dispose();
-      if (!wsqReady) wsq!.wsq.dispose();
+      plan.abort();
       throw e;
     }
-    this.#wsq = wsq;
-    this.#norms.set(name, { norm, W: o.W, A: o.A, B: o.B, scale: o.scale, versions: versionsOf(o.W, o.A, o.B) });
-    return norm;
+    plan.commit();
+    return plan.norm;
   }
 
   /** Frees adapter `name`'s entry. */

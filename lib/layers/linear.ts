@@ -205,7 +205,8 @@ export class LoraLinear extends LoraLayer {
 
   /**
    * One native call: u = xa·Aᵀ, y = k ⊙ (x·Wᵀ + s·u·Bᵀ) + b (+ the base path outside the dropout);
-   * in training u and the unscaled pre are kept for backward. The norm comes from the cache.
+   * in training u and the unscaled pre are kept for backward. The norm comes from the cache, or is
+   * computed by the same call when stale.
    */
   private *doraForwardSteps(x: Tensor, name: string, stream: number, adapters: AdapterCache[], y: Tensor): KernelSteps<ForwardCache['dora']> {
     const dev = this.device;
@@ -228,17 +229,22 @@ export class LoraLinear extends LoraLayer {
       if (p > 0) adapters[adapters.length - 1].u = u;
       else adapters.push({ name, xa, u, p, seed, stream });
     }
-    const norm = yield* this.#doraNorms.normSteps(name, {
+    // The norm: cached, or computed by the forward itself (the cpu streams W once for both).
+    const plan = this.#doraNorms.prepare(name, {
       W: this.#weight, A, B, scale, fanInFanOut: this.fanInFanOut, outFeatures: this.outFeatures, device: dev,
     });
+    const norm = plan.norm;
     const pre = training ? Tensor.empty([x.numel / this.inFeatures, this.outFeatures], { dtype: scratch, device: dev }) : null;
     try {
       yield step('doraLinearForward', x.handle, xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut,
-        u?.handle ?? null, A.handle, B.handle, scale, norm.handle, this._loraMagnitude.get(name)!.handle, y.handle, pre?.handle ?? null);
+        u?.handle ?? null, A.handle, B.handle, scale, norm.handle, this._loraMagnitude.get(name)!.handle, y.handle, pre?.handle ?? null,
+        plan.ready, plan.wsq?.handle ?? null, plan.wsqReady);
     } catch (e) {
+      plan.abort();
       pre?.dispose();
       throw e;
     }
+    plan.commit();
     return pre ? { norm, pre } : undefined;
   }
 

@@ -55,7 +55,8 @@ struct Backend {
                            float* norm, float* wsq, bool wsq_ready);
   void (*dora_linear_forward)(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
                               bool fan_in_fan_out, const TensorRef* u, const TensorRef& A, const TensorRef& B, float scale,
-                              const TensorRef& magnitude, const float* norm, const TensorRef& y, const TensorRef* pre);
+                              const TensorRef& magnitude, float* norm, bool norm_ready, float* wsq, bool wsq_ready,
+                              const TensorRef& y, const TensorRef* pre);
   void (*dora_linear_backward)(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out, const DoraBackwardArgs& a,
                                const TensorRef* dx, const TensorRef* dA, const TensorRef* dB, const TensorRef* dmagnitude);
   void (*dora_merge)(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,

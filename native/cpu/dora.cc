@@ -10,11 +10,6 @@ namespace lorakit {
 namespace cpu {
 namespace {
 
-// W as the [out, in] matrix whatever its storage layout.
-MatView weight_oi(const TensorRef& W, bool fifo, int64_t in, int64_t outf) {
-  return fifo ? transposed(W.data, W.dtype, outf) : row_major(W.data, W.dtype, in);
-}
-
 // Wᵀ as the [in, out] B operand of x·Wᵀ.
 MatView weight_t(const TensorRef& W, bool fifo, int64_t in, int64_t outf) {
   return fifo ? row_major(W.data, W.dtype, outf) : transposed(W.data, W.dtype, in);
@@ -61,9 +56,9 @@ void row_squares(const TensorRef& W, bool fan_in_fan_out, int64_t in, int64_t ou
       std::max<int64_t>(1, 4096 / std::max<int64_t>(1, in)));
 }
 
-// norm[o] from ‖W_o‖² and M = W·Aᵀ [out, r] by the low-rank identity.
+// norm[o] from ‖W_o‖² and M = W·Aᵀ (element (o, k) at Mp[o·m_rs + k·m_cs]) by the low-rank identity.
 void norm_from_projection(const TensorRef& A, const TensorRef& B, float scale, int64_t in, int64_t outf, const float* wsq,
-                          const float* Mp, float* norm) {
+                          const float* Mp, int64_t m_rs, int64_t m_cs, float* norm) {
   int64_t r = A.dim(0);
   // G = A·Aᵀ [r, r] in f64
   std::unique_ptr<double[]> G(new double[std::max<int64_t>(1, r * r)]);
@@ -82,7 +77,7 @@ void norm_from_projection(const TensorRef& A, const TensorRef& B, float scale, i
           double cross = 0, quad = 0;
           for (int64_t k = 0; k < r; k++) {
             double bk = load_f32(B.data, B.dtype, o * r + k);
-            cross += double(Mp[o * r + k]) * bk;
+            cross += double(Mp[o * m_rs + k * m_cs]) * bk;
             double bg = 0;
             for (int64_t j = 0; j < r; j++) bg += double(load_f32(B.data, B.dtype, o * r + j)) * Gp[j * r + k];
             quad += bg * bk;
@@ -105,18 +100,20 @@ void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B
   if (!wsq) own.reset(new float[std::max<int64_t>(1, outf)]);
   float* sq = wsq ? wsq : own.get();
   if (!wsq || !wsq_ready) row_squares(W, fan_in_fan_out, in, outf, sq);
-  // M = W·Aᵀ [out, r]: one pass over W
+  // Mᵀ = A·Wᵀ [r, out]: one pass over W, in the forward's orientation (r rows against W, which the
+  // GEMM streams well; W·Aᵀ with W as the tall operand is far slower for small r).
   std::unique_ptr<float[]> M(new float[std::max<int64_t>(1, outf * r)]);
   GemmOutput mo;
   mo.data = M.get();
-  mo.ldc = r;
-  gemm(outf, r, {{weight_oi(W, fan_in_fan_out, in, outf), transposed(A.data, A.dtype, in), in, 1.f}}, mo);
-  norm_from_projection(A, B, scale, in, outf, sq, M.get(), norm);
+  mo.ldc = outf;
+  gemm(r, outf, {{row_major(A.data, A.dtype, in), weight_t(W, fan_in_fan_out, in, outf), in, 1.f}}, mo);
+  norm_from_projection(A, B, scale, in, outf, sq, M.get(), 1, outf, norm);
 }
 
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
                          bool fan_in_fan_out, const TensorRef* u, const TensorRef& A, const TensorRef& B, float scale,
-                         const TensorRef& magnitude, const float* norm, const TensorRef& y, const TensorRef* pre) {
+                         const TensorRef& magnitude, float* norm, bool norm_ready, float* wsq, bool wsq_ready,
+                         const TensorRef& y, const TensorRef* pre) {
   int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
   int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
   int64_t n = x.rows(), r = A.dim(0);
@@ -133,15 +130,41 @@ void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRe
     uo.data = own_u.get();
   }
   gemm(n, r, {{row_major(xa.data, xa.dtype, in), transposed(A.data, A.dtype, in), in, 1.f}}, uo);
-  // pre = xa·Wᵀ + s·u·Bᵀ in one GEMM (the adapter as a K extension), f32
   std::unique_ptr<float[]> own_pre;
-  float* P = pre ? static_cast<float*>(pre->data) : (own_pre.reset(new float[std::max<int64_t>(1, n * outf)]), own_pre.get());
-  GemmOutput po;
-  po.data = P;
-  po.ldc = outf;
-  gemm(n, outf,
-       {{row_major(xa.data, xa.dtype, in), wt, in, 1.f}, {row_major(uo.data, uo.dtype, r), transposed(B.data, B.dtype, r), r, scale}},
-       po);
+  float* P = nullptr;
+  if (!norm_ready && xa.data == x.data) {
+    // The norm is due and there is no dropout: A's r rows stacked under x (with zero u rows), so one
+    // GEMM streams W for pre = x·Wᵀ + s·u·Bᵀ and for the norm's projection A·Wᵀ.
+    const int64_t m = n + r;
+    std::unique_ptr<float[]> X(new float[std::max<int64_t>(1, m * in)]), U(new float[std::max<int64_t>(1, m * r)]());
+    convert(x.data, x.dtype, X.get(), DType::F32, n * in);
+    convert(A.data, A.dtype, X.get() + n * in, DType::F32, r * in);
+    convert(uo.data, uo.dtype, U.get(), DType::F32, n * r);
+    own_pre.reset(new float[std::max<int64_t>(1, m * outf)]);
+    GemmOutput po;
+    po.data = own_pre.get();
+    po.ldc = outf;
+    gemm(m, outf,
+         {{row_major(X.get(), DType::F32, in), wt, in, 1.f}, {row_major(U.get(), DType::F32, r), transposed(B.data, B.dtype, r), r, scale}},
+         po);
+    std::unique_ptr<float[]> own_sq;
+    if (!wsq) own_sq.reset(new float[std::max<int64_t>(1, outf)]);
+    float* sq = wsq ? wsq : own_sq.get();
+    if (!wsq || !wsq_ready) row_squares(W, fan_in_fan_out, in, outf, sq);
+    norm_from_projection(A, B, scale, in, outf, sq, own_pre.get() + n * outf, 1, outf, norm);
+    P = own_pre.get();
+    if (pre) std::memcpy(pre->data, P, n * outf * sizeof(float));
+  } else {
+    if (!norm_ready) dora_weight_norm(W, A, B, scale, fan_in_fan_out, norm, wsq, wsq_ready);
+    // pre = xa·Wᵀ + s·u·Bᵀ in one GEMM (the adapter as a K extension), f32
+    P = pre ? static_cast<float*>(pre->data) : (own_pre.reset(new float[std::max<int64_t>(1, n * outf)]), own_pre.get());
+    GemmOutput po;
+    po.data = P;
+    po.ldc = outf;
+    gemm(n, outf,
+         {{row_major(xa.data, xa.dtype, in), wt, in, 1.f}, {row_major(uo.data, uo.dtype, r), transposed(B.data, B.dtype, r), r, scale}},
+         po);
+  }
   std::unique_ptr<float[]> diff;
   if (xa.data != x.data) {  // (x − xa)·Wᵀ: the base path outside the dropout
     diff.reset(new float[std::max<int64_t>(1, n * outf)]);

@@ -69,13 +69,15 @@ void mixed_linear_forward(const TensorRef& x, const TensorRef& W, const TensorRe
 void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                       float* norm, float* wsq, bool wsq_ready);
 
-// peft's DoraLinearLayer forward with the norm given (the caller caches it per W, A, B, scale):
-// u = xa·Aᵀ (into u when given, for backward); pre = xa·Wᵀ + scale·u·Bᵀ (f32 [n, out], into pre when
-// given, for backward); k = magnitude / norm; y = bias + k⊙pre when xa is x (no dropout), else
-// y = bias + k⊙pre + (x − xa)·Wᵀ (peft's result + dora term with dropout).
+// peft's DoraLinearLayer forward. The norm is read when norm_ready (the caller caches it per W, A,
+// B, scale), else computed into it as dora_weight_norm does (wsq likewise), without dropout from the
+// forward's own GEMM (A's rows stacked under x). u = xa·Aᵀ (into u when given, for backward); pre =
+// xa·Wᵀ + scale·u·Bᵀ (f32 [n, out], into pre when given, for backward); k = magnitude / norm; y =
+// bias + k⊙pre when xa is x (no dropout), else y = bias + k⊙pre + (x − xa)·Wᵀ (peft with dropout).
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
                          bool fan_in_fan_out, const TensorRef* u, const TensorRef& A, const TensorRef& B, float scale,
-                         const TensorRef& magnitude, const float* norm, const TensorRef& y, const TensorRef* pre);
+                         const TensorRef& magnitude, float* norm, bool norm_ready, float* wsq, bool wsq_ready,
+                         const TensorRef& y, const TensorRef* pre);
 
 // The norm is a constant (detached, as peft): with k = magnitude / norm and dyk = k⊙dy,
 //   dmagnitude = Σ_rows dy⊙pre / norm;  g = scale·dyk·B;  dA = gᵀ·xa;  dB = scale·dykᵀ·u;

@@ -253,11 +253,12 @@ void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B
 
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias, bool fifo,
                          const TensorRef* u, const TensorRef& A, const TensorRef& B, float scale, const TensorRef& magnitude,
-                         const float* norm, const TensorRef& y, const TensorRef* pre) {
+                         float* norm, bool norm_ready, float* wsq, bool wsq_ready, const TensorRef& y, const TensorRef* pre) {
   const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = in ? x.numel() / in : 0;
   const DType dt = W.dtype;
   if (x.dtype != dt || y.dtype != dt || (pre && pre->dtype != dt))
     throw_type(std::string("x: on cuda, x, y and pre take the weight's dtype (") + dtype_name(dt) + ")");
+  if (!norm_ready) dora_weight_norm(W, A, B, scale, fifo, norm, wsq, wsq_ready);  // its own pass over W
   Buf k = scale_vector(magnitude, norm, outf);
   const void* bp = bias ? bias->data : nullptr;
   const DType bt = bias ? bias->dtype : DType::F32;

@@ -94,7 +94,8 @@ void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B
                       float* norm, float* wsq, bool wsq_ready);
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
                          bool fan_in_fan_out, const TensorRef* u, const TensorRef& A, const TensorRef& B, float scale,
-                         const TensorRef& magnitude, const float* norm, const TensorRef& y, const TensorRef* pre);
+                         const TensorRef& magnitude, float* norm, bool norm_ready, float* wsq, bool wsq_ready,
+                         const TensorRef& y, const TensorRef* pre);
 // y = k ⊙ src + bias per column (src [n, out] in dt, may be y; k f32 [out]; bias [out] of bias_dt or null).
 void scale_columns(const void* src, void* y, DType dt, int64_t n, int64_t outf, const float* k, const void* bias, DType bias_dt);
 void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out, const DoraBackwardArgs& a,

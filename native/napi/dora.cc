@@ -43,8 +43,9 @@ KernelCall BuildDoraWeightNorm(const Napi::CallbackInfo& info) {
   return c;
 }
 
-// doraLinearForward(x, xa, W, bias|null, fifo, u|null (written: xa·Aᵀ), A, B, scale, norm (read),
-// magnitude, y, pre|null (written: x·Wᵀ + s·u·Bᵀ without k, for backward))
+// doraLinearForward(x, xa, W, bias|null, fifo, u|null (written: xa·Aᵀ), A, B, scale, norm, magnitude,
+// y, pre|null (written: x·Wᵀ + s·u·Bᵀ without k, for backward), normReady, wsq|null, wsqReady): norm
+// is read when normReady, else computed into it (wsq as doraWeightNorm's).
 KernelCall BuildDoraLinearForward(const Napi::CallbackInfo& info) {
   KernelCall c;
   const Device dev = device_of(info[0], "x");
@@ -65,7 +66,11 @@ KernelCall BuildDoraLinearForward(const Napi::CallbackInfo& info) {
   int64_t r = A.shape[0], n = x.rows();
   if (u.set) require_same_shape(u.ref, with_last(x.shape, r), "u");
   float scale = to_scale(get_number(info, 8, "scale"), "scale");
-  TensorRef norm = f32_operand(c, info[9], "norm", dev, {d.out}, Access::Read);
+  const bool norm_ready = info.Length() <= 13 || info[13].IsUndefined() || get_bool(info, 13, "normReady");
+  TensorRef norm = f32_operand(c, info[9], "norm", dev, {d.out}, norm_ready ? Access::Read : Access::Write);
+  const bool has_wsq = !norm_ready && info.Length() > 14 && !info[14].IsNull() && !info[14].IsUndefined();
+  const bool wsq_ready = has_wsq && get_bool(info, 15, "wsqReady");
+  float* wsq = has_wsq ? f32_operand(c, info[14], "wsq", dev, {d.out}, wsq_ready ? Access::Read : Access::Write).as<float>() : nullptr;
   TensorRef mag = float_operand(c, info[10], "magnitude", dev);
   require_same_shape(mag, {d.out}, "magnitude");
   TensorRef y = float_operand(c, info[11], "y", dev, Access::Write);
@@ -77,7 +82,7 @@ KernelCall BuildDoraLinearForward(const Napi::CallbackInfo& info) {
     require_pre_dtype(dev, pre.ref, x.dtype, "pre");
   }
   auto forward = LORAKIT_OP(dev, dora_linear_forward);
-  c.run = [=] { forward(x, xa, W, bias.ptr(), fifo, u.ptr(), A, B, scale, mag, norm.as<float>(), y, pre.ptr()); };
+  c.run = [=] { forward(x, xa, W, bias.ptr(), fifo, u.ptr(), A, B, scale, mag, norm.as<float>(), norm_ready, wsq, wsq_ready, y, pre.ptr()); };
   return c;
 }
 
