@@ -5,9 +5,11 @@
  * optimizer steps, copyFrom, loads and merge/unmerge all invalidate) and the scale is unchanged.
  * ‖W_o‖² is kept apart, per W, so a training step (A or B changed) costs one pass over W for W·Aᵀ
  * and O(out·r²) (the low-rank identity of native/cpu/ops.h). A wrapped tensor (version -1) is never
- * trusted: its norm is recomputed on each use.
+ * trusted: its norm is recomputed on each use. The training forward's pre [n, out] buffer is kept
+ * here between steps too: a fresh cpu buffer of that size per step costs more than the DoRA scaling
+ * (page faults on new memory).
  */
-import { Device } from '../dtype';
+import { Device, FloatDType } from '../dtype';
 import { KernelSteps, step } from '../exec';
 import { Tensor } from '../tensor';
 
@@ -51,6 +53,22 @@ function trusted(v: readonly number[]): boolean {
 export class DoraNormCache {
   readonly #norms = new Map<string, NormEntry>();
   #wsq: { W: Tensor; version: number; wsq: Tensor } | null = null;
+  #preSpare: Tensor | null = null;
+
+  /** A training forward's pre buffer (the last one kept when it fits); null, freeing it, in eval. */
+  takePre(training: boolean, shape: [number, number], dtype: FloatDType, device: Device): Tensor | null {
+    const t = this.#preSpare;
+    this.#preSpare = null;
+    if (training && t && !t.disposed && t.dtype === dtype && t.device === device && t.shape[0] === shape[0] && t.shape[1] === shape[1]) return t;
+    t?.dispose();
+    return training ? Tensor.empty(shape, { dtype, device }) : null;
+  }
+
+  /** Keeps a pre buffer the layer no longer needs, for the next takePre. */
+  keepPre(t: Tensor): void {
+    if (this.#preSpare !== t) this.#preSpare?.dispose();
+    this.#preSpare = t;
+  }
 
   /** The cached norm of adapter `name` when still valid, else null. */
   lookup(name: string, o: DoraNormInputs): Tensor | null {
@@ -123,5 +141,7 @@ export class DoraNormCache {
     this.#norms.clear();
     this.#wsq?.wsq.dispose();
     this.#wsq = null;
+    this.#preSpare?.dispose();
+    this.#preSpare = null;
   }
 }

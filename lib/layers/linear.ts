@@ -234,7 +234,7 @@ export class LoraLinear extends LoraLayer {
       W: this.#weight, A, B, scale, fanInFanOut: this.fanInFanOut, outFeatures: this.outFeatures, device: dev,
     });
     const norm = plan.norm;
-    const pre = training ? Tensor.empty([x.numel / this.inFeatures, this.outFeatures], { dtype: scratch, device: dev }) : null;
+    const pre = this.#doraNorms.takePre(training, [x.numel / this.inFeatures, this.outFeatures], scratch, dev);
     try {
       yield step('doraLinearForward', x.handle, xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut,
         u?.handle ?? null, A.handle, B.handle, scale, norm.handle, this._loraMagnitude.get(name)!.handle, y.handle, pre?.handle ?? null,
@@ -481,8 +481,11 @@ export class LoraLinear extends LoraLayer {
   }
 
   protected clearCache(): void {
-    if (this.#cache) freeAdapterCache(this.#cache.adapters, this.#cache.x, this.#cache.dora);
+    const c = this.#cache;
     this.#cache = null;
+    if (!c) return;
+    freeAdapterCache(c.adapters, c.x);
+    if (c.dora) this.#doraNorms.keepPre(c.dora.pre);
   }
 
   /** Backends without mixed dtypes (cuda) take the weight's dtype for activations too. */

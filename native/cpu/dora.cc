@@ -60,27 +60,33 @@ void row_squares(const TensorRef& W, bool fan_in_fan_out, int64_t in, int64_t ou
 void norm_from_projection(const TensorRef& A, const TensorRef& B, float scale, int64_t in, int64_t outf, const float* wsq,
                           const float* Mp, int64_t m_rs, int64_t m_cs, float* norm) {
   int64_t r = A.dim(0);
-  // G = A·Aᵀ [r, r] in f64
+  // G = A·Aᵀ [r, r] in f64, from an f32 copy of A (no per-element dtype dispatch in the loops)
+  std::unique_ptr<float[]> Af(new float[std::max<int64_t>(1, r * in)]);
+  convert(A.data, A.dtype, Af.get(), DType::F32, r * in);
   std::unique_ptr<double[]> G(new double[std::max<int64_t>(1, r * r)]);
   for (int64_t a = 0; a < r; a++)
     for (int64_t b = a; b < r; b++) {
+      const float* pa = Af.get() + a * in;
+      const float* pb = Af.get() + b * in;
       double s = 0;
-      for (int64_t i = 0; i < in; i++)
-        s += double(load_f32(A.data, A.dtype, a * in + i)) * load_f32(A.data, A.dtype, b * in + i);
+      for (int64_t i = 0; i < in; i++) s += double(pa[i]) * pb[i];
       G[a * r + b] = G[b * r + a] = s;
     }
+  std::unique_ptr<float[]> Bf(new float[std::max<int64_t>(1, outf * r)]);
+  convert(B.data, B.dtype, Bf.get(), DType::F32, outf * r);
   const double* Gp = G.get();
+  const float* Bp = Bf.get();
   parallel_for(
       outf,
       [&](int64_t b, int64_t e) {
         for (int64_t o = b; o < e; o++) {
+          const float* bo = Bp + o * r;
           double cross = 0, quad = 0;
           for (int64_t k = 0; k < r; k++) {
-            double bk = load_f32(B.data, B.dtype, o * r + k);
-            cross += double(Mp[o * m_rs + k * m_cs]) * bk;
             double bg = 0;
-            for (int64_t j = 0; j < r; j++) bg += double(load_f32(B.data, B.dtype, o * r + j)) * Gp[j * r + k];
-            quad += bg * bk;
+            for (int64_t j = 0; j < r; j++) bg += double(bo[j]) * Gp[j * r + k];
+            cross += double(Mp[o * m_rs + k * m_cs]) * bo[k];
+            quad += bg * bo[k];
           }
           double n2 = double(wsq[o]) + 2.0 * scale * cross + double(scale) * scale * quad;
           norm[o] = static_cast<float>(std::sqrt(std::max(0.0, n2)));
