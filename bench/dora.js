@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 /**
  * DoRA forward cost on the CPU as a ratio to plain LoRA on the same layer and input, measured in one
- * run (peft users report DoRA 2-5x slower than LoRA). Build dist/ first: npx tsc -p tsconfig.json.
+ * run (peft users report DoRA 2-5x slower than LoRA): in eval (W, A, B frozen: the weight norm is
+ * cached) and in training mode (A rewritten before each DoRA call, as an optimizer step would, so the
+ * norm's W·Aᵀ pass is paid each time). Build dist/ first: npx tsc -p tsconfig.json.
  * Times are process CPU time (process.cpuUsage, all threads), medians of several runs: on a shared
  * machine CPU time is far steadier than wall time.
  * Usage: node bench/dora.js [--threads N] [--out bench/results/<file>.md]
@@ -60,8 +62,18 @@ for (const c of CASES) {
   dora.addAdapter('d', { r: c.r, initLoraWeights: false, seed: 3, useDora: true });
   const tPlain = cpuTime(() => plain.forward(x).dispose(), c.reps);
   const tDora = cpuTime(() => dora.forward(x).dispose(), c.reps);
+  plain.train();
+  dora.train();
+  const A = dora.loraA.get('d');
+  const tPlainTrain = cpuTime(() => plain.forward(x).dispose(), c.reps);
+  const tDoraTrain = cpuTime(() => {
+    A.copyFrom(A); // a write, as an optimizer step: the cached norm is recomputed
+    dora.forward(x).dispose();
+  }, c.reps);
   const tNorm = cpuTime(() => dora.doraWeightNorm('d').dispose(), c.reps);
-  rows.push({ ...c, tPlain, tDora, tNorm });
+  plain.dispose();
+  dora.dispose();
+  rows.push({ ...c, tPlain, tDora, tPlainTrain, tDoraTrain, tNorm });
   W.dispose();
   x.dispose();
 }
@@ -73,17 +85,19 @@ const lines = [
   '',
   `Machine: ${cpu}, ${os.cpus().length} logical CPUs shared with other jobs (load average ${os.loadavg()[0].toFixed(1)}), ` +
     `lorakit threads ${info.threads}, CPU path ${info.cpuPath}, Node ${process.version}.`,
-  `Command: \`node bench/dora.js ${process.argv.slice(2).join(' ')}\` (f32, eval mode, median CPU time per call).`,
+  `Command: \`node bench/dora.js ${process.argv.slice(2).join(' ')}\` (f32, median CPU time per forward call).`,
   '',
-  '| out×in | n | r | LoRA fwd CPU ms | DoRA fwd CPU ms | DoRA / LoRA | norm alone CPU ms |',
-  '|---|---|---|---|---|---|---|',
+  '| out×in | n | r | LoRA eval ms | DoRA eval ms | DoRA / LoRA eval | LoRA train ms | DoRA train ms | DoRA / LoRA train | norm alone ms |',
+  '|---|---|---|---|---|---|---|---|---|---|',
   ...rows.map(
     (r) =>
-      `| ${r.out}×${r.in} | ${r.n} | ${r.r} | ${r.tPlain.toFixed(1)} | ${r.tDora.toFixed(1)} | ${(r.tDora / r.tPlain).toFixed(2)} | ${r.tNorm.toFixed(1)} |`,
+      `| ${r.out}×${r.in} | ${r.n} | ${r.r} | ${r.tPlain.toFixed(1)} | ${r.tDora.toFixed(1)} | ${(r.tDora / r.tPlain).toFixed(2)} | ` +
+      `${r.tPlainTrain.toFixed(1)} | ${r.tDoraTrain.toFixed(1)} | ${(r.tDoraTrain / r.tPlainTrain).toFixed(2)} | ${r.tNorm.toFixed(1)} |`,
   ),
   '',
-  'DoRA forward = the LoRA GEMM with A\'s r rows stacked under x (so W·Aᵀ for the norm comes from the same pass',
-  'over W) + one ‖W‖² row pass + O(out·r²). "norm alone" is doraWeightNorm (its own W·Aᵀ GEMM + ‖W‖²).',
+  'DoRA forward = u = x·Aᵀ, the LoRA GEMM (x·Wᵀ + s·u·Bᵀ, the adapter as a K extension) and y = k⊙pre + b in one pass;',
+  'eval reuses the cached weight norm; training (A rewritten before each call) recomputes it: one W·Aᵀ pass with',
+  '‖W‖² cached per W, + O(out·r²). "norm alone" is doraWeightNorm (uncached: its own ‖W‖² and W·Aᵀ passes).',
   '',
 ];
 const text = lines.join('\n');

@@ -3,9 +3,9 @@
 // PyTorch on the same GPU in the same run (bench/gpu_peft.py), bf16, d_in = 4096,
 // d_out ∈ {4096, 14336}, r ∈ {8, 16, 64}, n ∈ {1, 16, 512, 4096, 16384}: forward, forward +
 // backward, merge, exact merge and hot-swap (against peft unmerge + merge), and a 4-adapter mixed
-// batch (one adapter per row, round-robin). Times are
+// batch (one adapter per row, round-robin), and DoRA against plain LoRA (bench/gpu_dora.js). Times are
 // device-event medians over loops of JS calls, with 4 rotating weight sets so W does not sit in L2. Writes bench/results/gpu-<date>.{json,md}.
-//   node bench/gpu.js [--quick] [--no-peft] [--out DIR]
+//   node bench/gpu.js [--quick] [--no-peft] [--dora (the DoRA rows only)] [--out DIR]
 'use strict';
 const fs = require('fs');
 const os = require('os');
@@ -17,6 +17,7 @@ const { Tensor, LoraLinear, cuda, kernels } = lk;
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const noPeft = args.includes('--no-peft');
+const doraOnly = args.includes('--dora');
 const outDir = args.includes('--out') ? args[args.indexOf('--out') + 1] : path.join(__dirname, 'results');
 const CFG = quick
   ? { d_in: 4096, d_out: [4096], r: [16], n: [1, 4096], mixed_n: [512], mixed_r: 16 }
@@ -24,6 +25,10 @@ const CFG = quick
 const SETS = 4;
 
 const { randn, dev } = require('./gpu_data');
+const { doraRows, doraReport, DORA_R, DORA_N } = require('./gpu_dora');
+CFG.dora_r = DORA_R;
+CFG.dora_n = DORA_N;
+CFG.dora_only = doraOnly;
 
 // Median of 5 device-timed loops of fn(set), in µs per call.
 function timed(fn, sets, targetMs = 25) {
@@ -52,6 +57,10 @@ function main() {
   const peft = runPeft();
   const rows = [];
   let seed = 1;
+  if (doraOnly) {
+    report(doraRows(CFG, timed, seed), peft, null);
+    return;
+  }
   for (const dOut of CFG.d_out) {
     const Ws = Array.from({ length: SETS }, () => dev(randn(dOut * CFG.d_in, seed++, 0.02), [dOut, CFG.d_in]));
     for (const n of CFG.n) {
@@ -116,6 +125,7 @@ function main() {
   const copyTbps = (2 * 2 * (1 << 29)) / (copyUs * 1e-6) / 1e12;
   a.dispose();
   b.dispose();
+  rows.push(...doraRows(CFG, timed, seed + 1000));
   report(rows, peft, copyTbps);
 }
 
@@ -154,8 +164,9 @@ function report(rows, peft, copyTbps) {
   lines.push(`# lorakit GPU benchmark`, '', `- date: ${date}`, `- GPU: ${info.cudaDevice}`, `- command: \`${cmd}\``,
     `- lorakit ${require('../package.json').version}; ${peft ? `peft ${peft.peft}, torch ${peft.torch}` : 'peft not run'}; host ${os.hostname()}`,
     `- bf16, d_in = ${CFG.d_in}; times are µs per call (device-event medians, 4 rotating weight sets)`,
-    `- copy bandwidth (read+write): lorakit ${copyTbps.toFixed(2)} TB/s${peft ? `, torch ${peft.copy_tbps.toFixed(2)} TB/s` : ''}`, '',
-    '## forward and forward+backward', '',
+    `- copy bandwidth (read+write): lorakit ${fmt(copyTbps, 2)} TB/s${peft && peft.copy_tbps ? `, torch ${peft.copy_tbps.toFixed(2)} TB/s` : ''}`);
+  if (doraOnly) return write([...lines, ...doraReport(rows, peft, fmt)], 'gpu-dora', { date, info, cmd, rows, peft, copyTbps });
+  lines.push('', '## forward and forward+backward', '',
     '| d_out | n | r | cuBLASLt base | lorakit fwd | fwd/base | torch base | peft fwd | peft/torch base | speedup vs peft | base+dx | lorakit fwd+bwd | fb/(base+dx) | torch base+dx | peft fwd+bwd | peft fb/(torch base+dx) | speedup vs peft |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const q of rows.filter((r) => !r.op)) {
@@ -183,12 +194,17 @@ function report(rows, peft, copyTbps) {
     const p = (peft && peft.rows.find((x) => x.op === 'mixed' && x.d_out === q.d_out && x.n === q.n)) || {};
     lines.push(`| ${q.d_out} | ${q.n} | ${fmt(q.base_fwd_us)} | ${fmt(q.mixed_us)} | ${fmt(q.mixed_us / q.base_fwd_us, 3)} | ${fmt(p.torch_base_fwd_us)} | ${fmt(p.peft_mixed_us)} | ${fmt(p.peft_mixed_us / p.torch_base_fwd_us, 3)} | ${fmt(p.peft_mixed_us / q.mixed_us, 2)} |${p.error ? ' peft: ' + p.error : ''}`);
   }
+  lines.push(...doraReport(rows, peft, fmt));
+  write(lines, 'gpu', { date, info, cmd, rows, peft, copyTbps });
+}
+
+function write(lines, prefix, { date, info, cmd, rows, peft, copyTbps }) {
   const md = lines.join('\n') + '\n';
   console.log(md);
   fs.mkdirSync(outDir, { recursive: true });
   const stamp = date.slice(0, 19).replace(/[:T]/g, '-');
   for (const [ext, body] of [['md', md], ['json', JSON.stringify({ date, gpu: info.cudaDevice, command: cmd, cfg: CFG, copyTbps, rows, peft }, null, 1)]]) {
-    const file = path.join(outDir, `gpu-${stamp}.${ext}`);
+    const file = path.join(outDir, `${prefix}-${stamp}.${ext}`);
     fs.writeFileSync(file + '.tmp', body);
     fs.renameSync(file + '.tmp', file);
   }

@@ -15,11 +15,11 @@ DT = torch.bfloat16
 SETS = 4
 
 
-def lora_linear(base, r):
+def lora_linear(base, r, use_dora=False):
     """peft's LoRA Linear around `base` (through the public injection API), bf16 adapters."""
     holder = torch.nn.Module()
     holder.lin = base
-    cfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=["lin"])
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=["lin"], use_dora=use_dora)
     holder = inject_adapter_in_model(cfg, holder)
     layer = holder.lin
     torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.02)
@@ -66,11 +66,45 @@ def timed(fn, sets, reps=5, target_ms=25.0):
     return out[len(out) // 2]
 
 
+def dora_rows(cfg, gen):
+    """DoRA against plain LoRA (bench/gpu_dora.js): forward in eval (no_grad) and in training mode
+    (autograd on, forward only); peft recomputes the weight norm on every forward."""
+    d_in, r, rows = cfg["d_in"], cfg["dora_r"], []
+    for d_out in cfg["d_out"]:
+        for n in cfg["dora_n"]:
+            try:
+                x = torch.randn(n, d_in, device=DEV, dtype=DT, generator=gen)
+                row = {"op": "dora", "d_out": d_out, "n": n, "r": r}
+                for name, use_dora in (("lora", False), ("dora", True)):
+                    bases = [torch.nn.Linear(d_in, d_out, bias=False, device=DEV, dtype=DT) for _ in range(SETS)]
+                    for b in bases:
+                        b.weight.requires_grad_(False)
+                    layers = [lora_linear(b, r, use_dora) for b in bases]
+                    for l in layers:
+                        l.eval()
+                    with torch.no_grad():
+                        row[f"peft_{name}_eval_us"] = timed(lambda l: l(x), layers)
+                    for l in layers:
+                        l.train()
+                    row[f"peft_{name}_train_us"] = timed(lambda l: l(x), layers)
+                    del layers, bases
+                    torch.cuda.empty_cache()
+                rows.append(row)
+                del x
+            except Exception as e:  # keep the other rows if this peft API differs
+                rows.append({"op": "dora", "d_out": d_out, "n": n, "r": r, "error": repr(e)})
+    return rows
+
+
 def main():
     cfg = json.loads(sys.argv[1])
     d_in = cfg["d_in"]
     res = {"torch": torch.__version__, "peft": peft.__version__, "gpu": torch.cuda.get_device_name(0), "rows": []}
     gen = torch.Generator(device=DEV).manual_seed(0)
+    if cfg.get("dora_only"):
+        res["rows"] = dora_rows(cfg, gen)
+        print(json.dumps(res))
+        return
     for d_out in cfg["d_out"]:
         bases = [torch.nn.Linear(d_in, d_out, bias=False, device=DEV, dtype=DT) for _ in range(SETS)]
         for b in bases:
@@ -154,6 +188,10 @@ def main():
     b = torch.empty_like(a)
     t = timed(lambda _: b.copy_(a), [0], reps=5, target_ms=50)
     res["copy_tbps"] = 2 * a.numel() * 2 / (t * 1e-6) / 1e12
+    del a, b
+    torch.cuda.empty_cache()
+    if "dora_n" in cfg:
+        res["rows"] += dora_rows(cfg, gen)
     print(json.dumps(res))
 
 

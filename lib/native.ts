@@ -13,6 +13,8 @@ export interface NativeTensorHandle {
   read(kind: 'i64'): BigInt64Array;
   dispose(): void;
   byteLength(): number;
+  /** Writes seen by the storage (every call that writes it); -1 for a wrapped array's memory. */
+  version(): number;
 }
 
 export interface BackwardTermArg {
@@ -159,21 +161,38 @@ export interface KernelBinding {
     rowAdapter: Int32Array,
     y: NativeTensorHandle,
   ): void;
-  doraWeightNorm(W: NativeTensorHandle, A: NativeTensorHandle, B: NativeTensorHandle, scale: number, fanInFanOut: boolean, norm: NativeTensorHandle): void;
+  /** wsq (f32 [out]) keeps ‖W_o‖² across calls: read when wsqReady, else written. */
+  doraWeightNorm(
+    W: NativeTensorHandle,
+    A: NativeTensorHandle,
+    B: NativeTensorHandle,
+    scale: number,
+    fanInFanOut: boolean,
+    norm: NativeTensorHandle,
+    wsq?: NativeTensorHandle | null,
+    wsqReady?: boolean,
+  ): void;
   doraLinearForward(
     x: NativeTensorHandle,
     xa: NativeTensorHandle,
     W: NativeTensorHandle,
     bias: NativeTensorHandle | null,
     fanInFanOut: boolean,
-    u: NativeTensorHandle,
+    /** written: xa·Aᵀ (kept for backward); null: scratch */
+    u: NativeTensorHandle | null,
     A: NativeTensorHandle,
     B: NativeTensorHandle,
     scale: number,
+    /** the weight norm [f32 out]: read (normReady) or written */
     norm: NativeTensorHandle,
     magnitude: NativeTensorHandle,
     y: NativeTensorHandle,
-    pre: NativeTensorHandle,
+    /** written: x·Wᵀ + s·u·Bᵀ without k, in the scratch dtype (for backward); null in eval */
+    pre: NativeTensorHandle | null,
+    /** false: norm is computed into (wsq as doraWeightNorm's); default true */
+    normReady?: boolean,
+    wsq?: NativeTensorHandle | null,
+    wsqReady?: boolean,
   ): void;
   doraLinearBackward(
     dy: NativeTensorHandle,

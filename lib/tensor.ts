@@ -170,6 +170,15 @@ export class Tensor {
     return typeof v === 'object' && v !== null && #handle in v;
   }
 
+  /**
+   * @internal How many native writes the tensor's memory has seen (copyFrom, kernels writing it,
+   * optimizer steps); -1 for a wrapped array, whose memory JS may change without a call. Caches
+   * derived from a tensor (the DoRA weight norm) compare it to tell when it changed.
+   */
+  get version(): number {
+    return this.handle.version();
+  }
+
   /** @internal The native handle; throws if the tensor was disposed. */
   get handle(): NativeTensorHandle {
     if (!this.#handle) throw new StateError(`tensor ${shapeStr(this.shape)} ${this.dtype}: used after dispose()`);

@@ -81,3 +81,50 @@ for (const [dtype, tol] of [['f32', 1e-5], ['bf16', 1e-2]]) {
     });
   }
 }
+
+// The shapes of the fast paths (cuBLASLt below 64 rows, the sm_90 one-pass kernel or cuBLASLt from
+// 64, k in the epilogue or one pass over y), the LoRA backward of k⊙dy, and the cached norm after an
+// optimizer step against the cpu and against a fresh layer (no cache).
+for (const n of [40, 256]) {
+  test(`DoRA bf16 n=${n}: eval and training match the cpu; the cached norm follows an optimizer step`, PARITY, () => {
+    const inF = 256, outF = 512, r = 16, tol = 2e-2;
+    let seed = 9100 + n;
+    const data = (shape, scale) => randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale);
+    const Wd = data([outF, inF], 0.05), bd = data([outF], 0.3), xd = data([n, inF], 1), dyd = data([n, outF], 1);
+    const build = (dev, W = Wd) => {
+      const l = new LoraLinear({ weight: Tensor.from(W, [outF, inF], { dtype: 'bf16', device: dev }), bias: Tensor.from(bd, [outF], { dtype: 'bf16', device: dev }) });
+      l.addAdapter('d', { r, loraAlpha: 32, dtype: 'bf16', useDora: true, initLoraWeights: false, seed: 4 });
+      return l;
+    };
+    const lc = build('cpu');
+    const lg = build(DEVICE);
+    const x = { cpu: Tensor.from(xd, [n, inF], { dtype: 'bf16' }), cuda: Tensor.from(xd, [n, inF], { dtype: 'bf16', device: DEVICE }) };
+    const dy = { cpu: Tensor.from(dyd, [n, outF], { dtype: 'bf16' }), cuda: Tensor.from(dyd, [n, outF], { dtype: 'bf16', device: DEVICE }) };
+    const close = (a, b, what) => {
+      const e = relErr(a.toFloat32Array(), b.toFloat32Array());
+      assert.ok(e <= tol, `${what}: ${e}`);
+    };
+    lc.eval();
+    lg.eval();
+    close(lg.forward(x.cuda), lc.forward(x.cpu), 'eval y');
+    close(lg.forward(x.cuda), lc.forward(x.cpu), 'eval y (cached norm)');
+    lc.train();
+    lg.train();
+    close(lg.forward(x.cuda), lc.forward(x.cpu), 'train y');
+    const gc = lc.backward(dy.cpu);
+    const gg = lg.backward(dy.cuda);
+    close(gg.dx, gc.dx, 'dx');
+    for (const k of ['loraA', 'loraB', 'magnitude']) close(gg.grads.get('d')[k], gc.grads.get('d')[k], k);
+    const step = (l) => new lk.SGD(l.parameters(), { lr: 0.5 }).step();
+    step(lc);
+    step(lg);
+    lc.eval();
+    lg.eval();
+    const yg = lg.forward(x.cuda);
+    close(yg, lc.forward(x.cpu), 'eval y after the step');
+    const fresh = build(DEVICE);
+    for (const k of ['loraA', 'loraB', 'loraMagnitude']) fresh[k].get('d').copyFrom(lg[k].get('d'));
+    const yf = fresh.eval().forward(x.cuda).toFloat32Array();
+    assert.ok(relErr(yg.toFloat32Array(), yf) <= 1e-6, 'cached norm after the step = a fresh layer');
+  });
+}

@@ -3,7 +3,9 @@
  * [in, out] with fanInFanOut (GPT-2's Conv1D). The base GEMM and every active adapter's expand run
  * as one native pass that writes y once; the shrink x·Aᵀ is kept for backward.
  * DoRA adapters (useDora) scale each output feature by magnitude / ‖W + s·B·A‖ (norm detached, as
- * peft); the norm comes from a low-rank identity, never from a dense out×in delta.
+ * peft): y = k ⊙ (x·Wᵀ + s·u·Bᵀ) + b, the LoRA forward with k in its epilogue. The norm comes from a
+ * low-rank identity, never from a dense out×in delta, and is cached while W, A, B and s are
+ * unchanged (dora_norm_cache.ts).
  * lora_bias adapters add s·b_B (folded into the call's bias); a trainable base bias (peft's bias
  * modes) gets Σ_rows dy in backward (bias_terms.ts).
  */
@@ -16,6 +18,8 @@ import { Rng } from '../rng';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkBool, checkOptions } from '../validate';
 import { foldedBiasSteps, columnSumSteps } from './bias_terms';
+import { DoraNormCache } from './dora_norm_cache';
+import { AdapterCache, ForwardCache, freeAdapterCache } from './linear_cache';
 import { InitLoraWeights, kaimingFactors, residualWeight, weightInitFactors } from './init';
 import { AdapterGrads, BackwardResult, LoraLayer, MixedForwardOptions } from './lora_layer';
 
@@ -23,23 +27,6 @@ export interface LoraLinearOptions {
   weight: Tensor;
   bias?: Tensor | null;
   fanInFanOut?: boolean;
-}
-
-interface AdapterCache {
-  name: string;
-  xa: Tensor; // the input A saw: x, or its dropout (owned when dropout > 0)
-  u: Tensor; // f32 [n, r] shrink
-  p: number;
-  seed: number;
-  stream: number;
-}
-
-interface ForwardCache {
-  x: Tensor;
-  outShape: number[];
-  adapters: AdapterCache[];
-  /** DoRA forward: the detached norm [out] and pre = xa·Wᵀ + s·u·Bᵀ [n, out], both f32 */
-  dora?: { norm: Tensor; pre: Tensor };
 }
 
 export class LoraLinear extends LoraLayer {
@@ -50,6 +37,7 @@ export class LoraLinear extends LoraLayer {
   #forwardCount = 0;
   /** peft's _caches: the DoRA weight norm of each merged DoRA adapter, for its unmerge */
   readonly #doraMergeNorm = new Map<string, Tensor>();
+  readonly #doraNorms = new DoraNormCache();
 
   constructor(opts: LoraLinearOptions) {
     super();
@@ -163,23 +151,23 @@ export class LoraLinear extends LoraLayer {
         if (this._training) this.#cache = { x, outShape, adapters };
         return y;
       }
-      for (const name of names) {
-        const p = this._training ? this._loraDropout.get(name)! : 0;
-        const seed = this._seed.get(name)!;
-        let xa = x;
-        if (p > 0) {
-          xa = Tensor.empty(x.shape, { dtype: x.dtype, device: dev });
-          adapters.push({ name, xa, u: xa, p, seed, stream }); // registered before use so it is freed on error
-          yield step('dropout', x.handle, p, seed, stream, xa.handle);
-        }
-        const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: uDtype, device: dev });
-        if (p > 0) adapters[adapters.length - 1].u = u;
-        else adapters.push({ name, xa, u, p, seed, stream });
-        yield step('shrink', xa.handle, this._loraA.get(name)!.handle, u.handle);
-      }
       if (doraName !== undefined) {
-        dora = yield* this.doraForwardSteps(x, adapters[0], y);
+        dora = yield* this.doraForwardSteps(x, doraName, stream, adapters, y);
       } else {
+        for (const name of names) {
+          const p = this._training ? this._loraDropout.get(name)! : 0;
+          const seed = this._seed.get(name)!;
+          let xa = x;
+          if (p > 0) {
+            xa = Tensor.empty(x.shape, { dtype: x.dtype, device: dev });
+            adapters.push({ name, xa, u: xa, p, seed, stream }); // registered before use so it is freed on error
+            yield step('dropout', x.handle, p, seed, stream, xa.handle);
+          }
+          const u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: uDtype, device: dev });
+          if (p > 0) adapters[adapters.length - 1].u = u;
+          else adapters.push({ name, xa, u, p, seed, stream });
+          yield step('shrink', xa.handle, this._loraA.get(name)!.handle, u.handle);
+        }
         const terms = adapters.map(
           (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
         );
@@ -215,21 +203,49 @@ export class LoraLinear extends LoraLayer {
     return norm;
   }
 
-  /** The norm is computed inside the forward: one GEMM streams W for both x·Wᵀ and W·Aᵀ. */
-  private *doraForwardSteps(x: Tensor, a: AdapterCache, y: Tensor): KernelSteps<{ norm: Tensor; pre: Tensor }> {
-    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32', device: this.device });
-    let pre: Tensor | null = null;
+  /**
+   * One native call: u = xa·Aᵀ, y = k ⊙ (x·Wᵀ + s·u·Bᵀ) + b (+ the base path outside the dropout);
+   * in training u and the unscaled pre are kept for backward. The norm comes from the cache, or is
+   * computed by the same call when stale.
+   */
+  private *doraForwardSteps(x: Tensor, name: string, stream: number, adapters: AdapterCache[], y: Tensor): KernelSteps<ForwardCache['dora']> {
+    const dev = this.device;
+    const training = this._training;
+    const p = training ? this._loraDropout.get(name)! : 0;
+    const seed = this._seed.get(name)!;
+    const A = this._loraA.get(name)!;
+    const B = this._loraB.get(name)!;
+    const scale = this._scaling.get(name)!;
+    let xa = x;
+    if (p > 0) {
+      xa = Tensor.empty(x.shape, { dtype: x.dtype, device: dev });
+      adapters.push({ name, xa, u: xa, p, seed, stream }); // registered before use so it is freed on error
+      yield step('dropout', x.handle, p, seed, stream, xa.handle);
+    }
+    const scratch = scratchDtype(dev, x.dtype);
+    let u: Tensor | null = null;
+    if (training) {
+      u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: scratch, device: dev });
+      if (p > 0) adapters[adapters.length - 1].u = u;
+      else adapters.push({ name, xa, u, p, seed, stream });
+    }
+    // The norm: cached, or computed by the forward itself (the cpu streams W once for both).
+    const plan = this.#doraNorms.prepare(name, {
+      W: this.#weight, A, B, scale, fanInFanOut: this.fanInFanOut, outFeatures: this.outFeatures, device: dev,
+    });
+    const norm = plan.norm;
+    const pre = this.#doraNorms.takePre(training, [x.numel / this.inFeatures, this.outFeatures], scratch, dev);
     try {
-      pre = Tensor.zeros([x.numel / this.inFeatures, this.outFeatures], { dtype: 'f32', device: this.device });
-      yield step('doraLinearForward', x.handle, a.xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, a.u.handle,
-        this._loraA.get(a.name)!.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!, norm.handle,
-        this._loraMagnitude.get(a.name)!.handle, y.handle, pre.handle);
+      yield step('doraLinearForward', x.handle, xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut,
+        u?.handle ?? null, A.handle, B.handle, scale, norm.handle, this._loraMagnitude.get(name)!.handle, y.handle, pre?.handle ?? null,
+        plan.ready, plan.wsq?.handle ?? null, plan.wsqReady);
     } catch (e) {
-      norm.dispose();
+      plan.abort();
       pre?.dispose();
       throw e;
     }
-    return { norm, pre };
+    plan.commit();
+    return pre ? { norm, pre } : undefined;
   }
 
   private *doraBackwardSteps(dy: Tensor, cache: ForwardCache, dx: Tensor, grads: Map<string, AdapterGrads>): KernelSteps<void> {
@@ -443,6 +459,16 @@ export class LoraLinear extends LoraLayer {
     }
   }
 
+  protected override onAdapterDeleted(name: string): void {
+    this.#doraNorms.delete(name);
+  }
+
+  /** Frees the adapters' tensors and the cached DoRA norms (not the base weight, which the caller owns). */
+  override dispose(): void {
+    super.dispose();
+    this.#doraNorms.clear();
+  }
+
   protected override onReseed(): void {
     this.#forwardCount = 0;
   }
@@ -455,8 +481,11 @@ export class LoraLinear extends LoraLayer {
   }
 
   protected clearCache(): void {
-    if (this.#cache) freeAdapterCache(this.#cache.adapters, this.#cache.x, this.#cache.dora);
+    const c = this.#cache;
     this.#cache = null;
+    if (!c) return;
+    freeAdapterCache(c.adapters, c.x);
+    if (c.dora) this.#doraNorms.keepPre(c.dora.pre);
   }
 
   /** Backends without mixed dtypes (cuda) take the weight's dtype for activations too. */
@@ -468,13 +497,4 @@ export class LoraLinear extends LoraLayer {
     if (this.#weight.disposed) throw new StateError('weight: the base weight tensor was disposed');
     if (this.#bias?.disposed) throw new StateError('bias: the bias tensor was disposed');
   }
-}
-
-function freeAdapterCache(adapters: AdapterCache[], x: Tensor, dora?: { norm: Tensor; pre: Tensor }): void {
-  for (const a of adapters) {
-    if (a.xa !== x) a.xa.dispose();
-    if (a.u !== a.xa) a.u.dispose();
-  }
-  dora?.norm.dispose();
-  dora?.pre.dispose();
 }

@@ -49,12 +49,14 @@ struct Backend {
   void (*mixed_linear_forward)(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
                                const std::vector<AdapterFactors>& adapters, const int32_t* row_adapter, const TensorRef& y);
 
-  // ---- DoRA (formulas in native/cpu/ops.h); norm and pre are f32 buffers on the device.
+  // ---- DoRA (formulas in native/cpu/ops.h); norm and wsq are f32 buffers on the device, pre in the
+  // backend's scratch dtype.
   void (*dora_weight_norm)(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
-                           float* norm);
+                           float* norm, float* wsq, bool wsq_ready);
   void (*dora_linear_forward)(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
-                              bool fan_in_fan_out, const TensorRef& u, const TensorRef& A, const TensorRef& B, float scale,
-                              const TensorRef& magnitude, const TensorRef& y, float* pre, float* norm);
+                              bool fan_in_fan_out, const TensorRef* u, const TensorRef& A, const TensorRef& B, float scale,
+                              const TensorRef& magnitude, float* norm, bool norm_ready, float* wsq, bool wsq_ready,
+                              const TensorRef& y, const TensorRef* pre);
   void (*dora_linear_backward)(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out, const DoraBackwardArgs& a,
                                const TensorRef* dx, const TensorRef* dA, const TensorRef* dB, const TensorRef* dmagnitude);
   void (*dora_merge)(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,

@@ -52,7 +52,7 @@ struct DoraBackwardArgs {
   float dropout_p;
   uint64_t seed, stream;
   const float* norm;  // [out], detached
-  const float* pre;   // [n, out] from the forward
+  TensorRef pre;      // [n, out] from the forward, unscaled (x·Wᵀ + s·u·Bᵀ), in the scratch dtype
 };
 
 // ---- Conv2d (peft's lora.Conv2d): base W [out, in/groups, kh, kw]; A [r, in, kh, kw] is a conv with

@@ -30,6 +30,9 @@ struct Storage {
   bool external = false;     // memory owned elsewhere (a wrapped JS typed array): never freed here
   std::atomic<int> busy{0};     // > 0 while async work uses the buffer (no writes, no dispose)
   std::atomic<int> writers{0};  // > 0 while async work writes it (no reads either)
+  // Bumped (on the JS thread) by every call that writes the buffer, so JS caches derived from a
+  // tensor (the DoRA weight norm) can tell when it changed.
+  std::atomic<uint64_t> version{0};
   // zero = false may leave device memory uninitialised (cpu memory is always zeroed).
   static std::shared_ptr<Storage> allocate(size_t nbytes, Device device, bool zero = true);
   // CPU memory the caller owns and keeps alive for the storage's lifetime (no copy, no free).

@@ -10,11 +10,6 @@ namespace lorakit {
 namespace cpu {
 namespace {
 
-// W as the [out, in] matrix whatever its storage layout.
-MatView weight_oi(const TensorRef& W, bool fifo, int64_t in, int64_t outf) {
-  return fifo ? transposed(W.data, W.dtype, outf) : row_major(W.data, W.dtype, in);
-}
-
 // Wᵀ as the [in, out] B operand of x·Wᵀ.
 MatView weight_t(const TensorRef& W, bool fifo, int64_t in, int64_t outf) {
   return fifo ? row_major(W.data, W.dtype, outf) : transposed(W.data, W.dtype, in);
@@ -26,27 +21,13 @@ std::unique_ptr<float[]> scale_vector(const TensorRef& magnitude, const float* n
   return k;
 }
 
-// norm[o] from M = W·Aᵀ (element (o, k) at Mp[o·m_rs + k·m_cs]) by the low-rank identity.
-void norm_from_projection(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
-                          const float* Mp, int64_t m_rs, int64_t m_cs, float* norm) {
-  int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
-  int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
-  int64_t r = A.dim(0);
-  // G = A·Aᵀ [r, r] in f64
-  std::unique_ptr<double[]> G(new double[std::max<int64_t>(1, r * r)]);
-  for (int64_t a = 0; a < r; a++)
-    for (int64_t b = a; b < r; b++) {
-      double s = 0;
-      for (int64_t i = 0; i < in; i++)
-        s += double(load_f32(A.data, A.dtype, a * in + i)) * load_f32(A.data, A.dtype, b * in + i);
-      G[a * r + b] = G[b * r + a] = s;
-    }
-  const double* Gp = G.get();
+// ‖W_o‖² per output, f64 sums stored f32 (kept by the caller while W is unchanged).
+void row_squares(const TensorRef& W, bool fan_in_fan_out, int64_t in, int64_t outf, float* wsq) {
   parallel_for(
       outf,
       [&](int64_t b, int64_t e) {
         for (int64_t o = b; o < e; o++) {
-          double s = 0;  // ‖W_o‖²
+          double s = 0;
           if (fan_in_fan_out) {
             for (int64_t i = 0; i < in; i++) {
               double v = load_f32(W.data, W.dtype, i * outf + o);
@@ -69,92 +50,164 @@ void norm_from_projection(const TensorRef& W, const TensorRef& A, const TensorRe
               s += v * v;
             }
           }
-          double cross = 0, quad = 0;
-          for (int64_t k = 0; k < r; k++) {
-            double bk = load_f32(B.data, B.dtype, o * r + k);
-            cross += double(Mp[o * m_rs + k * m_cs]) * bk;
-            double bg = 0;
-            for (int64_t j = 0; j < r; j++) bg += double(load_f32(B.data, B.dtype, o * r + j)) * Gp[j * r + k];
-            quad += bg * bk;
-          }
-          double n2 = s + 2.0 * scale * cross + double(scale) * scale * quad;
-          norm[o] = static_cast<float>(std::sqrt(std::max(0.0, n2)));
+          wsq[o] = static_cast<float>(s);
         }
       },
       std::max<int64_t>(1, 4096 / std::max<int64_t>(1, in)));
 }
 
+// norm[o] from ‖W_o‖² and M = W·Aᵀ (element (o, k) at Mp[o·m_rs + k·m_cs]) by the low-rank identity.
+void norm_from_projection(const TensorRef& A, const TensorRef& B, float scale, int64_t in, int64_t outf, const float* wsq,
+                          const float* Mp, int64_t m_rs, int64_t m_cs, float* norm) {
+  int64_t r = A.dim(0);
+  // G = A·Aᵀ [r, r] in f64, from an f32 copy of A (no per-element dtype dispatch in the loops)
+  std::unique_ptr<float[]> Af(new float[std::max<int64_t>(1, r * in)]);
+  convert(A.data, A.dtype, Af.get(), DType::F32, r * in);
+  std::unique_ptr<double[]> G(new double[std::max<int64_t>(1, r * r)]);
+  for (int64_t a = 0; a < r; a++)
+    for (int64_t b = a; b < r; b++) {
+      const float* pa = Af.get() + a * in;
+      const float* pb = Af.get() + b * in;
+      double s = 0;
+      for (int64_t i = 0; i < in; i++) s += double(pa[i]) * pb[i];
+      G[a * r + b] = G[b * r + a] = s;
+    }
+  std::unique_ptr<float[]> Bf(new float[std::max<int64_t>(1, outf * r)]);
+  convert(B.data, B.dtype, Bf.get(), DType::F32, outf * r);
+  const double* Gp = G.get();
+  const float* Bp = Bf.get();
+  parallel_for(
+      outf,
+      [&](int64_t b, int64_t e) {
+        for (int64_t o = b; o < e; o++) {
+          const float* bo = Bp + o * r;
+          double cross = 0, quad = 0;
+          for (int64_t k = 0; k < r; k++) {
+            double bg = 0;
+            for (int64_t j = 0; j < r; j++) bg += double(bo[j]) * Gp[j * r + k];
+            cross += double(Mp[o * m_rs + k * m_cs]) * bo[k];
+            quad += bg * bo[k];
+          }
+          double n2 = double(wsq[o]) + 2.0 * scale * cross + double(scale) * scale * quad;
+          norm[o] = static_cast<float>(std::sqrt(std::max(0.0, n2)));
+        }
+      },
+      std::max<int64_t>(1, 256 / std::max<int64_t>(1, r * r)));
+}
+
 }  // namespace
 
 void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
-                      float* norm) {
+                      float* norm, float* wsq, bool wsq_ready) {
   int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
   int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
   int64_t r = A.dim(0);
-  // M = W·Aᵀ [out, r]
+  std::unique_ptr<float[]> own;
+  if (!wsq) own.reset(new float[std::max<int64_t>(1, outf)]);
+  float* sq = wsq ? wsq : own.get();
+  if (!wsq || !wsq_ready) row_squares(W, fan_in_fan_out, in, outf, sq);
+  // Mᵀ = A·Wᵀ [r, out]: one pass over W, in the forward's orientation (r rows against W, which the
+  // GEMM streams well; W·Aᵀ with W as the tall operand is far slower for small r).
   std::unique_ptr<float[]> M(new float[std::max<int64_t>(1, outf * r)]);
   GemmOutput mo;
   mo.data = M.get();
-  mo.ldc = r;
-  gemm(outf, r, {{weight_oi(W, fan_in_fan_out, in, outf), transposed(A.data, A.dtype, in), in, 1.f}}, mo);
-  norm_from_projection(W, A, B, scale, fan_in_fan_out, M.get(), r, 1, norm);
+  mo.ldc = outf;
+  gemm(r, outf, {{row_major(A.data, A.dtype, in), weight_t(W, fan_in_fan_out, in, outf), in, 1.f}}, mo);
+  norm_from_projection(A, B, scale, in, outf, sq, M.get(), 1, outf, norm);
 }
 
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
-                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& A, const TensorRef& B, float scale,
-                         const TensorRef& magnitude, const TensorRef& y, float* pre, float* norm) {
+                         bool fan_in_fan_out, const TensorRef* u, const TensorRef& A, const TensorRef& B, float scale,
+                         const TensorRef& magnitude, float* norm, bool norm_ready, float* wsq, bool wsq_ready,
+                         const TensorRef& y, const TensorRef* pre) {
   int64_t in = fan_in_fan_out ? W.dim(0) : W.dim(1);
   int64_t outf = fan_in_fan_out ? W.dim(1) : W.dim(0);
-  int64_t n = x.numel() / in, r = B.dim(1);
+  int64_t n = x.rows(), r = A.dim(0);
   MatView wt = weight_t(W, fan_in_fan_out, in, outf);
-  bool dropped = xa.data != x.data;
-  std::unique_ptr<float[]> diff;
-  if (!dropped) {
-    // One GEMM over W for both pre = x·Wᵀ + s·u·Bᵀ and A·Wᵀ = (W·Aᵀ)ᵀ: A's rows are stacked under x's
-    // (with zero u rows), so W is streamed once for the output and the norm's projection.
-    int64_t m = n + r;
-    std::unique_ptr<float[]> X(new float[m * in]), U(new float[std::max<int64_t>(1, m * r)]()), P(new float[m * outf]);
+  // u = xa·Aᵀ, into the caller's tensor (kept for backward) or f32 scratch.
+  std::unique_ptr<float[]> own_u;
+  GemmOutput uo;
+  uo.ldc = r;
+  if (u) {
+    uo.data = u->data;
+    uo.dtype = u->dtype;
+  } else {
+    own_u.reset(new float[std::max<int64_t>(1, n * r)]);
+    uo.data = own_u.get();
+  }
+  gemm(n, r, {{row_major(xa.data, xa.dtype, in), transposed(A.data, A.dtype, in), in, 1.f}}, uo);
+  std::unique_ptr<float[]> own_pre;
+  float* P = nullptr;
+  if (!norm_ready && xa.data == x.data) {
+    // The norm is due and there is no dropout: A's r rows stacked under x (with zero u rows), so one
+    // GEMM streams W for pre = x·Wᵀ + s·u·Bᵀ and for the norm's projection A·Wᵀ.
+    const int64_t m = n + r;
+    std::unique_ptr<float[]> X(new float[std::max<int64_t>(1, m * in)]), U(new float[std::max<int64_t>(1, m * r)]());
     convert(x.data, x.dtype, X.get(), DType::F32, n * in);
     convert(A.data, A.dtype, X.get() + n * in, DType::F32, r * in);
-    convert(u.data, u.dtype, U.get(), DType::F32, n * r);
+    convert(uo.data, uo.dtype, U.get(), DType::F32, n * r);
+    own_pre.reset(new float[std::max<int64_t>(1, m * outf)]);
     GemmOutput po;
-    po.data = P.get();
+    po.data = own_pre.get();
     po.ldc = outf;
     gemm(m, outf,
-         {{row_major(X.get(), DType::F32, in), wt, in, 1.f},
-          {row_major(U.get(), DType::F32, r), transposed(B.data, B.dtype, r), r, scale}},
+         {{row_major(X.get(), DType::F32, in), wt, in, 1.f}, {row_major(U.get(), DType::F32, r), transposed(B.data, B.dtype, r), r, scale}},
          po);
-    std::memcpy(pre, P.get(), n * outf * sizeof(float));
-    norm_from_projection(W, A, B, scale, fan_in_fan_out, P.get() + n * outf, 1, outf, norm);
+    std::unique_ptr<float[]> own_sq;
+    if (!wsq) own_sq.reset(new float[std::max<int64_t>(1, outf)]);
+    float* sq = wsq ? wsq : own_sq.get();
+    if (!wsq || !wsq_ready) row_squares(W, fan_in_fan_out, in, outf, sq);
+    norm_from_projection(A, B, scale, in, outf, sq, own_pre.get() + n * outf, 1, outf, norm);
+    P = own_pre.get();
+    if (pre) std::memcpy(pre->data, P, n * outf * sizeof(float));
   } else {
-    dora_weight_norm(W, A, B, scale, fan_in_fan_out, norm);
+    if (!norm_ready) dora_weight_norm(W, A, B, scale, fan_in_fan_out, norm, wsq, wsq_ready);
+    // pre = xa·Wᵀ + s·u·Bᵀ in one GEMM (the adapter as a K extension), f32
+    P = pre ? static_cast<float*>(pre->data) : (own_pre.reset(new float[std::max<int64_t>(1, n * outf)]), own_pre.get());
     GemmOutput po;
-    po.data = pre;
+    po.data = P;
     po.ldc = outf;
     gemm(n, outf,
-         {{row_major(xa.data, xa.dtype, in), wt, in, 1.f},
-          {row_major(u.data, u.dtype, r), transposed(B.data, B.dtype, r), r, scale}},
+         {{row_major(xa.data, xa.dtype, in), wt, in, 1.f}, {row_major(uo.data, uo.dtype, r), transposed(B.data, B.dtype, r), r, scale}},
          po);
-    // (x − xa)·Wᵀ: the base path outside the dropout
-    diff.reset(new float[n * outf]);
+  }
+  std::unique_ptr<float[]> diff;
+  if (xa.data != x.data) {  // (x − xa)·Wᵀ: the base path outside the dropout
+    diff.reset(new float[std::max<int64_t>(1, n * outf)]);
     GemmOutput d;
     d.data = diff.get();
     d.ldc = outf;
     gemm(n, outf, {{row_major(x.data, x.dtype, in), wt, in, 1.f}, {row_major(xa.data, xa.dtype, in), wt, in, -1.f}}, d);
   }
   std::unique_ptr<float[]> k = scale_vector(magnitude, norm, outf);
+  std::unique_ptr<float[]> bvec;
+  if (bias) {
+    bvec.reset(new float[std::max<int64_t>(1, outf)]);
+    convert(bias->data, bias->dtype, bvec.get(), DType::F32, outf);
+  }
   const float* kp = k.get();
   const float* dp = diff.get();
+  const float* bp = bvec.get();
   parallel_for(
       n,
       [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; i++)
+        for (int64_t i = b; i < e; i++) {
+          const float* prow = P + i * outf;
+          if (!dp && y.dtype == DType::F32) {  // the common f32 case, vectorizable
+            float* yrow = static_cast<float*>(y.data) + i * outf;
+            if (bp)
+              for (int64_t o = 0; o < outf; o++) yrow[o] = kp[o] * prow[o] + bp[o];
+            else
+              for (int64_t o = 0; o < outf; o++) yrow[o] = kp[o] * prow[o];
+            continue;
+          }
           for (int64_t o = 0; o < outf; o++) {
-            float v = kp[o] * pre[i * outf + o];
+            float v = kp[o] * prow[o];
             if (dp) v += dp[i * outf + o];
-            if (bias) v += load_f32(bias->data, bias->dtype, o);
+            if (bp) v += bp[o];
             store_f32(y.data, y.dtype, i * outf + o, v);
           }
+        }
       },
       std::max<int64_t>(1, 8192 / std::max<int64_t>(1, outf)));
 }
@@ -172,7 +225,7 @@ void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_f
         [&](int64_t b, int64_t e) {
           for (int64_t o = b; o < e; o++) {
             double s = 0;
-            for (int64_t i = 0; i < n; i++) s += double(load_f32(dy.data, dy.dtype, i * outf + o)) * a.pre[i * outf + o];
+            for (int64_t i = 0; i < n; i++) s += double(load_f32(dy.data, dy.dtype, i * outf + o)) * a.pre.as<float>()[i * outf + o];
             store_f32(dmagnitude->data, dmagnitude->dtype, o, static_cast<float>(s / a.norm[o]));
           }
         },

@@ -64,16 +64,20 @@ void mixed_linear_forward(const TensorRef& x, const TensorRef& W, const TensorRe
 // norm[o] = ‖row o of W + scale·B·A‖ (in [out, in] layout) from the low-rank identity
 //   ‖W + sBA‖² = ‖W‖² + 2s·rowsum((W·Aᵀ)⊙B) + s²·rowsum((B·(A·Aᵀ))⊙B),
 // so no dense out×in delta is formed: one GEMM W·Aᵀ (out×in×r) plus O(out·r²). norm is f32 [out].
+// wsq (f32 [out] or null) holds ‖W_o‖² across calls while W is unchanged: read when wsq_ready,
+// else written (null: computed here and dropped).
 void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
-                      float* norm);
+                      float* norm, float* wsq, bool wsq_ready);
 
-// norm = ‖W + s·B·A‖ per output (written, f32 [out]); pre = xa·Wᵀ + scale·u·Bᵀ (f32 [n, out], kept for
-// backward); k = magnitude / norm; y = bias + k⊙pre when xa is x (no dropout), else
-// y = bias + (x − xa)·Wᵀ + k⊙pre (peft's training path with dropout recomputes the base on drop(x)).
-// Without dropout one GEMM serves both pre and the norm's projection W·Aᵀ (A's rows stacked under x).
+// peft's DoraLinearLayer forward. The norm is read when norm_ready (the caller caches it per W, A,
+// B, scale), else computed into it as dora_weight_norm does (wsq likewise), without dropout from the
+// forward's own GEMM (A's rows stacked under x). u = xa·Aᵀ (into u when given, for backward); pre =
+// xa·Wᵀ + scale·u·Bᵀ (f32 [n, out], into pre when given, for backward); k = magnitude / norm; y =
+// bias + k⊙pre when xa is x (no dropout), else y = bias + k⊙pre + (x − xa)·Wᵀ (peft with dropout).
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
-                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& A, const TensorRef& B, float scale,
-                         const TensorRef& magnitude, const TensorRef& y, float* pre, float* norm);
+                         bool fan_in_fan_out, const TensorRef* u, const TensorRef& A, const TensorRef& B, float scale,
+                         const TensorRef& magnitude, float* norm, bool norm_ready, float* wsq, bool wsq_ready,
+                         const TensorRef& y, const TensorRef* pre);
 
 // The norm is a constant (detached, as peft): with k = magnitude / norm and dyk = k⊙dy,
 //   dmagnitude = Σ_rows dy⊙pre / norm;  g = scale·dyk·B;  dA = gᵀ·xa;  dB = scale·dykᵀ·u;

@@ -1,8 +1,13 @@
-// DoRA (peft's DoraLinearLayer) on cuda, with the cpu's formulas (native/cpu/dora.cc): the weight
-// norm from the low-rank identity ‖W + sBA‖² = ‖W‖² + 2s·rowsum((W·Aᵀ)⊙B) + s²·rowsum((B·AAᵀ)⊙B)
-// (no dense delta), the forward's pre = xa·Wᵀ + s·u·Bᵀ kept for the backward, and the backward with
-// the norm detached. GEMMs run in exact fp32 on f32 copies (this path is for correctness and API
-// parity, not tuned); reductions are per output in a fixed order (f64), so results repeat bit for bit.
+// DoRA (peft's DoraLinearLayer) on cuda: y = k ⊙ (x·Wᵀ + s·u·Bᵀ) + bias, k = magnitude / ‖W + s·B·A‖
+// per output (the norm detached). Without dropout the forward is the LoRA forward (linear_blas.cu:
+// decode, sm_90 one-pass or cuBLASLt) with k in its epilogue, or in one pass over y fused with the
+// bias; training keeps the unscaled pre = x·Wᵀ + s·u·Bᵀ (x's dtype) for dmagnitude. The norm by the
+// low-rank identity ‖W + sBA‖² = ‖W‖² + 2s·rowsum((W·Aᵀ)⊙B) + s²·rowsum((B·AAᵀ)⊙B): ‖W‖² per row
+// (the caller keeps it while W is unchanged), one GEMM W·Aᵀ reading W in its dtype (f32 output),
+// A·Aᵀ in f32. The backward without dropout is the LoRA backward with dy replaced by k⊙dy; with
+// dropout (dy·W and ((k−1)⊙dy)·W are needed apart) exact fp32 GEMMs on f32 copies. Reductions run
+// per output in a fixed order (f64), so results repeat bit for bit.
+#include <algorithm>
 #include <vector>
 #include "../core/dropout_mask.h"
 #include "common.cuh"
@@ -16,15 +21,14 @@ namespace {
 
 unsigned grid(int64_t n) { return blocks_for(n, 256); }
 
-// One block per output o: ‖W_o‖² in f64 (strided over in; a fixed-shape tree), then the cross and
-// quadratic terms over r, and the square root.
-__global__ void norm_kernel(const float* __restrict__ W, bool fifo, int64_t in, int64_t outf, const float* __restrict__ M,
-                            const float* __restrict__ G, const float* __restrict__ B, int r, float scale, float* __restrict__ norm) {
+// ‖W_o‖² of W [out, in]: one block per output, f64 over a fixed-shape tree.
+template <class T>
+__global__ void row_sq_kernel(const T* __restrict__ W, int64_t in, float* __restrict__ wsq) {
   __shared__ double part[256];
   const int64_t o = blockIdx.x;
   double s = 0;
   for (int64_t i = threadIdx.x; i < in; i += blockDim.x) {
-    const double v = fifo ? W[i * outf + o] : W[o * in + i];
+    const double v = to_f32<T>(W[o * in + i]);
     s += v * v;
   }
   part[threadIdx.x] = s;
@@ -33,7 +37,26 @@ __global__ void norm_kernel(const float* __restrict__ W, bool fifo, int64_t in, 
     if (threadIdx.x < step) part[threadIdx.x] += part[threadIdx.x + step];
     __syncthreads();
   }
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0) wsq[o] = static_cast<float>(part[0]);
+}
+
+// ‖W_o‖² of W [in, out] (fan_in_fan_out): one thread per output, rows in order (coalesced).
+template <class T>
+__global__ void col_sq_kernel(const T* __restrict__ W, int64_t in, int64_t outf, float* __restrict__ wsq) {
+  for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < outf; o += int64_t(gridDim.x) * blockDim.x) {
+    double s = 0;
+    for (int64_t i = 0; i < in; i++) {
+      const double v = to_f32<T>(W[i * outf + o]);
+      s += v * v;
+    }
+    wsq[o] = static_cast<float>(s);
+  }
+}
+
+// norm[o] = √(‖W_o‖² + 2s·Σ_k M[o,k]·B[o,k] + s²·Σ_k (B_o·G)_k·B[o,k]), M = W·Aᵀ, G = A·Aᵀ; f64.
+__global__ void norm_combine_kernel(const float* __restrict__ wsq, const float* __restrict__ M, const float* __restrict__ G,
+                                    const float* __restrict__ B, int64_t outf, int r, float scale, float* __restrict__ norm) {
+  for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < outf; o += int64_t(gridDim.x) * blockDim.x) {
     double cross = 0, quad = 0;
     for (int k = 0; k < r; k++) {
       const double bk = B[o * r + k];
@@ -42,42 +65,85 @@ __global__ void norm_kernel(const float* __restrict__ W, bool fifo, int64_t in, 
       for (int j = 0; j < r; j++) bg += double(B[o * r + j]) * G[j * r + k];
       quad += bg * bk;
     }
-    const double n2 = part[0] + 2.0 * scale * cross + double(scale) * scale * quad;
+    const double n2 = double(wsq[o]) + 2.0 * scale * cross + double(scale) * scale * quad;
     norm[o] = static_cast<float>(sqrt(n2 > 0 ? n2 : 0.0));
   }
 }
 
-// y = bias + k⊙pre (+ diff), k = magnitude / norm, rounded once.
+// k[o] = magnitude[o] / norm[o]
+__global__ void k_kernel(const void* mag, DType mt, const float* __restrict__ norm, int64_t outf, float* __restrict__ k) {
+  for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < outf; o += int64_t(gridDim.x) * blockDim.x)
+    k[o] = load_as_f32(mag, mt, o) / norm[o];
+}
+
+// y[i, c] = k[c]·src[i, c] (+ bias[c]), rounded once; V columns per thread (16-byte accesses when
+// the rows allow), blocks over column strips × row groups so k and bias are read once per thread.
+template <class T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+template <class T, int V>
+__global__ void scale_columns_kernel(const T* src, T* y, const float* __restrict__ k,  // src may be y
+                                     const void* bias, DType bt, int64_t n, int64_t outf) {
+  const int64_t c0 = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
+  if (c0 >= outf) return;
+  float kk[V], bb[V];
+#pragma unroll
+  for (int j = 0; j < V; j++) {
+    kk[j] = k[c0 + j];
+    bb[j] = bias ? load_as_f32(bias, bt, c0 + j) : 0.f;
+  }
+  for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
+    Pack<T, V> p = *reinterpret_cast<const Pack<T, V>*>(src + i * outf + c0);
+#pragma unroll
+    for (int j = 0; j < V; j++) p.v[j] = from_f32<T>(kk[j] * to_f32<T>(p.v[j]) + bb[j]);
+    *reinterpret_cast<Pack<T, V>*>(y + i * outf + c0) = p;
+  }
+}
+
+// dmagnitude[o] = Σ_i dy[i, o]·pre[i, o] / norm[o]: f64 partial sums over kDmagChunks fixed row
+// ranges (enough threads for large n), then summed in range order, so the result repeats exactly.
+constexpr int kDmagChunks = 32;
+
+__global__ void dmag_partial_kernel(const void* dy, DType dt, const void* pre, DType pt, int64_t n, int64_t outf,
+                                    double* __restrict__ part) {
+  const int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (o >= outf) return;
+  const int64_t per = (n + kDmagChunks - 1) / kDmagChunks, i0 = blockIdx.y * per, i1 = i0 + per < n ? i0 + per : n;
+  double s = 0;
+  for (int64_t i = i0; i < i1; i++) s += double(load_as_f32(dy, dt, i * outf + o)) * load_as_f32(pre, pt, i * outf + o);
+  part[blockIdx.y * outf + o] = s;
+}
+
+template <class D>
+__global__ void dmag_final_kernel(const double* __restrict__ part, const float* __restrict__ norm, int64_t outf, D* __restrict__ dm) {
+  for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < outf; o += int64_t(gridDim.x) * blockDim.x) {
+    double s = 0;
+    for (int c = 0; c < kDmagChunks; c++) s += part[c * outf + o];
+    dm[o] = from_f32<D>(static_cast<float>(s / norm[o]));
+  }
+}
+
+// The dropout path's output: y = bias + k⊙pre + diff (f32 pre and diff), rounded once.
 template <class T>
-__global__ void dora_out_kernel(const float* __restrict__ pre, const float* __restrict__ diff, const void* mag, DType mt,
-                                const float* __restrict__ norm, const void* bias, DType bt, int64_t n, int64_t outf, T* __restrict__ y) {
+__global__ void dora_out_kernel(const float* __restrict__ pre, const float* __restrict__ diff, const float* __restrict__ k,
+                                const void* bias, DType bt, int64_t n, int64_t outf, T* __restrict__ y) {
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n * outf; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t o = e % outf;
-    float v = load_as_f32(mag, mt, o) / norm[o] * pre[e];
-    if (diff) v += diff[e];
+    float v = k[o] * pre[e] + diff[e];
     if (bias) v += load_as_f32(bias, bt, o);
     y[e] = from_f32<T>(v);
   }
 }
 
 // dyk = k⊙dy (f32), minus dy too when `minus_dy` (the dropout path's (k − 1)⊙dy).
-__global__ void scale_dy_kernel(const void* dy, DType dt, const void* mag, DType mt, const float* __restrict__ norm,
-                                int64_t n, int64_t outf, bool minus_dy, float* __restrict__ dyk) {
+__global__ void scale_dy_kernel(const void* dy, DType dt, const float* __restrict__ k, int64_t n, int64_t outf, bool minus_dy,
+                                float* __restrict__ dyk) {
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n * outf; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t o = e % outf;
     const float d = load_as_f32(dy, dt, e);
-    dyk[e] = load_as_f32(mag, mt, o) / norm[o] * d - (minus_dy ? d : 0.f);
-  }
-}
-
-// dmagnitude[o] = Σ_i dy[i, o]·pre[i, o] / norm[o], in row order, f64.
-template <class D>
-__global__ void dmag_kernel(const void* dy, DType dt, const float* __restrict__ pre, const float* __restrict__ norm, int64_t n,
-                            int64_t outf, D* __restrict__ dm) {
-  for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < outf; o += int64_t(gridDim.x) * blockDim.x) {
-    double s = 0;
-    for (int64_t i = 0; i < n; i++) s += double(load_as_f32(dy, dt, i * outf + o)) * pre[i * outf + o];
-    dm[o] = from_f32<D>(static_cast<float>(s / norm[o]));
+    dyk[e] = k[o] * d - (minus_dy ? d : 0.f);
   }
 }
 
@@ -123,81 +189,144 @@ __global__ void dora_merge_kernel(const T* W, T* out, const float* __restrict__ 
   }
 }
 
-// W's [out, in] view as the A operand (m = out, k = in) and its transpose as the B operand of x·Wᵀ.
-struct WView {
-  const float* p;
-  bool fifo;
-  int64_t in, outf;
-  // op(A) = W_oi [out, in]
-  bool oi_t() const { return fifo; }
-  int64_t oi_ld() const { return fifo ? outf : in; }
-  // op(B) = Wᵀ [in, out]
-  bool t_t() const { return !fifo; }
-  int64_t t_ld() const { return fifo ? outf : in; }
-};
+// k = magnitude / norm into a device buffer.
+Buf scale_vector(const TensorRef& magnitude, const float* norm, int64_t outf) {
+  Buf k(std::max<int64_t>(outf, 1) * sizeof(float));
+  k_kernel<<<grid(outf), 256, 0, stream()>>>(magnitude.data, magnitude.dtype, norm, outf, k.f());
+  LK_LAUNCHED("dora: k");
+  return k;
+}
 
-void weight_norm_f32(const WView& w, const float* Af, const float* Bf, int64_t r, float scale, float* norm) {
-  Buf M(w.outf * r * sizeof(float)), G(r * r * sizeof(float));
-  gemm_rm(w.outf, r, w.in, w.p, w.oi_ld(), w.oi_t(), Af, w.in, true, M.f(), r, DType::F32, DType::F32, 1.f);  // W·Aᵀ
-  gemm_rm(r, r, w.in, Af, w.in, false, Af, w.in, true, G.f(), r, DType::F32, DType::F32, 1.f);                // A·Aᵀ
-  norm_kernel<<<unsigned(w.outf), 256, 0, stream()>>>(w.p, w.fifo, w.in, w.outf, M.f(), G.f(), Bf, int(r), scale, norm);
-  LK_LAUNCHED("dora: norm");
+TensorRef view(void* data, DType dt, std::vector<int64_t> shape) {
+  TensorRef t;
+  t.data = data;
+  t.dtype = dt;
+  t.shape = std::move(shape);
+  return t;
 }
 
 }  // namespace
 
-void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fifo, float* norm) {
-  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0);
+void scale_columns(const void* src, void* y, DType dt, int64_t n, int64_t outf, const float* k, const void* bias, DType bias_dt) {
+  if (n == 0 || outf == 0) return;
+  dispatch_float(dt, "y", [&](auto z) {
+    using T = decltype(z);
+    constexpr int V = 16 / sizeof(T);
+    const bool packed = outf % V == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
+    const int64_t threads_x = packed ? outf / V : outf;
+    const unsigned gx = blocks_for(threads_x, 128);
+    const unsigned gy = static_cast<unsigned>(std::min<int64_t>({n, 65535, std::max<int64_t>(1, 4096 / gx)}));
+    if (packed)
+      scale_columns_kernel<T, V><<<dim3(gx, gy), 128, 0, stream()>>>(static_cast<const T*>(src), static_cast<T*>(y), k, bias,
+                                                                      bias_dt, n, outf);
+    else
+      scale_columns_kernel<T, 1><<<dim3(gx, gy), 128, 0, stream()>>>(static_cast<const T*>(src), static_cast<T*>(y), k, bias,
+                                                                      bias_dt, n, outf);
+  });
+  LK_LAUNCHED("dora: scale columns");
+}
+
+void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fifo, float* norm,
+                      float* wsq, bool wsq_ready) {
+  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), r = A.dim(0);
+  if (outf == 0) return;
   std::vector<Buf> hold;
-  WView w{as_f32(W, hold), fifo, in, outf};
-  weight_norm_f32(w, as_f32(A, hold), as_f32(B, hold), A.dim(0), scale, norm);
+  Buf own(wsq ? 0 : outf * sizeof(float));
+  float* sq = wsq ? wsq : own.f();
+  if (!wsq || !wsq_ready) {
+    dispatch_float(W.dtype, "weight", [&](auto z) {
+      using T = decltype(z);
+      if (fifo) col_sq_kernel<T><<<grid(outf), 256, 0, stream()>>>(W.as<T>(), in, outf, sq);
+      else row_sq_kernel<T><<<unsigned(outf), 256, 0, stream()>>>(W.as<T>(), in, sq);
+    });
+    LK_LAUNCHED("dora: row norms");
+  }
+  Buf M(outf * r * sizeof(float)), G(r * r * sizeof(float));
+  // M = W·Aᵀ [out, r] with W read in place (A converted to W's dtype when they differ), f32 out.
+  const void* Aw = in_dtype(A, W.dtype, hold);
+  gemm_rm(outf, r, in, W.data, fifo ? outf : in, fifo, Aw, in, true, M.f(), r, W.dtype, DType::F32, 1.f);
+  const float* Af = as_f32(A, hold);
+  gemm_rm(r, r, in, Af, in, false, Af, in, true, G.f(), r, DType::F32, DType::F32, 1.f);  // A·Aᵀ
+  norm_combine_kernel<<<grid(outf), 256, 0, stream()>>>(sq, M.f(), G.f(), as_f32(B, hold), outf, int(r), scale, norm);
+  LK_LAUNCHED("dora: norm");
 }
 
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias, bool fifo,
-                         const TensorRef& u, const TensorRef& A, const TensorRef& B, float scale, const TensorRef& magnitude,
-                         const TensorRef& y, float* pre, float* norm) {
-  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = x.numel() / in, r = B.dim(1);
-  std::vector<Buf> hold;
-  WView w{as_f32(W, hold), fifo, in, outf};
-  const float* Af = as_f32(A, hold);
-  const float* Bf = as_f32(B, hold);
-  weight_norm_f32(w, Af, Bf, r, scale, norm);
-  const float* xaf = as_f32(xa, hold);
-  const float* uf = as_f32(u, hold);
-  gemm_rm(n, outf, in, xaf, in, false, w.p, w.t_ld(), w.t_t(), pre, outf, DType::F32, DType::F32, 1.f);
-  gemm_rm(n, outf, r, uf, r, false, Bf, r, true, pre, outf, DType::F32, DType::F32, scale, 1.f);
-  const bool dropped = xa.data != x.data;
-  Buf diff(dropped ? n * outf * sizeof(float) : 0);
-  if (dropped) {  // (x − xa)·Wᵀ: the base path outside the dropout
-    const float* xf = as_f32(x, hold);
-    Buf dx(n * in * sizeof(float));
-    sub_kernel<<<grid(n * in), 256, 0, stream()>>>(xf, xaf, n * in, dx.f());
-    LK_LAUNCHED("dora: x - xa");
-    gemm_rm(n, outf, in, dx.f(), in, false, w.p, w.t_ld(), w.t_t(), diff.f(), outf, DType::F32, DType::F32, 1.f);
+                         const TensorRef* u, const TensorRef& A, const TensorRef& B, float scale, const TensorRef& magnitude,
+                         float* norm, bool norm_ready, float* wsq, bool wsq_ready, const TensorRef& y, const TensorRef* pre) {
+  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = in ? x.numel() / in : 0;
+  const DType dt = W.dtype;
+  if (x.dtype != dt || y.dtype != dt || (pre && pre->dtype != dt))
+    throw_type(std::string("x: on cuda, x, y and pre take the weight's dtype (") + dtype_name(dt) + ")");
+  if (!norm_ready) dora_weight_norm(W, A, B, scale, fifo, norm, wsq, wsq_ready);  // its own pass over W
+  Buf k = scale_vector(magnitude, norm, outf);
+  const void* bp = bias ? bias->data : nullptr;
+  const DType bt = bias ? bias->dtype : DType::F32;
+  if (xa.data == x.data) {  // no dropout: the LoRA forward, k in its epilogue or one pass over y
+    const std::vector<FusedAdapter> ad{{A, B, scale, u}};
+    if (!pre) {
+      lora_forward_scaled(x, W, bias, fifo, ad, y, k.f());
+    } else {
+      lora_forward(x, W, nullptr, fifo, ad, *pre);
+      scale_columns(pre->data, y.data, dt, n, outf, k.f(), bp, bt);
+    }
+    return;
   }
-  dispatch_float(y.dtype, "y", [&](auto z) {
+  // Dropout: pre = xa·Wᵀ + s·u·Bᵀ, and the base path outside the dropout (x − xa)·Wᵀ, in f32.
+  const int64_t r = A.dim(0);
+  Buf own_u(u ? 0 : n * r * dtype_size(dt));
+  const TensorRef ur = u ? *u : view(own_u.p, dt, {n, r});
+  lora_shrink(xa, A, ur);
+  std::vector<Buf> hold;
+  const float* Wf = as_f32(W, hold);
+  const float* xaf = as_f32(xa, hold);
+  const float* xf = as_f32(x, hold);
+  const int64_t wld = fifo ? outf : in;
+  Buf P(n * outf * sizeof(float)), diff(n * outf * sizeof(float)), dx(n * in * sizeof(float));
+  gemm_rm(n, outf, in, xaf, in, false, Wf, wld, !fifo, P.f(), outf, DType::F32, DType::F32, 1.f);
+  gemm_rm(n, outf, r, as_f32(ur, hold), r, false, as_f32(B, hold), r, true, P.f(), outf, DType::F32, DType::F32, scale, 1.f);
+  sub_kernel<<<grid(n * in), 256, 0, stream()>>>(xf, xaf, n * in, dx.f());
+  LK_LAUNCHED("dora: x - xa");
+  gemm_rm(n, outf, in, dx.f(), in, false, Wf, wld, !fifo, diff.f(), outf, DType::F32, DType::F32, 1.f);
+  dispatch_float(dt, "y", [&](auto z) {
     using T = decltype(z);
-    dora_out_kernel<T><<<grid(n * outf), 256, 0, stream()>>>(pre, diff.f(), magnitude.data, magnitude.dtype, norm,
-                                                            bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, n,
-                                                            outf, y.as<T>());
+    dora_out_kernel<T><<<grid(n * outf), 256, 0, stream()>>>(P.f(), diff.f(), k.f(), bp, bt, n, outf, y.as<T>());
   });
   LK_LAUNCHED("dora: output");
+  if (pre) store(P.f(), *pre);
 }
 
 void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fifo, const DoraBackwardArgs& a,
                           const TensorRef* dx, const TensorRef* dA, const TensorRef* dB, const TensorRef* dmagnitude) {
   const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = dy.numel() / outf, r = a.B.dim(1);
-  std::vector<Buf> hold;
+  const DType dt = W.dtype;
+  if (dy.dtype != dt) throw_type(std::string("dy: on cuda, expected the weight's dtype (") + dtype_name(dt) + ")");
   if (dmagnitude) {
+    Buf part(size_t(kDmagChunks) * std::max<int64_t>(outf, 1) * sizeof(double));
+    if (n > 0) {
+      dmag_partial_kernel<<<dim3(blocks_for(outf, 256), kDmagChunks), 256, 0, stream()>>>(dy.data, dy.dtype, a.pre.data, a.pre.dtype,
+                                                                                          n, outf, static_cast<double*>(part.p));
+      LK_LAUNCHED("dora: dmagnitude partials");
+    } else {
+      LK_CUDA(cudaMemsetAsync(part.p, 0, part.n, stream()), "memset");
+    }
     dispatch_float(dmagnitude->dtype, "dmagnitude", [&](auto z) {
       using D = decltype(z);
-      dmag_kernel<D><<<grid(outf), 256, 0, stream()>>>(dy.data, dy.dtype, a.pre, a.norm, n, outf, dmagnitude->as<D>());
+      dmag_final_kernel<D><<<grid(outf), 256, 0, stream()>>>(static_cast<const double*>(part.p), a.norm, outf, dmagnitude->as<D>());
     });
     LK_LAUNCHED("dora: dmagnitude");
   }
+  Buf k = scale_vector(a.magnitude, a.norm, outf);
+  if (a.dropout_p <= 0.f) {  // the LoRA backward of k⊙dy: g = s·dyk·B, dA = gᵀ·xa, dB = s·dykᵀ·u, dx = dyk·W + g·A
+    Buf dyk(std::max<int64_t>(n * outf, 1) * dtype_size(dt));
+    scale_columns(dy.data, dyk.p, dt, n, outf, k.f(), nullptr, DType::F32);
+    BackwardTerm t{a.xa, a.u, a.A, a.B, a.scale, 0.f, a.seed, a.stream, dA, dB};
+    linear_backward(view(dyk.p, dt, dy.shape), W, fifo, {t}, dx);
+    return;
+  }
+  std::vector<Buf> hold;
   Buf dyk(n * outf * sizeof(float));
-  scale_dy_kernel<<<grid(n * outf), 256, 0, stream()>>>(dy.data, dy.dtype, a.magnitude.data, a.magnitude.dtype, a.norm, n, outf,
-                                                        false, dyk.f());
+  scale_dy_kernel<<<grid(n * outf), 256, 0, stream()>>>(dy.data, dy.dtype, k.f(), n, outf, false, dyk.f());
   LK_LAUNCHED("dora: k*dy");
   const float* Af = as_f32(a.A, hold);
   const float* Bf = as_f32(a.B, hold);
@@ -214,25 +343,18 @@ void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fifo, co
     store(o.f(), *dA);
   }
   if (!dx) return;
-  WView w{as_f32(W, hold), fifo, in, outf};
+  const float* Wf = as_f32(W, hold);
   // op(B) = W_oi [out, in] for dy·W: stored [out, in] (no transpose) or [in, out] (transpose)
   const bool wt = fifo;
   const int64_t wld = fifo ? outf : in;
   Buf out(n * in * sizeof(float));
-  if (a.dropout_p <= 0.f) {  // dx = dyk·W + g·A
-    gemm_rm(n, in, outf, dyk.f(), outf, false, w.p, wld, wt, out.f(), in, DType::F32, DType::F32, 1.f);
-    gemm_rm(n, in, r, g.f(), r, false, Af, in, false, out.f(), in, DType::F32, DType::F32, 1.f, 1.f);
-    store(out.f(), *dx);
-    return;
-  }
   // dx = dy·W + mask⊙(((k − 1)⊙dy)·W + g·A)/(1 − p)
-  scale_dy_kernel<<<grid(n * outf), 256, 0, stream()>>>(dy.data, dy.dtype, a.magnitude.data, a.magnitude.dtype, a.norm, n, outf,
-                                                        true, dyk.f());
+  scale_dy_kernel<<<grid(n * outf), 256, 0, stream()>>>(dy.data, dy.dtype, k.f(), n, outf, true, dyk.f());
   LK_LAUNCHED("dora: (k-1)*dy");
   const float* dyf = as_f32(dy, hold);
-  gemm_rm(n, in, outf, dyf, outf, false, w.p, wld, wt, out.f(), in, DType::F32, DType::F32, 1.f);
+  gemm_rm(n, in, outf, dyf, outf, false, Wf, wld, wt, out.f(), in, DType::F32, DType::F32, 1.f);
   Buf inner(n * in * sizeof(float));
-  gemm_rm(n, in, outf, dyk.f(), outf, false, w.p, wld, wt, inner.f(), in, DType::F32, DType::F32, 1.f);
+  gemm_rm(n, in, outf, dyk.f(), outf, false, Wf, wld, wt, inner.f(), in, DType::F32, DType::F32, 1.f);
   gemm_rm(n, in, r, g.f(), r, false, Af, in, false, inner.f(), in, DType::F32, DType::F32, 1.f, 1.f);
   masked_add_kernel<<<grid(n * in), 256, 0, stream()>>>(inner.f(), out.f(), n * in, a.seed, a.stream, a.dropout_p);
   LK_LAUNCHED("dora: dropout");

@@ -1,5 +1,5 @@
 // One-pass LoRA GEMM for Hopper: C = A0·op(B0) + Σ s_i·A_i·op(B_i) (+ bias), 16-bit operands,
-// f32 accumulation, C written once.
+// f32 accumulation, C written once (optionally each column scaled first: DoRA's k).
 //
 // Why hand-written: cuBLASLt has no hook for a second, low-rank operand pair in its main loop, so
 // with it the LoRA term costs a second GEMM that reads and writes C again. Here the adapters'
@@ -51,6 +51,7 @@ struct Params {
   int M, N, tiles_m, tiles_n;
   int group;  // row tiles per group in the tile order
   const void* bias;
+  const float* col_scale;  // f32 [N] or null: DoRA's per-output scale, before the bias
   void* C;
 };
 
@@ -160,16 +161,20 @@ __device__ __forceinline__ void consumer_tile(const Params& p, uint8_t* smem, ui
 #pragma unroll
   for (int j = 0; j < 32; j++) {
     const int col = 8 * j + 2 * (lane % 4);
-    float b0 = 0.f, b1 = 0.f;
+    float b0 = 0.f, b1 = 0.f, s0 = fs, s1 = fs;
     if (bias && n0 + col < p.N) {
       b0 = to_f32(bias[n0 + col]);
       b1 = to_f32(bias[n0 + col + 1]);
     }
+    if (p.col_scale && n0 + col < p.N) {
+      s0 = fs * p.col_scale[n0 + col];
+      s1 = fs * p.col_scale[n0 + col + 1];
+    }
     T2 lo, hi;
-    lo.x = from_f32<T>(d[4 * j] * fs + b0);
-    lo.y = from_f32<T>(d[4 * j + 1] * fs + b1);
-    hi.x = from_f32<T>(d[4 * j + 2] * fs + b0);
-    hi.y = from_f32<T>(d[4 * j + 3] * fs + b1);
+    lo.x = from_f32<T>(d[4 * j] * s0 + b0);
+    lo.y = from_f32<T>(d[4 * j + 1] * s1 + b1);
+    hi.x = from_f32<T>(d[4 * j + 2] * s0 + b0);
+    hi.y = from_f32<T>(d[4 * j + 3] * s1 + b1);
     *reinterpret_cast<T2*>(stage + r0 * kStagePitch + col) = lo;
     *reinterpret_cast<T2*>(stage + (r0 + 8) * kStagePitch + col) = hi;
   }
@@ -359,7 +364,8 @@ bool sm90_gemm_supports(DType dt, int64_t M, int64_t N, const std::vector<Sm90Op
   return sm90_gemm_usable();
 }
 
-void sm90_lora_gemm(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operand>& ops, const void* bias, void* C) {
+void sm90_lora_gemm(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operand>& ops, const void* bias, void* C,
+                    const float* col_scale) {
   if (!sm90_gemm_supports(dt, M, N, ops, bias, C)) throw_state("cuda: the sm_90 LoRA GEMM does not take these operands");
   Params p{};
   const int cluster = cluster_size();
@@ -382,6 +388,7 @@ void sm90_lora_gemm(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operan
   p.tiles_n = int((N + kBN - 1) / kBN);
   p.group = group_rows();
   p.bias = bias;
+  p.col_scale = col_scale;
   p.C = C;
   const bool b0k = ops[0].b_kmajor, blk = ops.size() > 1 ? ops[1].b_kmajor : true;
   if (dt == DType::BF16) {

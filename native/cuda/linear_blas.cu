@@ -342,18 +342,26 @@ void base_gemm(const TensorRef& x, const TensorRef& W, const TensorRef& y, bool 
 
 void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
                     const std::vector<ForwardTerm>& terms, const TensorRef& y) {
+  linear_forward_scaled(x, W, bias, fifo, terms, y, nullptr);
+}
+
+void linear_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
+                           const std::vector<ForwardTerm>& terms, const TensorRef& y, const float* col_scale) {
   require_dtype(x, W.dtype, "x", "the weight");
   require_dtype(y, W.dtype, "y", "the weight");
+  const DType dt = W.dtype;
+  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = in ? x.numel() / in : 0;
   if (decode_applicable(x, W, fifo, terms)) {
-    decode_forward(x, W, bias, terms, y);
+    decode_forward(x, W, col_scale ? nullptr : bias, terms, y);
+    if (col_scale) scale_columns(y.data, y.data, dt, n, outf, col_scale, bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32);
     return;
   }
-  const DType dt = W.dtype;
-  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = x.numel() / in;
   if (n == 0 || outf == 0) return;
   Scratch sbias;
   const void* b = bias ? as_dtype(*bias, dt, sbias) : nullptr;
-  // Two cuBLASLt GEMMs: y (+)= s·u·Bᵀ per adapter (bias on the first), then y (+)= x·Wᵀ.
+  // Two cuBLASLt GEMMs: y (+)= s·u·Bᵀ per adapter (bias on the first), then y (+)= x·Wᵀ; with
+  // col_scale the bias joins the scale's pass over y instead.
+  const void* gemm_bias = col_scale ? nullptr : b;
   auto two_gemms = [&](void* out) {
     bool have_y = false;
     for (const auto& t : terms) {
@@ -361,16 +369,17 @@ void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
       Scratch su, sb;
       const void* u = as_dtype(t.u, dt, su);
       const void* Bp = as_dtype(t.B, dt, sb);
-      run(Gemm{n, outf, r, u, r, false, Bp, r, true, out, outf, dt, dt, t.scale, have_y ? 1.f : 0.f, have_y ? nullptr : b});
+      run(Gemm{n, outf, r, u, r, false, Bp, r, true, out, outf, dt, dt, t.scale, have_y ? 1.f : 0.f, have_y ? nullptr : gemm_bias});
       have_y = true;
     }
     if (in == 0) {
       if (!have_y) throw_range("x: in_features is 0");
-      return;
+    } else {
+      // W [out, in] is Bᵀ stored row-major [n=out, k=in]; fan_in_fan_out W [in, out] is B.
+      run(Gemm{n, outf, in, x.data, in, false, W.data, fifo ? outf : in, !fifo, out, outf, dt, dt, 1.f, have_y ? 1.f : 0.f,
+               have_y ? nullptr : gemm_bias});
     }
-    // W [out, in] is Bᵀ stored row-major [n=out, k=in]; fan_in_fan_out W [in, out] is B.
-    run(Gemm{n, outf, in, x.data, in, false, W.data, fifo ? outf : in, !fifo, out, outf, dt, dt, 1.f, have_y ? 1.f : 0.f,
-             have_y ? nullptr : b});
+    if (col_scale) scale_columns(out, out, dt, n, outf, col_scale, b, dt);
   };
   if (in > 0 && sm90_considered(n)) {  // y = x·Wᵀ + Σ s·u·Bᵀ + bias in one pass, y written once
     std::vector<Buf> hold;
@@ -378,8 +387,8 @@ void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
     for (const auto& t : terms)
       if (t.scale != 0.f) ops.push_back({in_dtype(t.u, dt, hold), in_dtype(t.B, dt, hold), t.B.dim(1), t.scale, true});
     if (sm90_gemm_supports(dt, n, outf, ops, b, y.data)) {
-      auto one_pass = [&](void* out) { sm90_lora_gemm(dt, n, outf, ops, b, out); };
-      std::string key = shape_key("fwd", dt, n, {in, outf, fifo, b != nullptr});
+      auto one_pass = [&](void* out) { sm90_lora_gemm(dt, n, outf, ops, b, out, col_scale); };
+      std::string key = shape_key("fwd", dt, n, {in, outf, fifo, b != nullptr, col_scale != nullptr});
       for (size_t i = 1; i < ops.size(); i++) key += ":r" + std::to_string(ops[i].k);
       if (use_sm90(key, size_t(n * outf) * dtype_size(dt), one_pass, two_gemms)) {
         one_pass(y.data);
@@ -392,6 +401,11 @@ void linear_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
 
 void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
                   const std::vector<FusedAdapter>& adapters, const TensorRef& y) {
+  lora_forward_scaled(x, W, bias, fifo, adapters, y, nullptr);
+}
+
+void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
+                         const std::vector<FusedAdapter>& adapters, const TensorRef& y, const float* col_scale) {
   require_dtype(x, W.dtype, "x", "the weight");
   const int64_t in = fifo ? W.dim(0) : W.dim(1), n = in ? x.numel() / in : 0;
   // Small batches: f32 u from the small shrink kernel, then the decode kernel (which reads any dtype).
@@ -416,7 +430,7 @@ void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias,
     else lora_shrink(x, a.A, u);
     terms.push_back({u, a.B, a.scale});
   }
-  cuda::linear_forward(x, W, bias, fifo, terms, y);
+  cuda::linear_forward_scaled(x, W, bias, fifo, terms, y, col_scale);
 }
 
 void linear_backward(const TensorRef& dy, const TensorRef& W, bool fifo, const std::vector<BackwardTerm>& terms,

@@ -51,6 +51,12 @@ bool lora_grad_fused(const TensorRef& dy, const void* B, const void* u, int64_t 
 // in x's dtype; else into scratch), then linear_forward. No dropout (callers with dropout use the pieces).
 void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
                   const std::vector<FusedAdapter>& adapters, const TensorRef& y);
+// DoRA's forward: y = col_scale ⊙ (x·Wᵀ + Σ s·u·Bᵀ) + bias, col_scale f32 [out] on the device (the
+// sm_90 kernel applies it in its epilogue, the other paths in one pass over y with the bias).
+void linear_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
+                           const std::vector<ForwardTerm>& terms, const TensorRef& y, const float* col_scale);
+void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
+                         const std::vector<FusedAdapter>& adapters, const TensorRef& y, const float* col_scale);
 
 // gemm_sm90.cu (Hopper, sm_90a): C [M, N] = A0·op(B0) + Σ scale_i·A_i·op(B_i) (+ bias) in one
 // pass, 16-bit operands and C, f32 accumulation. A_i [M, k_i] row-major; B_i [N, k_i] (b_kmajor)
@@ -67,7 +73,9 @@ bool sm90_gemm_usable();  // a cc 9.0 device and a kernel image for it
 // Shapes, alignment (16 B rows and pointers, N % 8 == 0, k_i % 8 == 0) and a usable device.
 bool sm90_gemm_supports(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operand>& ops, const void* bias,
                         const void* C);
-void sm90_lora_gemm(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operand>& ops, const void* bias, void* C);
+// col_scale (f32 [N] or null) multiplies each column before the bias: C = col_scale ⊙ (…) + bias.
+void sm90_lora_gemm(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operand>& ops, const void* bias, void* C,
+                    const float* col_scale = nullptr);
 uint64_t sm90_gemm_launches();  // launches so far in this process (benchmarks, tests)
 
 // mixed_batch.cu: y = x·Wᵀ + b + scale_a·(x·A_aᵀ)·B_aᵀ with a = row_adapter[i] per row (-1: base).
@@ -81,12 +89,15 @@ void embedding_forward(const TensorRef& idx, const TensorRef& W, const std::vect
 void embedding_backward(const TensorRef& idx, const TensorRef& dy, const TensorRef& A, const TensorRef& B, float scale,
                         int64_t padding_idx, const TensorRef* dA, const TensorRef* dB);
 
-// dora.cu: DoRA on a linear layer (the cpu's formulas; norm and pre are device f32 buffers).
+// dora.cu: DoRA on a linear layer (formulas in dora.cu; norm, wsq and k are device f32 buffers).
 void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
-                      float* norm);
+                      float* norm, float* wsq, bool wsq_ready);
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
-                         bool fan_in_fan_out, const TensorRef& u, const TensorRef& A, const TensorRef& B, float scale,
-                         const TensorRef& magnitude, const TensorRef& y, float* pre, float* norm);
+                         bool fan_in_fan_out, const TensorRef* u, const TensorRef& A, const TensorRef& B, float scale,
+                         const TensorRef& magnitude, float* norm, bool norm_ready, float* wsq, bool wsq_ready,
+                         const TensorRef& y, const TensorRef* pre);
+// y = k ⊙ src + bias per column (src [n, out] in dt, may be y; k f32 [out]; bias [out] of bias_dt or null).
+void scale_columns(const void* src, void* y, DType dt, int64_t n, int64_t outf, const float* k, const void* bias, DType bias_dt);
 void dora_linear_backward(const TensorRef& dy, const TensorRef& W, bool fan_in_fan_out, const DoraBackwardArgs& a,
                           const TensorRef* dx, const TensorRef* dA, const TensorRef* dB, const TensorRef* dmagnitude);
 void dora_merge(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,

@@ -17,6 +17,7 @@ Napi::Value RunAsync(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     KernelCall c = build(info);
     c.check_access();
+    c.mark_writes();
     c.order_streams();
     return queue_async(info, std::move(c));
   });

@@ -1,5 +1,5 @@
 // DoRA ops (peft's DoraLinearLayer): argument checks only. The weight norm is detached (a
-// constant in backward) and kept f32, as are the saved pre-activations.
+// constant in backward) and kept f32; the saved pre-activations are in the scratch dtype.
 #include <napi.h>
 #include "../core/backend.h"
 #include "args.h"
@@ -9,7 +9,21 @@
 namespace lorakit {
 namespace napi {
 
-// doraWeightNorm(W, A, B, scale, fifo, norm f32 [out])
+namespace {
+
+// The saved pre-activations [n, out] in the backend's scratch dtype for x's dtype (f32 on the cpu,
+// x's dtype on cuda): the forward's unscaled x·Wᵀ + s·u·Bᵀ.
+void require_pre_dtype(Device dev, const TensorRef& pre, DType x_dtype, const std::string& name) {
+  const DType want = backend_for(dev).scratch_dtype(x_dtype);
+  if (pre.dtype != want)
+    throw_type(name + ": expected " + dtype_name(want) + " (the scratch dtype for " + dtype_name(x_dtype) + " inputs), got " +
+               dtype_name(pre.dtype));
+}
+
+}  // namespace
+
+// doraWeightNorm(W, A, B, scale, fifo, norm f32 [out], wsq f32 [out] | null, wsqReady): wsq holds
+// ‖W_o‖² across calls while W is unchanged: read when wsqReady, else written.
 KernelCall BuildDoraWeightNorm(const Napi::CallbackInfo& info) {
   KernelCall c;
   const Device dev = device_of(info[0], "weight");
@@ -21,12 +35,17 @@ KernelCall BuildDoraWeightNorm(const Napi::CallbackInfo& info) {
   LinearDims d = linear_dims(W, fifo);
   check_adapter(A, B, d, "");
   TensorRef norm = f32_operand(c, info[5], "norm", dev, {d.out}, Access::Write);
+  const bool has_wsq = info.Length() > 6 && !info[6].IsNull() && !info[6].IsUndefined();
+  const bool wsq_ready = has_wsq && get_bool(info, 7, "wsqReady");
+  float* wsq = has_wsq ? f32_operand(c, info[6], "wsq", dev, {d.out}, wsq_ready ? Access::Read : Access::Write).as<float>() : nullptr;
   auto weight_norm = LORAKIT_OP(dev, dora_weight_norm);
-  c.run = [=] { weight_norm(W, A, B, scale, fifo, norm.as<float>()); };
+  c.run = [=] { weight_norm(W, A, B, scale, fifo, norm.as<float>(), wsq, wsq_ready); };
   return c;
 }
 
-// doraLinearForward(x, xa, W, bias|null, fifo, u, A, B, scale, norm (written), magnitude, y, pre (written))
+// doraLinearForward(x, xa, W, bias|null, fifo, u|null (written: xa·Aᵀ), A, B, scale, norm, magnitude,
+// y, pre|null (written: x·Wᵀ + s·u·Bᵀ without k, for backward), normReady, wsq|null, wsqReady): norm
+// is read when normReady, else computed into it (wsq as doraWeightNorm's).
 KernelCall BuildDoraLinearForward(const Napi::CallbackInfo& info) {
   KernelCall c;
   const Device dev = device_of(info[0], "x");
@@ -40,22 +59,30 @@ KernelCall BuildDoraLinearForward(const Napi::CallbackInfo& info) {
     throw_range("x: expected shape [..., " + std::to_string(d.in) + "] (in_features), got " + shape_str(x.shape));
   require_same_shape(xa, x.shape, "xa");
   if (bias.set) require_same_shape(bias.ref, {d.out}, "bias");
-  TensorRef u = float_operand(c, info[5], "u", dev);
+  OptRef u = float_operand_or_null(c, info[5], "u", dev, Access::Write);
   TensorRef A = float_operand(c, info[6], "A", dev);
   TensorRef B = float_operand(c, info[7], "B", dev);
   check_adapter(A, B, d, "");
   int64_t r = A.shape[0], n = x.rows();
-  require_same_shape(u, with_last(x.shape, r), "u");
+  if (u.set) require_same_shape(u.ref, with_last(x.shape, r), "u");
   float scale = to_scale(get_number(info, 8, "scale"), "scale");
-  TensorRef norm = f32_operand(c, info[9], "norm", dev, {d.out}, Access::Write);
+  const bool norm_ready = info.Length() <= 13 || info[13].IsUndefined() || get_bool(info, 13, "normReady");
+  TensorRef norm = f32_operand(c, info[9], "norm", dev, {d.out}, norm_ready ? Access::Read : Access::Write);
+  const bool has_wsq = !norm_ready && info.Length() > 14 && !info[14].IsNull() && !info[14].IsUndefined();
+  const bool wsq_ready = has_wsq && get_bool(info, 15, "wsqReady");
+  float* wsq = has_wsq ? f32_operand(c, info[14], "wsq", dev, {d.out}, wsq_ready ? Access::Read : Access::Write).as<float>() : nullptr;
   TensorRef mag = float_operand(c, info[10], "magnitude", dev);
   require_same_shape(mag, {d.out}, "magnitude");
   TensorRef y = float_operand(c, info[11], "y", dev, Access::Write);
   require_same_shape(y, with_last(x.shape, d.out), "y");
   require_distinct(y, x, "y", "x");
-  TensorRef pre = f32_operand(c, info[12], "pre", dev, {n, d.out}, Access::Write);
+  OptRef pre = float_operand_or_null(c, info[12], "pre", dev, Access::Write);
+  if (pre.set) {
+    require_same_shape(pre.ref, {n, d.out}, "pre");
+    require_pre_dtype(dev, pre.ref, x.dtype, "pre");
+  }
   auto forward = LORAKIT_OP(dev, dora_linear_forward);
-  c.run = [=] { forward(x, xa, W, bias.ptr(), fifo, u, A, B, scale, mag, y, pre.as<float>(), norm.as<float>()); };
+  c.run = [=] { forward(x, xa, W, bias.ptr(), fifo, u.ptr(), A, B, scale, mag, norm.as<float>(), norm_ready, wsq, wsq_ready, y, pre.ptr()); };
   return c;
 }
 
@@ -88,7 +115,9 @@ KernelCall BuildDoraLinearBackward(const Napi::CallbackInfo& info) {
   a.seed = to_seed(number_prop(o, "seed", "term"), "term.seed");
   a.stream = to_counter(number_prop(o, "stream", "term"), "term.stream");
   a.norm = f32_operand(c, o.Get("norm"), "term.norm", dev, {d.out}, Access::Read).as<float>();
-  a.pre = f32_operand(c, o.Get("pre"), "term.pre", dev, {n, d.out}, Access::Read).as<float>();
+  a.pre = float_operand(c, o.Get("pre"), "term.pre", dev);
+  require_same_shape(a.pre, {n, d.out}, "term.pre");
+  require_pre_dtype(dev, a.pre, dy.dtype, "term.pre");
   OptRef dx = float_operand_or_null(c, info[4], "dx", dev, Access::Write);
   OptRef dA = float_operand_or_null(c, info[5], "dA", dev, Access::Write);
   OptRef dB = float_operand_or_null(c, info[6], "dB", dev, Access::Write);

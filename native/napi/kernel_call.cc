@@ -19,6 +19,11 @@ void KernelCall::check_access() const {
   }
 }
 
+void KernelCall::mark_writes() const {
+  for (const Use& u : uses)
+    if (u.write) u.tensor->storage()->version.fetch_add(1);
+}
+
 void KernelCall::order_streams() {
   for (const Use& u : uses) {
     const Backend& b = backend_for(u.tensor->device());

@@ -37,6 +37,8 @@ struct KernelCall {
   // StateError when async work holds a tensor in a conflicting way; RangeError when an output is
   // also passed as another operand (the kernels do not support aliasing).
   void check_access() const;
+  // Bumps the version of every tensor written (after check_access, before the work is queued).
+  void mark_writes() const;
   // Devices with streams: takes the calling thread's current stream and orders it after other
   // streams' conflicting use of the tensors (events). Called on the JS thread, in call order,
   // before the work is queued.
@@ -66,6 +68,7 @@ Napi::Value RunSync(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     KernelCall c = build(info);
     c.check_access();
+    c.mark_writes();
     c.order_streams();
     c.run();
     return c.result_value(info.Env());

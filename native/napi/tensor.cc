@@ -18,7 +18,8 @@ void NativeTensor::Init(Napi::Env env, Napi::Object exports) {
                                     {InstanceMethod<&NativeTensor::Write>("write"),
                                      InstanceMethod<&NativeTensor::Read>("read"),
                                      InstanceMethod<&NativeTensor::Dispose>("dispose"),
-                                     InstanceMethod<&NativeTensor::ByteLength>("byteLength")});
+                                     InstanceMethod<&NativeTensor::ByteLength>("byteLength"),
+                                     InstanceMethod<&NativeTensor::Version>("version")});
   addon_data(env)->tensor_ctor = Napi::Persistent(ctor);
   exports.Set("NativeTensor", ctor);
 }
@@ -185,6 +186,13 @@ Napi::Value NativeTensor::ByteLength(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), storage_ ? static_cast<double>(storage_->nbytes) : 0);
 }
 
+// version(): how many writes the storage has seen; -1 for a wrapped array's memory, which JS may
+// change without a call, so nothing may be cached from it.
+Napi::Value NativeTensor::Version(const Napi::CallbackInfo& info) {
+  if (!storage_ || storage_->external) return Napi::Number::New(info.Env(), -1);
+  return Napi::Number::New(info.Env(), static_cast<double>(storage_->version.load()));
+}
+
 // write(typedArray): fills the whole tensor, converting to its dtype.
 Napi::Value NativeTensor::Write(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
@@ -206,6 +214,7 @@ Napi::Value NativeTensor::Write(const Napi::CallbackInfo& info) {
                   " needs " + std::to_string(n));
     if (raw == nullptr && n > 0) throw_type("data: the ArrayBuffer is detached");
     if (n == 0) return info.Env().Undefined();
+    storage_->version.fetch_add(1);
     const uint8_t* src = static_cast<const uint8_t*>(raw);
     DType dt = ref_.dtype;
     // A cuda tensor is filled through a host staging copy in its own dtype.

@@ -40,6 +40,7 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value ByteLength(const Napi::CallbackInfo& info);
+  Napi::Value Version(const Napi::CallbackInfo& info);
   void release(Napi::Env env);
   void init_owned(const Napi::CallbackInfo& info);
   void init_wrapped(const Napi::CallbackInfo& info);
