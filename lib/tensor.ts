@@ -284,6 +284,8 @@ function resizedHint(data: ArrayBufferView): string {
 
 /** Throws unless t is a live float tensor on the given device; returns it. */
 export function requireFloatTensor(t: unknown, name: string, device: Device = 'cpu'): Tensor {
+  if (isQuantized(t))
+    throw new DTypeError(`${name}: expected a float Tensor, got a QuantizedTensor (${(t as { format: string }).format}): call .dequantize() for a float copy`);
   if (!Tensor.isTensor(t)) throw new LoraTypeError(`${name}: expected a Tensor, got ${describe(t)}`);
   if (t.disposed) throw new StateError(`${name}: the tensor was disposed`);
   if (!isFloatDType(t.dtype)) throw new DTypeError(`${name}: expected a float tensor (f32, f16, bf16), got ${t.dtype}`);
@@ -291,7 +293,13 @@ export function requireFloatTensor(t: unknown, name: string, device: Device = 'c
   return t;
 }
 
+/** A QuantizedTensor (quantized_tensor.ts brands them; that module imports this one, not the reverse). */
+export function isQuantized(v: unknown): boolean {
+  return typeof v === 'object' && v !== null && (v as Record<symbol, unknown>)[Symbol.for('lorakit.QuantizedTensor')] === true;
+}
+
 export function describe(v: unknown): string {
+  if (isQuantized(v)) return `a QuantizedTensor (${(v as { format: string }).format})`;
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
   if (ArrayBuffer.isView(v)) return `a ${v.constructor.name}`;

@@ -6,62 +6,63 @@
  * peft); the norm comes from a low-rank identity, never from a dense out×in delta.
  * lora_bias adapters add s·b_B (folded into the call's bias); a trainable base bias (peft's bias
  * modes) gets Σ_rows dy in backward (bias_terms.ts).
+ * Over a quantized base (a QuantizedTensor weight, peft's bnb Linear8bitLt / Linear4bit): the
+ * forward dequantises inside the native GEMM and backward gives dx through the quantized W, so
+ * adapters train on a frozen base (QLoRA); merge re-quantizes (quant_merge.ts). Paths that peft
+ * runs on a dequantised weight (DoRA, mixed batches) and dropout's forward use a dequantised copy.
  */
-import { requireCallDtype, scratchDtype } from '../backend';
-import { Device, FloatDType } from '../dtype';
+import { mixedDtypes, requireCallDtype, scratchDtype } from '../backend';
+import { DType, Device, FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
 import { KernelSteps, runSync, step } from '../exec';
 import { BackwardTermArg, NativeTensorHandle } from '../native';
 import { Rng } from '../rng';
+import { QuantizedTensor, isQuantizedTensor } from '../quantized_tensor';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkBool, checkOptions } from '../validate';
 import { foldedBiasSteps, columnSumSteps } from './bias_terms';
+import { AdapterCache, ForwardCache, freeAdapterCache } from './forward_cache';
 import { InitLoraWeights, kaimingFactors, residualWeight, weightInitFactors } from './init';
-import { AdapterGrads, BackwardResult, LoraLayer, MixedForwardOptions } from './lora_layer';
+import { AdapterGrads, BackwardResult, LoraLayer, MergeOptions, MixedForwardOptions } from './lora_layer';
+import { rowAdapterIndex } from './mixed_batch';
+import { QuantMergeHost, QuantMergeRecords, quantMergeSteps, quantUnmergeSteps } from './quant_merge';
 
-export interface LoraLinearOptions {
-  weight: Tensor;
+export interface LoraLinearOptions<W extends Tensor | QuantizedTensor = Tensor | QuantizedTensor> {
+  /** The base weight: a float Tensor, or a QuantizedTensor [out, in] (Tensor.quantize) for a frozen quantized base. */
+  weight: W;
   bias?: Tensor | null;
   fanInFanOut?: boolean;
 }
 
-interface AdapterCache {
-  name: string;
-  xa: Tensor; // the input A saw: x, or its dropout (owned when dropout > 0)
-  u: Tensor; // f32 [n, r] shrink
-  p: number;
-  seed: number;
-  stream: number;
-}
-
-interface ForwardCache {
-  x: Tensor;
-  outShape: number[];
-  adapters: AdapterCache[];
-  /** DoRA forward: the detached norm [out] and pre = xa·Wᵀ + s·u·Bᵀ [n, out], both f32 */
-  dora?: { norm: Tensor; pre: Tensor };
-}
-
-export class LoraLinear extends LoraLayer {
+export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends LoraLayer {
   readonly fanInFanOut: boolean;
-  #weight: Tensor;
+  #weight: W;
   #bias: Tensor | null;
   #cache: ForwardCache | null = null;
   #forwardCount = 0;
   /** peft's _caches: the DoRA weight norm of each merged DoRA adapter, for its unmerge */
   readonly #doraMergeNorm = new Map<string, Tensor>();
+  /** Over a quantized base: the old words of the bytes each exact merge changed. */
+  readonly #quantRecords = new QuantMergeRecords();
 
-  constructor(opts: LoraLinearOptions) {
+  constructor(opts: LoraLinearOptions<W>) {
     super();
     const o = checkOptions(opts, ['weight', 'bias', 'fanInFanOut'], 'opts');
     if (o.weight === undefined) throw new LoraTypeError('opts.weight: required');
-    const W = requireFloatTensor(o.weight, 'opts.weight', (o.weight as Tensor | undefined)?.device ?? 'cpu');
-    if (W.shape.length !== 2) throw new ShapeError(`opts.weight: expected 2 dimensions, got shape ${shapeStr(W.shape)}`);
     this.fanInFanOut = o.fanInFanOut === undefined ? false : checkBool(o.fanInFanOut, 'opts.fanInFanOut');
-    this.#weight = W;
+    if (isQuantizedTensor(o.weight)) {
+      if (o.weight.disposed) throw new StateError('opts.weight: the QuantizedTensor was disposed');
+      if (this.fanInFanOut)
+        throw new LoraTypeError('opts.fanInFanOut: a quantized base is stored [out, in]; quantize the transposed weight and leave fanInFanOut false');
+      this.#weight = o.weight as W;
+    } else {
+      const W = requireFloatTensor(o.weight, 'opts.weight', (o.weight as Tensor | undefined)?.device ?? 'cpu');
+      if (W.shape.length !== 2) throw new ShapeError(`opts.weight: expected 2 dimensions, got shape ${shapeStr(W.shape)}`);
+      this.#weight = W as W;
+    }
     this.#bias = null;
     if (o.bias !== undefined && o.bias !== null) {
-      const b = requireFloatTensor(o.bias, 'opts.bias', W.device);
+      const b = requireFloatTensor(o.bias, 'opts.bias', this.#weight.device);
       if (b.shape.length !== 1 || b.shape[0] !== this.outFeatures)
         throw new ShapeError(`opts.bias: expected shape [${this.outFeatures}], got ${shapeStr(b.shape)}`);
       this.#bias = b;
@@ -72,8 +73,13 @@ export class LoraLinear extends LoraLayer {
   get device(): Device {
     return this.#weight.device;
   }
-  get weight(): Tensor {
+  /** The base weight (a Tensor, or a QuantizedTensor for a quantized base). */
+  get weight(): W {
     return this.#weight;
+  }
+  /** The QuantizedTensor of a quantized base; null for a float one. */
+  get quantizedWeight(): QuantizedTensor | null {
+    return isQuantizedTensor(this.#weight) ? this.#weight : null;
   }
   get bias(): Tensor | null {
     return this.#bias;
@@ -158,7 +164,9 @@ export class LoraLinear extends LoraLayer {
               NativeTensorHandle, NativeTensorHandle, number, NativeTensorHandle | null,
             ],
         );
-        yield step('loraForward', x.handle, this.#weight.handle, biasHandle, this.fanInFanOut, args, y.handle);
+        const q = this.quantizedWeight;
+        if (q) yield step('quantLoraForward', x.handle, q.storage.handle, q.spec, biasHandle, args, y.handle);
+        else yield step('loraForward', x.handle, (this.#weight as Tensor).handle, biasHandle, this.fanInFanOut, args, y.handle);
         folded?.dispose();
         if (this._training) this.#cache = { x, outShape, adapters };
         return y;
@@ -177,13 +185,18 @@ export class LoraLinear extends LoraLayer {
         else adapters.push({ name, xa, u, p, seed, stream });
         yield step('shrink', xa.handle, this._loraA.get(name)!.handle, u.handle);
       }
-      if (doraName !== undefined) {
-        dora = yield* this.doraForwardSteps(x, adapters[0], y);
-      } else {
-        const terms = adapters.map(
-          (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
-        );
-        yield step('linearForward', x.handle, this.#weight.handle, biasHandle, this.fanInFanOut, terms, y.handle);
+      const base = yield* this.floatBaseSteps(x.dtype);
+      try {
+        if (doraName !== undefined) {
+          dora = yield* this.doraForwardSteps(x, adapters[0], y, base);
+        } else {
+          const terms = adapters.map(
+            (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
+          );
+          yield step('linearForward', x.handle, base.handle, biasHandle, this.fanInFanOut, terms, y.handle);
+        }
+      } finally {
+        this.freeFloatBase(base);
       }
     } catch (e) {
       freeAdapterCache(adapters, x);
@@ -197,13 +210,14 @@ export class LoraLinear extends LoraLayer {
     return y;
   }
 
-  /** ‖W + s·B·A‖ per output feature (f32 [out]) for W (default: the base weight). */
-  doraWeightNorm(name: string, W: Tensor = this.#weight): Tensor {
+  /** ‖W + s·B·A‖ per output feature (f32 [out]) for W (default: the base weight, dequantised if quantized). */
+  doraWeightNorm(name: string, W?: Tensor): Tensor {
     return runSync(this.doraWeightNormSteps(name, W));
   }
 
-  private *doraWeightNormSteps(name: string, W: Tensor): KernelSteps<Tensor> {
+  private *doraWeightNormSteps(name: string, given?: Tensor): KernelSteps<Tensor> {
     this.requireAdapter(name, 'name');
+    const W = given ?? (yield* this.floatBaseSteps('f32'));
     const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32', device: this.device });
     try {
       yield step('doraWeightNorm', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, this._scaling.get(name)!,
@@ -211,17 +225,19 @@ export class LoraLinear extends LoraLayer {
     } catch (e) {
       norm.dispose();
       throw e;
+    } finally {
+      if (!given) this.freeFloatBase(W);
     }
     return norm;
   }
 
   /** The norm is computed inside the forward: one GEMM streams W for both x·Wᵀ and W·Aᵀ. */
-  private *doraForwardSteps(x: Tensor, a: AdapterCache, y: Tensor): KernelSteps<{ norm: Tensor; pre: Tensor }> {
+  private *doraForwardSteps(x: Tensor, a: AdapterCache, y: Tensor, W: Tensor): KernelSteps<{ norm: Tensor; pre: Tensor }> {
     const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32', device: this.device });
     let pre: Tensor | null = null;
     try {
       pre = Tensor.zeros([x.numel / this.inFeatures, this.outFeatures], { dtype: 'f32', device: this.device });
-      yield step('doraLinearForward', x.handle, a.xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, a.u.handle,
+      yield step('doraLinearForward', x.handle, a.xa.handle, W.handle, this.#bias?.handle ?? null, this.fanInFanOut, a.u.handle,
         this._loraA.get(a.name)!.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!, norm.handle,
         this._loraMagnitude.get(a.name)!.handle, y.handle, pre.handle);
     } catch (e) {
@@ -262,8 +278,13 @@ export class LoraLinear extends LoraLayer {
       norm: dora.norm.handle,
       pre: dora.pre.handle,
     };
-    yield step('doraLinearBackward', dy.handle, this.#weight.handle, this.fanInFanOut, term, dx.handle, g ? g.loraA.handle : null,
-      g ? g.loraB.handle : null, g ? g.magnitude!.handle : null);
+    const base = yield* this.floatBaseSteps(dy.dtype);
+    try {
+      yield step('doraLinearBackward', dy.handle, base.handle, this.fanInFanOut, term, dx.handle, g ? g.loraA.handle : null,
+        g ? g.loraB.handle : null, g ? g.magnitude!.handle : null);
+    } finally {
+      this.freeFloatBase(base);
+    }
   }
 
   /**
@@ -314,7 +335,9 @@ export class LoraLinear extends LoraLayer {
           dB: g ? g.loraB.handle : null,
         });
       }
-      if (!cache.dora) yield step('linearBackward', dy.handle, this.#weight.handle, this.fanInFanOut, terms, dx.handle);
+      const q = this.quantizedWeight;
+      if (!cache.dora && q) yield step('quantLinearBackward', dy.handle, q.storage.handle, q.spec, terms, dx.handle);
+      else if (!cache.dora) yield step('linearBackward', dy.handle, (this.#weight as Tensor).handle, this.fanInFanOut, terms, dx.handle);
       for (const [name, g] of grads) {
         if (this._loraBBias.has(name)) g.loraBBias = yield* columnSumSteps(dy, this._scaling.get(name)!);
       }
@@ -336,20 +359,18 @@ export class LoraLinear extends LoraLayer {
 
   /** One native pass: rows grouped per adapter, the base and that adapter's expand as one GEMM. */
   private *mixedForwardSteps(x: Tensor, adapters: string[], perEntry: Int32Array): KernelSteps<Tensor> {
-    const rowsPerEntry = x.numel / (x.shape[0] * this.inFeatures);
-    let rowAdapter: Int32Array;
-    if (this._disableAdapters) rowAdapter = new Int32Array(x.numel / this.inFeatures).fill(-1);
-    else if (rowsPerEntry === 1) rowAdapter = perEntry;
-    else {
-      rowAdapter = new Int32Array(x.numel / this.inFeatures);
-      perEntry.forEach((a, i) => rowAdapter.fill(a, i * rowsPerEntry, (i + 1) * rowsPerEntry));
-    }
+    const rowAdapter = rowAdapterIndex(perEntry, x.numel / this.inFeatures, this._disableAdapters);
     const y = Tensor.zeros([...x.shape.slice(0, -1), this.outFeatures], { dtype: x.dtype, device: this.device });
     try {
       const factors = adapters.map(
         (n) => [this._loraA.get(n)!.handle, this._loraB.get(n)!.handle, this._scaling.get(n)!] as [Tensor['handle'], Tensor['handle'], number],
       );
-      yield step('mixedLinearForward', x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, factors, rowAdapter, y.handle);
+      const base = yield* this.floatBaseSteps(x.dtype);
+      try {
+        yield step('mixedLinearForward', x.handle, base.handle, this.#bias?.handle ?? null, this.fanInFanOut, factors, rowAdapter, y.handle);
+      } finally {
+        this.freeFloatBase(base);
+      }
     } catch (e) {
       y.dispose();
       throw e;
@@ -375,12 +396,14 @@ export class LoraLinear extends LoraLayer {
    * of W each way) so both devices get identical factors.
    */
   protected override initFromWeight(kind: 'pissa' | 'olora', r: number, scaling: number, dtype: FloatDType): { A: Tensor; B: Tensor } {
-    const w = this.#weight.toFloat32Array();
+    if (this.quantizedWeight)
+      throw new AdapterError(`initLoraWeights: '${kind}' rewrites the base weight, which a quantized base keeps frozen; initialise on the float weight, then quantize`);
+    const w = (this.#weight as Tensor).toFloat32Array();
     const { W, a, b } = weightInitFactors(kind, w, this.outFeatures, this.inFeatures, this.fanInFanOut, r, scaling);
     const device = this.device;
     const A = Tensor.from(a, [r, this.inFeatures], { dtype, device });
     const B = Tensor.from(b, [this.outFeatures, r], { dtype, device });
-    this.#weight.copyFrom(residualWeight(W, A.toFloat32Array(), B.toFloat32Array(), scaling, this.fanInFanOut));
+    (this.#weight as Tensor).copyFrom(residualWeight(W, A.toFloat32Array(), B.toFloat32Array(), scaling, this.fanInFanOut));
     return { A, B };
   }
 
@@ -454,6 +477,95 @@ export class LoraLinear extends LoraLayer {
     this.#forwardCount = n;
   }
 
+  /**
+   * The base as a float Tensor, for the paths that take one (peft runs DoRA and mixed batches over
+   * a bnb base on its dequantised weight): the weight itself, or a copy freeFloatBase() frees.
+   */
+  private *floatBaseSteps(dtype: DType): KernelSteps<Tensor> {
+    const q = this.quantizedWeight;
+    if (!q) return this.#weight as Tensor;
+    return yield* q.dequantizeSteps({ dtype: (mixedDtypes(this.device) ? 'f32' : dtype) as FloatDType });
+  }
+
+  private freeFloatBase(W: Tensor): void {
+    if (W !== this.#weight) W.dispose();
+  }
+
+  /** Over a quantized base: peft's bnb merge (dequantise, add ΔW in f32, re-quantize), exact by default (quant_merge.ts). */
+  override merge(opts: MergeOptions = {}): this {
+    const h = this.quantMergeHost();
+    if (!h) return super.merge(opts);
+    this.runLayerSync('merge', quantMergeSteps(h, opts));
+    return this;
+  }
+
+  override async mergeAsync(opts: MergeOptions = {}): Promise<this> {
+    const h = this.quantMergeHost();
+    if (!h) return super.mergeAsync(opts);
+    await this.runLayerAsync('merge', quantMergeSteps(h, opts));
+    return this;
+  }
+
+  protected override *unmergeSteps(): KernelSteps<this> {
+    const h = this.quantMergeHost();
+    if (!h) return yield* super.unmergeSteps();
+    yield* quantUnmergeSteps(h);
+    return this;
+  }
+
+  /** Over a quantized base: unmerge(), then merge({ adapterNames: names }). */
+  override switchMerged(names: readonly string[]): this {
+    if (!this.quantizedWeight) return super.switchMerged(names);
+    this.checkSwitchNames(names);
+    this.unmerge();
+    return this.merge({ adapterNames: [...names] });
+  }
+
+  override async switchMergedAsync(names: readonly string[]): Promise<this> {
+    if (!this.quantizedWeight) return super.switchMergedAsync(names);
+    this.checkSwitchNames(names);
+    await this.unmergeAsync();
+    return this.mergeAsync({ adapterNames: [...names] });
+  }
+
+  override get mergeSideInfoBytes(): number {
+    return super.mergeSideInfoBytes + this.#quantRecords.bytes;
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.#quantRecords.clear();
+    for (const n of this.#doraMergeNorm.values()) n.dispose();
+    this.#doraMergeNorm.clear();
+  }
+
+  private checkSwitchNames(names: readonly string[]): void {
+    if (!Array.isArray(names)) throw new LoraTypeError('names: expected an array of adapter names');
+    names.forEach((n, i) => this.requireAdapter(n, `names[${i}]`));
+    if (new Set(names).size !== names.length) throw new AdapterError(`names: duplicate adapter names in [${names.join(', ')}]`);
+  }
+
+  private quantMergeHost(): QuantMergeHost | null {
+    const q = this.quantizedWeight;
+    if (!q) return null;
+    return {
+      weight: q,
+      bias: this.#bias,
+      kind: 'LoraLinear',
+      merged: this._mergedAdapters,
+      active: this._activeAdapters,
+      records: this.#quantRecords,
+      requireAdapter: (n, arg) => this.requireAdapter(n, arg),
+      loraBBias: (n) => this._loraBBias.get(n),
+      scaling: (n) => this._scaling.get(n)!,
+      deltaSteps: (n, sign, W, out) => this.deltaSteps(n, sign, W, out),
+      dropMergeCache: (n) => {
+        this.#doraMergeNorm.get(n)?.dispose();
+        this.#doraMergeNorm.delete(n);
+      },
+    };
+  }
+
   protected clearCache(): void {
     if (this.#cache) freeAdapterCache(this.#cache.adapters, this.#cache.x, this.#cache.dora);
     this.#cache = null;
@@ -461,20 +573,12 @@ export class LoraLinear extends LoraLayer {
 
   /** Backends without mixed dtypes (cuda) take the weight's dtype for activations too. */
   private requireDeviceDType(t: Tensor, name: string): void {
-    requireCallDtype(this.device, t.dtype, this.#weight.dtype, name);
+    const W = this.#weight;
+    if (!isQuantizedTensor(W)) requireCallDtype(this.device, t.dtype, W.dtype, name);
   }
 
   private requireLive(): void {
     if (this.#weight.disposed) throw new StateError('weight: the base weight tensor was disposed');
     if (this.#bias?.disposed) throw new StateError('bias: the bias tensor was disposed');
   }
-}
-
-function freeAdapterCache(adapters: AdapterCache[], x: Tensor, dora?: { norm: Tensor; pre: Tensor }): void {
-  for (const a of adapters) {
-    if (a.xa !== x) a.xa.dispose();
-    if (a.u !== a.xa) a.u.dispose();
-  }
-  dora?.norm.dispose();
-  dora?.pre.dispose();
 }
