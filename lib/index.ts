@@ -1,6 +1,8 @@
 /** lorakit: LoRA for Node.js with peft semantics over native CPU (and CUDA) kernels. */
 export { Tensor } from './tensor';
 export type { TensorOptions, TensorData } from './tensor';
+export { QuantizedTensor, quantize, QUANT_FORMATS } from './quantized_tensor';
+export type { QuantFormatName, QuantizeOptions, FromBytesOptions } from './quantized_tensor';
 export type { DType, FloatDType, IntDType, Device } from './dtype';
 export {
   LoraTypeError,

@@ -210,7 +210,7 @@ export class Tensor {
       call((b) => b.convert(src.handle, this.handle));
       return this;
     }
-    if (typedArrayKind(src) === undefined) throw new LoraTypeError('src: expected a typed array or a Tensor');
+    if (typedArrayKind(src) === undefined) throw new LoraTypeError(`src: expected a typed array or a Tensor, got ${describe(src)}`);
     checkDataMatches(src, this.dtype, 'src');
     if (src.length !== this.numel)
       throw new ShapeError(`src: has ${src.length} elements but this tensor has shape ${shapeStr(this.shape)} (${this.numel})${resizedHint(src)}`);

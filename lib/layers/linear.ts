@@ -25,7 +25,7 @@ import { AdapterCache, ForwardCache, freeAdapterCache } from './forward_cache';
 import { InitLoraWeights, kaimingFactors, residualWeight, weightInitFactors } from './init';
 import { AdapterGrads, BackwardResult, LoraLayer, MergeOptions, MixedForwardOptions } from './lora_layer';
 import { rowAdapterIndex } from './mixed_batch';
-import { QuantMergeHost, QuantMergeRecords, quantMergeSteps, quantUnmergeSteps } from './quant_merge';
+import { MergeAndUnloadOptions, QuantMergeHost, QuantMergeRecords, mergedFloatWeightSteps, quantMergeSteps, quantUnmergeSteps } from './quant_merge';
 
 export interface LoraLinearOptions<W extends Tensor | QuantizedTensor = Tensor | QuantizedTensor> {
   /** The base weight: a float Tensor, or a QuantizedTensor [out, in] (Tensor.quantize) for a frozen quantized base. */
@@ -545,11 +545,21 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Lor
     if (new Set(names).size !== names.length) throw new AdapterError(`names: duplicate adapter names in [${names.join(', ')}]`);
   }
 
+  /**
+   * peft's merge_and_unload for one layer: W + Σ ΔW (the active or named adapters not merged yet) as
+   * a new float tensor in opts.dtype (default f32); a quantized base is dequantised. The layer is unchanged.
+   */
+  mergeAndUnload(opts: MergeAndUnloadOptions = {}): Tensor {
+    return this.runLayerSync('mergeAndUnload', mergedFloatWeightSteps(this.mergeHost(), opts));
+  }
+
   private quantMergeHost(): QuantMergeHost | null {
-    const q = this.quantizedWeight;
-    if (!q) return null;
+    return this.quantizedWeight ? this.mergeHost() : null;
+  }
+
+  private mergeHost(): QuantMergeHost {
     return {
-      weight: q,
+      weight: this.#weight,
       bias: this.#bias,
       kind: 'LoraLinear',
       merged: this._mergedAdapters,

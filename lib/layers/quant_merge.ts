@@ -9,9 +9,10 @@
  * opts.exact false keeps nothing, and unmerge re-quantizes dequantize(W') − s·B·A (peft's unmerge),
  * which rounds once more each way.
  */
-import { AdapterError, LoraRangeError, LoraTypeError } from '../errors';
+import { FloatDType, isFloatDType } from '../dtype';
+import { AdapterError, DTypeError, LoraRangeError, LoraTypeError } from '../errors';
 import { KernelSteps, step } from '../exec';
-import { QuantizedTensor } from '../quantized_tensor';
+import { QuantizedTensor, isQuantizedTensor } from '../quantized_tensor';
 import { Tensor } from '../tensor';
 import { checkBool, checkOptions } from '../validate';
 import { biasDeltaSteps } from './bias_terms';
@@ -73,9 +74,16 @@ export class QuantMergeRecords {
   }
 }
 
+export interface MergeAndUnloadOptions {
+  /** The merged weight's dtype (default f32). */
+  dtype?: FloatDType;
+  adapterNames?: string[];
+  safeMerge?: boolean;
+}
+
 /** What the merge bodies need of the layer. */
 export interface QuantMergeHost {
-  weight: QuantizedTensor;
+  weight: Tensor | QuantizedTensor;
   bias: Tensor | null;
   kind: string;
   /** The layer's merged adapters, oldest first (changed in place). */
@@ -91,24 +99,36 @@ export interface QuantMergeHost {
   dropMergeCache(name: string): void;
 }
 
+/** The adapters a merge takes (the active ones, or adapterNames), less those merged already; checked. */
+function mergeTodo(host: QuantMergeHost, adapterNames: unknown): string[] {
+  let names: readonly string[] = host.active;
+  if (adapterNames !== undefined) {
+    if (!Array.isArray(adapterNames)) throw new LoraTypeError('opts.adapterNames: expected an array of adapter names');
+    adapterNames.forEach((n, i) => host.requireAdapter(n, `opts.adapterNames[${i}]`));
+    names = adapterNames as string[];
+  }
+  const noBias = names.filter((n) => host.loraBBias(n) && !host.bias);
+  if (noBias.length) throw new AdapterError(`merge: adapter(s) ${noBias.join(', ')} have a lora_B bias but ${host.kind} has no base bias to merge it into`);
+  for (const n of names) {
+    const s = host.scaling(n);
+    if (!Number.isFinite(s)) throw new LoraRangeError(`scaling of adapter '${n}' is not finite (${s})`);
+  }
+  return names.filter((n, i) => !host.merged.includes(n) && names.indexOf(n) === i);
+}
+
+function quantizedBase(host: QuantMergeHost): QuantizedTensor {
+  if (!isQuantizedTensor(host.weight)) throw new Error('internal: a quantized merge over a float base');
+  return host.weight;
+}
+
 /** peft's merge over a bitsandbytes base, adapter by adapter (LoraLayer.merge's options). */
 export function* quantMergeSteps(host: QuantMergeHost, opts: MergeOptions): KernelSteps<void> {
   const o = checkOptions(opts, ['safeMerge', 'adapterNames', 'exact'], 'opts') as MergeOptions;
   const safe = o.safeMerge === undefined ? false : checkBool(o.safeMerge, 'opts.safeMerge');
   const exact = o.exact === undefined ? true : checkBool(o.exact, 'opts.exact');
-  let names = host.active;
-  if (o.adapterNames !== undefined) {
-    if (!Array.isArray(o.adapterNames)) throw new LoraTypeError('opts.adapterNames: expected an array of adapter names');
-    o.adapterNames.forEach((n, i) => host.requireAdapter(n, `opts.adapterNames[${i}]`));
-    names = o.adapterNames;
-  }
-  const noBias = names.filter((n) => host.loraBBias(n) && !host.bias);
-  if (noBias.length) throw new AdapterError(`merge: adapter(s) ${noBias.join(', ')} have a lora_B bias but ${host.kind} has no base bias to merge it into`);
-  const todo = names.filter((n, i) => !host.merged.includes(n) && names.indexOf(n) === i);
-  for (const name of todo) {
+  const q = quantizedBase(host);
+  for (const name of mergeTodo(host, o.adapterNames)) {
     const scale = host.scaling(name);
-    if (!Number.isFinite(scale)) throw new LoraRangeError(`scaling of adapter '${name}' is not finite (${scale})`);
-    const q = host.weight;
     const before = exact ? q.storage.toInt32Array() : null;
     const W = yield* q.dequantizeSteps();
     try {
@@ -131,9 +151,9 @@ export function* quantMergeSteps(host: QuantMergeHost, opts: MergeOptions): Kern
 
 /** Undoes the merges newest first: recorded ones by writing their words back, others as peft (W − ΔW, re-quantized). */
 export function* quantUnmergeSteps(host: QuantMergeHost): KernelSteps<void> {
+  const q = quantizedBase(host);
   while (host.merged.length > 0) {
     const name = host.merged[host.merged.length - 1];
-    const q = host.weight;
     if (host.records.has(name)) {
       q.storage.copyFrom(host.records.restore(name, q.storage.toInt32Array()));
       host.records.delete(name);
@@ -150,5 +170,40 @@ export function* quantUnmergeSteps(host: QuantMergeHost): KernelSteps<void> {
     const bB = host.loraBBias(name);
     if (bB) yield* biasDeltaSteps(host.bias!, bB, -host.scaling(name), false, `adapter '${name}'`);
     host.merged.pop(); // only once W is restored, so a failed step can be retried
+  }
+}
+
+/**
+ * peft's merge_and_unload to a float model: W + Σ ΔW of the active (or named) adapters not merged
+ * yet, as a new tensor in opts.dtype (default f32), the sum in f32 and rounded once; a quantized base
+ * is dequantised first. The layer's weight is left as it is.
+ */
+export function* mergedFloatWeightSteps(host: QuantMergeHost, opts: MergeAndUnloadOptions): KernelSteps<Tensor> {
+  const o = checkOptions(opts, ['dtype', 'adapterNames', 'safeMerge'], 'opts');
+  const dtype = (o.dtype ?? 'f32') as FloatDType;
+  if (!isFloatDType(dtype)) throw new DTypeError(`opts.dtype: expected f32, f16 or bf16, got ${String(dtype)}`);
+  const safe = o.safeMerge === undefined ? false : checkBool(o.safeMerge, 'opts.safeMerge');
+  const names = mergeTodo(host, o.adapterNames);
+  const base = host.weight;
+  const W = isQuantizedTensor(base) ? yield* base.dequantizeSteps() : base.to({ dtype: 'f32' });
+  try {
+    for (const name of names) {
+      yield* host.deltaSteps(name, 1, W, W);
+      host.dropMergeCache(name);
+    }
+    if (safe && !(yield step('allFinite', W.handle))) throw new LoraRangeError('mergeAndUnload: NaNs or infinities detected in the merged weight');
+    if (dtype === 'f32') return W;
+    const out = Tensor.empty(W.shape, { dtype, device: W.device });
+    try {
+      yield step('convert', W.handle, out.handle);
+    } catch (e) {
+      out.dispose();
+      throw e;
+    }
+    W.dispose();
+    return out;
+  } catch (e) {
+    W.dispose();
+    throw e;
   }
 }
