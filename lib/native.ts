@@ -105,6 +105,30 @@ export type ExactStepArg = [
   NativeTensorHandle | null,
 ];
 
+/** A quantized base's format (native/core/quant_formats.h says where each is defined). */
+export type QuantFormatName = 'int8' | 'nf4' | 'fp4' | 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k';
+
+/**
+ * A quantized W [rows = out, cols = in]: blocks of blockSize values run along each row (nf4/fp4:
+ * bnb's blocksize, 64 by default; ggml formats: 32 or 256; int8: cols; 0 picks the format's
+ * default). doubleQuant (nf4/fp4 only) quantizes the absmax values too, as bnb_4bit_use_double_quant.
+ */
+export interface QuantSpecArg {
+  format: QuantFormatName;
+  rows: number;
+  cols: number;
+  blockSize: number;
+  doubleQuant: boolean;
+}
+
+/** The byte layout of a quantized weight (one buffer, 16-byte aligned sections). */
+export interface QuantLayoutInfo {
+  nbytes: number;
+  dataOffset: number;
+  dataBytes: number;
+  nblocks: number;
+}
+
 /**
  * The kernel ops (native/napi/ops.h, one list there): each validates its arguments and runs on the
  * device of its tensors. Every op also has a Promise form `${op}Async` (AsyncKernelBinding).
@@ -235,6 +259,21 @@ export interface KernelBinding {
   ggmlQuantize(type: number, src: Float32Array): Uint8Array;
   /** rows of a ggml-typed W [rows, cols] decoded, merged as W + scale·B·A (A [r, cols], B [rows, r]) and encoded as outType. */
   ggmlMergeRows(type: number, src: Uint8Array, rows: number, cols: number, A: Float32Array, B: Float32Array, scale: number, outType: number): Uint8Array;
+  /** out (i32 [nbytes / 4], w's device) = the quantized bytes of w (float [rows, cols]); the same bytes on cpu and cuda. */
+  quantize(w: NativeTensorHandle, spec: QuantSpecArg, out: NativeTensorHandle): void;
+  /** out (float [rows, cols]) = the dequantised weight of q (i32 [nbytes / 4]). */
+  dequantize(q: NativeTensorHandle, spec: QuantSpecArg, out: NativeTensorHandle): void;
+  /** loraForward over a quantized W (no fanInFanOut): y = x·deq(W)ᵀ + bias + Σ scale·(x·Aᵀ)·Bᵀ, W dequantised inside the GEMM. */
+  quantLoraForward(
+    x: NativeTensorHandle,
+    q: NativeTensorHandle,
+    spec: QuantSpecArg,
+    bias: NativeTensorHandle | null,
+    adapters: Array<[NativeTensorHandle, NativeTensorHandle, number, NativeTensorHandle | null]>,
+    y: NativeTensorHandle,
+  ): void;
+  /** linearBackward over a quantized W (no fanInFanOut): dx = dy·deq(W) + adapter terms; dA, dB as usual. */
+  quantLinearBackward(dy: NativeTensorHandle, q: NativeTensorHandle, spec: QuantSpecArg, terms: BackwardTermArg[], dx: NativeTensorHandle | null): void;
   /** One AdamW step in place (torch.optim.AdamW); state f32; master (f32) for 16-bit params. */
   adamwStep(
     param: NativeTensorHandle,
@@ -331,7 +370,15 @@ export interface DeviceBinding {
   cudaBaseGemm(x: NativeTensorHandle, W: NativeTensorHandle, y: NativeTensorHandle, inputGrad: boolean): void;
 }
 
-export type NativeBinding = KernelBinding & AsyncKernelBinding & DeviceBinding;
+/** Quantized-base functions outside the kernel op list (native/napi/quant.cc). */
+export interface QuantBinding {
+  /** The layout of a spec's bytes; TypeError / RangeError naming spec.<field> for a bad spec. */
+  quantLayout(spec: QuantSpecArg): QuantLayoutInfo;
+  /** bnb's signed dynamic 8-bit map (256 entries, ascending): the code book of double quant. */
+  quantDynamicMap(): Float32Array;
+}
+
+export type NativeBinding = KernelBinding & AsyncKernelBinding & DeviceBinding & QuantBinding;
 
 let cached: NativeBinding | undefined;
 

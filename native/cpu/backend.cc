@@ -4,6 +4,7 @@
 #include "../core/backend.h"
 #include "ops.h"
 #include "optim.h"
+#include "quant.h"
 
 namespace lorakit {
 namespace cpu {
@@ -55,6 +56,10 @@ Backend make_table() {
   b.dropout = dropout;
   b.ggml_dequantize = ggml_dequantize;
   b.ggml_quantize = ggml_quantize;
+  b.quantize = quantize;
+  b.dequantize = dequantize;
+  b.quant_lora_forward = quant_lora_forward;
+  b.quant_linear_backward = quant_linear_backward;
   b.adamw_step = adamw;
   b.sgd_step = sgd;
   b.accumulate = accumulate;

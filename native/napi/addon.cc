@@ -38,6 +38,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<AddonData>(data);
   NativeTensor::Init(env, exports);
   InitKernelOps(env, exports);
+  InitQuantFunctions(env, exports);
   InitDevice(env, exports);
   return exports;
 }

@@ -4,6 +4,7 @@
 #include <memory>
 #include "../core/backend.h"
 #include "args.h"
+#include "linear_args.h"
 #include "operands.h"
 #include "ops.h"
 
@@ -81,21 +82,11 @@ KernelCall BuildLinearForward(const Napi::CallbackInfo& info) {
   return c;
 }
 
-// loraForward(x, W, bias|null, fifo, adapters: [A, B, scale, u|null][], y): every adapter's shrink
-// and the fused forward in one call; u (when given) receives x·Aᵀ for backward.
-KernelCall BuildLoraForward(const Napi::CallbackInfo& info) {
-  // The adapters point at their u refs, so everything lives in one heap block the closure shares.
-  struct Args {
-    std::vector<FusedAdapter> adapters;
-    std::vector<TensorRef> us;  // reserved up front so pointers stay valid
-  };
-  KernelCall c;
-  const LinearInputs li = read_linear_inputs(info, c);
-  if (!info[4].IsArray()) throw_type("adapters: expected an array");
-  Napi::Array arr = info[4].As<Napi::Array>();
-  const TensorRef y = float_operand(c, info[5], "y", li.dev, Access::Write);
-  require_same_shape(y, with_last(li.x.shape, li.d.out), "y");
-  auto a = std::make_shared<Args>();
+std::shared_ptr<FusedAdapterList> fused_adapter_list(KernelCall& c, const Napi::Value& v, LinearDims d,
+                                                     const std::vector<int64_t>& xshape, Device dev) {
+  if (!v.IsArray()) throw_type("adapters: expected an array");
+  Napi::Array arr = v.As<Napi::Array>();
+  auto a = std::make_shared<FusedAdapterList>();
   a->us.reserve(arr.Length());
   for (uint32_t i = 0; i < arr.Length(); i++) {
     std::string w = "adapters[" + std::to_string(i) + "]";
@@ -103,48 +94,30 @@ KernelCall BuildLoraForward(const Napi::CallbackInfo& info) {
     if (!tv.IsArray() || tv.As<Napi::Array>().Length() != 4) throw_type(w + ": expected [A, B, scale, u|null]");
     Napi::Array t = tv.As<Napi::Array>();
     FusedAdapter fa;
-    fa.A = float_operand(c, t.Get(0u), w + ".A", li.dev);
-    fa.B = float_operand(c, t.Get(1u), w + ".B", li.dev);
-    check_adapter(fa.A, fa.B, li.d, w + ".");
+    fa.A = float_operand(c, t.Get(0u), w + ".A", dev);
+    fa.B = float_operand(c, t.Get(1u), w + ".B", dev);
+    check_adapter(fa.A, fa.B, d, w + ".");
     fa.scale = scale_arg(t.Get(2u), w + ".scale");
     fa.u_out = nullptr;
-    OptRef u = float_operand_or_null(c, t.Get(3u), w + ".u", li.dev, Access::Write);
+    OptRef u = float_operand_or_null(c, t.Get(3u), w + ".u", dev, Access::Write);
     if (u.set) {
-      require_same_shape(u.ref, with_last(li.x.shape, fa.A.shape[0]), w + ".u");
+      require_same_shape(u.ref, with_last(xshape, fa.A.shape[0]), w + ".u");
       a->us.push_back(u.ref);
       fa.u_out = &a->us.back();
     }
     a->adapters.push_back(fa);
   }
-  auto forward = LORAKIT_OP(li.dev, lora_forward);
-  c.run = [=] { forward(li.x, li.W, li.bias.ptr(), li.fifo, a->adapters, y); };
-  return c;
+  return a;
 }
 
-// linearBackward(dy, W, fifo, terms: {xa, u, A, B, scale, p, seed, stream, dA|null, dB|null}[], dx|null)
-KernelCall BuildLinearBackward(const Napi::CallbackInfo& info) {
-  // The terms point at their dA/dB refs, so everything lives in one heap block the closure shares.
-  struct Args {
-    TensorRef dy, W;
-    OptRef dx;
-    bool fifo = false;
-    std::vector<BackwardTerm> terms;
-    std::vector<TensorRef> grads;  // dA/dB refs; reserved up front so pointers stay valid
-  };
-  auto a = std::make_shared<Args>();
-  KernelCall c;
-  Device dev = device_of(info[0], "dy");
-  a->dy = float_operand(c, info[0], "dy", dev);
-  a->W = float_operand(c, info[1], "weight", dev);
-  a->fifo = get_bool(info, 2, "fanInFanOut");
-  LinearDims d = linear_dims(a->W, a->fifo);
-  require_last_dim(a->dy, d.out, "dy", "out_features");
-  int64_t n = a->dy.rows();
-  if (!info[3].IsArray()) throw_type("terms: expected an array");
-  Napi::Array arr = info[3].As<Napi::Array>();
-  std::vector<int64_t> xshape = with_last(a->dy.shape, d.in);
-  a->dx = float_operand_or_null(c, info[4], "dx", dev, Access::Write);
-  if (a->dx.set) require_same_shape(a->dx.ref, xshape, "dx");
+std::shared_ptr<BackwardTermList> backward_term_list(KernelCall& c, const Napi::Value& v, LinearDims d,
+                                                     const std::vector<int64_t>& dyshape, Device dev) {
+  if (!v.IsArray()) throw_type("terms: expected an array");
+  Napi::Array arr = v.As<Napi::Array>();
+  const std::vector<int64_t> xshape = with_last(dyshape, d.in);
+  int64_t n = 1;
+  for (size_t i = 0; i + 1 < dyshape.size(); i++) n *= dyshape[i];
+  auto a = std::make_shared<BackwardTermList>();
   a->grads.reserve(2 * arr.Length());
   for (uint32_t i = 0; i < arr.Length(); i++) {
     std::string w = "terms[" + std::to_string(i) + "]";
@@ -181,8 +154,36 @@ KernelCall BuildLinearBackward(const Napi::CallbackInfo& info) {
     }
     a->terms.push_back(bt);
   }
+  return a;
+}
+
+// loraForward(x, W, bias|null, fifo, adapters: [A, B, scale, u|null][], y): every adapter's shrink
+// and the fused forward in one call; u (when given) receives x·Aᵀ for backward.
+KernelCall BuildLoraForward(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  const LinearInputs li = read_linear_inputs(info, c);
+  const TensorRef y = float_operand(c, info[5], "y", li.dev, Access::Write);
+  require_same_shape(y, with_last(li.x.shape, li.d.out), "y");
+  auto a = fused_adapter_list(c, info[4], li.d, li.x.shape, li.dev);
+  auto forward = LORAKIT_OP(li.dev, lora_forward);
+  c.run = [=] { forward(li.x, li.W, li.bias.ptr(), li.fifo, a->adapters, y); };
+  return c;
+}
+
+// linearBackward(dy, W, fifo, terms: {xa, u, A, B, scale, p, seed, stream, dA|null, dB|null}[], dx|null)
+KernelCall BuildLinearBackward(const Napi::CallbackInfo& info) {
+  KernelCall c;
+  Device dev = device_of(info[0], "dy");
+  const TensorRef dy = float_operand(c, info[0], "dy", dev);
+  const TensorRef W = float_operand(c, info[1], "weight", dev);
+  const bool fifo = get_bool(info, 2, "fanInFanOut");
+  LinearDims d = linear_dims(W, fifo);
+  require_last_dim(dy, d.out, "dy", "out_features");
+  const OptRef dx = float_operand_or_null(c, info[4], "dx", dev, Access::Write);
+  if (dx.set) require_same_shape(dx.ref, with_last(dy.shape, d.in), "dx");
+  auto a = backward_term_list(c, info[3], d, dy.shape, dev);
   auto backward = LORAKIT_OP(dev, linear_backward);
-  c.run = [a, backward] { backward(a->dy, a->W, a->fifo, a->terms, a->dx.ptr()); };
+  c.run = [=] { backward(dy, W, fifo, a->terms, dx.ptr()); };
   return c;
 }
 

@@ -39,6 +39,11 @@
   X(ggmlDequantize, BuildGgmlDequantize)              \
   X(ggmlQuantize, BuildGgmlQuantize)                  \
   X(ggmlMergeRows, BuildGgmlMergeRows)                \
+  /* quant.cc */                                      \
+  X(quantize, BuildQuantize)                          \
+  X(dequantize, BuildDequantize)                      \
+  X(quantLoraForward, BuildQuantLoraForward)          \
+  X(quantLinearBackward, BuildQuantLinearBackward)    \
   /* optim.cc */                                      \
   X(adamwStep, BuildAdamwStep)                        \
   X(sgdStep, BuildSgdStep)                            \
@@ -56,6 +61,8 @@ LORAKIT_KERNEL_OPS(LORAKIT_DECLARE_BUILDER)
 
 // Exports every op of the list, sync and async.
 void InitKernelOps(Napi::Env env, Napi::Object exports);
+// The quantized-base functions outside the op list (quant.cc): quantLayout, quantDynamicMap.
+void InitQuantFunctions(Napi::Env env, Napi::Object exports);
 
 }  // namespace napi
 }  // namespace lorakit
