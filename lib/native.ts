@@ -75,26 +75,6 @@ export interface MeasuredPeaks {
   threads: number;
 }
 
-/** The quantized formats of a base weight (native/core/quant_formats.h). */
-export type QuantFormatName = 'int8' | 'nf4' | 'fp4' | 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k';
-
-/** A quantized W [rows = out, cols = in]: blocks of blockSize values run along each row. */
-export interface QuantSpecArg {
-  format: QuantFormatName;
-  rows: number;
-  cols: number;
-  blockSize: number;
-  doubleQuant: boolean;
-}
-
-/** Where a spec's bytes lie in its one buffer (quant_layout). */
-export interface QuantLayoutInfo {
-  nbytes: number;
-  dataOffset: number;
-  dataBytes: number;
-  nblocks: number;
-}
-
 /** One step of exactMerge: [A, B, scale, DoRA magnitude | null, DoRA weight norm (f32 [out]) | null, record (undo steps) | null]. */
 export type ExactStepArg = [
   NativeTensorHandle,
@@ -301,21 +281,6 @@ export interface KernelBinding {
     weightDecay: number,
     firstStep: boolean,
   ): void;
-  /** w float [rows, cols] → its quantized bytes in out (i32 [nbytes/4], same device). */
-  quantize(w: NativeTensorHandle, spec: QuantSpecArg, out: NativeTensorHandle): void;
-  /** q (i32 [nbytes/4]) → out float [rows, cols], same device. */
-  dequantize(q: NativeTensorHandle, spec: QuantSpecArg, out: NativeTensorHandle): void;
-  /** loraForward over a quantized W (no fanInFanOut). */
-  quantLoraForward(
-    x: NativeTensorHandle,
-    q: NativeTensorHandle,
-    spec: QuantSpecArg,
-    bias: NativeTensorHandle | null,
-    adapters: Array<[NativeTensorHandle, NativeTensorHandle, number, NativeTensorHandle | null]>,
-    y: NativeTensorHandle,
-  ): void;
-  /** linearBackward over a quantized W (no fanInFanOut). */
-  quantLinearBackward(dy: NativeTensorHandle, q: NativeTensorHandle, spec: QuantSpecArg, terms: BackwardTermArg[], dx: NativeTensorHandle | null): void;
   /** dst (f32) += alpha·src */
   accumulate(dst: NativeTensorHandle, src: NativeTensorHandle, alpha: number): void;
   /** out (f32 [cols]) = alpha·Σ over the rows of x [..., cols] (a bias gradient). */
@@ -350,10 +315,6 @@ export interface DeviceBinding {
   /** False when a call on the device needs one float dtype for activations, weights and outputs. */
   mixedDtypes(device: string): boolean;
   setNumThreads(n: number): number;
-  /** The byte layout of a quantized spec; TypeError/RangeError 'spec.<field>: ...' for a bad one. */
-  quantLayout(spec: QuantSpecArg): QuantLayoutInfo;
-  /** bnb's signed dynamic 8-bit map (256 entries, ascending): the double-quant code book. */
-  quantDynamicMap(): Float32Array;
   measurePeaks(bufferBytes: number): MeasuredPeaks;
   // CUDA extras (throw a TypeError in builds without the CUDA backend).
   cudaSynchronize(): void;
