@@ -16,7 +16,7 @@ import { DEVICES, Device, FloatDType, isFloatDType } from './dtype';
 import { DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from './errors';
 import { KernelSteps, runAsync, runSync, step } from './exec';
 import { QuantFormatName, QuantLayoutInfo, QuantSpecArg, call } from './native';
-import { Tensor, describe, typedArrayKind } from './tensor';
+import { QUANTIZED_BRAND, Tensor, describe, isQuantized, typedArrayKind } from './tensor';
 import { checkBool, checkInt, checkOptions } from './validate';
 
 export type { QuantFormatName } from './native';
@@ -38,8 +38,6 @@ export interface FromBytesOptions extends QuantizeOptions {
   device?: Device;
 }
 
-/** Marks QuantizedTensors so that tensor.ts can name them without importing this module. */
-const QUANTIZED_BRAND = Symbol.for('lorakit.QuantizedTensor');
 
 export function checkQuantFormat(v: unknown, name: string): QuantFormatName {
   if (typeof v !== 'string' || !QUANT_FORMATS.includes(v as QuantFormatName))
@@ -74,7 +72,7 @@ export function quantSpec(format: QuantFormatName, rows: number, cols: number, o
 
 /** True for a QuantizedTensor (any realm); tensor.ts uses it to say what to call instead. */
 export function isQuantizedTensor(v: unknown): v is QuantizedTensor {
-  return typeof v === 'object' && v !== null && (v as { [QUANTIZED_BRAND]?: boolean })[QUANTIZED_BRAND] === true;
+  return isQuantized(v);
 }
 
 export class QuantizedTensor {

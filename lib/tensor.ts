@@ -293,9 +293,12 @@ export function requireFloatTensor(t: unknown, name: string, device: Device = 'c
   return t;
 }
 
-/** A QuantizedTensor (quantized_tensor.ts brands them; that module imports this one, not the reverse). */
+/** The brand of QuantizedTensors: quantized_tensor.ts imports this module, so tensor.ts knows them by it. */
+export const QUANTIZED_BRAND = Symbol.for('lorakit.QuantizedTensor');
+
+/** A QuantizedTensor (any realm). */
 export function isQuantized(v: unknown): boolean {
-  return typeof v === 'object' && v !== null && (v as Record<symbol, unknown>)[Symbol.for('lorakit.QuantizedTensor')] === true;
+  return typeof v === 'object' && v !== null && (v as Record<symbol, unknown>)[QUANTIZED_BRAND] === true;
 }
 
 export function describe(v: unknown): string {
