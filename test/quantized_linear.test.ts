@@ -177,6 +177,7 @@ function floatTwin(q: QuantizedTensor, bias: Tensor, src: LoraLinear<QuantizedTe
     const m = src.magnitudeParameter(n);
     if (m) twin.magnitudeParameter(n)!.data.copyFrom(m.data);
   }
+  twin.setAdapter([...src.activeAdapters]);
   return twin;
 }
 
