@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { LoraLinear, LoraModel, ModuleSpec, QuantizedTensor, Tensor } from '../lib';
+import { runDemo } from '../lib/demo/run';
 import { relErr } from './helpers/golden';
 import { randomArray } from './helpers/reference';
 
@@ -92,5 +93,19 @@ describe('LoraModel over quantized bases', () => {
     expect(() => new LoraModel([{ name: 'emb', kind: 'embedding', weight: q }], { targetModules: ['emb'], r: 2 })).toThrow(
       expect.objectContaining({ name: 'LoraTypeError', message: expect.stringMatching(/^modules\[0\].weight: a QuantizedTensor is a linear module's weight/) }),
     );
+  });
+});
+
+describe('demo --quantize nf4 (shortened)', () => {
+  test('QLoRA on an nf4 base still learns; merge checks out and unmerge gives the bytes back', async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-qdemo-'));
+    const small = { steps: 150, batch: 32, inFeatures: 64, hidden: 128, outFeatures: 32, teacherRank: 2, r: 4, lr: 1e-2, timingBatch: 64, timingReps: 3 };
+    const res = await runDemo({ ...small, quantize: 'nf4', outDir: out, seed: 3, progress: false, png: false, log: () => {} });
+    expect(res.lossDrop).toBeGreaterThanOrEqual(10);
+    expect(res.mergeRelErr).toBeLessThanOrEqual(1e-5);
+    expect(res.quantizedBytesRestored).toBe(true);
+    expect(res.baseBytesPerWeight).toBeCloseTo(0.5625, 6);
+    expect(res.reloadRelErr).toBeLessThanOrEqual(1e-6);
+    fs.rmSync(out, { recursive: true, force: true });
   });
 });

@@ -51,6 +51,10 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`lorakit demo: the loss fell only ${res.lossDrop.toFixed(1)}x (expected at least 10x)`);
     return 1;
   }
+  if (res.quantizedBytesRestored === false) {
+    console.error('lorakit demo: unmerge did not give the quantized base its bytes back');
+    return 1;
+  }
   if (!(res.mergeRelErr <= 1e-5)) {
     console.error(`lorakit demo: merged outputs differ from unmerged ones by ${res.mergeRelErr.toExponential(2)} (expected <= 1e-5)`);
     return 1;

@@ -62,6 +62,8 @@ export interface DemoResult {
   mergeRelErr: number;
   /** A quantized base: the same after merging into the quantized weight in place (re-quantized, as peft's bnb merge). */
   quantizedMergeRelErr?: number;
+  /** A quantized base: whether the exact unmerge gave the quantized bytes back. */
+  quantizedBytesRestored?: boolean;
   /** A quantized base: bytes held per base weight. */
   baseBytesPerWeight?: number;
   /** ‖W_merged − W_teacher‖ / ‖W_teacher − W_base‖ per layer: how much of the change was learnt. */
@@ -243,10 +245,13 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   const mergedW = format ? { w1: student.fc1.mergeAndUnload(), w2: student.fc2.mergeAndUnload() } : null;
   const mergedNet = mergedW ? Mlp.fromWeights({ ...mergedW, b1: l1.b, b2: l2.b }).train(false) : student;
   let quantizedMergeRelErr: number | undefined;
+  let bytesRestored = false;
   if (format) {
+    const before = [student.fc1, student.fc2].map((l) => l.quantizedWeight!.bytes());
     model.mergeAdapter(); // in place: dequantise, add, re-quantize (peft's bnb merge)
     quantizedMergeRelErr = relDiff(student.forward(xEval).toFloat32Array(), yUnmerged);
     model.unmergeAdapter();
+    bytesRestored = [student.fc1, student.fc2].every((l, i) => Buffer.from(l.quantizedWeight!.bytes()).equals(Buffer.from(before[i])));
   } else model.mergeAdapter();
   const yMerged = mergedNet.forward(xEval).toFloat32Array();
   const [tBase, tMerged] = medianMsPair(fwd(base), fwd(mergedNet), reps);
@@ -264,7 +269,8 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   }
   log(`merged vs unmerged outputs (${nEval} held-out rows): relative difference ${mergeRelErr.toExponential(2)}${format ? ' (merged into f32 copies of the dequantised base)' : ''}`);
   if (quantizedMergeRelErr !== undefined)
-    log(`merged into the ${format} base in place (re-quantized, as peft's bnb merge): relative difference ${quantizedMergeRelErr.toExponential(2)}; unmerge restored the quantized bytes exactly`);
+    log(`merged into the ${format} base in place (re-quantized, as peft's bnb merge): relative difference ${quantizedMergeRelErr.toExponential(2)}; ` +
+        (bytesRestored ? 'unmerge restored the quantized bytes exactly' : 'unmerge did NOT restore the quantized bytes'));
   log(`learnt weight change: ‖W_merged − W_teacher‖/‖W_teacher − W_base‖ = fc1 ${recoveryErr.fc1.toExponential(2)}, fc2 ${recoveryErr.fc2.toExponential(2)}`);
   log(`inference on ${nEval} rows, median of ${reps}, each timed alternately with the base: unmerged LoRA ${tUnmerged.toFixed(2)} ms vs base ${tBase1.toFixed(2)} ms (${(tUnmerged / tBase1).toFixed(2)}x); merged ${tMerged.toFixed(2)} ms vs base ${tBase.toFixed(2)} ms (${(tMerged / tBase).toFixed(2)}x)`);
 
@@ -283,7 +289,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
     trainableParams: trainable,
     allParams: all,
     mergeRelErr,
-    ...(format ? { quantizedMergeRelErr, baseBytesPerWeight } : {}),
+    ...(format ? { quantizedMergeRelErr, quantizedBytesRestored: bytesRestored, baseBytesPerWeight } : {}),
     reloadRelErr,
     recoveryErr,
     timingMs: { base: tBase, unmerged: tUnmerged, merged: tMerged, baseBesideUnmerged: tBase1 },
