@@ -23,9 +23,9 @@ import { checkBool, checkOptions } from '../validate';
 import { foldedBiasSteps, columnSumSteps } from './bias_terms';
 import { AdapterCache, ForwardCache, freeAdapterCache } from './forward_cache';
 import { InitLoraWeights, kaimingFactors, residualWeight, weightInitFactors } from './init';
-import { AdapterGrads, BackwardResult, LoraLayer, MergeOptions, MixedForwardOptions } from './lora_layer';
+import { AdapterGrads, BackwardResult, MixedForwardOptions } from './lora_layer';
 import { rowAdapterIndex } from './mixed_batch';
-import { MergeAndUnloadOptions, QuantMergeHost, QuantMergeRecords, mergedFloatWeightSteps, quantMergeSteps, quantUnmergeSteps } from './quant_merge';
+import { QuantizableLayer } from './quantizable_layer';
 
 export interface LoraLinearOptions<W extends Tensor | QuantizedTensor = Tensor | QuantizedTensor> {
   /** The base weight: a float Tensor, or a QuantizedTensor [out, in] (Tensor.quantize) for a frozen quantized base. */
@@ -34,7 +34,7 @@ export interface LoraLinearOptions<W extends Tensor | QuantizedTensor = Tensor |
   fanInFanOut?: boolean;
 }
 
-export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends LoraLayer {
+export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends QuantizableLayer {
   readonly fanInFanOut: boolean;
   #weight: W;
   #bias: Tensor | null;
@@ -42,8 +42,6 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Lor
   #forwardCount = 0;
   /** peft's _caches: the DoRA weight norm of each merged DoRA adapter, for its unmerge */
   readonly #doraMergeNorm = new Map<string, Tensor>();
-  /** Over a quantized base: the old words of the bytes each exact merge changed. */
-  readonly #quantRecords = new QuantMergeRecords();
 
   constructor(opts: LoraLinearOptions<W>) {
     super();
@@ -76,10 +74,6 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Lor
   /** The base weight (a Tensor, or a QuantizedTensor for a quantized base). */
   get weight(): W {
     return this.#weight;
-  }
-  /** The QuantizedTensor of a quantized base; null for a float one. */
-  get quantizedWeight(): QuantizedTensor | null {
-    return isQuantizedTensor(this.#weight) ? this.#weight : null;
   }
   get bias(): Tensor | null {
     return this.#bias;
@@ -491,89 +485,15 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Lor
     if (W !== this.#weight) W.dispose();
   }
 
-  /** Over a quantized base: peft's bnb merge (dequantise, add ΔW in f32, re-quantize), exact by default (quant_merge.ts). */
-  override merge(opts: MergeOptions = {}): this {
-    const h = this.quantMergeHost();
-    if (!h) return super.merge(opts);
-    this.runLayerSync('merge', quantMergeSteps(h, opts));
-    return this;
-  }
-
-  override async mergeAsync(opts: MergeOptions = {}): Promise<this> {
-    const h = this.quantMergeHost();
-    if (!h) return super.mergeAsync(opts);
-    await this.runLayerAsync('merge', quantMergeSteps(h, opts));
-    return this;
-  }
-
-  protected override *unmergeSteps(): KernelSteps<this> {
-    const h = this.quantMergeHost();
-    if (!h) return yield* super.unmergeSteps();
-    yield* quantUnmergeSteps(h);
-    return this;
-  }
-
-  /** Over a quantized base: unmerge(), then merge({ adapterNames: names }). */
-  override switchMerged(names: readonly string[]): this {
-    if (!this.quantizedWeight) return super.switchMerged(names);
-    this.checkSwitchNames(names);
-    this.unmerge();
-    return this.merge({ adapterNames: [...names] });
-  }
-
-  override async switchMergedAsync(names: readonly string[]): Promise<this> {
-    if (!this.quantizedWeight) return super.switchMergedAsync(names);
-    this.checkSwitchNames(names);
-    await this.unmergeAsync();
-    return this.mergeAsync({ adapterNames: [...names] });
-  }
-
-  override get mergeSideInfoBytes(): number {
-    return super.mergeSideInfoBytes + this.#quantRecords.bytes;
-  }
-
   override dispose(): void {
     super.dispose();
-    this.#quantRecords.clear();
     for (const n of this.#doraMergeNorm.values()) n.dispose();
     this.#doraMergeNorm.clear();
   }
 
-  private checkSwitchNames(names: readonly string[]): void {
-    if (!Array.isArray(names)) throw new LoraTypeError('names: expected an array of adapter names');
-    names.forEach((n, i) => this.requireAdapter(n, `names[${i}]`));
-    if (new Set(names).size !== names.length) throw new AdapterError(`names: duplicate adapter names in [${names.join(', ')}]`);
-  }
-
-  /**
-   * peft's merge_and_unload for one layer: W + Σ ΔW (the active or named adapters not merged yet) as
-   * a new float tensor in opts.dtype (default f32); a quantized base is dequantised. The layer is unchanged.
-   */
-  mergeAndUnload(opts: MergeAndUnloadOptions = {}): Tensor {
-    return this.runLayerSync('mergeAndUnload', mergedFloatWeightSteps(this.mergeHost(), opts));
-  }
-
-  private quantMergeHost(): QuantMergeHost | null {
-    return this.quantizedWeight ? this.mergeHost() : null;
-  }
-
-  private mergeHost(): QuantMergeHost {
-    return {
-      weight: this.#weight,
-      bias: this.#bias,
-      kind: 'LoraLinear',
-      merged: this._mergedAdapters,
-      active: this._activeAdapters,
-      records: this.#quantRecords,
-      requireAdapter: (n, arg) => this.requireAdapter(n, arg),
-      loraBBias: (n) => this._loraBBias.get(n),
-      scaling: (n) => this._scaling.get(n)!,
-      deltaSteps: (n, sign, W, out) => this.deltaSteps(n, sign, W, out),
-      dropMergeCache: (n) => {
-        this.#doraMergeNorm.get(n)?.dispose();
-        this.#doraMergeNorm.delete(n);
-      },
-    };
+  protected override dropMergeCache(name: string): void {
+    this.#doraMergeNorm.get(name)?.dispose();
+    this.#doraMergeNorm.delete(name);
   }
 
   protected clearCache(): void {
