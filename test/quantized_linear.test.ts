@@ -212,6 +212,13 @@ describe('paths run on the dequantised weight', () => {
     const tg = twin.backward(dy);
     expect(relErr(g.dx.toFloat32Array(), tg.dx.toFloat32Array())).toBeLessThan(TOL);
     expect(relErr(g.grads.get('a1')!.loraA.toFloat32Array(), tg.grads.get('a1')!.loraA.toFloat32Array())).toBeLessThan(TOL);
+    // 16-bit activations with dropout run on a dequantised copy of W
+    const xb = Tensor.from(randomArray(4 * IN, 44), [4, IN], { dtype: 'bf16' });
+    layer.manualSeed(6);
+    twin.manualSeed(6);
+    const yb = layer.forward(xb);
+    expect(yb.dtype).toBe('bf16');
+    expect(relErr(yb.toFloat32Array(), twin.forward(xb).toFloat32Array())).toBeLessThan(1e-2);
     layer.eval();
     twin.eval();
     const mix = ['a0', '__base__', 'a1', 'a0'];

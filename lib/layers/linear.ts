@@ -8,8 +8,9 @@
  * modes) gets Σ_rows dy in backward (bias_terms.ts).
  * Over a quantized base (a QuantizedTensor weight, peft's bnb Linear8bitLt / Linear4bit): the
  * forward dequantises inside the native GEMM and backward gives dx through the quantized W, so
- * adapters train on a frozen base (QLoRA); merge re-quantizes (quant_merge.ts). Paths that peft
- * runs on a dequantised weight (DoRA, mixed batches) and dropout's forward use a dequantised copy.
+ * adapters train on a frozen base (QLoRA); merge re-quantizes (quantizable_layer.ts). Dropout adds
+ * the expands after the base (quant_forward.ts). Paths that peft runs on a dequantised weight (DoRA,
+ * mixed batches), and dropout with 16-bit activations, use a dequantised copy of W.
  */
 import { mixedDtypes, requireCallDtype, scratchDtype } from '../backend';
 import { DType, Device, FloatDType } from '../dtype';
@@ -25,6 +26,7 @@ import { AdapterCache, ForwardCache, freeAdapterCache } from './forward_cache';
 import { InitLoraWeights, kaimingFactors, residualWeight, weightInitFactors } from './init';
 import { AdapterGrads, BackwardResult, MixedForwardOptions } from './lora_layer';
 import { rowAdapterIndex } from './mixed_batch';
+import { addsExpandsInF32, quantBaseThenExpandsSteps } from './quant_forward';
 import { QuantizableLayer } from './quantizable_layer';
 
 export interface LoraLinearOptions<W extends Tensor | QuantizedTensor = Tensor | QuantizedTensor> {
@@ -178,6 +180,15 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
         if (p > 0) adapters[adapters.length - 1].u = u;
         else adapters.push({ name, xa, u, p, seed, stream });
         yield step('shrink', xa.handle, this._loraA.get(name)!.handle, u.handle);
+      }
+      const q = this.quantizedWeight;
+      const expands = adapters.map((a) => ({ u: a.u, B: this._loraB.get(a.name)!, scale: this._scaling.get(a.name)! }));
+      if (q && doraName === undefined && addsExpandsInF32(y.dtype, dev, expands)) {
+        yield* quantBaseThenExpandsSteps(x, q, biasHandle, expands, y);
+        folded?.dispose();
+        if (this._training) this.#cache = { x, outShape, adapters };
+        else freeAdapterCache(adapters, x);
+        return y;
       }
       const base = yield* this.floatBaseSteps(x.dtype);
       try {
