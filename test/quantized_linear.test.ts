@@ -83,17 +83,19 @@ describe.each(QUANT_FORMATS)('LoraLinear over a %s base', (format) => {
   test('merge: dequantise, add ΔW in f32, re-quantize; exact unmerge gives the original bytes back', async () => {
     const { layer, q, names, wd } = makeLayer(format, 5, { adapters: 2, doubleQuant: format === 'nf4' });
     const b0 = q.bytes();
-    const delta = layer.getDeltaWeight(names[0]).toFloat32Array();
+    // deq(W) + ΔW in f32 against float64 (the delta part, where the rounding would show)
+    const sum = layer.mergeAndUnload();
+    const [ad] = adapterRefs(layer, [names[0]]);
+    const delta64 = matmul(OUT, IN, R, (i, p) => ad.s * ad.B[i * R + p], (p, j) => ad.A[p * IN + j]);
+    const got = sum.toFloat32Array().map((v, i) => v - wd[i]);
+    expect(relErr(got, delta64)).toBeLessThan(TOL);
     layer.merge();
     expect(layer.mergedAdapters).toEqual(['a0']);
     expect(layer.mergeSideInfoBytes).toBeGreaterThan(0);
     expect(layer.mergeSideInfoBytes).toBeLessThanOrEqual(q.nbytes);
-    // the merged bytes are quantize(deq(W) + ΔW): the same bytes as quantizing that sum ourselves
-    const sum = new Float32Array(wd.length);
-    for (let i = 0; i < sum.length; i++) sum[i] = wd[i] + delta[i];
-    const requant = Tensor.quantize(Tensor.from(sum, [OUT, IN]), format, { doubleQuant: q.doubleQuant });
-    const md = q.dequantize().toFloat32Array();
-    expect(relErr(md, requant.dequantize().toFloat32Array())).toBeLessThan(2e-3);
+    // the merged bytes are quantize(deq(W) + ΔW), the same bytes as quantizing that sum ourselves
+    const requant = Tensor.quantize(sum, format, { doubleQuant: q.doubleQuant });
+    expect(bytesEqual(q.bytes(), requant.bytes())).toBe(true);
     layer.unmerge();
     expect(bytesEqual(q.bytes(), b0)).toBe(true);
     expect(layer.mergeSideInfoBytes).toBe(0);
