@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
- * How much rounding merging into a quantized base adds (peft's bnb merge: dequantise, add ΔW in f32,
+ * Bytes per weight and quantize → dequantize error of each format on a Gaussian W, then how much
+ * rounding merging into a quantized base adds (peft's bnb merge: dequantise, add ΔW in f32,
  * re-quantize), per format: on a Gaussian W [d, d] (std 0.02, as LLM weights) with a LoRA delta of
  * ‖ΔW‖/‖W‖ = 1% and 10%, the RMS and max of deq(merged) − (deq(W) + ΔW), both relative to W's RMS;
  * the fraction of the quantized bytes a merge changes; the side information an exact merge keeps
@@ -58,6 +59,23 @@ const log = (s) => {
   lines.push(s);
 };
 log(`quantized merge rounding: W [${D}, ${D}] ~ N(0, 0.02²), LoRA r=${R}; errors relative to rms(W); ${new Date().toISOString()}, ${os.cpus()[0].model}`);
+log('format       bytes/weight  rms(deq(q(W)) − W)/rms(W)  max/rms(W)');
+for (const format of lk.QUANT_FORMATS) {
+  for (const doubleQuant of format === 'nf4' || format === 'fp4' ? [false, true] : [false]) {
+    const q = lk.Tensor.quantize(lk.Tensor.from(w, [D, D]), format, { doubleQuant });
+    const d = q.dequantize().toFloat32Array();
+    let sq = 0;
+    let mx = 0;
+    for (let i = 0; i < d.length; i++) {
+      sq += (d[i] - w[i]) ** 2;
+      mx = Math.max(mx, Math.abs(d[i] - w[i]));
+    }
+    const name = doubleQuant ? `${format}+dq` : format;
+    log(`${name.padEnd(12)} ${q.bytesPerWeight.toFixed(4).padStart(12)}  ${(Math.sqrt(sq / d.length) / wRms).toExponential(3).padStart(25)}  ${(mx / wRms).toExponential(3).padStart(10)}`);
+    q.dispose();
+  }
+}
+log('');
 log('format       delta  rms(merge err)  max(merge err)  bytes changed  exact side info B/weight  exact unmerge  peft merge+unmerge: bytes differ  rms(drift)');
 for (const format of lk.QUANT_FORMATS) {
   for (const rel of [0.01, 0.1]) {
