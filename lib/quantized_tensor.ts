@@ -113,7 +113,8 @@ export class QuantizedTensor {
 
   /**
    * A QuantizedTensor over a copy of `bytes` in the layout of `format` (bytes() gives them; a ggml
-   * format also takes a GGUF tensor's data as it is, which may lack the final 16-byte padding).
+   * format also takes a GGUF tensor's data as it is, which may lack the final 16-byte padding; its
+   * shape is [rows, cols] = GGUF's [ne1, ne0]).
    */
   static fromBytes(format: QuantFormatName, shape: readonly number[], bytes: Uint8Array, opts: FromBytesOptions = {}): QuantizedTensor {
     const f = checkQuantFormat(format, 'format');

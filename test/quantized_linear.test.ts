@@ -243,6 +243,18 @@ describe('quantized base: dispose and bad input', () => {
     expect(() => l2.forward(Tensor.zeros([1, 64]))).toThrow(expect.objectContaining({ name: 'StateError' }));
   });
 
+  test('safeMerge: a non-finite merge leaves the bytes and the bias alone', () => {
+    const { layer, q, bias } = makeLayer('nf4', 61);
+    layer.loraB.get('a0')!.copyFrom(new Float32Array(OUT * R).fill(Number.POSITIVE_INFINITY));
+    const b0 = q.bytes();
+    const bias0 = bias.toFloat32Array();
+    expect(() => layer.merge({ safeMerge: true })).toThrow(expect.objectContaining({ name: 'LoraRangeError', message: expect.stringMatching(/NaNs or infinities/) }));
+    expect(bytesEqual(q.bytes(), b0)).toBe(true);
+    expect(Array.from(bias.toFloat32Array())).toEqual(Array.from(bias0));
+    expect(layer.merged).toBe(false);
+    expect(layer.mergeSideInfoBytes).toBe(0);
+  });
+
   test('typed errors: fanInFanOut, pissa, a disposed QuantizedTensor', () => {
     const q = Tensor.quantize(Tensor.from(randomArray(8 * 64, 1), [8, 64]), 'nf4');
     expect(() => new LoraLinear({ weight: q, fanInFanOut: true })).toThrow(
