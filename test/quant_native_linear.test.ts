@@ -29,10 +29,13 @@ interface Case {
   rows: number; // out features
   cols: number; // in features
 }
-// rows 70: five chunks of 16 on the few-token path (the last one short); rows 600 with n = 40:
-// two 512-row chunks on the many-token path, forward and backward.
+// n ≤ 8: the decode GEMV (rows 70: five tasks of 16 rows, the last one short); n = 12: chunks of
+// 16 rows per task through the GEMM; rows 600 with n = 40: two 512-row chunks on the many-token
+// path, forward and backward.
 const CASES: Case[] = [
+  { n: 1, rows: 70, cols: 256 },
   { n: 3, rows: 70, cols: 256 },
+  { n: 12, rows: 70, cols: 256 },
   { n: 40, rows: 600, cols: 256 },
 ];
 
@@ -95,6 +98,38 @@ describe.each(CASES)('n = $n, W [$rows, $cols]', ({ n, rows, cols }) => {
     expect(relErr(dx2.toFloat32Array(), base)).toBeLessThan(1e-5);
     expect(() => call((b) => b.quantLinearBackward(dyt.handle, q.handle, spec, terms, null))).not.toThrow();
     for (const t of [q, xt, y, bt, dyt, dx, dx2, ...At, ...Bt, ...ut, ...dA, ...dB]) t.dispose();
+  });
+});
+
+describe('the same results as the float ops on deq(W)', () => {
+  test.each([2, 20])('n = %d: backward with a dropout term equals linearBackward over the dequantised f32 W', (n) => {
+    const rows = 96;
+    const cols = 128;
+    const spec = specOf('nf4', rows, cols);
+    const { q } = quantizeNative(gaussian(rows * cols, 31, 0.05), spec);
+    const W = Tensor.from(dequantizeNative(q, spec), [rows, cols]);
+    const x = Tensor.from(gaussian(n * cols, 32), [n, cols]);
+    const dy = Tensor.from(gaussian(n * rows, 33), [n, rows]);
+    const A = [Tensor.from(gaussian(4 * cols, 34, 0.1), [4, cols]), Tensor.from(gaussian(2 * cols, 35, 0.1), [2, cols])];
+    const B = [Tensor.from(gaussian(rows * 4, 36, 0.1), [rows, 4]), Tensor.from(gaussian(rows * 2, 37, 0.1), [rows, 2])];
+    const u = [Tensor.zeros([n, 4]), Tensor.zeros([n, 2])];
+    const y1 = Tensor.zeros([n, rows]);
+    const y2 = Tensor.zeros([n, rows]);
+    const ad = A.map((a, i) => [a.handle, B[i].handle, 0.5 + i, u[i].handle] as [typeof a.handle, typeof a.handle, number, typeof a.handle]);
+    call((b) => b.loraForward(x.handle, W.handle, null, false, ad, y1.handle));
+    call((b) => b.quantLoraForward(x.handle, q.handle, spec, null, ad, y2.handle));
+    expect(relErr(y2.toFloat32Array(), y1.toFloat32Array())).toBeLessThan(1e-5);
+    const run = (quant: boolean) => {
+      const dx = Tensor.zeros([n, cols]);
+      const dA = A.map((a) => Tensor.zeros(a.shape));
+      const terms = A.map((a, i) => ({ xa: x.handle, u: u[i].handle, A: a.handle, B: B[i].handle, scale: 0.5 + i, p: i === 1 ? 0.3 : 0, seed: 5, stream: 9, dA: dA[i].handle, dB: null }));
+      if (quant) call((b) => b.quantLinearBackward(dy.handle, q.handle, spec, terms, dx.handle));
+      else call((b) => b.linearBackward(dy.handle, W.handle, false, terms, dx.handle));
+      return [dx, ...dA].map((t) => t.toFloat32Array());
+    };
+    const ref = run(false);
+    const got = run(true);
+    for (let i = 0; i < ref.length; i++) expect(relErr(got[i], ref[i])).toBeLessThan(1e-5);
   });
 });
 

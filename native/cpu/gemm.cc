@@ -64,9 +64,39 @@ void pack_a(const KernelTable& kt, const MatView& a, int64_t i0, int64_t mc, int
   }
 }
 
+// pack_b of a decoded B (MatView::decode): B = Eᵀ decodes nr rows of E at a time and transposes
+// them into the panel; B = E decodes each of the kc rows' [j0, j0 + nc) once and splits it into
+// the panels (nc ≤ NC and j0 a multiple of NC, so encoded blocks up to NC values stay whole).
+void pack_b_decoded(const KernelTable& kt, const MatView& b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst) {
+  const int64_t nr = kt.nr;
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < std::max(nr * KC, NC)) buf.resize(std::max(nr * KC, NC));
+  if (b.decode_t) {
+    for (int64_t q = 0; q < nc; q += nr) {
+      const int64_t cols = std::min(nr, nc - q);
+      float* panel = dst + q * kc;
+      for (int64_t c = 0; c < cols; c++) b.decode(b.ctx, j0 + q + c, k0, kc, buf.data() + c * kc);
+      kt.pack_t(buf.data(), DType::F32, kc, cols, kc, panel, nr);
+      for (int64_t c = cols; c < nr; c++)
+        for (int64_t k = 0; k < kc; k++) panel[k * nr + c] = 0.f;
+    }
+    return;
+  }
+  for (int64_t k = 0; k < kc; k++) {
+    b.decode(b.ctx, k0 + k, j0, nc, buf.data());
+    for (int64_t q = 0; q < nc; q += nr) {
+      const int64_t cols = std::min(nr, nc - q);
+      float* row = dst + q * kc + k * nr;
+      std::memcpy(row, buf.data() + q, cols * sizeof(float));
+      for (int64_t c = cols; c < nr; c++) row[c] = 0.f;
+    }
+  }
+}
+
 // Packs k-range × columns [j0, j0+nc) of B into nr-column panels.
 void pack_b(const KernelTable& kt, const MatView& b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst,
             float* tmp) {
+  if (b.decode) return pack_b_decoded(kt, b, k0, kc, j0, nc, dst);
   const int64_t nr = kt.nr;
   for (int64_t q = 0; q < nc; q += nr) {
     int64_t cols = std::min(nr, nc - q);
@@ -134,7 +164,7 @@ void pack_b16(const MatView& b, int64_t k0, int64_t kc, int64_t kcp, int64_t j0,
 }
 
 bool use_amx(const KernelTable& kt, const KSegment& s) {
-  return kt.bf16_block && s.a.dtype == DType::BF16 && s.b.dtype == DType::BF16 && s.alpha == 1.f;
+  return kt.bf16_block && s.a.dtype == DType::BF16 && s.b.dtype == DType::BF16 && s.alpha == 1.f && !s.b.decode;
 }
 
 // W stored as rows along K (B = Wᵀ of a row-major W, the LoRA layout): the AMX path reads it in place
@@ -327,7 +357,7 @@ void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vec
 bool gemv_ok(int64_t m, const std::vector<KSegment>& segs) {
   if (m != 1) return false;
   for (const KSegment& s : segs)
-    if (s.b.rs != 1 && s.b.cs != 1) return false;
+    if ((s.b.rs != 1 && s.b.cs != 1) || s.b.decode) return false;
   return true;
 }
 
