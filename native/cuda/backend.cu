@@ -38,6 +38,10 @@ Backend make_table() {
   b.all_finite = all_finite;
   b.dropout = dropout;
   // ggml_dequantize / ggml_quantize: host-memory ops, cpu only (backend_op names the gap if asked)
+  b.quantize = quantize;
+  b.dequantize = dequantize;
+  b.quant_lora_forward = quant_lora_forward;
+  b.quant_linear_backward = quant_linear_backward;
   b.adamw_step = adamw_step;
   b.sgd_step = sgd_step;
   b.accumulate = accumulate;

@@ -107,6 +107,15 @@ void gemm_rm(int64_t m, int64_t n, int64_t k, const void* A, int64_t lda, bool t
 // input_grad the backward's dx = dy·W (x is then dy [n, out] and y is dx [n, in]).
 void base_gemm(const TensorRef& x, const TensorRef& W, const TensorRef& y, bool input_grad);
 
+// quant.cu, quant_linear.cu: quantized bases (core/backend.h's quantize, dequantize,
+// quant_lora_forward, quant_linear_backward; core/quant_formats.h).
+void quantize(const TensorRef& w, const QuantSpec& spec, uint8_t* out);
+void dequantize(const QuantWeight& W, const TensorRef& out);
+void quant_lora_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* bias,
+                        const std::vector<FusedAdapter>& adapters, const TensorRef& y);
+void quant_linear_backward(const TensorRef& dy, const QuantWeight& W, const std::vector<BackwardTerm>& terms,
+                           const TensorRef* dx);
+
 // optim.cu: fused optimizer steps over one parameter tensor (state in f32; f32 math).
 // master (f32, or null) is the authoritative value of a 16-bit parameter, as on the cpu.
 void adamw_step(const TensorRef& param, const TensorRef& grad, const TensorRef& exp_avg, const TensorRef& exp_avg_sq,
