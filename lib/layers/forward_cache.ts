@@ -1,5 +1,7 @@
-/** What LoraLinear's training forward keeps for its backward, and how it is freed. */
+/** What LoraLinear's training forward keeps for its backward, how it is freed, and the DoRA backward's operands. */
+import { DoraBackwardTermArg } from '../native';
 import { Tensor } from '../tensor';
+import { AdapterGrads } from './options';
 
 export interface AdapterCache {
   name: string;
@@ -25,4 +27,36 @@ export function freeAdapterCache(adapters: AdapterCache[], x: Tensor, dora?: { n
   }
   dora?.norm.dispose();
   dora?.pre.dispose();
+}
+
+/** doraLinearBackward's term for the cached forward, and zeroed gradients (null for a frozen adapter). */
+export function doraBackwardTerm(
+  a: AdapterCache,
+  dora: { norm: Tensor; pre: Tensor },
+  ops: { A: Tensor; B: Tensor; magnitude: Tensor; scale: number },
+  frozen: boolean,
+): { term: DoraBackwardTermArg; g: AdapterGrads | null } {
+  const { A, B, magnitude: m } = ops;
+  const device = A.device;
+  const g: AdapterGrads | null = frozen
+    ? null
+    : {
+        loraA: Tensor.zeros(A.shape, { dtype: A.dtype, device }),
+        loraB: Tensor.zeros(B.shape, { dtype: B.dtype, device }),
+        magnitude: Tensor.zeros(m.shape, { dtype: m.dtype, device }),
+      };
+  const term: DoraBackwardTermArg = {
+    xa: a.xa.handle,
+    u: a.u.handle,
+    A: A.handle,
+    B: B.handle,
+    magnitude: m.handle,
+    scale: ops.scale,
+    p: a.p,
+    seed: a.seed,
+    stream: a.stream,
+    norm: dora.norm.handle,
+    pre: dora.pre.handle,
+  };
+  return { term, g };
 }

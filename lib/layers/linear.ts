@@ -22,7 +22,7 @@ import { QuantizedTensor, isQuantizedTensor } from '../quantized_tensor';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkBool, checkOptions } from '../validate';
 import { foldedBiasSteps, columnSumSteps } from './bias_terms';
-import { AdapterCache, ForwardCache, freeAdapterCache } from './forward_cache';
+import { AdapterCache, ForwardCache, doraBackwardTerm, freeAdapterCache } from './forward_cache';
 import { InitLoraWeights, kaimingFactors, residualWeight, weightInitFactors } from './init';
 import { AdapterGrads, BackwardResult, MixedForwardOptions } from './lora_layer';
 import { rowAdapterIndex } from './mixed_batch';
@@ -255,34 +255,11 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
 
   private *doraBackwardSteps(dy: Tensor, cache: ForwardCache, dx: Tensor, grads: Map<string, AdapterGrads>): KernelSteps<void> {
     const a = cache.adapters[0];
-    const dora = cache.dora!;
     if (!this._loraA.has(a.name)) throw new StateError(`backward: adapter '${a.name}' was deleted after the forward`);
-    const A = this._loraA.get(a.name)!;
-    const B = this._loraB.get(a.name)!;
-    const m = this._loraMagnitude.get(a.name)!;
-    let g: AdapterGrads | null = null;
-    if (!this._inferenceMode.get(a.name)) {
-      const device = this.device;
-      g = {
-        loraA: Tensor.zeros(A.shape, { dtype: A.dtype, device }),
-        loraB: Tensor.zeros(B.shape, { dtype: B.dtype, device }),
-        magnitude: Tensor.zeros(m.shape, { dtype: m.dtype, device }),
-      };
-      grads.set(a.name, g);
-    }
-    const term = {
-      xa: a.xa.handle,
-      u: a.u.handle,
-      A: A.handle,
-      B: B.handle,
-      magnitude: m.handle,
-      scale: this._scaling.get(a.name)!,
-      p: a.p,
-      seed: a.seed,
-      stream: a.stream,
-      norm: dora.norm.handle,
-      pre: dora.pre.handle,
-    };
+    const { term, g } = doraBackwardTerm(a, cache.dora!, {
+      A: this._loraA.get(a.name)!, B: this._loraB.get(a.name)!, magnitude: this._loraMagnitude.get(a.name)!, scale: this._scaling.get(a.name)!,
+    }, this._inferenceMode.get(a.name) === true);
+    if (g) grads.set(a.name, g);
     const base = yield* this.floatBaseSteps(dy.dtype);
     try {
       yield step('doraLinearBackward', dy.handle, base.handle, this.fanInFanOut, term, dx.handle, g ? g.loraA.handle : null,
