@@ -284,8 +284,10 @@ function resizedHint(data: ArrayBufferView): string {
 
 /** Throws unless t is a live float tensor on the given device; returns it. */
 export function requireFloatTensor(t: unknown, name: string, device: Device = 'cpu'): Tensor {
-  if (isQuantized(t))
-    throw new DTypeError(`${name}: expected a float Tensor, got a QuantizedTensor (${(t as { format: string }).format}): call .dequantize() for a float copy`);
+  if (isQuantized(t)) {
+    const hint = name.endsWith('weight') ? ' (LoraLinear takes a QuantizedTensor as its weight; this layer does not)' : '';
+    throw new DTypeError(`${name}: expected a float Tensor, got a QuantizedTensor (${(t as { format: string }).format}): call .dequantize() for a float copy${hint}`);
+  }
   if (!Tensor.isTensor(t)) throw new LoraTypeError(`${name}: expected a Tensor, got ${describe(t)}`);
   if (t.disposed) throw new StateError(`${name}: the tensor was disposed`);
   if (!isFloatDType(t.dtype)) throw new DTypeError(`${name}: expected a float tensor (f32, f16, bf16), got ${t.dtype}`);

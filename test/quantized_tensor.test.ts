@@ -3,7 +3,7 @@
  * order, LLM.int8's per-row absmax, ggml's quantize_row_*_ref bytes), quantize → dequantize error on
  * Gaussian weights, the byte layouts, fromBytes/bytes/to/clone/dispose and the typed errors.
  */
-import { LoraLinear, QUANT_FORMATS, QuantFormatName, QuantizedTensor, Tensor, quantize, quantizeGgml } from '../lib';
+import { LoraEmbedding, LoraLinear, QUANT_FORMATS, QuantFormatName, QuantizedTensor, Tensor, quantize, quantizeGgml } from '../lib';
 import { GGML } from '../lib/gguf';
 import { native } from '../lib/native';
 import { randomArray } from './helpers/reference';
@@ -201,6 +201,9 @@ describe('QuantizedTensor bad input', () => {
     const layer = new LoraLinear({ weight: Tensor.zeros([4, 64]) });
     expect(() => layer.forward(q as unknown as Tensor)).toThrow(
       expect.objectContaining({ name: 'DTypeError', message: 'x: expected a float Tensor, got a QuantizedTensor (nf4): call .dequantize() for a float copy' }),
+    );
+    expect(() => new LoraEmbedding({ weight: q as unknown as Tensor })).toThrow(
+      expect.objectContaining({ name: 'DTypeError', message: expect.stringMatching(/^opts.weight: expected a float Tensor, got a QuantizedTensor \(nf4\): call \.dequantize\(\) .*LoraLinear takes a QuantizedTensor as its weight/) }),
     );
     expect(() => Tensor.zeros([4, 64]).copyFrom(q as unknown as Tensor)).toThrow(expect.objectContaining({ message: expect.stringMatching(/QuantizedTensor/) }));
   });
