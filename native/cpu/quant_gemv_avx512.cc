@@ -53,12 +53,25 @@ LK_Q void row_4bit(int64_t groups, int64_t gpb, __m512 table, bool hi_first, boo
     if (hi_first) fma_group<NT>(wh, wl, x + g * 32, ldx, a);
     else fma_group<NT>(wl, wh, x + g * 32, ldx, a);
   };
-  // With few tokens a second set of accumulators (odd groups) hides the FMA latency.
-  for (int64_t b = 0, g = 0; g < groups; b++) {
-    __m512 t = _mm512_mul_ps(table, _mm512_set1_ps(scale(b)));
-    if (bf16) t = round_bf16(t);
-    for (const int64_t ge = g + gpb; g < ge; g++) step(g, t, NT <= 2 && (g & 1) ? acc2 : acc);
+  // The block's table once per block (gpb groups, a power of two); with few tokens a second set
+  // of accumulators (odd groups) hides the FMA latency. Both sets stay in registers: every call of
+  // step names its set at compile time.
+  const int64_t shift = __builtin_ctzll(static_cast<uint64_t>(gpb));
+  auto table_of = [&](int64_t b) LK_Q {
+    const __m512 t = _mm512_mul_ps(table, _mm512_set1_ps(scale(b)));
+    return bf16 ? round_bf16(t) : t;
+  };
+  int64_t g = 0;
+  if (NT <= 2) {
+    __m512 t = table_of(0);
+    for (int64_t cur = 0; g + 1 < groups; g += 2) {
+      if ((g >> shift) != cur) t = table_of(cur = g >> shift);
+      const __m512 t1 = gpb == 1 ? table_of(g + 1) : t;
+      step(g, t, acc);
+      step(g + 1, t1, acc2);
+    }
   }
+  for (; g < groups; g++) step(g, table_of(g >> shift), acc);
   for (int i = 0; i < NT; i++)
     y[i * ldy] = hsum(_mm512_add_ps(_mm512_add_ps(acc[2 * i], acc[2 * i + 1]), _mm512_add_ps(acc2[2 * i], acc2[2 * i + 1])));
 }
@@ -103,10 +116,10 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
     const __m512 table = _mm512_load_ps(q4_table);
     for (int64_t j = j0; j < j1; j++) {
       const uint8_t* row = data + j * groups * sizeof(BlockQ4_0);
-      auto scale = [&](int64_t g) {
+      auto scale = [&](int64_t g) LK_Q {
         uint16_t h;
         std::memcpy(&h, row + g * sizeof(BlockQ4_0), 2);
-        return f16_to_f32(h);
+        return _cvtsh_ss(h);  // F16C: exact, as dtype.h f16_to_f32
       };
       row_4bit<NT>(groups, 1, table, false, bf16, [&](int64_t g) { return row + g * sizeof(BlockQ4_0) + 2; }, scale, x, cols, y + j, ldy);
     }
@@ -120,10 +133,10 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
   } else {  // Q8_0
     for (int64_t j = j0; j < j1; j++) {
       const uint8_t* row = data + j * groups * sizeof(BlockQ8_0);
-      auto scale = [&](int64_t g) {
+      auto scale = [&](int64_t g) LK_Q {
         uint16_t h;
         std::memcpy(&h, row + g * sizeof(BlockQ8_0), 2);
-        return f16_to_f32(h);
+        return _cvtsh_ss(h);  // F16C: exact, as dtype.h f16_to_f32
       };
       row_8bit<NT>(groups, [&](int64_t g) { return reinterpret_cast<const int8_t*>(row + g * sizeof(BlockQ8_0) + 2); }, scale,
                    x, cols, y + j, ldy);
