@@ -133,35 +133,43 @@ describe('the same results as the float ops on deq(W)', () => {
   });
 });
 
-describe('16-bit activations and the async forms', () => {
-  test('bf16 x and y, f16 bias: the forward equals the f32 forward on the same values within bf16 rounding', async () => {
+// bf16 activations use deq(W) rounded to bf16 (bnb dequantises to its compute dtype): the
+// reference is float64 over those weights, the result rounded once to bf16.
+describe('bf16 activations and the async forms', () => {
+  const bf = (v: Float32Array) => Tensor.from(v, [v.length], { dtype: 'bf16' }).toFloat32Array();
+  test.each(['q4_0', 'nf4', 'int8', 'q4_k'] as const)('%s: bf16 x, y, A, B and an f16 bias, n = 5 (decode GEMV) and n = 20 (GEMM); dx; dequantize to bf16', async (format) => {
     const rows = 48;
-    const cols = 128;
-    const n = 5;
-    const spec = specOf('q4_0', rows, cols);
+    const cols = 256;
+    const spec = specOf(format, rows, cols);
     const { q } = quantizeNative(gaussian(rows * cols, 7, 0.05), spec);
-    const x16 = Tensor.from(gaussian(n * cols, 8), [n, cols], { dtype: 'bf16' });
-    const x32 = Tensor.from(x16.toFloat32Array(), [n, cols]);
+    const Wd = dequantizeNative(q, spec);
+    const Wb = bf(Wd);
     const bias = Tensor.from(gaussian(rows, 9), [rows], { dtype: 'f16' });
     const A = Tensor.from(gaussian(4 * cols, 10, 0.1), [4, cols], { dtype: 'bf16' });
     const B = Tensor.from(gaussian(rows * 4, 11, 0.1), [rows, 4], { dtype: 'bf16' });
-    const y16 = Tensor.zeros([n, rows], { dtype: 'bf16' });
-    const y32 = Tensor.zeros([n, rows]);
-    call((b) => b.quantLoraForward(x16.handle, q.handle, spec, bias.handle, [[A.handle, B.handle, 1, null]], y16.handle));
-    await callAsync((b) => b.quantLoraForwardAsync(x32.handle, q.handle, spec, bias.handle, [[A.handle, B.handle, 1, null]], y32.handle));
-    const a = y16.toFloat32Array();
-    const ref = y32.toFloat32Array();
-    for (let i = 0; i < a.length; i++) expect(Math.abs(a[i] - ref[i])).toBeLessThanOrEqual(Math.abs(ref[i]) * 2 ** -8 + 1e-6);
-    const dx = Tensor.zeros([n, cols], { dtype: 'bf16' });
-    const dy = Tensor.from(gaussian(n * rows, 12), [n, rows], { dtype: 'bf16' });
-    await callAsync((b) => b.quantLinearBackwardAsync(dy.handle, q.handle, spec, [], dx.handle));
-    const Wd = dequantizeNative(q, spec);
-    const dyv = dy.toFloat32Array();
-    const ref2 = matmul(n, cols, rows, (i, p) => dyv[i * rows + p], (p, j) => Wd[p * cols + j]);
-    const got = dx.toFloat32Array();
-    for (let i = 0; i < got.length; i++) expect(Math.abs(got[i] - ref2[i])).toBeLessThanOrEqual(Math.abs(ref2[i]) * 2 ** -8 + 1e-5);
+    const [Av, Bv, bv] = [A.toFloat32Array(), B.toFloat32Array(), bias.toFloat32Array()];
+    const check = (got: Float32Array, ref: Float64Array) => {
+      const m = Math.max(...Array.from(ref, Math.abs));
+      for (let i = 0; i < got.length; i++) expect(Math.abs(got[i] - ref[i])).toBeLessThanOrEqual(Math.abs(ref[i]) * 2 ** -8 + 1e-5 * m);
+    };
+    for (const n of [5, 20]) {
+      const x = Tensor.from(gaussian(n * cols, 8 + n), [n, cols], { dtype: 'bf16' });
+      const xv = x.toFloat32Array();
+      const y = Tensor.zeros([n, rows], { dtype: 'bf16' });
+      await callAsync((b) => b.quantLoraForwardAsync(x.handle, q.handle, spec, bias.handle, [[A.handle, B.handle, 1.5, null]], y.handle));
+      const u = matmul(n, 4, cols, (i, p) => xv[i * cols + p], (p, j) => Av[j * cols + p]);
+      const ref = matmul(n, rows, cols, (i, p) => xv[i * cols + p], (p, j) => Wb[j * cols + p]);
+      const d = matmul(n, rows, 4, (i, p) => u[i * 4 + p], (p, j) => Bv[j * 4 + p]);
+      for (let i = 0; i < ref.length; i++) ref[i] += 1.5 * d[i] + bv[i % rows];
+      check(y.toFloat32Array(), ref);
+      const dy = Tensor.from(gaussian(n * rows, 12), [n, rows], { dtype: 'bf16' });
+      const dyv = dy.toFloat32Array();
+      const dx = Tensor.zeros([n, cols], { dtype: 'bf16' });
+      call((b) => b.quantLinearBackward(dy.handle, q.handle, spec, [], dx.handle));
+      check(dx.toFloat32Array(), matmul(n, cols, rows, (i, p) => dyv[i * rows + p], (p, j) => Wb[p * cols + j]));
+    }
     const deq = Tensor.zeros([rows, cols], { dtype: 'bf16' });
     await callAsync((b) => b.dequantizeAsync(q.handle, spec, deq.handle));
-    expect(Array.from(deq.toFloat32Array())).toEqual(Array.from(Tensor.from(Wd, [rows, cols], { dtype: 'bf16' }).toFloat32Array()));
+    expect(Array.from(deq.toFloat32Array())).toEqual(Array.from(Wb));
   });
 });

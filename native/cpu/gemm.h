@@ -14,7 +14,8 @@ using DecodeRowFn = void (*)(const void* ctx, int64_t row, int64_t c0, int64_t l
 
 // Element (i, k) of a matrix lives at data + (i * rs + k * cs) elements. A B operand may instead be
 // decoded while it is packed (decode set, data unused): the rows of the encoded matrix E are B's
-// columns (decode_t, B = Eᵀ) or its rows (B = E). Such a B is only packed, never read in place.
+// columns (decode_t, B = Eᵀ) or its rows (B = E). Such a B is only packed, never read in place;
+// with dtype BF16 (and a bf16 A) it joins the bf16 block path, its values rounded to bf16.
 struct MatView {
   const void* data = nullptr;
   DType dtype = DType::F32;

@@ -221,10 +221,16 @@ void dequantize_segment(const QuantWeight& W, int64_t row, int64_t c0, int64_t l
   const QuantSpec& s = W.spec;
   const QuantLayout L = quant_layout(s);
   const int64_t cols = s.cols;
-  if (quant_is_ggml(s.format)) {
+  if (quant_is_ggml(s.format)) {  // the whole blocks covering the range, then the range
     const GgmlType t = quant_ggml_type(s.format);
     const GgmlTypeSize ts = ggml_type_size(t);
-    ggml_dequantize(t, W.data + L.data_off + (row * cols + c0) / ts.block * ts.bytes, out, len);
+    const int64_t b0 = c0 / ts.block, b1 = (c0 + len + ts.block - 1) / ts.block;
+    const uint8_t* src = W.data + L.data_off + (row * cols / ts.block + b0) * ts.bytes;
+    if (b0 * ts.block == c0 && b1 * ts.block == c0 + len) return ggml_dequantize(t, src, out, len);
+    thread_local std::vector<float> tmp;
+    tmp.resize(static_cast<size_t>((b1 - b0) * ts.block));
+    ggml_dequantize(t, src, tmp.data(), (b1 - b0) * ts.block);
+    std::memcpy(out, tmp.data() + (c0 - b0 * ts.block), static_cast<size_t>(len) * 4);
     return;
   }
   if (s.format == QuantFormat::INT8) {

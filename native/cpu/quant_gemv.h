@@ -15,10 +15,11 @@ constexpr int64_t kGemvMaxTokens = 8;
 bool quant_gemv_interleaved(QuantFormat f);
 
 // Rows [j0, j1) of W against n ≤ kGemvMaxTokens rows of arranged x (row stride cols) into
-// y[i·ldy + j] (f32). Null when the path has no kernel for the format.
+// y[i·ldy + j] (f32); bf16: with deq(W) rounded to bf16 (bf16 activations, quant_linear.cc). Null
+// when the path has no kernel for the format (and rounding).
 using QuantGemvFn = void (*)(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j1, float* y,
-                             int64_t ldy);
-QuantGemvFn quant_gemv_kernel(QuantFormat f);
+                             int64_t ldy, bool bf16);
+QuantGemvFn quant_gemv_kernel(QuantFormat f, bool bf16);
 
 // deq(W)[row, c0 .. c0 + len) as f32 (the decode of the packed GEMM's W panels).
 using QuantDecodeFn = void (*)(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out);
@@ -27,7 +28,7 @@ QuantDecodeFn quant_decode_kernel();
 QuantDecodeFn quant_decode_avx512();
 
 // The AVX-512 kernels (null for formats they do not cover, or in builds for other architectures).
-QuantGemvFn quant_gemv_avx512(QuantFormat f);
+QuantGemvFn quant_gemv_avx512(QuantFormat f, bool bf16);
 
 }  // namespace cpu
 }  // namespace lorakit

@@ -22,6 +22,13 @@ namespace {
 
 LK_Q inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
+// Round to nearest even bf16, kept as f32 (finite values: the scaled code tables).
+LK_Q inline __m512 round_bf16(__m512 v) {
+  const __m512i b = _mm512_castps_si512(v);
+  const __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1)));
+  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_add_epi32(b, bias), _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
 // Accumulates 32 weights (wa for x[0..15] of the group, wb for x[16..31]) against NT token rows.
 template <int NT>
 LK_Q inline void fma_group(__m512 wa, __m512 wb, const float* x, int64_t ldx, __m512* acc) {
@@ -31,30 +38,40 @@ LK_Q inline void fma_group(__m512 wa, __m512 wb, const float* x, int64_t ldx, __
   }
 }
 
-// 4-bit formats. Group g of a row (32 values) has its 16 bytes at bytes(g) and its scale at
-// scale(g); hi_first: the high nibble holds the group's first operand (nf4/fp4, x interleaved),
-// else the low nibble does (q4_0: low nibbles are values 0..15, high ones 16..31).
+// 4-bit formats. Group g of a row (32 values) has its 16 bytes at bytes(g); block b (gpb groups)
+// has its scale at scale(b). hi_first: the high nibble holds the group's first operand (nf4/fp4,
+// x interleaved), else the low nibble does (q4_0: low nibbles are values 0..15, high ones 16..31).
 template <int NT, class Bytes, class Scale>
-LK_Q void row_4bit(int64_t groups, __m512 table, bool hi_first, Bytes bytes, Scale scale, const float* x, int64_t ldx,
-                   float* y, int64_t ldy) {
+LK_Q void row_4bit(int64_t groups, int64_t gpb, __m512 table, bool hi_first, bool bf16, Bytes bytes, Scale scale,
+                   const float* x, int64_t ldx, float* y, int64_t ldy) {
   __m512 acc[2 * NT], acc2[2 * NT];
   for (int i = 0; i < 2 * NT; i++) acc[i] = acc2[i] = _mm512_setzero_ps();
-  const __m512i mask = _mm512_set1_epi32(15);
-  auto step = [&](int64_t g, __m512* a) LK_Q {
-    const __m512 t = _mm512_mul_ps(table, _mm512_set1_ps(scale(g)));
+  auto step = [&](int64_t g, __m512 t, __m512* a) LK_Q {
+    // vpermps reads the low 4 bits of each index: v itself selects by the low nibble.
     const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes(g))));
-    const __m512i hi = _mm512_srli_epi32(v, 4), lo = _mm512_and_si512(v, mask);
-    const __m512 wh = _mm512_permutexvar_ps(hi, t), wl = _mm512_permutexvar_ps(lo, t);
+    const __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t), wl = _mm512_permutexvar_ps(v, t);
     if (hi_first) fma_group<NT>(wh, wl, x + g * 32, ldx, a);
     else fma_group<NT>(wl, wh, x + g * 32, ldx, a);
   };
+  // The block's table once per block (gpb groups, a power of two); with few tokens a second set
+  // of accumulators (odd groups) hides the FMA latency. Both sets stay in registers: every call of
+  // step names its set at compile time.
+  const int64_t shift = __builtin_ctzll(static_cast<uint64_t>(gpb));
+  auto table_of = [&](int64_t b) LK_Q {
+    const __m512 t = _mm512_mul_ps(table, _mm512_set1_ps(scale(b)));
+    return bf16 ? round_bf16(t) : t;
+  };
   int64_t g = 0;
-  if (NT <= 2)  // a second set of accumulators hides the FMA latency when there are few tokens
-    for (; g + 1 < groups; g += 2) {
-      step(g, acc);
-      step(g + 1, acc2);
+  if (NT <= 2) {
+    __m512 t = table_of(0);
+    for (int64_t cur = 0; g + 1 < groups; g += 2) {
+      if ((g >> shift) != cur) t = table_of(cur = g >> shift);
+      const __m512 t1 = gpb == 1 ? table_of(g + 1) : t;
+      step(g, t, acc);
+      step(g + 1, t1, acc2);
     }
-  for (; g < groups; g++) step(g, acc);
+  }
+  for (; g < groups; g++) step(g, table_of(g >> shift), acc);
   for (int i = 0; i < NT; i++)
     y[i * ldy] = hsum(_mm512_add_ps(_mm512_add_ps(acc[2 * i], acc[2 * i + 1]), _mm512_add_ps(acc2[2 * i], acc2[2 * i + 1])));
 }
@@ -75,14 +92,14 @@ LK_Q void row_8bit(int64_t groups, Q q, Scale scale, const float* x, int64_t ldx
 }
 
 template <int NT>
-LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, float* y, int64_t ldy) {
+LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
   const QuantSpec& s = W.spec;
   const QuantLayout L = quant_layout(s);
   const int64_t cols = s.cols, groups = cols / 32;
   const uint8_t* data = W.data + L.data_off;
   if (s.format == QuantFormat::NF4 || s.format == QuantFormat::FP4) {
     const __m512 table = _mm512_loadu_ps(s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code);
-    const int64_t per_row = cols / s.block, gshift = __builtin_ctzll(static_cast<uint64_t>(s.block / 32));
+    const int64_t per_row = cols / s.block, gpb = s.block / 32;
     std::vector<float> amax(s.double_quant ? static_cast<size_t>(per_row) : 0);
     for (int64_t j = j0; j < j1; j++) {
       const float* a = reinterpret_cast<const float*>(W.data + L.scale_off) + j * per_row;
@@ -91,20 +108,20 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
         a = amax.data();
       }
       const uint8_t* row = data + j * cols / 2;
-      row_4bit<NT>(groups, table, true, [&](int64_t g) { return row + g * 16; }, [&](int64_t g) { return a[g >> gshift]; },
-                   x, cols, y + j, ldy);
+      row_4bit<NT>(groups, gpb, table, true, bf16, [&](int64_t g) { return row + g * 16; }, [&](int64_t b) { return a[b]; }, x, cols,
+                   y + j, ldy);
     }
   } else if (s.format == QuantFormat::Q4_0) {
     alignas(64) static const float q4_table[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
     const __m512 table = _mm512_load_ps(q4_table);
     for (int64_t j = j0; j < j1; j++) {
       const uint8_t* row = data + j * groups * sizeof(BlockQ4_0);
-      auto scale = [&](int64_t g) {
+      auto scale = [&](int64_t g) LK_Q {
         uint16_t h;
         std::memcpy(&h, row + g * sizeof(BlockQ4_0), 2);
-        return f16_to_f32(h);
+        return _cvtsh_ss(h);  // F16C: exact, as dtype.h f16_to_f32
       };
-      row_4bit<NT>(groups, table, false, [&](int64_t g) { return row + g * sizeof(BlockQ4_0) + 2; }, scale, x, cols, y + j, ldy);
+      row_4bit<NT>(groups, 1, table, false, bf16, [&](int64_t g) { return row + g * sizeof(BlockQ4_0) + 2; }, scale, x, cols, y + j, ldy);
     }
   } else if (s.format == QuantFormat::INT8) {
     const float* rs = reinterpret_cast<const float*>(W.data + L.scale_off);
@@ -116,10 +133,10 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
   } else {  // Q8_0
     for (int64_t j = j0; j < j1; j++) {
       const uint8_t* row = data + j * groups * sizeof(BlockQ8_0);
-      auto scale = [&](int64_t g) {
+      auto scale = [&](int64_t g) LK_Q {
         uint16_t h;
         std::memcpy(&h, row + g * sizeof(BlockQ8_0), 2);
-        return f16_to_f32(h);
+        return _cvtsh_ss(h);  // F16C: exact, as dtype.h f16_to_f32
       };
       row_8bit<NT>(groups, [&](int64_t g) { return reinterpret_cast<const int8_t*>(row + g * sizeof(BlockQ8_0) + 2); }, scale,
                    x, cols, y + j, ldy);
@@ -127,16 +144,16 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
   }
 }
 
-void gemv(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy) {
+void gemv(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
   switch (n) {
-    case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy);
-    case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy);
-    case 3: return gemv_nt<3>(W, x, j0, j1, y, ldy);
-    case 4: return gemv_nt<4>(W, x, j0, j1, y, ldy);
-    case 5: return gemv_nt<5>(W, x, j0, j1, y, ldy);
-    case 6: return gemv_nt<6>(W, x, j0, j1, y, ldy);
-    case 7: return gemv_nt<7>(W, x, j0, j1, y, ldy);
-    default: return gemv_nt<8>(W, x, j0, j1, y, ldy);
+    case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy, bf16);
+    case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy, bf16);
+    case 3: return gemv_nt<3>(W, x, j0, j1, y, ldy, bf16);
+    case 4: return gemv_nt<4>(W, x, j0, j1, y, ldy, bf16);
+    case 5: return gemv_nt<5>(W, x, j0, j1, y, ldy, bf16);
+    case 6: return gemv_nt<6>(W, x, j0, j1, y, ldy, bf16);
+    case 7: return gemv_nt<7>(W, x, j0, j1, y, ldy, bf16);
+    default: return gemv_nt<8>(W, x, j0, j1, y, ldy, bf16);
   }
 }
 
@@ -167,8 +184,9 @@ LK_Q void decode_avx512(const QuantWeight& W, int64_t row, int64_t c0, int64_t l
   const float* amax = reinterpret_cast<const float*>(W.data + L.scale_off);
   int64_t cur = -1;
   __m512 t = table;
+  const int64_t e0 = row * cols + c0, shift = __builtin_ctzll(static_cast<uint64_t>(s.block));  // block: a power of two
   for (int64_t c = 0; c < len; c += 32) {
-    const int64_t b = (row * cols + c0 + c) / s.block;
+    const int64_t b = (e0 + c) >> shift;
     if (b != cur) {
       float a;
       if (s.double_quant) dq_absmax(W, b, 1, &a);
@@ -186,14 +204,14 @@ LK_Q void decode_avx512(const QuantWeight& W, int64_t row, int64_t c0, int64_t l
 
 QuantDecodeFn quant_decode_avx512() { return __builtin_cpu_supports("avx512f") ? decode : nullptr; }
 
-QuantGemvFn quant_gemv_avx512(QuantFormat f) {
+QuantGemvFn quant_gemv_avx512(QuantFormat f, bool bf16) {
   if (!__builtin_cpu_supports("avx512f")) return nullptr;
   switch (f) {
     case QuantFormat::NF4:
     case QuantFormat::FP4:
-    case QuantFormat::Q4_0:
+    case QuantFormat::Q4_0: return gemv;
     case QuantFormat::INT8:
-    case QuantFormat::Q8_0: return gemv;
+    case QuantFormat::Q8_0: return bf16 ? nullptr : gemv;  // per-weight scales: rounding is the generic path's
     default: return nullptr;
   }
 }
@@ -204,7 +222,7 @@ QuantGemvFn quant_gemv_avx512(QuantFormat f) {
 #include "quant_gemv.h"
 namespace lorakit {
 namespace cpu {
-QuantGemvFn quant_gemv_avx512(QuantFormat) { return nullptr; }
+QuantGemvFn quant_gemv_avx512(QuantFormat, bool) { return nullptr; }
 QuantDecodeFn quant_decode_avx512() { return nullptr; }
 }  // namespace cpu
 }  // namespace lorakit

@@ -27,17 +27,30 @@ std::vector<float>& task_scratch(int64_t floats) {
   return buf;
 }
 
+// bf16 activations use deq(W) rounded to bf16, as bnb dequantises to its compute dtype (the
+// activations' dtype): the GEMM then runs on the path's bf16 unit where it has one, and every path
+// and batch size sees the same weights. f32 and f16 activations use deq(W) exactly.
+void round_bf16(float* v, int64_t n) {
+  const KernelTable& kt = kernel_table();
+  thread_local std::vector<uint16_t> bits;
+  if (static_cast<int64_t>(bits.size()) < n) bits.resize(static_cast<size_t>(n));
+  kt.store_row(v, bits.data(), DType::BF16, n);
+  kt.load_row(bits.data(), DType::BF16, 1.f, n, v);
+}
+
 // deq(W) as a GEMM operand decoded while packed: B = deq(W)ᵀ (transposed) or B = deq(W).
 struct DecodeCtx {
   const QuantWeight* W;
   QuantDecodeFn fn;
+  bool bf16;
 };
 void decode_row(const void* ctx, int64_t row, int64_t c0, int64_t len, float* out) {
   const DecodeCtx* d = static_cast<const DecodeCtx*>(ctx);
-  d->fn(*d->W, row, c0, len, out);
+  d->fn(*d->W, row, c0, len, out);  // rounded to bf16 by the GEMM's packing for a BF16 view
 }
 MatView quant_view(const DecodeCtx& d, bool transposed) {
   MatView v;
+  v.dtype = d.bf16 ? DType::BF16 : DType::F32;
   v.decode = decode_row;
   v.ctx = &d;
   v.decode_t = transposed;
@@ -48,7 +61,7 @@ const char* at(const void* p, DType t, int64_t elems) { return static_cast<const
 
 // The portable decode GEMV: a few rows of W decoded into an L1/L2-sized scratch, then dotted with
 // every token's row (the path's dot_rows).
-void gemv_generic(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy) {
+void gemv_generic(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
   constexpr int64_t kRows = 4;
   const int64_t cols = W.spec.cols;
   const KernelTable& kt = kernel_table();
@@ -57,6 +70,7 @@ void gemv_generic(const QuantWeight& W, const float* x, int64_t n, int64_t j0, i
   for (int64_t j = j0; j < j1; j += kRows) {
     const int64_t nr = std::min(kRows, j1 - j);
     dequantize_rows(W, j, nr, w);
+    if (bf16) round_bf16(w, nr * cols);
     for (int64_t i = 0; i < n; i++) {
       std::fill(out, out + nr, 0.f);
       kt.dot_rows(cols, x + i * cols, w, DType::F32, cols, nr, out);
@@ -70,7 +84,8 @@ void gemv_generic(const QuantWeight& W, const float* x, int64_t n, int64_t j0, i
 void decode_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* bias, const std::vector<FusedAdapter>& adapters,
                     const std::vector<TensorRef>& us, const TensorRef& y) {
   const int64_t in = W.spec.cols, outf = W.spec.rows, n = x.numel() / in;
-  QuantGemvFn kernel = quant_gemv_kernel(W.spec.format);
+  const bool bf16 = x.dtype == DType::BF16;
+  QuantGemvFn kernel = quant_gemv_kernel(W.spec.format, bf16);
   const bool inter = kernel && quant_gemv_interleaved(W.spec.format);
   if (!kernel) kernel = gemv_generic;
   std::vector<float> xs(static_cast<size_t>(n * in)), yf(static_cast<size_t>(n * outf));
@@ -87,7 +102,7 @@ void decode_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* b
   constexpr int64_t kRowsPerTask = 16;
   parallel_for((outf + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t t0, int64_t t1) {
     const int64_t j0 = t0 * kRowsPerTask, j1 = std::min(outf, t1 * kRowsPerTask);
-    kernel(W, xs.data(), n, j0, j1, yf.data(), outf);
+    kernel(W, xs.data(), n, j0, j1, yf.data(), outf, bf16);
     for (int64_t j = j0; j < j1; j++)
       for (int64_t i = 0; i < n; i++) {
         float v = yf[i * outf + j] + (bias ? load_f32(bias->data, bias->dtype, j) : 0.f);
@@ -113,9 +128,9 @@ QuantDecodeFn quant_decode_kernel() {
   return fn ? fn : dequantize_segment;
 }
 
-QuantGemvFn quant_gemv_kernel(QuantFormat f) {
+QuantGemvFn quant_gemv_kernel(QuantFormat f, bool bf16) {
   const std::string path = kernel_table().name;
-  if (path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0) return quant_gemv_avx512(f);
+  if (path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0) return quant_gemv_avx512(f, bf16);
   return nullptr;
 }
 
@@ -139,7 +154,7 @@ void quant_lora_forward(const TensorRef& x, const QuantWeight& W, const TensorRe
     us.push_back(u);
   }
   if (n <= kGemvMaxTokens) return decode_forward(x, W, bias, adapters, us, y);
-  const DecodeCtx ctx{&W, quant_decode_kernel()};
+  const DecodeCtx ctx{&W, quant_decode_kernel(), x.dtype == DType::BF16};
   std::vector<KSegment> segs{{row_major(x.data, x.dtype, in), quant_view(ctx, true), in, 1.f}};
   for (size_t i = 0; i < adapters.size(); i++) {
     const TensorRef& B = adapters[i].B;
@@ -164,7 +179,7 @@ void quant_linear_backward(const TensorRef& dy, const QuantWeight& W, const std:
   lora_term_grads(dy, n, in, outf, terms, gs);
   if (!dx) return;
   // dx = dy·deq(W) + Σ g·A, the adapters without dropout as extra K segments (as linear_backward).
-  const DecodeCtx ctx{&W, quant_decode_kernel()};
+  const DecodeCtx ctx{&W, quant_decode_kernel(), dy.dtype == DType::BF16};
   std::vector<KSegment> segs{{row_major(dy.data, dy.dtype, outf), quant_view(ctx, false), outf, 1.f}};
   bool any_dropout = false;
   for (size_t a = 0; a < terms.size(); a++) {
