@@ -1,6 +1,8 @@
 /** lorakit: LoRA for Node.js with peft semantics over native CPU (and CUDA) kernels. */
 export { Tensor } from './tensor';
 export type { TensorOptions, TensorData } from './tensor';
+export { QuantizedTensor, quantize, QUANT_FORMATS } from './quantized_tensor';
+export type { QuantFormatName, QuantizeOptions, FromBytesOptions } from './quantized_tensor';
 export type { DType, FloatDType, IntDType, Device } from './dtype';
 export {
   LoraTypeError,
@@ -16,6 +18,7 @@ export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, LayerB
 export type { MixedForwardOptions, CombinationType, WeightedAdapterOptions } from './layers/lora_layer';
 export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';
+export type { MergeAndUnloadOptions } from './layers/quant_merge';
 export { LoraEmbedding } from './layers/embedding';
 export type { LoraEmbeddingOptions, EmbeddingIndices, EmbeddingBackwardResult } from './layers/embedding';
 export { LoraConv2d } from './layers/conv2d';
@@ -38,7 +41,7 @@ export { Checkpoint } from './io/checkpoint';
 export { LoraModel, ModulesToSaveWrapper, modulesFromStateDict, guessKind, readAdapter, mergeCheckpoint } from './model';
 export type { ModuleTensors } from './model';
 export type { LayerRngState } from './layers/lora_layer';
-export type { LoraConfig, BiasMode, ModuleSpec, ModuleOptions, ModuleKind, FromStateDictOptions, ParamValue, FromPretrainedOptions, ModelMergeOptions, LoadOptions, StreamMergeOptions, StreamMergeResult } from './model';
+export type { LoraConfig, BiasMode, ModuleSpec, ModuleOptions, ModuleKind, FromStateDictOptions, ParamValue, FromPretrainedOptions, ModelMergeOptions, ModelMergeAndUnloadOptions, QuantizeOnLoad, LoadOptions, StreamMergeOptions, StreamMergeResult } from './model';
 export { Parameter, countParameters } from './parameter';
 export type { ParameterRole } from './parameter';
 export { Optimizer, AdamW, SGD, clipGradNorm } from './train/optimizer';

@@ -219,7 +219,7 @@ export class Tensor {
       call((b) => b.convert(src.handle, this.handle));
       return this;
     }
-    if (typedArrayKind(src) === undefined) throw new LoraTypeError('src: expected a typed array or a Tensor');
+    if (typedArrayKind(src) === undefined) throw new LoraTypeError(`src: expected a typed array or a Tensor, got ${describe(src)}`);
     checkDataMatches(src, this.dtype, 'src');
     if (src.length !== this.numel)
       throw new ShapeError(`src: has ${src.length} elements but this tensor has shape ${shapeStr(this.shape)} (${this.numel})${resizedHint(src)}`);
@@ -293,6 +293,10 @@ function resizedHint(data: ArrayBufferView): string {
 
 /** Throws unless t is a live float tensor on the given device; returns it. */
 export function requireFloatTensor(t: unknown, name: string, device: Device = 'cpu'): Tensor {
+  if (isQuantized(t)) {
+    const hint = name.endsWith('weight') ? ' (LoraLinear takes a QuantizedTensor as its weight; this layer does not)' : '';
+    throw new DTypeError(`${name}: expected a float Tensor, got a QuantizedTensor (${(t as { format: string }).format}): call .dequantize() for a float copy${hint}`);
+  }
   if (!Tensor.isTensor(t)) throw new LoraTypeError(`${name}: expected a Tensor, got ${describe(t)}`);
   if (t.disposed) throw new StateError(`${name}: the tensor was disposed`);
   if (!isFloatDType(t.dtype)) throw new DTypeError(`${name}: expected a float tensor (f32, f16, bf16), got ${t.dtype}`);
@@ -300,7 +304,16 @@ export function requireFloatTensor(t: unknown, name: string, device: Device = 'c
   return t;
 }
 
+/** The brand of QuantizedTensors: quantized_tensor.ts imports this module, so tensor.ts knows them by it. */
+export const QUANTIZED_BRAND = Symbol.for('lorakit.QuantizedTensor');
+
+/** A QuantizedTensor (any realm). */
+export function isQuantized(v: unknown): boolean {
+  return typeof v === 'object' && v !== null && (v as Record<symbol, unknown>)[QUANTIZED_BRAND] === true;
+}
+
 export function describe(v: unknown): string {
+  if (isQuantized(v)) return `a QuantizedTensor (${(v as { format: string }).format})`;
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
   if (ArrayBuffer.isView(v)) return `a ${v.constructor.name}`;

@@ -29,10 +29,13 @@ interface Case {
   rows: number; // out features
   cols: number; // in features
 }
-// rows 70: five chunks of 16 on the few-token path (the last one short); rows 600 with n = 40:
-// two 512-row chunks on the many-token path, forward and backward.
+// n ≤ 8: the decode GEMV (rows 70: five tasks of 16 rows, the last one short); n = 12: chunks of
+// 16 rows per task through the GEMM; rows 600 with n = 40: two 512-row chunks on the many-token
+// path, forward and backward.
 const CASES: Case[] = [
+  { n: 1, rows: 70, cols: 256 },
   { n: 3, rows: 70, cols: 256 },
+  { n: 12, rows: 70, cols: 256 },
   { n: 40, rows: 600, cols: 256 },
 ];
 
@@ -98,35 +101,75 @@ describe.each(CASES)('n = $n, W [$rows, $cols]', ({ n, rows, cols }) => {
   });
 });
 
-describe('16-bit activations and the async forms', () => {
-  test('bf16 x and y, f16 bias: the forward equals the f32 forward on the same values within bf16 rounding', async () => {
-    const rows = 48;
+describe('the same results as the float ops on deq(W)', () => {
+  test.each([2, 20])('n = %d: backward with a dropout term equals linearBackward over the dequantised f32 W', (n) => {
+    const rows = 96;
     const cols = 128;
-    const n = 5;
-    const spec = specOf('q4_0', rows, cols);
+    const spec = specOf('nf4', rows, cols);
+    const { q } = quantizeNative(gaussian(rows * cols, 31, 0.05), spec);
+    const W = Tensor.from(dequantizeNative(q, spec), [rows, cols]);
+    const x = Tensor.from(gaussian(n * cols, 32), [n, cols]);
+    const dy = Tensor.from(gaussian(n * rows, 33), [n, rows]);
+    const A = [Tensor.from(gaussian(4 * cols, 34, 0.1), [4, cols]), Tensor.from(gaussian(2 * cols, 35, 0.1), [2, cols])];
+    const B = [Tensor.from(gaussian(rows * 4, 36, 0.1), [rows, 4]), Tensor.from(gaussian(rows * 2, 37, 0.1), [rows, 2])];
+    const u = [Tensor.zeros([n, 4]), Tensor.zeros([n, 2])];
+    const y1 = Tensor.zeros([n, rows]);
+    const y2 = Tensor.zeros([n, rows]);
+    const ad = A.map((a, i) => [a.handle, B[i].handle, 0.5 + i, u[i].handle] as [typeof a.handle, typeof a.handle, number, typeof a.handle]);
+    call((b) => b.loraForward(x.handle, W.handle, null, false, ad, y1.handle));
+    call((b) => b.quantLoraForward(x.handle, q.handle, spec, null, ad, y2.handle));
+    expect(relErr(y2.toFloat32Array(), y1.toFloat32Array())).toBeLessThan(1e-5);
+    const run = (quant: boolean) => {
+      const dx = Tensor.zeros([n, cols]);
+      const dA = A.map((a) => Tensor.zeros(a.shape));
+      const terms = A.map((a, i) => ({ xa: x.handle, u: u[i].handle, A: a.handle, B: B[i].handle, scale: 0.5 + i, p: i === 1 ? 0.3 : 0, seed: 5, stream: 9, dA: dA[i].handle, dB: null }));
+      if (quant) call((b) => b.quantLinearBackward(dy.handle, q.handle, spec, terms, dx.handle));
+      else call((b) => b.linearBackward(dy.handle, W.handle, false, terms, dx.handle));
+      return [dx, ...dA].map((t) => t.toFloat32Array());
+    };
+    const ref = run(false);
+    const got = run(true);
+    for (let i = 0; i < ref.length; i++) expect(relErr(got[i], ref[i])).toBeLessThan(1e-5);
+  });
+});
+
+// bf16 activations use deq(W) rounded to bf16 (bnb dequantises to its compute dtype): the
+// reference is float64 over those weights, the result rounded once to bf16.
+describe('bf16 activations and the async forms', () => {
+  const bf = (v: Float32Array) => Tensor.from(v, [v.length], { dtype: 'bf16' }).toFloat32Array();
+  test.each(['q4_0', 'nf4', 'int8', 'q4_k'] as const)('%s: bf16 x, y, A, B and an f16 bias, n = 5 (decode GEMV) and n = 20 (GEMM); dx; dequantize to bf16', async (format) => {
+    const rows = 48;
+    const cols = 256;
+    const spec = specOf(format, rows, cols);
     const { q } = quantizeNative(gaussian(rows * cols, 7, 0.05), spec);
-    const x16 = Tensor.from(gaussian(n * cols, 8), [n, cols], { dtype: 'bf16' });
-    const x32 = Tensor.from(x16.toFloat32Array(), [n, cols]);
+    const Wd = dequantizeNative(q, spec);
+    const Wb = bf(Wd);
     const bias = Tensor.from(gaussian(rows, 9), [rows], { dtype: 'f16' });
     const A = Tensor.from(gaussian(4 * cols, 10, 0.1), [4, cols], { dtype: 'bf16' });
     const B = Tensor.from(gaussian(rows * 4, 11, 0.1), [rows, 4], { dtype: 'bf16' });
-    const y16 = Tensor.zeros([n, rows], { dtype: 'bf16' });
-    const y32 = Tensor.zeros([n, rows]);
-    call((b) => b.quantLoraForward(x16.handle, q.handle, spec, bias.handle, [[A.handle, B.handle, 1, null]], y16.handle));
-    await callAsync((b) => b.quantLoraForwardAsync(x32.handle, q.handle, spec, bias.handle, [[A.handle, B.handle, 1, null]], y32.handle));
-    const a = y16.toFloat32Array();
-    const ref = y32.toFloat32Array();
-    for (let i = 0; i < a.length; i++) expect(Math.abs(a[i] - ref[i])).toBeLessThanOrEqual(Math.abs(ref[i]) * 2 ** -8 + 1e-6);
-    const dx = Tensor.zeros([n, cols], { dtype: 'bf16' });
-    const dy = Tensor.from(gaussian(n * rows, 12), [n, rows], { dtype: 'bf16' });
-    await callAsync((b) => b.quantLinearBackwardAsync(dy.handle, q.handle, spec, [], dx.handle));
-    const Wd = dequantizeNative(q, spec);
-    const dyv = dy.toFloat32Array();
-    const ref2 = matmul(n, cols, rows, (i, p) => dyv[i * rows + p], (p, j) => Wd[p * cols + j]);
-    const got = dx.toFloat32Array();
-    for (let i = 0; i < got.length; i++) expect(Math.abs(got[i] - ref2[i])).toBeLessThanOrEqual(Math.abs(ref2[i]) * 2 ** -8 + 1e-5);
+    const [Av, Bv, bv] = [A.toFloat32Array(), B.toFloat32Array(), bias.toFloat32Array()];
+    const check = (got: Float32Array, ref: Float64Array) => {
+      const m = Math.max(...Array.from(ref, Math.abs));
+      for (let i = 0; i < got.length; i++) expect(Math.abs(got[i] - ref[i])).toBeLessThanOrEqual(Math.abs(ref[i]) * 2 ** -8 + 1e-5 * m);
+    };
+    for (const n of [5, 20]) {
+      const x = Tensor.from(gaussian(n * cols, 8 + n), [n, cols], { dtype: 'bf16' });
+      const xv = x.toFloat32Array();
+      const y = Tensor.zeros([n, rows], { dtype: 'bf16' });
+      await callAsync((b) => b.quantLoraForwardAsync(x.handle, q.handle, spec, bias.handle, [[A.handle, B.handle, 1.5, null]], y.handle));
+      const u = matmul(n, 4, cols, (i, p) => xv[i * cols + p], (p, j) => Av[j * cols + p]);
+      const ref = matmul(n, rows, cols, (i, p) => xv[i * cols + p], (p, j) => Wb[j * cols + p]);
+      const d = matmul(n, rows, 4, (i, p) => u[i * 4 + p], (p, j) => Bv[j * 4 + p]);
+      for (let i = 0; i < ref.length; i++) ref[i] += 1.5 * d[i] + bv[i % rows];
+      check(y.toFloat32Array(), ref);
+      const dy = Tensor.from(gaussian(n * rows, 12), [n, rows], { dtype: 'bf16' });
+      const dyv = dy.toFloat32Array();
+      const dx = Tensor.zeros([n, cols], { dtype: 'bf16' });
+      call((b) => b.quantLinearBackward(dy.handle, q.handle, spec, [], dx.handle));
+      check(dx.toFloat32Array(), matmul(n, cols, rows, (i, p) => dyv[i * rows + p], (p, j) => Wb[p * cols + j]));
+    }
     const deq = Tensor.zeros([rows, cols], { dtype: 'bf16' });
     await callAsync((b) => b.dequantizeAsync(q.handle, spec, deq.handle));
-    expect(Array.from(deq.toFloat32Array())).toEqual(Array.from(Tensor.from(Wd, [rows, cols], { dtype: 'bf16' }).toFloat32Array()));
+    expect(Array.from(deq.toFloat32Array())).toEqual(Array.from(Wb));
   });
 });

@@ -3,17 +3,20 @@ import { runDemo } from '../demo/run';
 
 export const summary = 'train LoRA on a small frozen MLP from a seed (no downloads), merge, time, plot';
 
-const USAGE = `usage: lorakit demo [--steps N] [--out DIR] [--seed N] [--device cpu|cuda] [--no-png]
+const USAGE = `usage: lorakit demo [--steps N] [--out DIR] [--seed N] [--device cpu|cuda] [--quantize FORMAT] [--no-png]
   --steps N      optimizer steps (default 400)
   --out DIR      output directory (default ./lorakit-demo-out)
   --seed N       seed for weights, data and adapters (default 0)
   --device D     cpu (default) or cuda
+  --quantize F   store the frozen base quantized and train LoRA on it (QLoRA): nf4, fp4, int8,
+                 q8_0, q4_0, q4_k or q6_k (default: a float base)
   --no-png       do not try to render the loss curve as PNG (default: render it when rsvg-convert,
                  ImageMagick or inkscape is installed)
 
 examples:
   lorakit demo
-  lorakit demo --steps 1000 --seed 3 --out /tmp/lorakit-demo`;
+  lorakit demo --steps 1000 --seed 3 --out /tmp/lorakit-demo
+  lorakit demo --quantize nf4`;
 
 export async function run(argv: string[]): Promise<number> {
   const opts: Parameters<typeof runDemo>[0] = {};
@@ -32,6 +35,7 @@ export async function run(argv: string[]): Promise<number> {
     else if (a === '--out') opts.outDir = next();
     else if (a === '--seed') opts.seed = int(next());
     else if (a === '--device') opts.device = next() as 'cpu' | 'cuda';
+    else if (a === '--quantize') opts.quantize = next() as NonNullable<typeof opts.quantize>;
     else if (a === '--no-png') opts.png = false;
     else if (a === '--help' || a === '-h') {
       console.log(USAGE);
@@ -45,6 +49,10 @@ export async function run(argv: string[]): Promise<number> {
   const res = await runDemo(opts);
   if (!(res.lossDrop >= 10)) {
     console.error(`lorakit demo: the loss fell only ${res.lossDrop.toFixed(1)}x (expected at least 10x)`);
+    return 1;
+  }
+  if (res.quantizedBytesRestored === false) {
+    console.error('lorakit demo: unmerge did not give the quantized base its bytes back');
     return 1;
   }
   if (!(res.mergeRelErr <= 1e-5)) {

@@ -4,33 +4,37 @@
  * adapters of both layers.
  */
 import { LoraLinear } from '../layers/linear';
+import { QuantizedTensor } from '../quantized_tensor';
 import { Tensor } from '../tensor';
 import { gelu, geluBackward } from './gelu';
 
+/** A layer over a float or a quantized base. */
+export type DemoLinear = LoraLinear<Tensor | QuantizedTensor>;
+
 export interface MlpWeights {
-  w1: Tensor; // [hidden, in]
+  w1: Tensor | QuantizedTensor; // [hidden, in]
   b1: Tensor;
-  w2: Tensor; // [out, hidden]
+  w2: Tensor | QuantizedTensor; // [out, hidden]
   b2: Tensor;
 }
 
 export class Mlp {
-  readonly fc1: LoraLinear;
-  readonly fc2: LoraLinear;
+  readonly fc1: DemoLinear;
+  readonly fc2: DemoLinear;
   #pre: Float32Array | null = null;
   #act: Tensor | null = null; // fc2's input, kept alive for its backward
 
-  constructor(fc1: LoraLinear, fc2: LoraLinear) {
+  constructor(fc1: DemoLinear, fc2: DemoLinear) {
     this.fc1 = fc1;
     this.fc2 = fc2;
   }
 
   static fromWeights(w: MlpWeights): Mlp {
-    return new Mlp(new LoraLinear({ weight: w.w1, bias: w.b1 }), new LoraLinear({ weight: w.w2, bias: w.b2 }));
+    return new Mlp(new LoraLinear<Tensor | QuantizedTensor>({ weight: w.w1, bias: w.b1 }), new LoraLinear<Tensor | QuantizedTensor>({ weight: w.w2, bias: w.b2 }));
   }
 
   /** The modules as LoraModel takes them. */
-  static modules(w: MlpWeights): Array<{ name: string; kind: 'linear'; weight: Tensor; bias: Tensor }> {
+  static modules(w: MlpWeights): Array<{ name: string; kind: 'linear'; weight: Tensor | QuantizedTensor; bias: Tensor }> {
     return [
       { name: 'fc1', kind: 'linear', weight: w.w1, bias: w.b1 },
       { name: 'fc2', kind: 'linear', weight: w.w2, bias: w.b2 },

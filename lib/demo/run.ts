@@ -2,7 +2,9 @@
  * The end-to-end demo (`npm run demo`, `lorakit demo`): a frozen 2-layer MLP with fixed random
  * weights, a teacher that differs from it by a low-rank change of both weight matrices, LoRA on
  * fc1 and fc2 trained with AdamW to imitate the teacher, then merge, checks and timings.
- * Everything runs on the CPU from a seed; nothing is downloaded.
+ * Everything runs on the CPU from a seed; nothing is downloaded. With quantize (`--quantize nf4`) the
+ * student's base is stored quantized (QLoRA): the base and the teacher use its dequantised weights,
+ * so the teacher still differs from the student's base by a low-rank change.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -10,8 +12,8 @@ import { LoraRangeError, StateError } from '../errors';
 import { writeFileAtomicSync } from '../io/atomic';
 import { backendInfo } from '../kernels';
 import { call } from '../native';
-import { LoraLinear } from '../layers/linear';
 import { LoraModel } from '../model/lora_model';
+import { QuantFormatName, QuantizedTensor, checkQuantFormat } from '../quantized_tensor';
 import { Rng } from '../rng';
 import { Tensor } from '../tensor';
 import { mseLoss } from '../train/losses';
@@ -19,7 +21,7 @@ import { train } from '../train/loop';
 import { AdamW } from '../train/optimizer';
 import { lossCurveSvg } from '../train/plot';
 import { cosineSchedule } from '../train/schedule';
-import { Mlp, MlpWeights } from './mlp';
+import { DemoLinear, Mlp, MlpWeights } from './mlp';
 import { RenderResult, renderPng } from './render_png';
 
 export interface DemoOptions {
@@ -35,6 +37,8 @@ export interface DemoOptions {
   seed?: number;
   outDir?: string;
   device?: 'cpu' | 'cuda';
+  /** Store the student's frozen base in this format (QLoRA); default: float. */
+  quantize?: QuantFormatName;
   /** Rows in the timing batch and repetitions per timing. */
   timingBatch?: number;
   timingReps?: number;
@@ -54,8 +58,14 @@ export interface DemoResult {
   trainSeconds: number;
   trainableParams: number;
   allParams: number;
-  /** ‖merged − unmerged‖ / ‖unmerged‖ on a held-out batch. */
+  /** ‖merged − unmerged‖ / ‖unmerged‖ on a held-out batch (a quantized base: merged into a float copy, mergeAndUnload). */
   mergeRelErr: number;
+  /** A quantized base: the same after merging into the quantized weight in place (re-quantized, as peft's bnb merge). */
+  quantizedMergeRelErr?: number;
+  /** A quantized base: whether the exact unmerge gave the quantized bytes back. */
+  quantizedBytesRestored?: boolean;
+  /** A quantized base: bytes held per base weight. */
+  baseBytesPerWeight?: number;
   /** ‖W_merged − W_teacher‖ / ‖W_teacher − W_base‖ per layer: how much of the change was learnt. */
   recoveryErr: Record<string, number>;
   /** Medians; base is measured alternately with merged, baseBesideUnmerged with unmerged. */
@@ -149,27 +159,37 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   const outDir = path.resolve(opts.outDir ?? 'lorakit-demo-out');
   fs.mkdirSync(outDir, { recursive: true });
   const rng = new Rng(seed);
+  const format = opts.quantize === undefined ? null : checkQuantFormat(opts.quantize, 'quantize');
 
   // Frozen base with fixed random weights, and a teacher = base + low-rank change.
   const c1 = linearInit(rng, H, D);
   const c2 = linearInit(rng, O, H);
+  const q1 = format ? QuantizedTensor.quantize(c1.w, format) : null;
+  const q2 = format ? QuantizedTensor.quantize(c2.w, format) : null;
+  if (q1 && q2) {
+    // the base the student trains on is the quantized one: base and teacher start from its values
+    c1.w = q1.dequantize();
+    c2.w = q2.dequantize();
+  }
   const teacherW = { w1: onDevice(lowRankChange(rng, c1.w, k)), w2: onDevice(lowRankChange(rng, c2.w, k)) };
   const l1 = { w: onDevice(c1.w), b: onDevice(c1.b) };
   const l2 = { w: onDevice(c2.w), b: onDevice(c2.b) };
   const baseW: MlpWeights = { w1: l1.w, b1: l1.b, w2: l2.w, b2: l2.b };
   const base = Mlp.fromWeights(baseW).train(false);
   const teacher = Mlp.fromWeights({ w1: teacherW.w1, b1: l1.b, w2: teacherW.w2, b2: l2.b }).train(false);
-  const studentW: MlpWeights = { w1: l1.w.clone(), b1: l1.b, w2: l2.w.clone(), b2: l2.b };
+  const studentW: MlpWeights = { w1: q1 ? q1.to({ device }) : l1.w.clone(), b1: l1.b, w2: q2 ? q2.to({ device }) : l2.w.clone(), b2: l2.b };
 
   // LoRA injected into the named targets, as peft's get_peft_model.
   const targets = ['fc1', 'fc2'];
   const model = new LoraModel(Mlp.modules(studentW), { targetModules: targets, r, loraAlpha: 2 * r, seed: seed + 100 });
-  const student = new Mlp(model.layers.get('fc1') as LoraLinear, model.layers.get('fc2') as LoraLinear);
+  const student = new Mlp(model.layers.get('fc1') as DemoLinear, model.layers.get('fc2') as DemoLinear);
   const params = model.parameters();
   const { trainable, total: all } = model.getNbTrainableParameters();
   log(`lorakit demo: MLP ${D}→${H}→${O} (GELU), teacher = base + rank-${k} change of fc1 and fc2; LoRA r=${r} on [${targets.join(', ')}]`);
   log(`backend: ${backendInfo().cpuPath}, ${backendInfo().threads} threads; device ${device}; seed ${seed}`);
   model.printTrainableParameters(log);
+  const baseBytesPerWeight = q1 && q2 ? (q1.nbytes + q2.nbytes) / (q1.numel + q2.numel) : undefined;
+  if (format) log(`QLoRA: the student's frozen base is ${format} (${baseBytesPerWeight!.toFixed(4)} bytes per weight, f32: 4); the adapters train in f32`);
 
   const optimizer = new AdamW(params, { lr: opts.lr ?? 3e-3 });
   const scheduler = cosineSchedule(optimizer, { warmupSteps: Math.max(1, Math.round(steps * 0.05)), totalSteps: steps });
@@ -215,20 +235,31 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   };
   const yUnmerged = student.forward(xEval).toFloat32Array();
   const reloadW: MlpWeights = { w1: l1.w.clone(), b1: l1.b, w2: l2.w.clone(), b2: l2.b };
-  const reloaded = LoraModel.fromPretrained(Mlp.modules(reloadW), adapterDir);
-  const reloadedNet = new Mlp(reloaded.layers.get('fc1') as LoraLinear, reloaded.layers.get('fc2') as LoraLinear).train(false);
+  const reloaded = LoraModel.fromPretrained(Mlp.modules(reloadW), adapterDir, format ? { quantize: { format } } : {});
+  const reloadedNet = new Mlp(reloaded.layers.get('fc1') as DemoLinear, reloaded.layers.get('fc2') as DemoLinear).train(false);
   const reloadRelErr = relDiff(reloadedNet.forward(xEval).toFloat32Array(), yUnmerged);
   reloaded.dispose();
   log(`saved the adapter in peft format to ${adapterDir} (adapter_config.json, adapter_model.safetensors); reloaded onto the base: relative difference ${reloadRelErr.toExponential(2)}`);
   const [tBase1, tUnmerged] = medianMsPair(fwd(base), fwd(student), reps);
-  model.mergeAdapter();
-  const yMerged = student.forward(xEval).toFloat32Array();
-  const [tBase, tMerged] = medianMsPair(fwd(base), fwd(student), reps);
+  // A quantized base merges into float copies (mergeAndUnload's weights) for the exactness check.
+  const mergedW = format ? { w1: student.fc1.mergeAndUnload(), w2: student.fc2.mergeAndUnload() } : null;
+  const mergedNet = mergedW ? Mlp.fromWeights({ ...mergedW, b1: l1.b, b2: l2.b }).train(false) : student;
+  let quantizedMergeRelErr: number | undefined;
+  let bytesRestored = false;
+  if (format) {
+    const before = [student.fc1, student.fc2].map((l) => l.quantizedWeight!.bytes());
+    model.mergeAdapter(); // in place: dequantise, add, re-quantize (peft's bnb merge)
+    quantizedMergeRelErr = relDiff(student.forward(xEval).toFloat32Array(), yUnmerged);
+    model.unmergeAdapter();
+    bytesRestored = [student.fc1, student.fc2].every((l, i) => Buffer.from(l.quantizedWeight!.bytes()).equals(Buffer.from(before[i])));
+  } else model.mergeAdapter();
+  const yMerged = mergedNet.forward(xEval).toFloat32Array();
+  const [tBase, tMerged] = medianMsPair(fwd(base), fwd(mergedNet), reps);
   const mergeRelErr = relDiff(yMerged, yUnmerged);
   const recoveryErr: Record<string, number> = {};
   const pairs: Array<[string, Tensor, Tensor, Tensor]> = [
-    ['fc1', studentW.w1, teacherW.w1, l1.w],
-    ['fc2', studentW.w2, teacherW.w2, l2.w],
+    ['fc1', mergedW?.w1 ?? (studentW.w1 as Tensor), teacherW.w1, l1.w],
+    ['fc2', mergedW?.w2 ?? (studentW.w2 as Tensor), teacherW.w2, l2.w],
   ];
   for (const [n, merged, tw, bw] of pairs) {
     const m = merged.toFloat32Array();
@@ -236,7 +267,10 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
     const b = bw.toFloat32Array();
     recoveryErr[n] = relDiff(m, t) * Math.sqrt(t.reduce((s, v) => s + v * v, 0)) / Math.sqrt(t.reduce((s, v, i) => s + (v - b[i]) ** 2, 0));
   }
-  log(`merged vs unmerged outputs (${nEval} held-out rows): relative difference ${mergeRelErr.toExponential(2)}`);
+  log(`merged vs unmerged outputs (${nEval} held-out rows): relative difference ${mergeRelErr.toExponential(2)}${format ? ' (merged into f32 copies of the dequantised base)' : ''}`);
+  if (quantizedMergeRelErr !== undefined)
+    log(`merged into the ${format} base in place (re-quantized, as peft's bnb merge): relative difference ${quantizedMergeRelErr.toExponential(2)}; ` +
+        (bytesRestored ? 'unmerge restored the quantized bytes exactly' : 'unmerge did NOT restore the quantized bytes'));
   log(`learnt weight change: ‖W_merged − W_teacher‖/‖W_teacher − W_base‖ = fc1 ${recoveryErr.fc1.toExponential(2)}, fc2 ${recoveryErr.fc2.toExponential(2)}`);
   log(`inference on ${nEval} rows, median of ${reps}, each timed alternately with the base: unmerged LoRA ${tUnmerged.toFixed(2)} ms vs base ${tBase1.toFixed(2)} ms (${(tUnmerged / tBase1).toFixed(2)}x); merged ${tMerged.toFixed(2)} ms vs base ${tBase.toFixed(2)} ms (${(tMerged / tBase).toFixed(2)}x)`);
 
@@ -255,6 +289,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
     trainableParams: trainable,
     allParams: all,
     mergeRelErr,
+    ...(format ? { quantizedMergeRelErr, quantizedBytesRestored: bytesRestored, baseBytesPerWeight } : {}),
     reloadRelErr,
     recoveryErr,
     timingMs: { base: tBase, unmerged: tUnmerged, merged: tMerged, baseBesideUnmerged: tBase1 },
@@ -269,7 +304,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
     png,
   };
   const { losses: _omit, ...summary } = res;
-  writeFileAtomicSync(summaryPath, JSON.stringify({ seed, steps, batch, dims: [D, H, O], r, teacherRank: k, ...summary }, null, 2) + '\n');
+  writeFileAtomicSync(summaryPath, JSON.stringify({ seed, steps, batch, dims: [D, H, O], r, teacherRank: k, quantize: format, ...summary }, null, 2) + '\n');
   const show = (f: string) => {
     const rel = path.relative(process.cwd(), f);
     return rel && !rel.startsWith('..') ? rel : f;
@@ -277,5 +312,8 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
   log(`wrote ${show(lossLog)}, ${show(svgPath)}, ${show(summaryPath)}, ${show(adapterDir)}/, ${result.checkpoints.length} checkpoint(s) in ${show(path.join(outDir, 'checkpoints'))}/` + (png.ok ? `, ${show(pngPath)} (rendered with ${png.tool})` : ''));
   if (!png.ok) log(`no PNG of the loss curve: ${png.reason}`);
   optimizer.dispose();
+  for (const t of [q1, q2, mergedW?.w1, mergedW?.w2]) t?.dispose();
+  model.dispose();
+  if (format) for (const t of [studentW.w1, studentW.w2]) t.dispose();
   return res;
 }

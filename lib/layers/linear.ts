@@ -8,30 +8,40 @@
  * unchanged (dora_norm_cache.ts).
  * lora_bias adapters add s·b_B (folded into the call's bias); a trainable base bias (peft's bias
  * modes) gets Σ_rows dy in backward (bias_terms.ts).
+ * Over a quantized base (a QuantizedTensor weight, peft's bnb Linear8bitLt / Linear4bit): the
+ * forward dequantises inside the native GEMM and backward gives dx through the quantized W, so
+ * adapters train on a frozen base (QLoRA); merge re-quantizes (quantizable_layer.ts). Dropout adds
+ * the expands after the base (quant_forward.ts). Paths that peft runs on a dequantised weight (DoRA,
+ * mixed batches), and dropout with 16-bit activations, use a dequantised copy of W.
  */
-import { requireCallDtype, scratchDtype } from '../backend';
-import { Device, FloatDType } from '../dtype';
+import { mixedDtypes, requireCallDtype, scratchDtype } from '../backend';
+import { DType, Device, FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from '../errors';
 import { KernelSteps, runSync, step } from '../exec';
 import { BackwardTermArg, NativeTensorHandle } from '../native';
 import { Rng } from '../rng';
+import { QuantizedTensor, isQuantizedTensor } from '../quantized_tensor';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkBool, checkOptions } from '../validate';
 import { foldedBiasSteps, columnSumSteps } from './bias_terms';
 import { DoraNormCache } from './dora_norm_cache';
-import { AdapterCache, ForwardCache, freeAdapterCache } from './linear_cache';
+import { AdapterCache, ForwardCache, doraBackwardTerm, freeAdapterCache } from './forward_cache';
 import { InitLoraWeights, kaimingFactors, residualWeight, weightInitFactors } from './init';
-import { AdapterGrads, BackwardResult, LoraLayer, MixedForwardOptions } from './lora_layer';
+import { AdapterGrads, BackwardResult, MixedForwardOptions } from './lora_layer';
+import { rowAdapterIndex } from './mixed_batch';
+import { addsExpandsInF32, quantBaseThenExpandsSteps } from './quant_forward';
+import { QuantizableLayer } from './quantizable_layer';
 
-export interface LoraLinearOptions {
-  weight: Tensor;
+export interface LoraLinearOptions<W extends Tensor | QuantizedTensor = Tensor | QuantizedTensor> {
+  /** The base weight: a float Tensor, or a QuantizedTensor [out, in] (Tensor.quantize) for a frozen quantized base. */
+  weight: W;
   bias?: Tensor | null;
   fanInFanOut?: boolean;
 }
 
-export class LoraLinear extends LoraLayer {
+export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends QuantizableLayer {
   readonly fanInFanOut: boolean;
-  #weight: Tensor;
+  #weight: W;
   #bias: Tensor | null;
   #cache: ForwardCache | null = null;
   #forwardCount = 0;
@@ -39,17 +49,24 @@ export class LoraLinear extends LoraLayer {
   readonly #doraMergeNorm = new Map<string, Tensor>();
   readonly #doraNorms = new DoraNormCache();
 
-  constructor(opts: LoraLinearOptions) {
+  constructor(opts: LoraLinearOptions<W>) {
     super();
     const o = checkOptions(opts, ['weight', 'bias', 'fanInFanOut'], 'opts');
     if (o.weight === undefined) throw new LoraTypeError('opts.weight: required');
-    const W = requireFloatTensor(o.weight, 'opts.weight', (o.weight as Tensor | undefined)?.device ?? 'cpu');
-    if (W.shape.length !== 2) throw new ShapeError(`opts.weight: expected 2 dimensions, got shape ${shapeStr(W.shape)}`);
     this.fanInFanOut = o.fanInFanOut === undefined ? false : checkBool(o.fanInFanOut, 'opts.fanInFanOut');
-    this.#weight = W;
+    if (isQuantizedTensor(o.weight)) {
+      if (o.weight.disposed) throw new StateError('opts.weight: the QuantizedTensor was disposed');
+      if (this.fanInFanOut)
+        throw new LoraTypeError('opts.fanInFanOut: a quantized base is stored [out, in]; quantize the transposed weight and leave fanInFanOut false');
+      this.#weight = o.weight as W;
+    } else {
+      const W = requireFloatTensor(o.weight, 'opts.weight', (o.weight as Tensor | undefined)?.device ?? 'cpu');
+      if (W.shape.length !== 2) throw new ShapeError(`opts.weight: expected 2 dimensions, got shape ${shapeStr(W.shape)}`);
+      this.#weight = W as W;
+    }
     this.#bias = null;
     if (o.bias !== undefined && o.bias !== null) {
-      const b = requireFloatTensor(o.bias, 'opts.bias', W.device);
+      const b = requireFloatTensor(o.bias, 'opts.bias', this.#weight.device);
       if (b.shape.length !== 1 || b.shape[0] !== this.outFeatures)
         throw new ShapeError(`opts.bias: expected shape [${this.outFeatures}], got ${shapeStr(b.shape)}`);
       this.#bias = b;
@@ -60,7 +77,8 @@ export class LoraLinear extends LoraLayer {
   get device(): Device {
     return this.#weight.device;
   }
-  get weight(): Tensor {
+  /** The base weight (a Tensor, or a QuantizedTensor for a quantized base). */
+  get weight(): W {
     return this.#weight;
   }
   get bias(): Tensor | null {
@@ -146,13 +164,20 @@ export class LoraLinear extends LoraLayer {
               NativeTensorHandle, NativeTensorHandle, number, NativeTensorHandle | null,
             ],
         );
-        yield step('loraForward', x.handle, this.#weight.handle, biasHandle, this.fanInFanOut, args, y.handle);
+        const q = this.quantizedWeight;
+        if (q) yield step('quantLoraForward', x.handle, q.storage.handle, q.spec, biasHandle, args, y.handle);
+        else yield step('loraForward', x.handle, (this.#weight as Tensor).handle, biasHandle, this.fanInFanOut, args, y.handle);
         folded?.dispose();
         if (this._training) this.#cache = { x, outShape, adapters };
         return y;
       }
       if (doraName !== undefined) {
-        dora = yield* this.doraForwardSteps(x, doraName, stream, adapters, y);
+        const base = yield* this.floatBaseSteps(x.dtype);
+        try {
+          dora = yield* this.doraForwardSteps(x, doraName, stream, adapters, y, base);
+        } finally {
+          this.freeFloatBase(base);
+        }
       } else {
         for (const name of names) {
           const p = this._training ? this._loraDropout.get(name)! : 0;
@@ -168,10 +193,24 @@ export class LoraLinear extends LoraLayer {
           else adapters.push({ name, xa, u, p, seed, stream });
           yield step('shrink', xa.handle, this._loraA.get(name)!.handle, u.handle);
         }
-        const terms = adapters.map(
-          (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
-        );
-        yield step('linearForward', x.handle, this.#weight.handle, biasHandle, this.fanInFanOut, terms, y.handle);
+        const q = this.quantizedWeight;
+        const expands = adapters.map((a) => ({ u: a.u, B: this._loraB.get(a.name)!, scale: this._scaling.get(a.name)! }));
+        if (q && addsExpandsInF32(y.dtype, dev, expands)) {
+          yield* quantBaseThenExpandsSteps(x, q, biasHandle, expands, y);
+          folded?.dispose();
+          if (this._training) this.#cache = { x, outShape, adapters };
+          else freeAdapterCache(adapters, x);
+          return y;
+        }
+        const base = yield* this.floatBaseSteps(x.dtype);
+        try {
+          const terms = adapters.map(
+            (a) => [a.u.handle, this._loraB.get(a.name)!.handle, this._scaling.get(a.name)!] as [typeof a.u.handle, typeof a.u.handle, number],
+          );
+          yield step('linearForward', x.handle, base.handle, biasHandle, this.fanInFanOut, terms, y.handle);
+        } finally {
+          this.freeFloatBase(base);
+        }
       }
     } catch (e) {
       freeAdapterCache(adapters, x);
@@ -185,13 +224,14 @@ export class LoraLinear extends LoraLayer {
     return y;
   }
 
-  /** ‖W + s·B·A‖ per output feature (f32 [out]) for W (default: the base weight). */
-  doraWeightNorm(name: string, W: Tensor = this.#weight): Tensor {
+  /** ‖W + s·B·A‖ per output feature (f32 [out]) for W (default: the base weight, dequantised if quantized). */
+  doraWeightNorm(name: string, W?: Tensor): Tensor {
     return runSync(this.doraWeightNormSteps(name, W));
   }
 
-  private *doraWeightNormSteps(name: string, W: Tensor): KernelSteps<Tensor> {
+  private *doraWeightNormSteps(name: string, given?: Tensor): KernelSteps<Tensor> {
     this.requireAdapter(name, 'name');
+    const W = given ?? (yield* this.floatBaseSteps('f32'));
     const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32', device: this.device });
     try {
       yield step('doraWeightNorm', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, this._scaling.get(name)!,
@@ -199,6 +239,8 @@ export class LoraLinear extends LoraLayer {
     } catch (e) {
       norm.dispose();
       throw e;
+    } finally {
+      if (!given) this.freeFloatBase(W);
     }
     return norm;
   }
@@ -206,9 +248,10 @@ export class LoraLinear extends LoraLayer {
   /**
    * One native call: u = xa·Aᵀ, y = k ⊙ (x·Wᵀ + s·u·Bᵀ) + b (+ the base path outside the dropout);
    * in training u and the unscaled pre are kept for backward. The norm comes from the cache, or is
-   * computed by the same call when stale.
+   * computed by the same call when stale. W is the base, or a dequantised copy of a quantized one
+   * (a new tensor each call, so its norm is recomputed each call).
    */
-  private *doraForwardSteps(x: Tensor, name: string, stream: number, adapters: AdapterCache[], y: Tensor): KernelSteps<ForwardCache['dora']> {
+  private *doraForwardSteps(x: Tensor, name: string, stream: number, adapters: AdapterCache[], y: Tensor, W: Tensor): KernelSteps<ForwardCache['dora']> {
     const dev = this.device;
     const training = this._training;
     const p = training ? this._loraDropout.get(name)! : 0;
@@ -231,12 +274,12 @@ export class LoraLinear extends LoraLayer {
     }
     // The norm: cached, or computed by the forward itself (the cpu streams W once for both).
     const plan = this.#doraNorms.prepare(name, {
-      W: this.#weight, A, B, scale, fanInFanOut: this.fanInFanOut, outFeatures: this.outFeatures, device: dev,
+      W, A, B, scale, fanInFanOut: this.fanInFanOut, outFeatures: this.outFeatures, device: dev,
     });
     const norm = plan.norm;
     const pre = this.#doraNorms.takePre(training, [x.numel / this.inFeatures, this.outFeatures], scratch, dev);
     try {
-      yield step('doraLinearForward', x.handle, xa.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut,
+      yield step('doraLinearForward', x.handle, xa.handle, W.handle, this.#bias?.handle ?? null, this.fanInFanOut,
         u?.handle ?? null, A.handle, B.handle, scale, norm.handle, this._loraMagnitude.get(name)!.handle, y.handle, pre?.handle ?? null,
         plan.ready, plan.wsq?.handle ?? null, plan.wsqReady);
     } catch (e) {
@@ -250,36 +293,18 @@ export class LoraLinear extends LoraLayer {
 
   private *doraBackwardSteps(dy: Tensor, cache: ForwardCache, dx: Tensor, grads: Map<string, AdapterGrads>): KernelSteps<void> {
     const a = cache.adapters[0];
-    const dora = cache.dora!;
     if (!this._loraA.has(a.name)) throw new StateError(`backward: adapter '${a.name}' was deleted after the forward`);
-    const A = this._loraA.get(a.name)!;
-    const B = this._loraB.get(a.name)!;
-    const m = this._loraMagnitude.get(a.name)!;
-    let g: AdapterGrads | null = null;
-    if (!this._inferenceMode.get(a.name)) {
-      const device = this.device;
-      g = {
-        loraA: Tensor.zeros(A.shape, { dtype: A.dtype, device }),
-        loraB: Tensor.zeros(B.shape, { dtype: B.dtype, device }),
-        magnitude: Tensor.zeros(m.shape, { dtype: m.dtype, device }),
-      };
-      grads.set(a.name, g);
+    const { term, g } = doraBackwardTerm(a, cache.dora!, {
+      A: this._loraA.get(a.name)!, B: this._loraB.get(a.name)!, magnitude: this._loraMagnitude.get(a.name)!, scale: this._scaling.get(a.name)!,
+    }, this._inferenceMode.get(a.name) === true);
+    if (g) grads.set(a.name, g);
+    const base = yield* this.floatBaseSteps(dy.dtype);
+    try {
+      yield step('doraLinearBackward', dy.handle, base.handle, this.fanInFanOut, term, dx.handle, g ? g.loraA.handle : null,
+        g ? g.loraB.handle : null, g ? g.magnitude!.handle : null);
+    } finally {
+      this.freeFloatBase(base);
     }
-    const term = {
-      xa: a.xa.handle,
-      u: a.u.handle,
-      A: A.handle,
-      B: B.handle,
-      magnitude: m.handle,
-      scale: this._scaling.get(a.name)!,
-      p: a.p,
-      seed: a.seed,
-      stream: a.stream,
-      norm: dora.norm.handle,
-      pre: dora.pre.handle,
-    };
-    yield step('doraLinearBackward', dy.handle, this.#weight.handle, this.fanInFanOut, term, dx.handle, g ? g.loraA.handle : null,
-      g ? g.loraB.handle : null, g ? g.magnitude!.handle : null);
   }
 
   /**
@@ -330,7 +355,9 @@ export class LoraLinear extends LoraLayer {
           dB: g ? g.loraB.handle : null,
         });
       }
-      if (!cache.dora) yield step('linearBackward', dy.handle, this.#weight.handle, this.fanInFanOut, terms, dx.handle);
+      const q = this.quantizedWeight;
+      if (!cache.dora && q) yield step('quantLinearBackward', dy.handle, q.storage.handle, q.spec, terms, dx.handle);
+      else if (!cache.dora) yield step('linearBackward', dy.handle, (this.#weight as Tensor).handle, this.fanInFanOut, terms, dx.handle);
       for (const [name, g] of grads) {
         if (this._loraBBias.has(name)) g.loraBBias = yield* columnSumSteps(dy, this._scaling.get(name)!);
       }
@@ -352,20 +379,18 @@ export class LoraLinear extends LoraLayer {
 
   /** One native pass: rows grouped per adapter, the base and that adapter's expand as one GEMM. */
   private *mixedForwardSteps(x: Tensor, adapters: string[], perEntry: Int32Array): KernelSteps<Tensor> {
-    const rowsPerEntry = x.numel / (x.shape[0] * this.inFeatures);
-    let rowAdapter: Int32Array;
-    if (this._disableAdapters) rowAdapter = new Int32Array(x.numel / this.inFeatures).fill(-1);
-    else if (rowsPerEntry === 1) rowAdapter = perEntry;
-    else {
-      rowAdapter = new Int32Array(x.numel / this.inFeatures);
-      perEntry.forEach((a, i) => rowAdapter.fill(a, i * rowsPerEntry, (i + 1) * rowsPerEntry));
-    }
+    const rowAdapter = rowAdapterIndex(perEntry, x.numel / this.inFeatures, this._disableAdapters);
     const y = Tensor.zeros([...x.shape.slice(0, -1), this.outFeatures], { dtype: x.dtype, device: this.device });
     try {
       const factors = adapters.map(
         (n) => [this._loraA.get(n)!.handle, this._loraB.get(n)!.handle, this._scaling.get(n)!] as [Tensor['handle'], Tensor['handle'], number],
       );
-      yield step('mixedLinearForward', x.handle, this.#weight.handle, this.#bias?.handle ?? null, this.fanInFanOut, factors, rowAdapter, y.handle);
+      const base = yield* this.floatBaseSteps(x.dtype);
+      try {
+        yield step('mixedLinearForward', x.handle, base.handle, this.#bias?.handle ?? null, this.fanInFanOut, factors, rowAdapter, y.handle);
+      } finally {
+        this.freeFloatBase(base);
+      }
     } catch (e) {
       y.dispose();
       throw e;
@@ -391,12 +416,14 @@ export class LoraLinear extends LoraLayer {
    * of W each way) so both devices get identical factors.
    */
   protected override initFromWeight(kind: 'pissa' | 'olora', r: number, scaling: number, dtype: FloatDType): { A: Tensor; B: Tensor } {
-    const w = this.#weight.toFloat32Array();
+    if (this.quantizedWeight)
+      throw new AdapterError(`initLoraWeights: '${kind}' rewrites the base weight, which a quantized base keeps frozen; initialise on the float weight, then quantize`);
+    const w = (this.#weight as Tensor).toFloat32Array();
     const { W, a, b } = weightInitFactors(kind, w, this.outFeatures, this.inFeatures, this.fanInFanOut, r, scaling);
     const device = this.device;
     const A = Tensor.from(a, [r, this.inFeatures], { dtype, device });
     const B = Tensor.from(b, [this.outFeatures, r], { dtype, device });
-    this.#weight.copyFrom(residualWeight(W, A.toFloat32Array(), B.toFloat32Array(), scaling, this.fanInFanOut));
+    (this.#weight as Tensor).copyFrom(residualWeight(W, A.toFloat32Array(), B.toFloat32Array(), scaling, this.fanInFanOut));
     return { A, B };
   }
 
@@ -467,6 +494,8 @@ export class LoraLinear extends LoraLayer {
   override dispose(): void {
     super.dispose();
     this.#doraNorms.clear();
+    for (const n of this.#doraMergeNorm.values()) n.dispose();
+    this.#doraMergeNorm.clear();
   }
 
   protected override onReseed(): void {
@@ -480,6 +509,25 @@ export class LoraLinear extends LoraLayer {
     this.#forwardCount = n;
   }
 
+  /**
+   * The base as a float Tensor, for the paths that take one (peft runs DoRA and mixed batches over
+   * a bnb base on its dequantised weight): the weight itself, or a copy freeFloatBase() frees.
+   */
+  private *floatBaseSteps(dtype: DType): KernelSteps<Tensor> {
+    const q = this.quantizedWeight;
+    if (!q) return this.#weight as Tensor;
+    return yield* q.dequantizeSteps({ dtype: (mixedDtypes(this.device) ? 'f32' : dtype) as FloatDType });
+  }
+
+  private freeFloatBase(W: Tensor): void {
+    if (W !== this.#weight) W.dispose();
+  }
+
+  protected override dropMergeCache(name: string): void {
+    this.#doraMergeNorm.get(name)?.dispose();
+    this.#doraMergeNorm.delete(name);
+  }
+
   protected clearCache(): void {
     const c = this.#cache;
     this.#cache = null;
@@ -490,7 +538,8 @@ export class LoraLinear extends LoraLayer {
 
   /** Backends without mixed dtypes (cuda) take the weight's dtype for activations too. */
   private requireDeviceDType(t: Tensor, name: string): void {
-    requireCallDtype(this.device, t.dtype, this.#weight.dtype, name);
+    const W = this.#weight;
+    if (!isQuantizedTensor(W)) requireCallDtype(this.device, t.dtype, W.dtype, name);
   }
 
   private requireLive(): void {

@@ -10,6 +10,7 @@ import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../erro
 import { CudaStream } from '../cuda';
 import { KernelSteps, runSync, step } from '../exec';
 import { Rng, nextGlobalSeed } from '../rng';
+import type { QuantizedTensor } from '../quantized_tensor';
 import { Tensor } from '../tensor';
 import { Parameter } from '../parameter';
 import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../validate';
@@ -41,8 +42,8 @@ export abstract class LoraLayer extends AdapterDicts {
   /** Side information of the adapters merged exactly (exact_merge.ts). */
   readonly #exact = new ExactRecords();
 
-  /** Base weight (owned by the caller; merge changes it in place). */
-  abstract get weight(): Tensor;
+  /** Base weight (owned by the caller; merge changes it in place); a QuantizedTensor for LoraLinear over a quantized base. */
+  abstract get weight(): Tensor | QuantizedTensor;
   abstract get bias(): Tensor | null;
   abstract get inFeatures(): number;
   abstract get outFeatures(): number;
@@ -397,7 +398,7 @@ export abstract class LoraLayer extends AdapterDicts {
       return this;
     }
     for (const name of todo) {
-      const W = this.weight;
+      const W = this.floatWeight;
       const bB = this._loraBBias.get(name);
       const what = `adapter '${name}'`;
       if (safe) {
@@ -437,7 +438,7 @@ export abstract class LoraLayer extends AdapterDicts {
         continue;
       }
       const name = this._mergedAdapters[this._mergedAdapters.length - 1];
-      yield* this.deltaSteps(name, -1, this.weight, this.weight);
+      yield* this.deltaSteps(name, -1, this.floatWeight, this.floatWeight);
       const bB = this._loraBBias.get(name);
       if (bB) yield* biasDeltaSteps(this.bias!, bB, -this._scaling.get(name)!, false, `adapter '${name}'`);
       this._mergedAdapters.pop(); // only once W is restored, so a failed step can be retried
@@ -453,12 +454,12 @@ export abstract class LoraLayer extends AdapterDicts {
       yield* this.unmergeSteps();
       return yield* this.mergeSteps({ adapterNames: [...names] });
     }
-    yield* this.exactChainSteps([...this._mergedAdapters].reverse(), names, this.weight);
+    yield* this.exactChainSteps([...this._mergedAdapters].reverse(), names, this.floatWeight);
     return this;
   }
 
   /** Exact undo of `undo` (newest first), then exact merges of `merge` (exact_merge.ts exactChainSteps). */
-  private *exactChainSteps(undo: readonly string[], merge: readonly string[], target: Tensor = this.weight): KernelSteps<void> {
+  private *exactChainSteps(undo: readonly string[], merge: readonly string[], target: Tensor = this.floatWeight): KernelSteps<void> {
     yield* exactChainSteps(
       {
         records: this.#exact,
@@ -478,6 +479,11 @@ export abstract class LoraLayer extends AdapterDicts {
       merge,
       target,
     );
+  }
+
+  /** The float base the generic merge paths change (LoraLinear overrides them over a quantized base). */
+  private get floatWeight(): Tensor {
+    return this.weight as Tensor;
   }
 
   /** Runs an operation body synchronously on the layer's stream; refused while an async one is in flight. */

@@ -45,3 +45,13 @@ export function resolveMixedBatch(
   }
   return { adapters, index };
 }
+
+/** Per row of x (rows = x.numel / in), the adapter index of its batch entry; all -1 (base) with adapters disabled. */
+export function rowAdapterIndex(perEntry: Int32Array, rows: number, disabled: boolean): Int32Array {
+  if (disabled) return new Int32Array(rows).fill(-1);
+  const rowsPerEntry = rows / perEntry.length;
+  if (rowsPerEntry === 1) return perEntry;
+  const out = new Int32Array(rows);
+  perEntry.forEach((a, i) => out.fill(a, i * rowsPerEntry, (i + 1) * rowsPerEntry));
+  return out;
+}

@@ -1,7 +1,8 @@
 export { LoraModel } from './lora_model';
 export { ModulesToSaveWrapper } from './modules_to_save';
 export type { ModuleTensors } from './modules_to_save';
-export type { AdapterSlot, FromPretrainedOptions, ModelMergeOptions } from './lora_model';
+export type { AdapterSlot, FromPretrainedOptions, ModelMergeOptions, ModelMergeAndUnloadOptions } from './lora_model';
+export type { QuantizeOnLoad } from './quantize_modules';
 export type { LoraConfig, BiasMode } from './config';
 export { modulesFromStateDict, guessKind } from './modules';
 export type { ModuleSpec, ModuleOptions, ModuleKind, FromStateDictOptions, ParamValue } from './modules';

@@ -4,14 +4,14 @@ import { LoraConv2d } from '../layers/conv2d';
 import { LoraEmbedding } from '../layers/embedding';
 import { LoraLayer } from '../layers/lora_layer';
 import { LoraLinear } from '../layers/linear';
-import { NormalizedModule, hasData } from './modules';
+import { NormalizedModule, hasData, hasWeight } from './modules';
 
 export function createLayer(m: NormalizedModule): LoraLayer {
-  if (!hasData(m.weight)) throw new StateError(`module '${m.name}': has only a shape; LoRA layers need its weight tensor`);
+  if (!hasWeight(m.weight)) throw new StateError(`module '${m.name}': has only a shape; LoRA layers need its weight tensor`);
   const bias = m.bias && hasData(m.bias) ? m.bias : null;
+  if (m.kind === 'linear') return new LoraLinear({ weight: m.weight, bias, fanInFanOut: false });
+  if (!hasData(m.weight)) throw new LoraTypeError(`module '${m.name}': a ${m.kind} layer needs a float weight, not a QuantizedTensor`);
   switch (m.kind) {
-    case 'linear':
-      return new LoraLinear({ weight: m.weight, bias, fanInFanOut: false });
     case 'conv1d':
       return new LoraLinear({ weight: m.weight, bias, fanInFanOut: true });
     case 'embedding':

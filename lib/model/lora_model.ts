@@ -12,22 +12,22 @@ import { LoraLinear } from '../layers/linear';
 import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
 import { Parameter } from '../parameter';
+import { QuantizedTensor, isQuantizedTensor } from '../quantized_tensor';
+import { FloatDType, isFloatDType } from '../dtype';
 import { checkOptions, checkString } from '../validate';
+import { FromPretrainedOptions, modelFromAdapter } from './from_pretrained';
+import { ModelMergeAndUnloadOptions, floatMergedWeights } from './quantize_modules';
 import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
 import { createLayer } from './layer_factory';
-import { ModuleSpec, NormalizedModule, hasData, normalizeModules } from './modules';
+import { ModuleSpec, NormalizedModule, hasData, hasWeight, normalizeModules } from './modules';
 import { ModulesToSaveWrapper, matchesModulesToSave, saveTargets } from './modules_to_save';
-import { biasTensor, countTrainable, trainableBiasModules } from './trainable';
+import { biasTensor, countTrainable, trainableBiasModules, trainableLine } from './trainable';
 import { isExcluded, isTargeted, rankAndAlpha } from './targeting';
 import { AdapterLoadTarget, AdapterSaveSource } from './adapter_host';
-import {
-  AdapterOnDisk, LoadOptions, assignFactors, disposeAdapter, loadAdapter, loadAdapterAsync, readAdapter, readAdapterAsync, savePretrained, savePretrainedAsync,
-  specsForAdapter,
-} from './adapter_io';
+import { LoadOptions, loadAdapter, loadAdapterAsync, readAdapter, readAdapterAsync, savePretrained, savePretrainedAsync } from './adapter_io';
 
-export interface FromPretrainedOptions extends LoadOptions {
-  adapterName?: string;
-}
+export type { FromPretrainedOptions } from './from_pretrained';
+export type { ModelMergeAndUnloadOptions } from './quantize_modules';
 
 export interface AdapterSlot {
   r: number;
@@ -57,6 +57,10 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
   #active: string[] = [];
   #unloaded = false;
   #stream: CudaStream | null = null;
+  /** QuantizedTensors fromPretrained's quantize option made (the model frees them). */
+  #ownedQuantized: QuantizedTensor[] = [];
+  /** During mergeAndUnload: the quantized layers' merged float weights, by module. */
+  #unloadedFloat: Map<string, Tensor> | null = null;
 
   constructor(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, config: LoraConfig, adapterName = 'default') {
     this.#modules = normalizeModules(modules);
@@ -152,7 +156,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
         const { r, alpha } = rankAndAlpha(c, m.name);
         if (!Number.isInteger(r) || r < 1) throw new LoraRangeError(`config.rankPattern: rank for '${m.name}' must be a positive integer, got ${r}`);
         const seed = rng.nextSeed();
-        if (hasData(m.weight)) {
+        if (hasWeight(m.weight)) {
           let layer = this.layers.get(m.name);
           const fresh = layer === undefined;
           layer ??= createLayer(m);
@@ -294,16 +298,16 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
    * is frozen unless opts.isTrainable, as in peft.
    */
   static fromPretrained(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, opts: FromPretrainedOptions = {}): LoraModel {
-    const o = checkOptions(opts, ['adapterName', 'isTrainable', 'warn'], 'opts') as FromPretrainedOptions;
+    const o = checkOptions(opts, ['adapterName', 'isTrainable', 'warn', 'quantize'], 'opts') as FromPretrainedOptions;
     const warn = o.warn ?? ((m: string) => console.warn(m));
-    return modelFromAdapter(modules, readAdapter(dir, warn), dir, o, warn);
+    return modelFromAdapter((m, c, n) => new LoraModel(m, c, n), modules, readAdapter(dir, warn), dir, o, warn);
   }
 
   /** fromPretrained() with the file reads off the JS thread. */
   static async fromPretrainedAsync(modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>, dir: string, opts: FromPretrainedOptions = {}): Promise<LoraModel> {
-    const o = checkOptions(opts, ['adapterName', 'isTrainable', 'warn'], 'opts') as FromPretrainedOptions;
+    const o = checkOptions(opts, ['adapterName', 'isTrainable', 'warn', 'quantize'], 'opts') as FromPretrainedOptions;
     const warn = o.warn ?? ((m: string) => console.warn(m));
-    return modelFromAdapter(modules, await readAdapterAsync(dir, warn), dir, o, warn);
+    return modelFromAdapter((m, c, n) => new LoraModel(m, c, n), modules, await readAdapterAsync(dir, warn), dir, o, warn);
   }
 
   /** Adds an adapter from a peft adapter directory under `name` (not activated, as in peft). */
@@ -384,9 +388,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
 
   /** Prints (and returns) peft's line: `trainable params: N || all params: M || trainable%: P`. */
   printTrainableParameters(log: (line: string) => void = (l) => console.log(l)): string {
-    const { trainable, total } = this.getNbTrainableParameters();
-    const pct = total === 0 ? 0 : (100 * trainable) / total;
-    const line = `trainable params: ${groupDigits(trainable)} || all params: ${groupDigits(total)} || trainable%: ${pct.toFixed(4)}`;
+    const line = trainableLine(this.getNbTrainableParameters());
     log(line);
     return line;
   }
@@ -401,9 +403,9 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     const names = o.adapterNames ?? this.#active;
     names.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
     this.requireAllData('mergeAdapter', names);
-    for (const layer of this.layers.values()) {
+    for (const [mod, layer] of this.layers) {
       const own = names.filter((n) => layer.adapterNames.includes(n));
-      if (own.length) layer.merge({ adapterNames: own, safeMerge: o.safeMerge ?? false, exact: o.exact ?? true });
+      if (own.length && !this.#unloadedFloat?.has(mod)) layer.merge({ adapterNames: own, safeMerge: o.safeMerge ?? false, exact: o.exact ?? true });
     }
     return this;
   }
@@ -457,9 +459,9 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     const names = o.adapterNames ?? this.#active;
     names.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
     this.requireAllData('mergeAdapter', names);
-    for (const layer of [...this.layers.values()]) {
+    for (const [mod, layer] of [...this.layers]) {
       const own = names.filter((n) => layer.adapterNames.includes(n));
-      if (own.length) await layer.mergeAsync({ adapterNames: own, safeMerge: o.safeMerge ?? false, exact: o.exact ?? true });
+      if (own.length && !this.#unloadedFloat?.has(mod)) await layer.mergeAsync({ adapterNames: own, safeMerge: o.safeMerge ?? false, exact: o.exact ?? true });
     }
     return this;
   }
@@ -470,11 +472,11 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     return this;
   }
 
-  /** mergeAndUnload() with the merges off the JS thread. */
-  async mergeAndUnloadAsync(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): Promise<Map<string, Tensor>> {
-    this.requireAllData('mergeAndUnload', null);
-    await this.mergeAdapterAsync({ ...checkOptions(opts, ['adapterNames', 'safeMerge'], 'opts'), exact: false });
-    return this.unload();
+  /** mergeAndUnload() with the float layers' merges off the JS thread. */
+  async mergeAndUnloadAsync(opts: ModelMergeAndUnloadOptions = {}): Promise<Map<string, Tensor>> {
+    const o = this.prepareUnload(opts);
+    await this.mergeAdapterAsync({ adapterNames: o.adapterNames, safeMerge: o.safeMerge, exact: false });
+    return this.unload(o.dtype);
   }
 
   /**
@@ -483,40 +485,64 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
    * tensors, changed in place as peft's merge_and_unload does; the adapters are freed and the
    * model can no longer be used.
    */
-  mergeAndUnload(opts: { adapterNames?: string[]; safeMerge?: boolean } = {}): Map<string, Tensor> {
+  mergeAndUnload(opts: ModelMergeAndUnloadOptions = {}): Map<string, Tensor> {
+    const o = this.prepareUnload(opts);
+    this.mergeAdapter({ adapterNames: o.adapterNames, safeMerge: o.safeMerge, exact: false }); // nothing to unmerge after
+    return this.unload(o.dtype);
+  }
+
+  /** Quantized layers first: their merged weights as float copies (the merges that follow skip them). */
+  private prepareUnload(opts: ModelMergeAndUnloadOptions): ModelMergeAndUnloadOptions {
     this.requireAllData('mergeAndUnload', null);
-    this.mergeAdapter({ ...checkOptions(opts, ['adapterNames', 'safeMerge'], 'opts'), exact: false }); // nothing to unmerge after
-    return this.unload();
+    const o = checkOptions(opts, ['adapterNames', 'safeMerge', 'dtype'], 'opts') as ModelMergeAndUnloadOptions;
+    if (o.dtype !== undefined && !isFloatDType(o.dtype)) throw new LoraTypeError(`opts.dtype: expected f32, f16 or bf16, got ${String(o.dtype)}`);
+    const names = o.adapterNames ?? this.#active;
+    names.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
+    this.#unloadedFloat = floatMergedWeights(this.layers, names, o.dtype, o.safeMerge ?? false);
+    return { ...o, adapterNames: [...names] };
   }
 
   /** The state dict after a merge (modulesToSave modules hold their active copy); frees the adapters and retires the model. */
-  private unload(): Map<string, Tensor> {
+  private unload(dtype?: FloatDType): Map<string, Tensor> {
     for (const w of this.#saved.values()) w.unloadIntoOriginal();
     this.#saved.clear();
-    const out = this.stateDict();
-    for (const layer of this.layers.values()) layer.dispose();
-    this.layers.clear();
-    this.#unloaded = true;
+    const floats = this.#unloadedFloat ?? new Map<string, Tensor>();
+    const out = new Map<string, Tensor>();
+    for (const m of this.#modules.values()) {
+      const q = floats.get(m.name) ?? m.weight;
+      const w = isQuantizedTensor(q) ? q.dequantize({ dtype: dtype ?? 'f32' }) : q; // an untouched quantized module
+      if (m.tiedTo === null && hasData(w)) out.set(m.weightName, dtype && w.dtype !== dtype ? w.to({ dtype }) : w);
+      if (m.bias && hasData(m.bias)) out.set(m.biasName, dtype && m.bias.dtype !== dtype ? m.bias.to({ dtype }) : m.bias);
+    }
+    this.dispose();
     return out;
   }
 
-  /** The base tensors under their state-dict names (modules given as shapes are skipped). */
-  stateDict(): Map<string, Tensor> {
-    const out = new Map<string, Tensor>();
+  /** The base tensors under their state-dict names (modules given as shapes are skipped; quantized ones as QuantizedTensors). */
+  stateDict(): Map<string, Tensor | QuantizedTensor> {
+    const out = new Map<string, Tensor | QuantizedTensor>();
     for (const m of this.#modules.values()) {
-      if (m.tiedTo === null && hasData(m.weight)) out.set(m.weightName, m.weight);
+      if (m.tiedTo === null && hasWeight(m.weight)) out.set(m.weightName, m.weight);
       if (m.bias && hasData(m.bias)) out.set(m.biasName, m.bias);
     }
     return out;
   }
 
-  /** Frees every adapter tensor (the base weights belong to the caller). */
+  /** Frees every adapter tensor and the QuantizedTensors the model made (the caller's base weights are theirs). */
   dispose(): void {
     for (const layer of this.layers.values()) layer.dispose();
     this.layers.clear();
     for (const w of this.#saved.values()) w.dispose();
     this.#saved.clear();
+    for (const q of this.#ownedQuantized) q.dispose();
+    this.#ownedQuantized = [];
+    this.#unloadedFloat = null;
     this.#unloaded = true;
+  }
+
+  /** @internal fromPretrained: the QuantizedTensors made on load, freed with the model. */
+  adoptQuantized(made: QuantizedTensor[]): void {
+    this.#ownedQuantized.push(...made);
   }
 
   /** Every layer's dropout generator state, by module name (for a training checkpoint). */
@@ -566,31 +592,4 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
   private requireLive(): void {
     if (this.#unloaded) throw new StateError('LoraModel: already unloaded (mergeAndUnload/dispose); build a new one');
   }
-}
-
-/** A model carrying the adapter read from dir (module kinds follow its tensors); frees the read tensors. */
-function modelFromAdapter(
-  modules: Iterable<ModuleSpec> | Map<string, ModuleSpec>,
-  a: AdapterOnDisk,
-  dir: string,
-  opts: FromPretrainedOptions,
-  warn: (m: string) => void,
-): LoraModel {
-  const name = opts.adapterName ?? 'default';
-  try {
-    const model = new LoraModel(specsForAdapter(modules, a), { ...a.config, inferenceMode: !(opts.isTrainable ?? false) }, name);
-    try {
-      assignFactors(model, a, name, dir, warn);
-    } catch (e) {
-      model.dispose();
-      throw e;
-    }
-    return model;
-  } finally {
-    disposeAdapter(a);
-  }
-}
-
-function groupDigits(n: number): string {
-  return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
 }

@@ -4,6 +4,7 @@
  * (`<module>.weight`, `<module>.bias`) into modules and guesses kinds with a small name map.
  */
 import { LoraRangeError, LoraTypeError, shapeStr } from '../errors';
+import { QuantizedTensor, isQuantizedTensor } from '../quantized_tensor';
 import { Tensor } from '../tensor';
 import { numelOf } from '../validate';
 import { LoraKind, WEIGHT_RANK, factorShapes } from './factors';
@@ -12,7 +13,8 @@ import { LoraKind, WEIGHT_RANK, factorShapes } from './factors';
 export type ModuleKind = LoraKind | 'other';
 export const MODULE_KINDS: readonly ModuleKind[] = ['linear', 'conv1d', 'embedding', 'conv2d', 'other'];
 
-export type ParamValue = Tensor | readonly number[];
+/** A tensor, a bare shape, or (a linear module's weight) a QuantizedTensor. */
+export type ParamValue = Tensor | QuantizedTensor | readonly number[];
 
 /** Layer settings that shapes do not tell: conv2d geometry, an embedding's padding index. */
 export interface ModuleOptions {
@@ -48,11 +50,17 @@ export interface NormalizedModule {
 }
 
 export function shapeOf(p: ParamValue): readonly number[] {
-  return p instanceof Tensor ? p.shape : p;
+  return p instanceof Tensor || isQuantizedTensor(p) ? p.shape : p;
 }
 
+/** A float tensor (not a shape, not a QuantizedTensor). */
 export function hasData(p: ParamValue | null): p is Tensor {
   return p instanceof Tensor;
+}
+
+/** A tensor a LoRA layer can sit on: a float one, or a linear module's QuantizedTensor. */
+export function hasWeight(p: ParamValue | null): p is Tensor | QuantizedTensor {
+  return p instanceof Tensor || isQuantizedTensor(p);
 }
 
 /** [in, out] of a module as LoRA sees it (embedding: in = num_embeddings; conv2d: in = in_channels). */
@@ -85,6 +93,10 @@ function checkParam(v: unknown, name: string): ParamValue {
     if (v.disposed) throw new LoraTypeError(`${name}: the tensor was disposed`);
     return v;
   }
+  if (isQuantizedTensor(v)) {
+    if (v.disposed) throw new LoraTypeError(`${name}: the QuantizedTensor was disposed`);
+    return v;
+  }
   if (Array.isArray(v) && v.every((d) => Number.isSafeInteger(d) && d >= 0)) return Object.freeze([...v]) as readonly number[];
   throw new LoraTypeError(`${name}: expected a Tensor or a shape (array of non-negative integers)`);
 }
@@ -101,10 +113,13 @@ export function normalizeModules(modules: Iterable<ModuleSpec> | Map<string, Mod
     if (!MODULE_KINDS.includes(m.kind)) throw new LoraTypeError(`${where}.kind: expected one of ${MODULE_KINDS.join(', ')}, got ${String(m.kind)}`);
     if (out.has(m.name)) throw new LoraRangeError(`${where}.name: module '${m.name}' appears twice`);
     const weight = checkParam(m.weight, `${where}.weight`);
+    if (isQuantizedTensor(weight) && m.kind !== 'linear')
+      throw new LoraTypeError(`${where}.weight: a QuantizedTensor is a linear module's weight [out, in]; '${m.name}' is ${m.kind} (give it a float Tensor, or call .dequantize())`);
     const rank = RANK[m.kind];
     if (rank !== null && shapeOf(weight).length !== rank)
       throw new LoraRangeError(`${where}.weight: a ${m.kind} module needs a ${rank}-D weight, '${m.name}' has shape ${shapeStr(shapeOf(weight))}`);
     const bias = m.bias === undefined || m.bias === null ? null : checkParam(m.bias, `${where}.bias`);
+    if (isQuantizedTensor(bias)) throw new LoraTypeError(`${where}.bias: a bias is a float Tensor, not a QuantizedTensor`);
     out.set(m.name, {
       name: m.name,
       kind: m.kind,
@@ -178,7 +193,7 @@ export function modulesFromStateDict(stateDict: Map<string, ParamValue> | Record
     const biasKey = `${name}.bias`;
     const bias = sd.get(biasKey);
     const mod: ModuleSpec = { name, kind, weight: value };
-    const sharing = value instanceof Tensor ? mods.find((m) => m.weight === value && m.tiedTo === undefined) : undefined;
+    const sharing = hasWeight(value) ? mods.find((m) => m.weight === value && m.tiedTo === undefined) : undefined;
     if (sharing) mod.tiedTo = sharing.name; // one Tensor under two names: tied, counted once
     if (bias !== undefined && shapeOf(bias).length === 1) {
       mod.bias = bias;

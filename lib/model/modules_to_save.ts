@@ -7,6 +7,7 @@
  */
 import { AdapterError, StateError } from '../errors';
 import { NormalizedModule, hasData } from './modules';
+import { isQuantizedTensor } from '../quantized_tensor';
 import { Parameter } from '../parameter';
 import { Tensor } from '../tensor';
 
@@ -28,6 +29,8 @@ export function saveTargets(modules: ReadonlyMap<string, NormalizedModule>, list
   if (found.length === 0)
     throw new AdapterError(`config.modulesToSave: ${JSON.stringify(list)} matched no module (modules look like '${[...modules.keys()].slice(0, 3).join("', '")}')`);
   for (const m of found) {
+    if (isQuantizedTensor(m.weight))
+      throw new AdapterError(`config.modulesToSave: module '${m.name}' has a quantized weight; a trainable copy needs a float one (leave it out of opts.quantize with skip)`);
     if (!hasData(m.weight) || (m.bias && !hasData(m.bias)))
       throw new StateError(`config.modulesToSave: module '${m.name}' was given as a shape only; its trainable copy needs its tensors`);
     if (m.tiedTo !== null) throw new AdapterError(`config.modulesToSave: module '${m.name}' shares its weight with '${m.tiedTo}'; untie it first`);

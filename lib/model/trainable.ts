@@ -69,3 +69,13 @@ export function countTrainable(v: TrainableView): { trainable: number; total: nu
 export function biasTensor(m: NormalizedModule): Tensor | null {
   return m.bias instanceof Tensor ? m.bias : null;
 }
+
+/** peft's print_trainable_parameters line. */
+export function trainableLine({ trainable, total }: { trainable: number; total: number }): string {
+  const pct = total === 0 ? 0 : (100 * trainable) / total;
+  return `trainable params: ${groupDigits(trainable)} || all params: ${groupDigits(total)} || trainable%: ${pct.toFixed(4)}`;
+}
+
+function groupDigits(n: number): string {
+  return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+}

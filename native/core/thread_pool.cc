@@ -130,10 +130,11 @@ void set_num_threads(int n) { pool().resize(n <= 0 ? default_threads() : std::mi
 
 void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk) {
   if (n <= 0) return;
-  int nt = tl_in_pool_task ? 1 : num_threads();
+  // Inside a pool task the call runs inline: run() holds call_mutex_ for the outer region, so a
+  // nested run() would wait on it forever.
   int64_t max_tasks = std::max<int64_t>(1, n / std::max<int64_t>(1, min_chunk));
-  int tasks = static_cast<int>(std::min<int64_t>(max_tasks, int64_t(nt) * 4));
-  if (tasks <= 1) {
+  int tasks = static_cast<int>(std::min<int64_t>(max_tasks, int64_t(num_threads()) * 4));
+  if (tasks <= 1 || tl_in_pool_task) {
     fn(0, n);
     return;
   }

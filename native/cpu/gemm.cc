@@ -64,9 +64,49 @@ void pack_a(const KernelTable& kt, const MatView& a, int64_t i0, int64_t mc, int
   }
 }
 
+// pack_b of a decoded B (MatView::decode): B = Eᵀ decodes nr rows of E at a time and transposes
+// them into the panel; B = E decodes each of the kc rows' [j0, j0 + nc) once and splits it into
+// the panels (nc ≤ NC and j0 a multiple of NC, so encoded blocks up to NC values stay whole).
+void pack_b_decoded(const KernelTable& kt, const MatView& b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst) {
+  const int64_t nr = kt.nr;
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < std::max(nr * KC, NC)) buf.resize(std::max(nr * KC, NC));
+  // A BF16 view's values are rounded to bf16 (the bf16 block path's operands, on any path).
+  auto round = [&](float* v, int64_t n) {
+    if (b.dtype != DType::BF16) return;
+    thread_local std::vector<uint16_t> bits;
+    if (static_cast<int64_t>(bits.size()) < n) bits.resize(n);
+    kt.store_row(v, bits.data(), DType::BF16, n);
+    kt.load_row(bits.data(), DType::BF16, 1.f, n, v);
+  };
+  if (b.decode_t) {
+    for (int64_t q = 0; q < nc; q += nr) {
+      const int64_t cols = std::min(nr, nc - q);
+      float* panel = dst + q * kc;
+      for (int64_t c = 0; c < cols; c++) b.decode(b.ctx, j0 + q + c, k0, kc, buf.data() + c * kc);
+      round(buf.data(), cols * kc);
+      kt.pack_t(buf.data(), DType::F32, kc, cols, kc, panel, nr);
+      for (int64_t c = cols; c < nr; c++)
+        for (int64_t k = 0; k < kc; k++) panel[k * nr + c] = 0.f;
+    }
+    return;
+  }
+  for (int64_t k = 0; k < kc; k++) {
+    b.decode(b.ctx, k0 + k, j0, nc, buf.data());
+    round(buf.data(), nc);
+    for (int64_t q = 0; q < nc; q += nr) {
+      const int64_t cols = std::min(nr, nc - q);
+      float* row = dst + q * kc + k * nr;
+      std::memcpy(row, buf.data() + q, cols * sizeof(float));
+      for (int64_t c = cols; c < nr; c++) row[c] = 0.f;
+    }
+  }
+}
+
 // Packs k-range × columns [j0, j0+nc) of B into nr-column panels.
 void pack_b(const KernelTable& kt, const MatView& b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst,
             float* tmp) {
+  if (b.decode) return pack_b_decoded(kt, b, k0, kc, j0, nc, dst);
   const int64_t nr = kt.nr;
   for (int64_t q = 0; q < nc; q += nr) {
     int64_t cols = std::min(nr, nc - q);
@@ -112,6 +152,49 @@ void pack_a16(const MatView& a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, 
 void pack_b16(const MatView& b, int64_t k0, int64_t kc, int64_t kcp, int64_t j0, int64_t nc, uint16_t* dst) {
   int64_t cols = (nc + 31) / 32 * 32;
   std::memset(dst, 0, cols * kcp * 2);
+  if (b.decode && b.decode_t && kc % 2 == 0) {
+    // A decoded B = Eᵀ: 32 rows of E decoded and rounded to bf16, then the 32-bit transpose above.
+    const KernelTable& kt = kernel_table();
+    thread_local std::vector<float> buf;
+    thread_local std::vector<uint16_t> rows;
+    if (static_cast<int64_t>(buf.size()) < KC) buf.resize(KC);
+    if (static_cast<int64_t>(rows.size()) < 32 * KC) rows.resize(32 * KC);
+    for (int64_t q = 0; q < cols; q += 32) {
+      const int64_t nq = std::min<int64_t>(32, nc - q);
+      for (int64_t c = 0; c < nq; c++) {
+        b.decode(b.ctx, j0 + q + c, k0, kc, buf.data());
+        kt.store_row(buf.data(), rows.data() + c * kc, DType::BF16, kc);
+      }
+      kt.pack_t(rows.data(), DType::F32, kc / 2, nq, kc / 2, reinterpret_cast<float*>(dst + q * kcp), 32);
+    }
+    return;
+  }
+  if (b.decode) {  // a decoded B (MatView::decode), rounded to bf16: word (k/2, c) = (B[k][c], B[k+1][c])
+    const KernelTable& kt = kernel_table();
+    thread_local std::vector<float> buf;
+    thread_local std::vector<uint16_t> pair;
+    if (static_cast<int64_t>(buf.size()) < KC) buf.resize(KC);
+    if (static_cast<int64_t>(pair.size()) < 2 * KC) pair.resize(2 * KC);
+    for (int64_t q = 0; q < cols; q += 32) {
+      uint16_t* panel = dst + q * kcp;
+      const int64_t nq = std::min<int64_t>(32, nc - q);
+      const int64_t n = b.decode_t ? kc : nq;  // values per decoded row of E
+      for (int64_t i = 0; i < (b.decode_t ? nq : kc); i++) {
+        b.decode(b.ctx, b.decode_t ? j0 + q + i : k0 + i, b.decode_t ? k0 : j0 + q, n, buf.data());
+        kt.store_row(buf.data(), pair.data() + (i & 1) * KC, DType::BF16, n);
+        if (b.decode_t) {  // column i (odd kc only)
+          for (int64_t k = 0; k < kc; k++) panel[(k / 2) * 64 + i * 2 + (k & 1)] = pair[k];
+        } else if ((i & 1) || i == kc - 1) {  // rows k = i − 1 and i (the last odd row pairs with zeros)
+          const uint16_t* lo = pair.data() + ((i & 1) ? 0 : KC);
+          const uint16_t* hi = pair.data() + (i & 1) * KC;
+          uint32_t* words = reinterpret_cast<uint32_t*>(panel) + (i / 2) * 32;
+          for (int64_t c = 0; c < nq; c++)
+            words[c] = (i & 1) ? (uint32_t(lo[c]) | (uint32_t(hi[c]) << 16)) : uint32_t(hi[c]);
+        }
+      }
+    }
+    return;
+  }
   for (int64_t q = 0; q < cols; q += 32) {
     uint16_t* panel = dst + q * kcp;
     int64_t nq = std::min<int64_t>(32, nc - q);
@@ -140,7 +223,7 @@ bool use_amx(const KernelTable& kt, const KSegment& s) {
 // W stored as rows along K (B = Wᵀ of a row-major W, the LoRA layout): the AMX path reads it in place
 // and packs x instead, which is n/d of the size and packed once per call.
 bool use_w_in_place(const KernelTable& kt, const KSegment& s) {
-  return use_amx(kt, s) && kt.bf16_block_w && s.b.rs == 1 && s.b.cs >= s.k;
+  return use_amx(kt, s) && kt.bf16_block_w && s.b.rs == 1 && s.b.cs >= s.k && !s.b.decode;
 }
 
 // Bias (row vector) and beta·C, then one rounding into the output dtype.
@@ -327,7 +410,7 @@ void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vec
 bool gemv_ok(int64_t m, const std::vector<KSegment>& segs) {
   if (m != 1) return false;
   for (const KSegment& s : segs)
-    if (s.b.rs != 1 && s.b.cs != 1) return false;
+    if ((s.b.rs != 1 && s.b.cs != 1) || s.b.decode) return false;
   return true;
 }
 

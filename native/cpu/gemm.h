@@ -9,11 +9,20 @@
 
 namespace lorakit {
 
-// Element (i, k) of a matrix lives at data + (i * rs + k * cs) elements.
+// Values [c0, c0 + len) of row `row` of a matrix stored in some encoded form (a quantized W), as f32.
+using DecodeRowFn = void (*)(const void* ctx, int64_t row, int64_t c0, int64_t len, float* out);
+
+// Element (i, k) of a matrix lives at data + (i * rs + k * cs) elements. A B operand may instead be
+// decoded while it is packed (decode set, data unused): the rows of the encoded matrix E are B's
+// columns (decode_t, B = Eᵀ) or its rows (B = E). Such a B is only packed, never read in place;
+// with dtype BF16 (and a bf16 A) it joins the bf16 block path, its values rounded to bf16.
 struct MatView {
   const void* data = nullptr;
   DType dtype = DType::F32;
   int64_t rs = 0, cs = 0;
+  DecodeRowFn decode = nullptr;
+  const void* ctx = nullptr;
+  bool decode_t = false;
   float at(int64_t i, int64_t k) const { return load_f32(data, dtype, i * rs + k * cs); }
 };
 

@@ -18,6 +18,8 @@ void dequantize(const QuantWeight& W, const TensorRef& out);
 // Rows [r0, r0 + nrows) of deq(W) as f32 into out (nrows·cols values, row-major). Single-threaded:
 // callers run it inside their own pool tasks.
 void dequantize_rows(const QuantWeight& W, int64_t r0, int64_t nrows, float* out);
+// Values [c0, c0 + len) of row `row` of deq(W) into out (nf4/fp4: c0 and len even).
+void dequantize_segment(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out);
 // The per-block absmax of an nf4/fp4 weight with double quant, reconstructed as
 // map[q]·absmax2 + offset (blocks [b0, b0 + nb)).
 void dq_absmax(const QuantWeight& W, int64_t b0, int64_t nb, float* out);

@@ -210,6 +210,48 @@ void dequantize_rows(const QuantWeight& W, int64_t r0, int64_t nrows, float* out
   }
 }
 
+float block_absmax(const QuantWeight& W, const QuantLayout& L, int64_t b) {
+  if (!W.spec.double_quant) return f32_at(W.data, L.scale_off)[b];
+  float a;
+  dq_absmax(W, b, 1, &a);
+  return a;
+}
+
+void dequantize_segment(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out) {
+  const QuantSpec& s = W.spec;
+  const QuantLayout L = quant_layout(s);
+  const int64_t cols = s.cols;
+  if (quant_is_ggml(s.format)) {  // the whole blocks covering the range, then the range
+    const GgmlType t = quant_ggml_type(s.format);
+    const GgmlTypeSize ts = ggml_type_size(t);
+    const int64_t b0 = c0 / ts.block, b1 = (c0 + len + ts.block - 1) / ts.block;
+    const uint8_t* src = W.data + L.data_off + (row * cols / ts.block + b0) * ts.bytes;
+    if (b0 * ts.block == c0 && b1 * ts.block == c0 + len) return ggml_dequantize(t, src, out, len);
+    thread_local std::vector<float> tmp;
+    tmp.resize(static_cast<size_t>((b1 - b0) * ts.block));
+    ggml_dequantize(t, src, tmp.data(), (b1 - b0) * ts.block);
+    std::memcpy(out, tmp.data() + (c0 - b0 * ts.block), static_cast<size_t>(len) * 4);
+    return;
+  }
+  if (s.format == QuantFormat::INT8) {
+    const float sc = f32_at(W.data, L.scale_off)[row];
+    const int8_t* q = reinterpret_cast<const int8_t*>(W.data + L.data_off) + row * cols + c0;
+    for (int64_t c = 0; c < len; c++) out[c] = static_cast<float>(q[c]) * sc;
+    return;
+  }
+  const float* code = s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code;
+  const uint8_t* packed = W.data + L.data_off;
+  for (int64_t c = c0; c < c0 + len;) {  // block by block
+    const int64_t e = row * cols + c, b = e / s.block, end = std::min(c0 + len, c + (b + 1) * s.block - e);
+    const float a = block_absmax(W, L, b);
+    for (; c < end; c += 2) {
+      const uint8_t byte = packed[(row * cols + c) / 2];
+      out[c - c0] = code[byte >> 4] * a;
+      out[c - c0 + 1] = code[byte & 15] * a;
+    }
+  }
+}
+
 void dequantize(const QuantWeight& W, const TensorRef& out) {
   const int64_t rows = W.spec.rows, cols = W.spec.cols;
   const int64_t chunk = std::max<int64_t>(1, 4096 / cols);

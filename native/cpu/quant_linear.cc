@@ -1,30 +1,25 @@
 // LoRA over a quantized base on the CPU (peft's lora.Linear over bnb Linear4bit / Linear8bitLt, or a
 // GGUF tensor): y = x·deq(W)ᵀ + bias + Σ s·(x·Aᵀ)·Bᵀ and dx = dy·deq(W) + Σ mask⊙(s·dy·B)·A.
-// W is decoded a chunk of its rows at a time into a small f32 scratch (never a full-size copy),
-// and the packed GEMM (gemm.h) runs over that chunk: in the forward a chunk of rows is a block of
-// y's columns, with the base and every adapter's expand as K segments of one GEMM; in the backward
-// a chunk of rows is a block of the K dimension of dy·W, accumulated in f32.
+// Few tokens (n ≤ kGemvMaxTokens) run the decode GEMV (quant_gemv.h), which reads W's bytes once.
+// Otherwise W is a B operand that the packed GEMM (gemm.h) decodes while packing its KC×NC panels
+// (MatView::decode): never a full-size dequantised copy, x packed once, the base and every
+// adapter as K segments of one GEMM writing y once. The backward's dx is the same GEMM over
+// B = deq(W), its adapter terms as in linear_backward.
 #include <algorithm>
 #include <memory>
+#include <string>
 #include <vector>
 #include "../core/thread_pool.h"
 #include "gemm.h"
 #include "lora_dy_pass.h"
+#include "microkernel.h"
 #include "ops.h"
 #include "quant.h"
+#include "quant_gemv.h"
 
 namespace lorakit {
 namespace cpu {
 namespace {
-
-constexpr int64_t kScratchFloats = int64_t(1) << 17;  // 512 KiB of decoded W per chunk (L2-sized)
-constexpr int64_t kFewTokens = 16;  // up to here each pool task runs its own chunks' GEMMs
-
-// Rows of W per chunk: a multiple of 16 within the scratch budget, at least 16.
-int64_t chunk_rows(int64_t cols, int64_t rows, int64_t cap) {
-  int64_t ch = std::max<int64_t>(16, kScratchFloats / cols / 16 * 16);
-  return std::min({ch, cap, rows});
-}
 
 std::vector<float>& task_scratch(int64_t floats) {
   thread_local std::vector<float> buf;
@@ -32,15 +27,112 @@ std::vector<float>& task_scratch(int64_t floats) {
   return buf;
 }
 
-// Rows [r0, r0 + nr) of deq(W) into dst, decoded in parallel.
-void decode_parallel(const QuantWeight& W, int64_t r0, int64_t nr, float* dst) {
-  const int64_t cols = W.spec.cols;
-  parallel_for(nr, [&](int64_t a, int64_t b) { dequantize_rows(W, r0 + a, b - a, dst + a * cols); });
+// bf16 activations use deq(W) rounded to bf16, as bnb dequantises to its compute dtype (the
+// activations' dtype): the GEMM then runs on the path's bf16 unit where it has one, and every path
+// and batch size sees the same weights. f32 and f16 activations use deq(W) exactly.
+void round_bf16(float* v, int64_t n) {
+  const KernelTable& kt = kernel_table();
+  thread_local std::vector<uint16_t> bits;
+  if (static_cast<int64_t>(bits.size()) < n) bits.resize(static_cast<size_t>(n));
+  kt.store_row(v, bits.data(), DType::BF16, n);
+  kt.load_row(bits.data(), DType::BF16, 1.f, n, v);
+}
+
+// deq(W) as a GEMM operand decoded while packed: B = deq(W)ᵀ (transposed) or B = deq(W).
+struct DecodeCtx {
+  const QuantWeight* W;
+  QuantDecodeFn fn;
+  bool bf16;
+};
+void decode_row(const void* ctx, int64_t row, int64_t c0, int64_t len, float* out) {
+  const DecodeCtx* d = static_cast<const DecodeCtx*>(ctx);
+  d->fn(*d->W, row, c0, len, out);  // rounded to bf16 by the GEMM's packing for a BF16 view
+}
+MatView quant_view(const DecodeCtx& d, bool transposed) {
+  MatView v;
+  v.dtype = d.bf16 ? DType::BF16 : DType::F32;
+  v.decode = decode_row;
+  v.ctx = &d;
+  v.decode_t = transposed;
+  return v;
 }
 
 const char* at(const void* p, DType t, int64_t elems) { return static_cast<const char*>(p) + elems * dtype_size(t); }
 
+// The portable decode GEMV: a few rows of W decoded into an L1/L2-sized scratch, then dotted with
+// every token's row (the path's dot_rows).
+void gemv_generic(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
+  constexpr int64_t kRows = 4;
+  const int64_t cols = W.spec.cols;
+  const KernelTable& kt = kernel_table();
+  float* w = task_scratch(kRows * cols).data();
+  float out[kRows];
+  for (int64_t j = j0; j < j1; j += kRows) {
+    const int64_t nr = std::min(kRows, j1 - j);
+    dequantize_rows(W, j, nr, w);
+    if (bf16) round_bf16(w, nr * cols);
+    for (int64_t i = 0; i < n; i++) {
+      std::fill(out, out + nr, 0.f);
+      kt.dot_rows(cols, x + i * cols, w, DType::F32, cols, nr, out);
+      for (int64_t r = 0; r < nr; r++) y[i * ldy + j + r] = out[r];
+    }
+  }
+}
+
+// y = x·deq(W)ᵀ + bias + Σ s·u·Bᵀ for n ≤ kGemvMaxTokens: the decode GEMV over blocks of output
+// rows, each finished (bias, adapters, rounding) by the task that computed it.
+void decode_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* bias, const std::vector<FusedAdapter>& adapters,
+                    const std::vector<TensorRef>& us, const TensorRef& y) {
+  const int64_t in = W.spec.cols, outf = W.spec.rows, n = x.numel() / in;
+  const bool bf16 = x.dtype == DType::BF16;
+  QuantGemvFn kernel = quant_gemv_kernel(W.spec.format, bf16);
+  const bool inter = kernel && quant_gemv_interleaved(W.spec.format);
+  if (!kernel) kernel = gemv_generic;
+  std::vector<float> xs(static_cast<size_t>(n * in)), yf(static_cast<size_t>(n * outf));
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t k = 0; k < in; k++) {
+      const int64_t d = inter ? (k & ~int64_t(31)) + (k & 1) * 16 + ((k & 31) >> 1) : k;
+      xs[i * in + d] = load_f32(x.data, x.dtype, i * in + k);
+    }
+  std::vector<std::vector<float>> uf(adapters.size());
+  for (size_t a = 0; a < adapters.size(); a++) {
+    uf[a].resize(static_cast<size_t>(us[a].numel()));
+    for (size_t e = 0; e < uf[a].size(); e++) uf[a][e] = load_f32(us[a].data, us[a].dtype, static_cast<int64_t>(e));
+  }
+  constexpr int64_t kRowsPerTask = 16;
+  parallel_for((outf + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t t0, int64_t t1) {
+    const int64_t j0 = t0 * kRowsPerTask, j1 = std::min(outf, t1 * kRowsPerTask);
+    kernel(W, xs.data(), n, j0, j1, yf.data(), outf, bf16);
+    for (int64_t j = j0; j < j1; j++)
+      for (int64_t i = 0; i < n; i++) {
+        float v = yf[i * outf + j] + (bias ? load_f32(bias->data, bias->dtype, j) : 0.f);
+        for (size_t a = 0; a < adapters.size(); a++) {
+          const TensorRef& B = adapters[a].B;
+          const int64_t r = B.dim(1);
+          float d = 0.f;
+          for (int64_t q = 0; q < r; q++) d += uf[a][i * r + q] * load_f32(B.data, B.dtype, j * r + q);
+          v += adapters[a].scale * d;
+        }
+        store_f32(y.data, y.dtype, i * outf + j, v);
+      }
+  });
+}
+
 }  // namespace
+
+bool quant_gemv_interleaved(QuantFormat f) { return f == QuantFormat::NF4 || f == QuantFormat::FP4; }
+
+QuantDecodeFn quant_decode_kernel() {
+  const std::string path = kernel_table().name;
+  QuantDecodeFn fn = path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0 ? quant_decode_avx512() : nullptr;
+  return fn ? fn : dequantize_segment;
+}
+
+QuantGemvFn quant_gemv_kernel(QuantFormat f, bool bf16) {
+  const std::string path = kernel_table().name;
+  if (path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0) return quant_gemv_avx512(f, bf16);
+  return nullptr;
+}
 
 void quant_lora_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* bias,
                         const std::vector<FusedAdapter>& adapters, const TensorRef& y) {
@@ -61,46 +153,23 @@ void quant_lora_forward(const TensorRef& x, const QuantWeight& W, const TensorRe
     lora_shrink(x, a.A, u);
     us.push_back(u);
   }
-  // One GEMM over output columns [j0, j0 + nj), reading W's decoded rows from w.
-  auto chunk_gemm = [&](int64_t j0, int64_t nj, const float* w) {
-    std::vector<KSegment> segs{{row_major(x.data, x.dtype, in), transposed(w, DType::F32, in), in, 1.f}};
-    for (size_t i = 0; i < adapters.size(); i++) {
-      const TensorRef& B = adapters[i].B;
-      const int64_t r = B.dim(1);
-      segs.push_back({row_major(us[i].data, us[i].dtype, r), transposed(at(B.data, B.dtype, j0 * r), B.dtype, r), r,
-                      adapters[i].scale});
-    }
-    GemmOutput o;
-    o.data = const_cast<char*>(at(y.data, y.dtype, j0));
-    o.dtype = y.dtype;
-    o.ldc = outf;
-    if (bias) {
-      o.bias = at(bias->data, bias->dtype, j0);
-      o.bias_dtype = bias->dtype;
-    }
-    gemm(n, nj, segs, o);
-  };
-  if (n <= kFewTokens) {
-    // Few tokens: every task decodes and multiplies its own chunks (the GEMM runs inline).
-    const int64_t ch = chunk_rows(in, outf, std::max<int64_t>(16, outf / (4 * num_threads()) / 16 * 16));
-    parallel_for((outf + ch - 1) / ch, [&](int64_t t0, int64_t t1) {
-      float* w = task_scratch(ch * in).data();
-      for (int64_t t = t0; t < t1; t++) {
-        const int64_t j0 = t * ch, nj = std::min(ch, outf - j0);
-        dequantize_rows(W, j0, nj, w);
-        chunk_gemm(j0, nj, w);
-      }
-    });
-    return;
+  if (n <= kGemvMaxTokens) return decode_forward(x, W, bias, adapters, us, y);
+  const DecodeCtx ctx{&W, quant_decode_kernel(), x.dtype == DType::BF16};
+  std::vector<KSegment> segs{{row_major(x.data, x.dtype, in), quant_view(ctx, true), in, 1.f}};
+  for (size_t i = 0; i < adapters.size(); i++) {
+    const TensorRef& B = adapters[i].B;
+    const int64_t r = B.dim(1);
+    segs.push_back({row_major(us[i].data, us[i].dtype, r), transposed(B.data, B.dtype, r), r, adapters[i].scale});
   }
-  // Many tokens: wide chunks decoded by all threads, then one threaded GEMM per chunk.
-  const int64_t ch = std::min(outf, std::max<int64_t>(256, chunk_rows(in, outf, outf)));
-  std::unique_ptr<float[]> w(new float[ch * in]);
-  for (int64_t j0 = 0; j0 < outf; j0 += ch) {
-    const int64_t nj = std::min(ch, outf - j0);
-    decode_parallel(W, j0, nj, w.get());
-    chunk_gemm(j0, nj, w.get());
+  GemmOutput o;
+  o.data = y.data;
+  o.dtype = y.dtype;
+  o.ldc = outf;
+  if (bias) {
+    o.bias = bias->data;
+    o.bias_dtype = bias->dtype;
   }
+  gemm(n, outf, segs, o);
 }
 
 void quant_linear_backward(const TensorRef& dy, const QuantWeight& W, const std::vector<BackwardTerm>& terms,
@@ -109,34 +178,28 @@ void quant_linear_backward(const TensorRef& dy, const QuantWeight& W, const std:
   std::vector<std::unique_ptr<float[]>> gs;
   lora_term_grads(dy, n, in, outf, terms, gs);
   if (!dx) return;
-  // acc = Σ over chunks of W's rows dy[:, chunk]·deq(W)[chunk, :] (f32), the adapters without
-  // dropout joining the first chunk's GEMM as K segments, then the dropout terms.
-  std::unique_ptr<float[]> own;
-  float* acc = dx->dtype == DType::F32 ? dx->as<float>() : (own.reset(new float[n * in]), own.get());
-  const int64_t ch = std::min(outf, std::max<int64_t>(256, chunk_rows(in, outf, outf)));
-  std::unique_ptr<float[]> w(new float[ch * in]);
+  // dx = dy·deq(W) + Σ g·A, the adapters without dropout as extra K segments (as linear_backward).
+  const DecodeCtx ctx{&W, quant_decode_kernel(), dy.dtype == DType::BF16};
+  std::vector<KSegment> segs{{row_major(dy.data, dy.dtype, outf), quant_view(ctx, false), outf, 1.f}};
   bool any_dropout = false;
-  for (int64_t k0 = 0; k0 < outf; k0 += ch) {
-    const int64_t nk = std::min(ch, outf - k0);
-    decode_parallel(W, k0, nk, w.get());
-    std::vector<KSegment> segs{{row_major(at(dy.data, dy.dtype, k0), dy.dtype, outf), row_major(w.get(), DType::F32, in), nk, 1.f}};
-    for (size_t a = 0; k0 == 0 && a < terms.size(); a++) {
-      const BackwardTerm& t = terms[a];
-      if (t.dropout_p > 0.f) {
-        any_dropout = true;
-        continue;
-      }
-      const int64_t r = t.B.dim(1);
-      segs.push_back({row_major(gs[a].get(), DType::F32, r), row_major(t.A.data, t.A.dtype, in), r, 1.f});
+  for (size_t a = 0; a < terms.size(); a++) {
+    const BackwardTerm& t = terms[a];
+    if (t.dropout_p > 0.f) {
+      any_dropout = true;
+      continue;
     }
-    GemmOutput o;
-    o.data = acc;
-    o.ldc = in;
-    o.beta = k0 == 0 ? 0.f : 1.f;
-    gemm(n, in, segs, o);
+    const int64_t r = t.B.dim(1);
+    segs.push_back({row_major(gs[a].get(), DType::F32, r), row_major(t.A.data, t.A.dtype, in), r, 1.f});
   }
-  if (any_dropout) add_dropout_dx(n, in, terms, gs, acc);
-  if (own) convert(acc, DType::F32, dx->data, dx->dtype, n * in);
+  std::unique_ptr<float[]> acc(any_dropout ? new float[n * in] : nullptr);
+  GemmOutput o;
+  o.data = any_dropout ? acc.get() : dx->data;
+  o.dtype = any_dropout ? DType::F32 : dx->dtype;
+  o.ldc = in;
+  gemm(n, in, segs, o);
+  if (!any_dropout) return;
+  add_dropout_dx(n, in, terms, gs, acc.get());
+  convert(acc.get(), DType::F32, dx->data, dx->dtype, n * in);
 }
 
 }  // namespace cpu
