@@ -262,7 +262,10 @@ export interface KernelBinding {
   quantize(w: NativeTensorHandle, spec: QuantSpecArg, out: NativeTensorHandle): void;
   /** out (float [rows, cols]) = the dequantised weight of q (i32 [nbytes / 4]). */
   dequantize(q: NativeTensorHandle, spec: QuantSpecArg, out: NativeTensorHandle): void;
-  /** loraForward over a quantized W (no fanInFanOut): y = x·deq(W)ᵀ + bias + Σ scale·(x·Aᵀ)·Bᵀ, W dequantised inside the GEMM. */
+  /**
+   * loraForward over a quantized W (no fanInFanOut): y = x·deq(W)ᵀ + bias + Σ scale·(x·Aᵀ)·Bᵀ, W dequantised inside the
+   * GEMM. bf16 x (dy in the backward) uses deq(W) rounded to bf16, as bnb dequantises to its compute dtype; f32/f16 use it exactly.
+   */
   quantLoraForward(
     x: NativeTensorHandle,
     q: NativeTensorHandle,

@@ -157,7 +157,8 @@ void gemv(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j
   }
 }
 
-// deq(W)[row, c0 .. c0 + len) in natural order; c0 and len multiples of 32 (else the scalar decoder).
+// deq(W)[row, c0 .. c0 + len) in natural order; c0 and len multiples of 32 (else the scalar decoder,
+// as for q4_k and q6_k). The products are those of the scalar decoders: code·absmax, q·d, q·s.
 void decode(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out) {
   decode_avx512(W, row, c0, len, out);
 }
@@ -166,10 +167,33 @@ void decode(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* o
 
 LK_Q void decode_avx512(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out) {
   const QuantSpec& s = W.spec;
-  if (c0 % 32 != 0 || len % 32 != 0 || !(s.format == QuantFormat::NF4 || s.format == QuantFormat::FP4 || s.format == QuantFormat::INT8))
+  if (c0 % 32 != 0 || len % 32 != 0 || s.format == QuantFormat::Q4_K || s.format == QuantFormat::Q6_K)
     return dequantize_segment(W, row, c0, len, out);
   const QuantLayout L = quant_layout(s);
   const int64_t cols = s.cols;
+  if (s.format == QuantFormat::Q4_0 || s.format == QuantFormat::Q8_0) {  // blocks of 32: d, then the values
+    const bool q4 = s.format == QuantFormat::Q4_0;
+    const size_t bytes = q4 ? sizeof(BlockQ4_0) : sizeof(BlockQ8_0);
+    const uint8_t* blk = W.data + L.data_off + (row * cols + c0) / 32 * bytes;
+    const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t c = 0; c < len; c += 32, blk += bytes) {
+      uint16_t h;
+      std::memcpy(&h, blk, 2);
+      const __m512 d = _mm512_set1_ps(_cvtsh_ss(h));
+      if (q4) {  // low nibbles are values 0..15, high nibbles 16..31 (vpermps reads the low 4 bits)
+        const __m512 t = _mm512_mul_ps(table, d);
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
+        _mm512_storeu_ps(out + c, _mm512_permutexvar_ps(v, t));
+        _mm512_storeu_ps(out + c + 16, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t));
+      } else {
+        for (int half = 0; half < 2; half++) {
+          const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2 + 16 * half));
+          _mm512_storeu_ps(out + c + 16 * half, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d));
+        }
+      }
+    }
+    return;
+  }
   if (s.format == QuantFormat::INT8) {
     const __m512 sc = _mm512_set1_ps(reinterpret_cast<const float*>(W.data + L.scale_off)[row]);
     const int8_t* q = reinterpret_cast<const int8_t*>(W.data + L.data_off) + row * cols + c0;
