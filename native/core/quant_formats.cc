@@ -14,7 +14,12 @@ void quant_dynamic_map(float out[256]) {
     const int items = (1 << (i + kNonSignBits - kMaxExponentBits)) + 1;
     std::vector<float> bounds(items);
     const float step = (1.0f - 0.1f) / static_cast<float>(items - 1);
-    for (int k = 0; k < items; k++) bounds[k] = k == items - 1 ? 1.0f : 0.1f + step * static_cast<float>(k);
+    for (int k = 0; k < items; k++) {
+      // volatile: the product is rounded on its own on every target (no fused multiply-add on arm64),
+      // so the map, and the double-quant bytes it makes, are the same everywhere.
+      volatile float t = step * static_cast<float>(k);
+      bounds[k] = k == items - 1 ? 1.0f : 0.1f + t;
+    }
     const float p = static_cast<float>(std::pow(10.0, -(kMaxExponentBits - 1) + i));
     for (int k = 0; k + 1 < items; k++) {
       const float mean = (bounds[k] + bounds[k + 1]) / 2.0f;

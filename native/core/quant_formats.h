@@ -165,7 +165,9 @@ constexpr float kFP4Code[16] = {
     0.0f, 5.208333333e-03f, 0.66666667f, 1.0f, 0.33333333f, 0.5f, 0.16666667f, 0.25f,
     -0.0f, -5.208333333e-03f, -0.66666667f, -1.0f, -0.33333333f, -0.5f, -0.16666667f, -0.25f};
 
-// dQuantizeNF4: the code of v = x·(1/absmax) (NaN, from an all-zero block, maps to 7 = 0.0).
+// dQuantizeNF4: the code of v = x·(1/absmax). NaN (0·∞ from an all-zero block) falls through to
+// code 0 (−1.0), as in bnb: it decodes to −absmax, which is 0 for a zero block (a small residual under
+// double quant, as bnb's).
 inline uint8_t quantize_nf4_value(float x) {
   if (x > 0.03979014977812767f) {
     if (x > 0.3893125355243683f) {
