@@ -54,34 +54,25 @@ LK_EXACT inline __m512i narrow(__m512 v, bool nan_safe) {
 template <DType T>
 using Bits = typename std::conditional<T == DType::F32, uint32_t, uint16_t>::type;
 
-// nj ≤ 16 elements of a row as 32-bit lanes (zero past nj), and back.
+// 16-bit dtypes kept as 16 packed bit patterns (a ymm): one conversion each way, no repacking;
+// only the rare flagged vectors widen to 32-bit lanes (merge_flag, undo_fix).
 template <DType T>
-LK_EXACT inline __m512i load_bits(const Bits<T>* p, int nj) {
-  const __mmask16 m = static_cast<__mmask16>((1u << nj) - 1);
-  if constexpr (T == DType::F32) return _mm512_maskz_loadu_epi32(m, p);
-  else {
-    alignas(32) uint16_t t[kLanes] = {};
-    if (nj == kLanes) return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    std::memcpy(t, p, nj * 2);
-    return _mm512_cvtepu16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(t)));
-  }
+LK_EXACT inline __m512 widen16(__m256i b) {
+  if constexpr (T == DType::BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+  else return _mm512_cvtph_ps(b);
 }
 
 template <DType T>
-LK_EXACT inline void store_bits(Bits<T>* p, __m512i b, int nj) {
-  const __mmask16 m = static_cast<__mmask16>((1u << nj) - 1);
-  if constexpr (T == DType::F32) {
-    _mm512_mask_storeu_epi32(p, m, b);
-  } else {
-    const __m256i h = _mm512_cvtepi32_epi16(b);
-    if (nj == kLanes) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
-    } else {
-      alignas(32) uint16_t t[kLanes];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(t), h);
-      std::memcpy(p, t, nj * 2);
-    }
+LK_EXACT inline __m256i narrow16(__m512 v, bool nan_safe) {
+#if LK_EXACT_BF16_CVT
+  if constexpr (T == DType::BF16) {
+    (void)nan_safe;
+    return (__m256i)_mm512_cvtneps_pbh(v);
   }
+#endif
+  if constexpr (T == DType::BF16) return _mm512_cvtepi32_epi16(narrow<T>(v, nan_safe));
+  (void)nan_safe;
+  return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
 // The flagged lanes (m), in vector form: at realistic deltas a few percent of the weights carry a
@@ -170,13 +161,35 @@ LK_EXACT void step_block(Bits<T>* w, int64_t ldw, int64_t i0, int nr, int64_t j,
       const int64_t e = (i0 + i) * exact::kSeg + j + 16 * h;
       uint64_t& nzw = st.nz[(i0 + i) * 4 + j / 64];
       U* px = w + i * ldw + 16 * h;
-      const __m512i x = load_bits<T>(px, kLanes);
-      const __m512 v = widen<T>(x);
       const __m512 dv = d[i][h];
+      if constexpr (T != DType::F32) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(px));
+        const __m512 v = widen16<T>(x);
+        if (Undo) {
+          const __m256i R = narrow16<T>(Dora ? _mm512_sub_ps(_mm512_div_ps(v, k), dv) : _mm512_sub_ps(v, dv), safe);
+          const __mmask16 m = static_cast<__mmask16>((nzw >> (sh + 16 * h)) & lv);
+          const __m256i y =
+              m ? _mm512_cvtepi32_epi16(undo_fix<T>(_mm512_cvtepu16_epi32(R), m, st.c + e, static_cast<const U*>(st.aux) + e)) : R;
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(px), y);
+        } else {
+          const __m256i a = narrow16<T>(Dora ? _mm512_mul_ps(k, _mm512_add_ps(v, dv)) : _mm512_add_ps(v, dv), safe);
+          const __m512 va = widen16<T>(a);
+          const __m256i R = narrow16<T>(Dora ? _mm512_sub_ps(_mm512_div_ps(va, k), dv) : _mm512_sub_ps(va, dv), safe);
+          const __mmask16 m = _mm256_mask_cmpneq_epi16_mask(lv, R, x);
+          if (m) {
+            merge_flag<T>(_mm512_cvtepu16_epi32(x), _mm512_cvtepu16_epi32(R), m, st.c + e, static_cast<U*>(st.aux) + e);
+            nzw |= static_cast<uint64_t>(m) << (sh + 16 * h);
+          }
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(px), a);
+        }
+        continue;
+      }
+      const __m512i x = _mm512_loadu_si512(px);
+      const __m512 v = widen<T>(x);
       if (Undo) {
         const __m512i R = narrow<T>(Dora ? _mm512_sub_ps(_mm512_div_ps(v, k), dv) : _mm512_sub_ps(v, dv), safe);
         const __mmask16 m = static_cast<__mmask16>((nzw >> (sh + 16 * h)) & lv);
-        store_bits<T>(px, m ? undo_fix<T>(R, m, st.c + e, static_cast<const U*>(st.aux) + e) : R, kLanes);
+        _mm512_storeu_si512(px, m ? undo_fix<T>(R, m, st.c + e, static_cast<const U*>(st.aux) + e) : R);
       } else {
         const __m512i a = narrow<T>(Dora ? _mm512_mul_ps(k, _mm512_add_ps(v, dv)) : _mm512_add_ps(v, dv), safe);
         const __m512 va = widen<T>(a);
@@ -186,7 +199,7 @@ LK_EXACT void step_block(Bits<T>* w, int64_t ldw, int64_t i0, int nr, int64_t j,
           merge_flag<T>(x, R, m, st.c + e, static_cast<U*>(st.aux) + e);
           nzw |= static_cast<uint64_t>(m) << (sh + 16 * h);
         }
-        store_bits<T>(px, a, kLanes);
+        _mm512_storeu_si512(px, a);
       }
     }
   }
