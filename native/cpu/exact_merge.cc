@@ -109,9 +109,12 @@ std::shared_ptr<Storage> host_record(size_t nbytes) {
   return st;
 }
 
-// The segment codec: the vector one where the CPU has it, else core/exact_format.h's.
+// The segment codec: the vector one where the CPU has it and the kernel path is an AVX-512 one
+// (LORAKIT_CPU_PATH=avx2 or portable keeps the scalar codec, so that it stays tested), else
+// core/exact_format.h's. Both write the same bytes.
 struct Codec {
-  bool vec = exact_codec_vbmi2_supported();
+  bool vec = exact_codec_vbmi2_supported() && (std::strncmp(kernel_table().name, "avx512", 6) == 0 ||
+                                               std::strncmp(kernel_table().name, "amx", 3) == 0);
   template <class U>
   int encode(const int8_t* c, const U* orig, int len, DType t, const uint64_t (&nz)[4], uint8_t* out) const {
     return vec ? exact_encode_vbmi2(c, orig, len, t, nz, out) : exact::encode_segment_masked(c, orig, len, t, nz, out);
