@@ -5,8 +5,7 @@
 // backward, merge, exact merge and hot-swap (against peft unmerge + merge), and a 4-adapter mixed
 // batch (one adapter per row, round-robin). Times are
 // device-event medians over loops of JS calls, with 4 rotating weight sets so W does not sit in L2. Writes bench/results/gpu-<date>.{json,md}.
-//   node bench/gpu.js [--quick] [--merge-only] [--no-peft] [--out DIR]
-// --merge-only: only the merge, exact merge and swap rows (peft's merge and swap in the same run).
+//   node bench/gpu.js [--quick] [--no-peft] [--out DIR]
 'use strict';
 const fs = require('fs');
 const os = require('os');
@@ -22,6 +21,7 @@ const outDir = args.includes('--out') ? args[args.indexOf('--out') + 1] : path.j
 const CFG = quick
   ? { d_in: 4096, d_out: [4096], r: [16], n: [1, 4096], mixed_n: [512], mixed_r: 16 }
   : { d_in: 4096, d_out: [4096, 14336], r: [8, 16, 64], n: [1, 16, 512, 4096, 16384], mixed_n: [16, 512, 4096], mixed_r: 16 };
+// --merge-only: only the merge, exact merge and swap rows (peft's merge and swap in the same run).
 if (args.includes('--merge-only')) Object.assign(CFG, { n: [], mixed_n: [] });
 const SETS = 4;
 
