@@ -200,14 +200,9 @@ class ExactPass {
     }
     constexpr DType t = T;
     constexpr int64_t kBlock = kGroupRows * kSeg;
-    // Scratch of the calling thread, reused across tasks: a task is only 8 rows, and fresh
-    // value-initialized vectors cost a memset of 6-20 KB each time.
-    static thread_local std::vector<int8_t> cbuf;
-    static thread_local std::vector<U> aux;
-    static thread_local std::vector<uint64_t> nz;
-    if (cbuf.size() < ns * kBlock) cbuf.resize(ns * kBlock);
-    if (aux.size() < ns * kBlock) aux.resize(ns * kBlock);
-    if (nz.size() < ns * kGroupRows * 4) nz.resize(ns * kGroupRows * 4);
+    std::vector<int8_t> cbuf(ns * kBlock);
+    std::vector<U> aux(ns * kBlock);
+    std::vector<uint64_t> nz(ns * kGroupRows * 4);
     std::vector<ExactRowStep> steps(ns);
     uint8_t enc[exact::kMaxSegmentBytes];
     const Codec& cd = codec();

@@ -258,9 +258,8 @@ LK_EXACT void rows_t(void* w, int64_t ldw, int64_t rows, int64_t n, const ExactR
   using U = Bits<T>;
   constexpr int kCols = 2 * kLanes;
   U* wp = static_cast<U*>(w);
-  static thread_local std::vector<float> ptbuf;  // reused: this runs once per 8 rows × 256 columns
-  static thread_local std::vector<const float*> pts;
-  if (pts.size() < static_cast<size_t>(nsteps)) pts.resize(static_cast<size_t>(nsteps));
+  static thread_local std::vector<float> ptbuf;
+  std::vector<const float*> pts(static_cast<size_t>(nsteps));
   size_t need = 0;
   for (int s = 0; s < nsteps; s++) need += static_cast<size_t>(steps[s].r) * kRows;
   if (ptbuf.size() < need) ptbuf.resize(need);
