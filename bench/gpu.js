@@ -22,6 +22,8 @@ const outDir = args.includes('--out') ? args[args.indexOf('--out') + 1] : path.j
 const CFG = quick
   ? { d_in: 4096, d_out: [4096], r: [16], n: [1, 4096], mixed_n: [512], mixed_r: 16 }
   : { d_in: 4096, d_out: [4096, 14336], r: [8, 16, 64], n: [1, 16, 512, 4096, 16384], mixed_n: [16, 512, 4096], mixed_r: 16 };
+// --merge-only: only the merge, exact merge and swap rows (peft's merge and swap in the same run).
+if (args.includes('--merge-only')) Object.assign(CFG, { n: [], mixed_n: [] });
 const SETS = 4;
 
 const { randn, dev } = require('./gpu_data');

@@ -8,7 +8,9 @@
 // and unmerge), then each 256-element row segment runs the undo steps (decode the record, R from the
 // current bits, apply c) and the merge steps (x', R, c, encode) in registers and L1, and is written
 // back once. Each task appends its segments' streams to its own buffers; the record is assembled
-// afterwards (offsets by a prefix sum, then a parallel copy of the streams only).
+// afterwards (offsets by a prefix sum, then a parallel copy of the streams only). Segments are
+// encoded and decoded by the vector codec (exact_codec_avx512.cc) where the CPU has AVX-512 VBMI2:
+// the scalar codec's cost grows with the corrections, ~30 cycles each, as much as the delta itself.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -19,6 +21,7 @@
 #include <vector>
 #include "../core/exact_format.h"
 #include "../core/thread_pool.h"
+#include "exact_codec.h"
 #include "merge_factors.h"
 #include "microkernel.h"
 #include "ops.h"
@@ -106,6 +109,27 @@ std::shared_ptr<Storage> host_record(size_t nbytes) {
   return st;
 }
 
+// The segment codec: the vector one where the CPU has it and the kernel path is an AVX-512 one
+// (LORAKIT_CPU_PATH=avx2 or portable keeps the scalar codec, so that it stays tested), else
+// core/exact_format.h's. Both write the same bytes.
+struct Codec {
+  bool vec = exact_codec_vbmi2_supported() && (std::strncmp(kernel_table().name, "avx512", 6) == 0 ||
+                                               std::strncmp(kernel_table().name, "amx", 3) == 0);
+  template <class U>
+  int encode(const int8_t* c, const U* orig, int len, DType t, const uint64_t (&nz)[4], uint8_t* out) const {
+    return vec ? exact_encode_vbmi2(c, orig, len, t, nz, out) : exact::encode_segment_masked(c, orig, len, t, nz, out);
+  }
+  template <class U>
+  bool decode(const uint8_t* s, int bytes, int len, DType t, int8_t* c, U* raw, uint64_t (&nz)[4]) const {
+    return vec ? exact_decode_vbmi2(s, bytes, len, t, c, raw, nz) : exact::decode_segment(s, bytes, len, t, c, raw, nz);
+  }
+};
+
+const Codec& codec() {
+  static const Codec c;
+  return c;
+}
+
 template <DType T>
 class ExactPass {
   using U = typename std::conditional<T == DType::F32, uint32_t, uint16_t>::type;
@@ -181,7 +205,10 @@ class ExactPass {
     std::vector<uint64_t> nz(ns * kGroupRows * 4);
     std::vector<ExactRowStep> steps(ns);
     uint8_t enc[exact::kMaxSegmentBytes];
+    const Codec& cd = codec();
     U* W = W_.as<U>();
+    for (size_t m = 0; m < nm; m++)  // ~1.5 bits per weight: growth copies only at large deltas
+      out[m]->bytes.reserve(static_cast<size_t>((g1 - g0) * kGroupRows * spr_ * 48));
     for (int64_t g = g0; g < g1; g++) {
       const int64_t i0 = g * kGroupRows, nr = std::min(kGroupRows, rows_ - i0);
       for (int64_t jc = 0; jc < spr_; jc++) {
@@ -197,7 +224,7 @@ class ExactPass {
             uint64_t(&z)[4] = *reinterpret_cast<uint64_t(*)[4]>(steps[s].nz + ii * 4);
             const int64_t seg = (i0 + ii) * spr_ + jc;
             const uint32_t at = p.offsets[seg];
-            if (!exact::decode_segment(p.stream + at, static_cast<int>(p.offsets[seg + 1] - at), n, t,
+            if (!cd.decode(p.stream + at, static_cast<int>(p.offsets[seg + 1] - at), n, t,
                                        steps[s].c + ii * kSeg, aux.data() + s * kBlock + ii * kSeg, z))
               throw_range("exact unmerge: a record's segment is corrupt");
           }
@@ -208,7 +235,7 @@ class ExactPass {
           for (int64_t ii = 0; ii < nr; ii++) {
             const uint64_t(&z)[4] = *reinterpret_cast<const uint64_t(*)[4]>(st.nz + ii * 4);
             const int len = (z[0] | z[1] | z[2] | z[3])
-                                ? exact::encode_segment_masked(st.c + ii * kSeg, static_cast<const U*>(st.aux) + ii * kSeg, n, t, z, enc)
+                                ? cd.encode(st.c + ii * kSeg, static_cast<const U*>(st.aux) + ii * kSeg, n, t, z, enc)
                                 : 0;
             const int64_t seg = (i0 + ii) * spr_ + jc;
             (*segs_[m])[seg] = {static_cast<uint32_t>(out[m]->bytes.size()), ids[m], static_cast<uint16_t>(len)};

@@ -14,6 +14,9 @@
 //      of the others are copied into the records.
 // Chains of more than kMaxSteps steps run as several passes (the per-element chain is the same).
 #include <cub/device/device_scan.cuh>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -84,7 +87,8 @@ __device__ __forceinline__ void delta8(const DevStep& st, int64_t i, int64_t col
 #pragma unroll
   for (int e = 0; e < 8; e++) d[e] = 0.f;
   const float* p = st.P + i * st.r;
-  for (int q = 0; q < st.r; q++) {
+#pragma unroll 4
+  for (int q = 0; q < st.r; q++) {  // unrolled: four q's loads in flight before their fmas
     const float pq = __ldg(p + q);
     const float* qr = st.Q + int64_t(q) * cols + j;
     float v[8];
@@ -245,6 +249,39 @@ __global__ void dora_scale_kernel(const void* mag, DType mt, const float* norm, 
     k[o] = __fdiv_rn(load_as_f32(mag, mt, o), norm[o]);
 }
 
+// The record's header, written on the stream (a host copy would wait for the stream).
+__global__ void write_header_kernel(exact::ExactHeader h, uint8_t* dst) {
+  if (threadIdx.x < sizeof h) dst[threadIdx.x] = reinterpret_cast<const uint8_t*>(&h)[threadIdx.x];
+}
+
+// Per-phase device and host times of the exact merge on stderr when LORAKIT_EXACT_TRACE is set:
+// the chain pass, the scans and the read-back of the totals, and the record's assembly.
+struct Trace {
+  bool on = std::getenv("LORAKIT_EXACT_TRACE") != nullptr;
+  cudaEvent_t ev[4] = {};
+  std::chrono::steady_clock::time_point host[4];
+  int n = 0;
+  void mark() {
+    if (!on || n >= 4) return;
+    if (!ev[n]) cudaEventCreate(&ev[n]);
+    cudaEventRecord(ev[n], stream());
+    host[n++] = std::chrono::steady_clock::now();
+  }
+  ~Trace() {
+    if (!on || n < 2) return;
+    cudaEventSynchronize(ev[n - 1]);
+    std::fprintf(stderr, "exact merge trace (device µs / host µs):");
+    for (int k = 1; k < n; k++) {
+      float ms = 0.f;
+      cudaEventElapsedTime(&ms, ev[k - 1], ev[k]);
+      std::fprintf(stderr, " %.1f/%.1f", ms * 1e3, std::chrono::duration<double, std::micro>(host[k] - host[k - 1]).count());
+    }
+    std::fprintf(stderr, "\n");
+    for (auto e : ev)
+      if (e) cudaEventDestroy(e);
+  }
+};
+
 // The slots of the segments phase 1 wrote, into the record's stream (a warp per segment).
 __global__ void copy_slots_kernel(const uint8_t* slots, const uint32_t* lens, const uint32_t* offs, const uint8_t* deferred,
                                   int64_t S, uint8_t* out) {
@@ -301,7 +338,10 @@ void run_group(const TensorRef& W, const std::vector<DevStep>& all, size_t first
   }
   uint8_t* deferred = static_cast<uint8_t*>(flags.p);
   unsigned* cnt = static_cast<unsigned*>(counters.p);
+  Trace trace;
+  trace.mark();
   launch(W.dtype, false, W.data, rows, cols, ch, deferred, cnt);
+  trace.mark();
   // Offsets: an exclusive scan of S + 1 lengths (the last 0) ends with each stream's total; the
   // totals and the counters come back to the host in one copy (the one wait of the call).
   for (size_t m = 0; m < merges.size(); m++) {
@@ -315,6 +355,7 @@ void run_group(const TensorRef& W, const std::vector<DevStep>& all, size_t first
   }
   unsigned host_counters[2 + kMaxSteps] = {};
   copy_to_host(host_counters, cnt, (2 + merges.size()) * sizeof(unsigned));
+  trace.mark();
   if (host_counters[1])
     throw_range("exact unmerge: a record does not match this weight (left unchanged), or a segment of it is corrupt (values undefined)");
   const unsigned* totals = host_counters + 2;
@@ -326,7 +367,9 @@ void run_group(const TensorRef& W, const std::vector<DevStep>& all, size_t first
     exact::ExactHeader h{exact::kMagic, static_cast<uint32_t>(W.dtype), static_cast<uint64_t>(rows), static_cast<uint64_t>(cols),
                          totals[m]};
     uint8_t* base = static_cast<uint8_t*>(rec->data);
-    copy_to_device(base, &h, sizeof h);
+    order_use(base, true);
+    write_header_kernel<<<1, 32, 0, stream()>>>(h, base);
+    LK_LAUNCHED("exact merge: header");
     copy_device(base + sizeof h, offs[m].p, size_t(S + 1) * 4);
     if (bytes > head + totals[m]) LK_CUDA(cudaMemsetAsync(base + head + totals[m], 0, bytes - head - totals[m], stream()), "exact merge: pad");
     ch.s[merges[m]].out = base + head;
@@ -339,6 +382,7 @@ void run_group(const TensorRef& W, const std::vector<DevStep>& all, size_t first
                                                                    ch.s[merges[m]].out_off, deferred, S, ch.s[merges[m]].out);
     LK_LAUNCHED("exact merge: copy");
   }
+  trace.mark();
   for (auto& r : made) records->push_back(r);
 }
 
