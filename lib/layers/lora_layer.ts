@@ -351,7 +351,6 @@ export abstract class LoraLayer extends TrainableAdapters {
     };
   }
 
-
   /** Runs an operation body synchronously on the layer's stream; refused while an async one is in flight. */
   protected runLayerSync<T>(op: string, steps: KernelSteps<T>): T {
     return this.#runner.runSync(op, steps);
