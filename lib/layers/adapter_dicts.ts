@@ -1,8 +1,9 @@
 /**
  * The per-adapter state of a LoRA layer as peft keeps it (tuners/lora/layer.py): one map per
- * attribute, keyed by adapter name, and the read-only views of them. LoraLayer (lora_layer.ts)
- * adds the lifecycle, merging and the kernels on top.
+ * attribute, keyed by adapter name, the read-only views of them and the adapter-name check.
+ * TrainableAdapters (trainable_adapters.ts) and LoraLayer (lora_layer.ts) build on this.
  */
+import { AdapterError, LoraTypeError } from '../errors';
 import { Tensor } from '../tensor';
 
 export abstract class AdapterDicts {
@@ -76,5 +77,12 @@ export abstract class AdapterDicts {
   /** Names of all adapters on this layer, in insertion order. */
   get adapterNames(): string[] {
     return [...this._r.keys()];
+  }
+
+  protected requireAdapter(name: unknown, argName: string): string {
+    if (typeof name !== 'string') throw new LoraTypeError(`${argName}: expected an adapter name (string), got ${typeof name}`);
+    if (!this._r.has(name))
+      throw new AdapterError(`${argName}: unknown adapter '${name}' (this layer has: ${[...this._r.keys()].join(', ') || 'none'})`);
+    return name;
   }
 }

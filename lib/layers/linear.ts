@@ -5,7 +5,7 @@
  * DoRA adapters (useDora) scale each output feature by magnitude / ‖W + s·B·A‖ (norm detached, as
  * peft): y = k ⊙ (x·Wᵀ + s·u·Bᵀ) + b, the LoRA forward with k in its epilogue. The norm comes from a
  * low-rank identity, never from a dense out×in delta, and is cached while W, A, B and s are
- * unchanged (dora_norm_cache.ts).
+ * unchanged (dora_norm_cache.ts; the DoRA steps: linear_dora.ts). Mixed batches: mixed_batch.ts.
  * lora_bias adapters add s·b_B (folded into the call's bias); a trainable base bias (peft's bias
  * modes) gets Σ_rows dy in backward (bias_terms.ts).
  * Over a quantized base (a QuantizedTensor weight, peft's bnb Linear8bitLt / Linear4bit): the
@@ -24,11 +24,12 @@ import { QuantizedTensor, isQuantizedTensor } from '../quantized_tensor';
 import { Tensor, requireFloatTensor } from '../tensor';
 import { checkBool, checkOptions } from '../validate';
 import { foldedBiasSteps, columnSumSteps } from './bias_terms';
-import { DoraNormCache } from './dora_norm_cache';
-import { AdapterCache, ForwardCache, doraBackwardTerm, freeAdapterCache } from './forward_cache';
+import { AdapterCache, ForwardCache, freeAdapterCache } from './forward_cache';
 import { InitLoraWeights, kaimingFactors, residualWeight, weightInitFactors } from './init';
 import { AdapterGrads, BackwardResult, MixedForwardOptions } from './lora_layer';
-import { rowAdapterIndex } from './mixed_batch';
+import { LinearDora } from './linear_dora';
+import { LinearHost } from './linear_host';
+import { mixedLinearForwardSteps } from './mixed_batch';
 import { addsExpandsInF32, quantBaseThenExpandsSteps } from './quant_forward';
 import { QuantizableLayer } from './quantizable_layer';
 
@@ -45,9 +46,8 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
   #bias: Tensor | null;
   #cache: ForwardCache | null = null;
   #forwardCount = 0;
-  /** peft's _caches: the DoRA weight norm of each merged DoRA adapter, for its unmerge */
-  readonly #doraMergeNorm = new Map<string, Tensor>();
-  readonly #doraNorms = new DoraNormCache();
+  readonly #host: LinearHost = this.linearHost();
+  readonly #dora = new LinearDora(this.#host);
 
   constructor(opts: LoraLinearOptions<W>) {
     super();
@@ -126,7 +126,7 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
       if (withBias.length && !this._disableAdapters)
         throw new AdapterError(`opts.adapterNames: adapter(s) ${withBias.join(', ')} have a lora_B bias; mixed-adapter batches do not support lora_bias`);
       this.clearCache();
-      return yield* this.mixedForwardSteps(x, mixed.adapters, mixed.index);
+      return yield* mixedLinearForwardSteps(this.#host, x, mixed.adapters, mixed.index);
     }
     if (this._disableAdapters && this.merged) yield* this.unmergeSteps();
     this.clearCache();
@@ -172,12 +172,7 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
         return y;
       }
       if (doraName !== undefined) {
-        const base = yield* this.floatBaseSteps(x.dtype);
-        try {
-          dora = yield* this.doraForwardSteps(x, doraName, stream, adapters, y, base);
-        } finally {
-          this.freeFloatBase(base);
-        }
+        dora = yield* this.#dora.forwardSteps(x, doraName, stream, adapters, y);
       } else {
         for (const name of names) {
           const p = this._training ? this._loraDropout.get(name)! : 0;
@@ -226,85 +221,7 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
 
   /** ‖W + s·B·A‖ per output feature (f32 [out]) for W (default: the base weight, dequantised if quantized). */
   doraWeightNorm(name: string, W?: Tensor): Tensor {
-    return runSync(this.doraWeightNormSteps(name, W));
-  }
-
-  private *doraWeightNormSteps(name: string, given?: Tensor): KernelSteps<Tensor> {
-    this.requireAdapter(name, 'name');
-    const W = given ?? (yield* this.floatBaseSteps('f32'));
-    const norm = Tensor.zeros([this.outFeatures], { dtype: 'f32', device: this.device });
-    try {
-      yield step('doraWeightNorm', W.handle, this._loraA.get(name)!.handle, this._loraB.get(name)!.handle, this._scaling.get(name)!,
-        this.fanInFanOut, norm.handle);
-    } catch (e) {
-      norm.dispose();
-      throw e;
-    } finally {
-      if (!given) this.freeFloatBase(W);
-    }
-    return norm;
-  }
-
-  /**
-   * One native call: u = xa·Aᵀ, y = k ⊙ (x·Wᵀ + s·u·Bᵀ) + b (+ the base path outside the dropout);
-   * in training u and the unscaled pre are kept for backward. The norm comes from the cache, or is
-   * computed by the same call when stale. W is the base, or a dequantised copy of a quantized one
-   * (a new tensor each call, so its norm is recomputed each call).
-   */
-  private *doraForwardSteps(x: Tensor, name: string, stream: number, adapters: AdapterCache[], y: Tensor, W: Tensor): KernelSteps<ForwardCache['dora']> {
-    const dev = this.device;
-    const training = this._training;
-    const p = training ? this._loraDropout.get(name)! : 0;
-    const seed = this._seed.get(name)!;
-    const A = this._loraA.get(name)!;
-    const B = this._loraB.get(name)!;
-    const scale = this._scaling.get(name)!;
-    let xa = x;
-    if (p > 0) {
-      xa = Tensor.empty(x.shape, { dtype: x.dtype, device: dev });
-      adapters.push({ name, xa, u: xa, p, seed, stream }); // registered before use so it is freed on error
-      yield step('dropout', x.handle, p, seed, stream, xa.handle);
-    }
-    const scratch = scratchDtype(dev, x.dtype);
-    let u: Tensor | null = null;
-    if (training) {
-      u = Tensor.empty([...x.shape.slice(0, -1), this._r.get(name)!], { dtype: scratch, device: dev });
-      if (p > 0) adapters[adapters.length - 1].u = u;
-      else adapters.push({ name, xa, u, p, seed, stream });
-    }
-    // The norm: cached, or computed by the forward itself (the cpu streams W once for both).
-    const plan = this.#doraNorms.prepare(name, {
-      W, A, B, scale, fanInFanOut: this.fanInFanOut, outFeatures: this.outFeatures, device: dev,
-    });
-    const norm = plan.norm;
-    const pre = this.#doraNorms.takePre(training, [x.numel / this.inFeatures, this.outFeatures], scratch, dev);
-    try {
-      yield step('doraLinearForward', x.handle, xa.handle, W.handle, this.#bias?.handle ?? null, this.fanInFanOut,
-        u?.handle ?? null, A.handle, B.handle, scale, norm.handle, this._loraMagnitude.get(name)!.handle, y.handle, pre?.handle ?? null,
-        plan.ready, plan.wsq?.handle ?? null, plan.wsqReady);
-    } catch (e) {
-      plan.abort();
-      pre?.dispose();
-      throw e;
-    }
-    plan.commit();
-    return pre ? { norm, pre } : undefined;
-  }
-
-  private *doraBackwardSteps(dy: Tensor, cache: ForwardCache, dx: Tensor, grads: Map<string, AdapterGrads>): KernelSteps<void> {
-    const a = cache.adapters[0];
-    if (!this._loraA.has(a.name)) throw new StateError(`backward: adapter '${a.name}' was deleted after the forward`);
-    const { term, g } = doraBackwardTerm(a, cache.dora!, {
-      A: this._loraA.get(a.name)!, B: this._loraB.get(a.name)!, magnitude: this._loraMagnitude.get(a.name)!, scale: this._scaling.get(a.name)!,
-    }, this._inferenceMode.get(a.name) === true);
-    if (g) grads.set(a.name, g);
-    const base = yield* this.floatBaseSteps(dy.dtype);
-    try {
-      yield step('doraLinearBackward', dy.handle, base.handle, this.fanInFanOut, term, dx.handle, g ? g.loraA.handle : null,
-        g ? g.loraB.handle : null, g ? g.magnitude!.handle : null);
-    } finally {
-      this.freeFloatBase(base);
-    }
+    return runSync(this.#dora.weightNormSteps(name, W));
   }
 
   /**
@@ -329,7 +246,7 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
     const terms: BackwardTermArg[] = [];
     let biasGrad: Tensor | undefined;
     try {
-      if (cache.dora) yield* this.doraBackwardSteps(dy, cache, dx, grads);
+      if (cache.dora) yield* this.#dora.backwardSteps(dy, cache, dx, grads);
       else for (const a of cache.adapters) {
         if (!this._loraA.has(a.name)) throw new StateError(`backward: adapter '${a.name}' was deleted after the forward`);
         const A = this._loraA.get(a.name)!;
@@ -375,27 +292,6 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
     }
     this.accumulateParameterGrads(grads, biasGrad);
     return biasGrad ? { dx, grads, bias: biasGrad } : { dx, grads };
-  }
-
-  /** One native pass: rows grouped per adapter, the base and that adapter's expand as one GEMM. */
-  private *mixedForwardSteps(x: Tensor, adapters: string[], perEntry: Int32Array): KernelSteps<Tensor> {
-    const rowAdapter = rowAdapterIndex(perEntry, x.numel / this.inFeatures, this._disableAdapters);
-    const y = Tensor.zeros([...x.shape.slice(0, -1), this.outFeatures], { dtype: x.dtype, device: this.device });
-    try {
-      const factors = adapters.map(
-        (n) => [this._loraA.get(n)!.handle, this._loraB.get(n)!.handle, this._scaling.get(n)!] as [Tensor['handle'], Tensor['handle'], number],
-      );
-      const base = yield* this.floatBaseSteps(x.dtype);
-      try {
-        yield step('mixedLinearForward', x.handle, base.handle, this.#bias?.handle ?? null, this.fanInFanOut, factors, rowAdapter, y.handle);
-      } finally {
-        this.freeFloatBase(base);
-      }
-    } catch (e) {
-      y.dispose();
-      throw e;
-    }
-    return y;
   }
 
   protected override get supportsWeightInit(): boolean {
@@ -444,24 +340,7 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
       return;
     }
     // DoRA, as peft: merge caches the norm of W + ΔW, unmerge divides by the cached scale.
-    const m = this._loraMagnitude.get(name)!;
-    if (sign === 1) {
-      const norm = yield* this.doraWeightNormSteps(name, W);
-      try {
-        yield step('doraMerge', W.handle, A.handle, B.handle, s, this.fanInFanOut, m.handle, norm.handle, false, out.handle);
-      } catch (e) {
-        norm.dispose();
-        throw e;
-      }
-      this.#doraMergeNorm.get(name)?.dispose();
-      this.#doraMergeNorm.set(name, norm);
-    } else {
-      const norm = this.#doraMergeNorm.get(name);
-      if (!norm) throw new StateError(`unmerge: no cached weight norm for DoRA adapter '${name}'`);
-      yield step('doraMerge', W.handle, A.handle, B.handle, -s, this.fanInFanOut, m.handle, norm.handle, true, out.handle);
-      norm.dispose();
-      this.#doraMergeNorm.delete(name);
-    }
+    yield* this.#dora.mergeSteps(name, sign, s, W, out);
   }
 
   protected override get supportsDora(): boolean {
@@ -473,7 +352,7 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
   }
 
   protected override *exactDoraNormSteps(name: string, W: Tensor): KernelSteps<Tensor> {
-    return yield* this.doraWeightNormSteps(name, W);
+    return yield* this.#dora.weightNormSteps(name, W);
   }
 
   /** peft's DoRA init: magnitude = ‖W + s·B·A‖ per output feature, in A's dtype. */
@@ -487,15 +366,13 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
   }
 
   protected override onAdapterDeleted(name: string): void {
-    this.#doraNorms.delete(name);
+    this.#dora.deleteNorm(name);
   }
 
   /** Frees the adapters' tensors and the cached DoRA norms (not the base weight, which the caller owns). */
   override dispose(): void {
     super.dispose();
-    this.#doraNorms.clear();
-    for (const n of this.#doraMergeNorm.values()) n.dispose();
-    this.#doraMergeNorm.clear();
+    this.#dora.clear();
   }
 
   protected override onReseed(): void {
@@ -524,8 +401,7 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
   }
 
   protected override dropMergeCache(name: string): void {
-    this.#doraMergeNorm.get(name)?.dispose();
-    this.#doraMergeNorm.delete(name);
+    this.#dora.dropMergeNorm(name);
   }
 
   protected clearCache(): void {
@@ -533,7 +409,7 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
     this.#cache = null;
     if (!c) return;
     freeAdapterCache(c.adapters, c.x);
-    if (c.dora) this.#doraNorms.keepPre(c.dora.pre);
+    if (c.dora) this.#dora.keepPre(c.dora.pre);
   }
 
   /** Backends without mixed dtypes (cuda) take the weight's dtype for activations too. */
@@ -545,5 +421,30 @@ export class LoraLinear<W extends Tensor | QuantizedTensor = Tensor> extends Qua
   private requireLive(): void {
     if (this.#weight.disposed) throw new StateError('weight: the base weight tensor was disposed');
     if (this.#bias?.disposed) throw new StateError('bias: the bias tensor was disposed');
+  }
+
+  /** What linear_dora.ts and mixed_batch.ts read of this layer; every field is read when used. */
+  private linearHost(): LinearHost {
+    const layer = this;
+    return {
+      get device() { return layer.device; },
+      get fanInFanOut() { return layer.fanInFanOut; },
+      get inFeatures() { return layer.inFeatures; },
+      get outFeatures() { return layer.outFeatures; },
+      get bias() { return layer.#bias; },
+      get training() { return layer._training; },
+      get disableAdapters() { return layer._disableAdapters; },
+      r: this._r,
+      scaling: this._scaling,
+      loraDropout: this._loraDropout,
+      loraA: this._loraA,
+      loraB: this._loraB,
+      loraMagnitude: this._loraMagnitude,
+      seed: (n) => this._seed.get(n)!,
+      frozen: (n) => this._inferenceMode.get(n) === true,
+      requireAdapter: (n, arg) => this.requireAdapter(n, arg),
+      floatBaseSteps: (dtype) => this.floatBaseSteps(dtype),
+      freeFloatBase: (W) => this.freeFloatBase(W),
+    };
   }
 }

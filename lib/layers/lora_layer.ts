@@ -3,27 +3,26 @@
  * values live in maps keyed by adapter name; subclasses supply the weight shapes, initialisation,
  * the delta weight and the forward/backward math. Apart: option checks (options.ts), initialisers
  * (init.ts), weighted combination (weighted_adapter.ts), mixed batches (mixed_batch.ts), the
- * Parameters handed out (adapter_parameters.ts), sync/async driving on a stream (layer_runner.ts).
+ * Parameters handed out (trainable_adapters.ts), merge / unmerge / switchMerged over a float base
+ * (float_merge.ts, exact_merge.ts), sync/async driving on a stream (layer_runner.ts).
  */
 import { FloatDType } from '../dtype';
 import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../errors';
 import { CudaStream } from '../cuda';
-import { KernelSteps, runSync, step } from '../exec';
+import { KernelSteps, runSync } from '../exec';
 import { Rng, nextGlobalSeed } from '../rng';
 import type { QuantizedTensor } from '../quantized_tensor';
 import { Tensor } from '../tensor';
-import { Parameter } from '../parameter';
 import { checkBool, checkFinite, checkInt, checkOptions, checkString } from '../validate';
 import { loraScaling } from '../model/factors';
-import { AdapterDicts } from './adapter_dicts';
-import { AdapterParameters } from './adapter_parameters';
-import { biasDeltaSteps } from './bias_terms';
-import { ExactRecords, exactChainSteps } from './exact_merge';
+import { ExactRecords } from './exact_merge';
+import { FloatMergeHost, floatMergeSteps, floatSwitchSteps, floatUnmergeSteps } from './float_merge';
 import { LayerRunner } from './layer_runner';
+import { TrainableAdapters } from './trainable_adapters';
 import { InitLoraWeights } from './init';
 import { resolveMixedBatch } from './mixed_batch';
 import {
-  ADAPTER_OPTION_KEYS, AdapterGrads, AdapterOptions, LayerBackwardResult, LayerRngState, MergeOptions, MixedForwardOptions, checkRngState, resolveAdapterOptions,
+  ADAPTER_OPTION_KEYS, AdapterOptions, LayerBackwardResult, LayerRngState, MergeOptions, MixedForwardOptions, checkRngState, resolveAdapterOptions,
 } from './options';
 import { WeightedAdapterOptions, loraBiasSources, weightedAdapterFactors } from './weighted_adapter';
 
@@ -35,16 +34,13 @@ export type { CombinationType, WeightedAdapterOptions } from './weighted_adapter
 /** One adapter's entries in the layer's maps (p: dropout, rs: rsLoRA, frozen: inference mode). */
 type NewAdapter = { r: number; alpha: number; scaling: number; p: number; rs: boolean; A: Tensor; B: Tensor; frozen: boolean; seed: number };
 
-export abstract class LoraLayer extends AdapterDicts {
+export abstract class LoraLayer extends TrainableAdapters {
   readonly #runner = new LayerRunner();
-  /** Parameter objects handed out by parameters(); backward() accumulates into their grads. */
-  readonly #parameters = new AdapterParameters();
   /** Side information of the adapters merged exactly (exact_merge.ts). */
   readonly #exact = new ExactRecords();
 
   /** Base weight (owned by the caller; merge changes it in place); a QuantizedTensor for LoraLinear over a quantized base. */
   abstract get weight(): Tensor | QuantizedTensor;
-  abstract get bias(): Tensor | null;
   abstract get inFeatures(): number;
   abstract get outFeatures(): number;
 
@@ -69,73 +65,9 @@ export abstract class LoraLayer extends AdapterDicts {
     this.#runner.setStream(s, this.weight.device);
   }
 
-  /**
-   * Whether the base bias is trained (peft's bias='all' / 'lora_only', which LoraModel sets):
-   * parameters() then includes it and backward() gives it Σ_rows dy. Needs a layer with a bias.
-   */
-  get trainableBias(): boolean {
-    return this._trainableBias;
-  }
-  set trainableBias(on: boolean) {
-    checkBool(on, 'trainableBias');
-    if (on && !this.bias) throw new AdapterError(`trainableBias: ${this.constructor.name} has no bias to train`);
-    if (on && !this.supportsTrainableBias) throw new AdapterError(`trainableBias: a trainable base bias is supported on LoraLinear only, not on ${this.constructor.name}`);
-    this._trainableBias = on;
-  }
   /** Bytes held for exact unmerge: the merged adapters' records (and DoRA norms); 0 when none is merged exactly. */
   get mergeSideInfoBytes(): number {
     return this.#exact.bytes;
-  }
-  /** True when the adapter gets no gradients (inferenceMode). */
-  isFrozen(name: string): boolean {
-    this.requireAdapter(name, 'name');
-    return this._inferenceMode.get(name) === true;
-  }
-
-  /**
-   * The trainable tensors: lora_A and lora_B of each active adapter that is not frozen (peft's
-   * requires_grad). The same Parameter objects come back on every call; after one has been handed
-   * out, backward() adds the adapter's gradients into its grad.
-   */
-  parameters(): Parameter[] {
-    const out: Parameter[] = [];
-    for (const name of this._activeAdapters) {
-      if (this._inferenceMode.get(name) || !this._loraA.has(name)) continue;
-      out.push(...this.adapterParameters(name));
-      const m = this.magnitudeParameter(name);
-      if (m) out.push(m);
-      const lb = this.loraBBiasParameter(name);
-      if (lb) out.push(lb);
-    }
-    const b = this.biasParameter();
-    if (b) out.push(b);
-    return out;
-  }
-
-  /** lora_B's bias of a lora_bias adapter as a Parameter (null for adapters without one). */
-  loraBBiasParameter(name: string): Parameter | null {
-    this.requireAdapter(name, 'name');
-    const b = this._loraBBias.get(name);
-    return b ? this.#parameters.loraBBias(name, b) : null;
-  }
-
-  /** The base bias as a Parameter (`base_layer.bias`) while trainableBias is set, else null. */
-  biasParameter(): Parameter | null {
-    const b = this.bias;
-    return this._trainableBias && b ? this.#parameters.baseBias(b) : null;
-  }
-
-  /** [lora_A, lora_B] of one adapter as Parameters (frozen or not). */
-  adapterParameters(name: string): [Parameter, Parameter] {
-    this.requireAdapter(name, 'name');
-    return this.#parameters.factors(name, this._loraA.get(name)!, this._loraB.get(name)!);
-  }
-
-  /** A DoRA adapter's magnitude vector as a Parameter (null for plain LoRA adapters). */
-  magnitudeParameter(name: string): Parameter | null {
-    this.requireAdapter(name, 'name');
-    const m = this._loraMagnitude.get(name);
-    return m ? this.#parameters.magnitude(name, m) : null;
   }
 
   /**
@@ -283,7 +215,7 @@ export abstract class LoraLayer extends AdapterDicts {
     this._loraB.get(name)!.dispose();
     this._loraMagnitude.get(name)?.dispose();
     this._loraBBias.get(name)?.dispose();
-    this.#parameters.delete(name);
+    this.deleteParameters(name);
     for (const m of [this._r, this._loraAlpha, this._scaling, this._loraDropout, this._useRslora, this._loraA, this._loraB, this._inferenceMode, this._seed, this._useDora, this._loraMagnitude, this._loraBBias])
       m.delete(name);
     this.onAdapterDeleted(name);
@@ -378,112 +310,45 @@ export abstract class LoraLayer extends AdapterDicts {
   }
 
   private *mergeSteps(opts: MergeOptions): KernelSteps<this> {
-    const o = checkOptions(opts, ['safeMerge', 'adapterNames', 'exact'], 'opts') as MergeOptions;
-    const safe = o.safeMerge === undefined ? false : checkBool(o.safeMerge, 'opts.safeMerge');
-    const exact = o.exact === undefined ? true : checkBool(o.exact, 'opts.exact');
-    let names = this._activeAdapters;
-    if (o.adapterNames !== undefined) {
-      if (!Array.isArray(o.adapterNames)) throw new LoraTypeError('opts.adapterNames: expected an array of adapter names');
-      o.adapterNames.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
-      names = o.adapterNames;
-    }
-    const noBias = names.filter((n) => this._loraBBias.has(n) && !this.bias);
-    if (noBias.length)
-      throw new AdapterError(`merge: adapter(s) ${noBias.join(', ')} have a lora_B bias but ${this.constructor.name} has no base bias to merge it into`);
-    const todo = names.filter((n, i) => !this._mergedAdapters.includes(n) && names.indexOf(n) === i);
-    // Exact records cover W only: adapters with a lora_B bias merge through the plain path.
-    const exactOk = exact && todo.every((n) => !this._loraBBias.has(n));
-    if (exactOk && !safe) {
-      yield* this.exactChainSteps([], todo);
-      return this;
-    }
-    for (const name of todo) {
-      const W = this.floatWeight;
-      const bB = this._loraBBias.get(name);
-      const what = `adapter '${name}'`;
-      if (safe) {
-        const trial = W.clone();
-        try {
-          if (exactOk) yield* this.exactChainSteps([], [name], trial);
-          else yield* this.deltaSteps(name, 1, W, trial);
-          if (!(yield step('allFinite', trial.handle)))
-            throw new LoraRangeError(`merge: NaNs or infinities detected in the merged weight for adapter '${name}'; the weight was left unchanged`);
-          if (bB) yield* biasDeltaSteps(this.bias!, bB, this._scaling.get(name)!, true, what);
-          yield step('convert', trial.handle, W.handle);
-        } catch (e) {
-          if (exactOk && this._mergedAdapters[this._mergedAdapters.length - 1] === name) {
-            this._mergedAdapters.pop();
-            this.#exact.delete(name);
-          }
-          throw e;
-        } finally {
-          trial.dispose();
-        }
-        if (!exactOk) this._mergedAdapters.push(name);
-      } else {
-        yield* this.deltaSteps(name, 1, W, W);
-        if (bB) yield* biasDeltaSteps(this.bias!, bB, this._scaling.get(name)!, false, what);
-        this._mergedAdapters.push(name);
-      }
-    }
+    yield* floatMergeSteps(this.floatMergeHost(), opts);
     return this;
   }
 
   protected *unmergeSteps(): KernelSteps<this> {
-    while (this._mergedAdapters.length > 0) {
-      const run: string[] = []; // the newest exactly merged adapters, undone in one pass
-      for (let k = this._mergedAdapters.length - 1; k >= 0 && this.#exact.has(this._mergedAdapters[k]); k--) run.push(this._mergedAdapters[k]);
-      if (run.length > 0) {
-        yield* this.exactChainSteps(run, []);
-        continue;
-      }
-      const name = this._mergedAdapters[this._mergedAdapters.length - 1];
-      yield* this.deltaSteps(name, -1, this.floatWeight, this.floatWeight);
-      const bB = this._loraBBias.get(name);
-      if (bB) yield* biasDeltaSteps(this.bias!, bB, -this._scaling.get(name)!, false, `adapter '${name}'`);
-      this._mergedAdapters.pop(); // only once W is restored, so a failed step can be retried
-    }
+    yield* floatUnmergeSteps(this.floatMergeHost());
     return this;
   }
 
   private *switchSteps(names: readonly string[]): KernelSteps<this> {
-    if (!Array.isArray(names)) throw new LoraTypeError('names: expected an array of adapter names');
-    names.forEach((n, i) => this.requireAdapter(n, `names[${i}]`));
-    if (new Set(names).size !== names.length) throw new AdapterError(`names: duplicate adapter names in [${names.join(', ')}]`);
-    if (this._mergedAdapters.some((n) => !this.#exact.has(n)) || names.some((n) => this._loraBBias.has(n))) {
-      yield* this.unmergeSteps();
-      return yield* this.mergeSteps({ adapterNames: [...names] });
-    }
-    yield* this.exactChainSteps([...this._mergedAdapters].reverse(), names, this.floatWeight);
+    yield* floatSwitchSteps(this.floatMergeHost(), names);
     return this;
   }
 
-  /** Exact undo of `undo` (newest first), then exact merges of `merge` (exact_merge.ts exactChainSteps). */
-  private *exactChainSteps(undo: readonly string[], merge: readonly string[], target: Tensor = this.floatWeight): KernelSteps<void> {
-    yield* exactChainSteps(
-      {
-        records: this.#exact,
-        merged: this._mergedAdapters,
-        fanInFanOut: this.exactFanInFanOut(),
-        isDora: (n) => this._useDora.get(n) === true,
-        operands: (n, norm) => {
-          const scale = this._scaling.get(n)!;
-          if (!Number.isFinite(scale)) throw new LoraRangeError(`scaling of adapter '${n}' is not finite (${scale})`);
-          this.requireMergeable(n);
-          const magnitude = this._useDora.get(n) ? this._loraMagnitude.get(n)! : null;
-          return { A: this._loraA.get(n)!, B: this._loraB.get(n)!, scale, magnitude, norm };
-        },
-        doraNormSteps: (n, W) => this.exactDoraNormSteps(n, W),
+  /** The layer as float_merge.ts sees it; every field is read when used. */
+  private floatMergeHost(): FloatMergeHost {
+    const layer = this;
+    return {
+      get kind() { return layer.constructor.name; },
+      // The float base the generic merge paths change (LoraLinear overrides them over a quantized base).
+      get weight() { return layer.weight as Tensor; },
+      get bias() { return layer.bias; },
+      get active() { return layer._activeAdapters; },
+      get merged() { return layer._mergedAdapters; },
+      records: this.#exact,
+      loraBBias: this._loraBBias,
+      get fanInFanOut() { return layer.exactFanInFanOut(); },
+      requireAdapter: (n, arg) => this.requireAdapter(n, arg),
+      scaling: (n) => this._scaling.get(n)!,
+      isDora: (n) => this._useDora.get(n) === true,
+      factors: (n) => {
+        this.requireMergeable(n);
+        const magnitude = this._useDora.get(n) ? this._loraMagnitude.get(n)! : null;
+        return { A: this._loraA.get(n)!, B: this._loraB.get(n)!, magnitude };
       },
-      undo,
-      merge,
-      target,
-    );
-  }
-
-  /** The float base the generic merge paths change (LoraLinear overrides them over a quantized base). */
-  private get floatWeight(): Tensor {
-    return this.weight as Tensor;
+      deltaSteps: (n, sign, W, out) => this.deltaSteps(n, sign, W, out),
+      doraNormSteps: (n, W) => this.exactDoraNormSteps(n, W),
+      unmergeSteps: () => this.unmergeSteps(),
+    };
   }
 
   /** Runs an operation body synchronously on the layer's stream; refused while an async one is in flight. */
@@ -504,7 +369,7 @@ export abstract class LoraLayer extends AdapterDicts {
   dispose(): void {
     this.requireIdle('dispose');
     this.clearCache();
-    this.#parameters.clearGrads();
+    this.clearParameterGrads();
     this.#exact.clear();
     for (const t of [...this._loraA.values(), ...this._loraB.values(), ...this._loraMagnitude.values(), ...this._loraBBias.values()]) t.dispose();
   }
@@ -513,18 +378,6 @@ export abstract class LoraLayer extends AdapterDicts {
   protected contributingAdapters(): string[] {
     if (this._disableAdapters || this.merged) return [];
     return this._activeAdapters.filter((n) => this._loraA.has(n));
-  }
-
-  protected requireAdapter(name: unknown, argName: string): string {
-    if (typeof name !== 'string') throw new LoraTypeError(`${argName}: expected an adapter name (string), got ${typeof name}`);
-    if (!this._r.has(name))
-      throw new AdapterError(`${argName}: unknown adapter '${name}' (this layer has: ${[...this._r.keys()].join(', ') || 'none'})`);
-    return name;
-  }
-
-  /** Adds freshly computed adapter gradients into the grads of the Parameters handed out. */
-  protected accumulateParameterGrads(grads: ReadonlyMap<string, AdapterGrads>, biasGrad?: Tensor): void {
-    this.#parameters.accumulate(grads, biasGrad);
   }
 
   /** Creates A and B for a new adapter (init.ts has peft's initialisers). */
@@ -558,11 +411,6 @@ export abstract class LoraLayer extends AdapterDicts {
 
   /** Layer kinds with lora_bias override this (their forward, backward and merge carry b_B). */
   protected get supportsLoraBias(): boolean {
-    return false;
-  }
-
-  /** Layer kinds whose backward gives the base bias its gradient override this. */
-  protected get supportsTrainableBias(): boolean {
     return false;
   }
 

@@ -1,5 +1,8 @@
 /** Mixed-adapter batches (peft's adapter_names argument): which adapter each entry of a batch runs. */
 import { AdapterError, LoraTypeError, ShapeError, StateError } from '../errors';
+import { KernelSteps, step } from '../exec';
+import { Tensor } from '../tensor';
+import { LinearHost } from './linear_host';
 
 /** The layer state the check reads (LoraLayer's public getters). */
 export interface MixedBatchLayer {
@@ -54,4 +57,28 @@ export function rowAdapterIndex(perEntry: Int32Array, rows: number, disabled: bo
   const out = new Int32Array(rows);
   perEntry.forEach((a, i) => out.fill(a, i * rowsPerEntry, (i + 1) * rowsPerEntry));
   return out;
+}
+
+/**
+ * LoraLinear's mixed batch in one native pass: rows grouped per adapter, y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ
+ * with that row's adapter as one GEMM (peft's _mixed_batch_forward); a quantized base dequantised.
+ */
+export function* mixedLinearForwardSteps(host: LinearHost, x: Tensor, adapters: string[], perEntry: Int32Array): KernelSteps<Tensor> {
+  const rowAdapter = rowAdapterIndex(perEntry, x.numel / host.inFeatures, host.disableAdapters);
+  const y = Tensor.zeros([...x.shape.slice(0, -1), host.outFeatures], { dtype: x.dtype, device: host.device });
+  try {
+    const factors = adapters.map(
+      (n) => [host.loraA.get(n)!.handle, host.loraB.get(n)!.handle, host.scaling.get(n)!] as [Tensor['handle'], Tensor['handle'], number],
+    );
+    const base = yield* host.floatBaseSteps(x.dtype);
+    try {
+      yield step('mixedLinearForward', x.handle, base.handle, host.bias?.handle ?? null, host.fanInFanOut, factors, rowAdapter, y.handle);
+    } finally {
+      host.freeFloatBase(base);
+    }
+  } catch (e) {
+    y.dispose();
+    throw e;
+  }
+  return y;
 }

@@ -4,43 +4,33 @@
  * model-wide; parameter counts come from shapes alone, so a model given as shapes can be counted
  * without allocating its weights. A config's bias mode makes biases trainable and its
  * modulesToSave gives modules a trainable copy per adapter (trainable.ts, modules_to_save.ts).
+ * Injection and removal of adapters: adapter_injection.ts; merges and merge-and-unload: model_merge.ts.
  */
 import { CudaStream, checkStream } from '../cuda';
 import { AdapterError, LoraRangeError, LoraTypeError, StateError } from '../errors';
 import { LayerRngState, LoraLayer, WeightedAdapterOptions } from '../layers/lora_layer';
 import { LoraLinear } from '../layers/linear';
-import { Rng, nextGlobalSeed } from '../rng';
 import { Tensor } from '../tensor';
 import { Parameter } from '../parameter';
-import { QuantizedTensor, isQuantizedTensor } from '../quantized_tensor';
-import { FloatDType, isFloatDType } from '../dtype';
+import { QuantizedTensor } from '../quantized_tensor';
+import { FloatDType } from '../dtype';
 import { checkOptions, checkString } from '../validate';
 import { FromPretrainedOptions, modelFromAdapter } from './from_pretrained';
-import { ModelMergeAndUnloadOptions, floatMergedWeights } from './quantize_modules';
+import { ModelMergeAndUnloadOptions } from './quantize_modules';
 import { LoraConfig, ResolvedLoraConfig, resolveConfig } from './config';
-import { createLayer } from './layer_factory';
 import { ModuleSpec, NormalizedModule, hasData, hasWeight, normalizeModules } from './modules';
-import { ModulesToSaveWrapper, matchesModulesToSave, saveTargets } from './modules_to_save';
-import { biasTensor, countTrainable, trainableBiasModules, trainableLine } from './trainable';
-import { isExcluded, isTargeted, rankAndAlpha } from './targeting';
+import { ModulesToSaveWrapper } from './modules_to_save';
+import { resolvedTargets } from './targeting';
+import { countTrainable, namedTrainableParameters, trainableBiasModules, trainableLine } from './trainable';
 import { AdapterLoadTarget, AdapterSaveSource } from './adapter_host';
+import { AdapterSlot, InjectionTarget, injectAdapter, injectWeightedAdapter, removeAdapter } from './adapter_injection';
+import { MergeSource, ModelMergeOptions, layerMerges, layerSwitches, prepareUnload, unloadedStateDict } from './model_merge';
 import { LoadOptions, loadAdapter, loadAdapterAsync, readAdapter, readAdapterAsync, savePretrained, savePretrainedAsync } from './adapter_io';
 
 export type { FromPretrainedOptions } from './from_pretrained';
 export type { ModelMergeAndUnloadOptions } from './quantize_modules';
-
-export interface AdapterSlot {
-  r: number;
-  loraAlpha: number;
-}
-
-/** LoraModel.mergeAdapter's options (LoraLayer.merge's, applied to every layer). */
-export interface ModelMergeOptions {
-  adapterNames?: string[];
-  safeMerge?: boolean;
-  /** Exact merge (default true): side information per layer makes unmergeAdapter() exact. */
-  exact?: boolean;
-}
+export type { AdapterSlot } from './adapter_injection';
+export type { ModelMergeOptions } from './model_merge';
 
 export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
   /** Module name → its LoRA layer (targeted modules that hold data). */
@@ -121,10 +111,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
 
   /** The target list after expanding 'all-linear' (what adapter_config.json records). */
   resolvedTargets(c: ResolvedLoraConfig): string[] | string {
-    if (c.targetModules !== 'all-linear') return c.targetModules!;
-    return [...this.#modules.values()]
-      .filter((m) => (m.kind === 'linear' || m.kind === 'conv1d') && !this.isOutputHead(m.name, c))
-      .map((m) => m.name);
+    return resolvedTargets(c, this.#modules.values());
   }
 
   /** Injects a new adapter where its config targets; like peft it does not become active. */
@@ -136,66 +123,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     const c = resolveConfig(config);
     if (c.bias !== 'none' && [...this.peftConfig.values()].some((o) => o.bias !== 'none'))
       throw new AdapterError(`config.bias: only one adapter may have bias != 'none' (as in peft)`);
-    const targets = this.resolvedTargets(c);
-    // As peft, a module in modulesToSave never takes LoRA.
-    const hits = [...this.#modules.values()].filter(
-      (m) => !isExcluded(c, m.name) && !matchesModulesToSave(c.modulesToSave, m.name) && isTargeted(c, targets, m.name),
-    );
-    if (hits.length === 0)
-      throw new AdapterError(`config.targetModules: ${JSON.stringify(c.targetModules)} matched no module (modules look like '${[...this.#modules.keys()].slice(0, 3).join("', '")}')`);
-    for (const m of hits) {
-      if (m.kind === 'other') throw new LoraTypeError(`config.targetModules: module '${m.name}' (kind 'other') cannot take LoRA; supported kinds are linear, conv1d, embedding, conv2d`);
-      if (c.bias !== 'none' && m.bias && m.kind !== 'linear' && m.kind !== 'conv1d')
-        throw new AdapterError(`config.bias: '${c.bias}' trains the bias of ${m.kind} module '${m.name}'; lorakit trains base biases of linear and conv1d LoRA layers only`);
-    }
-    const saved = saveTargets(this.#modules, c.modulesToSave);
-    const rng = new Rng(c.seed ?? nextGlobalSeed());
-    const created: Array<[string, LoraLayer, boolean]> = [];
-    try {
-      for (const m of hits) {
-        const { r, alpha } = rankAndAlpha(c, m.name);
-        if (!Number.isInteger(r) || r < 1) throw new LoraRangeError(`config.rankPattern: rank for '${m.name}' must be a positive integer, got ${r}`);
-        const seed = rng.nextSeed();
-        if (hasWeight(m.weight)) {
-          let layer = this.layers.get(m.name);
-          const fresh = layer === undefined;
-          layer ??= createLayer(m);
-          if (fresh && this.#stream) layer.stream = this.#stream;
-          layer.addAdapter(name, {
-            r, loraAlpha: alpha, loraDropout: c.loraDropout, useRslora: c.useRslora, initLoraWeights: c.initLoraWeights, useDora: c.useDora,
-            loraBias: c.loraBias, seed, inferenceMode: c.inferenceMode,
-          });
-          created.push([m.name, layer, fresh]);
-          if (fresh) this.layers.set(m.name, layer);
-        }
-        if (!this.#slots.has(m.name)) this.#slots.set(m.name, new Map());
-        this.#slots.get(m.name)!.set(name, { r, loraAlpha: alpha });
-      }
-      for (const m of saved) {
-        let w = this.#saved.get(m.name);
-        if (!w) {
-          w = new ModulesToSaveWrapper(m.name, { weight: m.weight as Tensor, bias: biasTensor(m) });
-          this.#saved.set(m.name, w);
-        }
-        w.update(name, c.inferenceMode);
-      }
-    } catch (e) {
-      for (const [mod, w] of [...this.#saved]) {
-        w.delete(name);
-        if (w.modulesToSave.size === 0) this.#saved.delete(mod);
-      }
-      for (const [mod, layer, fresh] of created) {
-        if (fresh) {
-          layer.dispose();
-          this.layers.delete(mod);
-        } else if (layer.adapterNames.includes(name)) layer.deleteAdapter(name);
-      }
-      for (const [mod, s] of [...this.#slots]) {
-        s.delete(name);
-        if (s.size === 0) this.#slots.delete(mod);
-      }
-      throw e;
-    }
+    injectAdapter(this.injectionTarget(), name, c);
     this.peftConfig.set(name, c);
     this.syncActive();
     return this;
@@ -222,22 +150,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
   deleteAdapter(name: string): this {
     this.requireLive();
     this.requireAdapter(name, 'adapterName');
-    for (const [mod, layer] of this.layers) {
-      if (!layer.adapterNames.includes(name)) continue;
-      layer.deleteAdapter(name);
-      if (layer.adapterNames.length === 0) {
-        layer.dispose();
-        this.layers.delete(mod);
-      }
-    }
-    for (const [mod, s] of [...this.#slots]) {
-      s.delete(name);
-      if (s.size === 0) this.#slots.delete(mod);
-    }
-    for (const [mod, w] of [...this.#saved]) {
-      w.delete(name);
-      if (w.modulesToSave.size === 0) this.#saved.delete(mod);
-    }
+    removeAdapter(this.injectionTarget(), name);
     this.peftConfig.delete(name);
     this.#active = this.#active.filter((n) => n !== name);
     if (this.#active.length === 0 && this.peftConfig.size > 0) this.#active = [this.adapterNames[0]];
@@ -258,37 +171,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     checkString(newName, 'newName');
     if (this.peftConfig.has(newName)) throw new AdapterError(`newName: adapter '${newName}' already exists`);
     this.requireAllData('addWeightedAdapter', adapters);
-    const saving = adapters.filter((a) => [...this.#saved.values()].some((w) => w.modulesToSave.has(a)));
-    if (saving.length) throw new AdapterError(`adapters: ${saving.join(', ')} have modulesToSave copies, which a weighted combination cannot merge (as in peft)`);
-    const first = this.peftConfig.get(adapters[0])!;
-    const done: LoraLayer[] = [];
-    try {
-      for (const [mod, layer] of this.layers) {
-        const have = adapters.filter((a) => layer.adapterNames.includes(a));
-        if (have.length === 0) continue;
-        layer.addWeightedAdapter(have, have.map((a) => weights[adapters.indexOf(a)]), newName, opts);
-        done.push(layer);
-        const r = layer.r.get(newName)!;
-        if (!this.#slots.has(mod)) this.#slots.set(mod, new Map());
-        this.#slots.get(mod)!.set(newName, { r, loraAlpha: layer.loraAlpha.get(newName)! });
-      }
-    } catch (e) {
-      for (const l of done) l.deleteAdapter(newName);
-      for (const s of this.#slots.values()) s.delete(newName);
-      throw e;
-    }
-    const targets = this.targetedModules(newName);
-    const r = targets.length ? this.#slots.get(targets[0])!.get(newName)!.r : first.r;
-    this.peftConfig.set(newName, {
-      ...first, r, loraAlpha: r, targetModules: targets, rankPattern: {}, alphaPattern: {}, useRslora: false, useDora: false, loraBias: false,
-      modulesToSave: null, bias: 'none', layersToTransform: null, layersPattern: null, excludeModules: null,
-    });
-    for (const mod of targets) {
-      const s = this.#slots.get(mod)!.get(newName)!;
-      const key = mod.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'); // patterns are regexes: match this module only
-      if (s.r !== r) this.peftConfig.get(newName)!.rankPattern[key] = s.r;
-      if (s.loraAlpha !== r) this.peftConfig.get(newName)!.alphaPattern[key] = s.loraAlpha;
-    }
+    injectWeightedAdapter(this.injectionTarget(), adapters, weights, newName, opts);
     this.syncActive();
     return this;
   }
@@ -341,7 +224,6 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     return this;
   }
 
-
   /**
    * The trainable tensors, for an optimizer: lora_A, lora_B (and lora_B's bias, DoRA magnitudes) of
    * the active, non-frozen adapters; the biases the bias mode trains; the active adapter's copy of
@@ -359,21 +241,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
    */
   namedParameters(): Array<[string, Parameter]> {
     this.requireLive();
-    const out: Array<[string, Parameter]> = [];
-    const biases = trainableBiasModules(this.trainableView());
-    for (const m of this.#modules.values()) {
-      const layer = this.layers.get(m.name);
-      if (layer) for (const p of layer.parameters()) out.push([`${m.name}.${p.name}`, p]);
-      const b = biasTensor(m);
-      if (!layer && b && biases.has(m.name)) {
-        let p = this.#biasParams.get(m.name);
-        if (!p || p.data !== b) this.#biasParams.set(m.name, (p = new Parameter('bias', 'bias', '', b)));
-        out.push([`${m.name}.bias`, p]);
-      }
-      const w = this.#saved.get(m.name);
-      if (w) for (const p of w.parameters()) out.push([`${m.name}.${p.name}`, p]);
-    }
-    return out;
+    return namedTrainableParameters(this.trainableView(), this.layers, this.#biasParams);
   }
 
   /** { trainable, total } parameter counts as peft's get_nb_trainable_parameters gives them. */
@@ -399,14 +267,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
    */
   mergeAdapter(opts: ModelMergeOptions = {}): this {
     this.requireLive();
-    const o = checkOptions(opts, ['adapterNames', 'safeMerge', 'exact'], 'opts') as ModelMergeOptions;
-    const names = o.adapterNames ?? this.#active;
-    names.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
-    this.requireAllData('mergeAdapter', names);
-    for (const [mod, layer] of this.layers) {
-      const own = names.filter((n) => layer.adapterNames.includes(n));
-      if (own.length && !this.#unloadedFloat?.has(mod)) layer.merge({ adapterNames: own, safeMerge: o.safeMerge ?? false, exact: o.exact ?? true });
-    }
+    for (const [layer, o] of layerMerges(this.mergeSource(), opts)) layer.merge(o);
     return this;
   }
 
@@ -417,21 +278,14 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
    */
   switchMergedAdapter(names: readonly string[]): this {
     this.requireLive();
-    for (const [layer, own] of this.switchPlan(names)) layer.switchMerged(own);
+    for (const [layer, own] of layerSwitches(this.mergeSource(), names)) layer.switchMerged(own);
     return this;
   }
 
   async switchMergedAdapterAsync(names: readonly string[]): Promise<this> {
     this.requireLive();
-    for (const [layer, own] of this.switchPlan(names)) await layer.switchMergedAsync(own);
+    for (const [layer, own] of layerSwitches(this.mergeSource(), names)) await layer.switchMergedAsync(own);
     return this;
-  }
-
-  private switchPlan(names: readonly string[]): Array<[LoraLayer, string[]]> {
-    if (!Array.isArray(names)) throw new LoraTypeError('names: expected an array of adapter names');
-    names.forEach((n, i) => this.requireAdapter(n, `names[${i}]`));
-    this.requireAllData('switchMergedAdapter', [...names]);
-    return [...this.layers.values()].map((layer) => [layer, names.filter((n) => layer.adapterNames.includes(n))]);
   }
 
   /** Bytes of exact-merge side information held by all layers (LoraLayer.mergeSideInfoBytes). */
@@ -455,14 +309,7 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
    */
   async mergeAdapterAsync(opts: ModelMergeOptions = {}): Promise<this> {
     this.requireLive();
-    const o = checkOptions(opts, ['adapterNames', 'safeMerge', 'exact'], 'opts') as ModelMergeOptions;
-    const names = o.adapterNames ?? this.#active;
-    names.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
-    this.requireAllData('mergeAdapter', names);
-    for (const [mod, layer] of [...this.layers]) {
-      const own = names.filter((n) => layer.adapterNames.includes(n));
-      if (own.length && !this.#unloadedFloat?.has(mod)) await layer.mergeAsync({ adapterNames: own, safeMerge: o.safeMerge ?? false, exact: o.exact ?? true });
-    }
+    for (const [layer, o] of layerMerges(this.mergeSource(), opts)) await layer.mergeAsync(o);
     return this;
   }
 
@@ -493,27 +340,16 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
 
   /** Quantized layers first: their merged weights as float copies (the merges that follow skip them). */
   private prepareUnload(opts: ModelMergeAndUnloadOptions): ModelMergeAndUnloadOptions {
-    this.requireAllData('mergeAndUnload', null);
-    const o = checkOptions(opts, ['adapterNames', 'safeMerge', 'dtype'], 'opts') as ModelMergeAndUnloadOptions;
-    if (o.dtype !== undefined && !isFloatDType(o.dtype)) throw new LoraTypeError(`opts.dtype: expected f32, f16 or bf16, got ${String(o.dtype)}`);
-    const names = o.adapterNames ?? this.#active;
-    names.forEach((n, i) => this.requireAdapter(n, `opts.adapterNames[${i}]`));
-    this.#unloadedFloat = floatMergedWeights(this.layers, names, o.dtype, o.safeMerge ?? false);
-    return { ...o, adapterNames: [...names] };
+    const { opts: o, floats } = prepareUnload(this.mergeSource(), opts);
+    this.#unloadedFloat = floats;
+    return o;
   }
 
   /** The state dict after a merge (modulesToSave modules hold their active copy); frees the adapters and retires the model. */
   private unload(dtype?: FloatDType): Map<string, Tensor> {
     for (const w of this.#saved.values()) w.unloadIntoOriginal();
     this.#saved.clear();
-    const floats = this.#unloadedFloat ?? new Map<string, Tensor>();
-    const out = new Map<string, Tensor>();
-    for (const m of this.#modules.values()) {
-      const q = floats.get(m.name) ?? m.weight;
-      const w = isQuantizedTensor(q) ? q.dequantize({ dtype: dtype ?? 'f32' }) : q; // an untouched quantized module
-      if (m.tiedTo === null && hasData(w)) out.set(m.weightName, dtype && w.dtype !== dtype ? w.to({ dtype }) : w);
-      if (m.bias && hasData(m.bias)) out.set(m.biasName, dtype && m.bias.dtype !== dtype ? m.bias.to({ dtype }) : m.bias);
-    }
+    const out = unloadedStateDict(this.#modules.values(), this.#unloadedFloat ?? new Map<string, Tensor>(), dtype);
     this.dispose();
     return out;
   }
@@ -576,10 +412,6 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
     }
   }
 
-  private isOutputHead(name: string, c: ResolvedLoraConfig): boolean {
-    return c.outputHead.some((h) => name === h || name.endsWith(`.${h}`));
-  }
-
   private syncActive(): void {
     const biases = trainableBiasModules(this.trainableView());
     for (const [mod, layer] of this.layers) {
@@ -591,5 +423,23 @@ export class LoraModel implements AdapterLoadTarget, AdapterSaveSource {
 
   private requireLive(): void {
     if (this.#unloaded) throw new StateError('LoraModel: already unloaded (mergeAndUnload/dispose); build a new one');
+  }
+
+  /** The model as adapter_injection.ts sees it. */
+  private injectionTarget(): InjectionTarget {
+    return {
+      modules: this.#modules, layers: this.layers, slots: this.#slots, saved: this.#saved, peftConfig: this.peftConfig, stream: this.#stream,
+      resolvedTargets: (c) => this.resolvedTargets(c),
+      targetedModules: (n) => this.targetedModules(n),
+    };
+  }
+
+  /** The model as model_merge.ts sees it. */
+  private mergeSource(): MergeSource {
+    return {
+      layers: this.layers, active: this.#active, unloadedFloat: this.#unloadedFloat,
+      requireAdapter: (n, arg) => this.requireAdapter(n, arg),
+      requireAllData: (op, a) => this.requireAllData(op, a),
+    };
   }
 }

@@ -1,6 +1,7 @@
 /** peft's module-matching rules (tuners_utils.check_target_module_exists, get_pattern_key). */
 import { LoraRangeError } from '../errors';
 import { ResolvedLoraConfig } from './config';
+import { NormalizedModule } from './modules';
 
 function fullMatch(pattern: string, name: string, what: string): boolean {
   let re: RegExp;
@@ -63,4 +64,12 @@ export function rankAndAlpha(c: ResolvedLoraConfig, name: string): { r: number; 
   const rk = patternKey(c.rankPattern, name);
   const ak = patternKey(c.alphaPattern, name);
   return { r: rk === null ? c.r : c.rankPattern[rk], alpha: ak === null ? c.loraAlpha : c.alphaPattern[ak] };
+}
+
+/** The target list after expanding 'all-linear': every linear and conv1d module except the output head (as peft). */
+export function resolvedTargets(c: ResolvedLoraConfig, modules: Iterable<NormalizedModule>): string[] | string {
+  if (c.targetModules !== 'all-linear') return c.targetModules!;
+  return [...modules]
+    .filter((m) => (m.kind === 'linear' || m.kind === 'conv1d') && !c.outputHead.some((h) => m.name === h || m.name.endsWith(`.${h}`)))
+    .map((m) => m.name);
 }

@@ -6,6 +6,8 @@
  *   active and not in inference mode.
  * - modules_to_save: the active adapter's copy of each such module trains, the original does not.
  */
+import { LoraLayer } from '../layers/lora_layer';
+import { Parameter } from '../parameter';
 import { Tensor } from '../tensor';
 import { numelOf } from '../validate';
 import { ResolvedLoraConfig } from './config';
@@ -78,4 +80,26 @@ export function trainableLine({ trainable, total }: { trainable: number; total: 
 
 function groupDigits(n: number): string {
   return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+}
+
+/**
+ * LoraModel.namedParameters: per module in order, its LoRA layer's Parameters, the bias the bias
+ * mode trains on a module without a layer (its Parameter kept in biasParams), its modulesToSave copy's.
+ */
+export function namedTrainableParameters(v: TrainableView, layers: ReadonlyMap<string, LoraLayer>, biasParams: Map<string, Parameter>): Array<[string, Parameter]> {
+  const out: Array<[string, Parameter]> = [];
+  const biases = trainableBiasModules(v);
+  for (const m of v.modules.values()) {
+    const layer = layers.get(m.name);
+    if (layer) for (const p of layer.parameters()) out.push([`${m.name}.${p.name}`, p]);
+    const b = biasTensor(m);
+    if (!layer && b && biases.has(m.name)) {
+      let p = biasParams.get(m.name);
+      if (!p || p.data !== b) biasParams.set(m.name, (p = new Parameter('bias', 'bias', '', b)));
+      out.push([`${m.name}.bias`, p]);
+    }
+    const w = v.saved.get(m.name);
+    if (w) for (const p of w.parameters()) out.push([`${m.name}.${p.name}`, p]);
+  }
+  return out;
 }
