@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <sys/mman.h>
 #include <vector>
 #include "core/thread_pool.h"
 #include "cpu/gemm.h"
@@ -38,14 +39,17 @@ int main(int argc, char** argv) {
   const GemmBlocks& bl = gemm_blocks();
   std::printf("path %s threads %d blocks mc %lld kc %lld nc %lld (%s)\n", kernel_table().name, num_threads(),
               (long long)bl.mc, (long long)bl.kc, (long long)bl.nc, bl.source);
-  std::vector<float> w(d * d);
+  // HUGE=1: W in transparent huge pages (madvise), to see what TLB misses cost the packing of Wᵀ.
+  const size_t wbytes = (d * d * sizeof(float) + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+  float* w = static_cast<float*>(std::aligned_alloc(2u << 20, wbytes));
+  if (std::getenv("HUGE")) madvise(w, wbytes, MADV_HUGEPAGE);
   unsigned seed = 1;
-  for (auto& v : w) v = static_cast<float>(rand_r(&seed)) / RAND_MAX - 0.5f;
+  for (int64_t i = 0; i < d * d; i++) w[i] = static_cast<float>(rand_r(&seed)) / RAND_MAX - 0.5f;
   for (int a = 3; a < argc; a++) {
     const int64_t n = std::atoll(argv[a]);
     std::vector<float> x(n * d), y(n * d);
     for (auto& v : x) v = static_cast<float>(rand_r(&seed)) / RAND_MAX - 0.5f;
-    std::vector<KSegment> segs{{row_major(x.data(), DType::F32, d), transposed(w.data(), DType::F32, d), d, 1.f}};
+    std::vector<KSegment> segs{{row_major(x.data(), DType::F32, d), transposed(w, DType::F32, d), d, 1.f}};
     GemmOutput out{y.data(), DType::F32, d};
     gemm(n, d, segs, out);  // warm-up
     std::vector<double> t, ct;
@@ -71,5 +75,6 @@ int main(int argc, char** argv) {
                 (long long)n, (long long)d, t[0] * 1e3, t[reps / 2] * 1e3, 2.0 * n * d * d / t[0] / 1e9,
                 2.0 * n * d * d / ct[0] / 1e9, worst);
   }
+  std::free(w);
   return 0;
 }

@@ -332,23 +332,6 @@ void w_in_place_segment(const KernelTable& kt, const KSegment& seg, int64_t kpad
   }
 }
 
-// Columns [j0, j0+nc) × rows [k0, k0+kc) of B fetched into L2 ahead of their packing. For B = Wᵀ of
-// a row-major W the packing reads nc row segments of W one W row apart: with a power-of-two row
-// length these map to a few cache sets, so a whole block cannot be held ahead, only the next panel
-// (fetched while the current one is computed, so that packing reads L2 instead of DRAM).
-void prefetch_b(const MatView& b, int64_t k0, int64_t kc, int64_t j0, int64_t nc) {
-  const int64_t es = static_cast<int64_t>(dtype_size(b.dtype));
-  auto lines = [](const char* p, int64_t bytes) {
-    const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63);
-    for (uintptr_t a = first; a < reinterpret_cast<uintptr_t>(p) + bytes; a += 64)
-      __builtin_prefetch(reinterpret_cast<const char*>(a), 0, 2);
-  };
-  if (b.rs == 1)
-    for (int64_t c = 0; c < nc; c++) lines(elem_ptr(b, k0, j0 + c), kc * es);
-  else if (b.cs == 1)
-    for (int64_t k = 0; k < kc; k++) lines(elem_ptr(b, k0 + k, j0), nc * es);
-}
-
 void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vector<KSegment>& segs,
                   const PackedA& pa, const GemmOutput& out) {
   const GemmBlocks& bl = gemm_blocks();
@@ -378,20 +361,16 @@ void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vec
       }
       continue;
     }
-    // Each NR panel of the B block is packed just before its first use, while the next one (or the
-    // next block's first) is prefetched: the packing's reads overlap the microkernels.
-    prefetch_b(seg.b, 0, std::min(bl.kc, seg.k), j0, std::min(kt.nr, nc));
+    // Each NR panel of the B block is packed just before its first use, so that the microkernels
+    // find it in L1. (Prefetching the next panel during the current one's microkernels was tried:
+    // no measurable gain on Zen 5, where the packing's loads stall either way.)
     for (int64_t k0 = 0; k0 < seg.k; k0 += bl.kc) {
       const int64_t kc = std::min(bl.kc, seg.k - k0);
       for (int64_t ic = 0; ic < rc; ic += bl.mc) {
         const int64_t mc = std::min(bl.mc, rc - ic);
         for (int64_t jr = 0; jr < nc; jr += kt.nr) {
           const int64_t cols = std::min(kt.nr, nc - jr);
-          if (ic == 0) {
-            pack_b(kt, seg.b, k0, kc, j0 + jr, cols, s.b.data() + jr * kc, s.tmp.data());
-            if (jr + kt.nr < nc) prefetch_b(seg.b, k0, kc, j0 + jr + kt.nr, std::min(kt.nr, nc - jr - kt.nr));
-            else if (k0 + kc < seg.k) prefetch_b(seg.b, k0 + kc, std::min(bl.kc, seg.k - k0 - kc), j0, std::min(kt.nr, nc));
-          }
+          if (ic == 0) pack_b(kt, seg.b, k0, kc, j0 + jr, cols, s.b.data() + jr * kc, s.tmp.data());
           for (int64_t ir = 0; ir < mc; ir += kt.mr)
             kt.microkernel(kc, pa.panel(si, k0, kc, i0 + ic + ir), s.b.data() + jr * kc, acc + (ic + ir) * bl.nc + jr,
                            bl.nc, std::min(kt.mr, mc - ir), cols);

@@ -22,12 +22,6 @@ constexpr int XMR = 12, XNR = 32;
 
 LK_AVX512 void micro(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict acc,
                      int64_t ldacc, int64_t mr, int64_t nr) {
-  // The C tile is read back only after the k loop: fetch it now, so that its misses (the task's
-  // accumulator lives in L2 or beyond) overlap the FMAs instead of stalling the epilogue.
-  for (int64_t i = 0; i < mr; i++) {
-    _mm_prefetch(reinterpret_cast<const char*>(acc + i * ldacc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(acc + i * ldacc + 16), _MM_HINT_T0);
-  }
   // Named accumulators (not an array) so that they stay in registers.
   __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps(), c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps(), c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps(), c100 = _mm512_setzero_ps(), c101 = _mm512_setzero_ps(), c110 = _mm512_setzero_ps(), c111 = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; k++) {
