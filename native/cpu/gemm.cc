@@ -430,11 +430,12 @@ void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOut
   const KernelTable& kt = kernel_table();
   const int64_t nt = num_threads();
   const int64_t um = std::lcm<int64_t>(kt.mr, 32), un = std::lcm<int64_t>(kt.nr, 32);
-  // Columns: the fewest tasks of at most nc columns, raised to a multiple of the thread count (so
-  // that the threads get equal shares), split as evenly as un-column units allow.
+  // Columns: the fewest tasks of at most nc columns, raised to a multiple of the thread count, or,
+  // past it, of parallel_for's 4·nt chunks (so that every chunk gets equal work: with 14 tasks in 8
+  // chunks, one thread idled for a whole task at the end), split as evenly as un-column units allow.
   const int64_t units_n = (n + un - 1) / un;
   int64_t tn = (n + bl.nc - 1) / bl.nc;
-  if (tn % nt) tn = std::min(units_n, round_up(tn, nt));
+  tn = std::min(units_n, round_up(tn, tn > nt ? 4 * nt : nt));
   // Rows: enough chunks of um-row units to give every thread several tasks, each at most MAX_RC rows
   // (a task packs its B block once for all its rows: fewer, taller row chunks repack B less).
   const int64_t units_m = (m + um - 1) / um;
