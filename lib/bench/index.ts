@@ -156,7 +156,7 @@ export async function bench(options: BenchOptions = {}): Promise<BenchResult> {
     };
     // lorakit and the reference timed in alternating rounds, so that both see the same load of a
     // shared machine (the best of each is kept): their ratio is what the gemm rows report.
-    const ROUNDS = 3;
+    const ROUNDS = 5;
     const interleaved = (fn: () => void, m: number, d: number): [{ best: number; median: number }, number | null] => {
       let best = Infinity;
       const medians: number[] = [];
