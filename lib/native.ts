@@ -75,6 +75,10 @@ export interface MeasuredPeaks {
   /** Read-only bandwidth, GB/s. */
   readGBs: number;
   threads: number;
+  /** The data caches the CPU GEMM sized its blocks for (bytes; L1d and L2 per core) and where they were read. */
+  caches: { l1dBytes: number; l2Bytes: number; l3Bytes: number; source: string };
+  /** The CPU GEMM's block sizes on this machine: rows of A per L2 block, K steps per block, columns of B per task. */
+  gemmBlocks: { mc: number; kc: number; nc: number; source: string };
 }
 
 /** One step of exactMerge: [A, B, scale, DoRA magnitude | null, DoRA weight norm (f32 [out]) | null, record (undo steps) | null]. */

@@ -1,7 +1,8 @@
 /**
  * The CPU kernels (packed GEMM, n = 1 GEMV, fused backward, merge) against float64 references on
  * shapes that hit every edge: n = 1, n and features not multiples of the register tiles or the
- * cache blocks (MC = 96, KC = NC = 256), r = 1, 16-bit inputs, fanInFanOut, several adapters.
+ * cache blocks (sized from the caches; gemm_blocks.test.ts forces odd ones), r = 1, 16-bit inputs,
+ * fanInFanOut, several adapters.
  * CI runs this file once per dispatch path the CPU has (LORAKIT_CPU_PATH).
  */
 import { FloatDType, LoraLinear, Tensor, backendInfo, kernels, setNumThreads } from '../lib';

@@ -2,7 +2,7 @@
 // only a C++ compiler), and because the LoRA passes need things BLAS lacks: mixed f32/f16/bf16
 // operands converted while packing (no full-size f32 copy), several K segments accumulated into
 // one output tile, and a single rounding on store. Structure follows BLIS/GotoBLAS: A is packed
-// once per call into MR-row panels shared by all tasks; per task a KC×NC block of B is packed once
+// once per call into MR-row panels shared by all tasks; per task a kc×nc block of B is packed once
 // and swept by the A panels through the path's MR×NR register microkernel. bf16×bf16 segments run
 // as 32×32 blocks over all of K (AMX tiles or vdpbf16ps): a full-K 32-column B panel against 32-row
 // A blocks; on AMX, a W stored as rows along K is read in place instead (x is packed, W never is).
@@ -10,30 +10,80 @@
 // MR-1 of its rows.
 #include "gemm.h"
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <vector>
 #include "../core/thread_pool.h"
+#include "caches.h"
 #include "microkernel.h"
 
 namespace lorakit {
+
 namespace {
 
-constexpr int64_t MC = 96;      // multiple of every path's MR and of AMX's 32
-constexpr int64_t NC = 256;     // multiple of every path's NR and of AMX's 32
-constexpr int64_t KC = 256;     // multiple of 32 (AMX k-step)
-constexpr int64_t MAX_RC = 960; // rows of C one task owns (bounds its f32 accumulator)
+constexpr int64_t MAX_RC = 960;  // rows of C one task owns at most (bounds its f32 accumulator)
+
+int64_t round_down(int64_t v, int64_t unit) { return std::max(unit, v / unit * unit); }
+int64_t round_up(int64_t v, int64_t unit) { return (v + unit - 1) / unit * unit; }
+
+// LORAKIT_GEMM_BLOCKS=mc,kc,nc forces the block sizes (rounded up to the units): for tuning on a new
+// machine and for tests of odd blockings. Anything unparsable is ignored.
+bool forced_blocks(int64_t* v) {
+  const char* e = std::getenv("LORAKIT_GEMM_BLOCKS");
+  if (!e || !*e) return false;
+  char* end = nullptr;
+  for (int i = 0; i < 3; i++) {
+    const long long x = std::strtoll(e, &end, 10);
+    if (end == e || x <= 0 || x > (1 << 16)) return false;
+    v[i] = x;
+    e = end + (*end == ',' ? 1 : 0);
+    if (i < 2 && *end != ',') return false;
+  }
+  return *end == 0;
+}
+
+GemmBlocks derive_blocks(const KernelTable& kt, const CacheSizes& c) {
+  GemmBlocks b;
+  // Units: mc a multiple of the path's MR and of the bf16 blocks' 32 rows, kc of the AMX k-step (32),
+  // nc of NR and of the bf16 blocks' 32 columns.
+  const int64_t um = std::lcm<int64_t>(kt.mr, 32), un = std::lcm<int64_t>(kt.nr, 32), uk = 32;
+  int64_t f[3];
+  if (forced_blocks(f)) {
+    b.mc = round_up(f[0], um), b.kc = round_up(f[1], uk), b.nc = round_up(f[2], un);
+    b.source = "LORAKIT_GEMM_BLOCKS";
+    return b;
+  }
+  // BLIS's rules: the kc x NR micro-panel of B that the microkernel reuses across the A panels takes
+  // half of L1d (the other half streams A and the C tile); the mc x kc block of A, reused by every
+  // B micro-panel of the task, half of L2; the kc x nc block of B a task packs, a quarter of L2.
+  b.kc = std::min<int64_t>(1024, round_down(c.l1d / 2 / (kt.nr * 4), uk));
+  b.kc = std::max<int64_t>(b.kc, 64);
+  b.mc = std::min(round_down(MAX_RC, um), round_down(c.l2 / 2 / (b.kc * 4), um));
+  b.nc = std::min<int64_t>(round_down(1024, un), round_down(c.l2 / 4 / (b.kc * 4), un));
+  b.source = c.source;
+  return b;
+}
+
+}  // namespace
+
+const GemmBlocks& gemm_blocks() {
+  static const GemmBlocks b = derive_blocks(kernel_table(), cache_sizes());
+  return b;
+}
+
+namespace {
 
 struct Scratch {
   std::vector<float> b, acc, tmp, bias;
   std::vector<uint16_t> b16;
   alignas(64) uint16_t wtail[32 * 32];
-  Scratch()
-      : b(KC * NC), acc((MC + 32) * NC), tmp(std::max(KC, NC)), bias(NC),
-        b16(KC * NC) {}
+  explicit Scratch(const GemmBlocks& bl)
+      : b(bl.kc * bl.nc), acc((bl.mc + 32) * bl.nc), tmp(std::max(bl.kc, bl.nc)), bias(bl.nc), b16(bl.kc * bl.nc) {}
 };
 
 Scratch& scratch() {
-  thread_local Scratch s;
+  thread_local Scratch s(gemm_blocks());
   return s;
 }
 
@@ -271,6 +321,7 @@ std::vector<uint16_t>& packed_a16_buffer() {
 }
 
 PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>& segs) {
+  const GemmBlocks& bl = gemm_blocks();
   PackedA pa;
   pa.m_pad = (m + kt.mr - 1) / kt.mr * kt.mr;
   pa.m_pad32 = (m + 31) / 32 * 32;
@@ -302,7 +353,7 @@ PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>
   std::vector<Unit> units;
   for (size_t si = 0; si < segs.size(); si++) {
     const int64_t step = pa.amx[si] ? 32 : kt.mr, rows = pa.amx[si] ? pa.m_pad32 : pa.m_pad;
-    for (int64_t k0 = 0; k0 < segs[si].k; k0 += KC)
+    for (int64_t k0 = 0; k0 < segs[si].k; k0 += bl.kc)
       for (int64_t i = 0; i < rows; i += step) units.push_back({si, k0, i});
   }
   parallel_for(
@@ -312,7 +363,7 @@ PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>
         for (int64_t t = b; t < e; t++) {
           const Unit& u = units[t];
           const KSegment& s = segs[u.seg];
-          int64_t kc = std::min(KC, s.k - u.k0);
+          int64_t kc = std::min(bl.kc, s.k - u.k0);
           uint16_t* dst16 = pa.amx[u.seg] ? const_cast<uint16_t*>(pa.rows16(u.seg, u.i)) + u.k0 * BF16_BLOCK : nullptr;
           if (pa.w_in_place[u.seg]) {
             const MatView xt{s.a.data, s.a.dtype, s.a.cs, s.a.rs};  // xᵀ: x's rows become B's columns
@@ -334,6 +385,7 @@ PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>
 // fewer than 32 W rows (zero-padded, whole K) and K's last partial chunk of 32.
 void w_in_place_segment(const KernelTable& kt, const KSegment& seg, int64_t kpad, const uint16_t* x16, int64_t rc,
                         int64_t j0, int64_t nc, float* acc, Scratch& s) {
+  const GemmBlocks& bl = gemm_blocks();
   const int64_t ldw = seg.b.cs, kfull = seg.k / 32 * 32;
   for (int64_t jr = 0; jr < nc; jr += 32) {
     const int64_t rows = std::min<int64_t>(32, nc - jr);
@@ -359,17 +411,18 @@ void w_in_place_segment(const KernelTable& kt, const KSegment& seg, int64_t kpad
       wtail = tail;
     }
     for (int64_t ir = 0; ir < rc; ir += 32)
-      kt.bf16_block_w(kf, w, ld, wtail, x16 + ir * kpad, acc + ir * NC + jr, NC);
+      kt.bf16_block_w(kf, w, ld, wtail, x16 + ir * kpad, acc + ir * bl.nc + jr, bl.nc);
   }
 }
 
 void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vector<KSegment>& segs,
                   const PackedA& pa, const GemmOutput& out) {
+  const GemmBlocks& bl = gemm_blocks();
   const KernelTable& kt = kernel_table();
   Scratch& s = scratch();
-  if (static_cast<int64_t>(s.acc.size()) < (rc + 32) * NC) s.acc.resize((rc + 32) * NC);
-  float* acc = s.acc.data();  // rc × nc, leading dimension NC
-  for (int64_t i = 0; i < rc; i++) std::fill(acc + i * NC, acc + i * NC + nc, 0.f);
+  if (static_cast<int64_t>(s.acc.size()) < (rc + 32) * bl.nc) s.acc.resize((rc + 32) * bl.nc);
+  float* acc = s.acc.data();  // rc × nc, leading dimension bl.nc
+  for (int64_t i = 0; i < rc; i++) std::fill(acc + i * bl.nc, acc + i * bl.nc + nc, 0.f);
   for (size_t si = 0; si < segs.size(); si++) {
     const KSegment& seg = segs[si];
     if (pa.w_in_place[si]) {
@@ -382,28 +435,33 @@ void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vec
       const int64_t kpad = pa.kpad[si];
       if (static_cast<int64_t>(s.b16.size()) < kpad * 32) s.b16.resize(kpad * 32);
       for (int64_t jr = 0; jr < nc; jr += 32) {
-        for (int64_t k0 = 0; k0 < seg.k; k0 += KC) {
-          int64_t kc = std::min(KC, seg.k - k0);
+        for (int64_t k0 = 0; k0 < seg.k; k0 += bl.kc) {
+          int64_t kc = std::min(bl.kc, seg.k - k0);
           pack_b16(seg.b, k0, kc, (kc + 31) / 32 * 32, j0 + jr, std::min<int64_t>(32, nc - jr), s.b16.data() + k0 * 32);
         }
         for (int64_t ir = 0; ir < rc; ir += 32)
-          kt.bf16_block(kpad, pa.rows16(si, i0 + ir), s.b16.data(), acc + ir * NC + jr, NC);
+          kt.bf16_block(kpad, pa.rows16(si, i0 + ir), s.b16.data(), acc + ir * bl.nc + jr, bl.nc);
       }
       continue;
     }
-    for (int64_t k0 = 0; k0 < seg.k; k0 += KC) {
-      int64_t kc = std::min(KC, seg.k - k0);
-      pack_b(kt, seg.b, k0, kc, j0, nc, s.b.data(), s.tmp.data());
-      for (int64_t ic = 0; ic < rc; ic += MC) {
-        int64_t mc = std::min(MC, rc - ic);
-        for (int64_t jr = 0; jr < nc; jr += kt.nr)
+    // Each NR panel of the B block is packed just before its first use, so that the microkernels
+    // find it in L1. (Prefetching the next panel during the current one's microkernels was tried:
+    // no measurable gain on Zen 5, where the packing's loads stall either way.)
+    for (int64_t k0 = 0; k0 < seg.k; k0 += bl.kc) {
+      const int64_t kc = std::min(bl.kc, seg.k - k0);
+      for (int64_t ic = 0; ic < rc; ic += bl.mc) {
+        const int64_t mc = std::min(bl.mc, rc - ic);
+        for (int64_t jr = 0; jr < nc; jr += kt.nr) {
+          const int64_t cols = std::min(kt.nr, nc - jr);
+          if (ic == 0) pack_b(kt, seg.b, k0, kc, j0 + jr, cols, s.b.data() + jr * kc, s.tmp.data());
           for (int64_t ir = 0; ir < mc; ir += kt.mr)
-            kt.microkernel(kc, pa.panel(si, k0, kc, i0 + ic + ir), s.b.data() + jr * kc, acc + (ic + ir) * NC + jr,
-                           NC, std::min(kt.mr, mc - ir), std::min(kt.nr, nc - jr));
+            kt.microkernel(kc, pa.panel(si, k0, kc, i0 + ic + ir), s.b.data() + jr * kc, acc + (ic + ir) * bl.nc + jr,
+                           bl.nc, std::min(kt.mr, mc - ir), cols);
+        }
       }
     }
   }
-  store_rows(kt, acc, NC, i0, rc, j0, nc, out, s);
+  store_rows(kt, acc, bl.nc, i0, rc, j0, nc, out, s);
 }
 
 // m = 1: every B is streamed once, as rows (B(k, j) contiguous in k) or as columns.
@@ -415,6 +473,7 @@ bool gemv_ok(int64_t m, const std::vector<KSegment>& segs) {
 }
 
 void gemv(int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
+  const GemmBlocks& bl = gemm_blocks();
   const KernelTable& kt = kernel_table();
   std::vector<std::vector<float>> xs(segs.size());
   for (size_t i = 0; i < segs.size(); i++) {
@@ -428,8 +487,8 @@ void gemv(int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
       n,
       [&](int64_t b, int64_t e) {
         Scratch& sc = scratch();
-        for (int64_t j0 = b; j0 < e; j0 += NC) {
-          int64_t nc = std::min(NC, e - j0);
+        for (int64_t j0 = b; j0 < e; j0 += bl.nc) {
+          int64_t nc = std::min(bl.nc, e - j0);
           float* acc = sc.acc.data();
           std::fill(acc, acc + nc, 0.f);
           for (size_t i = 0; i < segs.size(); i++) {
@@ -439,7 +498,7 @@ void gemv(int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
             else
               kt.axpy_rows(s.k, xs[i].data(), elem_ptr(s.b, 0, j0), s.b.dtype, s.b.rs, nc, acc);
           }
-          store_rows(kt, acc, NC, 0, 1, j0, nc, out, sc);
+          store_rows(kt, acc, bl.nc, 0, 1, j0, nc, out, sc);
         }
       },
       64);
@@ -448,17 +507,26 @@ void gemv(int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
 }  // namespace
 
 void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
+  const GemmBlocks& bl = gemm_blocks();
   if (m <= 0 || n <= 0) return;
   if (gemv_ok(m, segs)) return gemv(n, segs, out);
+  const KernelTable& kt = kernel_table();
   const int64_t nt = num_threads();
-  const int64_t tn = (n + NC - 1) / NC;
-  const int64_t mblocks = (m + MC - 1) / MC;
-  // Enough row chunks to give every thread several tasks, each chunk at most MAX_RC rows.
-  int64_t want = std::max<int64_t>(1, (4 * nt + tn - 1) / tn);
-  int64_t per_chunk = std::max<int64_t>(1, std::min(MAX_RC / MC, (mblocks + want - 1) / want));
-  const int64_t rc = per_chunk * MC;
+  const int64_t um = std::lcm<int64_t>(kt.mr, 32), un = std::lcm<int64_t>(kt.nr, 32);
+  // Columns: the fewest tasks of at most nc columns, raised to a multiple of the thread count, or,
+  // past it, of parallel_for's 4·nt chunks (so that every chunk gets equal work: with 14 tasks in 8
+  // chunks, one thread idled for a whole task at the end), split as evenly as un-column units allow.
+  const int64_t units_n = (n + un - 1) / un;
+  int64_t tn = (n + bl.nc - 1) / bl.nc;
+  tn = std::min(units_n, round_up(tn, tn > nt ? 4 * nt : nt));
+  // Rows: enough chunks of um-row units to give every thread several tasks, each at most MAX_RC rows
+  // (a task packs its B block once for all its rows: fewer, taller row chunks repack B less).
+  const int64_t units_m = (m + um - 1) / um;
+  const int64_t want = std::max<int64_t>(1, (4 * nt + tn - 1) / tn);
+  const int64_t per_chunk = std::max<int64_t>(1, std::min(MAX_RC / um, (units_m + want - 1) / want));
+  const int64_t rc = per_chunk * um;
   const int64_t tm = (m + rc - 1) / rc;
-  const PackedA pa = pack_all_a(kernel_table(), m, segs);
+  const PackedA pa = pack_all_a(kt, m, segs);
   // The packed copy of A is kept for the next call unless it is large (then it is given back).
   struct Release {
     ~Release() {
@@ -472,9 +540,9 @@ void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOut
   // Each task owns one C block and all of K: deterministic, and C is written exactly once.
   parallel_for(tm * tn, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; t++) {
-      int64_t ti = t % tm, tj = t / tm;
-      int64_t i0 = ti * rc, j0 = tj * NC;
-      compute_task(i0, std::min(rc, m - i0), j0, std::min(NC, n - j0), segs, pa, out);
+      const int64_t ti = t % tm, tj = t / tm;
+      const int64_t i0 = ti * rc, j0 = un * (units_n * tj / tn), j1 = std::min(n, un * (units_n * (tj + 1) / tn));
+      compute_task(i0, std::min(rc, m - i0), j0, j1 - j0, segs, pa, out);
     }
   });
 }

@@ -44,6 +44,13 @@ struct GemmOutput {
 
 void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out);
 
+// The block sizes gemm uses on this machine (derived once from the measured caches, gemm.cc).
+struct GemmBlocks {
+  int64_t mc = 0, kc = 0, nc = 0;  // rows of A per L2 block, K steps per block, columns of B per task
+  const char* source = "";         // where the cache sizes came from, or LORAKIT_GEMM_BLOCKS
+};
+const GemmBlocks& gemm_blocks();
+
 // Convenience views for row-major tensors.
 inline MatView row_major(const void* p, DType t, int64_t ld) { return MatView{p, t, ld, 1}; }
 inline MatView transposed(const void* p, DType t, int64_t ld) { return MatView{p, t, 1, ld}; }

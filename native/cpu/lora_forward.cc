@@ -14,7 +14,7 @@ namespace cpu {
 // over: on the AVX2 path at d = 4096, r = 64 the forward / base GEMM ratio went 1.06-1.09x -> 1.04-1.07x.
 void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out) {
   int64_t in = A.dim(1), r = A.dim(0), n = x.numel() / in;
-  constexpr int64_t kGemmRowBlock = 96;  // gemm.cc's MC: the GEMM splits tokens in blocks of this many
+  constexpr int64_t kGemmRowBlock = 96;  // gemm.cc's row unit (lcm of MR and 32): it splits tokens in blocks of this many
   const bool gemm_wins = r * in >= (int64_t(1) << 17) && (n + kGemmRowBlock - 1) / kGemmRowBlock >= num_threads();
   if (out.dtype != DType::F32 || r > 256 || gemm_wins) {
     KSegment s{row_major(x.data, x.dtype, in), transposed(A.data, A.dtype, in), in, 1.f};

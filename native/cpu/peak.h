@@ -12,6 +12,12 @@ struct Peaks {
   double copy_gbs = 0;     // bytes read + bytes written per second
   double read_gbs = 0;
   int threads = 0;
+  // Not measured here but reported with the peaks: the data caches (cache_sizes) and the GEMM block
+  // sizes derived from them (gemm_blocks).
+  int64_t l1d_bytes = 0, l2_bytes = 0, l3_bytes = 0;
+  const char* cache_source = "";
+  int64_t gemm_mc = 0, gemm_kc = 0, gemm_nc = 0;
+  const char* gemm_blocks_source = "";
 };
 
 Peaks measure_peaks(int64_t buffer_bytes);

@@ -102,7 +102,7 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   });
 }
 
-// measurePeaks(bufferBytes): { fmaGflops, amxGflops, bf16DotGflops, copyGBs, readGBs, threads }
+// measurePeaks(bufferBytes): { fmaGflops, amxGflops, bf16DotGflops, copyGBs, readGBs, threads, caches, gemmBlocks }
 Napi::Value MeasurePeaks(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     int64_t bytes = to_size(get_number(info, 0, "bufferBytes"), int64_t(1) << 20, int64_t(16) << 30, "bufferBytes");
@@ -114,6 +114,18 @@ Napi::Value MeasurePeaks(const Napi::CallbackInfo& info) {
     o.Set("copyGBs", p.copy_gbs);
     o.Set("readGBs", p.read_gbs);
     o.Set("threads", p.threads);
+    Napi::Object c = Napi::Object::New(info.Env());
+    c.Set("l1dBytes", static_cast<double>(p.l1d_bytes));
+    c.Set("l2Bytes", static_cast<double>(p.l2_bytes));
+    c.Set("l3Bytes", static_cast<double>(p.l3_bytes));
+    c.Set("source", p.cache_source);
+    o.Set("caches", c);
+    Napi::Object g = Napi::Object::New(info.Env());
+    g.Set("mc", static_cast<double>(p.gemm_mc));
+    g.Set("kc", static_cast<double>(p.gemm_kc));
+    g.Set("nc", static_cast<double>(p.gemm_nc));
+    g.Set("source", p.gemm_blocks_source);
+    o.Set("gemmBlocks", g);
     return o;
   });
 }
