@@ -6,7 +6,8 @@
 //   bytes per weight of every format (quantLayout: values, scales, padding)
 // Times are device-event medians of 5 loops over 8 rotating weight sets (so W is not served from
 // L2). Writes gpu-quant-<date>.{md,json} into --out (default bench/results).
-// nf4_chunked: the same nf4 forward with the sm_90 decode-in-tile kernel off (LORAKIT_QUANT_GEMM=chunked), n > 16.
+// nf4_sm90 / nf4_chunked: the nf4 forward forced through each path for n > 16 (LORAKIT_QUANT_GEMM:
+// the sm_90 kernel with W decoded in its tile loads, or the chunked dequantise + cuBLASLt GEMMs).
 //   node bench/gpu_quant.js [--quick] [--ns 512,4096] [--formats nf4,int8,q4_0] [--out DIR]
 'use strict';
 const fs = require('fs');
@@ -83,8 +84,10 @@ function main() {
       }
       if (n > 16) {
         const s = spec('nf4', dOut, D_IN);
-        process.env.LORAKIT_QUANT_GEMM = 'chunked';
-        row.nf4_chunked_fwd_us = timed((i) => call((b) => b.quantLoraForward(x.handle, Q.nf4[i].handle, s, null, ad, y.handle)), idx);
+        for (const path of ['sm90', 'chunked']) {
+          process.env.LORAKIT_QUANT_GEMM = path;
+          row[`nf4_${path}_fwd_us`] = timed((i) => call((b) => b.quantLoraForward(x.handle, Q.nf4[i].handle, s, null, ad, y.handle)), idx);
+        }
         delete process.env.LORAKIT_QUANT_GEMM;
       }
       row.bf16_step_us = timed((i) => call((b) => {
@@ -115,9 +118,9 @@ function report(rows, bytes) {
     `- command: \`node bench/gpu_quant.js ${args.join(' ')}\``,
     `- bf16 activations, d_in = ${D_IN}, one adapter r = ${R}; µs per call (device-event medians, ${SETS} rotating weight sets)`, '',
     '## forward: quantLoraForward vs loraForward over the bf16 W', '',
-    '| d_out | n | bf16 | nf4 | nf4/bf16 | nf4 chunked | chunked/bf16 | int8 | int8/bf16 | q4_0 | q4_0/bf16 |', '|---|---|---|---|---|---|---|---|---|---|---|'];
+    '| d_out | n | bf16 | nf4 | nf4/bf16 | nf4 sm90 | sm90/bf16 | nf4 chunked | chunked/bf16 | int8 | int8/bf16 | q4_0 | q4_0/bf16 |', '|---|---|---|---|---|---|---|---|---|---|---|---|---|'];
   for (const r of rows)
-    lines.push(`| ${r.d_out} | ${r.n} | ${fmt(r.bf16_fwd_us)} | ${fmt(r.nf4_fwd_us)} | ${fmt(r.nf4_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.nf4_chunked_fwd_us)} | ${fmt(r.nf4_chunked_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.int8_fwd_us)} | ${fmt(r.int8_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.q4_0_fwd_us)} | ${fmt(r.q4_0_fwd_us / r.bf16_fwd_us, 3)} |`);
+    lines.push(`| ${r.d_out} | ${r.n} | ${fmt(r.bf16_fwd_us)} | ${fmt(r.nf4_fwd_us)} | ${fmt(r.nf4_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.nf4_sm90_fwd_us)} | ${fmt(r.nf4_sm90_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.nf4_chunked_fwd_us)} | ${fmt(r.nf4_chunked_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.int8_fwd_us)} | ${fmt(r.int8_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.q4_0_fwd_us)} | ${fmt(r.q4_0_fwd_us / r.bf16_fwd_us, 3)} |`);
   lines.push('', '## QLoRA training step: forward (u kept) + backward (dx, dA, dB)', '', '| d_out | n | bf16 step | nf4 step | nf4/bf16 |', '|---|---|---|---|---|');
   for (const r of rows) lines.push(`| ${r.d_out} | ${r.n} | ${fmt(r.bf16_step_us)} | ${fmt(r.nf4_step_us)} | ${fmt(r.nf4_step_us / r.bf16_step_us, 3)} |`);
   lines.push('', '## bytes held per weight (4096 × 4096; quantLayout nbytes, scales and alignment included)', '', '| format | bytes/weight |', '|---|---|');

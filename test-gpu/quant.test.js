@@ -231,7 +231,7 @@ test('quantLoraForward is bitwise repeatable (decode kernel with split K, and ch
 
 // n above the decode kernel's range, 16-bit x, nf4/fp4: on Hopper the one-pass sm_90 kernel with W's
 // codes decoded in its tile loads (gemm_sm90.cu). y against float64 and against the chunked path
-// (LORAKIT_QUANT_GEMM=chunked); partial row, column and K tiles, double quant, blocks of 32.
+// (LORAKIT_QUANT_GEMM=sm90 / chunked force each); partial row, column and K tiles, double quant, blocks of 32.
 const SM90_CASES = [];
 for (const n of [40, 256, 1024])
   for (const dtype of ['bf16', 'f16']) {
@@ -288,17 +288,21 @@ for (const [format, outF, inF, n, dtype, opts] of SM90_CASES) {
       y.dispose();
       return out;
     };
+    const withPath = (path) => {
+      process.env.LORAKIT_QUANT_GEMM = path;
+      try {
+        return forward();
+      } finally {
+        delete process.env.LORAKIT_QUANT_GEMM;
+      }
+    };
     const before = lk.cuda.kernelStats().sm90GemmLaunches;
-    const y = forward();
+    const y = withPath('sm90');
     if (lk.cuda.kernelStats().sm90GemmUsable)
       assert.strictEqual(lk.cuda.kernelStats().sm90GemmLaunches, before + 1, `${name}: the sm_90 kernel should take this forward`);
-    process.env.LORAKIT_QUANT_GEMM = 'chunked';
-    let yChunked;
-    try {
-      yChunked = forward();
-    } finally {
-      delete process.env.LORAKIT_QUANT_GEMM;
-    }
+    const yChunked = withPath('chunked');
+    const yDefault = forward();  // whichever path is the default gives one of the two
+    assert.ok(relErr(yDefault, y) <= 1e-2 && relErr(yDefault, yChunked) <= 1e-2, `${name}: the default path disagrees`);
     const f = (t) => t.toFloat32Array();
     const ref = forwardRef(f(x), W, f(bias), ads.map((a) => ({ r: a.r, scale: a.scale, A: f(a.A), B: f(a.B) })), n, inF, outF);
     const e = relErr(y, ref);

@@ -131,64 +131,82 @@ __device__ __forceinline__ void consume(float (&d)[128], uint8_t* smem, uint64_t
   }
 }
 
-// Rows row of the B tile, 32 values from column 32·half: 16 bytes of 4-bit codes (the first value
+// Row `row` of the B tile, 32 values from column 32·half: 16 bytes of 4-bit codes (the first value
 // in the high nibble) decoded as code[q]·absmax (the cpu's f32 product, rounded once to T) into the
 // 128-byte-swizzled K-major layout TMA writes: 16-byte chunk c of a row at chunk c ^ (row & 7).
+// code: the code book's shared address (16 words in 16 banks: lookups never conflict).
 template <class T>
-__device__ __forceinline__ void decode_store(uint8_t* sb, int row, int half, const uint4& raw, float a, const float* code) {
-  using T2 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+__device__ __forceinline__ void decode_store(uint32_t sb, int row, int half, const uint4& raw, float a, uint32_t code) {
   const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-  uint8_t* line = sb + row * 128;
+  const uint32_t line = sb + row * 128;
 #pragma unroll
   for (int s = 0; s < 4; s++) {
-    uint32_t o[4];
+    float v[8];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-      const uint32_t b = (words[s] >> (8 * i)) & 0xFF;
-      T2 h;
-      h.x = from_f32<T>(__fmul_rn(code[b >> 4], a));  // the lower k in the low half
-      h.y = from_f32<T>(__fmul_rn(code[b & 0xF], a));
-      o[i] = *reinterpret_cast<const uint32_t*>(&h);
+      const uint32_t b = words[s] >> (8 * i);
+      v[2 * i] = __fmul_rn(sm90::lds_f32(code + ((b >> 2) & 0x3C)), a);
+      v[2 * i + 1] = __fmul_rn(sm90::lds_f32(code + ((b << 2) & 0x3C)), a);
     }
-    *reinterpret_cast<uint4*>(line + (((half * 4 + s) ^ (row & 7)) << 4)) = make_uint4(o[0], o[1], o[2], o[3]);
+    uint32_t o[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {  // the lower k in the low half; one paired conversion
+      if constexpr (std::is_same<T, __half>::value) {
+        const __half2 h = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
+        o[i] = *reinterpret_cast<const uint32_t*>(&h);
+      } else {
+        const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+        o[i] = *reinterpret_cast<const uint32_t*>(&h);
+      }
+    }
+    sm90::sts_v4(line + (((half * 4 + s) ^ (row & 7)) << 4), o[0], o[1], o[2], o[3]);
   }
 }
 
 // The producer warpgroup over a quantized base (nf4/fp4), all 128 threads: operand 0's B tiles are
 // W's codes, copied by cp.async kRawAhead blocks ahead into raw slots, decoded by decode_store and
-// announced by one arrival per thread after a proxy fence (full barriers count 1 + 128: thread 0's
-// expect_tx for the TMA bytes, then every thread). A, and both operands of the adapters, by TMA.
+// announced after each thread's proxy fence by one arrival per warp (full barriers count 1 + 4:
+// thread 0's expect_tx for the TMA bytes, then each producer warp). A, and both operands of the adapters, by TMA.
 // Item j of thread t: tile row t/2 + 64j, columns 32·(t % 2) … + 31 of the block.
 template <class T>
 __device__ __forceinline__ void quant_producer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, int m0,
                                                int n0) {
   const int t = int(threadIdx.x), half = t & 1;
-  float* code = reinterpret_cast<float*>(smem + kStages * kStageBytes + 2 * kStages * 8);
-  uint8_t* raw = reinterpret_cast<uint8_t*>(code + 16);
-  if (t < 16) code[t] = kQuantCode4[p.qb.fmt == QuantFormat::FP4 ? 1 : 0][t];
+  float* code_p = reinterpret_cast<float*>(smem + kStages * kStageBytes + 2 * kStages * 8);
+  uint8_t* raw = reinterpret_cast<uint8_t*>(code_p + 16);
+  if (t < 16) code_p[t] = kQuantCode4[p.qb.fmt == QuantFormat::FP4 ? 1 : 0][t];
   sm90::named_barrier(2, 128);
+  const uint32_t code = sm90::smem_addr(code_p), raw_s = sm90::smem_addr(raw), smem_s = sm90::smem_addr(smem);
   const QuantDev& q = p.qb;
   const int64_t in = q.cols;
   const int nb = p.blocks[0];
+  // Row j of this thread's items in W (clamped: rows past N are never read).
+  const uint8_t* rowp[4];
+  bool rok[4];
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const int rg = n0 + ((t + 128 * j) >> 1);
+    rok[j] = rg < p.N;
+    rowp[j] = q.data + (rok[j] ? int64_t(rg) * in / 2 : 0) + 16 * half;
+  }
   auto issue = [&](int kb) {
     if (kb < nb) {
       uint8_t* slot = raw + (kb % kRawSlots) * kRawBytes;
+      const bool kok = int64_t(kb) * kBK + 32 * half < in;
 #pragma unroll
       for (int j = 0; j < 4; j++) {
-        const int item = t + 128 * j, rg = n0 + (item >> 1);
-        const int64_t k = int64_t(kb) * kBK + 32 * half;
-        const bool ok = rg < p.N && k < in;
-        sm90::cp_async16(slot + item * 16, q.data + (ok ? (int64_t(rg) * in + k) / 2 : 0), ok);
+        const bool ok = rok[j] && kok;
+        sm90::cp_async16(slot + (t + 128 * j) * 16, ok ? rowp[j] + int64_t(kb) * (kBK / 2) : q.data, ok);
       }
     }
     sm90::cp_async_commit();
   };
   auto absmax = [&](int kb, float (&a)[4]) {
+    const int64_t k = int64_t(kb) * kBK + 32 * half;
 #pragma unroll
     for (int j = 0; j < 4; j++) {
       const int rg = n0 + ((t + 128 * j) >> 1);
-      const int64_t k = int64_t(kb) * kBK + 32 * half;
-      a[j] = rg < p.N && k < in ? quant_absmax(q, (int64_t(rg) * in + k) / q.block) : 0.f;
+      a[j] = rok[j] && k < in ? quant_absmax(q, (int64_t(rg) * in + k) / q.block) : 0.f;
     }
   };
   for (int kb = 0; kb < kRawAhead; kb++) issue(kb);
@@ -206,23 +224,23 @@ __device__ __forceinline__ void quant_producer(const Params& p, uint8_t* smem, u
       }
       sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
       uint8_t* sa = smem + s * kStageBytes;
-      uint8_t* sb = sa + kABytes;
       if (t == 0) {
         sm90::mbar_expect_tx(&full[s], op == 0 ? kABytes : kStageBytes);
         sm90::tma_load_2d(sa, &p.a[op], &full[s], kb * kBK, m0 < p.M ? m0 : 0);
-        if (op > 0) sm90::tma_load_2d(sb, &p.b[op], &full[s], kb * kBK, n0);
+        if (op > 0) sm90::tma_load_2d(sa + kABytes, &p.b[op], &full[s], kb * kBK, n0);
       }
       if (op == 0) {
         sm90::cp_async_wait<kRawAhead>();  // block kb's codes have landed
-        const uint8_t* slot = raw + (kb % kRawSlots) * kRawBytes;
+        const uint32_t slot = raw_s + (kb % kRawSlots) * kRawBytes, sb = smem_s + s * kStageBytes + kABytes;
 #pragma unroll
         for (int j = 0; j < 4; j++) {
           const int item = t + 128 * j;
-          decode_store<T>(sb, item >> 1, half, *reinterpret_cast<const uint4*>(slot + item * 16), am[j], code);
+          decode_store<T>(sb, item >> 1, half, sm90::lds_v4(slot + item * 16), am[j], code);
         }
         sm90::fence_proxy_async();
       }
-      sm90::mbar_arrive(&full[s]);
+      __syncwarp();  // the warp's stores and fences before its one arrival
+      if (t % 32 == 0) sm90::mbar_arrive(&full[s]);
     }
   }
   sm90::cp_async_wait<0>();
@@ -314,7 +332,7 @@ __global__ void __launch_bounds__(kThreads, 1) lora_gemm_sm90(const __grid_const
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; s++) {
-      sm90::mbar_init(&full[s], QuantB0 ? 129 : 1);
+      sm90::mbar_init(&full[s], QuantB0 ? 5 : 1);
       sm90::mbar_init(&empty[s], 8 * Cluster);  // one arrival per consumer warp of each CTA
     }
     sm90::mbar_init_fence();
@@ -323,8 +341,8 @@ __global__ void __launch_bounds__(kThreads, 1) lora_gemm_sm90(const __grid_const
   else sm90::cluster_sync();  // the peer's barriers exist before anything arrives on them
 
   if (QuantB0 && wg == 0) {
-    if constexpr (QuantB0) {  // decoding needs more than 40 registers; 56 + 2·224 per 128 lanes fit
-      sm90::regs_decrease<56>();
+    if constexpr (QuantB0) {  // decoding needs more than 40 registers; 72 + 2·216 per 128 lanes fit
+      sm90::regs_decrease<72>();
       quant_producer<T>(p, smem, full, empty, m0, n0);
     }
   } else if (wg == 0) {  // producer
@@ -360,7 +378,7 @@ __global__ void __launch_bounds__(kThreads, 1) lora_gemm_sm90(const __grid_const
       }
     }
   } else {
-    if constexpr (QuantB0) sm90::regs_increase<224>();
+    if constexpr (QuantB0) sm90::regs_increase<216>();
     else sm90::regs_increase<232>();
     consumer_tile<T, B0KMajor, BLoraKMajor, Cluster>(p, smem, full, empty, wg - 1, lane, m0, n0);
   }

@@ -224,11 +224,13 @@ int64_t chunk_of(int64_t total, int64_t other, DType dt) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// LORAKIT_QUANT_GEMM=chunked turns the sm_90 kernel off (benchmarks, tests compare the two paths);
-// read on every call so that a process can switch.
+// LORAKIT_QUANT_GEMM=sm90|chunked forces a path for n > 16 (tests, benchmarks; read on every call
+// so that a process can switch); unset, kQuantSm90ByDefault decides.
+constexpr bool kQuantSm90ByDefault = true;
 bool quant_sm90_allowed() {
   const char* e = std::getenv("LORAKIT_QUANT_GEMM");
-  return !(e && std::string(e) == "chunked");
+  if (!e) return kQuantSm90ByDefault;
+  return std::string(e) != "chunked";
 }
 
 void require_same(const TensorRef& t, DType dt, const char* name) {
