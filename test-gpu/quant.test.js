@@ -3,7 +3,8 @@
 // quant), dequantize gives the cpu's values bit for bit (f32, f16, bf16 outputs), and
 // quantLoraForward / quantLinearBackward (two adapters, bias; f32, f16, bf16; the n ≤ 16 decode
 // kernel and the chunked-GEMM path, with a weight big enough for several chunks) match a float64
-// reference computed on the dequantised weight: 1e-5 in f32, 1e-2 in 16-bit.
+// reference computed on the dequantised weight: 1e-5 in f32, 1e-2 in 16-bit; for n > 16 the forward
+// through the sm_90 decode-in-tile kernel and the chunked path, each forced (LORAKIT_QUANT_GEMM).
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert');

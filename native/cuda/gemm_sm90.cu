@@ -15,6 +15,8 @@
 // share each B tile through TMA multicast (LORAKIT_SM90_CLUSTER=1 turns that off; on the H200 the
 // two measured the same within noise). Not persistent: each tile pays its pipeline fill and its
 // epilogue, which is where cuBLASLt's base GEMM stays 8-20% ahead (see bench/gpu_sm90.js).
+// A variant (QuantB0, sm90_quant_lora_gemm) takes the base's B as an nf4/fp4 W: the producer
+// warpgroup decodes W's codes into the swizzled B tiles itself (quant_producer); opt-in for now.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <atomic>

@@ -5,8 +5,10 @@
 //   quantized bytes once, 16 bytes per lane for nf4/fp4/int8, decodes them in registers to x's
 //   dtype (the 4-bit code book in shared memory) and feeds mma.sync; bias and LoRA terms are
 //   added in the epilogue (decode_common.cuh), so y is written once.
-// - more rows, 16-bit x, nf4/fp4 on Hopper: gemm_sm90.cu's one-pass kernel with W's codes decoded
-//   in its tile loads (sm90_quant_lora_gemm): the adapters as a K-extension, bias in the epilogue.
+// - more rows, 16-bit x, nf4/fp4 on Hopper, when asked for (LORAKIT_QUANT_GEMM=sm90): gemm_sm90.cu's
+//   one-pass kernel with W's codes decoded in its tile loads (sm90_quant_lora_gemm). Correct, but
+//   3.6-4.7x the bf16 forward on the H100 (its one producer warpgroup decodes too slowly; the chunked
+//   path is 1.09-1.75x), so not the default: bench/results/gpu-quant-2026-12-06-09-44-07.md.
 // - otherwise (and f32 x, which must not go through 16-bit products): W is dequantised in chunks
 //   (rows for y, columns for dx) into a scratch of x's dtype of at most kChunkBytes and each
 //   chunk is one cuBLASLt GEMM (f32: exact fp32, no TF32) writing its own slice of y or dx; the
@@ -225,8 +227,8 @@ int64_t chunk_of(int64_t total, int64_t other, DType dt) {
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // LORAKIT_QUANT_GEMM=sm90|chunked forces a path for n > 16 (tests, benchmarks; read on every call
-// so that a process can switch); unset, kQuantSm90ByDefault decides.
-constexpr bool kQuantSm90ByDefault = true;
+// so that a process can switch); unset, kQuantSm90ByDefault decides (off until it beats chunked).
+constexpr bool kQuantSm90ByDefault = false;
 bool quant_sm90_allowed() {
   const char* e = std::getenv("LORAKIT_QUANT_GEMM");
   if (!e) return kQuantSm90ByDefault;
