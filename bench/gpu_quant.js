@@ -6,7 +6,9 @@
 //   bytes per weight of every format (quantLayout: values, scales, padding)
 // Times are device-event medians of 5 loops over 8 rotating weight sets (so W is not served from
 // L2). Writes gpu-quant-<date>.{md,json} into --out (default bench/results).
-//   node bench/gpu_quant.js [--quick] [--out DIR]
+// nf4_sm90 / nf4_chunked: the nf4 forward forced through each path for n > 16 (LORAKIT_QUANT_GEMM:
+// the sm_90 kernel with W decoded in its tile loads, or the chunked dequantise + cuBLASLt GEMMs).
+//   node bench/gpu_quant.js [--quick] [--ns 512,4096] [--formats nf4,int8,q4_0] [--out DIR]
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -20,7 +22,10 @@ const quick = args.includes('--quick');
 const outDir = args.includes('--out') ? args[args.indexOf('--out') + 1] : path.join(__dirname, 'results');
 const D_IN = 4096, R = 16, SCALE = 2, SETS = 8;
 const D_OUT = quick ? [4096] : [4096, 14336];
-const NS = [1, 16, 512, 4096];
+const listArg = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1].split(',') : fallback);
+const NS = listArg('--ns', ['1', '16', '512', '4096']).map(Number);
+const FORMATS = listArg('--formats', ['nf4', 'int8', 'q4_0']);
+if (!FORMATS.includes('nf4')) throw new Error('--formats must include nf4 (the training-step rows use it)');
 
 function timed(fn, sets, targetMs = 20) {
   for (const s of sets.slice(0, 2)) fn(s);
@@ -54,7 +59,7 @@ function main() {
   let seed = 1;
   for (const dOut of D_OUT) {
     const Ws = Array.from({ length: SETS }, () => dev(randn(dOut * D_IN, seed++, 0.02), [dOut, D_IN]));
-    const formats = ['nf4', 'int8', 'q4_0'];
+    const formats = FORMATS;
     const Q = {};
     for (const f of formats) Q[f] = Ws.map((W) => quantize(W, spec(f, dOut, D_IN)));
     const A = dev(randn(R * D_IN, seed++, 0.02), [R, D_IN]);
@@ -76,6 +81,14 @@ function main() {
       for (const f of formats) {
         const s = spec(f, dOut, D_IN);
         row[`${f}_fwd_us`] = timed((i) => call((b) => b.quantLoraForward(x.handle, Q[f][i].handle, s, null, ad, y.handle)), idx);
+      }
+      if (n > 16) {
+        const s = spec('nf4', dOut, D_IN);
+        for (const path of ['sm90', 'chunked']) {
+          process.env.LORAKIT_QUANT_GEMM = path;
+          row[`nf4_${path}_fwd_us`] = timed((i) => call((b) => b.quantLoraForward(x.handle, Q.nf4[i].handle, s, null, ad, y.handle)), idx);
+        }
+        delete process.env.LORAKIT_QUANT_GEMM;
       }
       row.bf16_step_us = timed((i) => call((b) => {
         b.loraForward(x.handle, Ws[i].handle, null, false, adU, y.handle);
@@ -105,9 +118,9 @@ function report(rows, bytes) {
     `- command: \`node bench/gpu_quant.js ${args.join(' ')}\``,
     `- bf16 activations, d_in = ${D_IN}, one adapter r = ${R}; µs per call (device-event medians, ${SETS} rotating weight sets)`, '',
     '## forward: quantLoraForward vs loraForward over the bf16 W', '',
-    '| d_out | n | bf16 | nf4 | nf4/bf16 | int8 | int8/bf16 | q4_0 | q4_0/bf16 |', '|---|---|---|---|---|---|---|---|---|'];
+    '| d_out | n | bf16 | nf4 | nf4/bf16 | nf4 sm90 | sm90/bf16 | nf4 chunked | chunked/bf16 | int8 | int8/bf16 | q4_0 | q4_0/bf16 |', '|---|---|---|---|---|---|---|---|---|---|---|---|---|'];
   for (const r of rows)
-    lines.push(`| ${r.d_out} | ${r.n} | ${fmt(r.bf16_fwd_us)} | ${fmt(r.nf4_fwd_us)} | ${fmt(r.nf4_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.int8_fwd_us)} | ${fmt(r.int8_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.q4_0_fwd_us)} | ${fmt(r.q4_0_fwd_us / r.bf16_fwd_us, 3)} |`);
+    lines.push(`| ${r.d_out} | ${r.n} | ${fmt(r.bf16_fwd_us)} | ${fmt(r.nf4_fwd_us)} | ${fmt(r.nf4_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.nf4_sm90_fwd_us)} | ${fmt(r.nf4_sm90_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.nf4_chunked_fwd_us)} | ${fmt(r.nf4_chunked_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.int8_fwd_us)} | ${fmt(r.int8_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.q4_0_fwd_us)} | ${fmt(r.q4_0_fwd_us / r.bf16_fwd_us, 3)} |`);
   lines.push('', '## QLoRA training step: forward (u kept) + backward (dx, dA, dB)', '', '| d_out | n | bf16 step | nf4 step | nf4/bf16 |', '|---|---|---|---|---|');
   for (const r of rows) lines.push(`| ${r.d_out} | ${r.n} | ${fmt(r.bf16_step_us)} | ${fmt(r.nf4_step_us)} | ${fmt(r.nf4_step_us / r.bf16_step_us, 3)} |`);
   lines.push('', '## bytes held per weight (4096 × 4096; quantLayout nbytes, scales and alignment included)', '', '| format | bytes/weight |', '|---|---|');

@@ -3,7 +3,8 @@
 // quant), dequantize gives the cpu's values bit for bit (f32, f16, bf16 outputs), and
 // quantLoraForward / quantLinearBackward (two adapters, bias; f32, f16, bf16; the n ≤ 16 decode
 // kernel and the chunked-GEMM path, with a weight big enough for several chunks) match a float64
-// reference computed on the dequantised weight: 1e-5 in f32, 1e-2 in 16-bit.
+// reference computed on the dequantised weight: 1e-5 in f32, 1e-2 in 16-bit; for n > 16 the forward
+// through the sm_90 decode-in-tile kernel and the chunked path, each forced (LORAKIT_QUANT_GEMM).
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert');
@@ -228,3 +229,87 @@ test('quantLoraForward is bitwise repeatable (decode kernel with split K, and ch
     assert.deepStrictEqual(run(), run());
   }
 });
+
+// n above the decode kernel's range, 16-bit x, nf4/fp4: on Hopper the one-pass sm_90 kernel with W's
+// codes decoded in its tile loads (gemm_sm90.cu). y against float64 and against the chunked path
+// (LORAKIT_QUANT_GEMM=sm90 / chunked force each); partial row, column and K tiles, double quant, blocks of 32.
+const SM90_CASES = [];
+for (const n of [40, 256, 1024])
+  for (const dtype of ['bf16', 'f16']) {
+    SM90_CASES.push(['nf4', 320, 512, n, dtype, {}]);
+    SM90_CASES.push(['fp4', 264, 544, n, dtype, { blockSize: 32, doubleQuant: n === 256 }]);
+  }
+SM90_CASES.push(['nf4', 512, 1024, 200, 'bf16', { doubleQuant: true, blockSize: 128 }]);
+
+function forwardRef(x, W, bias, ads, n, inF, outF) {
+  const us = ads.map((a) => {
+    const u = new Float64Array(n * a.r);
+    for (let i = 0; i < n; i++)
+      for (let q = 0; q < a.r; q++) {
+        let s = 0;
+        for (let k = 0; k < inF; k++) s += x[i * inF + k] * a.A[q * inF + k];
+        u[i * a.r + q] = s;
+      }
+    return u;
+  });
+  const y = new Float64Array(n * outF);
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j < outF; j++) {
+      let s = bias[j];
+      for (let k = 0; k < inF; k++) s += x[i * inF + k] * W[j * inF + k];
+      ads.forEach((a, t) => {
+        let l = 0;
+        for (let q = 0; q < a.r; q++) l += us[t][i * a.r + q] * a.B[j * a.r + q];
+        s += a.scale * l;
+      });
+      y[i * outF + j] = s;
+    }
+  return y;
+}
+
+for (const [format, outF, inF, n, dtype, opts] of SM90_CASES) {
+  const name = `${format}${opts.doubleQuant ? ' dq' : ''}${opts.blockSize ? ` block ${opts.blockSize}` : ''} [${outF}, ${inF}] n=${n} ${dtype}`;
+  test(`quantLoraForward ${name} (sm_90 decode-in-tile kernel where usable): two adapters and bias against float64 and the chunked path`, PARITY, () => {
+    const s = spec(format, outF, inF, opts);
+    let seed = outF * 13 + inF + n;
+    const make = (shape, scale) => Tensor.from(randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale), shape, { dtype, device: DEVICE });
+    const w = Tensor.from(gaussian(outF * inF, seed++, 0.05), [outF, inF], { device: DEVICE });
+    const q = quantize(w, s, DEVICE);
+    const W = dequantize(q, s, 'f32', DEVICE).toFloat32Array();
+    const x = make([n, inF], 1);
+    const bias = make([outF], 0.5);
+    const ads = [
+      { r: 8, scale: 2, A: make([8, inF], 0.1), B: make([outF, 8], 0.1) },
+      { r: 16, scale: 0.5, A: make([16, inF], 0.1), B: make([outF, 16], 0.1) },
+    ];
+    const forward = () => {
+      const y = Tensor.empty([n, outF], { dtype, device: DEVICE });
+      call((b) => b.quantLoraForward(x.handle, q.handle, s, bias.handle, ads.map((a) => [a.A.handle, a.B.handle, a.scale, null]), y.handle));
+      const out = y.toFloat32Array();
+      y.dispose();
+      return out;
+    };
+    const withPath = (path) => {
+      process.env.LORAKIT_QUANT_GEMM = path;
+      try {
+        return forward();
+      } finally {
+        delete process.env.LORAKIT_QUANT_GEMM;
+      }
+    };
+    const before = lk.cuda.kernelStats().sm90GemmLaunches;
+    const y = withPath('sm90');
+    if (lk.cuda.kernelStats().sm90GemmUsable)
+      assert.strictEqual(lk.cuda.kernelStats().sm90GemmLaunches, before + 1, `${name}: the sm_90 kernel should take this forward`);
+    const yChunked = withPath('chunked');
+    const yDefault = forward();  // whichever path is the default gives one of the two
+    assert.ok(relErr(yDefault, y) <= 1e-2 && relErr(yDefault, yChunked) <= 1e-2, `${name}: the default path disagrees`);
+    const f = (t) => t.toFloat32Array();
+    const ref = forwardRef(f(x), W, f(bias), ads.map((a) => ({ r: a.r, scale: a.scale, A: f(a.A), B: f(a.B) })), n, inF, outF);
+    const e = relErr(y, ref);
+    assert.ok(e <= 1e-2, `${name} y: relative error ${e.toExponential(3)} over 1e-2`);
+    const ec = relErr(y, yChunked);
+    assert.ok(ec <= 1e-2, `${name} y against the chunked path: relative error ${ec.toExponential(3)} over 1e-2`);
+    [w, q, x, bias, ...ads.flatMap((a) => [a.A, a.B])].forEach((t) => t.dispose());
+  });
+}

@@ -8,6 +8,7 @@
 //   q8_0: x = q·d   q4_0: x = (q − 8)·d   q4_k: x = (d·sc)·q − dmin·m   q6_k: x = (d·sc)·(q − 32)
 #pragma once
 #include <cstdint>
+#include <vector>
 #include "../core/quant_formats.h"
 #include "common.cuh"
 
@@ -157,6 +158,14 @@ __device__ __forceinline__ void quant_deq8(const QuantDev& q, const float* code,
 // on the current stream (quant.cu). c0 and nc are multiples of 8 (any, for int8).
 void quant_dequantize_rows(const QuantDev& q, int64_t r0, int64_t nr, int64_t c0, int64_t nc, void* out, DType dt,
                            int64_t ldo);
+
+// gemm_sm90.cu: y = x·deq(W)ᵀ + Σ scale_i·u_i·B_iᵀ (+ bias) in one pass, W's nf4/fp4 codes decoded
+// in the kernel's tile loads. ops[0] = {x, q.data, q.cols, 1, true}, the adapters K-major; the
+// shapes and alignment of sm90_gemm_supports, 16-bit x, blocks of a multiple of 32 values.
+struct Sm90Operand;
+bool sm90_quant_gemm_supports(DType dt, int64_t M, const QuantDev& q, const std::vector<Sm90Operand>& ops, const void* bias,
+                              const void* C);
+void sm90_quant_lora_gemm(DType dt, int64_t M, const QuantDev& q, const std::vector<Sm90Operand>& ops, const void* bias, void* C);
 
 // deq(W)[row, k] of an int8 weight (any cols).
 __device__ __forceinline__ float quant_deq1_int8(const QuantDev& q, int64_t row, int64_t k) {

@@ -5,12 +5,18 @@
 //   quantized bytes once, 16 bytes per lane for nf4/fp4/int8, decodes them in registers to x's
 //   dtype (the 4-bit code book in shared memory) and feeds mma.sync; bias and LoRA terms are
 //   added in the epilogue (decode_common.cuh), so y is written once.
+// - more rows, 16-bit x, nf4/fp4 on Hopper, when asked for (LORAKIT_QUANT_GEMM=sm90): gemm_sm90.cu's
+//   one-pass kernel with W's codes decoded in its tile loads (sm90_quant_lora_gemm). Correct, but
+//   3.6-4.7x the bf16 forward on the H100 (its one producer warpgroup decodes too slowly; the chunked
+//   path is 1.09-1.75x), so not the default: bench/results/gpu-quant-2026-12-06-09-44-07.md.
 // - otherwise (and f32 x, which must not go through 16-bit products): W is dequantised in chunks
 //   (rows for y, columns for dx) into a scratch of x's dtype of at most kChunkBytes and each
 //   chunk is one cuBLASLt GEMM (f32: exact fp32, no TF32) writing its own slice of y or dx; the
 //   LoRA terms and bias go into y/dx first and the chunks accumulate onto them (beta = 1), the
 //   order of linear_forward's two-GEMM path.
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include "common.cuh"
 #include "decode_common.cuh"
 #include "device_buffer.h"
@@ -220,6 +226,15 @@ int64_t chunk_of(int64_t total, int64_t other, DType dt) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// LORAKIT_QUANT_GEMM=sm90|chunked forces a path for n > 16 (tests, benchmarks; read on every call
+// so that a process can switch); unset, kQuantSm90ByDefault decides (off until it beats chunked).
+constexpr bool kQuantSm90ByDefault = false;
+bool quant_sm90_allowed() {
+  const char* e = std::getenv("LORAKIT_QUANT_GEMM");
+  if (!e) return kQuantSm90ByDefault;
+  return std::string(e) != "chunked";
+}
+
 void require_same(const TensorRef& t, DType dt, const char* name) {
   if (t.dtype != dt)
     throw_type(std::string(name) + ": on cuda, expected " + dtype_name(dt) + " (the dtype of the input), got " + dtype_name(t.dtype));
@@ -266,6 +281,18 @@ void quant_lora_forward(const TensorRef& x, const QuantWeight& W, const TensorRe
     else decode_dispatch<__half>(x, q, bias, terms, y);
     LK_LAUNCHED("quantized decode forward");
     return;
+  }
+  if (dt != DType::F32 && quant_sm90_allowed()) {  // y = x·deq(W)ᵀ + Σ s·u·Bᵀ + bias, W decoded in the tile loads
+    std::vector<Buf> hold;
+    std::vector<Sm90Operand> ops{{x.data, q.data, in, 1.f, true}};
+    for (size_t i = 0; i < adapters.size(); i++)
+      if (adapters[i].scale != 0.f && adapters[i].B.dim(1) > 0)
+        ops.push_back({in_dtype(u[i], dt, hold), in_dtype(adapters[i].B, dt, hold), adapters[i].B.dim(1), adapters[i].scale, true});
+    const void* b = bias ? in_dtype(*bias, dt, hold) : nullptr;
+    if (sm90_quant_gemm_supports(dt, n, q, ops, b, y.data)) {
+      sm90_quant_lora_gemm(dt, n, q, ops, b, y.data);
+      return;
+    }
   }
   const size_t es = dtype_size(dt);
   bool have_y = false;
