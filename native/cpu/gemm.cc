@@ -116,11 +116,11 @@ void pack_a(const KernelTable& kt, const MatView& a, int64_t i0, int64_t mc, int
 
 // pack_b of a decoded B (MatView::decode): B = Eᵀ decodes nr rows of E at a time and transposes
 // them into the panel; B = E decodes each of the kc rows' [j0, j0 + nc) once and splits it into
-// the panels (nc ≤ NC and j0 a multiple of NC, so encoded blocks up to NC values stay whole).
+// the panels (the decoder takes any range; ranges on block boundaries decode each block once).
 void pack_b_decoded(const KernelTable& kt, const MatView& b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst) {
   const int64_t nr = kt.nr;
   thread_local std::vector<float> buf;
-  if (static_cast<int64_t>(buf.size()) < std::max(nr * KC, NC)) buf.resize(std::max(nr * KC, NC));
+  if (static_cast<int64_t>(buf.size()) < std::max(nr * kc, nc)) buf.resize(std::max(nr * kc, nc));
   // A BF16 view's values are rounded to bf16 (the bf16 block path's operands, on any path).
   auto round = [&](float* v, int64_t n) {
     if (b.dtype != DType::BF16) return;
@@ -207,8 +207,8 @@ void pack_b16(const MatView& b, int64_t k0, int64_t kc, int64_t kcp, int64_t j0,
     const KernelTable& kt = kernel_table();
     thread_local std::vector<float> buf;
     thread_local std::vector<uint16_t> rows;
-    if (static_cast<int64_t>(buf.size()) < KC) buf.resize(KC);
-    if (static_cast<int64_t>(rows.size()) < 32 * KC) rows.resize(32 * KC);
+    if (static_cast<int64_t>(buf.size()) < kc) buf.resize(kc);
+    if (static_cast<int64_t>(rows.size()) < 32 * kc) rows.resize(32 * kc);
     for (int64_t q = 0; q < cols; q += 32) {
       const int64_t nq = std::min<int64_t>(32, nc - q);
       for (int64_t c = 0; c < nq; c++) {
@@ -223,20 +223,21 @@ void pack_b16(const MatView& b, int64_t k0, int64_t kc, int64_t kcp, int64_t j0,
     const KernelTable& kt = kernel_table();
     thread_local std::vector<float> buf;
     thread_local std::vector<uint16_t> pair;
-    if (static_cast<int64_t>(buf.size()) < KC) buf.resize(KC);
-    if (static_cast<int64_t>(pair.size()) < 2 * KC) pair.resize(2 * KC);
+    const int64_t half = std::max<int64_t>(kc, 32);  // one decoded row: kc values, or up to 32 columns
+    if (static_cast<int64_t>(buf.size()) < half) buf.resize(half);
+    if (static_cast<int64_t>(pair.size()) < 2 * half) pair.resize(2 * half);
     for (int64_t q = 0; q < cols; q += 32) {
       uint16_t* panel = dst + q * kcp;
       const int64_t nq = std::min<int64_t>(32, nc - q);
       const int64_t n = b.decode_t ? kc : nq;  // values per decoded row of E
       for (int64_t i = 0; i < (b.decode_t ? nq : kc); i++) {
         b.decode(b.ctx, b.decode_t ? j0 + q + i : k0 + i, b.decode_t ? k0 : j0 + q, n, buf.data());
-        kt.store_row(buf.data(), pair.data() + (i & 1) * KC, DType::BF16, n);
+        kt.store_row(buf.data(), pair.data() + (i & 1) * half, DType::BF16, n);
         if (b.decode_t) {  // column i (odd kc only)
           for (int64_t k = 0; k < kc; k++) panel[(k / 2) * 64 + i * 2 + (k & 1)] = pair[k];
         } else if ((i & 1) || i == kc - 1) {  // rows k = i − 1 and i (the last odd row pairs with zeros)
-          const uint16_t* lo = pair.data() + ((i & 1) ? 0 : KC);
-          const uint16_t* hi = pair.data() + (i & 1) * KC;
+          const uint16_t* lo = pair.data() + ((i & 1) ? 0 : half);
+          const uint16_t* hi = pair.data() + (i & 1) * half;
           uint32_t* words = reinterpret_cast<uint32_t*>(panel) + (i / 2) * 32;
           for (int64_t c = 0; c < nq; c++)
             words[c] = (i & 1) ? (uint32_t(lo[c]) | (uint32_t(hi[c]) << 16)) : uint32_t(hi[c]);
