@@ -85,15 +85,12 @@ void decode_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* b
                     const std::vector<TensorRef>& us, const TensorRef& y) {
   const int64_t in = W.spec.cols, outf = W.spec.rows, n = x.numel() / in;
   const bool bf16 = x.dtype == DType::BF16;
-  QuantGemvFn kernel = quant_gemv_kernel(W.spec.format, bf16);
-  const bool inter = kernel && quant_gemv_interleaved(W.spec.format);
-  if (!kernel) kernel = gemv_generic;
+  QuantGemv g = quant_gemv_kernel(W.spec, bf16);
+  if (!g.fn) g = QuantGemv{gemv_generic, GemvXOrder::Natural, 0};
+  const QuantGemvFn kernel = g.fn;
   std::vector<float> xs(static_cast<size_t>(n * in)), yf(static_cast<size_t>(n * outf));
   for (int64_t i = 0; i < n; i++)
-    for (int64_t k = 0; k < in; k++) {
-      const int64_t d = inter ? (k & ~int64_t(31)) + (k & 1) * 16 + ((k & 31) >> 1) : k;
-      xs[i * in + d] = load_f32(x.data, x.dtype, i * in + k);
-    }
+    for (int64_t k = 0; k < in; k++) xs[i * in + gemv_x_slot(g, k)] = load_f32(x.data, x.dtype, i * in + k);
   std::vector<std::vector<float>> uf(adapters.size());
   for (size_t a = 0; a < adapters.size(); a++) {
     uf[a].resize(static_cast<size_t>(us[a].numel()));
@@ -120,18 +117,17 @@ void decode_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* b
 
 }  // namespace
 
-bool quant_gemv_interleaved(QuantFormat f) { return f == QuantFormat::NF4 || f == QuantFormat::FP4; }
-
 QuantDecodeFn quant_decode_kernel() {
   const std::string path = kernel_table().name;
   QuantDecodeFn fn = path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0 ? quant_decode_avx512() : nullptr;
   return fn ? fn : dequantize_segment;
 }
 
-QuantGemvFn quant_gemv_kernel(QuantFormat f, bool bf16) {
+QuantGemv quant_gemv_kernel(const QuantSpec& s, bool bf16) {
   const std::string path = kernel_table().name;
-  if (path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0) return quant_gemv_avx512(f, bf16);
-  return nullptr;
+  if (path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0) return quant_gemv_avx512(s, bf16);
+  if (path == "avx2") return quant_gemv_avx2(s, bf16);
+  return {};
 }
 
 void quant_lora_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* bias,
