@@ -9,7 +9,6 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wpsabi"  // 16-lane vectors in ymm pairs: internal, inlined
 #include <immintrin.h>
 #include <cstring>
 #include <vector>

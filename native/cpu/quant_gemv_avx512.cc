@@ -22,6 +22,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma,f16c")
 #pragma GCC optimize("fp-contract=off")
+#define LK_KQ_ZMM 1
 #include "quant_gemv_kquant.h"
 #pragma GCC pop_options
 

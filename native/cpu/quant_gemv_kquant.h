@@ -1,10 +1,11 @@
 // The q4_k / q6_k decode GEMV, included once by each ISA's GEMV file inside its target region
-// (GCC vector extensions: 16 f32 lanes, one zmm or two ymm). Each 256-value super-block is decoded
+// (LK_KQ_ZMM defined: AVX-512, else AVX2). Each 256-value super-block is decoded
 // into L1 by vector loops with the scalar decoder's products (ggml_blocks.cc, ggml's
 // dequantize_row_q4_K / q6_K: d·sc·q − dmin·m and (d·sc)·(q − 32), without FMA contraction, as
 // there), then dotted with every token's row; bf16: the block rounded to bf16 first, as the
 // portable path (quant_linear.cc) rounds its decoded rows.
 #pragma once
+#include <immintrin.h>
 #include <cstring>
 #include "../core/dtype.h"
 #include "../core/ggml_blocks.h"
@@ -16,21 +17,49 @@ namespace cpu {
 namespace {
 namespace kq {
 
-typedef float v16f __attribute__((vector_size(64)));
-typedef uint8_t v16u8 __attribute__((vector_size(16)));
+// One f32 vector of the includer's ISA (LK_KQ_ZMM: AVX-512, else AVX2) and the few operations the
+// kernel needs, as intrinsics (GCC's generic 64-byte vectors split badly into ymm pairs).
+#if defined(LK_KQ_ZMM)
+using vf = __m512;
+constexpr int kLanes = 16;
+inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+inline vf vzero() { return _mm512_setzero_ps(); }
+inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+inline float vsum(vf v) { return _mm512_reduce_add_ps(v); }
+// out[0..16) = a·q − b (q4_k) or a·(q − 32) (q6_k), q: 16 unsigned bytes; mul and sub rounded apart.
+inline void put_q4(float* out, __m128i q, float a, float b) {
+  const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
+  _mm512_storeu_ps(out, _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(a), f), _mm512_set1_ps(b)));
+}
+inline void put_q6(float* out, __m128i q, float a) {
+  const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
+  _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_set1_ps(a), _mm512_sub_ps(f, _mm512_set1_ps(32.f))));
+}
+#else
+using vf = __m256;
+constexpr int kLanes = 8;
+inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+inline vf vzero() { return _mm256_setzero_ps(); }
+inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+inline float vsum(vf v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+inline void put_q4(float* out, __m128i q, float a, float b) {
+  const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+  for (int h = 0; h < 2; h++, q = _mm_srli_si128(q, 8))
+    _mm256_storeu_ps(out + 8 * h, _mm256_sub_ps(_mm256_mul_ps(va, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q))), vb));
+}
+inline void put_q6(float* out, __m128i q, float a) {
+  const __m256 va = _mm256_set1_ps(a), c = _mm256_set1_ps(32.f);
+  for (int h = 0; h < 2; h++, q = _mm_srli_si128(q, 8))
+    _mm256_storeu_ps(out + 8 * h, _mm256_mul_ps(va, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), c)));
+}
+#endif
 
-inline v16u8 ld_u8(const uint8_t* p) {
-  v16u8 v;
-  std::memcpy(&v, p, 16);
-  return v;
-}
-inline v16f ld_f(const float* p) {
-  v16f v;
-  std::memcpy(&v, p, 64);
-  return v;
-}
-inline void st_f(float* p, v16f v) { std::memcpy(p, &v, 64); }
-inline v16f to_f(v16u8 q) { return __builtin_convertvector(q, v16f); }
+inline __m128i ld16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline __m128i bytes(int v) { return _mm_set1_epi8(static_cast<char>(v)); }
 
 // The 6-bit scale and min of sub-block j of a q4_k super-block (ggml's get_scale_min_k4).
 inline void scale_min(int j, const uint8_t* q, int& sc, int& m) {
@@ -55,32 +84,36 @@ inline void deq_q4_k(const uint8_t* blk, float* w) {
     scale_min(2 * j + 1, b.scales, sc, m);
     const float d2 = d * sc, m2 = dmin * m;
     for (int h = 0; h < 2; h++) {
-      const v16u8 q = ld_u8(b.qs + 32 * j + 16 * h);
-      const v16f lo = d1 * to_f(q & 15), hi = d2 * to_f(q >> 4);
-      st_f(w + 64 * j + 16 * h, lo - m1);
-      st_f(w + 64 * j + 32 + 16 * h, hi - m2);
+      const __m128i q = ld16(b.qs + 32 * j + 16 * h);
+      put_q4(w + 64 * j + 16 * h, _mm_and_si128(q, bytes(15)), d1, m1);
+      put_q4(w + 64 * j + 32 + 16 * h, _mm_and_si128(_mm_srli_epi16(q, 4), bytes(15)), d2, m2);
     }
   }
 }
 
 // 256 values: two 128-value halves; 4 low bits from ql, 2 high bits from qh, 16-value scales.
+// 16-bit shifts move bits across bytes only into positions the byte masks clear.
 inline void deq_q6_k(const uint8_t* blk, float* w) {
   BlockQ6_K b;
   std::memcpy(&b, blk, sizeof b);
   const float d = f16_to_f32(b.d);
+  const __m128i m4 = bytes(15), m30 = bytes(0x30);
   for (int n = 0; n < 2; n++) {
     const uint8_t* ql = b.ql + 64 * n;
     const uint8_t* qh = b.qh + 32 * n;
     const int8_t* sc = b.scales + 8 * n;
     float* y = w + 128 * n;
     for (int h = 0; h < 2; h++) {  // l = 16h .. 16h + 15: scale index h (+2, +4, +6)
-      const v16u8 a = ld_u8(ql + 16 * h), c = ld_u8(ql + 32 + 16 * h), e = ld_u8(qh + 16 * h);
-      const v16u8 q1 = (a & 15) | ((e & 3) << 4), q2 = (c & 15) | (((e >> 2) & 3) << 4);
-      const v16u8 q3 = (a >> 4) | (((e >> 4) & 3) << 4), q4 = (c >> 4) | (((e >> 6) & 3) << 4);
-      st_f(y + 16 * h, (d * sc[h]) * (to_f(q1) - 32.f));
-      st_f(y + 32 + 16 * h, (d * sc[h + 2]) * (to_f(q2) - 32.f));
-      st_f(y + 64 + 16 * h, (d * sc[h + 4]) * (to_f(q3) - 32.f));
-      st_f(y + 96 + 16 * h, (d * sc[h + 6]) * (to_f(q4) - 32.f));
+      const __m128i a = ld16(ql + 16 * h), c = ld16(ql + 32 + 16 * h), e = ld16(qh + 16 * h);
+      const __m128i ah = _mm_and_si128(_mm_srli_epi16(a, 4), m4), ch = _mm_and_si128(_mm_srli_epi16(c, 4), m4);
+      const __m128i q1 = _mm_or_si128(_mm_and_si128(a, m4), _mm_and_si128(_mm_slli_epi16(e, 4), m30));  // (e & 3) << 4
+      const __m128i q2 = _mm_or_si128(_mm_and_si128(c, m4), _mm_and_si128(_mm_slli_epi16(e, 2), m30));  // ((e >> 2) & 3) << 4
+      const __m128i q3 = _mm_or_si128(ah, _mm_and_si128(e, m30));                                       // ((e >> 4) & 3) << 4
+      const __m128i q4 = _mm_or_si128(ch, _mm_and_si128(_mm_srli_epi16(e, 2), m30));                  // ((e >> 6) & 3) << 4
+      put_q6(y + 16 * h, q1, d * sc[h]);
+      put_q6(y + 32 + 16 * h, q2, d * sc[h + 2]);
+      put_q6(y + 64 + 16 * h, q3, d * sc[h + 4]);
+      put_q6(y + 96 + 16 * h, q4, d * sc[h + 6]);
     }
   }
 }
@@ -93,8 +126,8 @@ void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, float
   const uint8_t* data = W.data + quant_layout(W.spec).data_off;
   alignas(64) float w[kQK_K];
   for (int64_t j = j0; j < j1; j++) {
-    v16f acc[NT][2];
-    for (int i = 0; i < NT; i++) acc[i][0] = acc[i][1] = v16f{};
+    vf acc[NT][2];
+    for (int i = 0; i < NT; i++) acc[i][0] = acc[i][1] = vzero();
     const uint8_t* row = data + j * nb * bytes;
     for (int64_t b = 0; b < nb; b++) {
       if (q4) deq_q4_k(row + b * bytes, w);
@@ -103,18 +136,13 @@ void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, float
         for (int k = 0; k < kQK_K; k++) w[k] = bf16_to_f32(f32_to_bf16(w[k]));
       for (int i = 0; i < NT; i++) {
         const float* xr = x + i * cols + b * kQK_K;
-        for (int k = 0; k < kQK_K; k += 32) {
-          acc[i][0] += ld_f(w + k) * ld_f(xr + k);
-          acc[i][1] += ld_f(w + k + 16) * ld_f(xr + k + 16);
+        for (int k = 0; k < kQK_K; k += 2 * kLanes) {
+          acc[i][0] = vfma(vload(w + k), vload(xr + k), acc[i][0]);
+          acc[i][1] = vfma(vload(w + k + kLanes), vload(xr + k + kLanes), acc[i][1]);
         }
       }
     }
-    for (int i = 0; i < NT; i++) {
-      const v16f t = acc[i][0] + acc[i][1];
-      float s = 0.f;
-      for (int l = 0; l < 16; l++) s += t[l];
-      y[i * ldy + j] = s;
-    }
+    for (int i = 0; i < NT; i++) y[i * ldy + j] = vsum(acc[i][0]) + vsum(acc[i][1]);
   }
 }
 
