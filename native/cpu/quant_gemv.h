@@ -46,6 +46,11 @@ using QuantDecodeFn = void (*)(const QuantWeight& W, int64_t row, int64_t c0, in
 // The path's decoder (the portable one is dequantize_segment).
 QuantDecodeFn quant_decode_kernel();
 QuantDecodeFn quant_decode_avx512();
+// deq(W)[row, c0 .. c0 + len) rounded to nearest-even bf16 (bits): the bf16 GEMM's W panels.
+// Null where the path has none for the format (the GEMM then rounds the f32 decode).
+using QuantDecode16Fn = void (*)(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, uint16_t* out);
+QuantDecode16Fn quant_decode16_kernel(QuantFormat f);
+QuantDecode16Fn quant_decode16_avx512(QuantFormat f);
 
 // The per-ISA kernels (fn null for formats they do not cover, or in builds for other architectures).
 QuantGemv quant_gemv_avx512(const QuantSpec& s, bool bf16);

@@ -282,6 +282,64 @@ LK_Q void decode_avx512(const QuantWeight& W, int64_t row, int64_t c0, int64_t l
   }
 }
 
+// deq(W) rounded to bf16 bits: the block's scaled table (the f32 products of decode) rounded and
+// narrowed to 16 bf16 words, 32 values looked up at once by vpermw (it reads the low 5 bits of
+// each 16-bit index). nf4 / fp4: byte k gives words 2k (high nibble) and 2k + 1 (low); q4_0: the
+// 16 low nibbles, then the 16 high ones.
+#define LK_Q16 __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
+LK_Q16 static inline __m512i bf16_words(__m512 scaled) {
+  return _mm512_castsi256_si512(_mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(round_bf16(scaled)), 16)));
+}
+LK_Q16 static void decode16(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, uint16_t* out) {
+  const QuantSpec& s = W.spec;
+  if (c0 % 32 != 0 || len % 32 != 0) {  // not reached by the GEMM's panels (kc even, k0 a multiple of 32)
+    thread_local std::vector<float> buf;
+    buf.resize(static_cast<size_t>(len));
+    decode_avx512(W, row, c0, len, buf.data());
+    for (int64_t i = 0; i < len; i++) out[i] = f32_to_bf16(buf[i]);
+    return;
+  }
+  const QuantLayout L = quant_layout(s);
+  const int64_t cols = s.cols;
+  if (s.format == QuantFormat::Q4_0) {
+    const uint8_t* blk = W.data + L.data_off + (row * cols + c0) / 32 * sizeof(BlockQ4_0);
+    const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t c = 0; c < len; c += 32, blk += sizeof(BlockQ4_0)) {
+      uint16_t h;
+      std::memcpy(&h, blk, 2);
+      const __m512i t = bf16_words(_mm512_mul_ps(table, _mm512_set1_ps(_cvtsh_ss(h))));
+      const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
+      const __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, _mm256_set1_epi16(15))), _mm256_srli_epi16(v, 4), 1);
+      _mm512_storeu_si512(out + c, _mm512_permutexvar_epi16(idx, t));
+    }
+    return;
+  }
+  const __m512 table = _mm512_loadu_ps(s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code);
+  const uint8_t* packed = W.data + L.data_off + (row * cols + c0) / 2;
+  const float* amax = reinterpret_cast<const float*>(W.data + L.scale_off);
+  const int64_t e0 = row * cols + c0, shift = __builtin_ctzll(static_cast<uint64_t>(s.block));  // block: a power of two
+  int64_t cur = -1;
+  __m512i t = _mm512_setzero_si512();
+  for (int64_t c = 0; c < len; c += 32) {
+    const int64_t b = (e0 + c) >> shift;
+    if (b != cur) {
+      float a;
+      if (s.double_quant) dq_absmax(W, b, 1, &a);
+      else a = amax[b];
+      t = bf16_words(_mm512_mul_ps(table, _mm512_set1_ps(a)));
+      cur = b;
+    }
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + c / 2)));
+    const __m512i idx = _mm512_or_si512(_mm512_srli_epi32(v, 4), _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(15)), 16));
+    _mm512_storeu_si512(out + c, _mm512_permutexvar_epi16(idx, t));
+  }
+}
+
+QuantDecode16Fn quant_decode16_avx512(QuantFormat f) {
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) return nullptr;
+  return f == QuantFormat::NF4 || f == QuantFormat::FP4 || f == QuantFormat::Q4_0 ? decode16 : nullptr;
+}
+
 QuantDecodeFn quant_decode_avx512() { return __builtin_cpu_supports("avx512f") ? decode : nullptr; }
 
 QuantGemv quant_gemv_avx512(const QuantSpec& s, bool bf16) {
@@ -314,6 +372,7 @@ namespace cpu {
 QuantGemv quant_gemv_avx512(const QuantSpec&, bool) { return {}; }
 QuantGemvFn quant_gemv_kquant_avx512() { return nullptr; }
 QuantDecodeFn quant_decode_avx512() { return nullptr; }
+QuantDecode16Fn quant_decode16_avx512(QuantFormat) { return nullptr; }
 }  // namespace cpu
 }  // namespace lorakit
 #endif

@@ -43,15 +43,21 @@ struct DecodeCtx {
   const QuantWeight* W;
   QuantDecodeFn fn;
   bool bf16;
+  QuantDecode16Fn fn16;  // null: the GEMM's packing rounds fn's f32 values
 };
 void decode_row(const void* ctx, int64_t row, int64_t c0, int64_t len, float* out) {
   const DecodeCtx* d = static_cast<const DecodeCtx*>(ctx);
   d->fn(*d->W, row, c0, len, out);  // rounded to bf16 by the GEMM's packing for a BF16 view
 }
+void decode_row16(const void* ctx, int64_t row, int64_t c0, int64_t len, uint16_t* out) {
+  const DecodeCtx* d = static_cast<const DecodeCtx*>(ctx);
+  d->fn16(*d->W, row, c0, len, out);
+}
 MatView quant_view(const DecodeCtx& d, bool transposed) {
   MatView v;
   v.dtype = d.bf16 ? DType::BF16 : DType::F32;
   v.decode = decode_row;
+  if (d.bf16 && d.fn16) v.decode16 = decode_row16;
   v.ctx = &d;
   v.decode_t = transposed;
   return v;
@@ -123,6 +129,11 @@ QuantDecodeFn quant_decode_kernel() {
   return fn ? fn : dequantize_segment;
 }
 
+QuantDecode16Fn quant_decode16_kernel(QuantFormat f) {
+  const std::string path = kernel_table().name;
+  return path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0 ? quant_decode16_avx512(f) : nullptr;
+}
+
 QuantGemv quant_gemv_kernel(const QuantSpec& s, bool bf16) {
   const std::string path = kernel_table().name;
   if (path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0) return quant_gemv_avx512(s, bf16);
@@ -150,7 +161,7 @@ void quant_lora_forward(const TensorRef& x, const QuantWeight& W, const TensorRe
     us.push_back(u);
   }
   if (n <= kGemvMaxTokens) return decode_forward(x, W, bias, adapters, us, y);
-  const DecodeCtx ctx{&W, quant_decode_kernel(), x.dtype == DType::BF16};
+  const DecodeCtx ctx{&W, quant_decode_kernel(), x.dtype == DType::BF16, quant_decode16_kernel(W.spec.format)};
   std::vector<KSegment> segs{{row_major(x.data, x.dtype, in), quant_view(ctx, true), in, 1.f}};
   for (size_t i = 0; i < adapters.size(); i++) {
     const TensorRef& B = adapters[i].B;
@@ -175,7 +186,7 @@ void quant_linear_backward(const TensorRef& dy, const QuantWeight& W, const std:
   lora_term_grads(dy, n, in, outf, terms, gs);
   if (!dx) return;
   // dx = dy·deq(W) + Σ g·A, the adapters without dropout as extra K segments (as linear_backward).
-  const DecodeCtx ctx{&W, quant_decode_kernel(), dy.dtype == DType::BF16};
+  const DecodeCtx ctx{&W, quant_decode_kernel(), dy.dtype == DType::BF16, quant_decode16_kernel(W.spec.format)};
   std::vector<KSegment> segs{{row_major(dy.data, dy.dtype, outf), quant_view(ctx, false), outf, 1.f}};
   bool any_dropout = false;
   for (size_t a = 0; a < terms.size(); a++) {
