@@ -46,6 +46,7 @@ using QuantDecodeFn = void (*)(const QuantWeight& W, int64_t row, int64_t c0, in
 // The path's decoder (the portable one is dequantize_segment).
 QuantDecodeFn quant_decode_kernel();
 QuantDecodeFn quant_decode_avx512();
+QuantDecodeFn quant_decode_avx2();
 // deq(W)[row, c0 .. c0 + len) rounded to nearest-even bf16 (bits): the bf16 GEMM's W panels.
 // Null where the path has none for the format (the GEMM then rounds the f32 decode).
 using QuantDecode16Fn = void (*)(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, uint16_t* out);

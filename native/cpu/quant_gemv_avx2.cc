@@ -4,7 +4,8 @@
 // for bf16 activations) is looked up as two 8-entry vpermps halves, blended on the nibble's bit 3.
 // q4_0: 16 bytes of a block widened to (q − 8), converted and multiplied by d (the scalar decoder's
 // product); int8 and q8_0 widen 8 int8 at a time and scale per row / per block; q4_k / q6_k:
-// quant_gemv_kquant.h. Every token's accumulators stay in registers.
+// quant_gemv_kquant.h. Every token's accumulators stay in registers. Also the packed GEMM's W-panel
+// decoder for this path (decode).
 // Formats: core/quant_formats.h (bnb functional.quantize_4bit, LLM.int8, ggml-common.h).
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -177,7 +178,80 @@ void gemv(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j
   }
 }
 
+// deq(W)[row, c0 .. c0 + len) in natural order for the packed GEMM's W panels; c0 and len multiples
+// of 32 (else, and for q4_k / q6_k, the scalar decoder). The products are those of the scalar
+// decoders: code·absmax, (q − 8)·d, q·d, q·s.
+LK_A2 void decode(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out) {
+  const QuantSpec& s = W.spec;
+  if (c0 % 32 != 0 || len % 32 != 0 || s.format == QuantFormat::Q4_K || s.format == QuantFormat::Q6_K)
+    return dequantize_segment(W, row, c0, len, out);
+  const QuantLayout L = quant_layout(s);
+  const int64_t cols = s.cols;
+  if (s.format == QuantFormat::Q4_0 || s.format == QuantFormat::Q8_0) {  // blocks of 32: d, then the values
+    const bool q4 = s.format == QuantFormat::Q4_0;
+    const size_t bytes = q4 ? sizeof(BlockQ4_0) : sizeof(BlockQ8_0);
+    const uint8_t* blk = W.data + L.data_off + (row * cols + c0) / 32 * bytes;
+    for (int64_t c = 0; c < len; c += 32, blk += bytes) {
+      uint16_t h;
+      std::memcpy(&h, blk, 2);
+      const __m256 d = _mm256_set1_ps(_cvtsh_ss(h));
+      if (q4) {  // low nibbles are values 0..15, high nibbles 16..31
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)), m4 = _mm_set1_epi8(0x0f);
+        const __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+        const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+        for (int p = 0; p < 4; p++)
+          _mm256_storeu_ps(out + c + 8 * p, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[p]), _mm256_set1_epi32(8))), d));
+      } else {
+        for (int p = 0; p < 4; p++) {
+          const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * p));
+          _mm256_storeu_ps(out + c + 8 * p, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+        }
+      }
+    }
+    return;
+  }
+  if (s.format == QuantFormat::INT8) {
+    const __m256 sc = _mm256_set1_ps(reinterpret_cast<const float*>(W.data + L.scale_off)[row]);
+    const int8_t* q = reinterpret_cast<const int8_t*>(W.data + L.data_off) + row * cols + c0;
+    for (int64_t c = 0; c < len; c += 8)
+      _mm256_storeu_ps(out + c, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + c)))), sc));
+    return;
+  }
+  // nf4 / fp4: byte k holds values 2k (high nibble) and 2k + 1 (low); each byte's word is doubled,
+  // shifted by 4 or 0 and looked up in the block's scaled table (two vpermps halves and a blend).
+  const float* code = s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code;
+  const __m256 clo = _mm256_loadu_ps(code), chi = _mm256_loadu_ps(code + 8);
+  const __m256i dup_a = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), dup_b = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+  const __m256i sh = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
+  const uint8_t* packed = W.data + L.data_off + (row * cols + c0) / 2;
+  const float* amax = reinterpret_cast<const float*>(W.data + L.scale_off);
+  const int64_t e0 = row * cols + c0, shift = __builtin_ctzll(static_cast<uint64_t>(s.block));  // block: a power of two
+  int64_t cur = -1;
+  __m256 tlo = clo, thi = chi;
+  for (int64_t c = 0; c < len; c += 16) {
+    const int64_t b = (e0 + c) >> shift;
+    if (b != cur) {
+      float a;
+      if (s.double_quant) dq_absmax(W, b, 1, &a);
+      else a = amax[b];
+      tlo = _mm256_mul_ps(clo, _mm256_set1_ps(a));
+      thi = _mm256_mul_ps(chi, _mm256_set1_ps(a));
+      cur = b;
+    }
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(packed + c / 2)));
+    for (int h = 0; h < 2; h++) {
+      const __m256i idx = _mm256_srlv_epi32(_mm256_permutevar8x32_epi32(v, h ? dup_b : dup_a), sh);
+      const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 of the nibble
+      _mm256_storeu_ps(out + c + 8 * h, _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, idx), _mm256_permutevar8x32_ps(thi, idx), sel));
+    }
+  }
+}
+
 }  // namespace
+
+QuantDecodeFn quant_decode_avx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") ? decode : nullptr;
+}
 
 QuantGemv quant_gemv_avx2(const QuantSpec& s, bool bf16) {
   QuantGemv g;
@@ -210,6 +284,7 @@ namespace lorakit {
 namespace cpu {
 QuantGemv quant_gemv_avx2(const QuantSpec&, bool) { return {}; }
 QuantGemvFn quant_gemv_kquant_avx2() { return nullptr; }
+QuantDecodeFn quant_decode_avx2() { return nullptr; }
 }  // namespace cpu
 }  // namespace lorakit
 #endif

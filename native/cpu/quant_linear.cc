@@ -125,7 +125,9 @@ void decode_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* b
 
 QuantDecodeFn quant_decode_kernel() {
   const std::string path = kernel_table().name;
-  QuantDecodeFn fn = path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0 ? quant_decode_avx512() : nullptr;
+  QuantDecodeFn fn = path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0 ? quant_decode_avx512()
+                     : path == "avx2"                                            ? quant_decode_avx2()
+                                                                                 : nullptr;
   return fn ? fn : dequantize_segment;
 }
 
