@@ -26,7 +26,7 @@ enum class GemvXOrder { Natural, Pairs32, Nibbles };
 struct QuantGemv {
   QuantGemvFn fn = nullptr;  // null: the path has no kernel for the format (and rounding)
   GemvXOrder order = GemvXOrder::Natural;
-  int64_t lanes = 0;  // Nibbles: f32 lanes per vector (16 or 8)
+  int64_t lanes = 0;  // Nibbles: f32 lanes per vector (8: the AVX2 kernel)
 };
 // Where value k of a row of x goes in the arranged row.
 inline int64_t gemv_x_slot(const QuantGemv& g, int64_t k) {

@@ -1,12 +1,10 @@
-// The AVX-512 decode GEMV over a quantized W (quant_gemv.h). nf4 / fp4 with f32 activations: one
-// 64-byte load per 128 values, nibble s of each 32-bit word selected by a shift of 4·s (vpermps
-// reads the low 4 bits of its index: no byte widening), the unscaled code book looked up, each
-// chunk's two 64-value sums scaled once by their blocks' absmax (Σ absmax·Σ code·x). Otherwise each
-// 16 bytes of 4-bit codes become 32 f32 weights in two registers by one zero-extension, a shift, a
-// mask and two vpermps lookups into a 16-entry table already multiplied by the block's scale (and
-// rounded to bf16 for bf16 activations; q4_0: ggml's (q − 8) × d); int8 and q8_0 widen 16 int8 at a
-// time and scale per row / per block; q4_k / q6_k: quant_gemv_kquant.h. Every token's accumulators
-// stay in registers; x (≤ 8 rows) is read from L1/L2.
+// The AVX-512 decode GEMV over a quantized W (quant_gemv.h): each 16 bytes of 4-bit codes become
+// 32 f32 weights in two registers by one zero-extension, a shift, a mask and two vpermps lookups
+// into a 16-entry table already multiplied by the block's scale (nf4 / fp4: bnb's code book ×
+// absmax; q4_0: ggml's (q − 8) × d); int8 and q8_0 widen 16 int8 at a time and scale per row / per
+// block; q4_k / q6_k: quant_gemv_kquant.h. Every token's accumulators stay in registers; x (≤ 8
+// rows) is read from L1/L2. (A 64-byte-load variant, nibbles split by 32-bit shifts and the block
+// scale applied to the chunk sums, measured 15-25% slower on a W beyond the LLC: not used.)
 // Formats: core/quant_formats.h (bnb functional.quantize_4bit, LLM.int8, ggml-common.h).
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -89,40 +87,6 @@ LK_Q void row_4bit(int64_t groups, int64_t gpb, __m512 table, bool hi_first, boo
     y[i * ldy] = hsum(_mm512_add_ps(_mm512_add_ps(acc[2 * i], acc[2 * i + 1]), _mm512_add_ps(acc2[2 * i], acc2[2 * i + 1])));
 }
 
-// nf4 / fp4, f32 activations, x in GemvXOrder::Nibbles (16 lanes): chunk c is the row's bytes
-// [64c, 64c + 64); its word k holds values 8k .. 8k + 7, so lanes 0-7 lie in one 64-value block and
-// lanes 8-15 in the next (or the same block when block ≥ 128). a: the row's absmax per block.
-template <int NT>
-LK_Q void row_nibbles(int64_t chunks, int64_t block, const uint8_t* row, const float* a, __m512 table, const float* x,
-                      int64_t ldx, float* y, int64_t ldy) {
-  __m512 acc[NT];
-  for (int i = 0; i < NT; i++) acc[i] = _mm512_setzero_ps();
-  const int64_t shift = __builtin_ctzll(static_cast<uint64_t>(block));
-  for (int64_t c = 0; c < chunks; c++) {
-    const __m512i v = _mm512_loadu_si512(row + 64 * c);
-    const __m512 sv = block == 64 ? _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(a[2 * c]), _mm512_set1_ps(a[2 * c + 1]))
-                                  : _mm512_set1_ps(a[(128 * c) >> shift]);
-    const float* xc = x + 128 * c;
-    // Two chains per token (even and odd s) hide the FMA latency.
-    __m512 p0[NT], p1[NT];
-    const __m512 w0 = _mm512_permutexvar_ps(v, table), w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table);
-    for (int i = 0; i < NT; i++) {
-      p0[i] = _mm512_mul_ps(w0, _mm512_loadu_ps(xc + i * ldx));
-      p1[i] = _mm512_mul_ps(w1, _mm512_loadu_ps(xc + i * ldx + 16));
-    }
-    for (int s = 2; s < 8; s += 2) {
-      const __m512 we = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * s), table);
-      const __m512 wo = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * s + 4), table);
-      for (int i = 0; i < NT; i++) {
-        p0[i] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xc + i * ldx + 16 * s), p0[i]);
-        p1[i] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xc + i * ldx + 16 * s + 16), p1[i]);
-      }
-    }
-    for (int i = 0; i < NT; i++) acc[i] = _mm512_fmadd_ps(_mm512_add_ps(p0[i], p1[i]), sv, acc[i]);
-  }
-  for (int i = 0; i < NT; i++) y[i * ldy] = hsum(acc[i]);
-}
-
 // int8 values: 32 per group at q(g), scale per group scale(g) (the row's, or a q8_0 block's).
 template <int NT, class Q, class Scale>
 LK_Q void row_8bit(int64_t groups, Q q, Scale scale, const float* x, int64_t ldx, float* y, int64_t ldy) {
@@ -136,11 +100,6 @@ LK_Q void row_8bit(int64_t groups, Q q, Scale scale, const float* x, int64_t ldx
     fma_group<NT>(wa, wb, x + g * 32, ldx, acc);
   }
   for (int i = 0; i < NT; i++) y[i * ldy] = hsum(_mm512_add_ps(acc[2 * i], acc[2 * i + 1]));
-}
-
-// The 64-byte nibble kernel's case: f32 activations, 128 | cols, a power-of-two block ≥ 64.
-bool nibbles_fit(const QuantSpec& s, bool bf16) {
-  return !bf16 && s.cols % 128 == 0 && s.block >= 64 && (s.block & (s.block - 1)) == 0;
 }
 
 template <int NT>
@@ -160,10 +119,6 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
         a = amax.data();
       }
       const uint8_t* row = data + j * cols / 2;
-      if (nibbles_fit(s, bf16)) {
-        row_nibbles<NT>(cols / 128, s.block, row, a, table, x, cols, y + j, ldy);
-        continue;
-      }
       row_4bit<NT>(groups, gpb, table, true, bf16, [&](int64_t g) { return row + g * 16; }, [&](int64_t b) { return a[b]; }, x, cols,
                    y + j, ldy);
     }
@@ -349,8 +304,7 @@ QuantGemv quant_gemv_avx512(const QuantSpec& s, bool bf16) {
     case QuantFormat::NF4:
     case QuantFormat::FP4:
       g.fn = gemv;
-      g.order = nibbles_fit(s, bf16) ? GemvXOrder::Nibbles : GemvXOrder::Pairs32;
-      g.lanes = 16;
+      g.order = GemvXOrder::Pairs32;
       return g;
     case QuantFormat::Q4_0: g.fn = gemv; return g;
     case QuantFormat::INT8:  // rows of any width: groups of 32 only when they tile the row
