@@ -11,7 +11,9 @@
  * Every op of a row is timed in alternation with the others (best and median of --rounds), so all
  * see the same machine load. Writes bench/results/quant-cpu-<date>-<cpu>.txt.
  *
- *   node bench/quant_cpu.js [--d 4096] [--r 16] [--rounds 9] [--big-rows 131072] [--threads 0]
+ *   node bench/quant_cpu.js [--d 4096] [--r 16] [--rounds 9] [--big-rows 131072] [--threads 0] [--decode-only]
+ * --decode-only skips n = 128 and 512. Under LORAKIT_CPU_PATH (e.g. avx2 on an AVX-512 machine)
+ * the results file's name ends in that path.
  */
 'use strict';
 const fs = require('fs');
@@ -30,6 +32,7 @@ const R = Number(arg('r', 16));
 const ROUNDS = Number(arg('rounds', 9));
 const BIG_ROWS = Number(arg('big-rows', 131072));
 const threads = Number(arg('threads', 0));
+const DECODE_ONLY = process.argv.includes('--decode-only');
 if (threads > 0) lk.setNumThreads(threads);
 
 function gaussian(n, seed, std) {
@@ -133,9 +136,9 @@ function decode(rows, label, formats) {
 decode(D, 'd × d', ['nf4', 'q4_0', 'int8', 'q8_0', 'fp4', 'q4_k', 'q6_k']);
 if (BIG_ROWS > 0) decode(BIG_ROWS, 'larger than the last-level cache', ['nf4', 'q4_0']);
 
-out(`\n## n = 128 and 512: forward and backward dx vs the same layer with a bf16 W (loraForward / linearBackward)`);
+if (!DECODE_ONLY) out(`\n## n = 128 and 512: forward and backward dx vs the same layer with a bf16 W (loraForward / linearBackward)`);
 const Wbf = lk.Tensor.from(w, [D, D], { dtype: 'bf16' });
-for (const n of [128, 512]) {
+for (const n of DECODE_ONLY ? [] : [128, 512]) {
   for (const xdt of ['f32', 'bf16']) {
     const x = lk.Tensor.from(gaussian(n * D, 6, 1), [n, D], { dtype: xdt });
     const y = lk.Tensor.zeros([n, D], { dtype: xdt });
@@ -161,7 +164,8 @@ out(`\nload average at end: ${os.loadavg().map((v) => v.toFixed(2)).join(' ')}`)
 const dir = path.join(__dirname, 'results');
 fs.mkdirSync(dir, { recursive: true });
 const cpu = m.cpuModel.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '').toLowerCase();
-const file = path.join(dir, `quant-cpu-${new Date().toISOString().slice(0, 10)}-${cpu}.txt`);
+const forced = process.env.LORAKIT_CPU_PATH ? `-${process.env.LORAKIT_CPU_PATH}` : '';
+const file = path.join(dir, `quant-cpu-${new Date().toISOString().slice(0, 10)}-${cpu}${forced}.txt`);
 const tmp = `${file}.tmp`;
 fs.writeFileSync(tmp, lines.join('\n') + '\n');
 fs.renameSync(tmp, file);

@@ -212,6 +212,10 @@ void pack_b16(const MatView& b, int64_t k0, int64_t kc, int64_t kcp, int64_t j0,
     for (int64_t q = 0; q < cols; q += 32) {
       const int64_t nq = std::min<int64_t>(32, nc - q);
       for (int64_t c = 0; c < nq; c++) {
+        if (b.decode16) {
+          b.decode16(b.ctx, j0 + q + c, k0, kc, rows.data() + c * kc);
+          continue;
+        }
         b.decode(b.ctx, j0 + q + c, k0, kc, buf.data());
         kt.store_row(buf.data(), rows.data() + c * kc, DType::BF16, kc);
       }

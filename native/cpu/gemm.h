@@ -11,6 +11,8 @@ namespace lorakit {
 
 // Values [c0, c0 + len) of row `row` of a matrix stored in some encoded form (a quantized W), as f32.
 using DecodeRowFn = void (*)(const void* ctx, int64_t row, int64_t c0, int64_t len, float* out);
+// The same values rounded to nearest-even bf16, as bits (an optional faster form for bf16 panels).
+using DecodeRow16Fn = void (*)(const void* ctx, int64_t row, int64_t c0, int64_t len, uint16_t* out);
 
 // Element (i, k) of a matrix lives at data + (i * rs + k * cs) elements. A B operand may instead be
 // decoded while it is packed (decode set, data unused): the rows of the encoded matrix E are B's
@@ -21,6 +23,7 @@ struct MatView {
   DType dtype = DType::F32;
   int64_t rs = 0, cs = 0;
   DecodeRowFn decode = nullptr;
+  DecodeRow16Fn decode16 = nullptr;  // optional, with decode: used for a BF16 view's B = Eᵀ panels
   const void* ctx = nullptr;
   bool decode_t = false;
   float at(int64_t i, int64_t k) const { return load_f32(data, dtype, i * rs + k * cs); }

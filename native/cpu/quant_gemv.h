@@ -1,6 +1,7 @@
 // The decode GEMV over a quantized W (few tokens): y[i, j] = Σ_k x[i, k]·deq(W)[j, k], reading
-// W's bytes once and decoding them in registers. Per ISA (quant_gemv_avx512.cc; others use the
-// portable decode-into-L1-and-dot path in quant_linear.cc), chosen from the kernel table's path.
+// W's bytes once and decoding them in registers. Per ISA (quant_gemv_avx512.cc, quant_gemv_avx2.cc;
+// others use the portable decode-into-L1-and-dot path in quant_linear.cc), chosen from the kernel
+// table's path.
 #pragma once
 #include <cstdint>
 #include "../core/op_args.h"
@@ -10,25 +11,56 @@ namespace cpu {
 
 constexpr int64_t kGemvMaxTokens = 8;
 
-// x as the kernel wants it (f32 [n, cols]): nf4/fp4 (pairs in a byte, first value high) take each
-// 32-value group as its 16 even-indexed values, then its 16 odd-indexed ones; other formats as is.
-bool quant_gemv_interleaved(QuantFormat f);
-
 // Rows [j0, j1) of W against n ≤ kGemvMaxTokens rows of arranged x (row stride cols) into
-// y[i·ldy + j] (f32); bf16: with deq(W) rounded to bf16 (bf16 activations, quant_linear.cc). Null
-// when the path has no kernel for the format (and rounding).
+// y[i·ldy + j] (f32); bf16: with deq(W) rounded to bf16 (bf16 activations, quant_linear.cc).
 using QuantGemvFn = void (*)(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j1, float* y,
                              int64_t ldy, bool bf16);
-QuantGemvFn quant_gemv_kernel(QuantFormat f, bool bf16);
+
+// How a kernel wants x (f32 [n, cols]) arranged, once per call:
+//  Natural: as is;
+//  Pairs32: nf4/fp4 (pairs in a byte, first value high): each 32-value group as its 16
+//           even-indexed values, then its 16 odd-indexed ones;
+//  Nibbles: nf4/fp4 read as 32-bit words shifted by 4·s: in each chunk of 8·lanes values, slot
+//           s·lanes + k holds value 8k + (s ^ 1) (nibble s of word k; the high nibble comes first).
+enum class GemvXOrder { Natural, Pairs32, Nibbles };
+struct QuantGemv {
+  QuantGemvFn fn = nullptr;  // null: the path has no kernel for the format (and rounding)
+  GemvXOrder order = GemvXOrder::Natural;
+  int64_t lanes = 0;  // Nibbles: f32 lanes per vector (8: the AVX2 kernel)
+};
+// Where value k of a row of x goes in the arranged row.
+inline int64_t gemv_x_slot(const QuantGemv& g, int64_t k) {
+  switch (g.order) {
+    case GemvXOrder::Pairs32: return (k & ~int64_t(31)) + (k & 1) * 16 + ((k & 31) >> 1);
+    case GemvXOrder::Nibbles: {
+      const int64_t chunk = 8 * g.lanes, in = k % chunk;
+      return k - in + ((in & 7) ^ 1) * g.lanes + in / 8;
+    }
+    default: return k;
+  }
+}
+QuantGemv quant_gemv_kernel(const QuantSpec& s, bool bf16);
 
 // deq(W)[row, c0 .. c0 + len) as f32 (the decode of the packed GEMM's W panels).
 using QuantDecodeFn = void (*)(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out);
 // The path's decoder (the portable one is dequantize_segment).
 QuantDecodeFn quant_decode_kernel();
 QuantDecodeFn quant_decode_avx512();
+QuantDecodeFn quant_decode_avx2();
+// deq(W)[row, c0 .. c0 + len) rounded to nearest-even bf16 (bits): the bf16 GEMM's W panels.
+// Null where the path has none for the format (the GEMM then rounds the f32 decode).
+using QuantDecode16Fn = void (*)(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, uint16_t* out);
+QuantDecode16Fn quant_decode16_kernel(QuantFormat f);
+QuantDecode16Fn quant_decode16_avx512(QuantFormat f);
 
-// The AVX-512 kernels (null for formats they do not cover, or in builds for other architectures).
-QuantGemvFn quant_gemv_avx512(QuantFormat f, bool bf16);
+// The per-ISA kernels (fn null for formats they do not cover, or in builds for other architectures).
+QuantGemv quant_gemv_avx512(const QuantSpec& s, bool bf16);
+QuantGemv quant_gemv_avx2(const QuantSpec& s, bool bf16);
+
+// q4_k / q6_k (quant_gemv_kquant.h, compiled per ISA): each 256-value super-block decoded into L1
+// by vector loops with the scalar decoder's products, then dotted with every token's row.
+QuantGemvFn quant_gemv_kquant_avx512();
+QuantGemvFn quant_gemv_kquant_avx2();
 
 }  // namespace cpu
 }  // namespace lorakit

@@ -2,7 +2,9 @@
 // 32 f32 weights in two registers by one zero-extension, a shift, a mask and two vpermps lookups
 // into a 16-entry table already multiplied by the block's scale (nf4 / fp4: bnb's code book ×
 // absmax; q4_0: ggml's (q − 8) × d); int8 and q8_0 widen 16 int8 at a time and scale per row / per
-// block. Every token's accumulators stay in registers; x (≤ 8 rows) is read from L1/L2.
+// block; q4_k / q6_k: quant_gemv_kquant.h. Every token's accumulators stay in registers; x (≤ 8
+// rows) is read from L1/L2. (A 64-byte-load variant, nibbles split by 32-bit shifts and the block
+// scale applied to the chunk sums, measured 15-25% slower on a W beyond the LLC: not used.)
 // Formats: core/quant_formats.h (bnb functional.quantize_4bit, LLM.int8, ggml-common.h).
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -10,8 +12,17 @@
 #include <immintrin.h>
 #include <cstring>
 #include <vector>
+#include "../core/dtype.h"
+#include "../core/ggml_blocks.h"
 #include "quant.h"
 #include "quant_gemv.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma,f16c")
+#pragma GCC optimize("fp-contract=off")
+#define LK_KQ_ZMM 1
+#include "quant_gemv_kquant.h"
+#pragma GCC pop_options
 
 #define LK_Q __attribute__((target("avx512f,avx2,fma,f16c")))
 
@@ -226,19 +237,85 @@ LK_Q void decode_avx512(const QuantWeight& W, int64_t row, int64_t c0, int64_t l
   }
 }
 
-QuantDecodeFn quant_decode_avx512() { return __builtin_cpu_supports("avx512f") ? decode : nullptr; }
-
-QuantGemvFn quant_gemv_avx512(QuantFormat f, bool bf16) {
-  if (!__builtin_cpu_supports("avx512f")) return nullptr;
-  switch (f) {
-    case QuantFormat::NF4:
-    case QuantFormat::FP4:
-    case QuantFormat::Q4_0: return gemv;
-    case QuantFormat::INT8:
-    case QuantFormat::Q8_0: return bf16 ? nullptr : gemv;  // per-weight scales: rounding is the generic path's
-    default: return nullptr;
+// deq(W) rounded to bf16 bits: the block's scaled table (the f32 products of decode) rounded and
+// narrowed to 16 bf16 words, 32 values looked up at once by vpermw (it reads the low 5 bits of
+// each 16-bit index). nf4 / fp4: byte k gives words 2k (high nibble) and 2k + 1 (low); q4_0: the
+// 16 low nibbles, then the 16 high ones.
+#define LK_Q16 __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
+LK_Q16 static inline __m512i bf16_words(__m512 scaled) {
+  return _mm512_castsi256_si512(_mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(round_bf16(scaled)), 16)));
+}
+LK_Q16 static void decode16(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, uint16_t* out) {
+  const QuantSpec& s = W.spec;
+  if (c0 % 32 != 0 || len % 32 != 0) {  // not reached by the GEMM's panels (kc even, k0 a multiple of 32)
+    thread_local std::vector<float> buf;
+    buf.resize(static_cast<size_t>(len));
+    decode_avx512(W, row, c0, len, buf.data());
+    for (int64_t i = 0; i < len; i++) out[i] = f32_to_bf16(buf[i]);
+    return;
+  }
+  const QuantLayout L = quant_layout(s);
+  const int64_t cols = s.cols;
+  if (s.format == QuantFormat::Q4_0) {
+    const uint8_t* blk = W.data + L.data_off + (row * cols + c0) / 32 * sizeof(BlockQ4_0);
+    const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t c = 0; c < len; c += 32, blk += sizeof(BlockQ4_0)) {
+      uint16_t h;
+      std::memcpy(&h, blk, 2);
+      const __m512i t = bf16_words(_mm512_mul_ps(table, _mm512_set1_ps(_cvtsh_ss(h))));
+      const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
+      const __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, _mm256_set1_epi16(15))), _mm256_srli_epi16(v, 4), 1);
+      _mm512_storeu_si512(out + c, _mm512_permutexvar_epi16(idx, t));
+    }
+    return;
+  }
+  const __m512 table = _mm512_loadu_ps(s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code);
+  const uint8_t* packed = W.data + L.data_off + (row * cols + c0) / 2;
+  const float* amax = reinterpret_cast<const float*>(W.data + L.scale_off);
+  const int64_t e0 = row * cols + c0, shift = __builtin_ctzll(static_cast<uint64_t>(s.block));  // block: a power of two
+  int64_t cur = -1;
+  __m512i t = _mm512_setzero_si512();
+  for (int64_t c = 0; c < len; c += 32) {
+    const int64_t b = (e0 + c) >> shift;
+    if (b != cur) {
+      float a;
+      if (s.double_quant) dq_absmax(W, b, 1, &a);
+      else a = amax[b];
+      t = bf16_words(_mm512_mul_ps(table, _mm512_set1_ps(a)));
+      cur = b;
+    }
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + c / 2)));
+    const __m512i idx = _mm512_or_si512(_mm512_srli_epi32(v, 4), _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(15)), 16));
+    _mm512_storeu_si512(out + c, _mm512_permutexvar_epi16(idx, t));
   }
 }
+
+QuantDecode16Fn quant_decode16_avx512(QuantFormat f) {
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) return nullptr;
+  return f == QuantFormat::NF4 || f == QuantFormat::FP4 || f == QuantFormat::Q4_0 ? decode16 : nullptr;
+}
+
+QuantDecodeFn quant_decode_avx512() { return __builtin_cpu_supports("avx512f") ? decode : nullptr; }
+
+QuantGemv quant_gemv_avx512(const QuantSpec& s, bool bf16) {
+  QuantGemv g;
+  if (!__builtin_cpu_supports("avx512f")) return g;
+  switch (s.format) {
+    case QuantFormat::NF4:
+    case QuantFormat::FP4:
+      g.fn = gemv;
+      g.order = GemvXOrder::Pairs32;
+      return g;
+    case QuantFormat::Q4_0: g.fn = gemv; return g;
+    case QuantFormat::INT8:  // rows of any width: groups of 32 only when they tile the row
+    case QuantFormat::Q8_0: g.fn = bf16 || s.cols % 32 != 0 ? nullptr : gemv; return g;  // bf16: the generic path rounds
+    case QuantFormat::Q4_K:
+    case QuantFormat::Q6_K: g.fn = quant_gemv_kquant_avx512(); return g;
+    default: return g;
+  }
+}
+
+QuantGemvFn quant_gemv_kquant_avx512() { return __builtin_cpu_supports("avx512f") ? kq::gemv : nullptr; }
 
 }  // namespace cpu
 }  // namespace lorakit
@@ -246,8 +323,10 @@ QuantGemvFn quant_gemv_avx512(QuantFormat f, bool bf16) {
 #include "quant_gemv.h"
 namespace lorakit {
 namespace cpu {
-QuantGemvFn quant_gemv_avx512(QuantFormat, bool) { return nullptr; }
+QuantGemv quant_gemv_avx512(const QuantSpec&, bool) { return {}; }
+QuantGemvFn quant_gemv_kquant_avx512() { return nullptr; }
 QuantDecodeFn quant_decode_avx512() { return nullptr; }
+QuantDecode16Fn quant_decode16_avx512(QuantFormat) { return nullptr; }
 }  // namespace cpu
 }  // namespace lorakit
 #endif

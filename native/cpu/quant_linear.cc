@@ -43,15 +43,21 @@ struct DecodeCtx {
   const QuantWeight* W;
   QuantDecodeFn fn;
   bool bf16;
+  QuantDecode16Fn fn16;  // null: the GEMM's packing rounds fn's f32 values
 };
 void decode_row(const void* ctx, int64_t row, int64_t c0, int64_t len, float* out) {
   const DecodeCtx* d = static_cast<const DecodeCtx*>(ctx);
   d->fn(*d->W, row, c0, len, out);  // rounded to bf16 by the GEMM's packing for a BF16 view
 }
+void decode_row16(const void* ctx, int64_t row, int64_t c0, int64_t len, uint16_t* out) {
+  const DecodeCtx* d = static_cast<const DecodeCtx*>(ctx);
+  d->fn16(*d->W, row, c0, len, out);
+}
 MatView quant_view(const DecodeCtx& d, bool transposed) {
   MatView v;
   v.dtype = d.bf16 ? DType::BF16 : DType::F32;
   v.decode = decode_row;
+  if (d.bf16 && d.fn16) v.decode16 = decode_row16;
   v.ctx = &d;
   v.decode_t = transposed;
   return v;
@@ -85,15 +91,12 @@ void decode_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* b
                     const std::vector<TensorRef>& us, const TensorRef& y) {
   const int64_t in = W.spec.cols, outf = W.spec.rows, n = x.numel() / in;
   const bool bf16 = x.dtype == DType::BF16;
-  QuantGemvFn kernel = quant_gemv_kernel(W.spec.format, bf16);
-  const bool inter = kernel && quant_gemv_interleaved(W.spec.format);
-  if (!kernel) kernel = gemv_generic;
+  QuantGemv g = quant_gemv_kernel(W.spec, bf16);
+  if (!g.fn) g = QuantGemv{gemv_generic, GemvXOrder::Natural, 0};
+  const QuantGemvFn kernel = g.fn;
   std::vector<float> xs(static_cast<size_t>(n * in)), yf(static_cast<size_t>(n * outf));
   for (int64_t i = 0; i < n; i++)
-    for (int64_t k = 0; k < in; k++) {
-      const int64_t d = inter ? (k & ~int64_t(31)) + (k & 1) * 16 + ((k & 31) >> 1) : k;
-      xs[i * in + d] = load_f32(x.data, x.dtype, i * in + k);
-    }
+    for (int64_t k = 0; k < in; k++) xs[i * in + gemv_x_slot(g, k)] = load_f32(x.data, x.dtype, i * in + k);
   std::vector<std::vector<float>> uf(adapters.size());
   for (size_t a = 0; a < adapters.size(); a++) {
     uf[a].resize(static_cast<size_t>(us[a].numel()));
@@ -120,18 +123,24 @@ void decode_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* b
 
 }  // namespace
 
-bool quant_gemv_interleaved(QuantFormat f) { return f == QuantFormat::NF4 || f == QuantFormat::FP4; }
-
 QuantDecodeFn quant_decode_kernel() {
   const std::string path = kernel_table().name;
-  QuantDecodeFn fn = path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0 ? quant_decode_avx512() : nullptr;
+  QuantDecodeFn fn = path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0 ? quant_decode_avx512()
+                     : path == "avx2"                                            ? quant_decode_avx2()
+                                                                                 : nullptr;
   return fn ? fn : dequantize_segment;
 }
 
-QuantGemvFn quant_gemv_kernel(QuantFormat f, bool bf16) {
+QuantDecode16Fn quant_decode16_kernel(QuantFormat f) {
   const std::string path = kernel_table().name;
-  if (path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0) return quant_gemv_avx512(f, bf16);
-  return nullptr;
+  return path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0 ? quant_decode16_avx512(f) : nullptr;
+}
+
+QuantGemv quant_gemv_kernel(const QuantSpec& s, bool bf16) {
+  const std::string path = kernel_table().name;
+  if (path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0) return quant_gemv_avx512(s, bf16);
+  if (path == "avx2") return quant_gemv_avx2(s, bf16);
+  return {};
 }
 
 void quant_lora_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* bias,
@@ -154,7 +163,7 @@ void quant_lora_forward(const TensorRef& x, const QuantWeight& W, const TensorRe
     us.push_back(u);
   }
   if (n <= kGemvMaxTokens) return decode_forward(x, W, bias, adapters, us, y);
-  const DecodeCtx ctx{&W, quant_decode_kernel(), x.dtype == DType::BF16};
+  const DecodeCtx ctx{&W, quant_decode_kernel(), x.dtype == DType::BF16, quant_decode16_kernel(W.spec.format)};
   std::vector<KSegment> segs{{row_major(x.data, x.dtype, in), quant_view(ctx, true), in, 1.f}};
   for (size_t i = 0; i < adapters.size(); i++) {
     const TensorRef& B = adapters[i].B;
@@ -179,7 +188,7 @@ void quant_linear_backward(const TensorRef& dy, const QuantWeight& W, const std:
   lora_term_grads(dy, n, in, outf, terms, gs);
   if (!dx) return;
   // dx = dy·deq(W) + Σ g·A, the adapters without dropout as extra K segments (as linear_backward).
-  const DecodeCtx ctx{&W, quant_decode_kernel(), dy.dtype == DType::BF16};
+  const DecodeCtx ctx{&W, quant_decode_kernel(), dy.dtype == DType::BF16, quant_decode16_kernel(W.spec.format)};
   std::vector<KSegment> segs{{row_major(dy.data, dy.dtype, outf), quant_view(ctx, false), outf, 1.f}};
   bool any_dropout = false;
   for (size_t a = 0; a < terms.size(); a++) {

@@ -1,0 +1,182 @@
+// The q4_k / q6_k decode GEMV, included once by each ISA's GEMV file inside its target region
+// (LK_KQ_ZMM defined: AVX-512, else AVX2). Each 256-value super-block is decoded
+// in registers with the scalar decoder's products (ggml_blocks.cc, ggml's dequantize_row_q4_K /
+// q6_K: d·sc·q − dmin·m and (d·sc)·(q − 32), mul and sub rounded apart, as there), each vector
+// going straight into every token's FMA; bf16: the block decoded into L1 and rounded to bf16 first,
+// as the portable path (quant_linear.cc) rounds its decoded rows.
+#pragma once
+#include <immintrin.h>
+#include <cstring>
+#include "../core/dtype.h"
+#include "../core/ggml_blocks.h"
+#include "quant.h"
+#include "quant_gemv.h"
+
+namespace lorakit {
+namespace cpu {
+namespace {
+namespace kq {
+
+// One f32 vector of the includer's ISA (LK_KQ_ZMM: AVX-512, else AVX2) and the few operations the
+// kernel needs, as intrinsics (GCC's generic 64-byte vectors split badly into ymm pairs).
+#if defined(LK_KQ_ZMM)
+using vf = __m512;
+constexpr int kLanes = 16;
+inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+inline vf vzero() { return _mm512_setzero_ps(); }
+inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+inline float vsum(vf v) { return _mm512_reduce_add_ps(v); }
+// Values [off, off + 16) = a·q − b (q4_k) or a·(q − 32) (q6_k), q: 16 unsigned bytes, mul and sub
+// rounded apart, handed to sink(off, vector) a vector at a time.
+template <class Sink>
+inline void put_q4(int off, __m128i q, float a, float b, Sink&& sink) {
+  const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
+  sink(off, _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(a), f), _mm512_set1_ps(b)));
+}
+template <class Sink>
+inline void put_q6(int off, __m128i q, float a, Sink&& sink) {
+  const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
+  sink(off, _mm512_mul_ps(_mm512_set1_ps(a), _mm512_sub_ps(f, _mm512_set1_ps(32.f))));
+}
+#else
+using vf = __m256;
+constexpr int kLanes = 8;
+inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+inline vf vzero() { return _mm256_setzero_ps(); }
+inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+inline float vsum(vf v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+template <class Sink>
+inline void put_q4(int off, __m128i q, float a, float b, Sink&& sink) {
+  const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+  for (int h = 0; h < 2; h++, q = _mm_srli_si128(q, 8))
+    sink(off + 8 * h, _mm256_sub_ps(_mm256_mul_ps(va, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q))), vb));
+}
+template <class Sink>
+inline void put_q6(int off, __m128i q, float a, Sink&& sink) {
+  const __m256 va = _mm256_set1_ps(a), c = _mm256_set1_ps(32.f);
+  for (int h = 0; h < 2; h++, q = _mm_srli_si128(q, 8))
+    sink(off + 8 * h, _mm256_mul_ps(va, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), c)));
+}
+#endif
+
+inline __m128i ld16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline __m128i bytes(int v) { return _mm_set1_epi8(static_cast<char>(v)); }
+
+// The 6-bit scale and min of sub-block j of a q4_k super-block (ggml's get_scale_min_k4).
+inline void scale_min(int j, const uint8_t* q, int& sc, int& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// 256 values: four 64-value halves, low nibbles of 32 bytes then their high nibbles.
+template <class Sink>
+inline void deq_q4_k(const uint8_t* blk, Sink&& w) {
+  BlockQ4_K b;
+  std::memcpy(&b, blk, sizeof b);
+  const float d = f16_to_f32(b.d), dmin = f16_to_f32(b.dmin);
+  for (int j = 0; j < 4; j++) {
+    int sc, m;
+    scale_min(2 * j, b.scales, sc, m);
+    const float d1 = d * sc, m1 = dmin * m;
+    scale_min(2 * j + 1, b.scales, sc, m);
+    const float d2 = d * sc, m2 = dmin * m;
+    for (int h = 0; h < 2; h++) {
+      const __m128i q = ld16(b.qs + 32 * j + 16 * h);
+      put_q4(64 * j + 16 * h, _mm_and_si128(q, bytes(15)), d1, m1, w);
+      put_q4(64 * j + 32 + 16 * h, _mm_and_si128(_mm_srli_epi16(q, 4), bytes(15)), d2, m2, w);
+    }
+  }
+}
+
+// 256 values: two 128-value halves; 4 low bits from ql, 2 high bits from qh, 16-value scales.
+// 16-bit shifts move bits across bytes only into positions the byte masks clear.
+template <class Sink>
+inline void deq_q6_k(const uint8_t* blk, Sink&& w) {
+  BlockQ6_K b;
+  std::memcpy(&b, blk, sizeof b);
+  const float d = f16_to_f32(b.d);
+  const __m128i m4 = bytes(15), m30 = bytes(0x30);
+  for (int n = 0; n < 2; n++) {
+    const uint8_t* ql = b.ql + 64 * n;
+    const uint8_t* qh = b.qh + 32 * n;
+    const int8_t* sc = b.scales + 8 * n;
+    const int y = 128 * n;
+    for (int h = 0; h < 2; h++) {  // l = 16h .. 16h + 15: scale index h (+2, +4, +6)
+      const __m128i a = ld16(ql + 16 * h), c = ld16(ql + 32 + 16 * h), e = ld16(qh + 16 * h);
+      const __m128i ah = _mm_and_si128(_mm_srli_epi16(a, 4), m4), ch = _mm_and_si128(_mm_srli_epi16(c, 4), m4);
+      const __m128i q1 = _mm_or_si128(_mm_and_si128(a, m4), _mm_and_si128(_mm_slli_epi16(e, 4), m30));  // (e & 3) << 4
+      const __m128i q2 = _mm_or_si128(_mm_and_si128(c, m4), _mm_and_si128(_mm_slli_epi16(e, 2), m30));  // ((e >> 2) & 3) << 4
+      const __m128i q3 = _mm_or_si128(ah, _mm_and_si128(e, m30));                                       // ((e >> 4) & 3) << 4
+      const __m128i q4 = _mm_or_si128(ch, _mm_and_si128(_mm_srli_epi16(e, 2), m30));                  // ((e >> 6) & 3) << 4
+      put_q6(y + 16 * h, q1, d * sc[h], w);
+      put_q6(y + 32 + 16 * h, q2, d * sc[h + 2], w);
+      put_q6(y + 64 + 16 * h, q3, d * sc[h + 4], w);
+      put_q6(y + 96 + 16 * h, q4, d * sc[h + 6], w);
+    }
+  }
+}
+
+template <int NT>
+void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
+  const bool q4 = W.spec.format == QuantFormat::Q4_K;
+  const int64_t cols = W.spec.cols, nb = cols / kQK_K;
+  const size_t bytes = q4 ? sizeof(BlockQ4_K) : sizeof(BlockQ6_K);
+  const uint8_t* data = W.data + quant_layout(W.spec).data_off;
+  alignas(64) float w[kQK_K];
+  for (int64_t j = j0; j < j1; j++) {
+    vf acc[NT][2];
+    for (int i = 0; i < NT; i++) acc[i][0] = acc[i][1] = vzero();
+    const uint8_t* row = data + j * nb * bytes;
+    for (int64_t b = 0; b < nb; b++) {
+      const float* xb = x + b * kQK_K;
+      if (!bf16) {  // f32: each decoded vector goes straight into every token's FMA
+        auto fma_all = [&](int off, vf v) {
+          for (int i = 0; i < NT; i++) acc[i][(off / kLanes) & 1] = vfma(v, vload(xb + i * cols + off), acc[i][(off / kLanes) & 1]);
+        };
+        if (q4) deq_q4_k(row + b * bytes, fma_all);
+        else deq_q6_k(row + b * bytes, fma_all);
+        continue;
+      }
+      // bf16: the block decoded into L1, rounded as the portable path rounds, then dotted.
+      auto store = [&](int off, vf v) { std::memcpy(w + off, &v, sizeof v); };
+      if (q4) deq_q4_k(row + b * bytes, store);
+      else deq_q6_k(row + b * bytes, store);
+      for (int k = 0; k < kQK_K; k++) w[k] = bf16_to_f32(f32_to_bf16(w[k]));
+      for (int i = 0; i < NT; i++) {
+        const float* xr = xb + i * cols;
+        for (int k = 0; k < kQK_K; k += 2 * kLanes) {
+          acc[i][0] = vfma(vload(w + k), vload(xr + k), acc[i][0]);
+          acc[i][1] = vfma(vload(w + k + kLanes), vload(xr + k + kLanes), acc[i][1]);
+        }
+      }
+    }
+    for (int i = 0; i < NT; i++) y[i * ldy + j] = vsum(acc[i][0]) + vsum(acc[i][1]);
+  }
+}
+
+void gemv(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
+  switch (n) {
+    case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy, bf16);
+    case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy, bf16);
+    case 3: return gemv_nt<3>(W, x, j0, j1, y, ldy, bf16);
+    case 4: return gemv_nt<4>(W, x, j0, j1, y, ldy, bf16);
+    case 5: return gemv_nt<5>(W, x, j0, j1, y, ldy, bf16);
+    case 6: return gemv_nt<6>(W, x, j0, j1, y, ldy, bf16);
+    case 7: return gemv_nt<7>(W, x, j0, j1, y, ldy, bf16);
+    default: return gemv_nt<8>(W, x, j0, j1, y, ldy, bf16);
+  }
+}
+
+}  // namespace kq
+}  // namespace
+}  // namespace cpu
+}  // namespace lorakit
