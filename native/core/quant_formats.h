@@ -21,6 +21,14 @@
 #include <string>
 #include "ggml_blocks.h"
 
+// The decision trees below are the same code on the host and in CUDA kernels (one definition: the cpu
+// and cuda backends must write the same bytes).
+#if defined(__CUDACC__)
+#define LK_QUANT_HD __host__ __device__
+#else
+#define LK_QUANT_HD
+#endif
+
 namespace lorakit {
 
 enum class QuantFormat : int32_t { INT8 = 0, NF4 = 1, FP4 = 2, Q8_0 = 3, Q4_0 = 4, Q4_K = 5, Q6_K = 6 };
@@ -168,7 +176,7 @@ constexpr float kFP4Code[16] = {
 // dQuantizeNF4: the code of v = x·(1/absmax). NaN (0·∞ from an all-zero block) falls through to
 // code 0 (−1.0), as in bnb: it decodes to −absmax, which is 0 for a zero block (a small residual under
 // double quant, as bnb's).
-inline uint8_t quantize_nf4_value(float x) {
+LK_QUANT_HD inline uint8_t quantize_nf4_value(float x) {
   if (x > 0.03979014977812767f) {
     if (x > 0.3893125355243683f) {
       if (x > 0.6427869200706482f) return x > 0.8614784181118011f ? 15 : 14;
@@ -186,7 +194,7 @@ inline uint8_t quantize_nf4_value(float x) {
 }
 
 // dQuantizeFP4: the code of v = x·(1/absmax) (NaN maps to 0).
-inline uint8_t quantize_fp4_value(float x) {
+LK_QUANT_HD inline uint8_t quantize_fp4_value(float x) {
   const uint8_t sign = x < 0 ? 8 : 0;
   x = x < 0 ? -x : x;
   if (x > 0.29166667f) {

@@ -26,36 +26,6 @@ namespace lorakit {
 namespace cuda {
 namespace {
 
-// dQuantizeNF4 / dQuantizeFP4 (core/quant_formats.h's quantize_nf4_value / quantize_fp4_value, copied:
-// those are host functions). NaN (an all-zero block) takes the same branch on both backends.
-__device__ __forceinline__ uint8_t nf4_code(float x) {
-  if (x > 0.03979014977812767f) {
-    if (x > 0.3893125355243683f) {
-      if (x > 0.6427869200706482f) return x > 0.8614784181118011f ? 15 : 14;
-      return x > 0.5016634166240692f ? 13 : 12;
-    }
-    if (x > 0.2035212516784668f) return x > 0.2920137718319893f ? 11 : 10;
-    return x > 0.1202552504837513f ? 9 : 8;
-  }
-  if (x > -0.33967943489551544f) {
-    if (x > -0.13791173323988914f) return x > -0.045525018125772476f ? 7 : 6;
-    return x > -0.23460740596055984f ? 5 : 4;
-  }
-  if (x > -0.6106329262256622f) return x > -0.4599952697753906f ? 3 : 2;
-  return x > -0.8480964004993439f ? 1 : 0;
-}
-
-__device__ __forceinline__ uint8_t fp4_code(float x) {
-  const uint8_t sign = x < 0 ? 8 : 0;
-  x = x < 0 ? -x : x;
-  if (x > 0.29166667f) {
-    if (x > 0.583333f) return (x > 0.8333333f ? 3 : 2) + sign;
-    return (x > 0.4166667f ? 5 : 4) + sign;
-  }
-  if (x > 0.0859375f) return (x > 0.20833333f ? 7 : 6) + sign;
-  return (x > 0.00260417f ? 1 : 0) + sign;
-}
-
 constexpr int kThreads = 256;
 
 // One block per row: s = absmax / 127, q = roundf((x · 127) / absmax).
@@ -91,7 +61,9 @@ __global__ void quant_4bit_kernel(const T* __restrict__ w, int64_t nblocks, int 
     uint8_t* out = packed + b * (block / 2);
     for (int i = 0; i < block; i += 2) {
       const float v0 = __fmul_rn(to_f32<T>(x[i]), inv), v1 = __fmul_rn(to_f32<T>(x[i + 1]), inv);
-      const uint8_t q0 = kNF4 ? nf4_code(v0) : fp4_code(v0), q1 = kNF4 ? nf4_code(v1) : fp4_code(v1);
+      // core/quant_formats.h's trees (host and device): NaN (an all-zero block) takes the same branch as on the cpu.
+      const uint8_t q0 = kNF4 ? quantize_nf4_value(v0) : quantize_fp4_value(v0);
+      const uint8_t q1 = kNF4 ? quantize_nf4_value(v1) : quantize_fp4_value(v1);
       out[i / 2] = static_cast<uint8_t>((q0 << 4) | q1);
     }
   }
