@@ -1,10 +1,11 @@
 // The exact-merge segment codec (core/exact_format.h) in AVX-512 VBMI/VBMI2 vector form: the same
-// bytes as encode_segment_masked / decode_segment, with a cost that no longer grows with the number
-// of corrections. Encode: the positions and corrections of the flagged elements are compressed
+// bytes as encode_segment_masked / decode_segment, at a cost that hardly grows with the number of
+// corrections. Encode: the positions and corrections of the flagged elements are compressed
 // (vpcompressb) into dense arrays, the 2-bit classes packed 4 to a byte by two multiply-adds, and
 // only the rare class-2/3 payloads go through a scalar bit writer. Decode mirrors it: classes
-// unpacked by vpmultishiftqb, turned into corrections by a table lookup and expanded (vpexpandb)
-// back to their positions. exact_merge.cc picks these when the CPU has the instructions.
+// unpacked by vpmultishiftqb, turned into corrections by a table lookup, then expanded (vpexpandb)
+// or, for a position list (checked in one compare), stored at their positions over zeros.
+// exact_merge.cc picks these when the CPU has the instructions.
 #include "exact_codec.h"
 #include <algorithm>
 #include <cstring>
@@ -108,7 +109,10 @@ LK_VBMI int encode_t(const int8_t* c, const U* orig, int len, const uint64_t (&n
 template <class U>
 LK_VBMI bool decode_t(const uint8_t* s, int bytes, int len, int8_t* c, U* raw, uint64_t (&nz)[4]) {
   nz[0] = nz[1] = nz[2] = nz[3] = 0;
-  if (bytes == 0) return true;
+  if (bytes == 0) {
+    for (int w = 0; w < 4; w++) _mm512_storeu_si512(c + 64 * w, _mm512_setzero_si512());
+    return true;
+  }
   const int n = s[0] + 1;
   if (n > len) return false;
   const bool list = exact::uses_list(n, len);
@@ -116,15 +120,12 @@ LK_VBMI bool decode_t(const uint8_t* s, int bytes, int len, int8_t* c, U* raw, u
   const int cls_off = 1 + where, cls_bytes = (n + 3) / 4, pay_off = cls_off + cls_bytes;
   if (pay_off > bytes) return false;
   alignas(64) uint8_t pos[kSeg + 64];
-  if (list) {
-    int last = -1;
-    for (int k = 0; k < n; k++) {
-      const int j = s[1 + k];
-      if (j <= last || j >= len) return false;
-      nz[j >> 6] |= uint64_t(1) << (j & 63);
-      pos[k] = static_cast<uint8_t>(j);
-      last = j;
-    }
+  if (list) {  // n < ⌈len/8⌉ ≤ 32 positions, strictly increasing, below len
+    const __mmask32 all = (1u << n) - 1, pairs = all >> 1;
+    const __m256i p = _mm256_maskz_loadu_epi8(all, s + 1);
+    const __m256i next = _mm256_maskz_loadu_epi8(pairs, s + 2);
+    if (_mm256_mask_cmplt_epu8_mask(pairs, p, next) != pairs || s[n] >= len) return false;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pos), p);
   } else {
     std::memcpy(nz, s + 1, where);
     if (len < kSeg && (nz[len >> 6] >> (len & 63)) != 0) return false;  // bits past the segment
@@ -165,6 +166,15 @@ LK_VBMI bool decode_t(const uint8_t* s, int bytes, int len, int8_t* c, U* raw, u
     }
   }
   if ((bit + 7) / 8 != bytes) return false;
+  if (list) {  // a few corrections: stored at their positions over zeros
+    for (int w = 0; w < 4; w++) _mm512_storeu_si512(c + 64 * w, _mm512_setzero_si512());
+    for (int k = 0; k < n; k++) {
+      const int j = pos[k];
+      c[j] = cv[k];
+      nz[j >> 6] |= uint64_t(1) << (j & 63);
+    }
+    return true;
+  }
   int k = 0;
   for (int w = 0; w < 4; w++) {
     _mm512_storeu_si512(c + 64 * w, _mm512_maskz_expand_epi8(nz[w], _mm512_loadu_si512(cv + k)));
