@@ -345,6 +345,7 @@ class ExactPass {
     U* W = W_.as<U>();
     for (int64_t g = g0; g < g1; g++) {
       const int64_t i0 = g * kGroupRows, nr = std::min(kGroupRows, rows_ - i0);
+      for (size_t s = 0; s < nu && i0 + kGroupRows < rows_; s++) prefetch_group(undo_[s], i0 + kGroupRows);
       for (size_t r = 0; r < nm * kGroupRows; r++) sc.rows[r].clear();
       for (int64_t jc = 0; jc < spr_; jc++) {
         const int64_t j0 = jc * kSeg;
@@ -395,6 +396,16 @@ class ExactPass {
     }
     std::lock_guard<std::mutex> lock(mu_);
     outs_.push_back(std::move(mine));
+  }
+
+  // The record bytes of the group from row i0 on, towards L2: records are read once, long after
+  // they were written, and each segment's decode starts with a dependent load of its first byte.
+  void prefetch_group(const StepPlan& p, int64_t i0) const {
+    const int64_t s0 = i0 * spr_, s1 = std::min(rows_, i0 + kGroupRows) * spr_;
+    const uint8_t* b = p.stream + p.offsets[s0];
+    const uint8_t* e = p.stream + p.offsets[s1];
+    for (; b < e; b += 64) __builtin_prefetch(b, 0, 2);
+    for (int64_t s = s0; s <= s1; s += 16) __builtin_prefetch(p.offsets + s, 0, 2);
   }
 
   const KernelTable& kt_;

@@ -141,7 +141,6 @@ LK_EXACT inline void finish(Bits<T>* px, int64_t i0, int nr, int64_t j, int i, i
       const __m512 va = widen16<T>(a);
       const __m256i R = narrow16<T>(Dora ? _mm512_sub_ps(_mm512_div_ps(va, k), dv) : _mm512_sub_ps(va, dv), safe);
       const __mmask16 m = _mm256_mask_cmpneq_epi16_mask(lv, R, x);
-      put_flags(st.nz + (i0 + i) * 4, static_cast<int>((j + 16 * h) / 16), m);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(st.c + e), correction16<T>(x, R, m));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<U*>(st.aux) + e), x);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(px), a);
@@ -161,7 +160,6 @@ LK_EXACT inline void finish(Bits<T>* px, int64_t i0, int nr, int64_t j, int i, i
     const __m512 va = widen<T>(a);
     const __m512i R = narrow<T>(Dora ? _mm512_sub_ps(_mm512_div_ps(va, k), dv) : _mm512_sub_ps(va, dv), safe);
     const __mmask16 m = _mm512_mask_cmpneq_epi32_mask(lv, R, x);
-    put_flags(st.nz + (i0 + i) * 4, static_cast<int>((j + 16 * h) / 16), m);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(st.c + e), correction32(x, R, m));
     _mm512_storeu_si512(static_cast<U*>(st.aux) + e, x);
     _mm512_storeu_si512(px, a);
@@ -327,6 +325,17 @@ LK_EXACT void rows_t(void* w, int64_t ldw, int64_t rows, int64_t n, const ExactR
       for (int i = 0; i < nr; i++) std::memcpy(pad + i * kCols, wp + (i0 + i) * ldw + j, nj * sizeof(U));
       block<T>(pad, kCols, i0, nr, j, live, steps, nsteps, pts.data());
       for (int i = 0; i < nr; i++) std::memcpy(wp + (i0 + i) * ldw + j, pad + i * kCols, nj * sizeof(U));
+    }
+    // A merge step's flags: its nonzero corrections (c is 0 where R = x; lanes past n were not written).
+    for (int s = 0; s < nsteps; s++) {
+      if (steps[s].undo) continue;
+      for (int i = 0; i < kRows; i++)
+        for (int q = 0; q < 4; q++) {
+          const int64_t lo = 64 * q;
+          const uint64_t valid = n >= lo + 64 ? ~uint64_t(0) : n <= lo ? 0 : (uint64_t(1) << (n - lo)) - 1;
+          const __m512i cv = _mm512_loadu_si512(steps[s].c + (i0 + i) * exact::kSeg + lo);
+          steps[s].nz[(i0 + i) * 4 + q] = _mm512_test_epi8_mask(cv, cv) & valid;
+        }
     }
   }
 }
