@@ -133,6 +133,11 @@ int main(int argc, char** argv) {
       double t3 = now();
       if (it >= 0) prof("merge", 1);
       bits = rec[0]->nbytes * 8.0 / (d * d);
+      if (it < 0 && std::getenv("DUMP")) {  // the fresh merge's record, for byte comparisons
+        FILE* f = std::fopen((std::string(std::getenv("DUMP")) + "." + name).c_str(), "wb");
+        std::fwrite(rec[0]->data, 1, rec[0]->nbytes, f);
+        std::fclose(f);
+      }
       if (it < 0 && std::getenv("STATS")) {  // correction classes of the fresh merge's record
         const uint8_t* base = static_cast<const uint8_t*>(rec[0]->data);
         const uint32_t* off = reinterpret_cast<const uint32_t*>(base + sizeof(exact::ExactHeader));
