@@ -17,6 +17,7 @@
 #include "core/exact_format.h"
 #include "core/thread_pool.h"
 #include "cpu/microkernel.h"
+#include "cpu/exact_codec.h"
 #include "cpu/ops.h"
 
 using namespace lorakit;
@@ -96,7 +97,54 @@ static int micro(int64_t r) {
   return 0;
 }
 
+// The vector codec alone over the segments of one f16 record (W [d, d], r 16), resident in L2:
+// ns per segment to decode them all, then to encode them back (checked against the record).
+static int codec_bench(int64_t d) {
+  Buf W(DType::F16, {d, d});
+  fill(W, 0.02f * std::sqrt(3.f));
+  const int64_t r = 16;
+  Buf A(DType::F32, {r, d}), B(DType::F32, {d, r});
+  fill(A, 1.f);
+  fill(B, 1.f);
+  const float scale = 0.05f * 0.02f / (std::sqrt(static_cast<float>(r)) / 3.f);
+  std::vector<std::shared_ptr<Storage>> rec;
+  cpu::exact_merge(W.ref, false, {}, {ExactStep{A.ref, B.ref, scale, nullptr, nullptr, nullptr, 0}}, &rec);
+  const uint8_t* base = static_cast<const uint8_t*>(rec[0]->data);
+  const uint32_t* off = reinterpret_cast<const uint32_t*>(base + sizeof(exact::ExactHeader));
+  const uint8_t* st = base + sizeof(exact::ExactHeader) + exact::offsets_bytes(d, d);
+  const int64_t S = exact::segment_count(d, d), spr = exact::segments_per_row(d);
+  std::vector<int8_t> c(S * 256);
+  std::vector<uint16_t> raw(S * 256);
+  std::vector<uint64_t> nz(S * 4);
+  std::vector<uint8_t> out(static_cast<size_t>(off[S]) + 4096);
+  double td = 1e9, te = 1e9;
+  for (int rep = 0; rep < 20; rep++) {
+    double t0 = now();
+    for (int64_t s = 0; s < S; s++) {
+      const int len = static_cast<int>(std::min<int64_t>(256, d - (s % spr) * 256));
+      uint64_t(&z)[4] = *reinterpret_cast<uint64_t(*)[4]>(&nz[s * 4]);
+      if (!exact_decode_vbmi2(st + off[s], static_cast<int>(off[s + 1] - off[s]), len, DType::F16, &c[s * 256], &raw[s * 256], z))
+        return std::printf("decode failed at %lld\n", (long long)s), 1;
+    }
+    double t1 = now();
+    size_t at = 0;
+    for (int64_t s = 0; s < S; s++) {
+      const int len = static_cast<int>(std::min<int64_t>(256, d - (s % spr) * 256));
+      const uint64_t(&z)[4] = *reinterpret_cast<const uint64_t(*)[4]>(&nz[s * 4]);
+      at += static_cast<size_t>(exact_encode_vbmi2(&c[s * 256], &raw[s * 256], len, DType::F16, z, out.data() + at));
+    }
+    double t2 = now();
+    if (at != off[S] || std::memcmp(out.data(), st, at) != 0) return std::printf("encode differs\n"), 1;
+    td = std::min(td, t1 - t0);
+    te = std::min(te, t2 - t1);
+  }
+  std::printf("codec f16 d=%lld: %lld segments, decode %.1f ns/segment, encode %.1f ns/segment\n", (long long)d, (long long)S,
+              td / S * 1e9, te / S * 1e9);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "codec") == 0) return codec_bench(argc > 2 ? std::atoll(argv[2]) : 1024);
   if (argc > 1 && std::strcmp(argv[1], "micro") == 0) return micro(argc > 2 ? std::atoll(argv[2]) : 16);
   const int threads = argc > 1 ? std::atoi(argv[1]) : 1;
   const int64_t d = argc > 2 ? std::atoll(argv[2]) : 4096, r = argc > 3 ? std::atoll(argv[3]) : 16;

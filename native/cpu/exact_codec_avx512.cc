@@ -229,17 +229,11 @@ LK_VBMI bool decode_t(const uint8_t* s, int bytes, int len, int8_t* c, U* raw, u
   if ((bit + 7) / 8 != bytes) return false;
   if (list) {  // a few corrections: stored at their positions over zeros
     for (int w = 0; w < 4; w++) _mm512_storeu_si512(c + 64 * w, _mm512_setzero_si512());
-    uint64_t z0 = 0, z1 = 0, z2 = 0, z3 = 0;  // in registers: nz[j >> 6] |= … chains through memory
-    for (int k = 0; k < n; k++) {
-      const int j = pos[k], w = j >> 6;
-      const uint64_t b = uint64_t(1) << (j & 63);
-      c[j] = cv[k];
-      z0 |= b & (uint64_t(0) - (w == 0));
-      z1 |= b & (uint64_t(0) - (w == 1));
-      z2 |= b & (uint64_t(0) - (w == 2));
-      z3 |= b & (uint64_t(0) - (w == 3));
+    for (int k = 0; k < n; k++) c[pos[k]] = cv[k];
+    for (int w = 0; w < 4; w++) {  // every correction is nonzero
+      const __m512i v = _mm512_loadu_si512(c + 64 * w);
+      nz[w] = _mm512_test_epi8_mask(v, v);
     }
-    nz[0] = z0, nz[1] = z1, nz[2] = z2, nz[3] = z3;
     return true;
   }
   int k = 0;
