@@ -58,8 +58,7 @@ LK_EXACT inline __m512i narrow(__m512 v, bool nan_safe) {
 template <DType T>
 using Bits = typename std::conditional<T == DType::F32, uint32_t, uint16_t>::type;
 
-// 16-bit dtypes kept as 16 packed bit patterns (a ymm): one conversion each way, no repacking;
-// only the rare flagged vectors widen to 32-bit lanes (merge_flag, undo_fix).
+// 16-bit dtypes kept as 16 packed bit patterns (a ymm): one conversion each way, no repacking.
 template <DType T>
 LK_EXACT inline __m512 widen16(__m256i b) {
   if constexpr (T == DType::BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
@@ -107,12 +106,6 @@ LK_EXACT inline __m128i correction32(__m512i x, __m512i R, __mmask16 m) {
                                                        _mm512_set1_epi32(2 * exact::kSmallMax));
   const __m512i c = _mm512_mask_mov_epi32(_mm512_set1_epi32(exact::kRaw), small, d);
   return _mm512_maskz_cvtepi32_epi8(m, c);
-}
-
-// Sets the 16 flags of elements 16·q.. of a row's nz words (nz[w] bit b = element 64w + b).
-LK_EXACT inline void put_flags(uint64_t* nz_row, int q, __mmask16 m) {
-  const uint16_t v = static_cast<uint16_t>(m);
-  std::memcpy(reinterpret_cast<char*>(nz_row) + 2 * q, &v, 2);
 }
 
 // One vector of a step, after its delta dv: row i, lanes 16·h.. of the 8 × 32 block at column j of
