@@ -5,6 +5,10 @@
 // Run: ./exact_merge <threads> <d> <r> <dtypes, e.g. f32,f16,bf16>   (REPS env: timed runs, default 15)
 // Prints best/median ms of plain merge, exact merge, exact unmerge and swap (undo + merge in one
 // pass), each op timed in turn with the others, and checks that every unmerge gives W back bit for bit.
+// Also: STATS=1 (correction classes of the first record), DUMP=prefix (writes it, for byte
+// comparisons between builds), -DLK_EXACT_PROFILE on every file (TSC cycles per phase: decode,
+// kernel, encode, pass, record), `./exact_merge micro [r]` (kernels on one L1-resident 8 × 256 block)
+// and `./exact_merge codec [d]` (the vector codec alone over one f16 record's segments).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
