@@ -107,6 +107,11 @@ __device__ __forceinline__ float lds_f32(uint32_t addr) {
   asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
   return v;
 }
+__device__ __forceinline__ float2 lds_v2_f32(uint32_t addr) {
+  float2 v;
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "r"(addr) : "memory");
+  return v;
+}
 __device__ __forceinline__ uint4 lds_v4(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
@@ -199,6 +204,34 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
         : LK_WGMMA_D128
         : "l"(desc_a), "l"(desc_b), "r"(1), "n"(TransB));
   }
+}
+
+// The same with A from registers: a[0..3] hold this thread's bf16/f16 pairs of the 64×16 A tile in
+// mma.m16n8k16's A layout (warp w of the warpgroup: rows 16w…16w+15). The registers are read
+// asynchronously: they must stay unchanged until a wgmma_wait covers this wgmma (fence_operands).
+template <bool F16>
+__device__ __forceinline__ void wgmma_m64n256k16_rs(float (&d)[128], const uint32_t (&a)[4], uint64_t desc_b) {
+  if constexpr (F16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {" LK_WGMMA_REGS "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+        : LK_WGMMA_D128
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" LK_WGMMA_REGS "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+        : LK_WGMMA_D128
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+  }
+}
+
+// Keeps register A operands live and unmoved across a wgmma wait (CUTLASS's warpgroup_fence_operand).
+__device__ __forceinline__ void fence_operands(uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) asm volatile("" : "+r"(a[i][j])::"memory");
 }
 
 #undef LK_WGMMA_D128
