@@ -29,7 +29,20 @@ const NS = listArg('--ns', ['1', '16', '512', '4096']).map(Number);
 const FORMATS = listArg('--formats', ['nf4', 'int8', 'q4_0']);
 const DT = listArg('--dtype', ['bf16'])[0];
 const FWD_ONLY = args.includes('--fwd-only');
-const PATHS = ['sm90', 'chunked'];
+// --paths sm90,chunked[,sm90@128/1 …]: sm90@TN/C forces the sm_90 kernel's x tile and cluster size.
+const PATHS = listArg('--paths', ['sm90', 'chunked']);
+function withPath(name, fn) {
+  const [path, shape] = name.split('@');
+  const [tn, cluster] = shape ? shape.split('/') : [];
+  process.env.LORAKIT_QUANT_GEMM = path;
+  if (tn) process.env.LORAKIT_SM90_QUANT_TN = tn;
+  if (cluster) process.env.LORAKIT_SM90_QUANT_CLUSTER = cluster;
+  try {
+    return fn();
+  } finally {
+    for (const v of ['LORAKIT_QUANT_GEMM', 'LORAKIT_SM90_QUANT_TN', 'LORAKIT_SM90_QUANT_CLUSTER']) delete process.env[v];
+  }
+}
 if (!FORMATS.includes('nf4')) throw new Error('--formats must include nf4 (the training-step rows use it)');
 
 const dev = (data, shape) => devAs(data, shape, DT);
@@ -92,11 +105,8 @@ function main() {
       if (n > 16) {
         for (const f of formats.filter((g) => g === 'nf4' || g === 'fp4')) {
           const s = spec(f, dOut, D_IN);
-          for (const path of PATHS) {
-            process.env.LORAKIT_QUANT_GEMM = path;
-            row[`${f}_${path}_fwd_us`] = timed((i) => call((b) => b.quantLoraForward(x.handle, Q[f][i].handle, s, null, ad, y.handle)), idx);
-          }
-          delete process.env.LORAKIT_QUANT_GEMM;
+          for (const path of PATHS)
+            row[`${f}_${path}_fwd_us`] = withPath(path, () => timed((i) => call((b) => b.quantLoraForward(x.handle, Q[f][i].handle, s, null, ad, y.handle)), idx));
         }
       }
       if (FWD_ONLY) {

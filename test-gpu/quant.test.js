@@ -295,19 +295,19 @@ for (const [format, outF, inF, n, dtype, opts] of SM90_CASES) {
       y.dispose();
       return out;
     };
-    const withPath = (path) => {
-      process.env.LORAKIT_QUANT_GEMM = path;
+    const withEnv = (env) => {
+      Object.assign(process.env, env);
       try {
         return forward();
       } finally {
-        delete process.env.LORAKIT_QUANT_GEMM;
+        for (const k of Object.keys(env)) delete process.env[k];
       }
     };
     const before = lk.cuda.kernelStats().sm90GemmLaunches;
-    const y = withPath('sm90');
+    const y = withEnv({ LORAKIT_QUANT_GEMM: 'sm90' });
     if (lk.cuda.kernelStats().sm90GemmUsable)
       assert.strictEqual(lk.cuda.kernelStats().sm90GemmLaunches, before + 1, `${name}: the sm_90 kernel should take this forward`);
-    const yChunked = withPath('chunked');
+    const yChunked = withEnv({ LORAKIT_QUANT_GEMM: 'chunked' });
     const yDefault = forward();  // whichever path is the default gives one of the two
     const f = (t) => t.toFloat32Array();
     const ref = forwardRef(f(x), W, f(bias), ads.map((a) => ({ r: a.r, scale: a.scale, A: f(a.A), B: f(a.B) })), n, inF, outF);
@@ -315,6 +315,12 @@ for (const [format, outF, inF, n, dtype, opts] of SM90_CASES) {
     assertClose(yChunked, ref, `${name} y (chunked) against float64`, 1e-2);
     assertClose(y, yChunked, `${name} y against the chunked path`, 1e-2);
     assertClose(yDefault, y, `${name} the default path against sm_90`, 1e-2);
+    // Every tile shape of the kernel: x tiles of 128 or 256 rows, clusters of 1 or 2 CTAs.
+    for (const tn of ['128', '256'])
+      for (const cluster of ['1', '2']) {
+        const yv = withEnv({ LORAKIT_QUANT_GEMM: 'sm90', LORAKIT_SM90_QUANT_TN: tn, LORAKIT_SM90_QUANT_CLUSTER: cluster });
+        assertClose(yv, ref, `${name} y (sm_90, x tile ${tn}, cluster ${cluster}) against float64`, 1e-2);
+      }
     L.dispose();
   });
 }

@@ -331,14 +331,37 @@ void launch(const Params& p) {
   g_launches++;
 }
 
-template <class T>
+template <class T, int TN, int Cluster>
 void launch_quant(const Params& p) {
-  auto kernel = quant_lora_gemm_sm90<T>;
+  auto kernel = quant_lora_gemm_sm90<T, TN, Cluster>;
   static std::once_flag once;
   std::call_once(once, [&] { cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kQuantSmemBytes); });
-  kernel<<<unsigned(p.tiles_m * p.tiles_n), kThreads, kQuantSmemBytes, stream()>>>(p);
-  LK_CUDA(cudaGetLastError(), "quant_lora_gemm_sm90 launch");
+  const int pairs_m = (p.tiles_m + Cluster - 1) / Cluster;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(pairs_m * Cluster * p.tiles_n));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = kQuantSmemBytes;
+  cfg.stream = stream();
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = Cluster;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  LK_CUDA(cudaLaunchKernelEx(&cfg, kernel, p), "quant_lora_gemm_sm90 launch");
   g_launches++;
+}
+
+template <class T>
+void launch_quant_for(int tn, int cluster, const Params& p) {
+  if (tn == 256) {
+    if (cluster == 2) launch_quant<T, 256, 2>(p);
+    else launch_quant<T, 256, 1>(p);
+  } else {
+    if (cluster == 2) launch_quant<T, 128, 2>(p);
+    else launch_quant<T, 128, 1>(p);
+  }
 }
 
 template <class T, int Cluster>
@@ -401,14 +424,14 @@ bool sm90_gemm_supports(DType dt, int64_t M, int64_t N, const std::vector<Sm90Op
 namespace {
 // The launch parameters; with q, operand 0's A is W's codes (gemm_sm90_quant.cuh).
 Params make_params(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operand>& ops, const void* bias, void* C,
-                   const float* col_scale, int cluster, const QuantDev* q = nullptr) {
+                   const float* col_scale, int cluster, const QuantDev* q = nullptr, int b_rows = kBN) {
   Params p{};
   p.count = int(ops.size());
   float current = 1.f;
   for (int i = 0; i < p.count; i++) {
     const auto& o = ops[i];
     p.a[i] = i == 0 && q ? code_map(q->data, q->rows, q->cols) : tensor_map(o.A, dt, M, o.k, kBK, kBM);
-    p.b[i] = o.b_kmajor ? tensor_map(o.B, dt, N, o.k, kBK, kBN / cluster) : tensor_map(o.B, dt, o.k, N, 64, kBK);
+    p.b[i] = o.b_kmajor ? tensor_map(o.B, dt, N, o.k, kBK, b_rows / cluster) : tensor_map(o.B, dt, o.k, N, 64, kBK);
     p.blocks[i] = int((o.k + kBK - 1) / kBK);
     p.last_steps[i] = int(((o.k - int64_t(p.blocks[i] - 1) * kBK) + 15) / 16);
     const float s = i == 0 ? 1.f : o.scale;
@@ -419,7 +442,7 @@ Params make_params(DType dt, int64_t M, int64_t N, const std::vector<Sm90Operand
   p.M = int(M);
   p.N = int(N);
   p.tiles_m = int((M + kBM - 1) / kBM);
-  p.tiles_n = int((N + kBN - 1) / kBN);
+  p.tiles_n = int((N + b_rows - 1) / b_rows);
   p.group = group_rows();
   p.bias = bias;
   p.col_scale = col_scale;
@@ -460,9 +483,14 @@ void sm90_quant_lora_gemm(DType dt, int64_t M, const QuantDev& q, const std::vec
   // yᵀ = deq(W)·xᵀ + Σ s_i·B_i·u_iᵀ: each operand pair swapped (all K-major), C still y [M, q.rows].
   std::vector<Sm90Operand> t(ops.size());
   for (size_t i = 0; i < ops.size(); i++) t[i] = {ops[i].B, ops[i].A, ops[i].k, ops[i].scale, true};
-  const Params p = make_params(dt, q.rows, M, t, bias, C, nullptr, 1, &q);
-  if (dt == DType::BF16) launch_quant<__nv_bfloat16>(p);
-  else launch_quant<__half>(p);
+  // x's tile: 256 rows, or 128 where 256 would leave SMs idle. LORAKIT_SM90_QUANT_TN=128|256 and
+  // LORAKIT_SM90_QUANT_CLUSTER=1|2 force a shape (benchmarks; read on every call).
+  const int64_t tiles256 = (q.rows + kBM - 1) / kBM * ((M + 255) / 256);
+  const int tn = env_int("LORAKIT_SM90_QUANT_TN", tiles256 < sm_count() ? 128 : 256, 128, 256) == 128 ? 128 : 256;
+  const int cluster = env_int("LORAKIT_SM90_QUANT_CLUSTER", cluster_size(), 1, 2);
+  const Params p = make_params(dt, q.rows, M, t, bias, C, nullptr, cluster, &q, tn);
+  if (dt == DType::BF16) launch_quant_for<__nv_bfloat16>(tn, cluster, p);
+  else launch_quant_for<__half>(tn, cluster, p);
 }
 
 uint64_t sm90_gemm_launches() { return g_launches.load(); }

@@ -2,12 +2,14 @@
 // computed transposed so that W is wgmma's register operand:
 //   yᵀ [out, n] = deq(W)·xᵀ + Σ s_i·B_i·u_iᵀ (+ bias per row),   deq(W)[o, k] = code[q]·absmax
 // (the cpu's f32 product, rounded once to x's dtype). Tiles: 128 rows of W (two consumer warpgroups
-// of 64) × 256 rows of x, K blocks of 64. The producer warpgroup TMA-loads W's 4-bit codes (128 ×
-// 32 bytes) and x's tile (128-byte swizzled, wgmma's B), and writes the block's absmax values (one
-// per 32 values) into a ring; each consumer thread decodes its own A fragments (16 registers a
-// block) from the codes while the previous block's wgmma run, so W is never stored decoded: no
-// shared-memory round trip, and each decoded weight feeds 256 products. The adapters follow as a
-// K-extension from shared memory (B_i as A, u_i as B). The epilogue transposes through shared memory.
+// of 64) × TN = 256 rows of x (128 where 256 would leave SMs idle), K blocks of 64. The producer
+// warpgroup TMA-loads W's 4-bit codes (128 × 32 bytes) and x's tile (128-byte swizzled, wgmma's B;
+// with Cluster = 2, two CTAs on adjacent W tiles each load half of it for both), and writes the
+// block's absmax values (one per 32 values) into a ring. Each consumer thread decodes its own A
+// fragments (16 registers a block; the codes read one block ahead) while the previous block's
+// wgmma run, so W is never stored decoded: no shared-memory round trip, and each decoded weight
+// feeds TN products. The adapters follow as a K-extension from shared memory (B_i as A, u_i as
+// B). The epilogue transposes through shared memory. Measured: bench/gpu_quant.js.
 // Included by gemm_sm90.cu (after Params, consume, release, tile_of), inside its namespace.
 #pragma once
 
@@ -34,19 +36,30 @@ __device__ __forceinline__ uint32_t decode_pair(uint32_t byte, float a) {
   }
 }
 
-// This thread's A fragments of one K block (mma.m16n8k16's A layout per warp): rows r and r + 8 of
-// the tile, k = 16j + 2t (+1) and 16j + 8 + 2t (+1) for step j, t = lane % 4: byte t of words 2j and
-// 2j + 1 of each row's 32 bytes of codes. f[j] = {W[r][k..], W[r+8][k..], W[r][k+8..], W[r+8][k+8..]}.
+// One K block's codes of W rows r and r + 8 of the tile (32 bytes each) and their absmax pairs.
+struct BlockCodes {
+  uint4 a0, a1, b0, b1;
+  float2 sa, sb;
+};
+__device__ __forceinline__ void load_codes(uint32_t codes, uint32_t absm, int r, BlockCodes& c) {
+  c.a0 = sm90::lds_v4(codes + r * 32);
+  c.a1 = sm90::lds_v4(codes + r * 32 + 16);
+  c.b0 = sm90::lds_v4(codes + (r + 8) * 32);
+  c.b1 = sm90::lds_v4(codes + (r + 8) * 32 + 16);
+  c.sa = sm90::lds_v2_f32(absm + r * 8);
+  c.sb = sm90::lds_v2_f32(absm + (r + 8) * 8);
+}
+
+// This thread's A fragments of the block (mma.m16n8k16's A layout per warp): rows r and r + 8,
+// k = 16j + 2t (+1) and 16j + 8 + 2t (+1) for step j, t = lane % 4: byte t of words 2j and 2j + 1 of
+// each row's codes. f[j] = {W[r][k..], W[r+8][k..], W[r][k+8..], W[r+8][k+8..]}.
 template <class T>
-__device__ __forceinline__ void decode_block(uint32_t codes, uint32_t absm, int r, int shift, uint32_t (&f)[4][4]) {
-  const uint4 a0 = sm90::lds_v4(codes + r * 32), a1 = sm90::lds_v4(codes + r * 32 + 16);
-  const uint4 b0 = sm90::lds_v4(codes + (r + 8) * 32), b1 = sm90::lds_v4(codes + (r + 8) * 32 + 16);
-  const float2 sa = sm90::lds_v2_f32(absm + r * 8), sb = sm90::lds_v2_f32(absm + (r + 8) * 8);
-  const uint32_t wa[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-  const uint32_t wb[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+__device__ __forceinline__ void decode_codes(const BlockCodes& c, int shift, uint32_t (&f)[4][4]) {
+  const uint32_t wa[8] = {c.a0.x, c.a0.y, c.a0.z, c.a0.w, c.a1.x, c.a1.y, c.a1.z, c.a1.w};
+  const uint32_t wb[8] = {c.b0.x, c.b0.y, c.b0.z, c.b0.w, c.b1.x, c.b1.y, c.b1.z, c.b1.w};
 #pragma unroll
   for (int j = 0; j < 4; j++) {
-    const float ma = j < 2 ? sa.x : sa.y, mb = j < 2 ? sb.x : sb.y;  // k < 32: the block's first absmax
+    const float ma = j < 2 ? c.sa.x : c.sa.y, mb = j < 2 ? c.sb.x : c.sb.y;  // k < 32: the first absmax
     f[j][0] = decode_pair<T>(wa[2 * j] >> shift, ma);
     f[j][1] = decode_pair<T>(wb[2 * j] >> shift, mb);
     f[j][2] = decode_pair<T>(wa[2 * j + 1] >> shift, ma);
@@ -54,17 +67,39 @@ __device__ __forceinline__ void decode_block(uint32_t codes, uint32_t absm, int 
   }
 }
 
+template <bool F16, int TN>
+__device__ __forceinline__ void wgmma_rs(float (&d)[TN / 2], const uint32_t (&a)[4], uint64_t db) {
+  if constexpr (TN == 256) sm90::wgmma_m64n256k16_rs<F16>(d, a, db);
+  else sm90::wgmma_m64n128k16_rs<F16>(d, a, db);
+}
+
+// An adapter block's first Steps k16 steps, A and B from shared memory (straight-line after the fence).
+template <bool F16, int TN, int Steps>
+__device__ __forceinline__ void wgmma_ss_steps(float (&d)[TN / 2], uint32_t a_base, uint32_t b_base) {
+  sm90::wgmma_fence();
+#pragma unroll
+  for (int k = 0; k < Steps; k++) {
+    const uint64_t da = sm90::smem_desc(a_base + k * 32, 16, 1024), db = sm90::smem_desc(b_base + k * 32, 16, 1024);
+    if constexpr (TN == 256) sm90::wgmma_m64n256k16<F16, 0>(d, da, db);
+    else sm90::wgmma_m64n128k16<F16>(d, da, db);
+  }
+}
+
 // The producer warpgroup: thread 0 issues the TMA loads (op 0: W's codes and x; then each adapter's
-// B_i and u_i); thread t writes row t's absmax values of op 0's blocks (0 past W's rows or K, so
-// the zero-filled codes there decode to 0) into the ring, read one block ahead. Full barriers
-// count 1 + 4 arrivals: thread 0's expect_tx, then each producer warp.
+// B_i and u_i; x and u_i multicast by halves in a cluster); thread t writes row t's absmax values
+// of op 0's blocks (0 past W's rows or K, so the zero-filled codes there decode to 0) into the
+// ring, read one block ahead. Full barriers count 1 + 4 arrivals: thread 0's expect_tx, then each
+// producer warp.
+template <int TN, int Cluster>
 __device__ __forceinline__ void quant_producer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, float* absm,
                                                int m0, int n0) {
   const int t = int(threadIdx.x);
   const QuantDev& q = p.qb;
   const int64_t in = q.cols, row = m0 + t;
   const bool rok = row < p.M;
-  const int nb = p.blocks[0];
+  const int nb = p.blocks[0], am0 = m0 < p.M ? m0 : 0;  // a cluster's spare tile reads row 0 (absmax 0)
+  const int rank = Cluster == 1 ? 0 : int(sm90::cluster_rank());
+  constexpr int kXRows = TN / Cluster;  // this CTA's share of x's tile
   auto absmax = [&](int kb, float2& a) {
     const int64_t k = int64_t(kb) * kBK, e = (rok ? row : 0) * in + k;
     a.x = rok && k < in ? quant_absmax(q, e / q.block) : 0.f;
@@ -83,9 +118,13 @@ __device__ __forceinline__ void quant_producer(const Params& p, uint8_t* smem, u
       sm90::mbar_wait(&empty[s], ((it / kStages) & 1) ^ 1);
       uint8_t* sa = smem + s * kStageBytes;
       if (t == 0) {
-        sm90::mbar_expect_tx(&full[s], op == 0 ? kQuantCodeBytes + kBBytes : kStageBytes);
-        sm90::tma_load_2d(sa, &p.a[op], &full[s], op == 0 ? kb * (kBK / 2) : kb * kBK, m0);
-        sm90::tma_load_2d(sa + kABytes, &p.b[op], &full[s], kb * kBK, n0);
+        sm90::mbar_expect_tx(&full[s], (op == 0 ? kQuantCodeBytes : kABytes) + TN * 128);
+        sm90::tma_load_2d(sa, &p.a[op], &full[s], op == 0 ? kb * (kBK / 2) : kb * kBK, am0);
+        if constexpr (Cluster == 1)
+          sm90::tma_load_2d(sa + kABytes, &p.b[op], &full[s], kb * kBK, n0);
+        else
+          sm90::tma_load_2d_multicast(sa + kABytes + rank * kXRows * 128, &p.b[op], &full[s], kb * kBK, n0 + rank * kXRows,
+                                      (1u << Cluster) - 1);
       }
       if (op == 0) *reinterpret_cast<float2*>(absm + (s * kBM + t) * 2) = am;
       __syncwarp();  // the warp's absmax stores before its one arrival
@@ -95,62 +134,84 @@ __device__ __forceinline__ void quant_producer(const Params& p, uint8_t* smem, u
 }
 
 // A consumer warpgroup: op 0 with A decoded into registers one block ahead (two sets, alternating:
-// a set is rewritten only after the wgmma that read it are waited for), then the adapters from
-// shared memory (consume), then the transposed epilogue: yᵀ's tile staged as [x row][128 outputs].
-template <class T>
+// a set is rewritten only after the wgmma that read it are waited for; the codes of the block after
+// are read before the wgmma issue so their latency is hidden), then the adapters from shared
+// memory, then the transposed epilogue: yᵀ's tile staged as [x row][128 outputs].
+template <class T, int TN, int Cluster>
 __device__ __forceinline__ void quant_consumer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
                                                const float* absm, int cw, int lane, int m0, int n0) {
   constexpr bool f16 = std::is_same<T, __half>::value;
-  float d[128];
+  constexpr int kAcc = TN / 2;
+  float d[kAcc];
 #pragma unroll
-  for (int i = 0; i < 128; i++) d[i] = 0.f;
+  for (int i = 0; i < kAcc; i++) d[i] = 0.f;
   const int w = warp_in_group(), r = cw * 64 + w * 16 + lane / 4, shift = 8 * (lane % 4);
   const uint32_t smem_s = sm90::smem_addr(smem), absm_s = sm90::smem_addr(absm);
   const int nb = p.blocks[0];
-  int it = 0, pending = -1;
   uint32_t fa[4][4], fb[4][4];
-  auto decode = [&](uint32_t (&f)[4][4]) {
-    const int s = it % kStages;
-    sm90::mbar_wait(&full[s], (it / kStages) & 1);
-    decode_block<T>(smem_s + s * kStageBytes, absm_s + s * kBM * 8, r, shift, f);
+  BlockCodes codes;
+  auto fetch = [&](int i) {  // block i's codes, once they have landed
+    const int s = i % kStages;
+    sm90::mbar_wait(&full[s], (i / kStages) & 1);
+    load_codes(smem_s + s * kStageBytes, absm_s + s * kBM * 8, r, codes);
   };
-  auto mma = [&](uint32_t (&f)[4][4], uint32_t (&other)[4][4]) {
-    const uint32_t b_base = smem_s + (it % kStages) * kStageBytes + kABytes;
+  auto mma = [&](int i, uint32_t (&f)[4][4], uint32_t (&other)[4][4]) {
+    const uint32_t b_base = smem_s + (i % kStages) * kStageBytes + kABytes;
     sm90::wgmma_fence();
 #pragma unroll
-    for (int j = 0; j < 4; j++) sm90::wgmma_m64n256k16_rs<f16>(d, f[j], sm90::smem_desc(b_base + j * 32, 16, 1024));
+    for (int j = 0; j < 4; j++) wgmma_rs<f16, TN>(d, f[j], sm90::smem_desc(b_base + j * 32, 16, 1024));
     sm90::wgmma_commit();
-    sm90::wgmma_wait<1>();  // the previous block's wgmma are done: `other` and its stage are free
+    sm90::wgmma_wait<1>();  // block i - 1's wgmma are done: `other` and its stage are free
     sm90::fence_operands(other);
-    if (pending >= 0 && lane == 0) release<1>(empty, pending);
-    pending = it % kStages;
-    it++;
+    if (i > 0 && lane == 0) release<Cluster>(empty, (i - 1) % kStages);
   };
-  decode(fa);
+  fetch(0);
+  decode_codes<T>(codes, shift, fa);
+  if (nb > 1) fetch(1);
   for (int kb = 0; kb < nb; kb += 2) {
-    mma(fa, fb);
+    mma(kb, fa, fb);
     if (kb + 1 >= nb) break;
-    decode(fb);
-    mma(fb, fa);
-    if (kb + 2 < nb) decode(fa);
+    decode_codes<T>(codes, shift, fb);
+    if (kb + 2 < nb) fetch(kb + 2);
+    mma(kb + 1, fb, fa);
+    if (kb + 2 >= nb) break;
+    decode_codes<T>(codes, shift, fa);
+    if (kb + 3 < nb) fetch(kb + 3);
   }
   sm90::wgmma_wait<0>();
   sm90::fence_operands(fa);
   sm90::fence_operands(fb);
-  sm90::fence_accumulators(d);
+  sm90::fence_acc(d);
+  int it = nb, pending = (nb - 1) % kStages;  // pending: the stage whose wgmma may still read it
   for (int op = 1; op < p.count; op++) {
     if (p.ratio[op] != 1.f) {  // the next operand has another scale: rescale what is accumulated
       sm90::wgmma_wait<0>();
-      sm90::fence_accumulators(d);
+      sm90::fence_acc(d);
+      if (pending >= 0 && lane == 0) release<Cluster>(empty, pending);
+      pending = -1;
       const float ratio = p.ratio[op];
 #pragma unroll
-      for (int i = 0; i < 128; i++) d[i] *= ratio;
+      for (int i = 0; i < kAcc; i++) d[i] *= ratio;
     }
-    consume<f16, true, 1>(d, smem, full, empty, p.blocks[op], p.last_steps[op], cw, lane, it, pending);
+    for (int kb = 0; kb < p.blocks[op]; kb++, it++) {
+      const int s = it % kStages;
+      sm90::mbar_wait(&full[s], (it / kStages) & 1);
+      const uint32_t a_base = smem_s + s * kStageBytes + cw * 64 * 128, b_base = smem_s + s * kStageBytes + kABytes;
+      switch (kb < p.blocks[op] - 1 ? 4 : p.last_steps[op]) {
+        case 1: wgmma_ss_steps<f16, TN, 1>(d, a_base, b_base); break;
+        case 2: wgmma_ss_steps<f16, TN, 2>(d, a_base, b_base); break;
+        case 3: wgmma_ss_steps<f16, TN, 3>(d, a_base, b_base); break;
+        default: wgmma_ss_steps<f16, TN, 4>(d, a_base, b_base);
+      }
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<1>();
+      if (pending >= 0 && lane == 0) release<Cluster>(empty, pending);
+      pending = s;
+    }
   }
   sm90::wgmma_wait<0>();
-  sm90::fence_accumulators(d);
-  if (pending >= 0 && lane == 0) release<1>(empty, pending);
+  sm90::fence_acc(d);
+  if (pending >= 0 && lane == 0) release<Cluster>(empty, pending);
 
   sm90::named_barrier(1, 256);  // both warpgroups are past their last wgmma: the ring is free
   T* stage = reinterpret_cast<T*>(smem);
@@ -159,7 +220,7 @@ __device__ __forceinline__ void quant_consumer(const Params& p, uint8_t* smem, u
   const float b0 = bias && m0 + r < p.M ? to_f32(bias[m0 + r]) : 0.f;
   const float b1 = bias && m0 + r + 8 < p.M ? to_f32(bias[m0 + r + 8]) : 0.f;
 #pragma unroll
-  for (int j = 0; j < 32; j++) {  // d[4j + i]: output row r (+8 for i ≥ 2), x row 8j + 2·(lane % 4) (+1 for odd i)
+  for (int j = 0; j < TN / 8; j++) {  // d[4j + i]: output row r (+8 for i ≥ 2), x row 8j + 2·(lane % 4) (+1 for odd i)
     const int c = 8 * j + 2 * (lane % 4);
     stage[c * kQuantPitch + r] = from_f32<T>(d[4 * j] * fs + b0);
     stage[(c + 1) * kQuantPitch + r] = from_f32<T>(d[4 * j + 1] * fs + b0);
@@ -168,7 +229,7 @@ __device__ __forceinline__ void quant_consumer(const Params& p, uint8_t* smem, u
   }
   sm90::named_barrier(1, 256);
   T* C = static_cast<T*>(p.C);
-  for (int idx = cw * 128 + int(threadIdx.x % 128); idx < kBN * (kBM / 8); idx += 256) {
+  for (int idx = cw * 128 + int(threadIdx.x % 128); idx < TN * (kBM / 8); idx += 256) {
     const int xr = idx / (kBM / 8), chunk = idx % (kBM / 8);
     const int gr = n0 + xr, gc = m0 + chunk * 8;
     if (gr < p.N && gc < p.M)
@@ -177,7 +238,8 @@ __device__ __forceinline__ void quant_consumer(const Params& p, uint8_t* smem, u
 }
 #endif
 
-template <class T>
+// Cluster = 2: CTAs on vertically adjacent W tiles (the same x rows) share x's tile.
+template <class T, int TN, int Cluster>
 __global__ void __launch_bounds__(kThreads, 1) quant_lora_gemm_sm90(const __grid_constant__ Params p) {
 #ifdef LK_SM90A
   extern __shared__ uint8_t smem_raw[];
@@ -186,24 +248,27 @@ __global__ void __launch_bounds__(kThreads, 1) quant_lora_gemm_sm90(const __grid
   uint64_t* empty = full + kStages;
   float* absm = reinterpret_cast<float*>(empty + kStages);
   const int wg = threadIdx.x / 128, lane = threadIdx.x % 32;
+  const int rank = Cluster == 1 ? 0 : int(sm90::cluster_rank());
   int tm, tn;
-  tile_of(blockIdx.x, p.tiles_m, p.tiles_n, p.group, tm, tn);
-  const int m0 = tm * kBM, n0 = tn * kBN;
+  tile_of(blockIdx.x / Cluster, (p.tiles_m + Cluster - 1) / Cluster, p.tiles_n, p.group, tm, tn);
+  const int m0 = (tm * Cluster + rank) * kBM, n0 = tn * TN;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; s++) {
       sm90::mbar_init(&full[s], 5);
-      sm90::mbar_init(&empty[s], 8);  // one arrival per consumer warp
+      sm90::mbar_init(&empty[s], 8 * Cluster);  // one arrival per consumer warp of each CTA
     }
     sm90::mbar_init_fence();
   }
   if (threadIdx.x < 16) g_quant_code[threadIdx.x] = kQuantCode4[p.qb.fmt == QuantFormat::FP4 ? 1 : 0][threadIdx.x];
-  __syncthreads();
+  if constexpr (Cluster == 1) __syncthreads();
+  else sm90::cluster_sync();  // the peer's barriers exist before anything arrives on them
   if (wg == 0) {
     sm90::regs_decrease<56>();
-    quant_producer(p, smem, full, empty, absm, m0, n0);
+    quant_producer<TN, Cluster>(p, smem, full, empty, absm, m0, n0);
   } else {
     sm90::regs_increase<224>();
-    quant_consumer<T>(p, smem, full, empty, absm, wg - 1, lane, m0, n0);
+    quant_consumer<T, TN, Cluster>(p, smem, full, empty, absm, wg - 1, lane, m0, n0);
   }
+  if constexpr (Cluster > 1) sm90::cluster_sync();  // no CTA leaves while a peer may still signal it
 #endif
 }
