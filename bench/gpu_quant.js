@@ -7,7 +7,7 @@
 // Times are device-event medians of 5 loops over 8 rotating weight sets (so W is not served from
 // L2). Writes gpu-quant-<date>.{md,json} into --out (default bench/results).
 // <f>_sm90 / <f>_chunked: the nf4 (and fp4) forward forced through each path for n > 16
-// (LORAKIT_QUANT_GEMM: the sm_90 kernel with W decoded in its tile loads, or the chunked
+// (LORAKIT_QUANT_GEMM: the sm_90 kernel with W decoded into wgmma's register operand, or the chunked
 // dequantise + cuBLASLt GEMMs). --dtype f16 runs everything on f16 activations and weights;
 // --fwd-only skips the training steps.
 //   node bench/gpu_quant.js [--quick] [--ns 512,4096] [--formats nf4,fp4,int8,q4_0] [--dtype f16] [--fwd-only] [--out DIR]

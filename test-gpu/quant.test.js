@@ -4,7 +4,8 @@
 // quantLoraForward / quantLinearBackward (two adapters, bias; f32, f16, bf16; the n ≤ 16 decode
 // kernel and the chunked-GEMM path, with a weight big enough for several chunks) match a float64
 // reference computed on the dequantised weight: 1e-5 in f32, 1e-2 in 16-bit; for n > 16 the forward
-// through the sm_90 decode-in-tile kernel and the chunked path, each forced (LORAKIT_QUANT_GEMM).
+// through the sm_90 kernel (W decoded into wgmma's register operand; every tile shape) and the
+// chunked path, each forced (LORAKIT_QUANT_GEMM), and the default path.
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert');
@@ -285,7 +286,7 @@ function forwardRef(x, W, bias, ads, n, inF, outF) {
 
 for (const [format, outF, inF, n, dtype, opts] of SM90_CASES) {
   const name = `${format}${opts.doubleQuant ? ' dq' : ''}${opts.blockSize ? ` block ${opts.blockSize}` : ''} [${outF}, ${inF}] n=${n} ${dtype}${opts.adapters === 0 ? ' no adapters' : ''}`;
-  test(`quantLoraForward ${name} (sm_90 decode-in-tile kernel where usable): two adapters and bias against float64 and the chunked path`, PARITY, () => {
+  test(`quantLoraForward ${name} (sm_90 kernel where usable): two adapters and bias against float64 and the chunked path`, PARITY, () => {
     const L = layerInputs(format, outF, inF, n, dtype, opts, outF * 13 + inF + n, opts.adapters ?? 2);
     const { s, q, W, x, bias, ads } = L;
     const forward = () => {
