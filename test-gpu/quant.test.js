@@ -286,7 +286,7 @@ function forwardRef(x, W, bias, ads, n, inF, outF) {
 
 for (const [format, outF, inF, n, dtype, opts] of SM90_CASES) {
   const name = `${format}${opts.doubleQuant ? ' dq' : ''}${opts.blockSize ? ` block ${opts.blockSize}` : ''} [${outF}, ${inF}] n=${n} ${dtype}${opts.adapters === 0 ? ' no adapters' : ''}`;
-  test(`quantLoraForward ${name} (sm_90 kernel where usable): two adapters and bias against float64 and the chunked path`, PARITY, () => {
+  test(`quantLoraForward ${name} (sm_90 kernel where usable): ${opts.adapters === 0 ? 'no adapters' : 'two adapters'} and bias against float64 and the chunked path`, PARITY, () => {
     const L = layerInputs(format, outF, inF, n, dtype, opts, outF * 13 + inF + n, opts.adapters ?? 2);
     const { s, q, W, x, bias, ads } = L;
     const forward = () => {

@@ -5,10 +5,11 @@
 //   quantized bytes once, 16 bytes per lane for nf4/fp4/int8, decodes them in registers to x's
 //   dtype (the 4-bit code book in shared memory) and feeds mma.sync; bias and LoRA terms are
 //   added in the epilogue (decode_common.cuh), so y is written once.
-// - 16 < n < kQuantSm90MaxRows, 16-bit x, nf4/fp4 on Hopper: gemm_sm90_quant.cuh's one-pass kernel,
-//   W's codes decoded into wgmma's register operand (sm90_quant_lora_gemm). On the H100 it beats
-//   the chunked path up to n = 1024 (1.2-1.3x the bf16 forward there, chunked 1.45-1.9x) but not at
-//   n = 4096 (1.3-1.4x, chunked 1.15-1.2x): bench/results/gpu-quant-2026-12-06-11-36-27.md.
+// - 16 < n ≤ kQuantSm90MaxRows, 16-bit x, nf4/fp4 on Hopper: gemm_sm90_quant.cuh's one-pass kernel,
+//   W's codes decoded into wgmma's register operand (sm90_quant_lora_gemm). On the H100 (bf16, d_in
+//   4096, d_out 4096 / 14336) it takes 1.17-1.37x the bf16 forward at n = 512-2048 where the chunked
+//   path takes 1.24-1.78x, but 1.26-1.33x at n = 4096 where chunked takes 1.16-1.21x, so larger n
+//   stay chunked: bench/results/gpu-quant-2026-12-06-12-17-33.md (f16: -12-17-45.md).
 // - otherwise (and f32 x, which must not go through 16-bit products): W is dequantised in chunks
 //   (rows for y, columns for dx) into a scratch of x's dtype of at most kChunkBytes and each
 //   chunk is one cuBLASLt GEMM (f32: exact fp32, no TF32) writing its own slice of y or dx; the
@@ -187,11 +188,11 @@ int64_t chunk_of(int64_t total, int64_t other, DType dt) {
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // LORAKIT_QUANT_GEMM=sm90|chunked forces a path for n > 16 (tests, benchmarks; read on every call
-// so that a process can switch); unset, the sm_90 kernel takes n < kQuantSm90MaxRows.
+// so that a process can switch); unset, the sm_90 kernel takes n ≤ kQuantSm90MaxRows.
 constexpr int64_t kQuantSm90MaxRows = 2048;
 bool quant_sm90_allowed(int64_t n) {
   const char* e = std::getenv("LORAKIT_QUANT_GEMM");
-  if (!e) return n < kQuantSm90MaxRows;
+  if (!e) return n <= kQuantSm90MaxRows;
   return std::string(e) != "chunked";
 }
 
