@@ -87,11 +87,11 @@ LK_A2 void rows_nibbles(int64_t chunks, int64_t block, const uint8_t* const (&ro
     for (int i = 0; i < NT; i++) y[r * S + i * ldy] = hsum(_mm256_add_ps(acc0[r][i], acc1[r][i]));
 }
 
-// q4_0, x natural, R rows at once: per block of 32, d (f16) then 16 bytes, low nibbles values
-// 0..15, high 16..31; d[r]: row r's block scales, already f32.
+// q4_0, x natural, R rows at once: per block of 32, d (f16, converted where the block is read:
+// F16C, exact as dtype.h f16_to_f32) then 16 bytes, low nibbles values 0..15, high 16..31.
 template <int NT, int R>
-LK_A2 void rows_q4_0(int64_t groups, const uint8_t* const (&row)[R], const float* const (&d)[R], bool bf16, const float* x,
-                     int64_t ldx, float* y, int64_t S, int64_t ldy) {
+LK_A2 void rows_q4_0(int64_t groups, const uint8_t* const (&row)[R], bool bf16, const float* x, int64_t ldx, float* y,
+                     int64_t S, int64_t ldy) {
   __m256 acc0[R][NT], acc1[R][NT];
   for (int r = 0; r < R; r++)
     for (int i = 0; i < NT; i++) acc0[r][i] = acc1[r][i] = _mm256_setzero_ps();
@@ -99,7 +99,9 @@ LK_A2 void rows_q4_0(int64_t groups, const uint8_t* const (&row)[R], const float
   const __m256i eight = _mm256_set1_epi32(8);
   for (int64_t g = 0; g < groups; g++)
     for (int r = 0; r < R; r++) {
-      const __m256 dv = _mm256_set1_ps(d[r][g]);
+      int16_t h;
+      std::memcpy(&h, row[r] + g * sizeof(BlockQ4_0), 2);
+      const __m256 dv = _mm256_cvtph_ps(_mm_set1_epi16(h));
       const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + g * sizeof(BlockQ4_0) + 2));
       const __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
       const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
@@ -113,9 +115,8 @@ LK_A2 void rows_q4_0(int64_t groups, const uint8_t* const (&row)[R], const float
     for (int i = 0; i < NT; i++) y[r * S + i * ldy] = hsum(_mm256_add_ps(acc0[r][i], acc1[r][i]));
 }
 
-// Row streams (gemv_row_streams) of nf4 / fp4 and of q4_0: the rows' pointers and scales (absmax
-// reconstructed first with double quant; q4_0's f16 d converted once per row, F16C: exact, as
-// dtype.h f16_to_f32).
+// Row streams (gemv_row_streams) of nf4 / fp4 and of q4_0: the rows' pointers and absmax
+// (reconstructed first with double quant).
 template <int NT>
 struct Rows4bit {
   const QuantWeight& W;
@@ -124,7 +125,7 @@ struct Rows4bit {
   float* y;
   int64_t ldy;
   bool bf16;
-  std::vector<float>& scales;  // R rows of reconstructed absmax or of q4_0 d
+  std::vector<float>& amax;  // R rows of reconstructed absmax (double quant)
   template <int R>
   LK_A2 void rows(int64_t j, int64_t S) {
     const QuantSpec& s = W.spec;
@@ -132,17 +133,8 @@ struct Rows4bit {
     const uint8_t* row[R];
     const float* a[R];
     if (s.format == QuantFormat::Q4_0) {
-      for (int r = 0; r < R; r++) {
-        row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
-        float* dr = scales.data() + r * groups;
-        for (int64_t g = 0; g < groups; g++) {
-          uint16_t h;
-          std::memcpy(&h, row[r] + g * sizeof(BlockQ4_0), 2);
-          dr[g] = _cvtsh_ss(h);
-        }
-        a[r] = dr;
-      }
-      return rows_q4_0<NT, R>(groups, row, a, bf16, x, cols, y + j, S, ldy);
+      for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
+      return rows_q4_0<NT, R>(groups, row, bf16, x, cols, y + j, S, ldy);
     }
     const int64_t per_row = cols / s.block;
     for (int r = 0; r < R; r++) {
@@ -150,8 +142,8 @@ struct Rows4bit {
       row[r] = W.data + L.data_off + jr * cols / 2;
       a[r] = reinterpret_cast<const float*>(W.data + L.scale_off) + jr * per_row;
       if (s.double_quant) {
-        dq_absmax(W, jr * per_row, per_row, scales.data() + r * per_row);
-        a[r] = scales.data() + r * per_row;
+        dq_absmax(W, jr * per_row, per_row, amax.data() + r * per_row);
+        a[r] = amax.data() + r * per_row;
       }
     }
     rows_nibbles<NT, R>(cols / 64, s.block, row, a, s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code, bf16, x, cols, y + j, S, ldy);
@@ -183,8 +175,8 @@ LK_A2 void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1,
   const uint8_t* data = W.data + L.data_off;
   if (s.format == QuantFormat::NF4 || s.format == QuantFormat::FP4 || s.format == QuantFormat::Q4_0) {
     constexpr int R = NT == 1 ? 2 : 1;  // read streams per thread (gemv_row_streams); 16 ymm registers
-    std::vector<float> scales(static_cast<size_t>(R * groups));
-    gemv_row_streams<R>(j0, j1, Rows4bit<NT>{W, L, x, y, ldy, bf16, scales});
+    std::vector<float> amax(s.double_quant ? static_cast<size_t>(R * cols / s.block) : 0);
+    gemv_row_streams<R>(j0, j1, Rows4bit<NT>{W, L, x, y, ldy, bf16, amax});
   } else if (s.format == QuantFormat::INT8) {
     const float* rs = reinterpret_cast<const float*>(W.data + L.scale_off);
     for (int64_t j = j0; j < j1; j++) {

@@ -51,7 +51,7 @@ LK_Q inline void fma_group(__m512 wa, __m512 wb, const float* x, int64_t ldx, __
 
 // 4-bit formats, R rows at once (rows r = 0 .. R − 1 of a gemv_row_streams step; row r's outputs
 // at y + r·S). Group g of row r (32 values) has its 16 bytes at bytes(r, g); block b (gpb groups, a
-// power of two) has its scale at scale(r, b). HiFirst: the high nibble holds the group's first
+// power of two) has its scale broadcast in scale(r, b). HiFirst: the high nibble holds the group's first
 // operand (nf4/fp4, x in Pairs32), else the low nibble does (q4_0: low nibbles are values 0..15,
 // high ones 16..31). Each row's table is scaled once per block; R·2·NT independent accumulators
 // hide the FMA latency.
@@ -64,7 +64,7 @@ LK_Q void rows_4bit(int64_t groups, int64_t gpb, __m512 table, bool bf16, Bytes 
   for (int64_t b = 0, g = 0; g < groups; b++) {
     __m512 t[R];
     for (int r = 0; r < R; r++) {
-      t[r] = _mm512_mul_ps(table, _mm512_set1_ps(scale(r, b)));
+      t[r] = _mm512_mul_ps(table, scale(r, b));
       if (bf16) t[r] = round_bf16(t[r]);
     }
     for (const int64_t ge = g + gpb; g < ge; g++)
@@ -107,12 +107,13 @@ struct Nf4Rows {
       }
     }
     rows_4bit<NT, R, true>(cols / 32, s.block / 32, table, bf16, [&](int r, int64_t g) { return row[r] + g * 16; },
-                           [&](int r, int64_t b) { return a[r][b]; }, x, cols, y + j, S, ldy);
+                           [&](int r, int64_t b) LK_Q { return _mm512_set1_ps(a[r][b]); }, x, cols, y + j, S, ldy);
   }
 };
 
-// Rows of q4_0 (ggml blocks of 32: f16 d, then 16 bytes), the row's d converted to f32 first
-// (F16C, exact as dtype.h f16_to_f32) so that each block's table is one multiply.
+// Rows of q4_0 (ggml blocks of 32: f16 d, then 16 bytes). Each d is converted where its block is
+// read (F16C, exact as dtype.h f16_to_f32): a pass over the row's scales first would read the row
+// before the arithmetic starts and keep the two from overlapping (measured slower beyond the LLC).
 template <int NT>
 struct Q4Rows {
   const QuantWeight& W;
@@ -121,28 +122,19 @@ struct Q4Rows {
   float* y;
   int64_t ldy;
   bool bf16;
-  std::vector<float>& d;  // R rows of groups scales
   template <int R>
   LK_Q void rows(int64_t j, int64_t S) {
     alignas(64) static const float q4_table[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
     const int64_t cols = W.spec.cols, groups = cols / 32;
     const uint8_t* row[R];
-    for (int r = 0; r < R; r++) {
-      row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
-      float* dr = d.data() + r * groups;
-      int64_t g = 0;
-      for (alignas(32) uint16_t h[16]; g + 16 <= groups; g += 16) {
-        for (int k = 0; k < 16; k++) std::memcpy(&h[k], row[r] + (g + k) * sizeof(BlockQ4_0), 2);
-        _mm512_storeu_ps(dr + g, _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(h))));
-      }
-      for (uint16_t h; g < groups; g++) {
-        std::memcpy(&h, row[r] + g * sizeof(BlockQ4_0), 2);
-        dr[g] = _cvtsh_ss(h);
-      }
-    }
+    for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
+    auto scale = [&](int r, int64_t g) LK_Q {
+      int16_t h;
+      std::memcpy(&h, row[r] + g * sizeof(BlockQ4_0), 2);
+      return _mm512_cvtph_ps(_mm256_set1_epi16(h));
+    };
     rows_4bit<NT, R, false>(groups, 1, _mm512_load_ps(q4_table), bf16,
-                            [&](int r, int64_t g) { return row[r] + g * sizeof(BlockQ4_0) + 2; },
-                            [&](int r, int64_t b) { return d[r * groups + b]; }, x, cols, y + j, S, ldy);
+                            [&](int r, int64_t g) { return row[r] + g * sizeof(BlockQ4_0) + 2; }, scale, x, cols, y + j, S, ldy);
   }
 };
 
@@ -177,8 +169,7 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
     std::vector<float> amax(s.double_quant ? static_cast<size_t>(R * cols / s.block) : 0);
     gemv_row_streams<R>(j0, j1, Nf4Rows<NT>{W, L, _mm512_loadu_ps(s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code), x, y, ldy, bf16, amax});
   } else if (s.format == QuantFormat::Q4_0) {
-    std::vector<float> d(static_cast<size_t>(R * groups));
-    gemv_row_streams<R>(j0, j1, Q4Rows<NT>{W, L, x, y, ldy, bf16, d});
+    gemv_row_streams<R>(j0, j1, Q4Rows<NT>{W, L, x, y, ldy, bf16});
   } else if (s.format == QuantFormat::INT8) {
     const float* rs = reinterpret_cast<const float*>(W.data + L.scale_off);
     for (int64_t j = j0; j < j1; j++) {

@@ -102,7 +102,15 @@ struct Nf4Rows {
   }
 };
 
-// q4_0: R rows from j (stride S), two blocks per chunk; each row's d converted to f32 first.
+// q4_0: R rows from j (stride S), two blocks per chunk; each d converted where its block is read
+// (a pass over a row's scales first keeps the reads and the arithmetic from overlapping).
+// A q4_0 block's d (f16) in every lane (F16C: exact, as dtype.h f16_to_f32).
+LK_B inline __m512 d_of(const uint8_t* block) {
+  int16_t h;
+  std::memcpy(&h, block, 2);
+  return _mm512_cvtph_ps(_mm256_set1_epi16(h));
+}
+
 template <int NT>
 struct Q4Rows {
   const QuantWeight& W;
@@ -110,24 +118,11 @@ struct Q4Rows {
   const uint16_t* x;
   float* y;
   int64_t ldy;
-  std::vector<float>& d;
   template <int R>
   LK_B void rows(int64_t j, int64_t S) {
     const int64_t cols = W.spec.cols, groups = cols / 32;
     const uint8_t* row[R];
-    for (int r = 0; r < R; r++) {
-      row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
-      float* dr = d.data() + r * groups;
-      int64_t g = 0;
-      for (alignas(32) uint16_t h[16]; g + 16 <= groups; g += 16) {
-        for (int k = 0; k < 16; k++) std::memcpy(&h[k], row[r] + (g + k) * sizeof(BlockQ4_0), 2);
-        _mm512_storeu_ps(dr + g, _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(h))));
-      }
-      for (uint16_t h; g < groups; g++) {
-        std::memcpy(&h, row[r] + g * sizeof(BlockQ4_0), 2);
-        dr[g] = _cvtsh_ss(h);  // F16C: exact, as dtype.h f16_to_f32
-      }
-    }
+    for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
     const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
     // Words 16..31 hold the second block: bit 4 of their indices. Bit 8 set before the shift
     // becomes bit 4 of the high nibbles' indices.
@@ -139,9 +134,8 @@ struct Q4Rows {
     for (int64_t g = 0; g < groups; g += 2) {
       __m512i w[R][2];
       for (int r = 0; r < R; r++) {
-        const float* dr = d.data() + r * groups + g;
-        const __m512i t = bf16_words(_mm512_mul_ps(table, _mm512_set1_ps(dr[0])), _mm512_mul_ps(table, _mm512_set1_ps(dr[1])));
         const uint8_t* q = row[r] + g * sizeof(BlockQ4_0) + 2;
+        const __m512i t = bf16_words(_mm512_mul_ps(table, d_of(q - 2)), _mm512_mul_ps(table, d_of(q + sizeof(BlockQ4_0) - 2)));
         const __m256i bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))),
                                                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + sizeof(BlockQ4_0))), 1);
         const __m512i v = _mm512_or_si512(_mm512_cvtepu8_epi16(bytes), blk8);
@@ -163,8 +157,7 @@ LK_B void gemv_nt(const QuantWeight& W, const uint16_t* x, int64_t j0, int64_t j
   const QuantLayout L = quant_layout(s);
   constexpr int R = kStreams<NT>;
   if (s.format == QuantFormat::Q4_0) {
-    std::vector<float> d(static_cast<size_t>(R * (s.cols / 32)));
-    gemv_row_streams<R>(j0, j1, Q4Rows<NT>{W, L, x, y, ldy, d});
+    gemv_row_streams<R>(j0, j1, Q4Rows<NT>{W, L, x, y, ldy});
   } else {
     std::vector<float> amax(s.double_quant ? static_cast<size_t>(R * (s.cols / s.block)) : 0);
     const __m512 code = _mm512_loadu_ps(s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code);
