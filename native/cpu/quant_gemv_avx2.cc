@@ -1,11 +1,14 @@
-// The AVX2 decode GEMV over a quantized W (quant_gemv.h), for CPUs without AVX-512. nf4 / fp4: one
-// 32-byte load per 64 values (one block: block sizes are multiples of 64), nibble s of each 32-bit
-// word selected by a shift of 4·s; the 16-entry table scaled by the block's absmax (rounded to bf16
-// for bf16 activations) is looked up as two 8-entry vpermps halves, blended on the nibble's bit 3.
-// q4_0: 16 bytes of a block widened to (q − 8), converted and multiplied by d (the scalar decoder's
-// product); int8 and q8_0 widen 8 int8 at a time and scale per row / per block; q4_k / q6_k:
-// quant_gemv_kquant.h. Every token's accumulators stay in registers. Also the packed GEMM's W-panel
-// decoder for this path (decode).
+// The AVX2 decode GEMV over a quantized W (quant_gemv.h), y[i, j] = Σ_k x[i, k]·deq(W)[j, k]
+// (peft: x @ dequantize(W).T), for CPUs without AVX-512. nf4 / fp4: one 32-byte load per 64
+// values (one block: block sizes are multiples of 64), nibble s of each 32-bit word selected by a
+// shift of 4·s; the 16-entry table scaled by the block's absmax (rounded to bf16 for bf16
+// activations) is looked up as two 8-entry vpermps halves, blended on the nibble's bit 3. q4_0:
+// 16 bytes of a block widened to (q − 8), converted and multiplied by d (the scalar decoder's
+// product), d converted where its block is read; int8 and q8_0 widen 8 int8 at a time and scale
+// per row / per block; q4_k / q6_k: quant_gemv_kquant.h. At n = 1 two rows half the thread's range
+// apart advance together as separate read streams (gemv_row_streams; 16 ymm registers hold two
+// rows' tables and accumulators). Every token's accumulators stay in registers. Also the packed
+// GEMM's W-panel decoder for this path (decode).
 // Formats: core/quant_formats.h (bnb functional.quantize_4bit, LLM.int8, ggml-common.h).
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wuninitialized"

@@ -1,10 +1,17 @@
-// The AVX-512 decode GEMV over a quantized W (quant_gemv.h): each 16 bytes of 4-bit codes become
-// 32 f32 weights in two registers by one zero-extension, a shift, a mask and two vpermps lookups
-// into a 16-entry table already multiplied by the block's scale (nf4 / fp4: bnb's code book ×
-// absmax; q4_0: ggml's (q − 8) × d); int8 and q8_0 widen 16 int8 at a time and scale per row / per
-// block; q4_k / q6_k: quant_gemv_kquant.h. Every token's accumulators stay in registers; x (≤ 8
-// rows) is read from L1/L2. (A 64-byte-load variant, nibbles split by 32-bit shifts and the block
-// scale applied to the chunk sums, measured 15-25% slower on a W beyond the LLC: not used.)
+// The AVX-512 decode GEMV over a quantized W (quant_gemv.h), y[i, j] = Σ_k x[i, k]·deq(W)[j, k]
+// (peft: x @ dequantize(W).T): each 16 bytes of 4-bit codes become 32 f32 weights in two registers
+// by one zero-extension, a shift and two vpermps lookups into a 16-entry table already multiplied
+// by the block's scale (nf4 / fp4: bnb's code book × absmax; q4_0: ggml's (q − 8) × d), the
+// products of the scalar decoder; int8 and q8_0 widen 16 int8 at a time and scale per row / per
+// block; q4_k / q6_k: quant_gemv_kquant.h; bf16 activations on CPUs with a bf16 unit:
+// quant_gemv_avx512bf16.cc. At n = 1 four rows a quarter of the thread's range apart advance
+// together (gemv_row_streams): four read streams per core keep enough misses in flight on a W
+// beyond the LLC, which one row at a time did not (35% of the read bandwidth; adjacent rows
+// interleaved in one page were slower still), and 8 accumulators hide the FMA latency. x (≤ 8 rows)
+// is read from L1/L2. Measured per 64 weights (nf4): 2 widenings, 2 shifts and 4 vpermps share two
+// shuffle pipes, 4 FMAs and the table's multiply two FMA pipes: about 3.6 cycles in L2, the f32
+// ceiling (a 64-byte-load variant splitting nibbles by shifts, one broadcasting 32 bytes and
+// shifting by vpsrlvd, and one loading at byte offsets with vpermt2ps all measured slower).
 // Formats: core/quant_formats.h (bnb functional.quantize_4bit, LLM.int8, ggml-common.h).
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
