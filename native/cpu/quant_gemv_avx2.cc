@@ -75,6 +75,7 @@ LK_A2 void rows_nibbles(int64_t chunks, int64_t block, const uint8_t* const (&ro
     }
     for (const int64_t ce = c + cpb; c < ce; c++)
       for (int r = 0; r < R; r++) {
+        if ((c & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(row[r] + 32 * c) + kGemvPrefetchBytes, _MM_HINT_T0);
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[r] + 32 * c));
         const float* xc = x + 64 * c;
         for (int s = 0; s < 8; s++) {
@@ -105,6 +106,7 @@ LK_A2 void rows_q4_0(int64_t groups, const uint8_t* const (&row)[R], bool bf16, 
       int16_t h;
       std::memcpy(&h, row[r] + g * sizeof(BlockQ4_0), 2);
       const __m256 dv = _mm256_cvtph_ps(_mm_set1_epi16(h));
+      if ((g & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(row[r] + g * sizeof(BlockQ4_0)) + kGemvPrefetchBytes, _MM_HINT_T0);
       const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + g * sizeof(BlockQ4_0) + 2));
       const __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
       const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};

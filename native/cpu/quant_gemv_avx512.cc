@@ -61,8 +61,8 @@ LK_Q inline void fma_group(__m512 wa, __m512 wb, const float* x, int64_t ldx, __
 // power of two) has its scale broadcast in scale(r, b). HiFirst: the high nibble holds the group's first
 // operand (nf4/fp4, x in Pairs32), else the low nibble does (q4_0: low nibbles are values 0..15,
 // high ones 16..31). Each row's table is scaled once per block; R·2·NT independent accumulators
-// hide the FMA latency.
-template <int NT, int R, bool HiFirst, class Bytes, class Scale>
+// hide the FMA latency. Groups g with (g & PfMask) == 0 prefetch ahead (once per 64 bytes or less).
+template <int NT, int R, bool HiFirst, int PfMask, class Bytes, class Scale>
 LK_Q void rows_4bit(int64_t groups, int64_t gpb, __m512 table, bool bf16, Bytes bytes, Scale scale, const float* x,
                     int64_t ldx, float* y, int64_t S, int64_t ldy) {
   __m512 acc[R][2 * NT];
@@ -76,8 +76,10 @@ LK_Q void rows_4bit(int64_t groups, int64_t gpb, __m512 table, bool bf16, Bytes 
     }
     for (const int64_t ge = g + gpb; g < ge; g++)
       for (int r = 0; r < R; r++) {
+        const uint8_t* p = bytes(r, g);
+        if ((g & PfMask) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + kGemvPrefetchBytes, _MM_HINT_T0);
         // vpermps reads the low 4 bits of each index: v itself selects by the low nibble.
-        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes(r, g))));
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
         const __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t[r]), wl = _mm512_permutexvar_ps(v, t[r]);
         fma_group<NT>(HiFirst ? wh : wl, HiFirst ? wl : wh, x + g * 32, ldx, acc[r]);
       }
@@ -113,7 +115,7 @@ struct Nf4Rows {
         a[r] = amax.data() + r * per_row;
       }
     }
-    rows_4bit<NT, R, true>(cols / 32, s.block / 32, table, bf16, [&](int r, int64_t g) { return row[r] + g * 16; },
+    rows_4bit<NT, R, true, 3>(cols / 32, s.block / 32, table, bf16, [&](int r, int64_t g) { return row[r] + g * 16; },
                            [&](int r, int64_t b) LK_Q { return _mm512_set1_ps(a[r][b]); }, x, cols, y + j, S, ldy);
   }
 };
@@ -140,7 +142,7 @@ struct Q4Rows {
       std::memcpy(&h, row[r] + g * sizeof(BlockQ4_0), 2);
       return _mm512_cvtph_ps(_mm256_set1_epi16(h));
     };
-    rows_4bit<NT, R, false>(groups, 1, _mm512_load_ps(q4_table), bf16,
+    rows_4bit<NT, R, false, 1>(groups, 1, _mm512_load_ps(q4_table), bf16,
                             [&](int r, int64_t g) { return row[r] + g * sizeof(BlockQ4_0) + 2; }, scale, x, cols, y + j, S, ldy);
   }
 };

@@ -91,6 +91,7 @@ struct Nf4Rows {
       for (const int64_t ce = c + cpb; c < ce; c++) {
         __m512i w[R][2];
         for (int r = 0; r < R; r++) {
+          if ((c & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(row[r] + 32 * c) + kGemvPrefetchBytes, _MM_HINT_T0);
           const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[r] + 32 * c)));
           w[r][0] = _mm512_permutexvar_epi16(v, t[r]);                         // low nibbles: odd values
           w[r][1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t[r]);  // high nibbles: even values
@@ -135,6 +136,7 @@ struct Q4Rows {
       __m512i w[R][2];
       for (int r = 0; r < R; r++) {
         const uint8_t* q = row[r] + g * sizeof(BlockQ4_0) + 2;
+        _mm_prefetch(reinterpret_cast<const char*>(q) + kGemvPrefetchBytes, _MM_HINT_T0);  // every 36 bytes
         const __m512i t = bf16_words(_mm512_mul_ps(table, d_of(q - 2)), _mm512_mul_ps(table, d_of(q + sizeof(BlockQ4_0) - 2)));
         const __m256i bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))),
                                                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + sizeof(BlockQ4_0))), 1);
