@@ -4,8 +4,8 @@
  *  - bytes held per weight for each format (quantLayout(spec).nbytes / (d_out·d_in));
  *  - n = 1 (decode): the forward's time over nf4, q4_0 (and the other formats), x in f32 and in
  *    bf16, and its effective read rate, quantized bytes / time, against the read bandwidth of a
- *    buffer of the same size measured just before and after (measurePeaks); once at d_out = d_in =
- *    d and once with a taller W (--big-rows) whose bytes do not fit in the last-level cache;
+ *    buffer of the same size measured between the rounds (measurePeaks); once at d_out = d_in = d
+ *    and once with a taller W (--big-rows) whose bytes do not fit in the last-level cache;
  *  - n = 128 and 512: the forward's time against loraForward over the same layer with a bf16 W
  *    (x in f32 and in bf16), and the backward's dx against linearBackward with the bf16 W.
  * Every op of a row is timed in alternation with the others (best and median of --rounds), so all
@@ -121,9 +121,10 @@ function adapters(rows, cols, dtype) {
 
 /**
  * n = 1 over each format with f32 and bf16 activations (bf16: deq(W) rounded to bf16, the
- * vdpbf16ps kernels where the path has them), timed in alternation; the read bandwidth of a buffer
- * of the same size is measured just before and just after (the better of the two is the reference,
- * so a machine busier during one of them lowers no ratio).
+ * vdpbf16ps kernels where the path has them), timed in alternation (best and median of --rounds);
+ * the read bandwidth of a buffer of the same size is measured between the rounds (every third, and
+ * once after the last) and its best is the reference: on a machine shared with other work, a
+ * reference taken once could land in a busy moment that the kernel's best round missed.
  */
 function decode(rows, label, formats) {
   out(`\n## n = 1 forward, W [${rows}, ${D}] (${label}): effective read rate of the quantized bytes vs the measured read bandwidth of a same-sized buffer`);
@@ -134,15 +135,22 @@ function decode(rows, label, formats) {
   }
   for (const f of formats) {
     const Q = rows === D ? quantized(f, rows, D, w) : tiled(f, rows, D);
-    const before = call((b) => b.measurePeaks(Q.nbytes)).readGBs;
-    const ops = {};
-    for (const [xdt, { x, y, ad }] of Object.entries(xs)) ops[xdt] = () => call((b) => b.quantLoraForward(x.handle, Q.q.handle, Q.spec, null, ad, y.handle));
-    const t = race(ops);
-    const after = call((b) => b.measurePeaks(Q.nbytes)).readGBs;
-    const read = Math.max(before, after);
+    const reads = [];
+    const times = Object.fromEntries(Object.keys(xs).map((k) => [k, []]));
+    for (let round = -1; round < ROUNDS; round++) {
+      if (round >= 0 && round % 3 === 0) reads.push(call((b) => b.measurePeaks(Q.nbytes)).readGBs);
+      for (const [xdt, { x, y, ad }] of Object.entries(xs)) {
+        const t0 = now();
+        call((b) => b.quantLoraForward(x.handle, Q.q.handle, Q.spec, null, ad, y.handle));
+        if (round >= 0) times[xdt].push(now() - t0);
+      }
+    }
+    reads.push(call((b) => b.measurePeaks(Q.nbytes)).readGBs);
+    const read = Math.max(...reads);
     for (const xdt of Object.keys(xs)) {
-      const gbs = Q.nbytes / (t[xdt].best * 1e6);
-      out(`${f.padEnd(5)} x ${xdt.padEnd(4)} ${(Q.nbytes / 1e6).toFixed(1)} MB: ${ms(t[xdt])}, ${gbs.toFixed(1)} GB/s = ${((100 * gbs) / read).toFixed(0)}% of ${read.toFixed(1)} GB/s read (${before.toFixed(1)} before, ${after.toFixed(1)} after)`);
+      const t = stats(times[xdt]);
+      const gbs = Q.nbytes / (t.best * 1e6);
+      out(`${f.padEnd(5)} x ${xdt.padEnd(4)} ${(Q.nbytes / 1e6).toFixed(1)} MB: ${ms(t)}, ${gbs.toFixed(1)} GB/s = ${((100 * gbs) / read).toFixed(0)}% of ${read.toFixed(1)} GB/s read (best of ${reads.length}: ${reads.map((v) => v.toFixed(0)).join(' ')})`);
     }
     Q.q.dispose();
   }
