@@ -61,31 +61,32 @@ LK_A2 void rows_nibbles(int64_t chunks, int64_t block, const uint8_t* const (&ro
   __m256 acc0[R][NT], acc1[R][NT];
   for (int r = 0; r < R; r++)
     for (int i = 0; i < NT; i++) acc0[r][i] = acc1[r][i] = _mm256_setzero_ps();
-  const int64_t cpb = block / 64;
-  for (int64_t b = 0, c = 0; c < chunks; b++) {
-    __m256 tlo[R], thi[R];
-    for (int r = 0; r < R; r++) {
-      const __m256 sc = _mm256_set1_ps(a[r][b]);
-      tlo[r] = _mm256_mul_ps(_mm256_loadu_ps(code), sc);
-      thi[r] = _mm256_mul_ps(_mm256_loadu_ps(code + 8), sc);
-      if (bf16) {
-        tlo[r] = round_bf16(tlo[r]);
-        thi[r] = round_bf16(thi[r]);
-      }
-    }
-    for (const int64_t ce = c + cpb; c < ce; c++)
+  // One flat loop over the chunks; the tables change where a block starts.
+  const int64_t cpb = block / 64, shift = __builtin_ctzll(static_cast<uint64_t>(cpb));
+  __m256 tlo[R], thi[R];
+  for (int64_t c = 0; c < chunks; c++) {
+    if ((c & (cpb - 1)) == 0)
       for (int r = 0; r < R; r++) {
-        if ((c & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(row[r] + 32 * c) + kGemvPrefetchBytes, _MM_HINT_T0);
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[r] + 32 * c));
-        const float* xc = x + 64 * c;
-        for (int s = 0; s < 8; s++) {
-          // vpermps reads the low 3 bits of its index; the blend takes the high half where bit 3 is set.
-          const __m256i idx = _mm256_srli_epi32(v, 4 * s), sel = _mm256_slli_epi32(v, 28 - 4 * s);
-          const __m256 w =
-              _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo[r], idx), _mm256_permutevar8x32_ps(thi[r], idx), _mm256_castsi256_ps(sel));
-          fma8<NT>(w, xc + 8 * s, ldx, s & 1 ? acc1[r] : acc0[r]);
+        const __m256 sc = _mm256_set1_ps(a[r][c >> shift]);
+        tlo[r] = _mm256_mul_ps(_mm256_loadu_ps(code), sc);
+        thi[r] = _mm256_mul_ps(_mm256_loadu_ps(code + 8), sc);
+        if (bf16) {
+          tlo[r] = round_bf16(tlo[r]);
+          thi[r] = round_bf16(thi[r]);
         }
       }
+    for (int r = 0; r < R; r++) {
+      if ((c & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(row[r] + 32 * c) + kGemvPrefetchBytes, _MM_HINT_T0);
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[r] + 32 * c));
+      const float* xc = x + 64 * c;
+      for (int s = 0; s < 8; s++) {
+        // vpermps reads the low 3 bits of its index; the blend takes the high half where bit 3 is set.
+        const __m256i idx = _mm256_srli_epi32(v, 4 * s), sel = _mm256_slli_epi32(v, 28 - 4 * s);
+        const __m256 w =
+            _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo[r], idx), _mm256_permutevar8x32_ps(thi[r], idx), _mm256_castsi256_ps(sel));
+        fma8<NT>(w, xc + 8 * s, ldx, s & 1 ? acc1[r] : acc0[r]);
+      }
+    }
   }
   for (int r = 0; r < R; r++)
     for (int i = 0; i < NT; i++) y[r * S + i * ldy] = hsum(_mm256_add_ps(acc0[r][i], acc1[r][i]));
