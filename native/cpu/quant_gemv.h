@@ -56,15 +56,15 @@ QuantGemv quant_gemv_kernel(const QuantSpec& s, bool bf16);
 // to the portable path, which rounds the decoded rows to bf16 (these kernels scale per group).
 inline bool gemv_8bit_covered(const QuantSpec& s, bool bf16) { return !bf16 && s.cols % 32 == 0; }
 
-// How many rows of [j0, j1) a GEMV kernel reads at once as separate streams: rows j, j + S, ...,
-// j + (R − 1)·S with S = (j1 − j0) / R, each a sequential read of its own pages (neighbouring rows
-// interleaved in one page defeat the hardware prefetchers; R streams keep R times the misses in
-// flight); run(R, j, S) for i < S, then run(1, j, 1) for the rest.
 // How far ahead of each stream the x86 kernels prefetch W's bytes into L1 (software prefetch, once
 // per cache line): measured 25-30% faster on one thread beyond the LLC at 1-2 KB than with the
 // hardware prefetchers alone, slower again at 4 KB.
 constexpr int64_t kGemvPrefetchBytes = 2048;
 
+// Rows [j0, j1) read R at a time as separate streams: rows j, j + S, ..., j + (R − 1)·S with
+// S = (j1 − j0) / R, each a sequential read of its own pages (neighbouring rows interleaved in one
+// page defeat the hardware prefetchers; R streams keep R times the misses in flight):
+// run.rows<R>(j0 + i, S) for i < S, then run.rows<1>(j, 1) for the rest.
 template <int R, class Run>
 inline void gemv_row_streams(int64_t j0, int64_t j1, Run&& run) {
   const int64_t S = (j1 - j0) / R;

@@ -57,10 +57,10 @@ LK_Q inline void fma_group(__m512 wa, __m512 wb, const float* x, int64_t ldx, __
 }
 
 // 4-bit formats, R rows at once (rows r = 0 .. R − 1 of a gemv_row_streams step; row r's outputs
-// at y + r·S). Group g of row r (32 values) has its 16 bytes at bytes(r, g); block b (gpb groups, a
-// power of two) has its scale broadcast in scale(r, b). HiFirst: the high nibble holds the group's first
-// operand (nf4/fp4, x in Pairs32), else the low nibble does (q4_0: low nibbles are values 0..15,
-// high ones 16..31). Each row's table is scaled once per block; R·2·NT independent accumulators
+// at y + r·S). Group g of row r (32 values) has its 16 bytes at bytes(r, g); block b (gpb groups,
+// a power of two) has its scale broadcast in scale(r, b). HiFirst: the high nibble holds the
+// group's first operand (nf4/fp4, x in Pairs32), else the low nibble does (q4_0: low nibbles are
+// values 0..15, high ones 16..31). Each row's table is scaled once per block; R·2·NT independent accumulators
 // hide the FMA latency. Groups g with (g & PfMask) == 0 prefetch ahead (once per 64 bytes or less).
 template <int NT, int R, bool HiFirst, int PfMask, class Bytes, class Scale>
 LK_Q void rows_4bit(int64_t groups, int64_t gpb, __m512 table, bool bf16, Bytes bytes, Scale scale, const float* x,
@@ -79,11 +79,11 @@ LK_Q void rows_4bit(int64_t groups, int64_t gpb, __m512 table, bool bf16, Bytes 
         if (bf16) t[r] = round_bf16(t[r]);
       }
     for (int r = 0; r < R; r++) {
-        const uint8_t* p = bytes(r, g);
-        if ((g & PfMask) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + kGemvPrefetchBytes, _MM_HINT_T0);
-        // vpermps reads the low 4 bits of each index: v itself selects by the low nibble.
-        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-        const __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t[r]), wl = _mm512_permutexvar_ps(v, t[r]);
+      const uint8_t* p = bytes(r, g);
+      if ((g & PfMask) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + kGemvPrefetchBytes, _MM_HINT_T0);
+      // vpermps reads the low 4 bits of each index: v itself selects by the low nibble.
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      const __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t[r]), wl = _mm512_permutexvar_ps(v, t[r]);
       fma_group<NT>(HiFirst ? wh : wl, HiFirst ? wl : wh, x + g * 32, ldx, acc[r]);
     }
   }
@@ -119,7 +119,7 @@ struct Nf4Rows {
       }
     }
     rows_4bit<NT, R, true, 3>(cols / 32, s.block / 32, table, bf16, [&](int r, int64_t g) { return row[r] + g * 16; },
-                           [&](int r, int64_t b) LK_Q { return _mm512_set1_ps(a[r][b]); }, x, cols, y + j, S, ldy);
+                              [&](int r, int64_t b) LK_Q { return _mm512_set1_ps(a[r][b]); }, x, cols, y + j, S, ldy);
   }
 };
 
@@ -146,7 +146,8 @@ struct Q4Rows {
       return _mm512_cvtph_ps(_mm256_set1_epi16(h));
     };
     rows_4bit<NT, R, false, 1>(groups, 1, _mm512_load_ps(q4_table), bf16,
-                            [&](int r, int64_t g) { return row[r] + g * sizeof(BlockQ4_0) + 2; }, scale, x, cols, y + j, S, ldy);
+                               [&](int r, int64_t g) { return row[r] + g * sizeof(BlockQ4_0) + 2; }, scale, x, cols, y + j,
+                               S, ldy);
   }
 };
 
