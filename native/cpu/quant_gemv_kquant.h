@@ -163,7 +163,8 @@ void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, float
   }
 }
 
-void gemv(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
+void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
+  const float* x = static_cast<const float*>(xv);
   switch (n) {
     case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy, bf16);
     case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy, bf16);
