@@ -34,6 +34,7 @@ const CASES: [QuantFormatName, number, number, boolean][] = [
   ['q4_0', 192, 32, false],
   ['q8_0', 160, 32, false],
   ['int8', 200, 200, false],
+  ['int8', 256, 256, false],
   ['q4_k', 512, 256, false],
   ['q6_k', 768, 256, false],
 ];

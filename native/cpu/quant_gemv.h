@@ -52,9 +52,9 @@ inline int64_t gemv_x_slot(const QuantGemv& g, int64_t k) {
 }
 QuantGemv quant_gemv_kernel(const QuantSpec& s, bool bf16);
 
-// int8 / q8_0 in the x86 kernels: groups of 32 values, so only rows they tile; bf16 activations go
-// to the portable path, which rounds the decoded rows to bf16 (these kernels scale per group).
-inline bool gemv_8bit_covered(const QuantSpec& s, bool bf16) { return !bf16 && s.cols % 32 == 0; }
+// int8 / q8_0 in the x86 kernels: groups of 32 values, so only rows they tile (with bf16 activations
+// they round each decoded weight to bf16, as the portable path rounds its decoded rows).
+inline bool gemv_8bit_covered(const QuantSpec& s) { return s.cols % 32 == 0; }
 
 // How far ahead of each stream the x86 kernels prefetch W's bytes into L1 (software prefetch, once
 // per cache line): measured 25-30% faster on one thread beyond the LLC at 1-2 KB than with the

@@ -156,9 +156,10 @@ struct Rows4bit {
   }
 };
 
-// int8 values: 32 per group at q(g), scale per group scale(g) (the row's, or a q8_0 block's).
+// int8 values: 32 per group at q(g), scale per group scale(g) (the row's, or a q8_0 block's); bf16:
+// each q·scale rounded to bf16 before its product (deq(W) in the compute dtype, as the portable path).
 template <int NT, class Q, class Scale>
-LK_A2 void row_8bit(int64_t groups, Q q, Scale scale, const float* x, int64_t ldx, float* y, int64_t ldy) {
+LK_A2 void row_8bit(int64_t groups, Q q, Scale scale, bool bf16, const float* x, int64_t ldx, float* y, int64_t ldy) {
   __m256 acc0[NT], acc1[NT];
   for (int i = 0; i < NT; i++) acc0[i] = acc1[i] = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; g++) {
@@ -167,7 +168,7 @@ LK_A2 void row_8bit(int64_t groups, Q q, Scale scale, const float* x, int64_t ld
     for (int k = 0; k < 4; k++) {
       const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * k));
       const __m256 w = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
-      fma8<NT>(w, x + g * 32 + 8 * k, ldx, k & 1 ? acc1 : acc0);
+      fma8<NT>(bf16 ? round_bf16(w) : w, x + g * 32 + 8 * k, ldx, k & 1 ? acc1 : acc0);
     }
   }
   for (int i = 0; i < NT; i++) y[i * ldy] = hsum(_mm256_add_ps(acc0[i], acc1[i]));
@@ -188,7 +189,7 @@ LK_A2 void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1,
     for (int64_t j = j0; j < j1; j++) {
       const int8_t* row = reinterpret_cast<const int8_t*>(data) + j * cols;
       const float sc = rs[j];
-      row_8bit<NT>(groups, [&](int64_t g) { return row + g * 32; }, [&](int64_t) { return sc; }, x, cols, y + j, ldy);
+      row_8bit<NT>(groups, [&](int64_t g) { return row + g * 32; }, [&](int64_t) { return sc; }, bf16, x, cols, y + j, ldy);
     }
   } else {  // Q8_0
     for (int64_t j = j0; j < j1; j++) {
@@ -199,7 +200,7 @@ LK_A2 void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1,
         return _cvtsh_ss(h);
       };
       row_8bit<NT>(groups, [&](int64_t g) { return reinterpret_cast<const int8_t*>(row + g * sizeof(BlockQ8_0) + 2); }, scale,
-                   x, cols, y + j, ldy);
+                   bf16, x, cols, y + j, ldy);
     }
   }
 }
@@ -307,7 +308,7 @@ QuantGemv quant_gemv_avx2(const QuantSpec& s, bool bf16) {
       return g;
     case QuantFormat::Q4_0: g.fn = gemv; return g;
     case QuantFormat::INT8:
-    case QuantFormat::Q8_0: g.fn = gemv_8bit_covered(s, bf16) ? gemv : nullptr; return g;
+    case QuantFormat::Q8_0: g.fn = gemv_8bit_covered(s) ? gemv : nullptr; return g;
     case QuantFormat::Q4_K:
     case QuantFormat::Q6_K: g.fn = quant_gemv_kquant_avx2(); return g;
     default: return g;

@@ -156,9 +156,10 @@ struct Q4Rows {
 template <int NT>
 constexpr int kStreams = NT == 1 ? 4 : NT == 2 ? 2 : 1;
 
-// int8 values: 32 per group at q(g), scale per group scale(g) (the row's, or a q8_0 block's).
+// int8 values: 32 per group at q(g), scale per group scale(g) (the row's, or a q8_0 block's); bf16:
+// each q·scale rounded to bf16 before its product (deq(W) in the compute dtype, as the portable path).
 template <int NT, class Q, class Scale>
-LK_Q void row_8bit(int64_t groups, Q q, Scale scale, const float* x, int64_t ldx, float* y, int64_t ldy) {
+LK_Q void row_8bit(int64_t groups, Q q, Scale scale, bool bf16, const float* x, int64_t ldx, float* y, int64_t ldy) {
   __m512 acc[2 * NT];
   for (int i = 0; i < 2 * NT; i++) acc[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; g++) {
@@ -166,7 +167,8 @@ LK_Q void row_8bit(int64_t groups, Q q, Scale scale, const float* x, int64_t ldx
     const __m512 s = _mm512_set1_ps(scale(g));
     const __m512 wa = _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
     const __m512 wb = _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))));
-    fma_group<NT>(wa, wb, x + g * 32, ldx, acc);
+    if (bf16) fma_group<NT>(round_bf16(wa), round_bf16(wb), x + g * 32, ldx, acc);
+    else fma_group<NT>(wa, wb, x + g * 32, ldx, acc);
   }
   for (int i = 0; i < NT; i++) y[i * ldy] = hsum(_mm512_add_ps(acc[2 * i], acc[2 * i + 1]));
 }
@@ -188,7 +190,7 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
     for (int64_t j = j0; j < j1; j++) {
       const int8_t* row = reinterpret_cast<const int8_t*>(data) + j * cols;
       const float sc = rs[j];
-      row_8bit<NT>(groups, [&](int64_t g) { return row + g * 32; }, [&](int64_t) { return sc; }, x, cols, y + j, ldy);
+      row_8bit<NT>(groups, [&](int64_t g) { return row + g * 32; }, [&](int64_t) { return sc; }, bf16, x, cols, y + j, ldy);
     }
   } else {  // Q8_0
     for (int64_t j = j0; j < j1; j++) {
@@ -199,7 +201,7 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
         return _cvtsh_ss(h);  // F16C: exact, as dtype.h f16_to_f32
       };
       row_8bit<NT>(groups, [&](int64_t g) { return reinterpret_cast<const int8_t*>(row + g * sizeof(BlockQ8_0) + 2); }, scale,
-                   x, cols, y + j, ldy);
+                   bf16, x, cols, y + j, ldy);
     }
   }
 }
@@ -358,7 +360,7 @@ QuantGemv quant_gemv_avx512(const QuantSpec& s, bool bf16) {
       return g;
     case QuantFormat::Q4_0: g.fn = gemv; return g;
     case QuantFormat::INT8:
-    case QuantFormat::Q8_0: g.fn = gemv_8bit_covered(s, bf16) ? gemv : nullptr; return g;
+    case QuantFormat::Q8_0: g.fn = gemv_8bit_covered(s) ? gemv : nullptr; return g;
     case QuantFormat::Q4_K:
     case QuantFormat::Q6_K: g.fn = quant_gemv_kquant_avx512(); return g;
     default: return g;
