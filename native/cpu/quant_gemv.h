@@ -4,7 +4,10 @@
 // table's path.
 #pragma once
 #include <cstdint>
+#include <vector>
 #include "../core/op_args.h"
+#include "../core/quant_formats.h"
+#include "quant.h"
 
 namespace lorakit {
 namespace cpu {
@@ -95,6 +98,24 @@ QuantGemv quant_gemv_avx512bf16(const QuantSpec& s);
 // by vector loops with the scalar decoder's products, then dotted with every token's row.
 QuantGemvFn quant_gemv_kquant_avx512();
 QuantGemvFn quant_gemv_kquant_avx2();
+
+// nf4 / fp4 row streams (gemv_row_streams): the code bytes of rows j, j + S, … and their absmax
+// (with double quant reconstructed into amax, R · per-row entries).
+template <int R>
+inline void nf4_stream_rows(const QuantWeight& W, const QuantLayout& L, int64_t j, int64_t S, std::vector<float>& amax,
+                            const uint8_t* (&row)[R], const float* (&a)[R]) {
+  const QuantSpec& s = W.spec;
+  const int64_t cols = s.cols, per_row = cols / s.block;
+  for (int r = 0; r < R; r++) {
+    const int64_t jr = j + r * S;
+    row[r] = W.data + L.data_off + jr * cols / 2;
+    a[r] = reinterpret_cast<const float*>(W.data + L.scale_off) + jr * per_row;
+    if (s.double_quant) {
+      dq_absmax(W, jr * per_row, per_row, amax.data() + r * per_row);
+      a[r] = amax.data() + r * per_row;
+    }
+  }
+}
 
 }  // namespace cpu
 }  // namespace lorakit

@@ -142,16 +142,7 @@ struct Rows4bit {
       for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
       return rows_q4_0<NT, R>(groups, row, bf16, x, cols, y + j, S, ldy);
     }
-    const int64_t per_row = cols / s.block;
-    for (int r = 0; r < R; r++) {
-      const int64_t jr = j + r * S;
-      row[r] = W.data + L.data_off + jr * cols / 2;
-      a[r] = reinterpret_cast<const float*>(W.data + L.scale_off) + jr * per_row;
-      if (s.double_quant) {
-        dq_absmax(W, jr * per_row, per_row, amax.data() + r * per_row);
-        a[r] = amax.data() + r * per_row;
-      }
-    }
+    nf4_stream_rows<R>(W, L, j, S, amax, row, a);
     rows_nibbles<NT, R>(cols / 64, s.block, row, a, s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code, bf16, x, cols, y + j, S, ldy);
   }
 };

@@ -106,18 +106,10 @@ struct Nf4Rows {
   template <int R>
   LK_Q void rows(int64_t j, int64_t S) {
     const QuantSpec& s = W.spec;
-    const int64_t cols = s.cols, per_row = cols / s.block;
+    const int64_t cols = s.cols;
     const uint8_t* row[R];
     const float* a[R];
-    for (int r = 0; r < R; r++) {
-      const int64_t jr = j + r * S;
-      row[r] = W.data + L.data_off + jr * cols / 2;
-      a[r] = reinterpret_cast<const float*>(W.data + L.scale_off) + jr * per_row;
-      if (s.double_quant) {
-        dq_absmax(W, jr * per_row, per_row, amax.data() + r * per_row);
-        a[r] = amax.data() + r * per_row;
-      }
-    }
+    nf4_stream_rows<R>(W, L, j, S, amax, row, a);
     rows_4bit<NT, R, true, 3>(cols / 32, s.block / 32, table, bf16, [&](int r, int64_t g) { return row[r] + g * 16; },
                               [&](int r, int64_t b) LK_Q { return _mm512_set1_ps(a[r][b]); }, x, cols, y + j, S, ldy);
   }

@@ -67,18 +67,10 @@ struct Nf4Rows {
   template <int R>
   LK_B void rows(int64_t j, int64_t S) {
     const QuantSpec& s = W.spec;
-    const int64_t cols = s.cols, per_row = cols / s.block, chunks = cols / 64, cpb = s.block / 64;
+    const int64_t cols = s.cols, chunks = cols / 64, cpb = s.block / 64;
     const uint8_t* row[R];
     const float* a[R];
-    for (int r = 0; r < R; r++) {
-      const int64_t jr = j + r * S;
-      row[r] = W.data + L.data_off + jr * cols / 2;
-      a[r] = reinterpret_cast<const float*>(W.data + L.scale_off) + jr * per_row;
-      if (s.double_quant) {
-        dq_absmax(W, jr * per_row, per_row, amax.data() + r * per_row);
-        a[r] = amax.data() + r * per_row;
-      }
-    }
+    nf4_stream_rows<R>(W, L, j, S, amax, row, a);
     __m512 acc[R][2 * NT];
     for (int r = 0; r < R; r++)
       for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();

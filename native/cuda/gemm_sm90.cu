@@ -308,27 +308,32 @@ CUtensorMap code_map(const uint8_t* data, int64_t rows, int64_t cols) {
   return m;
 }
 
-template <class T, bool B0K, bool BLK, int Cluster>
-void launch(const Params& p) {
-  auto kernel = lora_gemm_sm90<T, B0K, BLK, Cluster>;
-  constexpr int smem_bytes = kSmemBytes;
-  static std::once_flag once;
-  std::call_once(once, [&] { cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes); });
-  const int pairs_m = (p.tiles_m + Cluster - 1) / Cluster;
+// One launch of a clustered kernel over the tile grid (pairs of row tiles when Cluster is 2).
+template <class Kernel>
+void launch_tiles(Kernel kernel, int smem_bytes, int cluster, const Params& p, const char* what) {
+  const int pairs_m = (p.tiles_m + cluster - 1) / cluster;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(pairs_m * Cluster * p.tiles_n));
+  cfg.gridDim = dim3(unsigned(pairs_m * cluster * p.tiles_n));
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem_bytes;
   cfg.stream = stream();
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = Cluster;
+  attr[0].val.clusterDim.x = cluster;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  LK_CUDA(cudaLaunchKernelEx(&cfg, kernel, p), "lora_gemm_sm90 launch");
+  LK_CUDA(cudaLaunchKernelEx(&cfg, kernel, p), what);
   g_launches++;
+}
+
+template <class T, bool B0K, bool BLK, int Cluster>
+void launch(const Params& p) {
+  auto kernel = lora_gemm_sm90<T, B0K, BLK, Cluster>;
+  static std::once_flag once;
+  std::call_once(once, [&] { cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes); });
+  launch_tiles(kernel, kSmemBytes, Cluster, p, "lora_gemm_sm90 launch");
 }
 
 template <class T, int TN, int Cluster>
@@ -336,21 +341,7 @@ void launch_quant(const Params& p) {
   auto kernel = quant_lora_gemm_sm90<T, TN, Cluster>;
   static std::once_flag once;
   std::call_once(once, [&] { cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kQuantSmemBytes); });
-  const int pairs_m = (p.tiles_m + Cluster - 1) / Cluster;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(pairs_m * Cluster * p.tiles_n));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = kQuantSmemBytes;
-  cfg.stream = stream();
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = Cluster;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  LK_CUDA(cudaLaunchKernelEx(&cfg, kernel, p), "quant_lora_gemm_sm90 launch");
-  g_launches++;
+  launch_tiles(kernel, kQuantSmemBytes, Cluster, p, "quant_lora_gemm_sm90 launch");
 }
 
 template <class T>
