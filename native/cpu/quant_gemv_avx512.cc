@@ -284,7 +284,7 @@ LK_Q void decode_avx512(const QuantWeight& W, int64_t row, int64_t c0, int64_t l
 // deq(W) rounded to bf16 bits: the block's scaled table (the f32 products of decode) rounded and
 // narrowed to 16 bf16 words, 32 values looked up at once by vpermw (it reads the low 5 bits of
 // each 16-bit index). nf4 / fp4: byte k gives words 2k (high nibble) and 2k + 1 (low); q4_0: the
-// 16 low nibbles, then the 16 high ones.
+// 16 low nibbles, then the 16 high ones; int8 / q8_0: decode's f32 products, rounded 16 at a time.
 #define LK_Q16 __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
 LK_Q16 static inline __m512i bf16_words(__m512 scaled) {
   return _mm512_castsi256_si512(_mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(round_bf16(scaled)), 16)));
@@ -300,6 +300,26 @@ LK_Q16 static void decode16(const QuantWeight& W, int64_t row, int64_t c0, int64
   }
   const QuantLayout L = quant_layout(s);
   const int64_t cols = s.cols;
+  auto store16 = [](uint16_t* o, __m512 v) LK_Q16 { _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_castsi512_si256(bf16_words(v))); };
+  if (s.format == QuantFormat::INT8) {  // q·(row scale), rounded
+    const __m512 sc = _mm512_set1_ps(reinterpret_cast<const float*>(W.data + L.scale_off)[row]);
+    const int8_t* q = reinterpret_cast<const int8_t*>(W.data + L.data_off) + row * cols + c0;
+    for (int64_t c = 0; c < len; c += 16)
+      store16(out + c, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + c)))), sc));
+    return;
+  }
+  if (s.format == QuantFormat::Q8_0) {  // (q − 0)·d per block of 32, rounded
+    const uint8_t* blk = W.data + L.data_off + (row * cols + c0) / 32 * sizeof(BlockQ8_0);
+    for (int64_t c = 0; c < len; c += 32, blk += sizeof(BlockQ8_0)) {
+      uint16_t h;
+      std::memcpy(&h, blk, 2);
+      const __m512 d = _mm512_set1_ps(_cvtsh_ss(h));
+      for (int half = 0; half < 2; half++)
+        store16(out + c + 16 * half,
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2 + 16 * half)))), d));
+    }
+    return;
+  }
   if (s.format == QuantFormat::Q4_0) {
     const uint8_t* blk = W.data + L.data_off + (row * cols + c0) / 32 * sizeof(BlockQ4_0);
     const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
@@ -336,7 +356,9 @@ LK_Q16 static void decode16(const QuantWeight& W, int64_t row, int64_t c0, int64
 
 QuantDecode16Fn quant_decode16_avx512(QuantFormat f) {
   if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) return nullptr;
-  return f == QuantFormat::NF4 || f == QuantFormat::FP4 || f == QuantFormat::Q4_0 ? decode16 : nullptr;
+  return f == QuantFormat::NF4 || f == QuantFormat::FP4 || f == QuantFormat::Q4_0 || f == QuantFormat::INT8 || f == QuantFormat::Q8_0
+             ? decode16
+             : nullptr;
 }
 
 QuantDecodeFn quant_decode_avx512() { return __builtin_cpu_supports("avx512f") ? decode : nullptr; }
