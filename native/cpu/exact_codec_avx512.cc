@@ -144,20 +144,10 @@ LK_VBMI int encode_t(const int8_t* c, const U* orig, int len, const uint64_t (&n
   for (int b = 0; b * 64 < n; b++) {
     const int left = n - 64 * b;
     const __mmask64 live = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
-    const __m512i v = _mm512_loadu_si512(cc + 64 * b);
-    const __mmask64 plus = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(1));
-    const __mmask64 minus = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(-1));
-    const __mmask64 raw = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(kRaw));
-    __m512i cl = _mm512_maskz_mov_epi8(live & ~plus, _mm512_set1_epi8(2));
-    cl = _mm512_mask_mov_epi8(cl, minus & live, _mm512_set1_epi8(1));
-    cl = _mm512_mask_mov_epi8(cl, raw & live, _mm512_set1_epi8(3));
-    // 4 classes to a byte: c0 + 4·c1 per 16 bits, then (c0 + 4·c1) + 16·(c2 + 4·c3) per 32 bits.
-    const __m512i pairs = _mm512_maddubs_epi16(cl, _mm512_set1_epi16(0x0401));
-    const __m512i quads = _mm512_madd_epi16(pairs, _mm512_set1_epi32(0x00100001));
-    alignas(16) uint8_t packed[16];
-    _mm_store_si128(reinterpret_cast<__m128i*>(packed), _mm512_cvtepi32_epi8(quads));
+    alignas(16) uint8_t packed[16];  // cls may end before 16 more bytes
+    const __mmask64 wide = put_classes(_mm512_loadu_si512(cc + 64 * b), live, packed);
     std::memcpy(cls + 16 * b, packed, static_cast<size_t>(std::min(16, cls_bytes - 16 * b)));
-    for (uint64_t m = live & ~plus & ~minus; m; m &= m - 1) {  // classes 2 and 3: their payloads, in order
+    for (uint64_t m = wide; m; m &= m - 1) {  // classes 2 and 3: their payloads, in order
       const int k = 64 * b + __builtin_ctzll(m);
       const int8_t cv = cc[k];
       if (cv == kRaw) pay.put(orig[pos[k]], t_bits);
