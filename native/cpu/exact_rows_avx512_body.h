@@ -206,24 +206,14 @@ LK_EXACT void step_run(Bits<T>* w, int64_t ldw, int64_t i0, int64_t nb, const Ex
     Bits<T>* wp = w + jp;
     int v = 0;
     if (b < nb) {
-      const float* qp = st.Q + 32 * b * r;
       __m512 d[kRows][2];
-#pragma GCC unroll 8
-      for (int i = 0; i < kRows; i++) d[i][0] = d[i][1] = _mm512_setzero_ps();
-      for (int64_t q = 0; q < r; q++) {
-        const __m512 q0 = _mm512_loadu_ps(qp + q * kLanes), q1 = _mm512_loadu_ps(qp + (r + q) * kLanes);
-#pragma GCC unroll 8
-        for (int i = 0; i < kRows; i++) {
-          const __m512 pv = _mm512_set1_ps(pt[q * kRows + i]);
-          d[i][0] = _mm512_fmadd_ps(pv, q0, d[i][0]);
-          d[i][1] = _mm512_fmadd_ps(pv, q1, d[i][1]);
-        }
+      block_delta(st.Q + 32 * b * r, r, pt, d, [&](int64_t) LK_EXACT {
         if (b > 0 && v < 2 * kRows) {  // vector v of block b − 1: row v / 2, half v % 2
           finish<T, Undo, Dora>(wp + (v >> 1) * ldw + 16 * (v & 1), i0, kRows, jp, v >> 1, v & 1, static_cast<__mmask16>(0xffff), st,
                                 _mm512_load_ps(prev[v]));
           v++;
         }
-      }
+      });
       float(*cur)[kLanes] = park[b & 1];
 #pragma GCC unroll 8
       for (int i = 0; i < kRows; i++) {
