@@ -93,28 +93,8 @@ for (const [format, rows, cols, opts] of BYTE_CASES) {
 
 /** The float64 reference of the forward and the backward on the dequantised weight. */
 function reference({ x, W, bias, ads, dy, n, inF, outF }) {
-  const y = new Float64Array(n * outF);
-  const us = ads.map((a) => {
-    const u = new Float64Array(n * a.r);
-    for (let i = 0; i < n; i++)
-      for (let q = 0; q < a.r; q++) {
-        let s = 0;
-        for (let k = 0; k < inF; k++) s += x[i * inF + k] * a.A[q * inF + k];
-        u[i * a.r + q] = s;
-      }
-    return u;
-  });
-  for (let i = 0; i < n; i++)
-    for (let j = 0; j < outF; j++) {
-      let s = bias ? bias[j] : 0;
-      for (let k = 0; k < inF; k++) s += x[i * inF + k] * W[j * inF + k];
-      ads.forEach((a, t) => {
-        let l = 0;
-        for (let q = 0; q < a.r; q++) l += us[t][i * a.r + q] * a.B[j * a.r + q];
-        s += a.scale * l;
-      });
-      y[i * outF + j] = s;
-    }
+  const us = adapterInputs(x, ads, n, inF);
+  const y = forwardRef(x, W, bias, ads, n, inF, outF, us);
   const dx = new Float64Array(n * inF);
   for (let i = 0; i < n; i++)
     for (let j = 0; j < outF; j++) {
@@ -258,8 +238,9 @@ SM90_CASES.push(['nf4', 512, 1024, 200, 'bf16', { doubleQuant: true, blockSize: 
 SM90_CASES.push(['nf4', 1152, 2048, 600, 'f16', {}]);
 SM90_CASES.push(['fp4', 136, 96, 300, 'bf16', { blockSize: 32, adapters: 0 }]);
 
-function forwardRef(x, W, bias, ads, n, inF, outF) {
-  const us = ads.map((a) => {
+/** u_i = x·A_iᵀ in float64, one [n, r_i] array per adapter. */
+function adapterInputs(x, ads, n, inF) {
+  return ads.map((a) => {
     const u = new Float64Array(n * a.r);
     for (let i = 0; i < n; i++)
       for (let q = 0; q < a.r; q++) {
@@ -269,10 +250,14 @@ function forwardRef(x, W, bias, ads, n, inF, outF) {
       }
     return u;
   });
+}
+
+/** The float64 forward on the dequantised weight: x·Wᵀ + bias + Σ scale_i·u_i·B_iᵀ. */
+function forwardRef(x, W, bias, ads, n, inF, outF, us = adapterInputs(x, ads, n, inF)) {
   const y = new Float64Array(n * outF);
   for (let i = 0; i < n; i++)
     for (let j = 0; j < outF; j++) {
-      let s = bias[j];
+      let s = bias ? bias[j] : 0;
       for (let k = 0; k < inF; k++) s += x[i * inF + k] * W[j * inF + k];
       ads.forEach((a, t) => {
         let l = 0;
