@@ -3,7 +3,9 @@
  * 128 and 256 (the AVX-512 kernel reads 128 values per load and scales them per 64-value half),
  * widths that are and are not multiples of 128, double quant, and every token count 1..8, against
  * float64 on deq(W), in f32 and with bf16 activations (the vdpbf16ps kernels: nf4 / fp4 blocks of
- * ≥ 64, q4_0 rows of a multiple of 64; 37 rows leave rows outside the 4- and 2-row streams). CI
+ * ≥ 64, q4_0 rows of a multiple of 64; 37 rows leave rows outside the 4- and 2-row streams). q4_0
+ * rows of 3, 6, 8, 10, 19 and 34 blocks: the AVX-512 kernels convert the block scales 8 at a time, one
+ * chunk ahead, and the last blocks one by one (none, 1, 1 + tail, 2 + tail, 4 + tail chunks). CI
  * runs it once per CPU path (.ci/run).
  */
 import { Rng, Tensor } from '../lib';
@@ -32,6 +34,10 @@ const CASES: [QuantFormatName, number, number, boolean][] = [
   ['fp4', 640, 64, true],
   ['q4_0', 96, 32, false],
   ['q4_0', 192, 32, false],
+  ['q4_0', 256, 32, false],
+  ['q4_0', 320, 32, false],
+  ['q4_0', 608, 32, false],
+  ['q4_0', 1088, 32, false],
   ['q8_0', 160, 32, false],
   ['int8', 200, 200, false],
   ['int8', 256, 256, false],

@@ -90,7 +90,7 @@ QuantDecode16Fn quant_decode16_avx512(QuantFormat f);
 // The per-ISA kernels (fn null for formats they do not cover, or in builds for other architectures).
 QuantGemv quant_gemv_avx512(const QuantSpec& s, bool bf16);
 QuantGemv quant_gemv_avx2(const QuantSpec& s, bool bf16);
-// bf16 activations on CPUs with AVX512_BF16 (quant_gemv_avx512bf16.cc): nf4 / fp4 and q4_0 by
+// bf16 activations on CPUs with AVX512_BF16 (quant_gemv_avx512bf16.cc): nf4 / fp4 and q4_0 (with VBMI) by
 // vpermw lookups into bf16 tables and vdpbf16ps; fn null for other formats and layouts.
 QuantGemv quant_gemv_avx512bf16(const QuantSpec& s);
 

@@ -8,10 +8,14 @@
 // together (gemv_row_streams): four read streams per core keep enough misses in flight on a W
 // beyond the LLC, which one row at a time did not (35% of the read bandwidth; adjacent rows
 // interleaved in one page were slower still), and 8 accumulators hide the FMA latency. x (≤ 8 rows)
-// is read from L1/L2. Measured per 64 weights (nf4): 2 widenings, 2 shifts and 4 vpermps share two
-// shuffle pipes, 4 FMAs and the table's multiply two FMA pipes: about 3.6 cycles in L2, the f32
-// ceiling (a 64-byte-load variant splitting nibbles by shifts, one broadcasting 32 bytes and
-// shifting by vpsrlvd, and one loading at byte offsets with vpermt2ps all measured slower).
+// is read from L1/L2. Zen 5 (measured by throughput loops): widenings, vpermps, vpermw and
+// vpbroadcastw issue on two pipes, one of them also an FMA pipe; shifts on two others. Per 32
+// weights the kernel needs three shuffles (a widening, two vpermps) and 2 FMAs plus the table's
+// multiply: about 3.5 cycles per 64 weights at best, 4.4 measured in L2 for nf4 and, with q4_0's
+// d converted 8 blocks at a time (quant_gemv_q4_scales.h), 4.6 for q4_0 (5.7 before). Slower:
+// a 64-byte-load variant splitting nibbles by shifts (with unscaled lookups and a per-lane scale,
+// or vpermt2ps over two blocks' tables), vpsrlvd or vpmulhuw for the shift, q4_0 as 2^23 + q by
+// vpternlogd and a subtraction (no lookups), and a per-block fold d·Σ(q − 8)·x.
 // Formats: core/quant_formats.h (bnb functional.quantize_4bit, LLM.int8, ggml-common.h).
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -23,6 +27,7 @@
 #include "../core/ggml_blocks.h"
 #include "quant.h"
 #include "quant_gemv.h"
+#include "quant_gemv_q4_scales.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma,f16c")
@@ -56,13 +61,12 @@ LK_Q inline void fma_group(__m512 wa, __m512 wb, const float* x, int64_t ldx, __
   }
 }
 
-// 4-bit formats, R rows at once (rows r = 0 .. R − 1 of a gemv_row_streams step; row r's outputs
-// at y + r·S). Group g of row r (32 values) has its 16 bytes at bytes(r, g); block b (gpb groups,
-// a power of two) has its scale broadcast in scale(r, b). HiFirst: the high nibble holds the
-// group's first operand (nf4/fp4, x in Pairs32), else the low nibble does (q4_0: low nibbles are
-// values 0..15, high ones 16..31). Each row's table is scaled once per block; R·2·NT independent accumulators
-// hide the FMA latency. Groups g with (g & PfMask) == 0 prefetch ahead (once per 64 bytes or less).
-template <int NT, int R, bool HiFirst, int PfMask, class Bytes, class Scale>
+// nf4 / fp4, R rows at once (rows r = 0 .. R − 1 of a gemv_row_streams step; row r's outputs at
+// y + r·S). Group g of row r (32 values) has its 16 bytes at bytes(r, g), the high nibble the
+// group's first operand (x in Pairs32); block b (gpb groups, a power of two) has its scale
+// broadcast in scale(r, b). Each row's table is scaled once per block; R·2·NT independent
+// accumulators hide the FMA latency. Every fourth group prefetches ahead (once per 64 bytes).
+template <int NT, int R, class Bytes, class Scale>
 LK_Q void rows_4bit(int64_t groups, int64_t gpb, __m512 table, bool bf16, Bytes bytes, Scale scale, const float* x,
                     int64_t ldx, float* y, int64_t S, int64_t ldy) {
   __m512 acc[R][2 * NT];
@@ -80,11 +84,11 @@ LK_Q void rows_4bit(int64_t groups, int64_t gpb, __m512 table, bool bf16, Bytes 
       }
     for (int r = 0; r < R; r++) {
       const uint8_t* p = bytes(r, g);
-      if ((g & PfMask) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + kGemvPrefetchBytes, _MM_HINT_T0);
+      if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + kGemvPrefetchBytes, _MM_HINT_T0);
       // vpermps reads the low 4 bits of each index: v itself selects by the low nibble.
       const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
       const __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t[r]), wl = _mm512_permutexvar_ps(v, t[r]);
-      fma_group<NT>(HiFirst ? wh : wl, HiFirst ? wl : wh, x + g * 32, ldx, acc[r]);
+      fma_group<NT>(wh, wl, x + g * 32, ldx, acc[r]);
     }
   }
   for (int r = 0; r < R; r++)
@@ -110,14 +114,31 @@ struct Nf4Rows {
     const uint8_t* row[R];
     const float* a[R];
     nf4_stream_rows<R>(W, L, j, S, amax, row, a);
-    rows_4bit<NT, R, true, 3>(cols / 32, s.block / 32, table, bf16, [&](int r, int64_t g) { return row[r] + g * 16; },
+    rows_4bit<NT, R>(cols / 32, s.block / 32, table, bf16, [&](int r, int64_t g) { return row[r] + g * 16; },
                               [&](int r, int64_t b) LK_Q { return _mm512_set1_ps(a[r][b]); }, x, cols, y + j, S, ldy);
   }
 };
 
-// Rows of q4_0 (ggml blocks of 32: f16 d, then 16 bytes). Each d is converted where its block is
-// read (F16C, exact as dtype.h f16_to_f32): a pass over the row's scales first would read the row
-// before the arithmetic starts and keep the two from overlapping (measured slower beyond the LLC).
+// One q4_0 block g of R rows (row r's d at d[r · kQ4ScaleChunk]): the table (q − 8)·d (ggml's
+// product), one zero-extension of the 16 bytes (low nibbles are values 0..15, high ones 16..31:
+// vpermps reads the low 4 bits of each index), a shift, two vpermps and 2·NT FMAs per row.
+template <int NT, int R>
+LK_Q inline void q4_block(const uint8_t* const (&row)[R], int64_t g, const float* d, __m512 table, bool bf16, const float* x,
+                          int64_t ldx, __m512 (&acc)[R][2 * NT]) {
+  for (int r = 0; r < R; r++) {
+    const uint8_t* p = row[r] + g * sizeof(BlockQ4_0);
+    if ((g & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + kGemvPrefetchBytes, _MM_HINT_T0);
+    __m512 t = _mm512_mul_ps(table, _mm512_set1_ps(d[r * kQ4ScaleChunk]));
+    if (bf16) t = round_bf16(t);
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2)));
+    fma_group<NT>(_mm512_permutexvar_ps(v, t), _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t), x + g * 32, ldx, acc[r]);
+  }
+}
+
+// Rows of q4_0 (ggml blocks of 32: f16 d, then 16 bytes), R at a time. The d of each 8 blocks
+// are converted together one chunk ahead (quant_gemv_q4_scales.h), the last groups % 8 one by
+// one. n = 1, one thread, W in L2: 1.31 ns per 64 weights (1.65 with a vpbroadcastw +
+// vcvtph2ps per block).
 template <int NT>
 struct Q4Rows {
   const QuantWeight& W;
@@ -129,17 +150,28 @@ struct Q4Rows {
   template <int R>
   LK_Q void rows(int64_t j, int64_t S) {
     alignas(64) static const float q4_table[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
-    const int64_t cols = W.spec.cols, groups = cols / 32;
+    const __m512 table = _mm512_load_ps(q4_table);
+    const int64_t cols = W.spec.cols, groups = cols / 32, chunks = groups / kQ4ScaleChunk;
     const uint8_t* row[R];
     for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
-    auto scale = [&](int r, int64_t g) LK_Q {
-      int16_t h;
-      std::memcpy(&h, row[r] + g * sizeof(BlockQ4_0), 2);
-      return _mm512_cvtph_ps(_mm256_set1_epi16(h));
-    };
-    rows_4bit<NT, R, false, 1>(groups, 1, _mm512_load_ps(q4_table), bf16,
-                               [&](int r, int64_t g) { return row[r] + g * sizeof(BlockQ4_0) + 2; }, scale, x, cols, y + j,
-                               S, ldy);
+    __m512 acc[R][2 * NT];
+    for (int r = 0; r < R; r++)
+      for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
+    alignas(64) float d[2][R][kQ4ScaleChunk];  // chunk c's d in d[c & 1]
+    if (chunks > 0)
+      for (int r = 0; r < R; r++) q4_scales8(row[r], 0, d[0][r]);
+    for (int64_t c = 0; c < chunks; c++) {
+      if (c + 1 < chunks)
+        for (int r = 0; r < R; r++) q4_scales8(row[r], (c + 1) * kQ4ScaleChunk, d[(c + 1) & 1][r]);
+      for (int64_t b = 0; b < kQ4ScaleChunk; b++)
+        q4_block<NT, R>(row, c * kQ4ScaleChunk + b, &d[c & 1][0][b], table, bf16, x, cols, acc);
+    }
+    for (int64_t g = chunks * kQ4ScaleChunk; g < groups; g++) {
+      for (int r = 0; r < R; r++) d[0][r][0] = q4_scale(row[r], g);
+      q4_block<NT, R>(row, g, &d[0][0][0], table, bf16, x, cols, acc);
+    }
+    for (int r = 0; r < R; r++)
+      for (int i = 0; i < NT; i++) y[j + r * S + i * ldy] = hsum(_mm512_add_ps(acc[r][2 * i], acc[r][2 * i + 1]));
   }
 };
 
