@@ -24,107 +24,43 @@ namespace {
 
 constexpr int XMR = 12, XNR = 32;
 
+// The C tile is loaded into the accumulators (masked: rows past mr read as zero, columns past nr
+// are never touched) and stored back once: each element is acc + its products in order of k, the
+// same for full and edge tiles (so the thread split, which moves tile edges, never changes a bit),
+// without staging the sums through memory to add them (a twentieth of the time at kc = 192).
 LK_AVX512 void micro(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict acc,
                      int64_t ldacc, int64_t mr, int64_t nr) {
+  const __mmask16 m0 = nr >= 16 ? 0xffff : static_cast<__mmask16>((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
   // Named accumulators (not an array) so that they stay in registers.
-  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps(), c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps(), c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps(), c100 = _mm512_setzero_ps(), c101 = _mm512_setzero_ps(), c110 = _mm512_setzero_ps(), c111 = _mm512_setzero_ps();
+#define LK_LOAD_ROW(i)                                                                              \
+  __m512 c##i##0 = i < mr ? _mm512_maskz_loadu_ps(m0, acc + i * ldacc) : _mm512_setzero_ps();        \
+  __m512 c##i##1 = i < mr ? _mm512_maskz_loadu_ps(m1, acc + i * ldacc + 16) : _mm512_setzero_ps();
+  LK_LOAD_ROW(0) LK_LOAD_ROW(1) LK_LOAD_ROW(2) LK_LOAD_ROW(3) LK_LOAD_ROW(4) LK_LOAD_ROW(5)
+  LK_LOAD_ROW(6) LK_LOAD_ROW(7) LK_LOAD_ROW(8) LK_LOAD_ROW(9) LK_LOAD_ROW(10) LK_LOAD_ROW(11)
+#undef LK_LOAD_ROW
   for (int64_t k = 0; k < kc; k++) {
-    __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
-    {
-      __m512 av = _mm512_set1_ps(a[0]);
-      c00 = _mm512_fmadd_ps(av, b0, c00);
-      c01 = _mm512_fmadd_ps(av, b1, c01);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[1]);
-      c10 = _mm512_fmadd_ps(av, b0, c10);
-      c11 = _mm512_fmadd_ps(av, b1, c11);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[2]);
-      c20 = _mm512_fmadd_ps(av, b0, c20);
-      c21 = _mm512_fmadd_ps(av, b1, c21);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[3]);
-      c30 = _mm512_fmadd_ps(av, b0, c30);
-      c31 = _mm512_fmadd_ps(av, b1, c31);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[4]);
-      c40 = _mm512_fmadd_ps(av, b0, c40);
-      c41 = _mm512_fmadd_ps(av, b1, c41);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[5]);
-      c50 = _mm512_fmadd_ps(av, b0, c50);
-      c51 = _mm512_fmadd_ps(av, b1, c51);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[6]);
-      c60 = _mm512_fmadd_ps(av, b0, c60);
-      c61 = _mm512_fmadd_ps(av, b1, c61);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[7]);
-      c70 = _mm512_fmadd_ps(av, b0, c70);
-      c71 = _mm512_fmadd_ps(av, b1, c71);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[8]);
-      c80 = _mm512_fmadd_ps(av, b0, c80);
-      c81 = _mm512_fmadd_ps(av, b1, c81);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[9]);
-      c90 = _mm512_fmadd_ps(av, b0, c90);
-      c91 = _mm512_fmadd_ps(av, b1, c91);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[10]);
-      c100 = _mm512_fmadd_ps(av, b0, c100);
-      c101 = _mm512_fmadd_ps(av, b1, c101);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[11]);
-      c110 = _mm512_fmadd_ps(av, b0, c110);
-      c111 = _mm512_fmadd_ps(av, b1, c111);
-    }
+    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+#define LK_FMA_ROW(i)                               \
+  {                                                 \
+    const __m512 av = _mm512_set1_ps(a[i]);         \
+    c##i##0 = _mm512_fmadd_ps(av, b0, c##i##0);     \
+    c##i##1 = _mm512_fmadd_ps(av, b1, c##i##1);     \
+  }
+    LK_FMA_ROW(0) LK_FMA_ROW(1) LK_FMA_ROW(2) LK_FMA_ROW(3) LK_FMA_ROW(4) LK_FMA_ROW(5)
+    LK_FMA_ROW(6) LK_FMA_ROW(7) LK_FMA_ROW(8) LK_FMA_ROW(9) LK_FMA_ROW(10) LK_FMA_ROW(11)
+#undef LK_FMA_ROW
     a += XMR;
     b += XNR;
   }
-  alignas(64) float t[XMR][XNR];
-  _mm512_store_ps(t[0], c00);
-  _mm512_store_ps(t[0] + 16, c01);
-  _mm512_store_ps(t[1], c10);
-  _mm512_store_ps(t[1] + 16, c11);
-  _mm512_store_ps(t[2], c20);
-  _mm512_store_ps(t[2] + 16, c21);
-  _mm512_store_ps(t[3], c30);
-  _mm512_store_ps(t[3] + 16, c31);
-  _mm512_store_ps(t[4], c40);
-  _mm512_store_ps(t[4] + 16, c41);
-  _mm512_store_ps(t[5], c50);
-  _mm512_store_ps(t[5] + 16, c51);
-  _mm512_store_ps(t[6], c60);
-  _mm512_store_ps(t[6] + 16, c61);
-  _mm512_store_ps(t[7], c70);
-  _mm512_store_ps(t[7] + 16, c71);
-  _mm512_store_ps(t[8], c80);
-  _mm512_store_ps(t[8] + 16, c81);
-  _mm512_store_ps(t[9], c90);
-  _mm512_store_ps(t[9] + 16, c91);
-  _mm512_store_ps(t[10], c100);
-  _mm512_store_ps(t[10] + 16, c101);
-  _mm512_store_ps(t[11], c110);
-  _mm512_store_ps(t[11] + 16, c111);
-  __mmask16 m0 = nr >= 16 ? 0xffff : static_cast<__mmask16>((1u << nr) - 1);
-  __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
-  for (int64_t i = 0; i < mr; i++) {
-    float* row = acc + i * ldacc;
-    _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), _mm512_load_ps(t[i])));
-    _mm512_mask_storeu_ps(row + 16, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row + 16), _mm512_load_ps(t[i] + 16)));
+#define LK_STORE_ROW(i)                                        \
+  if (i < mr) {                                                \
+    _mm512_mask_storeu_ps(acc + i * ldacc, m0, c##i##0);       \
+    _mm512_mask_storeu_ps(acc + i * ldacc + 16, m1, c##i##1);  \
   }
+  LK_STORE_ROW(0) LK_STORE_ROW(1) LK_STORE_ROW(2) LK_STORE_ROW(3) LK_STORE_ROW(4) LK_STORE_ROW(5)
+  LK_STORE_ROW(6) LK_STORE_ROW(7) LK_STORE_ROW(8) LK_STORE_ROW(9) LK_STORE_ROW(10) LK_STORE_ROW(11)
+#undef LK_STORE_ROW
 }
 
 LK_AVX512 double fma_peak(int64_t iters) {
