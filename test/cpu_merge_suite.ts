@@ -58,6 +58,8 @@ cases.push(
   { rows: 29, cols: 1100, r: 64, fifo: false, wt: 'bf16', ot: 'bf16', ft: 'bf16', inPlace: true },
   { rows: 50, cols: 45, r: 9, fifo: true, wt: 'f16', ot: 'f16', ft: 'f16', inPlace: false },
   { rows: 7, cols: 15, r: 3, fifo: false, wt: 'bf16', ot: 'bf16', ft: 'f32', inPlace: false },
+  // Tall enough for merge_delta's 48-row blocks on up to 8 threads (a 17-row last block).
+  { rows: 1553, cols: 70, r: 7, fifo: false, wt: 'bf16', ot: 'bf16', ft: 'f32', inPlace: true },
   { rows: 1, cols: 1, r: 1, fifo: true, wt: 'bf16', ot: 'bf16', ft: 'f32', inPlace: true },
   { rows: 37, cols: 300, r: 17, fifo: false, wt: 'f32', ot: 'f32', ft: 'f32', inPlace: true },
   { rows: 37, cols: 300, r: 64, fifo: true, wt: 'f32', ot: 'f32', ft: 'bf16', inPlace: false },
