@@ -58,6 +58,8 @@ cases.push(
   { rows: 29, cols: 1100, r: 64, fifo: false, wt: 'bf16', ot: 'bf16', ft: 'bf16', inPlace: true },
   { rows: 50, cols: 45, r: 9, fifo: true, wt: 'f16', ot: 'f16', ft: 'f16', inPlace: false },
   { rows: 7, cols: 15, r: 3, fifo: false, wt: 'bf16', ot: 'bf16', ft: 'f32', inPlace: false },
+  // Tall enough for merge_delta's 48-row blocks on up to 8 threads (a 17-row last block).
+  { rows: 1553, cols: 70, r: 7, fifo: false, wt: 'bf16', ot: 'bf16', ft: 'f32', inPlace: true },
   { rows: 1, cols: 1, r: 1, fifo: true, wt: 'bf16', ot: 'bf16', ft: 'f32', inPlace: true },
   { rows: 37, cols: 300, r: 17, fifo: false, wt: 'f32', ot: 'f32', ft: 'f32', inPlace: true },
   { rows: 37, cols: 300, r: 64, fifo: true, wt: 'f32', ot: 'f32', ft: 'bf16', inPlace: false },
@@ -198,6 +200,50 @@ describe('merge / unmerge: each element is W ± s·B·A rounded once', () => {
       W.dispose();
       A.dispose();
       B.dispose();
+    }
+  });
+
+  test('bf16 results in the subnormal range round as f32_to_bf16 does (no flush to zero), next to normal rows', () => {
+    // Factors a·2^-60 and b·2^-75 with small integers a, b: every product, partial sum and W + ΔW is
+    // a multiple of 2^-135 below 2^-124, exact in f32, so the one rounding is the whole error. Rows
+    // i % 4 == 3 hold normal weights, so subnormal and normal rows share the kernels' row blocks.
+    const ints = (n: number, seed: number, max: number) => Array.from(randomArray(n, seed, 1), (v) => Math.round(v * max));
+    for (const fifo of [false, true]) {
+      const rows = 37;
+      const cols = 316; // 9 pairs of 16-column panels, a single panel and a 12-column tail
+      const r = 3;
+      const inF = fifo ? rows : cols;
+      const outF = fifo ? cols : rows;
+      const w = Float32Array.from(ints(rows * cols, 21, 127), (k, e) =>
+        Math.floor(e / cols) % 4 === 3 ? 1 + k / 128 : k * 2 ** -133);
+      const a = Float32Array.from(ints(r * inF, 22, 15), (k) => k * 2 ** -60);
+      const b = Float32Array.from(ints(outF * r, 23, 15), (k) => k * 2 ** -75);
+      const W = Tensor.from(w, [rows, cols], { dtype: 'bf16' });
+      const A = Tensor.from(a, [r, inF]);
+      const B = Tensor.from(b, [outF, r]);
+      try {
+        const w0 = W.toFloat32Array();
+        kernels.mergeAdapter(W, { loraA: A, loraB: B, scaling: 1 }, { fanInFanOut: fifo });
+        const got = W.toFloat32Array();
+        let subnormal = 0;
+        let wrong = 0;
+        for (let i = 0; i < rows; i++)
+          for (let j = 0; j < cols; j++) {
+            const o = fifo ? j : i;
+            const k = fifo ? i : j;
+            let d = 0;
+            for (let q = 0; q < r; q++) d += b[o * r + q] * a[q * inF + k];
+            const ref = w0[i * cols + j] + d;
+            if (ref !== 0 && Math.abs(ref) < 2 ** -126) subnormal++;
+            if (got[i * cols + j] !== roundOnce(ref, 'bf16')) wrong++;
+          }
+        expect(subnormal).toBeGreaterThan(rows * cols / 2);
+        expect(wrong).toBe(0);
+      } finally {
+        W.dispose();
+        A.dispose();
+        B.dispose();
+      }
     }
   });
 });

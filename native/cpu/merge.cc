@@ -75,9 +75,12 @@ bool prepare_factors(const KernelTable& kt, const TensorRef& A, const TensorRef&
 // is accumulated in f32 and rounded once.
 void merge_delta(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                  const TensorRef& out) {
-  constexpr int64_t MERGE_ROWS = 24;  // a multiple of the 6- and 8-row kernels
   const KernelTable& kt = kernel_table();
   int64_t rows = W.dim(0), cols = W.dim(1), r = A.dim(0);
+  // Rows per block, a multiple of the 6- and 8-row kernels. Each 8-row group of a block reads the
+  // block's Q columns from L2 again: 48 rows use them 6 times instead of 3 (bf16 d = 16384 r = 16
+  // on 2 Zen 5 cores: 26-27 -> 24-25 ms), where that still leaves 4 blocks per thread.
+  const int64_t MERGE_ROWS = rows >= 48 * 4 * num_threads() ? 48 : 24;
   // Whole rows where Q fits in half of a 512 KiB L2 (r <= 16 at d = 4096): W streams row by row,
   // which the prefetchers like (d = 4096 f32 r = 8: 3.2 -> 2.4 ms against 256-column chunks).
   // Mixed dtypes, and bf16 with non-finite factors (MergeRowsFn), stage 256-column pieces of the

@@ -148,6 +148,8 @@ const KernelTable* make() {
   t.bf16_block = amx_block;
   t.bf16_block_w = amx_block_w;
   t.amx_peak = amx_peak;
+  // Every AMX CPU has AVX512-BF16: the merge rounds bf16 rows with it (microkernel_avx512bf16.cc).
+  if (const KernelTable* b16 = avx512bf16_table()) t.merge_rows = b16->merge_rows;
   return &t;
 }
 

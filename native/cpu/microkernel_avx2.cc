@@ -230,6 +230,30 @@ LK_AVX2 void pack_t_t(const void* src, int64_t ld, int64_t cols, int64_t kc, flo
     for (; k < kc; k++)
       for (int64_t q = 0; q < 8; q++) dst[k * ldd + c + q] = load_f32(src, T, (c + q) * ld + k);
   }
+  // Four more columns (the 12-row A panels of the AVX-512 GEMM, the 6-row ones here): four rows of
+  // eight k values, transposed as above into eight 4-value steps.
+  for (; c + 4 <= cols; c += 4) {
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+      const __m256 r0 = load8<T>(src, (c + 0) * ld + k), r1 = load8<T>(src, (c + 1) * ld + k);
+      const __m256 r2 = load8<T>(src, (c + 2) * ld + k), r3 = load8<T>(src, (c + 3) * ld + k);
+      const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+      const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      float* d = dst + k * ldd + c;  // u_q holds steps k + q (low half) and k + q + 4 (high half)
+      _mm_storeu_ps(d + 0 * ldd, _mm256_castps256_ps128(u0));
+      _mm_storeu_ps(d + 1 * ldd, _mm256_castps256_ps128(u1));
+      _mm_storeu_ps(d + 2 * ldd, _mm256_castps256_ps128(u2));
+      _mm_storeu_ps(d + 3 * ldd, _mm256_castps256_ps128(u3));
+      _mm_storeu_ps(d + 4 * ldd, _mm256_extractf128_ps(u0, 1));
+      _mm_storeu_ps(d + 5 * ldd, _mm256_extractf128_ps(u1, 1));
+      _mm_storeu_ps(d + 6 * ldd, _mm256_extractf128_ps(u2, 1));
+      _mm_storeu_ps(d + 7 * ldd, _mm256_extractf128_ps(u3, 1));
+    }
+    for (; k < kc; k++)
+      for (int64_t q = 0; q < 4; q++) dst[k * ldd + c + q] = load_f32(src, T, (c + q) * ld + k);
+  }
   for (; c < cols; c++)
     for (int64_t k = 0; k < kc; k++) dst[k * ldd + c] = load_f32(src, T, c * ld + k);
 }

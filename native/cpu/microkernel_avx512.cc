@@ -1,5 +1,5 @@
 // The AVX-512 path: a 12x32 register tile (24 zmm accumulators, B read once per k step, A
-// broadcast from memory), and the merge's fused pass on 8 rows × 32 columns. The other
+// broadcast from memory), and the merge's fused pass on 8 rows × 32 columns (merge_rows_avx512_body.h). The other
 // bandwidth-bound kernels (GEMV, conversions) are shared with the AVX2 path: at ~1 byte/FLOP they
 // are limited by memory, not by vector width.
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -14,113 +14,53 @@
 #include "microkernel.h"
 
 #define LK_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma,f16c")))
+#define LK_MERGE LK_AVX512
+#define LK_MERGE_BF16_CVT 0
+#define LK_MERGE_ENTRY merge_rows_avx512
+#include "merge_rows_avx512_body.h"
 
 namespace lorakit {
 namespace {
 
 constexpr int XMR = 12, XNR = 32;
 
+// The C tile is loaded into the accumulators (masked: rows past mr read as zero, columns past nr
+// are never touched) and stored back once: each element is acc + its products in order of k, the
+// same for full and edge tiles (so the thread split, which moves tile edges, never changes a bit),
+// without staging the sums through memory to add them (a twentieth of the time at kc = 192).
 LK_AVX512 void micro(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict acc,
                      int64_t ldacc, int64_t mr, int64_t nr) {
+  const __mmask16 m0 = nr >= 16 ? 0xffff : static_cast<__mmask16>((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
   // Named accumulators (not an array) so that they stay in registers.
-  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps(), c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps(), c80 = _mm512_setzero_ps(), c81 = _mm512_setzero_ps(), c90 = _mm512_setzero_ps(), c91 = _mm512_setzero_ps(), c100 = _mm512_setzero_ps(), c101 = _mm512_setzero_ps(), c110 = _mm512_setzero_ps(), c111 = _mm512_setzero_ps();
+#define LK_LOAD_ROW(i)                                                                              \
+  __m512 c##i##0 = i < mr ? _mm512_maskz_loadu_ps(m0, acc + i * ldacc) : _mm512_setzero_ps();        \
+  __m512 c##i##1 = i < mr ? _mm512_maskz_loadu_ps(m1, acc + i * ldacc + 16) : _mm512_setzero_ps();
+  LK_LOAD_ROW(0) LK_LOAD_ROW(1) LK_LOAD_ROW(2) LK_LOAD_ROW(3) LK_LOAD_ROW(4) LK_LOAD_ROW(5)
+  LK_LOAD_ROW(6) LK_LOAD_ROW(7) LK_LOAD_ROW(8) LK_LOAD_ROW(9) LK_LOAD_ROW(10) LK_LOAD_ROW(11)
+#undef LK_LOAD_ROW
   for (int64_t k = 0; k < kc; k++) {
-    __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
-    {
-      __m512 av = _mm512_set1_ps(a[0]);
-      c00 = _mm512_fmadd_ps(av, b0, c00);
-      c01 = _mm512_fmadd_ps(av, b1, c01);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[1]);
-      c10 = _mm512_fmadd_ps(av, b0, c10);
-      c11 = _mm512_fmadd_ps(av, b1, c11);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[2]);
-      c20 = _mm512_fmadd_ps(av, b0, c20);
-      c21 = _mm512_fmadd_ps(av, b1, c21);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[3]);
-      c30 = _mm512_fmadd_ps(av, b0, c30);
-      c31 = _mm512_fmadd_ps(av, b1, c31);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[4]);
-      c40 = _mm512_fmadd_ps(av, b0, c40);
-      c41 = _mm512_fmadd_ps(av, b1, c41);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[5]);
-      c50 = _mm512_fmadd_ps(av, b0, c50);
-      c51 = _mm512_fmadd_ps(av, b1, c51);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[6]);
-      c60 = _mm512_fmadd_ps(av, b0, c60);
-      c61 = _mm512_fmadd_ps(av, b1, c61);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[7]);
-      c70 = _mm512_fmadd_ps(av, b0, c70);
-      c71 = _mm512_fmadd_ps(av, b1, c71);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[8]);
-      c80 = _mm512_fmadd_ps(av, b0, c80);
-      c81 = _mm512_fmadd_ps(av, b1, c81);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[9]);
-      c90 = _mm512_fmadd_ps(av, b0, c90);
-      c91 = _mm512_fmadd_ps(av, b1, c91);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[10]);
-      c100 = _mm512_fmadd_ps(av, b0, c100);
-      c101 = _mm512_fmadd_ps(av, b1, c101);
-    }
-    {
-      __m512 av = _mm512_set1_ps(a[11]);
-      c110 = _mm512_fmadd_ps(av, b0, c110);
-      c111 = _mm512_fmadd_ps(av, b1, c111);
-    }
+    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+#define LK_FMA_ROW(i)                               \
+  {                                                 \
+    const __m512 av = _mm512_set1_ps(a[i]);         \
+    c##i##0 = _mm512_fmadd_ps(av, b0, c##i##0);     \
+    c##i##1 = _mm512_fmadd_ps(av, b1, c##i##1);     \
+  }
+    LK_FMA_ROW(0) LK_FMA_ROW(1) LK_FMA_ROW(2) LK_FMA_ROW(3) LK_FMA_ROW(4) LK_FMA_ROW(5)
+    LK_FMA_ROW(6) LK_FMA_ROW(7) LK_FMA_ROW(8) LK_FMA_ROW(9) LK_FMA_ROW(10) LK_FMA_ROW(11)
+#undef LK_FMA_ROW
     a += XMR;
     b += XNR;
   }
-  alignas(64) float t[XMR][XNR];
-  _mm512_store_ps(t[0], c00);
-  _mm512_store_ps(t[0] + 16, c01);
-  _mm512_store_ps(t[1], c10);
-  _mm512_store_ps(t[1] + 16, c11);
-  _mm512_store_ps(t[2], c20);
-  _mm512_store_ps(t[2] + 16, c21);
-  _mm512_store_ps(t[3], c30);
-  _mm512_store_ps(t[3] + 16, c31);
-  _mm512_store_ps(t[4], c40);
-  _mm512_store_ps(t[4] + 16, c41);
-  _mm512_store_ps(t[5], c50);
-  _mm512_store_ps(t[5] + 16, c51);
-  _mm512_store_ps(t[6], c60);
-  _mm512_store_ps(t[6] + 16, c61);
-  _mm512_store_ps(t[7], c70);
-  _mm512_store_ps(t[7] + 16, c71);
-  _mm512_store_ps(t[8], c80);
-  _mm512_store_ps(t[8] + 16, c81);
-  _mm512_store_ps(t[9], c90);
-  _mm512_store_ps(t[9] + 16, c91);
-  _mm512_store_ps(t[10], c100);
-  _mm512_store_ps(t[10] + 16, c101);
-  _mm512_store_ps(t[11], c110);
-  _mm512_store_ps(t[11] + 16, c111);
-  __mmask16 m0 = nr >= 16 ? 0xffff : static_cast<__mmask16>((1u << nr) - 1);
-  __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
-  for (int64_t i = 0; i < mr; i++) {
-    float* row = acc + i * ldacc;
-    _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), _mm512_load_ps(t[i])));
-    _mm512_mask_storeu_ps(row + 16, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row + 16), _mm512_load_ps(t[i] + 16)));
+#define LK_STORE_ROW(i)                                        \
+  if (i < mr) {                                                \
+    _mm512_mask_storeu_ps(acc + i * ldacc, m0, c##i##0);       \
+    _mm512_mask_storeu_ps(acc + i * ldacc + 16, m1, c##i##1);  \
   }
+  LK_STORE_ROW(0) LK_STORE_ROW(1) LK_STORE_ROW(2) LK_STORE_ROW(3) LK_STORE_ROW(4) LK_STORE_ROW(5)
+  LK_STORE_ROW(6) LK_STORE_ROW(7) LK_STORE_ROW(8) LK_STORE_ROW(9) LK_STORE_ROW(10) LK_STORE_ROW(11)
+#undef LK_STORE_ROW
 }
 
 LK_AVX512 double fma_peak(int64_t iters) {
@@ -188,119 +128,6 @@ LK_AVX512 void pack_t(const void* src, DType st, int64_t ld, int64_t cols, int64
   avx2_table()->pack_t(src, st, ld, cols, kc, dst, ldd);
 }
 
-// Sixteen elements of a row of dtype T widened to f32 (bf16: a shift; f16: F16C).
-template <DType T>
-LK_AVX512 inline __m512 load16(const void* p, int64_t i) {
-  if constexpr (T == DType::F32) {
-    return _mm512_loadu_ps(static_cast<const float*>(p) + i);
-  } else {
-    __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + i));
-    if constexpr (T == DType::BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    else return _mm512_cvtph_ps(h);
-  }
-}
-
-// Sixteen f32 lanes rounded once into T (round-to-nearest-even as f32_to_bf16 and the AVX2 path, so
-// both paths give the same bits) and stored at element i.
-template <DType T>
-LK_AVX512 inline void store16(void* p, int64_t i, __m512 v) {
-  if constexpr (T == DType::F32) {
-    _mm512_storeu_ps(static_cast<float*>(p) + i, v);
-  } else if constexpr (T == DType::BF16) {
-    // No quiet-NaN fix-up: as in the AVX2 kernel, the fused merge only sees finite factors
-    // (MergeRowsFn), so a NaN here is one of W's, with zero low bits that the rounding add keeps.
-    __m512i u = _mm512_castps_si512(v);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(p) + i), _mm512_cvtepi32_epi16(r));
-  } else {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(p) + i),
-                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
-}
-
-template <DType T>
-inline const void* elem_at(const void* p, int64_t i) {
-  return static_cast<const char*>(p) + i * static_cast<int64_t>(T == DType::F32 ? 4 : 2);
-}
-template <DType T>
-inline void* elem_at(void* p, int64_t i) {
-  return static_cast<char*>(p) + i * static_cast<int64_t>(T == DType::F32 ? 4 : 2);
-}
-
-// MR rows × NP 16-column panels per step (NP·MR zmm accumulators starting at W), the same per-lane
-// arithmetic as the AVX2 kernel: W, then r fused multiply-adds in order of q, one rounding.
-template <DType T, int MR, int NP>
-LK_AVX512 void merge_panels(int64_t r, const float* p, const float* Q, int64_t steps, const void* w, int64_t ldw,
-                            void* o, int64_t ldo) {
-  for (int64_t s = 0; s < steps; s++) {
-    const int64_t j = s * 16 * NP;
-    const float* qp = Q + j * r;  // panel j/16; the next one starts 16·r further
-    __m512 c[MR][NP];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 2
-      for (int h = 0; h < NP; h++) c[i][h] = load16<T>(w, i * ldw + j + 16 * h);
-    int64_t q = 0;
-    do {  // r >= 1: no zero-trip path for the compiler to keep the accumulators around for
-      __m512 qv[NP];
-#pragma GCC unroll 2
-      for (int h = 0; h < NP; h++) qv[h] = _mm512_loadu_ps(qp + h * 16 * r + q * 16);
-#pragma GCC unroll 16
-      for (int i = 0; i < MR; i++) {
-        const __m512 v = _mm512_set1_ps(p[i * r + q]);
-#pragma GCC unroll 2
-        for (int h = 0; h < NP; h++) c[i][h] = _mm512_fmadd_ps(v, qv[h], c[i][h]);
-      }
-    } while (++q < r);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 2
-      for (int h = 0; h < NP; h++) store16<T>(o, i * ldo + j + 16 * h, c[i][h]);
-  }
-}
-
-// MR rows of a block: pairs of panels, a last single panel, then the last nt < 16 columns through
-// an f32 tile (Q's padding is zero).
-template <DType T, int MR>
-LK_AVX512 void merge_block(int64_t r, const float* p, const float* Q, int64_t n, const void* w, int64_t ldw, void* o,
-                           int64_t ldo) {
-  const int64_t panels = n / 16, pairs = panels / 2, full = panels * 16, nt = n - full;
-  merge_panels<T, MR, 2>(r, p, Q, pairs, w, ldw, o, ldo);
-  if (panels % 2) {
-    const int64_t j = pairs * 32;
-    merge_panels<T, MR, 1>(r, p, Q + j * r, 1, elem_at<T>(w, j), ldw, elem_at<T>(o, j), ldo);
-  }
-  if (nt == 0) return;
-  alignas(64) float t[MR][16];
-  for (int i = 0; i < MR; i++)
-    for (int64_t j = 0; j < 16; j++) t[i][j] = j < nt ? load_f32(w, T, i * ldw + full + j) : 0.f;
-  merge_panels<DType::F32, MR, 1>(r, p, Q + full * r, 1, t, 16, t, 16);
-  for (int i = 0; i < MR; i++)
-    for (int64_t j = 0; j < nt; j++) store_f32(o, T, i * ldo + full + j, t[i][j]);
-}
-
-template <DType T>
-LK_AVX512 void merge_rows_t(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w,
-                            int64_t ldw, void* o, int64_t ldo) {
-  int64_t i = 0;
-  for (; i + 8 <= rows; i += 8) merge_block<T, 8>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-  for (; i + 4 <= rows; i += 4) merge_block<T, 4>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-  for (; i + 2 <= rows; i += 2) merge_block<T, 2>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-  for (; i < rows; i++) merge_block<T, 1>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-}
-
-LK_AVX512 void merge_rows(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w, DType wt,
-                          int64_t ldw, void* o, DType ot, int64_t ldo) {
-  if (wt == ot) switch (wt) {
-      case DType::F32: return merge_rows_t<DType::F32>(r, p, rows, Q, n, w, ldw, o, ldo);
-      case DType::BF16: return merge_rows_t<DType::BF16>(r, p, rows, Q, n, w, ldw, o, ldo);
-      case DType::F16: return merge_rows_t<DType::F16>(r, p, rows, Q, n, w, ldw, o, ldo);
-      default: break;
-    }
-  generic::merge_rows(r, p, rows, Q, n, w, wt, ldw, o, ot, ldo);
-}
-
 KernelTable make() {
   KernelTable t = *avx2_table();
   t.name = "avx512";
@@ -309,7 +136,7 @@ KernelTable make() {
   t.microkernel = micro;
   t.pack_t = pack_t;
   t.fma_peak = fma_peak;
-  t.merge_rows = merge_rows;
+  t.merge_rows = merge_rows_avx512;
   // The exact kernel wants AVX512-BW too (every AVX-512 CPU with VL has had it); else the AVX2 one.
   t.exact_rows = __builtin_cpu_supports("avx512bw") ? exact_rows_avx512 : t.exact_rows;
   t.merge_bf16_even_odd = false;  // natural order: 16 bf16 widen to one zmm

@@ -17,6 +17,11 @@
 #include "microkernel.h"
 
 #define LK_BF16 __attribute__((target("avx512f,avx512vl,avx512bf16,avx2,fma,f16c")))
+// The merge kernel with bf16 rows rounded by vcvtne2ps2bf16 (denormals found by vfpclassps: DQ).
+#define LK_MERGE __attribute__((target("avx512f,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
+#define LK_MERGE_BF16_CVT 1
+#define LK_MERGE_ENTRY merge_rows_avx512bf16
+#include "merge_rows_avx512_body.h"
 
 namespace lorakit {
 namespace {
@@ -102,6 +107,7 @@ const KernelTable* make() {
   t.name = "avx512bf16";
   t.bf16_block = dp_block;
   t.bf16_dot_peak = dp_peak;
+  if (__builtin_cpu_supports("avx512dq")) t.merge_rows = merge_rows_avx512bf16;
   if (__builtin_cpu_supports("avx512bw")) t.exact_rows = exact_rows_avx512bf16;
   return &t;
 }
