@@ -1,0 +1,38 @@
+// The multi-row GEMV kernels (gemv_rows_avx512.cc, gemv_rows_avx2.cc) that the kernel tables point
+// at: y[i, j] += Σ_k x[i, k]·W[j, k] for a few rows of x, W's rows read in place (gemm.cc routes
+// 2 ≤ m ≤ GEMV_ROWS_MAX with every B stored as rows along K here instead of packing W).
+#pragma once
+#include <cstdint>
+#include <vector>
+#include "gemm.h"
+#include "microkernel.h"
+
+namespace lorakit {
+
+// Whether gemm(m, ·, segs) runs here: 2 ≤ m ≤ GEMV_ROWS_MAX, the path has a kernel, every B is a
+// float W stored as rows along K (not decoded); on AMX, bf16·bf16 segments keep the tile path.
+bool gemv_rows_ok(const KernelTable& kt, int64_t m, const std::vector<KSegment>& segs);
+// gemm() over those rows (gemv_rows.cc).
+void gemv_rows_gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out);
+
+// GemvRowsFn (microkernel.h) per ISA; the AVX-512 ones want AVX512-BW as well (masked 16-bit loads).
+void gemv_rows_avx512(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt, int64_t ldw,
+                      int64_t rows, float* out, int64_t ldo);
+void gemv_rows_avx2(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt, int64_t ldw,
+                    int64_t rows, float* out, int64_t ldo);
+// GemvRowsBf16Fn with vdpbf16ps (AVX512-BF16).
+void gemv_rows_bf16_avx512bf16(int64_t m, int64_t k, const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw,
+                               int64_t rows, float* out, int64_t ldo);
+
+// Scalar stand-in for dtypes the vector kernels do not widen (gemm.cc sends only f32, bf16, f16).
+inline void gemv_rows_generic(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt, int64_t ldw,
+                              int64_t rows, float* out, int64_t ldo) {
+  for (int64_t i = 0; i < m; i++)
+    for (int64_t j = 0; j < rows; j++) {
+      float s = 0.f;
+      for (int64_t p = 0; p < k; p++) s += x[i * ldx + p] * load_f32(w, wt, j * ldw + p);
+      out[i * ldo + j] += s;
+    }
+}
+
+}  // namespace lorakit
