@@ -1,10 +1,10 @@
 /**
- * The multi-row GEMV (2 ≤ n ≤ 16 tokens, W read in place: native/cpu/gemv_rows*.cc) against float64
+ * The multi-row GEMV (2 ≤ n ≤ 32 tokens, W read in place: native/cpu/gemv_rows*.cc) against float64
  * element by element, on shapes that hit its edges: K not a multiple of the vector (16 / 32 steps),
- * W rows not a multiple of the row block, every n from 2 to 16 (every split into x groups), f32 /
- * bf16 / f16 W, bf16 x with bf16 W (vdpbf16ps on avx512bf16), several adapters (K segments with
- * their own scale), bias; fanInFanOut (W as columns: the packed GEMM) for the same n. Paths without
- * the kernel run the packed GEMM on the same cases. CI runs this file once per dispatch path.
+ * W rows not a multiple of the row block, every n from 2 to 16 and some up to 32 (the splits into x
+ * groups), f32 / bf16 / f16 W, bf16 x with bf16 W (vdpbf16ps on avx512bf16), several adapters (K
+ * segments with their own scale), bias; fanInFanOut (W as columns: the packed GEMM) for the same n.
+ * Paths without the kernel run the packed GEMM on the same cases. CI runs this file once per path.
  */
 import { FloatDType, Tensor, backendInfo, kernels, setNumThreads } from '../lib';
 import { randomArray } from './helpers/reference';
@@ -37,10 +37,10 @@ const DTYPES: [FloatDType, FloatDType][] = [
 const IN = [1, 15, 17, 31, 33, 47, 64, 100, 257, 1030, 16, 32, 2, 513, 95];
 const OUT = [1, 3, 5, 7, 13, 66, 259, 4, 9, 17, 2, 130, 31, 8, 6];
 
-// Every n in 2..16 on its own shape (K tails 1..31, W rows 1..259), dtypes and adapter sets cycled.
+// Every n in 2..16 and some up to 32 on its own shape (K tails 1..31, W rows 1..259), dtypes and adapter sets cycled.
 const CASES: Case[] = [];
-for (let n = 2; n <= 16; n++) {
-  const q = n - 2;
+for (const n of [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 19, 23, 24, 25, 31, 32]) {
+  const q = n <= 16 ? n - 2 : n % IN.length;
   const [xt, wt] = DTYPES[q % DTYPES.length];
   CASES.push({ n, inF: IN[q], outF: OUT[q], rs: [[], [1], [3, 16]][q % 3], fifo: false, xt, wt, bias: q % 2 === 0 });
 }
@@ -49,9 +49,9 @@ CASES.push({ n: 8, inF: 4100, outF: 11, rs: [4], fifo: false, xt: 'bf16', wt: 'b
 CASES.push({ n: 16, inF: 2049, outF: 9, rs: [], fifo: false, xt: 'f32', wt: 'f32', bias: false });
 CASES.push({ n: 3, inF: 777, outF: 21, rs: [2], fifo: false, xt: 'f32', wt: 'f16', bias: true });
 // W as columns (fanInFanOut): gemm keeps the packed path; same n range.
-for (const n of [2, 5, 16]) CASES.push({ n, inF: 33, outF: 19, rs: [2], fifo: true, xt: 'f32', wt: 'bf16', bias: true });
+for (const n of [2, 5, 16, 32]) CASES.push({ n, inF: 33, outF: 19, rs: [2], fifo: true, xt: 'f32', wt: 'bf16', bias: true });
 // Just past the kernel's range: the packed GEMM.
-CASES.push({ n: 17, inF: 33, outF: 19, rs: [2], fifo: false, xt: 'bf16', wt: 'bf16', bias: true });
+CASES.push({ n: 33, inF: 33, outF: 19, rs: [2], fifo: false, xt: 'bf16', wt: 'bf16', bias: true });
 
 /** Half an ulp of a value stored in dtype, relative. */
 const unitRound = (dt: FloatDType) => (dt === 'f32' ? 2 ** -24 : dt === 'bf16' ? 2 ** -9 : 2 ** -11);
@@ -105,7 +105,7 @@ function check(c: Case): void {
     }
 }
 
-describe('multi-row GEMV (2..16 tokens, W read in place) against float64, element by element', () => {
+describe('multi-row GEMV (2..32 tokens, W read in place) against float64, element by element', () => {
   test(`path ${backendInfo().cpuPath}`, () => {
     expect(backendInfo().cpuPaths).toContain('portable');
   });
@@ -118,15 +118,15 @@ describe('a row does not depend on the batch it is in, nor on the thread count',
     ['f32', 'f32'],
     ['bf16', 'bf16'],
     ['f32', 'f16'],
-  ] as [FloatDType, FloatDType][])('x=%s W=%s: rows of n = 2..16 equal the same rows at n = 16, bit for bit', (xt, wt) => {
+  ] as [FloatDType, FloatDType][])('x=%s W=%s: rows of n = 2..32 equal the same rows at n = 32, bit for bit', (xt, wt) => {
     const inF = 131;
     const outF = 70;
-    const x = randomArray(16 * inF, 7, 1);
+    const x = randomArray(32 * inF, 7, 1);
     const W = rand([outF, inF], 8, wt, 0.3);
     const adapters = [{ loraA: rand([5, inF], 9).t, loraB: rand([outF, 5], 10).t, scaling: 0.75 }];
-    const full = kernels.loraLinearForward(Tensor.from(x, [16, inF], { dtype: xt }), W.t, { adapters });
+    const full = kernels.loraLinearForward(Tensor.from(x, [32, inF], { dtype: xt }), W.t, { adapters });
     const fullBits = bits(full);
-    for (let n = 2; n <= 16; n++) {
+    for (let n = 2; n <= 32; n++) {
       const y = kernels.loraLinearForward(Tensor.from(x.subarray(0, n * inF), [n, inF], { dtype: xt }), W.t, { adapters });
       expect(bits(y).equals(fullBits.subarray(0, bits(y).length))).toBe(true);
     }

@@ -83,8 +83,8 @@ using Bf16BlockWFn = void (*)(int64_t kfull, const uint16_t* w, int64_t ldw, con
                               float* acc, int64_t ldacc);
 
 // Multi-row GEMV over W's rows, W read in place: out[i*ldo + j] += sum_k x[i*ldx + k] * w[j*ldw + k]
-// for i < m (m <= GEMV_ROWS_MAX), j < rows; x f32, w of dtype wt (f32, bf16 or f16), f32 sums.
-constexpr int64_t GEMV_ROWS_MAX = 16;
+// for i < m (2 <= m <= GEMV_ROWS_MAX, gemv_rows.h), j < rows; x f32, w of dtype wt (f32, bf16 or
+// f16), f32 sums.
 using GemvRowsFn = void (*)(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt, int64_t ldw,
                             int64_t rows, float* out, int64_t ldo);
 // The same with x and w both bf16 bits (a bf16 dot-product unit: two exact products per lane per step).
