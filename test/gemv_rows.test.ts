@@ -50,7 +50,9 @@ CASES.push({ n: 16, inF: 2049, outF: 9, rs: [], fifo: false, xt: 'f32', wt: 'f32
 CASES.push({ n: 3, inF: 777, outF: 21, rs: [2], fifo: false, xt: 'f32', wt: 'f16', bias: true });
 // W as columns (fanInFanOut): gemm keeps the packed path; same n range.
 for (const n of [2, 5, 16, 32]) CASES.push({ n, inF: 33, outF: 19, rs: [2], fifo: true, xt: 'f32', wt: 'bf16', bias: true });
-// Just past the kernel's range: the packed GEMM.
+// bf16·bf16 at the edge of its range (24 rows), then past it and past the f32 range: the packed GEMM.
+CASES.push({ n: 24, inF: 1030, outF: 37, rs: [2], fifo: false, xt: 'bf16', wt: 'bf16', bias: true });
+CASES.push({ n: 25, inF: 77, outF: 37, rs: [], fifo: false, xt: 'bf16', wt: 'bf16', bias: false });
 CASES.push({ n: 33, inF: 33, outF: 19, rs: [2], fifo: false, xt: 'bf16', wt: 'bf16', bias: true });
 
 /** Half an ulp of a value stored in dtype, relative. */
@@ -114,19 +116,20 @@ describe('multi-row GEMV (2..32 tokens, W read in place) against float64, elemen
 
 describe('a row does not depend on the batch it is in, nor on the thread count', () => {
   const bits = (t: Tensor) => Buffer.from(t.toFloat32Array().buffer);
+  // bf16·bf16 goes to the packed GEMM's bf16 blocks past 24 rows (GEMV_ROWS_MAX_BF16_BLOCKS).
   test.each([
-    ['f32', 'f32'],
-    ['bf16', 'bf16'],
-    ['f32', 'f16'],
-  ] as [FloatDType, FloatDType][])('x=%s W=%s: rows of n = 2..32 equal the same rows at n = 32, bit for bit', (xt, wt) => {
+    ['f32', 'f32', 32],
+    ['bf16', 'bf16', 24],
+    ['f32', 'f16', 32],
+  ] as [FloatDType, FloatDType, number][])('x=%s W=%s: rows of n = 2..%d equal the same rows at the largest n, bit for bit', (xt, wt, nMax) => {
     const inF = 131;
     const outF = 70;
-    const x = randomArray(32 * inF, 7, 1);
+    const x = randomArray(nMax * inF, 7, 1);
     const W = rand([outF, inF], 8, wt, 0.3);
     const adapters = [{ loraA: rand([5, inF], 9).t, loraB: rand([outF, 5], 10).t, scaling: 0.75 }];
-    const full = kernels.loraLinearForward(Tensor.from(x, [32, inF], { dtype: xt }), W.t, { adapters });
+    const full = kernels.loraLinearForward(Tensor.from(x, [nMax, inF], { dtype: xt }), W.t, { adapters });
     const fullBits = bits(full);
-    for (let n = 2; n <= 32; n++) {
+    for (let n = 2; n <= nMax; n++) {
       const y = kernels.loraLinearForward(Tensor.from(x.subarray(0, n * inF), [n, inF], { dtype: xt }), W.t, { adapters });
       expect(bits(y).equals(fullBits.subarray(0, bits(y).length))).toBe(true);
     }

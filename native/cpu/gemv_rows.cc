@@ -30,7 +30,8 @@ bool gemv_rows_ok(const KernelTable& kt, int64_t m, const std::vector<KSegment>&
   for (const KSegment& s : segs) {
     if (s.b.decode || s.b.rs != 1 || !float_dtype(s.b.dtype) || !float_dtype(s.a.dtype)) return false;
     // AMX multiplies bf16 x by a bf16 W in place through its tiles already.
-    if (kt.bf16_block_w && s.a.dtype == DType::BF16 && s.b.dtype == DType::BF16 && s.alpha == 1.f) return false;
+    const bool bf16_blocks = kt.bf16_block && s.a.dtype == DType::BF16 && s.b.dtype == DType::BF16 && s.alpha == 1.f;
+    if (bf16_blocks && (kt.bf16_block_w || m > GEMV_ROWS_MAX_BF16_BLOCKS)) return false;
   }
   return true;
 }

@@ -12,9 +12,13 @@ namespace lorakit {
 // The most rows of x gemm sends here. On the 2-vCPU Zen 5 EPYC (d 4096, f32 and bf16) this path took
 // 0.53-0.95x the packed GEMM's time at 32 rows and 0.97-1.01x at 48 (bench/results/gemv-rows-*).
 constexpr int64_t GEMV_ROWS_MAX = 32;
+// For bf16·bf16 segments that the GEMM would run as full 32-row bf16 blocks (vdpbf16ps, AMX): at 32
+// rows the two paths measured 0.98-1.12x apart, either way.
+constexpr int64_t GEMV_ROWS_MAX_BF16_BLOCKS = 24;
 
 // Whether gemm(m, ·, segs) runs here: 2 ≤ m ≤ GEMV_ROWS_MAX, the path has a kernel, every B is a
-// float W stored as rows along K (not decoded); on AMX, bf16·bf16 segments keep the tile path.
+// float W stored as rows along K (not decoded); segments the GEMM runs as bf16 blocks only up to
+// GEMV_ROWS_MAX_BF16_BLOCKS rows, and never on AMX (whose tiles read such a W in place already).
 bool gemv_rows_ok(const KernelTable& kt, int64_t m, const std::vector<KSegment>& segs);
 // gemm() over those rows (gemv_rows.cc).
 void gemv_rows_gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out);
