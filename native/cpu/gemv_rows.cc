@@ -26,7 +26,7 @@ bool bf16_dot(const KernelTable& kt, const KSegment& s) {
 }  // namespace
 
 bool gemv_rows_ok(const KernelTable& kt, int64_t m, const std::vector<KSegment>& segs) {
-  if (m < 2 || m > GEMV_ROWS_MAX || !kt.gemv_rows) return false;
+  if (m < 2 || m > std::min(kt.gemv_rows_max, GEMV_ROWS_MAX) || !kt.gemv_rows) return false;
   for (const KSegment& s : segs) {
     if (s.b.decode || s.b.rs != 1 || !float_dtype(s.b.dtype) || !float_dtype(s.a.dtype)) return false;
     // AMX multiplies bf16 x by a bf16 W in place through its tiles already.

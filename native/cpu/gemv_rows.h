@@ -9,11 +9,14 @@
 
 namespace lorakit {
 
-// The most rows of x gemm sends here. On the 2-vCPU Zen 5 EPYC (d 4096, f32 and bf16) this path took
-// 0.53-0.95x the packed GEMM's time at 32 rows and 0.97-1.01x at 48 (bench/results/gemv-rows-*).
+// The most rows of x any path's gemv_rows takes (KernelTable::gemv_rows_max: 32 for AVX-512, 8 for
+// AVX2). Measured on the 2-vCPU Zen 5 EPYC, d 4096 (bench/results/gemv-rows-2026-12-06-amd-epyc.txt):
+// AVX-512 took 0.87-0.96x the packed GEMM's time at 32 rows (f32), about 1.0x at 48; the AVX2 kernel
+// (there, LORAKIT_CPU_PATH=avx2) 0.45-0.58x at 2 rows, 0.85-0.91x at 8, 1.13-1.22x at 16 (likely
+// because each W row block re-reads all of x from L2: 2-row blocks in 16 ymm registers, not 4).
 constexpr int64_t GEMV_ROWS_MAX = 32;
-// For bf16·bf16 segments that the GEMM would run as full 32-row bf16 blocks (vdpbf16ps, AMX): at 32
-// rows the two paths measured 0.98-1.12x apart, either way.
+// For bf16·bf16 segments that the GEMM would run as full 32-row bf16 blocks (vdpbf16ps, AMX): 24
+// rows took 0.75-0.84x the GEMM's time, 32 rows 0.96-1.12x.
 constexpr int64_t GEMV_ROWS_MAX_BF16_BLOCKS = 24;
 
 // Whether gemm(m, ·, segs) runs here: 2 ≤ m ≤ GEMV_ROWS_MAX, the path has a kernel, every B is a

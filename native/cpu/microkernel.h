@@ -116,6 +116,7 @@ struct KernelTable {
   ExactRowsFn exact_rows;
   GemvRowsFn gemv_rows;            // null: gemm packs W as for any m (portable, neon)
   GemvRowsBf16Fn gemv_rows_bf16;   // null unless avx512bf16
+  int64_t gemv_rows_max;           // the most rows of x gemm sends to gemv_rows (measured per path)
 };
 
 const KernelTable& kernel_table();

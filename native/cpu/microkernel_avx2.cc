@@ -427,7 +427,7 @@ LK_AVX2 double fma_peak(int64_t iters) {
   return 2.0 * 8 * 12 * static_cast<double>(iters);
 }
 
-const KernelTable kTable = {"avx2", AMR, ANR, micro, dot_rows, axpy_rows, load_row, pack_t, store_row, merge_rows, true, nullptr, fma_peak, nullptr, nullptr, nullptr, exact_rows_avx2, gemv_rows_avx2, nullptr};
+const KernelTable kTable = {"avx2", AMR, ANR, micro, dot_rows, axpy_rows, load_row, pack_t, store_row, merge_rows, true, nullptr, fma_peak, nullptr, nullptr, nullptr, exact_rows_avx2, gemv_rows_avx2, nullptr, 8};
 
 }  // namespace
 
