@@ -4,7 +4,8 @@
  * W rows not a multiple of the row block, every n from 2 to 16 and some up to 32 (the splits into x
  * groups), f32 / bf16 / f16 W, bf16 x with bf16 W (vdpbf16ps on avx512bf16), several adapters (K
  * segments with their own scale), bias; fanInFanOut (W as columns: the packed GEMM) for the same n.
- * Paths without the kernel run the packed GEMM on the same cases. CI runs this file once per path.
+ * One bf16·bf16 row (the same kernel on avx512bf16). Paths without the kernel run the packed GEMM
+ * (or the n = 1 GEMV) on the same cases. CI runs this file once per path.
  */
 import { FloatDType, Tensor, backendInfo, kernels, setNumThreads } from '../lib';
 import { randomArray } from './helpers/reference';
@@ -50,6 +51,8 @@ CASES.push({ n: 16, inF: 2049, outF: 9, rs: [], fifo: false, xt: 'f32', wt: 'f32
 CASES.push({ n: 3, inF: 777, outF: 21, rs: [2], fifo: false, xt: 'f32', wt: 'f16', bias: true });
 // W as columns (fanInFanOut): gemm keeps the packed path; same n range.
 for (const n of [2, 5, 16, 32]) CASES.push({ n, inF: 33, outF: 19, rs: [2], fifo: true, xt: 'f32', wt: 'bf16', bias: true });
+// One bf16·bf16 row: the vdpbf16ps kernel on avx512bf16 (dot_rows elsewhere), K tails of 1..31.
+for (const inF of [1, 31, 33, 1030]) CASES.push({ n: 1, inF, outF: 37, rs: [3], fifo: false, xt: 'bf16', wt: 'bf16', bias: inF > 31 });
 // bf16·bf16 at the edge of its range (24 rows), then past it and past the f32 range: the packed GEMM.
 CASES.push({ n: 24, inF: 1030, outF: 37, rs: [2], fifo: false, xt: 'bf16', wt: 'bf16', bias: true });
 CASES.push({ n: 25, inF: 77, outF: 37, rs: [], fifo: false, xt: 'bf16', wt: 'bf16', bias: false });
@@ -119,11 +122,13 @@ describe('a row does not depend on the batch it is in, nor on the thread count',
   // Within one kernel's range: the AVX2 kernel takes up to 8 rows (gemv_rows.h), the AVX-512 one 32,
   // bf16·bf16 with vdpbf16ps 24; past them the packed GEMM (whose rows are batch-independent too).
   const pathMax = ['avx2', 'amx-emulated'].includes(backendInfo().cpuPath) ? 8 : 32;
+  // One bf16·bf16 row takes the same kernel where vdpbf16ps exists (avx512bf16).
+  const bf16Min = backendInfo().cpuPath === 'avx512bf16' ? 1 : 2;
   test.each([
-    ['f32', 'f32', Math.min(32, pathMax)],
-    ['bf16', 'bf16', Math.min(24, pathMax)],
-    ['f32', 'f16', Math.min(32, pathMax)],
-  ] as [FloatDType, FloatDType, number][])('x=%s W=%s: rows of n = 2..%d equal the same rows at the largest n, bit for bit', (xt, wt, nMax) => {
+    ['f32', 'f32', 2, Math.min(32, pathMax)],
+    ['bf16', 'bf16', bf16Min, Math.min(24, pathMax)],
+    ['f32', 'f16', 2, Math.min(32, pathMax)],
+  ] as [FloatDType, FloatDType, number, number][])('x=%s W=%s: rows of n = %d..%d equal the same rows at the largest n, bit for bit', (xt, wt, nMin, nMax) => {
     const inF = 131;
     const outF = 70;
     const x = randomArray(nMax * inF, 7, 1);
@@ -131,7 +136,7 @@ describe('a row does not depend on the batch it is in, nor on the thread count',
     const adapters = [{ loraA: rand([5, inF], 9).t, loraB: rand([outF, 5], 10).t, scaling: 0.75 }];
     const full = kernels.loraLinearForward(Tensor.from(x, [nMax, inF], { dtype: xt }), W.t, { adapters });
     const fullBits = bits(full);
-    for (let n = 2; n <= nMax; n++) {
+    for (let n = nMin; n <= nMax; n++) {
       const y = kernels.loraLinearForward(Tensor.from(x.subarray(0, n * inF), [n, inF], { dtype: xt }), W.t, { adapters });
       expect(bits(y).equals(fullBits.subarray(0, bits(y).length))).toBe(true);
     }

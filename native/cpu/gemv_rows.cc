@@ -1,4 +1,5 @@
-// gemm() for a few rows of A (2 ≤ m ≤ GEMV_ROWS_MAX) when every B is a W stored as rows along K
+// gemm() for a few rows of A (2 ≤ m ≤ GEMV_ROWS_MAX; one row of bf16·bf16 where vdpbf16ps exists)
+// when every B is a W stored as rows along K
 // (B(k, j) = W[j, k], the Linear layout, and each adapter's Bᵀ): the path's multi-row GEMV reads W
 // in place instead of packing it on every call (the packed GEMM ran its register tile at 11-25% of
 // the FMA peak here). Same contract as gemm: C = beta·C + Σ_s alpha_s·A_s·B_s (+ bias), f32 sums,
@@ -26,7 +27,11 @@ bool bf16_dot(const KernelTable& kt, const KSegment& s) {
 }  // namespace
 
 bool gemv_rows_ok(const KernelTable& kt, int64_t m, const std::vector<KSegment>& segs) {
-  if (m < 2 || m > std::min(kt.gemv_rows_max, GEMV_ROWS_MAX) || !kt.gemv_rows) return false;
+  if (m < 1 || m > std::min(kt.gemv_rows_max, GEMV_ROWS_MAX) || !kt.gemv_rows) return false;
+  // One row: gemm's dot_rows GEMV, unless a segment has the bf16 dot unit (x and W bf16), which took
+  // 0.70-0.77x dot_rows' time at d 4096 (f32 W: 1.07-1.10x, so dot_rows keeps it).
+  if (m == 1 && std::none_of(segs.begin(), segs.end(), [&](const KSegment& s) { return bf16_dot(kt, s); }))
+    return false;
   for (const KSegment& s : segs) {
     if (s.b.decode || s.b.rs != 1 || !float_dtype(s.b.dtype) || !float_dtype(s.a.dtype)) return false;
     // AMX multiplies bf16 x by a bf16 W in place through its tiles already.

@@ -1,6 +1,7 @@
 // The multi-row GEMV kernels (gemv_rows_avx512.cc, gemv_rows_avx2.cc) that the kernel tables point
 // at: y[i, j] += Σ_k x[i, k]·W[j, k] for a few rows of x, W's rows read in place (gemm.cc routes
-// 2 ≤ m ≤ GEMV_ROWS_MAX with every B stored as rows along K here instead of packing W).
+// 2 ≤ m ≤ GEMV_ROWS_MAX with every B stored as rows along K here instead of packing W; see
+// gemv_rows_ok).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -19,7 +20,8 @@ constexpr int64_t GEMV_ROWS_MAX = 32;
 // rows took 0.75-0.84x the GEMM's time, 32 rows 0.96-1.12x.
 constexpr int64_t GEMV_ROWS_MAX_BF16_BLOCKS = 24;
 
-// Whether gemm(m, ·, segs) runs here: 2 ≤ m ≤ GEMV_ROWS_MAX, the path has a kernel, every B is a
+// Whether gemm(m, ·, segs) runs here: 2 ≤ m ≤ GEMV_ROWS_MAX (m = 1 too when a segment is bf16·bf16
+// and the path has gemv_rows_bf16), the path has a kernel, every B is a
 // float W stored as rows along K (not decoded); segments the GEMM runs as bf16 blocks only up to
 // GEMV_ROWS_MAX_BF16_BLOCKS rows, and never on AMX (whose tiles read such a W in place already).
 bool gemv_rows_ok(const KernelTable& kt, int64_t m, const std::vector<KSegment>& segs);

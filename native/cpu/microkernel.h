@@ -83,7 +83,7 @@ using Bf16BlockWFn = void (*)(int64_t kfull, const uint16_t* w, int64_t ldw, con
                               float* acc, int64_t ldacc);
 
 // Multi-row GEMV over W's rows, W read in place: out[i*ldo + j] += sum_k x[i*ldx + k] * w[j*ldw + k]
-// for i < m (2 <= m <= GEMV_ROWS_MAX, gemv_rows.h), j < rows; x f32, w of dtype wt (f32, bf16 or
+// for i < m (1 <= m <= GEMV_ROWS_MAX, gemv_rows.h), j < rows; x f32, w of dtype wt (f32, bf16 or
 // f16), f32 sums.
 using GemvRowsFn = void (*)(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt, int64_t ldw,
                             int64_t rows, float* out, int64_t ldo);
