@@ -28,8 +28,9 @@ bool bf16_dot(const KernelTable& kt, const KSegment& s) {
 
 bool gemv_rows_ok(const KernelTable& kt, int64_t m, const std::vector<KSegment>& segs) {
   if (m < 1 || m > std::min(kt.gemv_rows_max, GEMV_ROWS_MAX) || !kt.gemv_rows) return false;
-  // One row: gemm's dot_rows GEMV, unless a segment has the bf16 dot unit (x and W bf16), which took
-  // 0.70-0.77x dot_rows' time at d 4096 (f32 W: 1.07-1.10x, so dot_rows keeps it).
+  // One row: gemm's dot_rows GEMV, unless a segment has the bf16 dot unit (x and W bf16): 0.74x
+  // dot_rows' time at d 4096, best of five (bench/results/gemv-rows-2026-12-06-amd-epyc.txt); with
+  // f32 W this kernel took 1.07-1.10x dot_rows' time (a trial run), so dot_rows keeps those.
   if (m == 1 && std::none_of(segs.begin(), segs.end(), [&](const KSegment& s) { return bf16_dot(kt, s); }))
     return false;
   for (const KSegment& s : segs) {
