@@ -1,5 +1,5 @@
 // Multi-row GEMV (AVX-512), W read in place: out[i·ldo + j] += Σ_k x[i·ldx + k]·W[j·ldw + k] for a
-// few rows of x (2 ≤ m ≤ GEMV_ROWS_MAX, peft: F.linear(x, W) on a handful of tokens). The packed
+// few rows of x (1 ≤ m ≤ GEMV_ROWS_MAX, peft: F.linear(x, W) on a handful of tokens). The packed
 // GEMM would repack W on every call and run its tile at a few rows; here a block of RB rows of W
 // meets up to MB rows of x in RB·MB zmm accumulators (16 lanes of k each, summed at the end), so each
 // widened W vector feeds MB FMAs; the x groups after the first find the W block in L2.
@@ -20,10 +20,10 @@
 namespace lorakit {
 namespace {
 
-// Measured on the 2-vCPU Zen 5 EPYC (d 4096, 2 threads): 4 × 6 beat 6 × 4 and 8 × 3 by 10-40% at
-// m ≥ 8; cutting K in chunks that keep a W block in L1 (256-2048 steps, accumulators parked between
-// chunks) was 5-30% slower than one pass with the block in L2; prefetching W 1 KiB ahead gained
-// 0-10% (noisy, shared machine).
+// Measured in a standalone harness on the 2-vCPU Zen 5 EPYC (d 4096, 2 threads; noisy, shared):
+// 4 × 6 beat 6 × 4 and 8 × 3 by 10-60% at m ≥ 8; cutting K in chunks that keep a W block in L1
+// (256-2048 steps, accumulators parked between chunks) was 5-45% slower than one pass with the
+// block in L2; prefetching W 1 KiB ahead gained 0-10%.
 constexpr int RB = 4;              // W rows per register block
 constexpr int MB = 6;              // x rows per register block: 24 accumulators + 4 W vectors + x
 constexpr int64_t PF_BYTES = 1024;  // software prefetch distance along a W row
