@@ -1,8 +1,9 @@
 // Multi-row GEMV (AVX2 + FMA), W read in place: out[i·ldo + j] += Σ_k x[i·ldx + k]·W[j·ldw + k] for
-// 2 ≤ m ≤ 8 rows of x (the AVX2 table's gemv_rows_max) (peft: F.linear(x, W) on a handful of tokens). The AVX-512
-// kernel's scheme (gemv_rows_avx512.cc) with 16 ymm registers: RB = 2 rows of W × up to MB = 6 rows
-// of x in 12 accumulators, one pass over K per x group (the W block in L2 after the first). Lane l of an accumulator sums k ≡ l (mod 8) in order, then a fixed
-// reduction, whatever the block shapes: row i's result does not depend on the other rows.
+// 2 ≤ m ≤ 8 rows of x (the AVX2 table's gemv_rows_max; peft: F.linear(x, W) on a handful of tokens).
+// The AVX-512 kernel's scheme (gemv_rows_avx512.cc) with 16 ymm registers: RB = 2 rows of W × up to
+// MB = 6 rows of x in 12 accumulators, one pass over K per x group (the W block in L2 after the
+// first). Lane l of an accumulator sums k ≡ l (mod 8) in order, then a fixed reduction, whatever the
+// block shapes: row i's result does not depend on the other rows.
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #include <algorithm>
