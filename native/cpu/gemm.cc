@@ -7,7 +7,8 @@
 // as 32×32 blocks over all of K (AMX tiles or vdpbf16ps): a full-K 32-column B panel against 32-row
 // A blocks; on AMX, a W stored as rows along K is read in place instead (x is packed, W never is).
 // One row (m = 1, decode) is a GEMV that streams B once instead, since a packed tile would waste
-// MR-1 of its rows.
+// MR-1 of its rows; a few rows (2..GEMV_ROWS_MAX, and one row of bf16·bf16 where vdpbf16ps exists)
+// with W stored as rows go to gemv_rows.cc, which reads W in place.
 #include "gemm.h"
 #include <algorithm>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <vector>
 #include "../core/thread_pool.h"
 #include "caches.h"
+#include "gemv_rows.h"
 #include "microkernel.h"
 
 namespace lorakit {
@@ -522,8 +524,9 @@ void gemv(int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
 void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
   const GemmBlocks& bl = gemm_blocks();
   if (m <= 0 || n <= 0) return;
-  if (gemv_ok(m, segs)) return gemv(n, segs, out);
   const KernelTable& kt = kernel_table();
+  if (gemv_rows_ok(kt, m, segs)) return gemv_rows_gemm(m, n, segs, out);
+  if (gemv_ok(m, segs)) return gemv(n, segs, out);
   const int64_t nt = num_threads();
   const int64_t um = std::lcm<int64_t>(kt.mr, 32), un = std::lcm<int64_t>(kt.nr, 32);
   // Columns: the fewest tasks of at most nc columns, raised to a multiple of the thread count, or,

@@ -82,6 +82,15 @@ constexpr int64_t BF16_BLOCK = 32;
 using Bf16BlockWFn = void (*)(int64_t kfull, const uint16_t* w, int64_t ldw, const uint16_t* wtail, const uint16_t* x,
                               float* acc, int64_t ldacc);
 
+// Multi-row GEMV over W's rows, W read in place: out[i*ldo + j] += sum_k x[i*ldx + k] * w[j*ldw + k]
+// for i < m (1 <= m <= GEMV_ROWS_MAX, gemv_rows.h), j < rows; x f32, w of dtype wt (f32, bf16 or
+// f16), f32 sums.
+using GemvRowsFn = void (*)(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt, int64_t ldw,
+                            int64_t rows, float* out, int64_t ldo);
+// The same with x and w both bf16 bits (a bf16 dot-product unit: two exact products per lane per step).
+using GemvRowsBf16Fn = void (*)(int64_t m, int64_t k, const uint16_t* x, int64_t ldx, const uint16_t* w,
+                                int64_t ldw, int64_t rows, float* out, int64_t ldo);
+
 // Runs a register-resident FMA (or AMX tile) loop `iters` times; returns the FLOPs done.
 using PeakFn = double (*)(int64_t iters);
 
@@ -105,6 +114,9 @@ struct KernelTable {
   PeakFn bf16_dot_peak;    // vdpbf16ps loop; null unless avx512bf16
   Bf16BlockWFn bf16_block_w;  // null unless AMX (or its emulation)
   ExactRowsFn exact_rows;
+  GemvRowsFn gemv_rows;            // null: gemm packs W as for any m (portable, neon)
+  GemvRowsBf16Fn gemv_rows_bf16;   // null unless avx512bf16
+  int64_t gemv_rows_max;           // the most rows of x gemm sends to gemv_rows (measured per path)
 };
 
 const KernelTable& kernel_table();

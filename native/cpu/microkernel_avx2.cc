@@ -4,6 +4,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #include "exact_rows.h"
+#include "gemv_rows.h"
 #include "kernels_generic.h"
 #include "microkernel.h"
 
@@ -450,7 +451,7 @@ LK_AVX2 double fma_peak(int64_t iters) {
   return 2.0 * 8 * 12 * static_cast<double>(iters);
 }
 
-const KernelTable kTable = {"avx2", AMR, ANR, micro, dot_rows, axpy_rows, load_row, pack_t, store_row, merge_rows, true, nullptr, fma_peak, nullptr, nullptr, nullptr, exact_rows_avx2};
+const KernelTable kTable = {"avx2", AMR, ANR, micro, dot_rows, axpy_rows, load_row, pack_t, store_row, merge_rows, true, nullptr, fma_peak, nullptr, nullptr, nullptr, exact_rows_avx2, gemv_rows_avx2, nullptr, 8};
 
 }  // namespace
 

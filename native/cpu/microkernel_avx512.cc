@@ -10,6 +10,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #include "exact_rows.h"
+#include "gemv_rows.h"
 #include "kernels_generic.h"
 #include "microkernel.h"
 
@@ -140,6 +141,7 @@ KernelTable make() {
   // The exact kernel wants AVX512-BW too (every AVX-512 CPU with VL has had it); else the AVX2 one.
   t.exact_rows = __builtin_cpu_supports("avx512bw") ? exact_rows_avx512 : t.exact_rows;
   t.merge_bf16_even_odd = false;  // natural order: 16 bf16 widen to one zmm
+  if (__builtin_cpu_supports("avx512bw")) t.gemv_rows = gemv_rows_avx512, t.gemv_rows_max = 32;  // masked 16-bit loads
   return t;
 }
 

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstring>
 #include "exact_rows.h"
+#include "gemv_rows.h"
 #include "microkernel.h"
 
 #define LK_BF16 __attribute__((target("avx512f,avx512vl,avx512bf16,avx2,fma,f16c")))
@@ -109,6 +110,7 @@ const KernelTable* make() {
   t.bf16_dot_peak = dp_peak;
   if (__builtin_cpu_supports("avx512dq")) t.merge_rows = merge_rows_avx512bf16;
   if (__builtin_cpu_supports("avx512bw")) t.exact_rows = exact_rows_avx512bf16;
+  if (__builtin_cpu_supports("avx512bw")) t.gemv_rows_bf16 = gemv_rows_bf16_avx512bf16;
   return &t;
 }
 
