@@ -283,25 +283,6 @@ bool use_w_in_place(const KernelTable& kt, const KSegment& s) {
   return use_amx(kt, s) && kt.bf16_block_w && s.b.rs == 1 && s.b.cs >= s.k && !s.b.decode;
 }
 
-// Bias (row vector) and beta·C, then one rounding into the output dtype.
-void store_rows(const KernelTable& kt, const float* acc, int64_t ldacc, int64_t i0, int64_t rows, int64_t j0,
-                int64_t nc, const GemmOutput& out, Scratch& s) {
-  const size_t es = dtype_size(out.dtype);
-  if (out.bias) kt.load_row(static_cast<const char*>(out.bias) + j0 * dtype_size(out.bias_dtype), out.bias_dtype, 1.f,
-                            nc, s.bias.data());
-  for (int64_t i = 0; i < rows; i++) {
-    float* row = const_cast<float*>(acc + i * ldacc);
-    char* dst = static_cast<char*>(out.data) + ((i0 + i) * out.ldc + j0) * es;
-    if (out.beta != 0.f) {
-      kt.load_row(dst, out.dtype, out.beta, nc, s.tmp.data());
-      for (int64_t j = 0; j < nc; j++) row[j] += s.tmp[j];
-    }
-    if (out.bias)
-      for (int64_t j = 0; j < nc; j++) row[j] += s.bias[j];
-    kt.store_row(row, dst, out.dtype, nc);
-  }
-}
-
 // A of every non-AMX segment packed once per call (all row panels, all k blocks), shared by the
 // tasks: otherwise each column block of C would repack it.
 struct PackedA {
@@ -476,57 +457,35 @@ void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vec
       }
     }
   }
-  store_rows(kt, acc, bl.nc, i0, rc, j0, nc, out, s);
-}
-
-// m = 1: every B is streamed once, as rows (B(k, j) contiguous in k) or as columns.
-bool gemv_ok(int64_t m, const std::vector<KSegment>& segs) {
-  if (m != 1) return false;
-  for (const KSegment& s : segs)
-    if ((s.b.rs != 1 && s.b.cs != 1) || s.b.decode) return false;
-  return true;
-}
-
-void gemv(int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
-  const GemmBlocks& bl = gemm_blocks();
-  const KernelTable& kt = kernel_table();
-  std::vector<std::vector<float>> xs(segs.size());
-  for (size_t i = 0; i < segs.size(); i++) {
-    const KSegment& s = segs[i];
-    xs[i].resize(s.k);
-    if (s.a.cs == 1) kt.load_row(s.a.data, s.a.dtype, s.alpha, s.k, xs[i].data());
-    else
-      for (int64_t k = 0; k < s.k; k++) xs[i][k] = s.alpha * s.a.at(0, k);
-  }
-  parallel_for(
-      n,
-      [&](int64_t b, int64_t e) {
-        Scratch& sc = scratch();
-        for (int64_t j0 = b; j0 < e; j0 += bl.nc) {
-          int64_t nc = std::min(bl.nc, e - j0);
-          float* acc = sc.acc.data();
-          std::fill(acc, acc + nc, 0.f);
-          for (size_t i = 0; i < segs.size(); i++) {
-            const KSegment& s = segs[i];
-            if (s.b.rs == 1 && !(s.b.cs == 1 && s.k == 1))
-              kt.dot_rows(s.k, xs[i].data(), elem_ptr(s.b, 0, j0), s.b.dtype, s.b.cs, nc, acc);
-            else
-              kt.axpy_rows(s.k, xs[i].data(), elem_ptr(s.b, 0, j0), s.b.dtype, s.b.rs, nc, acc);
-          }
-          store_rows(kt, acc, bl.nc, 0, 1, j0, nc, out, sc);
-        }
-      },
-      64);
+  store_gemm_rows(kt, acc, bl.nc, i0, rc, j0, nc, out, s.tmp.data(), s.bias.data());
 }
 
 }  // namespace
+
+// Bias (row vector) and beta·C, then one rounding into the output dtype (tmp and bias: nc floats each).
+void store_gemm_rows(const KernelTable& kt, const float* acc, int64_t ldacc, int64_t i0, int64_t rows, int64_t j0, int64_t nc,
+                     const GemmOutput& out, float* tmp, float* bias) {
+  const size_t es = dtype_size(out.dtype);
+  if (out.bias) kt.load_row(static_cast<const char*>(out.bias) + j0 * dtype_size(out.bias_dtype), out.bias_dtype, 1.f, nc, bias);
+  for (int64_t i = 0; i < rows; i++) {
+    float* row = const_cast<float*>(acc + i * ldacc);
+    char* dst = static_cast<char*>(out.data) + ((i0 + i) * out.ldc + j0) * es;
+    if (out.beta != 0.f) {
+      kt.load_row(dst, out.dtype, out.beta, nc, tmp);
+      for (int64_t j = 0; j < nc; j++) row[j] += tmp[j];
+    }
+    if (out.bias)
+      for (int64_t j = 0; j < nc; j++) row[j] += bias[j];
+    kt.store_row(row, dst, out.dtype, nc);
+  }
+}
 
 void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
   const GemmBlocks& bl = gemm_blocks();
   if (m <= 0 || n <= 0) return;
   const KernelTable& kt = kernel_table();
   if (gemv_rows_ok(kt, m, segs)) return gemv_rows_gemm(m, n, segs, out);
-  if (gemv_ok(m, segs)) return gemv(n, segs, out);
+  if (gemv_one_row_ok(m, segs)) return gemv_one_row(n, segs, out);
   const int64_t nt = num_threads();
   const int64_t um = std::lcm<int64_t>(kt.mr, 32), un = std::lcm<int64_t>(kt.nr, 32);
   // Columns: the fewest tasks of at most nc columns, raised to a multiple of the thread count, or,

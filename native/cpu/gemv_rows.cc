@@ -1,4 +1,5 @@
-// gemm() for a few rows of A (2 ≤ m ≤ GEMV_ROWS_MAX; one row of bf16·bf16 where vdpbf16ps exists)
+// The GEMV paths of gemm(). One row: dot_rows over W's rows (or axpy_rows over columns). A few rows
+// of A (2 ≤ m ≤ GEMV_ROWS_MAX; one row of bf16·bf16 where vdpbf16ps exists)
 // when every B is a W stored as rows along K
 // (B(k, j) = W[j, k], the Linear layout, and each adapter's Bᵀ): the path's multi-row GEMV reads W
 // in place instead of packing it on every call (the packed GEMM ran its register tile at 11-25% of
@@ -59,7 +60,6 @@ void gemv_rows_gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, con
         for (int64_t k = 0; k < s.k; k++) row[k] = s.alpha * s.a.at(i, k);
     }
   }
-  const size_t oes = dtype_size(out.dtype);
   parallel_for((n + kRowUnit - 1) / kRowUnit, [&](int64_t b, int64_t e) {
     std::vector<float> acc(static_cast<size_t>(m * kCols)), tmp(kCols), bias(kCols);
     for (int64_t j0 = b * kRowUnit; j0 < std::min(n, e * kRowUnit); j0 += kCols) {
@@ -75,23 +75,48 @@ void gemv_rows_gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, con
         else
           kt.gemv_rows(m, s.k, xf[si].data(), s.k, w, s.b.dtype, s.b.cs, nc, acc.data(), kCols);
       }
-      // beta·C, then the bias, then one rounding (as gemm.cc's store_rows).
-      if (out.bias)
-        kt.load_row(static_cast<const char*>(out.bias) + j0 * dtype_size(out.bias_dtype), out.bias_dtype, 1.f, nc,
-                    bias.data());
-      for (int64_t i = 0; i < m; i++) {
-        float* row = acc.data() + i * kCols;
-        char* dst = static_cast<char*>(out.data) + (i * out.ldc + j0) * oes;
-        if (out.beta != 0.f) {
-          kt.load_row(dst, out.dtype, out.beta, nc, tmp.data());
-          for (int64_t j = 0; j < nc; j++) row[j] += tmp[j];
-        }
-        if (out.bias)
-          for (int64_t j = 0; j < nc; j++) row[j] += bias[j];
-        kt.store_row(row, dst, out.dtype, nc);
-      }
+      store_gemm_rows(kt, acc.data(), kCols, 0, m, j0, nc, out, tmp.data(), bias.data());
     }
   });
+}
+
+bool gemv_one_row_ok(int64_t m, const std::vector<KSegment>& segs) {
+  if (m != 1) return false;
+  for (const KSegment& s : segs)
+    if ((s.b.rs != 1 && s.b.cs != 1) || s.b.decode) return false;
+  return true;
+}
+
+void gemv_one_row(int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
+  const int64_t nc_max = gemm_blocks().nc;
+  const KernelTable& kt = kernel_table();
+  std::vector<std::vector<float>> xs(segs.size());
+  for (size_t i = 0; i < segs.size(); i++) {
+    const KSegment& s = segs[i];
+    xs[i].resize(s.k);
+    if (s.a.cs == 1) kt.load_row(s.a.data, s.a.dtype, s.alpha, s.k, xs[i].data());
+    else
+      for (int64_t k = 0; k < s.k; k++) xs[i][k] = s.alpha * s.a.at(0, k);
+  }
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) {
+        std::vector<float> acc(nc_max), tmp(nc_max), bias(nc_max);
+        for (int64_t j0 = b; j0 < e; j0 += nc_max) {
+          const int64_t nc = std::min(nc_max, e - j0);
+          std::fill(acc.begin(), acc.begin() + nc, 0.f);
+          for (size_t i = 0; i < segs.size(); i++) {
+            const KSegment& s = segs[i];
+            const char* bj = static_cast<const char*>(s.b.data) + j0 * s.b.cs * static_cast<int64_t>(dtype_size(s.b.dtype));
+            if (s.b.rs == 1 && !(s.b.cs == 1 && s.k == 1))
+              kt.dot_rows(s.k, xs[i].data(), bj, s.b.dtype, s.b.cs, nc, acc.data());
+            else
+              kt.axpy_rows(s.k, xs[i].data(), bj, s.b.dtype, s.b.rs, nc, acc.data());
+          }
+          store_gemm_rows(kt, acc.data(), nc_max, 0, 1, j0, nc, out, tmp.data(), bias.data());
+        }
+      },
+      64);
 }
 
 }  // namespace lorakit

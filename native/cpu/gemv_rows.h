@@ -1,5 +1,5 @@
-// The multi-row GEMV kernels (gemv_rows_avx512.cc, gemv_rows_avx2.cc) that the kernel tables point
-// at: y[i, j] += Σ_k x[i, k]·W[j, k] for a few rows of x, W's rows read in place (gemm.cc routes
+// The GEMV paths of gemm(): one row (dot_rows / axpy_rows) and the multi-row kernels
+// (gemv_rows_avx512.cc, gemv_rows_avx2.cc) that the kernel tables point at: y[i, j] += Σ_k x[i, k]·W[j, k] for a few rows of x, W's rows read in place (gemm.cc routes
 // 2 ≤ m ≤ GEMV_ROWS_MAX with every B stored as rows along K here instead of packing W; see
 // gemv_rows_ok).
 #pragma once
@@ -27,6 +27,16 @@ constexpr int64_t GEMV_ROWS_MAX_BF16_BLOCKS = 24;
 bool gemv_rows_ok(const KernelTable& kt, int64_t m, const std::vector<KSegment>& segs);
 // gemm() over those rows (gemv_rows.cc).
 void gemv_rows_gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out);
+
+// m = 1 otherwise: every B streamed once, as rows (B(k, j) contiguous in k: the path's dot_rows) or as
+// columns (axpy_rows); not for decoded B.
+bool gemv_one_row_ok(int64_t m, const std::vector<KSegment>& segs);
+void gemv_one_row(int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out);
+
+// gemm.cc's output step: bias (row vector) and beta·C, then one rounding into the output dtype
+// (tmp and bias: scratch of nc floats each).
+void store_gemm_rows(const KernelTable& kt, const float* acc, int64_t ldacc, int64_t i0, int64_t rows, int64_t j0, int64_t nc,
+                     const GemmOutput& out, float* tmp, float* bias);
 
 // GemvRowsFn (microkernel.h) per ISA; the AVX-512 ones want AVX512-BW as well (masked 16-bit loads).
 void gemv_rows_avx512(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, DType wt, int64_t ldw,
