@@ -195,74 +195,91 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
     unsigned nofit = 0;  // rows whose streams did not all fit their slots
     for (int s = 0; s < ch.n; s++) {
       const DevStep& st = ch.s[s];
+      // An undo step's segment offsets for the 4 rows (lane 2·rr: the start, 2·rr + 1: the end),
+      // loaded before the delta so their latency hides behind it.
+      uint32_t offv = 0;
+      if (st.undo && lane < 2 * R && i0 + lane / 2 < rows) offv = st.offsets[(i0 + lane / 2) * spr + g + (lane & 1)];
       float d[R][8];
       delta_rows(st, i0, cols, j, vec_q, d);
       const bool dora = st.k != nullptr;
-#pragma unroll
+      // One copy of the row body (not unrolled: the kernel's code stays small enough for the
+      // instruction cache); row rr is in slot 0 of d and xw, which rotate after each row.
+#pragma unroll 1
       for (int rr = 0; rr < R; rr++) {
-        if (!((act >> rr) & 1)) continue;
-        const int64_t i = i0 + rr, seg = i * spr + g;
-        // DoRA's k of element e (loaded where used: no registers held for plain LoRA)
-        auto kk = [&](int e) { return !dora ? 1.f : st.k_per_col ? (j + e < cols ? __ldg(st.k + j + e) : 1.f) : __ldg(st.k + i); };
-        if (st.undo) {
-          int8_t c[8];
-          uint32_t raw[8];
-          const uint32_t at = st.offsets[seg], end = st.offsets[seg + 1];
-          const uint64_t stream_bytes = st.record_bytes - (st.stream - st.record);
-          const bool ok = at <= end && end <= stream_bytes && end - at <= uint32_t(exact::kMaxSegmentBytes);
-          if (!ok) bad = true;
-          exactc::warp_decode<D>(st.stream + at, ok ? static_cast<int>(end - at) : 0, len, lane, c, raw, cs[warp], rs[warp], &bad);
+        if ((act >> rr) & 1) {
+          const int64_t i = i0 + rr, seg = i * spr + g;
+          // DoRA's k of element e (loaded where used: no registers held for plain LoRA)
+          auto kk = [&](int e) { return !dora ? 1.f : st.k_per_col ? (j + e < cols ? __ldg(st.k + j + e) : 1.f) : __ldg(st.k + i); };
+          if (st.undo) {
+            int8_t c[8];
+            uint32_t raw[8];
+            const uint32_t at = __shfl_sync(exactc::kFull, offv, 2 * rr), end = __shfl_sync(exactc::kFull, offv, 2 * rr + 1);
+            const uint64_t stream_bytes = st.record_bytes - (st.stream - st.record);
+            const bool ok = at <= end && end <= stream_bytes && end - at <= uint32_t(exact::kMaxSegmentBytes);
+            if (!ok) bad = true;
+            exactc::warp_decode<D>(st.stream + at, ok ? static_cast<int>(end - at) : 0, len, lane, c, raw, cs[warp], rs[warp], &bad);
 #pragma unroll
-          for (int e = 0; e < 8; e++) {
-            const float v = L::widen(L::get(xw[rr], e)), de = d[rr][e];
-            const uint32_t Rb = L::narrow(dora ? __fsub_rn(__fdiv_rn(v, kk(e)), de) : __fsub_rn(v, de));
-            L::set(xw[rr], e, c[e] == exact::kRaw ? raw[e] : c[e] ? exact::corrected<D>(Rb, c[e]) : Rb);
-          }
-        } else {
-          uint32_t aw[XW];
-#pragma unroll
-          for (int w = 0; w < XW; w++) aw[w] = 0;
-          uint32_t cw0 = 0, cw1 = 0, m8 = 0, bm8 = 0;
-          int pb = 0;
-#pragma unroll
-          for (int e = 0; e < 8; e++) {
-            const uint32_t xe = L::get(xw[rr], e);
-            const float v = L::widen(xe), de = d[rr][e];
-            const uint32_t a = L::narrow(dora ? __fmul_rn(kk(e), __fadd_rn(v, de)) : __fadd_rn(v, de));
-            const float va = L::widen(a);
-            const uint32_t Rb = L::narrow(dora ? __fsub_rn(__fdiv_rn(va, kk(e)), de) : __fsub_rn(va, de));
-            L::set(aw, e, a);
-            const int c = Rb == xe || j + e >= cols ? 0 : exact::correction<D>(xe, Rb);
-            const uint32_t cb = static_cast<uint32_t>(c) & 0xffu;
-            if (e < 4) cw0 |= cb << (8 * e);
-            else cw1 |= cb << (8 * (e - 4));
-            m8 |= static_cast<uint32_t>(c != 0) << e;
-            const bool big = c > 1 || c < -1;
-            bm8 |= static_cast<uint32_t>(big) << e;
-            pb += big ? (c == exact::kRaw ? (D == DType::F32 ? 32 : 16) : 4) : 0;
-          }
-          const int bytes = exactc::warp_encode<D, XW>(cw0, cw1, m8, bm8, pb, xw[rr], len, lane, enc[warp],
-                                                       reinterpret_cast<uint8_t*>(cs[warp]), Final ? exact::kMaxSegmentBytes : kSlot);
-          if (Final) {
-            if (bytes) exactc::warp_copy_out(enc[warp], bytes, st.out + st.out_off[seg], lane);
+            for (int e = 0; e < 8; e++) {
+              const float v = L::widen(L::get(xw[0], e)), de = d[0][e];
+              const uint32_t Rb = L::narrow(dora ? __fsub_rn(__fdiv_rn(v, kk(e)), de) : __fsub_rn(v, de));
+              L::set(xw[0], e, c[e] == exact::kRaw ? raw[e] : c[e] ? exact::corrected<D>(Rb, c[e]) : Rb);
+            }
           } else {
-            if (lane == 0) {
-              st.lens[seg] = static_cast<uint16_t>(bytes);
-              if (bytes) {
-                atomicAdd(&st.rowlen[i], static_cast<unsigned>(bytes));
-                atomicAdd(&sh_total[s], static_cast<unsigned>(bytes));
+            uint32_t aw[XW];
+#pragma unroll
+            for (int w = 0; w < XW; w++) aw[w] = 0;
+            uint32_t cw0 = 0, cw1 = 0, m8 = 0, bm8 = 0;
+            int pb = 0;
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+              const uint32_t xe = L::get(xw[0], e);
+              const float v = L::widen(xe), de = d[0][e];
+              const uint32_t a = L::narrow(dora ? __fmul_rn(kk(e), __fadd_rn(v, de)) : __fadd_rn(v, de));
+              const float va = L::widen(a);
+              const uint32_t Rb = L::narrow(dora ? __fsub_rn(__fdiv_rn(va, kk(e)), de) : __fsub_rn(va, de));
+              L::set(aw, e, a);
+              const int c = Rb == xe || j + e >= cols ? 0 : exact::correction<D>(xe, Rb);
+              const uint32_t cb = static_cast<uint32_t>(c) & 0xffu;
+              if (e < 4) cw0 |= cb << (8 * e);
+              else cw1 |= cb << (8 * (e - 4));
+              m8 |= static_cast<uint32_t>(c != 0) << e;
+              const bool big = c > 1 || c < -1;
+              bm8 |= static_cast<uint32_t>(big) << e;
+              pb += big ? (c == exact::kRaw ? (D == DType::F32 ? 32 : 16) : 4) : 0;
+            }
+            const int bytes = exactc::warp_encode<D, XW>(cw0, cw1, m8, bm8, pb, xw[0], len, lane, enc[warp],
+                                                         reinterpret_cast<uint8_t*>(cs[warp]), Final ? exact::kMaxSegmentBytes : kSlot);
+            if (Final) {
+              if (bytes) exactc::warp_copy_out(enc[warp], bytes, st.out + st.out_off[seg], lane);
+            } else {
+              if (lane == 0) {
+                st.lens[seg] = static_cast<uint16_t>(bytes);
+                if (bytes) {
+                  atomicAdd(&st.rowlen[i], static_cast<unsigned>(bytes));
+                  atomicAdd(&sh_total[s], static_cast<unsigned>(bytes));
+                }
+              }
+              if (bytes <= kSlot) {
+                uint32_t* dst = reinterpret_cast<uint32_t*>(st.slots + seg * kSlot);
+                for (int w = lane; w < (bytes + 3) / 4; w += 32) dst[w] = enc[warp][w];
+              } else {
+                nofit |= 1u << rr;
               }
             }
-            if (bytes <= kSlot) {
-              uint32_t* dst = reinterpret_cast<uint32_t*>(st.slots + seg * kSlot);
-              for (int w = lane; w < (bytes + 3) / 4; w += 32) dst[w] = enc[warp][w];
-            } else {
-              nofit |= 1u << rr;
-            }
-          }
-          __syncwarp();  // enc is rebuilt for the next row
+            __syncwarp();  // enc is rebuilt for the next row
 #pragma unroll
-          for (int w = 0; w < XW; w++) xw[rr][w] = aw[w];
+            for (int w = 0; w < XW; w++) xw[0][w] = aw[w];
+          }
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+          const float t = d[0][e];
+          d[0][e] = d[1][e], d[1][e] = d[2][e], d[2][e] = d[3][e], d[3][e] = t;
+        }
+#pragma unroll
+        for (int w = 0; w < XW; w++) {
+          const uint32_t t = xw[0][w];
+          xw[0][w] = xw[1][w], xw[1][w] = xw[2][w], xw[2][w] = xw[3][w], xw[3][w] = t;
         }
       }
     }
@@ -295,14 +312,14 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
     if (threadIdx.x == 0 && sh_bad) *reinterpret_cast<volatile unsigned*>(sticky) = 1u;
     return;
   }
-  if (threadIdx.x < ch.n && !ch.s[threadIdx.x].undo && sh_total[threadIdx.x]) atomicAdd(&ctl->total[threadIdx.x], sh_total[threadIdx.x]);
-  if (threadIdx.x == 0) {
-    if (sh_def) atomicAdd(&ctl->deferred, sh_def);
-    if (sh_bad) atomicOr(&ctl->bad, 1u);
-  }
+  if (threadIdx.x != 0) return;
+  // Thread 0 alone adds the block's counts, so only it waits on a fence before counting the block.
+  for (int s = 0; s < ch.n; s++)
+    if (!ch.s[s].undo && sh_total[s]) atomicAdd(&ctl->total[s], sh_total[s]);
+  if (sh_def) atomicAdd(&ctl->deferred, sh_def);
+  if (sh_bad) atomicOr(&ctl->bad, 1u);
   __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0 && atomicAdd(&ctl->done, 1u) == gridDim.x * gridDim.y - 1) {  // the last block
+  if (atomicAdd(&ctl->done, 1u) == gridDim.x * gridDim.y - 1) {  // the last block
     __threadfence();
     const volatile Ctl* c = ctl;
     volatile Report* r = rep;
