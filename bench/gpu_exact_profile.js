@@ -41,6 +41,7 @@ for (const dOut of douts) {
   let ww = 0;
   for (let i = 0; i < w.length; i++) ww += w[i] * w[i];
   for (const dtype of dtypes) {
+    const res0 = {};
     const Ws = Array.from({ length: SETS }, () => Tensor.from(w, [dOut, D_IN], { dtype, device: 'cuda' }));
     const layers = Ws.map((W) => new LoraLinear({ weight: W }));
     for (const [name, seed] of [['a', 31], ['b', 32]]) {
@@ -48,7 +49,8 @@ for (const dOut of douts) {
       const dv = layers[0].getDeltaWeight(name).toFloat32Array();
       let dd = 0;
       for (let i = 0; i < dv.length; i++) dd += dv[i] * dv[i];
-      layers.forEach((l) => l.setScale(name, 0.05 / Math.sqrt(dd / ww)));
+      res0[name] = 0.05 / Math.sqrt(dd / ww);  // printed: a non-finite or zero ‖ΔW‖ would show here
+      layers.forEach((l) => l.setScale(name, res0[name]));
     }
     const ads = layers.map((l) => ({ loraA: l.loraA.get('a'), loraB: l.loraB.get('a'), scaling: l.scaling.get('a') }));
     // warm-up: every path once per set
@@ -60,7 +62,7 @@ for (const dOut of douts) {
       layers[s].unmerge();
     }
     cuda.synchronize();
-    const res = { d_out: dOut, dtype };
+    const res = { d_out: dOut, dtype, scale_a: res0.a, scale_b: res0.b };
     const plainM = [], plainU = [], exM = [], exU = [], sw = [];
     for (let k = 0; k < REPS; k++) {
       const one = (fn) => (cuda.timeMs(() => { for (let s = 0; s < SETS; s++) fn(s); }) * 1000) / SETS;
@@ -75,13 +77,19 @@ for (const dOut of douts) {
     const l = layers[0];
     res.host_plain_us = hostOne(() => kernels.mergeAdapter(Ws[1], ads[1]));
     res.host_exact_pair_us = hostOne(() => { l.merge({ adapterNames: ['a'] }); l.unmerge(); });
+    // What the exact merge did to W (expected ‖ΔW‖/‖W‖ ≈ 0.05): a check that the delta is applied.
+    const before = l.weight.toFloat32Array();
     l.merge({ adapterNames: ['a'] });
     res.side_bits = (l.mergeSideInfoBytes * 8) / l.weight.numel;
+    const after = l.weight.toFloat32Array();
+    let dn = 0, bn = 0;
+    for (let i = 0; i < before.length; i++) { dn += (after[i] - before[i]) ** 2; bn += before[i] ** 2; }
+    res.applied_rel_delta = Math.sqrt(dn / bn);
     l.unmerge();
     res.merge_speed = res.plain_us / res.exact_merge_us;
     res.unmerge_speed = res.plain_us / res.exact_unmerge_us;
     const f = (v) => v.toFixed(1);
-    console.log(`${dtype} [${dOut}, ${D_IN}]: today merge ${f(res.plain_merge_us)} / unmerge ${f(res.plain_unmerge_us)} µs; exact merge ${f(res.exact_merge_us)} µs (${(100 * res.merge_speed).toFixed(0)}%), exact unmerge ${f(res.exact_unmerge_us)} µs (${(100 * res.unmerge_speed).toFixed(0)}%), swap ${f(res.swap_us)} µs; one call + sync: today ${f(res.host_plain_us)}, exact merge+unmerge ${f(res.host_exact_pair_us)} µs; side ${res.side_bits.toFixed(3)} bits/weight`);
+    console.log(`${dtype} [${dOut}, ${D_IN}]: today merge ${f(res.plain_merge_us)} / unmerge ${f(res.plain_unmerge_us)} µs; exact merge ${f(res.exact_merge_us)} µs (${(100 * res.merge_speed).toFixed(0)}%), exact unmerge ${f(res.exact_unmerge_us)} µs (${(100 * res.unmerge_speed).toFixed(0)}%), swap ${f(res.swap_us)} µs; one call + sync: today ${f(res.host_plain_us)}, exact merge+unmerge ${f(res.host_exact_pair_us)} µs; side ${res.side_bits.toFixed(3)} bits/weight; applied ‖ΔW‖/‖W‖ ${res.applied_rel_delta.toFixed(4)} (scale ${res.scale_a.toPrecision(3)})`);
     rows.push(res);
     layers.forEach((x) => x.dispose());
     Ws.forEach((W) => W.dispose());
