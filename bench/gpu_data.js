@@ -1,5 +1,5 @@
 // Seeded benchmark inputs for the GPU benchmarks: uniform values in [-scale, scale) from xorshift,
-// and bf16 device tensors made from them.
+// and 16-bit (bf16 unless asked) device tensors made from them.
 'use strict';
 const { Tensor } = require('../dist');
 
@@ -13,6 +13,6 @@ function randn(n, seed, scale) {
   return out;
 }
 
-const dev = (data, shape) => Tensor.from(data, shape, { dtype: 'bf16', device: 'cuda' });
+const dev = (data, shape, dtype = 'bf16') => Tensor.from(data, shape, { dtype, device: 'cuda' });
 
 module.exports = { randn, dev };

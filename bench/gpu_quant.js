@@ -6,16 +6,18 @@
 //   bytes per weight of every format (quantLayout: values, scales, padding)
 // Times are device-event medians of 5 loops over 8 rotating weight sets (so W is not served from
 // L2). Writes gpu-quant-<date>.{md,json} into --out (default bench/results).
-// nf4_sm90 / nf4_chunked: the nf4 forward forced through each path for n > 16 (LORAKIT_QUANT_GEMM:
-// the sm_90 kernel with W decoded in its tile loads, or the chunked dequantise + cuBLASLt GEMMs).
-//   node bench/gpu_quant.js [--quick] [--ns 512,4096] [--formats nf4,int8,q4_0] [--out DIR]
+// <f>_sm90 / <f>_chunked: the nf4 (and fp4) forward forced through each path for n > 16
+// (LORAKIT_QUANT_GEMM: the sm_90 kernel with W decoded into wgmma's register operand, or the chunked
+// dequantise + cuBLASLt GEMMs). --dtype f16 runs everything on f16 activations and weights;
+// --fwd-only skips the training steps.
+//   node bench/gpu_quant.js [--quick] [--ns 512,4096] [--formats nf4,fp4,int8,q4_0] [--dtype f16] [--fwd-only] [--out DIR]
 'use strict';
 const fs = require('fs');
 const path = require('path');
 const lk = require('../dist');
 const { call } = require('../dist/native');
 const { Tensor, cuda } = lk;
-const { randn, dev } = require('./gpu_data');
+const { randn, dev: devAs } = require('./gpu_data');
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -25,7 +27,25 @@ const D_OUT = quick ? [4096] : [4096, 14336];
 const listArg = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1].split(',') : fallback);
 const NS = listArg('--ns', ['1', '16', '512', '4096']).map(Number);
 const FORMATS = listArg('--formats', ['nf4', 'int8', 'q4_0']);
+const DT = listArg('--dtype', ['bf16'])[0];
+const FWD_ONLY = args.includes('--fwd-only');
+// --paths sm90,chunked[,sm90@128/1 …]: sm90@TN/C forces the sm_90 kernel's x tile and cluster size.
+const PATHS = listArg('--paths', ['sm90', 'chunked']);
+function withPath(name, fn) {
+  const [path, shape] = name.split('@');
+  const [tn, cluster] = shape ? shape.split('/') : [];
+  process.env.LORAKIT_QUANT_GEMM = path;
+  if (tn) process.env.LORAKIT_SM90_QUANT_TN = tn;
+  if (cluster) process.env.LORAKIT_SM90_QUANT_CLUSTER = cluster;
+  try {
+    return fn();
+  } finally {
+    for (const v of ['LORAKIT_QUANT_GEMM', 'LORAKIT_SM90_QUANT_TN', 'LORAKIT_SM90_QUANT_CLUSTER']) delete process.env[v];
+  }
+}
 if (!FORMATS.includes('nf4')) throw new Error('--formats must include nf4 (the training-step rows use it)');
+
+const dev = (data, shape) => devAs(data, shape, DT);
 
 function timed(fn, sets, targetMs = 20) {
   for (const s of sets.slice(0, 2)) fn(s);
@@ -68,11 +88,11 @@ function main() {
     for (const n of NS) {
       const x = dev(randn(n * D_IN, seed++, 1), [n, D_IN]);
       const dy = dev(randn(n * dOut, seed++, 1), [n, dOut]);
-      const y = Tensor.empty([n, dOut], { dtype: 'bf16', device: 'cuda' });
-      const u = Tensor.empty([n, R], { dtype: 'bf16', device: 'cuda' });
-      const dx = Tensor.empty([n, D_IN], { dtype: 'bf16', device: 'cuda' });
-      const dA = Tensor.empty([R, D_IN], { dtype: 'bf16', device: 'cuda' });
-      const dB = Tensor.empty([dOut, R], { dtype: 'bf16', device: 'cuda' });
+      const y = Tensor.empty([n, dOut], { dtype: DT, device: 'cuda' });
+      const u = Tensor.empty([n, R], { dtype: DT, device: 'cuda' });
+      const dx = Tensor.empty([n, D_IN], { dtype: DT, device: 'cuda' });
+      const dA = Tensor.empty([R, D_IN], { dtype: DT, device: 'cuda' });
+      const dB = Tensor.empty([dOut, R], { dtype: DT, device: 'cuda' });
       const ad = [[A.handle, B.handle, SCALE, null]];
       const adU = [[A.handle, B.handle, SCALE, u.handle]];
       const terms = [{ xa: x.handle, u: u.handle, A: A.handle, B: B.handle, scale: SCALE, p: 0, seed: 0, stream: 0, dA: dA.handle, dB: dB.handle }];
@@ -83,12 +103,17 @@ function main() {
         row[`${f}_fwd_us`] = timed((i) => call((b) => b.quantLoraForward(x.handle, Q[f][i].handle, s, null, ad, y.handle)), idx);
       }
       if (n > 16) {
-        const s = spec('nf4', dOut, D_IN);
-        for (const path of ['sm90', 'chunked']) {
-          process.env.LORAKIT_QUANT_GEMM = path;
-          row[`nf4_${path}_fwd_us`] = timed((i) => call((b) => b.quantLoraForward(x.handle, Q.nf4[i].handle, s, null, ad, y.handle)), idx);
+        for (const f of formats.filter((g) => g === 'nf4' || g === 'fp4')) {
+          const s = spec(f, dOut, D_IN);
+          for (const path of PATHS)
+            row[`${f}_${path}_fwd_us`] = withPath(path, () => timed((i) => call((b) => b.quantLoraForward(x.handle, Q[f][i].handle, s, null, ad, y.handle)), idx));
         }
-        delete process.env.LORAKIT_QUANT_GEMM;
+      }
+      if (FWD_ONLY) {
+        rows.push(row);
+        console.error(`d_out=${dOut} n=${n}: ` + Object.entries(row).filter(([k]) => k.endsWith('_us')).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', '));
+        [x, dy, y, u, dx, dA, dB].forEach((t) => t.dispose());
+        continue;
       }
       row.bf16_step_us = timed((i) => call((b) => {
         b.loraForward(x.handle, Ws[i].handle, null, false, adU, y.handle);
@@ -116,13 +141,19 @@ function report(rows, bytes) {
   const date = new Date().toISOString();
   const lines = [`# lorakit GPU benchmark: quantized bases`, '', `- date: ${date}`, `- GPU: ${info.cudaDevice}`,
     `- command: \`node bench/gpu_quant.js ${args.join(' ')}\``,
-    `- bf16 activations, d_in = ${D_IN}, one adapter r = ${R}; µs per call (device-event medians, ${SETS} rotating weight sets)`, '',
+    `- ${DT} activations and weights, d_in = ${D_IN}, one adapter r = ${R}; µs per call (device-event medians, ${SETS} rotating weight sets)`, '',
     '## forward: quantLoraForward vs loraForward over the bf16 W', '',
     '| d_out | n | bf16 | nf4 | nf4/bf16 | nf4 sm90 | sm90/bf16 | nf4 chunked | chunked/bf16 | int8 | int8/bf16 | q4_0 | q4_0/bf16 |', '|---|---|---|---|---|---|---|---|---|---|---|---|---|'];
   for (const r of rows)
     lines.push(`| ${r.d_out} | ${r.n} | ${fmt(r.bf16_fwd_us)} | ${fmt(r.nf4_fwd_us)} | ${fmt(r.nf4_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.nf4_sm90_fwd_us)} | ${fmt(r.nf4_sm90_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.nf4_chunked_fwd_us)} | ${fmt(r.nf4_chunked_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.int8_fwd_us)} | ${fmt(r.int8_fwd_us / r.bf16_fwd_us, 3)} | ${fmt(r.q4_0_fwd_us)} | ${fmt(r.q4_0_fwd_us / r.bf16_fwd_us, 3)} |`);
-  lines.push('', '## QLoRA training step: forward (u kept) + backward (dx, dA, dB)', '', '| d_out | n | bf16 step | nf4 step | nf4/bf16 |', '|---|---|---|---|---|');
-  for (const r of rows) lines.push(`| ${r.d_out} | ${r.n} | ${fmt(r.bf16_step_us)} | ${fmt(r.nf4_step_us)} | ${fmt(r.nf4_step_us / r.bf16_step_us, 3)} |`);
+  const four = ['nf4', 'fp4'].filter((f) => FORMATS.includes(f));
+  lines.push('', '## 4-bit forward by path (n > 16; LORAKIT_QUANT_GEMM forces each)', '',
+    '| d_out | n | bf16 | ' + four.map((f) => PATHS.map((q) => `${f} ${q} | /bf16`).join(' | ')).join(' | ') + ' |',
+    '|---|---|---|' + four.map(() => PATHS.map(() => '---|---|').join('')).join(''));
+  for (const r of rows.filter((q) => q.n > 16))
+    lines.push(`| ${r.d_out} | ${r.n} | ${fmt(r.bf16_fwd_us)} | ` + four.map((f) => PATHS.map((q) => `${fmt(r[`${f}_${q}_fwd_us`])} | ${fmt(r[`${f}_${q}_fwd_us`] / r.bf16_fwd_us, 3)}`).join(' | ')).join(' | ') + ' |');
+  if (!FWD_ONLY) lines.push('', '## QLoRA training step: forward (u kept) + backward (dx, dA, dB)', '', '| d_out | n | bf16 step | nf4 step | nf4/bf16 |', '|---|---|---|---|---|');
+  if (!FWD_ONLY) for (const r of rows) lines.push(`| ${r.d_out} | ${r.n} | ${fmt(r.bf16_step_us)} | ${fmt(r.nf4_step_us)} | ${fmt(r.nf4_step_us / r.bf16_step_us, 3)} |`);
   lines.push('', '## bytes held per weight (4096 × 4096; quantLayout nbytes, scales and alignment included)', '', '| format | bytes/weight |', '|---|---|');
   for (const b of bytes) lines.push(`| ${b.format} | ${b.bytes_per_weight.toFixed(4)} |`);
   const md = lines.join('\n') + '\n';

@@ -2,10 +2,10 @@
 /**
  * LoRA over a quantized base on the CPU (native/cpu/quant_*.cc), in one run:
  *  - bytes held per weight for each format (quantLayout(spec).nbytes / (d_out·d_in));
- *  - n = 1 (decode): the forward's time over nf4, q4_0 (and the other formats) and its effective
- *    read rate, quantized bytes / time, against the read bandwidth of a buffer of the same size
- *    measured in the same run (measurePeaks); once at d_out = d_in = d and once with a taller W
- *    (--big-rows) whose bytes do not fit in the last-level cache;
+ *  - n = 1 (decode): the forward's time over nf4, q4_0 (and the other formats), x in f32 and in
+ *    bf16, and its effective read rate, quantized bytes / time, against the read bandwidth of a
+ *    buffer of the same size measured between the rounds (measurePeaks); once at d_out = d_in = d
+ *    and once with a taller W (--big-rows) whose bytes do not fit in the last-level cache;
  *  - n = 128 and 512: the forward's time against loraForward over the same layer with a bf16 W
  *    (x in f32 and in bf16), and the backward's dx against linearBackward with the bf16 W.
  * Every op of a row is timed in alternation with the others (best and median of --rounds), so all
@@ -100,7 +100,7 @@ const m = machineInfo();
 const info = lk.backendInfo();
 out(`# quantized-base CPU benchmark, ${new Date().toISOString()}`);
 out(`machine: ${m.cpuModel} (${m.vendor}), ${m.logicalCpus} logical CPUs, ${m.platform}, isa ${m.isa.join(' ')}; cpu path ${info.cpuPath}, ${info.threads} threads`);
-out(`load average at start: ${os.loadavg().map((v) => v.toFixed(2)).join(' ')}`);
+out(`load average at start (uptime; the machine is shared): ${os.loadavg().map((v) => v.toFixed(2)).join(' ')}`);
 out(`command: node bench/quant_cpu.js ${process.argv.slice(2).join(' ')}`);
 out(`d_in = d_out = ${D}, r = ${R}, rounds ${ROUNDS}`);
 
@@ -119,22 +119,46 @@ function adapters(rows, cols, dtype) {
   return [[A.handle, B.handle, 2, null]];
 }
 
+/**
+ * n = 1 over each format with f32 and bf16 activations (bf16: deq(W) rounded to bf16, the
+ * vdpbf16ps kernels where the path has them), timed in alternation (best and median of --rounds);
+ * the read bandwidth of a buffer of the same size is measured between the rounds (every third, and
+ * once after the last) and its best is the reference: on a machine shared with other work, a
+ * reference taken once could land in a busy moment that the kernel's best round missed.
+ */
 function decode(rows, label, formats) {
   out(`\n## n = 1 forward, W [${rows}, ${D}] (${label}): effective read rate of the quantized bytes vs the measured read bandwidth of a same-sized buffer`);
-  const x = lk.Tensor.from(gaussian(D, 5, 1), [1, D]);
-  const y = lk.Tensor.zeros([1, rows]);
-  const ad = adapters(rows, D, 'f32');
+  const xs = {};
+  for (const xdt of ['f32', 'bf16']) {
+    const x = lk.Tensor.from(gaussian(D, 5, 1), [1, D], { dtype: xdt });
+    xs[xdt] = { x, y: lk.Tensor.zeros([1, rows], { dtype: xdt }), ad: adapters(rows, D, xdt) };
+  }
   for (const f of formats) {
     const Q = rows === D ? quantized(f, rows, D, w) : tiled(f, rows, D);
-    const peaks = call((b) => b.measurePeaks(Q.nbytes));
-    const t = race({ q: () => call((b) => b.quantLoraForward(x.handle, Q.q.handle, Q.spec, null, ad, y.handle)) }).q;
-    const gbs = Q.nbytes / (t.best * 1e6);
-    out(`${f.padEnd(5)} ${(Q.nbytes / 1e6).toFixed(1)} MB: ${ms(t)}, ${gbs.toFixed(1)} GB/s = ${((100 * gbs) / peaks.readGBs).toFixed(0)}% of ${peaks.readGBs.toFixed(1)} GB/s read`);
+    const reads = [];
+    const times = Object.fromEntries(Object.keys(xs).map((k) => [k, []]));
+    for (let round = -1; round < ROUNDS; round++) {
+      if (round >= 0 && round % 3 === 0) reads.push(call((b) => b.measurePeaks(Q.nbytes)).readGBs);
+      for (const [xdt, { x, y, ad }] of Object.entries(xs)) {
+        const t0 = now();
+        call((b) => b.quantLoraForward(x.handle, Q.q.handle, Q.spec, null, ad, y.handle));
+        if (round >= 0) times[xdt].push(now() - t0);
+      }
+    }
+    reads.push(call((b) => b.measurePeaks(Q.nbytes)).readGBs);
+    const read = Math.max(...reads);
+    for (const xdt of Object.keys(xs)) {
+      const t = stats(times[xdt]);
+      const gbs = Q.nbytes / (t.best * 1e6);
+      out(`${f.padEnd(5)} x ${xdt.padEnd(4)} ${(Q.nbytes / 1e6).toFixed(1)} MB: ${ms(t)}, ${gbs.toFixed(1)} GB/s = ${((100 * gbs) / read).toFixed(0)}% of ${read.toFixed(1)} GB/s read (best of ${reads.length}: ${reads.map((v) => v.toFixed(0)).join(' ')})`);
+    }
     Q.q.dispose();
   }
+  for (const { x, y } of Object.values(xs)) [x, y].forEach((t) => t.dispose());
 }
-decode(D, 'd × d', ['nf4', 'q4_0', 'int8', 'q8_0', 'fp4', 'q4_k', 'q6_k']);
+// The W beyond the LLC first: the headline figure, measured while the machine is as quiet as it was at the start.
 if (BIG_ROWS > 0) decode(BIG_ROWS, 'larger than the last-level cache', ['nf4', 'q4_0']);
+decode(D, 'd × d', ['nf4', 'q4_0', 'int8', 'q8_0', 'fp4', 'q4_k', 'q6_k']);
 
 if (!DECODE_ONLY) out(`\n## n = 128 and 512: forward and backward dx vs the same layer with a bf16 W (loraForward / linearBackward)`);
 const Wbf = lk.Tensor.from(w, [D, D], { dtype: 'bf16' });
@@ -165,7 +189,9 @@ const dir = path.join(__dirname, 'results');
 fs.mkdirSync(dir, { recursive: true });
 const cpu = m.cpuModel.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '').toLowerCase();
 const forced = process.env.LORAKIT_CPU_PATH ? `-${process.env.LORAKIT_CPU_PATH}` : '';
-const file = path.join(dir, `quant-cpu-${new Date().toISOString().slice(0, 10)}-${cpu}${forced}.txt`);
+// A second run on one day gets the time in its name: results files are kept, never overwritten.
+let file = path.join(dir, `quant-cpu-${new Date().toISOString().slice(0, 10)}-${cpu}${forced}.txt`);
+if (fs.existsSync(file)) file = file.replace(/\.txt$/, `-${new Date().toISOString().slice(11, 16).replace(':', '')}.txt`);
 const tmp = `${file}.tmp`;
 fs.writeFileSync(tmp, lines.join('\n') + '\n');
 fs.renameSync(tmp, file);

@@ -4,7 +4,8 @@
 // quantLoraForward / quantLinearBackward (two adapters, bias; f32, f16, bf16; the n ≤ 16 decode
 // kernel and the chunked-GEMM path, with a weight big enough for several chunks) match a float64
 // reference computed on the dequantised weight: 1e-5 in f32, 1e-2 in 16-bit; for n > 16 the forward
-// through the sm_90 decode-in-tile kernel and the chunked path, each forced (LORAKIT_QUANT_GEMM).
+// through the sm_90 kernel (W decoded into wgmma's register operand; every tile shape) and the
+// chunked path, each forced (LORAKIT_QUANT_GEMM), and the default path.
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert');
@@ -152,6 +153,30 @@ function reference({ x, W, bias, ads, dy, n, inF, outF }) {
   return { y, dx, grads };
 }
 
+/** A quantized layer's inputs: W quantized on the device (and its dequantised f32 values), x, a bias
+ * and `adapters` adapters (r 8 and 16, scales 2 and 0.5), all seeded from `seed`. */
+function layerInputs(format, outF, inF, n, dtype, opts, seed, adapters = 2) {
+  const s = spec(format, outF, inF, opts);
+  const make = (shape, scale) => Tensor.from(randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale), shape, { dtype, device: DEVICE });
+  const w = Tensor.from(gaussian(outF * inF, seed++, 0.05), [outF, inF], { device: DEVICE });
+  const q = quantize(w, s, DEVICE);
+  const W = dequantize(q, s, 'f32', DEVICE).toFloat32Array();
+  const x = make([n, inF], 1);
+  const bias = make([outF], 0.5);
+  const ads = [
+    { r: 8, scale: 2, A: make([8, inF], 0.1), B: make([outF, 8], 0.1) },
+    { r: 16, scale: 0.5, A: make([16, inF], 0.1), B: make([outF, 16], 0.1) },
+  ].slice(0, adapters);
+  const dispose = () => [w, q, x, bias, ...ads.flatMap((a) => [a.A, a.B])].forEach((t) => t.dispose());
+  return { s, make, q, W, x, bias, ads, dispose };
+}
+
+/** Relative (norm-wise) error of got against want within tol, or a message naming what and the error. */
+function assertClose(got, want, what, tol) {
+  const e = relErr(got, want);
+  assert.ok(e <= tol, `${what}: relative error ${e.toExponential(3)} over ${tol}`);
+}
+
 // [format, out, in, n, dtype, opts]: n ≤ 16 with a 16-bit x takes the decode kernel, the rest the chunked GEMMs.
 const LINEAR_CASES = [];
 for (const f of FORMATS) {
@@ -169,18 +194,8 @@ LINEAR_CASES.push(['nf4', 2304, 2048, 20, 'f32', {}]);  // 18.9 MB of f32 weight
 for (const [format, outF, inF, n, dtype, opts] of LINEAR_CASES) {
   const name = `${format}${opts.doubleQuant ? ' dq' : ''} [${outF}, ${inF}] n=${n} ${dtype}`;
   test(`quantLoraForward / quantLinearBackward ${name}: two adapters and bias against float64`, () => {
-    const s = spec(format, outF, inF, opts);
-    let seed = outF * 7 + inF + n;
-    const make = (shape, scale) => Tensor.from(randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale), shape, { dtype, device: DEVICE });
-    const w = Tensor.from(gaussian(outF * inF, seed++, 0.05), [outF, inF], { device: DEVICE });
-    const q = quantize(w, s, DEVICE);
-    const W = dequantize(q, s, 'f32', DEVICE).toFloat32Array();
-    const x = make([n, inF], 1);
-    const bias = make([outF], 0.5);
-    const ads = [
-      { r: 8, scale: 2, A: make([8, inF], 0.1), B: make([outF, 8], 0.1) },
-      { r: 16, scale: 0.5, A: make([16, inF], 0.1), B: make([outF, 16], 0.1) },
-    ];
+    const L = layerInputs(format, outF, inF, n, dtype, opts, outF * 7 + inF + n);
+    const { s, make, q, W, x, bias, ads } = L;
     const us = ads.map((a) => Tensor.empty([n, a.r], { dtype, device: DEVICE }));
     const y = Tensor.empty([n, outF], { dtype, device: DEVICE });
     call((b) => b.quantLoraForward(x.handle, q.handle, s, bias.handle, ads.map((a, i) => [a.A.handle, a.B.handle, a.scale, us[i].handle]), y.handle));
@@ -196,10 +211,7 @@ for (const [format, outF, inF, n, dtype, opts] of LINEAR_CASES) {
       ads: ads.map((a) => ({ r: a.r, scale: a.scale, A: f(a.A), B: f(a.B) })),
     });
     const tol = dtype === 'f32' ? 1e-5 : 1e-2;
-    const check = (got, want, what, t = tol) => {
-      const e = relErr(got, want);
-      assert.ok(e <= t, `${name} ${what}: relative error ${e.toExponential(3)} over ${t}`);
-    };
+    const check = (got, want, what, t = tol) => assertClose(got, want, `${name} ${what}`, t);
     check(f(y), ref.y, 'y');
     check(f(dx), ref.dx, 'dx');
     ads.forEach((a, i) => {
@@ -210,7 +222,8 @@ for (const [format, outF, inF, n, dtype, opts] of LINEAR_CASES) {
     const dA2 = Tensor.empty([ads[0].r, inF], { dtype, device: DEVICE });
     call((b) => b.quantLinearBackward(dy.handle, q.handle, s, [{ ...terms[0], dA: dA2.handle, dB: null }], null));
     check(f(dA2), ref.grads[0].dA, 'dA (dx null)', 2 * tol);
-    [w, q, x, bias, y, dy, dx, dA2, ...us, ...dA, ...dB, ...ads.flatMap((a) => [a.A, a.B])].forEach((t) => t.dispose());
+    [y, dy, dx, dA2, ...us, ...dA, ...dB].forEach((t) => t.dispose());
+    L.dispose();
   });
 }
 
@@ -231,8 +244,10 @@ test('quantLoraForward is bitwise repeatable (decode kernel with split K, and ch
 });
 
 // n above the decode kernel's range, 16-bit x, nf4/fp4: on Hopper the one-pass sm_90 kernel with W's
-// codes decoded in its tile loads (gemm_sm90.cu). y against float64 and against the chunked path
-// (LORAKIT_QUANT_GEMM=sm90 / chunked force each); partial row, column and K tiles, double quant, blocks of 32.
+// codes decoded into wgmma's register operand (gemm_sm90_quant.cuh). y against float64 and against
+// the chunked path (LORAKIT_QUANT_GEMM=sm90 / chunked force each); partial tiles of W's rows, of x's
+// rows and of K (in % 64 = 32), double quant, blocks of 32 and 128, more row tiles than a tile group
+// (9 > 8), and no adapters.
 const SM90_CASES = [];
 for (const n of [40, 256, 1024])
   for (const dtype of ['bf16', 'f16']) {
@@ -240,6 +255,8 @@ for (const n of [40, 256, 1024])
     SM90_CASES.push(['fp4', 264, 544, n, dtype, { blockSize: 32, doubleQuant: n === 256 }]);
   }
 SM90_CASES.push(['nf4', 512, 1024, 200, 'bf16', { doubleQuant: true, blockSize: 128 }]);
+SM90_CASES.push(['nf4', 1152, 2048, 600, 'f16', {}]);
+SM90_CASES.push(['fp4', 136, 96, 300, 'bf16', { blockSize: 32, adapters: 0 }]);
 
 function forwardRef(x, W, bias, ads, n, inF, outF) {
   const us = ads.map((a) => {
@@ -268,20 +285,10 @@ function forwardRef(x, W, bias, ads, n, inF, outF) {
 }
 
 for (const [format, outF, inF, n, dtype, opts] of SM90_CASES) {
-  const name = `${format}${opts.doubleQuant ? ' dq' : ''}${opts.blockSize ? ` block ${opts.blockSize}` : ''} [${outF}, ${inF}] n=${n} ${dtype}`;
-  test(`quantLoraForward ${name} (sm_90 decode-in-tile kernel where usable): two adapters and bias against float64 and the chunked path`, PARITY, () => {
-    const s = spec(format, outF, inF, opts);
-    let seed = outF * 13 + inF + n;
-    const make = (shape, scale) => Tensor.from(randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale), shape, { dtype, device: DEVICE });
-    const w = Tensor.from(gaussian(outF * inF, seed++, 0.05), [outF, inF], { device: DEVICE });
-    const q = quantize(w, s, DEVICE);
-    const W = dequantize(q, s, 'f32', DEVICE).toFloat32Array();
-    const x = make([n, inF], 1);
-    const bias = make([outF], 0.5);
-    const ads = [
-      { r: 8, scale: 2, A: make([8, inF], 0.1), B: make([outF, 8], 0.1) },
-      { r: 16, scale: 0.5, A: make([16, inF], 0.1), B: make([outF, 16], 0.1) },
-    ];
+  const name = `${format}${opts.doubleQuant ? ' dq' : ''}${opts.blockSize ? ` block ${opts.blockSize}` : ''} [${outF}, ${inF}] n=${n} ${dtype}${opts.adapters === 0 ? ' no adapters' : ''}`;
+  test(`quantLoraForward ${name} (sm_90 kernel where usable): ${opts.adapters === 0 ? 'no adapters' : 'two adapters'} and bias against float64 and the chunked path`, PARITY, () => {
+    const L = layerInputs(format, outF, inF, n, dtype, opts, outF * 13 + inF + n, opts.adapters ?? 2);
+    const { s, q, W, x, bias, ads } = L;
     const forward = () => {
       const y = Tensor.empty([n, outF], { dtype, device: DEVICE });
       call((b) => b.quantLoraForward(x.handle, q.handle, s, bias.handle, ads.map((a) => [a.A.handle, a.B.handle, a.scale, null]), y.handle));
@@ -289,27 +296,32 @@ for (const [format, outF, inF, n, dtype, opts] of SM90_CASES) {
       y.dispose();
       return out;
     };
-    const withPath = (path) => {
-      process.env.LORAKIT_QUANT_GEMM = path;
+    const withEnv = (env) => {
+      Object.assign(process.env, env);
       try {
         return forward();
       } finally {
-        delete process.env.LORAKIT_QUANT_GEMM;
+        for (const k of Object.keys(env)) delete process.env[k];
       }
     };
     const before = lk.cuda.kernelStats().sm90GemmLaunches;
-    const y = withPath('sm90');
+    const y = withEnv({ LORAKIT_QUANT_GEMM: 'sm90' });
     if (lk.cuda.kernelStats().sm90GemmUsable)
       assert.strictEqual(lk.cuda.kernelStats().sm90GemmLaunches, before + 1, `${name}: the sm_90 kernel should take this forward`);
-    const yChunked = withPath('chunked');
+    const yChunked = withEnv({ LORAKIT_QUANT_GEMM: 'chunked' });
     const yDefault = forward();  // whichever path is the default gives one of the two
-    assert.ok(relErr(yDefault, y) <= 1e-2 && relErr(yDefault, yChunked) <= 1e-2, `${name}: the default path disagrees`);
     const f = (t) => t.toFloat32Array();
     const ref = forwardRef(f(x), W, f(bias), ads.map((a) => ({ r: a.r, scale: a.scale, A: f(a.A), B: f(a.B) })), n, inF, outF);
-    const e = relErr(y, ref);
-    assert.ok(e <= 1e-2, `${name} y: relative error ${e.toExponential(3)} over 1e-2`);
-    const ec = relErr(y, yChunked);
-    assert.ok(ec <= 1e-2, `${name} y against the chunked path: relative error ${ec.toExponential(3)} over 1e-2`);
-    [w, q, x, bias, ...ads.flatMap((a) => [a.A, a.B])].forEach((t) => t.dispose());
+    assertClose(y, ref, `${name} y (sm_90) against float64`, 1e-2);
+    assertClose(yChunked, ref, `${name} y (chunked) against float64`, 1e-2);
+    assertClose(y, yChunked, `${name} y against the chunked path`, 1e-2);
+    assertClose(yDefault, y, `${name} the default path against sm_90`, 1e-2);
+    // Every tile shape of the kernel: x tiles of 128 or 256 rows, clusters of 1 or 2 CTAs.
+    for (const tn of ['128', '256'])
+      for (const cluster of ['1', '2']) {
+        const yv = withEnv({ LORAKIT_QUANT_GEMM: 'sm90', LORAKIT_SM90_QUANT_TN: tn, LORAKIT_SM90_QUANT_CLUSTER: cluster });
+        assertClose(yv, ref, `${name} y (sm_90, x tile ${tn}, cluster ${cluster}) against float64`, 1e-2);
+      }
+    L.dispose();
   });
 }

@@ -133,6 +133,32 @@ describe.each(DTYPES)('exact merge, %s', (dtype) => {
     expect(changed).toBeGreaterThan(SEQUENCES / 4); // the merges did change W
   });
 
+  test('wide layers: rows of several 256-column segments, position lists and bitmaps, over 64 corrections a segment', () => {
+    // The random sequences use narrow layers; these shapes reach the kernels' full 8 × 32 blocks and
+    // tails and the codec's wide segments (small weights, large deltas: most weights corrected).
+    for (const [rows, cols, fifo, dora, wScale] of [
+      [21, 600, false, false, 0.02],
+      [40, 520, true, false, 0.5],
+      [17, 300, false, true, 0.02],
+      [9, 1100, true, true, 0.3],
+    ] as const) {
+      const W = Tensor.from(randomArray(rows * cols, rows + cols, wScale), [rows, cols], { dtype });
+      const layer = new LoraLinear({ weight: W, fanInFanOut: fifo });
+      layer.addAdapter('a', { r: 8, loraAlpha: 64, initLoraWeights: false, seed: 5, useDora: dora });
+      layer.addAdapter('b', { r: 3, loraAlpha: 4, initLoraWeights: false, seed: 6 });
+      const w0 = bits(W);
+      layer.merge({ adapterNames: ['a', 'b'] });
+      const merged = bits(W);
+      layer.switchMerged(['b']);
+      layer.switchMerged(['a', 'b']);
+      expect(sameBits(bits(W), merged)).toBe(true);
+      layer.unmerge();
+      expect(sameBits(bits(W), w0)).toBe(true);
+      layer.dispose();
+      W.dispose();
+    }
+  });
+
   test('merge({ exact: false }) is the peft merge as before: mergeDelta bits, no side information', () => {
     const W = Tensor.from(randomArray(64 * 48, 5, 0.05), [64, 48], { dtype });
     const layer = new LoraLinear({ weight: W });

@@ -1,5 +1,6 @@
 // exact_rows (microkernel.h ExactRowsFn) on AVX2: the AVX-512 kernel's scheme (exact_rows_avx512.cc)
-// at 4 rows × 8 columns, so that the accumulators and the weights stay in the 16 ymm registers.
+// at 4 rows × 8 columns, so that the accumulators and the weights stay in the 16 ymm registers; as
+// there, every lane's correction is computed and stored, with no branch on the flags.
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #include <algorithm>
@@ -75,32 +76,41 @@ LK_AVX2 inline void store_bits(Bits<T>* p, __m256i b, int nj) {
   }
 }
 
-LK_AVX2 inline uint32_t lane_mask(__m256i a, __m256i b) {  // lanes where a != b
-  return ~static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b)))) & 0xffu;
+// The order key of core/exact_format.h without its constant flip of the sign bit (b ^ (negative ?
+// all ones but the sign : 0), an involution; key differences are the same modulo the width), on
+// bit patterns in 32-bit lanes.
+template <DType T>
+LK_AVX2 inline __m256i key_of(__m256i b) {
+  if constexpr (T == DType::F32) return _mm256_xor_si256(b, _mm256_and_si256(_mm256_srai_epi32(b, 31), _mm256_set1_epi32(0x7fffffff)));
+  return _mm256_xor_si256(b, _mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(b, 16), 31), _mm256_set1_epi32(0x7fff)));
 }
 
-// Out of line, as in the AVX-512 kernel: the rare flagged lanes.
+// Undo, every lane (no branch: about half the vectors hold a flag): R moved by c in key space
+// (c is 0 where nothing is flagged), the raw bits where c is kRaw.
 template <DType T>
-__attribute__((noinline)) LK_AVX2 __m256i undo_fix(__m256i R, uint32_t m, const int8_t* c, const Bits<T>* raw) {
-  alignas(32) uint32_t rb[kLanes];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(rb), R);
-  for (; m; m &= m - 1) {
-    const int l = __builtin_ctz(m);
-    rb[l] = c[l] == exact::kRaw ? raw[l] : exact::corrected<T>(rb[l], c[l]);
-  }
-  return _mm256_load_si256(reinterpret_cast<const __m256i*>(rb));
+LK_AVX2 inline __m256i undo_fix(__m256i R, const int8_t* c, const Bits<T>* raw) {
+  const __m256i cv = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c)));
+  __m256i y = _mm256_add_epi32(key_of<T>(R), cv);
+  if constexpr (T != DType::F32) y = _mm256_and_si256(y, _mm256_set1_epi32(0xffff));
+  y = key_of<T>(y);
+  return _mm256_blendv_epi8(y, load_bits<T>(raw, kLanes), _mm256_cmpeq_epi32(cv, _mm256_set1_epi32(exact::kRaw)));
 }
 
+// Merge, every lane: the corrections (core/exact_format.h correction(), 0 outside the flagged lanes
+// ne) as 8 bytes into c, and x's bits into orig.
 template <DType T>
-__attribute__((noinline)) LK_AVX2 void merge_flag(__m256i x, __m256i R, uint32_t m, int8_t* c, Bits<T>* orig) {
-  alignas(32) uint32_t rb[kLanes], xb[kLanes];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(rb), R);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(xb), x);
-  for (; m; m &= m - 1) {
-    const int l = __builtin_ctz(m);
-    c[l] = exact::correction<T>(xb[l], rb[l]);
-    orig[l] = static_cast<Bits<T>>(xb[l]);
-  }
+LK_AVX2 inline void merge_flag(__m256i x, __m256i R, __m256i ne, int8_t* c, Bits<T>* orig) {
+  __m256i d = _mm256_sub_epi32(key_of<T>(x), key_of<T>(R));
+  if constexpr (T != DType::F32) d = _mm256_srai_epi32(_mm256_slli_epi32(d, 16), 16);  // modulo 2^16, signed
+  const int nan_at = T == DType::F32 ? 0x7f800000 : T == DType::BF16 ? 0x7f80 : 0x7c00;
+  const int abs_mask = T == DType::F32 ? 0x7fffffff : 0x7fff;
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(R, _mm256_set1_epi32(abs_mask)), _mm256_set1_epi32(nan_at));
+  const __m256i small = _mm256_andnot_si256(nan, _mm256_and_si256(_mm256_cmpgt_epi32(d, _mm256_set1_epi32(-exact::kSmallMax - 1)),
+                                                                   _mm256_cmpgt_epi32(_mm256_set1_epi32(exact::kSmallMax + 1), d)));
+  const __m256i cw = _mm256_and_si256(_mm256_blendv_epi8(_mm256_set1_epi32(exact::kRaw), d, small), ne);
+  const __m128i c16 = _mm_packs_epi32(_mm256_castsi256_si128(cw), _mm256_extracti128_si256(cw, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(c), _mm_packs_epi16(c16, c16));
+  store_bits<T>(orig, x, kLanes);
 }
 
 // 4 rows × 8 columns (rows i0.. of the steps' operands); rows past nr and lanes outside live are padding.
@@ -133,6 +143,7 @@ LK_AVX2 void block(Bits<T>* w, int64_t ldw, int64_t i0, int nr, int64_t j, uint3
       kcol = _mm256_load_ps(kt);
     }
     const int sh = static_cast<int>(j % 64);
+    const __m256i live_v = _mm256_cmpgt_epi32(_mm256_set1_epi32(__builtin_popcount(live)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; i++) {
       const __m256 k = !dora || st.k_per_col ? kcol : _mm256_set1_ps(st.k[i0 + std::min(i, nr - 1)]);
@@ -141,17 +152,14 @@ LK_AVX2 void block(Bits<T>* w, int64_t ldw, int64_t i0, int nr, int64_t j, uint3
       const __m256 v = widen<T>(x[i]);
       if (st.undo) {
         const __m256i R = narrow<T>(dora ? _mm256_sub_ps(_mm256_div_ps(v, k), d[i]) : _mm256_sub_ps(v, d[i]), st.nan_safe);
-        const uint32_t m = static_cast<uint32_t>(nzw >> sh) & live;
-        x[i] = m ? undo_fix<T>(R, m, st.c + e, static_cast<const U*>(st.aux) + e) : R;
+        x[i] = undo_fix<T>(R, st.c + e, static_cast<const U*>(st.aux) + e);
       } else {
         const __m256i a = narrow<T>(dora ? _mm256_mul_ps(k, _mm256_add_ps(v, d[i])) : _mm256_add_ps(v, d[i]), st.nan_safe);
         const __m256 va = widen<T>(a);
         const __m256i R = narrow<T>(dora ? _mm256_sub_ps(_mm256_div_ps(va, k), d[i]) : _mm256_sub_ps(va, d[i]), st.nan_safe);
-        const uint32_t m = lane_mask(R, x[i]) & live;
-        if (m) {
-          merge_flag<T>(x[i], R, m, st.c + e, static_cast<U*>(st.aux) + e);
-          nzw |= static_cast<uint64_t>(m) << sh;
-        }
+        const __m256i ne = _mm256_andnot_si256(_mm256_cmpeq_epi32(R, x[i]), live_v);
+        merge_flag<T>(x[i], R, ne, st.c + e, static_cast<U*>(st.aux) + e);
+        nzw |= static_cast<uint64_t>(static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(ne)))) << sh;
         x[i] = a;
       }
     }

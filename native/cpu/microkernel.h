@@ -45,8 +45,10 @@ using MergeRowsFn = void (*)(int64_t r, const float* p, int64_t rows, const floa
 // of the block is d = Σ_q p[i*r + q]·Q(q, j), fused multiply-adds in order of q from zero (Q packed
 // as for MergeRowsFn, from the block's first column). A merge step sets x' = round(x + d) (DoRA:
 // round(k·(x + d))) and flags each element whose R = round(x' − d) (DoRA: round(x'/k − d)) is not
-// x: nz bit j, c[j] = its correction, aux[j] = x's bits. An undo step sets x = R for its x' and
-// then, where nz is set, x = R corrected by c[j] (aux[j], the raw bits, where c[j] is kRaw).
+// x: nz bit j, c[j] = its correction, aux[j] = x's bits (a kernel may write c and aux for every
+// element, c = 0 where nz is clear). An undo step sets x = R for its x' and then, where nz is set,
+// x = R corrected by c[j] (aux[j], the raw bits, where c[j] is kRaw); the decoders write c for
+// every element (0 where nz is clear), so a kernel may read c alone.
 struct ExactRowStep {
   const float* p;  // [rows, r]
   const float* Q;

@@ -1,10 +1,17 @@
-// The AVX-512 decode GEMV over a quantized W (quant_gemv.h): each 16 bytes of 4-bit codes become
-// 32 f32 weights in two registers by one zero-extension, a shift, a mask and two vpermps lookups
-// into a 16-entry table already multiplied by the block's scale (nf4 / fp4: bnb's code book ×
-// absmax; q4_0: ggml's (q − 8) × d); int8 and q8_0 widen 16 int8 at a time and scale per row / per
-// block; q4_k / q6_k: quant_gemv_kquant.h. Every token's accumulators stay in registers; x (≤ 8
-// rows) is read from L1/L2. (A 64-byte-load variant, nibbles split by 32-bit shifts and the block
-// scale applied to the chunk sums, measured 15-25% slower on a W beyond the LLC: not used.)
+// The AVX-512 decode GEMV over a quantized W (quant_gemv.h), y[i, j] = Σ_k x[i, k]·deq(W)[j, k]
+// (peft: x @ dequantize(W).T): each 16 bytes of 4-bit codes become 32 f32 weights in two registers
+// by one zero-extension, a shift and two vpermps lookups into a 16-entry table already multiplied
+// by the block's scale (nf4 / fp4: bnb's code book × absmax; q4_0: ggml's (q − 8) × d), the
+// products of the scalar decoder; int8 and q8_0 widen 16 int8 at a time and scale per row / per
+// block; q4_k / q6_k: quant_gemv_kquant.h; bf16 activations on CPUs with a bf16 unit:
+// quant_gemv_avx512bf16.cc. At n = 1 four rows a quarter of the thread's range apart advance
+// together (gemv_row_streams): four read streams per core keep enough misses in flight on a W
+// beyond the LLC, which one row at a time did not (35% of the read bandwidth; adjacent rows
+// interleaved in one page were slower still), and 8 accumulators hide the FMA latency. x (≤ 8 rows)
+// is read from L1/L2. Measured per 64 weights (nf4): 2 widenings, 2 shifts and 4 vpermps share two
+// shuffle pipes, 4 FMAs and the table's multiply two FMA pipes: about 3.6 cycles in L2, the f32
+// ceiling (a 64-byte-load variant splitting nibbles by shifts, one broadcasting 32 bytes and
+// shifting by vpsrlvd, and one loading at byte offsets with vpermt2ps all measured slower).
 // Formats: core/quant_formats.h (bnb functional.quantize_4bit, LLM.int8, ggml-common.h).
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -49,47 +56,102 @@ LK_Q inline void fma_group(__m512 wa, __m512 wb, const float* x, int64_t ldx, __
   }
 }
 
-// 4-bit formats. Group g of a row (32 values) has its 16 bytes at bytes(g); block b (gpb groups)
-// has its scale at scale(b). hi_first: the high nibble holds the group's first operand (nf4/fp4,
-// x interleaved), else the low nibble does (q4_0: low nibbles are values 0..15, high ones 16..31).
-template <int NT, class Bytes, class Scale>
-LK_Q void row_4bit(int64_t groups, int64_t gpb, __m512 table, bool hi_first, bool bf16, Bytes bytes, Scale scale,
-                   const float* x, int64_t ldx, float* y, int64_t ldy) {
-  __m512 acc[2 * NT], acc2[2 * NT];
-  for (int i = 0; i < 2 * NT; i++) acc[i] = acc2[i] = _mm512_setzero_ps();
-  auto step = [&](int64_t g, __m512 t, __m512* a) LK_Q {
-    // vpermps reads the low 4 bits of each index: v itself selects by the low nibble.
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes(g))));
-    const __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t), wl = _mm512_permutexvar_ps(v, t);
-    if (hi_first) fma_group<NT>(wh, wl, x + g * 32, ldx, a);
-    else fma_group<NT>(wl, wh, x + g * 32, ldx, a);
-  };
-  // The block's table once per block (gpb groups, a power of two); with few tokens a second set
-  // of accumulators (odd groups) hides the FMA latency. Both sets stay in registers: every call of
-  // step names its set at compile time.
+// 4-bit formats, R rows at once (rows r = 0 .. R − 1 of a gemv_row_streams step; row r's outputs
+// at y + r·S). Group g of row r (32 values) has its 16 bytes at bytes(r, g); block b (gpb groups,
+// a power of two) has its scale broadcast in scale(r, b). HiFirst: the high nibble holds the
+// group's first operand (nf4/fp4, x in Pairs32), else the low nibble does (q4_0: low nibbles are
+// values 0..15, high ones 16..31). Each row's table is scaled once per block; R·2·NT independent accumulators
+// hide the FMA latency. Groups g with (g & PfMask) == 0 prefetch ahead (once per 64 bytes or less).
+template <int NT, int R, bool HiFirst, int PfMask, class Bytes, class Scale>
+LK_Q void rows_4bit(int64_t groups, int64_t gpb, __m512 table, bool bf16, Bytes bytes, Scale scale, const float* x,
+                    int64_t ldx, float* y, int64_t S, int64_t ldy) {
+  __m512 acc[R][2 * NT];
+  for (int r = 0; r < R; r++)
+    for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
+  // One flat loop over the groups (a loop per block cost a dozen scalar instructions per block of
+  // 64 values, measurable at n = 1); the tables change where a block starts.
   const int64_t shift = __builtin_ctzll(static_cast<uint64_t>(gpb));
-  auto table_of = [&](int64_t b) LK_Q {
-    const __m512 t = _mm512_mul_ps(table, _mm512_set1_ps(scale(b)));
-    return bf16 ? round_bf16(t) : t;
-  };
-  int64_t g = 0;
-  if (NT <= 2) {
-    __m512 t = table_of(0);
-    for (int64_t cur = 0; g + 1 < groups; g += 2) {
-      if ((g >> shift) != cur) t = table_of(cur = g >> shift);
-      const __m512 t1 = gpb == 1 ? table_of(g + 1) : t;
-      step(g, t, acc);
-      step(g + 1, t1, acc2);
+  __m512 t[R];
+  for (int64_t g = 0; g < groups; g++) {
+    if ((g & (gpb - 1)) == 0)
+      for (int r = 0; r < R; r++) {
+        t[r] = _mm512_mul_ps(table, scale(r, g >> shift));
+        if (bf16) t[r] = round_bf16(t[r]);
+      }
+    for (int r = 0; r < R; r++) {
+      const uint8_t* p = bytes(r, g);
+      if ((g & PfMask) == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + kGemvPrefetchBytes, _MM_HINT_T0);
+      // vpermps reads the low 4 bits of each index: v itself selects by the low nibble.
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      const __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t[r]), wl = _mm512_permutexvar_ps(v, t[r]);
+      fma_group<NT>(HiFirst ? wh : wl, HiFirst ? wl : wh, x + g * 32, ldx, acc[r]);
     }
   }
-  for (; g < groups; g++) step(g, table_of(g >> shift), acc);
-  for (int i = 0; i < NT; i++)
-    y[i * ldy] = hsum(_mm512_add_ps(_mm512_add_ps(acc[2 * i], acc[2 * i + 1]), _mm512_add_ps(acc2[2 * i], acc2[2 * i + 1])));
+  for (int r = 0; r < R; r++)
+    for (int i = 0; i < NT; i++) y[r * S + i * ldy] = hsum(_mm512_add_ps(acc[r][2 * i], acc[r][2 * i + 1]));
 }
 
-// int8 values: 32 per group at q(g), scale per group scale(g) (the row's, or a q8_0 block's).
+// Rows of nf4 / fp4 (R at a time, gemv_row_streams): bnb's layout, two codes per byte, the first
+// in the high nibble, one absmax per block (reconstructed first with double quant).
+template <int NT>
+struct Nf4Rows {
+  const QuantWeight& W;
+  const QuantLayout& L;
+  __m512 table;
+  const float* x;
+  float* y;
+  int64_t ldy;
+  bool bf16;
+  std::vector<float>& amax;  // R rows of per_row reconstructed absmax (double quant)
+  template <int R>
+  LK_Q void rows(int64_t j, int64_t S) {
+    const QuantSpec& s = W.spec;
+    const int64_t cols = s.cols;
+    const uint8_t* row[R];
+    const float* a[R];
+    nf4_stream_rows<R>(W, L, j, S, amax, row, a);
+    rows_4bit<NT, R, true, 3>(cols / 32, s.block / 32, table, bf16, [&](int r, int64_t g) { return row[r] + g * 16; },
+                              [&](int r, int64_t b) LK_Q { return _mm512_set1_ps(a[r][b]); }, x, cols, y + j, S, ldy);
+  }
+};
+
+// Rows of q4_0 (ggml blocks of 32: f16 d, then 16 bytes). Each d is converted where its block is
+// read (F16C, exact as dtype.h f16_to_f32): a pass over the row's scales first would read the row
+// before the arithmetic starts and keep the two from overlapping (measured slower beyond the LLC).
+template <int NT>
+struct Q4Rows {
+  const QuantWeight& W;
+  const QuantLayout& L;
+  const float* x;
+  float* y;
+  int64_t ldy;
+  bool bf16;
+  template <int R>
+  LK_Q void rows(int64_t j, int64_t S) {
+    alignas(64) static const float q4_table[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
+    const int64_t cols = W.spec.cols, groups = cols / 32;
+    const uint8_t* row[R];
+    for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
+    auto scale = [&](int r, int64_t g) LK_Q {
+      int16_t h;
+      std::memcpy(&h, row[r] + g * sizeof(BlockQ4_0), 2);
+      return _mm512_cvtph_ps(_mm256_set1_epi16(h));
+    };
+    rows_4bit<NT, R, false, 1>(groups, 1, _mm512_load_ps(q4_table), bf16,
+                               [&](int r, int64_t g) { return row[r] + g * sizeof(BlockQ4_0) + 2; }, scale, x, cols, y + j,
+                               S, ldy);
+  }
+};
+
+// Row streams per token count: enough to keep the misses in flight at n = 1 (4), fewer as the
+// accumulators multiply with the tokens.
+template <int NT>
+constexpr int kStreams = NT == 1 ? 4 : NT == 2 ? 2 : 1;
+
+// int8 values: 32 per group at q(g), scale per group scale(g) (the row's, or a q8_0 block's); bf16:
+// each q·scale rounded to bf16 before its product (deq(W) in the compute dtype, as the portable path).
 template <int NT, class Q, class Scale>
-LK_Q void row_8bit(int64_t groups, Q q, Scale scale, const float* x, int64_t ldx, float* y, int64_t ldy) {
+LK_Q void row_8bit(int64_t groups, Q q, Scale scale, bool bf16, const float* x, int64_t ldx, float* y, int64_t ldy) {
   __m512 acc[2 * NT];
   for (int i = 0; i < 2 * NT; i++) acc[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; g++) {
@@ -97,7 +159,8 @@ LK_Q void row_8bit(int64_t groups, Q q, Scale scale, const float* x, int64_t ldx
     const __m512 s = _mm512_set1_ps(scale(g));
     const __m512 wa = _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
     const __m512 wb = _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)))));
-    fma_group<NT>(wa, wb, x + g * 32, ldx, acc);
+    if (bf16) fma_group<NT>(round_bf16(wa), round_bf16(wb), x + g * 32, ldx, acc);
+    else fma_group<NT>(wa, wb, x + g * 32, ldx, acc);
   }
   for (int i = 0; i < NT; i++) y[i * ldy] = hsum(_mm512_add_ps(acc[2 * i], acc[2 * i + 1]));
 }
@@ -108,38 +171,18 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
   const QuantLayout L = quant_layout(s);
   const int64_t cols = s.cols, groups = cols / 32;
   const uint8_t* data = W.data + L.data_off;
+  constexpr int R = kStreams<NT>;
   if (s.format == QuantFormat::NF4 || s.format == QuantFormat::FP4) {
-    const __m512 table = _mm512_loadu_ps(s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code);
-    const int64_t per_row = cols / s.block, gpb = s.block / 32;
-    std::vector<float> amax(s.double_quant ? static_cast<size_t>(per_row) : 0);
-    for (int64_t j = j0; j < j1; j++) {
-      const float* a = reinterpret_cast<const float*>(W.data + L.scale_off) + j * per_row;
-      if (s.double_quant) {
-        dq_absmax(W, j * per_row, per_row, amax.data());
-        a = amax.data();
-      }
-      const uint8_t* row = data + j * cols / 2;
-      row_4bit<NT>(groups, gpb, table, true, bf16, [&](int64_t g) { return row + g * 16; }, [&](int64_t b) { return a[b]; }, x, cols,
-                   y + j, ldy);
-    }
+    std::vector<float> amax(s.double_quant ? static_cast<size_t>(R * cols / s.block) : 0);
+    gemv_row_streams<R>(j0, j1, Nf4Rows<NT>{W, L, _mm512_loadu_ps(s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code), x, y, ldy, bf16, amax});
   } else if (s.format == QuantFormat::Q4_0) {
-    alignas(64) static const float q4_table[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
-    const __m512 table = _mm512_load_ps(q4_table);
-    for (int64_t j = j0; j < j1; j++) {
-      const uint8_t* row = data + j * groups * sizeof(BlockQ4_0);
-      auto scale = [&](int64_t g) LK_Q {
-        uint16_t h;
-        std::memcpy(&h, row + g * sizeof(BlockQ4_0), 2);
-        return _cvtsh_ss(h);  // F16C: exact, as dtype.h f16_to_f32
-      };
-      row_4bit<NT>(groups, 1, table, false, bf16, [&](int64_t g) { return row + g * sizeof(BlockQ4_0) + 2; }, scale, x, cols, y + j, ldy);
-    }
+    gemv_row_streams<R>(j0, j1, Q4Rows<NT>{W, L, x, y, ldy, bf16});
   } else if (s.format == QuantFormat::INT8) {
     const float* rs = reinterpret_cast<const float*>(W.data + L.scale_off);
     for (int64_t j = j0; j < j1; j++) {
       const int8_t* row = reinterpret_cast<const int8_t*>(data) + j * cols;
       const float sc = rs[j];
-      row_8bit<NT>(groups, [&](int64_t g) { return row + g * 32; }, [&](int64_t) { return sc; }, x, cols, y + j, ldy);
+      row_8bit<NT>(groups, [&](int64_t g) { return row + g * 32; }, [&](int64_t) { return sc; }, bf16, x, cols, y + j, ldy);
     }
   } else {  // Q8_0
     for (int64_t j = j0; j < j1; j++) {
@@ -150,12 +193,13 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
         return _cvtsh_ss(h);  // F16C: exact, as dtype.h f16_to_f32
       };
       row_8bit<NT>(groups, [&](int64_t g) { return reinterpret_cast<const int8_t*>(row + g * sizeof(BlockQ8_0) + 2); }, scale,
-                   x, cols, y + j, ldy);
+                   bf16, x, cols, y + j, ldy);
     }
   }
 }
 
-void gemv(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
+void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
+  const float* x = static_cast<const float*>(xv);
   switch (n) {
     case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy, bf16);
     case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy, bf16);
@@ -240,7 +284,7 @@ LK_Q void decode_avx512(const QuantWeight& W, int64_t row, int64_t c0, int64_t l
 // deq(W) rounded to bf16 bits: the block's scaled table (the f32 products of decode) rounded and
 // narrowed to 16 bf16 words, 32 values looked up at once by vpermw (it reads the low 5 bits of
 // each 16-bit index). nf4 / fp4: byte k gives words 2k (high nibble) and 2k + 1 (low); q4_0: the
-// 16 low nibbles, then the 16 high ones.
+// 16 low nibbles, then the 16 high ones; int8 / q8_0: decode's f32 products, rounded 16 at a time.
 #define LK_Q16 __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
 LK_Q16 static inline __m512i bf16_words(__m512 scaled) {
   return _mm512_castsi256_si512(_mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(round_bf16(scaled)), 16)));
@@ -256,6 +300,26 @@ LK_Q16 static void decode16(const QuantWeight& W, int64_t row, int64_t c0, int64
   }
   const QuantLayout L = quant_layout(s);
   const int64_t cols = s.cols;
+  auto store16 = [](uint16_t* o, __m512 v) LK_Q16 { _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_castsi512_si256(bf16_words(v))); };
+  if (s.format == QuantFormat::INT8) {  // q·(row scale), rounded
+    const __m512 sc = _mm512_set1_ps(reinterpret_cast<const float*>(W.data + L.scale_off)[row]);
+    const int8_t* q = reinterpret_cast<const int8_t*>(W.data + L.data_off) + row * cols + c0;
+    for (int64_t c = 0; c < len; c += 16)
+      store16(out + c, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + c)))), sc));
+    return;
+  }
+  if (s.format == QuantFormat::Q8_0) {  // (q − 0)·d per block of 32, rounded
+    const uint8_t* blk = W.data + L.data_off + (row * cols + c0) / 32 * sizeof(BlockQ8_0);
+    for (int64_t c = 0; c < len; c += 32, blk += sizeof(BlockQ8_0)) {
+      uint16_t h;
+      std::memcpy(&h, blk, 2);
+      const __m512 d = _mm512_set1_ps(_cvtsh_ss(h));
+      for (int half = 0; half < 2; half++)
+        store16(out + c + 16 * half,
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2 + 16 * half)))), d));
+    }
+    return;
+  }
   if (s.format == QuantFormat::Q4_0) {
     const uint8_t* blk = W.data + L.data_off + (row * cols + c0) / 32 * sizeof(BlockQ4_0);
     const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
@@ -292,7 +356,9 @@ LK_Q16 static void decode16(const QuantWeight& W, int64_t row, int64_t c0, int64
 
 QuantDecode16Fn quant_decode16_avx512(QuantFormat f) {
   if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) return nullptr;
-  return f == QuantFormat::NF4 || f == QuantFormat::FP4 || f == QuantFormat::Q4_0 ? decode16 : nullptr;
+  return f == QuantFormat::NF4 || f == QuantFormat::FP4 || f == QuantFormat::Q4_0 || f == QuantFormat::INT8 || f == QuantFormat::Q8_0
+             ? decode16
+             : nullptr;
 }
 
 QuantDecodeFn quant_decode_avx512() { return __builtin_cpu_supports("avx512f") ? decode : nullptr; }
@@ -307,8 +373,8 @@ QuantGemv quant_gemv_avx512(const QuantSpec& s, bool bf16) {
       g.order = GemvXOrder::Pairs32;
       return g;
     case QuantFormat::Q4_0: g.fn = gemv; return g;
-    case QuantFormat::INT8:  // rows of any width: groups of 32 only when they tile the row
-    case QuantFormat::Q8_0: g.fn = bf16 || s.cols % 32 != 0 ? nullptr : gemv; return g;  // bf16: the generic path rounds
+    case QuantFormat::INT8:
+    case QuantFormat::Q8_0: g.fn = gemv_8bit_covered(s) ? gemv : nullptr; return g;
     case QuantFormat::Q4_K:
     case QuantFormat::Q6_K: g.fn = quant_gemv_kquant_avx512(); return g;
     default: return g;

@@ -2,8 +2,8 @@
 // (LK_KQ_ZMM defined: AVX-512, else AVX2). Each 256-value super-block is decoded
 // in registers with the scalar decoder's products (ggml_blocks.cc, ggml's dequantize_row_q4_K /
 // q6_K: d·sc·q − dmin·m and (d·sc)·(q − 32), mul and sub rounded apart, as there), each vector
-// going straight into every token's FMA; bf16: the block decoded into L1 and rounded to bf16 first,
-// as the portable path (quant_linear.cc) rounds its decoded rows.
+// going straight into every token's FMA; bf16: each vector rounded to bf16 first (in registers), as
+// the portable path (quant_linear.cc) rounds its decoded rows.
 #pragma once
 #include <immintrin.h>
 #include <cstring>
@@ -26,6 +26,13 @@ inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
 inline vf vzero() { return _mm512_setzero_ps(); }
 inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 inline float vsum(vf v) { return _mm512_reduce_add_ps(v); }
+// f32 → bf16 → f32 as dtype.h's f32_to_bf16 (round to nearest even; NaN kept quiet).
+inline vf vround_bf16(vf v) {
+  const __m512i u = _mm512_castps_si512(v), hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000)), hi));
+}
 // Values [off, off + 16) = a·q − b (q4_k) or a·(q − 32) (q6_k), q: 16 unsigned bytes, mul and sub
 // rounded apart, handed to sink(off, vector) a vector at a time.
 template <class Sink>
@@ -48,6 +55,12 @@ inline float vsum(vf v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+inline vf vround_bf16(vf v) {  // as the AVX-512 one
+  const __m256i u = _mm256_castps_si256(v), hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  const __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_castsi256_ps(_mm256_and_si256(_mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan), hi));
 }
 template <class Sink>
 inline void put_q4(int off, __m128i q, float a, float b, Sink&& sink) {
@@ -131,39 +144,27 @@ void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, float
   const int64_t cols = W.spec.cols, nb = cols / kQK_K;
   const size_t bytes = q4 ? sizeof(BlockQ4_K) : sizeof(BlockQ6_K);
   const uint8_t* data = W.data + quant_layout(W.spec).data_off;
-  alignas(64) float w[kQK_K];
   for (int64_t j = j0; j < j1; j++) {
     vf acc[NT][2];
     for (int i = 0; i < NT; i++) acc[i][0] = acc[i][1] = vzero();
     const uint8_t* row = data + j * nb * bytes;
     for (int64_t b = 0; b < nb; b++) {
       const float* xb = x + b * kQK_K;
-      if (!bf16) {  // f32: each decoded vector goes straight into every token's FMA
-        auto fma_all = [&](int off, vf v) {
-          for (int i = 0; i < NT; i++) acc[i][(off / kLanes) & 1] = vfma(v, vload(xb + i * cols + off), acc[i][(off / kLanes) & 1]);
-        };
-        if (q4) deq_q4_k(row + b * bytes, fma_all);
-        else deq_q6_k(row + b * bytes, fma_all);
-        continue;
-      }
-      // bf16: the block decoded into L1, rounded as the portable path rounds, then dotted.
-      auto store = [&](int off, vf v) { std::memcpy(w + off, &v, sizeof v); };
-      if (q4) deq_q4_k(row + b * bytes, store);
-      else deq_q6_k(row + b * bytes, store);
-      for (int k = 0; k < kQK_K; k++) w[k] = bf16_to_f32(f32_to_bf16(w[k]));
-      for (int i = 0; i < NT; i++) {
-        const float* xr = xb + i * cols;
-        for (int k = 0; k < kQK_K; k += 2 * kLanes) {
-          acc[i][0] = vfma(vload(w + k), vload(xr + k), acc[i][0]);
-          acc[i][1] = vfma(vload(w + k + kLanes), vload(xr + k + kLanes), acc[i][1]);
-        }
-      }
+      // Each decoded vector goes straight into every token's FMA; bf16: rounded first, as the
+      // portable path rounds its decoded rows.
+      auto fma_all = [&](int off, vf v) {
+        if (bf16) v = vround_bf16(v);
+        for (int i = 0; i < NT; i++) acc[i][(off / kLanes) & 1] = vfma(v, vload(xb + i * cols + off), acc[i][(off / kLanes) & 1]);
+      };
+      if (q4) deq_q4_k(row + b * bytes, fma_all);
+      else deq_q6_k(row + b * bytes, fma_all);
     }
     for (int i = 0; i < NT; i++) y[i * ldy + j] = vsum(acc[i][0]) + vsum(acc[i][1]);
   }
 }
 
-void gemv(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
+void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
+  const float* x = static_cast<const float*>(xv);
   switch (n) {
     case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy, bf16);
     case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy, bf16);

@@ -67,8 +67,9 @@ const char* at(const void* p, DType t, int64_t elems) { return static_cast<const
 
 // The portable decode GEMV: a few rows of W decoded into an L1/L2-sized scratch, then dotted with
 // every token's row (the path's dot_rows).
-void gemv_generic(const QuantWeight& W, const float* x, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
+void gemv_generic(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
   constexpr int64_t kRows = 4;
+  const float* x = static_cast<const float*>(xv);
   const int64_t cols = W.spec.cols;
   const KernelTable& kt = kernel_table();
   float* w = task_scratch(kRows * cols).data();
@@ -94,9 +95,15 @@ void decode_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* b
   QuantGemv g = quant_gemv_kernel(W.spec, bf16);
   if (!g.fn) g = QuantGemv{gemv_generic, GemvXOrder::Natural, 0};
   const QuantGemvFn kernel = g.fn;
-  std::vector<float> xs(static_cast<size_t>(n * in)), yf(static_cast<size_t>(n * outf));
+  // x arranged once per call in the kernel's order (bf16 bits as they are for the vdpbf16ps kernels).
+  std::vector<float> xs(g.x_bf16 ? 0 : static_cast<size_t>(n * in)), yf(static_cast<size_t>(n * outf));
+  std::vector<uint16_t> xs16(g.x_bf16 ? static_cast<size_t>(n * in) : 0);
   for (int64_t i = 0; i < n; i++)
-    for (int64_t k = 0; k < in; k++) xs[i * in + gemv_x_slot(g, k)] = load_f32(x.data, x.dtype, i * in + k);
+    for (int64_t k = 0; k < in; k++) {
+      if (g.x_bf16) xs16[i * in + gemv_x_slot(g, k)] = static_cast<const uint16_t*>(x.data)[i * in + k];
+      else xs[i * in + gemv_x_slot(g, k)] = load_f32(x.data, x.dtype, i * in + k);
+    }
+  const void* xa = g.x_bf16 ? static_cast<const void*>(xs16.data()) : xs.data();
   std::vector<std::vector<float>> uf(adapters.size());
   for (size_t a = 0; a < adapters.size(); a++) {
     uf[a].resize(static_cast<size_t>(us[a].numel()));
@@ -105,17 +112,22 @@ void decode_forward(const TensorRef& x, const QuantWeight& W, const TensorRef* b
   constexpr int64_t kRowsPerTask = 16;
   parallel_for((outf + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t t0, int64_t t1) {
     const int64_t j0 = t0 * kRowsPerTask, j1 = std::min(outf, t1 * kRowsPerTask);
-    kernel(W, xs.data(), n, j0, j1, yf.data(), outf, bf16);
+    kernel(W, xa, n, j0, j1, yf.data(), outf, bf16);
+    // The adapters' terms d[a][i][j] = u[a][i]·B[a][j] for the task's rows by the path's vector
+    // dot_rows (a scalar dot per row cost a tenth of the n = 1 forward over a tall W).
+    const KernelTable& kt = kernel_table();
+    const int64_t rows = j1 - j0;
+    std::vector<float> d(adapters.size() * static_cast<size_t>(n * rows), 0.f);
+    for (size_t a = 0; a < adapters.size(); a++) {
+      const TensorRef& B = adapters[a].B;
+      const int64_t r = B.dim(1);
+      for (int64_t i = 0; i < n; i++)
+        kt.dot_rows(r, uf[a].data() + i * r, at(B.data, B.dtype, j0 * r), B.dtype, r, rows, d.data() + (a * n + i) * rows);
+    }
     for (int64_t j = j0; j < j1; j++)
       for (int64_t i = 0; i < n; i++) {
         float v = yf[i * outf + j] + (bias ? load_f32(bias->data, bias->dtype, j) : 0.f);
-        for (size_t a = 0; a < adapters.size(); a++) {
-          const TensorRef& B = adapters[a].B;
-          const int64_t r = B.dim(1);
-          float d = 0.f;
-          for (int64_t q = 0; q < r; q++) d += uf[a][i * r + q] * load_f32(B.data, B.dtype, j * r + q);
-          v += adapters[a].scale * d;
-        }
+        for (size_t a = 0; a < adapters.size(); a++) v += adapters[a].scale * d[(a * n + i) * rows + j - j0];
         store_f32(y.data, y.dtype, i * outf + j, v);
       }
   });
@@ -138,6 +150,11 @@ QuantDecode16Fn quant_decode16_kernel(QuantFormat f) {
 
 QuantGemv quant_gemv_kernel(const QuantSpec& s, bool bf16) {
   const std::string path = kernel_table().name;
+  const bool bf16_unit = path == "avx512bf16" || path.rfind("amx", 0) == 0;
+  if (bf16 && bf16_unit) {
+    const QuantGemv g = quant_gemv_avx512bf16(s);
+    if (g.fn) return g;
+  }
   if (path.rfind("avx512", 0) == 0 || path.rfind("amx", 0) == 0) return quant_gemv_avx512(s, bf16);
   if (path == "avx2") return quant_gemv_avx2(s, bf16);
   return {};

@@ -1,5 +1,6 @@
 // Shared by the decode kernels (decode.cu: CUDA cores, any dtype; decode_tc.cu: tensor cores,
-// 16-bit weights): the LoRA terms added in the epilogue and the split-K bookkeeping.
+// 16-bit weights; quant_linear.cu: tensor cores over quantized weights): the LoRA terms added in
+// the epilogue, the split-K bookkeeping and the tensor-core kernels' common tail.
 #pragma once
 #include "common.cuh"
 #include "ops.h"
@@ -80,6 +81,57 @@ __device__ __forceinline__ bool split_k_last_arrival(const SplitK& sk) {
   __syncthreads();
   if (last) __threadfence();
   return last;
+}
+
+// The tensor-core decode kernels' tail (decode_tc.cu, quant_linear.cu), blocks of Warps·32 threads
+// owning Tiles·8 features from f0: each warp's acc[j] (mma.m16n8k16's C: rows g (0, 1) and g + 8
+// (2, 3), features 8j + 2t (+1)) added in warp order through `red`; with split K, the partials of
+// every split added in split order by the last block; then the epilogue and one store of y.
+template <class T, int Warps, int Tiles>
+__device__ __forceinline__ void decode_tc_finish(const float (&acc)[Tiles][4], float (&red)[Warps][16][Tiles * 8 + 1],
+                                                 int64_t f0, int n, int64_t outf, const DecodeTerms& terms,
+                                                 const void* bias, DType bias_dt, T* __restrict__ y, const SplitK& sk) {
+  constexpr int kFeat = Tiles * 8, kOut = 16 * kFeat / (Warps * 32);  // outputs per thread
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int j = 0; j < Tiles; j++) {
+    red[warp][g][j * 8 + 2 * t] = acc[j][0];
+    red[warp][g][j * 8 + 2 * t + 1] = acc[j][1];
+    red[warp][g + 8][j * 8 + 2 * t] = acc[j][2];
+    red[warp][g + 8][j * 8 + 2 * t + 1] = acc[j][3];
+  }
+  __syncthreads();
+  float v[kOut];
+  int row[kOut];
+  int64_t feat[kOut];
+#pragma unroll
+  for (int o = 0; o < kOut; o++) {
+    const int e = threadIdx.x + o * Warps * 32;
+    row[o] = e / kFeat;
+    feat[o] = f0 + e % kFeat;
+    float s = 0.f;
+#pragma unroll
+    for (int w = 0; w < Warps; w++) s += red[w][row[o]][e % kFeat];
+    v[o] = s;
+  }
+  if (gridDim.y > 1) {
+#pragma unroll
+    for (int o = 0; o < kOut; o++)
+      if (row[o] < n && feat[o] < outf) sk.part[(int64_t(blockIdx.y) * n + row[o]) * outf + feat[o]] = v[o];
+    if (!split_k_last_arrival(sk)) return;
+#pragma unroll
+    for (int o = 0; o < kOut; o++) {
+      if (row[o] >= n || feat[o] >= outf) continue;
+      float s = 0.f;
+      for (unsigned sp = 0; sp < gridDim.y; sp++) s += __ldcg(&sk.part[(int64_t(sp) * n + row[o]) * outf + feat[o]]);
+      v[o] = s;
+    }
+    if (threadIdx.x == 0) sk.counters[blockIdx.x] = 0;
+  }
+#pragma unroll
+  for (int o = 0; o < kOut; o++)
+    if (row[o] < n && feat[o] < outf)
+      y[int64_t(row[o]) * outf + feat[o]] = from_f32<T>(decode_epilogue(v[o], row[o], feat[o], terms, bias, bias_dt));
 }
 
 // A split-K launch's partial-sum buffer and ticket counters (none when splits == 1). The buffer

@@ -60,47 +60,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_tc_kernel(const T* __restr
         Mma<T>::run(acc[j], xa[u].z, xb[u].z, xa[u].w, xb[u].w, wv[u][j].z, wv[u][j].w);
       }
   }
-  // acc[j]: rows g (0, 1) and g + 8 (2, 3), features j·8 + 2t and + 1.
-#pragma unroll
-  for (int j = 0; j < kTiles; j++) {
-    red[warp][g][j * 8 + 2 * t] = acc[j][0];
-    red[warp][g][j * 8 + 2 * t + 1] = acc[j][1];
-    red[warp][g + 8][j * 8 + 2 * t] = acc[j][2];
-    red[warp][g + 8][j * 8 + 2 * t + 1] = acc[j][3];
-  }
-  __syncthreads();
-  constexpr int kOut = 16 * kFeatures / (kWarps * 32);  // outputs per thread (2)
-  float v[kOut];
-  int row[kOut];
-  int64_t feat[kOut];
-#pragma unroll
-  for (int o = 0; o < kOut; o++) {
-    const int e = threadIdx.x + o * kWarps * 32;
-    row[o] = e / kFeatures;
-    feat[o] = f0 + e % kFeatures;
-    float s = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; w++) s += red[w][row[o]][e % kFeatures];
-    v[o] = s;
-  }
-  if (gridDim.y > 1) {
-#pragma unroll
-    for (int o = 0; o < kOut; o++)
-      if (row[o] < n && feat[o] < outf) sk.part[(int64_t(blockIdx.y) * n + row[o]) * outf + feat[o]] = v[o];
-    if (!split_k_last_arrival(sk)) return;
-#pragma unroll
-    for (int o = 0; o < kOut; o++) {
-      if (row[o] >= n || feat[o] >= outf) continue;
-      float s = 0.f;
-      for (unsigned sp = 0; sp < gridDim.y; sp++) s += __ldcg(&sk.part[(int64_t(sp) * n + row[o]) * outf + feat[o]]);
-      v[o] = s;
-    }
-    if (threadIdx.x == 0) sk.counters[blockIdx.x] = 0;
-  }
-#pragma unroll
-  for (int o = 0; o < kOut; o++)
-    if (row[o] < n && feat[o] < outf)
-      y[int64_t(row[o]) * outf + feat[o]] = from_f32<T>(decode_epilogue(v[o], row[o], feat[o], terms, bias, bias_dt));
+  decode_tc_finish<T, kWarps, kTiles>(acc, red, f0, n, outf, terms, bias, bias_dt, y, sk);
 }
 
 template <class T>

@@ -5,10 +5,11 @@
 //   quantized bytes once, 16 bytes per lane for nf4/fp4/int8, decodes them in registers to x's
 //   dtype (the 4-bit code book in shared memory) and feeds mma.sync; bias and LoRA terms are
 //   added in the epilogue (decode_common.cuh), so y is written once.
-// - more rows, 16-bit x, nf4/fp4 on Hopper, when asked for (LORAKIT_QUANT_GEMM=sm90): gemm_sm90.cu's
-//   one-pass kernel with W's codes decoded in its tile loads (sm90_quant_lora_gemm). Correct, but
-//   3.6-4.7x the bf16 forward on the H100 (its one producer warpgroup decodes too slowly; the chunked
-//   path is 1.09-1.75x), so not the default: bench/results/gpu-quant-2026-12-06-09-44-07.md.
+// - 16 < n ≤ kQuantSm90MaxRows, 16-bit x, nf4/fp4 on Hopper: gemm_sm90_quant.cuh's one-pass kernel,
+//   W's codes decoded into wgmma's register operand (sm90_quant_lora_gemm). On the H100 (bf16, d_in
+//   4096, d_out 4096 / 14336) it takes 1.17-1.37x the bf16 forward at n = 512-2048 where the chunked
+//   path takes 1.24-1.78x, but 1.26-1.33x at n = 4096 where chunked takes 1.16-1.21x, so larger n
+//   stay chunked: bench/results/gpu-quant-2026-12-06-12-17-33.md (f16: -12-17-45.md).
 // - otherwise (and f32 x, which must not go through 16-bit products): W is dequantised in chunks
 //   (rows for y, columns for dx) into a scratch of x's dtype of at most kChunkBytes and each
 //   chunk is one cuBLASLt GEMM (f32: exact fp32, no TF32) writing its own slice of y or dx; the
@@ -128,47 +129,7 @@ __global__ void __launch_bounds__(kWarps * 32) quant_decode_kernel(const T* __re
       }
     }
   }
-  // acc[j]: rows g (0, 1) and g + 8 (2, 3), features j·8 + 2t and + 1 (as decode_tc.cu).
-#pragma unroll
-  for (int j = 0; j < kTiles; j++) {
-    red[warp][g][j * 8 + 2 * t] = acc[j][0];
-    red[warp][g][j * 8 + 2 * t + 1] = acc[j][1];
-    red[warp][g + 8][j * 8 + 2 * t] = acc[j][2];
-    red[warp][g + 8][j * 8 + 2 * t + 1] = acc[j][3];
-  }
-  __syncthreads();
-  constexpr int kOut = 16 * kFeatures / (kWarps * 32);
-  float v[kOut];
-  int row[kOut];
-  int64_t fo[kOut];
-#pragma unroll
-  for (int o = 0; o < kOut; o++) {
-    const int e = threadIdx.x + o * kWarps * 32;
-    row[o] = e / kFeatures;
-    fo[o] = f0 + e % kFeatures;
-    float s = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; w++) s += red[w][row[o]][e % kFeatures];
-    v[o] = s;
-  }
-  if (gridDim.y > 1) {
-#pragma unroll
-    for (int o = 0; o < kOut; o++)
-      if (row[o] < n && fo[o] < outf) sk.part[(int64_t(blockIdx.y) * n + row[o]) * outf + fo[o]] = v[o];
-    if (!split_k_last_arrival(sk)) return;
-#pragma unroll
-    for (int o = 0; o < kOut; o++) {
-      if (row[o] >= n || fo[o] >= outf) continue;
-      float s = 0.f;
-      for (unsigned sp = 0; sp < gridDim.y; sp++) s += __ldcg(&sk.part[(int64_t(sp) * n + row[o]) * outf + fo[o]]);
-      v[o] = s;
-    }
-    if (threadIdx.x == 0) sk.counters[blockIdx.x] = 0;
-  }
-#pragma unroll
-  for (int o = 0; o < kOut; o++)
-    if (row[o] < n && fo[o] < outf)
-      y[int64_t(row[o]) * outf + fo[o]] = from_f32<T>(decode_epilogue(v[o], row[o], fo[o], terms, bias, bias_dt));
+  decode_tc_finish<T, kWarps, kTiles>(acc, red, f0, n, outf, terms, bias, bias_dt, y, sk);
 }
 
 template <class T, QuantFormat F>
@@ -227,11 +188,11 @@ int64_t chunk_of(int64_t total, int64_t other, DType dt) {
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // LORAKIT_QUANT_GEMM=sm90|chunked forces a path for n > 16 (tests, benchmarks; read on every call
-// so that a process can switch); unset, kQuantSm90ByDefault decides (off until it beats chunked).
-constexpr bool kQuantSm90ByDefault = false;
-bool quant_sm90_allowed() {
+// so that a process can switch); unset, the sm_90 kernel takes n ≤ kQuantSm90MaxRows.
+constexpr int64_t kQuantSm90MaxRows = 2048;
+bool quant_sm90_allowed(int64_t n) {
   const char* e = std::getenv("LORAKIT_QUANT_GEMM");
-  if (!e) return kQuantSm90ByDefault;
+  if (!e) return n <= kQuantSm90MaxRows;
   return std::string(e) != "chunked";
 }
 
@@ -282,7 +243,7 @@ void quant_lora_forward(const TensorRef& x, const QuantWeight& W, const TensorRe
     LK_LAUNCHED("quantized decode forward");
     return;
   }
-  if (dt != DType::F32 && quant_sm90_allowed()) {  // y = x·deq(W)ᵀ + Σ s·u·Bᵀ + bias, W decoded in the tile loads
+  if (dt != DType::F32 && quant_sm90_allowed(n)) {  // y = x·deq(W)ᵀ + Σ s·u·Bᵀ + bias, W decoded in the tile loads
     std::vector<Buf> hold;
     std::vector<Sm90Operand> ops{{x.data, q.data, in, 1.f, true}};
     for (size_t i = 0; i < adapters.size(); i++)

@@ -1,0 +1,205 @@
+// The decode GEMV with bf16 activations on CPUs with AVX512_BF16 (quant_gemv.h):
+//   y[i, j] = Σ_k bf16(deq(W)[j, k])·x[i, k]
+// (peft over bnb: the weight dequantised to the bf16 compute dtype, then the matmul; quant_linear.cc
+// rounds deq(W) the same way on every path). Two exact bf16 products per f32 lane per vdpbf16ps,
+// summed in f32; like the avx512bf16 GEMM it reads bf16 denormals as zero. Each block's scaled
+// table (bnb code × absmax, or ggml's (q − 8)·d: the f32 products of the scalar decoder) is rounded
+// to nearest-even bf16 by vcvtne2ps2bf16 into 32 words that vpermw indexes with 5 bits:
+//  nf4 / fp4 (blocks of ≥ 64): 32 bytes (64 values) widened to 32 words; the table is doubled, so
+//    index bit 4 (the high nibble's low bit) selects nothing: the words look up their low nibbles
+//    as they are and their high nibbles shifted right by 4 (x in GemvXOrder::Words64);
+//  q4_0 (rows of a multiple of 64 values): two blocks' 16 bytes side by side, the table's halves the
+//    two blocks' tables, index bit 4 set to the block (x in GemvXOrder::Q4Words64).
+// Per 64 values: one widening load, a shift, two vpermw and 2·n vdpbf16ps (the f32-activation
+// kernel needs four vpermps, two index steps and 4·n FMAs). R rows advance together as separate
+// read streams (gemv_row_streams).
+// Formats: core/quant_formats.h (bnb functional.quantize_4bit, ggml-common.h block_q4_0).
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#include <cstring>
+#include <vector>
+#include "../core/ggml_blocks.h"
+#include "quant.h"
+#include "quant_gemv.h"
+
+#define LK_B __attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma,f16c")))
+
+namespace lorakit {
+namespace cpu {
+namespace {
+
+// 32 bf16 words: lo's 16 values rounded to nearest even in words 0..15, hi's in 16..31.
+LK_B inline __m512i bf16_words(__m512 lo, __m512 hi) { return (__m512i)_mm512_cvtne2ps_pbh(hi, lo); }
+
+LK_B inline __m512 dot2(__m512 acc, __m512i w, const uint16_t* x) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_loadu_si512(x));
+}
+
+// One 64-value chunk of R rows: w[r][0] pairs with x's first 32 arranged words, w[r][1] with the
+// next 32; NT token rows (stride ldx) into acc[r][2i], acc[r][2i + 1].
+template <int NT, int R>
+LK_B inline void dot_chunk(const __m512i (&w)[R][2], const uint16_t* x, int64_t ldx, __m512 (&acc)[R][2 * NT]) {
+  for (int r = 0; r < R; r++)
+    for (int i = 0; i < NT; i++) {
+      acc[r][2 * i] = dot2(acc[r][2 * i], w[r][0], x + i * ldx);
+      acc[r][2 * i + 1] = dot2(acc[r][2 * i + 1], w[r][1], x + i * ldx + 32);
+    }
+}
+
+template <int NT, int R>
+LK_B inline void store_rows(__m512 (&acc)[R][2 * NT], float* y, int64_t S, int64_t ldy) {
+  for (int r = 0; r < R; r++)
+    for (int i = 0; i < NT; i++) y[r * S + i * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][2 * i], acc[r][2 * i + 1]));
+}
+
+// nf4 / fp4: R rows from j (stride S), their absmax reconstructed first with double quant.
+template <int NT>
+struct Nf4Rows {
+  const QuantWeight& W;
+  const QuantLayout& L;
+  __m512 code;
+  const uint16_t* x;
+  float* y;
+  int64_t ldy;
+  std::vector<float>& amax;
+  template <int R>
+  LK_B void rows(int64_t j, int64_t S) {
+    const QuantSpec& s = W.spec;
+    const int64_t cols = s.cols, chunks = cols / 64, cpb = s.block / 64;
+    const uint8_t* row[R];
+    const float* a[R];
+    nf4_stream_rows<R>(W, L, j, S, amax, row, a);
+    __m512 acc[R][2 * NT];
+    for (int r = 0; r < R; r++)
+      for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
+    // One flat loop over the chunks (a loop per block cost a dozen scalar instructions per block
+    // of 64 values); the tables change where a block starts.
+    const int64_t shift = __builtin_ctzll(static_cast<uint64_t>(cpb));
+    __m512i t[R];
+    for (int64_t c = 0; c < chunks; c++) {
+      if ((c & (cpb - 1)) == 0)
+        for (int r = 0; r < R; r++) {
+          const __m512 f = _mm512_mul_ps(code, _mm512_set1_ps(a[r][c >> shift]));
+          t[r] = bf16_words(f, f);
+        }
+      __m512i w[R][2];
+      for (int r = 0; r < R; r++) {
+        if ((c & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(row[r] + 32 * c) + kGemvPrefetchBytes, _MM_HINT_T0);
+        const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[r] + 32 * c)));
+        w[r][0] = _mm512_permutexvar_epi16(v, t[r]);                         // low nibbles: odd values
+        w[r][1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t[r]);  // high nibbles: even values
+      }
+      dot_chunk<NT, R>(w, x + 64 * c, cols, acc);
+    }
+    store_rows<NT, R>(acc, y + j, S, ldy);
+  }
+};
+
+// q4_0: R rows from j (stride S), two blocks per chunk; each d converted where its block is read
+// (a pass over a row's scales first keeps the reads and the arithmetic from overlapping).
+// A q4_0 block's d (f16) in every lane (F16C: exact, as dtype.h f16_to_f32).
+LK_B inline __m512 d_of(const uint8_t* block) {
+  int16_t h;
+  std::memcpy(&h, block, 2);
+  return _mm512_cvtph_ps(_mm256_set1_epi16(h));
+}
+
+template <int NT>
+struct Q4Rows {
+  const QuantWeight& W;
+  const QuantLayout& L;
+  const uint16_t* x;
+  float* y;
+  int64_t ldy;
+  template <int R>
+  LK_B void rows(int64_t j, int64_t S) {
+    const int64_t cols = W.spec.cols, groups = cols / 32;
+    const uint8_t* row[R];
+    for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
+    const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    // Words 16..31 hold the second block: bit 4 of their indices. Bit 8 set before the shift
+    // becomes bit 4 of the high nibbles' indices.
+    const __m512i blk = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(16), 1);
+    const __m512i blk8 = _mm512_slli_epi16(blk, 4), m15 = _mm512_set1_epi16(15);
+    __m512 acc[R][2 * NT];
+    for (int r = 0; r < R; r++)
+      for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g += 2) {
+      __m512i w[R][2];
+      for (int r = 0; r < R; r++) {
+        const uint8_t* q = row[r] + g * sizeof(BlockQ4_0) + 2;
+        _mm_prefetch(reinterpret_cast<const char*>(q) + kGemvPrefetchBytes, _MM_HINT_T0);  // every 36 bytes
+        const __m512i t = bf16_words(_mm512_mul_ps(table, d_of(q - 2)), _mm512_mul_ps(table, d_of(q + sizeof(BlockQ4_0) - 2)));
+        const __m256i bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))),
+                                                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + sizeof(BlockQ4_0))), 1);
+        const __m512i v = _mm512_or_si512(_mm512_cvtepu8_epi16(bytes), blk8);
+        w[r][0] = _mm512_permutexvar_epi16(_mm512_ternarylogic_epi32(blk, v, m15, 0xF8), t);  // blk | (v & 15)
+        w[r][1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t);
+      }
+      dot_chunk<NT, R>(w, x + 32 * g, cols, acc);
+    }
+    store_rows<NT, R>(acc, y + j, S, ldy);
+  }
+};
+
+template <int NT>
+constexpr int kStreams = NT == 1 ? 4 : NT == 2 ? 2 : 1;
+
+template <int NT>
+LK_B void gemv_nt(const QuantWeight& W, const uint16_t* x, int64_t j0, int64_t j1, float* y, int64_t ldy) {
+  const QuantSpec& s = W.spec;
+  const QuantLayout L = quant_layout(s);
+  constexpr int R = kStreams<NT>;
+  if (s.format == QuantFormat::Q4_0) {
+    gemv_row_streams<R>(j0, j1, Q4Rows<NT>{W, L, x, y, ldy});
+  } else {
+    std::vector<float> amax(s.double_quant ? static_cast<size_t>(R * (s.cols / s.block)) : 0);
+    const __m512 code = _mm512_loadu_ps(s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code);
+    gemv_row_streams<R>(j0, j1, Nf4Rows<NT>{W, L, code, x, y, ldy, amax});
+  }
+}
+
+void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool) {
+  const uint16_t* x = static_cast<const uint16_t*>(xv);
+  switch (n) {
+    case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy);
+    case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy);
+    case 3: return gemv_nt<3>(W, x, j0, j1, y, ldy);
+    case 4: return gemv_nt<4>(W, x, j0, j1, y, ldy);
+    case 5: return gemv_nt<5>(W, x, j0, j1, y, ldy);
+    case 6: return gemv_nt<6>(W, x, j0, j1, y, ldy);
+    case 7: return gemv_nt<7>(W, x, j0, j1, y, ldy);
+    default: return gemv_nt<8>(W, x, j0, j1, y, ldy);
+  }
+}
+
+}  // namespace
+
+QuantGemv quant_gemv_avx512bf16(const QuantSpec& s) {
+  QuantGemv g;
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512bf16"))
+    return g;
+  if ((s.format == QuantFormat::NF4 || s.format == QuantFormat::FP4) && s.block >= 64) {
+    g.order = GemvXOrder::Words64;
+  } else if (s.format == QuantFormat::Q4_0 && s.cols % 64 == 0) {
+    g.order = GemvXOrder::Q4Words64;
+  } else {
+    return g;
+  }
+  g.fn = gemv;
+  g.x_bf16 = true;
+  return g;
+}
+
+}  // namespace cpu
+}  // namespace lorakit
+#else
+#include "quant_gemv.h"
+namespace lorakit {
+namespace cpu {
+QuantGemv quant_gemv_avx512bf16(const QuantSpec&) { return {}; }
+}  // namespace cpu
+}  // namespace lorakit
+#endif
