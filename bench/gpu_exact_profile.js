@@ -53,10 +53,13 @@ for (const dOut of douts) {
       layers.forEach((l) => l.setScale(name, res0[name]));
     }
     const ads = layers.map((l) => ({ loraA: l.loraA.get('a'), loraB: l.loraB.get('a'), scaling: l.scaling.get('a') }));
+    // Today's merge + unmerge drift their W toward values that round-trip: timed on copies, never on the
+    // weights the exact path merges (which would then need several times fewer corrections).
+    const Wp = Ws.map((W) => W.clone());
     // warm-up: every path once per set
     for (let s = 0; s < SETS; s++) {
-      kernels.mergeAdapter(Ws[s], ads[s]);
-      kernels.unmergeAdapter(Ws[s], ads[s]);
+      kernels.mergeAdapter(Wp[s], ads[s]);
+      kernels.unmergeAdapter(Wp[s], ads[s]);
       layers[s].merge({ adapterNames: ['a'] });
       layers[s].switchMerged(['b']);
       layers[s].unmerge();
@@ -66,8 +69,8 @@ for (const dOut of douts) {
     const plainM = [], plainU = [], exM = [], exU = [], sw = [];
     for (let k = 0; k < REPS; k++) {
       const one = (fn) => (cuda.timeMs(() => { for (let s = 0; s < SETS; s++) fn(s); }) * 1000) / SETS;
-      plainM.push(one((s) => kernels.mergeAdapter(Ws[s], ads[s])));
-      plainU.push(one((s) => kernels.unmergeAdapter(Ws[s], ads[s])));
+      plainM.push(one((s) => kernels.mergeAdapter(Wp[s], ads[s])));
+      plainU.push(one((s) => kernels.unmergeAdapter(Wp[s], ads[s])));
       exM.push(one((s) => layers[s].merge({ adapterNames: ['a'] })));
       sw.push(one((s) => layers[s].switchMerged([layers[s].mergedAdapters[0] === 'a' ? 'b' : 'a'])));
       exU.push(one((s) => layers[s].unmerge()));
@@ -75,7 +78,7 @@ for (const dOut of douts) {
     Object.assign(res, { plain_merge_us: median(plainM), plain_unmerge_us: median(plainU), exact_merge_us: median(exM), exact_unmerge_us: median(exU), swap_us: median(sw) });
     res.plain_us = (res.plain_merge_us + res.plain_unmerge_us) / 2;
     const l = layers[0];
-    res.host_plain_us = hostOne(() => kernels.mergeAdapter(Ws[1], ads[1]));
+    res.host_plain_us = hostOne(() => kernels.mergeAdapter(Wp[1], ads[1]));
     res.host_exact_pair_us = hostOne(() => { l.merge({ adapterNames: ['a'] }); l.unmerge(); });
     // What the exact merge did to W (expected ‖ΔW‖/‖W‖ ≈ 0.05): a check that the delta is applied.
     const before = l.weight.toFloat32Array();
@@ -93,6 +96,7 @@ for (const dOut of douts) {
     rows.push(res);
     layers.forEach((x) => x.dispose());
     Ws.forEach((W) => W.dispose());
+    Wp.forEach((W) => W.dispose());
     cuda.emptyCache();
   }
 }

@@ -98,7 +98,8 @@ for (const dtype of ['f32', 'f16', 'bf16']) {
     // Fractional scales and the weight's own dtype for the factors too (a 4096-wide layer: 16
     // strips of the cuda kernel), as the GPU benchmarks merge them.
     const cases = [[257, 300, 8, false, 1, 'f32'], [129, 520, 16, true, 1, 'f32'], [512, 768, 16, false, 40, 'f32'], [33, 7, 3, false, 4, 'f32'],
-      [70, 4096, 16, false, 0.11, dtype], [70, 4096, 16, false, 0.11, 'f32'], [257, 300, 8, true, 0.3, dtype]];
+      [70, 4096, 16, false, 0.11, dtype], [70, 4096, 16, false, 0.11, 'f32'], [257, 300, 8, true, 0.3, dtype],
+      [1024, 4096, 16, false, 0.112, dtype], [4096, 4096, 16, false, 0.112, dtype]];
     for (const [rows, cols, r, fifo, scale, factors] of cases) {
       const w = randomArray(rows * cols, rows + cols, 0.05);
       const make = (device) => {
