@@ -95,11 +95,16 @@ for (const dtype of ['f32', 'f16', 'bf16']) {
   });
 
   test(`${dtype}: cuda merges to the cpu's bits and records (small and large deltas), and undoes them`, () => {
-    for (const [rows, cols, r, fifo, scale] of [[257, 300, 8, false, 1], [129, 520, 16, true, 1], [512, 768, 16, false, 40], [33, 7, 3, false, 4]]) {
+    // Fractional scales and the weight's own dtype for the factors too (a 4096-wide layer: 16
+    // strips of the cuda kernel), as the GPU benchmarks merge them.
+    const cases = [[257, 300, 8, false, 1, 'f32'], [129, 520, 16, true, 1, 'f32'], [512, 768, 16, false, 40, 'f32'], [33, 7, 3, false, 4, 'f32'],
+      [70, 4096, 16, false, 0.11, dtype], [70, 4096, 16, false, 0.11, 'f32'], [257, 300, 8, true, 0.3, dtype],
+      [1024, 4096, 16, false, 0.112, dtype], [4096, 4096, 16, false, 0.112, dtype]];
+    for (const [rows, cols, r, fifo, scale, factors] of cases) {
       const w = randomArray(rows * cols, rows + cols, 0.05);
       const make = (device) => {
         const l = new LoraLinear({ weight: Tensor.from(w, [rows, cols], { dtype, device }), fanInFanOut: fifo });
-        l.addAdapter('a', { r, initLoraWeights: false, seed: 9 });
+        l.addAdapter('a', { r, initLoraWeights: false, seed: 9, dtype: factors });
         l.setScale('a', scale);
         return l;
       };
@@ -110,7 +115,8 @@ for (const dtype of ['f32', 'f16', 'bf16']) {
       const w0 = bits(gpu.weight);
       cpu.merge();
       gpu.merge();
-      assert.ok(same(bits(gpu.weight), bits(cpu.weight)), `${rows}x${cols}: the merged weights differ between devices`);
+      assert.ok(!same(bits(gpu.weight), w0), `${rows}x${cols} (${factors} factors, scale ${scale}): the merge changed nothing`);
+      assert.ok(same(bits(gpu.weight), bits(cpu.weight)), `${rows}x${cols} (${factors} factors, scale ${scale}): the merged weights differ between devices`);
       assert.strictEqual(gpu.mergeSideInfoBytes, cpu.mergeSideInfoBytes, `${rows}x${cols}: record sizes differ`);
       gpu.unmerge();
       assert.ok(same(bits(gpu.weight), w0));

@@ -1,7 +1,7 @@
 // Warp-cooperative encoder and decoder of one exact-merge segment (format: core/exact_format.h).
 // A warp owns one segment of up to 256 weights; lane L holds elements 8L..8L+7. Ranks and bit
-// offsets come from warp scans; the stream is assembled in shared memory with atomicOr on 32-bit
-// words (little-endian: byte b is bits 8·(b%4) of word b/4), then copied out by the lanes.
+// offsets come from warp scans; the stream is assembled in shared memory (32-bit words,
+// little-endian: byte b is bits 8·(b%4) of word b/4), then copied out by the lanes.
 #pragma once
 #include <cstdint>
 #include "../core/exact_format.h"
@@ -30,8 +30,6 @@ __device__ __forceinline__ int warp_exclusive(int v, int lane) {
   return s - v;
 }
 
-__device__ __forceinline__ void or_byte(uint32_t* buf, int b, uint32_t v) { atomicOr(&buf[b >> 2], (v & 0xffu) << (8 * (b & 3))); }
-
 // A field of w ≤ 32 bits at absolute bit offset o.
 __device__ __forceinline__ void or_bits(uint32_t* buf, int o, uint32_t v, int w) {
   if (w < 32) v &= (1u << w) - 1;
@@ -42,59 +40,79 @@ __device__ __forceinline__ void or_bits(uint32_t* buf, int o, uint32_t v, int w)
 
 __device__ __forceinline__ uint32_t byte_at(const uint32_t* buf, int b) { return (buf[b >> 2] >> (8 * (b & 3))) & 0xffu; }
 
-template <DType T>
-__device__ __forceinline__ int payload_bits_of(int8_t c) {
-  return c == exact::kRaw ? (T == DType::F32 ? 32 : 16) : (c > 1 || c < -1) ? 4 : 0;
-}
-
-// Builds the stream of a segment of len elements in buf (kSegWords words of shared memory, this
-// warp's own) from each lane's corrections c[8] and original bits x[8]; returns its byte count
-// (0: every correction is zero), the same in every lane.
-template <DType T>
-__device__ int warp_encode(const int8_t (&c)[8], const uint32_t (&x)[8], int len, int lane, uint32_t* buf) {
-  uint32_t m8 = 0;
-  int pb = 0;
+// Builds the stream of a segment of len elements in buf (this warp's staging words) and returns
+// its byte count, the same in every lane (0: every correction is zero). Per lane: cw0 and cw1 hold
+// the corrections of elements 0-3 and 4-7 as bytes (two's complement, kRaw = 0x80), m8 marks the
+// nonzero ones, bm8 those with a payload (|c| ≥ 2 or raw) and pb their payload bits; xw the
+// original bits (XW = 4: 16-bit pairs, 8: f32), for raw payloads. A stream longer than `limit`
+// bytes is only measured. tmp: 256 bytes of this warp's scratch, 4-byte aligned. Cost: one packed
+// warp scan (count | payload bits << 16); positions are plain byte stores, the class bytes are
+// packed from tmp by one lane each, and only payload fields (rare) take shared atomics.
+template <DType T, int XW>
+__device__ int warp_encode(uint32_t cw0, uint32_t cw1, uint32_t m8, uint32_t bm8, int pb, const uint32_t (&xw)[XW],
+                           int len, int lane, uint32_t* buf, uint8_t* tmp, int limit) {
+  const uint32_t v = static_cast<uint32_t>(__popc(m8)) | (static_cast<uint32_t>(pb) << 16);
+  uint32_t s = v;
 #pragma unroll
-  for (int e = 0; e < 8; e++)
-    if (c[e] != 0 && lane * 8 + e < len) {
-      m8 |= 1u << e;
-      pb += payload_bits_of<T>(c[e]);
-    }
-  const int cnt = __popc(m8);
-  const int n = warp_sum(cnt);
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t t = __shfl_up_sync(kFull, s, o);
+    if (lane >= o) s += t;
+  }
+  const uint32_t tot = __shfl_sync(kFull, s, 31), ex = s - v;
+  const int n = static_cast<int>(tot & 0xffffu), total_pb = static_cast<int>(tot >> 16);
   if (n == 0) return 0;
-  const int rank0 = warp_exclusive(cnt, lane);
-  const int pbase = warp_exclusive(pb, lane);
-  const int total_pb = warp_sum(pb);
   const bool list = exact::uses_list(n, len);
   const int where = list ? n : exact::bitmap_bytes(len);
   const int cls_off = 1 + where, pay_off = cls_off + (n + 3) / 4;
   const int bytes = pay_off + (total_pb + 7) / 8;
-  for (int w = lane; w < (bytes + 3) / 4 + 1; w += 32) buf[w] = 0;
-  __syncwarp();
-  if (lane == 0) or_byte(buf, 0, static_cast<uint32_t>(n - 1));
-  if (!list && lane < where) or_byte(buf, 1 + lane, m8);
-  int k = rank0, bit = pay_off * 8 + pbase;
-#pragma unroll
-  for (int e = 0; e < 8; e++) {
-    if (!((m8 >> e) & 1)) continue;
-    if (list) or_byte(buf, 1 + k, static_cast<uint32_t>(lane * 8 + e));
-    or_byte(buf, cls_off + k / 4, exact::class_of(c[e]) << (2 * (k % 4)));
-    const int w = payload_bits_of<T>(c[e]);
-    if (w == 32 || w == 16) {
-      or_bits(buf, bit, x[e], w);
-    } else if (w == 4) {
-      const int mag = (c[e] < 0 ? -c[e] : c[e]) - 2;
-      or_bits(buf, bit, (c[e] < 0 ? 1u : 0u) | (static_cast<uint32_t>(mag) << 1), 4);
-    }
-    bit += w;
+  if (bytes > limit) return bytes;
+  uint8_t* b8 = reinterpret_cast<uint8_t*>(buf);
+  if (total_pb) {  // the payload words are OR-ed into: zero them before any byte lands there
+    for (int w = pay_off / 4 + lane; w < (bytes + 3) / 4 + 1; w += 32) buf[w] = 0;
+    __syncwarp();
+  }
+  if (lane == 0) b8[0] = static_cast<uint8_t>(n - 1);
+  if (!list && lane < where) b8[1 + lane] = static_cast<uint8_t>(m8);
+  int k = static_cast<int>(ex & 0xffffu);
+  for (uint32_t m = m8; m; m &= m - 1) {  // this lane's nonzeros, in order (rarely more than one)
+    const int e = __ffs(m) - 1;
+    const int8_t cv = static_cast<int8_t>((e < 4 ? cw0 : cw1) >> (8 * (e & 3)));
+    if (list) b8[1 + k] = static_cast<uint8_t>(lane * 8 + e);
+    tmp[k] = static_cast<uint8_t>(exact::class_of(cv));
     k++;
+  }
+  __syncwarp();
+  for (int t = lane; t < (n + 3) / 4; t += 32) {
+    const uint32_t q = reinterpret_cast<const uint32_t*>(tmp)[t];
+    uint32_t byte = (q & 3u) | ((q >> 6) & 0xcu) | ((q >> 12) & 0x30u) | ((q >> 18) & 0xc0u);
+    const int valid = n - 4 * t;  // classes past the last nonzero are left over from earlier segments
+    if (valid < 4) byte &= (1u << (2 * valid)) - 1;
+    b8[cls_off + t] = static_cast<uint8_t>(byte);
+  }
+  if (total_pb) {
+    __syncwarp();
+    int bit = pay_off * 8 + static_cast<int>(ex >> 16);
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+      if (!((bm8 >> e) & 1)) continue;
+      const int8_t cv = static_cast<int8_t>((e < 4 ? cw0 : cw1) >> (8 * (e & 3)));
+      if (cv == exact::kRaw) {
+        const uint32_t x = XW == 8 ? xw[e % XW] : (xw[(e / 2) % XW] >> (16 * (e % 2))) & 0xffffu;
+        const int w = T == DType::F32 ? 32 : 16;
+        or_bits(buf, bit, x, w);
+        bit += w;
+      } else {
+        const int mag = (cv < 0 ? -cv : cv) - 2;
+        or_bits(buf, bit, (cv < 0 ? 1u : 0u) | (static_cast<uint32_t>(mag) << 1), 4);
+        bit += 4;
+      }
+    }
   }
   __syncwarp();
   return bytes;
 }
 
-// Copies a built stream to global memory.
+// Copies a built stream to global memory at any byte offset.
 __device__ __forceinline__ void warp_copy_out(const uint32_t* buf, int bytes, uint8_t* dst, int lane) {
   for (int b = lane; b < bytes; b += 32) dst[b] = static_cast<uint8_t>(byte_at(buf, b));
 }

@@ -1,30 +1,33 @@
-// Exact merge on the GPU (format and rationale: core/exact_format.h; the cpu's: cpu/exact_merge.cc).
-// peft's merge/unmerge compute W ± ΔW and drift; these records undo the rounding bit for bit.
-//
-// One warp per 256-weight row segment, lane L on columns 8L..8L+7: each step's delta is r fused
-// multiply-adds in order of q from zero (as the cpu, so both devices agree on it), then the chain
-// runs in registers: undo steps decode their record and correct R = round(x' − d); merge steps
-// round x' = round(x + d), compare R with x and encode the corrections in shared memory. The record
-// sizes are only known after the pass, so a merge runs in phases:
-//   1. the pass: each segment's stream goes to a fixed 96-byte slot and its length to lens; a
-//      segment whose stream does not fit (rare: large deltas) is left unwritten and marked deferred;
-//   2. exclusive scans of the lengths give the offsets; the totals come back to the host, which
-//      allocates each record (header, offsets, streams) at its exact size;
-//   3. the deferred segments rerun the whole chain, writing their streams in place, and the slots
-//      of the others are copied into the records.
+// Exact merge on the GPU (format and rationale: core/exact_format.h; the pass over W:
+// exact_chain.cuh; the cpu's: cpu/exact_merge.cc). peft's merge/unmerge compute W ± ΔW and drift;
+// these records undo the rounding bit for bit. A call runs, on the stream:
+//   1. one kernel turning every step's factors into f32 P and Q (the cpu's prepare_factors);
+//   2. the chain pass; with merge steps it fills the slots, segment lengths and row totals, and its
+//      last block publishes the stream totals to mapped host memory;
+//   3. (merge steps) an exclusive scan of the row totals, queued behind the pass while the host
+//      waits for the totals: the call's one host wait, as each record is allocated at its exact
+//      size (what mergeSideInfoBytes reports);
+//   4. one kernel writing every record's header, offsets and streams (from the slots), then, rarely,
+//      the deferred pass for the segments whose streams did not fit a slot.
+// An unmerge (undo steps only) does not wait: a record that does not match its weight (W left
+// unchanged) or a corrupt segment (values undefined) sets a mapped flag that the next exact call
+// on cuda reports. Records come only from this layer's own merges, so that flag means a bug.
 // Chains of more than kMaxSteps steps run as several passes (the per-element chain is the same).
-#include <cub/device/device_scan.cuh>
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 #include "../core/exact_format.h"
 #include "common.cuh"
 #include "device_buffer.h"
-#include "exact_codec.cuh"
+#include "exact_chain.cuh"
 #include "ops.h"
 #include "runtime.h"
 
@@ -32,214 +35,154 @@ namespace lorakit {
 namespace cuda {
 namespace {
 
-constexpr int kMaxSteps = 8;
-constexpr int kSlot = 96;  // bytes of staging per segment and merge step (3 bits per weight)
-constexpr int kWarps = 8;
-constexpr int kRowsPerBlock = kWarps;  // one row per warp: more independent loads in flight
-// Resident blocks per SM the chain kernel is built for (registers capped to fit). 2 (93 registers,
-// no spills) is what was measured on an H100; 4 (64 registers, some spills) is untested for speed.
-#ifndef LK_EXACT_MIN_BLOCKS
-#define LK_EXACT_MIN_BLOCKS 2
-#endif
+using exactk::Chain;
+using exactk::Ctl;
+using exactk::DevStep;
+using exactk::kMaxSteps;
+using exactk::kSlot;
+using exactk::Report;
 
-struct DevStep {
-  const float* P;  // [rows, r] = scale·(B, or Aᵀ with fan_in_fan_out)
-  const float* Q;  // [r, cols] = A, or Bᵀ
-  const float* k;  // DoRA: magnitude / norm per output feature, or null
-  const uint8_t* record;    // undo: the record (header, [S + 1] offsets, stream) of record_bytes
-  const uint32_t* offsets;
-  const uint8_t* stream;
-  uint64_t record_bytes;
-  uint8_t* slots;  // merge, phase 1: [S][kSlot]
-  uint32_t* lens;  // merge, phase 1: [S + 1]
-  uint8_t* out;    // merge, phase 3: the record's stream and offsets
-  const uint32_t* out_off;
+// ---- Mapped host memory: reports of first passes (one per call in flight) and the sticky flag of
+// unmerges. Pages of 64 slots, kept for the process.
+struct Mapped {
+  std::mutex mu;
+  std::vector<int> free;
+  std::vector<unsigned> uses;
+  std::vector<Report*> host, dev;
+  volatile unsigned* sticky_h = nullptr;
+  unsigned* sticky_d = nullptr;
+};
+
+Mapped& mapped() {
+  static Mapped* m = new Mapped();  // leaked: may be used until the process ends
+  return *m;
+}
+
+void grow_locked(Mapped& m) {
+  void* h = nullptr;
+  void* d = nullptr;
+  LK_CUDA(cudaHostAlloc(&h, 64 * sizeof(Report), cudaHostAllocMapped), "exact merge: mapped memory");
+  std::memset(h, 0, 64 * sizeof(Report));
+  LK_CUDA(cudaHostGetDevicePointer(&d, h, 0), "exact merge: mapped memory");
+  Report* hr = static_cast<Report*>(h);
+  Report* dr = static_cast<Report*>(d);
+  int k = 0;
+  if (!m.sticky_h) {  // the first page's first slot holds the sticky flag
+    m.sticky_h = reinterpret_cast<volatile unsigned*>(hr);
+    m.sticky_d = reinterpret_cast<unsigned*>(dr);
+    k = 1;
+  }
+  for (; k < 64; k++) {
+    m.free.push_back(static_cast<int>(m.host.size()));
+    m.host.push_back(hr + k);
+    m.dev.push_back(dr + k);
+    m.uses.push_back(0);
+  }
+}
+
+unsigned* sticky_device() {
+  Mapped& m = mapped();
+  std::lock_guard<std::mutex> lock(m.mu);
+  if (!m.sticky_h) grow_locked(m);
+  return m.sticky_d;
+}
+
+// Reports (and clears) a bad record seen by an earlier unmerge.
+void check_sticky() {
+  Mapped& m = mapped();
+  volatile unsigned* f;
+  {
+    std::lock_guard<std::mutex> lock(m.mu);
+    f = m.sticky_h;
+  }
+  if (f && *f) {
+    *f = 0;
+    throw_range("exact unmerge: an earlier exact unmerge on cuda was given a record that does not match its weight (left unchanged) or has a corrupt segment (values undefined)");
+  }
+}
+
+// One report slot for one call; given back only once the pass that writes it is known finished.
+class ReportLease {
+ public:
+  ReportLease() {
+    Mapped& m = mapped();
+    std::lock_guard<std::mutex> lock(m.mu);
+    if (m.free.empty()) grow_locked(m);
+    id_ = m.free.back();
+    m.free.pop_back();
+    host_ = m.host[id_];
+    dev_ = m.dev[id_];
+    seq_ = ++m.uses[id_];
+  }
+  ~ReportLease() {
+    if (!finished_) return;  // a failed pass may still write it: never reuse it
+    Mapped& m = mapped();
+    std::lock_guard<std::mutex> lock(m.mu);
+    m.free.push_back(id_);
+  }
+  ReportLease(const ReportLease&) = delete;
+  ReportLease& operator=(const ReportLease&) = delete;
+  Report* dev() const { return dev_; }
+  unsigned seq() const { return seq_; }
+
+  // Spins until the pass has published (or the stream reports an error); returns the report.
+  const volatile Report& wait() {
+    const volatile Report* r = host_;
+    for (unsigned spin = 1;; spin++) {
+      if (r->seq == seq_) break;
+      if (spin % 256 == 0) {
+        const cudaError_t e = cudaStreamQuery(stream());
+        if (e == cudaErrorNotReady) {
+          if (spin > (1u << 16)) std::this_thread::yield();  // a long pass: leave the core to others
+          continue;
+        }
+        if (r->seq == seq_) break;
+        LK_CUDA(e, "exact merge: chain");
+        finished_ = true;
+        throw_state("exact merge: the chain pass finished without publishing its totals");
+      }
+    }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    finished_ = true;
+    return *r;
+  }
+
+ private:
+  int id_ = -1;
+  Report* host_ = nullptr;
+  Report* dev_ = nullptr;
+  unsigned seq_ = 0;
+  bool finished_ = false;
+};
+
+// ---- Small kernels.
+
+struct PrepStep {
+  const void* A;
+  const void* B;
+  float* P;
+  float* Q;
+  float scale;
   int r;
-  int k_per_col;
-  int undo;
+  DType at, bt;
+};
+struct PrepBatch {
+  PrepStep s[kMaxSteps];
 };
 
-struct Chain {
-  DevStep s[kMaxSteps];
-  int n;
-};
-
-template <DType D> struct Lane;
-template <> struct Lane<DType::F32> {
-  using U = uint32_t;
-  static __device__ __forceinline__ float widen(uint32_t b) { return __uint_as_float(b); }
-  static __device__ __forceinline__ uint32_t narrow(float v) { return __float_as_uint(v); }
-};
-template <> struct Lane<DType::BF16> {
-  using U = uint16_t;
-  static __device__ __forceinline__ float widen(uint32_t b) { return __uint_as_float(b << 16); }
-  static __device__ __forceinline__ uint32_t narrow(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
-};
-template <> struct Lane<DType::F16> {
-  using U = uint16_t;
-  static __device__ __forceinline__ float widen(uint32_t b) { return __half2float(__ushort_as_half(static_cast<unsigned short>(b))); }
-  static __device__ __forceinline__ uint32_t narrow(float v) { return __half_as_ushort(__float2half_rn(v)); }
-};
-
-// The step's delta for the lane's 8 columns of row i; explicit fma intrinsics, so no contraction
-// choice of the compiler can differ between the passes that compute it.
-__device__ __forceinline__ void delta8(const DevStep& st, int64_t i, int64_t cols, int64_t j, bool vec, float (&d)[8]) {
-#pragma unroll
-  for (int e = 0; e < 8; e++) d[e] = 0.f;
-  const float* p = st.P + i * st.r;
-#pragma unroll 4
-  for (int q = 0; q < st.r; q++) {  // unrolled: four q's loads in flight before their fmas
-    const float pq = __ldg(p + q);
-    const float* qr = st.Q + int64_t(q) * cols + j;
-    float v[8];
-    if (vec) {
-      const float4 a = __ldg(reinterpret_cast<const float4*>(qr)), b = __ldg(reinterpret_cast<const float4*>(qr) + 1);
-      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; e++) v[e] = j + e < cols ? __ldg(qr + e) : 0.f;
-    }
-#pragma unroll
-    for (int e = 0; e < 8; e++) d[e] = __fmaf_rn(pq, v[e], d[e]);
-  }
-}
-
-// An undo step's record header against this weight (checked on the device: no host round trip).
-__device__ __forceinline__ bool header_ok(const DevStep& st, int64_t rows, int64_t cols, DType t) {
-  exact::ExactHeader h;
-  memcpy(&h, st.record, sizeof h);
-  return h.magic == exact::kMagic && h.dtype == static_cast<uint32_t>(t) && h.rows == static_cast<uint64_t>(rows) &&
-         h.cols == static_cast<uint64_t>(cols) &&
-         sizeof(exact::ExactHeader) + static_cast<uint64_t>(exact::offsets_bytes(rows, cols)) + h.stream_bytes <= st.record_bytes;
-}
-
-// Phase 1 (Final false) over every segment, or phase 3 (Final true) over the deferred ones.
-template <DType D, bool Final>
-__global__ void __launch_bounds__(kWarps * 32, LK_EXACT_MIN_BLOCKS) exact_chain_kernel(typename Lane<D>::U* W, int64_t rows, int64_t cols, Chain ch,
-                                                                  uint8_t* deferred, unsigned* counters) {
-  using L = Lane<D>;
-  using U = typename L::U;
-  __shared__ uint32_t enc[kWarps][exactc::kSegWords];
-  __shared__ int8_t cs[kWarps][exact::kSeg];
-  __shared__ uint32_t rs[kWarps][exact::kSeg];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t spr = (cols + exact::kSeg - 1) / exact::kSeg;
-  const int64_t g = blockIdx.x, j0 = g * exact::kSeg;
-  const int len = static_cast<int>(cols - j0 < exact::kSeg ? cols - j0 : exact::kSeg);
-  const int64_t j = j0 + lane * 8;
-  const bool full = j + 8 <= cols;
-  const bool vec_q = full && cols % 4 == 0;
-  const bool vec_w = full && cols % (16 / sizeof(U)) == 0;
-  bool bad = false;
-  for (int s = 0; s < ch.n; s++)
-    if (ch.s[s].undo && !header_ok(ch.s[s], rows, cols, D)) {  // a record for another weight: touch nothing
-      if (threadIdx.x == 0) atomicOr(&counters[1], 1u);
-      return;
-    }
-  for (int64_t i = int64_t(blockIdx.y) * kRowsPerBlock + warp; i < rows && i < int64_t(blockIdx.y + 1) * kRowsPerBlock; i += kWarps) {
-    const int64_t seg = i * spr + g;
-    if (Final && !deferred[seg]) continue;
-    U* wp = W + i * cols + j;
-    uint32_t x[8];
-    if (vec_w) {
-      const uint4 v = *reinterpret_cast<const uint4*>(wp);
-      const uint32_t w4[4] = {v.x, v.y, v.z, v.w};
-      if (sizeof(U) == 2) {
-#pragma unroll
-        for (int e = 0; e < 8; e++) x[e] = (w4[e / 2] >> (16 * (e % 2))) & 0xffffu;
-      } else {
-#pragma unroll
-        for (int e = 0; e < 4; e++) x[e] = w4[e];
-        const uint4 v2 = *(reinterpret_cast<const uint4*>(wp) + 1);
-        x[4] = v2.x, x[5] = v2.y, x[6] = v2.z, x[7] = v2.w;
-      }
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; e++) x[e] = j + e < cols ? static_cast<uint32_t>(wp[e]) : 0u;
-    }
-    bool fits = true;
-    for (int s = 0; s < ch.n; s++) {
-      const DevStep& st = ch.s[s];
-      float d[8];
-      delta8(st, i, cols, j, vec_q, d);
-      float k[8];
-#pragma unroll
-      for (int e = 0; e < 8; e++) k[e] = !st.k ? 1.f : st.k_per_col ? (j + e < cols ? st.k[j + e] : 1.f) : st.k[i];
-      if (st.undo) {
-        int8_t c[8];
-        uint32_t raw[8];
-        const uint32_t at = st.offsets[seg], end = st.offsets[seg + 1];
-        const uint64_t stream_bytes = st.record_bytes - (st.stream - st.record);
-        const bool ok = at <= end && end <= stream_bytes && end - at <= uint32_t(exact::kMaxSegmentBytes);
-        if (!ok) bad = true;
-        exactc::warp_decode<D>(st.stream + at, ok ? static_cast<int>(end - at) : 0, len, lane, c, raw, cs[warp], rs[warp], &bad);
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-          const float v = L::widen(x[e]);
-          const uint32_t R = L::narrow(st.k ? __fsub_rn(__fdiv_rn(v, k[e]), d[e]) : __fsub_rn(v, d[e]));
-          x[e] = c[e] == exact::kRaw ? raw[e] : c[e] ? exact::corrected<D>(R, c[e]) : R;
-        }
-      } else {
-        int8_t c[8];
-        uint32_t a[8];
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-          const float v = L::widen(x[e]);
-          a[e] = L::narrow(st.k ? __fmul_rn(k[e], __fadd_rn(v, d[e])) : __fadd_rn(v, d[e]));
-          const float va = L::widen(a[e]);
-          const uint32_t R = L::narrow(st.k ? __fsub_rn(__fdiv_rn(va, k[e]), d[e]) : __fsub_rn(va, d[e]));
-          c[e] = R == x[e] || j + e >= cols ? 0 : exact::correction<D>(x[e], R);
-        }
-        const int bytes = exactc::warp_encode<D>(c, x, len, lane, enc[warp]);
-        if (Final) {
-          if (bytes) exactc::warp_copy_out(enc[warp], bytes, st.out + st.out_off[seg], lane);
-        } else {
-          if (lane == 0) st.lens[seg] = static_cast<uint32_t>(bytes);
-          if (bytes <= kSlot) exactc::warp_copy_out(enc[warp], bytes, st.slots + seg * kSlot, lane);
-          else fits = false;
-        }
-        __syncwarp();
-#pragma unroll
-        for (int e = 0; e < 8; e++) x[e] = a[e];
-      }
-    }
-    if (!Final) {
-      if (lane == 0) deferred[seg] = fits ? 0 : 1;
-      if (!fits) {  // left as it was: phase 3 reruns this segment
-        if (lane == 0) atomicAdd(&counters[0], 1u);
-        continue;
-      }
-    }
-    if (vec_w) {
-      uint32_t w4[4];
-      if (sizeof(U) == 2) {
-#pragma unroll
-        for (int e = 0; e < 4; e++) w4[e] = x[2 * e] | (x[2 * e + 1] << 16);
-        *reinterpret_cast<uint4*>(wp) = make_uint4(w4[0], w4[1], w4[2], w4[3]);
-      } else {
-        *reinterpret_cast<uint4*>(wp) = make_uint4(x[0], x[1], x[2], x[3]);
-        *(reinterpret_cast<uint4*>(wp) + 1) = make_uint4(x[4], x[5], x[6], x[7]);
-      }
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; e++)
-        if (j + e < cols) wp[e] = static_cast<U>(x[e]);
-    }
-  }
-  if (__any_sync(exactc::kFull, bad) && lane == 0) atomicOr(&counters[1], 1u);
-}
-
-// P [rows, r] = scale·(B, or Aᵀ) and Q [r, cols] = A, or Bᵀ, in f32 (the cpu's prepare_factors).
-__global__ void prep_factors_kernel(const void* A, DType at, const void* B, DType bt, float scale, bool fifo, int64_t rows,
-                                    int64_t cols, int r, float* P, float* Q) {
+// P [rows, r] = scale·(B, or Aᵀ) and Q [r, cols] = A, or Bᵀ, in f32 (the cpu's prepare_factors);
+// blockIdx.y picks the step.
+__global__ void prep_factors_kernel(PrepBatch b, bool fifo, int64_t rows, int64_t cols) {
+  const PrepStep& p = b.s[blockIdx.y];
+  const int r = p.r;
   const int64_t np = rows * r, total = np + int64_t(r) * cols;
   for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
     if (t < np) {
       const int64_t i = t / r, q = t % r;
-      P[t] = __fmul_rn(scale, fifo ? load_as_f32(A, at, q * rows + i) : load_as_f32(B, bt, i * r + q));
+      p.P[t] = __fmul_rn(p.scale, fifo ? load_as_f32(p.A, p.at, q * rows + i) : load_as_f32(p.B, p.bt, i * r + q));
     } else {
       const int64_t u = t - np, q = u / cols, c = u % cols;
-      Q[u] = fifo ? load_as_f32(B, bt, c * r + q) : load_as_f32(A, at, q * cols + c);
+      p.Q[u] = fifo ? load_as_f32(p.B, p.bt, c * r + q) : load_as_f32(p.A, p.at, q * cols + c);
     }
   }
 }
@@ -249,13 +192,106 @@ __global__ void dora_scale_kernel(const void* mag, DType mt, const float* norm, 
     k[o] = __fdiv_rn(load_as_f32(mag, mt, o), norm[o]);
 }
 
-// The record's header, written on the stream (a host copy would wait for the stream).
-__global__ void write_header_kernel(exact::ExactHeader h, uint8_t* dst) {
-  if (threadIdx.x < sizeof h) dst[threadIdx.x] = reinterpret_cast<const uint8_t*>(&h)[threadIdx.x];
+struct ScanBatch {
+  const uint32_t* in[kMaxSteps];
+  uint32_t* out[kMaxSteps];
+};
+
+// Exclusive prefix sums of the row totals (one block per merge step): where each row's streams
+// start.
+__global__ void __launch_bounds__(1024) row_scan_kernel(ScanBatch b, int64_t rows) {
+  const uint32_t* in = b.in[blockIdx.x];
+  uint32_t* out = b.out[blockIdx.x];
+  __shared__ uint32_t wsum[32];
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  const int64_t per = (rows + 1023) / 1024, lo = std::min<int64_t>(rows, t * per), hi = std::min<int64_t>(rows, lo + per);
+  uint32_t sum = 0;
+  for (int64_t k = lo; k < hi; k++) sum += in[k];
+  uint32_t incl = sum;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t v = __shfl_up_sync(exactc::kFull, incl, o);
+    if (lane >= o) incl += v;
+  }
+  if (lane == 31) wsum[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    const uint32_t w = wsum[lane];
+    uint32_t wi = w;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint32_t v = __shfl_up_sync(exactc::kFull, wi, o);
+      if (lane >= o) wi += v;
+    }
+    wsum[lane] = wi - w;
+  }
+  __syncthreads();
+  uint32_t run = wsum[warp] + incl - sum;
+  for (int64_t k = lo; k < hi; k++) {
+    out[k] = run;
+    run += in[k];
+  }
 }
 
-// Per-phase device and host times of the exact merge on stderr when LORAKIT_EXACT_TRACE is set:
-// the chain pass, the scans and the read-back of the totals, and the record's assembly.
+struct AsmStep {
+  const uint8_t* slots;
+  const uint16_t* lens;
+  const uint32_t* rowoff;
+  uint8_t* rec;
+  uint64_t rec_bytes;
+  uint32_t total;
+};
+struct AsmBatch {
+  AsmStep s[kMaxSteps];
+};
+
+// The records (blockIdx.y: merge step): header, offsets (row start + prefix of the row's segment
+// lengths) and the streams copied from the slots, a warp per row; deferred segments are left to
+// the deferred pass.
+__global__ void assemble_kernel(AsmBatch b, const uint8_t* deferred, int64_t rows, int64_t cols, uint32_t dtype) {
+  const AsmStep& a = b.s[blockIdx.y];
+  const int64_t spr = exact::segments_per_row(cols), S = rows * spr;
+  const uint64_t head = sizeof(exact::ExactHeader) + static_cast<uint64_t>(exact::offsets_bytes(rows, cols));
+  uint32_t* offs = reinterpret_cast<uint32_t*>(a.rec + sizeof(exact::ExactHeader));
+  uint8_t* stream = a.rec + head;
+  if (blockIdx.x == 0) {
+    if (threadIdx.x == 0) {
+      const exact::ExactHeader h{exact::kMagic, dtype, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), a.total};
+      memcpy(a.rec, &h, sizeof h);
+      offs[S] = a.total;
+    }
+    if (head + a.total + threadIdx.x < a.rec_bytes) stream[a.total + threadIdx.x] = 0;  // padding to 4 bytes
+  }
+  const int64_t i = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= rows) return;
+  uint32_t carry = a.rowoff[i];
+  for (int64_t g0 = 0; g0 < spr; g0 += 32) {
+    const int64_t seg = i * spr + g0 + lane;
+    const bool mine = g0 + lane < spr;
+    const uint32_t l = mine ? a.lens[seg] : 0u;
+    uint32_t incl = l;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint32_t v = __shfl_up_sync(exactc::kFull, incl, o);
+      if (lane >= o) incl += v;
+    }
+    const uint32_t off = carry + incl - l;
+    if (mine) offs[seg] = off;
+    const uint32_t skip = mine && deferred[seg] ? 1u : 0u;
+    const int cnt = static_cast<int>(std::min<int64_t>(32, spr - g0));
+    for (int t = 0; t < cnt; t++) {
+      const uint32_t lt = __shfl_sync(exactc::kFull, l, t), ot = __shfl_sync(exactc::kFull, off, t);
+      if (__shfl_sync(exactc::kFull, skip, t) || !lt) continue;
+      const uint8_t* src = a.slots + (i * spr + g0 + t) * kSlot;
+      for (uint32_t k = lane; k < lt; k += 32) stream[ot + k] = src[k];
+    }
+    carry += __shfl_sync(exactc::kFull, incl, 31);
+  }
+}
+
+// Device and host times of a call's phases on stderr when LORAKIT_EXACT_TRACE is set: the chain
+// pass, the wait for its totals, the assembly (merge calls only).
 struct Trace {
   bool on = std::getenv("LORAKIT_EXACT_TRACE") != nullptr;
   cudaEvent_t ev[4] = {};
@@ -282,39 +318,45 @@ struct Trace {
   }
 };
 
-// The slots of the segments phase 1 wrote, into the record's stream (a warp per segment).
-__global__ void copy_slots_kernel(const uint8_t* slots, const uint32_t* lens, const uint32_t* offs, const uint8_t* deferred,
-                                  int64_t S, uint8_t* out) {
-  const int64_t seg = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (seg >= S || deferred[seg]) return;
-  const uint32_t n = lens[seg];
-  for (uint32_t b = lane; b < n; b += 32) out[offs[seg] + b] = slots[seg * kSlot + b];
+int first_pass_min_blocks() {
+  static const int v = [] {
+    const char* e = std::getenv("LORAKIT_EXACT_MIN_BLOCKS");
+    return e && std::string(e) == "1" ? 1 : 2;
+  }();
+  return v;
 }
 
 template <DType D>
-void launch_chain(bool final_phase, void* W, int64_t rows, int64_t cols, const Chain& ch, uint8_t* deferred, unsigned* counters) {
-  using U = typename Lane<D>::U;
-  const dim3 grid(static_cast<unsigned>(exact::segments_per_row(cols)), static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
-  if (final_phase)
-    exact_chain_kernel<D, true><<<grid, kWarps * 32, 0, stream()>>>(static_cast<U*>(W), rows, cols, ch, deferred, counters);
+void launch_chain(bool final_pass, void* W, int64_t rows, int64_t cols, const Chain& ch, uint8_t* deferred, Ctl* ctl, Report* rep,
+                  unsigned seq, unsigned* sticky) {
+  using U = typename exactk::Lane<D>::U;
+  const dim3 grid(static_cast<unsigned>((rows + exactk::kBand - 1) / exactk::kBand), static_cast<unsigned>(exact::segments_per_row(cols)));
+  U* w = static_cast<U*>(W);
+  constexpr int T = exactk::kThreads;
+  if (final_pass)
+    exactk::chain_kernel<D, true, 2><<<grid, T, 0, stream()>>>(w, rows, cols, ch, deferred, nullptr, nullptr, 0, sticky);
+  else if (first_pass_min_blocks() == 1)
+    exactk::chain_kernel<D, false, 1><<<grid, T, 0, stream()>>>(w, rows, cols, ch, deferred, ctl, rep, seq, sticky);
   else
-    exact_chain_kernel<D, false><<<grid, kWarps * 32, 0, stream()>>>(static_cast<U*>(W), rows, cols, ch, deferred, counters);
+    exactk::chain_kernel<D, false, 2><<<grid, T, 0, stream()>>>(w, rows, cols, ch, deferred, ctl, rep, seq, sticky);
   LK_LAUNCHED("exact merge: chain");
 }
 
-void launch(DType t, bool final_phase, void* W, int64_t rows, int64_t cols, const Chain& ch, uint8_t* deferred, unsigned* counters) {
+void launch(DType t, bool final_pass, void* W, int64_t rows, int64_t cols, const Chain& ch, uint8_t* deferred, Ctl* ctl, Report* rep,
+            unsigned seq, unsigned* sticky) {
   switch (t) {
-    case DType::F32: return launch_chain<DType::F32>(final_phase, W, rows, cols, ch, deferred, counters);
-    case DType::BF16: return launch_chain<DType::BF16>(final_phase, W, rows, cols, ch, deferred, counters);
-    case DType::F16: return launch_chain<DType::F16>(final_phase, W, rows, cols, ch, deferred, counters);
+    case DType::F32: return launch_chain<DType::F32>(final_pass, W, rows, cols, ch, deferred, ctl, rep, seq, sticky);
+    case DType::BF16: return launch_chain<DType::BF16>(final_pass, W, rows, cols, ch, deferred, ctl, rep, seq, sticky);
+    case DType::F16: return launch_chain<DType::F16>(final_pass, W, rows, cols, ch, deferred, ctl, rep, seq, sticky);
     default: throw_type("weight: expected a float dtype");
   }
 }
 
+size_t up256(size_t v) { return (v + 255) / 256 * 256; }
+
 // One pass over W for steps [first, first + count) of the chain (undo steps first); the merge
 // steps among them append their records.
-void run_group(const TensorRef& W, const std::vector<DevStep>& all, size_t first, size_t count,
+void run_group(const TensorRef& W, const std::vector<DevStep>& all, size_t first, size_t count, unsigned* sticky,
                std::vector<std::shared_ptr<Storage>>* records) {
   const int64_t rows = W.dim(0), cols = W.dim(1), S = exact::segment_count(rows, cols);
   Chain ch{};
@@ -324,64 +366,63 @@ void run_group(const TensorRef& W, const std::vector<DevStep>& all, size_t first
     ch.s[s] = all[first + s];
     if (!ch.s[s].undo) merges.push_back(static_cast<int>(s));
   }
-  // counters: [0] deferred segments, [1] a bad record, [2 + m] merge step m's stream bytes
-  Buf flags(S), counters((2 + kMaxSteps) * sizeof(unsigned));
-  LK_CUDA(cudaMemsetAsync(counters.p, 0, 2 * sizeof(unsigned), stream()), "exact merge: counters");
-  std::vector<Buf> slots, lens, offs;
-  for (int m : merges) {
-    slots.emplace_back(size_t(S) * kSlot);
-    lens.emplace_back(size_t(S + 1) * 4);
-    offs.emplace_back(size_t(S + 1) * 4);
-    LK_CUDA(cudaMemsetAsync(static_cast<uint32_t*>(lens.back().p) + S, 0, 4, stream()), "exact merge: lengths");
-    ch.s[m].slots = static_cast<uint8_t*>(slots.back().p);
-    ch.s[m].lens = static_cast<uint32_t*>(lens.back().p);
+  const size_t nm = merges.size();
+  ch.merges = static_cast<int>(nm);
+  // Scratch (merge steps only), one block: [Ctl | row totals] (zeroed), row starts, segment
+  // lengths, deferred flags, slots.
+  const size_t o_rowlen = 256, zero_end = o_rowlen + nm * rows * 4;
+  const size_t o_rowoff = up256(zero_end), o_lens = up256(o_rowoff + nm * rows * 4), o_def = up256(o_lens + nm * S * 2);
+  const size_t o_slots = up256(o_def + S), end = o_slots + nm * S * kSlot;
+  Buf scratch(nm ? end : 0);
+  uint8_t* base = static_cast<uint8_t*>(scratch.p);
+  Ctl* ctl = nullptr;
+  uint8_t* deferred = nullptr;
+  ScanBatch sb{};
+  if (nm) {
+    LK_CUDA(cudaMemsetAsync(base, 0, zero_end, stream()), "exact merge: counters");
+    ctl = reinterpret_cast<Ctl*>(base);
+    deferred = base + o_def;
+    for (size_t m = 0; m < nm; m++) {
+      DevStep& st = ch.s[merges[m]];
+      st.rowlen = reinterpret_cast<uint32_t*>(base + o_rowlen) + m * rows;
+      st.lens = reinterpret_cast<uint16_t*>(base + o_lens) + m * S;
+      st.slots = base + o_slots + m * S * kSlot;
+      sb.in[m] = st.rowlen;
+      sb.out[m] = reinterpret_cast<uint32_t*>(base + o_rowoff) + m * rows;
+    }
   }
-  uint8_t* deferred = static_cast<uint8_t*>(flags.p);
-  unsigned* cnt = static_cast<unsigned*>(counters.p);
+  std::unique_ptr<ReportLease> lease(nm ? new ReportLease() : nullptr);
   Trace trace;
   trace.mark();
-  launch(W.dtype, false, W.data, rows, cols, ch, deferred, cnt);
+  launch(W.dtype, false, W.data, rows, cols, ch, deferred, ctl, lease ? lease->dev() : nullptr, lease ? lease->seq() : 0, sticky);
   trace.mark();
-  // Offsets: an exclusive scan of S + 1 lengths (the last 0) ends with each stream's total; the
-  // totals and the counters come back to the host in one copy (the one wait of the call).
-  for (size_t m = 0; m < merges.size(); m++) {
-    size_t temp = 0;
-    uint32_t* in = static_cast<uint32_t*>(lens[m].p);
-    uint32_t* out = static_cast<uint32_t*>(offs[m].p);
-    LK_CUDA(cub::DeviceScan::ExclusiveSum(nullptr, temp, in, out, static_cast<int>(S + 1), stream()), "exact merge: scan");
-    Buf tmp(temp);
-    LK_CUDA(cub::DeviceScan::ExclusiveSum(tmp.p, temp, in, out, static_cast<int>(S + 1), stream()), "exact merge: scan");
-    LK_CUDA(cudaMemcpyAsync(cnt + 2 + m, out + S, 4, cudaMemcpyDeviceToDevice, stream()), "exact merge: total");
-  }
-  unsigned host_counters[2 + kMaxSteps] = {};
-  copy_to_host(host_counters, cnt, (2 + merges.size()) * sizeof(unsigned));
+  if (!nm) return;
+  row_scan_kernel<<<static_cast<unsigned>(nm), 1024, 0, stream()>>>(sb, rows);
+  LK_LAUNCHED("exact merge: row scan");
+  const volatile Report& rep = lease->wait();
   trace.mark();
-  if (host_counters[1])
+  if (rep.bad)
     throw_range("exact unmerge: a record does not match this weight (left unchanged), or a segment of it is corrupt (values undefined)");
-  const unsigned* totals = host_counters + 2;
-  std::vector<std::shared_ptr<Storage>> made;
   const size_t head = sizeof(exact::ExactHeader) + static_cast<size_t>(exact::offsets_bytes(rows, cols));
-  for (size_t m = 0; m < merges.size(); m++) {
-    const size_t bytes = (head + totals[m] + 3) / 4 * 4;
+  AsmBatch ab{};
+  std::vector<std::shared_ptr<Storage>> made;
+  for (size_t m = 0; m < nm; m++) {
+    const uint32_t total = rep.total[merges[m]];
+    const size_t bytes = (head + total + 3) / 4 * 4;
     auto rec = Storage::allocate(bytes, Device::CUDA, false);
-    exact::ExactHeader h{exact::kMagic, static_cast<uint32_t>(W.dtype), static_cast<uint64_t>(rows), static_cast<uint64_t>(cols),
-                         totals[m]};
-    uint8_t* base = static_cast<uint8_t*>(rec->data);
-    order_use(base, true);
-    write_header_kernel<<<1, 32, 0, stream()>>>(h, base);
-    LK_LAUNCHED("exact merge: header");
-    copy_device(base + sizeof h, offs[m].p, size_t(S + 1) * 4);
-    if (bytes > head + totals[m]) LK_CUDA(cudaMemsetAsync(base + head + totals[m], 0, bytes - head - totals[m], stream()), "exact merge: pad");
-    ch.s[merges[m]].out = base + head;
-    ch.s[merges[m]].out_off = static_cast<const uint32_t*>(offs[m].p);
+    uint8_t* rb = static_cast<uint8_t*>(rec->data);
+    order_use(rb, true);
+    const DevStep& st = ch.s[merges[m]];
+    ab.s[m] = {st.slots, st.lens, sb.out[m], rb, bytes, total};
+    ch.s[merges[m]].out = rb + head;
+    ch.s[merges[m]].out_off = reinterpret_cast<const uint32_t*>(rb + sizeof(exact::ExactHeader));
     made.push_back(rec);
   }
-  if (host_counters[0]) launch(W.dtype, true, W.data, rows, cols, ch, deferred, cnt);
-  for (size_t m = 0; m < merges.size(); m++) {
-    copy_slots_kernel<<<blocks_for(S * 32, 256), 256, 0, stream()>>>(ch.s[merges[m]].slots, ch.s[merges[m]].lens,
-                                                                   ch.s[merges[m]].out_off, deferred, S, ch.s[merges[m]].out);
-    LK_LAUNCHED("exact merge: copy");
-  }
+  const unsigned deferred_segments = rep.deferred;
+  assemble_kernel<<<dim3(static_cast<unsigned>((rows + 7) / 8), static_cast<unsigned>(nm)), 256, 0, stream()>>>(
+      ab, deferred, rows, cols, static_cast<uint32_t>(W.dtype));
+  LK_LAUNCHED("exact merge: assemble");
+  if (deferred_segments) launch(W.dtype, true, W.data, rows, cols, ch, deferred, nullptr, nullptr, 0, sticky);
   trace.mark();
   for (auto& r : made) records->push_back(r);
 }
@@ -392,21 +433,38 @@ void exact_merge(const TensorRef& W, bool fan_in_fan_out, const std::vector<Exac
                  std::vector<std::shared_ptr<Storage>>* records) {
   const int64_t rows = W.dim(0), cols = W.dim(1);
   records->clear();
+  check_sticky();
+  if (exact::segments_per_row(cols) > 65535 || (rows + exactk::kBand - 1) / exactk::kBand > 0x7fffffff)
+    throw_range("weight: too large for the exact merge on cuda ([" + std::to_string(rows) + ", " + std::to_string(cols) + "])");
+  unsigned* sticky = sticky_device();
   const size_t n = undo.size() + merge.size();
-  std::vector<Buf> hold;  // P, Q and DoRA's k of every step (the device pointers stay put as it grows)
-  hold.reserve(3 * n);
+  // P, Q (and DoRA's k) of every step in one buffer, each 256-byte aligned.
+  std::vector<size_t> at(n);
+  size_t bytes = 0;
+  for (size_t s = 0; s < n; s++) {
+    const ExactStep& e = s < undo.size() ? undo[s] : merge[s - undo.size()];
+    const int64_t r = e.A.dim(0), outf = fan_in_fan_out ? cols : rows;
+    at[s] = bytes;
+    bytes += up256((rows + exactk::kRowsPerWarp) * r * 4) + up256(r * cols * 4) + (e.magnitude ? up256(outf * 4) : 0);
+  }
+  Buf hold(bytes);
   std::vector<DevStep> steps;
+  PrepBatch pb{};
   for (size_t s = 0; s < n; s++) {
     const bool is_undo = s < undo.size();
     const ExactStep& e = is_undo ? undo[s] : merge[s - undo.size()];
     const int r = static_cast<int>(e.A.dim(0));
-    hold.emplace_back(size_t(rows) * r * 4);
-    float* P = hold.back().f();
-    hold.emplace_back(size_t(r) * cols * 4);
-    float* Q = hold.back().f();
-    prep_factors_kernel<<<blocks_for((rows + cols) * r, 256), 256, 0, stream()>>>(e.A.data, e.A.dtype, e.B.data, e.B.dtype, e.scale,
-                                                                                  fan_in_fan_out, rows, cols, r, P, Q);
-    LK_LAUNCHED("exact merge: factors");
+    uint8_t* p = static_cast<uint8_t*>(hold.p) + at[s];
+    float* P = reinterpret_cast<float*>(p);
+    float* Q = reinterpret_cast<float*>(p + up256((rows + exactk::kRowsPerWarp) * r * 4));
+    pb.s[s % kMaxSteps] = {e.A.data, e.B.data, P, Q, e.scale, r, e.A.dtype, e.B.dtype};
+    if (s % kMaxSteps == kMaxSteps - 1 || s == n - 1) {
+      int64_t most = 0;
+      for (size_t k = s - s % kMaxSteps; k <= s; k++) most = std::max<int64_t>(most, (rows + cols) * pb.s[k % kMaxSteps].r);
+      const dim3 grid(blocks_for(most, 256), static_cast<unsigned>(s % kMaxSteps + 1));
+      prep_factors_kernel<<<grid, 256, 0, stream()>>>(pb, fan_in_fan_out, rows, cols);
+      LK_LAUNCHED("exact merge: factors");
+    }
     DevStep d{};
     d.P = P;
     d.Q = Q;
@@ -414,8 +472,7 @@ void exact_merge(const TensorRef& W, bool fan_in_fan_out, const std::vector<Exac
     d.undo = is_undo;
     if (e.magnitude) {
       const int64_t outf = fan_in_fan_out ? cols : rows;
-      hold.emplace_back(size_t(outf) * 4);
-      float* k = hold.back().f();
+      float* k = reinterpret_cast<float*>(p + up256((rows + exactk::kRowsPerWarp) * r * 4) + up256(r * cols * 4));
       dora_scale_kernel<<<blocks_for(outf, 256), 256, 0, stream()>>>(e.magnitude->data, e.magnitude->dtype, e.norm, outf, k);
       LK_LAUNCHED("exact merge: dora scale");
       d.k = k;
@@ -430,7 +487,7 @@ void exact_merge(const TensorRef& W, bool fan_in_fan_out, const std::vector<Exac
     steps.push_back(d);
   }
   for (size_t first = 0; first < steps.size(); first += kMaxSteps)
-    run_group(W, steps, first, std::min<size_t>(kMaxSteps, steps.size() - first), records);
+    run_group(W, steps, first, std::min<size_t>(kMaxSteps, steps.size() - first), sticky, records);
 }
 
 }  // namespace cuda
