@@ -328,7 +328,7 @@ double fma_peak(int64_t iters) {
 
 // exact_rows: the scalar kernel (a NEON one is not written yet).
 const KernelTable kTable = {"neon",   NMR,     NNR,     micro,   dot_rows, axpy_rows, load_row,          pack_t, store_row,
-                            merge_rows, false, nullptr, fma_peak, nullptr, nullptr,  nullptr,   exact_rows_generic};
+                            merge_rows, false, nullptr, fma_peak, nullptr, nullptr,  nullptr,   exact_rows_generic, nullptr, nullptr, 0};
 
 }  // namespace
 

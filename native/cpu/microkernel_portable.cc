@@ -45,7 +45,8 @@ const KernelTable kTable = {"portable",          PMR,
                             PNR,                 micro,
                             generic::dot_rows,   generic::axpy_rows,
                             generic::load_row,   generic::pack_t,      generic::store_row,
-                            generic::merge_rows, false, nullptr, fma_peak, nullptr, nullptr, nullptr, exact_rows_generic};
+                            generic::merge_rows, false, nullptr, fma_peak, nullptr, nullptr, nullptr, exact_rows_generic,
+                            nullptr,             nullptr,              0};
 
 }  // namespace
 
