@@ -1,13 +1,13 @@
 // Multi-row GEMV (AVX2 + FMA), W read in place: out[i·ldo + j] += Σ_k x[i·ldx + k]·W[j·ldw + k] for
 // 2 ≤ m ≤ 8 rows of x (the AVX2 table's gemv_rows_max; peft: F.linear(x, W) on a handful of tokens).
 // The AVX-512 kernel's scheme (gemv_rows_avx512.cc) with 16 ymm registers: RB = 2 rows of W × up to
-// MB = 6 rows of x in 12 accumulators, one pass over K per x group (the W block in L2 after the
-// first). Lane l of an accumulator sums k ≡ l (mod 8) in order, then a fixed reduction, whatever the
+// 6 rows of x (gemv_rows_groups.h) in 12 accumulators, one pass over K per x group (the W block in
+// L2 after the first). Lane l of an accumulator sums k ≡ l (mod 8) in order, then a fixed reduction, whatever the
 // block shapes: row i's result does not depend on the other rows.
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #include <algorithm>
-#include "gemv_rows.h"
+#include "gemv_rows_groups.h"
 
 #define LK_GV2 __attribute__((target("avx2,fma,f16c")))
 
@@ -15,7 +15,6 @@ namespace lorakit {
 namespace {
 
 constexpr int RB = 2;
-constexpr int MB = 6;
 
 template <DType T>
 LK_GV2 inline __m256 load_w(const void* w, int64_t off) {
@@ -86,32 +85,12 @@ LK_GV2 __attribute__((noinline)) void block(int64_t k, const float* x, int64_t l
     for (int i = 0; i < M; i++) out[i * ldo + r] += hsum(acc[r][i]);
 }
 
-// Splits m rows of x into near-equal groups of at most MB (a group of one or two would reload the W
-// vectors for few FMAs); returns the number of groups.
-// Splits m into ng near-equal group sizes of at most MB; returns ng.
-inline int x_groups(int64_t m, int64_t* size) {
-  const int64_t g = (m + MB - 1) / MB, base = m / g, extra = m % g;
-  for (int64_t q = 0; q < g; q++) size[q] = base + (q < extra ? 1 : 0);
-  return static_cast<int>(g);
-}
-
 template <DType T, int R>
 LK_GV2 void w_block(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, int64_t ldw, float* out,
                     int64_t ldo) {
-  int64_t size[GEMV_ROWS_MAX];
-  const int ng = x_groups(m, size);
-  for (int q = 0, i0 = 0; q < ng; i0 += size[q], q++) {
-    const float* xs = x + i0 * ldx;
-    float* os = out + i0 * ldo;
-    switch (size[q]) {
-      case 6: block<T, R, 6>(k, xs, ldx, w, ldw, os, ldo); break;
-      case 5: block<T, R, 5>(k, xs, ldx, w, ldw, os, ldo); break;
-      case 4: block<T, R, 4>(k, xs, ldx, w, ldw, os, ldo); break;
-      case 3: block<T, R, 3>(k, xs, ldx, w, ldw, os, ldo); break;
-      case 2: block<T, R, 2>(k, xs, ldx, w, ldw, os, ldo); break;
-      default: block<T, R, 1>(k, xs, ldx, w, ldw, os, ldo);
-    }
-  }
+  for_each_x_group(m, [&](int64_t i0, auto size) {
+    block<T, R, decltype(size)::value>(k, x + i0 * ldx, ldx, w, ldw, out + i0 * ldo, ldo);
+  });
 }
 
 template <DType T>

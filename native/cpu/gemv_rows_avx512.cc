@@ -1,8 +1,8 @@
 // Multi-row GEMV (AVX-512), W read in place: out[i·ldo + j] += Σ_k x[i·ldx + k]·W[j·ldw + k] for a
 // few rows of x (1 ≤ m ≤ GEMV_ROWS_MAX, peft: F.linear(x, W) on a handful of tokens). The packed
 // GEMM would repack W on every call and run its tile at a few rows; here a block of RB rows of W
-// meets up to MB rows of x in RB·MB zmm accumulators (16 lanes of k each, summed at the end), so each
-// widened W vector feeds MB FMAs; the x groups after the first find the W block in L2.
+// meets up to 6 rows of x (gemv_rows_groups.h) in RB·6 zmm accumulators (16 lanes of k each, summed
+// at the end), so each widened W vector feeds 6 FMAs; the x groups after the first find the W block in L2.
 // Numerics: f32 products and accumulation; lane l of an accumulator sums k ≡ l (mod 16) in order of
 // k, then a fixed reduction: the same for every block shape, so row i's result does not depend on
 // which other rows are in the batch. The bf16 kernel (vdpbf16ps, x and W both bf16) adds two exact
@@ -12,7 +12,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #include <algorithm>
-#include "gemv_rows.h"
+#include "gemv_rows_groups.h"
 
 #define LK_GV512 __attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma,f16c")))
 #define LK_GVBF16 __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16,avx2,fma,f16c")))
@@ -25,7 +25,6 @@ namespace {
 // (256-2048 steps, accumulators parked between chunks) was 5-45% slower than one pass with the
 // block in L2; prefetching W 1 KiB ahead gained 0-10%.
 constexpr int RB = 4;              // W rows per register block
-constexpr int MB = 6;              // x rows per register block: 24 accumulators + 4 W vectors + x
 constexpr int64_t PF_BYTES = 1024;  // software prefetch distance along a W row
 
 // Sixteen W values from element `off`, widened to f32; lanes at or past `mk` read as zero.
@@ -91,31 +90,12 @@ LK_GV512 __attribute__((noinline)) void block(int64_t k, const float* x, int64_t
     for (int i = 0; i < M; i++) out[i * ldo + r] += _mm512_reduce_add_ps(acc[r][i]);
 }
 
-// Splits m rows of x into near-equal groups of at most MB (8 → 4 + 4, 16 → 6 + 5 + 5: a group of one
-// or two would reload the W vectors for few FMAs); returns the number of groups.
-inline int x_groups(int64_t m, int64_t* size) {
-  const int64_t g = (m + MB - 1) / MB, base = m / g, extra = m % g;
-  for (int64_t q = 0; q < g; q++) size[q] = base + (q < extra ? 1 : 0);
-  return static_cast<int>(g);
-}
-
 template <DType T, int R>
 LK_GV512 void w_block(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, int64_t ldw, float* out,
-                      int64_t ldo) {
-  int64_t size[GEMV_ROWS_MAX];
-  const int ng = x_groups(m, size);
-  for (int q = 0, i0 = 0; q < ng; i0 += size[q], q++) {
-    const float* xs = x + i0 * ldx;
-    float* os = out + i0 * ldo;
-    switch (size[q]) {
-      case 6: block<T, R, 6>(k, xs, ldx, w, ldw, os, ldo); break;
-      case 5: block<T, R, 5>(k, xs, ldx, w, ldw, os, ldo); break;
-      case 4: block<T, R, 4>(k, xs, ldx, w, ldw, os, ldo); break;
-      case 3: block<T, R, 3>(k, xs, ldx, w, ldw, os, ldo); break;
-      case 2: block<T, R, 2>(k, xs, ldx, w, ldw, os, ldo); break;
-      default: block<T, R, 1>(k, xs, ldx, w, ldw, os, ldo);
-    }
-  }
+                    int64_t ldo) {
+  for_each_x_group(m, [&](int64_t i0, auto size) {
+    block<T, R, decltype(size)::value>(k, x + i0 * ldx, ldx, w, ldw, out + i0 * ldo, ldo);
+  });
 }
 
 template <DType T>
@@ -172,20 +152,9 @@ LK_GVBF16 __attribute__((noinline)) void block_dp(int64_t k, const uint16_t* x, 
 template <int R>
 LK_GVBF16 void w_block_dp(int64_t m, int64_t k, const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw,
                           float* out, int64_t ldo) {
-  int64_t size[GEMV_ROWS_MAX];
-  const int ng = x_groups(m, size);
-  for (int q = 0, i0 = 0; q < ng; i0 += size[q], q++) {
-    const uint16_t* xs = x + i0 * ldx;
-    float* os = out + i0 * ldo;
-    switch (size[q]) {
-      case 6: block_dp<R, 6>(k, xs, ldx, w, ldw, os, ldo); break;
-      case 5: block_dp<R, 5>(k, xs, ldx, w, ldw, os, ldo); break;
-      case 4: block_dp<R, 4>(k, xs, ldx, w, ldw, os, ldo); break;
-      case 3: block_dp<R, 3>(k, xs, ldx, w, ldw, os, ldo); break;
-      case 2: block_dp<R, 2>(k, xs, ldx, w, ldw, os, ldo); break;
-      default: block_dp<R, 1>(k, xs, ldx, w, ldw, os, ldo);
-    }
-  }
+  for_each_x_group(m, [&](int64_t i0, auto size) {
+    block_dp<R, decltype(size)::value>(k, x + i0 * ldx, ldx, w, ldw, out + i0 * ldo, ldo);
+  });
 }
 
 }  // namespace

@@ -1,0 +1,31 @@
+// The x-row grouping shared by the multi-row GEMV kernels (gemv_rows_avx512.cc, gemv_rows_avx2.cc):
+// m rows of x split into near-equal groups of at most 6 (8 → 4 + 4, 16 → 6 + 5 + 5; a group of one or
+// two would reload the W vectors for few FMAs), each run by the kernel's register block for its size.
+#pragma once
+#include <cstdint>
+#include <type_traits>
+#include "gemv_rows.h"
+
+namespace lorakit {
+
+constexpr int GEMV_X_GROUP_MAX = 6;  // x rows per register block in every kernel
+
+// f(i0, std::integral_constant<int, M>{}) for each group: rows [i0, i0 + M) of x.
+template <class F>
+inline void for_each_x_group(int64_t m, F&& f) {
+  const int64_t g = (m + GEMV_X_GROUP_MAX - 1) / GEMV_X_GROUP_MAX, base = m / g, extra = m % g;
+  for (int64_t q = 0, i0 = 0; q < g; q++) {
+    const int64_t size = base + (q < extra ? 1 : 0);
+    switch (size) {
+      case 6: f(i0, std::integral_constant<int, 6>{}); break;
+      case 5: f(i0, std::integral_constant<int, 5>{}); break;
+      case 4: f(i0, std::integral_constant<int, 4>{}); break;
+      case 3: f(i0, std::integral_constant<int, 3>{}); break;
+      case 2: f(i0, std::integral_constant<int, 2>{}); break;
+      default: f(i0, std::integral_constant<int, 1>{});
+    }
+    i0 += size;
+  }
+}
+
+}  // namespace lorakit
