@@ -85,22 +85,15 @@ LK_GV2 __attribute__((noinline)) void block(int64_t k, const float* x, int64_t l
     for (int i = 0; i < M; i++) out[i * ldo + r] += hsum(acc[r][i]);
 }
 
-template <DType T, int R>
-LK_GV2 void w_block(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, int64_t ldw, float* out,
-                    int64_t ldo) {
-  for_each_x_group(m, [&](int64_t i0, auto size) {
-    block<T, R, decltype(size)::value>(k, x + i0 * ldx, ldx, w, ldw, out + i0 * ldo, ldo);
-  });
-}
-
 template <DType T>
 LK_GV2 void rows_t(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t rows,
                    float* out, int64_t ldo) {
   constexpr int64_t es = T == DType::F32 ? 4 : 2;
   const char* wb = static_cast<const char*>(w);
-  int64_t j = 0;
-  for (; j + RB <= rows; j += RB) w_block<T, RB>(m, k, x, ldx, wb + j * ldw * es, ldw, out + j, ldo);
-  for (; j < rows; j++) w_block<T, 1>(m, k, x, ldx, wb + j * ldw * es, ldw, out + j, ldo);
+  for_each_register_block<RB>(m, rows, [&](int64_t i0, int64_t j, auto r, auto size) {
+    block<T, decltype(r)::value, decltype(size)::value>(k, x + i0 * ldx, ldx, wb + j * ldw * es, ldw, out + i0 * ldo + j,
+                                                        ldo);
+  });
 }
 
 }  // namespace

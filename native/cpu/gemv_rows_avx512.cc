@@ -90,22 +90,15 @@ LK_GV512 __attribute__((noinline)) void block(int64_t k, const float* x, int64_t
     for (int i = 0; i < M; i++) out[i * ldo + r] += _mm512_reduce_add_ps(acc[r][i]);
 }
 
-template <DType T, int R>
-LK_GV512 void w_block(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, int64_t ldw, float* out,
-                    int64_t ldo) {
-  for_each_x_group(m, [&](int64_t i0, auto size) {
-    block<T, R, decltype(size)::value>(k, x + i0 * ldx, ldx, w, ldw, out + i0 * ldo, ldo);
-  });
-}
-
 template <DType T>
 LK_GV512 void rows_t(int64_t m, int64_t k, const float* x, int64_t ldx, const void* w, int64_t ldw, int64_t rows,
                      float* out, int64_t ldo) {
   constexpr int64_t es = T == DType::F32 ? 4 : 2;
   const char* wb = static_cast<const char*>(w);
-  int64_t j = 0;
-  for (; j + RB <= rows; j += RB) w_block<T, RB>(m, k, x, ldx, wb + j * ldw * es, ldw, out + j, ldo);
-  for (; j < rows; j++) w_block<T, 1>(m, k, x, ldx, wb + j * ldw * es, ldw, out + j, ldo);
+  for_each_register_block<RB>(m, rows, [&](int64_t i0, int64_t j, auto r, auto size) {
+    block<T, decltype(r)::value, decltype(size)::value>(k, x + i0 * ldx, ldx, wb + j * ldw * es, ldw, out + i0 * ldo + j,
+                                                        ldo);
+  });
 }
 
 // x and W both bf16, two products per lane per vdpbf16ps: the same blocking over 32-step vectors.
@@ -149,13 +142,6 @@ LK_GVBF16 __attribute__((noinline)) void block_dp(int64_t k, const uint16_t* x, 
     for (int i = 0; i < M; i++) out[i * ldo + r] += _mm512_reduce_add_ps(acc[r][i]);
 }
 
-template <int R>
-LK_GVBF16 void w_block_dp(int64_t m, int64_t k, const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw,
-                          float* out, int64_t ldo) {
-  for_each_x_group(m, [&](int64_t i0, auto size) {
-    block_dp<R, decltype(size)::value>(k, x + i0 * ldx, ldx, w, ldw, out + i0 * ldo, ldo);
-  });
-}
 
 }  // namespace
 
@@ -171,9 +157,10 @@ LK_GV512 void gemv_rows_avx512(int64_t m, int64_t k, const float* x, int64_t ldx
 
 LK_GVBF16 void gemv_rows_bf16_avx512bf16(int64_t m, int64_t k, const uint16_t* x, int64_t ldx, const uint16_t* w,
                                          int64_t ldw, int64_t rows, float* out, int64_t ldo) {
-  int64_t j = 0;
-  for (; j + RB <= rows; j += RB) w_block_dp<RB>(m, k, x, ldx, w + j * ldw, ldw, out + j, ldo);
-  for (; j < rows; j++) w_block_dp<1>(m, k, x, ldx, w + j * ldw, ldw, out + j, ldo);
+  for_each_register_block<RB>(m, rows, [&](int64_t i0, int64_t j, auto r, auto size) {
+    block_dp<decltype(r)::value, decltype(size)::value>(k, x + i0 * ldx, ldx, w + j * ldw, ldw, out + i0 * ldo + j,
+                                                        ldo);
+  });
 }
 
 }  // namespace lorakit

@@ -1,4 +1,4 @@
-// The x-row grouping shared by the multi-row GEMV kernels (gemv_rows_avx512.cc, gemv_rows_avx2.cc):
+// The block order shared by the multi-row GEMV kernels (gemv_rows_avx512.cc, gemv_rows_avx2.cc):
 // m rows of x split into near-equal groups of at most 6 (8 → 4 + 4, 16 → 6 + 5 + 5; a group of one or
 // two would reload the W vectors for few FMAs), each run by the kernel's register block for its size.
 #pragma once
@@ -26,6 +26,18 @@ inline void for_each_x_group(int64_t m, F&& f) {
     }
     i0 += size;
   }
+}
+
+// The register blocks of a call: W's rows in blocks of RB (then one by one), each against every x
+// group; f(i0, j, std::integral_constant<int, R>{}, std::integral_constant<int, M>{}) runs the block of
+// x rows [i0, i0 + M) and W rows [j, j + R).
+template <int RB, class F>
+inline void for_each_register_block(int64_t m, int64_t rows, F&& f) {
+  int64_t j = 0;
+  for (; j + RB <= rows; j += RB)
+    for_each_x_group(m, [&](int64_t i0, auto size) { f(i0, j, std::integral_constant<int, RB>{}, size); });
+  for (; j < rows; j++)
+    for_each_x_group(m, [&](int64_t i0, auto size) { f(i0, j, std::integral_constant<int, 1>{}, size); });
 }
 
 }  // namespace lorakit
