@@ -6,7 +6,7 @@
  * CI runs this file once per dispatch path the CPU has (LORAKIT_CPU_PATH).
  */
 import { FloatDType, LoraLinear, Tensor, backendInfo, kernels, setNumThreads } from '../lib';
-import { randomArray } from './helpers/reference';
+import { seededTensor as rand } from './helpers/seeded_tensor';
 import './cpu_merge_suite'; // merge/unmerge element by element against float64: runs with this file on every path
 
 type Mat = Float64Array;
@@ -36,12 +36,6 @@ function relErr(a: ArrayLike<number>, ref: ArrayLike<number>): number {
 /** Tolerance for an output stored in dtype (one rounding) computed with f32 accumulation. */
 const tolFor = (dt: FloatDType) => (dt === 'f32' ? 1e-5 : dt === 'bf16' ? 6e-3 : 8e-4);
 
-/** A tensor of dtype with seeded values, and the values it actually holds (after rounding). */
-function rand(shape: number[], seed: number, dtype: FloatDType = 'f32', scale = 1): { t: Tensor; v: Float32Array } {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const t = Tensor.from(randomArray(n, seed, scale), shape, { dtype });
-  return { t, v: t.toFloat32Array() };
-}
 
 interface FwdCase {
   n: number;

@@ -9,12 +9,8 @@
  */
 import { FloatDType, Tensor, backendInfo, kernels, setNumThreads } from '../lib';
 import { randomArray } from './helpers/reference';
+import { seededTensor as rand } from './helpers/seeded_tensor';
 
-function rand(shape: number[], seed: number, dtype: FloatDType = 'f32', scale = 1): { t: Tensor; v: Float32Array } {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const t = Tensor.from(randomArray(n, seed, scale), shape, { dtype });
-  return { t, v: t.toFloat32Array() };
-}
 
 interface Case {
   n: number;
