@@ -144,24 +144,13 @@ struct Q4Rows {
   int64_t ldy;
   template <int R>
   LK_BV void rows(int64_t j, int64_t S) {
-    const int64_t cols = W.spec.cols, groups = cols / 32, chunks = groups / kQ4ScaleChunk;  // groups even
+    const int64_t cols = W.spec.cols, groups = cols / 32;  // groups even
     const uint8_t* row[R];
     for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
     __m512 acc[R][2 * NT];
     for (int r = 0; r < R; r++)
       for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
-    alignas(64) float d[2][R][kQ4ScaleChunk];  // chunk c's d in d[c & 1]
-    if (chunks > 0)
-      for (int r = 0; r < R; r++) q4_scales8(row[r], 0, d[0][r]);
-    for (int64_t c = 0; c < chunks; c++) {
-      if (c + 1 < chunks)
-        for (int r = 0; r < R; r++) q4_scales8(row[r], (c + 1) * kQ4ScaleChunk, d[(c + 1) & 1][r]);
-      for (int64_t b = 0; b < kQ4ScaleChunk; b += 2) q4_pair<NT, R>(row, c * kQ4ScaleChunk + b, &d[c & 1][0][b], x, cols, acc);
-    }
-    for (int64_t g = chunks * kQ4ScaleChunk; g < groups; g += 2) {
-      for (int r = 0; r < R; r++) d[0][r][0] = q4_scale(row[r], g), d[0][r][1] = q4_scale(row[r], g + 1);
-      q4_pair<NT, R>(row, g, &d[0][0][0], x, cols, acc);
-    }
+    q4_blocks_with_scales<2>(row, groups, [&](int64_t g, const float* d) LK_BV { q4_pair<NT, R>(row, g, d, x, cols, acc); });
     store_rows<NT, R>(acc, y + j, S, ldy);
   }
 };
