@@ -174,16 +174,7 @@ LK_B void gemv_nt(const QuantWeight& W, const uint16_t* x, int64_t j0, int64_t j
 
 void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool) {
   const uint16_t* x = static_cast<const uint16_t*>(xv);
-  switch (n) {
-    case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy);
-    case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy);
-    case 3: return gemv_nt<3>(W, x, j0, j1, y, ldy);
-    case 4: return gemv_nt<4>(W, x, j0, j1, y, ldy);
-    case 5: return gemv_nt<5>(W, x, j0, j1, y, ldy);
-    case 6: return gemv_nt<6>(W, x, j0, j1, y, ldy);
-    case 7: return gemv_nt<7>(W, x, j0, j1, y, ldy);
-    default: return gemv_nt<8>(W, x, j0, j1, y, ldy);
-  }
+  with_token_count(n, [&](auto nt) { gemv_nt<decltype(nt)::value>(W, x, j0, j1, y, ldy); });
 }
 
 }  // namespace

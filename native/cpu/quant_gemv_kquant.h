@@ -165,16 +165,7 @@ void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, float
 
 void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
   const float* x = static_cast<const float*>(xv);
-  switch (n) {
-    case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy, bf16);
-    case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy, bf16);
-    case 3: return gemv_nt<3>(W, x, j0, j1, y, ldy, bf16);
-    case 4: return gemv_nt<4>(W, x, j0, j1, y, ldy, bf16);
-    case 5: return gemv_nt<5>(W, x, j0, j1, y, ldy, bf16);
-    case 6: return gemv_nt<6>(W, x, j0, j1, y, ldy, bf16);
-    case 7: return gemv_nt<7>(W, x, j0, j1, y, ldy, bf16);
-    default: return gemv_nt<8>(W, x, j0, j1, y, ldy, bf16);
-  }
+  with_token_count(n, [&](auto nt) { gemv_nt<decltype(nt)::value>(W, x, j0, j1, y, ldy, bf16); });
 }
 
 }  // namespace kq
