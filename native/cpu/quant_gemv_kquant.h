@@ -79,17 +79,6 @@ inline void put_q6(int off, __m128i q, float a, Sink&& sink) {
 inline __m128i ld16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 inline __m128i bytes(int v) { return _mm_set1_epi8(static_cast<char>(v)); }
 
-// The 6-bit scale and min of sub-block j of a q4_k super-block (ggml's get_scale_min_k4).
-inline void scale_min(int j, const uint8_t* q, int& sc, int& m) {
-  if (j < 4) {
-    sc = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
 // 256 values: four 64-value halves, low nibbles of 32 bytes then their high nibbles.
 template <class Sink>
 inline void deq_q4_k(const uint8_t* blk, Sink&& w) {
@@ -97,10 +86,10 @@ inline void deq_q4_k(const uint8_t* blk, Sink&& w) {
   std::memcpy(&b, blk, sizeof b);
   const float d = f16_to_f32(b.d), dmin = f16_to_f32(b.dmin);
   for (int j = 0; j < 4; j++) {
-    int sc, m;
-    scale_min(2 * j, b.scales, sc, m);
+    uint8_t sc, m;
+    ggml_scale_min_k4(2 * j, b.scales, sc, m);
     const float d1 = d * sc, m1 = dmin * m;
-    scale_min(2 * j + 1, b.scales, sc, m);
+    ggml_scale_min_k4(2 * j + 1, b.scales, sc, m);
     const float d2 = d * sc, m2 = dmin * m;
     for (int h = 0; h < 2; h++) {
       const __m128i q = ld16(b.qs + 32 * j + 16 * h);
