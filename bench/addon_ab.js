@@ -10,7 +10,7 @@
  *        [--rounds 5] [--reps 5] [--out file]
  * Kernels: merge (mergeAdapter, W f32 / bf16 / f16 with odd rows and columns), gemv_rows
  * (loraLinearForward over a few rows: f32 and bf16 W with f32 x, bf16·bf16), quant_gemv
- * (quantLoraForward at n = 1 and 4 over q4_0 and nf4, x f32 and bf16). LORAKIT_CPU_PATH picks the
+ * (quantLoraForward at n = 1 and 4 over q4_0, nf4 and q4_k, x f32 and bf16). LORAKIT_CPU_PATH picks the
  * path as usual (the children inherit it).
  */
 'use strict';
@@ -61,10 +61,10 @@ function child(kernel, reps) {
         }
   } else if (kernel === 'quant_gemv') {
     // cols 4160: 130 q4_0 blocks a row, 16 chunks of 8 and 2 left (the blocks one by one / in a pair)
-    for (const format of ['q4_0', 'nf4'])
-      for (const cols of [4096, 4160]) {
+    for (const [format, colsList] of [['q4_0', [4096, 4160]], ['nf4', [4096, 4160]], ['q4_k', [4096]]])
+      for (const cols of colsList) {
         const rows = 4096;
-        const spec = { format, rows, cols, blockSize: format === 'q4_0' ? 32 : 64, doubleQuant: false };
+        const spec = { format, rows, cols, blockSize: { q4_0: 32, nf4: 64, q4_k: 256 }[format], doubleQuant: false };
         const L = call((b) => b.quantLayout(spec));
         const q = lk.Tensor.zeros([L.nbytes / 4], { dtype: 'i32' });
         const w = tensor([rows, cols], 8, 'f32', 0.02);
