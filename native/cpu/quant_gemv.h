@@ -16,9 +16,10 @@ namespace cpu {
 constexpr int64_t kGemvMaxTokens = 8;
 
 // f(std::integral_constant<int, NT>{}) for n token rows, 1 ≤ n ≤ kGemvMaxTokens: the kernels keep
-// each token's accumulators in registers, so NT is a template parameter.
+// each token's accumulators in registers, so NT is a template parameter. Always inlined, so that f
+// (in a target region: quant_gemv_kquant.h) inlines into its caller.
 template <class F>
-inline void with_token_count(int64_t n, F&& f) {
+inline __attribute__((always_inline)) void with_token_count(int64_t n, F&& f) {
   switch (n) {
     case 1: return f(std::integral_constant<int, 1>{});
     case 2: return f(std::integral_constant<int, 2>{});
