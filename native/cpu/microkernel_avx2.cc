@@ -5,6 +5,7 @@
 #include <immintrin.h>
 #include "exact_rows.h"
 #include "gemv_rows.h"
+#include "hsum_avx2.h"
 #include "kernels_generic.h"
 #include "merge_rows_blocks.h"
 #include "microkernel.h"
@@ -94,13 +95,6 @@ LK_AVX2 inline __m256 load8(const void* p, int64_t i) {
   }
 }
 
-LK_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // Four rows at a time share each load of x; two accumulators per row hide the FMA latency.
 template <DType T>
 LK_AVX2 void dot_rows_t(int64_t k, const float* x, const void* w, int64_t ldw, int64_t rows, float* out) {
@@ -119,7 +113,7 @@ LK_AVX2 void dot_rows_t(int64_t k, const float* x, const void* w, int64_t ldw, i
       }
     }
     for (int r = 0; r < 4; r++) {
-      float t = hsum(_mm256_add_ps(s[r][0], s[r][1]));
+      float t = hsum_avx2(_mm256_add_ps(s[r][0], s[r][1]));
       for (int64_t q = p; q < k; q++) t += x[q] * load_f32(w, T, (j + r) * ldw + q);
       out[j + r] += t;
     }
@@ -131,7 +125,7 @@ LK_AVX2 void dot_rows_t(int64_t k, const float* x, const void* w, int64_t ldw, i
       s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + p), load8<T>(w, j * ldw + p), s0);
       s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + p + 8), load8<T>(w, j * ldw + p + 8), s1);
     }
-    float t = hsum(_mm256_add_ps(s0, s1));
+    float t = hsum_avx2(_mm256_add_ps(s0, s1));
     for (; p < k; p++) t += x[p] * load_f32(w, T, j * ldw + p);
     out[j] += t;
   }
@@ -421,7 +415,7 @@ LK_AVX2 double fma_peak(int64_t iters) {
   __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)),
                            _mm256_add_ps(_mm256_add_ps(c4, c5), _mm256_add_ps(c6, c7)));
   s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(c8, c9), _mm256_add_ps(c10, c11)));
-  volatile float sink = hsum(s);
+  volatile float sink = hsum_avx2(s);
   (void)sink;
   return 2.0 * 8 * 12 * static_cast<double>(iters);
 }

@@ -9,6 +9,7 @@
 #include <cstring>
 #include "../core/dtype.h"
 #include "../core/ggml_blocks.h"
+#include "hsum_avx2.h"
 #include "quant.h"
 #include "quant_gemv.h"
 
@@ -51,11 +52,7 @@ constexpr int kLanes = 8;
 inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
 inline vf vzero() { return _mm256_setzero_ps(); }
 inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-inline float vsum(vf v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
-}
+inline float vsum(vf v) { return hsum_avx2(v); }
 inline vf vround_bf16(vf v) {  // as the AVX-512 one
   const __m256i u = _mm256_castps_si256(v), hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
   const __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
