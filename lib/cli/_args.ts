@@ -31,18 +31,57 @@ export function parseArgs(argv: string[], valued: readonly string[], flags: read
   return out;
 }
 
-/** A one-line progress bar on stderr, drawn only on a TTY. */
-/** `lorakit merge`'s --scale (default 1); null after printing why it is not a finite number. */
-export function scaleArg(args: ParsedArgs): number | null {
+/**
+ * `lorakit merge`'s arguments (both bases: safetensors and GGUF): argv parsed with the `valued`
+ * options and --quiet, --base, --adapter and --out required, no positional ones, and --scale
+ * (default 1) a finite number; null after printing what is wrong (with `usage` for a wrong option).
+ */
+export function mergeArgs(argv: string[], valued: readonly string[], usage: string): { args: ParsedArgs; scale: number } | null {
+  let args: ParsedArgs;
+  try {
+    args = parseArgs(argv, valued, ['quiet']);
+  } catch (e) {
+    console.error(`lorakit merge: ${(e as Error).message}\n${usage}`);
+    return null;
+  }
+  const missing = ['base', 'adapter', 'out'].filter((k) => !args.values.has(k));
+  if (missing.length || args.positional.length) {
+    console.error(`lorakit merge: ${missing.length ? `missing ${missing.map((m) => `--${m}`).join(', ')}` : `unexpected argument '${args.positional[0]}'`}\n${usage}`);
+    return null;
+  }
   const text = args.values.get('scale');
   const scale = text === undefined ? 1 : Number(text);
   if (!Number.isFinite(scale) || text?.trim() === '') {
     console.error(`lorakit merge: --scale must be a finite number, got '${text}'`);
     return null;
   }
-  return scale;
+  return { args, scale };
 }
 
+/**
+ * Runs `lorakit merge`'s streamed merge with a progress bar (none with --quiet), then prints
+ * summary(result, seconds) unless quiet: exit code 0, or 1 after printing the error.
+ */
+export async function runMerge<R>(
+  quiet: boolean,
+  merge: (onProgress: ((done: number, total: number, what: string) => void) | undefined) => Promise<R>,
+  summary: (result: R, seconds: string) => string,
+): Promise<number> {
+  const bar = progressBar('merging');
+  const t0 = Date.now();
+  try {
+    const res = await merge(quiet ? undefined : (d, t, n) => bar.update(d, t, n));
+    bar.end();
+    if (!quiet) console.log(summary(res, ((Date.now() - t0) / 1000).toFixed(1)));
+    return 0;
+  } catch (e) {
+    bar.end();
+    console.error(`lorakit merge: ${(e as Error).message}`);
+    return 1;
+  }
+}
+
+/** A one-line progress bar on stderr, drawn only on a TTY. */
 export function progressBar(label: string): { update(done: number, total: number, what: string): void; end(): void } {
   const tty = process.stderr.isTTY === true;
   let last = 0;

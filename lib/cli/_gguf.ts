@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import { formatValue } from '../gguf/metadata';
 import { mergeGguf } from '../gguf/merge';
 import { GgufReader } from '../gguf/reader';
-import { parseArgs, progressBar, scaleArg } from './_args';
+import { mergeArgs, runMerge } from './_args';
 
 export const GGUF_MERGE_USAGE = `usage with a GGUF base: lorakit merge --base <base.gguf> --adapter <adapter> --out <merged.gguf>
                         [--outtype same|f32|f16|bf16|q8_0|q4_0] [--scale s] [--quiet]
@@ -25,41 +25,22 @@ export function ggufBase(argv: string[]): boolean {
 }
 
 export async function ggufMerge(argv: string[]): Promise<number> {
-  let args;
-  try {
-    args = parseArgs(argv, ['base', 'adapter', 'out', 'outtype', 'scale'], ['quiet']);
-  } catch (e) {
-    console.error(`lorakit merge: ${(e as Error).message}\n${GGUF_MERGE_USAGE}`);
-    return 2;
-  }
-  const missing = ['base', 'adapter', 'out'].filter((k) => !args.values.has(k));
-  if (missing.length || args.positional.length) {
-    console.error(`lorakit merge: ${missing.length ? `missing ${missing.map((m) => `--${m}`).join(', ')}` : `unexpected argument '${args.positional[0]}'`}\n${GGUF_MERGE_USAGE}`);
-    return 2;
-  }
-  const scale = scaleArg(args);
-  if (scale === null) return 2;
-  const quiet = args.flags.has('quiet');
-  const bar = progressBar('merging');
-  const t0 = Date.now();
-  try {
-    const res = await mergeGguf({
-      base: args.values.get('base')!,
-      adapter: args.values.get('adapter')!,
-      out: args.values.get('out')!,
-      outtype: (args.values.get('outtype') ?? 'same') as never,
-      scale,
-      onProgress: quiet ? undefined : (d, t, n) => bar.update(d, t, n),
-    });
-    bar.end();
-    if (!quiet)
-      console.log(`merged ${res.merged.length} weights (${res.copied} of ${res.tensors} tensors copied as they were), ${(res.bytesWritten / 2 ** 20).toFixed(1)} MiB in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${res.out}`);
-    return 0;
-  } catch (e) {
-    bar.end();
-    console.error(`lorakit merge: ${(e as Error).message}`);
-    return 1;
-  }
+  const parsed = mergeArgs(argv, ['base', 'adapter', 'out', 'outtype', 'scale'], GGUF_MERGE_USAGE);
+  if (!parsed) return 2;
+  const { args, scale } = parsed;
+  return runMerge(
+    args.flags.has('quiet'),
+    (onProgress) =>
+      mergeGguf({
+        base: args.values.get('base')!,
+        adapter: args.values.get('adapter')!,
+        out: args.values.get('out')!,
+        outtype: (args.values.get('outtype') ?? 'same') as never,
+        scale,
+        onProgress,
+      }),
+    (res, s) => `merged ${res.merged.length} weights (${res.copied} of ${res.tensors} tensors copied as they were), ${(res.bytesWritten / 2 ** 20).toFixed(1)} MiB in ${s} s: ${res.out}`,
+  );
 }
 
 /** A GGUF file: by extension, or by its magic for files named otherwise. */

@@ -1,7 +1,7 @@
 /** `lorakit merge`: merges a peft adapter into a safetensors checkpoint (or, for a .gguf base, a GGUF: _gguf.ts), streaming tensor by tensor. */
 import { FloatDType } from '../dtype';
 import { mergeCheckpoint } from '../model/stream_merge';
-import { parseArgs, progressBar, scaleArg } from './_args';
+import { mergeArgs, runMerge } from './_args';
 import { GGUF_MERGE_USAGE, ggufBase, ggufMerge } from './_gguf';
 
 export const summary = 'merge a peft LoRA adapter into a .safetensors checkpoint or a GGUF base (streamed)';
@@ -31,44 +31,25 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   if (ggufBase(argv)) return ggufMerge(argv);
-  let args;
-  try {
-    args = parseArgs(argv, ['base', 'adapter', 'out', 'dtype', 'scale'], ['quiet']);
-  } catch (e) {
-    console.error(`lorakit merge: ${(e as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  const missing = ['base', 'adapter', 'out'].filter((k) => !args.values.has(k));
-  if (missing.length || args.positional.length) {
-    console.error(`lorakit merge: ${missing.length ? `missing ${missing.map((m) => `--${m}`).join(', ')}` : `unexpected argument '${args.positional[0]}'`}\n${USAGE}`);
-    return 2;
-  }
+  const parsed = mergeArgs(argv, ['base', 'adapter', 'out', 'dtype', 'scale'], USAGE);
+  if (!parsed) return 2;
+  const { args, scale } = parsed;
   const dtype = args.values.get('dtype');
   if (dtype !== undefined && !['f32', 'f16', 'bf16'].includes(dtype)) {
     console.error(`lorakit merge: --dtype must be f32, f16 or bf16, got '${dtype}'`);
     return 2;
   }
-  const scale = scaleArg(args);
-  if (scale === null) return 2;
-  const quiet = args.flags.has('quiet');
-  const bar = progressBar('merging');
-  const t0 = Date.now();
-  try {
-    const res = await mergeCheckpoint({
-      base: args.values.get('base')!,
-      adapter: args.values.get('adapter')!,
-      out: args.values.get('out')!,
-      dtype: dtype as FloatDType | undefined,
-      scale,
-      onProgress: quiet ? undefined : (d, t, n) => bar.update(d, t, n),
-    });
-    bar.end();
-    if (!quiet)
-      console.log(`merged ${res.merged.length} weights, wrote ${res.tensors} tensors (${(res.bytesWritten / 2 ** 20).toFixed(1)} MiB) in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${res.files.join(', ')}`);
-    return 0;
-  } catch (e) {
-    bar.end();
-    console.error(`lorakit merge: ${(e as Error).message}`);
-    return 1;
-  }
+  return runMerge(
+    args.flags.has('quiet'),
+    (onProgress) =>
+      mergeCheckpoint({
+        base: args.values.get('base')!,
+        adapter: args.values.get('adapter')!,
+        out: args.values.get('out')!,
+        dtype: dtype as FloatDType | undefined,
+        scale,
+        onProgress,
+      }),
+    (res, s) => `merged ${res.merged.length} weights, wrote ${res.tensors} tensors (${(res.bytesWritten / 2 ** 20).toFixed(1)} MiB) in ${s} s: ${res.files.join(', ')}`,
+  );
 }

@@ -65,4 +65,16 @@ inline bool ggml_can_quantize(GgmlType t) {
 // The 16-bit float scales use dtype.h's exact conversions (round to nearest even, quiet NaN):
 // f16_to_f32 / f32_to_f16 and bf16_to_f32 / f32_to_bf16, as ggml's GGML_FP16/BF16 macros.
 
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K super-block's 12 scale bytes q (ggml's
+// get_scale_min_k4): the CPU codec (cpu/ggml_blocks.cc) and the decode GEMV (cpu/quant_gemv_kquant.h).
+inline void ggml_scale_min_k4(int j, const uint8_t* q, uint8_t& sc, uint8_t& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
 }  // namespace lorakit

@@ -8,6 +8,7 @@
 #include <immintrin.h>
 #include <algorithm>
 #include "gemv_rows_groups.h"
+#include "hsum_avx2.h"
 
 #define LK_GV2 __attribute__((target("avx2,fma,f16c")))
 
@@ -38,13 +39,6 @@ LK_GV2 inline __m256 load_w_part(const void* w, int64_t off, __m256i mask, int64
     for (int64_t q = 0; q < n; q++) t[q] = load_f32(w, T, off + q);
     return _mm256_load_ps(t);
   }
-}
-
-LK_GV2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 template <DType T, int R, int M>
@@ -82,7 +76,7 @@ LK_GV2 __attribute__((noinline)) void block(int64_t k, const float* x, int64_t l
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
-    for (int i = 0; i < M; i++) out[i * ldo + r] += hsum(acc[r][i]);
+    for (int i = 0; i < M; i++) out[i * ldo + r] += hsum_avx2(acc[r][i]);
 }
 
 template <DType T>

@@ -27,67 +27,98 @@ namespace {
 constexpr int RB = 4;              // W rows per register block
 constexpr int64_t PF_BYTES = 1024;  // software prefetch distance along a W row
 
-// Sixteen W values from element `off`, widened to f32; lanes at or past `mk` read as zero.
+// One vector step of a register block, per kernel: K values of k from W (W_BYTES each) and from x,
+// multiplied and added into f32 lanes; w/x(…, mask) read only the lanes of a mask(n) (the rest as 0).
+// f32: W of dtype T widened (bf16: a shift; f16: F16C), one FMA per lane.
 template <DType T>
-LK_GV512 inline __m512 load_w(const void* w, int64_t off, __mmask16 mk) {
-  if constexpr (T == DType::F32) {
-    return _mm512_maskz_loadu_ps(mk, static_cast<const float*>(w) + off);
-  } else {
-    const __m256i h = _mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(w) + off);
+struct F32Step {
+  static constexpr int64_t K = 16, W_BYTES = T == DType::F32 ? 4 : 2;
+  using X = float;
+  using V = __m512;
+  LK_GV512 static __mmask16 mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1); }
+  LK_GV512 static __m512 widen(__m256i h) {
     if constexpr (T == DType::BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     else return _mm512_cvtph_ps(h);
   }
-}
-template <DType T>
-LK_GV512 inline __m512 load_w(const void* w, int64_t off) {
-  if constexpr (T == DType::F32) {
-    return _mm512_loadu_ps(static_cast<const float*>(w) + off);
-  } else {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w) + off));
-    if constexpr (T == DType::BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    else return _mm512_cvtph_ps(h);
+  LK_GV512 static __m512 w(const void* w, int64_t off) {
+    if constexpr (T == DType::F32) return _mm512_loadu_ps(static_cast<const float*>(w) + off);
+    else return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(w) + off)));
   }
-}
+  LK_GV512 static __m512 w(const void* w, int64_t off, __mmask16 mk) {
+    if constexpr (T == DType::F32) return _mm512_maskz_loadu_ps(mk, static_cast<const float*>(w) + off);
+    else return widen(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(w) + off));
+  }
+  LK_GV512 static __m512 x(const float* x) { return _mm512_loadu_ps(x); }
+  LK_GV512 static __m512 x(const float* x, __mmask16 mk) { return _mm512_maskz_loadu_ps(mk, x); }
+  LK_GV512 static __m512 madd(__m512 acc, __m512 w, __m512 x) { return _mm512_fmadd_ps(w, x, acc); }
+};
+// x and W both bf16: two exact products per lane per vdpbf16ps.
+struct Bf16DotStep {
+  static constexpr int64_t K = 32, W_BYTES = 2;
+  using X = uint16_t;
+  using V = __m512bh;
+  LK_GVBF16 static __mmask32 mask(int64_t n) { return static_cast<__mmask32>((uint64_t(1) << n) - 1); }
+  LK_GVBF16 static __m512bh w(const void* w, int64_t off) { return x(static_cast<const uint16_t*>(w) + off); }
+  LK_GVBF16 static __m512bh w(const void* w, int64_t off, __mmask32 mk) { return x(static_cast<const uint16_t*>(w) + off, mk); }
+  LK_GVBF16 static __m512bh x(const uint16_t* x) { return (__m512bh)_mm512_loadu_si512(x); }
+  LK_GVBF16 static __m512bh x(const uint16_t* x, __mmask32 mk) { return (__m512bh)_mm512_maskz_loadu_epi16(mk, x); }
+  LK_GVBF16 static __m512 madd(__m512 acc, __m512bh w, __m512bh x) { return _mm512_dpbf16_ps(acc, w, x); }
+};
 
-// R rows of W × M rows of x over all of k; out[i·ldo + r] += each accumulator's lane sum.
-template <DType T, int R, int M>
-LK_GV512 __attribute__((noinline)) void block(int64_t k, const float* x, int64_t ldx, const void* w, int64_t ldw, float* out, int64_t ldo) {
+// R rows of W × M rows of x over all of k in steps of S; out[i·ldo + r] += each accumulator's lane
+// sum. Always inlined into block_f32 / block_dp, whose targets let S's functions inline in turn.
+template <class S, int R, int M>
+LK_GV512 __attribute__((always_inline)) inline void block(int64_t k, const typename S::X* x, int64_t ldx, const void* w,
+                                                          int64_t ldw, float* out, int64_t ldo) {
   __m512 acc[R][M];
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
     for (int i = 0; i < M; i++) acc[r][i] = _mm512_setzero_ps();
   int64_t p = 0;
-  for (; p + 16 <= k; p += 16) {
-    __m512 wv[R];
+  for (; p + S::K <= k; p += S::K) {
+    typename S::V wv[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
-      _mm_prefetch(static_cast<const char*>(w) + (r * ldw + p) * (T == DType::F32 ? 4 : 2) + PF_BYTES, _MM_HINT_T0);
-      wv[r] = load_w<T>(w, r * ldw + p);
+      _mm_prefetch(static_cast<const char*>(w) + (r * ldw + p) * S::W_BYTES + PF_BYTES, _MM_HINT_T0);
+      wv[r] = S::w(w, r * ldw + p);
     }
 #pragma GCC unroll 8
     for (int i = 0; i < M; i++) {
-      const __m512 xv = _mm512_loadu_ps(x + i * ldx + p);
+      const typename S::V xv = S::x(x + i * ldx + p);
 #pragma GCC unroll 8
-      for (int r = 0; r < R; r++) acc[r][i] = _mm512_fmadd_ps(wv[r], xv, acc[r][i]);
+      for (int r = 0; r < R; r++) acc[r][i] = S::madd(acc[r][i], wv[r], xv);
     }
   }
   if (p < k) {  // k's last partial vector: masked loads, the lanes past k add 0·0
-    const __mmask16 mk = static_cast<__mmask16>((1u << (k - p)) - 1);
-    __m512 wv[R];
+    const auto mk = S::mask(k - p);
+    typename S::V wv[R];
 #pragma GCC unroll 8
-    for (int r = 0; r < R; r++) wv[r] = load_w<T>(w, r * ldw + p, mk);
+    for (int r = 0; r < R; r++) wv[r] = S::w(w, r * ldw + p, mk);
 #pragma GCC unroll 8
     for (int i = 0; i < M; i++) {
-      const __m512 xv = _mm512_maskz_loadu_ps(mk, x + i * ldx + p);
+      const typename S::V xv = S::x(x + i * ldx + p, mk);
 #pragma GCC unroll 8
-      for (int r = 0; r < R; r++) acc[r][i] = _mm512_fmadd_ps(wv[r], xv, acc[r][i]);
+      for (int r = 0; r < R; r++) acc[r][i] = S::madd(acc[r][i], wv[r], xv);
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
     for (int i = 0; i < M; i++) out[i * ldo + r] += _mm512_reduce_add_ps(acc[r][i]);
+}
+
+template <DType T, int R, int M>
+LK_GV512 __attribute__((noinline)) void block_f32(int64_t k, const float* x, int64_t ldx, const void* w, int64_t ldw,
+                                                  float* out, int64_t ldo) {
+  block<F32Step<T>, R, M>(k, x, ldx, w, ldw, out, ldo);
+}
+
+// x and W both bf16 (vdpbf16ps): the same blocking over 32-step vectors.
+template <int R, int M>
+LK_GVBF16 __attribute__((noinline)) void block_dp(int64_t k, const uint16_t* x, int64_t ldx, const uint16_t* w,
+                                                  int64_t ldw, float* out, int64_t ldo) {
+  block<Bf16DotStep, R, M>(k, x, ldx, w, ldw, out, ldo);
 }
 
 template <DType T>
@@ -96,52 +127,10 @@ LK_GV512 void rows_t(int64_t m, int64_t k, const float* x, int64_t ldx, const vo
   constexpr int64_t es = T == DType::F32 ? 4 : 2;
   const char* wb = static_cast<const char*>(w);
   for_each_register_block<RB>(m, rows, [&](int64_t i0, int64_t j, auto r, auto size) {
-    block<T, decltype(r)::value, decltype(size)::value>(k, x + i0 * ldx, ldx, wb + j * ldw * es, ldw, out + i0 * ldo + j,
-                                                        ldo);
+    block_f32<T, decltype(r)::value, decltype(size)::value>(k, x + i0 * ldx, ldx, wb + j * ldw * es, ldw,
+                                                            out + i0 * ldo + j, ldo);
   });
 }
-
-// x and W both bf16, two products per lane per vdpbf16ps: the same blocking over 32-step vectors.
-template <int R, int M>
-LK_GVBF16 __attribute__((noinline)) void block_dp(int64_t k, const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, float* out, int64_t ldo) {
-  __m512 acc[R][M];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; r++)
-#pragma GCC unroll 8
-    for (int i = 0; i < M; i++) acc[r][i] = _mm512_setzero_ps();
-  int64_t p = 0;
-  for (; p + 32 <= k; p += 32) {
-    __m512bh wv[R];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + r * ldw + p) + PF_BYTES, _MM_HINT_T0);
-      wv[r] = (__m512bh)_mm512_loadu_si512(w + r * ldw + p);
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < M; i++) {
-      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + i * ldx + p);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; r++) acc[r][i] = _mm512_dpbf16_ps(acc[r][i], wv[r], xv);
-    }
-  }
-  if (p < k) {
-    const __mmask32 mk = static_cast<__mmask32>((uint64_t(1) << (k - p)) - 1);
-    __m512bh wv[R];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++) wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(mk, w + r * ldw + p);
-#pragma GCC unroll 8
-    for (int i = 0; i < M; i++) {
-      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mk, x + i * ldx + p);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; r++) acc[r][i] = _mm512_dpbf16_ps(acc[r][i], wv[r], xv);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; r++)
-#pragma GCC unroll 8
-    for (int i = 0; i < M; i++) out[i * ldo + r] += _mm512_reduce_add_ps(acc[r][i]);
-}
-
 
 }  // namespace
 

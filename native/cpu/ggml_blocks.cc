@@ -24,17 +24,6 @@ namespace {
 
 constexpr int64_t kMinBlocksPerTask = 2048;
 
-// The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block (ggml's get_scale_min_k4).
-inline void scale_min_k4(int j, const uint8_t* q, uint8_t& sc, uint8_t& m) {
-  if (j < 4) {
-    sc = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
 void deq_q8_0(const BlockQ8_0& b, float* y) {
   const float d = f16_to_f32(b.d);
   for (int j = 0; j < kQK; ++j) y[j] = b.qs[j] * d;
@@ -83,9 +72,9 @@ void deq_k(const Block& b, float* y) {
   uint8_t u1 = 1, u2 = 2;
   for (int j = 0, is = 0; j < kQK_K; j += 64, is += 2) {
     uint8_t sc, m;
-    scale_min_k4(is, b.scales, sc, m);
+    ggml_scale_min_k4(is, b.scales, sc, m);
     const float d1 = d * sc, m1 = dmin * m;
-    scale_min_k4(is + 1, b.scales, sc, m);
+    ggml_scale_min_k4(is + 1, b.scales, sc, m);
     const float d2 = d * sc, m2 = dmin * m;
     for (int l = 0; l < 32; ++l) {
       int q = ql[l] & 0xF;
@@ -252,7 +241,7 @@ void quant_k(const float* x, Block& b) {
   const float d = f16_to_f32(b.d);
   for (int j = 0; j < 8; ++j) ls[j] = d > 0.0f ? static_cast<uint8_t>(std::min(63.0f, std::ceil(scales[j] / d))) : 0;
   std::memset(b.scales, 0, sizeof(b.scales));
-  for (int j = 0; j < 8; ++j) {  // the packing get_scale_min_k4 reads
+  for (int j = 0; j < 8; ++j) {  // the packing ggml_scale_min_k4 reads
     if (j < 4) {
       b.scales[j] = ls[j];
       b.scales[j + 4] = lm[j];
@@ -265,7 +254,7 @@ void quant_k(const float* x, Block& b) {
   uint8_t L[kQK_K];
   for (int j = 0; j < 8; ++j) {
     uint8_t sc, m;
-    scale_min_k4(j, b.scales, sc, m);  // decode what was stored, as the dequantizer will
+    ggml_scale_min_k4(j, b.scales, sc, m);  // decode what was stored, as the dequantizer will
     const float dj = d * sc, mj = dmin * m;
     for (int l = 0; l < 32; ++l) L[32 * j + l] = static_cast<uint8_t>(dj > 0.0f ? clamp_int((x[32 * j + l] + mj) / dj, 0, nmax) : 0);
   }

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 #include <cstring>
 #include "kernels_generic.h"
+#include "merge_rows_blocks.h"
 #include "microkernel.h"
 
 namespace lorakit {
@@ -66,15 +67,6 @@ LK_MERGE inline void store_panels(void* p, int64_t i, const __m512* v) {
   for (int h = 0; h < NP; h++) store16<T>(p, i + 16 * h, v[h]);
 }
 
-template <DType T>
-inline const void* elem_at(const void* p, int64_t i) {
-  return static_cast<const char*>(p) + i * static_cast<int64_t>(T == DType::F32 ? 4 : 2);
-}
-template <DType T>
-inline void* elem_at(void* p, int64_t i) {
-  return static_cast<char*>(p) + i * static_cast<int64_t>(T == DType::F32 ? 4 : 2);
-}
-
 // MR rows × NP 16-column panels per step (NP·MR zmm accumulators starting at W), the same per-lane
 // arithmetic as the AVX2 kernel: W, then r fused multiply-adds in order of q, one rounding.
 template <DType T, int MR, int NP>
@@ -105,45 +97,29 @@ LK_MERGE void merge_panels(int64_t r, const float* p, const float* Q, int64_t st
   }
 }
 
-// MR rows of a block: pairs of panels, a last single panel, then the last nt < 16 columns through
-// an f32 tile (Q's padding is zero).
+// MR rows of a block: pairs of panels, a last single panel, then the last n % 16 columns through
+// the f32 tile (merge_rows_blocks.h).
 template <DType T, int MR>
 LK_MERGE void merge_block(int64_t r, const float* p, const float* Q, int64_t n, const void* w, int64_t ldw, void* o,
                            int64_t ldo) {
-  const int64_t panels = n / 16, pairs = panels / 2, full = panels * 16, nt = n - full;
+  const int64_t panels = n / 16, pairs = panels / 2, full = panels * 16;
   merge_panels<T, MR, 2>(r, p, Q, pairs, w, ldw, o, ldo);
   if (panels % 2) {
     const int64_t j = pairs * 32;
     merge_panels<T, MR, 1>(r, p, Q + j * r, 1, elem_at<T>(w, j), ldw, elem_at<T>(o, j), ldo);
   }
-  if (nt == 0) return;
-  alignas(64) float t[MR][16];
-  for (int i = 0; i < MR; i++)
-    for (int64_t j = 0; j < 16; j++) t[i][j] = j < nt ? load_f32(w, T, i * ldw + full + j) : 0.f;
-  merge_panels<DType::F32, MR, 1>(r, p, Q + full * r, 1, t, 16, t, 16);
-  for (int i = 0; i < MR; i++)
-    for (int64_t j = 0; j < nt; j++) store_f32(o, T, i * ldo + full + j, t[i][j]);
-}
-
-template <DType T>
-LK_MERGE void merge_rows_t(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w,
-                            int64_t ldw, void* o, int64_t ldo) {
-  int64_t i = 0;
-  for (; i + 8 <= rows; i += 8) merge_block<T, 8>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-  for (; i + 4 <= rows; i += 4) merge_block<T, 4>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-  for (; i + 2 <= rows; i += 2) merge_block<T, 2>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-  for (; i < rows; i++) merge_block<T, 1>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
+  if (full == n) return;
+  merge_tail_tile<T, MR>(n - full, elem_at<T>(w, full), ldw, elem_at<T>(o, full), ldo,
+                         [&](float* t) LK_MERGE { merge_panels<DType::F32, MR, 1>(r, p, Q + full * r, 1, t, 16, t, 16); });
 }
 
 LK_MERGE void LK_MERGE_ENTRY(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w, DType wt,
                           int64_t ldw, void* o, DType ot, int64_t ldo) {
-  if (wt == ot) switch (wt) {
-      case DType::F32: return merge_rows_t<DType::F32>(r, p, rows, Q, n, w, ldw, o, ldo);
-      case DType::BF16: return merge_rows_t<DType::BF16>(r, p, rows, Q, n, w, ldw, o, ldo);
-      case DType::F16: return merge_rows_t<DType::F16>(r, p, rows, Q, n, w, ldw, o, ldo);
-      default: break;
-    }
-  generic::merge_rows(r, p, rows, Q, n, w, wt, ldw, o, ot, ldo);
+  const bool fused = for_each_merge_block<8>(wt, ot, rows, [&](auto t, auto mr, int64_t i) LK_MERGE {
+    constexpr DType T = decltype(t)::value;
+    merge_block<T, decltype(mr)::value>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
+  });
+  if (!fused) generic::merge_rows(r, p, rows, Q, n, w, wt, ldw, o, ot, ldo);
 }
 
 }  // namespace

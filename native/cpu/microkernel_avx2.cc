@@ -5,7 +5,9 @@
 #include <immintrin.h>
 #include "exact_rows.h"
 #include "gemv_rows.h"
+#include "hsum_avx2.h"
 #include "kernels_generic.h"
+#include "merge_rows_blocks.h"
 #include "microkernel.h"
 
 #define LK_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -93,13 +95,6 @@ LK_AVX2 inline __m256 load8(const void* p, int64_t i) {
   }
 }
 
-LK_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // Four rows at a time share each load of x; two accumulators per row hide the FMA latency.
 template <DType T>
 LK_AVX2 void dot_rows_t(int64_t k, const float* x, const void* w, int64_t ldw, int64_t rows, float* out) {
@@ -118,7 +113,7 @@ LK_AVX2 void dot_rows_t(int64_t k, const float* x, const void* w, int64_t ldw, i
       }
     }
     for (int r = 0; r < 4; r++) {
-      float t = hsum(_mm256_add_ps(s[r][0], s[r][1]));
+      float t = hsum_avx2(_mm256_add_ps(s[r][0], s[r][1]));
       for (int64_t q = p; q < k; q++) t += x[q] * load_f32(w, T, (j + r) * ldw + q);
       out[j + r] += t;
     }
@@ -130,7 +125,7 @@ LK_AVX2 void dot_rows_t(int64_t k, const float* x, const void* w, int64_t ldw, i
       s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + p), load8<T>(w, j * ldw + p), s0);
       s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + p + 8), load8<T>(w, j * ldw + p + 8), s1);
     }
-    float t = hsum(_mm256_add_ps(s0, s1));
+    float t = hsum_avx2(_mm256_add_ps(s0, s1));
     for (; p < k; p++) t += x[p] * load_f32(w, T, j * ldw + p);
     out[j] += t;
   }
@@ -313,15 +308,6 @@ LK_AVX2 inline void store16(void* p, int64_t i, __m256 lo, __m256 hi) {
   }
 }
 
-template <DType T>
-inline const void* elem_at(const void* p, int64_t i) {
-  return static_cast<const char*>(p) + i * static_cast<int64_t>(T == DType::F32 ? 4 : 2);
-}
-template <DType T>
-inline void* elem_at(void* p, int64_t i) {
-  return static_cast<char*>(p) + i * static_cast<int64_t>(T == DType::F32 ? 4 : 2);
-}
-
 // bf16 panels in even/odd form: one 32-byte load holds 16 bf16, two per 32-bit lane; a shift gives
 // the even columns as f32 and a mask the odd ones (no lane-crossing widening). On store, the even
 // lanes' rounded bits shift down and the odd lanes' are masked in place, joined by an OR: about a
@@ -388,45 +374,28 @@ LK_AVX2 void merge_panels(int64_t r, const float* p, const float* Q, int64_t pan
   }
 }
 
-// MR rows of a block: full panels in place, then the last nt < 16 columns through an f32 tile
-// (same per-lane arithmetic; Q's padding is zero).
+// MR rows of a block: full panels in place, then the last n % 16 columns through the f32 tile
+// (merge_rows_blocks.h), its slots in the order Q's panel was packed in.
 template <DType T, int MR>
 LK_AVX2 void merge_block(int64_t r, const float* p, const float* Q, int64_t n, const void* w, int64_t ldw, void* o,
                          int64_t ldo) {
-  const int64_t full = n / 16 * 16, nt = n - full;
+  const int64_t full = n / 16 * 16;
   merge_panels<T, MR>(r, p, Q, full / 16, w, ldw, o, ldo);
-  if (nt == 0) return;
-  // Slot k of the tile holds column col(k) of the panel, in the order Q was packed in.
-  auto col = [](int64_t k) { return T == DType::BF16 ? (k < 8 ? 2 * k : 2 * (k - 8) + 1) : k; };
-  alignas(32) float t[MR][16];
-  for (int i = 0; i < MR; i++)
-    for (int64_t k = 0; k < 16; k++) t[i][k] = col(k) < nt ? load_f32(w, T, i * ldw + full + col(k)) : 0.f;
-  merge_panels<DType::F32, MR>(r, p, Q + full * r, 1, t, 16, t, 16);
-  for (int i = 0; i < MR; i++)
-    for (int64_t k = 0; k < 16; k++)
-      if (col(k) < nt) store_f32(o, T, i * ldo + full + col(k), t[i][k]);
-}
-
-template <DType T>
-LK_AVX2 void merge_rows_t(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w,
-                          int64_t ldw, void* o, int64_t ldo) {
-  int64_t i = 0;
-  for (; i + 6 <= rows; i += 6) merge_block<T, 6>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-  for (; i + 4 <= rows; i += 4) merge_block<T, 4>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-  for (; i + 2 <= rows; i += 2) merge_block<T, 2>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-  for (; i < rows; i++) merge_block<T, 1>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
+  if (full == n) return;
+  merge_tail_tile<T, MR>(
+      n - full, elem_at<T>(w, full), ldw, elem_at<T>(o, full), ldo,
+      [&](float* t) LK_AVX2 { merge_panels<DType::F32, MR>(r, p, Q + full * r, 1, t, 16, t, 16); },
+      [](int64_t k) { return T == DType::BF16 ? (k < 8 ? 2 * k : 2 * (k - 8) + 1) : k; });
 }
 
 // W and out of one dtype take the fused pass; mixed dtypes (rare) the scalar one.
 LK_AVX2 void merge_rows(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w, DType wt,
                         int64_t ldw, void* o, DType ot, int64_t ldo) {
-  if (wt == ot) switch (wt) {
-      case DType::F32: return merge_rows_t<DType::F32>(r, p, rows, Q, n, w, ldw, o, ldo);
-      case DType::BF16: return merge_rows_t<DType::BF16>(r, p, rows, Q, n, w, ldw, o, ldo);
-      case DType::F16: return merge_rows_t<DType::F16>(r, p, rows, Q, n, w, ldw, o, ldo);
-      default: break;
-    }
-  generic::merge_rows(r, p, rows, Q, n, w, wt, ldw, o, ot, ldo);
+  const bool fused = for_each_merge_block<6>(wt, ot, rows, [&](auto t, auto mr, int64_t i) LK_AVX2 {
+    constexpr DType T = decltype(t)::value;
+    merge_block<T, decltype(mr)::value>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
+  });
+  if (!fused) generic::merge_rows(r, p, rows, Q, n, w, wt, ldw, o, ot, ldo);
 }
 
 // 12 independent FMA chains cover the 2 ports × 4-5 cycles of latency. Each chain starts from its
@@ -446,7 +415,7 @@ LK_AVX2 double fma_peak(int64_t iters) {
   __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)),
                            _mm256_add_ps(_mm256_add_ps(c4, c5), _mm256_add_ps(c6, c7)));
   s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(c8, c9), _mm256_add_ps(c10, c11)));
-  volatile float sink = hsum(s);
+  volatile float sink = hsum_avx2(s);
   (void)sink;
   return 2.0 * 8 * 12 * static_cast<double>(iters);
 }

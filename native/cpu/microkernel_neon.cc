@@ -8,6 +8,7 @@
 #include <arm_neon.h>
 #include "kernels_generic.h"
 #include "exact_rows.h"
+#include "merge_rows_blocks.h"
 #include "microkernel.h"
 
 namespace lorakit {
@@ -230,15 +231,6 @@ void store_row(const float* src, void* dst, DType dt, int64_t n) {
   for (; i < n; i++) store_f32(dst, dt, i, src[i]);
 }
 
-template <DType T>
-inline const void* elem_at(const void* p, int64_t i) {
-  return static_cast<const char*>(p) + i * static_cast<int64_t>(T == DType::F32 ? 4 : 2);
-}
-template <DType T>
-inline void* elem_at(void* p, int64_t i) {
-  return static_cast<char*>(p) + i * static_cast<int64_t>(T == DType::F32 ? 4 : 2);
-}
-
 // MR rows × one 16-column panel per step: 4·MR accumulators start at W (widened in registers), take
 // the r rank-1 updates (fused multiply-adds, in order of q) and are rounded once on store. MR = 6
 // uses 24 accumulators and 4 Q vectors of the 32 registers; each Q load serves six rows.
@@ -271,42 +263,26 @@ void merge_panels(int64_t r, const float* p, const float* Q, int64_t panels, con
   }
 }
 
-// MR rows of a block: full panels in place, then the last nt < 16 columns through an f32 tile
-// (same per-lane arithmetic; Q's padding is zero).
+// MR rows of a block: full panels in place, then the last n % 16 columns through the f32 tile
+// (merge_rows_blocks.h).
 template <DType T, int MR>
 void merge_block(int64_t r, const float* p, const float* Q, int64_t n, const void* w, int64_t ldw, void* o,
                  int64_t ldo) {
-  const int64_t full = n / 16 * 16, nt = n - full;
+  const int64_t full = n / 16 * 16;
   merge_panels<T, MR>(r, p, Q, full / 16, w, ldw, o, ldo);
-  if (nt == 0) return;
-  float t[MR][16];
-  for (int i = 0; i < MR; i++)
-    for (int64_t k = 0; k < 16; k++) t[i][k] = k < nt ? load_f32(w, T, i * ldw + full + k) : 0.f;
-  merge_panels<DType::F32, MR>(r, p, Q + full * r, 1, t, 16, t, 16);
-  for (int i = 0; i < MR; i++)
-    for (int64_t k = 0; k < nt; k++) store_f32(o, T, i * ldo + full + k, t[i][k]);
-}
-
-template <DType T>
-void merge_rows_t(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w, int64_t ldw,
-                  void* o, int64_t ldo) {
-  int64_t i = 0;
-  for (; i + 6 <= rows; i += 6) merge_block<T, 6>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-  for (; i + 4 <= rows; i += 4) merge_block<T, 4>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-  for (; i + 2 <= rows; i += 2) merge_block<T, 2>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
-  for (; i < rows; i++) merge_block<T, 1>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
+  if (full == n) return;
+  merge_tail_tile<T, MR>(n - full, elem_at<T>(w, full), ldw, elem_at<T>(o, full), ldo,
+                         [&](float* t) { merge_panels<DType::F32, MR>(r, p, Q + full * r, 1, t, 16, t, 16); });
 }
 
 // W and out of one dtype take the fused pass; mixed dtypes (rare) the scalar one.
 void merge_rows(int64_t r, const float* p, int64_t rows, const float* Q, int64_t n, const void* w, DType wt,
                 int64_t ldw, void* o, DType ot, int64_t ldo) {
-  if (wt == ot) switch (wt) {
-      case DType::F32: return merge_rows_t<DType::F32>(r, p, rows, Q, n, w, ldw, o, ldo);
-      case DType::BF16: return merge_rows_t<DType::BF16>(r, p, rows, Q, n, w, ldw, o, ldo);
-      case DType::F16: return merge_rows_t<DType::F16>(r, p, rows, Q, n, w, ldw, o, ldo);
-      default: break;
-    }
-  generic::merge_rows(r, p, rows, Q, n, w, wt, ldw, o, ot, ldo);
+  const bool fused = for_each_merge_block<6>(wt, ot, rows, [&](auto t, auto mr, int64_t i) {
+    constexpr DType T = decltype(t)::value;
+    merge_block<T, decltype(mr)::value>(r, p + i * r, Q, n, elem_at<T>(w, i * ldw), ldw, elem_at<T>(o, i * ldo), ldo);
+  });
+  if (!fused) generic::merge_rows(r, p, rows, Q, n, w, wt, ldw, o, ot, ldo);
 }
 
 // 16 independent FMA chains (2 pipes × 4 cycles of latency on current cores, with room to spare),

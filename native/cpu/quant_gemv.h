@@ -4,6 +4,7 @@
 // table's path.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 #include "../core/op_args.h"
 #include "../core/quant_formats.h"
@@ -13,6 +14,23 @@ namespace lorakit {
 namespace cpu {
 
 constexpr int64_t kGemvMaxTokens = 8;
+
+// f(std::integral_constant<int, NT>{}) for n token rows, 1 ≤ n ≤ kGemvMaxTokens: the kernels keep
+// each token's accumulators in registers, so NT is a template parameter. Always inlined, so that f
+// (in a target region: quant_gemv_kquant.h) inlines into its caller.
+template <class F>
+inline __attribute__((always_inline)) void with_token_count(int64_t n, F&& f) {
+  switch (n) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
+  }
+}
 
 // Rows [j0, j1) of W against n ≤ kGemvMaxTokens rows of arranged x (row stride cols; f32, or
 // bf16 bits where QuantGemv::x_bf16) into y[i·ldy + j] (f32); bf16: with deq(W) rounded to bf16

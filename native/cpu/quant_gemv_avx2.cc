@@ -18,6 +18,7 @@
 #include <vector>
 #include "../core/dtype.h"
 #include "../core/ggml_blocks.h"
+#include "hsum_avx2.h"
 #include "quant.h"
 #include "quant_gemv.h"
 
@@ -32,12 +33,6 @@
 namespace lorakit {
 namespace cpu {
 namespace {
-
-LK_A2 inline float hsum(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
-}
 
 // Round to nearest even bf16, kept as f32 (finite values).
 LK_A2 inline __m256 round_bf16(__m256 v) {
@@ -89,7 +84,7 @@ LK_A2 void rows_nibbles(int64_t chunks, int64_t block, const uint8_t* const (&ro
     }
   }
   for (int r = 0; r < R; r++)
-    for (int i = 0; i < NT; i++) y[r * S + i * ldy] = hsum(_mm256_add_ps(acc0[r][i], acc1[r][i]));
+    for (int i = 0; i < NT; i++) y[r * S + i * ldy] = hsum_avx2(_mm256_add_ps(acc0[r][i], acc1[r][i]));
 }
 
 // q4_0, x natural, R rows at once: per block of 32, d (f16, converted where the block is read:
@@ -118,7 +113,7 @@ LK_A2 void rows_q4_0(int64_t groups, const uint8_t* const (&row)[R], bool bf16, 
       }
     }
   for (int r = 0; r < R; r++)
-    for (int i = 0; i < NT; i++) y[r * S + i * ldy] = hsum(_mm256_add_ps(acc0[r][i], acc1[r][i]));
+    for (int i = 0; i < NT; i++) y[r * S + i * ldy] = hsum_avx2(_mm256_add_ps(acc0[r][i], acc1[r][i]));
 }
 
 // Row streams (gemv_row_streams) of nf4 / fp4 and of q4_0: the rows' pointers and absmax
@@ -162,7 +157,7 @@ LK_A2 void row_8bit(int64_t groups, Q q, Scale scale, bool bf16, const float* x,
       fma8<NT>(bf16 ? round_bf16(w) : w, x + g * 32 + 8 * k, ldx, k & 1 ? acc1 : acc0);
     }
   }
-  for (int i = 0; i < NT; i++) y[i * ldy] = hsum(_mm256_add_ps(acc0[i], acc1[i]));
+  for (int i = 0; i < NT; i++) y[i * ldy] = hsum_avx2(_mm256_add_ps(acc0[i], acc1[i]));
 }
 
 template <int NT>
@@ -198,16 +193,7 @@ LK_A2 void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1,
 
 void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
   const float* x = static_cast<const float*>(xv);
-  switch (n) {
-    case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy, bf16);
-    case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy, bf16);
-    case 3: return gemv_nt<3>(W, x, j0, j1, y, ldy, bf16);
-    case 4: return gemv_nt<4>(W, x, j0, j1, y, ldy, bf16);
-    case 5: return gemv_nt<5>(W, x, j0, j1, y, ldy, bf16);
-    case 6: return gemv_nt<6>(W, x, j0, j1, y, ldy, bf16);
-    case 7: return gemv_nt<7>(W, x, j0, j1, y, ldy, bf16);
-    default: return gemv_nt<8>(W, x, j0, j1, y, ldy, bf16);
-  }
+  with_token_count(n, [&](auto nt) { gemv_nt<decltype(nt)::value>(W, x, j0, j1, y, ldy, bf16); });
 }
 
 // deq(W)[row, c0 .. c0 + len) in natural order for the packed GEMM's W panels; c0 and len multiples

@@ -151,25 +151,15 @@ struct Q4Rows {
   LK_Q void rows(int64_t j, int64_t S) {
     alignas(64) static const float q4_table[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
     const __m512 table = _mm512_load_ps(q4_table);
-    const int64_t cols = W.spec.cols, groups = cols / 32, chunks = groups / kQ4ScaleChunk;
+    const int64_t cols = W.spec.cols, groups = cols / 32;
     const uint8_t* row[R];
     for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
     __m512 acc[R][2 * NT];
     for (int r = 0; r < R; r++)
       for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
-    alignas(64) float d[2][R][kQ4ScaleChunk];  // chunk c's d in d[c & 1]
-    if (chunks > 0)
-      for (int r = 0; r < R; r++) q4_scales8(row[r], 0, d[0][r]);
-    for (int64_t c = 0; c < chunks; c++) {
-      if (c + 1 < chunks)
-        for (int r = 0; r < R; r++) q4_scales8(row[r], (c + 1) * kQ4ScaleChunk, d[(c + 1) & 1][r]);
-      for (int64_t b = 0; b < kQ4ScaleChunk; b++)
-        q4_block<NT, R>(row, c * kQ4ScaleChunk + b, &d[c & 1][0][b], table, bf16, x, cols, acc);
-    }
-    for (int64_t g = chunks * kQ4ScaleChunk; g < groups; g++) {
-      for (int r = 0; r < R; r++) d[0][r][0] = q4_scale(row[r], g);
-      q4_block<NT, R>(row, g, &d[0][0][0], table, bf16, x, cols, acc);
-    }
+    q4_blocks_with_scales<1>(row, groups, [&](int64_t g, const float* d) LK_Q {
+      q4_block<NT, R>(row, g, d, table, bf16, x, cols, acc);
+    });
     for (int r = 0; r < R; r++)
       for (int i = 0; i < NT; i++) y[j + r * S + i * ldy] = hsum(_mm512_add_ps(acc[r][2 * i], acc[r][2 * i + 1]));
   }
@@ -232,16 +222,7 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
 
 void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
   const float* x = static_cast<const float*>(xv);
-  switch (n) {
-    case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy, bf16);
-    case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy, bf16);
-    case 3: return gemv_nt<3>(W, x, j0, j1, y, ldy, bf16);
-    case 4: return gemv_nt<4>(W, x, j0, j1, y, ldy, bf16);
-    case 5: return gemv_nt<5>(W, x, j0, j1, y, ldy, bf16);
-    case 6: return gemv_nt<6>(W, x, j0, j1, y, ldy, bf16);
-    case 7: return gemv_nt<7>(W, x, j0, j1, y, ldy, bf16);
-    default: return gemv_nt<8>(W, x, j0, j1, y, ldy, bf16);
-  }
+  with_token_count(n, [&](auto nt) { gemv_nt<decltype(nt)::value>(W, x, j0, j1, y, ldy, bf16); });
 }
 
 // deq(W)[row, c0 .. c0 + len) in natural order; c0 and len multiples of 32 (else the scalar decoder,

@@ -144,24 +144,13 @@ struct Q4Rows {
   int64_t ldy;
   template <int R>
   LK_BV void rows(int64_t j, int64_t S) {
-    const int64_t cols = W.spec.cols, groups = cols / 32, chunks = groups / kQ4ScaleChunk;  // groups even
+    const int64_t cols = W.spec.cols, groups = cols / 32;  // groups even
     const uint8_t* row[R];
     for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
     __m512 acc[R][2 * NT];
     for (int r = 0; r < R; r++)
       for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
-    alignas(64) float d[2][R][kQ4ScaleChunk];  // chunk c's d in d[c & 1]
-    if (chunks > 0)
-      for (int r = 0; r < R; r++) q4_scales8(row[r], 0, d[0][r]);
-    for (int64_t c = 0; c < chunks; c++) {
-      if (c + 1 < chunks)
-        for (int r = 0; r < R; r++) q4_scales8(row[r], (c + 1) * kQ4ScaleChunk, d[(c + 1) & 1][r]);
-      for (int64_t b = 0; b < kQ4ScaleChunk; b += 2) q4_pair<NT, R>(row, c * kQ4ScaleChunk + b, &d[c & 1][0][b], x, cols, acc);
-    }
-    for (int64_t g = chunks * kQ4ScaleChunk; g < groups; g += 2) {
-      for (int r = 0; r < R; r++) d[0][r][0] = q4_scale(row[r], g), d[0][r][1] = q4_scale(row[r], g + 1);
-      q4_pair<NT, R>(row, g, &d[0][0][0], x, cols, acc);
-    }
+    q4_blocks_with_scales<2>(row, groups, [&](int64_t g, const float* d) LK_BV { q4_pair<NT, R>(row, g, d, x, cols, acc); });
     store_rows<NT, R>(acc, y + j, S, ldy);
   }
 };
@@ -185,16 +174,7 @@ LK_B void gemv_nt(const QuantWeight& W, const uint16_t* x, int64_t j0, int64_t j
 
 void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool) {
   const uint16_t* x = static_cast<const uint16_t*>(xv);
-  switch (n) {
-    case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy);
-    case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy);
-    case 3: return gemv_nt<3>(W, x, j0, j1, y, ldy);
-    case 4: return gemv_nt<4>(W, x, j0, j1, y, ldy);
-    case 5: return gemv_nt<5>(W, x, j0, j1, y, ldy);
-    case 6: return gemv_nt<6>(W, x, j0, j1, y, ldy);
-    case 7: return gemv_nt<7>(W, x, j0, j1, y, ldy);
-    default: return gemv_nt<8>(W, x, j0, j1, y, ldy);
-  }
+  with_token_count(n, [&](auto nt) { gemv_nt<decltype(nt)::value>(W, x, j0, j1, y, ldy); });
 }
 
 }  // namespace

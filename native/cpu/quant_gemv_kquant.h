@@ -9,6 +9,7 @@
 #include <cstring>
 #include "../core/dtype.h"
 #include "../core/ggml_blocks.h"
+#include "hsum_avx2.h"
 #include "quant.h"
 #include "quant_gemv.h"
 
@@ -51,11 +52,7 @@ constexpr int kLanes = 8;
 inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
 inline vf vzero() { return _mm256_setzero_ps(); }
 inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-inline float vsum(vf v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
-}
+inline float vsum(vf v) { return hsum_avx2(v); }
 inline vf vround_bf16(vf v) {  // as the AVX-512 one
   const __m256i u = _mm256_castps_si256(v), hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
   const __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
@@ -79,17 +76,6 @@ inline void put_q6(int off, __m128i q, float a, Sink&& sink) {
 inline __m128i ld16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 inline __m128i bytes(int v) { return _mm_set1_epi8(static_cast<char>(v)); }
 
-// The 6-bit scale and min of sub-block j of a q4_k super-block (ggml's get_scale_min_k4).
-inline void scale_min(int j, const uint8_t* q, int& sc, int& m) {
-  if (j < 4) {
-    sc = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
 // 256 values: four 64-value halves, low nibbles of 32 bytes then their high nibbles.
 template <class Sink>
 inline void deq_q4_k(const uint8_t* blk, Sink&& w) {
@@ -97,10 +83,10 @@ inline void deq_q4_k(const uint8_t* blk, Sink&& w) {
   std::memcpy(&b, blk, sizeof b);
   const float d = f16_to_f32(b.d), dmin = f16_to_f32(b.dmin);
   for (int j = 0; j < 4; j++) {
-    int sc, m;
-    scale_min(2 * j, b.scales, sc, m);
+    uint8_t sc, m;
+    ggml_scale_min_k4(2 * j, b.scales, sc, m);
     const float d1 = d * sc, m1 = dmin * m;
-    scale_min(2 * j + 1, b.scales, sc, m);
+    ggml_scale_min_k4(2 * j + 1, b.scales, sc, m);
     const float d2 = d * sc, m2 = dmin * m;
     for (int h = 0; h < 2; h++) {
       const __m128i q = ld16(b.qs + 32 * j + 16 * h);
@@ -165,16 +151,7 @@ void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, float
 
 void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j1, float* y, int64_t ldy, bool bf16) {
   const float* x = static_cast<const float*>(xv);
-  switch (n) {
-    case 1: return gemv_nt<1>(W, x, j0, j1, y, ldy, bf16);
-    case 2: return gemv_nt<2>(W, x, j0, j1, y, ldy, bf16);
-    case 3: return gemv_nt<3>(W, x, j0, j1, y, ldy, bf16);
-    case 4: return gemv_nt<4>(W, x, j0, j1, y, ldy, bf16);
-    case 5: return gemv_nt<5>(W, x, j0, j1, y, ldy, bf16);
-    case 6: return gemv_nt<6>(W, x, j0, j1, y, ldy, bf16);
-    case 7: return gemv_nt<7>(W, x, j0, j1, y, ldy, bf16);
-    default: return gemv_nt<8>(W, x, j0, j1, y, ldy, bf16);
-  }
+  with_token_count(n, [&](auto nt) { gemv_nt<decltype(nt)::value>(W, x, j0, j1, y, ldy, bf16); });
 }
 
 }  // namespace kq
