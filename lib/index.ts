@@ -15,7 +15,7 @@ export {
 } from './errors';
 export { LoraLayer } from './layers/lora_layer';
 export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, LayerBackwardResult, InitLoraWeights } from './layers/lora_layer';
-export type { MixedForwardOptions, CombinationType, WeightedAdapterOptions } from './layers/lora_layer';
+export type { MixedForwardOptions, LoraLinearForwardOptions, CombinationType, WeightedAdapterOptions } from './layers/lora_layer';
 export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';
 export type { MergeAndUnloadOptions } from './layers/quant_merge';
