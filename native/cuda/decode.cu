@@ -10,6 +10,7 @@
 #include "ops.h"
 #include "runtime.h"
 #include "decode_common.cuh"
+#include "graph_replay.h"
 #include "vec.cuh"
 
 namespace lorakit {
@@ -237,6 +238,7 @@ unsigned* decode_split_counters(int64_t groups) {
   Counters& c = (*per_stream)[st];
   if (groups > c.size) {
     if (c.buf) {
+      bump_graph_epoch();  // captured graphs hold the old buffer's address
       LK_CUDA(cudaStreamSynchronize(st), "decode counters");
       LK_CUDA(cudaFree(c.buf), "decode counters");
       c.buf = nullptr;
