@@ -180,6 +180,7 @@ template <class T, class F, class U, int NR>
 __global__ void __launch_bounds__(256) shrink_small_kernel(const T* __restrict__ x, const F* __restrict__ A,
                                                            U* __restrict__ u, int n, int64_t in, int r) {
   __shared__ float part[8][NR];
+  pdl_launch_dependents();  // the decode kernel may start streaming W now (it waits before reading u)
   const int q = blockIdx.x;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   float acc[NR];
@@ -293,7 +294,7 @@ bool decode_applicable(const TensorRef& x, const TensorRef& W, bool fan_in_fan_o
 }
 
 void decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const std::vector<ForwardTerm>& terms,
-                    const TensorRef& y) {
+                    const TensorRef& y, bool after_shrink) {
   DecodeTerms dt{};
   dt.count = static_cast<int>(terms.size());
   for (size_t t = 0; t < terms.size(); t++) {
@@ -304,7 +305,7 @@ void decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bia
     dt.t[t] = DecodeTerm{terms[t].u.data, terms[t].B.data, terms[t].u.dtype, terms[t].B.dtype, r, terms[t].scale, vec};
   }
   const int64_t n = x.numel() / W.dim(1);
-  if (decode_tc_forward(x, W, bias, dt, y)) return;
+  if (decode_tc_forward(x, W, bias, dt, y, after_shrink)) return;
   dispatch_float(W.dtype, "weight", [&](auto z) {
     using T = decltype(z);
     if (n <= 1) launch<T, 1>(x, W, bias, dt, y);

@@ -456,6 +456,13 @@ void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef
     else lora_shrink(x, a.A, u);
     terms.push_back({u, a.B, a.scale});
   }
+  if (small) {  // as linear_forward_scaled's decode branch, the kernel overlapping the last shrink
+    require_dtype(y, W.dtype, "y", "the weight");
+    decode_forward(x, W, col_scale ? nullptr : bias, terms, y, !adapters.empty());
+    if (col_scale)
+      scale_columns(y.data, y.data, W.dtype, n, W.dim(0), col_scale, bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32);
+    return;
+  }
   cuda::linear_forward_scaled(x, W, bias, fifo, terms, y, col_scale);
 }
 
