@@ -172,3 +172,22 @@ test('emptyCache and setGraphReplay(false) free the graphs and their scratch', (
   assert.strictEqual(stats().graphHeldBytes, 0);
   layer.dispose();
 });
+
+test('async forwards replay graphs that sync calls captured, and never capture themselves', async () => {
+  const dtype = 'bf16';
+  const layer = makeLayer(dtype);
+  const x = dev([4, IN], 1, dtype);
+  const out = Tensor.empty([4, OUT], { dtype, device: 'cuda' });
+  cuda.setGraphReplay(false);
+  const direct = layer.forward(x).toFloat32Array();
+  cuda.setGraphReplay(true);
+  let s = stats();
+  for (let i = 0; i < 3; i++) same(await layer.forwardAsync(x, { out }), direct, `async before any capture ${i}`);
+  assert.strictEqual(stats().graphCaptures, s.graphCaptures, 'async calls do not capture');
+  for (let i = 0; i < 2; i++) same(layer.forward(x, { out }), direct, `sync ${i}`);
+  s = stats();
+  assert.ok(s.graphs >= 1, 'the sync call captured');
+  for (let i = 0; i < 3; i++) same(await layer.forwardAsync(x, { out }), direct, `async replay ${i}`);
+  assert.ok(stats().graphReplays >= s.graphReplays + 3, 'async calls replay');
+  layer.dispose();
+});

@@ -50,6 +50,7 @@ std::atomic<bool> g_on{[] {
   return e && std::string(e) == "1";
 }()};
 std::atomic<uint64_t> g_epoch{0};
+std::atomic<bool (*)()> g_gate{nullptr};
 
 // Frees what an entry owns; the exec is freed by the driver once launches in flight complete.
 void destroy(Entry& e) {
@@ -78,6 +79,8 @@ uint64_t held_bytes(const Entry& e) {
 }
 
 }  // namespace
+
+void set_graph_capture_gate(bool (*gate)()) { g_gate.store(gate); }
 
 void set_graph_replay(bool on) {
   g_on.store(on);
@@ -141,7 +144,8 @@ void run_graphed(GraphKey key, const std::function<void()>& work) {
       c.stats.replays++;
       return;
     }
-    if (e.state != State::Seen) {
+    bool (*gate)() = g_gate.load();
+    if (e.state != State::Seen || (gate && !gate())) {
       lock.unlock();
       return work();
     }

@@ -56,5 +56,10 @@ void bump_graph_epoch();
 // fails runs directly from then on.
 void run_graphed(GraphKey key, const std::function<void()>& work);
 
+// Captures are taken only while gate() is true: a capture records whatever any thread launches
+// on the stream meanwhile, so the addon allows them only with no async call in flight (a call on a
+// worker thread then never captures; it replays graphs that exist). No gate: always allowed.
+void set_graph_capture_gate(bool (*gate)());
+
 }  // namespace cuda
 }  // namespace lorakit

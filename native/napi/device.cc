@@ -8,6 +8,7 @@
 #include "../cpu/microkernel.h"
 #include "../cpu/peak.h"
 #include "args.h"
+#include "async_worker.h"
 #ifdef LORAKIT_WITH_CUDA
 #include "../cuda/backend.h"
 #include "../cuda/ops.h"
@@ -290,6 +291,7 @@ void InitDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaKernelStats", Napi::Function::New<KernelStats>(env, "cudaKernelStats"));
   exports.Set("cudaBaseGemm", Napi::Function::New<BaseGemm>(env, "cudaBaseGemm"));
   exports.Set("cudaSetGraphReplay", Napi::Function::New<SetGraphReplay>(env, "cudaSetGraphReplay"));
+  cuda::set_graph_capture_gate([] { return async_calls_in_flight() == 0; });
 #else
   for (const char* name : {"cudaSynchronize", "cudaStreamCreate", "cudaStreamRelease", "cudaStreamSynchronize", "cudaSetStream",
                            "cudaCurrentStream", "cudaTimerStart", "cudaTimerStop", "cudaMemoryStats", "cudaEmptyCache",
