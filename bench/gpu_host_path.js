@@ -6,7 +6,7 @@
 // same with graph replay on. Each row: host µs (the loop's wall time, no sync) and device µs
 // (events around the loop); when they agree the row is bound by the host. Stages this build
 // lacks (opts.out, setGraphReplay) are reported as n/a, so the same file runs on older commits.
-//   node bench/gpu_host_path.js [--json FILE]
+//   node bench/gpu_host_path.js [--d-out 4096,14336] [--json FILE]
 'use strict';
 const fs = require('fs');
 const lk = require('../dist');
@@ -16,10 +16,19 @@ const { Tensor, LoraLinear, cuda } = lk;
 
 const args = process.argv.slice(2);
 const jsonOut = args.includes('--json') ? args[args.indexOf('--json') + 1] : null;
+const dOuts = args.includes('--d-out') ? args[args.indexOf('--d-out') + 1].split(',').map(Number) : [4096, 14336];
 const D_IN = 4096;
 const R = 16;
-const rnd = (n, s) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898 + s) * 0.02);
-const dev = (shape, s) => Tensor.from(rnd(shape.reduce((a, b) => a * b, 1), s), shape, { dtype: 'bf16', device: 'cuda' });
+// One pool of values (an LCG: Math.sin per element took seconds at 14336 x 4096), sliced per tensor.
+const POOL = new Float32Array(Math.max(...dOuts) * D_IN + 8);
+for (let i = 0, s = 12345; i < POOL.length; i++) {
+  s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+  POOL[i] = (s / 4294967296 - 0.5) * 0.04;
+}
+const dev = (shape, s) => {
+  const n = shape.reduce((a, b) => a * b, 1);
+  return Tensor.from(POOL.subarray(s, s + n), shape, { dtype: 'bf16', device: 'cuda' });
+};
 const b = native();
 const hasGraphs = typeof cuda.setGraphReplay === 'function';
 const results = [];
@@ -27,7 +36,7 @@ const fmt = (t) => (t ? `${t.host.toFixed(1).padStart(6)} ${t.dev.toFixed(1).pad
 
 console.log(`# ${lk.backendInfo().cudaDevice}; host / device µs per call (median of 5 loops of 200)`);
 console.log('d_out     n |  base GEMM    | empty+dispose | native call   | forward(out)  | forward       | native+graph  | fwd(out)+graph | forward+graph | fwd/base dev (graph)');
-for (const dOut of [4096, 14336]) {
+for (const dOut of dOuts) {
   const Ws = [0, 1, 2, 3].map((s) => dev([dOut, D_IN], s));
   const layers = Ws.map((W) => new LoraLinear({ weight: W }).addAdapter('a', { r: R, loraAlpha: 2 * R, dtype: 'bf16', initLoraWeights: false, seed: 1 }).eval());
   const AB = layers.map((l) => [[l.loraA.get('a').handle, l.loraB.get('a').handle, l.scaling.get('a'), null]]);
