@@ -11,6 +11,9 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <vector>
+#include "../core/op_args.h"
+#include "../core/tensor.h"
 
 namespace lorakit {
 namespace cuda {
@@ -60,6 +63,11 @@ void run_graphed(GraphKey key, const std::function<void()>& work);
 // on the stream meanwhile, so the addon allows them only with no async call in flight (a call on a
 // worker thread then never captures; it replays graphs that exist). No gate: always allowed.
 void set_graph_capture_gate(bool (*gate)());
+
+// The key of a fused LoRA forward (ops.h lora_forward): every pointer, dtype and dimension its
+// launches read, and each adapter's scale; u_out (training) too.
+GraphKey lora_forward_key(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
+                          const std::vector<FusedAdapter>& adapters, const TensorRef& y);
 
 }  // namespace cuda
 }  // namespace lorakit

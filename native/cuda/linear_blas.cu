@@ -406,28 +406,7 @@ void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias,
                   const std::vector<FusedAdapter>& adapters, const TensorRef& y) {
   auto direct = [&] { lora_forward_scaled(x, W, bias, fifo, adapters, y, nullptr); };
   if (!graph_replay()) return direct();
-  GraphKey k;
-  k.add(0x4c6f7261ull);  // this op
-  k.add_ptr(x.data);
-  k.add(uint64_t(x.dtype) << 32 | uint64_t(W.dtype) << 16 | uint64_t(y.dtype));
-  k.add(uint64_t(x.numel()));
-  k.add_ptr(W.data);
-  k.add(uint64_t(W.dim(0)));
-  k.add(uint64_t(W.dim(1)));
-  k.add_ptr(bias ? bias->data : nullptr);
-  k.add(bias ? uint64_t(bias->dtype) : 0xff);
-  k.add(fifo);
-  k.add_ptr(y.data);
-  for (const auto& a : adapters) {
-    k.add_ptr(a.A.data);
-    k.add_ptr(a.B.data);
-    k.add(uint64_t(a.A.dtype) << 16 | uint64_t(a.B.dtype));
-    k.add(uint64_t(a.A.dim(0)));
-    k.add_f32(a.scale);
-    k.add_ptr(a.u_out ? a.u_out->data : nullptr);
-    k.add(a.u_out ? uint64_t(a.u_out->dtype) : 0xff);
-  }
-  run_graphed(k, direct);
+  run_graphed(lora_forward_key(x, W, bias, fifo, adapters, y), direct);
 }
 
 void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
