@@ -27,7 +27,7 @@ export { kernels, backendInfo, setNumThreads } from './kernels';
 export { cuda, CudaStream } from './cuda';
 export type { CudaAdamWOptions, CudaSgdOptions } from './cuda';
 export type { KernelAdapter, LinearForwardOptions, MergeAdapterOptions } from './kernels';
-export type { BackendInfo, MeasuredPeaks } from './native';
+export type { BackendInfo, CudaKernelStats, MeasuredPeaks } from './native';
 export type { AddonSource, LoadedAddonInfo } from './load_addon';
 export { bench, formatTable as formatBenchTable } from './bench';
 export type { BenchOptions, BenchResult, BenchRow, BenchOp, BenchDType } from './bench';
