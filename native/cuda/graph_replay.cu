@@ -160,8 +160,8 @@ void run_graphed(GraphKey key, const std::function<void()>& work) {
   if (ok) {
     try {
       work();
-    } catch (const Error&) {
-      ok = false;  // a real error recurs in the direct run below
+    } catch (...) {
+      ok = false;  // the capture must still be ended; a real error recurs in the direct run below
     }
   }
   cudaGraph_t graph = nullptr;
