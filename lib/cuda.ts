@@ -5,7 +5,7 @@
  */
 import { DTypeError, LoraRangeError, LoraTypeError, ShapeError, StateError, shapeStr } from './errors';
 import { onStream, runOp } from './exec';
-import { call } from './native';
+import { CudaKernelStats, call } from './native';
 import { Tensor, requireFloatTensor } from './tensor';
 import { checkBool, checkFinite, checkInt, checkOptions } from './validate';
 
@@ -103,10 +103,24 @@ export function memoryStats(): { allocatedBytes: number; cachedBytes: number } {
 
 /**
  * Which GPU kernels this process can use and has used: `sm90GemmUsable` (the one-pass Hopper
- * LoRA GEMM, on a cc 9.0 GPU) and `sm90GemmLaunches` (its launches so far).
+ * LoRA GEMM, on a cc 9.0 GPU), `sm90GemmLaunches` (its launches so far), and graph replay's
+ * counters (setGraphReplay).
  */
-export function kernelStats(): { sm90GemmUsable: boolean; sm90GemmLaunches: number } {
+export function kernelStats(): CudaKernelStats {
   return call((b) => b.cudaKernelStats());
+}
+
+/**
+ * Graph replay (off by default; LORAKIT_CUDA_GRAPHS=1 turns it on at load): a LoraLinear forward
+ * repeated with the same tensors (x, weights, y or opts.out: same memory), shapes and scales is
+ * captured into a CUDA graph on its second call and replayed with one launch from then on,
+ * which removes most of the host work of small batches. Tensors' contents may change between
+ * calls (a replay reads them); anything else is a new graph (64 kept, least recently used
+ * dropped). Results are bitwise those of the direct calls. Off also frees the cached graphs.
+ */
+export function setGraphReplay(on: boolean): void {
+  checkBool(on, 'on');
+  call((b) => b.cudaSetGraphReplay(on));
 }
 
 /** Returns cached blocks of the caching allocator to the driver. */
@@ -207,4 +221,4 @@ export function sgdStep(param: Tensor, grad: Tensor, momentumBuffer: Tensor | nu
   runOp('sgdStep', param.handle, grad.handle, buf, null, h.lr, h.momentum, h.dampening, h.nesterov, h.weightDecay, h.firstStep);
 }
 
-export const cuda = { isAvailable, synchronize, createStream, withStream, timeMs, memoryStats, kernelStats, emptyCache, baseGemm, adamwStep, sgdStep };
+export const cuda = { isAvailable, synchronize, createStream, withStream, timeMs, memoryStats, kernelStats, setGraphReplay, emptyCache, baseGemm, adamwStep, sgdStep };

@@ -15,7 +15,7 @@ export {
 } from './errors';
 export { LoraLayer } from './layers/lora_layer';
 export type { AdapterOptions, MergeOptions, AdapterGrads, BackwardResult, LayerBackwardResult, InitLoraWeights } from './layers/lora_layer';
-export type { MixedForwardOptions, CombinationType, WeightedAdapterOptions } from './layers/lora_layer';
+export type { MixedForwardOptions, LoraLinearForwardOptions, CombinationType, WeightedAdapterOptions } from './layers/lora_layer';
 export { LoraLinear } from './layers/linear';
 export type { LoraLinearOptions } from './layers/linear';
 export type { MergeAndUnloadOptions } from './layers/quant_merge';
@@ -27,7 +27,7 @@ export { kernels, backendInfo, setNumThreads } from './kernels';
 export { cuda, CudaStream } from './cuda';
 export type { CudaAdamWOptions, CudaSgdOptions } from './cuda';
 export type { KernelAdapter, LinearForwardOptions, MergeAdapterOptions } from './kernels';
-export type { BackendInfo, MeasuredPeaks } from './native';
+export type { BackendInfo, CudaKernelStats, MeasuredPeaks } from './native';
 export type { AddonSource, LoadedAddonInfo } from './load_addon';
 export { bench, formatTable as formatBenchTable } from './bench';
 export type { BenchOptions, BenchResult, BenchRow, BenchOp, BenchDType } from './bench';

@@ -353,8 +353,27 @@ export interface DeviceBinding {
   cudaTimerStop(): number;
   cudaMemoryStats(): { allocatedBytes: number; cachedBytes: number };
   cudaEmptyCache(): void;
-  cudaKernelStats(): { sm90GemmUsable: boolean; sm90GemmLaunches: number };
+  cudaKernelStats(): CudaKernelStats;
+  /** Graph capture and replay of repeated identical layer calls (native/cuda/graph_replay.h). */
+  cudaSetGraphReplay(on: boolean): void;
   cudaBaseGemm(x: NativeTensorHandle, W: NativeTensorHandle, y: NativeTensorHandle, inputGrad: boolean): void;
+}
+
+/** What cuda.kernelStats() reports. */
+export interface CudaKernelStats {
+  /** The one-pass Hopper LoRA GEMM can run here (a cc 9.0 GPU). */
+  sm90GemmUsable: boolean;
+  /** Its launches so far. */
+  sm90GemmLaunches: number;
+  /** Whether graph replay is on (cuda.setGraphReplay, or LORAKIT_CUDA_GRAPHS=1 at load). */
+  graphReplay: boolean;
+  /** Graphs captured, calls served by a replay, captures that failed (that call then runs directly). */
+  graphCaptures: number;
+  graphReplays: number;
+  graphFallbacks: number;
+  /** Graphs cached now, and the scratch memory they hold. */
+  graphs: number;
+  graphHeldBytes: number;
 }
 
 /** Quantized-base functions outside the kernel op list (native/napi/quant.cc). */

@@ -39,7 +39,7 @@ describe('cuda API without a usable GPU', () => {
     if (backendInfo().compiled.includes('cuda')) {
       const s = cuda.kernelStats();
       expect(typeof s.sm90GemmLaunches).toBe('number');
-      if (!usable) expect(s).toEqual({ sm90GemmUsable: false, sm90GemmLaunches: 0 });
+      if (!usable) expect(s).toMatchObject({ sm90GemmUsable: false, sm90GemmLaunches: 0, graphCaptures: 0, graphReplays: 0, graphs: 0 });
       return;
     }
     let err: Error | undefined;
@@ -50,6 +50,16 @@ describe('cuda API without a usable GPU', () => {
     }
     expect(err?.name).toBe('LoraTypeError');
     expect(err!.message).toMatch(/'cuda' is not available in this build/);
+  });
+
+  test('setGraphReplay takes a boolean (a typed error in builds without cuda)', () => {
+    expect(() => cuda.setGraphReplay('yes' as never)).toThrow(/on: expected a boolean/);
+    if (backendInfo().compiled.includes('cuda')) {
+      cuda.setGraphReplay(false);
+      expect(cuda.kernelStats().graphReplay).toBe(false);
+      return;
+    }
+    expect(() => cuda.setGraphReplay(true)).toThrow(expect.objectContaining({ name: 'LoraTypeError', message: expect.stringMatching(/'cuda' is not available in this build/) }));
   });
 
   test('an unknown device name is a LoraTypeError', () => {

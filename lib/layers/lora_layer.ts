@@ -28,7 +28,7 @@ import { WeightedAdapterOptions, loraBiasSources, weightedAdapterFactors } from 
 
 export type { InitLoraWeights } from './init';
 export { ADAPTER_OPTION_KEYS } from './options';
-export type { AdapterOptions, AdapterGrads, BackwardResult, LayerBackwardResult, LayerRngState, MergeOptions, MixedForwardOptions } from './options';
+export type { AdapterOptions, AdapterGrads, BackwardResult, LayerBackwardResult, LayerRngState, LoraLinearForwardOptions, MergeOptions, MixedForwardOptions } from './options';
 export type { CombinationType, WeightedAdapterOptions } from './weighted_adapter';
 
 /** One adapter's entries in the layer's maps (p: dropout, rs: rsLoRA, frozen: inference mode). */

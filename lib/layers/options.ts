@@ -53,6 +53,15 @@ export interface MixedForwardOptions {
   adapterNames?: readonly string[];
 }
 
+/** LoraLinear.forward's options: a mixed batch, or the output written into a tensor the caller owns. */
+export interface LoraLinearForwardOptions extends MixedForwardOptions {
+  /**
+   * y is written here instead of into a new tensor (and returned): x's dtype, on the layer's
+   * device, shape [..., out_features], not x. Saves the per-call allocation; not with adapterNames.
+   */
+  out?: Tensor;
+}
+
 export interface MergeOptions {
   /** Check the merged weight for NaN/Inf before writing it; W is untouched on failure. */
   safeMerge?: boolean;

@@ -166,8 +166,25 @@ int resident_blocks_per_sm(Kernel k, int threads) {
 }
 
 // The tensor-core decode (16-bit W, in % 8 == 0, aligned rows); false when it does not apply.
+// after_shrink: see decode_forward (ops.h).
 bool decode_tc_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const DecodeTerms& terms,
-                       const TensorRef& y);
+                       const TensorRef& y, bool after_shrink = false);
+
+// Programmatic dependent launch (sm_90): the primary lets its dependent start; the dependent waits
+// for the primary's completion (and its writes) before reading them. No-ops where not launched so.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait_primary() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Whether this device takes programmatic dependent launches (cc 9.0 and later).
+bool pdl_usable();
 
 }  // namespace cuda
 }  // namespace lorakit

@@ -60,11 +60,13 @@ __global__ void __launch_bounds__(kWarps * 32) decode_tc_kernel(const T* __restr
         Mma<T>::run(acc[j], xa[u].z, xb[u].z, xa[u].w, xb[u].w, wv[u][j].z, wv[u][j].w);
       }
   }
+  pdl_wait_primary();  // u (the shrink's output, read by the epilogue) is complete from here
   decode_tc_finish<T, kWarps, kTiles>(acc, red, f0, n, outf, terms, bias, bias_dt, y, sk);
 }
 
 template <class T>
-void launch_tc(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const DecodeTerms& terms, const TensorRef& y) {
+void launch_tc(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const DecodeTerms& terms, const TensorRef& y,
+               bool after_shrink) {
   const int64_t in = W.dim(1), outf = W.dim(0);
   const int n = static_cast<int>(x.numel() / in);
   const int64_t groups = (outf + kFeatures - 1) / kFeatures;
@@ -86,19 +88,44 @@ void launch_tc(const TensorRef& x, const TensorRef& W, const TensorRef* bias, co
   const int64_t k_per = (steps + splits - 1) / splits * kStep;
   splits = (in + k_per - 1) / k_per;
   SplitKBuffers split(splits, groups, n, outf, k_per);
-  decode_tc_kernel<T><<<dim3(unsigned(groups), unsigned(splits)), kWarps * 32, 0, stream()>>>(
-      x.as<T>(), W.as<T>(), bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, y.as<T>(), n, in, outf, terms, split.sk);
+  // After the shrink: W streams while the shrink runs; the kernel waits for it before the epilogue.
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(groups), unsigned(splits));
+  cfg.blockDim = dim3(kWarps * 32);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream();
+  cfg.attrs = attr;
+  cfg.numAttrs = after_shrink && pdl_usable() ? 1 : 0;
+  const void* b = bias ? bias->data : nullptr;
+  const DType bdt = bias ? bias->dtype : DType::F32;
+  LK_CUDA(cudaLaunchKernelEx(&cfg, decode_tc_kernel<T>, x.as<T>(), W.as<T>(), b, bdt, y.as<T>(), n, in, outf, terms, split.sk),
+          "decode tc launch");
 }
 
 }  // namespace
 
+bool pdl_usable() {
+  static const bool ok = [] {
+    int major = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major >= 9;
+  }();
+  return ok;
+}
+
 bool decode_tc_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const DecodeTerms& terms,
-                       const TensorRef& y) {
+                       const TensorRef& y, bool after_shrink) {
   const int64_t in = W.dim(1);
   auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (in % 8 != 0 || !aligned16(W.data) || !aligned16(x.data) || W.dtype != x.dtype) return false;
-  if (W.dtype == DType::BF16) launch_tc<__nv_bfloat16>(x, W, bias, terms, y);
-  else if (W.dtype == DType::F16) launch_tc<__half>(x, W, bias, terms, y);
+  if (W.dtype == DType::BF16) launch_tc<__nv_bfloat16>(x, W, bias, terms, y, after_shrink);
+  else if (W.dtype == DType::F16) launch_tc<__half>(x, W, bias, terms, y, after_shrink);
   else return false;
   return true;
 }

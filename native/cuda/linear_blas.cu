@@ -20,6 +20,7 @@
 #include <tuple>
 #include "common.cuh"
 #include "device_buffer.h"
+#include "graph_replay.h"
 #include "ops.h"
 #include "runtime.h"
 
@@ -399,9 +400,13 @@ void linear_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorR
   two_gemms(y.data);
 }
 
+// A layer's forward call: replayed from a graph when it repeats (graph_replay.h). The key holds
+// what the launches depend on; u_out (training) is part of it, so is every adapter's scale.
 void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
                   const std::vector<FusedAdapter>& adapters, const TensorRef& y) {
-  lora_forward_scaled(x, W, bias, fifo, adapters, y, nullptr);
+  auto direct = [&] { lora_forward_scaled(x, W, bias, fifo, adapters, y, nullptr); };
+  if (!graph_replay()) return direct();
+  run_graphed(lora_forward_key(x, W, bias, fifo, adapters, y), direct);
 }
 
 void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
@@ -429,6 +434,13 @@ void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef
     if (small) decode_shrink(x, a.A, u);
     else lora_shrink(x, a.A, u);
     terms.push_back({u, a.B, a.scale});
+  }
+  if (small) {  // as linear_forward_scaled's decode branch, the kernel overlapping the last shrink
+    require_dtype(y, W.dtype, "y", "the weight");
+    decode_forward(x, W, col_scale ? nullptr : bias, terms, y, !adapters.empty());
+    if (col_scale)
+      scale_columns(y.data, y.data, W.dtype, n, W.dim(0), col_scale, bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32);
+    return;
   }
   cuda::linear_forward_scaled(x, W, bias, fifo, terms, y, col_scale);
 }

@@ -5,6 +5,7 @@
 #include <vector>
 #include "../core/tensor.h"
 #include "common.cuh"
+#include "graph_replay.h"
 #include "runtime.h"
 
 namespace lorakit {
@@ -77,6 +78,7 @@ State& state() {
 }
 
 thread_local uint64_t t_current = 0;
+thread_local GraphHold* t_hold = nullptr;
 
 // Small blocks round to 512 B, large ones to 2 MiB, so sizes that differ a little share bins.
 size_t round_size(size_t n) {
@@ -238,12 +240,14 @@ void* alloc(size_t nbytes, bool zero) {
     s.allocated += sz;
     s.live[reinterpret_cast<uintptr_t>(p)] = Block{sz, st, st, {}};
   }
+  if (t_hold) t_hold->on_alloc(p);
   if (zero) LK_CUDA(cudaMemsetAsync(p, 0, nbytes, st), "cudaMemsetAsync");
   return p;
 }
 
 void free(void* p, size_t nbytes) {
   if (!p) return;
+  if (t_hold && t_hold->on_free(p, nbytes)) return;  // kept for the graph being captured
   State& s = state();
   size_t sz = round_size(nbytes);
   std::lock_guard<std::mutex> lock(s.mu);
@@ -266,6 +270,29 @@ void free(void* p, size_t nbytes) {
   s.allocated -= sz;
 }
 
+GraphHold::GraphHold() : prev_(t_hold) { t_hold = this; }
+
+GraphHold::~GraphHold() {
+  if (!active_) return;
+  for (auto& b : finish()) cuda::free(b.first, b.second);
+}
+
+std::vector<std::pair<void*, size_t>> GraphHold::finish() {
+  if (active_) {
+    active_ = false;
+    t_hold = prev_;
+  }
+  return std::move(kept_);
+}
+
+bool GraphHold::on_free(void* p, size_t nbytes) {
+  auto it = std::find(allocated_.begin(), allocated_.end(), p);
+  if (it == allocated_.end()) return false;
+  allocated_.erase(it);
+  kept_.emplace_back(p, nbytes);
+  return true;
+}
+
 size_t cached_bytes() {
   std::lock_guard<std::mutex> lock(state().mu);
   return state().cached;
@@ -277,6 +304,7 @@ size_t allocated_bytes() {
 }
 
 void empty_cache() {
+  clear_graphs();  // first: the graphs' scratch goes back to the pool, then to the driver
   std::lock_guard<std::mutex> lock(state().mu);
   release_cache_locked(state());
 }

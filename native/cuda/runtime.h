@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace lorakit {
 namespace cuda {
@@ -48,6 +50,30 @@ void register_memory();
 // them when freed. On out-of-memory the cache is emptied and the allocation retried.
 void* alloc(size_t nbytes, bool zero);
 void free(void* p, size_t nbytes);
+
+// For a graph capture (graph_replay.cu): while a GraphHold is active on a thread, blocks that
+// thread allocates are kept, not returned to the pool, when freed, so no other tensor gets memory
+// that a replay writes. finish() stops this and hands the kept blocks over (the graph frees them
+// when it is destroyed); unreleased() counts blocks allocated meanwhile and still live. A hold
+// destroyed unfinished frees what it kept.
+class GraphHold {
+ public:
+  GraphHold();
+  ~GraphHold();
+  GraphHold(const GraphHold&) = delete;
+  GraphHold& operator=(const GraphHold&) = delete;
+  std::vector<std::pair<void*, size_t>> finish();
+  size_t unreleased() const { return allocated_.size(); }
+  // alloc() / free() on the holding thread.
+  void on_alloc(void* p) { allocated_.push_back(p); }
+  bool on_free(void* p, size_t nbytes);
+
+ private:
+  std::vector<void*> allocated_;
+  std::vector<std::pair<void*, size_t>> kept_;
+  GraphHold* prev_;
+  bool active_ = true;
+};
 size_t cached_bytes();
 size_t allocated_bytes();
 void empty_cache();

@@ -1,5 +1,6 @@
 // The libuv worker behind RunAsync (async_worker.h).
 #include "async_worker.h"
+#include <atomic>
 #include <memory>
 #include <new>
 #include <vector>
@@ -8,6 +9,8 @@
 namespace lorakit {
 namespace napi {
 namespace {
+
+std::atomic<int> g_in_flight{0};
 
 class KernelWorker : public Napi::AsyncWorker {
  public:
@@ -34,6 +37,7 @@ class KernelWorker : public Napi::AsyncWorker {
       if (h.write) h.storage->writers++;
     }
     call_.uses.clear();  // raw handle pointers are not used past this point
+    g_in_flight++;
   }
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
@@ -78,6 +82,7 @@ class KernelWorker : public Napi::AsyncWorker {
     bool write;
   };
   void release() {
+    if (!args_.IsEmpty()) g_in_flight--;
     args_.Reset();
     for (auto& h : held_) {
       h.storage->busy--;
@@ -94,6 +99,8 @@ class KernelWorker : public Napi::AsyncWorker {
 };
 
 }  // namespace
+
+int async_calls_in_flight() { return g_in_flight.load(); }
 
 Napi::Value queue_async(const Napi::CallbackInfo& info, KernelCall call) {
   // JS runs while the work does: an ArrayBuffer a tensor wraps could be detached or shrunk under it.

@@ -12,6 +12,9 @@ namespace napi {
 // Queues a checked and stream-ordered call; returns its Promise.
 Napi::Value queue_async(const Napi::CallbackInfo& info, KernelCall call);
 
+// Async calls queued and not yet settled (their work may be running on a worker thread).
+int async_calls_in_flight();
+
 template <KernelBuilder build>
 Napi::Value RunAsync(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {

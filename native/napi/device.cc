@@ -8,9 +8,11 @@
 #include "../cpu/microkernel.h"
 #include "../cpu/peak.h"
 #include "args.h"
+#include "async_worker.h"
 #ifdef LORAKIT_WITH_CUDA
 #include "../cuda/backend.h"
 #include "../cuda/ops.h"
+#include "../cuda/graph_replay.h"
 #include "../cuda/runtime.h"
 #endif
 
@@ -205,7 +207,23 @@ Napi::Value KernelStats(const Napi::CallbackInfo& info) {
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("sm90GemmUsable", cuda::device_count() > 0 && cuda::sm90_gemm_usable());
     o.Set("sm90GemmLaunches", static_cast<double>(cuda::sm90_gemm_launches()));
+    const cuda::GraphStats g = cuda::graph_stats();
+    o.Set("graphReplay", cuda::graph_replay());
+    o.Set("graphCaptures", static_cast<double>(g.captures));
+    o.Set("graphReplays", static_cast<double>(g.replays));
+    o.Set("graphFallbacks", static_cast<double>(g.fallbacks));
+    o.Set("graphs", static_cast<double>(g.graphs));
+    o.Set("graphHeldBytes", static_cast<double>(g.held_bytes));
     return o;
+  });
+}
+
+// setGraphReplay(on): graph capture and replay of repeated identical layer calls (graph_replay.h);
+// off also destroys the cached graphs.
+Napi::Value SetGraphReplay(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    cuda::set_graph_replay(get_bool(info, 0, "on"));
+    return info.Env().Undefined();
   });
 }
 
@@ -272,10 +290,12 @@ void InitDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaEmptyCache", Napi::Function::New<EmptyCache>(env, "cudaEmptyCache"));
   exports.Set("cudaKernelStats", Napi::Function::New<KernelStats>(env, "cudaKernelStats"));
   exports.Set("cudaBaseGemm", Napi::Function::New<BaseGemm>(env, "cudaBaseGemm"));
+  exports.Set("cudaSetGraphReplay", Napi::Function::New<SetGraphReplay>(env, "cudaSetGraphReplay"));
+  cuda::set_graph_capture_gate([] { return async_calls_in_flight() == 0; });
 #else
   for (const char* name : {"cudaSynchronize", "cudaStreamCreate", "cudaStreamRelease", "cudaStreamSynchronize", "cudaSetStream",
                            "cudaCurrentStream", "cudaTimerStart", "cudaTimerStop", "cudaMemoryStats", "cudaEmptyCache",
-                           "cudaKernelStats", "cudaBaseGemm"})
+                           "cudaKernelStats", "cudaBaseGemm", "cudaSetGraphReplay"})
     exports.Set(name, Napi::Function::New<NotBuilt>(env, name));
 #endif
 }

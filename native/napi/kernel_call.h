@@ -14,6 +14,7 @@ namespace lorakit {
 namespace napi {
 
 struct KernelCall {
+  KernelCall() { uses.reserve(8); }  // one allocation for a call's operands, not one per growth
   struct Use {
     NativeTensor* tensor;
     std::string name;
