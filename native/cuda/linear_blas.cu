@@ -72,15 +72,20 @@ struct Gemm {
   DType ab, c;
   float alpha = 1.f, beta = 0.f;
   const void* bias = nullptr;  // [n], dtype c
+  const float* alpha_vec = nullptr;  // f32 [n] on the device: C[:, j] = alpha_vec[j]·(opA·opB)[:, j] + beta·C (+ bias)
 };
 
-using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int, int, int, int, int>;
+using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int, int, int, int, int, int>;
 
 struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
   cublasLtMatmulAlgo_t algo;
+  bool supported = true;  // false: cuBLASLt has no algorithm for it (only asked with an alpha vector)
 };
+
+// alpha's pointer for cublasLtMatmul: the host scalar, or the device vector in its pointer mode.
+const void* alpha_of(const Gemm& g) { return g.alpha_vec ? static_cast<const void*>(g.alpha_vec) : &g.alpha; }
 
 struct Blas {
   std::mutex mu;
@@ -114,7 +119,7 @@ cublasLtMatmulAlgo_t fastest(Blas& b, Plan& p, const Gemm& g, const cublasLtMatm
   if (g.bias) cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias));
   for (int i = 0; i < found; i++) {
     auto launch = [&]() {
-      return cublasLtMatmul(b.handle, p.desc, &g.alpha, g.B, p.la, g.A, p.lb, &g.beta, d, p.lc, d, p.lc, &res[i].algo,
+      return cublasLtMatmul(b.handle, p.desc, alpha_of(g), g.B, p.la, g.A, p.lb, &g.beta, d, p.lc, d, p.lc, &res[i].algo,
                             workspace, kWorkspace, st);
     };
     if (launch() != CUBLAS_STATUS_SUCCESS) continue;
@@ -141,7 +146,8 @@ cublasLtMatmulAlgo_t fastest(Blas& b, Plan& p, const Gemm& g, const cublasLtMatm
 Plan& plan_for(Blas& b, const Gemm& g, cudaStream_t on, void* workspace) {
   int beta_nz = g.beta != 0.f;
   PlanKey key{g.m, g.n, g.k, g.lda, g.ldb, g.ldc, g.ta, g.tb, int(g.ab), int(g.c), beta_nz, g.bias != nullptr,
-              alignment_of(g.A), alignment_of(g.B), std::min(alignment_of(g.C), g.bias ? alignment_of(g.bias) : 256)};
+              alignment_of(g.A), alignment_of(g.B), std::min(alignment_of(g.C), g.bias ? alignment_of(g.bias) : 256),
+              g.alpha_vec != nullptr};
   auto it = b.plans.find(key);
   if (it != b.plans.end()) return it->second;
   Plan p;
@@ -151,6 +157,10 @@ Plan& plan_for(Blas& b, const Gemm& g, cudaStream_t on, void* workspace) {
   cublasOperation_t opb = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLAS B = our A
   LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)), "transa");
   LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)), "transb");
+  if (g.alpha_vec) {  // one alpha per row of cuBLAS's column-major D, i.e. per column of our C
+    cublasLtPointerMode_t pm = CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST;
+    LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof(pm)), "pointer mode");
+  }
   if (g.bias) {
     cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
     LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof(ep)), "epilogue");
@@ -181,6 +191,11 @@ Plan& plan_for(Blas& b, const Gemm& g, cudaStream_t on, void* workspace) {
     cublasLtMatrixLayoutDestroy(p.lb);
     cublasLtMatrixLayoutDestroy(p.lc);
     cublasLtMatmulDescDestroy(p.desc);
+    if (g.alpha_vec) {  // remembered, so the caller's other way is taken without asking again
+      Plan none{};
+      none.supported = false;
+      return b.plans.emplace(key, none).first->second;
+    }
     throw_state("cublasLt: no algorithm for a " + std::to_string(g.m) + "x" + std::to_string(g.n) + "x" +
                 std::to_string(g.k) + " " + dtype_name(g.ab) + " GEMM (status " + std::to_string(int(st)) + ")");
   }
@@ -189,8 +204,18 @@ Plan& plan_for(Blas& b, const Gemm& g, cudaStream_t on, void* workspace) {
   return b.plans.emplace(key, p).first->second;
 }
 
-void run(const Gemm& g) {
-  if (g.m == 0 || g.n == 0) return;
+// LORAKIT_CUDA_ALPHA_VECTOR=0 turns the per-column alpha off (benchmarks: the scale pass instead).
+bool alpha_vectors_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("LORAKIT_CUDA_ALPHA_VECTOR");
+    return !(e && e[0] == '0');
+  }();
+  return on;
+}
+
+// Runs g; false (nothing done) where g has an alpha vector that cuBLASLt cannot take.
+bool try_run(const Gemm& g) {
+  if (g.m == 0 || g.n == 0) return true;
   cudaStream_t st = stream();
   Blas& b = blas();
   std::lock_guard<std::mutex> lock(b.mu);
@@ -201,11 +226,17 @@ void run(const Gemm& g) {
     throw_range("cuda gemm: empty reduction dimension");
   }
   Plan& p = plan_for(b, g, st, workspace);
+  if (!p.supported) return false;
   if (g.bias)
     LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias)), "bias");
-  LK_BLAS(cublasLtMatmul(b.handle, p.desc, &g.alpha, g.B, p.la, g.A, p.lb, &g.beta, g.C, p.lc, g.C, p.lc, &p.algo,
+  LK_BLAS(cublasLtMatmul(b.handle, p.desc, alpha_of(g), g.B, p.la, g.A, p.lb, &g.beta, g.C, p.lc, g.C, p.lc, &p.algo,
                          workspace, kWorkspace, st),
           "matmul");
+  return true;
+}
+
+void run(const Gemm& g) {
+  if (!try_run(g)) throw_state("cublasLt: no algorithm for a GEMM with a per-column alpha");
 }
 
 // A device buffer released at scope exit (returned to the caching allocator).
@@ -363,7 +394,37 @@ void linear_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorR
   // Two cuBLASLt GEMMs: y (+)= s·u·Bᵀ per adapter (bias on the first), then y (+)= x·Wᵀ; with
   // col_scale the bias joins the scale's pass over y instead.
   const void* gemm_bias = col_scale ? nullptr : b;
+  // With col_scale (DoRA) the scale rides in the GEMMs as cuBLASLt's per-column alpha, so y is
+  // written by them alone: y = (s·k)⊙(u·Bᵀ) + bias, then y += k⊙(x·Wᵀ). False (y then rewritten
+  // the other way) where cuBLASLt has no algorithm for that pointer mode.
+  auto scaled_gemms = [&](void* out) {
+    if (in == 0 || !alpha_vectors_enabled()) return false;
+    std::vector<Scratch> sk(terms.size());
+    bool have_y = false;
+    for (size_t i = 0; i < terms.size(); i++) {
+      const auto& t = terms[i];
+      new (&sk[i]) Scratch(size_t(outf) * sizeof(float));
+      LK_CUDA(cudaMemcpyAsync(sk[i].p, col_scale, size_t(outf) * sizeof(float), cudaMemcpyDeviceToDevice, stream()), "cudaMemcpyAsync");
+      TensorRef v;
+      v.data = sk[i].p;
+      v.shape = {outf};
+      scale_inplace(v, t.scale);
+      Scratch su, sb;
+      const void* u = as_dtype(t.u, dt, su);
+      const void* Bp = as_dtype(t.B, dt, sb);
+      Gemm g{n, outf, t.B.dim(1), u, t.B.dim(1), false, Bp, t.B.dim(1), true, out, outf, dt, dt, 1.f, have_y ? 1.f : 0.f,
+             have_y ? nullptr : b};
+      g.alpha_vec = static_cast<const float*>(sk[i].p);
+      if (!try_run(g)) return false;
+      have_y = true;
+    }
+    Gemm g{n, outf, in, x.data, in, false, W.data, fifo ? outf : in, !fifo, out, outf, dt, dt, 1.f, have_y ? 1.f : 0.f,
+           have_y ? nullptr : b};
+    g.alpha_vec = col_scale;
+    return try_run(g);
+  };
   auto two_gemms = [&](void* out) {
+    if (col_scale && scaled_gemms(out)) return;
     bool have_y = false;
     for (const auto& t : terms) {
       int64_t r = t.B.dim(1);
