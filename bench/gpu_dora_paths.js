@@ -1,16 +1,15 @@
 #!/usr/bin/env node
 // Which GEMM path a DoRA eval forward takes on cuda and what it costs, against the plain LoRA
 // forward of the same layer: bf16, d_in 4096, r 16, n ∈ {512, 4096}, d_out ∈ {4096, 14336}. Run it
-// under LORAKIT_CUDA_GEMM=cublas|sm90 (forced) or unset (timed once per shape), and
-// LORAKIT_CUDA_ALPHA_VECTOR=0|1 (DoRA's k as cuBLASLt's per-column alpha, or a pass over y).
-// Prints device-event medians per call and the sm_90 kernel's launches per DoRA call.
+// under LORAKIT_CUDA_GEMM=cublas|sm90 (forced) or unset (timed once per shape). Prints device-event
+// medians per call and the sm_90 kernel's launches in the DoRA loop (5 = only the one-time timing).
 'use strict';
 const { LoraLinear, cuda } = require('../dist');
 const { timeCalls } = require('./gpu_timing');
 const { randn, dev } = require('./gpu_data');
 
 let seed = 1;
-const env = `LORAKIT_CUDA_GEMM=${process.env.LORAKIT_CUDA_GEMM ?? '(auto)'} LORAKIT_CUDA_ALPHA_VECTOR=${process.env.LORAKIT_CUDA_ALPHA_VECTOR ?? '1'}`;
+const env = `LORAKIT_CUDA_GEMM=${process.env.LORAKIT_CUDA_GEMM ?? '(auto)'}`;
 for (const dOut of [4096, 14336]) {
   const Ws = [0, 1, 2, 3].map(() => dev(randn(dOut * 4096, seed++, 0.02), [dOut, 4096]));
   for (const n of [512, 4096]) {

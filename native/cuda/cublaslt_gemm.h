@@ -25,14 +25,9 @@ struct Gemm {
   DType ab, c;
   float alpha = 1.f, beta = 0.f;
   const void* bias = nullptr;  // [n], dtype c
-  const float* alpha_vec = nullptr;  // f32 [n] on the device: C[:, j] = alpha_vec[j]·(opA·opB)[:, j] + beta·C (+ bias)
 };
 
 void run(const Gemm& g);
-// Runs g; false (nothing done) where g has an alpha vector that cuBLASLt cannot take.
-bool try_run(const Gemm& g);
-// LORAKIT_CUDA_ALPHA_VECTOR=0 turns the per-column alpha off (benchmarks: the scale pass instead).
-bool alpha_vectors_enabled();
 
 }  // namespace lt
 }  // namespace cuda

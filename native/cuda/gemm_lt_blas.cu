@@ -47,17 +47,13 @@ int alignment_of(const void* p) {
 
 
 
-using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int, int, int, int, int, int>;
+using PlanKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int, int, int, int, int>;
 
 struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
   cublasLtMatmulAlgo_t algo;
-  bool supported = true;  // false: cuBLASLt has no algorithm for it (only asked with an alpha vector)
 };
-
-// alpha's pointer for cublasLtMatmul: the host scalar, or the device vector in its pointer mode.
-const void* alpha_of(const Gemm& g) { return g.alpha_vec ? static_cast<const void*>(g.alpha_vec) : &g.alpha; }
 
 struct Blas {
   std::mutex mu;
@@ -91,7 +87,7 @@ cublasLtMatmulAlgo_t fastest(Blas& b, Plan& p, const Gemm& g, const cublasLtMatm
   if (g.bias) cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias));
   for (int i = 0; i < found; i++) {
     auto launch = [&]() {
-      return cublasLtMatmul(b.handle, p.desc, alpha_of(g), g.B, p.la, g.A, p.lb, &g.beta, d, p.lc, d, p.lc, &res[i].algo,
+      return cublasLtMatmul(b.handle, p.desc, &g.alpha, g.B, p.la, g.A, p.lb, &g.beta, d, p.lc, d, p.lc, &res[i].algo,
                             workspace, kWorkspace, st);
     };
     if (launch() != CUBLAS_STATUS_SUCCESS) continue;
@@ -118,8 +114,7 @@ cublasLtMatmulAlgo_t fastest(Blas& b, Plan& p, const Gemm& g, const cublasLtMatm
 Plan& plan_for(Blas& b, const Gemm& g, cudaStream_t on, void* workspace) {
   int beta_nz = g.beta != 0.f;
   PlanKey key{g.m, g.n, g.k, g.lda, g.ldb, g.ldc, g.ta, g.tb, int(g.ab), int(g.c), beta_nz, g.bias != nullptr,
-              alignment_of(g.A), alignment_of(g.B), std::min(alignment_of(g.C), g.bias ? alignment_of(g.bias) : 256),
-              g.alpha_vec != nullptr};
+              alignment_of(g.A), alignment_of(g.B), std::min(alignment_of(g.C), g.bias ? alignment_of(g.bias) : 256)};
   auto it = b.plans.find(key);
   if (it != b.plans.end()) return it->second;
   Plan p;
@@ -129,10 +124,6 @@ Plan& plan_for(Blas& b, const Gemm& g, cudaStream_t on, void* workspace) {
   cublasOperation_t opb = g.ta ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLAS B = our A
   LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)), "transa");
   LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)), "transb");
-  if (g.alpha_vec) {  // one alpha per row of cuBLAS's column-major D, i.e. per column of our C
-    cublasLtPointerMode_t pm = CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST;
-    LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof(pm)), "pointer mode");
-  }
   if (g.bias) {
     cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
     LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof(ep)), "epilogue");
@@ -163,11 +154,6 @@ Plan& plan_for(Blas& b, const Gemm& g, cudaStream_t on, void* workspace) {
     cublasLtMatrixLayoutDestroy(p.lb);
     cublasLtMatrixLayoutDestroy(p.lc);
     cublasLtMatmulDescDestroy(p.desc);
-    if (g.alpha_vec) {  // remembered, so the caller's other way is taken without asking again
-      Plan none{};
-      none.supported = false;
-      return b.plans.emplace(key, none).first->second;
-    }
     throw_state("cublasLt: no algorithm for a " + std::to_string(g.m) + "x" + std::to_string(g.n) + "x" +
                 std::to_string(g.k) + " " + dtype_name(g.ab) + " GEMM (status " + std::to_string(int(st)) + ")");
   }
@@ -178,16 +164,8 @@ Plan& plan_for(Blas& b, const Gemm& g, cudaStream_t on, void* workspace) {
 
 }  // namespace
 
-bool alpha_vectors_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("LORAKIT_CUDA_ALPHA_VECTOR");
-    return !(e && e[0] == '0');
-  }();
-  return on;
-}
-
-bool try_run(const Gemm& g) {
-  if (g.m == 0 || g.n == 0) return true;
+void run(const Gemm& g) {
+  if (g.m == 0 || g.n == 0) return;
   cudaStream_t st = stream();
   Blas& b = blas();
   std::lock_guard<std::mutex> lock(b.mu);
@@ -198,17 +176,11 @@ bool try_run(const Gemm& g) {
     throw_range("cuda gemm: empty reduction dimension");
   }
   Plan& p = plan_for(b, g, st, workspace);
-  if (!p.supported) return false;
   if (g.bias)
     LK_BLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias)), "bias");
-  LK_BLAS(cublasLtMatmul(b.handle, p.desc, alpha_of(g), g.B, p.la, g.A, p.lb, &g.beta, g.C, p.lc, g.C, p.lc, &p.algo,
+  LK_BLAS(cublasLtMatmul(b.handle, p.desc, &g.alpha, g.B, p.la, g.A, p.lb, &g.beta, g.C, p.lc, g.C, p.lc, &p.algo,
                          workspace, kWorkspace, st),
           "matmul");
-  return true;
-}
-
-void run(const Gemm& g) {
-  if (!try_run(g)) throw_state("cublasLt: no algorithm for a GEMM with a per-column alpha");
 }
 
 }  // namespace lt

@@ -30,9 +30,7 @@ namespace cuda {
 namespace {
 
 using lt::Gemm;
-using lt::alpha_vectors_enabled;
 using lt::run;
-using lt::try_run;
 
 // A device buffer released at scope exit (returned to the caching allocator).
 struct Scratch {
@@ -189,37 +187,7 @@ void linear_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorR
   // Two cuBLASLt GEMMs: y (+)= s·u·Bᵀ per adapter (bias on the first), then y (+)= x·Wᵀ; with
   // col_scale the bias joins the scale's pass over y instead.
   const void* gemm_bias = col_scale ? nullptr : b;
-  // With col_scale (DoRA) the scale rides in the GEMMs as cuBLASLt's per-column alpha, so y is
-  // written by them alone: y = (s·k)⊙(u·Bᵀ) + bias, then y += k⊙(x·Wᵀ). False (y then rewritten
-  // the other way) where cuBLASLt has no algorithm for that pointer mode.
-  auto scaled_gemms = [&](void* out) {
-    if (in == 0 || !alpha_vectors_enabled()) return false;
-    std::vector<Scratch> sk(terms.size());
-    bool have_y = false;
-    for (size_t i = 0; i < terms.size(); i++) {
-      const auto& t = terms[i];
-      new (&sk[i]) Scratch(size_t(outf) * sizeof(float));
-      LK_CUDA(cudaMemcpyAsync(sk[i].p, col_scale, size_t(outf) * sizeof(float), cudaMemcpyDeviceToDevice, stream()), "cudaMemcpyAsync");
-      TensorRef v;
-      v.data = sk[i].p;
-      v.shape = {outf};
-      scale_inplace(v, t.scale);
-      Scratch su, sb;
-      const void* u = as_dtype(t.u, dt, su);
-      const void* Bp = as_dtype(t.B, dt, sb);
-      Gemm g{n, outf, t.B.dim(1), u, t.B.dim(1), false, Bp, t.B.dim(1), true, out, outf, dt, dt, 1.f, have_y ? 1.f : 0.f,
-             have_y ? nullptr : b};
-      g.alpha_vec = static_cast<const float*>(sk[i].p);
-      if (!try_run(g)) return false;
-      have_y = true;
-    }
-    Gemm g{n, outf, in, x.data, in, false, W.data, fifo ? outf : in, !fifo, out, outf, dt, dt, 1.f, have_y ? 1.f : 0.f,
-           have_y ? nullptr : b};
-    g.alpha_vec = col_scale;
-    return try_run(g);
-  };
   auto two_gemms = [&](void* out) {
-    if (col_scale && scaled_gemms(out)) return;
     bool have_y = false;
     for (const auto& t : terms) {
       int64_t r = t.B.dim(1);
