@@ -11,13 +11,11 @@
 // cached, so repeated calls in a process use the same one: results are run-to-run deterministic
 // (cuBLASLt's reductions for a fixed algorithm are deterministic). Another process may time the
 // candidates differently and pick another algorithm.
-#include <cublasLt.h>
 #include <cstdlib>
 #include <functional>
 #include <string>
 #include <map>
 #include <mutex>
-#include <tuple>
 #include "common.cuh"
 #include "cublaslt_gemm.h"
 #include "device_buffer.h"
