@@ -44,15 +44,18 @@ using QuantGemvFn = void (*)(const QuantWeight& W, const void* x, int64_t n, int
 //           even-indexed values, then its 16 odd-indexed ones;
 //  Nibbles: nf4/fp4 read as 32-bit words shifted by 4·s: in each chunk of 8·lanes values, slot
 //           s·lanes + k holds value 8k + (s ^ 1) (nibble s of word k; the high nibble comes first);
-//  Words64: nf4/fp4 as 16-bit words, one per byte (vdpbf16ps pairs): in each chunk of 64 values,
-//           the 32 odd-indexed ones (low nibbles), then the 32 even-indexed ones;
+//  Words128: nf4/fp4 read as 16-bit words of four values (vdpbf16ps pairs): in each chunk of 128
+//           values, slot 32·s + k holds value 4k + (s ^ 1) (nibble s of word k; the high nibble of
+//           each byte comes first); a trailing 64 values: the 32 odd-indexed ones (low nibbles of
+//           bytes widened to words), then the 32 even-indexed ones;
 //  Q4Words64: q4_0, two blocks (b = 0, 1) of 32 per chunk of 64 values as 16-bit words: slots
 //           16b + k hold the blocks' values k < 16 (low nibbles), slots 32 + 16b + k values 16 + k.
-enum class GemvXOrder { Natural, Pairs32, Nibbles, Words64, Q4Words64 };
+enum class GemvXOrder { Natural, Pairs32, Nibbles, Words128, Q4Words64 };
 struct QuantGemv {
   QuantGemvFn fn = nullptr;  // null: the path has no kernel for the format (and rounding)
   GemvXOrder order = GemvXOrder::Natural;
   int64_t lanes = 0;    // Nibbles: f32 lanes per vector (8: the AVX2 kernel)
+  int64_t cols = 0;     // Words128: the row length (where the trailing 64 values start)
   bool x_bf16 = false;  // x arranged as bf16 bits (the vdpbf16ps kernels), else f32
 };
 // Where value k of a row of x goes in the arranged row.
@@ -63,7 +66,11 @@ inline int64_t gemv_x_slot(const QuantGemv& g, int64_t k) {
       const int64_t chunk = 8 * g.lanes, in = k % chunk;
       return k - in + ((in & 7) ^ 1) * g.lanes + in / 8;
     }
-    case GemvXOrder::Words64: return (k & ~int64_t(63)) + ((k & 1) ? 0 : 32) + ((k & 63) >> 1);
+    case GemvXOrder::Words128: {
+      const int64_t in = k & 127, base = k - in;
+      if (base + 128 > g.cols) return (k & ~int64_t(63)) + ((k & 1) ? 0 : 32) + ((k & 63) >> 1);  // trailing 64
+      return base + 32 * ((in & 3) ^ 1) + (in >> 2);
+    }
     case GemvXOrder::Q4Words64: {
       const int64_t in = k & 63, b = in >> 5, v = in & 31;
       return (k & ~int64_t(63)) + (v < 16 ? 16 * b + v : 32 + 16 * b + v - 16);

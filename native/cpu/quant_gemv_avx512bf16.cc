@@ -5,15 +5,13 @@
 // summed in f32; like the avx512bf16 GEMM it reads bf16 denormals as zero. Each block's scaled
 // table (bnb code × absmax, or ggml's (q − 8)·d: the f32 products of the scalar decoder) is rounded
 // to nearest-even bf16 by vcvtne2ps2bf16 into 32 words that vpermw indexes with 5 bits:
-//  nf4 / fp4 (blocks of ≥ 64): 32 bytes (64 values) widened to 32 words; the table is doubled, so
-//    index bit 4 (the high nibble's low bit) selects nothing: the words look up their low nibbles
-//    as they are and their high nibbles shifted right by 4 (x in GemvXOrder::Words64);
+//  nf4 / fp4 (blocks of ≥ 64): 64 bytes (128 values) as 32 words, four nibbles each looked up in
+//    turn, index bit 4 the word's half, the table's halves two blocks (x in GemvXOrder::Words128);
 //  q4_0 (rows of a multiple of 64 values, CPUs with VBMI too): two blocks' 16 bytes side by side,
 //    the table's halves the two blocks' tables, index bit 4 set to the block (x in
 //    GemvXOrder::Q4Words64); the d of 8 blocks converted together (quant_gemv_q4_scales.h).
-// Per 64 values: one widening load, a shift, two vpermw and 2·n vdpbf16ps (the f32-activation
-// kernel needs four vpermps, two index steps and 4·n FMAs). R rows advance together as separate
-// read streams (gemv_row_streams).
+// Per 64 values: two vpermw and 2·n vdpbf16ps (the f32-activation kernel needs four vpermps, two
+// index steps and 4·n FMAs). R rows advance together as separate read streams (gemv_row_streams).
 // Formats: core/quant_formats.h (bnb functional.quantize_4bit, ggml-common.h block_q4_0).
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -57,7 +55,14 @@ LK_B inline void store_rows(__m512 (&acc)[R][2 * NT], float* y, int64_t S, int64
     for (int i = 0; i < NT; i++) y[r * S + i * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][2 * i], acc[r][2 * i + 1]));
 }
 
-// nf4 / fp4: R rows from j (stride S), their absmax reconstructed first with double quant.
+// nf4 / fp4: R rows from j (stride S), their absmax reconstructed first with double quant. Chunks
+// of 128 values: one 64-byte load read as 32 words, each word's four nibbles looked up in turn by
+// vpermw after a shift (no widening), with index bit 4 set to the word's half (words 16..31 hold
+// the second 64 values), so that the table's halves can be two blocks of 64: per 128 values one
+// load, three shifts, four index masks, four vpermw, 2 scale multiplies, one conversion and 4·n
+// vdpbf16ps (the 64-value chunk needed a widening per 64 values and a table per block: 1.74 against
+// 1.17 ns per 64 weights in L2, one thread). A trailing 64 (cols ≡ 64 mod 128, blocks of 64) is
+// widened as before (x in GemvXOrder::Words128).
 template <int NT>
 struct Nf4Rows {
   const QuantWeight& W;
@@ -67,36 +72,71 @@ struct Nf4Rows {
   float* y;
   int64_t ldy;
   std::vector<float>& amax;
+  // Four accumulators per row and token with one token (the chains of vdpbf16ps are long), two with more.
+  static constexpr int kAcc = NT == 1 ? 4 : 2;
   template <int R>
   LK_B void rows(int64_t j, int64_t S) {
     const QuantSpec& s = W.spec;
-    const int64_t cols = s.cols, chunks = cols / 64, cpb = s.block / 64;
+    const int64_t cols = s.cols, pairs = cols / 128, bpc = s.block / 64;  // blocks of 64 values: 1 per 64
     const uint8_t* row[R];
     const float* a[R];
     nf4_stream_rows<R>(W, L, j, S, amax, row, a);
-    __m512 acc[R][2 * NT];
+    __m512 acc[R][kAcc * NT];
     for (int r = 0; r < R; r++)
-      for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
-    // One flat loop over the chunks (a loop per block cost a dozen scalar instructions per block
-    // of 64 values); the tables change where a block starts.
-    const int64_t shift = __builtin_ctzll(static_cast<uint64_t>(cpb));
+      for (int i = 0; i < kAcc * NT; i++) acc[r][i] = _mm512_setzero_ps();
+    const __m512i m15 = _mm512_set1_epi16(15);
+    const __m512i half = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(16), 1);
+    // Block of value 128·c: c·2/bpc (blocks of ≥ 128 values cover both halves: the table is doubled).
+    const int64_t shift = __builtin_ctzll(static_cast<uint64_t>(bpc));
     __m512i t[R];
-    for (int64_t c = 0; c < chunks; c++) {
-      if ((c & (cpb - 1)) == 0)
+    for (int64_t c = 0; c < pairs; c++) {
+      if (bpc == 1) {
+        for (int r = 0; r < R; r++)
+          t[r] = bf16_words(_mm512_mul_ps(code, _mm512_set1_ps(a[r][2 * c])), _mm512_mul_ps(code, _mm512_set1_ps(a[r][2 * c + 1])));
+      } else if (((2 * c) & (bpc - 1)) == 0) {
         for (int r = 0; r < R; r++) {
-          const __m512 f = _mm512_mul_ps(code, _mm512_set1_ps(a[r][c >> shift]));
+          const __m512 f = _mm512_mul_ps(code, _mm512_set1_ps(a[r][(2 * c) >> shift]));
           t[r] = bf16_words(f, f);
         }
+      }
+      const uint16_t* xc = x + 128 * c;
+      for (int r = 0; r < R; r++) {
+        _mm_prefetch(reinterpret_cast<const char*>(row[r] + 64 * c) + kGemvPrefetchBytes, _MM_HINT_T0);
+        const __m512i v = _mm512_loadu_si512(row[r] + 64 * c);
+        __m512i w[4];
+        w[0] = _mm512_permutexvar_epi16(_mm512_ternarylogic_epi32(half, v, m15, 0xF8), t[r]);  // half | (v & 15)
+        w[1] = _mm512_permutexvar_epi16(_mm512_ternarylogic_epi32(half, _mm512_srli_epi16(v, 4), m15, 0xF8), t[r]);
+        w[2] = _mm512_permutexvar_epi16(_mm512_ternarylogic_epi32(half, _mm512_srli_epi16(v, 8), m15, 0xF8), t[r]);
+        w[3] = _mm512_permutexvar_epi16(_mm512_or_si512(half, _mm512_srli_epi16(v, 12)), t[r]);
+        for (int i = 0; i < NT; i++)
+          for (int q = 0; q < 4; q++) {
+            __m512& ac = acc[r][kAcc * i + q % kAcc];
+            ac = dot2(ac, w[q], xc + i * cols + 32 * q);
+          }
+      }
+    }
+    if (cols % 128) {  // blocks of 64: the last block, widened to words
+      const int64_t c = cols / 64 - 1;
       __m512i w[R][2];
       for (int r = 0; r < R; r++) {
-        if ((c & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(row[r] + 32 * c) + kGemvPrefetchBytes, _MM_HINT_T0);
+        const __m512 f = _mm512_mul_ps(code, _mm512_set1_ps(a[r][c]));
+        const __m512i tl = bf16_words(f, f);
         const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[r] + 32 * c)));
-        w[r][0] = _mm512_permutexvar_epi16(v, t[r]);                         // low nibbles: odd values
-        w[r][1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t[r]);  // high nibbles: even values
+        w[r][0] = _mm512_permutexvar_epi16(v, tl);                         // low nibbles: odd values
+        w[r][1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), tl);  // high nibbles: even values
       }
-      dot_chunk<NT, R>(w, x + 64 * c, cols, acc);
+      for (int r = 0; r < R; r++)
+        for (int i = 0; i < NT; i++) {
+          acc[r][kAcc * i] = dot2(acc[r][kAcc * i], w[r][0], x + 64 * c + i * cols);
+          acc[r][kAcc * i + 1] = dot2(acc[r][kAcc * i + 1], w[r][1], x + 64 * c + i * cols + 32);
+        }
     }
-    store_rows<NT, R>(acc, y + j, S, ldy);
+    for (int r = 0; r < R; r++)
+      for (int i = 0; i < NT; i++) {
+        __m512 sum = _mm512_add_ps(acc[r][kAcc * i], acc[r][kAcc * i + 1]);
+        if (kAcc == 4) sum = _mm512_add_ps(sum, _mm512_add_ps(acc[r][kAcc * i + 2], acc[r][kAcc * i + 3]));
+        y[j + r * S + i * ldy] = _mm512_reduce_add_ps(sum);
+      }
   }
 };
 
@@ -184,7 +224,8 @@ QuantGemv quant_gemv_avx512bf16(const QuantSpec& s) {
   if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512bf16"))
     return g;
   if ((s.format == QuantFormat::NF4 || s.format == QuantFormat::FP4) && s.block >= 64) {
-    g.order = GemvXOrder::Words64;
+    g.order = GemvXOrder::Words128;
+    g.cols = s.cols;
   } else if (s.format == QuantFormat::Q4_0 && s.cols % 64 == 0 && __builtin_cpu_supports("avx512vbmi")) {
     g.order = GemvXOrder::Q4Words64;
   } else {
