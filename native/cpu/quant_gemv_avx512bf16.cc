@@ -72,8 +72,6 @@ struct Nf4Rows {
   float* y;
   int64_t ldy;
   std::vector<float>& amax;
-  // Four accumulators per row and token with one token (the chains of vdpbf16ps are long), two with more.
-  static constexpr int kAcc = NT == 1 ? 4 : 2;
   template <int R>
   LK_B void rows(int64_t j, int64_t S) {
     const QuantSpec& s = W.spec;
@@ -81,9 +79,9 @@ struct Nf4Rows {
     const uint8_t* row[R];
     const float* a[R];
     nf4_stream_rows<R>(W, L, j, S, amax, row, a);
-    __m512 acc[R][kAcc * NT];
+    __m512 acc[R][2 * NT];
     for (int r = 0; r < R; r++)
-      for (int i = 0; i < kAcc * NT; i++) acc[r][i] = _mm512_setzero_ps();
+      for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
     const __m512i m15 = _mm512_set1_epi16(15);
     const __m512i half = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(16), 1);
     // Block of value 128·c: c·2/bpc (blocks of ≥ 128 values cover both halves: the table is doubled).
@@ -110,7 +108,7 @@ struct Nf4Rows {
         w[3] = _mm512_permutexvar_epi16(_mm512_or_si512(half, _mm512_srli_epi16(v, 12)), t[r]);
         for (int i = 0; i < NT; i++)
           for (int q = 0; q < 4; q++) {
-            __m512& ac = acc[r][kAcc * i + q % kAcc];
+            __m512& ac = acc[r][2 * i + (q & 1)];
             ac = dot2(ac, w[q], xc + i * cols + 32 * q);
           }
       }
@@ -127,16 +125,11 @@ struct Nf4Rows {
       }
       for (int r = 0; r < R; r++)
         for (int i = 0; i < NT; i++) {
-          acc[r][kAcc * i] = dot2(acc[r][kAcc * i], w[r][0], x + 64 * c + i * cols);
-          acc[r][kAcc * i + 1] = dot2(acc[r][kAcc * i + 1], w[r][1], x + 64 * c + i * cols + 32);
+          acc[r][2 * i] = dot2(acc[r][2 * i], w[r][0], x + 64 * c + i * cols);
+          acc[r][2 * i + 1] = dot2(acc[r][2 * i + 1], w[r][1], x + 64 * c + i * cols + 32);
         }
     }
-    for (int r = 0; r < R; r++)
-      for (int i = 0; i < NT; i++) {
-        __m512 sum = _mm512_add_ps(acc[r][kAcc * i], acc[r][kAcc * i + 1]);
-        if (kAcc == 4) sum = _mm512_add_ps(sum, _mm512_add_ps(acc[r][kAcc * i + 2], acc[r][kAcc * i + 3]));
-        y[j + r * S + i * ldy] = _mm512_reduce_add_ps(sum);
-      }
+    store_rows<NT, R>(acc, y + j, S, ldy);
   }
 };
 
