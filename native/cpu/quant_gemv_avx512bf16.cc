@@ -75,7 +75,7 @@ struct Nf4Rows {
   template <int R>
   LK_B void rows(int64_t j, int64_t S) {
     const QuantSpec& s = W.spec;
-    const int64_t cols = s.cols, pairs = cols / 128, bpc = s.block / 64;  // blocks of 64 values: 1 per 64
+    const int64_t cols = s.cols, pairs = cols / 128, bpc = s.block / 64;  // bpc: 64-value halves per block
     const uint8_t* row[R];
     const float* a[R];
     nf4_stream_rows<R>(W, L, j, S, amax, row, a);
@@ -123,11 +123,7 @@ struct Nf4Rows {
         w[r][0] = _mm512_permutexvar_epi16(v, tl);                         // low nibbles: odd values
         w[r][1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), tl);  // high nibbles: even values
       }
-      for (int r = 0; r < R; r++)
-        for (int i = 0; i < NT; i++) {
-          acc[r][2 * i] = dot2(acc[r][2 * i], w[r][0], x + 64 * c + i * cols);
-          acc[r][2 * i + 1] = dot2(acc[r][2 * i + 1], w[r][1], x + 64 * c + i * cols + 32);
-        }
+      dot_chunk<NT, R>(w, x + 64 * c, cols, acc);
     }
     store_rows<NT, R>(acc, y + j, S, ldy);
   }
