@@ -3,6 +3,7 @@
 # the base, B = the candidate) in parallel, runs B's GPU tests, then each benchmark command in A and
 # in B alternately (ABAB), so both sides share the card, its clocks and the call. Logs go to OUT.
 #   bash .gpu-b/bench/gpu_ab.sh OUT .gpu-a .gpu-b 'node bench/x.js' 'LORAKIT_Y=1 node bench/y.js' ...
+# A command written 'once: CMD' runs one round (A then B) instead of two (profilers).
 # With AB_DRY=1 nothing is built or run (the commands are echoed): check the script here first.
 # Builds are waited on by pid: a bare `wait` would also wait for the tee below (bash >= 5.1).
 set -uo pipefail
@@ -36,7 +37,9 @@ on "$b" "LORAKIT_GOLDEN=\$PWD/golden timeout 150 node --test --test-concurrency=
 grep -E '^# (tests|pass|fail)' "$out/test-gpu-B.txt" 2>/dev/null
 grep -B2 -A12 '^not ok' "$out/test-gpu-B.txt" 2>/dev/null | head -60
 for cmd in "$@"; do
-  for round in 1 2; do
+  rounds="1 2"
+  case $cmd in once:*) cmd=${cmd#once:}; rounds=1 ;; esac
+  for round in $rounds; do
     for side in "$a" "$b"; do
       stamp "round $round, $(basename "$side"): $cmd"
       on "$side" "timeout 120 env $cmd"
