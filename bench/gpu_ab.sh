@@ -3,6 +3,7 @@
 # the base, B = the candidate) in parallel, runs B's GPU tests, then each benchmark command in A and
 # in B alternately (ABAB), so both sides share the card, its clocks and the call. Logs go to OUT.
 #   bash .gpu-b/bench/gpu_ab.sh OUT .gpu-a .gpu-b 'node bench/x.js' 'LORAKIT_Y=1 node bench/y.js' ...
+# AB_TESTS: the test files to run in B (default test-gpu/, all of them).
 # A command written 'once: CMD' runs one round (A then B) instead of two (profilers).
 # With AB_DRY=1 nothing is built or run (the commands are echoed): check the script here first.
 # Builds are waited on by pid: a bare `wait` would also wait for the tee below (bash >= 5.1).
@@ -33,7 +34,7 @@ stamp "builds done (rc $rc)"
 tail -n 5 "$out"/build-*.log
 [ "$rc" = 0 ] || exit 1
 stamp "tests in B"
-on "$b" "LORAKIT_GOLDEN=\$PWD/golden timeout 150 node --test --test-concurrency=1 test-gpu/ > '$out/test-gpu-B.txt' 2>&1; echo test-gpu rc \$?"
+on "$b" "LORAKIT_GOLDEN=\$PWD/golden timeout 150 node --test --test-concurrency=1 ${AB_TESTS:-test-gpu/} > '$out/test-gpu-B.txt' 2>&1; echo test-gpu rc \$?"
 grep -E '^# (tests|pass|fail)' "$out/test-gpu-B.txt" 2>/dev/null
 grep -B2 -A12 '^not ok' "$out/test-gpu-B.txt" 2>/dev/null | head -60
 for cmd in "$@"; do
