@@ -13,12 +13,18 @@
 // fit is left unwritten and marked deferred, and the pass that reruns it (Final true) writes its
 // streams straight into the records. The first pass's last block publishes the totals to mapped
 // host memory (the host's one wait: it sizes the records).
+// Staged unmerge (UndoOnly; opt-in by LORAKIT_EXACT_STAGE=1 until it is measured on a GPU): an
+// unmerge's segment streams (their first kStageBytes, which hold nearly all of them) are copied
+// into shared memory by cp.async as soon as their offsets arrive, while the delta is computed, so
+// the decode reads no global memory (it waits on two or three dependent global loads per row, one
+// row after another, otherwise).
 #pragma once
 #include <cstdint>
 #include <cstring>
 #include "../core/exact_format.h"
 #include "common.cuh"
 #include "exact_codec.cuh"
+#include "mma.cuh"
 
 namespace lorakit {
 namespace cuda {
@@ -29,6 +35,7 @@ constexpr int kSlot = 96;  // bytes of staging per segment and merge step (3 bit
 constexpr int kWarps = 8, kThreads = kWarps * 32;
 constexpr int kRowsPerWarp = 4;
 constexpr int kBand = kWarps * kRowsPerWarp;  // rows per block
+constexpr int kStageBytes = 128;  // staged bytes of an unmerge segment's stream (longer ones are read in place)
 
 struct DevStep {
   const float* P;  // [rows + 4, r] = scale·(B, or Aᵀ with fan_in_fan_out); 4 rows of padding
@@ -139,7 +146,8 @@ __device__ __forceinline__ bool header_ok(const DevStep& st, int64_t rows, int64
 // pass (Final true): the segments marked in `deferred`.
 // MinBlocks: resident blocks per SM the registers are capped for (2: 128 registers, some spills;
 // 1: ~170 registers, none; LORAKIT_EXACT_MIN_BLOCKS picks the first pass's, for measurements).
-template <DType D, bool Final, int MinBlocks>
+// UndoOnly: the staged unmerge (a chain of undo steps only, first pass; no merge code compiled).
+template <DType D, bool Final, int MinBlocks, bool UndoOnly = false>
 __global__ void __launch_bounds__(kThreads, MinBlocks)
     chain_kernel(typename Lane<D>::U* W, int64_t rows, int64_t cols, Chain ch, uint8_t* deferred, Ctl* ctl, Report* rep,
                  unsigned seq, unsigned* sticky) {
@@ -150,6 +158,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
   __shared__ uint32_t enc[kWarps][kStage];
   __shared__ __align__(16) int8_t cs[kWarps][exact::kSeg];
   __shared__ uint32_t rs[kWarps][exact::kSeg];
+  __shared__ __align__(16) uint32_t stg[UndoOnly ? kWarps : 1][kRowsPerWarp][kStageBytes / 4];
   __shared__ unsigned sh_total[kMaxSteps], sh_def, sh_bad;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (threadIdx.x < kMaxSteps) sh_total[threadIdx.x] = 0;
@@ -197,10 +206,30 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
       const DevStep& st = ch.s[s];
       // An undo step's segment offsets for the 4 rows (lane 2·rr: the start, 2·rr + 1: the end),
       // loaded before the delta so their latency hides behind it.
+      const bool undo = UndoOnly || st.undo;
       uint32_t offv = 0;
-      if (st.undo && lane < 2 * R && i0 + lane / 2 < rows) offv = st.offsets[(i0 + lane / 2) * spr + g + (lane & 1)];
+      if (undo && lane < 2 * R && i0 + lane / 2 < rows) offv = st.offsets[(i0 + lane / 2) * spr + g + (lane & 1)];
+      unsigned staged = 0;  // rows whose stream is in stg (warp-uniform)
+      if (UndoOnly) {
+        const uint64_t stream_bytes = st.record_bytes - (st.stream - st.record);
+        const bool aligned = (reinterpret_cast<uintptr_t>(st.stream) & 3u) == 0;
+        __syncwarp();  // the previous step's decodes are done with stg
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) {
+          const uint32_t at = __shfl_sync(exactc::kFull, offv, 2 * rr), end = __shfl_sync(exactc::kFull, offv, 2 * rr + 1);
+          const uint32_t w0 = at / 4, w1 = static_cast<uint32_t>((uint64_t(end) + 3) / 4);
+          if (((act >> rr) & 1) && aligned && at < end && uint64_t(w1) * 4 <= stream_bytes && w1 - w0 <= uint32_t(kStageBytes / 4)) {
+            staged |= 1u << rr;
+            if (uint32_t(lane) < w1 - w0) cp_async4(&stg[UndoOnly ? warp : 0][rr][lane], st.stream + 4 * (uint64_t(w0) + lane));
+          }
+        }
+      }
       float d[R][8];
       delta_rows(st, i0, cols, j, vec_q, d);
+      if (staged) {
+        cp_async_wait_all();
+        __syncwarp();  // every lane's words have landed
+      }
       const bool dora = st.k != nullptr;
       // One copy of the row body (not unrolled: the kernel's code stays small enough for the
       // instruction cache); row rr is in slot 0 of d and xw, which rotate after each row.
@@ -210,21 +239,23 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
           const int64_t i = i0 + rr, seg = i * spr + g;
           // DoRA's k of element e (loaded where used: no registers held for plain LoRA)
           auto kk = [&](int e) { return !dora ? 1.f : st.k_per_col ? (j + e < cols ? __ldg(st.k + j + e) : 1.f) : __ldg(st.k + i); };
-          if (st.undo) {
+          if (undo) {
             int8_t c[8];
             uint32_t raw[8];
             const uint32_t at = __shfl_sync(exactc::kFull, offv, 2 * rr), end = __shfl_sync(exactc::kFull, offv, 2 * rr + 1);
             const uint64_t stream_bytes = st.record_bytes - (st.stream - st.record);
             const bool ok = at <= end && end <= stream_bytes && end - at <= uint32_t(exact::kMaxSegmentBytes);
             if (!ok) bad = true;
-            exactc::warp_decode<D>(st.stream + at, ok ? static_cast<int>(end - at) : 0, len, lane, c, raw, cs[warp], rs[warp], &bad);
+            const uint8_t* src =
+                (staged >> rr) & 1 ? reinterpret_cast<const uint8_t*>(stg[UndoOnly ? warp : 0][rr]) + (at & 3u) : st.stream + at;
+            exactc::warp_decode<D>(src, ok ? static_cast<int>(end - at) : 0, len, lane, c, raw, cs[warp], rs[warp], &bad);
 #pragma unroll
             for (int e = 0; e < 8; e++) {
               const float v = L::widen(L::get(xw[0], e)), de = d[0][e];
               const uint32_t Rb = L::narrow(dora ? __fsub_rn(__fdiv_rn(v, kk(e)), de) : __fsub_rn(v, de));
               L::set(xw[0], e, c[e] == exact::kRaw ? raw[e] : c[e] ? exact::corrected<D>(Rb, c[e]) : Rb);
             }
-          } else {
+          } else if constexpr (!UndoOnly) {
             uint32_t aw[XW];
 #pragma unroll
             for (int w = 0; w < XW; w++) aw[w] = 0;

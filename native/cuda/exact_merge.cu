@@ -318,6 +318,15 @@ struct Trace {
   }
 };
 
+// LORAKIT_EXACT_STAGE=1: unmerges run the staged kernel (exact_chain.cuh), opt-in until measured.
+bool staged_unmerge() {
+  static const bool v = [] {
+    const char* e = std::getenv("LORAKIT_EXACT_STAGE");
+    return e && std::string(e) == "1";
+  }();
+  return v;
+}
+
 int first_pass_min_blocks() {
   static const int v = [] {
     const char* e = std::getenv("LORAKIT_EXACT_MIN_BLOCKS");
@@ -333,7 +342,9 @@ void launch_chain(bool final_pass, void* W, int64_t rows, int64_t cols, const Ch
   const dim3 grid(static_cast<unsigned>((rows + exactk::kBand - 1) / exactk::kBand), static_cast<unsigned>(exact::segments_per_row(cols)));
   U* w = static_cast<U*>(W);
   constexpr int T = exactk::kThreads;
-  if (final_pass)
+  if (!final_pass && ch.merges == 0 && staged_unmerge())
+    exactk::chain_kernel<D, false, 2, true><<<grid, T, 0, stream()>>>(w, rows, cols, ch, deferred, ctl, rep, seq, sticky);
+  else if (final_pass)
     exactk::chain_kernel<D, true, 2><<<grid, T, 0, stream()>>>(w, rows, cols, ch, deferred, nullptr, nullptr, 0, sticky);
   else if (first_pass_min_blocks() == 1)
     exactk::chain_kernel<D, false, 1><<<grid, T, 0, stream()>>>(w, rows, cols, ch, deferred, ctl, rep, seq, sticky);

@@ -1,6 +1,6 @@
 // Ampere-style tensor-core and async-copy building blocks shared by the mma.sync kernels
-// (decode_tc.cu, merge.cu, lora_grad.cu): the m16n8k16 MMA with f32 accumulators, and 16-byte
-// cp.async copies into shared memory.
+// (decode_tc.cu, merge.cu, lora_grad.cu; exact_chain.cuh's staged unmerge): the m16n8k16 MMA
+// with f32 accumulators, and cp.async copies (16 and 4 bytes) into shared memory.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -35,6 +35,11 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) 
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 16 : 0)
                : "memory");
 }
+// 4 bytes global → shared (through L1: neighbouring lanes' words share sectors); src 4-byte aligned.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
