@@ -209,8 +209,10 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
       const bool undo = UndoOnly || st.undo;
       uint32_t offv = 0;
       if (undo && lane < 2 * R && i0 + lane / 2 < rows) offv = st.offsets[(i0 + lane / 2) * spr + g + (lane & 1)];
-      unsigned staged = 0;  // rows whose stream is in stg (warp-uniform)
+      uint32_t(&stg_w)[kRowsPerWarp][kStageBytes / 4] = stg[UndoOnly ? warp : 0];  // this warp's staging
+      unsigned staged = 0;  // rows whose stream is in stg_w (warp-uniform)
       if (UndoOnly) {
+        // (the row loop computes it again: held across the delta, it cost the merge pass spills)
         const uint64_t stream_bytes = st.record_bytes - (st.stream - st.record);
         const bool aligned = (reinterpret_cast<uintptr_t>(st.stream) & 3u) == 0;
         __syncwarp();  // the previous step's decodes are done with stg
@@ -220,7 +222,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
           const uint32_t w0 = at / 4, w1 = static_cast<uint32_t>((uint64_t(end) + 3) / 4);
           if (((act >> rr) & 1) && aligned && at < end && uint64_t(w1) * 4 <= stream_bytes && w1 - w0 <= uint32_t(kStageBytes / 4)) {
             staged |= 1u << rr;
-            if (uint32_t(lane) < w1 - w0) cp_async4(&stg[UndoOnly ? warp : 0][rr][lane], st.stream + 4 * (uint64_t(w0) + lane));
+            if (uint32_t(lane) < w1 - w0) cp_async4(&stg_w[rr][lane], st.stream + 4 * (uint64_t(w0) + lane));
           }
         }
       }
@@ -246,8 +248,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
             const uint64_t stream_bytes = st.record_bytes - (st.stream - st.record);
             const bool ok = at <= end && end <= stream_bytes && end - at <= uint32_t(exact::kMaxSegmentBytes);
             if (!ok) bad = true;
-            const uint8_t* src =
-                (staged >> rr) & 1 ? reinterpret_cast<const uint8_t*>(stg[UndoOnly ? warp : 0][rr]) + (at & 3u) : st.stream + at;
+            const uint8_t* src = (staged >> rr) & 1 ? reinterpret_cast<const uint8_t*>(stg_w[rr]) + (at & 3u) : st.stream + at;
             exactc::warp_decode<D>(src, ok ? static_cast<int>(end - at) : 0, len, lane, c, raw, cs[warp], rs[warp], &bad);
 #pragma unroll
             for (int e = 0; e < 8; e++) {
