@@ -1,5 +1,6 @@
 // Seeded benchmark inputs for the GPU benchmarks: uniform values in [-scale, scale) from xorshift,
-// and 16-bit (bf16 unless asked) device tensors made from them.
+// 16-bit (bf16 unless asked) device tensors made from them, and the adapter scale that sets a
+// layer's ‖ΔW‖/‖W‖.
 'use strict';
 const { Tensor } = require('../dist');
 
@@ -15,4 +16,18 @@ function randn(n, seed, scale) {
 
 const dev = (data, shape, dtype = 'bf16') => Tensor.from(data, shape, { dtype, device: 'cuda' });
 
-module.exports = { randn, dev };
+function sumSq(a) {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i] * a[i];
+  return s;
+}
+
+/** The scale that makes adapter `name`'s ‖ΔW‖ equal rel·‖W‖ (wSumSq = ‖W‖², from sumSq). */
+function scaleForRelDelta(layer, name, wSumSq, rel) {
+  const d = layer.getDeltaWeight(name);
+  const dd = sumSq(d.toFloat32Array());
+  d.dispose();
+  return rel / Math.sqrt(dd / wSumSq);
+}
+
+module.exports = { randn, dev, sumSq, scaleForRelDelta };

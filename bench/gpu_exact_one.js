@@ -3,18 +3,14 @@
 // kernel profiler: ncu --kernel-name regex:chain_kernel node bench/gpu_exact_one.js [dtype] [d_out]
 'use strict';
 const { Tensor, LoraLinear, cuda } = require('../dist');
-const { randn } = require('./gpu_data');
+const { randn, sumSq, scaleForRelDelta } = require('./gpu_data');
 
 const dtype = process.argv[2] || 'bf16';
 const dOut = Number(process.argv[3] || 4096);
 const w = randn(dOut * 4096, 7, 0.02);
 const layer = new LoraLinear({ weight: Tensor.from(w, [dOut, 4096], { dtype, device: 'cuda' }) });
 layer.addAdapter('a', { r: 16, loraAlpha: 16, dtype, initLoraWeights: false, seed: 31 });
-const dv = layer.getDeltaWeight('a').toFloat32Array();
-let dd = 0, ww = 0;
-for (let i = 0; i < dv.length; i++) dd += dv[i] * dv[i];
-for (let i = 0; i < w.length; i++) ww += w[i] * w[i];
-layer.setScale('a', 0.05 / Math.sqrt(dd / ww));
+layer.setScale('a', scaleForRelDelta(layer, 'a', sumSq(w), 0.05));
 for (let k = 0; k < 3; k++) {
   layer.merge({ adapterNames: ['a'] });
   layer.unmerge();

@@ -11,7 +11,7 @@ const path = require('path');
 const { performance } = require('perf_hooks');
 const lk = require('../dist');
 const { Tensor, LoraLinear, cuda, kernels } = lk;
-const { randn } = require('./gpu_data');
+const { randn, sumSq, scaleForRelDelta } = require('./gpu_data');
 
 const args = process.argv.slice(2);
 const opt = (name, def) => (args.includes(name) ? args[args.indexOf(name) + 1] : def);
@@ -38,18 +38,14 @@ function hostOne(fn) {
 const rows = [];
 for (const dOut of douts) {
   const w = randn(dOut * D_IN, 7, 0.02);
-  let ww = 0;
-  for (let i = 0; i < w.length; i++) ww += w[i] * w[i];
+  const ww = sumSq(w);
   for (const dtype of dtypes) {
     const res0 = {};
     const Ws = Array.from({ length: SETS }, () => Tensor.from(w, [dOut, D_IN], { dtype, device: 'cuda' }));
     const layers = Ws.map((W) => new LoraLinear({ weight: W }));
     for (const [name, seed] of [['a', 31], ['b', 32]]) {
       layers.forEach((l) => l.addAdapter(name, { r: R, loraAlpha: R, dtype, initLoraWeights: false, seed }));
-      const dv = layers[0].getDeltaWeight(name).toFloat32Array();
-      let dd = 0;
-      for (let i = 0; i < dv.length; i++) dd += dv[i] * dv[i];
-      res0[name] = 0.05 / Math.sqrt(dd / ww);  // printed: a non-finite or zero ‖ΔW‖ would show here
+      res0[name] = scaleForRelDelta(layers[0], name, ww, 0.05);  // printed: a non-finite or zero ‖ΔW‖ would show here
       layers.forEach((l) => l.setScale(name, res0[name]));
     }
     const ads = layers.map((l) => ({ loraA: l.loraA.get('a'), loraB: l.loraB.get('a'), scaling: l.scaling.get('a') }));
