@@ -97,9 +97,9 @@ for (const dOut of douts) {
   }
 }
 const info = lk.backendInfo();
-console.log(`# ${info.cudaDevice}; per call = median over ${REPS} loops of ${SETS} calls on ${SETS} distinct layers; LORAKIT_EXACT_MIN_BLOCKS=${process.env.LORAKIT_EXACT_MIN_BLOCKS || '(default)'} LORAKIT_EXACT_STAGE=${process.env.LORAKIT_EXACT_STAGE || '(default: off)'}`);
+console.log(`# ${info.cudaDevice}; per call = median over ${REPS} loops of ${SETS} calls on ${SETS} distinct layers; LORAKIT_EXACT_MIN_BLOCKS=${process.env.LORAKIT_EXACT_MIN_BLOCKS || '(default)'} LORAKIT_EXACT_STAGE=${process.env.LORAKIT_EXACT_STAGE || '(default: staged)'}`);
 if (outDir) {
   fs.mkdirSync(outDir, { recursive: true });
-  const tag = (process.env.LORAKIT_EXACT_MIN_BLOCKS ? `-minb${process.env.LORAKIT_EXACT_MIN_BLOCKS}` : '') + (process.env.LORAKIT_EXACT_STAGE === '1' ? '-staged' : '');
+  const tag = (process.env.LORAKIT_EXACT_MIN_BLOCKS ? `-minb${process.env.LORAKIT_EXACT_MIN_BLOCKS}` : '') + (process.env.LORAKIT_EXACT_STAGE === '0' ? '-unstaged' : '');
   fs.writeFileSync(path.join(outDir, `gpu-exact-profile${tag}.json`), JSON.stringify({ device: info.cudaDevice, date: new Date().toISOString(), sets: SETS, reps: REPS, rows }, null, 1));
 }
