@@ -2,6 +2,7 @@
 // cuBLAS's A. Plans (descriptors, layouts, the chosen algorithm) are kept per shape, alignment and
 // epilogue; a workspace per stream, since GEMMs on two streams may overlap.
 #include <cublasLt.h>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -67,6 +68,16 @@ Blas& blas() {
   return *b;
 }
 
+// LORAKIT_CUBLASLT_TRACE=1: one stderr line per new plan (shape, alignments, each candidate's time,
+// the choice), to tell which algorithm a slow call runs.
+bool trace_plans() {
+  static const bool on = [] {
+    const char* e = std::getenv("LORAKIT_CUBLASLT_TRACE");
+    return e != nullptr && std::string(e) == "1";
+  }();
+  return on;
+}
+
 // Times the heuristic's candidates once per shape (into a scratch output, so C is untouched)
 // and keeps the fastest: the first-ranked algorithm is often not the fastest for skinny shapes.
 // The choice is then fixed for the process, so repeated calls stay bitwise reproducible.
@@ -84,20 +95,26 @@ cublasLtMatmulAlgo_t fastest(Blas& b, Plan& p, const Gemm& g, const cublasLtMatm
   cudaEventCreate(&e1);
   float best = 1e30f;
   int best_i = 0;
+  std::string times;
   if (g.bias) cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias));
   for (int i = 0; i < found; i++) {
     auto launch = [&]() {
       return cublasLtMatmul(b.handle, p.desc, &g.alpha, g.B, p.la, g.A, p.lb, &g.beta, d, p.lc, d, p.lc, &res[i].algo,
                             workspace, kWorkspace, st);
     };
-    if (launch() != CUBLAS_STATUS_SUCCESS) continue;
+    if (launch() != CUBLAS_STATUS_SUCCESS) {
+      if (trace_plans()) times += " -";
+      continue;
+    }
     cudaEventRecord(e0, st);
     bool ok = true;
     for (int rep = 0; rep < 3 && ok; rep++) ok = launch() == CUBLAS_STATUS_SUCCESS;
     cudaEventRecord(e1, st);
     cudaEventSynchronize(e1);
     float ms = 0;
-    if (ok && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess && ms < best) {
+    const bool timed = ok && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess;
+    if (trace_plans()) times += timed ? " " + std::to_string(int(ms * 1000.f / 3.f)) : std::string(" x");
+    if (timed && ms < best) {
       best = ms;
       best_i = i;
     }
@@ -107,6 +124,9 @@ cublasLtMatmulAlgo_t fastest(Blas& b, Plan& p, const Gemm& g, const cublasLtMatm
   cudaStreamSynchronize(st);
   cudaFree(d);
   cudaGetLastError();
+  if (trace_plans())
+    std::fprintf(stderr, "cublasLt plan m %lld n %lld k %lld ta %d tb %d beta %d: candidates (us)%s; chose %d\n", (long long)g.m,
+                 (long long)g.n, (long long)g.k, int(g.ta), int(g.tb), int(g.beta != 0.f), times.c_str(), best_i);
   return res[best_i].algo;
 }
 
@@ -159,6 +179,9 @@ Plan& plan_for(Blas& b, const Gemm& g, cudaStream_t on, void* workspace) {
   }
   p.algo = res[0].algo;
   if (found > 1) p.algo = fastest(b, p, g, res, found, on, workspace);
+  else if (trace_plans())
+    std::fprintf(stderr, "cublasLt plan m %lld n %lld k %lld ta %d tb %d: one candidate\n", (long long)g.m, (long long)g.n,
+                 (long long)g.k, int(g.ta), int(g.tb));
   return b.plans.emplace(key, p).first->second;
 }
 
