@@ -77,6 +77,7 @@ function main() {
         layers.forEach((l) => l.eval());
         const fwd = timed((l) => l.forward(x).dispose(), layers);
         layers.forEach((l) => l.train());
+        const mallocs0 = cuda.memoryStats().deviceMallocs;
         const fwdBwd = timed((l) => {
           l.forward(x).dispose();
           const g = l.backward(dy);
@@ -85,7 +86,9 @@ function main() {
         }, layers);
         layers.forEach((l) => l.dispose());
         rows.push({ d_out: dOut, n, r, base_fwd_us: baseFwd, base_fwd_dx_us: baseFwdDx, fwd_us: fwd, fwdbwd_us: fwdBwd });
-        console.error(`d_out=${dOut} n=${n} r=${r}: base ${baseFwd.toFixed(1)} fwd ${fwd.toFixed(1)} base+dx ${baseFwdDx.toFixed(1)} fwd+bwd ${fwdBwd.toFixed(1)} us`);
+        // cudaMalloc calls during the fwd+bwd loops (the allocator's misses): a row that keeps missing pays for it.
+        const mallocs = cuda.memoryStats().deviceMallocs - mallocs0;
+        console.error(`d_out=${dOut} n=${n} r=${r}: base ${baseFwd.toFixed(1)} fwd ${fwd.toFixed(1)} base+dx ${baseFwdDx.toFixed(1)} fwd+bwd ${fwdBwd.toFixed(1)} us (cudaMalloc calls in its loops: ${mallocs})`);
       }
       [x, dy, y, dx].forEach((t) => t.dispose());
     }

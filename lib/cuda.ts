@@ -97,7 +97,12 @@ export function timeMs(fn: () => void): number {
   return call((b) => b.cudaTimerStop());
 }
 
-export function memoryStats(): { allocatedBytes: number; cachedBytes: number } {
+/**
+ * The caching allocator's state: bytes held by live tensors and scratch, bytes cached for reuse,
+ * and `deviceMallocs`, the cudaMalloc calls it has made so far (each a miss of the cache: a loop
+ * whose count keeps growing allocates fresh device memory every call).
+ */
+export function memoryStats(): { allocatedBytes: number; cachedBytes: number; deviceMallocs: number } {
   return call((b) => b.cudaMemoryStats());
 }
 

@@ -351,7 +351,7 @@ export interface DeviceBinding {
   cudaCurrentStream(): number;
   cudaTimerStart(): void;
   cudaTimerStop(): number;
-  cudaMemoryStats(): { allocatedBytes: number; cachedBytes: number };
+  cudaMemoryStats(): { allocatedBytes: number; cachedBytes: number; deviceMallocs: number };
   cudaEmptyCache(): void;
   cudaKernelStats(): CudaKernelStats;
   /** Graph capture and replay of repeated identical layer calls (native/cuda/graph_replay.h). */

@@ -128,6 +128,13 @@ test('caching allocator: repeated allocations reuse blocks', () => {
   assert.strictEqual(after.allocatedBytes, before.allocatedBytes);
   assert.ok(after.cachedBytes >= 4 << 20, JSON.stringify(after));
   assert.ok(after.cachedBytes - before.cachedBytes <= 4 << 20, 'one block reused, not 50 cached');
+  assert.ok(after.deviceMallocs - before.deviceMallocs <= 1, `one cudaMalloc at most: ${JSON.stringify([before, after])}`);
+  // With the cache emptied, a new block is a miss: exactly one more cudaMalloc.
+  cuda.emptyCache();
+  const m0 = cuda.memoryStats().deviceMallocs;
+  const fresh = Tensor.zeros([(37 << 20) / 4], { device: 'cuda' });
+  assert.strictEqual(cuda.memoryStats().deviceMallocs, m0 + 1);
+  fresh.dispose();
   cuda.emptyCache();
   assert.strictEqual(cuda.memoryStats().cachedBytes, 0);
 });

@@ -68,6 +68,7 @@ struct State {
   std::map<std::pair<cudaStream_t, size_t>, std::vector<void*>> free_blocks;
   std::map<uintptr_t, Block> live;
   size_t cached = 0, allocated = 0;
+  uint64_t device_mallocs = 0;  // cudaMalloc calls made for blocks (a miss of the cache)
   cudaEvent_t order_event = nullptr;
   cudaEvent_t t0 = nullptr, t1 = nullptr;
 };
@@ -227,6 +228,7 @@ void* alloc(size_t nbytes, bool zero) {
         release_cache_locked(s);
         e = cudaMalloc(&p, sz);
       }
+      if (e == cudaSuccess) s.device_mallocs++;
       if (e != cudaSuccess) {
         cudaGetLastError();
         size_t fr = 0, tot = 0;
@@ -301,6 +303,11 @@ size_t cached_bytes() {
 size_t allocated_bytes() {
   std::lock_guard<std::mutex> lock(state().mu);
   return state().allocated;
+}
+
+uint64_t device_mallocs() {
+  std::lock_guard<std::mutex> lock(state().mu);
+  return state().device_mallocs;
 }
 
 void empty_cache() {

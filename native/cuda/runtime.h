@@ -76,6 +76,7 @@ class GraphHold {
 };
 size_t cached_bytes();
 size_t allocated_bytes();
+uint64_t device_mallocs();  // cudaMalloc calls the caching allocator has made (its misses)
 void empty_cache();
 
 // Copies on the current stream, ordered after other streams' use of the memory; the host-side

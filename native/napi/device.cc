@@ -199,6 +199,7 @@ Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("allocatedBytes", static_cast<double>(cuda::allocated_bytes()));
   o.Set("cachedBytes", static_cast<double>(cuda::cached_bytes()));
+  o.Set("deviceMallocs", static_cast<double>(cuda::device_mallocs()));
   return o;
 }
 
