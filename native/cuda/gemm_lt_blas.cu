@@ -78,6 +78,11 @@ bool trace_plans() {
   return on;
 }
 
+void trace_plan(const Gemm& g, const std::string& what) {
+  std::fprintf(stderr, "cublasLt plan m %lld n %lld k %lld ta %d tb %d beta %d: %s\n", (long long)g.m, (long long)g.n, (long long)g.k,
+               int(g.ta), int(g.tb), int(g.beta != 0.f), what.c_str());
+}
+
 // Times the heuristic's candidates once per shape (into a scratch output, so C is untouched)
 // and keeps the fastest: the first-ranked algorithm is often not the fastest for skinny shapes.
 // The choice is then fixed for the process, so repeated calls stay bitwise reproducible.
@@ -124,9 +129,7 @@ cublasLtMatmulAlgo_t fastest(Blas& b, Plan& p, const Gemm& g, const cublasLtMatm
   cudaStreamSynchronize(st);
   cudaFree(d);
   cudaGetLastError();
-  if (trace_plans())
-    std::fprintf(stderr, "cublasLt plan m %lld n %lld k %lld ta %d tb %d beta %d: candidates (us)%s; chose %d\n", (long long)g.m,
-                 (long long)g.n, (long long)g.k, int(g.ta), int(g.tb), int(g.beta != 0.f), times.c_str(), best_i);
+  if (trace_plans()) trace_plan(g, "candidates (us)" + times + "; chose " + std::to_string(best_i));
   return res[best_i].algo;
 }
 
@@ -180,8 +183,7 @@ Plan& plan_for(Blas& b, const Gemm& g, cudaStream_t on, void* workspace) {
   p.algo = res[0].algo;
   if (found > 1) p.algo = fastest(b, p, g, res, found, on, workspace);
   else if (trace_plans())
-    std::fprintf(stderr, "cublasLt plan m %lld n %lld k %lld ta %d tb %d: one candidate\n", (long long)g.m, (long long)g.n,
-                 (long long)g.k, int(g.ta), int(g.tb));
+    trace_plan(g, "one candidate");
   return b.plans.emplace(key, p).first->second;
 }
 
