@@ -22,6 +22,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include "../core/exact_format.h"
 #include "common.cuh"
 #include "exact_codec.cuh"
@@ -39,7 +40,8 @@ constexpr int kBand = kWarps * kRowsPerWarp;  // rows per block
 constexpr int kStageBytes = 128;  // staged bytes of an unmerge segment's stream (longer ones are read in place)
 
 struct DevStep {
-  const float* P;  // [rows + 4, r] = scale·(B, or Aᵀ with fan_in_fan_out); 4 rows of padding
+  const float* P;  // scale·(B, or Aᵀ with fan_in_fan_out) [rows + 4, r], stored as [rows/4 + 1][r][4]: row
+                   // i's q at ((i/4)·r + q)·4 + i%4, so a warp's 4 rows take one 16-byte load per q
   const float* Q;  // [r, cols] = A, or Bᵀ
   const float* k;  // DoRA: magnitude / norm per output feature, or null
   const uint8_t* record;  // undo: the record (header, [S + 1] offsets, stream) of record_bytes
@@ -103,23 +105,24 @@ template <> struct Lane<DType::F16> : Lane16 {
   static __device__ __forceinline__ uint32_t narrow(float v) { return __half_as_ushort(__float2half_rn(v)); }
 };
 
-// The step's delta for the lane's 8 columns of rows i0..i0+3: each Q row slice is loaded once for
-// the 4 rows. P has 4 rows of padding past `rows`, so the last band reads no further than that.
-__device__ __forceinline__ void delta_rows(const DevStep& st, int64_t i0, int64_t cols, int64_t j, bool vec, float (&d)[kRowsPerWarp][8]) {
+// The step's delta for the lane's 8 columns of rows i0..i0+3 (i0 a multiple of 4): each Q row
+// slice is loaded once for the 4 rows, the 4 rows' P values in one load. P has a group of padding
+// past `rows`, so the last band reads no further than that. VecQ: Q's 8 values in two 16-byte loads.
+template <bool VecQ>
+__device__ __forceinline__ void delta_rows(const DevStep& st, int64_t i0, int64_t cols, int64_t j, float (&d)[kRowsPerWarp][8]) {
 #pragma unroll
   for (int rr = 0; rr < kRowsPerWarp; rr++)
 #pragma unroll
     for (int e = 0; e < 8; e++) d[rr][e] = 0.f;
   const int r = st.r;
-  const float* p = st.P + i0 * r;
+  const float4* p = reinterpret_cast<const float4*>(st.P) + (i0 >> 2) * r;
   const float* qr = st.Q + j;
 #pragma unroll 2
   for (int q = 0; q < r; q++, qr += cols) {
-    float pq[kRowsPerWarp];
-#pragma unroll
-    for (int rr = 0; rr < kRowsPerWarp; rr++) pq[rr] = __ldg(p + rr * r + q);
+    const float4 p4 = __ldg(p + q);
+    const float pq[kRowsPerWarp] = {p4.x, p4.y, p4.z, p4.w};
     float v[8];
-    if (vec) {
+    if (VecQ) {
       const float4 a = __ldg(reinterpret_cast<const float4*>(qr)), b = __ldg(reinterpret_cast<const float4*>(qr) + 1);
       v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
     } else {
@@ -228,7 +231,8 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
         }
       }
       float d[R][8];
-      delta_rows(st, i0, cols, j, vec_q, d);
+      if (vec_q) delta_rows<true>(st, i0, cols, j, d);
+      else delta_rows<false>(st, i0, cols, j, d);
       if (staged) {
         cp_async_wait_all();
         __syncwarp();  // every lane's words have landed
@@ -251,12 +255,20 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
             if (!ok) bad = true;
             const uint8_t* src = (staged >> rr) & 1 ? reinterpret_cast<const uint8_t*>(stg_w[rr]) + (at & 3u) : st.stream + at;
             exactc::warp_decode<D>(src, ok ? static_cast<int>(end - at) : 0, len, lane, c, raw, cs[warp], rs[warp], &bad);
+            // Branch-free: a zero correction gives R itself; the DoRA test is outside the loop.
+            auto undo_row = [&](auto dora_tag) {
+              constexpr bool Dora = decltype(dora_tag)::value;
 #pragma unroll
-            for (int e = 0; e < 8; e++) {
-              const float v = L::widen(L::get(xw[0], e)), de = d[0][e];
-              const uint32_t Rb = L::narrow(dora ? __fsub_rn(__fdiv_rn(v, kk(e)), de) : __fsub_rn(v, de));
-              L::set(xw[0], e, c[e] == exact::kRaw ? raw[e] : c[e] ? exact::corrected<D>(Rb, c[e]) : Rb);
-            }
+              for (int e = 0; e < 8; e++) {
+                const float v = L::widen(L::get(xw[0], e)), de = d[0][e];
+                const uint32_t Rb = L::narrow(Dora ? __fsub_rn(__fdiv_rn(v, kk(e)), de) : __fsub_rn(v, de));
+                const bool is_raw = c[e] == exact::kRaw;
+                const uint32_t x = exact::corrected<D>(Rb, is_raw ? 0 : c[e]);
+                L::set(xw[0], e, is_raw ? raw[e] : x);
+              }
+            };
+            if (dora) undo_row(std::true_type{});
+            else undo_row(std::false_type{});
           } else if constexpr (!UndoOnly) {
             uint32_t aw[XW];
 #pragma unroll

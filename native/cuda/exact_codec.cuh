@@ -166,28 +166,37 @@ __device__ void warp_decode(const uint8_t* s, int bytes, int len, int lane, int8
     return;
   }
   if (list) {  // n ≤ 31: lane k decodes the k-th correction, then scatters it to its element's lane
-#pragma unroll
-    for (int e = 0; e < 8; e++) cs[lane * 8 + e] = 0;
+    reinterpret_cast<uint2*>(cs)[lane] = make_uint2(0u, 0u);  // this lane's 8 entries
     const bool mine = lane < n;
     const int j = mine ? s[1 + lane] : 0;
     const uint32_t cl = mine ? (s[cls_off + lane / 4] >> (2 * (lane % 4))) & 3u : 0u;
-    const int w = cl == 2 ? 4 : cl == 3 ? (T == DType::F32 ? 32 : 16) : 0;
-    const int base = warp_exclusive(w, lane);
+    // Payload offsets from two ballots (warp-uniform; most segments have no payload at all).
+    const unsigned m2 = __ballot_sync(kFull, cl == 2), m3 = __ballot_sync(kFull, cl == 3);
+    constexpr int kRawBits = T == DType::F32 ? 32 : 16;
+    uint32_t field = 0;
+    if (m2 | m3) {
+      const unsigned below = (1u << lane) - 1u;
+      const int base = 4 * __popc(m2 & below) + kRawBits * __popc(m3 & below);
+      const int w = cl == 2 ? 4 : cl == 3 ? kRawBits : 0;
+      if (w) field = read_bits(s, bytes, pay_off * 8 + base, w, bad);
+    }
     if (mine && j >= len) *bad = true;
-    const uint32_t field = w ? read_bits(s, bytes, pay_off * 8 + base, w, bad) : 0u;
     __syncwarp();
     if (mine && j < len) {
       int8_t cv = 0;
       uint32_t rv = 0;
       decode_field(cl, field, &cv, &rv);
       cs[j] = cv;
-      rs[j] = rv;
+      if (cl == 3) rs[j] = rv;
     }
     __syncwarp();
+    const uint2 mine8 = reinterpret_cast<const uint2*>(cs)[lane];
 #pragma unroll
-    for (int e = 0; e < 8; e++) {
-      c[e] = cs[lane * 8 + e];
-      if (c[e] == exact::kRaw) raw[e] = rs[lane * 8 + e];
+    for (int e = 0; e < 8; e++) c[e] = static_cast<int8_t>((e < 4 ? mine8.x : mine8.y) >> (8 * (e & 3)));
+    if (m3) {
+#pragma unroll
+      for (int e = 0; e < 8; e++)
+        if (c[e] == exact::kRaw) raw[e] = rs[lane * 8 + e];
     }
     __syncwarp();
     return;

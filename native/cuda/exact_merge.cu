@@ -177,9 +177,10 @@ __global__ void prep_factors_kernel(PrepBatch b, bool fifo, int64_t rows, int64_
   const int r = p.r;
   const int64_t np = rows * r, total = np + int64_t(r) * cols;
   for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
-    if (t < np) {
+    if (t < np) {  // P's rows in groups of 4, interleaved (exact_chain.cuh DevStep)
       const int64_t i = t / r, q = t % r;
-      p.P[t] = __fmul_rn(p.scale, fifo ? load_as_f32(p.A, p.at, q * rows + i) : load_as_f32(p.B, p.bt, i * r + q));
+      p.P[((i >> 2) * r + q) * 4 + (i & 3)] =
+          __fmul_rn(p.scale, fifo ? load_as_f32(p.A, p.at, q * rows + i) : load_as_f32(p.B, p.bt, i * r + q));
     } else {
       const int64_t u = t - np, q = u / cols, c = u % cols;
       p.Q[u] = fifo ? load_as_f32(p.B, p.bt, c * r + q) : load_as_f32(p.A, p.at, q * cols + c);
