@@ -238,6 +238,41 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
         __syncwarp();  // every lane's words have landed
       }
       const bool dora = st.k != nullptr;
+      // Undoes row rr (its delta dr, its weights xr): decode the segment's corrections, then
+      // x = key⁻¹(key(R) + c) with R = round(x' − d), branch-free (a zero correction gives R).
+      auto undo_body = [&](int rr, const float (&dr)[8], uint32_t (&xr)[XW]) {
+        const int64_t i = i0 + rr;
+        // DoRA's k of element e (loaded where used: no registers held for plain LoRA)
+        auto kk = [&](int e) { return st.k_per_col ? (j + e < cols ? __ldg(st.k + j + e) : 1.f) : __ldg(st.k + i); };
+        int8_t c[8];
+        uint32_t raw[8];
+        const uint32_t at = __shfl_sync(exactc::kFull, offv, 2 * rr), end = __shfl_sync(exactc::kFull, offv, 2 * rr + 1);
+        const uint64_t stream_bytes = st.record_bytes - (st.stream - st.record);
+        const bool ok = at <= end && end <= stream_bytes && end - at <= uint32_t(exact::kMaxSegmentBytes);
+        if (!ok) bad = true;
+        const uint8_t* src = (staged >> rr) & 1 ? reinterpret_cast<const uint8_t*>(stg_w[rr]) + (at & 3u) : st.stream + at;
+        exactc::warp_decode<D>(src, ok ? static_cast<int>(end - at) : 0, len, lane, c, raw, cs[warp], rs[warp], &bad);
+        auto undo_row = [&](auto dora_tag) {
+          constexpr bool Dora = decltype(dora_tag)::value;
+#pragma unroll
+          for (int e = 0; e < 8; e++) {
+            const float v = L::widen(L::get(xr, e)), de = dr[e];
+            const uint32_t Rb = L::narrow(Dora ? __fsub_rn(__fdiv_rn(v, kk(e)), de) : __fsub_rn(v, de));
+            const bool is_raw = c[e] == exact::kRaw;
+            const uint32_t x = exact::corrected<D>(Rb, is_raw ? 0 : c[e]);
+            L::set(xr, e, is_raw ? raw[e] : x);
+          }
+        };
+        if (dora) undo_row(std::true_type{});
+        else undo_row(std::false_type{});
+      };
+      if constexpr (UndoOnly && D != DType::F32) {
+        // Unrolled (the bitmap decode is out of line, so the body is small): rows stay in place,
+        // no register rotation. (f32's 4 rows of weights take twice the registers: it spilled.)
+#pragma unroll
+        for (int rr = 0; rr < R; rr++)
+          if ((act >> rr) & 1) undo_body(rr, d[rr], xw[rr]);
+      } else {
       // One copy of the row body (not unrolled: the kernel's code stays small enough for the
       // instruction cache); row rr is in slot 0 of d and xw, which rotate after each row.
 #pragma unroll 1
@@ -247,28 +282,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
           // DoRA's k of element e (loaded where used: no registers held for plain LoRA)
           auto kk = [&](int e) { return !dora ? 1.f : st.k_per_col ? (j + e < cols ? __ldg(st.k + j + e) : 1.f) : __ldg(st.k + i); };
           if (undo) {
-            int8_t c[8];
-            uint32_t raw[8];
-            const uint32_t at = __shfl_sync(exactc::kFull, offv, 2 * rr), end = __shfl_sync(exactc::kFull, offv, 2 * rr + 1);
-            const uint64_t stream_bytes = st.record_bytes - (st.stream - st.record);
-            const bool ok = at <= end && end <= stream_bytes && end - at <= uint32_t(exact::kMaxSegmentBytes);
-            if (!ok) bad = true;
-            const uint8_t* src = (staged >> rr) & 1 ? reinterpret_cast<const uint8_t*>(stg_w[rr]) + (at & 3u) : st.stream + at;
-            exactc::warp_decode<D>(src, ok ? static_cast<int>(end - at) : 0, len, lane, c, raw, cs[warp], rs[warp], &bad);
-            // Branch-free: a zero correction gives R itself; the DoRA test is outside the loop.
-            auto undo_row = [&](auto dora_tag) {
-              constexpr bool Dora = decltype(dora_tag)::value;
-#pragma unroll
-              for (int e = 0; e < 8; e++) {
-                const float v = L::widen(L::get(xw[0], e)), de = d[0][e];
-                const uint32_t Rb = L::narrow(Dora ? __fsub_rn(__fdiv_rn(v, kk(e)), de) : __fsub_rn(v, de));
-                const bool is_raw = c[e] == exact::kRaw;
-                const uint32_t x = exact::corrected<D>(Rb, is_raw ? 0 : c[e]);
-                L::set(xw[0], e, is_raw ? raw[e] : x);
-              }
-            };
-            if (dora) undo_row(std::true_type{});
-            else undo_row(std::false_type{});
+            undo_body(rr, d[0], xw[0]);
           } else if constexpr (!UndoOnly) {
             uint32_t aw[XW];
 #pragma unroll
@@ -326,6 +340,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
           const uint32_t t = xw[0][w];
           xw[0][w] = xw[1][w], xw[1][w] = xw[2][w], xw[2][w] = xw[3][w], xw[3][w] = t;
         }
+      }
       }
     }
 #pragma unroll

@@ -144,12 +144,64 @@ __device__ __forceinline__ void decode_field(uint32_t cl, uint32_t field, int8_t
   }
 }
 
-// Fills each lane's c[8] (0 where no correction) and raw[8] (where c is kRaw) from a segment's
-// stream of `bytes` bytes (global memory). cs and rs are this warp's shared scratch (256 entries
-// each) for the position-list form. Sets *bad on a malformed stream (reads stay inside it).
+// The bitmap form (n ≥ 32 nonzero corrections, rare at realistic deltas): lane L reads its byte of
+// the bitmap, ranks from warp scans. Writes this lane's 8 corrections to cs[8L..8L+7] (0: none) and
+// raw bits to rs where kRaw; returns whether any lane has a raw one (the same in every lane). Out of
+// line, so the list form's callers stay small enough to unroll.
 template <DType T>
-__device__ void warp_decode(const uint8_t* s, int bytes, int len, int lane, int8_t (&c)[8], uint32_t (&raw)[8], int8_t* cs,
-                            uint32_t* rs, bool* bad) {
+__device__ __noinline__ unsigned bitmap_decode(const uint8_t* s, int bytes, int len, int lane, int n, int where, int cls_off,
+                                               int pay_off, int8_t* cs, uint32_t* rs, bool* bad) {
+  int8_t c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  uint32_t m8 = lane < where ? s[1 + lane] : 0u;  // the bitmap: lane L's byte is its 8 elements
+  unsigned any_raw = 0;
+  if (warp_sum(__popc(m8)) != n) {
+    *bad = true;
+    m8 = 0;
+  }
+  const int rank0 = warp_exclusive(__popc(m8), lane);
+  int w_lane = 0;
+  uint32_t cls8 = 0;  // 2 bits per element of this lane
+#pragma unroll
+  for (int e = 0, k = rank0; e < 8; e++) {
+    if (!((m8 >> e) & 1)) continue;
+    if (lane * 8 + e >= len) *bad = true;
+    const uint32_t cl = (s[cls_off + k / 4] >> (2 * (k % 4))) & 3u;
+    cls8 |= cl << (2 * e);
+    w_lane += cl == 2 ? 4 : cl == 3 ? (T == DType::F32 ? 32 : 16) : 0;
+    k++;
+  }
+  int bit = pay_off * 8 + warp_exclusive(w_lane, lane);
+#pragma unroll
+  for (int e = 0; e < 8; e++) {
+    if (!((m8 >> e) & 1)) continue;
+    const uint32_t cl = (cls8 >> (2 * e)) & 3u;
+    const int w = cl == 2 ? 4 : cl == 3 ? (T == DType::F32 ? 32 : 16) : 0;
+    const uint32_t field = w ? read_bits(s, bytes, bit, w, bad) : 0u;
+    bit += w;
+    uint32_t rv = 0;
+    decode_field(cl, field, &c[e], &rv);
+    if (cl == 3) {
+      rs[lane * 8 + e] = rv;
+      any_raw = 1;
+    }
+  }
+  uint32_t lo = 0, hi = 0;
+#pragma unroll
+  for (int e = 0; e < 4; e++) {
+    lo |= static_cast<uint32_t>(static_cast<uint8_t>(c[e])) << (8 * e);
+    hi |= static_cast<uint32_t>(static_cast<uint8_t>(c[e + 4])) << (8 * e);
+  }
+  reinterpret_cast<uint2*>(cs)[lane] = make_uint2(lo, hi);
+  return __any_sync(kFull, any_raw);
+}
+
+// Fills each lane's c[8] (0 where no correction) and raw[8] (where c is kRaw) from a segment's
+// stream of `bytes` bytes (global or shared memory). cs and rs are this warp's shared scratch (256
+// entries each): corrections are scattered there, then each lane reads its 8. Sets *bad on a
+// malformed stream (reads stay inside it).
+template <DType T>
+__device__ __forceinline__ void warp_decode(const uint8_t* s, int bytes, int len, int lane, int8_t (&c)[8], uint32_t (&raw)[8],
+                                            int8_t* cs, uint32_t* rs, bool* bad) {
 #pragma unroll
   for (int e = 0; e < 8; e++) c[e] = 0;
   if (bytes == 0) return;
@@ -165,6 +217,7 @@ __device__ void warp_decode(const uint8_t* s, int bytes, int len, int lane, int8
     *bad = true;
     return;
   }
+  unsigned has_raw;
   if (list) {  // n ≤ 31: lane k decodes the k-th correction, then scatters it to its element's lane
     reinterpret_cast<uint2*>(cs)[lane] = make_uint2(0u, 0u);  // this lane's 8 entries
     const bool mine = lane < n;
@@ -189,45 +242,20 @@ __device__ void warp_decode(const uint8_t* s, int bytes, int len, int lane, int8
       cs[j] = cv;
       if (cl == 3) rs[j] = rv;
     }
-    __syncwarp();
-    const uint2 mine8 = reinterpret_cast<const uint2*>(cs)[lane];
-#pragma unroll
-    for (int e = 0; e < 8; e++) c[e] = static_cast<int8_t>((e < 4 ? mine8.x : mine8.y) >> (8 * (e & 3)));
-    if (m3) {
-#pragma unroll
-      for (int e = 0; e < 8; e++)
-        if (c[e] == exact::kRaw) raw[e] = rs[lane * 8 + e];
-    }
-    __syncwarp();
-    return;
+    has_raw = m3;
+  } else {
+    has_raw = bitmap_decode<T>(s, bytes, len, lane, n, where, cls_off, pay_off, cs, rs, bad);
   }
-  uint32_t m8 = lane < where ? s[1 + lane] : 0u;  // the bitmap: lane L's byte is its 8 elements
-  if (warp_sum(__popc(m8)) != n) {
-    *bad = true;
-    return;
-  }
-  const int rank0 = warp_exclusive(__popc(m8), lane);
-  int w_lane = 0;
-  uint32_t cls8 = 0;  // 2 bits per element of this lane
+  __syncwarp();
+  const uint2 mine8 = reinterpret_cast<const uint2*>(cs)[lane];
 #pragma unroll
-  for (int e = 0, k = rank0; e < 8; e++) {
-    if (!((m8 >> e) & 1)) continue;
-    if (lane * 8 + e >= len) *bad = true;
-    const uint32_t cl = (s[cls_off + k / 4] >> (2 * (k % 4))) & 3u;
-    cls8 |= cl << (2 * e);
-    w_lane += cl == 2 ? 4 : cl == 3 ? (T == DType::F32 ? 32 : 16) : 0;
-    k++;
-  }
-  int bit = pay_off * 8 + warp_exclusive(w_lane, lane);
+  for (int e = 0; e < 8; e++) c[e] = static_cast<int8_t>((e < 4 ? mine8.x : mine8.y) >> (8 * (e & 3)));
+  if (has_raw) {
 #pragma unroll
-  for (int e = 0; e < 8; e++) {
-    if (!((m8 >> e) & 1)) continue;
-    const uint32_t cl = (cls8 >> (2 * e)) & 3u;
-    const int w = cl == 2 ? 4 : cl == 3 ? (T == DType::F32 ? 32 : 16) : 0;
-    const uint32_t field = w ? read_bits(s, bytes, bit, w, bad) : 0u;
-    bit += w;
-    decode_field(cl, field, &c[e], &raw[e]);
+    for (int e = 0; e < 8; e++)
+      if (c[e] == exact::kRaw) raw[e] = rs[lane * 8 + e];
   }
+  __syncwarp();
 }
 
 }  // namespace exactc
