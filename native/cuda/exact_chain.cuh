@@ -136,6 +136,41 @@ __device__ __forceinline__ void delta_rows(const DevStep& st, int64_t i0, int64_
   }
 }
 
+// Undo of a lane's 8 16-bit weights (no DoRA), two per 32-bit word: R = round(x' − d) for both
+// halves in one packing conversion, then key(R) + c and its inverse as SIMD-within-a-register on
+// the 16-bit halves (exact_format.h key16/unkey16, the same bits; a raw correction's half is
+// garbage here and replaced by the caller). c's bytes are sign-extended to halves by one prmt.
+template <DType D>
+__device__ __forceinline__ void undo_pairs16(uint32_t (&xr)[4], const float (&dr)[8], const uint2& cpk) {
+  constexpr uint32_t kHi = 0x80008000u, kLo = 0x7fff7fffu;
+#pragma unroll
+  for (int w = 0; w < 4; w++) {
+    const uint32_t xw2 = xr[w];
+    uint32_t R;
+    if constexpr (D == DType::BF16) {
+      const float v0 = __uint_as_float(xw2 << 16), v1 = __uint_as_float(xw2 & 0xffff0000u);
+      const __nv_bfloat162 p = __floats2bfloat162_rn(__fsub_rn(v0, dr[2 * w]), __fsub_rn(v1, dr[2 * w + 1]));
+      R = *reinterpret_cast<const uint32_t*>(&p);
+    } else {
+      const float2 v = __half22float2(*reinterpret_cast<const __half2*>(&xw2));
+      const __half2 p = __floats2half2_rn(__fsub_rn(v.x, dr[2 * w]), __fsub_rn(v.y, dr[2 * w + 1]));
+      R = *reinterpret_cast<const uint32_t*>(&p);
+    }
+    // key16 per half: negative (sign set) → every bit flipped, else the sign bit flipped
+    const uint32_t neg = (R >> 15) & 0x00010001u;
+    const uint32_t K = R ^ (kHi | (neg * 0x7fffu));
+    // c of elements 2w, 2w + 1 as sign-extended halves
+    const uint32_t src = w < 2 ? cpk.x : cpk.y;
+    uint32_t C;  // prmt's selector nibbles with bit 3 set replicate the byte's sign (__byte_perm cannot)
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(C) : "r"(src), "r"(0u), "r"((w & 1) ? 0xB3A2u : 0x9180u));
+    // K + C per half, modulo 2^16
+    const uint32_t S = ((K & kLo) + (C & kLo)) ^ ((K ^ C) & kHi);
+    // unkey16 per half: sign set → the sign bit flipped, else every bit flipped
+    const uint32_t pos = ((~S) >> 15) & 0x00010001u;
+    xr[w] = S ^ (kHi | (pos * 0x7fffu));
+  }
+}
+
 // An undo step's record header against this weight (checked on the device: no host round trip).
 __device__ __forceinline__ bool header_ok(const DevStep& st, int64_t rows, int64_t cols, DType t) {
   exact::ExactHeader h;
@@ -244,22 +279,35 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
         const int64_t i = i0 + rr;
         // DoRA's k of element e (loaded where used: no registers held for plain LoRA)
         auto kk = [&](int e) { return st.k_per_col ? (j + e < cols ? __ldg(st.k + j + e) : 1.f) : __ldg(st.k + i); };
-        int8_t c[8];
+        uint2 cpk;
         uint32_t raw[8];
         const uint32_t at = __shfl_sync(exactc::kFull, offv, 2 * rr), end = __shfl_sync(exactc::kFull, offv, 2 * rr + 1);
         const uint64_t stream_bytes = st.record_bytes - (st.stream - st.record);
         const bool ok = at <= end && end <= stream_bytes && end - at <= uint32_t(exact::kMaxSegmentBytes);
         if (!ok) bad = true;
         const uint8_t* src = (staged >> rr) & 1 ? reinterpret_cast<const uint8_t*>(stg_w[rr]) + (at & 3u) : st.stream + at;
-        exactc::warp_decode<D>(src, ok ? static_cast<int>(end - at) : 0, len, lane, c, raw, cs[warp], rs[warp], &bad);
+        const unsigned has_raw =
+            exactc::warp_decode<D>(src, ok ? static_cast<int>(end - at) : 0, len, lane, cpk, raw, cs[warp], rs[warp], &bad);
+        if constexpr (D != DType::F32) {
+          if (!dora) {  // two weights per 32-bit word (undo_pairs16)
+            undo_pairs16<D>(xr, dr, cpk);
+            if (has_raw) {
+#pragma unroll
+              for (int e = 0; e < 8; e++)
+                if (exactc::correction_at(cpk, e) == exact::kRaw) L::set(xr, e, raw[e]);
+            }
+            return;
+          }
+        }
         auto undo_row = [&](auto dora_tag) {
           constexpr bool Dora = decltype(dora_tag)::value;
 #pragma unroll
           for (int e = 0; e < 8; e++) {
             const float v = L::widen(L::get(xr, e)), de = dr[e];
             const uint32_t Rb = L::narrow(Dora ? __fsub_rn(__fdiv_rn(v, kk(e)), de) : __fsub_rn(v, de));
-            const bool is_raw = c[e] == exact::kRaw;
-            const uint32_t x = exact::corrected<D>(Rb, is_raw ? 0 : c[e]);
+            const int8_t c = exactc::correction_at(cpk, e);
+            const bool is_raw = c == exact::kRaw;
+            const uint32_t x = exact::corrected<D>(Rb, is_raw ? 0 : c);
             L::set(xr, e, is_raw ? raw[e] : x);
           }
         };

@@ -195,27 +195,32 @@ __device__ __noinline__ unsigned bitmap_decode(const uint8_t* s, int bytes, int 
   return __any_sync(kFull, any_raw);
 }
 
-// Fills each lane's c[8] (0 where no correction) and raw[8] (where c is kRaw) from a segment's
-// stream of `bytes` bytes (global or shared memory). cs and rs are this warp's shared scratch (256
-// entries each): corrections are scattered there, then each lane reads its 8. Sets *bad on a
-// malformed stream (reads stay inside it).
+// Correction e (0..7) of a lane's packed bytes.
+__device__ __forceinline__ int8_t correction_at(const uint2& cpk, int e) {
+  return static_cast<int8_t>((e < 4 ? cpk.x : cpk.y) >> (8 * (e & 3)));
+}
+
+// Fills each lane's 8 corrections, packed as bytes (cpk.x: elements 0-3, cpk.y: 4-7, byte e%4 of
+// each; 0 where none, kRaw for raw ones), and raw[8] (where kRaw) from a segment's stream of
+// `bytes` bytes (global or shared memory); returns whether any lane has a raw one (warp-uniform).
+// cs and rs are this warp's shared scratch (256 entries each): corrections are scattered there,
+// then each lane reads its 8. Sets *bad on a malformed stream (reads stay inside it).
 template <DType T>
-__device__ __forceinline__ void warp_decode(const uint8_t* s, int bytes, int len, int lane, int8_t (&c)[8], uint32_t (&raw)[8],
-                                            int8_t* cs, uint32_t* rs, bool* bad) {
-#pragma unroll
-  for (int e = 0; e < 8; e++) c[e] = 0;
-  if (bytes == 0) return;
+__device__ __forceinline__ unsigned warp_decode(const uint8_t* s, int bytes, int len, int lane, uint2& cpk, uint32_t (&raw)[8],
+                                                int8_t* cs, uint32_t* rs, bool* bad) {
+  cpk = make_uint2(0u, 0u);
+  if (bytes == 0) return 0;
   const int n = s[0] + 1;
   if (n > len) {
     *bad = true;
-    return;
+    return 0;
   }
   const bool list = exact::uses_list(n, len);
   const int where = list ? n : exact::bitmap_bytes(len);
   const int cls_off = 1 + where, pay_off = cls_off + (n + 3) / 4;
   if (pay_off > bytes) {
     *bad = true;
-    return;
+    return 0;
   }
   unsigned has_raw;
   if (list) {  // n ≤ 31: lane k decodes the k-th correction, then scatters it to its element's lane
@@ -247,15 +252,14 @@ __device__ __forceinline__ void warp_decode(const uint8_t* s, int bytes, int len
     has_raw = bitmap_decode<T>(s, bytes, len, lane, n, where, cls_off, pay_off, cs, rs, bad);
   }
   __syncwarp();
-  const uint2 mine8 = reinterpret_cast<const uint2*>(cs)[lane];
-#pragma unroll
-  for (int e = 0; e < 8; e++) c[e] = static_cast<int8_t>((e < 4 ? mine8.x : mine8.y) >> (8 * (e & 3)));
+  cpk = reinterpret_cast<const uint2*>(cs)[lane];
   if (has_raw) {
 #pragma unroll
     for (int e = 0; e < 8; e++)
-      if (c[e] == exact::kRaw) raw[e] = rs[lane * 8 + e];
+      if (correction_at(cpk, e) == exact::kRaw) raw[e] = rs[lane * 8 + e];
   }
   __syncwarp();
+  return has_raw;
 }
 
 }  // namespace exactc
