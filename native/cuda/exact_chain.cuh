@@ -18,7 +18,10 @@
 // memory by cp.async as soon as their offsets arrive, while the delta is computed, so the decode
 // reads no global memory. Measured 2.5-5% faster on an H100, not more: the pass is bound by its
 // instruction issue (ncu: 0.49 issued warps per scheduler at 4 warps, register-limited), not by
-// those loads (bench/results/gpu-exact-stage-2026-12-07-h100.txt).
+// those loads (bench/results/gpu-exact-stage-2026-12-07-h100.txt). Fewer instructions per weight
+// made it 27% faster (bf16 4096²: 132-138 → 97-99 µs; gpu-exact-undo*-2026-12-07-h100.txt): P
+// interleaved by 4 rows, the DoRA test and the correction select out of branches, 16-bit rows
+// unrolled (no register rotation) and undone two per word (undo_pairs16).
 #pragma once
 #include <cstdint>
 #include <cstring>
