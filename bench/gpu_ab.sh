@@ -22,6 +22,8 @@ on() {  # on DIR CMD...: runs CMD in DIR with the device's node
   (cd "$dir" && ln -sfn ../.device/node_modules node_modules && bash ../.device/on-device bash -c "$*")
 }
 stamp "A=$a B=$b; $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo no nvidia-smi)"
+# Unpack node once: two on-device calls at once on a fresh machine both unpack it ("Text file busy").
+on "$a" true
 pids=()
 for side in "$a" "$b"; do
   on "$side" 'CUDAARCHS=90 node node_modules/cmake-js/bin/cmake-js rebuild --CDLORAKIT_CUDA=ON --log-level warn' \
