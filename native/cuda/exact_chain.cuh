@@ -174,6 +174,55 @@ __device__ __forceinline__ void undo_pairs16(uint32_t (&xr)[4], const float (&dr
   }
 }
 
+// Merge of a lane's 8 16-bit weights (no DoRA, all 8 inside the weight), two per 32-bit word: the
+// merged pair a = round(x + d) and R = round(a − d) each in one packing conversion, key(x) − key(R)
+// per half as SIMD within a register; then per weight what merge_scalar computes: c = 0 where R is x,
+// else the difference, or kRaw where R is NaN or |c| > 9 (exact::correction), as bytes (cw0: 0-3,
+// cw1: 4-7), the nonzero and payload masks and the payload bits.
+template <DType D>
+__device__ __forceinline__ void merge_pairs16(const uint32_t (&xr)[4], const float (&dr)[8], uint32_t (&aw)[4], uint32_t& cw0,
+                                              uint32_t& cw1, uint32_t& m8, uint32_t& bm8, int& pb) {
+  constexpr uint32_t kHi = 0x80008000u, kLo = 0x7fff7fffu;
+  auto key2 = [](uint32_t b) { return b ^ (kHi | (((b >> 15) & 0x00010001u) * 0x7fffu)); };
+#pragma unroll
+  for (int w = 0; w < 4; w++) {
+    const uint32_t X = xr[w];
+    uint32_t A, Rp;
+    if constexpr (D == DType::BF16) {
+      const __nv_bfloat162 a = __floats2bfloat162_rn(__fadd_rn(__uint_as_float(X << 16), dr[2 * w]),
+                                                     __fadd_rn(__uint_as_float(X & 0xffff0000u), dr[2 * w + 1]));
+      A = *reinterpret_cast<const uint32_t*>(&a);
+      const __nv_bfloat162 r = __floats2bfloat162_rn(__fsub_rn(__uint_as_float(A << 16), dr[2 * w]),
+                                                     __fsub_rn(__uint_as_float(A & 0xffff0000u), dr[2 * w + 1]));
+      Rp = *reinterpret_cast<const uint32_t*>(&r);
+    } else {
+      const float2 v = __half22float2(*reinterpret_cast<const __half2*>(&X));
+      const __half2 a = __floats2half2_rn(__fadd_rn(v.x, dr[2 * w]), __fadd_rn(v.y, dr[2 * w + 1]));
+      A = *reinterpret_cast<const uint32_t*>(&a);
+      const float2 va = __half22float2(a);
+      const __half2 r = __floats2half2_rn(__fsub_rn(va.x, dr[2 * w]), __fsub_rn(va.y, dr[2 * w + 1]));
+      Rp = *reinterpret_cast<const uint32_t*>(&r);
+    }
+    aw[w] = A;
+    const uint32_t KX = key2(X), KR = key2(Rp);
+    const uint32_t Dd = ((KX | kHi) - (KR & kLo)) ^ ((KX ^ ~KR) & kHi);  // KX − KR per half, modulo 2^16
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int e = 2 * w + h;
+      const int c16 = static_cast<int16_t>(static_cast<uint16_t>(Dd >> (16 * h)));
+      const uint32_t rh = (Rp >> (16 * h)) & 0xffffu;
+      const int c = c16 == 0 ? 0 : exact::is_nan_bits<D>(rh) || c16 < -exact::kSmallMax || c16 > exact::kSmallMax ? exact::kRaw : c16;
+      const uint32_t cb = static_cast<uint32_t>(c) & 0xffu;
+      if (e < 4) cw0 |= cb << (8 * e);
+      else cw1 |= cb << (8 * (e - 4));
+      m8 |= static_cast<uint32_t>(c != 0) << e;
+      const bool big = c > 1 || c < -1;
+      bm8 |= static_cast<uint32_t>(big) << e;
+      pb += big ? (c == exact::kRaw ? 16 : 4) : 0;
+    }
+  }
+}
+
 // An undo step's record header against this weight (checked on the device: no host round trip).
 __device__ __forceinline__ bool header_ok(const DevStep& st, int64_t rows, int64_t cols, DType t) {
   exact::ExactHeader h;
@@ -340,22 +389,30 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
             for (int w = 0; w < XW; w++) aw[w] = 0;
             uint32_t cw0 = 0, cw1 = 0, m8 = 0, bm8 = 0;
             int pb = 0;
+            auto merge_scalar = [&]() {
 #pragma unroll
-            for (int e = 0; e < 8; e++) {
-              const uint32_t xe = L::get(xw[0], e);
-              const float v = L::widen(xe), de = d[0][e];
-              const uint32_t a = L::narrow(dora ? __fmul_rn(kk(e), __fadd_rn(v, de)) : __fadd_rn(v, de));
-              const float va = L::widen(a);
-              const uint32_t Rb = L::narrow(dora ? __fsub_rn(__fdiv_rn(va, kk(e)), de) : __fsub_rn(va, de));
-              L::set(aw, e, a);
-              const int c = Rb == xe || j + e >= cols ? 0 : exact::correction<D>(xe, Rb);
-              const uint32_t cb = static_cast<uint32_t>(c) & 0xffu;
-              if (e < 4) cw0 |= cb << (8 * e);
-              else cw1 |= cb << (8 * (e - 4));
-              m8 |= static_cast<uint32_t>(c != 0) << e;
-              const bool big = c > 1 || c < -1;
-              bm8 |= static_cast<uint32_t>(big) << e;
-              pb += big ? (c == exact::kRaw ? (D == DType::F32 ? 32 : 16) : 4) : 0;
+              for (int e = 0; e < 8; e++) {
+                const uint32_t xe = L::get(xw[0], e);
+                const float v = L::widen(xe), de = d[0][e];
+                const uint32_t a = L::narrow(dora ? __fmul_rn(kk(e), __fadd_rn(v, de)) : __fadd_rn(v, de));
+                const float va = L::widen(a);
+                const uint32_t Rb = L::narrow(dora ? __fsub_rn(__fdiv_rn(va, kk(e)), de) : __fsub_rn(va, de));
+                L::set(aw, e, a);
+                const int c = Rb == xe || j + e >= cols ? 0 : exact::correction<D>(xe, Rb);
+                const uint32_t cb = static_cast<uint32_t>(c) & 0xffu;
+                if (e < 4) cw0 |= cb << (8 * e);
+                else cw1 |= cb << (8 * (e - 4));
+                m8 |= static_cast<uint32_t>(c != 0) << e;
+                const bool big = c > 1 || c < -1;
+                bm8 |= static_cast<uint32_t>(big) << e;
+                pb += big ? (c == exact::kRaw ? (D == DType::F32 ? 32 : 16) : 4) : 0;
+              }
+            };
+            if constexpr (D != DType::F32) {
+              if (!dora && full) merge_pairs16<D>(xw[0], d[0], aw, cw0, cw1, m8, bm8, pb);
+              else merge_scalar();
+            } else {
+              merge_scalar();
             }
             const int bytes = exactc::warp_encode<D, XW>(cw0, cw1, m8, bm8, pb, xw[0], len, lane, enc[warp],
                                                          reinterpret_cast<uint8_t*>(cs[warp]), Final ? exact::kMaxSegmentBytes : kSlot);
