@@ -21,7 +21,10 @@
 // those loads (bench/results/gpu-exact-stage-2026-12-07-h100.txt). Fewer instructions per weight
 // made it 27% faster (bf16 4096²: 132-138 → 97-99 µs; gpu-exact-undo*-2026-12-07-h100.txt): P
 // interleaved by 4 rows, the DoRA test and the correction select out of branches, 16-bit rows
-// unrolled (no register rotation) and undone two per word (undo_pairs16).
+// unrolled (no register rotation) and undone two per word (undo_pairs16). The merge pass rounds and
+// compares two per word too (merge_pairs16: bf16 14336×4096 529-538 → 465-468 µs); unrolling its
+// rows spilled and was slower, and 2 rows per warp (for 3 blocks per SM) was tried and dropped
+// (gpu-exact-merge-pairs-*, gpu-exact-final-2026-12-07-h100.txt).
 #pragma once
 #include <cstdint>
 #include <cstring>
