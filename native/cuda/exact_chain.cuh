@@ -177,11 +177,24 @@ __device__ __forceinline__ void undo_pairs16(uint32_t (&xr)[4], const float (&dr
   }
 }
 
+// Records weight e's correction c (exact::correction's value, 0 for none) in a lane's encoder
+// inputs: its byte in cw0 (e < 4) or cw1, its bit in the nonzero mask m8 and, when it carries a
+// payload (|c| ≥ 2 or raw), in bm8, with the payload's bits added to pb.
+template <DType D>
+__device__ __forceinline__ void note_correction(int c, int e, uint32_t& cw0, uint32_t& cw1, uint32_t& m8, uint32_t& bm8, int& pb) {
+  const uint32_t cb = static_cast<uint32_t>(c) & 0xffu;
+  if (e < 4) cw0 |= cb << (8 * e);
+  else cw1 |= cb << (8 * (e - 4));
+  m8 |= static_cast<uint32_t>(c != 0) << e;
+  const bool big = c > 1 || c < -1;
+  bm8 |= static_cast<uint32_t>(big) << e;
+  pb += big ? (c == exact::kRaw ? (D == DType::F32 ? 32 : 16) : 4) : 0;
+}
+
 // Merge of a lane's 8 16-bit weights (no DoRA, all 8 inside the weight), two per 32-bit word: the
 // merged pair a = round(x + d) and R = round(a − d) each in one packing conversion, key(x) − key(R)
 // per half as SIMD within a register; then per weight what merge_scalar computes: c = 0 where R is x,
-// else the difference, or kRaw where R is NaN or |c| > 9 (exact::correction), as bytes (cw0: 0-3,
-// cw1: 4-7), the nonzero and payload masks and the payload bits.
+// else the difference, or kRaw where R is NaN or |c| > 9 (exact::correction), noted as it does.
 template <DType D>
 __device__ __forceinline__ void merge_pairs16(const uint32_t (&xr)[4], const float (&dr)[8], uint32_t (&aw)[4], uint32_t& cw0,
                                               uint32_t& cw1, uint32_t& m8, uint32_t& bm8, int& pb) {
@@ -215,13 +228,7 @@ __device__ __forceinline__ void merge_pairs16(const uint32_t (&xr)[4], const flo
       const int c16 = static_cast<int16_t>(static_cast<uint16_t>(Dd >> (16 * h)));
       const uint32_t rh = (Rp >> (16 * h)) & 0xffffu;
       const int c = c16 == 0 ? 0 : exact::is_nan_bits<D>(rh) || c16 < -exact::kSmallMax || c16 > exact::kSmallMax ? exact::kRaw : c16;
-      const uint32_t cb = static_cast<uint32_t>(c) & 0xffu;
-      if (e < 4) cw0 |= cb << (8 * e);
-      else cw1 |= cb << (8 * (e - 4));
-      m8 |= static_cast<uint32_t>(c != 0) << e;
-      const bool big = c > 1 || c < -1;
-      bm8 |= static_cast<uint32_t>(big) << e;
-      pb += big ? (c == exact::kRaw ? 16 : 4) : 0;
+      note_correction<D>(c, e, cw0, cw1, m8, bm8, pb);
     }
   }
 }
@@ -402,13 +409,7 @@ __global__ void __launch_bounds__(kThreads, MinBlocks)
                 const uint32_t Rb = L::narrow(dora ? __fsub_rn(__fdiv_rn(va, kk(e)), de) : __fsub_rn(va, de));
                 L::set(aw, e, a);
                 const int c = Rb == xe || j + e >= cols ? 0 : exact::correction<D>(xe, Rb);
-                const uint32_t cb = static_cast<uint32_t>(c) & 0xffu;
-                if (e < 4) cw0 |= cb << (8 * e);
-                else cw1 |= cb << (8 * (e - 4));
-                m8 |= static_cast<uint32_t>(c != 0) << e;
-                const bool big = c > 1 || c < -1;
-                bm8 |= static_cast<uint32_t>(big) << e;
-                pb += big ? (c == exact::kRaw ? (D == DType::F32 ? 32 : 16) : 4) : 0;
+                note_correction<D>(c, e, cw0, cw1, m8, bm8, pb);
               }
             };
             if constexpr (D != DType::F32) {
