@@ -12,7 +12,8 @@
  * see the same machine load. Writes bench/results/quant-cpu-<date>-<cpu>.txt.
  *
  *   node bench/quant_cpu.js [--d 4096] [--r 16] [--rounds 9] [--big-rows 131072] [--threads 0] [--decode-only]
- * --decode-only skips n = 128 and 512. Under LORAKIT_CPU_PATH (e.g. avx2 on an AVX-512 machine)
+ *     [--formats q4_k,q6_k]
+ * --decode-only skips n = 128 and 512; --formats limits both n = 1 passes to those formats. Under LORAKIT_CPU_PATH (e.g. avx2 on an AVX-512 machine)
  * the results file's name ends in that path.
  */
 'use strict';
@@ -33,6 +34,7 @@ const ROUNDS = Number(arg('rounds', 9));
 const BIG_ROWS = Number(arg('big-rows', 131072));
 const threads = Number(arg('threads', 0));
 const DECODE_ONLY = process.argv.includes('--decode-only');
+const ONLY = arg('formats', null)?.split(',') ?? null;
 if (threads > 0) lk.setNumThreads(threads);
 
 function gaussian(n, seed, std) {
@@ -157,8 +159,8 @@ function decode(rows, label, formats) {
   for (const { x, y } of Object.values(xs)) [x, y].forEach((t) => t.dispose());
 }
 // The W beyond the LLC first: the headline figure, measured while the machine is as quiet as it was at the start.
-if (BIG_ROWS > 0) decode(BIG_ROWS, 'larger than the last-level cache', ['nf4', 'q4_0']);
-decode(D, 'd × d', ['nf4', 'q4_0', 'int8', 'q8_0', 'fp4', 'q4_k', 'q6_k']);
+if (BIG_ROWS > 0) decode(BIG_ROWS, 'larger than the last-level cache', ONLY ?? ['nf4', 'q4_0']);
+decode(D, 'd × d', ONLY ?? ['nf4', 'q4_0', 'int8', 'q8_0', 'fp4', 'q4_k', 'q6_k']);
 
 if (!DECODE_ONLY) out(`\n## n = 128 and 512: forward and backward dx vs the same layer with a bf16 W (loraForward / linearBackward)`);
 const Wbf = lk.Tensor.from(w, [D, D], { dtype: 'bf16' });

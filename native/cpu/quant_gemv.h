@@ -119,8 +119,9 @@ QuantGemv quant_gemv_avx2(const QuantSpec& s, bool bf16);
 // vpermw lookups into bf16 tables and vdpbf16ps; fn null for other formats and layouts.
 QuantGemv quant_gemv_avx512bf16(const QuantSpec& s);
 
-// q4_k / q6_k (quant_gemv_kquant.h, compiled per ISA): each 256-value super-block decoded into L1
-// by vector loops with the scalar decoder's products, then dotted with every token's row.
+// q4_k / q6_k (quant_gemv_kquant.h, compiled per ISA): each 256-value super-block decoded in
+// registers with the scalar decoder's products, each vector dotted with every token's row (the
+// AVX-512 path's q4_k: quant_gemv_avx512.cc's table kernel instead).
 QuantGemvFn quant_gemv_kquant_avx512();
 QuantGemvFn quant_gemv_kquant_avx2();
 

@@ -1,5 +1,6 @@
 // The q4_k / q6_k decode GEMV, included once by each ISA's GEMV file inside its target region
-// (LK_KQ_ZMM defined: AVX-512, else AVX2). Each 256-value super-block is decoded
+// (LK_KQ_ZMM defined: AVX-512, else AVX2). The AVX-512 path runs q4_k with its own table kernel
+// instead (quant_gemv_avx512.cc Q4KRows: 2.3x this one at n = 1 on a Zen 4); q6_k and AVX2 use this. Each 256-value super-block is decoded
 // in registers with the scalar decoder's products (ggml_blocks.cc, ggml's dequantize_row_q4_K /
 // q6_K: d·sc·q − dmin·m and (d·sc)·(q − 32), mul and sub rounded apart, as there), each vector
 // going straight into every token's FMA; bf16: each vector rounded to bf16 first (in registers), as
