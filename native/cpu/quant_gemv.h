@@ -119,10 +119,9 @@ QuantGemv quant_gemv_avx2(const QuantSpec& s, bool bf16);
 // vpermw lookups into bf16 tables and vdpbf16ps; fn null for other formats and layouts.
 QuantGemv quant_gemv_avx512bf16(const QuantSpec& s);
 
-// q4_k / q6_k (quant_gemv_kquant.h, compiled per ISA): each 256-value super-block decoded in
-// registers with the scalar decoder's products, each vector dotted with every token's row (the
-// AVX-512 path's q4_k: quant_gemv_avx512.cc's table kernel instead).
-QuantGemvFn quant_gemv_kquant_avx512();
+// q4_k / q6_k on the AVX2 path (quant_gemv_kquant.h): each 256-value super-block decoded in
+// registers with the scalar decoder's products, each vector dotted with every token's row. (The
+// AVX-512 path has its own, quant_gemv_kquant_avx512.h.)
 QuantGemvFn quant_gemv_kquant_avx2();
 
 // nf4 / fp4 row streams (gemv_row_streams): the code bytes of rows j, j + S, … and their absmax

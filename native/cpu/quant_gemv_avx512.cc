@@ -3,7 +3,7 @@
 // by one zero-extension, a shift and two vpermps lookups into a 16-entry table already multiplied
 // by the block's scale (nf4 / fp4: bnb's code book × absmax; q4_0: ggml's (q − 8) × d), the
 // products of the scalar decoder; int8 and q8_0 widen 16 int8 at a time and scale per row / per
-// block; q4_k / q6_k: quant_gemv_kquant.h; bf16 activations on CPUs with a bf16 unit:
+// block; q4_k / q6_k: quant_gemv_kquant_avx512.h; bf16 activations on CPUs with a bf16 unit:
 // quant_gemv_avx512bf16.cc. At n = 1 four rows a quarter of the thread's range apart advance
 // together (gemv_row_streams): four read streams per core keep enough misses in flight on a W
 // beyond the LLC, which one row at a time did not (35% of the read bandwidth; adjacent rows
@@ -28,13 +28,6 @@
 #include "quant.h"
 #include "quant_gemv.h"
 #include "quant_gemv_q4_scales.h"
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma,f16c")
-#pragma GCC optimize("fp-contract=off")
-#define LK_KQ_ZMM 1
-#include "quant_gemv_kquant.h"
-#pragma GCC pop_options
 
 #define LK_Q __attribute__((target("avx512f,avx2,fma,f16c")))
 
@@ -135,122 +128,55 @@ LK_Q inline void q4_block(const uint8_t* const (&row)[R], int64_t g, const float
   }
 }
 
-// Rows of q4_0 (ggml blocks of 32: f16 d, then 16 bytes), R at a time. The d of each 8 blocks
-// are converted together one chunk ahead (quant_gemv_q4_scales.h), the last groups % 8 one by
-// one. n = 1, one thread, W in L2: 1.31 ns per 64 weights (1.65 with a vpbroadcastw +
-// vcvtph2ps per block).
-template <int NT>
-struct Q4Rows {
+// What a row-stream kernel (gemv_row_streams) of this file works on, and its accumulators' start and
+// end: R rows × 2·NT vectors, summed per row and token into y[j + r·S + i·ldy].
+struct GemvRowsArgs {
   const QuantWeight& W;
   const QuantLayout& L;
   const float* x;
   float* y;
   int64_t ldy;
   bool bf16;
+  // The data of rows j, j + S, …, j + (R − 1)·S, each row_bytes long.
+  template <int R>
+  void row_starts(int64_t j, int64_t S, int64_t row_bytes, const uint8_t* (&row)[R]) const {
+    for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * row_bytes;
+  }
+};
+template <int R, int NT>
+LK_Q inline void zero_acc(__m512 (&acc)[R][2 * NT]) {
+  for (int r = 0; r < R; r++)
+    for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
+}
+template <int R, int NT>
+LK_Q inline void store_acc(const __m512 (&acc)[R][2 * NT], float* y, int64_t j, int64_t S, int64_t ldy) {
+  for (int r = 0; r < R; r++)
+    for (int i = 0; i < NT; i++) y[j + r * S + i * ldy] = hsum(_mm512_add_ps(acc[r][2 * i], acc[r][2 * i + 1]));
+}
+
+// Rows of q4_0 (ggml blocks of 32: f16 d, then 16 bytes), R at a time. The d of each 8 blocks
+// are converted together one chunk ahead (quant_gemv_q4_scales.h), the last groups % 8 one by
+// one. n = 1, one thread, W in L2: 1.31 ns per 64 weights (1.65 with a vpbroadcastw +
+// vcvtph2ps per block).
+template <int NT>
+struct Q4Rows : GemvRowsArgs {
   template <int R>
   LK_Q void rows(int64_t j, int64_t S) {
     alignas(64) static const float q4_table[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
     const __m512 table = _mm512_load_ps(q4_table);
     const int64_t cols = W.spec.cols, groups = cols / 32;
     const uint8_t* row[R];
-    for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
+    row_starts<R>(j, S, groups * static_cast<int64_t>(sizeof(BlockQ4_0)), row);
     __m512 acc[R][2 * NT];
-    for (int r = 0; r < R; r++)
-      for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
+    zero_acc<R, NT>(acc);
     q4_blocks_with_scales<1>(row, groups, [&](int64_t g, const float* d) LK_Q {
       q4_block<NT, R>(row, g, d, table, bf16, x, cols, acc);
     });
-    for (int r = 0; r < R; r++)
-      for (int i = 0; i < NT; i++) y[j + r * S + i * ldy] = hsum(_mm512_add_ps(acc[r][2 * i], acc[r][2 * i + 1]));
+    store_acc<R, NT>(acc, y, j, S, ldy);
   }
 };
 
-// q4_k rows (ggml super-blocks of 256: f16 d and dmin, 12 bytes of 6-bit sub-block scales and mins,
-// 128 bytes of codes), R at a time. Each 32-value sub-block s gets a 16-entry table
-// (d·sc_s)·q − dmin·m_s, ggml's products (ggml_blocks.cc deq_k: mul and sub rounded apart; the
-// empty asm keeps the compiler from fusing them); then, as for q4_0, one zero-extension of 16 code
-// bytes and two vpermps give 16 values of sub-block 2i (low nibbles) and 16 of 2i + 1 (high).
-// Four row streams, rows innermost (consecutive FMAs to different accumulators). At n = 1 on a Zen 4:
-// 20 GB/s with f32 activations, 14 with bf16, against 9 and 5 for the generic k-quant loop
-// (quant_gemv_kquant.h) it replaced here (bench/results/quant-kquant-gemv-2026-12-07-zen4.txt).
-template <int NT>
-struct Q4KRows {
-  const QuantWeight& W;
-  const QuantLayout& L;
-  const float* x;
-  float* y;
-  int64_t ldy;
-  bool bf16;
-  // bf16: 0 no rounding, 1 rounded to bf16 (finite d and dmin: every entry finite), 2 rounded with
-  // NaN kept quiet (a file's d or dmin may be inf or NaN).
-  LK_Q static __m512 table(float a, float b, int bf16) {
-    __m512 prod = _mm512_mul_ps(_mm512_set1_ps(a), _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    __asm__("" : "+v"(prod));
-    const __m512 t = _mm512_sub_ps(prod, _mm512_set1_ps(b));
-    if (bf16 == 0) return t;
-    if (bf16 == 1) return round_bf16(t);
-    // Round to nearest even bf16 as dtype.h f32_to_bf16, NaN kept quiet.
-    const __m512i u = _mm512_castps_si512(t), hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-    const __m512i rn = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
-    const __mmask16 nan = _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q);
-    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_mask_or_epi32(rn, nan, u, _mm512_set1_epi32(0x400000)), hi));
-  }
-  template <int R>
-  LK_Q void rows(int64_t j, int64_t S) {
-    const int64_t cols = W.spec.cols, nb = cols / kQK_K;
-    const uint8_t* row[R];
-    for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * nb * sizeof(BlockQ4_K);
-    __m512 acc[R][2 * NT];
-    for (int r = 0; r < R; r++)
-      for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
-    alignas(64) float ab[R][16];  // per row: d·sc_0..7, dmin·m_0..7 of the current super-block
-    int mode[R];                  // per row: table()'s bf16 argument for the current super-block
-    for (int64_t b = 0; b < nb; b++) {
-      const float* xb = x + b * kQK_K;
-      for (int r = 0; r < R; r++) {
-        const uint8_t* p = row[r] + b * sizeof(BlockQ4_K);
-        for (int l = 0; l < 3; l++) _mm_prefetch(reinterpret_cast<const char*>(p) + kGemvPrefetchBytes + 64 * l, _MM_HINT_T0);
-        // The 8 scales and 8 mins (ggml_scale_min_k4) unpacked four at a time in 32-bit words, as
-        // ggml's own kernels do, then d·sc and dmin·m for all 16 in one multiply (the same products).
-        uint32_t u[4];
-        std::memcpy(u, p + 4, 12);
-        constexpr uint32_t k6 = 0x3f3f3f3fu, k4 = 0x0f0f0f0fu, k2 = 0x03030303u;
-        u[3] = ((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4);  // m 4..7
-        const uint32_t m03 = u[1] & k6;                          // m 0..3
-        u[1] = (u[2] & k4) | (((u[0] >> 6) & k2) << 4);          // sc 4..7
-        u[2] = m03;
-        u[0] &= k6;                                              // sc 0..3
-        uint32_t dd;
-        std::memcpy(&dd, p, 4);  // f16 d, then f16 dmin
-        mode[r] = !bf16 ? 0 : (dd & 0x7c00u) != 0x7c00u && (dd & 0x7c000000u) != 0x7c000000u ? 1 : 2;
-        const __m512 dm = _mm512_cvtph_ps(_mm256_castsi128_si256(_mm_set1_epi32(static_cast<int>(dd))));  // d, dmin, d, dmin, ...
-        const __m512 dsel = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), dm);
-        _mm512_store_ps(ab[r], _mm512_mul_ps(dsel, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u))))));
-      }
-      // Rows innermost, so that consecutive FMAs go to different rows' accumulators.
-      for (int i = 0; i < 4; i++) {
-        __m512 tl[R], th[R];
-        for (int r = 0; r < R; r++) {
-          tl[r] = table(ab[r][2 * i], ab[r][8 + 2 * i], mode[r]);
-          th[r] = table(ab[r][2 * i + 1], ab[r][8 + 2 * i + 1], mode[r]);
-        }
-        for (int h = 0; h < 2; h++)
-          for (int r = 0; r < R; r++) {
-            const uint8_t* qs = row[r] + b * sizeof(BlockQ4_K) + 16;
-            const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + 32 * i + 16 * h)));
-            const __m512 wl = _mm512_permutexvar_ps(v, tl[r]), wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), th[r]);
-            for (int t = 0; t < NT; t++) {
-              const float* xt = xb + t * cols + 64 * i + 16 * h;
-              acc[r][2 * t] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(xt), acc[r][2 * t]);
-              acc[r][2 * t + 1] = _mm512_fmadd_ps(wh, _mm512_loadu_ps(xt + 32), acc[r][2 * t + 1]);
-            }
-          }
-      }
-    }
-    for (int r = 0; r < R; r++)
-      for (int i = 0; i < NT; i++) y[j + r * S + i * ldy] = hsum(_mm512_add_ps(acc[r][2 * i], acc[r][2 * i + 1]));
-  }
-};
+#include "quant_gemv_kquant_avx512.h"
 
 // Row streams per token count: enough to keep the misses in flight at n = 1 (4), fewer as the
 // accumulators multiply with the tokens.
@@ -285,9 +211,11 @@ LK_Q void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1, 
     std::vector<float> amax(s.double_quant ? static_cast<size_t>(R * cols / s.block) : 0);
     gemv_row_streams<R>(j0, j1, Nf4Rows<NT>{W, L, _mm512_loadu_ps(s.format == QuantFormat::NF4 ? kNF4Code : kFP4Code), x, y, ldy, bf16, amax});
   } else if (s.format == QuantFormat::Q4_0) {
-    gemv_row_streams<R>(j0, j1, Q4Rows<NT>{W, L, x, y, ldy, bf16});
+    gemv_row_streams<R>(j0, j1, Q4Rows<NT>{{W, L, x, y, ldy, bf16}});
   } else if (s.format == QuantFormat::Q4_K) {
-    gemv_row_streams<R>(j0, j1, Q4KRows<NT>{W, L, x, y, ldy, bf16});
+    gemv_row_streams<R>(j0, j1, Q4KRows<NT>{{W, L, x, y, ldy, bf16}});
+  } else if (s.format == QuantFormat::Q6_K) {
+    gemv_row_streams<R>(j0, j1, Q6KRows<NT>{{W, L, x, y, ldy, bf16}});
   } else if (s.format == QuantFormat::INT8) {
     const float* rs = reinterpret_cast<const float*>(W.data + L.scale_off);
     for (int64_t j = j0; j < j1; j++) {
@@ -477,13 +405,11 @@ QuantGemv quant_gemv_avx512(const QuantSpec& s, bool bf16) {
     case QuantFormat::Q4_0: g.fn = gemv; return g;
     case QuantFormat::INT8:
     case QuantFormat::Q8_0: g.fn = gemv_8bit_covered(s) ? gemv : nullptr; return g;
-    case QuantFormat::Q4_K: g.fn = gemv; return g;
-    case QuantFormat::Q6_K: g.fn = quant_gemv_kquant_avx512(); return g;
+    case QuantFormat::Q4_K:
+    case QuantFormat::Q6_K: g.fn = gemv; return g;
     default: return g;
   }
 }
-
-QuantGemvFn quant_gemv_kquant_avx512() { return __builtin_cpu_supports("avx512f") ? kq::gemv : nullptr; }
 
 }  // namespace cpu
 }  // namespace lorakit
@@ -492,7 +418,6 @@ QuantGemvFn quant_gemv_kquant_avx512() { return __builtin_cpu_supports("avx512f"
 namespace lorakit {
 namespace cpu {
 QuantGemv quant_gemv_avx512(const QuantSpec&, bool) { return {}; }
-QuantGemvFn quant_gemv_kquant_avx512() { return nullptr; }
 QuantDecodeFn quant_decode_avx512() { return nullptr; }
 QuantDecode16Fn quant_decode16_avx512(QuantFormat) { return nullptr; }
 }  // namespace cpu

@@ -1,6 +1,6 @@
-// The q4_k / q6_k decode GEMV, included once by each ISA's GEMV file inside its target region
-// (LK_KQ_ZMM defined: AVX-512, else AVX2). The AVX-512 path runs q4_k with its own table kernel
-// instead (quant_gemv_avx512.cc Q4KRows: 2.3x this one at n = 1 on a Zen 4); q6_k and AVX2 use this. Each 256-value super-block is decoded
+// The AVX2 path's q4_k / q6_k decode GEMV, included by quant_gemv_avx2.cc inside its target region
+// (the AVX-512 path has its own k-quant kernels, quant_gemv_kquant_avx512.h, which ran 2.0-2.7x an
+// AVX-512 build of this one at n = 1 on a Zen 4). Each 256-value super-block is decoded
 // in registers with the scalar decoder's products (ggml_blocks.cc, ggml's dequantize_row_q4_K /
 // q6_K: d·sc·q − dmin·m and (d·sc)·(q − 32), mul and sub rounded apart, as there), each vector
 // going straight into every token's FMA; bf16: each vector rounded to bf16 first (in registers), as
@@ -19,42 +19,14 @@ namespace cpu {
 namespace {
 namespace kq {
 
-// One f32 vector of the includer's ISA (LK_KQ_ZMM: AVX-512, else AVX2) and the few operations the
-// kernel needs, as intrinsics (GCC's generic 64-byte vectors split badly into ymm pairs).
-#if defined(LK_KQ_ZMM)
-using vf = __m512;
-constexpr int kLanes = 16;
-inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
-inline vf vzero() { return _mm512_setzero_ps(); }
-inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-inline float vsum(vf v) { return _mm512_reduce_add_ps(v); }
-// f32 → bf16 → f32 as dtype.h's f32_to_bf16 (round to nearest even; NaN kept quiet).
-inline vf vround_bf16(vf v) {
-  const __m512i u = _mm512_castps_si512(v), hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000)), hi));
-}
-// Values [off, off + 16) = a·q − b (q4_k) or a·(q − 32) (q6_k), q: 16 unsigned bytes, mul and sub
-// rounded apart, handed to sink(off, vector) a vector at a time.
-template <class Sink>
-inline void put_q4(int off, __m128i q, float a, float b, Sink&& sink) {
-  const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
-  sink(off, _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(a), f), _mm512_set1_ps(b)));
-}
-template <class Sink>
-inline void put_q6(int off, __m128i q, float a, Sink&& sink) {
-  const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
-  sink(off, _mm512_mul_ps(_mm512_set1_ps(a), _mm512_sub_ps(f, _mm512_set1_ps(32.f))));
-}
-#else
+// One f32 vector (AVX2) and the few operations the kernel needs, as intrinsics.
 using vf = __m256;
 constexpr int kLanes = 8;
 inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
 inline vf vzero() { return _mm256_setzero_ps(); }
 inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 inline float vsum(vf v) { return hsum_avx2(v); }
-inline vf vround_bf16(vf v) {  // as the AVX-512 one
+inline vf vround_bf16(vf v) {  // as dtype.h f32_to_bf16 (round to nearest even; NaN kept quiet)
   const __m256i u = _mm256_castps_si256(v), hi = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
   const __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
@@ -72,7 +44,6 @@ inline void put_q6(int off, __m128i q, float a, Sink&& sink) {
   for (int h = 0; h < 2; h++, q = _mm_srli_si128(q, 8))
     sink(off + 8 * h, _mm256_mul_ps(va, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), c)));
 }
-#endif
 
 inline __m128i ld16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 inline __m128i bytes(int v) { return _mm_set1_epi8(static_cast<char>(v)); }
