@@ -67,6 +67,20 @@ inline bool ggml_can_quantize(GgmlType t) {
 
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K super-block's 12 scale bytes q (ggml's
 // get_scale_min_k4): the CPU codec (cpu/ggml_blocks.cc) and the decode GEMV (cpu/quant_gemv_kquant.h).
+// All 8 of them at once, four per 32-bit word as ggml's own kernels unpack them: sm[0..7] the
+// scales, sm[8..15] the mins (ggml_scale_min_k4(j) for j = 0..7). q: the block's 12 scale bytes.
+inline void ggml_scales_mins_k4(const uint8_t* q, uint8_t (&sm)[16]) {
+  uint32_t u[4];
+  std::memcpy(u, q, 12);
+  constexpr uint32_t k6 = 0x3f3f3f3fu, k4 = 0x0f0f0f0fu, k2 = 0x03030303u;
+  u[3] = ((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4);  // m 4..7
+  const uint32_t m03 = u[1] & k6;                          // m 0..3
+  u[1] = (u[2] & k4) | (((u[0] >> 6) & k2) << 4);          // sc 4..7
+  u[2] = m03;
+  u[0] &= k6;                                              // sc 0..3
+  std::memcpy(sm, u, 16);
+}
+
 inline void ggml_scale_min_k4(int j, const uint8_t* q, uint8_t& sc, uint8_t& m) {
   if (j < 4) {
     sc = q[j] & 63;

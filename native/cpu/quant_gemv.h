@@ -89,6 +89,22 @@ inline bool gemv_8bit_covered(const QuantSpec& s) { return s.cols % 32 == 0; }
 // hardware prefetchers alone, slower again at 4 KB.
 constexpr int64_t kGemvPrefetchBytes = 2048;
 
+// What a row-stream kernel (gemv_row_streams below) works on: W, its layout, x (arranged as the
+// kernel's QuantGemv asked), y and its token stride, and whether deq(W) is rounded to bf16.
+struct GemvRowsArgs {
+  const QuantWeight& W;
+  const QuantLayout& L;
+  const float* x;
+  float* y;
+  int64_t ldy;
+  bool bf16;
+  // The data of rows j, j + S, …, j + (R − 1)·S, each row_bytes long.
+  template <int R>
+  void row_starts(int64_t j, int64_t S, int64_t row_bytes, const uint8_t* (&row)[R]) const {
+    for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * row_bytes;
+  }
+};
+
 // Rows [j0, j1) read R at a time as separate streams: rows j, j + S, ..., j + (R − 1)·S with
 // S = (j1 − j0) / R, each a sequential read of its own pages (neighbouring rows interleaved in one
 // page defeat the hardware prefetchers; R streams keep R times the misses in flight):

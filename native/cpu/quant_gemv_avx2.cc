@@ -5,7 +5,7 @@
 // activations) is looked up as two 8-entry vpermps halves, blended on the nibble's bit 3. q4_0:
 // 16 bytes of a block widened to (q − 8), converted and multiplied by d (the scalar decoder's
 // product), d converted where its block is read; int8 and q8_0 widen 8 int8 at a time and scale
-// per row / per block; q4_k / q6_k: quant_gemv_kquant.h. At n = 1 two rows half the thread's range
+// per row / per block; q4_k / q6_k: quant_gemv_kquant.h (row streams too). At n = 1 two rows half the thread's range
 // apart advance together as separate read streams (gemv_row_streams; 16 ymm registers hold two
 // rows' tables and accumulators). Every token's accumulators stay in registers. Also the packed
 // GEMM's W-panel decoder for this path (decode).
@@ -119,13 +119,7 @@ LK_A2 void rows_q4_0(int64_t groups, const uint8_t* const (&row)[R], bool bf16, 
 // Row streams (gemv_row_streams) of nf4 / fp4 and of q4_0: the rows' pointers and absmax
 // (reconstructed first with double quant).
 template <int NT>
-struct Rows4bit {
-  const QuantWeight& W;
-  const QuantLayout& L;
-  const float* x;
-  float* y;
-  int64_t ldy;
-  bool bf16;
+struct Rows4bit : GemvRowsArgs {
   std::vector<float>& amax;  // R rows of reconstructed absmax (double quant)
   template <int R>
   LK_A2 void rows(int64_t j, int64_t S) {
@@ -169,7 +163,7 @@ LK_A2 void gemv_nt(const QuantWeight& W, const float* x, int64_t j0, int64_t j1,
   if (s.format == QuantFormat::NF4 || s.format == QuantFormat::FP4 || s.format == QuantFormat::Q4_0) {
     constexpr int R = NT == 1 ? 2 : 1;  // read streams per thread (gemv_row_streams); 16 ymm registers
     std::vector<float> amax(s.double_quant ? static_cast<size_t>(R * cols / s.block) : 0);
-    gemv_row_streams<R>(j0, j1, Rows4bit<NT>{W, L, x, y, ldy, bf16, amax});
+    gemv_row_streams<R>(j0, j1, Rows4bit<NT>{{W, L, x, y, ldy, bf16}, amax});
   } else if (s.format == QuantFormat::INT8) {
     const float* rs = reinterpret_cast<const float*>(W.data + L.scale_off);
     for (int64_t j = j0; j < j1; j++) {

@@ -29,6 +29,11 @@
 #include "quant_gemv.h"
 #include "quant_gemv_q4_scales.h"
 
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma,f16c")
+#include "quant_q6k_codes.h"
+#pragma GCC pop_options
+
 #define LK_Q __attribute__((target("avx512f,avx2,fma,f16c")))
 
 namespace lorakit {
@@ -128,21 +133,8 @@ LK_Q inline void q4_block(const uint8_t* const (&row)[R], int64_t g, const float
   }
 }
 
-// What a row-stream kernel (gemv_row_streams) of this file works on, and its accumulators' start and
-// end: R rows × 2·NT vectors, summed per row and token into y[j + r·S + i·ldy].
-struct GemvRowsArgs {
-  const QuantWeight& W;
-  const QuantLayout& L;
-  const float* x;
-  float* y;
-  int64_t ldy;
-  bool bf16;
-  // The data of rows j, j + S, …, j + (R − 1)·S, each row_bytes long.
-  template <int R>
-  void row_starts(int64_t j, int64_t S, int64_t row_bytes, const uint8_t* (&row)[R]) const {
-    for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * row_bytes;
-  }
-};
+// The accumulators of a row-stream kernel: R rows × 2·NT vectors, summed per row and token into
+// y[j + r·S + i·ldy].
 template <int R, int NT>
 LK_Q inline void zero_acc(__m512 (&acc)[R][2 * NT]) {
   for (int r = 0; r < R; r++)

@@ -47,22 +47,15 @@ struct Q4KRows : GemvRowsArgs {
       for (int r = 0; r < R; r++) {
         const uint8_t* p = row[r] + b * sizeof(BlockQ4_K);
         for (int l = 0; l < 3; l++) _mm_prefetch(reinterpret_cast<const char*>(p) + kGemvPrefetchBytes + 64 * l, _MM_HINT_T0);
-        // The 8 scales and 8 mins (ggml_scale_min_k4) unpacked four at a time in 32-bit words, as
-        // ggml's own kernels do, then d·sc and dmin·m for all 16 in one multiply (the same products).
-        uint32_t u[4];
-        std::memcpy(u, p + 4, 12);
-        constexpr uint32_t k6 = 0x3f3f3f3fu, k4 = 0x0f0f0f0fu, k2 = 0x03030303u;
-        u[3] = ((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4);  // m 4..7
-        const uint32_t m03 = u[1] & k6;                          // m 0..3
-        u[1] = (u[2] & k4) | (((u[0] >> 6) & k2) << 4);          // sc 4..7
-        u[2] = m03;
-        u[0] &= k6;                                              // sc 0..3
+        // The 8 scales and 8 mins, then d·sc and dmin·m for all 16 in one multiply (the same products).
+        alignas(16) uint8_t sm[16];
+        ggml_scales_mins_k4(p + 4, sm);
         uint32_t dd;
         std::memcpy(&dd, p, 4);  // f16 d, then f16 dmin
         mode[r] = !bf16 ? 0 : (dd & 0x7c00u) != 0x7c00u && (dd & 0x7c000000u) != 0x7c000000u ? 1 : 2;
         const __m512 dm = _mm512_cvtph_ps(_mm256_castsi128_si256(_mm_set1_epi32(static_cast<int>(dd))));  // d, dmin, d, dmin, ...
         const __m512 dsel = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), dm);
-        _mm512_store_ps(ab[r], _mm512_mul_ps(dsel, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u))))));
+        _mm512_store_ps(ab[r], _mm512_mul_ps(dsel, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(sm))))));
       }
       // Rows innermost, so that consecutive FMAs go to different rows' accumulators.
       for (int i = 0; i < 4; i++) {
@@ -105,29 +98,13 @@ struct Q6KRows : GemvRowsArgs {
     alignas(64) int8_t q[R][kQK_K];  // per row: the super-block's codes less 32, in value order
     alignas(64) float a[R][16];      // per row: d·sc for each 16-value group
     int mode[R];                     // per row: 0 f32, 1 bf16 (finite d), 2 bf16 with NaN kept quiet
-    // 256-bit integer ops (AVX2): this path requires only AVX-512F, which has no byte or word ops
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), c32 = _mm256_set1_epi8(32);
     for (int64_t b = 0; b < nb; b++) {
       const float* xb = x + b * kQK_K;
       for (int r = 0; r < R; r++) {
         const uint8_t* p = row[r] + b * sizeof(BlockQ6_K);
         for (int l = 0; l < 4; l++) _mm_prefetch(reinterpret_cast<const char*>(p) + kGemvPrefetchBytes + 64 * l, _MM_HINT_T0);
         const BlockQ6_K* blk = reinterpret_cast<const BlockQ6_K*>(p);
-        for (int n = 0; n < 2; n++) {  // values 128n + l (q1), + 32 (q2), + 64 (q3), + 96 (q4), l < 32
-          const __m256i la = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->ql + 64 * n));
-          const __m256i lb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->ql + 64 * n + 32));
-          const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qh + 32 * n));
-          // 16-bit shifts: the bits moved across a byte boundary are the ones the masks clear
-          const __m256i q1 = _mm256_or_si256(_mm256_and_si256(la, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-          const __m256i q2 = _mm256_or_si256(_mm256_and_si256(lb, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-          const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(la, 4), m4), _mm256_and_si256(qh, m30));
-          const __m256i q4 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lb, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
-          int8_t* o = q[r] + 128 * n;
-          _mm256_store_si256(reinterpret_cast<__m256i*>(o), _mm256_sub_epi8(q1, c32));
-          _mm256_store_si256(reinterpret_cast<__m256i*>(o + 32), _mm256_sub_epi8(q2, c32));
-          _mm256_store_si256(reinterpret_cast<__m256i*>(o + 64), _mm256_sub_epi8(q3, c32));
-          _mm256_store_si256(reinterpret_cast<__m256i*>(o + 96), _mm256_sub_epi8(q4, c32));
-        }
+        q6k_codes(blk, q[r]);
         const float d = _cvtsh_ss(blk->d);
         _mm512_store_ps(a[r], _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->scales))))));
         mode[r] = !bf16 ? 0 : (blk->d & 0x7c00u) != 0x7c00u ? 1 : 2;
