@@ -170,7 +170,7 @@ for (const n of DECODE_ONLY ? [] : [128, 512]) {
     const y = lk.Tensor.zeros([n, D], { dtype: xdt });
     const ad = adapters(D, D, xdt);
     const ops = { bf16: () => call((b) => b.loraForward(x.handle, Wbf.handle, null, false, ad, y.handle)) };
-    const Qs = ['nf4', 'q4_0', 'int8'].map((f) => quantized(f, D, D, w));
+    const Qs = (ONLY ?? ['nf4', 'q4_0', 'int8']).map((f) => quantized(f, D, D, w));
     for (const Q of Qs) ops[Q.spec.format] = () => call((b) => b.quantLoraForward(x.handle, Q.q.handle, Q.spec, null, ad, y.handle));
     const dy = lk.Tensor.from(gaussian(n * D, 7, 1), [n, D], { dtype: xdt });
     const dx = lk.Tensor.zeros([n, D], { dtype: xdt });

@@ -234,8 +234,9 @@ void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j
   with_token_count(n, [&](auto nt) { gemv_nt<decltype(nt)::value>(W, x, j0, j1, y, ldy, bf16); });
 }
 
-// deq(W)[row, c0 .. c0 + len) in natural order; c0 and len multiples of 32 (else the scalar decoder,
-// as for q4_k and q6_k). The products are those of the scalar decoders: code·absmax, q·d, q·s.
+// deq(W)[row, c0 .. c0 + len) in natural order; c0 and len multiples of 32 (16 for q6_k; else the
+// scalar decoder). The products are those of the scalar decoders: code·absmax, q·d, q·s, and the
+// k-quants' (quant_gemv_kquant_avx512.h).
 void decode(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out) {
   decode_avx512(W, row, c0, len, out);
 }
@@ -244,8 +245,9 @@ void decode(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* o
 
 LK_Q void decode_avx512(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out) {
   const QuantSpec& s = W.spec;
-  if (c0 % 32 != 0 || len % 32 != 0 || s.format == QuantFormat::Q4_K || s.format == QuantFormat::Q6_K)
-    return dequantize_segment(W, row, c0, len, out);
+  if (s.format == QuantFormat::Q6_K && c0 % 16 == 0 && len % 16 == 0) return decode_q6k_segment(W, quant_layout(s), row, c0, len, out);
+  if (c0 % 32 != 0 || len % 32 != 0 || s.format == QuantFormat::Q6_K) return dequantize_segment(W, row, c0, len, out);
+  if (s.format == QuantFormat::Q4_K) return decode_q4k_segment(W, quant_layout(s), row, c0, len, out);
   const QuantLayout L = quant_layout(s);
   const int64_t cols = s.cols;
   if (s.format == QuantFormat::Q4_0 || s.format == QuantFormat::Q8_0) {  // blocks of 32: d, then the values

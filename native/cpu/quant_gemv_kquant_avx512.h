@@ -130,3 +130,53 @@ struct Q6KRows : GemvRowsArgs {
     store_acc<R, NT>(acc, y, j, S, ldy);
   }
 };
+
+// deq(W)[row, c0 .. c0 + len) of a q4_k W (the packed GEMM's W panels), c0 and len multiples of 32:
+// each 32-value sub-block from its table (Q4KRows::table, the same products) and 16 code bytes.
+LK_Q inline void decode_q4k_segment(const QuantWeight& W, const QuantLayout& L, int64_t row, int64_t c0, int64_t len, float* out) {
+  const int64_t nb = W.spec.cols / kQK_K;
+  const uint8_t* base = W.data + L.data_off + row * nb * static_cast<int64_t>(sizeof(BlockQ4_K));
+  alignas(16) uint8_t sm[16];
+  float d = 0.f, dmin = 0.f;
+  int64_t have = -1;  // the super-block whose scales sm, d and dmin hold
+  for (int64_t c = c0; c < c0 + len; c += 32) {
+    const int64_t b = c / kQK_K;
+    const uint8_t* p = base + b * static_cast<int64_t>(sizeof(BlockQ4_K));
+    if (b != have) {
+      ggml_scales_mins_k4(p + 4, sm);
+      uint16_t h[2];
+      std::memcpy(h, p, 4);
+      d = _cvtsh_ss(h[0]);
+      dmin = _cvtsh_ss(h[1]);
+      have = b;
+    }
+    const int sb = static_cast<int>((c % kQK_K) / 32);  // sub-block: 2i low nibbles, 2i + 1 high ones
+    const __m512 t = Q4KRows<1>::table(d * sm[sb], dmin * sm[8 + sb], 0);
+    const uint8_t* qs = p + 16 + 32 * (sb / 2);
+    for (int hh = 0; hh < 2; hh++) {
+      __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + 16 * hh)));
+      if (sb & 1) v = _mm512_srli_epi32(v, 4);
+      _mm512_storeu_ps(out + (c - c0) + 16 * hh, _mm512_permutexvar_ps(v, t));
+    }
+  }
+}
+
+// deq(W)[row, c0 .. c0 + len) of a q6_k W, c0 and len multiples of 16: each super-block's codes
+// assembled once (q6k_codes), each 16 values (d·sc)·(q − 32) as in Q6KRows.
+LK_Q inline void decode_q6k_segment(const QuantWeight& W, const QuantLayout& L, int64_t row, int64_t c0, int64_t len, float* out) {
+  const int64_t nb = W.spec.cols / kQK_K;
+  const uint8_t* base = W.data + L.data_off + row * nb * static_cast<int64_t>(sizeof(BlockQ6_K));
+  alignas(32) int8_t q[kQK_K];
+  int64_t have = -1;  // the super-block whose codes q holds
+  for (int64_t c = c0; c < c0 + len; c += 16) {
+    const int64_t b = c / kQK_K;
+    const BlockQ6_K* blk = reinterpret_cast<const BlockQ6_K*>(base + b * static_cast<int64_t>(sizeof(BlockQ6_K)));
+    if (b != have) {
+      q6k_codes(blk, q);
+      have = b;
+    }
+    const int g = static_cast<int>((c % kQK_K) / 16);
+    const __m512 a = _mm512_set1_ps(_cvtsh_ss(blk->d) * static_cast<float>(blk->scales[g]));
+    _mm512_storeu_ps(out + (c - c0), _mm512_mul_ps(a, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(q + 16 * g))))));
+  }
+}
