@@ -191,10 +191,11 @@ void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j
 }
 
 // deq(W)[row, c0 .. c0 + len) in natural order for the packed GEMM's W panels; c0 and len multiples
-// of 32 (else, and for q4_k / q6_k, the scalar decoder). The products are those of the scalar
-// decoders: code·absmax, (q − 8)·d, q·d, q·s.
+// of 32 (16 for q6_k; else, and for q4_k, the scalar decoder). The products are those of the scalar
+// decoders: code·absmax, (q − 8)·d, q·d, q·s, and q6_k's (quant_gemv_kquant.h).
 LK_A2 void decode(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out) {
   const QuantSpec& s = W.spec;
+  if (s.format == QuantFormat::Q6_K && c0 % 16 == 0 && len % 16 == 0) return kq::decode_q6k_segment(W, row, c0, len, out);
   if (c0 % 32 != 0 || len % 32 != 0 || s.format == QuantFormat::Q4_K || s.format == QuantFormat::Q6_K)
     return dequantize_segment(W, row, c0, len, out);
   const QuantLayout L = quant_layout(s);
