@@ -196,6 +196,7 @@ void gemv(const QuantWeight& W, const void* xv, int64_t n, int64_t j0, int64_t j
 LK_A2 void decode(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out) {
   const QuantSpec& s = W.spec;
   if (s.format == QuantFormat::Q6_K && c0 % 16 == 0 && len % 16 == 0) return kq::decode_q6k_segment(W, row, c0, len, out);
+  if (s.format == QuantFormat::Q4_K && c0 % 16 == 0 && len % 16 == 0) return kq::decode_q4k_segment(W, row, c0, len, out);
   if (c0 % 32 != 0 || len % 32 != 0 || s.format == QuantFormat::Q4_K || s.format == QuantFormat::Q6_K)
     return dequantize_segment(W, row, c0, len, out);
   const QuantLayout L = quant_layout(s);

@@ -146,9 +146,47 @@ struct Q6KRows : GemvRowsArgs {
   }
 };
 
+// deq(W)[row, c0 .. c0 + len) of a q4_k W (the packed GEMM's W panels), c0 and len multiples of 16:
+// (d·sc)·q − dmin·m as in Q4KRows, 16 values (one half of a sub-block's 32 code bytes) at a time.
+inline void decode_q4k_segment(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out) {
+  const QuantLayout L = quant_layout(W.spec);
+  const int64_t nb = W.spec.cols / kQK_K;
+  const int64_t row_bytes = nb * static_cast<int64_t>(sizeof(BlockQ4_K));
+  const uint8_t* base = W.data + L.data_off + row * row_bytes;
+  // The GEMM's packing decodes the same range of the next row next: its bytes are fetched ahead
+  // (without it, the loads of W stalled this decoder more than the scalar one it replaces; the same
+  // for q6_k, or on the AVX-512 path, measured no gain).
+  if (row + 1 < W.spec.rows) {
+    const uint8_t* next = base + row_bytes + (c0 / kQK_K) * static_cast<int64_t>(sizeof(BlockQ4_K));
+    const int64_t bytes = ((c0 + len + kQK_K - 1) / kQK_K - c0 / kQK_K) * static_cast<int64_t>(sizeof(BlockQ4_K));
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+  }
+  alignas(16) uint8_t sm[16];
+  float d = 0.f, dmin = 0.f;
+  int64_t have = -1;  // the super-block whose scales sm, d and dmin hold
+  for (int64_t c = c0; c < c0 + len; c += 16) {
+    const int64_t b = c / kQK_K;
+    const uint8_t* p = base + b * static_cast<int64_t>(sizeof(BlockQ4_K));
+    if (b != have) {
+      ggml_scales_mins_k4(p + 4, sm);
+      uint16_t h[2];
+      std::memcpy(h, p, 4);
+      d = _cvtsh_ss(h[0]);
+      dmin = _cvtsh_ss(h[1]);
+      have = b;
+    }
+    const int sb = static_cast<int>((c % kQK_K) / 32), hh = static_cast<int>((c % 32) / 16);  // sub-block, its half
+    const __m256 a = _mm256_set1_ps(d * sm[sb]), m = _mm256_set1_ps(dmin * sm[8 + sb]);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 + 32 * (sb / 2) + 16 * hh));
+    const __m128i v = _mm_and_si128(sb & 1 ? _mm_srli_epi16(q, 4) : q, _mm_set1_epi8(0x0f));  // odd: high nibbles
+    const __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)));
+    _mm256_storeu_ps(out + (c - c0), _mm256_sub_ps(_mm256_mul_ps(a, f0), m));
+    _mm256_storeu_ps(out + (c - c0) + 8, _mm256_sub_ps(_mm256_mul_ps(a, f1), m));
+  }
+}
+
 // deq(W)[row, c0 .. c0 + len) of a q6_k W (the packed GEMM's W panels), c0 and len multiples of 16
-// (Q6KRows' products). (A q4_k one made the q4_k forward at n = 128 8-12% slower than the scalar
-// decoder on this path, measured on a Zen 4 under LORAKIT_CPU_PATH=avx2, so q4_k keeps that.)
+// (Q6KRows' products).
 inline void decode_q6k_segment(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, float* out) {
   const QuantLayout L = quant_layout(W.spec);
   const int64_t nb = W.spec.cols / kQK_K;
