@@ -137,7 +137,7 @@ describe('the same results as the float ops on deq(W)', () => {
 // reference is float64 over those weights, the result rounded once to bf16.
 describe('bf16 activations and the async forms', () => {
   const bf = (v: Float32Array) => Tensor.from(v, [v.length], { dtype: 'bf16' }).toFloat32Array();
-  test.each(['q4_0', 'nf4', 'int8', 'q8_0', 'q4_k'] as const)('%s: bf16 x, y, A, B and an f16 bias, n = 5 (decode GEMV) and n = 20 (GEMM); dx; dequantize to bf16', async (format) => {
+  test.each(['q4_0', 'nf4', 'int8', 'q8_0', 'q4_k', 'q6_k'] as const)('%s: bf16 x, y, A, B and an f16 bias, n = 5 (decode GEMV) and n = 20 (GEMM); dx; dequantize to bf16', async (format) => {
     const rows = 48;
     const cols = 256;
     const spec = specOf(format, rows, cols);
