@@ -313,8 +313,53 @@ LK_Q void decode_avx512(const QuantWeight& W, int64_t row, int64_t c0, int64_t l
 LK_Q16 static inline __m512i bf16_words(__m512 scaled) {
   return _mm512_castsi256_si512(_mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(round_bf16(scaled)), 16)));
 }
+// The k-quants rounded to bf16 words (NaN kept quiet, as store_row / f32_to_bf16 would round their
+// f32 decode), c0 and len multiples of 32. q4_k: each sub-block's 16-entry table (Q4KRows::table)
+// rounded, then one vpermw over 32 code bytes widened to words; q6_k: decode_q6k_segment's products,
+// rounded 16 at a time.
+LK_Q16 static inline __m512i bf16_words_quiet(__m512 v) {
+  return _mm512_castsi256_si512(_mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(round_bf16_quiet(v)), 16)));
+}
+LK_Q16 static void decode16_q4k(const QuantWeight& W, const QuantLayout& L, int64_t row, int64_t c0, int64_t len, uint16_t* out) {
+  const int64_t nb = W.spec.cols / kQK_K;
+  const uint8_t* base = W.data + L.data_off + row * nb * static_cast<int64_t>(sizeof(BlockQ4_K));
+  alignas(16) uint8_t sm[16];
+  float d = 0.f, dmin = 0.f;
+  int64_t have = -1;
+  for (int64_t c = c0; c < c0 + len; c += 32) {
+    const int64_t b = c / kQK_K;
+    const uint8_t* p = base + b * static_cast<int64_t>(sizeof(BlockQ4_K));
+    if (b != have) {
+      ggml_scales_mins_k4(p + 4, sm);
+      uint16_t h[2];
+      std::memcpy(h, p, 4);
+      d = _cvtsh_ss(h[0]);
+      dmin = _cvtsh_ss(h[1]);
+      have = b;
+    }
+    const int sb = static_cast<int>((c % kQK_K) / 32);  // sub-block: 2i low nibbles, 2i + 1 high ones
+    const __m512i t = bf16_words_quiet(Q4KRows<1>::table(d * sm[sb], dmin * sm[8 + sb], 0));
+    __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16 + 32 * (sb / 2))));
+    if (sb & 1) v = _mm512_srli_epi16(v, 4);  // vpermw reads the low 5 bits: the low nibble needs a mask
+    else v = _mm512_and_si512(v, _mm512_set1_epi16(15));
+    _mm512_storeu_si512(out + (c - c0), _mm512_permutexvar_epi16(v, t));
+  }
+}
+LK_Q16 static void decode16_q6k(const QuantWeight& W, const QuantLayout& L, int64_t row, int64_t c0, int64_t len, uint16_t* out) {
+  thread_local std::vector<float> buf;
+  for (int64_t c = 0; c < len; c += 256) {  // through decode_q6k_segment's f32 products, a super-block at a time
+    const int64_t n = std::min<int64_t>(256, len - c);
+    buf.resize(256);
+    decode_q6k_segment(W, L, row, c0 + c, n, buf.data());
+    for (int64_t k = 0; k < n; k += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c + k), _mm512_castsi512_si256(bf16_words_quiet(_mm512_loadu_ps(buf.data() + k))));
+  }
+}
+
 LK_Q16 static void decode16(const QuantWeight& W, int64_t row, int64_t c0, int64_t len, uint16_t* out) {
   const QuantSpec& s = W.spec;
+  if (c0 % 32 == 0 && len % 32 == 0 && s.format == QuantFormat::Q4_K) return decode16_q4k(W, quant_layout(s), row, c0, len, out);
+  if (c0 % 32 == 0 && len % 32 == 0 && s.format == QuantFormat::Q6_K) return decode16_q6k(W, quant_layout(s), row, c0, len, out);
   if (c0 % 32 != 0 || len % 32 != 0) {  // not reached by the GEMM's panels (kc even, k0 a multiple of 32)
     thread_local std::vector<float> buf;
     buf.resize(static_cast<size_t>(len));
@@ -380,7 +425,8 @@ LK_Q16 static void decode16(const QuantWeight& W, int64_t row, int64_t c0, int64
 
 QuantDecode16Fn quant_decode16_avx512(QuantFormat f) {
   if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) return nullptr;
-  return f == QuantFormat::NF4 || f == QuantFormat::FP4 || f == QuantFormat::Q4_0 || f == QuantFormat::INT8 || f == QuantFormat::Q8_0
+  return f == QuantFormat::NF4 || f == QuantFormat::FP4 || f == QuantFormat::Q4_0 || f == QuantFormat::INT8 || f == QuantFormat::Q8_0 ||
+                 f == QuantFormat::Q4_K || f == QuantFormat::Q6_K
              ? decode16
              : nullptr;
 }
