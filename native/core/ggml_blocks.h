@@ -81,6 +81,27 @@ inline void ggml_scales_mins_k4(const uint8_t* q, uint8_t (&sm)[16]) {
   std::memcpy(sm, u, 16);
 }
 
+// The scales of the q4_k super-block a decoder walking a row is in: sm (8 scales, then 8 mins), d and
+// dmin of super-block `have`, reloaded by at() when the block changes.
+struct Q4KScales {
+  alignas(16) uint8_t sm[16];
+  float d = 0.f, dmin = 0.f;
+  int64_t have = -1;
+  // Super-block b of a row starting at row_data; its bytes.
+  const uint8_t* at(const uint8_t* row_data, int64_t b) {
+    const uint8_t* p = row_data + b * static_cast<int64_t>(sizeof(BlockQ4_K));
+    if (b != have) {
+      ggml_scales_mins_k4(p + 4, sm);
+      uint16_t h[2];
+      std::memcpy(h, p, 4);
+      d = f16_to_f32(h[0]);
+      dmin = f16_to_f32(h[1]);
+      have = b;
+    }
+    return p;
+  }
+};
+
 inline void ggml_scale_min_k4(int j, const uint8_t* q, uint8_t& sc, uint8_t& m) {
   if (j < 4) {
     sc = q[j] & 63;

@@ -161,22 +161,11 @@ inline void decode_q4k_segment(const QuantWeight& W, int64_t row, int64_t c0, in
     const int64_t bytes = ((c0 + len + kQK_K - 1) / kQK_K - c0 / kQK_K) * static_cast<int64_t>(sizeof(BlockQ4_K));
     for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
   }
-  alignas(16) uint8_t sm[16];
-  float d = 0.f, dmin = 0.f;
-  int64_t have = -1;  // the super-block whose scales sm, d and dmin hold
+  Q4KScales k;
   for (int64_t c = c0; c < c0 + len; c += 16) {
-    const int64_t b = c / kQK_K;
-    const uint8_t* p = base + b * static_cast<int64_t>(sizeof(BlockQ4_K));
-    if (b != have) {
-      ggml_scales_mins_k4(p + 4, sm);
-      uint16_t h[2];
-      std::memcpy(h, p, 4);
-      d = _cvtsh_ss(h[0]);
-      dmin = _cvtsh_ss(h[1]);
-      have = b;
-    }
+    const uint8_t* p = k.at(base, c / kQK_K);
     const int sb = static_cast<int>((c % kQK_K) / 32), hh = static_cast<int>((c % 32) / 16);  // sub-block, its half
-    const __m256 a = _mm256_set1_ps(d * sm[sb]), m = _mm256_set1_ps(dmin * sm[8 + sb]);
+    const __m256 a = _mm256_set1_ps(k.d * k.sm[sb]), m = _mm256_set1_ps(k.dmin * k.sm[8 + sb]);
     const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 + 32 * (sb / 2) + 16 * hh));
     const __m128i v = _mm_and_si128(sb & 1 ? _mm_srli_epi16(q, 4) : q, _mm_set1_epi8(0x0f));  // odd: high nibbles
     const __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)));

@@ -136,22 +136,11 @@ struct Q6KRows : GemvRowsArgs {
 LK_Q inline void decode_q4k_segment(const QuantWeight& W, const QuantLayout& L, int64_t row, int64_t c0, int64_t len, float* out) {
   const int64_t nb = W.spec.cols / kQK_K;
   const uint8_t* base = W.data + L.data_off + row * nb * static_cast<int64_t>(sizeof(BlockQ4_K));
-  alignas(16) uint8_t sm[16];
-  float d = 0.f, dmin = 0.f;
-  int64_t have = -1;  // the super-block whose scales sm, d and dmin hold
+  Q4KScales k;
   for (int64_t c = c0; c < c0 + len; c += 32) {
-    const int64_t b = c / kQK_K;
-    const uint8_t* p = base + b * static_cast<int64_t>(sizeof(BlockQ4_K));
-    if (b != have) {
-      ggml_scales_mins_k4(p + 4, sm);
-      uint16_t h[2];
-      std::memcpy(h, p, 4);
-      d = _cvtsh_ss(h[0]);
-      dmin = _cvtsh_ss(h[1]);
-      have = b;
-    }
+    const uint8_t* p = k.at(base, c / kQK_K);
     const int sb = static_cast<int>((c % kQK_K) / 32);  // sub-block: 2i low nibbles, 2i + 1 high ones
-    const __m512 t = Q4KRows<1>::table(d * sm[sb], dmin * sm[8 + sb], 0);
+    const __m512 t = Q4KRows<1>::table(k.d * k.sm[sb], k.dmin * k.sm[8 + sb], 0);
     const uint8_t* qs = p + 16 + 32 * (sb / 2);
     for (int hh = 0; hh < 2; hh++) {
       __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + 16 * hh)));
