@@ -180,20 +180,14 @@ inline void decode_q6k_segment(const QuantWeight& W, int64_t row, int64_t c0, in
   const QuantLayout L = quant_layout(W.spec);
   const int64_t nb = W.spec.cols / kQK_K;
   const uint8_t* base = W.data + L.data_off + row * nb * static_cast<int64_t>(sizeof(BlockQ6_K));
-  alignas(32) int8_t q[kQK_K];
-  int64_t have = -1;  // the super-block whose codes q holds
+  Q6KCodes k;
   for (int64_t c = c0; c < c0 + len; c += 16) {
-    const int64_t b = c / kQK_K;
-    const BlockQ6_K* blk = reinterpret_cast<const BlockQ6_K*>(base + b * static_cast<int64_t>(sizeof(BlockQ6_K)));
-    if (b != have) {
-      q6k_codes(blk, q);
-      have = b;
-    }
+    const BlockQ6_K* blk = k.at(base, c / kQK_K);
     const int g = static_cast<int>((c % kQK_K) / 16);
     const __m256 a = _mm256_set1_ps(_cvtsh_ss(blk->d) * static_cast<float>(blk->scales[g]));
-    for (int k = 0; k < 2; k++) {
-      const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 16 * g + 8 * k))));
-      _mm256_storeu_ps(out + (c - c0) + 8 * k, _mm256_mul_ps(a, f));
+    for (int h = 0; h < 2; h++) {
+      const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(k.q + 16 * g + 8 * h))));
+      _mm256_storeu_ps(out + (c - c0) + 8 * h, _mm256_mul_ps(a, f));
     }
   }
 }

@@ -155,17 +155,11 @@ LK_Q inline void decode_q4k_segment(const QuantWeight& W, const QuantLayout& L, 
 LK_Q inline void decode_q6k_segment(const QuantWeight& W, const QuantLayout& L, int64_t row, int64_t c0, int64_t len, float* out) {
   const int64_t nb = W.spec.cols / kQK_K;
   const uint8_t* base = W.data + L.data_off + row * nb * static_cast<int64_t>(sizeof(BlockQ6_K));
-  alignas(32) int8_t q[kQK_K];
-  int64_t have = -1;  // the super-block whose codes q holds
+  Q6KCodes k;
   for (int64_t c = c0; c < c0 + len; c += 16) {
-    const int64_t b = c / kQK_K;
-    const BlockQ6_K* blk = reinterpret_cast<const BlockQ6_K*>(base + b * static_cast<int64_t>(sizeof(BlockQ6_K)));
-    if (b != have) {
-      q6k_codes(blk, q);
-      have = b;
-    }
+    const BlockQ6_K* blk = k.at(base, c / kQK_K);
     const int g = static_cast<int>((c % kQK_K) / 16);
     const __m512 a = _mm512_set1_ps(_cvtsh_ss(blk->d) * static_cast<float>(blk->scales[g]));
-    _mm512_storeu_ps(out + (c - c0), _mm512_mul_ps(a, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(q + 16 * g))))));
+    _mm512_storeu_ps(out + (c - c0), _mm512_mul_ps(a, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(k.q + 16 * g))))));
   }
 }

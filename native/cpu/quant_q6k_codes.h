@@ -34,6 +34,22 @@ inline void q6k_codes(const BlockQ6_K* blk, int8_t* out) {
   }
 }
 
+// The codes of the super-block a panel decoder walking a row is in, assembled again only when the
+// block changes.
+struct Q6KCodes {
+  alignas(32) int8_t q[kQK_K];
+  int64_t have = -1;
+  // Super-block b of a row starting at row_data (its codes then in q).
+  const BlockQ6_K* at(const uint8_t* row_data, int64_t b) {
+    const BlockQ6_K* blk = reinterpret_cast<const BlockQ6_K*>(row_data + b * static_cast<int64_t>(sizeof(BlockQ6_K)));
+    if (b != have) {
+      q6k_codes(blk, q);
+      have = b;
+    }
+    return blk;
+  }
+};
+
 }  // namespace
 }  // namespace cpu
 }  // namespace lorakit
