@@ -1,8 +1,9 @@
 // The AVX-512 decode GEMV's k-quant rows (q4_k, q6_k), R rows at a time (gemv_row_streams), rows
-// innermost so that consecutive FMAs go to different accumulators. Included by
-// quant_gemv_avx512.cc inside its namespace and target region (LK_Q, round_bf16, GemvRowsArgs,
-// zero_acc, store_acc, kGemvPrefetchBytes). Values are the scalar decoder's products (ggml_blocks.cc deq_k / deq_q6_k);
-// the generic k-quant loop (quant_gemv_kquant.h) remains for the AVX2 path.
+// innermost so that consecutive FMAs go to different accumulators, and the packed GEMM's k-quant
+// panel decoders. Included by quant_gemv_avx512.cc inside its namespace (it supplies LK_Q,
+// round_bf16, zero_acc, store_acc; quant_gemv.h GemvRowsArgs and kGemvPrefetchBytes; quant_q6k_codes.h).
+// Values are the scalar decoder's products (ggml_blocks.cc deq_k / deq_q6_k); the AVX2 path's
+// kernels are quant_gemv_kquant.h.
 #pragma once
 
 // Round to nearest even bf16 as dtype.h f32_to_bf16, NaN kept quiet (round_bf16 is for finite
