@@ -128,3 +128,35 @@ for (const n of [40, 256]) {
     assert.ok(relErr(yg.toFloat32Array(), yf) <= 1e-6, 'cached norm after the step = a fresh layer');
   });
 }
+
+// The eval forward with k in the decode kernel's epilogue (n = 8: no pass over y; bf16/f16 on the
+// tensor-core decode, f32 on the CUDA-core one) and through cuBLASLt with the pass over y (n = 40),
+// against the cpu and the training forward (its pre buffer and a separate pass), with and without a bias.
+for (const dtype of ['bf16', 'f16', 'f32'])
+  for (const n of [8, 40])
+    for (const withBias of [false, true])
+      test(`DoRA ${dtype} eval forward, n=${n}${withBias ? ', bias' : ''}: matches the cpu and the training forward`, PARITY, () => {
+        const inF = 256, outF = 384, r = 16, tol = dtype === 'f32' ? 1e-5 : 2e-2;
+        let seed = 9300;
+        const data = (shape, scale) => randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale);
+        const Wd = data([outF, inF], 0.05), xd = data([n, inF], 1), bd = data([outF], 0.5);
+        const build = (dev) => {
+          const bias = withBias ? Tensor.from(bd, [outF], { dtype, device: dev }) : undefined;
+          const l = new LoraLinear({ weight: Tensor.from(Wd, [outF, inF], { dtype, device: dev }), bias });
+          l.addAdapter('d', { r, loraAlpha: 32, dtype, useDora: true, initLoraWeights: false, seed: 6 });
+          // a magnitude away from the norm, so k ≠ 1 shows
+          const m = l.loraMagnitude.get('d').toFloat32Array().map((v, i) => v * (0.5 + (i % 7) / 7));
+          l.loraMagnitude.get('d').copyFrom(Tensor.from(m, [outF], { dtype, device: dev }));
+          return l;
+        };
+        const lc = build('cpu');
+        const lg = build(DEVICE);
+        const x = { cpu: Tensor.from(xd, [n, inF], { dtype }), cuda: Tensor.from(xd, [n, inF], { dtype, device: DEVICE }) };
+        const yc = lc.eval().forward(x.cpu).toFloat32Array();
+        const ye = lg.eval().forward(x.cuda).toFloat32Array();
+        const e = relErr(ye, yc);
+        assert.ok(e <= tol, `eval y against the cpu: ${e}`);
+        const yt = lg.train().forward(x.cuda).toFloat32Array();
+        const et = relErr(ye, yt);
+        assert.ok(et <= tol, `eval y against the training forward: ${et}`);
+      });

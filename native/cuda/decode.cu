@@ -301,9 +301,10 @@ bool decode_applicable(const TensorRef& x, const TensorRef& W, bool fan_in_fan_o
 }
 
 void decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const std::vector<ForwardTerm>& terms,
-                    const TensorRef& y, bool after_shrink) {
+                    const TensorRef& y, bool after_shrink, const float* col_scale) {
   DecodeTerms dt{};
   dt.count = static_cast<int>(terms.size());
+  dt.col_scale = col_scale;
   for (size_t t = 0; t < terms.size(); t++) {
     const int r = static_cast<int>(terms[t].B.dim(1));
     auto a16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };

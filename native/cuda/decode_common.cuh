@@ -21,6 +21,7 @@ struct DecodeTerm {
 struct DecodeTerms {
   DecodeTerm t[kDecodeMaxTerms];
   int count;
+  const float* col_scale;  // [outf] or null: y = col_scale ⊙ (x·Wᵀ + Σ s·u·Bᵀ) + bias (DoRA's k)
 };
 
 // Σ_q u[row, q]·B[j, q] with 16-byte loads: 8 values of B's row and 2 × 4 of u's per step.
@@ -44,7 +45,7 @@ __device__ __forceinline__ float lora_dot_vec(const DecodeTerm& tm, int64_t row,
   return s;
 }
 
-// y[row, j] from the base sum v: + Σ scale·u[row]·B[j] over the terms, + bias[j].
+// y[row, j] from the base sum v: + Σ scale·u[row]·B[j] over the terms, × col_scale[j], + bias[j].
 __device__ __forceinline__ float decode_epilogue(float v, int64_t row, int64_t j, const DecodeTerms& terms,
                                                  const void* bias, DType bias_dt) {
   for (int t = 0; t < terms.count; t++) {
@@ -56,6 +57,7 @@ __device__ __forceinline__ float decode_epilogue(float v, int64_t row, int64_t j
       for (int q = 0; q < tm.r; q++) s = fmaf(load_as_f32(tm.u, tm.udt, row * tm.r + q), load_as_f32(tm.B, tm.bdt, j * tm.r + q), s);
     v = fmaf(tm.scale, s, v);
   }
+  if (terms.col_scale) v *= terms.col_scale[j];
   if (bias) v += load_as_f32(bias, bias_dt, j);
   return v;
 }

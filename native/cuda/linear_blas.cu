@@ -175,8 +175,7 @@ void linear_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorR
   const DType dt = W.dtype;
   const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = in ? x.numel() / in : 0;
   if (decode_applicable(x, W, fifo, terms)) {
-    decode_forward(x, W, col_scale ? nullptr : bias, terms, y);
-    if (col_scale) scale_columns(y.data, y.data, dt, n, outf, col_scale, bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32);
+    decode_forward(x, W, bias, terms, y, false, col_scale);  // k in the epilogue: y written once
     return;
   }
   if (n == 0 || outf == 0) return;
@@ -259,9 +258,7 @@ void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef
   }
   if (small) {  // as linear_forward_scaled's decode branch, the kernel overlapping the last shrink
     require_dtype(y, W.dtype, "y", "the weight");
-    decode_forward(x, W, col_scale ? nullptr : bias, terms, y, !adapters.empty());
-    if (col_scale)
-      scale_columns(y.data, y.data, W.dtype, n, W.dim(0), col_scale, bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32);
+    decode_forward(x, W, bias, terms, y, !adapters.empty(), col_scale);  // k in the epilogue: y written once
     return;
   }
   cuda::linear_forward_scaled(x, W, bias, fifo, terms, y, col_scale);

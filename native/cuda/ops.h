@@ -34,9 +34,10 @@ constexpr size_t kDecodeMaxTerms = 4;
 bool decode_applicable(const TensorRef& x, const TensorRef& W, bool fan_in_fan_out, const std::vector<ForwardTerm>& terms);
 // after_shrink: the kernel launched just before on this stream is decode_shrink's, writing the
 // terms' u; on sm_90 the decode kernel then starts while it runs (programmatic dependent launch)
-// and waits for it only before its epilogue reads u.
+// and waits for it only before its epilogue reads u. col_scale [outf] (DoRA's k, f32 on the
+// device): y = col_scale ⊙ (x·Wᵀ + Σ s·u·Bᵀ) + bias, applied in the same epilogue.
 void decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const std::vector<ForwardTerm>& terms,
-                    const TensorRef& y, bool after_shrink = false);
+                    const TensorRef& y, bool after_shrink = false, const float* col_scale = nullptr);
 // u = x·Aᵀ for n ≤ kDecodeMaxRows rows (u in any float dtype).
 void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u);
 
