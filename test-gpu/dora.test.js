@@ -160,3 +160,30 @@ for (const dtype of ['bf16', 'f16', 'f32'])
         const et = relErr(ye, yt);
         assert.ok(et <= tol, `eval y against the training forward: ${et}`);
       });
+
+// n ≤ 16 with a 16-bit W and a stale norm: the decode kernel computes the norm from its own pass
+// over W (M = W·Aᵀ on tensor cores, G from the shrink) and caches it. Against the norm of the separate
+// path (a first forward at n = 40, through cuBLASLt): the later n = 40 outputs of the two layers
+// must agree to well within what a wrong norm term would move them (each ≥ 1e-2 here).
+for (const dtype of ['bf16', 'f16'])
+  for (const [outF, r] of [[384, 16], [1000, 12], [4096, 8]])
+    test(`DoRA ${dtype} out=${outF} r=${r}: the norm the decode kernel computes (n=8) equals the separate path's`, PARITY, () => {
+      const inF = 512;
+      let seed = 9700 + outF + r;
+      const data = (shape, scale) => randomArray(shape.reduce((a, b) => a * b, 1), seed++, scale);
+      const Wd = data([outF, inF], 0.05), x8 = data([8, inF], 1), x40 = data([40, inF], 1);
+      const build = () => {
+        const l = new LoraLinear({ weight: Tensor.from(Wd, [outF, inF], { dtype, device: DEVICE }) });
+        return l.addAdapter('d', { r, loraAlpha: 2 * r, dtype, useDora: true, initLoraWeights: false, seed: 8 }).eval();
+      };
+      const fused = build();
+      const separate = build();
+      const t = (d, n) => Tensor.from(d, [n, inF], { dtype, device: DEVICE });
+      const y8 = fused.forward(t(x8, 8)).toFloat32Array();  // the norm from the decode kernel
+      const ya = fused.forward(t(x40, 40)).toFloat32Array();
+      const yb = separate.forward(t(x40, 40)).toFloat32Array();  // the norm from the separate GEMMs
+      const e = relErr(ya, yb);
+      assert.ok(e <= (dtype === 'f16' ? 2e-4 : 2e-3), `n = 40 after the fused norm against the separate one: ${e}`);
+      const y8b = separate.forward(t(x8, 8)).toFloat32Array();  // the cached separate norm, k in the decode epilogue
+      assert.ok(relErr(y8, y8b) <= (dtype === 'f16' ? 2e-4 : 2e-3), `n = 8: ${relErr(y8, y8b)}`);
+    });

@@ -6,6 +6,7 @@
 #include <map>
 #include <mutex>
 #include <cstdlib>
+#include <type_traits>
 #include "common.cuh"
 #include "ops.h"
 #include "runtime.h"
@@ -150,7 +151,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const T* __restrict
   for (int a = 0; a < kRowsPerWarp; a++) {
     const int64_t j = j0 + a;
     if (lane < n && j < outf) {
-      y[int64_t(lane) * outf + j] = from_f32<T>(decode_epilogue(v[a], lane, j, terms, bias, bias_dt));
+      decode_store<T>(v[a], lane, j, outf, terms, bias, bias_dt, y);
     }
   }
 }
@@ -174,14 +175,11 @@ void launch(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const
       x.as<T>(), W.as<T>(), bias ? bias->data : nullptr, bias ? bias->dtype : DType::F32, y.as<T>(), n, in, outf, terms, split.sk);
 }
 
-// u[i, q] = Σ_k x[i, k]·A[q, k] for n ≤ 16 rows: one block per adapter row q, which reads A's row
-// once; x (small) comes from L2. Cheaper to launch than a cuBLASLt GEMM at this size.
-template <class T, class F, class U, int NR>
-__global__ void __launch_bounds__(256) shrink_small_kernel(const T* __restrict__ x, const F* __restrict__ A,
-                                                           U* __restrict__ u, int n, int64_t in, int r) {
+// out(i, Σ_k x[i, k]·A[q, k]) for the n ≤ NR rows of x, by one block of 256 threads, which reads
+// A's row q once; x (small) comes from L2.
+template <class T, class F, int NR, class Out>
+__device__ __forceinline__ void shrink_rows(const T* __restrict__ x, const F* __restrict__ A, int q, int n, int64_t in, Out out) {
   __shared__ float part[8][NR];
-  pdl_launch_dependents();  // the decode kernel may start streaming W now (it waits before reading u)
-  const int q = blockIdx.x;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   float acc[NR];
 #pragma unroll
@@ -225,7 +223,22 @@ __global__ void __launch_bounds__(256) shrink_small_kernel(const T* __restrict__
     float s = 0.f;
 #pragma unroll
     for (int w = 0; w < 8; w++) s += part[w][threadIdx.x];
-    u[int64_t(threadIdx.x) * r + q] = from_f32<U>(s);
+    out(threadIdx.x, s);
+  }
+}
+
+// u[i, q] = Σ_k x[i, k]·A[q, k] for n ≤ 16 rows: one block per adapter row q. Cheaper to launch
+// than a cuBLASLt GEMM at this size. With gram (DoRA's fresh norm; A in x's dtype, r ≤ NR), r more
+// blocks write G = A·Aᵀ [r, r] (f32) the same way, A's rows standing in for x's.
+template <class T, class F, class U, int NR>
+__global__ void __launch_bounds__(256) shrink_small_kernel(const T* __restrict__ x, const F* __restrict__ A,
+                                                           U* __restrict__ u, int n, int64_t in, int r, float* __restrict__ gram) {
+  pdl_launch_dependents();  // the decode kernel may start streaming W now (it waits before reading u)
+  const int q = blockIdx.x;
+  if (q < r) {
+    shrink_rows<T, F, NR>(x, A, q, n, in, [&](int i, float s) { u[int64_t(i) * r + q] = from_f32<U>(s); });
+  } else if constexpr (std::is_same<T, F>::value) {
+    shrink_rows<F, F, NR>(A, A, q - r, r, in, [&](int i, float s) { gram[(q - r) * r + i] = s; });
   }
 }
 
@@ -261,24 +274,38 @@ unsigned* decode_split_counters(int64_t groups) {
   return c.buf;
 }
 
-void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u) {
+void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u, float* gram) {
   const int64_t in = A.dim(1);
   const int r = static_cast<int>(A.dim(0));
   const int n = static_cast<int>(x.numel() / in);
   if (n > kDecodeMaxRows) throw_range("decode shrink: at most 16 rows");
+  if (gram && (r > kDecodeMaxRows || A.dtype != x.dtype)) throw_state("decode shrink: A·Aᵀ needs r ≤ 16 and A in x's dtype");
   if (r == 0 || n == 0) return;
+  const unsigned blocks = unsigned(gram ? 2 * r : r);
   dispatch_float(x.dtype, "x", [&](auto xz) {
     dispatch_float(A.dtype, "A", [&](auto az) {
       dispatch_float(u.dtype, "u", [&](auto uz) {
         using T = decltype(xz);
         using F = decltype(az);
         using U = decltype(uz);
-        if (n <= 4) shrink_small_kernel<T, F, U, 4><<<r, 256, 0, stream()>>>(x.as<T>(), A.as<F>(), u.as<U>(), n, in, r);
-        else shrink_small_kernel<T, F, U, 16><<<r, 256, 0, stream()>>>(x.as<T>(), A.as<F>(), u.as<U>(), n, in, r);
+        if (n <= 4 && !gram) shrink_small_kernel<T, F, U, 4><<<blocks, 256, 0, stream()>>>(x.as<T>(), A.as<F>(), u.as<U>(), n, in, r, gram);
+        else shrink_small_kernel<T, F, U, 16><<<blocks, 256, 0, stream()>>>(x.as<T>(), A.as<F>(), u.as<U>(), n, in, r, gram);
       });
     });
   });
   LK_LAUNCHED("decode shrink");
+}
+
+void decode_gram(const TensorRef& A, float* G) {
+  const int64_t in = A.dim(1);
+  const int r = static_cast<int>(A.dim(0));
+  if (r > kDecodeMaxRows) throw_range("decode gram: at most 16 rows");
+  if (r == 0) return;
+  dispatch_float(A.dtype, "A", [&](auto az) {
+    using F = decltype(az);
+    shrink_small_kernel<F, F, float, 16><<<r, 256, 0, stream()>>>(A.as<F>(), A.as<F>(), G, r, in, r, nullptr);
+  });
+  LK_LAUNCHED("decode gram");
 }
 
 // Up to 16 rows the decode kernel (split K) is used; LORAKIT_CUDA_DECODE_ROWS (0..16) moves the
@@ -301,10 +328,10 @@ bool decode_applicable(const TensorRef& x, const TensorRef& W, bool fan_in_fan_o
 }
 
 void decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const std::vector<ForwardTerm>& terms,
-                    const TensorRef& y, bool after_shrink, const float* col_scale) {
+                    const TensorRef& y, bool after_shrink, const DecodeDora& dora) {
   DecodeTerms dt{};
   dt.count = static_cast<int>(terms.size());
-  dt.col_scale = col_scale;
+  dt.dora = dora;
   for (size_t t = 0; t < terms.size(); t++) {
     const int r = static_cast<int>(terms[t].B.dim(1));
     auto a16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };

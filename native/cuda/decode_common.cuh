@@ -21,7 +21,7 @@ struct DecodeTerm {
 struct DecodeTerms {
   DecodeTerm t[kDecodeMaxTerms];
   int count;
-  const float* col_scale;  // [outf] or null: y = col_scale ⊙ (x·Wᵀ + Σ s·u·Bᵀ) + bias (DoRA's k)
+  DecodeDora dora;  // DoRA's per-feature scale and pre output (all null: plain LoRA)
 };
 
 // Σ_q u[row, q]·B[j, q] with 16-byte loads: 8 values of B's row and 2 × 4 of u's per step.
@@ -45,9 +45,8 @@ __device__ __forceinline__ float lora_dot_vec(const DecodeTerm& tm, int64_t row,
   return s;
 }
 
-// y[row, j] from the base sum v: + Σ scale·u[row]·B[j] over the terms, × col_scale[j], + bias[j].
-__device__ __forceinline__ float decode_epilogue(float v, int64_t row, int64_t j, const DecodeTerms& terms,
-                                                 const void* bias, DType bias_dt) {
+// pre[row, j] from the base sum v: + Σ scale·u[row]·B[j] over the terms.
+__device__ __forceinline__ float decode_lora_terms(float v, int64_t row, int64_t j, const DecodeTerms& terms) {
   for (int t = 0; t < terms.count; t++) {
     const DecodeTerm& tm = terms.t[t];
     float s = 0.f;
@@ -57,9 +56,28 @@ __device__ __forceinline__ float decode_epilogue(float v, int64_t row, int64_t j
       for (int q = 0; q < tm.r; q++) s = fmaf(load_as_f32(tm.u, tm.udt, row * tm.r + q), load_as_f32(tm.B, tm.bdt, j * tm.r + q), s);
     v = fmaf(tm.scale, s, v);
   }
-  if (terms.col_scale) v *= terms.col_scale[j];
-  if (bias) v += load_as_f32(bias, bias_dt, j);
   return v;
+}
+
+// Stores y[row, j] = k[j]·pre + bias[j] from the base sum v (pre = v + the LoRA terms; k = 1 without
+// DoRA, else DoRA's k, given or magnitude/norm as dora.cu's k_kernel computes it), and pre itself
+// where the training forward keeps it. y (and pre) written once, rounded once.
+__device__ __forceinline__ float decode_k(const DecodeDora& d, int64_t j) {
+  return d.k ? d.k[j] : d.norm ? load_as_f32(d.mag, d.mag_dt, j) / d.norm[j] : 1.f;
+}
+template <class T>
+__device__ __forceinline__ void decode_store_k(float v, int64_t row, int64_t j, int64_t outf, const DecodeTerms& terms, float k,
+                                               const void* bias, DType bias_dt, T* __restrict__ y) {
+  v = decode_lora_terms(v, row, j, terms);
+  if (terms.dora.pre) static_cast<T*>(terms.dora.pre)[row * outf + j] = from_f32<T>(v);
+  v *= k;
+  if (bias) v += load_as_f32(bias, bias_dt, j);
+  y[row * outf + j] = from_f32<T>(v);
+}
+template <class T>
+__device__ __forceinline__ void decode_store(float v, int64_t row, int64_t j, int64_t outf, const DecodeTerms& terms,
+                                             const void* bias, DType bias_dt, T* __restrict__ y) {
+  decode_store_k<T>(v, row, j, outf, terms, decode_k(terms.dora, j), bias, bias_dt, y);
 }
 
 // Split K: with few output features one block per SM cannot keep enough of W in flight, so K is
@@ -85,6 +103,28 @@ __device__ __forceinline__ bool split_k_last_arrival(const SplitK& sk) {
   return last;
 }
 
+// With split K, a block's partial sums v[o] (where live[o]) go to sk.part at row prow[o] of `rows`;
+// false in every block of the feature group but the last to arrive, which gets the sums over the
+// splits in split order (and resets the group's counter). True at once without split K.
+template <int kOut>
+__device__ __forceinline__ bool split_k_gather(const SplitK& sk, float (&v)[kOut], const bool (&live)[kOut], const int (&prow)[kOut],
+                                               const int64_t (&feat)[kOut], int rows, int64_t outf) {
+  if (gridDim.y == 1) return true;
+#pragma unroll
+  for (int o = 0; o < kOut; o++)
+    if (live[o]) sk.part[(int64_t(blockIdx.y) * rows + prow[o]) * outf + feat[o]] = v[o];
+  if (!split_k_last_arrival(sk)) return false;
+#pragma unroll
+  for (int o = 0; o < kOut; o++) {
+    if (!live[o]) continue;
+    float s = 0.f;
+    for (unsigned sp = 0; sp < gridDim.y; sp++) s += __ldcg(&sk.part[(int64_t(sp) * rows + prow[o]) * outf + feat[o]]);
+    v[o] = s;
+  }
+  if (threadIdx.x == 0) sk.counters[blockIdx.x] = 0;
+  return true;
+}
+
 // The tensor-core decode kernels' tail (decode_tc.cu, quant_linear.cu), blocks of Warps·32 threads
 // owning Tiles·8 features from f0: each warp's acc[j] (mma.m16n8k16's C: rows g (0, 1) and g + 8
 // (2, 3), features 8j + 2t (+1)) added in warp order through `red`; with split K, the partials of
@@ -106,34 +146,23 @@ __device__ __forceinline__ void decode_tc_finish(const float (&acc)[Tiles][4], f
   float v[kOut];
   int row[kOut];
   int64_t feat[kOut];
+  bool live[kOut];
 #pragma unroll
   for (int o = 0; o < kOut; o++) {
     const int e = threadIdx.x + o * Warps * 32;
     row[o] = e / kFeat;
     feat[o] = f0 + e % kFeat;
+    live[o] = row[o] < n && feat[o] < outf;
     float s = 0.f;
 #pragma unroll
     for (int w = 0; w < Warps; w++) s += red[w][row[o]][e % kFeat];
     v[o] = s;
   }
-  if (gridDim.y > 1) {
-#pragma unroll
-    for (int o = 0; o < kOut; o++)
-      if (row[o] < n && feat[o] < outf) sk.part[(int64_t(blockIdx.y) * n + row[o]) * outf + feat[o]] = v[o];
-    if (!split_k_last_arrival(sk)) return;
-#pragma unroll
-    for (int o = 0; o < kOut; o++) {
-      if (row[o] >= n || feat[o] >= outf) continue;
-      float s = 0.f;
-      for (unsigned sp = 0; sp < gridDim.y; sp++) s += __ldcg(&sk.part[(int64_t(sp) * n + row[o]) * outf + feat[o]]);
-      v[o] = s;
-    }
-    if (threadIdx.x == 0) sk.counters[blockIdx.x] = 0;
-  }
+  if (!split_k_gather<kOut>(sk, v, live, row, feat, n, outf)) return;
 #pragma unroll
   for (int o = 0; o < kOut; o++)
-    if (row[o] < n && feat[o] < outf)
-      y[int64_t(row[o]) * outf + feat[o]] = from_f32<T>(decode_epilogue(v[o], row[o], feat[o], terms, bias, bias_dt));
+    if (live[o])
+      decode_store<T>(v[o], row[o], feat[o], outf, terms, bias, bias_dt, y);
 }
 
 // A split-K launch's partial-sum buffer and ticket counters (none when splits == 1). The buffer

@@ -12,6 +12,7 @@
 #include "../core/dropout_mask.h"
 #include "common.cuh"
 #include "device_buffer.h"
+#include "dora_norm.cuh"
 #include "ops.h"
 #include "runtime.h"
 
@@ -54,19 +55,14 @@ __global__ void col_sq_kernel(const T* __restrict__ W, int64_t in, int64_t outf,
 }
 
 // norm[o] = √(‖W_o‖² + 2s·Σ_k M[o,k]·B[o,k] + s²·Σ_k (B_o·G)_k·B[o,k]), M = W·Aᵀ, G = A·Aᵀ; f64.
+// With mag: also k[o] = magnitude[o] / norm[o] (as k_kernel), saving the forward that launch.
 __global__ void norm_combine_kernel(const float* __restrict__ wsq, const float* __restrict__ M, const float* __restrict__ G,
-                                    const float* __restrict__ B, int64_t outf, int r, float scale, float* __restrict__ norm) {
+                                    const void* __restrict__ B, DType bt, int64_t outf, int r, float scale, float* __restrict__ norm,
+                                    const void* mag, DType mt, float* __restrict__ k) {
   for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < outf; o += int64_t(gridDim.x) * blockDim.x) {
-    double cross = 0, quad = 0;
-    for (int k = 0; k < r; k++) {
-      const double bk = B[o * r + k];
-      cross += double(M[o * r + k]) * bk;
-      double bg = 0;
-      for (int j = 0; j < r; j++) bg += double(B[o * r + j]) * G[j * r + k];
-      quad += bg * bk;
-    }
-    const double n2 = double(wsq[o]) + 2.0 * scale * cross + double(scale) * scale * quad;
-    norm[o] = static_cast<float>(sqrt(n2 > 0 ? n2 : 0.0));
+    const float nrm = dora_row_norm(wsq[o], [&](int q) { return M[o * r + q]; }, [&](int q) { return load_as_f32(B, bt, o * r + q); }, G, r, scale);
+    norm[o] = nrm;
+    if (k) k[o] = load_as_f32(mag, mt, o) / nrm;
   }
 }
 
@@ -226,12 +222,13 @@ void scale_columns(const void* src, void* y, DType dt, int64_t n, int64_t outf, 
   LK_LAUNCHED("dora: scale columns");
 }
 
-void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fifo, float* norm,
-                      float* wsq, bool wsq_ready) {
-  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), r = A.dim(0);
-  if (outf == 0) return;
-  std::vector<Buf> hold;
-  Buf own(wsq ? 0 : outf * sizeof(float));
+namespace {
+
+// ‖W_o‖² per output: the caller's wsq when ready, else computed into it (or into own, which the
+// caller keeps alive, when it keeps none).
+float* row_squares(const TensorRef& W, bool fifo, float* wsq, bool wsq_ready, Buf& own) {
+  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0);
+  if (!wsq) own = Buf(outf * sizeof(float));
   float* sq = wsq ? wsq : own.f();
   if (!wsq || !wsq_ready) {
     dispatch_float(W.dtype, "weight", [&](auto z) {
@@ -241,13 +238,65 @@ void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B
     });
     LK_LAUNCHED("dora: row norms");
   }
+  return sq;
+}
+
+// The forward at n ≤ 16 (no dropout) on the decode kernel, which computes k = magnitude / norm and
+// writes y (and pre) itself; with a stale norm and a tensor-core decode it also computes the norm
+// from its own pass over W (M = W·Aᵀ as a second mma row tile; G = A·Aᵀ from the shrink's launch),
+// so W is read once per call. False (nothing launched) where the decode path does not apply.
+bool dora_decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo, const std::vector<FusedAdapter>& ad,
+                         float scale, const TensorRef& magnitude, float* norm, bool norm_ready, float* wsq, bool wsq_ready,
+                         const TensorRef& y, const TensorRef* pre) {
+  if (!lora_decode_applicable(x, W, fifo, ad)) return false;
+  const TensorRef& A = ad[0].A;
+  const TensorRef& B = ad[0].B;
+  const int64_t r = A.dim(0);
+  DecodeDora d;
+  d.mag = magnitude.data;
+  d.mag_dt = magnitude.dtype;
+  d.norm = norm;
+  d.pre = pre ? pre->data : nullptr;
+  Buf own, gram;
+  if (!norm_ready) {
+    const bool fresh = r >= 1 && r <= kDecodeMaxRows && A.dtype == W.dtype && reinterpret_cast<uintptr_t>(A.data) % 16 == 0 &&
+                       decode_tc_applicable(x, W);
+    if (fresh) {
+      gram = Buf(r * r * sizeof(float));
+      d.fresh = DecodeNorm{A.data, int(r), row_squares(W, fifo, wsq, wsq_ready, own), gram.f(), B.data, B.dtype, scale};
+    } else {
+      dora_weight_norm(W, A, B, scale, fifo, norm, wsq, wsq_ready);  // its own pass over W
+    }
+  }
+  return lora_forward_dora_decode(x, W, bias, fifo, ad, y, d, d.fresh.A ? gram.f() : nullptr);
+}
+
+}  // namespace
+
+void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fifo, float* norm,
+                      float* wsq, bool wsq_ready) {
+  dora_weight_norm_k(W, A, B, scale, fifo, norm, wsq, wsq_ready, nullptr, nullptr);
+}
+
+void dora_weight_norm_k(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fifo, float* norm,
+                        float* wsq, bool wsq_ready, const TensorRef* magnitude, float* k) {
+  const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), r = A.dim(0);
+  if (outf == 0) return;
+  std::vector<Buf> hold;
+  Buf own;
+  float* sq = row_squares(W, fifo, wsq, wsq_ready, own);
   Buf M(outf * r * sizeof(float)), G(r * r * sizeof(float));
   // M = W·Aᵀ [out, r] with W read in place (A converted to W's dtype when they differ), f32 out.
   const void* Aw = in_dtype(A, W.dtype, hold);
   gemm_rm(outf, r, in, W.data, fifo ? outf : in, fifo, Aw, in, true, M.f(), r, W.dtype, DType::F32, 1.f);
-  const float* Af = as_f32(A, hold);
-  gemm_rm(r, r, in, Af, in, false, Af, in, true, G.f(), r, DType::F32, DType::F32, 1.f);  // A·Aᵀ
-  norm_combine_kernel<<<grid(outf), 256, 0, stream()>>>(sq, M.f(), G.f(), as_f32(B, hold), outf, int(r), scale, norm);
+  if (r <= kDecodeMaxRows) {
+    decode_gram(A, G.f());  // A·Aᵀ in one small launch, A read in its dtype
+  } else {
+    const float* Af = as_f32(A, hold);
+    gemm_rm(r, r, in, Af, in, false, Af, in, true, G.f(), r, DType::F32, DType::F32, 1.f);
+  }
+  norm_combine_kernel<<<grid(outf), 256, 0, stream()>>>(sq, M.f(), G.f(), B.data, B.dtype, outf, int(r), scale, norm,
+                                                        magnitude ? magnitude->data : nullptr, magnitude ? magnitude->dtype : DType::F32, k);
   LK_LAUNCHED("dora: norm");
 }
 
@@ -258,8 +307,11 @@ void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRe
   const DType dt = W.dtype;
   if (x.dtype != dt || y.dtype != dt || (pre && pre->dtype != dt))
     throw_type(std::string("x: on cuda, x, y and pre take the weight's dtype (") + dtype_name(dt) + ")");
-  if (!norm_ready) dora_weight_norm(W, A, B, scale, fifo, norm, wsq, wsq_ready);  // its own pass over W
-  Buf k = scale_vector(magnitude, norm, outf);
+  if (xa.data == x.data &&
+      dora_decode_forward(x, W, bias, fifo, {{A, B, scale, u}}, scale, magnitude, norm, norm_ready, wsq, wsq_ready, y, pre))
+    return;
+  Buf k = norm_ready ? scale_vector(magnitude, norm, outf) : Buf(std::max<int64_t>(outf, 1) * sizeof(float));
+  if (!norm_ready) dora_weight_norm_k(W, A, B, scale, fifo, norm, wsq, wsq_ready, &magnitude, k.f());  // its own pass over W
   const void* bp = bias ? bias->data : nullptr;
   const DType bt = bias ? bias->dtype : DType::F32;
   if (xa.data == x.data) {  // no dropout: the LoRA forward, k in its epilogue or one pass over y

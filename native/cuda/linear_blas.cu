@@ -175,7 +175,9 @@ void linear_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorR
   const DType dt = W.dtype;
   const int64_t in = fifo ? W.dim(0) : W.dim(1), outf = fifo ? W.dim(1) : W.dim(0), n = in ? x.numel() / in : 0;
   if (decode_applicable(x, W, fifo, terms)) {
-    decode_forward(x, W, bias, terms, y, false, col_scale);  // k in the epilogue: y written once
+    DecodeDora d;
+    d.k = col_scale;
+    decode_forward(x, W, bias, terms, y, false, d);  // k in the epilogue: y written once
     return;
   }
   if (n == 0 || outf == 0) return;
@@ -230,15 +232,13 @@ void lora_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias,
   run_graphed(lora_forward_key(x, W, bias, fifo, adapters, y), direct);
 }
 
-void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
-                         const std::vector<FusedAdapter>& adapters, const TensorRef& y, const float* col_scale) {
-  require_dtype(x, W.dtype, "x", "the weight");
-  const int64_t in = fifo ? W.dim(0) : W.dim(1), n = in ? x.numel() / in : 0;
-  // Small batches: f32 u from the small shrink kernel, then the decode kernel (which reads any dtype).
-  std::vector<ForwardTerm> probe;
-  for (const auto& a : adapters) probe.push_back({x, a.B, a.scale});
-  const bool small = decode_applicable(x, W, fifo, probe);
-  std::vector<Scratch> us(adapters.size());
+namespace {
+
+// Each adapter's shrink for a forward: u into u_out when given, else into scratch held by us (f32
+// from the small shrink kernel where the decode kernel will run, else x's dtype).
+std::vector<ForwardTerm> shrink_terms(const TensorRef& x, int64_t in, const std::vector<FusedAdapter>& adapters, bool small,
+                                      std::vector<Scratch>& us, float* gram = nullptr) {
+  const int64_t n = in ? x.numel() / in : 0;
   std::vector<ForwardTerm> terms;
   for (size_t i = 0; i < adapters.size(); i++) {
     const auto& a = adapters[i];
@@ -252,16 +252,48 @@ void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef
       new (&us[i]) Scratch(static_cast<size_t>(n * r) * dtype_size(u.dtype));
       u.data = us[i].p;
     }
-    if (small) decode_shrink(x, a.A, u);
+    if (small) decode_shrink(x, a.A, u, i == 0 ? gram : nullptr);
     else lora_shrink(x, a.A, u);
     terms.push_back({u, a.B, a.scale});
   }
+  return terms;
+}
+
+}  // namespace
+
+bool lora_decode_applicable(const TensorRef& x, const TensorRef& W, bool fifo, const std::vector<FusedAdapter>& adapters) {
+  std::vector<ForwardTerm> probe;
+  for (const auto& a : adapters) probe.push_back({x, a.B, a.scale});
+  return decode_applicable(x, W, fifo, probe);
+}
+
+void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
+                         const std::vector<FusedAdapter>& adapters, const TensorRef& y, const float* col_scale) {
+  require_dtype(x, W.dtype, "x", "the weight");
+  const int64_t in = fifo ? W.dim(0) : W.dim(1);
+  // Small batches: f32 u from the small shrink kernel, then the decode kernel (which reads any dtype).
+  const bool small = lora_decode_applicable(x, W, fifo, adapters);
+  std::vector<Scratch> us(adapters.size());
+  const std::vector<ForwardTerm> terms = shrink_terms(x, in, adapters, small, us);
   if (small) {  // as linear_forward_scaled's decode branch, the kernel overlapping the last shrink
     require_dtype(y, W.dtype, "y", "the weight");
-    decode_forward(x, W, bias, terms, y, !adapters.empty(), col_scale);  // k in the epilogue: y written once
+    DecodeDora d;
+    d.k = col_scale;
+    decode_forward(x, W, bias, terms, y, !adapters.empty(), d);  // k in the epilogue: y written once
     return;
   }
   cuda::linear_forward_scaled(x, W, bias, fifo, terms, y, col_scale);
+}
+
+bool lora_forward_dora_decode(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
+                              const std::vector<FusedAdapter>& adapters, const TensorRef& y, const DecodeDora& d, float* gram) {
+  require_dtype(x, W.dtype, "x", "the weight");
+  if (!lora_decode_applicable(x, W, fifo, adapters)) return false;
+  require_dtype(y, W.dtype, "y", "the weight");
+  std::vector<Scratch> us(adapters.size());
+  const std::vector<ForwardTerm> terms = shrink_terms(x, fifo ? W.dim(0) : W.dim(1), adapters, true, us, gram);
+  decode_forward(x, W, bias, terms, y, !adapters.empty(), d);
+  return true;
 }
 
 void linear_backward(const TensorRef& dy, const TensorRef& W, bool fifo, const std::vector<BackwardTerm>& terms,

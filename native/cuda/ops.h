@@ -34,12 +34,37 @@ constexpr size_t kDecodeMaxTerms = 4;
 bool decode_applicable(const TensorRef& x, const TensorRef& W, bool fan_in_fan_out, const std::vector<ForwardTerm>& terms);
 // after_shrink: the kernel launched just before on this stream is decode_shrink's, writing the
 // terms' u; on sm_90 the decode kernel then starts while it runs (programmatic dependent launch)
-// and waits for it only before its epilogue reads u. col_scale [outf] (DoRA's k, f32 on the
-// device): y = col_scale ⊙ (x·Wᵀ + Σ s·u·Bᵀ) + bias, applied in the same epilogue.
+// and waits for it only before its epilogue reads u. dora: y = k ⊙ pre + bias in the same epilogue,
+// pre = x·Wᵀ + Σ s·u·Bᵀ also stored when dora.pre is set (DoRA's training forward).
+// The fresh norm: the tensor-core decode also computes M = W·Aᵀ from its pass over W (A's rows as
+// a second mma row tile) and, in its epilogue, each feature's norm from M, wsq, G and B
+// (dora_norm.cuh), written to `norm` before k = mag / norm is used.
+struct DecodeNorm {
+  const void* A = nullptr;  // [r, in] in W's dtype; null: norm is given
+  int r = 0;
+  const float* wsq = nullptr;   // [outf] ‖W_o‖²
+  const float* gram = nullptr;  // [r, r] A·Aᵀ (decode_shrink's)
+  const void* B = nullptr;      // [outf, r] in b_dt
+  DType b_dt = DType::F32;
+  float scale = 0.f;
+};
+struct DecodeDora {
+  const float* k = nullptr;     // [outf] f32, or null: k = mag / norm where norm is set
+  const void* mag = nullptr;    // [outf] in mag_dt
+  DType mag_dt = DType::F32;
+  float* norm = nullptr;        // [outf] f32 (written when fresh.A is set)
+  void* pre = nullptr;          // [n, outf] in y's dtype
+  DecodeNorm fresh;
+};
+// Whether the tensor-core decode takes x and W (16-bit W in x's dtype, in % 8 == 0, aligned rows).
+bool decode_tc_applicable(const TensorRef& x, const TensorRef& W);
 void decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef* bias, const std::vector<ForwardTerm>& terms,
-                    const TensorRef& y, bool after_shrink = false, const float* col_scale = nullptr);
+                    const TensorRef& y, bool after_shrink = false, const DecodeDora& dora = {});
 // u = x·Aᵀ for n ≤ kDecodeMaxRows rows (u in any float dtype).
-void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u);
+// gram: also G = A·Aᵀ [r, r] f32 in the same launch (A in x's dtype, r ≤ 16), for DoRA's norm.
+void decode_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& u, float* gram = nullptr);
+// G = A·Aᵀ [r, r] f32 for r ≤ kDecodeMaxRows, A [r, in] in any float dtype (the shrink kernel, A's rows as x's).
+void decode_gram(const TensorRef& A, float* G);
 
 // linear_blas.cu (cuBLASLt)
 void lora_shrink(const TensorRef& x, const TensorRef& A, const TensorRef& out);
@@ -61,6 +86,13 @@ void linear_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorR
                            const std::vector<ForwardTerm>& terms, const TensorRef& y, const float* col_scale);
 void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
                          const std::vector<FusedAdapter>& adapters, const TensorRef& y, const float* col_scale);
+// Whether lora_forward takes the decode kernel for these operands (n ≤ kDecodeMaxRows rows).
+bool lora_decode_applicable(const TensorRef& x, const TensorRef& W, bool fan_in_fan_out, const std::vector<FusedAdapter>& adapters);
+// DoRA's forward on the decode kernel: the shrink (with G = A·Aᵀ into gram when set, for d.fresh),
+// then one decode launch that applies d (k = magnitude / norm, the fresh norm, pre) and writes y
+// once; false (nothing launched) where the decode path does not apply.
+bool lora_forward_dora_decode(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
+                              const std::vector<FusedAdapter>& adapters, const TensorRef& y, const DecodeDora& d, float* gram);
 
 // gemm_sm90.cu (Hopper, sm_90a): C [M, N] = A0·op(B0) + Σ scale_i·A_i·op(B_i) (+ bias) in one
 // pass, 16-bit operands and C, f32 accumulation. A_i [M, k_i] row-major; B_i [N, k_i] (b_kmajor)
@@ -96,6 +128,9 @@ void embedding_backward(const TensorRef& idx, const TensorRef& dy, const TensorR
 // dora.cu: DoRA on a linear layer (formulas in dora.cu; norm, wsq and k are device f32 buffers).
 void dora_weight_norm(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
                       float* norm, float* wsq, bool wsq_ready);
+// The same, also writing k = magnitude / norm into k (when magnitude and k are given).
+void dora_weight_norm_k(const TensorRef& W, const TensorRef& A, const TensorRef& B, float scale, bool fan_in_fan_out,
+                        float* norm, float* wsq, bool wsq_ready, const TensorRef* magnitude, float* k);
 void dora_linear_forward(const TensorRef& x, const TensorRef& xa, const TensorRef& W, const TensorRef* bias,
                          bool fan_in_fan_out, const TensorRef* u, const TensorRef& A, const TensorRef& B, float scale,
                          const TensorRef& magnitude, float* norm, bool norm_ready, float* wsq, bool wsq_ready,
