@@ -4,7 +4,8 @@
 // x's rows are the mma's M (zero-padded to 16), W's features its N. Within each 32-wide K chunk
 // lane (g, t) loads k = 8t..8t+7 of W's row and of x's rows g and g+8 as single 16-byte loads,
 // and two mma steps take those 8 values as their k slots {2t, 2t+1} and {2t+8, 2t+9}: the same
-// permutation of k on both operands leaves every dot product unchanged.
+// permutation of k on both operands leaves every dot product unchanged. DoRA's fresh norm (Norm):
+// A's rows are a second 16-row mma tile against the same W fragments (decode_tc_finish_norm).
 #include "decode_common.cuh"
 #include "dora_norm.cuh"
 #include "mma.cuh"

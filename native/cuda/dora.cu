@@ -2,9 +2,11 @@
 // per output (the norm detached). Without dropout the forward is the LoRA forward (linear_blas.cu:
 // decode, sm_90 one-pass or cuBLASLt) with k in its epilogue, or in one pass over y fused with the
 // bias; training keeps the unscaled pre = x·Wᵀ + s·u·Bᵀ (x's dtype) for dmagnitude. The norm by the
-// low-rank identity ‖W + sBA‖² = ‖W‖² + 2s·rowsum((W·Aᵀ)⊙B) + s²·rowsum((B·AAᵀ)⊙B): ‖W‖² per row
-// (the caller keeps it while W is unchanged), one GEMM W·Aᵀ reading W in its dtype (f32 output),
-// A·Aᵀ in f32. The backward without dropout is the LoRA backward with dy replaced by k⊙dy; with
+// low-rank identity ‖W + sBA‖² = ‖W‖² + 2s·rowsum((W·Aᵀ)⊙B) + s²·rowsum((B·AAᵀ)⊙B) (dora_norm.cuh):
+// ‖W‖² per row (the caller keeps it while W is unchanged), one GEMM W·Aᵀ reading W in its dtype
+// (f32 output), A·Aᵀ in f32. At n ≤ 16 one decode launch does it all (dora_decode_forward): k from
+// magnitude / norm in its epilogue, y and pre written once, and a stale norm from its own pass over
+// W when W is 16-bit (decode_tc.cu), so W is read once per forward. The backward without dropout is the LoRA backward with dy replaced by k⊙dy; with
 // dropout (dy·W and ((k−1)⊙dy)·W are needed apart) exact fp32 GEMMs on f32 copies. Reductions run
 // per output in a fixed order (f64), so results repeat bit for bit.
 #include <algorithm>
