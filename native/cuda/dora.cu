@@ -291,8 +291,8 @@ void dora_weight_norm_k(const TensorRef& W, const TensorRef& A, const TensorRef&
   // M = W·Aᵀ [out, r] with W read in place (A converted to W's dtype when they differ), f32 out.
   const void* Aw = in_dtype(A, W.dtype, hold);
   gemm_rm(outf, r, in, W.data, fifo ? outf : in, fifo, Aw, in, true, M.f(), r, W.dtype, DType::F32, 1.f);
-  if (r <= kDecodeMaxRows) {
-    decode_gram(A, G.f());  // A·Aᵀ in one small launch, A read in its dtype
+  if (r <= kDecodeMaxRows && reinterpret_cast<uintptr_t>(A.data) % 16 == 0) {
+    decode_gram(A, G.f());  // A·Aᵀ in one small launch, A read in its dtype (16-byte loads)
   } else {
     const float* Af = as_f32(A, hold);
     gemm_rm(r, r, in, Af, in, false, Af, in, true, G.f(), r, DType::F32, DType::F32, 1.f);
