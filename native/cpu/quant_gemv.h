@@ -84,6 +84,14 @@ QuantGemv quant_gemv_kernel(const QuantSpec& s, bool bf16);
 // they round each decoded weight to bf16, as the portable path rounds its decoded rows).
 inline bool gemv_8bit_covered(const QuantSpec& s) { return s.cols % 32 == 0; }
 
+// How the k-quant kernels round deq(W) for a super-block with f16 scales d (and dmin): 0 not at all
+// (f32 activations), 1 to bf16 for finite values only (every scale finite, so every product is),
+// 2 to bf16 with NaN kept quiet (a file's scale may be inf or NaN).
+inline int kquant_round_mode(bool bf16, uint16_t d, uint16_t dmin = 0) {
+  auto finite = [](uint16_t h) { return (h & 0x7c00u) != 0x7c00u; };
+  return !bf16 ? 0 : finite(d) && finite(dmin) ? 1 : 2;
+}
+
 // How far ahead of each stream the x86 kernels prefetch W's bytes into L1 (software prefetch, once
 // per cache line): measured 25-30% faster on one thread beyond the LLC at 1-2 KB than with the
 // hardware prefetchers alone, slower again at 4 KB.

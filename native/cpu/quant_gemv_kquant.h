@@ -83,7 +83,7 @@ struct Q4KRows : GemvRowsArgs {
         const __m128i smv = _mm_load_si128(reinterpret_cast<const __m128i*>(sm));
         _mm256_store_ps(ab[r], _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h[0])), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(smv))));
         _mm256_store_ps(ab[r] + 8, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h[1])), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(smv, 8)))));
-        mode[r] = !bf16 ? 0 : (h[0] & 0x7c00u) != 0x7c00u && (h[1] & 0x7c00u) != 0x7c00u ? 1 : 2;
+        mode[r] = kquant_round_mode(bf16, h[0], h[1]);
       }
       for (int i = 0; i < 4; i++)
         for (int hh = 0; hh < 2; hh++)
@@ -131,7 +131,7 @@ struct Q6KRows : GemvRowsArgs {
         const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->scales));
         _mm256_store_ps(a[r], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
         _mm256_store_ps(a[r] + 8, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
-        mode[r] = !bf16 ? 0 : (blk->d & 0x7c00u) != 0x7c00u ? 1 : 2;
+        mode[r] = kquant_round_mode(bf16, blk->d);
       }
       for (int g = 0; g < 16; g++)
         for (int r = 0; r < R; r++) {

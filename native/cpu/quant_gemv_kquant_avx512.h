@@ -53,7 +53,7 @@ struct Q4KRows : GemvRowsArgs {
         ggml_scales_mins_k4(p + 4, sm);
         uint32_t dd;
         std::memcpy(&dd, p, 4);  // f16 d, then f16 dmin
-        mode[r] = !bf16 ? 0 : (dd & 0x7c00u) != 0x7c00u && (dd & 0x7c000000u) != 0x7c000000u ? 1 : 2;
+        mode[r] = kquant_round_mode(bf16, static_cast<uint16_t>(dd), static_cast<uint16_t>(dd >> 16));
         const __m512 dm = _mm512_cvtph_ps(_mm256_castsi128_si256(_mm_set1_epi32(static_cast<int>(dd))));  // d, dmin, d, dmin, ...
         const __m512 dsel = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), dm);
         _mm512_store_ps(ab[r], _mm512_mul_ps(dsel, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(sm))))));
@@ -108,7 +108,7 @@ struct Q6KRows : GemvRowsArgs {
         q6k_codes(blk, q[r]);
         const float d = _cvtsh_ss(blk->d);
         _mm512_store_ps(a[r], _mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->scales))))));
-        mode[r] = !bf16 ? 0 : (blk->d & 0x7c00u) != 0x7c00u ? 1 : 2;
+        mode[r] = kquant_round_mode(bf16, blk->d);
       }
       for (int g = 0; g < 16; g += 2)
         for (int r = 0; r < R; r++) {
