@@ -97,6 +97,13 @@ inline int kquant_round_mode(bool bf16, uint16_t d, uint16_t dmin = 0) {
 // hardware prefetchers alone, slower again at 4 KB.
 constexpr int64_t kGemvPrefetchBytes = 2048;
 
+// The data of rows j, j + S, …, j + (R − 1)·S of W, each row_bytes long (a row-stream step's rows).
+template <int R>
+inline void gemv_row_starts(const QuantWeight& W, const QuantLayout& L, int64_t j, int64_t S, int64_t row_bytes,
+                            const uint8_t* (&row)[R]) {
+  for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * row_bytes;
+}
+
 // What a row-stream kernel (gemv_row_streams below) works on: W, its layout, x (arranged as the
 // kernel's QuantGemv asked), y and its token stride, and whether deq(W) is rounded to bf16.
 struct GemvRowsArgs {
@@ -106,10 +113,9 @@ struct GemvRowsArgs {
   float* y;
   int64_t ldy;
   bool bf16;
-  // The data of rows j, j + S, …, j + (R − 1)·S, each row_bytes long.
   template <int R>
   void row_starts(int64_t j, int64_t S, int64_t row_bytes, const uint8_t* (&row)[R]) const {
-    for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * row_bytes;
+    gemv_row_starts<R>(W, L, j, S, row_bytes, row);
   }
 };
 

@@ -128,7 +128,7 @@ struct Rows4bit : GemvRowsArgs {
     const uint8_t* row[R];
     const float* a[R];
     if (s.format == QuantFormat::Q4_0) {
-      for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
+      gemv_row_starts<R>(W, L, j, S, groups * static_cast<int64_t>(sizeof(BlockQ4_0)), row);
       return rows_q4_0<NT, R>(groups, row, bf16, x, cols, y + j, S, ldy);
     }
     nf4_stream_rows<R>(W, L, j, S, amax, row, a);

@@ -175,7 +175,7 @@ struct Q4Rows {
   LK_BV void rows(int64_t j, int64_t S) {
     const int64_t cols = W.spec.cols, groups = cols / 32;  // groups even
     const uint8_t* row[R];
-    for (int r = 0; r < R; r++) row[r] = W.data + L.data_off + (j + r * S) * groups * sizeof(BlockQ4_0);
+    gemv_row_starts<R>(W, L, j, S, groups * static_cast<int64_t>(sizeof(BlockQ4_0)), row);
     __m512 acc[R][2 * NT];
     for (int r = 0; r < R; r++)
       for (int i = 0; i < 2 * NT; i++) acc[r][i] = _mm512_setzero_ps();
