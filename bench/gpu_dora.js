@@ -1,8 +1,9 @@
 // DoRA rows of bench/gpu.js (also alone: node bench/gpu.js --dora): r 16, n ∈ {16, 4096}, the plain
 // LoRA forward and the DoRA forward of the same layer shapes, in eval (W, A, B frozen: the weight
-// norm is cached) and in training mode (A rewritten before every DoRA call, as an optimizer step
-// would, so the norm's W·Aᵀ pass is paid each time; the LoRA training forward has no such write).
-// Each library's DoRA/LoRA ratio, and lorakit's DoRA against peft's (bench/gpu_peft.py, same run).
+// norm is cached) and in training mode (A rewritten before every call, as an optimizer step would:
+// DoRA's norm then pays its W·Aᵀ pass each time; both sides pay the write, whose own time is a
+// column). Each library's DoRA/LoRA ratio, and lorakit's DoRA against peft's (bench/gpu_peft.py,
+// same run; peft recomputes its norm on every call and writes nothing).
 'use strict';
 const { LoraLinear, Tensor } = require('../dist');
 const { randn, dev } = require('./gpu_data');
@@ -25,16 +26,17 @@ function doraRows(cfg, timed, seed) {
       const loraEval = timed((l) => l.forward(x).dispose(), lora);
       const doraEval = timed((l) => l.forward(x).dispose(), dora);
       [...lora, ...dora].forEach((l) => l.train());
-      const loraTrain = timed((l) => l.forward(x).dispose(), lora);
-      const doraTrain = timed((l) => {
+      const write = (l) => {
         const A = l.loraA.get('default');
-        A.copyFrom(A); // a write, as an optimizer step: the cached norm is recomputed
-        l.forward(x).dispose();
-      }, dora);
+        A.copyFrom(A); // a write, as an optimizer step: DoRA's cached norm is recomputed
+      };
+      const loraTrain = timed((l) => (write(l), l.forward(x).dispose()), lora);
+      const doraTrain = timed((l) => (write(l), l.forward(x).dispose()), dora);
+      const writeAlone = timed(write, lora);
       [...lora, ...dora].forEach((l) => l.dispose());
       x.dispose();
-      rows.push({ op: 'dora', d_out: dOut, n, r: DORA_R, lora_eval_us: loraEval, dora_eval_us: doraEval, lora_train_us: loraTrain, dora_train_us: doraTrain });
-      console.error(`dora d_out=${dOut} n=${n}: eval LoRA ${loraEval.toFixed(1)} DoRA ${doraEval.toFixed(1)}; train LoRA ${loraTrain.toFixed(1)} DoRA ${doraTrain.toFixed(1)} us`);
+      rows.push({ op: 'dora', d_out: dOut, n, r: DORA_R, lora_eval_us: loraEval, dora_eval_us: doraEval, lora_train_us: loraTrain, dora_train_us: doraTrain, write_us: writeAlone });
+      console.error(`dora d_out=${dOut} n=${n}: eval LoRA ${loraEval.toFixed(1)} DoRA ${doraEval.toFixed(1)}; train LoRA ${loraTrain.toFixed(1)} DoRA ${doraTrain.toFixed(1)} (the A write alone ${writeAlone.toFixed(1)}) us`);
     }
     Ws.forEach((W) => W.dispose());
   }
@@ -42,12 +44,12 @@ function doraRows(cfg, timed, seed) {
 }
 
 function doraReport(rows, peft, fmt) {
-  const lines = ['', `## DoRA forward against the plain LoRA forward (r = ${DORA_R}; training: A rewritten before each DoRA call)`, '',
-    '| d_out | n | LoRA eval | DoRA eval | DoRA/LoRA eval | peft LoRA eval | peft DoRA eval | peft DoRA/LoRA | DoRA speedup vs peft (eval) | LoRA train | DoRA train | DoRA/LoRA train | peft LoRA train | peft DoRA train | peft DoRA/LoRA train | DoRA speedup vs peft (train) |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'];
+  const lines = ['', `## DoRA forward against the plain LoRA forward (r = ${DORA_R}; training: A rewritten before each call, LoRA and DoRA alike)`, '',
+    '| d_out | n | LoRA eval | DoRA eval | DoRA/LoRA eval | peft LoRA eval | peft DoRA eval | peft DoRA/LoRA | DoRA speedup vs peft (eval) | A write alone | LoRA train | DoRA train | DoRA/LoRA train | peft LoRA train | peft DoRA train | peft DoRA/LoRA train | DoRA speedup vs peft (train) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'];
   for (const q of rows.filter((r) => r.op === 'dora')) {
     const p = (peft && peft.rows.find((x) => x.op === 'dora' && x.d_out === q.d_out && x.n === q.n)) || {};
-    lines.push(`| ${q.d_out} | ${q.n} | ${fmt(q.lora_eval_us)} | ${fmt(q.dora_eval_us)} | ${fmt(q.dora_eval_us / q.lora_eval_us, 3)} | ${fmt(p.peft_lora_eval_us)} | ${fmt(p.peft_dora_eval_us)} | ${fmt(p.peft_dora_eval_us / p.peft_lora_eval_us, 2)} | ${fmt(p.peft_dora_eval_us / q.dora_eval_us, 2)} | ${fmt(q.lora_train_us)} | ${fmt(q.dora_train_us)} | ${fmt(q.dora_train_us / q.lora_train_us, 3)} | ${fmt(p.peft_lora_train_us)} | ${fmt(p.peft_dora_train_us)} | ${fmt(p.peft_dora_train_us / p.peft_lora_train_us, 2)} | ${fmt(p.peft_dora_train_us / q.dora_train_us, 2)} |${p.error ? ' peft: ' + p.error : ''}`);
+    lines.push(`| ${q.d_out} | ${q.n} | ${fmt(q.lora_eval_us)} | ${fmt(q.dora_eval_us)} | ${fmt(q.dora_eval_us / q.lora_eval_us, 3)} | ${fmt(p.peft_lora_eval_us)} | ${fmt(p.peft_dora_eval_us)} | ${fmt(p.peft_dora_eval_us / p.peft_lora_eval_us, 2)} | ${fmt(p.peft_dora_eval_us / q.dora_eval_us, 2)} | ${fmt(q.write_us)} | ${fmt(q.lora_train_us)} | ${fmt(q.dora_train_us)} | ${fmt(q.dora_train_us / q.lora_train_us, 3)} | ${fmt(p.peft_lora_train_us)} | ${fmt(p.peft_dora_train_us)} | ${fmt(p.peft_dora_train_us / p.peft_lora_train_us, 2)} | ${fmt(p.peft_dora_train_us / q.dora_train_us, 2)} |${p.error ? ' peft: ' + p.error : ''}`);
   }
   return lines;
 }
