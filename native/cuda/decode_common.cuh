@@ -3,6 +3,7 @@
 // the epilogue, the split-K bookkeeping and the tensor-core kernels' common tail.
 #pragma once
 #include "common.cuh"
+#include "dora_norm.cuh"
 #include "ops.h"
 #include "runtime.h"
 #include "vec.cuh"
@@ -60,10 +61,10 @@ __device__ __forceinline__ float decode_lora_terms(float v, int64_t row, int64_t
 }
 
 // Stores y[row, j] = k[j]·pre + bias[j] from the base sum v (pre = v + the LoRA terms; k = 1 without
-// DoRA, else DoRA's k, given or magnitude/norm as dora.cu's k_kernel computes it), and pre itself
+// DoRA, else DoRA's k, given or dora_k of magnitude and norm), and pre itself
 // where the training forward keeps it. y (and pre) written once, rounded once.
 __device__ __forceinline__ float decode_k(const DecodeDora& d, int64_t j) {
-  return d.k ? d.k[j] : d.norm ? load_as_f32(d.mag, d.mag_dt, j) / d.norm[j] : 1.f;
+  return d.k ? d.k[j] : d.norm ? dora_k(d.mag, d.mag_dt, j, d.norm[j]) : 1.f;
 }
 template <class T>
 __device__ __forceinline__ void decode_store_k(float v, int64_t row, int64_t j, int64_t outf, const DecodeTerms& terms, float k,

@@ -72,7 +72,7 @@ __device__ __forceinline__ void decode_tc_finish_norm(const float (&acc)[Tiles][
     const float nrm = dora_row_norm(dn.wsq[f], [&](int k) { return ms[k][threadIdx.x]; },
                                     [&](int k) { return load_as_f32(dn.B, dn.b_dt, f * r + k); }, dn.gram, r, dn.scale);
     terms.dora.norm[f] = nrm;
-    ks[threadIdx.x] = load_as_f32(terms.dora.mag, terms.dora.mag_dt, f) / nrm;
+    ks[threadIdx.x] = dora_k(terms.dora.mag, terms.dora.mag_dt, f, nrm);
   }
   __syncthreads();
 #pragma unroll

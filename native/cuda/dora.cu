@@ -64,14 +64,14 @@ __global__ void norm_combine_kernel(const float* __restrict__ wsq, const float* 
   for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < outf; o += int64_t(gridDim.x) * blockDim.x) {
     const float nrm = dora_row_norm(wsq[o], [&](int q) { return M[o * r + q]; }, [&](int q) { return load_as_f32(B, bt, o * r + q); }, G, r, scale);
     norm[o] = nrm;
-    if (k) k[o] = load_as_f32(mag, mt, o) / nrm;
+    if (k) k[o] = dora_k(mag, mt, o, nrm);
   }
 }
 
 // k[o] = magnitude[o] / norm[o]
 __global__ void k_kernel(const void* mag, DType mt, const float* __restrict__ norm, int64_t outf, float* __restrict__ k) {
   for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < outf; o += int64_t(gridDim.x) * blockDim.x)
-    k[o] = load_as_f32(mag, mt, o) / norm[o];
+    k[o] = dora_k(mag, mt, o, norm[o]);
 }
 
 // y[i, c] = k[c]·src[i, c] (+ bias[c]), rounded once; V columns per thread (16-byte accesses when
@@ -181,7 +181,7 @@ __global__ void dora_merge_kernel(const T* W, T* out, const float* __restrict__ 
     for (int k = 0; k < r; k++) d += fifo ? A[int64_t(k) * rows + i] * B[c * r + k] : B[i * r + k] * A[int64_t(k) * cols + c];
     d *= scale;
     const int64_t o = fifo ? c : i;
-    const float kk = load_as_f32(mag, mt, o) / norm[o];
+    const float kk = dora_k(mag, mt, o, norm[o]);
     const float w = to_f32<T>(W[e]);
     out[e] = from_f32<T>(inverse ? w / kk - d : kk * (w + d));
   }

@@ -27,6 +27,7 @@
 #include "../core/exact_format.h"
 #include "common.cuh"
 #include "device_buffer.h"
+#include "dora_norm.cuh"
 #include "exact_chain.cuh"
 #include "ops.h"
 #include "runtime.h"
@@ -190,7 +191,7 @@ __global__ void prep_factors_kernel(PrepBatch b, bool fifo, int64_t rows, int64_
 
 __global__ void dora_scale_kernel(const void* mag, DType mt, const float* norm, int64_t n, float* k) {
   for (int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; o < n; o += int64_t(gridDim.x) * blockDim.x)
-    k[o] = __fdiv_rn(load_as_f32(mag, mt, o), norm[o]);
+    k[o] = dora_k(mag, mt, o, norm[o]);
 }
 
 struct ScanBatch {
