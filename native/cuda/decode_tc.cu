@@ -98,9 +98,10 @@ __device__ __forceinline__ void decode_tc_finish_norm(const float (&acc)[Tiles][
 // of that range (so at any moment they read adjacent stretches of each W row), then add their
 // partial sums in shared memory in warp order. Norm: see decode_tc_finish_norm. Register caps: the
 // plain kernel 64 (4 blocks per SM), Norm 80 (3 blocks; at 90, 2 blocks kept half the plain kernel's
-// loads in flight and the pass took twice as long on an H100; at 64, 240 bytes spilled). At 80 a
-// DoRA training forward at n = 16 took 54.5 µs at d_out 4096 and 135-138 at 14336 (90: 60 and 159;
-// plain LoRA 29.5 and 54.5): the Norm pass is still 2-2.5x the plain one (gpu-dora-expand-2026-12-07-h100.txt).
+// loads in flight and the pass took twice as long on an H100; at 64, 240 bytes spilled). At 80 the
+// compiler interleaves Norm's loads with the mma (SASS in gpu-dora-norm-diag-2026-12-07-h100.txt),
+// which costs the A tile about 20 µs at d_out 14336. Tried and slower on an H200: x's and A's rows in
+// twin 64-register blocks, and the K loop unrolled once (gpu-dora-norm-candidates-2026-12-07-h200.txt).
 template <class T, bool Norm>
 __global__ void __launch_bounds__(kWarps * 32, Norm ? 3 : 4) decode_tc_kernel(const T* __restrict__ x, const T* __restrict__ W,
                                                                 const void* bias, DType bias_dt, T* __restrict__ y, int n,
