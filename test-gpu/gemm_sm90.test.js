@@ -133,3 +133,31 @@ test('the LoRA term is large enough here that dropping it would fail the toleran
   const e = relErr(lg.forward(x.gpu).toFloat32Array(), lc.forward(x.cpu).toFloat32Array());
   assert.ok(e > 0.1, `the adapter's share of y is only ${e}`);
 });
+
+// DoRA's eval forward through the kernel: k = m/‖W + s·B·A‖ per column and the bias come from the
+// tile's epilogue table (shared memory). Columns 520 cut the second 256-wide tile short; a magnitude
+// far from the norm makes a wrong or shifted k fail, and so does a bias read for the wrong column.
+for (const withBias of [false, true])
+  test(`DoRA eval forward${withBias ? ' with a bias' : ''} through the kernel: k and the bias per column match the cpu`, () => {
+    const inF = 1000, outF = 520, n = 300, dtype = 'bf16';
+    const W = pair([outF, inF], dtype, 0.05), b = pair([outF], dtype, 0.5), x = pair([n, inF], dtype, 1);
+    const mk = (dev) => {
+      const l = new LoraLinear({ weight: W[dev], bias: withBias ? b[dev] : null });
+      l.addAdapter('d', { r: 16, loraAlpha: 32, dtype, useDora: true, initLoraWeights: false, seed: 21 });
+      const m = l.loraMagnitude.get('d').toFloat32Array().map((v, i) => v * (0.25 + (i % 11) / 5));
+      l.loraMagnitude.get('d').copyFrom(Tensor.from(m, [outF], { dtype, device: dev === 'gpu' ? 'cuda' : 'cpu' }));
+      return l.eval();
+    };
+    const lc = mk('cpu'), lg = mk('gpu');
+    const yc = lc.forward(x.cpu).toFloat32Array();
+    lg.forward(x.gpu); // the first eval call computes and caches the norm
+    const before = cuda.kernelStats().sm90GemmLaunches;
+    const yg = lg.forward(x.gpu).toFloat32Array();
+    assert.strictEqual(cuda.kernelStats().sm90GemmLaunches - before, expectKernel ? 1 : 0, 'sm_90 launches');
+    const e = relErr(yg, yc);
+    assert.ok(e <= TOL.bf16, `y: ${e}`);
+    // k matters here: the same layer without DoRA's scale is far off
+    const plain = new LoraLinear({ weight: W.gpu, bias: withBias ? b.gpu : null });
+    plain.addAdapter('d', { r: 16, loraAlpha: 32, dtype, initLoraWeights: false, seed: 21 });
+    assert.ok(relErr(plain.forward(x.gpu).toFloat32Array(), yc) > 0.1, 'k is close to 1 here');
+  });
