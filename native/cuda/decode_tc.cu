@@ -101,7 +101,10 @@ __device__ __forceinline__ void decode_tc_finish_norm(const float (&acc)[Tiles][
 // loads in flight and the pass took twice as long on an H100; at 64, 240 bytes spilled). At 80 the
 // compiler interleaves Norm's loads with the mma (SASS in gpu-dora-norm-diag-2026-12-07-h100.txt),
 // which costs the A tile about 20 µs at d_out 14336. Tried and slower on an H200: x's and A's rows in
-// twin 64-register blocks, and the K loop unrolled once (gpu-dora-norm-candidates-2026-12-07-h200.txt).
+// twin 64-register blocks, and the K loop unrolled once (gpu-dora-norm-candidates-2026-12-07-h200.txt);
+// on an H100, x's and A's rows staged in shared memory by cp.async (1.4x slower), and 2 feature tiles
+// per block, which fit 80 registers but gained 1-3% at d_out 14336 and lost at 4096
+// (gpu-dora-norm-tiles2-smem-2026-12-07-h100.txt).
 template <class T, bool Norm>
 __global__ void __launch_bounds__(kWarps * 32, Norm ? 3 : 4) decode_tc_kernel(const T* __restrict__ x, const T* __restrict__ W,
                                                                 const void* bias, DType bias_dt, T* __restrict__ y, int n,

@@ -39,8 +39,10 @@ constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
 constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2, kStageBytes = kABytes + kBBytes;
 constexpr int kSmemBytes = 1024 + kStages * kStageBytes + 2 * kStages * 8;
 // The plain kernel also keeps its tile's column scales and bias (f32, kBN each) after the barriers:
-// loaded while the ring fills, so the epilogue reads shared memory instead of waiting on 64
-// dependent global loads per thread (that wait made a DoRA col_scale tile 13% slower, H100 ncu).
+// loaded while the ring fills, so the epilogue reads shared memory. Read from global memory in the
+// epilogue (64 loads a thread behind a branch each) they made DoRA's eval launch at n = 4096,
+// d_out 4096 take 268-274 µs against 238-241 without col_scale; staged, 235-238 for both (H100 ncu,
+// bench/results/gpu-sm90-epilogue-2026-12-07-h100.txt).
 constexpr int kEpiBytes = 2 * kBN * 4;
 constexpr int kLoraSmemBytes = kSmemBytes + kEpiBytes;
 constexpr int kStagePitch = kBN + 8;  // epilogue staging row, in elements (conflict-free pair writes)
