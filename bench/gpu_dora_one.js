@@ -2,7 +2,8 @@
 // A few forwards of one [d_out, 4096] bf16 layer, plain LoRA then DoRA (r 16), for a kernel profiler.
 // Training mode (default) rewrites A before each DoRA call, so the norm is recomputed; eval caches it.
 //   ncu --kernel-name regex:decode_tc --launch-skip 2 --launch-count 6 node bench/gpu_dora_one.js 14336
-//   ncu --kernel-name regex:scale_columns node bench/gpu_dora_one.js 4096 eval 4096
+//   ncu --kernel-name regex:lora_gemm_sm90 --metrics gpu__time_duration.sum node bench/gpu_dora_one.js 4096 eval 4096
+//   (eval at n 4096 runs the sm_90 GEMM with k as its column scale; scale_columns only in its first call's path race)
 'use strict';
 const { Tensor, LoraLinear, cuda } = require('../dist');
 const { randn } = require('./gpu_data');

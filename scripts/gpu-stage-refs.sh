@@ -13,6 +13,9 @@ cd "$root"
 export LORAKIT_GOLDEN=${LORAKIT_GOLDEN:-$root/../shared/golden}
 letters=(a b c d e f g h)
 i=0
+work=
+# A failed stage leaves no worktree behind (git would keep listing it).
+trap '[ -z "$work" ] || git worktree remove --force "$work" 2>/dev/null || true' EXIT
 for ref in "$@"; do
   sha=$(git rev-parse --verify --quiet "$ref^{commit}") || { echo "$0: no commit '$ref'" >&2; exit 2; }
   dest=.gpu-${letters[$i]}
@@ -22,6 +25,7 @@ for ref in "$@"; do
   rm -rf "$dest"
   mv "$work/.gpu" "$dest"
   git worktree remove --force "$work"
+  work=
   echo "$dest: $ref ($(git rev-parse --short "$sha")), $(du -sh "$dest" | cut -f1)"
   i=$((i + 1))
 done
