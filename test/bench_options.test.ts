@@ -1,14 +1,14 @@
 /**
  * bench()'s option vocabulary (unknown keys refused with the API's name for a CLI flag, nothing
  * written unless outDir is given), the CLI's flags mapping onto it, and the last-level cache
- * size from sysfs or getconf.
+ * size from sysfs or getconf, and the OpenBLAS kernel families timed for the reference.
  */
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { bench } from '../lib';
-import { lastLevelCache, machineInfo } from '../lib/bench/machine';
+import { lastLevelCache, machineInfo, openblasCoretypes } from '../lib/bench/machine';
 import { optionsFromArgs } from '../lib/cli/bench';
 
 const tiny = { d: [64], r: [4], n: [1], ops: ['merge' as const], dtypes: ['f32' as const], minTime: 0.005, reference: false, peakBufferBytes: 8 << 20 };
@@ -101,5 +101,17 @@ describe('last-level cache size', () => {
     const m = machineInfo();
     if (sysfs || getconf > 0) expect(m.l3Bytes).toBeGreaterThan(0);
     if (!sysfs && getconf > 0) expect(m).toMatchObject({ l3Bytes: getconf, l3Source: 'getconf' });
+  });
+});
+
+describe("OpenBLAS kernel families a CPU can run (the reference times them all and keeps the fastest)", () => {
+  const m = (isa: string[], vendor = 'GenuineIntel') => ({ ...machineInfo(), isa, vendor });
+  test('every family the ISA allows, the widest first; AMD tries ZEN before HASWELL', () => {
+    expect(openblasCoretypes(m(['avx2', 'fma', 'avx512f', 'avx512vl', 'avx512_bf16', 'amx_tile', 'amx_bf16']))).toEqual(
+      ['SAPPHIRERAPIDS', 'COOPERLAKE', 'SKYLAKEX', 'HASWELL', 'ZEN']);
+    expect(openblasCoretypes(m(['avx2', 'fma', 'avx512f', 'avx512vl', 'avx512_bf16'], 'AuthenticAMD'))).toEqual(
+      ['COOPERLAKE', 'SKYLAKEX', 'ZEN', 'HASWELL']);
+    expect(openblasCoretypes(m(['avx2', 'fma'], 'AuthenticAMD'))).toEqual(['ZEN', 'HASWELL']);
+    expect(openblasCoretypes(m(['asimd']))).toEqual([]);
   });
 });

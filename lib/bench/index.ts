@@ -14,8 +14,8 @@ import { LoraLinear } from '../layers/linear';
 import { MeasuredPeaks, call } from '../native';
 import { Rng } from '../rng';
 import { Tensor } from '../tensor';
-import { MachineInfo, machineInfo, openblasCoretype } from './machine';
-import { OpenblasRef, prepareOpenblas, timeSgemm } from './openblas';
+import { MachineInfo, machineInfo, openblasCoretypes } from './machine';
+import { OpenblasRef, fastestCoretype, prepareOpenblas, timeSgemm } from './openblas';
 import { BENCH_DTYPES, DEFAULT_BENCH_OPS, BenchDType, BenchOp, BenchOptions, checkBenchOptions } from './options';
 import { timeSwap } from './swap';
 
@@ -130,10 +130,19 @@ export async function bench(options: BenchOptions = {}): Promise<BenchResult> {
     let reference: BenchResult['reference'] = null;
     let refErr = 0;
     if (opts.reference !== false && ops.some((o) => o !== 'merge' && o !== 'swap')) {
-      const coretype = opts.openblasCoretype ?? openblasCoretype(machine);
-      const p = prepareOpenblas({ library: opts.openblasLibrary, coretype, threads: info.threads });
+      const candidates = openblasCoretypes(machine);
+      const forced = opts.openblasCoretype !== undefined && opts.openblasCoretype !== 'fastest' ? opts.openblasCoretype : null;
+      const p = prepareOpenblas({ library: opts.openblasLibrary, coretype: forced ?? candidates[0] ?? null, threads: info.threads });
       if (typeof p === 'string') reference = { unavailable: p };
-      else ref = p;
+      else if (forced !== null || candidates.length < 2) ref = p;
+      else {
+        // The reference is OpenBLAS at its best on this CPU: each kernel family it can run, timed on
+        // the largest GEMM of the run (capped at n 512, d 4096).
+        const probeN = Math.min(512, Math.max(...ns.filter((n) => n > 1), 128));
+        const probeD = Math.min(4096, Math.max(...ds));
+        progress(`timing OpenBLAS's kernel families (${candidates.join(', ')}) to pick the fastest reference`);
+        ref = fastestCoretype(p, candidates, [probeN, probeD, probeD], 3);
+      }
     }
     const refCache = new Map<string, number | null>();
     // One run of the reference (best of its repetitions); the cache keeps the best run seen per shape.
@@ -381,6 +390,12 @@ export function evaluateTargets(rows: BenchRow[]): BenchResult['targets'] {
 }
 
 /** The result as a plain-text table. */
+function coretypeTimes(t: OpenblasRef['coretypeTimes']): string {
+  if (!t) return '';
+  const ranked = Object.entries(t.ms).sort((a, b) => a[1] - b[1]).map(([c, ms]) => `${c} ${ms.toFixed(2)}`).join(', ');
+  return `, the fastest at m ${t.shape[0]}, n = k ${t.shape[1]}: ${ranked} ms`;
+}
+
 export function formatTable(res: BenchResult): string {
   if (res === null || typeof res !== 'object' || !Array.isArray((res as { rows?: unknown }).rows))
     throw new LoraTypeError('res: expected the result of bench() ({ rows, ... })');
@@ -402,7 +417,7 @@ export function formatTable(res: BenchResult): string {
   const line = (cells: string[]) => cells.map((c, i) => (i < 5 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
   const p = res.peaks;
   const ref = res.reference && 'library' in res.reference
-    ? `OpenBLAS ${res.reference.library} core ${res.reference.core} (OPENBLAS_CORETYPE=${res.reference.coretype ?? 'unset'}), max rel err ${res.reference.maxRelErr.toExponential(1)}`
+    ? `OpenBLAS ${res.reference.library} core ${res.reference.core} (OPENBLAS_CORETYPE=${res.reference.coretype ?? 'unset'}${coretypeTimes(res.reference.coretypeTimes)}), max rel err ${res.reference.maxRelErr.toExponential(1)}`
     : res.reference ? `none: ${res.reference.unavailable}` : 'not run';
   return [
     `lorakit bench  ${res.date}  ${res.machine.cpuModel} (${res.machine.logicalCpus} CPUs, ${res.machine.isa.join(' ')})`,

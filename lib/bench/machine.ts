@@ -91,14 +91,17 @@ export function machineInfo(): MachineInfo {
 }
 
 /**
- * The OpenBLAS kernel family for this CPU. Debian's OpenBLAS 0.3.21 mis-detects recent cores (it
- * takes Sapphire Rapids for a Prescott and runs ~10x slower), so the reference run names it.
+ * The OpenBLAS kernel families this CPU can run, the widest ISA first. Debian's OpenBLAS 0.3.21
+ * mis-detects recent cores (it takes Sapphire Rapids for a Prescott and runs ~10x slower), so the
+ * reference run names one; the widest is not always the fastest (on Zen 4, whose AVX-512 units are
+ * 256 bits wide, the Haswell kernel ran the f32 GEMM 7% faster than Cooperlake's), so the benchmark
+ * times them and keeps the fastest (openblas.ts fastestCoretype).
  */
-export function openblasCoretype(m: MachineInfo): string | null {
-  if (m.isa.includes('amx_bf16')) return 'SAPPHIRERAPIDS';
-  if (m.isa.includes('avx512_bf16')) return 'COOPERLAKE';
-  if (m.isa.includes('avx512f')) return 'SKYLAKEX';
-  if (m.isa.includes('avx2') && m.vendor === 'AuthenticAMD') return 'ZEN';
-  if (m.isa.includes('avx2')) return 'HASWELL';
-  return null;
+export function openblasCoretypes(m: MachineInfo): string[] {
+  const out: string[] = [];
+  if (m.isa.includes('amx_bf16')) out.push('SAPPHIRERAPIDS');
+  if (m.isa.includes('avx512_bf16')) out.push('COOPERLAKE');
+  if (m.isa.includes('avx512f')) out.push('SKYLAKEX');
+  if (m.isa.includes('avx2')) out.push(...(m.vendor === 'AuthenticAMD' ? ['ZEN', 'HASWELL'] : ['HASWELL', 'ZEN']));
+  return out;
 }

@@ -12,6 +12,8 @@ import * as path from 'path';
 export interface OpenblasRef {
   library: string;
   coretype: string | null;
+  /** When the core type was chosen by timing: each candidate's best time (ms) on the probe shape. */
+  coretypeTimes?: { shape: [number, number, number]; ms: Record<string, number> };
   /** The kernel OpenBLAS reports it uses (openblas_get_corename). */
   core: string;
   binary: string;
@@ -84,4 +86,31 @@ export function timeSgemm(ref: OpenblasRef, m: number, n: number, k: number, rep
   const r = run(ref.binary, ref.library, ref.coretype, ref.threads, reps, [`${m},${n},${k}`]);
   if (typeof r === 'string') return r;
   return { seconds: r.rows[0].seconds, maxRelErr: r.rows[0].maxRelErr };
+}
+
+/**
+ * Times each candidate kernel family on one shape (alternating, best of `rounds`) and returns the
+ * reference with the fastest; candidates the library refuses (or the CPU cannot run) are skipped.
+ */
+export function fastestCoretype(
+  ref: OpenblasRef,
+  candidates: string[],
+  shape: [number, number, number],
+  reps: number,
+  rounds = 2,
+): OpenblasRef {
+  const ms: Record<string, number> = {};
+  for (let round = 0; round < rounds; round++) {
+    for (const c of candidates) {
+      if (round > 0 && !(c in ms)) continue;
+      const t = timeSgemm({ ...ref, coretype: c }, shape[0], shape[1], shape[2], reps);
+      if (typeof t === 'string') continue;
+      ms[c] = Math.min(ms[c] ?? Infinity, t.seconds * 1e3);
+    }
+  }
+  const ranked = Object.keys(ms).sort((a, b) => ms[a] - ms[b]);
+  if (ranked.length === 0) return ref;
+  const best = ranked[0];
+  const core = run(ref.binary, ref.library, best, ref.threads, 1, []);
+  return { ...ref, coretype: best, core: typeof core === 'string' ? best : core.core, coretypeTimes: { shape, ms } };
 }

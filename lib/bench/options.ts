@@ -35,7 +35,8 @@ export interface BenchOptions {
   threads?: number;
   /** Time OpenBLAS as the reference (default true when it is installed; CLI --no-reference). */
   reference?: boolean;
-  /** OpenBLAS library path (CLI --openblas), and its kernel family (CLI --coretype; default: from the CPU flags). */
+  /** OpenBLAS library path (CLI --openblas), and its kernel family (CLI --coretype; default 'fastest': each
+   *  family the CPU runs is timed on the run's largest GEMM and the fastest is the reference). */
   openblasLibrary?: string;
   openblasCoretype?: string;
   /** Directory for the JSON results (CLI --out). Default: no file (the CLI's default is bench/results). */

@@ -16,7 +16,8 @@ Each flag is an option of the API's bench({...}) in kebab case (--ops ↔ ops, -
   --min-time S          seconds of timing per row (default 1, quick 0.3)
   --no-reference        skip the OpenBLAS reference (API: reference: false)
   --openblas PATH       OpenBLAS shared library to compare with (API: openblasLibrary)
-  --coretype NAME       OPENBLAS_CORETYPE for the reference (default: from the CPU flags; API: openblasCoretype)
+  --coretype NAME       OPENBLAS_CORETYPE for the reference (default: fastest, each kernel family the CPU runs
+                        timed first; API: openblasCoretype)
   --out DIR             results directory (default bench/results; API: outDir, whose default is no file)
   --no-save             do not write a results file
   --json                print the JSON result instead of the table
