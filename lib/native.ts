@@ -60,6 +60,11 @@ export interface BackendInfo {
   cudaDevice?: string;
   /** Why 'cuda' is not usable (what the build lacked, e.g. cuBLAS, or no GPU at run time); null when it is. */
   cudaUnavailable: string | null;
+  /**
+   * The CPU GEMM's block sizes now, and in `source` where they came from: the measured caches, and,
+   * where two derivations give the same bits, which one the first large calls timed faster.
+   */
+  gemmBlocks: { mc: number; kc: number; nc: number; source: string };
 }
 
 /** The machine's ceilings measured natively (lorakit bench). */

@@ -1,7 +1,9 @@
 /**
  * The CPU GEMM's block sizes (mc, kc, nc) come from the machine's measured caches (native/cpu/caches.cc,
- * gemm.cc): they satisfy the kernels' units and fit the caches they were sized for, and results do not
- * depend on them (a child process with odd blocks forced by LORAKIT_GEMM_BLOCKS matches float64).
+ * gemm_blocks.cc): they satisfy the kernels' units and fit the caches they were sized for, and results do not
+ * depend on them (a child process with odd blocks forced by LORAKIT_GEMM_BLOCKS matches float64). Where
+ * two derivations apply (microkernels that continue each element's chain from C), the first large calls
+ * time both and keep the faster; every call's output is the same bits whichever ran it.
  */
 import { spawnSync } from 'child_process';
 import * as path from 'path';
@@ -17,7 +19,7 @@ test('measurePeaks reports the caches and the blocks derived from them', () => {
   expect(['sysfs', 'sysconf', 'default']).toContain(caches.source);
   for (const v of [g.mc, g.kc, g.nc]) expect(v % 32).toBe(0);
   if (process.env.LORAKIT_GEMM_BLOCKS === undefined) {
-    expect(g.source).toBe(caches.source);
+    expect(g.source.split(';')[0]).toBe(caches.source);
     expect(g.kc).toBeGreaterThanOrEqual(64);
     // the A block takes at most half of L2 (unless one row unit of 96 is already more)
     expect(g.mc * g.kc * 4 <= caches.l2Bytes / 2 || g.mc === 96).toBe(true);
@@ -70,5 +72,47 @@ test('odd blocks forced by LORAKIT_GEMM_BLOCKS give the same products (several k
       }
     }
     expect(Math.sqrt(num / den)).toBeLessThan(1e-5);
+  }
+});
+
+test('two blockings timed on the first large calls: the same bits from each, the faster kept', () => {
+  // 2·m·n·k = 2^28.6 FLOPs per call: above the timing threshold (2^28), so the first six alternate.
+  const script = `
+    const lk = require(${JSON.stringify(path.join(ROOT, 'dist'))});
+    const crypto = require('crypto');
+    const before = lk.backendInfo().gemmBlocks;
+    const val = (i, s) => Math.sin(i * 0.37 + s) * 0.5;
+    const mk = (shape, s) => lk.Tensor.from(Float32Array.from({ length: shape[0] * shape[1] }, (_, i) => val(i, s)), shape);
+    const x = mk([320, 768], 1), W = mk([640, 768], 2);
+    const hashes = [];
+    for (let i = 0; i < 8; i++) {
+      const y = lk.kernels.loraLinearForward(x, W);
+      hashes.push(crypto.createHash('sha256').update(Buffer.from(y.toFloat32Array().buffer)).digest('hex'));
+      y.dispose();
+    }
+    console.log(JSON.stringify({ path: lk.backendInfo().cpuPath, before, after: lk.backendInfo().gemmBlocks, hashes }));
+  `;
+  const env = { ...process.env };
+  delete env.LORAKIT_GEMM_BLOCKS;
+  const runs = [null, 'avx2'].map((p) => {
+    const r = spawnSync(process.execPath, ['-e', script], { env: p ? { ...env, LORAKIT_CPU_PATH: p } : env, encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    return JSON.parse(r.stdout) as { path: string; before: { source: string }; after: { mc: number; kc: number; nc: number; source: string }; hashes: string[] };
+  });
+  for (const { path: cpuPath, before, after, hashes } of runs) {
+    expect(new Set(hashes).size).toBe(1);
+    const two = /(\d+,\d+,\d+) and (\d+,\d+,\d+) to be timed/.exec(before.source);
+    if (['avx512', 'avx512bf16', 'amx'].includes(cpuPath)) expect(two).not.toBeNull();
+    if (cpuPath === 'avx2' || cpuPath === 'portable' || cpuPath === 'neon') expect(two).toBeNull();
+    if (!two) {
+      expect(after.source).not.toMatch(/timed/);
+      continue;
+    }
+    expect(two[1]).not.toBe(two[2]);
+    const m = /timed: (\d+,\d+,\d+) at [\d.]+ GFLOP\/s against (\d+,\d+,\d+)/.exec(after.source);
+    expect(m).not.toBeNull();
+    expect([two[1], two[2]].sort()).toEqual([m![1], m![2]].sort());
+    expect(`${after.mc},${after.kc},${after.nc}`).toBe(m![1]);
   }
 });

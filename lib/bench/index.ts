@@ -337,7 +337,8 @@ export async function bench(options: BenchOptions = {}): Promise<BenchResult> {
       cpuPath: info.cpuPath,
       cpuPaths: info.cpuPaths,
       threads: info.threads,
-      peaks,
+      // The GEMM's blocks as the runs left them (timed on the first large calls where two apply).
+      peaks: { ...peaks, gemmBlocks: backendInfo().gemmBlocks },
       reference,
       rows,
       targets: evaluateTargets(rows),

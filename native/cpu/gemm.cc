@@ -11,6 +11,7 @@
 // with W stored as rows go to gemv_rows.cc, which reads W in place.
 #include "gemm.h"
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
@@ -24,58 +25,6 @@ namespace lorakit {
 
 namespace {
 
-constexpr int64_t MAX_RC = 960;  // rows of C one task owns at most (bounds its f32 accumulator)
-
-int64_t round_down(int64_t v, int64_t unit) { return std::max(unit, v / unit * unit); }
-int64_t round_up(int64_t v, int64_t unit) { return (v + unit - 1) / unit * unit; }
-
-// LORAKIT_GEMM_BLOCKS=mc,kc,nc forces the block sizes (rounded up to the units): for tuning on a new
-// machine and for tests of odd blockings. Anything unparsable is ignored.
-bool forced_blocks(int64_t* v) {
-  const char* e = std::getenv("LORAKIT_GEMM_BLOCKS");
-  if (!e || !*e) return false;
-  char* end = nullptr;
-  for (int i = 0; i < 3; i++) {
-    const long long x = std::strtoll(e, &end, 10);
-    if (end == e || x <= 0 || x > (1 << 16)) return false;
-    v[i] = x;
-    e = end + (*end == ',' ? 1 : 0);
-    if (i < 2 && *end != ',') return false;
-  }
-  return *end == 0;
-}
-
-GemmBlocks derive_blocks(const KernelTable& kt, const CacheSizes& c) {
-  GemmBlocks b;
-  // Units: mc a multiple of the path's MR and of the bf16 blocks' 32 rows, kc of the AMX k-step (32),
-  // nc of NR and of the bf16 blocks' 32 columns.
-  const int64_t um = std::lcm<int64_t>(kt.mr, 32), un = std::lcm<int64_t>(kt.nr, 32), uk = 32;
-  int64_t f[3];
-  if (forced_blocks(f)) {
-    b.mc = round_up(f[0], um), b.kc = round_up(f[1], uk), b.nc = round_up(f[2], un);
-    b.source = "LORAKIT_GEMM_BLOCKS";
-    return b;
-  }
-  // BLIS's rules: the kc x NR micro-panel of B that the microkernel reuses across the A panels takes
-  // half of L1d (the other half streams A and the C tile); the mc x kc block of A, reused by every
-  // B micro-panel of the task, half of L2; the kc x nc block of B a task packs, a quarter of L2.
-  b.kc = std::min<int64_t>(1024, round_down(c.l1d / 2 / (kt.nr * 4), uk));
-  b.kc = std::max<int64_t>(b.kc, 64);
-  b.mc = std::min(round_down(MAX_RC, um), round_down(c.l2 / 2 / (b.kc * 4), um));
-  b.nc = std::min<int64_t>(round_down(1024, un), round_down(c.l2 / 4 / (b.kc * 4), un));
-  b.source = c.source;
-  return b;
-}
-
-}  // namespace
-
-const GemmBlocks& gemm_blocks() {
-  static const GemmBlocks b = derive_blocks(kernel_table(), cache_sizes());
-  return b;
-}
-
-namespace {
-
 struct Scratch {
   std::vector<float> b, acc, tmp, bias;
   std::vector<uint16_t> b16;
@@ -85,7 +34,7 @@ struct Scratch {
 };
 
 Scratch& scratch() {
-  thread_local Scratch s(gemm_blocks());
+  thread_local Scratch s(gemm_blocks_max());
   return s;
 }
 
@@ -308,8 +257,7 @@ std::vector<uint16_t>& packed_a16_buffer() {
   return buf;
 }
 
-PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>& segs) {
-  const GemmBlocks& bl = gemm_blocks();
+PackedA pack_all_a(const KernelTable& kt, const GemmBlocks& bl, int64_t m, const std::vector<KSegment>& segs) {
   PackedA pa;
   pa.m_pad = (m + kt.mr - 1) / kt.mr * kt.mr;
   pa.m_pad32 = (m + 31) / 32 * 32;
@@ -371,9 +319,8 @@ PackedA pack_all_a(const KernelTable& kt, int64_t m, const std::vector<KSegment>
 // x·Wᵀ for this task's rows and W rows [j0, j0 + nc), W read in place: 32 W rows at a time against
 // every 32-row block of x (whose VNNI panels start at x16). Only edges are copied: a last block of
 // fewer than 32 W rows (zero-padded, whole K) and K's last partial chunk of 32.
-void w_in_place_segment(const KernelTable& kt, const KSegment& seg, int64_t kpad, const uint16_t* x16, int64_t rc,
-                        int64_t j0, int64_t nc, float* acc, Scratch& s) {
-  const GemmBlocks& bl = gemm_blocks();
+void w_in_place_segment(const KernelTable& kt, const GemmBlocks& bl, const KSegment& seg, int64_t kpad, const uint16_t* x16,
+                        int64_t rc, int64_t j0, int64_t nc, float* acc, Scratch& s) {
   const int64_t ldw = seg.b.cs, kfull = seg.k / 32 * 32;
   for (int64_t jr = 0; jr < nc; jr += 32) {
     const int64_t rows = std::min<int64_t>(32, nc - jr);
@@ -403,9 +350,8 @@ void w_in_place_segment(const KernelTable& kt, const KSegment& seg, int64_t kpad
   }
 }
 
-void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vector<KSegment>& segs,
+void compute_task(const GemmBlocks& bl, int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vector<KSegment>& segs,
                   const PackedA& pa, const GemmOutput& out) {
-  const GemmBlocks& bl = gemm_blocks();
   const KernelTable& kt = kernel_table();
   Scratch& s = scratch();
   if (static_cast<int64_t>(s.acc.size()) < (rc + 32) * bl.nc) s.acc.resize((rc + 32) * bl.nc);
@@ -418,7 +364,7 @@ void compute_task(int64_t i0, int64_t rc, int64_t j0, int64_t nc, const std::vec
   for (size_t si = 0; si < segs.size(); si++) {
     const KSegment& seg = segs[si];
     if (pa.w_in_place[si]) {
-      w_in_place_segment(kt, seg, pa.kpad[si], pa.rows16(si, i0), rc, j0, nc, acc, s);
+      w_in_place_segment(kt, bl, seg, pa.kpad[si], pa.rows16(si, i0), rc, j0, nc, acc, s);
       continue;
     }
     if (pa.amx[si]) {
@@ -480,12 +426,10 @@ void store_gemm_rows(const KernelTable& kt, const float* acc, int64_t ldacc, int
   }
 }
 
-void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
-  const GemmBlocks& bl = gemm_blocks();
-  if (m <= 0 || n <= 0) return;
+namespace {
+
+void gemm_blocked(const GemmBlocks& bl, int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
   const KernelTable& kt = kernel_table();
-  if (gemv_rows_ok(kt, m, segs)) return gemv_rows_gemm(m, n, segs, out);
-  if (gemv_one_row_ok(m, segs)) return gemv_one_row(n, segs, out);
   const int64_t nt = num_threads();
   const int64_t um = std::lcm<int64_t>(kt.mr, 32), un = std::lcm<int64_t>(kt.nr, 32);
   // Columns: the fewest tasks of at most nc columns, raised to a multiple of the thread count, or,
@@ -493,15 +437,15 @@ void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOut
   // chunks, one thread idled for a whole task at the end), split as evenly as un-column units allow.
   const int64_t units_n = (n + un - 1) / un;
   int64_t tn = (n + bl.nc - 1) / bl.nc;
-  tn = std::min(units_n, round_up(tn, tn > nt ? 4 * nt : nt));
-  // Rows: enough chunks of um-row units to give every thread several tasks, each at most MAX_RC rows
+  tn = std::min(units_n, gemm_round_up(tn, tn > nt ? 4 * nt : nt));
+  // Rows: enough chunks of um-row units to give every thread several tasks, each at most GEMM_MAX_RC rows
   // (a task packs its B block once for all its rows: fewer, taller row chunks repack B less).
   const int64_t units_m = (m + um - 1) / um;
   const int64_t want = std::max<int64_t>(1, (4 * nt + tn - 1) / tn);
-  const int64_t per_chunk = std::max<int64_t>(1, std::min(MAX_RC / um, (units_m + want - 1) / want));
+  const int64_t per_chunk = std::max<int64_t>(1, std::min(GEMM_MAX_RC / um, (units_m + want - 1) / want));
   const int64_t rc = per_chunk * um;
   const int64_t tm = (m + rc - 1) / rc;
-  const PackedA pa = pack_all_a(kt, m, segs);
+  const PackedA pa = pack_all_a(kt, bl, m, segs);
   // The packed copy of A is kept for the next call unless it is large (then it is given back).
   struct Release {
     ~Release() {
@@ -517,9 +461,24 @@ void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOut
     for (int64_t t = b; t < e; t++) {
       const int64_t ti = t % tm, tj = t / tm;
       const int64_t i0 = ti * rc, j0 = un * (units_n * tj / tn), j1 = std::min(n, un * (units_n * (tj + 1) / tn));
-      compute_task(i0, std::min(rc, m - i0), j0, j1 - j0, segs, pa, out);
+      compute_task(bl, i0, std::min(rc, m - i0), j0, j1 - j0, segs, pa, out);
     }
   });
+}
+
+}  // namespace
+
+void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
+  if (m <= 0 || n <= 0) return;
+  const KernelTable& kt = kernel_table();
+  if (gemv_rows_ok(kt, m, segs)) return gemv_rows_gemm(m, n, segs, out);
+  if (gemv_one_row_ok(m, segs)) return gemv_one_row(n, segs, out);
+  double flops = 0;
+  for (const KSegment& s : segs) flops += 2.0 * double(m) * double(n) * double(s.k);
+  const GemmPlan plan = gemm_plan(flops);
+  const auto t0 = std::chrono::steady_clock::now();
+  gemm_blocked(*plan.blocks, m, n, segs, out);
+  gemm_plan_done(plan, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), flops);
 }
 
 }  // namespace lorakit

@@ -4,6 +4,7 @@
 // into the base GEMM (K extended by r) instead of a second pass over the output.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 #include "../core/dtype.h"
 
@@ -47,12 +48,27 @@ struct GemmOutput {
 
 void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out);
 
-// The block sizes gemm uses on this machine (derived once from the measured caches, gemm.cc).
+// The block sizes gemm uses on this machine (derived from the measured caches, and, where two
+// derivations give the same bits, the faster of them by timing: gemm_blocks.cc).
 struct GemmBlocks {
   int64_t mc = 0, kc = 0, nc = 0;  // rows of A per L2 block, K steps per block, columns of B per task
   const char* source = "";         // where the cache sizes came from, or LORAKIT_GEMM_BLOCKS
 };
-const GemmBlocks& gemm_blocks();
+const GemmBlocks& gemm_blocks();      // the choice (the first candidate while they are being timed)
+const GemmBlocks& gemm_blocks_max();  // the elementwise max over the candidates: scratch sizes
+std::string gemm_blocks_source();     // where they came from, and the timing's outcome
+// The blocks for one call of `flops` FLOPs; candidate >= 0 when the call is one of the timed ones,
+// and gemm_plan_done then takes its time.
+struct GemmPlan {
+  const GemmBlocks* blocks;
+  int candidate;
+};
+GemmPlan gemm_plan(double flops);
+void gemm_plan_done(const GemmPlan& plan, double seconds, double flops);
+
+constexpr int64_t GEMM_MAX_RC = 960;  // rows of C one task owns at most (bounds its f32 accumulator)
+inline int64_t gemm_round_down(int64_t v, int64_t unit) { return v / unit * unit > unit ? v / unit * unit : unit; }
+inline int64_t gemm_round_up(int64_t v, int64_t unit) { return (v + unit - 1) / unit * unit; }
 
 // Convenience views for row-major tensors.
 inline MatView row_major(const void* p, DType t, int64_t ld) { return MatView{p, t, ld, 1}; }

@@ -117,6 +117,10 @@ struct KernelTable {
   GemvRowsFn gemv_rows;            // null: gemm packs W as for any m (portable, neon)
   GemvRowsBf16Fn gemv_rows_bf16;   // null unless avx512bf16
   int64_t gemv_rows_max;           // the most rows of x gemm sends to gemv_rows (measured per path)
+  // The microkernel continues each element's chain of fused multiply-adds from its C tile (rather
+  // than adding a fresh kc-long sum to it), so the sums' bits do not depend on the block sizes and
+  // gemm may time two blockings against each other (gemm_blocks.cc).
+  bool micro_sums_ignore_blocks = false;
 };
 
 const KernelTable& kernel_table();

@@ -135,6 +135,7 @@ KernelTable make() {
   t.mr = XMR;
   t.nr = XNR;
   t.microkernel = micro;
+  t.micro_sums_ignore_blocks = true;
   t.pack_t = pack_t;
   t.fma_peak = fma_peak;
   t.merge_rows = merge_rows_avx512;

@@ -96,7 +96,7 @@ Peaks measure_peaks(int64_t buffer_bytes) {
   const CacheSizes& c = cache_sizes();
   p.l1d_bytes = c.l1d, p.l2_bytes = c.l2, p.l3_bytes = c.l3, p.cache_source = c.source;
   const GemmBlocks& g = gemm_blocks();
-  p.gemm_mc = g.mc, p.gemm_kc = g.kc, p.gemm_nc = g.nc, p.gemm_blocks_source = g.source;
+  p.gemm_mc = g.mc, p.gemm_kc = g.kc, p.gemm_nc = g.nc, p.gemm_blocks_source = gemm_blocks_source();
   int64_t it = calibrate(kt.fma_peak, 0.05);
   p.fma_gflops = best_parallel_rate(p.threads, 3, [&](int64_t) { return kt.fma_peak(it); }) / 1e9;
   if (kt.amx_peak) {

@@ -2,6 +2,7 @@
 // AMX bf16 tile rate or AVX512-BF16 vdpbf16ps rate (on those paths), and copy / read bandwidth over buffers far larger than cache.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace lorakit {
 
@@ -17,7 +18,7 @@ struct Peaks {
   int64_t l1d_bytes = 0, l2_bytes = 0, l3_bytes = 0;
   const char* cache_source = "";
   int64_t gemm_mc = 0, gemm_kc = 0, gemm_nc = 0;
-  const char* gemm_blocks_source = "";
+  std::string gemm_blocks_source;
 };
 
 Peaks measure_peaks(int64_t buffer_bytes);

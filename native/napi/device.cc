@@ -5,6 +5,7 @@
 #include "../core/backend.h"
 #include "../core/thread_pool.h"
 #include "../cpu/backend.h"
+#include "../cpu/gemm.h"
 #include "../cpu/microkernel.h"
 #include "../cpu/peak.h"
 #include "args.h"
@@ -55,6 +56,15 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
     o.Set("cpuPaths", paths);
   }
   o.Set("threads", num_threads());
+  {
+    const GemmBlocks& g = gemm_blocks();
+    Napi::Object gb = Napi::Object::New(env);
+    gb.Set("mc", static_cast<double>(g.mc));
+    gb.Set("kc", static_cast<double>(g.kc));
+    gb.Set("nc", static_cast<double>(g.nc));
+    gb.Set("source", gemm_blocks_source());
+    o.Set("gemmBlocks", gb);
+  }
   Napi::Array compiled = Napi::Array::New(env);
   Napi::Array usable = Napi::Array::New(env);
   for (Device d : {Device::CPU, Device::CUDA}) {

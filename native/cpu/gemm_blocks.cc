@@ -1,0 +1,151 @@
+// gemm's block sizes: derived from the measured caches, and, where the microkernel's sums do not
+// depend on them, chosen between two derivations by timing real calls.
+//
+// BLIS's rules (gemm.cc's structure): the kc × NR micro-panel of B, reused across the A panels,
+// lives in L1d; the mc × kc block of A in half of L2; the kc × nc block of B in a quarter of L2.
+// How much of L1d the B micro-panel may take is the open parameter. Half (the A panel streams
+// through the other half) suits cores whose FMAs outrun L2; on a Zen 4 EPYC, whose AVX-512 FMAs
+// run on 256-bit units, the whole of L1d (kc twice as long: fewer C tile sweeps, longer runs of W
+// when packed) ran the f32 GEMM 3-5% faster at n = 512 (bench/results/cpu-gemm-blocks-2026-12-07-zen4.txt).
+// So where both derivations give the same bits (the microkernel continues each element's chain of
+// fused multiply-adds from C: KernelTable::micro_sums_ignore_blocks), the first large calls
+// alternate between them and the faster is kept; the output never depends on the choice.
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <vector>
+#include "caches.h"
+#include "gemm.h"
+#include "microkernel.h"
+
+namespace lorakit {
+namespace {
+
+// LORAKIT_GEMM_BLOCKS=mc,kc,nc forces the block sizes (rounded up to the units): for tuning on a new
+// machine and for tests of odd blockings. Anything unparsable is ignored.
+bool forced_blocks(int64_t* v) {
+  const char* e = std::getenv("LORAKIT_GEMM_BLOCKS");
+  if (!e || !*e) return false;
+  char* end = nullptr;
+  for (int i = 0; i < 3; i++) {
+    const long long x = std::strtoll(e, &end, 10);
+    if (end == e || x <= 0 || x > (1 << 16)) return false;
+    v[i] = x;
+    e = end + (*end == ',' ? 1 : 0);
+    if (i < 2 && *end != ',') return false;
+  }
+  return *end == 0;
+}
+
+// l1_share: the part of L1d (1 / l1_div) the B micro-panel takes.
+GemmBlocks derive_blocks(const KernelTable& kt, const CacheSizes& c, int64_t l1_div) {
+  GemmBlocks b;
+  // Units: mc a multiple of the path's MR and of the bf16 blocks' 32 rows, kc of the AMX k-step (32),
+  // nc of NR and of the bf16 blocks' 32 columns.
+  const int64_t um = std::lcm<int64_t>(kt.mr, 32), un = std::lcm<int64_t>(kt.nr, 32), uk = 32;
+  b.kc = std::min<int64_t>(1024, gemm_round_down(c.l1d / l1_div / (kt.nr * 4), uk));
+  b.kc = std::max<int64_t>(b.kc, 64);
+  b.mc = std::min(gemm_round_down(GEMM_MAX_RC, um), gemm_round_down(c.l2 / 2 / (b.kc * 4), um));
+  b.nc = std::min<int64_t>(gemm_round_down(1024, un), gemm_round_down(c.l2 / 4 / (b.kc * 4), un));
+  b.source = c.source;
+  return b;
+}
+
+// Calls below this many FLOPs are not timed (their fixed costs would dominate).
+constexpr double kTimedFlops = 1 << 28;
+constexpr int kSamples = 3;  // timed calls per candidate
+
+struct Plan {
+  std::vector<GemmBlocks> cand;
+  GemmBlocks max;  // elementwise max: scratch sizes
+  std::mutex mu;
+  std::atomic<int> chosen{-1};  // -1 while timing
+  int next = 0;
+  int count[2] = {0, 0};
+  double best[2] = {1e300, 1e300};  // seconds per FLOP
+  std::string report;
+};
+
+Plan& plan() {
+  static Plan* p = [] {
+    auto* p = new Plan;
+    const KernelTable& kt = kernel_table();
+    const CacheSizes& c = cache_sizes();
+    int64_t f[3];
+    if (forced_blocks(f)) {
+      const int64_t um = std::lcm<int64_t>(kt.mr, 32), un = std::lcm<int64_t>(kt.nr, 32);
+      GemmBlocks b;
+      b.mc = gemm_round_up(f[0], um), b.kc = gemm_round_up(f[1], 32), b.nc = gemm_round_up(f[2], un);
+      b.source = "LORAKIT_GEMM_BLOCKS";
+      p->cand.push_back(b);
+    } else {
+      p->cand.push_back(derive_blocks(kt, c, 2));
+      const GemmBlocks whole = derive_blocks(kt, c, 1);
+      if (kt.micro_sums_ignore_blocks && whole.kc != p->cand[0].kc) p->cand.push_back(whole);
+    }
+    for (const GemmBlocks& b : p->cand) {
+      p->max.mc = std::max(p->max.mc, b.mc), p->max.kc = std::max(p->max.kc, b.kc), p->max.nc = std::max(p->max.nc, b.nc);
+    }
+    p->max.source = p->cand[0].source;
+    if (p->cand.size() == 1) p->chosen = 0;
+    return p;
+  }();
+  return *p;
+}
+
+std::string blocks_str(const GemmBlocks& b) {
+  return std::to_string(b.mc) + "," + std::to_string(b.kc) + "," + std::to_string(b.nc);
+}
+
+}  // namespace
+
+const GemmBlocks& gemm_blocks() {
+  Plan& p = plan();
+  const int c = p.chosen.load(std::memory_order_acquire);
+  return p.cand[c < 0 ? 0 : c];
+}
+
+const GemmBlocks& gemm_blocks_max() { return plan().max; }
+
+GemmPlan gemm_plan(double flops) {
+  Plan& p = plan();
+  const int c = p.chosen.load(std::memory_order_acquire);
+  if (c >= 0) return {&p.cand[c], -1};
+  if (flops < kTimedFlops) return {&p.cand[0], -1};
+  std::lock_guard<std::mutex> lock(p.mu);
+  const int k = p.next;
+  p.next = (p.next + 1) % static_cast<int>(p.cand.size());
+  return {&p.cand[k], k};
+}
+
+void gemm_plan_done(const GemmPlan& g, double seconds, double flops) {
+  if (g.candidate < 0) return;
+  Plan& p = plan();
+  std::lock_guard<std::mutex> lock(p.mu);
+  if (p.chosen.load() >= 0) return;
+  p.best[g.candidate] = std::min(p.best[g.candidate], seconds / flops);
+  p.count[g.candidate]++;
+  if (p.count[0] < kSamples || p.count[1] < kSamples) return;
+  const int w = p.best[1] < p.best[0] ? 1 : 0;
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "; timed: %s at %.1f GFLOP/s against %s at %.1f", blocks_str(p.cand[w]).c_str(),
+                1e-9 / p.best[w], blocks_str(p.cand[1 - w]).c_str(), 1e-9 / p.best[1 - w]);
+  p.report = buf;
+  p.chosen.store(w, std::memory_order_release);
+}
+
+std::string gemm_blocks_source() {
+  Plan& p = plan();
+  std::lock_guard<std::mutex> lock(p.mu);
+  std::string s = p.cand[0].source;
+  if (p.cand.size() > 1)
+    s += p.chosen.load() >= 0 ? p.report
+                               : "; " + blocks_str(p.cand[0]) + " and " + blocks_str(p.cand[1]) + " to be timed on the first large calls";
+  return s;
+}
+
+}  // namespace lorakit
