@@ -473,12 +473,12 @@ void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOut
   const KernelTable& kt = kernel_table();
   if (gemv_rows_ok(kt, m, segs)) return gemv_rows_gemm(m, n, segs, out);
   if (gemv_one_row_ok(m, segs)) return gemv_one_row(n, segs, out);
-  double flops = 0;
-  for (const KSegment& s : segs) flops += 2.0 * double(m) * double(n) * double(s.k);
-  const GemmPlan plan = gemm_plan(flops);
+  int64_t k = 0;
+  for (const KSegment& s : segs) k += s.k;
+  const GemmPlan plan = gemm_plan(m, n, k);
   const auto t0 = std::chrono::steady_clock::now();
   gemm_blocked(*plan.blocks, m, n, segs, out);
-  gemm_plan_done(plan, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), flops);
+  gemm_plan_done(plan, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
 }  // namespace lorakit

@@ -3,6 +3,7 @@
 // Several K segments write one output in one pass: this is how the LoRA term x·Aᵀ·Bᵀ is folded
 // into the base GEMM (K extended by r) instead of a second pass over the output.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -57,14 +58,15 @@ struct GemmBlocks {
 const GemmBlocks& gemm_blocks();      // the choice (the first candidate while they are being timed)
 const GemmBlocks& gemm_blocks_max();  // the elementwise max over the candidates: scratch sizes
 std::string gemm_blocks_source();     // where they came from, and the timing's outcome
-// The blocks for one call of `flops` FLOPs; candidate >= 0 when the call is one of the timed ones,
-// and gemm_plan_done then takes its time.
+// The blocks for one call (m × n output, k the sum of its segments' depths); candidate >= 0 when
+// the call is one of the timed ones, and gemm_plan_done then takes its time.
 struct GemmPlan {
   const GemmBlocks* blocks;
   int candidate;
+  std::array<int64_t, 3> shape;
 };
-GemmPlan gemm_plan(double flops);
-void gemm_plan_done(const GemmPlan& plan, double seconds, double flops);
+GemmPlan gemm_plan(int64_t m, int64_t n, int64_t k);
+void gemm_plan_done(const GemmPlan& plan, double seconds);
 
 constexpr int64_t GEMM_MAX_RC = 960;  // rows of C one task owns at most (bounds its f32 accumulator)
 inline int64_t gemm_round_down(int64_t v, int64_t unit) { return v / unit * unit > unit ? v / unit * unit : unit; }

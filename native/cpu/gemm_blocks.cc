@@ -9,11 +9,13 @@
 // when packed) ran the f32 GEMM 3-5% faster at n = 512 (bench/results/cpu-gemm-blocks-2026-12-07-zen4.txt).
 // So where both derivations give the same bits (the microkernel continues each element's chain of
 // fused multiply-adds from C: KernelTable::micro_sums_ignore_blocks), the first large calls
-// alternate between them and the faster is kept; the output never depends on the choice.
+// alternate between them, per call shape, and the faster is kept; the output never depends on the choice.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <numeric>
 #include <string>
@@ -59,14 +61,21 @@ GemmBlocks derive_blocks(const KernelTable& kt, const CacheSizes& c, int64_t l1_
 constexpr double kTimedFlops = 1 << 28;
 constexpr int kSamples = 3;  // timed calls per candidate
 
+// Timing state per call shape (m, n, total k): the candidates alternate within each shape, so a
+// loop whose calls alternate between two shapes (forward, backward) does not give each candidate one
+// of them.
+struct ShapeTiming {
+  int next = 0;
+  int count[2] = {0, 0};
+  double best[2] = {1e300, 1e300};  // seconds per FLOP
+};
+
 struct Plan {
   std::vector<GemmBlocks> cand;
   GemmBlocks max;  // elementwise max: scratch sizes
   std::mutex mu;
   std::atomic<int> chosen{-1};  // -1 while timing
-  int next = 0;
-  int count[2] = {0, 0};
-  double best[2] = {1e300, 1e300};  // seconds per FLOP
+  std::map<std::array<int64_t, 3>, ShapeTiming> shapes;
   std::string report;
 };
 
@@ -111,30 +120,35 @@ const GemmBlocks& gemm_blocks() {
 
 const GemmBlocks& gemm_blocks_max() { return plan().max; }
 
-GemmPlan gemm_plan(double flops) {
+GemmPlan gemm_plan(int64_t m, int64_t n, int64_t k) {
   Plan& p = plan();
   const int c = p.chosen.load(std::memory_order_acquire);
-  if (c >= 0) return {&p.cand[c], -1};
-  if (flops < kTimedFlops) return {&p.cand[0], -1};
+  if (c >= 0) return {&p.cand[c], -1, {m, n, k}};
+  if (2.0 * double(m) * double(n) * double(k) < kTimedFlops) return {&p.cand[0], -1, {m, n, k}};
   std::lock_guard<std::mutex> lock(p.mu);
-  const int k = p.next;
-  p.next = (p.next + 1) % static_cast<int>(p.cand.size());
-  return {&p.cand[k], k};
+  ShapeTiming& t = p.shapes[{m, n, k}];
+  const int i = t.next;
+  t.next = (t.next + 1) % static_cast<int>(p.cand.size());
+  return {&p.cand[i], i, {m, n, k}};
 }
 
-void gemm_plan_done(const GemmPlan& g, double seconds, double flops) {
+void gemm_plan_done(const GemmPlan& g, double seconds) {
   if (g.candidate < 0) return;
   Plan& p = plan();
   std::lock_guard<std::mutex> lock(p.mu);
   if (p.chosen.load() >= 0) return;
-  p.best[g.candidate] = std::min(p.best[g.candidate], seconds / flops);
-  p.count[g.candidate]++;
-  if (p.count[0] < kSamples || p.count[1] < kSamples) return;
-  const int w = p.best[1] < p.best[0] ? 1 : 0;
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "; timed: %s at %.1f GFLOP/s against %s at %.1f", blocks_str(p.cand[w]).c_str(),
-                1e-9 / p.best[w], blocks_str(p.cand[1 - w]).c_str(), 1e-9 / p.best[1 - w]);
+  ShapeTiming& t = p.shapes[g.shape];
+  const double flops = 2.0 * double(g.shape[0]) * double(g.shape[1]) * double(g.shape[2]);
+  t.best[g.candidate] = std::min(t.best[g.candidate], seconds / flops);
+  t.count[g.candidate]++;
+  if (t.count[0] < kSamples || t.count[1] < kSamples) return;
+  const int w = t.best[1] < t.best[0] ? 1 : 0;
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "; timed: %s at %.1f GFLOP/s against %s at %.1f (m %lld, n %lld, k %lld)",
+                blocks_str(p.cand[w]).c_str(), 1e-9 / t.best[w], blocks_str(p.cand[1 - w]).c_str(), 1e-9 / t.best[1 - w],
+                static_cast<long long>(g.shape[0]), static_cast<long long>(g.shape[1]), static_cast<long long>(g.shape[2]));
   p.report = buf;
+  p.shapes.clear();
   p.chosen.store(w, std::memory_order_release);
 }
 
