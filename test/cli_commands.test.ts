@@ -60,12 +60,13 @@ test('the top-level help lists every command and says how to get more', async ()
   expect(await main([])).toBe(1);
 });
 
-test('info says why cuda is not usable', async () => {
+test('info says why cuda is not usable, and which GEMM blocks the cpu uses', async () => {
   const { backendInfo } = await import('../lib');
   const info = backendInfo();
   expect(await main(['info'])).toBe(0);
   const text = out.join('\n');
   expect(text).toMatch(/^compiled backends: /m);
+  expect(text).toMatch(/^cpu gemm blocks:   mc \d+, kc \d+, nc \d+ \(.+\)$/m);
   if (info.cudaUnavailable) expect(text).toContain(`cuda:              not usable: ${info.cudaUnavailable}`);
   else expect(text).not.toMatch(/not usable/);
 });
