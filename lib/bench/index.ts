@@ -390,13 +390,14 @@ export function evaluateTargets(rows: BenchRow[]): BenchResult['targets'] {
   return out;
 }
 
-/** The result as a plain-text table. */
+/** The timed kernel families of the reference, fastest first (empty when one was named). */
 function coretypeTimes(t: OpenblasRef['coretypeTimes']): string {
   if (!t) return '';
   const ranked = Object.entries(t.ms).sort((a, b) => a[1] - b[1]).map(([c, ms]) => `${c} ${ms.toFixed(2)}`).join(', ');
   return `, the fastest at m ${t.shape[0]}, n = k ${t.shape[1]}: ${ranked} ms`;
 }
 
+/** The result as a plain-text table. */
 export function formatTable(res: BenchResult): string {
   if (res === null || typeof res !== 'object' || !Array.isArray((res as { rows?: unknown }).rows))
     throw new LoraTypeError('res: expected the result of bench() ({ rows, ... })');

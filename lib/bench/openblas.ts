@@ -100,17 +100,18 @@ export function fastestCoretype(
   rounds = 2,
 ): OpenblasRef {
   const ms: Record<string, number> = {};
+  const cores: Record<string, string> = {};  // the kernel each family reports using
   for (let round = 0; round < rounds; round++) {
     for (const c of candidates) {
       if (round > 0 && !(c in ms)) continue;
-      const t = timeSgemm({ ...ref, coretype: c }, shape[0], shape[1], shape[2], reps);
-      if (typeof t === 'string') continue;
-      ms[c] = Math.min(ms[c] ?? Infinity, t.seconds * 1e3);
+      const r = run(ref.binary, ref.library, c, ref.threads, reps, [shape.join(',')]);
+      if (typeof r === 'string') continue;
+      ms[c] = Math.min(ms[c] ?? Infinity, r.rows[0].seconds * 1e3);
+      cores[c] = r.core;
     }
   }
   const ranked = Object.keys(ms).sort((a, b) => ms[a] - ms[b]);
   if (ranked.length === 0) return ref;
   const best = ranked[0];
-  const core = run(ref.binary, ref.library, best, ref.threads, 1, []);
-  return { ...ref, coretype: best, core: typeof core === 'string' ? best : core.core, coretypeTimes: { shape, ms } };
+  return { ...ref, coretype: best, core: cores[best], coretypeTimes: { shape, ms } };
 }

@@ -431,7 +431,8 @@ namespace {
 void gemm_blocked(const GemmBlocks& bl, int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
   const KernelTable& kt = kernel_table();
   const int64_t nt = num_threads();
-  const int64_t um = std::lcm<int64_t>(kt.mr, 32), un = std::lcm<int64_t>(kt.nr, 32);
+  const GemmUnits units = gemm_block_units(kt);
+  const int64_t um = units.m, un = units.n;
   // Columns: the fewest tasks of at most nc columns, raised to a multiple of the thread count, or,
   // past it, of parallel_for's 4·nt chunks (so that every chunk gets equal work: with 14 tasks in 8
   // chunks, one thread idled for a whole task at the end), split as evenly as un-column units allow.

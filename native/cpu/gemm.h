@@ -68,6 +68,14 @@ struct GemmPlan {
 GemmPlan gemm_plan(int64_t m, int64_t n, int64_t k);
 void gemm_plan_done(const GemmPlan& plan, double seconds);
 
+// Units: mc a multiple of the path's MR and of the bf16 blocks' 32 rows, kc of the AMX k-step (32),
+// nc of NR and of the bf16 blocks' 32 columns.
+struct KernelTable;
+struct GemmUnits {
+  int64_t m, k, n;
+};
+GemmUnits gemm_block_units(const KernelTable& kt);
+
 constexpr int64_t GEMM_MAX_RC = 960;  // rows of C one task owns at most (bounds its f32 accumulator)
 inline int64_t gemm_round_down(int64_t v, int64_t unit) { return v / unit * unit > unit ? v / unit * unit : unit; }
 inline int64_t gemm_round_up(int64_t v, int64_t unit) { return (v + unit - 1) / unit * unit; }

@@ -43,17 +43,10 @@ bool forced_blocks(int64_t* v) {
   return *end == 0;
 }
 
-// Units: mc a multiple of the path's MR and of the bf16 blocks' 32 rows, kc of the AMX k-step (32),
-// nc of NR and of the bf16 blocks' 32 columns.
-struct Units {
-  int64_t m, k, n;
-};
-Units block_units(const KernelTable& kt) { return {std::lcm<int64_t>(kt.mr, 32), 32, std::lcm<int64_t>(kt.nr, 32)}; }
-
 // The B micro-panel takes 1 / l1_div of L1d.
 GemmBlocks derive_blocks(const KernelTable& kt, const CacheSizes& c, int64_t l1_div) {
   GemmBlocks b;
-  const Units u = block_units(kt);
+  const GemmUnits u = gemm_block_units(kt);
   const int64_t um = u.m, un = u.n, uk = u.k;
   b.kc = std::min<int64_t>(1024, gemm_round_down(c.l1d / l1_div / (kt.nr * 4), uk));
   b.kc = std::max<int64_t>(b.kc, 64);
@@ -92,7 +85,7 @@ Plan& plan() {
     const CacheSizes& c = cache_sizes();
     int64_t f[3];
     if (forced_blocks(f)) {
-      const Units u = block_units(kt);
+      const GemmUnits u = gemm_block_units(kt);
       GemmBlocks b;
       b.mc = gemm_round_up(f[0], u.m), b.kc = gemm_round_up(f[1], u.k), b.nc = gemm_round_up(f[2], u.n);
       b.source = "LORAKIT_GEMM_BLOCKS";
@@ -117,6 +110,10 @@ std::string blocks_str(const GemmBlocks& b) {
 }
 
 }  // namespace
+
+GemmUnits gemm_block_units(const KernelTable& kt) {
+  return {std::lcm<int64_t>(kt.mr, 32), 32, std::lcm<int64_t>(kt.nr, 32)};
+}
 
 const GemmBlocks& gemm_blocks() {
   Plan& p = plan();
