@@ -59,6 +59,9 @@ GemmBlocks derive_blocks(const KernelTable& kt, const CacheSizes& c, int64_t l1_
 // Calls below this many FLOPs are not timed (their fixed costs would dominate).
 constexpr double kTimedFlops = 1 << 28;
 constexpr int kSamples = 3;  // timed calls per candidate
+// Shapes whose timings are kept at once: a workload of ever new shapes (varying token counts) would
+// otherwise grow the table for as long as no shape recurs enough; it starts afresh when full.
+constexpr size_t kMaxShapes = 64;
 
 // Timing state per call shape (m, n, total k): the candidates alternate within each shape, so a
 // loop whose calls alternate between two shapes (forward, backward) does not give each candidate one
@@ -129,6 +132,7 @@ GemmPlan gemm_plan(int64_t m, int64_t n, int64_t k) {
   if (c >= 0) return {&p.cand[c], -1, {m, n, k}};
   if (2.0 * double(m) * double(n) * double(k) < kTimedFlops) return {&p.cand[0], -1, {m, n, k}};
   std::lock_guard<std::mutex> lock(p.mu);
+  if (p.shapes.size() >= kMaxShapes && p.shapes.find({m, n, k}) == p.shapes.end()) p.shapes.clear();
   ShapeTiming& t = p.shapes[{m, n, k}];
   const int i = t.next;
   t.next = (t.next + 1) % static_cast<int>(p.cand.size());
