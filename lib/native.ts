@@ -62,9 +62,10 @@ export interface BackendInfo {
   cudaUnavailable: string | null;
   /**
    * The CPU GEMM's block sizes now, and in `source` where they came from: the measured caches, and,
-   * where two derivations give the same bits, which one the first large calls timed faster.
+   * where two derivations give the same bits, which one the first large calls timed faster; `wInPlace`:
+   * whether f32 weights are read in place (their rows broadcast by the microkernel) rather than packed.
    */
-  gemmBlocks: { mc: number; kc: number; nc: number; source: string };
+  gemmBlocks: { mc: number; kc: number; nc: number; source: string; wInPlace: boolean };
 }
 
 /** The machine's ceilings measured natively (lorakit bench). */
@@ -83,7 +84,7 @@ export interface MeasuredPeaks {
   /** The data caches the CPU GEMM sized its blocks for (bytes; L1d and L2 per core) and where they were read. */
   caches: { l1dBytes: number; l2Bytes: number; l3Bytes: number; source: string };
   /** The CPU GEMM's block sizes on this machine: rows of A per L2 block, K steps per block, columns of B per task. */
-  gemmBlocks: { mc: number; kc: number; nc: number; source: string };
+  gemmBlocks: { mc: number; kc: number; nc: number; source: string; wInPlace: boolean };
 }
 
 /** One step of exactMerge: [A, B, scale, DoRA magnitude | null, DoRA weight norm (f32 [out]) | null, record (undo steps) | null]. */

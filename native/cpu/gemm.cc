@@ -429,23 +429,10 @@ void store_gemm_rows(const KernelTable& kt, const float* acc, int64_t ldacc, int
 namespace {
 
 void gemm_blocked(const GemmBlocks& bl, int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
+  if (gemm_w_in_place(bl, m, n, segs, out)) return;
   const KernelTable& kt = kernel_table();
-  const int64_t nt = num_threads();
   const GemmUnits units = gemm_block_units(kt);
-  const int64_t um = units.m, un = units.n;
-  // Columns: the fewest tasks of at most nc columns, raised to a multiple of the thread count, or,
-  // past it, of parallel_for's 4·nt chunks (so that every chunk gets equal work: with 14 tasks in 8
-  // chunks, one thread idled for a whole task at the end), split as evenly as un-column units allow.
-  const int64_t units_n = (n + un - 1) / un;
-  int64_t tn = (n + bl.nc - 1) / bl.nc;
-  tn = std::min(units_n, gemm_round_up(tn, tn > nt ? 4 * nt : nt));
-  // Rows: enough chunks of um-row units to give every thread several tasks, each at most GEMM_MAX_RC rows
-  // (a task packs its B block once for all its rows: fewer, taller row chunks repack B less).
-  const int64_t units_m = (m + um - 1) / um;
-  const int64_t want = std::max<int64_t>(1, (4 * nt + tn - 1) / tn);
-  const int64_t per_chunk = std::max<int64_t>(1, std::min(GEMM_MAX_RC / um, (units_m + want - 1) / want));
-  const int64_t rc = per_chunk * um;
-  const int64_t tm = (m + rc - 1) / rc;
+  const GemmTasks tasks = gemm_tasks(m, n, units.m, units.n, bl.nc);
   const PackedA pa = pack_all_a(kt, bl, m, segs);
   // The packed copy of A is kept for the next call unless it is large (then it is given back).
   struct Release {
@@ -458,11 +445,11 @@ void gemm_blocked(const GemmBlocks& bl, int64_t m, int64_t n, const std::vector<
     }
   } release;
   // Each task owns one C block and all of K: deterministic, and C is written exactly once.
-  parallel_for(tm * tn, [&](int64_t b, int64_t e) {
+  parallel_for(tasks.count(), [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; t++) {
-      const int64_t ti = t % tm, tj = t / tm;
-      const int64_t i0 = ti * rc, j0 = un * (units_n * tj / tn), j1 = std::min(n, un * (units_n * (tj + 1) / tn));
-      compute_task(bl, i0, std::min(rc, m - i0), j0, j1 - j0, segs, pa, out);
+      int64_t i0, rows, j0, j1;
+      tasks.at(t, &i0, &rows, &j0, &j1);
+      compute_task(bl, i0, rows, j0, j1 - j0, segs, pa, out);
     }
   });
 }

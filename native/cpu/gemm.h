@@ -68,6 +68,13 @@ struct GemmPlan {
 GemmPlan gemm_plan(int64_t m, int64_t n, int64_t k);
 void gemm_plan_done(const GemmPlan& plan, double seconds);
 
+// The f32 GEMM with W (B = Wᵀ, f32, rows along K) read in place (gemm_w_in_place.cc); false, doing
+// nothing, where the path or an operand does not allow it.
+bool gemm_w_in_place(const GemmBlocks& bl, int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out);
+// Whether this path reads f32 W in place (it has the microkernel, and LORAKIT_GEMM_W_IN_PLACE is not 0:
+// the packed form stays selectable, for comparisons).
+bool gemm_w_in_place_enabled();
+
 // Units: mc a multiple of the path's MR and of the bf16 blocks' 32 rows, kc of the AMX k-step (32),
 // nc of NR and of the bf16 blocks' 32 columns.
 struct KernelTable;
@@ -75,6 +82,21 @@ struct GemmUnits {
   int64_t m, k, n;
 };
 GemmUnits gemm_block_units(const KernelTable& kt);
+
+// The tasks of a blocked GEMM over C [m, n]: tm chunks of at most rc rows (um-row units) × tn blocks
+// of columns (un-column units, about nc each). Each task owns one C block and all of K.
+struct GemmTasks {
+  int64_t m, n, un, units_n, tn, rc, tm;
+  int64_t count() const { return tm * tn; }
+  // Task t: rows [*i0, *i0 + *rows), columns [*j0, *j1) (empty when there are more blocks than units).
+  void at(int64_t t, int64_t* i0, int64_t* rows, int64_t* j0, int64_t* j1) const {
+    const int64_t ti = t % tm, tj = t / tm;
+    *i0 = ti * rc, *rows = (m - *i0 < rc ? m - *i0 : rc);
+    *j0 = un * (units_n * tj / tn), *j1 = un * (units_n * (tj + 1) / tn);
+    if (*j1 > n) *j1 = n;
+  }
+};
+GemmTasks gemm_tasks(int64_t m, int64_t n, int64_t um, int64_t un, int64_t nc);
 
 constexpr int64_t GEMM_MAX_RC = 960;  // rows of C one task owns at most (bounds its f32 accumulator)
 inline int64_t gemm_round_down(int64_t v, int64_t unit) { return v / unit * unit > unit ? v / unit * unit : unit; }

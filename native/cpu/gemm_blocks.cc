@@ -20,6 +20,7 @@
 #include <numeric>
 #include <string>
 #include <vector>
+#include "../core/thread_pool.h"
 #include "caches.h"
 #include "gemm.h"
 #include "microkernel.h"
@@ -113,6 +114,26 @@ std::string blocks_str(const GemmBlocks& b) {
 }
 
 }  // namespace
+
+GemmTasks gemm_tasks(int64_t m, int64_t n, int64_t um, int64_t un, int64_t nc) {
+  const int64_t nt = num_threads();
+  GemmTasks t;
+  t.m = m, t.n = n, t.un = un;
+  // Columns: the fewest tasks of at most nc columns, raised to a multiple of the thread count, or,
+  // past it, of parallel_for's 4·nt chunks (so that every chunk gets equal work: with 14 tasks in 8
+  // chunks, one thread idled for a whole task at the end), split as evenly as un-column units allow.
+  t.units_n = (n + un - 1) / un;
+  t.tn = (n + nc - 1) / nc;
+  t.tn = std::min(t.units_n, gemm_round_up(t.tn, t.tn > nt ? 4 * nt : nt));
+  // Rows: enough chunks of um-row units to give every thread several tasks, each at most GEMM_MAX_RC rows
+  // (a task packs its B block once for all its rows: fewer, taller row chunks repack B less).
+  const int64_t units_m = (m + um - 1) / um;
+  const int64_t want = std::max<int64_t>(1, (4 * nt + t.tn - 1) / t.tn);
+  const int64_t per_chunk = std::max<int64_t>(1, std::min(GEMM_MAX_RC / um, (units_m + want - 1) / want));
+  t.rc = per_chunk * um;
+  t.tm = (m + t.rc - 1) / t.rc;
+  return t;
+}
 
 GemmUnits gemm_block_units(const KernelTable& kt) {
   return {std::lcm<int64_t>(kt.mr, 32), 32, std::lcm<int64_t>(kt.nr, 32)};

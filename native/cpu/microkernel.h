@@ -13,6 +13,12 @@ namespace lorakit {
 using MicrokernelFn = void (*)(int64_t kc, const float* a, const float* b, float* acc, int64_t ldacc,
                                int64_t mr_used, int64_t nr_used);
 
+// The microkernel with its A side read in place from a row-major matrix instead of a packed panel:
+// acc[i*ldacc + j] += sum_k a[i*lda + k] * b[k*nr + j], the same chains of fused multiply-adds as
+// MicrokernelFn (so the same bits). For x·Wᵀ with A = W: W's rows need no packing.
+using MicrokernelWFn = void (*)(int64_t kc, const float* a, int64_t lda, const float* b, float* acc, int64_t ldacc,
+                                int64_t mr_used, int64_t nr_used);
+
 // GEMV over rows: out[j] += sum_k x[k] * w[j*ldw + k] for j < rows (w of dtype wt, rows contiguous).
 using DotRowsFn = void (*)(int64_t k, const float* x, const void* w, DType wt, int64_t ldw, int64_t rows,
                            float* out);
@@ -121,6 +127,8 @@ struct KernelTable {
   // than adding a fresh kc-long sum to it), so the sums' bits do not depend on the block sizes and
   // gemm may time two blockings against each other (gemm_blocks.cc).
   bool micro_sums_ignore_blocks = false;
+  MicrokernelWFn microkernel_w = nullptr;  // null: gemm always packs W (gemm_w_in_place.cc)
+  int64_t mr_w = 0, nr_w = 0;               // microkernel_w's tile: rows read in place × packed columns
 };
 
 const KernelTable& kernel_table();

@@ -64,6 +64,47 @@ LK_AVX512 void micro(int64_t kc, const float* __restrict a, const float* __restr
 #undef LK_STORE_ROW
 }
 
+// micro with the broadcast operand's WR rows read in place from a row-major matrix (row i at
+// w + i * ldw, kc contiguous values; rows past mr repeat row mr - 1 and are never stored) against a
+// packed panel of WG·16 columns: W's rows for x·Wᵀ, so that W is never packed (gemm_w_in_place.cc).
+// Same FMA chains as micro (from C, k ascending), so the same bits. WR is 6, not micro's 12: W's
+// rows are often a power of two apart, so the lines of one k step share an L1 set (8 ways); 12 rows
+// evicted each other at every step and every broadcast came from L2.
+constexpr int WR = 6, WG = 4;
+LK_AVX512 void micro_w(int64_t kc, const float* __restrict w, int64_t ldw, const float* __restrict b, float* __restrict acc,
+                       int64_t ldacc, int64_t mr, int64_t nr) {
+  __mmask16 m[WG];
+  for (int g = 0; g < WG; g++) {
+    const int64_t left = nr - 16 * g;
+    m[g] = left >= 16 ? 0xffff : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+  }
+  const float* p[WR];
+  __m512 c[WR][WG];
+#pragma GCC unroll 6
+  for (int i = 0; i < WR; i++) {
+    p[i] = w + (i < mr ? i : mr - 1) * ldw;
+#pragma GCC unroll 4
+    for (int g = 0; g < WG; g++) c[i][g] = i < mr ? _mm512_maskz_loadu_ps(m[g], acc + i * ldacc + 16 * g) : _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; k++) {
+    __m512 bv[WG];
+#pragma GCC unroll 4
+    for (int g = 0; g < WG; g++) bv[g] = _mm512_loadu_ps(b + 16 * g);
+#pragma GCC unroll 6
+    for (int i = 0; i < WR; i++) {
+      const __m512 av = _mm512_set1_ps(p[i][k]);
+#pragma GCC unroll 4
+      for (int g = 0; g < WG; g++) c[i][g] = _mm512_fmadd_ps(av, bv[g], c[i][g]);
+    }
+    b += 16 * WG;
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < WR; i++)
+    if (i < mr)
+#pragma GCC unroll 4
+      for (int g = 0; g < WG; g++) _mm512_mask_storeu_ps(acc + i * ldacc + 16 * g, m[g], c[i][g]);
+}
+
 LK_AVX512 double fma_peak(int64_t iters) {
   __m512 m = _mm512_set1_ps(0.999f), a = _mm512_set1_ps(1e-3f);
   __m512 c[16];  // distinct start values, so that the compiler cannot fold identical chains into one
@@ -135,6 +176,9 @@ KernelTable make() {
   t.mr = XMR;
   t.nr = XNR;
   t.microkernel = micro;
+  t.microkernel_w = micro_w;
+  t.mr_w = WR;
+  t.nr_w = 16 * WG;
   t.micro_sums_ignore_blocks = true;
   t.pack_t = pack_t;
   t.fma_peak = fma_peak;

@@ -63,6 +63,7 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
     gb.Set("kc", static_cast<double>(g.kc));
     gb.Set("nc", static_cast<double>(g.nc));
     gb.Set("source", gemm_blocks_source());
+    gb.Set("wInPlace", gemm_w_in_place_enabled());
     o.Set("gemmBlocks", gb);
   }
   Napi::Array compiled = Napi::Array::New(env);
@@ -137,6 +138,7 @@ Napi::Value MeasurePeaks(const Napi::CallbackInfo& info) {
     g.Set("kc", static_cast<double>(p.gemm_kc));
     g.Set("nc", static_cast<double>(p.gemm_nc));
     g.Set("source", p.gemm_blocks_source);
+    g.Set("wInPlace", gemm_w_in_place_enabled());
     o.Set("gemmBlocks", g);
     return o;
   });

@@ -1,0 +1,55 @@
+/**
+ * f32 weights read in place (native/cpu/gemm_w_in_place.cc): on paths with the in-place microkernel the
+ * GEMM broadcasts W's rows instead of packing them. Its outputs must be the bits of the packed GEMM
+ * (LORAKIT_GEMM_W_IN_PLACE=0) for every shape: partial tiles of W rows and of tokens, K across several
+ * blocks, bias, LoRA segments, forward and backward, f32 and bf16 activations.
+ */
+import { spawnSync } from 'child_process';
+import * as path from 'path';
+
+const ROOT = path.resolve(__dirname, '..');
+
+const script = `
+  const lk = require(${JSON.stringify(path.join(ROOT, 'dist'))});
+  const crypto = require('crypto');
+  const val = (i, s) => Math.sin(i * 0.37 + s) * 0.5;
+  const mk = (shape, s, dtype) => lk.Tensor.from(Float32Array.from({ length: shape[0] * shape[1] }, (_, i) => val(i, s)), shape, dtype ? { dtype } : undefined);
+  const hash = (t) => crypto.createHash('sha256').update(Buffer.from(t.toFloat32Array().buffer)).digest('hex');
+  const out = [];
+  // [tokens, d_in, d_out]: tokens past the GEMV cut (32), W rows not a multiple of 6, K past one block.
+  for (const [m, k, n] of [[131, 200, 150], [300, 65, 260], [64, 1000, 96], [97, 513, 37], [40, 300, 7], [33, 64, 1], [640, 768, 131]]) {
+    const x = mk([m, k], 1), W = mk([n, k], 2), bias = lk.Tensor.from(Float32Array.from({ length: n }, (_, i) => val(i, 3)), [n]);
+    const A = mk([5, k], 4), B = mk([n, 5], 5);
+    out.push(hash(lk.kernels.loraLinearForward(x, W)));
+    out.push(hash(lk.kernels.loraLinearForward(x, W, { bias, adapters: [{ loraA: A, loraB: B, scaling: 0.5 }] })));
+    out.push(hash(lk.kernels.loraLinearForward(mk([m, k], 1, 'bf16'), W)));
+  }
+  // A training step of a layer (forward, backward into dx, dA, dB).
+  const layer = new lk.LoraLinear({ weight: mk([96, 160], 6), bias: null });
+  layer.addAdapter('a', { r: 8, loraAlpha: 16, initLoraWeights: false, seed: 3 });
+  layer.train();
+  const x = mk([70, 160], 8);
+  const y = layer.forward(x);
+  const g = layer.backward(mk([70, 96], 9));
+  out.push(hash(y), hash(g.dx), hash(g.grads.get('a').loraA), hash(g.grads.get('a').loraB));
+  console.log(JSON.stringify({ path: lk.backendInfo().cpuPath, wInPlace: lk.backendInfo().gemmBlocks.wInPlace, out }));
+`;
+
+function run(env: NodeJS.ProcessEnv): { path: string; wInPlace: boolean; out: string[] } {
+  const r = spawnSync(process.execPath, ['-e', script], { env, encoding: 'utf8', maxBuffer: 1 << 26 });
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  return JSON.parse(r.stdout);
+}
+
+test('f32 W read in place gives the bits of the packed GEMM', () => {
+  const env = { ...process.env };
+  delete env.LORAKIT_GEMM_W_IN_PLACE;
+  const inPlace = run(env);
+  const packed = run({ ...env, LORAKIT_GEMM_W_IN_PLACE: '0' });
+  expect(packed.wInPlace).toBe(false);
+  // The AVX-512 paths have the in-place microkernel; the others always pack.
+  expect(inPlace.wInPlace).toBe(['avx512', 'avx512bf16', 'amx', 'amx-emulated'].includes(inPlace.path));
+  expect(inPlace.out.length).toBe(25);
+  expect(inPlace.out).toEqual(packed.out);
+});
