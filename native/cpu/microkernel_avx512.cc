@@ -71,30 +71,32 @@ LK_AVX512 void micro(int64_t kc, const float* __restrict a, const float* __restr
 // rows are often a power of two apart, so the lines of one k step share an L1 set (8 ways); 12 rows
 // evicted each other at every step and every broadcast came from L2.
 constexpr int WR = 6, WG = 4;
-LK_AVX512 void micro_w(int64_t kc, const float* __restrict w, int64_t ldw, const float* __restrict b, float* __restrict acc,
-                       int64_t ldacc, int64_t mr, int64_t nr) {
-  __mmask16 m[WG];
-  for (int g = 0; g < WG; g++) {
+// G of the panel's WG 16-column groups (a last, partial panel of tokens skips the groups it lacks).
+template <int G>
+LK_AVX512 void micro_w_groups(int64_t kc, const float* __restrict w, int64_t ldw, const float* __restrict b,
+                              float* __restrict acc, int64_t ldacc, int64_t mr, int64_t nr) {
+  __mmask16 m[G];
+  for (int g = 0; g < G; g++) {
     const int64_t left = nr - 16 * g;
     m[g] = left >= 16 ? 0xffff : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
   }
   const float* p[WR];
-  __m512 c[WR][WG];
+  __m512 c[WR][G];
 #pragma GCC unroll 6
   for (int i = 0; i < WR; i++) {
     p[i] = w + (i < mr ? i : mr - 1) * ldw;
 #pragma GCC unroll 4
-    for (int g = 0; g < WG; g++) c[i][g] = i < mr ? _mm512_maskz_loadu_ps(m[g], acc + i * ldacc + 16 * g) : _mm512_setzero_ps();
+    for (int g = 0; g < G; g++) c[i][g] = i < mr ? _mm512_maskz_loadu_ps(m[g], acc + i * ldacc + 16 * g) : _mm512_setzero_ps();
   }
   for (int64_t k = 0; k < kc; k++) {
-    __m512 bv[WG];
+    __m512 bv[G];
 #pragma GCC unroll 4
-    for (int g = 0; g < WG; g++) bv[g] = _mm512_loadu_ps(b + 16 * g);
+    for (int g = 0; g < G; g++) bv[g] = _mm512_loadu_ps(b + 16 * g);
 #pragma GCC unroll 6
     for (int i = 0; i < WR; i++) {
       const __m512 av = _mm512_set1_ps(p[i][k]);
 #pragma GCC unroll 4
-      for (int g = 0; g < WG; g++) c[i][g] = _mm512_fmadd_ps(av, bv[g], c[i][g]);
+      for (int g = 0; g < G; g++) c[i][g] = _mm512_fmadd_ps(av, bv[g], c[i][g]);
     }
     b += 16 * WG;
   }
@@ -102,7 +104,16 @@ LK_AVX512 void micro_w(int64_t kc, const float* __restrict w, int64_t ldw, const
   for (int i = 0; i < WR; i++)
     if (i < mr)
 #pragma GCC unroll 4
-      for (int g = 0; g < WG; g++) _mm512_mask_storeu_ps(acc + i * ldacc + 16 * g, m[g], c[i][g]);
+      for (int g = 0; g < G; g++) _mm512_mask_storeu_ps(acc + i * ldacc + 16 * g, m[g], c[i][g]);
+}
+
+LK_AVX512 void micro_w(int64_t kc, const float* w, int64_t ldw, const float* b, float* acc, int64_t ldacc, int64_t mr, int64_t nr) {
+  switch ((nr + 15) / 16) {
+    case 1: return micro_w_groups<1>(kc, w, ldw, b, acc, ldacc, mr, nr);
+    case 2: return micro_w_groups<2>(kc, w, ldw, b, acc, ldacc, mr, nr);
+    case 3: return micro_w_groups<3>(kc, w, ldw, b, acc, ldacc, mr, nr);
+    default: return micro_w_groups<WG>(kc, w, ldw, b, acc, ldacc, mr, nr);
+  }
 }
 
 LK_AVX512 double fma_peak(int64_t iters) {
