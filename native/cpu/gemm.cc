@@ -8,7 +8,8 @@
 // A blocks; on AMX, a W stored as rows along K is read in place instead (x is packed, W never is).
 // One row (m = 1, decode) is a GEMV that streams B once instead, since a packed tile would waste
 // MR-1 of its rows; a few rows (2..GEMV_ROWS_MAX, and one row of bf16·bf16 where vdpbf16ps exists)
-// with W stored as rows go to gemv_rows.cc, which reads W in place.
+// with W stored as rows go to gemv_rows.cc, which reads W in place. Where the path has an in-place
+// microkernel, an f32 W stored as rows is never packed at any m either (gemm_w_in_place.cc).
 #include "gemm.h"
 #include <algorithm>
 #include <chrono>
