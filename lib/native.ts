@@ -63,9 +63,10 @@ export interface BackendInfo {
   /**
    * The CPU GEMM's block sizes now, and in `source` where they came from: the measured caches, and,
    * where two derivations give the same bits, which one the first large calls timed faster; `wInPlace`:
-   * whether f32 weights are read in place (their rows broadcast by the microkernel) rather than packed.
+   * whether f32 weights are read in place (their rows broadcast by the microkernel) rather than packed;
+   * `wInPlaceTimed`: whether that is decided per call shape, by timing both forms on the first large calls.
    */
-  gemmBlocks: { mc: number; kc: number; nc: number; source: string; wInPlace: boolean };
+  gemmBlocks: { mc: number; kc: number; nc: number; source: string; wInPlace: boolean; wInPlaceTimed: boolean };
 }
 
 /** The machine's ceilings measured natively (lorakit bench). */
@@ -84,7 +85,7 @@ export interface MeasuredPeaks {
   /** The data caches the CPU GEMM sized its blocks for (bytes; L1d and L2 per core) and where they were read. */
   caches: { l1dBytes: number; l2Bytes: number; l3Bytes: number; source: string };
   /** The CPU GEMM's block sizes on this machine: rows of A per L2 block, K steps per block, columns of B per task. */
-  gemmBlocks: { mc: number; kc: number; nc: number; source: string; wInPlace: boolean };
+  gemmBlocks: { mc: number; kc: number; nc: number; source: string; wInPlace: boolean; wInPlaceTimed: boolean };
 }
 
 /** One step of exactMerge: [A, B, scale, DoRA magnitude | null, DoRA weight norm (f32 [out]) | null, record (undo steps) | null]. */

@@ -66,7 +66,7 @@ test('info says why cuda is not usable, and which GEMM blocks the cpu uses', asy
   expect(await main(['info'])).toBe(0);
   const text = out.join('\n');
   expect(text).toMatch(/^compiled backends: /m);
-  expect(text).toMatch(/^cpu gemm blocks:   mc \d+, kc \d+, nc \d+ \(.+\)(; f32 W read in place)?$/m);
+  expect(text).toMatch(/^cpu gemm blocks:   mc \d+, kc \d+, nc \d+ \(.+\)(; f32 W read in place( where faster \(timed per call shape\))?)?$/m);
   expect(text.includes('; f32 W read in place')).toBe(info.gemmBlocks.wInPlace);
   if (info.cudaUnavailable) expect(text).toContain(`cuda:              not usable: ${info.cudaUnavailable}`);
   else expect(text).not.toMatch(/not usable/);

@@ -426,7 +426,7 @@ export function formatTable(res: BenchResult): string {
     `cpu path ${res.cpuPath} (available: ${res.cpuPaths.join(', ')}), ${res.threads} threads`,
     `measured peaks: FMA f32 ${p.fmaGflops.toFixed(1)} GFLOP/s${p.amxGflops ? `, AMX bf16 ${p.amxGflops.toFixed(1)} GFLOP/s` : ''}${p.bf16DotGflops ? `, AVX512-BF16 vdpbf16ps ${p.bf16DotGflops.toFixed(1)} GFLOP/s` : ''}, copy ${p.copyGBs.toFixed(1)} GB/s (read+write), read ${p.readGBs.toFixed(1)} GB/s`,
     `reference: ${ref}`,
-    ...(p.gemmBlocks ? [`gemm blocks: mc ${p.gemmBlocks.mc}, kc ${p.gemmBlocks.kc}, nc ${p.gemmBlocks.nc} (from L1d ${(p.caches.l1dBytes / 1024).toFixed(0)} KiB, L2 ${(p.caches.l2Bytes / 1024).toFixed(0)} KiB per core: ${p.gemmBlocks.source})${p.gemmBlocks.wInPlace ? '; f32 W read in place' : ''}`] : []),
+    ...(p.gemmBlocks ? [`gemm blocks: mc ${p.gemmBlocks.mc}, kc ${p.gemmBlocks.kc}, nc ${p.gemmBlocks.nc} (from L1d ${(p.caches.l1dBytes / 1024).toFixed(0)} KiB, L2 ${(p.caches.l2Bytes / 1024).toFixed(0)} KiB per core: ${p.gemmBlocks.source})${p.gemmBlocks.wInPlace ? (p.gemmBlocks.wInPlaceTimed ? '; f32 W read in place where faster (timed per call shape)' : '; f32 W read in place') : ''}`] : []),
     `last-level cache: ${res.machine.l3Bytes === null ? 'unknown' : `${(res.machine.l3Bytes / 2 ** 20).toFixed(0)} MiB${res.machine.l3Source ? ` (${res.machine.l3Source})` : ''}`} (* = W fits in it: a bandwidth share above 100% is cache, not DRAM)`,
     '',
     line(head),

@@ -30,7 +30,7 @@ export async function run(argv: string[]): Promise<number> {
     if (info.cudaUnavailable) console.log(`cuda:              not usable: ${info.cudaUnavailable}`);
     console.log(`cpu kernel path:   ${info.cpuPath} (${info.threads} threads)`);
     const g = info.gemmBlocks;
-    console.log(`cpu gemm blocks:   mc ${g.mc}, kc ${g.kc}, nc ${g.nc} (${g.source})${g.wInPlace ? '; f32 W read in place' : ''}`);
+    console.log(`cpu gemm blocks:   mc ${g.mc}, kc ${g.kc}, nc ${g.nc} (${g.source})${g.wInPlace ? (g.wInPlaceTimed ? '; f32 W read in place where faster (timed per call shape)' : '; f32 W read in place') : ''}`);
     console.log(`native addon:      ${info.loadedFrom}, ${info.addonPath}`);
   }
   return 0;

@@ -429,8 +429,9 @@ void store_gemm_rows(const KernelTable& kt, const float* acc, int64_t ldacc, int
 
 namespace {
 
-void gemm_blocked(const GemmBlocks& bl, int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out) {
-  if (gemm_w_in_place(bl, m, n, segs, out)) return;
+void gemm_blocked(const GemmBlocks& bl, int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out,
+                  bool in_place) {
+  if (in_place && gemm_w_in_place(bl, m, n, segs, out)) return;
   const KernelTable& kt = kernel_table();
   const GemmUnits units = gemm_block_units(kt);
   const GemmTasks tasks = gemm_tasks(m, n, units.m, units.n, bl.nc);
@@ -465,9 +466,12 @@ void gemm(int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOut
   int64_t k = 0;
   for (const KSegment& s : segs) k += s.k;
   const GemmPlan plan = gemm_plan(m, n, k);
+  const GemmForm form = gemm_form(m, n, k, segs);
   const auto t0 = std::chrono::steady_clock::now();
-  gemm_blocked(*plan.blocks, m, n, segs, out);
-  gemm_plan_done(plan, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  gemm_blocked(*plan.blocks, m, n, segs, out, form.in_place);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  gemm_plan_done(plan, seconds);
+  gemm_form_done(form, seconds);
 }
 
 }  // namespace lorakit

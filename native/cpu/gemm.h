@@ -71,6 +71,16 @@ void gemm_plan_done(const GemmPlan& plan, double seconds);
 // The f32 GEMM with W (B = Wᵀ, f32, rows along K) read in place (gemm_w_in_place.cc); false, doing
 // nothing, where the path or an operand does not allow it.
 bool gemm_w_in_place(const GemmBlocks& bl, int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out);
+// Which form a call of shape (m, n, k) runs: in place (or packed) where the path's in-place form is always
+// used (or absent); on paths with KernelTable::w_in_place_timed, the first calls of each large shape
+// alternate the two (the same bits) and the faster is kept for that shape, timed by gemm_form_done.
+struct GemmForm {
+  bool in_place;
+  bool timed;
+  std::array<int64_t, 3> shape;
+};
+GemmForm gemm_form(int64_t m, int64_t n, int64_t k, const std::vector<KSegment>& segs);
+void gemm_form_done(const GemmForm& f, double seconds);
 // Whether this path reads f32 W in place (it has the microkernel, and LORAKIT_GEMM_W_IN_PLACE is not 0:
 // the packed form stays selectable, for comparisons).
 bool gemm_w_in_place_enabled();

@@ -12,6 +12,8 @@
 // the task's C is held transposed (W rows × tokens) and transposed once into the output rows.
 #include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <vector>
 #include "../core/thread_pool.h"
 #include "gemm.h"
@@ -45,7 +47,57 @@ TaskScratch& task_scratch() {
   return s;
 }
 
+// The per-shape choice on paths whose in-place form is timed (gemm_form). On Zen 4's AVX2 path the in-place
+// form ran 1.03-1.19x faster up to 128 tokens and 0.97-0.99x from 200 up (its 16-token x panels stream from
+// L2 at a rate the packed form avoids; bench/results/cpu-gemm-w-in-place-2026-12-08-zen4.txt): where the
+// crossing lies on another CPU is measured there, per call shape, on real calls.
+constexpr double kTimedFlops = 1 << 28;  // smaller calls are not timed (fixed costs); they run in place
+constexpr int kSamples = 3;              // timed calls per form and shape
+constexpr size_t kMaxShapes = 64;        // shapes remembered; the table starts afresh when full
+
+struct FormTiming {
+  int next = 0;
+  int count[2] = {0, 0};
+  double best[2] = {1e300, 1e300};
+  int chosen = -1;  // 0 packed, 1 in place
+};
+
+struct FormTable {
+  std::mutex mu;
+  std::map<std::array<int64_t, 3>, FormTiming> shapes;
+};
+
+FormTable& form_table() {
+  static FormTable* t = new FormTable;
+  return *t;
+}
+
 }  // namespace
+
+GemmForm gemm_form(int64_t m, int64_t n, int64_t k, const std::vector<KSegment>& segs) {
+  const std::array<int64_t, 3> shape{m, n, k};
+  if (!qualifies(segs)) return {false, false, shape};
+  if (!kernel_table().w_in_place_timed || 2.0 * double(m) * double(n) * double(k) < kTimedFlops) return {true, false, shape};
+  FormTable& ft = form_table();
+  std::lock_guard<std::mutex> lock(ft.mu);
+  if (ft.shapes.size() >= kMaxShapes && ft.shapes.find(shape) == ft.shapes.end()) ft.shapes.clear();
+  FormTiming& t = ft.shapes[shape];
+  if (t.chosen >= 0) return {t.chosen == 1, false, shape};
+  const int f = t.next;
+  t.next ^= 1;
+  return {f == 1, true, shape};
+}
+
+void gemm_form_done(const GemmForm& f, double seconds) {
+  if (!f.timed) return;
+  FormTable& ft = form_table();
+  std::lock_guard<std::mutex> lock(ft.mu);
+  FormTiming& t = ft.shapes[f.shape];
+  const int i = f.in_place ? 1 : 0;
+  t.best[i] = std::min(t.best[i], seconds);
+  t.count[i]++;
+  if (t.chosen < 0 && t.count[0] >= kSamples && t.count[1] >= kSamples) t.chosen = t.best[1] <= t.best[0] ? 1 : 0;
+}
 
 bool gemm_w_in_place_enabled() {
   static const bool off = [] {

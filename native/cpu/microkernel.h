@@ -129,6 +129,8 @@ struct KernelTable {
   bool micro_sums_ignore_blocks = false;
   MicrokernelWFn microkernel_w = nullptr;  // null: gemm always packs W (gemm_w_in_place.cc)
   int64_t mr_w = 0, nr_w = 0;               // microkernel_w's tile: rows read in place × packed columns
+  // The in-place form is not faster at every shape on this path: gemm times both per call shape.
+  bool w_in_place_timed = false;
 };
 
 const KernelTable& kernel_table();

@@ -17,6 +17,27 @@ namespace {
 
 constexpr int AMR = 6, ANR = 16;
 
+// acc += the tile's kc-long sums c<row><half> (rows < mr, columns < nr).
+LK_AVX2 inline void add_tile(float* acc, int64_t ldacc, int64_t mr, int64_t nr, __m256 c00, __m256 c01, __m256 c10, __m256 c11,
+                             __m256 c20, __m256 c21, __m256 c30, __m256 c31, __m256 c40, __m256 c41, __m256 c50, __m256 c51) {
+  alignas(32) float t[AMR][ANR];
+  const __m256 c[AMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  for (int i = 0; i < AMR; i++) {
+    _mm256_store_ps(t[i], c[i][0]);
+    _mm256_store_ps(t[i] + 8, c[i][1]);
+  }
+  if (mr == AMR && nr == ANR) {
+    for (int i = 0; i < AMR; i++) {
+      float* row = acc + i * ldacc;
+      _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), _mm256_load_ps(t[i])));
+      _mm256_storeu_ps(row + 8, _mm256_add_ps(_mm256_loadu_ps(row + 8), _mm256_load_ps(t[i] + 8)));
+    }
+    return;
+  }
+  for (int64_t i = 0; i < mr; i++)
+    for (int64_t j = 0; j < nr; j++) acc[i * ldacc + j] += t[i][j];
+}
+
 LK_AVX2 void micro(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict acc,
                    int64_t ldacc, int64_t mr, int64_t nr) {
   // Named accumulators (not an array) so that they stay in registers.
@@ -56,29 +77,34 @@ LK_AVX2 void micro(int64_t kc, const float* __restrict a, const float* __restric
     a += AMR;
     b += ANR;
   }
-  alignas(32) float t[AMR][ANR];
-  _mm256_store_ps(t[0], c00);
-  _mm256_store_ps(t[0] + 8, c01);
-  _mm256_store_ps(t[1], c10);
-  _mm256_store_ps(t[1] + 8, c11);
-  _mm256_store_ps(t[2], c20);
-  _mm256_store_ps(t[2] + 8, c21);
-  _mm256_store_ps(t[3], c30);
-  _mm256_store_ps(t[3] + 8, c31);
-  _mm256_store_ps(t[4], c40);
-  _mm256_store_ps(t[4] + 8, c41);
-  _mm256_store_ps(t[5], c50);
-  _mm256_store_ps(t[5] + 8, c51);
-  if (mr == AMR && nr == ANR) {
-    for (int i = 0; i < AMR; i++) {
-      float* row = acc + i * ldacc;
-      _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), _mm256_load_ps(t[i])));
-      _mm256_storeu_ps(row + 8, _mm256_add_ps(_mm256_loadu_ps(row + 8), _mm256_load_ps(t[i] + 8)));
-    }
-    return;
+  add_tile(acc, ldacc, mr, nr, c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51);
+}
+
+// micro with the 6 rows of the broadcast operand read in place from a row-major matrix (row i at
+// w + i * ldw; rows past mr repeat row mr - 1 and are never stored): W's rows for x·Wᵀ, so that W is
+// not packed (gemm_w_in_place.cc). The same fresh kc-long sums added to C as micro, so the same bits.
+LK_AVX2 void micro_w(int64_t kc, const float* __restrict w, int64_t ldw, const float* __restrict b, float* __restrict acc,
+                     int64_t ldacc, int64_t mr, int64_t nr) {
+  const float* p0 = w;
+  const float* p1 = w + (mr > 1 ? 1 : 0) * ldw;
+  const float* p2 = w + (mr > 2 ? 2 : mr - 1) * ldw;
+  const float* p3 = w + (mr > 3 ? 3 : mr - 1) * ldw;
+  const float* p4 = w + (mr > 4 ? 4 : mr - 1) * ldw;
+  const float* p5 = w + (mr > 5 ? 5 : mr - 1) * ldw;
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps(), c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; k++) {
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#define LK_FMA_ROW(i)                                \
+  {                                                  \
+    const __m256 av = _mm256_broadcast_ss(p##i + k); \
+    c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0);      \
+    c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);      \
   }
-  for (int64_t i = 0; i < mr; i++)
-    for (int64_t j = 0; j < nr; j++) acc[i * ldacc + j] += t[i][j];
+    LK_FMA_ROW(0) LK_FMA_ROW(1) LK_FMA_ROW(2) LK_FMA_ROW(3) LK_FMA_ROW(4) LK_FMA_ROW(5)
+#undef LK_FMA_ROW
+    b += ANR;
+  }
+  add_tile(acc, ldacc, mr, nr, c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51);
 }
 
 // Eight elements of a row of dtype T widened to f32.
@@ -420,7 +446,7 @@ LK_AVX2 double fma_peak(int64_t iters) {
   return 2.0 * 8 * 12 * static_cast<double>(iters);
 }
 
-const KernelTable kTable = {"avx2", AMR, ANR, micro, dot_rows, axpy_rows, load_row, pack_t, store_row, merge_rows, true, nullptr, fma_peak, nullptr, nullptr, nullptr, exact_rows_avx2, gemv_rows_avx2, nullptr, 8};
+const KernelTable kTable = {"avx2", AMR, ANR, micro, dot_rows, axpy_rows, load_row, pack_t, store_row, merge_rows, true, nullptr, fma_peak, nullptr, nullptr, nullptr, exact_rows_avx2, gemv_rows_avx2, nullptr, 8, false, micro_w, AMR, ANR, true};
 
 }  // namespace
 

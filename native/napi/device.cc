@@ -64,6 +64,7 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
     gb.Set("nc", static_cast<double>(g.nc));
     gb.Set("source", gemm_blocks_source());
     gb.Set("wInPlace", gemm_w_in_place_enabled());
+    gb.Set("wInPlaceTimed", gemm_w_in_place_enabled() && kernel_table().w_in_place_timed);
     o.Set("gemmBlocks", gb);
   }
   Napi::Array compiled = Napi::Array::New(env);
@@ -139,6 +140,7 @@ Napi::Value MeasurePeaks(const Napi::CallbackInfo& info) {
     g.Set("nc", static_cast<double>(p.gemm_nc));
     g.Set("source", p.gemm_blocks_source);
     g.Set("wInPlace", gemm_w_in_place_enabled());
+    g.Set("wInPlaceTimed", gemm_w_in_place_enabled() && kernel_table().w_in_place_timed);
     o.Set("gemmBlocks", g);
     return o;
   });
