@@ -139,6 +139,12 @@ export function backendInfo(): BackendInfo & LoadedAddonInfo {
   return { ...info, ...(loadedAddon() as LoadedAddonInfo) };
 }
 
+/** How the CPU GEMM reads f32 weights, as `lorakit info` and the bench header say it ('' where it packs them). */
+export function gemmWInPlaceLabel(g: BackendInfo['gemmBlocks']): string {
+  if (!g.wInPlace) return '';
+  return g.wInPlaceTimed ? '; f32 W read in place where faster (timed per call shape)' : '; f32 W read in place';
+}
+
 /** Sets the CPU thread-pool size (0 restores the default); returns the new size. */
 export function setNumThreads(n: number): number {
   checkInt(n, 'n', 0, 256);

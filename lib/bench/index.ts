@@ -9,7 +9,7 @@ import * as path from 'path';
 import { FloatDType } from '../dtype';
 import { LoraRangeError, LoraTypeError } from '../errors';
 import { writeFileAtomicSync } from '../io/atomic';
-import { backendInfo, kernels, setNumThreads } from '../kernels';
+import { backendInfo, gemmWInPlaceLabel, kernels, setNumThreads } from '../kernels';
 import { LoraLinear } from '../layers/linear';
 import { MeasuredPeaks, call } from '../native';
 import { Rng } from '../rng';
@@ -426,7 +426,7 @@ export function formatTable(res: BenchResult): string {
     `cpu path ${res.cpuPath} (available: ${res.cpuPaths.join(', ')}), ${res.threads} threads`,
     `measured peaks: FMA f32 ${p.fmaGflops.toFixed(1)} GFLOP/s${p.amxGflops ? `, AMX bf16 ${p.amxGflops.toFixed(1)} GFLOP/s` : ''}${p.bf16DotGflops ? `, AVX512-BF16 vdpbf16ps ${p.bf16DotGflops.toFixed(1)} GFLOP/s` : ''}, copy ${p.copyGBs.toFixed(1)} GB/s (read+write), read ${p.readGBs.toFixed(1)} GB/s`,
     `reference: ${ref}`,
-    ...(p.gemmBlocks ? [`gemm blocks: mc ${p.gemmBlocks.mc}, kc ${p.gemmBlocks.kc}, nc ${p.gemmBlocks.nc} (from L1d ${(p.caches.l1dBytes / 1024).toFixed(0)} KiB, L2 ${(p.caches.l2Bytes / 1024).toFixed(0)} KiB per core: ${p.gemmBlocks.source})${p.gemmBlocks.wInPlace ? (p.gemmBlocks.wInPlaceTimed ? '; f32 W read in place where faster (timed per call shape)' : '; f32 W read in place') : ''}`] : []),
+    ...(p.gemmBlocks ? [`gemm blocks: mc ${p.gemmBlocks.mc}, kc ${p.gemmBlocks.kc}, nc ${p.gemmBlocks.nc} (from L1d ${(p.caches.l1dBytes / 1024).toFixed(0)} KiB, L2 ${(p.caches.l2Bytes / 1024).toFixed(0)} KiB per core: ${p.gemmBlocks.source})${gemmWInPlaceLabel(p.gemmBlocks)}`] : []),
     `last-level cache: ${res.machine.l3Bytes === null ? 'unknown' : `${(res.machine.l3Bytes / 2 ** 20).toFixed(0)} MiB${res.machine.l3Source ? ` (${res.machine.l3Source})` : ''}`} (* = W fits in it: a bandwidth share above 100% is cache, not DRAM)`,
     '',
     line(head),

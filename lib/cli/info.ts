@@ -1,5 +1,5 @@
 /** `lorakit info`: the build's backends and the CPU path chosen at load time. */
-import { backendInfo } from '../kernels';
+import { backendInfo, gemmWInPlaceLabel } from '../kernels';
 
 export const summary = 'show the compiled and usable backends and the CPU kernel path';
 
@@ -30,7 +30,7 @@ export async function run(argv: string[]): Promise<number> {
     if (info.cudaUnavailable) console.log(`cuda:              not usable: ${info.cudaUnavailable}`);
     console.log(`cpu kernel path:   ${info.cpuPath} (${info.threads} threads)`);
     const g = info.gemmBlocks;
-    console.log(`cpu gemm blocks:   mc ${g.mc}, kc ${g.kc}, nc ${g.nc} (${g.source})${g.wInPlace ? (g.wInPlaceTimed ? '; f32 W read in place where faster (timed per call shape)' : '; f32 W read in place') : ''}`);
+    console.log(`cpu gemm blocks:   mc ${g.mc}, kc ${g.kc}, nc ${g.nc} (${g.source})${gemmWInPlaceLabel(g)}`);
     console.log(`native addon:      ${info.loadedFrom}, ${info.addonPath}`);
   }
   return 0;

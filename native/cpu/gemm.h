@@ -5,6 +5,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 #include "../core/dtype.h"
@@ -68,6 +69,33 @@ struct GemmPlan {
 GemmPlan gemm_plan(int64_t m, int64_t n, int64_t k);
 void gemm_plan_done(const GemmPlan& plan, double seconds);
 
+// Timing of two ways to run one call shape (m, n, total k) on real calls: gemm_blocks.cc's two blockings,
+// gemm_w_in_place.cc's two forms of W. Calls below GEMM_TIMED_FLOPS are not timed (their fixed costs would
+// dominate); each way gets GEMM_TIMED_SAMPLES calls, alternating within the shape.
+constexpr double GEMM_TIMED_FLOPS = 1 << 28;
+constexpr int GEMM_TIMED_SAMPLES = 3;
+using GemmShape = std::array<int64_t, 3>;
+struct GemmShapeTiming {
+  int next = 0;
+  int count[2] = {0, 0};
+  double best[2] = {1e300, 1e300};
+  int take() { const int i = next; next ^= 1; return i; }  // the way the next call runs
+  // Records a time of way i; true once both ways have their samples.
+  bool add(int i, double v) {
+    best[i] = best[i] < v ? best[i] : v;
+    count[i]++;
+    return count[0] >= GEMM_TIMED_SAMPLES && count[1] >= GEMM_TIMED_SAMPLES;
+  }
+};
+// The timing of a shape in a table that remembers at most 64 shapes: a workload of ever new shapes
+// (varying token counts) would otherwise grow it for as long as no shape recurs enough; it starts
+// afresh when full.
+template <class T>
+T& gemm_shape_entry(std::map<GemmShape, T>& table, const GemmShape& shape) {
+  if (table.size() >= 64 && table.find(shape) == table.end()) table.clear();
+  return table[shape];
+}
+
 // The f32 GEMM with W (B = Wᵀ, f32, rows along K) read in place (gemm_w_in_place.cc); false, doing
 // nothing, where the path or an operand does not allow it.
 bool gemm_w_in_place(const GemmBlocks& bl, int64_t m, int64_t n, const std::vector<KSegment>& segs, const GemmOutput& out);
@@ -77,7 +105,7 @@ bool gemm_w_in_place(const GemmBlocks& bl, int64_t m, int64_t n, const std::vect
 struct GemmForm {
   bool in_place;
   bool timed;
-  std::array<int64_t, 3> shape;
+  GemmShape shape;
 };
 GemmForm gemm_form(int64_t m, int64_t n, int64_t k, const std::vector<KSegment>& segs);
 void gemm_form_done(const GemmForm& f, double seconds);

@@ -57,28 +57,16 @@ GemmBlocks derive_blocks(const KernelTable& kt, const CacheSizes& c, int64_t l1_
   return b;
 }
 
-// Calls below this many FLOPs are not timed (their fixed costs would dominate).
-constexpr double kTimedFlops = 1 << 28;
-constexpr int kSamples = 3;  // timed calls per candidate
-// Shapes whose timings are kept at once: a workload of ever new shapes (varying token counts) would
-// otherwise grow the table for as long as no shape recurs enough; it starts afresh when full.
-constexpr size_t kMaxShapes = 64;
-
-// Timing state per call shape (m, n, total k): the candidates alternate within each shape, so a
-// loop whose calls alternate between two shapes (forward, backward) does not give each candidate one
-// of them.
-struct ShapeTiming {
-  int next = 0;
-  int count[2] = {0, 0};
-  double best[2] = {1e300, 1e300};  // seconds per FLOP
-};
+// Timing state per call shape (GemmShapeTiming, best in seconds per FLOP): the candidates alternate
+// within each shape, so a loop whose calls alternate between two shapes (forward, backward) does not give
+// each candidate one of them.
 
 struct Plan {
   std::vector<GemmBlocks> cand;
   GemmBlocks max;  // elementwise max: scratch sizes
   std::mutex mu;
   std::atomic<int> chosen{-1};  // -1 while timing
-  std::map<std::array<int64_t, 3>, ShapeTiming> shapes;
+  std::map<GemmShape, GemmShapeTiming> shapes;
   std::string report;
 };
 
@@ -151,12 +139,9 @@ GemmPlan gemm_plan(int64_t m, int64_t n, int64_t k) {
   Plan& p = plan();
   const int c = p.chosen.load(std::memory_order_acquire);
   if (c >= 0) return {&p.cand[c], -1, {m, n, k}};
-  if (2.0 * double(m) * double(n) * double(k) < kTimedFlops) return {&p.cand[0], -1, {m, n, k}};
+  if (2.0 * double(m) * double(n) * double(k) < GEMM_TIMED_FLOPS) return {&p.cand[0], -1, {m, n, k}};
   std::lock_guard<std::mutex> lock(p.mu);
-  if (p.shapes.size() >= kMaxShapes && p.shapes.find({m, n, k}) == p.shapes.end()) p.shapes.clear();
-  ShapeTiming& t = p.shapes[{m, n, k}];
-  const int i = t.next;
-  t.next = (t.next + 1) % static_cast<int>(p.cand.size());
+  const int i = gemm_shape_entry(p.shapes, {m, n, k}).take();  // timing runs with exactly two candidates
   return {&p.cand[i], i, {m, n, k}};
 }
 
@@ -165,11 +150,9 @@ void gemm_plan_done(const GemmPlan& g, double seconds) {
   Plan& p = plan();
   std::lock_guard<std::mutex> lock(p.mu);
   if (p.chosen.load() >= 0) return;
-  ShapeTiming& t = p.shapes[g.shape];
+  GemmShapeTiming& t = p.shapes[g.shape];
   const double flops = 2.0 * double(g.shape[0]) * double(g.shape[1]) * double(g.shape[2]);
-  t.best[g.candidate] = std::min(t.best[g.candidate], seconds / flops);
-  t.count[g.candidate]++;
-  if (t.count[0] < kSamples || t.count[1] < kSamples) return;
+  if (!t.add(g.candidate, seconds / flops)) return;
   const int w = t.best[1] < t.best[0] ? 1 : 0;
   char buf[200];
   std::snprintf(buf, sizeof buf, "; timed: %s at %.1f GFLOP/s against %s at %.1f (m %lld, n %lld, k %lld)",

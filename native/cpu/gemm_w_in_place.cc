@@ -51,20 +51,15 @@ TaskScratch& task_scratch() {
 // form ran 1.03-1.19x faster up to 128 tokens and 0.97-0.99x from 200 up (its 16-token x panels stream from
 // L2 at a rate the packed form avoids; bench/results/cpu-gemm-w-in-place-2026-12-08-zen4.txt): where the
 // crossing lies on another CPU is measured there, per call shape, on real calls.
-constexpr double kTimedFlops = 1 << 28;  // smaller calls are not timed (fixed costs); they run in place
-constexpr int kSamples = 3;              // timed calls per form and shape
-constexpr size_t kMaxShapes = 64;        // shapes remembered; the table starts afresh when full
-
+// Calls below GEMM_TIMED_FLOPS are not timed; they run in place.
 struct FormTiming {
-  int next = 0;
-  int count[2] = {0, 0};
-  double best[2] = {1e300, 1e300};
-  int chosen = -1;  // 0 packed, 1 in place
+  GemmShapeTiming timing;  // way 0 packed, 1 in place (best: seconds)
+  int chosen = -1;
 };
 
 struct FormTable {
   std::mutex mu;
-  std::map<std::array<int64_t, 3>, FormTiming> shapes;
+  std::map<GemmShape, FormTiming> shapes;
 };
 
 FormTable& form_table() {
@@ -75,17 +70,14 @@ FormTable& form_table() {
 }  // namespace
 
 GemmForm gemm_form(int64_t m, int64_t n, int64_t k, const std::vector<KSegment>& segs) {
-  const std::array<int64_t, 3> shape{m, n, k};
+  const GemmShape shape{m, n, k};
   if (!qualifies(segs)) return {false, false, shape};
-  if (!kernel_table().w_in_place_timed || 2.0 * double(m) * double(n) * double(k) < kTimedFlops) return {true, false, shape};
+  if (!kernel_table().w_in_place_timed || 2.0 * double(m) * double(n) * double(k) < GEMM_TIMED_FLOPS) return {true, false, shape};
   FormTable& ft = form_table();
   std::lock_guard<std::mutex> lock(ft.mu);
-  if (ft.shapes.size() >= kMaxShapes && ft.shapes.find(shape) == ft.shapes.end()) ft.shapes.clear();
-  FormTiming& t = ft.shapes[shape];
+  FormTiming& t = gemm_shape_entry(ft.shapes, shape);
   if (t.chosen >= 0) return {t.chosen == 1, false, shape};
-  const int f = t.next;
-  t.next ^= 1;
-  return {f == 1, true, shape};
+  return {t.timing.take() == 1, true, shape};
 }
 
 void gemm_form_done(const GemmForm& f, double seconds) {
@@ -93,10 +85,7 @@ void gemm_form_done(const GemmForm& f, double seconds) {
   FormTable& ft = form_table();
   std::lock_guard<std::mutex> lock(ft.mu);
   FormTiming& t = ft.shapes[f.shape];
-  const int i = f.in_place ? 1 : 0;
-  t.best[i] = std::min(t.best[i], seconds);
-  t.count[i]++;
-  if (t.chosen < 0 && t.count[0] >= kSamples && t.count[1] >= kSamples) t.chosen = t.best[1] <= t.best[0] ? 1 : 0;
+  if (t.timing.add(f.in_place ? 1 : 0, seconds) && t.chosen < 0) t.chosen = t.timing.best[1] <= t.timing.best[0] ? 1 : 0;
 }
 
 bool gemm_w_in_place_enabled() {

@@ -39,6 +39,12 @@ constexpr const char* kCudaReason = "the addon was built without the CUDA backen
 #endif
 #endif
 
+// gemmBlocks' wInPlace (f32 W read in place by the CPU GEMM) and wInPlaceTimed (decided per call shape).
+void set_w_in_place(Napi::Object& o) {
+  o.Set("wInPlace", gemm_w_in_place_enabled());
+  o.Set("wInPlaceTimed", gemm_w_in_place_enabled() && kernel_table().w_in_place_timed);
+}
+
 Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -63,8 +69,7 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
     gb.Set("kc", static_cast<double>(g.kc));
     gb.Set("nc", static_cast<double>(g.nc));
     gb.Set("source", gemm_blocks_source());
-    gb.Set("wInPlace", gemm_w_in_place_enabled());
-    gb.Set("wInPlaceTimed", gemm_w_in_place_enabled() && kernel_table().w_in_place_timed);
+    set_w_in_place(gb);
     o.Set("gemmBlocks", gb);
   }
   Napi::Array compiled = Napi::Array::New(env);
@@ -139,8 +144,7 @@ Napi::Value MeasurePeaks(const Napi::CallbackInfo& info) {
     g.Set("kc", static_cast<double>(p.gemm_kc));
     g.Set("nc", static_cast<double>(p.gemm_nc));
     g.Set("source", p.gemm_blocks_source);
-    g.Set("wInPlace", gemm_w_in_place_enabled());
-    g.Set("wInPlaceTimed", gemm_w_in_place_enabled() && kernel_table().w_in_place_timed);
+    set_w_in_place(g);
     o.Set("gemmBlocks", g);
     return o;
   });
